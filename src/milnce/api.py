@@ -1,0 +1,214 @@
+"""High-level API: ``milnce.load_model()`` and the ``MILNCE`` model wrapper."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import S3D, check_video_input
+from .text import Tokenizer, load_vocab
+from .weights import DEFAULT_WEIGHTS, REGISTRY, CheckpointError, WeightsInfo, fingerprint, load_checkpoint
+
+__all__ = ["MILNCE", "load_model", "resolve_files", "Precision"]
+
+Precision = Literal["fp32", "bf16"]
+
+
+class MILNCE(nn.Module):
+    """The text-video model ready for inference.
+
+    ``net`` is the exact eager network (``milnce.S3D``); ``video_net`` is the fast inference
+    path built from it (the default), or ``net`` itself with ``fast=False``.
+    """
+
+    def __init__(
+        self,
+        net: S3D,
+        *,
+        fast: bool = True,
+        precision: Precision = "fp32",
+        info: WeightsInfo | None = None,
+        weights_id: str | None = None,
+    ) -> None:
+        super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.net = net.eval()
+        self.precision = precision
+        self.info = info or REGISTRY[DEFAULT_WEIGHTS]
+        self.weights_id = weights_id or fingerprint(net.state_dict())
+        self.fast = fast
+        self.video_net: nn.Module = self.net
+        if fast:
+            from .fast import FastVideoNet
+
+            self.video_net = FastVideoNet(self.net, precision=precision)
+        elif precision == "bf16":
+            self.video_net = _Autocast(self.net)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        tok = self.net.text_module.tokenizer
+        assert tok is not None
+        return tok
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.fc.weight.device
+
+    @property
+    def space_to_depth(self) -> bool:
+        return self.net.space_to_depth
+
+    @torch.inference_mode()
+    def encode_video(
+        self, video: torch.Tensor, features: bool = False, batch_size: int = 8
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``B x 3 x T x H x W`` RGB in [0, 1] (float, or uint8 divided by 255 here) -> ``B x 512``.
+
+        With ``features=True`` returns ``(video_embedding, mixed_5c)`` (``B x 512``, ``B x 1024``).
+        """
+        if isinstance(video, torch.Tensor) and video.dtype == torch.uint8:
+            video = video.float().div_(255)
+        check_video_input(video, self.space_to_depth)
+        if video.shape[0] == 0:
+            raise ValueError("empty batch: video has 0 clips")
+        embs, feats = [], []
+        for chunk in video.split(batch_size):
+            out = self.video_net(chunk.to(self.device, non_blocking=True))
+            embs.append(out["video_embedding"].float())
+            feats.append(out["mixed_5c"].float())
+        emb = torch.cat(embs)
+        return (emb, torch.cat(feats)) if features else emb
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str] | str) -> torch.Tensor:
+        """Sentences -> ``B x 512`` text embeddings. A single string is taken as one sentence."""
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = self.tokenizer(texts)
+        empty = [t for t, row in zip(texts, ids) if not bool(row.any())]
+        if empty:
+            warnings.warn(
+                f"{len(empty)} text(s) have no word in the vocabulary and get the all-padding embedding: "
+                + ", ".join(repr(t[:40]) for t in empty[:3]),
+                stacklevel=2,
+            )
+        return self.net.text_module(ids.to(self.device))["text_embedding"]
+
+    @staticmethod
+    def similarity(text_embedding: torch.Tensor, video_embedding: torch.Tensor) -> torch.Tensor:
+        """Raw dot products ``text @ video.T`` (the paper's score; no normalisation)."""
+        return text_embedding @ video_embedding.T
+
+    def encode_video_file(self, path: str | os.PathLike[str], **kwargs):  # type: ignore[no-untyped-def]
+        """Embed every window of a video file; see ``milnce.video.encode_video_file``."""
+        from .video import encode_video_file
+
+        return encode_video_file(self, path, **kwargs)
+
+    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.video_net(video)
+
+
+class _Autocast(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(video.device.type, dtype=torch.bfloat16):
+            out = self.net(video)
+        return {k: v.float() for k, v in out.items()}
+
+
+def _env_path(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value or None
+
+
+def resolve_files(
+    weights: str | os.PathLike[str] | None = None,
+    vocab: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    progress: bool = True,
+    need_vocab: bool = True,
+) -> tuple[Path, Path | None, WeightsInfo | None]:
+    """Find the weights and vocabulary files: arguments, then ``MILNCE_WEIGHTS``/``MILNCE_VOCAB``,
+    then the cache (``$MILNCE_HOME``, default ``~/.cache/milnce``), downloading if allowed."""
+    weights = weights or _env_path("MILNCE_WEIGHTS")
+    vocab = vocab or _env_path("MILNCE_VOCAB")
+    info: WeightsInfo | None = None
+    if weights is None or str(weights) in REGISTRY:
+        info = REGISTRY[str(weights) if weights else DEFAULT_WEIGHTS]
+        from .download import cache_dir, ensure_weights
+
+        cached_w, cached_v = cache_dir() / info.filename, cache_dir() / info.vocab_filename
+        if cached_w.exists() and (vocab is not None or cached_v.exists()) and not download:
+            return cached_w, Path(vocab) if vocab else cached_v, info
+        if not download and not cached_w.exists():
+            raise FileNotFoundError(
+                f"the published weights are not in the cache ({cached_w}) and downloading is off; "
+                "pass --weights/--vocab (or set MILNCE_WEIGHTS/MILNCE_VOCAB) to local files, or run `milnce download`"
+            )
+        w, v = ensure_weights(info, progress=progress)
+        return w, Path(vocab) if vocab else v, info
+    wpath = Path(weights)
+    if vocab is None and need_vocab:
+        for cand in (wpath / "vocab.npy", wpath.parent / "vocab.npy", wpath.parent / "s3d_dict.npy"):
+            if cand.is_file():
+                vocab = cand
+                break
+        else:
+            from .download import cache_dir
+
+            cached = cache_dir() / REGISTRY[DEFAULT_WEIGHTS].vocab_filename
+            if not cached.is_file():
+                raise FileNotFoundError(
+                    f"no vocabulary found for {wpath}: pass vocab= (--vocab) or set MILNCE_VOCAB "
+                    "(the published word list is s3d_dict.npy)"
+                )
+            vocab = cached
+    return wpath, Path(vocab) if vocab is not None else None, info
+
+
+def load_model(
+    weights: str | os.PathLike[str] | None = None,
+    vocab: str | os.PathLike[str] | np.ndarray | Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    fast: bool = True,
+    precision: Precision = "fp32",
+    download: bool = True,
+    progress: bool = True,
+) -> MILNCE:
+    """Load the text-video model.
+
+    ``weights``: a registry name (default ``"s3d_howto100m"``, fetched into the cache once),
+    a ``.pth`` (published or MIL-NCE training checkpoint), a ``.safetensors`` file, or a
+    bundle folder from ``milnce convert``. ``vocab``: the word list ``.npy`` (or the words).
+    """
+    words = None
+    if vocab is not None and not isinstance(vocab, (str, os.PathLike)):
+        words = np.asarray(vocab, dtype=str)
+        vocab = None
+    wpath, vpath, info = resolve_files(weights, vocab, download=download, progress=progress, need_vocab=words is None)
+    sd, spec = load_checkpoint(wpath)
+    tokenizer = Tokenizer(words) if words is not None else Tokenizer(load_vocab(vpath))  # type: ignore[arg-type]
+    if tokenizer.vocab_size != spec.vocab_size:
+        raise CheckpointError(
+            f"vocabulary {'(given words)' if words is not None else vpath} has {len(tokenizer)} words but the weights' "
+            f"word embedding has {spec.vocab_size} rows ({spec.vocab_size - 1} words + padding): "
+            "they do not belong together"
+        )
+    net = S3D(tokenizer, spec.embed_dim, space_to_depth=spec.space_to_depth)
+    net.load_state_dict(sd, strict=True)
+    net = net.to(device).eval()
+    return MILNCE(net, fast=fast, precision=precision, info=info, weights_id=fingerprint(sd))

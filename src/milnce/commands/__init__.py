@@ -1,0 +1,1 @@
+"""Command groups of the milnce CLI (each has register(subparsers))."""

@@ -1,0 +1,271 @@
+"""Published weights: their registry, pickle-free loading, validation and conversion.
+
+A checkpoint is accepted in three forms, all loaded without unpickling code:
+the published plain state dict (``s3d_howto100m.pth``), a MIL-NCE training checkpoint
+(``{'epoch', 'state_dict': {'module.…'}, 'optimizer', ...}``) and a ``safetensors`` file.
+The variant (``space_to_depth``) and the vocabulary size are read off the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import S3D, VOCAB_SIZE
+
+__all__ = [
+    "WeightsInfo",
+    "REGISTRY",
+    "DEFAULT_WEIGHTS",
+    "CheckpointError",
+    "CheckpointSpec",
+    "load_checkpoint",
+    "inspect_state_dict",
+    "expected_shapes",
+    "save_bundle",
+    "fingerprint",
+    "sha256_file",
+]
+
+
+class CheckpointError(ValueError):
+    """A weights file that is not a usable S3D text-video checkpoint."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """A published set of weights with the input conventions it was trained with."""
+
+    name: str
+    url: str
+    vocab_url: str
+    filename: str
+    vocab_filename: str
+    num_bytes: int
+    vocab_num_bytes: int
+    vocab_words: int
+    space_to_depth: bool = True
+    embed_dim: int = 512
+    num_frames: int = 32
+    fps: float = 10.0
+    size: int = 224
+    value_range: tuple[float, float] = (0.0, 1.0)
+    description: str = ""
+    mirrors: tuple[str, ...] = ()
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def transforms(self) -> str:
+        return (
+            f"RGB float in [{self.value_range[0]:g}, {self.value_range[1]:g}] (no mean/std), "
+            f"{self.num_frames} frames at {self.fps:g} fps, {self.size}x{self.size} centre crop"
+        )
+
+
+_BASE = "https://www.rocq.inria.fr/cluster-willow/amiech/howto100m/"
+
+REGISTRY: dict[str, WeightsInfo] = {
+    "s3d_howto100m": WeightsInfo(
+        name="s3d_howto100m",
+        url=_BASE + "s3d_howto100m.pth",
+        vocab_url=_BASE + "s3d_dict.npy",
+        filename="s3d_howto100m.pth",
+        vocab_filename="s3d_dict.npy",
+        num_bytes=125_031_128,
+        vocab_num_bytes=5_830_040,
+        vocab_words=VOCAB_SIZE - 1,
+        description="S3D-G text-video model trained from scratch on HowTo100M with MIL-NCE (Miech et al., CVPR 2020)",
+        results={
+            "youcook2_val_zero_shot": {"R@1": 15.1, "R@5": 38.0, "R@10": 51.2, "MedR": 10},
+            "msrvtt_1k_zero_shot": {"R@1": 9.9, "R@5": 24.0, "R@10": 32.4, "MedR": 29.5},
+            "hmdb51_linear_mixed_5c_top1": {"min": 53.1, "max": 54.8},
+            "crosstask_zero_shot_recall": {"avg": 40.5},
+        },
+    ),
+}
+DEFAULT_WEIGHTS = "s3d_howto100m"
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """What a checkpoint's weights say about the network that fits them."""
+
+    space_to_depth: bool
+    vocab_size: int  # rows of the word embedding (words + 1)
+    embed_dim: int
+    word_dim: int
+
+
+_EXPECTED: dict[bool, dict[str, tuple[int, ...]]] = {}
+
+
+def expected_shapes(space_to_depth: bool = True, vocab_size: int = VOCAB_SIZE, embed_dim: int = 512) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a state dict of the given variant (``state_dict.tsv`` for the defaults)."""
+    if space_to_depth not in _EXPECTED:
+        with torch.device("meta"):
+            net = S3D(None, 512, space_to_depth=space_to_depth, num_embeddings=VOCAB_SIZE)
+        _EXPECTED[space_to_depth] = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    shapes = dict(_EXPECTED[space_to_depth])
+    shapes["text_module.word_embd.weight"] = (vocab_size, shapes["text_module.word_embd.weight"][1])
+    for k in ("fc.weight", "text_module.fc2.weight"):
+        shapes[k] = (embed_dim, shapes[k][1])
+    for k in ("fc.bias", "text_module.fc2.bias"):
+        shapes[k] = (embed_dim,)
+    return shapes
+
+
+def _read_file(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+        msg = str(exc)
+        if "Weights only load failed" in msg or "Unsupported global" in msg or "UnpicklingError" in msg:
+            raise CheckpointError(
+                f"{path}: the file holds Python objects that milnce will not unpickle (they could run code); "
+                "expected a state dict of tensors. Convert it on a trusted machine with "
+                "torch.save(state_dict, out) or `milnce convert`."
+            ) from exc
+        size = os.path.getsize(path)
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({size:,} bytes); the file is truncated or corrupt "
+            f"(the published s3d_howto100m.pth is {REGISTRY[DEFAULT_WEIGHTS].num_bytes:,} bytes). Detail: {msg.splitlines()[0] if msg else type(exc).__name__}"
+        ) from exc
+    except Exception as exc:  # pickle.UnpicklingError and friends
+        if type(exc).__name__ == "UnpicklingError":
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint that can be loaded without unpickling code ({exc})"
+            ) from exc
+        raise
+    return obj
+
+
+def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # MIL-NCE training checkpoint
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+    sd: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {k!r} is {type(v).__name__}, expected a tensor")
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        sd[k] = v
+    return sd
+
+
+def inspect_state_dict(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> CheckpointSpec:
+    """Check keys and shapes against the S3D text-video model; say exactly what is wrong."""
+    w1 = sd.get("conv1.conv1.weight")
+    emb = sd.get("text_module.word_embd.weight")
+    fc = sd.get("fc.weight")
+    known = set(expected_shapes(True)) | set(expected_shapes(False))
+    overlap = len(known & set(sd))
+    if w1 is None or emb is None or fc is None or overlap < len(known) // 2:
+        sample = ", ".join(list(sd)[:5])
+        raise CheckpointError(
+            f"{source}: this is not an S3D text-video (MIL-NCE) checkpoint: only {overlap} of its {len(sd)} keys "
+            f"match the model (first keys: {sample})"
+        )
+    if w1.ndim != 5 or emb.ndim != 2 or fc.ndim != 2:
+        raise CheckpointError(f"{source}: conv1/word_embd/fc weights have unexpected ranks")
+    s2d = w1.shape[1] == 24
+    spec = CheckpointSpec(space_to_depth=s2d, vocab_size=int(emb.shape[0]), embed_dim=int(fc.shape[0]), word_dim=int(emb.shape[1]))
+    expected = expected_shapes(s2d, spec.vocab_size, spec.embed_dim)
+    if spec.word_dim != expected["text_module.word_embd.weight"][1]:
+        raise CheckpointError(f"{source}: word embedding has {spec.word_dim} dims, expected 300")
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k}: {tuple(sd[k].shape)} (expected {expected[k]})" for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:4])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:4])})")
+    if wrong:
+        problems.append(f"{len(wrong)} wrong shapes (e.g. {'; '.join(wrong[:3])})")
+    if problems:
+        variant = "space_to_depth=True (published)" if s2d else "space_to_depth=False (training variant)"
+        raise CheckpointError(f"{source}: does not match the {variant} S3D text-video model: " + "; ".join(problems))
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source}: non-finite values (NaN/inf) in {', '.join(bad[:4])}")
+    return spec
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], CheckpointSpec]:
+    """Load and validate weights from ``.pth``/``.pt`` (plain or training) or ``.safetensors``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if os.path.isdir(path):
+        candidates = [p for p in ("model.safetensors", "s3d_howto100m.pth") if os.path.exists(os.path.join(path, p))]
+        if not candidates:
+            raise CheckpointError(f"{path} is a directory without model.safetensors or s3d_howto100m.pth")
+        path = os.path.join(path, candidates[0])
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: the file is empty (an interrupted download?)")
+    sd = _unwrap(_read_file(path), path)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    return sd, inspect_state_dict(sd, path)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(sd: dict[str, torch.Tensor]) -> str:
+    """A short content hash of the weights (independent of file format), e.g. to tag an index."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        if k.endswith("num_batches_tracked"):
+            continue
+        v = sd[k].detach().to("cpu", torch.float32).contiguous()
+        h.update(k.encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | os.PathLike[str]) -> Path:
+    """Write a pickle-free bundle: ``model.safetensors``, ``vocab.npy`` and ``config.json``."""
+    from safetensors.torch import save_file
+
+    spec = inspect_state_dict(sd)
+    if len(vocab) + 1 != spec.vocab_size:
+        raise CheckpointError(f"vocabulary has {len(vocab)} words but the weights expect {spec.vocab_size - 1}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in sd.items()}
+    save_file(tensors, str(out / "model.safetensors.tmp"), metadata={"format": "pt", "model": "milnce-s3d"})
+    os.replace(out / "model.safetensors.tmp", out / "model.safetensors")
+    with open(out / "vocab.npy.tmp", "wb") as f:
+        np.save(f, np.asarray(vocab, dtype=str), allow_pickle=False)
+    os.replace(out / "vocab.npy.tmp", out / "vocab.npy")
+    config = {
+        "space_to_depth": spec.space_to_depth,
+        "vocab_size": spec.vocab_size,
+        "embed_dim": spec.embed_dim,
+        "fingerprint": fingerprint(sd),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out

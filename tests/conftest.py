@@ -1,0 +1,82 @@
+"""Shared fixtures: small checkpoints in the published format with random weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from milnce.model import S3D
+
+# Words the tests search for, then filler words to make a vocabulary of 300.
+TEST_WORDS = [
+    "open", "door", "cut", "tomato", "waterfall", "playing", "guitar", "car", "drifting",
+    "a", "the", "man", "woman", "is", "cooking", "pour", "water", "into", "bowl", "add", "salt",
+    "red", "green", "blue", "moving", "square", "ball", "it's",
+]
+VOCAB = TEST_WORDS + [f"word{i}" for i in range(300 - len(TEST_WORDS))]
+
+
+def random_state_dict(space_to_depth: bool = True, vocab_size: int = len(VOCAB) + 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict of the published layout with random weights and non-trivial BN statistics."""
+    g = torch.Generator().manual_seed(seed)
+    net = S3D(None, 512, space_to_depth=space_to_depth, num_embeddings=vocab_size)
+    sd = net.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.tensor(1000, dtype=torch.long)
+        elif k.endswith("running_var"):
+            out[k] = torch.rand(v.shape, generator=g) * 0.5 + 0.5
+        elif k.endswith("running_mean"):
+            out[k] = torch.randn(v.shape, generator=g) * 0.1
+        elif k.endswith("bn1.weight") or k.endswith("bn2.weight"):
+            out[k] = torch.rand(v.shape, generator=g) * 0.5 + 0.75
+        elif k.endswith(".bias"):
+            out[k] = torch.randn(v.shape, generator=g) * 0.05
+        elif v.ndim == 5:  # conv: He init keeps activations in range through the depth
+            fan_in = v[0].numel()
+            out[k] = torch.randn(v.shape, generator=g) * (2.0 / fan_in) ** 0.5
+        else:
+            out[k] = torch.randn(v.shape, generator=g) * (1.0 / v.shape[-1]) ** 0.5
+    return out
+
+
+def write_checkpoint(folder: Path, space_to_depth: bool = True, seed: int = 0, training: bool = False) -> tuple[Path, Path]:
+    """Write ``s3d_howto100m.pth`` (or a training checkpoint) and ``s3d_dict.npy`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = random_state_dict(space_to_depth, seed=seed)
+    wpath = folder / ("checkpoint.pth.tar" if training else "s3d_howto100m.pth")
+    if training:
+        torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in sd.items()}, "optimizer": {}, "scheduler": {}}, wpath)
+    else:
+        torch.save(sd, wpath)
+    vpath = folder / "s3d_dict.npy"
+    np.save(vpath, np.asarray(VOCAB, dtype=str), allow_pickle=False)
+    return wpath, vpath
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """(weights, vocab) of a small random-weight model in the published format."""
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def model(checkpoint):
+    """A ``MILNCE`` model (fast path) on the random checkpoint."""
+    import milnce
+
+    return milnce.load_model(*checkpoint, download=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never touch the user's cache or environment in tests."""
+    monkeypatch.setenv("MILNCE_HOME", str(tmp_path / "milnce_home"))
+    monkeypatch.delenv("MILNCE_WEIGHTS", raising=False)
+    monkeypatch.delenv("MILNCE_VOCAB", raising=False)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
