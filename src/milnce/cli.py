@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    from .download import DownloadError
     from .text import VocabularyError
     from .weights import CheckpointError
 
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("milnce: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, CheckpointError, VocabularyError, FileNotFoundError, IsADirectoryError,
+    except (CommandError, CheckpointError, VocabularyError, DownloadError, FileNotFoundError, IsADirectoryError,
             NotADirectoryError, PermissionError, ValueError) as exc:
         print(f"milnce: error: {exc}", file=sys.stderr)
         return 2

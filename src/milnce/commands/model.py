@@ -54,13 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from ..download import ensure_weights
+    from ..download import DownloadError, ensure_weights
     from ..weights import DEFAULT_WEIGHTS, REGISTRY
 
     name = args.name or DEFAULT_WEIGHTS
     if name not in REGISTRY:
         raise CommandError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
-    w, v = ensure_weights(REGISTRY[name], progress=not args.quiet)
+    try:
+        w, v = ensure_weights(REGISTRY[name], progress=not args.quiet)
+    except DownloadError as exc:
+        raise CommandError(str(exc)) from exc
     print(f"weights: {w}\nvocab:   {v}")
     return 0
 

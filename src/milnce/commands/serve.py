@@ -1,0 +1,61 @@
+"""The ``serve`` command: web UI and JSON API over an index (optional extra ``serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..cli import CommandError, add_model_options, model_from_args
+
+# Kept here too: the server module itself cannot be imported without FastAPI.
+MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="web UI and JSON API to search an index",
+        description="Serve a search page (results with thumbnails, playback from the moment) and a "
+        "JSON API (/api/search, /api/videos/{id}, /healthz; docs at /docs) for an index built by "
+        "'milnce index'. Binds to localhost unless --host says otherwise. "
+        "Needs: pip install 'milnce[serve]'.",
+        epilog="Example: milnce serve my_index --port 8000, then open http://127.0.0.1:8000/",
+    )
+    p.add_argument("index", metavar="DIR", help="index folder (from 'milnce index')")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the videos to the network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="server log level (default info)")
+    p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    add_model_options(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn  # noqa: F401
+
+        from ..server import serve
+    except ImportError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+        missing = f" (no module named {cause.name!r})" if getattr(cause, "name", None) else ""
+        raise CommandError(MISSING_DEPS + missing) from None
+    if not 0 <= args.port <= 65535:
+        raise CommandError(f"--port must be 0..65535, got {args.port}")
+    if not os.path.isdir(args.index):
+        raise FileNotFoundError(f"index folder not found: {args.index} (build one with 'milnce index')")
+    model = model_from_args(args)
+    from ..index import Index
+
+    index = Index.open(args.index, model, readonly=True)
+    try:
+        serve(index, model, host=args.host, port=args.port, log_level=args.log_level,
+              access_log=not args.no_access_log)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+                           "(is another server using that port? pick another with --port)") from None
+    finally:
+        close = getattr(index, "close", None)
+        if close:
+            close()
+    return 0

@@ -1,0 +1,385 @@
+"""Downloads against a local HTTP server: resume, retries, timeouts, verification, the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import milnce
+import milnce.weights
+from milnce.cli import main
+from milnce.download import CHECKSUMS_FILE, DownloadError, cache_dir, download, ensure_weights
+from milnce.weights import WeightsInfo
+
+from conftest import VOCAB
+
+DATA = bytes(range(256)) * 400  # 102,400 bytes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves ``server.files[name]`` at ``/<mode>/<name>``; the mode picks a misbehaviour."""
+
+    server: _Server
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        srv = self.server
+        _, mode, name = self.path.split("/", 2)
+        rng = self.headers.get("Range")
+        with srv.lock:
+            srv.hits.append((self.path, rng))
+        body = srv.files.get(name)
+        if mode == "missing" or body is None:
+            self.send_error(404)
+            return
+        start = 0
+        if rng and mode != "norange":
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        chunk = body[start:]
+        self.send_header("Content-Length", str(len(chunk)))
+        self.end_headers()
+        if mode == "stall":
+            srv.stop.wait(10)  # headers, then nothing until teardown
+            return
+        if mode == "trunc":
+            with srv.lock:
+                srv.truncations_left -= 1
+                cut = srv.truncations_left >= 0
+            if cut:  # promise everything, send half, hang up
+                self.wfile.write(chunk[: len(chunk) // 2])
+                return
+        self.wfile.write(chunk)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = {}
+        self.hits: list[tuple[str, str | None]] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.truncations_left = 0
+
+    def handle_error(self, request: object, client_address: object) -> None:  # broken pipes: expected
+        pass
+
+    def url(self, mode: str, name: str = "") -> str:
+        return f"http://127.0.0.1:{self.server_port}/{mode}/{name}"
+
+    def count(self, name: str) -> int:
+        return sum(1 for path, _ in self.hits if path.endswith("/" + name))
+
+
+@pytest.fixture(scope="module")
+def _server_module(checkpoint):
+    srv = _Server()
+    wpath, vpath = checkpoint
+    srv.files.update({"data.bin": DATA, "s3d_howto100m.pth": wpath.read_bytes(), "s3d_dict.npy": vpath.read_bytes()})
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.stop.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def server(_server_module):
+    srv = _server_module
+    snapshot = dict(srv.files)
+    srv.hits.clear()
+    srv.truncations_left = 0
+    yield srv
+    srv.files.clear()
+    srv.files.update(snapshot)
+
+
+@pytest.fixture
+def skip_weights_check(monkeypatch):
+    """Skip loading the checkpoint where the test is about something else (keeps the file fast)."""
+    import milnce.download
+
+    monkeypatch.setattr(milnce.download, "_check_weights", lambda path, info: None)
+
+
+def _info(srv: _Server, mode: str = "good", **kw) -> WeightsInfo:
+    fields = dict(
+        name="test_model",
+        url=srv.url(mode, "s3d_howto100m.pth"),
+        vocab_url=srv.url(mode, "s3d_dict.npy"),
+        filename="s3d_howto100m.pth",
+        vocab_filename="s3d_dict.npy",
+        num_bytes=len(srv.files["s3d_howto100m.pth"]),
+        vocab_num_bytes=len(srv.files["s3d_dict.npy"]),
+        vocab_words=len(VOCAB),
+    )
+    fields.update(kw)
+    return WeightsInfo(**fields)
+
+
+# ----------------------------------------------------------------------------- download()
+
+
+def test_cache_dir_follows_milnce_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MILNCE_HOME", str(tmp_path / "a" / "b"))
+    assert cache_dir() == tmp_path / "a" / "b"
+    assert cache_dir().is_dir()
+
+
+def test_download_good(server, tmp_path):
+    dest = download(server.url("good", "data.bin"), tmp_path / "out.bin", expected_size=len(DATA), progress=False)
+    assert dest.read_bytes() == DATA
+    assert not (tmp_path / "out.bin.part").exists()
+    assert server.hits == [("/good/data.bin", None)]
+
+
+def test_truncated_transfer_is_resumed(server, tmp_path):
+    server.truncations_left = 2
+    dest = download(server.url("trunc", "data.bin"), tmp_path / "out.bin", retries=3, backoff=0.01, progress=False)
+    assert dest.read_bytes() == DATA
+    ranges = [r for _, r in server.hits]
+    assert ranges[0] is None and len(ranges) == 3
+    assert ranges[1] == f"bytes={len(DATA) // 2}-"  # each retry resumes where the last stopped
+    assert ranges[2] == f"bytes={len(DATA) // 2 + (len(DATA) - len(DATA) // 2) // 2}-"
+
+
+def test_truncated_transfer_gives_up_after_retries_keeps_part(server, tmp_path):
+    server.truncations_left = 10
+    with pytest.raises(DownloadError, match="after 2 attempts.*closed after"):
+        download(server.url("trunc", "data.bin"), tmp_path / "out.bin", retries=1, backoff=0.01, progress=False)
+    assert not (tmp_path / "out.bin").exists()
+    assert 0 < (tmp_path / "out.bin.part").stat().st_size < len(DATA)
+
+
+def test_404_is_not_retried_and_explains(server, tmp_path):
+    with pytest.raises(DownloadError) as err:
+        download(server.url("missing", "data.bin"), tmp_path / "out.bin", retries=3, backoff=5, progress=False)
+    msg = str(err.value)
+    assert "not found at URL http://127.0.0.1" in msg and "404" in msg
+    assert "mirror" in msg and "--weights/--vocab" in msg and "MILNCE_WEIGHTS/MILNCE_VOCAB" in msg
+    assert len(server.hits) == 1
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_stalled_server_times_out(server, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="timed out"):
+        download(server.url("stall", "data.bin"), tmp_path / "out.bin", timeout=0.3, retries=1, backoff=0.01,
+                 progress=False)
+    assert time.monotonic() - t0 < 3
+    assert len(server.hits) == 2
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_connection_refused_is_retried(tmp_path):
+    srv = _Server()  # bound but never serving, then closed: nothing listens on the port
+    url = srv.url("good", "data.bin")
+    srv.server_close()
+    with pytest.raises(DownloadError, match="after 3 attempts.*cannot connect"):
+        download(url, tmp_path / "out.bin", retries=2, backoff=0.01, timeout=1, progress=False)
+
+
+def test_resume_from_existing_part(server, tmp_path):
+    (tmp_path / "out.bin.part").write_bytes(DATA[:1000])
+    dest = download(server.url("good", "data.bin"), tmp_path / "out.bin", expected_size=len(DATA), progress=True)
+    assert dest.read_bytes() == DATA
+    assert server.hits == [("/good/data.bin", "bytes=1000-")]
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    (tmp_path / "out.bin.part").write_bytes(b"x" * 1000)  # would corrupt the file if appended to
+    dest = download(server.url("norange", "data.bin"), tmp_path / "out.bin", progress=False)
+    assert dest.read_bytes() == DATA
+    assert server.hits == [("/norange/data.bin", "bytes=1000-")]
+
+
+def test_complete_part_gets_416_and_is_kept(server, tmp_path):
+    (tmp_path / "out.bin.part").write_bytes(DATA)
+    dest = download(server.url("good", "data.bin"), tmp_path / "out.bin", expected_size=len(DATA), progress=False)
+    assert dest.read_bytes() == DATA
+    assert server.hits == [("/good/data.bin", f"bytes={len(DATA)}-")]
+
+
+def test_size_mismatch_is_rejected(server, tmp_path):
+    with pytest.raises(DownloadError, match="offers 102,400 bytes.*but 5,000 were expected"):
+        download(server.url("good", "data.bin"), tmp_path / "out.bin", expected_size=5000, progress=False)
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_file_url_source(tmp_path):
+    (tmp_path / "src.bin").write_bytes(DATA)
+    (tmp_path / "out.bin.part").write_bytes(b"x" * 10)  # file: URLs ignore Range; restarted
+    dest = download((tmp_path / "src.bin").as_uri(), tmp_path / "out.bin", expected_size=len(DATA), progress=False)
+    assert dest.read_bytes() == DATA
+
+
+# ----------------------------------------------------------------------------- ensure_weights()
+
+
+def test_ensure_weights_downloads_once_and_records_sha256(server, monkeypatch):
+    info = _info(server)
+    w, v = ensure_weights(info, progress=False)
+    assert w == cache_dir() / "s3d_howto100m.pth" and v == cache_dir() / "s3d_dict.npy"
+    assert w.read_bytes() == server.files["s3d_howto100m.pth"]
+    sums = json.loads((cache_dir() / CHECKSUMS_FILE).read_text())
+    assert sums["s3d_howto100m.pth"]["sha256"] == milnce.weights.sha256_file(w)
+    assert sums["s3d_dict.npy"]["sha256"] == milnce.weights.sha256_file(v)
+    assert sums["s3d_howto100m.pth"]["url"] == info.url
+    assert len(server.hits) == 2
+
+    hashed = []
+    real = milnce.weights.sha256_file
+    monkeypatch.setattr(milnce.weights, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert ensure_weights(info, progress=False) == (w, v)
+    assert len(server.hits) == 2  # nothing downloaded
+    assert hashed == []  # unchanged size and mtime: no re-hashing
+    os.utime(w)  # touched but identical: hashed once, then trusted again
+    ensure_weights(info, progress=False)
+    ensure_weights(info, progress=False)
+    assert hashed == [w]
+
+
+def test_corrupted_cache_file_is_detected(server, skip_weights_check):
+    info = _info(server)
+    w, _ = ensure_weights(info, progress=False)
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    st = w.stat()
+    w.write_bytes(bytes(data))
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(DownloadError, match="changed since it was downloaded.*delete it and run `milnce download`"):
+        ensure_weights(info, progress=False)
+    assert w.exists()  # the user decides
+    assert len(server.hits) == 2
+
+
+def test_unrecorded_bad_file_in_cache_is_replaced(server, skip_weights_check, capsys):
+    info = _info(server)
+    (cache_dir() / "s3d_howto100m.pth").write_bytes(b"junk")
+    w, _ = ensure_weights(info, progress=False)
+    assert w.read_bytes() == server.files["s3d_howto100m.pth"]
+    assert "downloading it again" in capsys.readouterr().err
+
+
+def test_weights_of_another_model_are_rejected_and_removed(server):
+    # right size, but the word embedding has 301 rows while this "model" claims 299 words
+    info = _info(server, vocab_words=len(VOCAB) - 1)
+    with pytest.raises(DownloadError, match="another model"):
+        ensure_weights(info, progress=False)
+    assert not (cache_dir() / "s3d_howto100m.pth").exists()
+    assert CHECKSUMS_FILE not in os.listdir(cache_dir())
+
+
+def test_not_a_checkpoint_is_rejected_and_removed(server):
+    junk = b"\0" * len(server.files["s3d_howto100m.pth"])
+    server.files["junk.pth"] = junk
+    info = _info(server, url=server.url("good", "junk.pth"))
+    with pytest.raises(DownloadError, match="not a usable test_model checkpoint"):
+        ensure_weights(info, progress=False)
+    assert not (cache_dir() / "s3d_howto100m.pth").exists()
+
+
+def test_wrong_vocab_length_is_rejected_and_removed(server, tmp_path):
+    np.save(tmp_path / "v.npy", np.asarray(VOCAB[:-1], dtype=str), allow_pickle=False)
+    server.files["s3d_dict.npy"] = (tmp_path / "v.npy").read_bytes()
+    info = _info(server)
+    with pytest.raises(DownloadError, match="has 299 words but test_model uses 300"):
+        ensure_weights(info, progress=False)
+    assert not (cache_dir() / "s3d_dict.npy").exists()
+    assert (cache_dir() / "s3d_howto100m.pth").exists()  # the weights were fine
+
+
+def test_mirror_is_used_when_primary_is_gone(server, skip_weights_check):
+    info = _info(server, "missing", mirrors=(server.url("missing"), server.url("good")))
+    w, v = ensure_weights(info, progress=False)
+    assert v.read_bytes() == server.files["s3d_dict.npy"]
+    assert [p for p, _ in server.hits][:3] == ["/missing/s3d_howto100m.pth", "/missing/s3d_howto100m.pth",
+                                               "/good/s3d_howto100m.pth"]
+
+
+def test_all_sources_failing_lists_them(server):
+    info = _info(server, "missing", mirrors=(server.url("missing"),))
+    with pytest.raises(DownloadError, match="any of 2 sources.*not found at URL"):
+        ensure_weights(info, progress=False)
+
+
+def test_two_threads_share_one_download(server, skip_weights_check):
+    info = _info(server)
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(ensure_weights(info, progress=False))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(results) == 2
+    assert server.count("s3d_howto100m.pth") == 1 and server.count("s3d_dict.npy") == 1
+
+
+# ----------------------------------------------------------------------------- API and CLI
+
+
+def test_load_model_downloads_from_registry(server, monkeypatch):
+    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, name="s3d_howto100m"))
+    model = milnce.load_model(download=True, progress=False, fast=False)
+    emb = model.encode_text(["cut tomato", "open the door"])
+    assert emb.shape == (2, 512) and bool(torch.isfinite(emb).all())
+    assert server.count("s3d_howto100m.pth") == 1
+    w, v, info = milnce.api.resolve_files(None, None, download=True, progress=False)
+    assert (w, v) == (cache_dir() / "s3d_howto100m.pth", cache_dir() / "s3d_dict.npy")
+    assert info is not None and info.name == "s3d_howto100m"
+    assert len(server.hits) == 2
+
+
+def test_cli_download(server, monkeypatch, capsys):
+    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, name="s3d_howto100m"))
+    assert main(["download", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert str(cache_dir() / "s3d_howto100m.pth") in out and str(cache_dir() / "s3d_dict.npy") in out
+
+
+def test_cli_download_404(server, monkeypatch, capsys):
+    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, "missing", name="s3d_howto100m"))
+    assert main(["download", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("milnce: error: not found at URL http://127.0.0.1")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_info_reports_cache(server, monkeypatch, capsys):
+    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, name="s3d_howto100m"))
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cache"] == str(cache_dir())
+    assert "not downloaded" in report["weights"]["s3d_howto100m"]["weights"]
+
+
