@@ -54,22 +54,31 @@ class _ConvReLU(nn.Module):
         self.stride = list(stride)
         self.padding = list(padding)
 
-        self._packed: torch.Tensor | None = None
+        # fp32 on CPU: the weight reordered once into oneDNN's blocked layout for the last
+        # input shape seen (a new shape packs again), instead of a reorder on every call.
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._packed = None  # device or dtype change: pack again
+        self._packed = {}  # device or dtype change: pack again
         return super()._apply(fn, recurse)
 
-    def pack(self, input_size: list[int]) -> None:
-        """Reorder the weight once into oneDNN's blocked layout (CPU only)."""
-        if self.weight.device.type == "cpu" and _HAS_MKLDNN_POINTWISE:
-            self._packed = torch._C._nn.mkldnn_reorder_conv3d_weight(
-                self.weight.detach().to_mkldnn(), self.padding, self.stride, [1, 1, 1], 1, input_size
+    def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or self.weight.dtype != torch.float32:
+            return self.weight.to(x.dtype)  # bf16: oneDNN's own reorder measured faster than pre-packing
+        shape = tuple(x.shape)
+        packed = self._packed.get(shape)
+        if packed is None:
+            packed = torch._C._nn.mkldnn_reorder_conv3d_weight(
+                self.weight.detach().to_mkldnn(), self.padding, self.stride, [1, 1, 1], 1, list(shape)
             )
+            if len(self._packed) >= 4:
+                self._packed = {}
+            self._packed[shape] = packed
+        return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and _HAS_MKLDNN_POINTWISE:
-            w = self._packed if self._packed is not None and x.dtype == self.weight.dtype else self.weight.to(x.dtype)
+            w = self._weight_for(x)
             return torch.ops.mkldnn._convolution_pointwise(x, w, self.bias.to(x.dtype), self.padding, self.stride, [1, 1, 1], 1, "relu", [], "")
         return F.conv3d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding).relu_()
 
@@ -181,30 +190,6 @@ class FastVideoNet(nn.Module):
                 if isinstance(m, _ConvReLU):
                     m.weight.data = m.weight.data.to(torch.bfloat16).contiguous(memory_format=_CL)
                     m.bias.data = m.bias.data.to(torch.bfloat16)
-        self.pack()
-
-    def pack(self, batch: int = 2, frames: int = 32, size: int = 224) -> None:
-        """Pre-pack every convolution weight for oneDNN, for inputs of about this shape."""
-        if self.fc.weight.device.type != "cpu" or not _HAS_MKLDNN_POINTWISE or self.dtype != torch.float32:
-            return  # bf16: oneDNN's own per-call reorder measured faster than a pre-packed weight
-        sizes: dict[int, list[int]] = {}
-
-        def hook(mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            sizes[id(mod)] = list(args[0].shape)
-
-        handles = [m.register_forward_pre_hook(hook) for m in self.modules() if isinstance(m, _ConvReLU)]
-        try:
-            with torch.inference_mode():
-                meta = torch.zeros(1, 3, min(frames, 8), 64, 64, device=self.fc.weight.device)
-                self(meta)
-        finally:
-            for h in handles:
-                h.remove()
-        scale = [batch, None, frames / min(frames, 8), size / 64, size / 64]
-        for m in self.modules():
-            if isinstance(m, _ConvReLU) and id(m) in sizes:
-                s = sizes[id(m)]
-                m.pack([batch, s[1]] + [max(1, round(n * f)) for n, f in zip(s[2:], scale[2:])])
 
     def _stem_input(self, video: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = video.shape

@@ -193,8 +193,8 @@ def check_video_input(video: torch.Tensor, space_to_depth: bool, warn_range: boo
             "use e.g. 32 x 224 x 224 (the published setting) or 16 frames, sides 200..256"
         )
     min_t = 2 if space_to_depth else 1
-    if t < min_t or h < 8 or w < 8:
-        raise ValueError(f"video too small: T={t}, H={h}, W={w}; use at least 8 frames of 32 x 32 px (32 x 224 x 224 recommended)")
+    if t < min_t or h < 2 or w < 2:
+        raise ValueError(f"video too small: T={t}, H={h}, W={w}; use 32 x 224 x 224 (16 frames and sides 200..256 also work)")
     if warn_range and not _warned_range and video.numel() and not torch.jit.is_tracing():
         lo, hi = float(video.min()), float(video.max())
         if lo < -1e-3 or hi > 1 + 1e-3:

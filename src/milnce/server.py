@@ -45,7 +45,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(MISSING_DEPS) from exc
 
-__all__ = ["create_app", "serve", "parse_range", "MISSING_DEPS", "MAX_QUERY_CHARS", "MAX_K"]
+__all__ = ["create_app", "serve", "listen", "parse_range", "MISSING_DEPS", "MAX_QUERY_CHARS", "MAX_K"]
 
 MAX_QUERY_CHARS = 500
 MAX_K = 100
@@ -97,12 +97,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable
         return max(0, size - n), size - 1
     first = int(first_s)
-    last = int(last_s) if last_s else size - 1
-    if last < first:
+    if last_s and int(last_s) < first:
         return None
     if first >= size:
         raise RangeNotSatisfiable
-    return first, min(last, size - 1)
+    return first, min(int(last_s), size - 1) if last_s else size - 1
 
 
 def _static_files() -> dict[str, tuple[bytes, str, str]]:
@@ -199,11 +198,14 @@ def create_app(
     thumbnail_width: int = THUMB_WIDTH,
     thumbnail_cache: int = THUMB_CACHE_ENTRIES,
     allowed_hosts: list[str] | None = None,
+    refresh_interval: float = 5.0,
 ) -> FastAPI:
     """The FastAPI app serving ``index`` (a ``milnce.index.Index`` opened with ``model``).
 
     ``allowed_hosts``: if given, requests whose ``Host`` header names another host get 400
     (``serve`` sets it to the loopback names when bound to localhost, against DNS rebinding).
+    ``refresh_interval``: at most this often (seconds), a search first picks up videos that a
+    running ``milnce index`` committed meanwhile (``Index.refresh``); 0 turns that off.
     """
     from . import __version__
 
@@ -220,11 +222,23 @@ def create_app(
     thumbs = _LRU(thumbnail_cache)
     app.state.thumbnail_cache = thumbs
     static = _static_files()
-    try:
-        num_videos = len(index.videos())
-    except Exception:  # noqa: BLE001 - healthz must not fail on a broken listing
-        num_videos = None
+    def count_videos() -> int | None:
+        try:
+            return len(index.videos())
+        except Exception:  # noqa: BLE001 - healthz must not fail on a broken listing
+            return None
+
+    state = {"videos": count_videos(), "refreshed": time.monotonic()}
     started = time.time()
+
+    def maybe_refresh() -> None:
+        """Pick up commits of a concurrent ``milnce index`` (call with ``model_lock`` held)."""
+        refresh = getattr(index, "refresh", None)
+        if refresh is None or refresh_interval <= 0 or time.monotonic() - state["refreshed"] < refresh_interval:
+            return
+        state["refreshed"] = time.monotonic()
+        if refresh():
+            state["videos"] = count_videos()
 
     if allowed_hosts:
         allowed = {h.lower() for h in allowed_hosts}
@@ -310,14 +324,15 @@ def create_app(
 
     @app.get("/healthz", summary="Liveness and index size")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "windows": len(index), "videos": num_videos,
+        return {"status": "ok", "version": __version__, "windows": len(index), "videos": state["videos"],
                 "weights_id": getattr(model, "weights_id", None), "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/api/search", summary="Search the moments of the indexed videos")
     def search(
         q: str = Query("", max_length=max_query_chars, description=f"the query, at most {max_query_chars} characters"),
         k: int = Query(10, ge=1, le=max_k, description=f"number of results, 1..{max_k}"),
-        by_video: bool = Query(False, description="at most one moment per video"),
+        by_video: bool = Query(False, description="rank videos: at most one moment (its best) per video"),
+        merge: bool = Query(True, description="join adjacent matching windows of a video into one moment"),
     ) -> dict[str, Any]:
         """Moments best matching ``q``, best first. An empty query, or one without any word of
         the model's vocabulary, gives no results and a ``message`` saying why."""
@@ -335,13 +350,14 @@ def create_app(
                        + (f" (unknown: {', '.join(unknown[:10])})." if unknown else "."))
         else:
             with model_lock:
-                results = index.search(text, k=k, by_video=by_video)
+                maybe_refresh()
+                results = index.search(text, k=k, merge=merge, by_video=by_video)
             if unknown:
                 message = f"Ignored words not in the vocabulary: {', '.join(unknown[:10])}."
             if not results:
                 message = (message + " " if message else "") + "No moments found: the index is empty."
         return {
-            "query": q, "k": k, "by_video": by_video, "words": words, "unknown_words": unknown,
+            "query": q, "k": k, "by_video": by_video, "merge": merge, "words": words, "unknown_words": unknown,
             "results": [moment_json(m) for m in results], "message": message,
             "took_ms": round((time.perf_counter() - t0) * 1000, 2),
         }
@@ -356,10 +372,11 @@ def create_app(
     def video(video_id: int) -> dict[str, Any]:
         return video_json(record_or_404(video_id))
 
-    @app.api_route("/api/videos/{video_id:int}/file", methods=["GET", "HEAD"], summary="The video file",
-                   responses={206: {"description": "partial content (Range)"},
-                              404: {"description": "unknown id or file missing"},
-                              416: {"description": "range not satisfiable"}})
+    @app.head("/api/videos/{video_id:int}/file", include_in_schema=False)
+    @app.get("/api/videos/{video_id:int}/file", summary="The video file",
+             responses={206: {"description": "partial content (Range)"},
+                        404: {"description": "unknown id or file missing"},
+                        416: {"description": "range not satisfiable"}})
     def video_file(video_id: int, request: Request) -> Response:
         """The file of a video, with single-range requests (``Range: bytes=a-b``) answered 206."""
         rec = record_or_404(video_id)
@@ -442,7 +459,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _listen(host: str, port: int):  # type: ignore[no-untyped-def]
+def listen(host: str, port: int):  # type: ignore[no-untyped-def]
     """A listening socket on host:port (so a busy port is reported before anything starts)."""
     import socket
 
@@ -469,9 +486,11 @@ def serve(
     log_level: str = "info",
     access_log: bool = True,
     announce: bool = True,
+    sock: Any = None,
 ) -> None:
     """Serve the UI and API until interrupted. ``index``: an ``Index`` or its folder (opened
-    read-only with ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``)."""
+    read-only with ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``);
+    ``sock``: an already listening socket (from ``listen(host, port)``) to serve on."""
     try:
         import uvicorn
     except ImportError as exc:
@@ -487,7 +506,8 @@ def serve(
     loopback = _is_loopback(host)
     allowed = ["localhost", "127.0.0.1", "[::1]", "::1"] if loopback else None
     app = create_app(index, model, allowed_hosts=allowed)
-    sock = _listen(host, port)
+    if sock is None:
+        sock = listen(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     if announce:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,27 +130,28 @@ def _read_file(path: str) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+    except Exception as exc:  # zipfile, EOF, unpickling and runtime errors all mean "unusable file"
         msg = str(exc)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "UnpicklingError" in msg:
+        if "Unsupported global" in msg:
             raise CheckpointError(
                 f"{path}: the file holds Python objects that milnce will not unpickle (they could run code); "
                 "expected a state dict of tensors. Convert it on a trusted machine with "
                 "torch.save(state_dict, out) or `milnce convert`."
             ) from exc
         size = os.path.getsize(path)
+        detail = msg.strip().splitlines()[0][:200] if msg.strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({size:,} bytes); the file is truncated or corrupt "
-            f"(the published s3d_howto100m.pth is {REGISTRY[DEFAULT_WEIGHTS].num_bytes:,} bytes). Detail: {msg.splitlines()[0] if msg else type(exc).__name__}"
+            f"{path}: cannot read the checkpoint ({size:,} bytes): the file is truncated or corrupt, or not a "
+            f"PyTorch checkpoint (the published s3d_howto100m.pth is {REGISTRY[DEFAULT_WEIGHTS].num_bytes:,} bytes). "
+            f"Detail: {detail}"
         ) from exc
-    except Exception as exc:  # pickle.UnpicklingError and friends
-        if type(exc).__name__ == "UnpicklingError":
-            raise CheckpointError(
-                f"{path}: not a PyTorch checkpoint that can be loaded without unpickling code ({exc})"
-            ) from exc
-        raise
     return obj
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:

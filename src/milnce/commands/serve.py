@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401
 
-        from ..server import serve
+        from ..server import listen, serve
     except ImportError as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
         missing = f" (no module named {cause.name!r})" if getattr(cause, "name", None) else ""
@@ -44,18 +44,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
     if not os.path.isdir(args.index):
         raise FileNotFoundError(f"index folder not found: {args.index} (build one with 'milnce index')")
-    model = model_from_args(args)
-    from ..index import Index
-
-    index = Index.open(args.index, model, readonly=True)
-    try:
-        serve(index, model, host=args.host, port=args.port, log_level=args.log_level,
-              access_log=not args.no_access_log)
+    try:  # claim the port first: a busy port is reported before the model loads
+        sock = listen(args.host, args.port)
     except OSError as exc:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
                            "(is another server using that port? pick another with --port)") from None
+    try:
+        model = model_from_args(args)
+        from ..index import Index
+
+        index = Index.open(args.index, model, readonly=True)
+        try:
+            serve(index, model, host=args.host, port=args.port, log_level=args.log_level,
+                  access_log=not args.no_access_log, sock=sock)
+        finally:
+            index.close()
     finally:
-        close = getattr(index, "close", None)
-        if close:
-            close()
+        sock.close()
     return 0

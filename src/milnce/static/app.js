@@ -12,6 +12,7 @@
   let results = [];
   let current = null;     // the moment in the player
   let searchSeq = 0;      // ignore answers to superseded searches
+  let merge = true;       // join adjacent windows (only a link's ?merge=false turns it off)
 
   function fmtTime(s) {
     s = Math.max(0, Number(s) || 0);
@@ -91,6 +92,7 @@
     const k = kSelect.value;
     const params = new URLSearchParams({ q, k });
     if (byVideo.checked) params.set("by_video", "true");
+    if (!merge) params.set("merge", "false");
     if (push !== false) history.replaceState(null, "", q ? "?" + params.toString() : location.pathname);
     const seq = ++searchSeq;
     setStatus(q ? "Searching…" : "", "busy");
@@ -214,6 +216,7 @@
   const params = new URLSearchParams(location.search);
   if (params.get("k") && [...kSelect.options].some((o) => o.value === params.get("k"))) kSelect.value = params.get("k");
   byVideo.checked = params.get("by_video") === "true";
+  merge = params.get("merge") !== "false";
   if (params.get("q")) {
     qInput.value = params.get("q");
     search(false);

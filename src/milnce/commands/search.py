@@ -1,0 +1,299 @@
+"""Search commands: index, search, localize, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from ..cli import CommandError, add_model_options, model_from_args
+
+DEMO_VIDEOS = (
+    ("https://upload.wikimedia.org/wikipedia/commons/b/b0/YosriAirTerjun.gif", "waterfall"),
+    ("https://upload.wikimedia.org/wikipedia/commons/e/e6/Guitar_solo_gif.gif", "playing guitar"),
+    ("https://upload.wikimedia.org/wikipedia/commons/3/30/2009-08-16-autodrift-by-RalfR-gif-by-wau.gif", "car drifting"),
+)
+
+
+def _add_window_options(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("windows", f"how videos are cut into windows ({what})")
+    g.add_argument("--fps", type=float, default=None, help="frames per second sampled (default 10)")
+    g.add_argument("--num-frames", type=int, default=None, help="frames per window (default 32)")
+    g.add_argument("--size", type=int, default=None, help="frame size in pixels (default 224)")
+    g.add_argument("--stride", type=int, default=None, help="frames between window starts (default 16 = 1.6 s at 10 fps)")
+    g.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index", help="embed videos into a searchable index folder",
+        description="Walk files and folders, embed every video as sliding windows and store them in "
+        "the index folder (SQLite + memory-mapped vectors). Incremental: unchanged videos are skipped, "
+        "changed ones re-embedded, moved ones recognised by content. Safe to interrupt and re-run.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="video files or folders")
+    p.add_argument("--index", required=True, metavar="DIR", help="index folder (created if needed)")
+    p.add_argument("--prune", action="store_true", help="drop indexed videos whose file no longer exists")
+    p.add_argument("--ann", action="store_true", help="(re)build the approximate index (faiss) and report its recall@10")
+    p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    p.add_argument("--retry-errors", action="store_true", help="try again the videos that failed before")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_window_options(p, "recorded in a new index; an existing index keeps its own")
+    add_model_options(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser(
+        "search", help="find the moments of indexed videos that match sentences",
+        description="Rank moments (video, start, end, score) of an index for each query; adjacent "
+        "matching windows of a video are merged into one moment.")
+    p.add_argument("index", metavar="DIR", help="index folder (from 'milnce index')")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="sentences (quote each one)")
+    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--videos", action="store_true", help="rank whole videos (by their best moment)")
+    p.add_argument("--no-merge", action="store_true", help="list single windows, do not merge adjacent ones")
+    p.add_argument("--exact", action="store_true", help="exact search even if an ANN index exists")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_model_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "localize", help="score a sentence along one video: curve, best moments, plot",
+        description="Score every window of one video against a sentence, list the best moments, and "
+        "optionally plot the curve (PNG) with the moments marked.")
+    p.add_argument("video", help="video file")
+    p.add_argument("query", help="sentence")
+    p.add_argument("-k", type=int, default=5, help="moments to list (default 5)")
+    p.add_argument("--plot", metavar="PNG", help="write a plot of the score curve")
+    p.add_argument("--index", metavar="DIR", help="reuse this index's windows (and settings) if it holds the video")
+    p.add_argument("--no-merge", action="store_true", help="do not merge adjacent windows")
+    p.add_argument("--json", action="store_true", help="print every window's score and the moments as JSON")
+    _add_window_options(p, "default: the index's with --index, else 32 frames at 10 fps, stride 16")
+    add_model_options(p)
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser(
+        "demo", help="index the three demo GIFs and search them (the TF-Hub demo)",
+        description="Fetch the published weights and three GIFs (waterfall, guitar, car drifting) into "
+        "$MILNCE_HOME/demo, index them and answer the three queries. Offline: pass --weights/--vocab and "
+        "--videos DIR with some videos of your own.")
+    p.add_argument("--videos", metavar="DIR", help="use the videos in this folder instead of downloading the GIFs")
+    p.add_argument("--index", metavar="DIR", help="index folder (default: $MILNCE_HOME/demo/index-<weights id>)")
+    p.add_argument("--query", action="append", help="query (repeatable; default: the three demo queries)")
+    p.add_argument("-k", type=int, default=3, help="videos per query (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_window_options(p, "for a new demo index")
+    add_model_options(p)
+    p.set_defaults(func=cmd_demo)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {"fps": args.fps, "num_frames": args.num_frames, "size": args.size, "stride": args.stride}
+
+
+def _fmt_time(t: float) -> str:
+    t = max(0.0, float(t))
+    h, rem = divmod(t, 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h)}:{int(m):02d}:{s:04.1f}"
+
+
+def _model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    return model_from_args(args)
+
+
+def _check_batch(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for name in ("fps", "num_frames", "size", "stride"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise CommandError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ..index import build_index, find_videos
+
+    _check_batch(args)
+    files = find_videos(args.paths, recursive=not args.no_recursive, exclude=[args.index])
+    if not files and not args.prune:
+        raise CommandError(f"no video files found in {', '.join(args.paths)} "
+                           "(looked for .mp4 .mkv .webm .avi .mov .gif ...)")
+    model = _model(args)
+    report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
+                         progress=not args.quiet and not args.json, recursive=not args.no_recursive,
+                         retry_errors=args.retry_errors, batch_size=args.batch_size, **_settings(args))
+    if args.json:
+        d = {k: getattr(report, k) for k in ("directory", "added", "updated", "moved", "unchanged", "failed",
+                                              "previously_failed", "pruned", "windows_added", "video_seconds",
+                                              "embed_seconds", "elapsed", "num_videos", "num_windows", "compacted", "ann")}
+        d["speed"] = report.speed
+        print(json.dumps(d, default=str))
+    else:
+        print(report.summary())
+        for path, reason in report.failed[:10]:
+            print(f"  skipped {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _print_results(query: str, moments: list, problem: str | None, by_video: bool) -> None:
+    print(f"\n{query!r}:")
+    if problem:
+        print(f"  no results: {problem}")
+        return
+    if not moments:
+        print("  no results")
+        return
+    width = max(len(m.path) for m in moments)
+    print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}  {'video' if by_video else 'video'}")
+    for i, m in enumerate(moments, 1):
+        gone = "" if m.exists else "  (file missing)"
+        print(f"  {i:3d}  {m.score:8.3f}  {_fmt_time(m.start):>9}  {_fmt_time(m.end):>9}  {m.path:{width}s}{gone}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..index import Index
+
+    if args.k < 1:
+        raise CommandError(f"-k must be >= 1, got {args.k}")
+    # Check the folder before loading the model (fast, clear error).
+    Index.open(args.index).close()
+    model = _model(args)
+    with Index.open(args.index, model) as index:
+        queries = list(args.queries)
+        problems = [index.query_problem(q) for q in queries]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = index.search(queries, k=args.k, merge=not args.no_merge, by_video=args.videos, exact=args.exact)
+        mode = "exact" if args.exact or index.ann() is None else "ann"
+        if args.json:
+            out = {"index": index.directory, "mode": mode, "videos": len(index.videos()), "windows": len(index),
+                   "results": [{"query": q, "error": p, "moments": [m.to_dict() for m in res]}
+                               for q, p, res in zip(queries, problems, results)]}
+            print(json.dumps(out))
+        else:
+            print(f"{index.directory}: {len(index._records)} videos, {len(index)} windows ({mode} search)")
+            for q, p, res in zip(queries, problems, results):
+                _print_results(q, res, p, args.videos)
+    if all(p is not None for p in problems):
+        return 1
+    return 0
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from ..localize import localize, plot_localization
+
+    _check_batch(args)
+    if args.k < 1:
+        raise CommandError(f"-k must be >= 1, got {args.k}")
+    if not os.path.isfile(args.video):
+        raise FileNotFoundError(f"no such video file: {args.video}")
+    model = _model(args)
+    settings = _settings(args)
+    index = None
+    if args.index:
+        from ..index import Index
+
+        index = Index.open(args.index, model)
+        explicit = {k: v for k, v in settings.items() if v is not None}
+        if explicit:
+            try:
+                index.check_settings(explicit)
+            except ValueError:
+                index.close()
+                index = None  # other windows asked for: embed the video again
+        if index is not None:
+            settings = {k: index.settings[k] for k in settings}
+    try:
+        loc = localize(model, args.video, args.query, k=args.k, batch_size=args.batch_size,
+                       merge=not args.no_merge, index=index,
+                       stride=settings["stride"] or 16, fps=settings["fps"], num_frames=settings["num_frames"],
+                       size=settings["size"])
+    finally:
+        if index is not None:
+            index.close()
+    if args.plot:
+        plot_localization(loc, args.plot)
+    if args.json:
+        d = loc.to_dict()
+        d["plot"] = args.plot
+        print(json.dumps(d))
+        return 0
+    s = loc.scores
+    print(f"{loc.path} ({_fmt_time(loc.duration)}, {len(s)} windows): {loc.query!r}")
+    if len(s):
+        print(f"scores: min {s.min():.3f}  median {float(sorted(s)[len(s) // 2]):.3f}  max {s.max():.3f}")
+    print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}")
+    for i, (a, b, sc) in enumerate(loc.moments, 1):
+        print(f"  {i:3d}  {sc:8.3f}  {_fmt_time(a):>9}  {_fmt_time(b):>9}")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..download import cache_dir
+    from ..index import build_index, find_videos, Index
+
+    _check_batch(args)
+    offline_hint = ("on a machine without internet, pass --weights FILE --vocab FILE (the published "
+                    "s3d_howto100m.pth and s3d_dict.npy) and --videos DIR (a folder with a few videos)")
+    if args.videos:
+        if not os.path.isdir(args.videos):
+            raise CommandError(f"--videos {args.videos}: no such folder")
+        videos = find_videos([args.videos])
+        if not videos:
+            raise CommandError(f"--videos {args.videos}: no video files in that folder")
+        labels = {}
+    else:
+        demo = Path(cache_dir()) / "demo"
+        demo.mkdir(parents=True, exist_ok=True)
+        videos, labels = [], {}
+        from .. import download as dl
+
+        error_types = tuple(t for t in (getattr(dl, "DownloadError", None), OSError) if t is not None)
+        for url, label in DEMO_VIDEOS:
+            dest = demo / url.rsplit("/", 1)[1]
+            if not dest.is_file() or dest.stat().st_size == 0:
+                try:
+                    dl.download(url, dest, timeout=30, retries=2, progress=not args.quiet)
+                except error_types as exc:  # type: ignore[misc]
+                    raise CommandError(f"could not download the demo video {url} ({exc}); {offline_hint}") from exc
+            videos.append(str(dest))
+            labels[os.path.abspath(dest)] = label
+    try:
+        model = _model(args)
+    except CommandError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - weights download failed: say what to do offline
+        if args.weights:
+            raise
+        raise CommandError(f"could not load the published weights ({type(exc).__name__}: {exc}); {offline_hint}") from exc
+    index_dir = args.index or str(Path(cache_dir()) / "demo" / f"index-{model.weights_id}")
+    report = build_index(videos, index_dir, model, progress=not args.quiet, batch_size=args.batch_size,
+                         **_settings(args))
+    print(report.summary())
+    queries = args.query or [label for _, label in DEMO_VIDEOS]
+    with Index.open(index_dir, model) as index:
+        live = {os.path.abspath(v) for v in videos}
+        k = max(1, min(args.k, len(index._records)))
+        for q in queries:
+            problem = index.query_problem(q)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = [] if problem else index.search(q, k=len(index._records), by_video=True)
+            res = [m for m in res if m.path in live][:k]
+            _print_results(q, res, problem, True)
+            if res and labels:
+                best = labels.get(res[0].path)
+                print(f"  -> best match: {os.path.basename(res[0].path)}"
+                      + (f" (the {best!r} video)" if best else ""))
+    return 0

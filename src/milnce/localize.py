@@ -1,0 +1,126 @@
+"""Temporal localisation in one video: the score of every window over time, the best moments,
+and a plot of the curve (``milnce localize``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .index import merge_windows
+
+__all__ = ["Localization", "localize", "best_moments", "plot_localization"]
+
+
+@dataclass
+class Localization:
+    """Scores of one query against every window of one video."""
+
+    path: str
+    query: str
+    starts: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray
+    duration: float
+    moments: list[tuple[float, float, float]] = field(default_factory=list)  # (start, end, score), best first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "query": self.query,
+            "duration": self.duration,
+            "windows": [{"start": float(a), "end": float(b), "score": float(s)}
+                        for a, b, s in zip(self.starts, self.ends, self.scores)],
+            "moments": [{"start": a, "end": b, "score": s} for a, b, s in self.moments],
+        }
+
+
+def best_moments(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, k: int = 5,
+                 merge: bool = True) -> list[tuple[float, float, float]]:
+    """The ``k`` best moments ``(start, end, score)`` of a score curve: the best windows, with
+    adjacent ones among the ``~2k`` best merged into one moment (as ``Index.search`` does)."""
+    n = len(scores)
+    if n == 0 or k < 1:
+        return []
+    k = min(int(k), n)
+    s = np.asarray(scores, dtype=np.float32)
+    if not merge:
+        order = np.lexsort((np.arange(n), -s))[:k]
+        return [(float(starts[i]), float(ends[i]), float(s[i])) for i in order]
+    m = min(n, max(2 * k, k + 8))
+    while True:
+        part = np.argpartition(-s, m - 1)[:m] if m < n else np.arange(n)
+        runs = merge_windows(part, s[part], np.full(len(part), n))
+        if len(runs) >= k or m >= n:
+            break
+        m = min(n, 2 * m)
+    return [(float(starts[a]), float(ends[b]), sc) for a, b, _, sc in runs[:k]]
+
+
+def localize(model: Any, path: str | os.PathLike[str], query: str, *, k: int = 5, fps: float | None = None,
+             num_frames: int | None = None, size: int | None = None, stride: int = 16, batch_size: int = 4,
+             merge: bool = True, index: Any = None, progress: bool = False) -> Localization:
+    """Score ``query`` against every window of the video at ``path``.
+
+    With an open ``index`` (``milnce.Index``) that holds this video unchanged, its stored
+    windows are used instead of embedding the video again."""
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("the query is empty")
+    if not model.tokenizer.words(query):
+        unknown = model.tokenizer.unknown_words(query)
+        raise ValueError(f"no word of {query!r} is in the model's vocabulary"
+                         + (f" (unknown: {', '.join(unknown[:8])})" if unknown else ""))
+    starts = ends = emb = None
+    duration = float("nan")
+    if index is not None:
+        rec = index.video_by_path(path)
+        if rec is not None and rec.exists:
+            st = os.stat(rec.path)
+            if st.st_size == rec.size and float(st.st_mtime) == rec.mtime:
+                starts, ends, emb = index.windows(rec.id)
+                duration = rec.duration
+    if emb is None:
+        ve = model.encode_video_file(path, fps=fps, num_frames=num_frames, size=size, stride=stride,
+                                     batch_size=batch_size, progress=progress)
+        starts, ends, emb, duration = ve.starts, ve.ends, ve.embeddings, ve.duration
+    text = model.encode_text([query]).detach().cpu().numpy().astype(np.float32)
+    scores = (text @ np.asarray(emb, dtype=np.float32).T)[0]
+    if duration != duration and len(ends):  # nan
+        duration = float(ends[-1])
+    loc = Localization(path=os.path.abspath(os.fspath(path)), query=query, starts=np.asarray(starts),
+                       ends=np.asarray(ends), scores=scores, duration=float(duration))
+    loc.moments = best_moments(loc.starts, loc.ends, scores, k=k, merge=merge)
+    return loc
+
+
+def plot_localization(loc: Localization, out: str | os.PathLike[str]) -> str:
+    """Write a PNG of the score curve (window centres) with the best moments shaded."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib") from exc
+    centers = (loc.starts + loc.ends) / 2
+    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
+    try:
+        ax.plot(centers, loc.scores, color="#1f77b4", lw=1.5, marker="." if len(centers) < 80 else None,
+                label="window score")
+        for i, (a, b, s) in enumerate(loc.moments):
+            ax.axvspan(a, b, color="#ff7f0e", alpha=0.25 if i else 0.4, lw=0)
+            ax.annotate(f"#{i + 1} {s:.2f}", xy=((a + b) / 2, s), xytext=(0, 4), textcoords="offset points",
+                        ha="center", fontsize=8)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("score (dot product)")
+        ax.set_title(f"{os.path.basename(loc.path)}: \u201c{loc.query}\u201d", fontsize=10)
+        if len(centers):
+            ax.set_xlim(0, max(float(loc.ends.max()), loc.duration if loc.duration == loc.duration else 0))
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.fspath(out), format="png")
+    finally:
+        plt.close(fig)
+    return os.fspath(out)

@@ -1,0 +1,919 @@
+"""Video input: any video file into model-ready clips, and whole-video encoding.
+
+Decoding runs in-process with PyAV (FFmpeg's libraries): one decoding pass per video, frames
+picked by presentation timestamp, resized and converted to RGB in C (libswscale) only when a
+frame is actually used, and only the frames of the windows in flight are kept in memory.
+
+Timing (all times are seconds on the video's own timeline, 0 = the start of its video stream):
+
+* Sample times. ``read_clips`` samples the video at ``t_j = t0 + j / fps`` (``j = 0, 1, ...``)
+  with ``t0 = start`` (default 0) for as long as ``t_j < stop``, where ``stop = min(end,
+  video_end)`` and ``video_end`` is the presentation time of the last frame plus its duration.
+  ``N`` is the number of such samples.
+* Frame picked for a sample time ``t``: the frame being displayed at ``t``, i.e. the last frame
+  whose presentation time is ``<= t`` (the first frame for a ``t`` before it). This is exact for
+  variable-frame-rate video. (FFmpeg's ``fps`` filter instead rounds to the nearest output tick,
+  i.e. picks the frame displayed at ``t + 0.5 / fps``.)
+* Windows. Window ``k`` holds the samples ``k * stride + i`` for ``i < num_frames``:
+  ``clip.start = t0 + k * stride / fps`` and ``clip.end = clip.start + n / fps`` where ``n`` is the
+  number of real (not padded) samples in it (``num_frames`` for every full window). All full
+  windows are produced; then, if samples at the end of the range are in no full window (or the
+  range is shorter than one window), one more window at the next ``k`` holds them and is padded.
+  So a video shorter than one clip gives exactly one padded clip, never zero clips.
+* Padding (``pad=``): ``"repeat"`` (default) repeats the last real frame; ``"loop"`` cycles the
+  window's real frames from its first one, like the TF-Hub demo loops a short video.
+
+Geometry (``crop=``): ``"center"`` (default) resizes the short side to ``size`` (keeping the
+aspect ratio) and centre-crops ``size x size``; ``"square"`` is the reference evaluation's
+recipe (centre square crop of side ``min(w, h)``, then resize to ``size x size``, FFmpeg's
+``crop`` and ``scale`` filters); ``"resize"`` squeezes the full frame to ``size x size``.
+Resizing is bicubic. Rotation metadata (the display matrix of phone videos) is honoured in
+multiples of 90 degrees; sample aspect ratio is ignored (as in the reference recipe).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import MILNCE
+
+__all__ = [
+    "VideoError",
+    "Clip",
+    "VideoEmbeddings",
+    "read_clips",
+    "read_clip",
+    "clips_to_tensor",
+    "VideoClipDataset",
+    "encode_video_file",
+    "probe_video",
+]
+
+CROPS = ("center", "square", "resize")
+PADS = ("repeat", "loop")
+_EPS = 1e-6  # seconds; a frame at t + _EPS still counts as displayed at t (float round-off)
+_HUGE_PIXELS = 3840 * 2160 + 1  # above 4K, frame threads are capped to bound decoder memory
+# Pixel formats scaled in their own format first, then converted to RGB at the small size
+# (twice as fast as one combined swscale pass for 720p input).
+_SCALE_FIRST = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"})
+
+
+class VideoError(ValueError):
+    """A video that cannot be read: not a video, corrupt, unsupported, or bad time arguments.
+
+    The message names the file."""
+
+
+class VideoNotFoundError(VideoError, FileNotFoundError):
+    """The video file does not exist."""
+
+
+class VideoIsADirectoryError(VideoError, IsADirectoryError):
+    """The path given as a video is a directory."""
+
+
+@dataclass
+class Clip:
+    """One window of a video.
+
+    ``frames``: uint8 RGB tensor ``3 x T x S x S`` (``read_clip`` returns ``W x 3 x T x S x S``);
+    ``start``/``end``: seconds in the source video (``end`` stops at the last real frame's slot
+    for a padded window)."""
+
+    start: float
+    end: float
+    frames: torch.Tensor
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[-3])
+
+
+@dataclass
+class VideoEmbeddings:
+    """Per-window embeddings of one video (``encode_video_file``).
+
+    ``starts``/``ends``: float64 seconds (N); ``embeddings``: float32 ``N x 512``; ``features``:
+    float32 ``N x 1024`` (mixed_5c) or None; ``duration``: the video's duration in seconds;
+    ``stats``: timings (``wall_s``, ``wait_s`` = time the model waited for frames,
+    ``wait_share``, ``model_s``, ``decode_s``)."""
+
+    path: str
+    starts: np.ndarray
+    ends: np.ndarray
+    embeddings: np.ndarray
+    features: np.ndarray | None
+    duration: float
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def to_npz_dict(self) -> dict[str, np.ndarray]:
+        """Arrays for ``np.savez`` (all loadable with ``allow_pickle=False``)."""
+        out = {
+            "embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32),
+            "starts": np.asarray(self.starts, dtype=np.float64),
+            "ends": np.asarray(self.ends, dtype=np.float64),
+            "path": np.asarray(str(self.path), dtype=np.str_),
+            "duration": np.asarray(self.duration, dtype=np.float64),
+        }
+        if self.features is not None:
+            out["features"] = np.ascontiguousarray(self.features, dtype=np.float32)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Opening and decoding
+
+
+def _check_path(path: str | os.PathLike[str]) -> str:
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    if not os.path.exists(p):
+        raise VideoNotFoundError(f"{p}: no such video file")
+    if os.path.isdir(p):
+        raise VideoIsADirectoryError(f"{p}: is a directory, not a video file")
+    try:
+        size = os.path.getsize(p)
+    except OSError as exc:
+        raise VideoError(f"{p}: cannot read ({exc})") from exc
+    if size == 0:
+        raise VideoError(f"{p}: empty file (0 bytes), not a video")
+    return p
+
+
+def _fferr(exc: BaseException) -> str:
+    msg = getattr(exc, "strerror", None) or str(exc)
+    return str(msg).strip()
+
+
+class _Video:
+    """An open video stream that yields ``(time, frame)`` in presentation order."""
+
+    def __init__(self, path: str, threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
+        import av
+
+        self.path = path
+        self.threads = threads
+        self._warn = warn or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=4))
+        self.container: Any = None
+        self._open()
+        s = self.stream
+        self.tb = float(s.time_base) if s.time_base else 1e-6
+        self.origin: float | None = float(s.start_time * s.time_base) if s.start_time is not None and s.time_base else None
+        rate = s.average_rate or s.guessed_rate
+        self.period: float | None = 1.0 / float(rate) if rate and float(rate) > 0 and float(rate) < 1000 else None
+        dur = None
+        if s.duration is not None and s.time_base and s.duration > 0:
+            dur = float(s.duration * s.time_base)
+        elif self.container.duration and self.container.duration > 0:
+            dur = self.container.duration / av.time_base
+        self.header_duration: float | None = dur
+        self.width, self.height = s.codec_context.width, s.codec_context.height
+        self.errors = 0
+        self.first_error_time: float | None = None
+        self.last_time: float | None = None  # last decoded frame time
+
+    def _open(self) -> None:
+        import av
+
+        try:
+            self.container = av.open(self.path, mode="r", metadata_errors="ignore")
+        except av.error.FileNotFoundError as exc:  # pragma: no cover - raced with _check_path
+            raise VideoNotFoundError(f"{self.path}: no such video file") from exc
+        except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+            raise VideoError(f"{self.path}: not a readable video file ({_fferr(exc)})") from exc
+        streams = [
+            s for s in self.container.streams.video
+            if not (int(s.disposition) & int(av.stream.Disposition.attached_pic))
+        ]
+        if not streams:
+            kinds = sorted({s.type for s in self.container.streams}) or ["none"]
+            self.container.close()
+            raise VideoError(f"{self.path}: no video stream (streams: {', '.join(kinds)}); audio-only file?")
+        s = streams[0]
+        if s.codec_context is None:
+            self.container.close()
+            raise VideoError(f"{self.path}: unsupported video codec {s.codec.name if s.codec else '?'}")
+        w, h = s.codec_context.width, s.codec_context.height
+        s.thread_type = "AUTO"
+        count = self.threads
+        if w * h >= _HUGE_PIXELS:  # each frame thread holds a full-size frame
+            count = min(count, 2) if count else 2
+        s.thread_count = count
+        self.stream = s
+
+    def reopen(self) -> None:
+        self.close()
+        self._open()
+
+    def close(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception:  # pragma: no cover
+                pass
+            self.container = None
+
+    def _note_error(self, exc: BaseException, t: float | None) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            self.first_error_time = t
+            where = f"at {t:.3f} s" if t is not None else "at the start"
+            self._warn(f"{self.path}: corrupt or truncated video data {where} ({_fferr(exc)}); "
+                       "decoding what is readable")
+
+    def _raw_frames(self) -> Iterator[Any]:
+        import av
+
+        demux = self.container.demux(self.stream)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                return
+            except (av.error.FFmpegError, OSError, ValueError) as exc:
+                self._note_error(exc, self.last_time)
+                # flush what the decoder still holds, then stop
+                try:
+                    yield from self.stream.decode(None)
+                except (av.error.FFmpegError, ValueError):
+                    pass
+                return
+            try:
+                frames = packet.decode()
+            except (av.error.FFmpegError, ValueError) as exc:
+                self._note_error(exc, self.last_time)
+                continue
+            yield from frames
+
+    def frames(self, seek: float | None = None) -> Iterator[tuple[float, Any]]:
+        """``(t, frame)`` with ``t`` in seconds from the stream start, strictly increasing.
+
+        With ``seek``, starts at the keyframe at or before ``seek`` (falls back to decoding from
+        the beginning if the container cannot seek there exactly)."""
+        import av
+
+        if seek is not None and seek > 0:
+            origin = self.origin or 0.0
+            try:
+                self.container.seek(int((seek + origin) / self.tb), stream=self.stream, backward=True, any_frame=False)
+                seeked = True
+            except (av.error.FFmpegError, OverflowError, ValueError):
+                self.reopen()
+                seeked = False
+        else:
+            seeked = False
+        if seeked:
+            first = True
+            for t, frame in self._timed(self._raw_frames()):
+                if first:
+                    first = False
+                    if t > seek + _EPS:  # landed after the target: decode from the start instead
+                        break
+                yield t, frame
+            else:
+                if not first:
+                    return
+                # nothing decoded after seeking: the start may be past the end; check from the start
+            self.reopen()
+            self.errors, self.first_error_time, self.last_time = 0, None, None
+        yield from self._timed(self._raw_frames())
+
+    def _timed(self, raw: Iterable[Any]) -> Iterator[tuple[float, Any]]:
+        last = None
+        backwards = 0
+        for frame in raw:
+            pts = frame.pts
+            if pts is None:
+                t = (last + (self.period or 0.04)) if last is not None else 0.0
+            else:
+                if self.origin is None:
+                    self.origin = pts * self.tb
+                t = pts * self.tb - self.origin
+            if last is not None and t <= last + _EPS * 0.01:
+                backwards += 1
+                if backwards == 1:
+                    self._warn(f"{self.path}: frame timestamps go backwards at {t:.3f} s; dropping such frames")
+                continue
+            last = t
+            self.last_time = t
+            yield t, frame
+
+    def frame_duration(self, frame: Any, prev_gap: float | None) -> float:
+        d = frame.duration
+        if d and d > 0:
+            return float(d) * self.tb
+        if self.period:
+            return self.period
+        if prev_gap:
+            return prev_gap
+        return 0.0
+
+
+class _Converter:
+    """Decoded frame -> ``S x S x 3`` uint8 RGB, in C (libswscale / libavfilter)."""
+
+    def __init__(self, size: int, crop: str) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        if int(size) < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+        self.size = int(size)
+        self.crop = crop
+        self._scale = VideoReformatter()
+        self._rgb = VideoReformatter()
+        self._graph: Any = None
+        self._graph_key: tuple[int, int, str] | None = None
+
+    def _resize(self, frame: Any, w: int, h: int) -> np.ndarray:
+        fmt = frame.format.name
+        if fmt in _SCALE_FIRST:
+            small = self._scale.reformat(frame, width=w, height=h, interpolation="BICUBIC", threads=1)
+            rgb = self._rgb.reformat(small, format="rgb24", src_colorspace=frame.colorspace,
+                                     src_color_range=frame.color_range, threads=1)
+        else:
+            rgb = self._rgb.reformat(frame, width=w, height=h, format="rgb24", interpolation="BICUBIC",
+                                     src_color_range=frame.color_range, threads=1)
+        return rgb.to_ndarray()
+
+    def _square(self, frame: Any) -> np.ndarray:
+        import av
+
+        key = (frame.width, frame.height, frame.format.name)
+        if self._graph_key != key:
+            g = av.filter.Graph()
+            src = g.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                               time_base=frame.time_base or __import__("fractions").Fraction(1, 1000))
+            crop = g.add("crop", "w=min(iw\\,ih):h=min(iw\\,ih):x=(iw-min(iw\\,ih))*0.5:y=(ih-min(iw\\,ih))*0.5")
+            scale = g.add("scale", f"{self.size}:{self.size}:flags=bicubic")
+            fmt = g.add("format", "rgb24")
+            sink = g.add("buffersink")
+            g.link_nodes(src, crop, scale, fmt, sink)
+            g.configure()
+            self._graph, self._graph_key = g, key
+        self._graph.push(frame)
+        return self._graph.pull().to_ndarray()
+
+    def __call__(self, frame: Any) -> np.ndarray:
+        s = self.size
+        w, h = frame.width, frame.height
+        if self.crop == "center":
+            if w <= h:
+                rw, rh = s, max(s, round(h * s / w))
+            else:
+                rw, rh = max(s, round(w * s / h)), s
+            arr = self._resize(frame, rw, rh)
+            y0, x0 = (rh - s) // 2, (rw - s) // 2
+            arr = arr[y0:y0 + s, x0:x0 + s]
+        elif self.crop == "resize":
+            arr = self._resize(frame, s, s)
+        else:
+            arr = self._square(frame)
+        try:
+            rot = frame.rotation
+        except Exception:  # pragma: no cover
+            rot = 0
+        k = int(round((rot or 0) / 90.0)) % 4
+        if k:
+            arr = np.rot90(arr, k)
+        return np.ascontiguousarray(arr)
+
+
+def _check_times(path: str, start: float | None, end: float | None) -> tuple[float, float]:
+    s = 0.0 if start is None else float(start)
+    e = math.inf if end is None else float(end)
+    if math.isnan(s) or math.isnan(e):
+        raise VideoError(f"{path}: start/end must be numbers, got start={start!r}, end={end!r}")
+    if s < 0 or e < 0:
+        raise VideoError(f"{path}: negative time (start={start!r}, end={end!r}); times are seconds from the video start")
+    if e <= s:
+        raise VideoError(f"{path}: start ({s:g} s) must be before end ({e:g} s)")
+    return s, e
+
+
+class _Sampler:
+    """Assigns to each requested sample time the frame displayed at that time.
+
+    ``run(times)`` takes an iterator of nondecreasing ``(t, needed)`` and yields, per sample, the
+    converted frame (or None where ``needed`` is false, without converting), until the times run
+    out or the video ends. Afterwards ``video_end`` is set when the end of the video was reached.
+    """
+
+    def __init__(self, video: _Video, convert: _Converter) -> None:
+        self.video = video
+        self.convert = convert
+        self.video_end: float | None = None
+        self.last_array: np.ndarray | None = None
+        self.decode_s = 0.0
+
+    def run(self, times: Iterator[tuple[float, bool]], seek: float | None = None) -> Iterator[np.ndarray | None]:
+        video = self.video
+        pending = next(times, None)
+        if pending is None:
+            return
+        clock = time.perf_counter
+        prev_t = 0.0
+        prev_frame: Any = None
+        prev_arr: np.ndarray | None = None
+        prev_gap: float | None = None
+        frames = video.frames(seek=seek)
+        t_dec = clock()
+        try:
+            for ft, frame in frames:
+                if prev_frame is not None:
+                    prev_gap = ft - prev_t
+                    # every pending sample before this frame shows the previous frame
+                    while pending is not None and pending[0] + _EPS < ft:
+                        out = None
+                        if pending[1]:
+                            if prev_arr is None:
+                                prev_arr = self.convert(prev_frame)
+                                self.last_array = prev_arr
+                            out = prev_arr
+                        self.decode_s += clock() - t_dec
+                        yield out
+                        t_dec = clock()
+                        pending = next(times, None)
+                    if pending is None:
+                        return
+                # (samples before the first frame get the first frame)
+                prev_t, prev_frame, prev_arr = ft, frame, None
+            if prev_frame is None:
+                return
+            # end of the video: the last frame lasts its duration
+            end = prev_t + max(video.frame_duration(prev_frame, prev_gap), 1e-3)
+            self.video_end = end
+            while pending is not None and pending[0] + _EPS < end:
+                out = None
+                if pending[1]:
+                    if prev_arr is None:
+                        prev_arr = self.convert(prev_frame)
+                        self.last_array = prev_arr
+                    out = prev_arr
+                self.decode_s += clock() - t_dec
+                yield out
+                t_dec = clock()
+                pending = next(times, None)
+        finally:
+            self.decode_s += clock() - t_dec
+            frames.close()
+
+
+def _stack(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    arr = np.stack(frames)  # T x S x S x 3
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(3, 0, 1, 2)))
+
+
+def _pad(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
+    if len(real) >= num_frames:
+        return real[:num_frames]
+    if pad == "loop":
+        return [real[i % len(real)] for i in range(num_frames)]
+    return real + [real[-1]] * (num_frames - len(real))
+
+
+def _check_common(fps: float, num_frames: int, size: int, stride: int, crop: str, pad: str) -> None:
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if int(num_frames) < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames!r}")
+    if int(stride) < 1:
+        raise ValueError(f"stride must be >= 1 (in frames at the target fps), got {stride!r}")
+    if int(size) < 1:
+        raise ValueError(f"size must be >= 1, got {size!r}")
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    if pad not in PADS:
+        raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
+
+
+class _ClipReader:
+    """The iterator behind ``read_clips``; exposes ``duration``/``header_duration`` and stats."""
+
+    def __init__(self, path: str | os.PathLike[str], fps: float = 10.0, num_frames: int = 32, size: int = 224,
+                 stride: int = 16, start: float | None = None, end: float | None = None, crop: str = "center",
+                 pad: str = "repeat", threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
+        self.path = _check_path(path)
+        _check_common(fps, num_frames, size, stride, crop, pad)
+        self.fps, self.num_frames, self.size, self.stride = float(fps), int(num_frames), int(size), int(stride)
+        self.crop, self.pad = crop, pad
+        self.t0, self.stop = _check_times(self.path, start, end)
+        self._start_given = start is not None and float(start) > 0
+        self.threads = threads
+        self.warn = warn or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=3))
+        self.video = _Video(self.path, threads=threads, warn=self.warn)
+        if self.video.header_duration is not None and self.t0 >= self.video.header_duration + 1.0:
+            dur = self.video.header_duration
+            self.video.close()
+            raise VideoError(f"{self.path}: start ({self.t0:g} s) is past the end of the video ({dur:.3f} s)")
+        self.sampler = _Sampler(self.video, _Converter(self.size, self.crop))
+        self.num_samples = 0
+        self.num_windows = 0
+
+    @property
+    def header_duration(self) -> float | None:
+        return self.video.header_duration
+
+    @property
+    def duration(self) -> float | None:
+        """The video's duration: exact once the end was decoded, else the header's."""
+        return self.sampler.video_end if self.sampler.video_end is not None else self.video.header_duration
+
+    def estimated_windows(self) -> int | None:
+        dur = self.video.header_duration
+        if dur is None:
+            return None
+        n = max(0, math.ceil((min(dur, self.stop) - self.t0) * self.fps - 1e-9))
+        t, s = self.num_frames, self.stride
+        full = (n - t) // s + 1 if n >= t else 0
+        extra = 1 if full == 0 or (full * s < n and (full - 1) * s + t < n) else 0
+        return max(1, full + extra)
+
+    def _times(self) -> Iterator[tuple[float, bool]]:
+        t, s = self.num_frames, self.stride
+        j = 0
+        while True:
+            tj = self.t0 + j / self.fps
+            if tj >= self.stop - _EPS:
+                return
+            yield tj, (s <= t or j % s < t)
+            j += 1
+
+    def __iter__(self) -> Iterator[Clip]:
+        T, S, fps = self.num_frames, self.stride, self.fps
+        buf: dict[int, np.ndarray] = {}
+        k = 0  # next window to emit
+        n = 0
+        try:
+            for j, arr in enumerate(self.sampler.run(self._times(), seek=self.t0 if self._start_given else None)):
+                n = j + 1
+                if arr is not None:
+                    buf[j] = arr
+                if j == k * S + T - 1:  # window k is complete
+                    frames = [buf[k * S + i] for i in range(T)]
+                    start = self.t0 + k * S / fps
+                    yield Clip(start, start + T / fps, _stack(frames))
+                    k += 1
+                    for key in [key for key in buf if key < k * S]:
+                        del buf[key]
+            self.num_samples = n
+            if n == 0:
+                if self.video.last_time is None and self.video.errors == 0:
+                    raise VideoError(f"{self.path}: no decodable video frames (zero-length video?)")
+                if self.video.last_time is None:
+                    raise VideoError(f"{self.path}: no video frame could be decoded (corrupt file)")
+                end = self.sampler.video_end
+                raise VideoError(f"{self.path}: start ({self.t0:g} s) is past the end of the video "
+                                 f"({end if end is not None else self.video.last_time:.3f} s)")
+            full = k
+            if full == 0 or (full * S < n and (full - 1) * S + T < n):
+                real = [buf[key] for key in sorted(buf) if key >= full * S]
+                start = self.t0 + full * S / fps
+                yield Clip(start, start + len(real) / fps, _stack(_pad(real, T, self.pad)))
+                k += 1
+            self.num_windows = k
+            self._check_truncation()
+        finally:
+            self.video.close()
+
+    def _check_truncation(self) -> None:
+        v = self.video
+        end, hdr = self.sampler.video_end, v.header_duration
+        if v.errors or end is None or hdr is None or self.stop < hdr:
+            return
+        slack = max(0.5, 2 * (v.period or 0.04))
+        if end + slack < hdr:
+            self.warn(f"{self.path}: video data ends at {end:.3f} s but the file says {hdr:.3f} s "
+                      "(truncated file?); clips cover the readable part")
+
+
+# --------------------------------------------------------------------------------------------
+# Public reading API
+
+
+def read_clips(path: str | os.PathLike[str], fps: float = 10.0, num_frames: int = 32, size: int = 224,
+               stride: int = 16, start: float | None = None, end: float | None = None, crop: str = "center",
+               pad: str = "repeat", *, threads: int = 0) -> Iterator[Clip]:
+    """Sliding windows over a video (or ``[start, end]`` seconds) in one decoding pass.
+
+    Yields ``Clip(start, end, frames)`` with ``frames`` uint8 RGB ``3 x num_frames x size x size``.
+    Window ``k`` samples the times ``t0 + (k * stride + i) / fps`` (``i < num_frames``,
+    ``t0 = start or 0``), each taking the frame displayed at that time (the last frame whose
+    timestamp is ``<= t``). The last window, if partial, is padded (``pad="repeat"`` repeats the
+    last frame, ``"loop"`` cycles the window's frames); a video shorter than one window yields one
+    padded clip. ``crop``: ``"center"`` (short side to ``size``, centre crop), ``"square"``
+    (reference evaluation: centre square crop then resize) or ``"resize"`` (full frame).
+    ``threads``: decoder threads (0 = automatic). Memory stays bounded: only the frames of the
+    current window are kept. Raises ``VideoError`` (a ``ValueError``) for unreadable input; warns
+    (``RuntimeWarning``) with the time of the break for corrupt or truncated files.
+    """
+    return iter(_ClipReader(path, fps, num_frames, size, stride, start, end, crop, pad, threads=threads))
+
+
+def read_clip(path: str | os.PathLike[str], start: float, end: float, num_windows: int = 4, fps: float = 10.0,
+              num_frames: int = 32, size: int = 224, crop: str = "center", pad: str = "repeat",
+              *, threads: int = 0) -> Clip:
+    """One clip for ``[start, end]`` as ``num_windows`` windows spread over it (evaluation protocol).
+
+    Window ``w`` starts at ``linspace(start, max(start, end - num_frames / fps), num_windows)[w]``
+    and samples ``num_frames`` frames at ``fps`` from there (frames past the end of the video are
+    padded as in ``read_clips``). Returns ``Clip(start, end, frames)`` with ``frames`` uint8
+    ``num_windows x 3 x num_frames x size x size``; embed with ``model.encode_video(clip.frames)``
+    and average the window embeddings.
+    """
+    p = _check_path(path)
+    _check_common(fps, num_frames, size, 1, crop, pad)
+    if int(num_windows) < 1:
+        raise ValueError(f"num_windows must be >= 1, got {num_windows!r}")
+    if start is None or end is None:
+        raise VideoError(f"{p}: read_clip needs both start and end (seconds)")
+    s, e = _check_times(p, start, end)
+    if math.isinf(e):
+        raise VideoError(f"{p}: end must be finite")
+    T = int(num_frames)
+    starts = np.linspace(s, max(s, e - T / fps), int(num_windows))
+    tagged = sorted((float(st) + i / fps, w, i) for w, st in enumerate(starts) for i in range(T))
+    video = _Video(p, threads=threads)
+    if video.header_duration is not None and s >= video.header_duration + 1.0:
+        video.close()
+        raise VideoError(f"{p}: start ({s:g} s) is past the end of the video ({video.header_duration:.3f} s)")
+    sampler = _Sampler(video, _Converter(size, crop))
+    got: list[list[np.ndarray]] = [[] for _ in range(int(num_windows))]
+    try:
+        times = iter([(t, True) for t, _, _ in tagged])
+        for (_, w, _i), arr in zip(tagged, sampler.run(times, seek=s if s > 0 else None)):
+            assert arr is not None
+            got[w].append(arr)
+    finally:
+        video.close()
+    if sampler.last_array is None:
+        if video.last_time is None:
+            raise VideoError(f"{p}: no decodable video frames")
+        raise VideoError(f"{p}: start ({s:g} s) is past the end of the video ({sampler.video_end or video.last_time:.3f} s)")
+    windows = [_stack(_pad(real if real else [sampler.last_array], T, pad)) for real in got]
+    return Clip(s, e, torch.stack(windows))
+
+
+def clips_to_tensor(clips: Clip | torch.Tensor | Iterable[Clip | torch.Tensor]) -> torch.Tensor:
+    """Clips (or uint8 ``3 x T x H x W`` tensors) -> float ``B x 3 x T x H x W`` in [0, 1].
+
+    A ``Clip`` from ``read_clip`` (``W x 3 x T x H x W`` frames) contributes its ``W`` windows."""
+    if isinstance(clips, (Clip, torch.Tensor)):
+        clips = [clips]
+    parts = []
+    for c in clips:
+        x = c.frames if isinstance(c, Clip) else c
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x))
+        if x.ndim == 4:
+            x = x[None]
+        if x.ndim != 5 or x.shape[1] != 3:
+            raise ValueError(f"expected clip frames 3 x T x H x W, got shape {tuple(x.shape)}")
+        parts.append(x)
+    if not parts:
+        raise ValueError("no clips to batch")
+    shapes = {tuple(p.shape[1:]) for p in parts}
+    if len(shapes) > 1:
+        raise ValueError(f"clips of different shapes cannot be batched: {sorted(shapes)}")
+    out = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if out.dtype == torch.uint8:
+        return out.float().div_(255.0)
+    return out.float()
+
+
+def probe_video(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Header facts about a video: ``width``, ``height`` (as stored), ``rotation`` (degrees),
+    ``duration`` (seconds or None), ``fps`` (average, or None), ``codec``, ``pix_fmt``."""
+    p = _check_path(path)
+    v = _Video(p)
+    try:
+        s = v.stream
+        rot = 0
+        for frame in v.container.decode(s):
+            rot = frame.rotation
+            break
+        return {
+            "path": p,
+            "width": v.width,
+            "height": v.height,
+            "rotation": rot,
+            "duration": v.header_duration,
+            "fps": (1.0 / v.period) if v.period else None,
+            "codec": s.codec_context.name,
+            "pix_fmt": s.codec_context.pix_fmt,
+        }
+    finally:
+        v.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+
+
+class VideoClipDataset(torch.utils.data.IterableDataset):
+    """Windows of many videos for (multi-worker) ``DataLoader``s.
+
+    ``items``: paths, or ``(path, start, end)`` rows (``None`` for an open end). Each video is
+    read in one decoding pass (``read_clips``) and yields one dict per window::
+
+        {"frames": uint8 3 x T x S x S, "path": str, "index": row number, "window": k,
+         "start": float, "end": float, "error": ""}
+
+    Rows are split across ``DataLoader`` workers (row ``i`` goes to worker ``i % num_workers``);
+    each worker opens its own files. A video that cannot be read does not stop the loader: it
+    yields one item with ``error`` set to the message, ``window = -1``, NaN times and zero frames
+    (so the default collate still works; filter with ``batch["error"]``), and a warning is issued.
+    ``on_error="skip"`` only warns, ``"raise"`` re-raises. ``errors`` lists ``(path, message)``
+    of the files that failed in this process (with workers, use the ``error`` field instead).
+    """
+
+    def __init__(self, items: Sequence[str | os.PathLike[str] | tuple[Any, Any, Any]], fps: float = 10.0,
+                 num_frames: int = 32, size: int = 224, stride: int = 16, crop: str = "center",
+                 pad: str = "repeat", on_error: str = "report", threads: int = 1) -> None:
+        super().__init__()
+        _check_common(fps, num_frames, size, stride, crop, pad)
+        if on_error not in ("report", "skip", "raise"):
+            raise ValueError(f"on_error must be 'report', 'skip' or 'raise', got {on_error!r}")
+        rows: list[tuple[str, float | None, float | None]] = []
+        for it in items:
+            if isinstance(it, (str, os.PathLike)):
+                rows.append((os.fspath(it), None, None))  # type: ignore[arg-type]
+            else:
+                path, start, end = it
+                rows.append((os.fspath(path), None if start is None else float(start), None if end is None else float(end)))
+        self.rows = rows
+        self.fps, self.num_frames, self.size, self.stride = float(fps), int(num_frames), int(size), int(stride)
+        self.crop, self.pad, self.on_error, self.threads = crop, pad, on_error, threads
+        self.errors: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:  # number of rows (videos), not windows
+        return len(self.rows)
+
+    def _error_item(self, index: int, path: str, msg: str) -> dict[str, Any]:
+        return {
+            "frames": torch.zeros(3, self.num_frames, self.size, self.size, dtype=torch.uint8),
+            "path": path, "index": index, "window": -1, "start": math.nan, "end": math.nan, "error": msg,
+        }
+
+    def iter_row(self, index: int) -> Iterator[dict[str, Any]]:
+        path, start, end = self.rows[index]
+        k = 0
+        try:
+            reader = _ClipReader(path, self.fps, self.num_frames, self.size, self.stride, start, end,
+                                 self.crop, self.pad, threads=self.threads)
+            for k, clip in enumerate(reader):
+                yield {"frames": clip.frames, "path": path, "index": index, "window": k,
+                       "start": clip.start, "end": clip.end, "error": ""}
+        except Exception as exc:  # per-file error: report and go on
+            if self.on_error == "raise":
+                raise
+            msg = str(exc) if path in str(exc) else f"{path}: {exc}"
+            if not isinstance(exc, (VideoError, OSError)):
+                msg = f"{msg} ({type(exc).__name__})"
+            self.errors.append((path, msg))
+            warnings.warn(f"skipping video: {msg}", RuntimeWarning, stacklevel=2)
+            if self.on_error == "report":
+                yield self._error_item(index, path, msg)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in range(wid, len(self.rows), nw):
+            yield from self.iter_row(i)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-video encoding
+
+
+_DONE = object()
+
+
+def encode_video_file(model: MILNCE, path: str | os.PathLike[str], *, fps: float | None = None,
+                      num_frames: int | None = None, size: int | None = None, stride: int = 16,
+                      start: float | None = None, end: float | None = None, batch_size: int = 4,
+                      features: bool = False, progress: bool = False, crop: str = "center",
+                      pad: str = "repeat", threads: int = 0) -> VideoEmbeddings:
+    """Embed every window of a video: ``read_clips`` windows -> ``model.encode_video``.
+
+    ``fps``/``num_frames``/``size`` default to the model's (``model.info``: 10 fps, 32 frames,
+    224 px). A background thread decodes the next batch while the model runs on the current one
+    (a queue of two batches bounds the memory). Returns ``VideoEmbeddings`` with per-window
+    ``starts``/``ends`` (seconds), ``embeddings`` (N x 512) and, with ``features=True``, the
+    ``mixed_5c`` features (N x 1024); ``stats`` holds the share of time spent waiting for frames.
+    """
+    info = model.info
+    fps = float(fps if fps is not None else info.fps)
+    num_frames = int(num_frames if num_frames is not None else info.num_frames)
+    size = int(size if size is not None else info.size)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
+    messages: list[str] = []
+    reader = _ClipReader(path, fps, num_frames, size, stride, start, end, crop, pad, threads=threads,
+                         warn=messages.append)
+    q: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(reader)
+        try:
+            batch: list[Clip] = []
+            for clip in it:
+                batch.append(clip)
+                if len(batch) == batch_size:
+                    if not put(batch):
+                        return
+                    batch = []
+            if batch and not put(batch):
+                return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            put(exc)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=reader.estimated_windows(), unit="clip", desc=os.path.basename(reader.path), leave=False)
+    t_start = time.perf_counter()
+    worker = threading.Thread(target=produce, name="milnce-video-decode", daemon=True)
+    worker.start()
+    starts: list[float] = []
+    ends: list[float] = []
+    embs: list[torch.Tensor] = []
+    feats: list[torch.Tensor] = []
+    wait_s = model_s = 0.0
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = q.get()
+            wait_s += time.perf_counter() - t0
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            x = clips_to_tensor(item)
+            t1 = time.perf_counter()
+            out = model.encode_video(x, features=True, batch_size=batch_size)
+            emb, mix = out  # type: ignore[misc]
+            model_s += time.perf_counter() - t1
+            embs.append(emb.float().cpu())
+            if features:
+                feats.append(mix.float().cpu())
+            starts += [c.start for c in item]
+            ends += [c.end for c in item]
+            if bar is not None:
+                bar.update(len(item))
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+        if bar is not None:
+            bar.close()
+        for m in messages:
+            warnings.warn(m, RuntimeWarning, stacklevel=2)
+    wall = time.perf_counter() - t_start
+    emb_np = torch.cat(embs).numpy().astype(np.float32, copy=False)
+    feat_np = torch.cat(feats).numpy().astype(np.float32, copy=False) if features else None
+    duration = reader.duration
+    stats = {"wall_s": wall, "wait_s": wait_s, "wait_share": wait_s / wall if wall > 0 else 0.0,
+             "model_s": model_s, "decode_s": reader.sampler.decode_s, "windows": float(len(starts))}
+    return VideoEmbeddings(
+        path=reader.path,
+        starts=np.asarray(starts, dtype=np.float64),
+        ends=np.asarray(ends, dtype=np.float64),
+        embeddings=emb_np,
+        features=feat_np,
+        duration=float(duration) if duration is not None else float("nan"),
+        stats=stats,
+    )
