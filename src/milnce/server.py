@@ -6,15 +6,16 @@ Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 
 - ``GET /``                                   the single-page UI (``milnce/static``)
 - ``GET /healthz``                            liveness and index size
-- ``GET /api/search?q=...&k=10&by_video=0``   moments for a query, best first
+- ``GET /api/search?q=...&k=10``              moments for a query, best first (``by_video``, ``merge``)
 - ``GET /api/videos``                         the indexed videos (paged)
 - ``GET /api/videos/{id}``                    one video's metadata
 - ``GET /api/videos/{id}/file``               the video file, with HTTP range requests (206)
 - ``GET /api/videos/{id}/thumbnail?t=SEC``    JPEG of the frame at ``t`` seconds
 
-Files are addressed only by their id in the index, never by a path from the request, so
-nothing outside the index can be read. The model runs in FastAPI's threadpool, one call at a
-time (a lock): torch uses the cores itself. Thumbnails are decoded with PyAV (seek, decode one
+``/static/api.html`` renders the OpenAPI document without internet access (``/docs`` loads
+Swagger UI from a CDN). Files are addressed only by their id in the index, never by a path
+from the request, so nothing outside the index can be read. Searches run in FastAPI's
+threadpool, one model call at a time (a lock): torch uses the cores itself. Thumbnails are decoded with PyAV (seek, decode one
 frame, scale to 192 px wide) and encoded with FFmpeg's ``mjpeg`` encoder (no PIL needed), then
 kept in a small in-memory LRU cache.
 """
@@ -189,6 +190,29 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
 
+LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]", "::1"]
+
+
+class _HostCheck:
+    """ASGI middleware: answer 400 to requests whose ``Host`` names another host (a page on
+    another site that re-points its DNS name at 127.0.0.1 cannot read the API that way)."""
+
+    def __init__(self, app: Any, allowed: list[str]) -> None:
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+            if name not in self.allowed and host not in self.allowed:
+                response = _error(400, f"unexpected Host header {host!r}; this server answers only to "
+                                  + ", ".join(sorted(self.allowed)))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     index: Any,
     model: Any,
@@ -222,6 +246,7 @@ def create_app(
     thumbs = _LRU(thumbnail_cache)
     app.state.thumbnail_cache = thumbs
     static = _static_files()
+
     def count_videos() -> int | None:
         try:
             return len(index.videos())
@@ -241,15 +266,7 @@ def create_app(
             state["videos"] = count_videos()
 
     if allowed_hosts:
-        allowed = {h.lower() for h in allowed_hosts}
-
-        @app.middleware("http")
-        async def check_host(request: Request, call_next):  # type: ignore[no-untyped-def]
-            host = request.headers.get("host", "").lower()
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name not in allowed and host not in allowed:
-                return _error(400, f"unexpected Host header {host!r}; this server answers only to {', '.join(sorted(allowed))}")
-            return await call_next(request)
+        app.add_middleware(_HostCheck, allowed=allowed_hosts)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -334,8 +351,8 @@ def create_app(
         by_video: bool = Query(False, description="rank videos: at most one moment (its best) per video"),
         merge: bool = Query(True, description="join adjacent matching windows of a video into one moment"),
     ) -> dict[str, Any]:
-        """Moments best matching ``q``, best first. An empty query, or one without any word of
-        the model's vocabulary, gives no results and a ``message`` saying why."""
+        """Moments best matching `q`, best first. An empty query, or one without any word of
+        the model's vocabulary, gives no results and a `message` saying why."""
         t0 = time.perf_counter()
         text = q.strip()
         tok = model.tokenizer
@@ -378,7 +395,7 @@ def create_app(
                         404: {"description": "unknown id or file missing"},
                         416: {"description": "range not satisfiable"}})
     def video_file(video_id: int, request: Request) -> Response:
-        """The file of a video, with single-range requests (``Range: bytes=a-b``) answered 206."""
+        """The file of a video; a single-range request (`Range: bytes=a-b`) is answered 206."""
         rec = record_or_404(video_id)
         st = file_stat(rec)
         size = st.st_size
@@ -504,14 +521,14 @@ def serve(
 
         index = Index.open(index, model, readonly=True)
     loopback = _is_loopback(host)
-    allowed = ["localhost", "127.0.0.1", "[::1]", "::1"] if loopback else None
+    allowed = LOOPBACK_HOSTS if loopback else None
     app = create_app(index, model, allowed_hosts=allowed)
     if sock is None:
         sock = listen(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     if announce:
-        print(f"milnce: serving {len(index)} windows at http://{shown}:{bound_port}/ "
+        print(f"milnce: serving {len(index.videos())} videos ({len(index)} windows) at http://{shown}:{bound_port}/ "
               f"(API docs at /docs); Ctrl-C to stop", flush=True)
         if not loopback:
             print(f"milnce: warning: listening on {host}, not localhost: anyone who can reach this machine "

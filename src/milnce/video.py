@@ -202,9 +202,11 @@ class _Video:
             if not (int(s.disposition) & int(av.stream.Disposition.attached_pic))
         ]
         if not streams:
-            kinds = sorted({s.type for s in self.container.streams}) or ["none"]
+            kinds = sorted({s.type for s in self.container.streams})
             self.container.close()
-            raise VideoError(f"{self.path}: no video stream (streams: {', '.join(kinds)}); audio-only file?")
+            if not kinds:
+                raise VideoError(f"{self.path}: the file holds no streams (empty or zero-length video)")
+            raise VideoError(f"{self.path}: no video stream (only {', '.join(kinds)}); audio-only file?")
         s = streams[0]
         if s.codec_context is None:
             self.container.close()
@@ -269,7 +271,9 @@ class _Video:
         import av
 
         if seek is not None and seek > 0:
-            origin = self.origin or 0.0
+            if self.origin is None:  # no stream start time: the timeline starts at pts 0
+                self.origin = 0.0
+            origin = self.origin
             try:
                 self.container.seek(int((seek + origin) / self.tb), stream=self.stream, backward=True, any_frame=False)
                 seeked = True
@@ -326,7 +330,7 @@ class _Video:
 
 
 class _Converter:
-    """Decoded frame -> ``S x S x 3`` uint8 RGB, in C (libswscale / libavfilter)."""
+    """Decoded frame -> ``3 x S x S`` uint8 RGB, in C (libswscale / libavfilter)."""
 
     def __init__(self, size: int, crop: str) -> None:
         from av.video.reformatter import VideoReformatter
@@ -390,9 +394,10 @@ class _Converter:
             rot = frame.rotation
         except Exception:  # pragma: no cover
             rot = 0
+        arr = arr.transpose(2, 0, 1)  # planar 3 x S x S: clips then stack without a transpose
         k = int(round((rot or 0) / 90.0)) % 4
         if k:
-            arr = np.rot90(arr, k)
+            arr = np.rot90(arr, k, axes=(1, 2))
         return np.ascontiguousarray(arr)
 
 
@@ -477,8 +482,7 @@ class _Sampler:
 
 
 def _stack(frames: Sequence[np.ndarray]) -> torch.Tensor:
-    arr = np.stack(frames)  # T x S x S x 3
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(3, 0, 1, 2)))
+    return torch.from_numpy(np.stack(frames, axis=1))  # 3 x S x S each -> 3 x T x S x S
 
 
 def _pad(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
@@ -569,7 +573,7 @@ class _ClipReader:
                 if j == k * S + T - 1:  # window k is complete
                     frames = [buf[k * S + i] for i in range(T)]
                     start = self.t0 + k * S / fps
-                    yield Clip(start, start + T / fps, _stack(frames))
+                    yield Clip(round(start, 9), round(start + T / fps, 9), _stack(frames))
                     k += 1
                     for key in [key for key in buf if key < k * S]:
                         del buf[key]
@@ -586,7 +590,7 @@ class _ClipReader:
             if full == 0 or (full * S < n and (full - 1) * S + T < n):
                 real = [buf[key] for key in sorted(buf) if key >= full * S]
                 start = self.t0 + full * S / fps
-                yield Clip(start, start + len(real) / fps, _stack(_pad(real, T, self.pad)))
+                yield Clip(round(start, 9), round(start + len(real) / fps, 9), _stack(_pad(real, T, self.pad)))
                 k += 1
             self.num_windows = k
             self._check_truncation()
@@ -763,7 +767,9 @@ class VideoClipDataset(torch.utils.data.IterableDataset):
         self.crop, self.pad, self.on_error, self.threads = crop, pad, on_error, threads
         self.errors: list[tuple[str, str]] = []
 
-    def __len__(self) -> int:  # number of rows (videos), not windows
+    @property
+    def num_videos(self) -> int:
+        """Number of rows (videos); the number of windows is known only once they are read."""
         return len(self.rows)
 
     def _error_item(self, index: int, path: str, msg: str) -> dict[str, Any]:

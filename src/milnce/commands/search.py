@@ -127,6 +127,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not files and not args.prune:
         raise CommandError(f"no video files found in {', '.join(args.paths)} "
                            "(looked for .mp4 .mkv .webm .avi .mov .gif ...)")
+    if os.path.isdir(args.index):  # say so before loading the model if another run holds the folder
+        from ..index import _acquire_lock
+
+        os.close(_acquire_lock(os.path.abspath(args.index)))
     model = _model(args)
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,

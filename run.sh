@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job: set up, fetch the published weights and the TF-Hub demo GIFs, index them and
+# answer their queries. Offline: ./run.sh --weights W.pth --vocab s3d_dict.npy --videos DIR
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/bootstrap.sh search,serve
+exec milnce demo "$@"
