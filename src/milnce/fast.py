@@ -8,8 +8,6 @@ to it up to float rounding. What makes it faster on CPU (each step measured in
   reorders, vectorised max-pooling;
 - batch-norm folded into the convolution weights and bias, ReLU fused into the oneDNN
   convolution (``mkldnn._convolution_pointwise``), so one op per conv unit;
-- the three 1x1x1 convolutions of an inception block that read the same input run as one
-  wider convolution;
 - SAME max-pooling without the explicit zero-pad copy where ceil-mode gives the same
   windows (inputs are >= 0 after ReLU and gating, so a missing zero never changes a max);
 - space-to-depth, the asymmetric conv1 padding and the crop of its first output row done
@@ -92,13 +90,6 @@ def _units(st: STConv3D) -> list[_ConvReLU]:
     return out
 
 
-def _fused_1x1(*sts: STConv3D) -> _ConvReLU:
-    folded = [fold_bn(s.conv1, s.bn1) for s in sts]
-    w = torch.cat([f[0] for f in folded])
-    b = torch.cat([f[1] for f in folded])
-    return _ConvReLU(w, b, (1, 1, 1), (0, 0, 0))
-
-
 def _same_pool(pool: MaxPool3dSame, x: torch.Tensor) -> torch.Tensor:
     k, s, pad = pool.kernel_size, pool.stride, pool.padding
     # pad is W, H, T pairs; with only a trailing pad and ceil-mode giving the same count of
@@ -131,7 +122,7 @@ class _Gate(nn.Module):
         self.biases = nn.ParameterList([nn.Parameter(fc.bias.detach().clone(), requires_grad=False) for fc in fcs])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        means = y.mean(dim=(2, 3, 4), dtype=torch.float32)
+        means = y.mean(dim=(2, 3, 4)).float()  # CPU and CUDA reductions accumulate bf16 in float32
         gates = [torch.sigmoid(F.linear(m, w, b)) for m, w, b in zip(means.split(self.splits, dim=1), self.weights, self.biases)]
         g = torch.cat(gates, dim=1) if len(gates) > 1 else gates[0]
         return y.mul_(g.to(y.dtype)[:, :, None, None, None])
@@ -140,22 +131,17 @@ class _Gate(nn.Module):
 class _FastInception(nn.Module):
     def __init__(self, block: InceptionBlock) -> None:
         super().__init__()
-        self.b0 = block.conv_b0.conv1.out_channels
-        self.b1a = block.conv_b1_a.conv1.out_channels
-        self.b2a = block.conv_b2_a.conv1.out_channels
-        self.head = _fused_1x1(block.conv_b0, block.conv_b1_a, block.conv_b2_a)
-        self.b1 = nn.Sequential(*_units(block.conv_b1_b))
-        self.b2 = nn.Sequential(*_units(block.conv_b2_b))
+        # Running the three 1x1x1 convolutions that read x as one wider convolution was
+        # measured slower (the split outputs need copies), so each branch stays separate.
+        self.b0 = _units(block.conv_b0)[0]
+        self.b1 = nn.Sequential(*_units(block.conv_b1_a), *_units(block.conv_b1_b))
+        self.b2 = nn.Sequential(*_units(block.conv_b2_a), *_units(block.conv_b2_b))
         self.b3 = _units(block.conv_b3_b)[0]
         self.gate = _Gate([block.gating_b0.fc, block.gating_b1.fc, block.gating_b2.fc, block.gating_b3.fc])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.head(x)
-        y0, y1, y2 = (y.contiguous(memory_format=_CL) for y in h.split((self.b0, self.b1a, self.b2a), dim=1))
-        y1 = self.b1(y1)
-        y2 = self.b2(y2)
-        y3 = self.b3(F.max_pool3d(x, 3, 1, 1))
-        return self.gate(torch.cat((y0, y1, y2, y3), dim=1))
+        y = (self.b0(x), self.b1(x), self.b2(x), self.b3(F.max_pool3d(x, 3, 1, 1)))
+        return self.gate(torch.cat(y, dim=1))
 
 
 class FastVideoNet(nn.Module):
