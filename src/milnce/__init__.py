@@ -24,6 +24,9 @@ _LAZY = {
     "clips_to_tensor": "milnce.video",
     "VideoClipDataset": "milnce.video",
     "encode_video_file": "milnce.video",
+    "VideoError": "milnce.video",
+    "Clip": "milnce.video",
+    "VideoEmbeddings": "milnce.video",
     "Index": "milnce.index",
 }
 

@@ -5,6 +5,7 @@ Layout of an index folder::
     index.sqlite        videos, errors and settings (SQLite, WAL journal)
     vectors-G.f32       window embeddings: raw float32 rows (N x 512), append-only
     times-G.f64         window start/end seconds: raw float64 rows (N x 2), append-only
+    codes-G.i8, aux-G.f32  int8 codes of the rows + (scale, residual norm, norm), append-only
     ann-G-R.faiss       optional approximate index over the first R rows (``--ann``)
     errors.log          videos that could not be read, with the reason
     .lock               held (fcntl) by the one process that writes
@@ -15,9 +16,12 @@ unreferenced tail, which the next writer truncates; readers only ever map the co
 Rows of re-indexed or pruned videos become dead and are skipped; when they exceed a quarter of
 the store, the live rows are rewritten into a new generation ``G`` (also committed last).
 
-Search memory-maps the store (``np.memmap``): the page cache holds the vectors once, and the
-exact scan goes through it in blocks. The ANN index (IVF-PQ, faiss) holds compressed codes and
-its candidates are re-scored exactly from the store, so scores are always exact dot products.
+Search memory-maps the store (``np.memmap``): the page cache holds the vectors once. Exact
+search scans the int8 codes (a quarter of the bytes) and re-scores from the float32 rows every
+window whose score could reach the top k under a proven bound on the quantisation error, so it
+returns what a full float32 scan returns (``exact="scan"`` does that scan). The ANN index
+(faiss IVF with 8-bit codes, ``--ann``) gives candidates that are re-scored the same way, so
+scores are always exact dot products.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import math
+import mmap
 import os
 import sqlite3
 import sys
@@ -45,7 +50,7 @@ __all__ = [
     "Moment",
     "VideoRecord",
     "IndexReport",
-    "IndexError_",
+    "IndexFolderError",
     "IndexNotFoundError",
     "IndexLockedError",
     "IndexMismatchError",
@@ -67,26 +72,34 @@ VIDEO_EXTENSIONS = frozenset({
 })
 DEFAULT_SETTINGS = {"fps": 10.0, "num_frames": 32, "size": 224, "stride": 16, "crop": "center"}
 _SCAN_BLOCK = 1 << 16  # rows per block of the exact scan
+_KINDS = ("vectors", "times", "codes", "aux")
+_EXT = {"vectors": "f32", "times": "f64", "codes": "i8", "aux": "f32"}
+_PREFIXES = ("vectors-", "times-", "codes-", "aux-", "ann-")
+_SCREEN_MIN_ROWS = 20000  # below this the float32 scan is as fast as the screened one
+_SCREEN_QUERIES = 8  # queries screened together
 _COMPACT_DEAD_SHARE = 0.25
 
 
-class IndexError_(ValueError):  # noqa: N801 - ``IndexError`` is a builtin
+class IndexFolderError(ValueError):
     """A problem with an index folder (reported to the user as one line)."""
 
 
-class IndexNotFoundError(IndexError_, FileNotFoundError):
+IndexError_ = IndexFolderError  # noqa: N816 - short alias used in this module
+
+
+class IndexNotFoundError(IndexFolderError, FileNotFoundError):
     """The folder holds no index."""
 
 
-class IndexLockedError(IndexError_):
+class IndexLockedError(IndexFolderError):
     """Another process is writing to the index."""
 
 
-class IndexMismatchError(IndexError_):
+class IndexMismatchError(IndexFolderError):
     """The index was built with other weights or other window settings."""
 
 
-class IndexWriteError(IndexError_, OSError):
+class IndexWriteError(IndexFolderError, OSError):
     """Writing failed (e.g. the disk is full); the index is as of the last committed video."""
 
 
@@ -332,6 +345,44 @@ def merge_windows(rows: np.ndarray, scores: np.ndarray, video_end: np.ndarray) -
 # The index
 
 
+class _RWLock:
+    """Many readers (searches) or one writer (reloading the snapshot)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+
+    def read(self) -> "_RWLock._Ctx":
+        return _RWLock._Ctx(self, False)
+
+    def write(self) -> "_RWLock._Ctx":
+        return _RWLock._Ctx(self, True)
+
+    class _Ctx:
+        def __init__(self, lock: "_RWLock", exclusive: bool) -> None:
+            self.lock, self.exclusive = lock, exclusive
+
+        def __enter__(self) -> None:
+            c = self.lock._cond
+            c.acquire()
+            if self.exclusive:
+                while self.lock._readers:
+                    c.wait()  # keeps the condition's lock: new readers wait until we are done
+            else:
+                self.lock._readers += 1
+                c.release()
+
+        def __exit__(self, *exc: Any) -> None:
+            c = self.lock._cond
+            if self.exclusive:
+                c.release()
+            else:
+                with c:
+                    self.lock._readers -= 1
+                    if not self.lock._readers:
+                        c.notify_all()
+
+
 class Index:
     """An opened index folder (a consistent snapshot; ``refresh()`` picks up later commits).
 
@@ -347,6 +398,7 @@ class Index:
         self.readonly = readonly
         self._lock_fd = lock_fd
         self._db_lock = threading.RLock()
+        self._state_lock = _RWLock()
         self._ann: Any = None
         self._ann_key: Any = None
         self._load()
@@ -379,10 +431,14 @@ class Index:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        if model is not None:
-            idx.check_model(model)
-        if not readonly:
-            idx._truncate_tail()
+        try:
+            if model is not None:
+                idx.check_model(model)
+            if not readonly:
+                idx._truncate_tail()
+        except BaseException:
+            idx.close()
+            raise
         return idx
 
     @classmethod
@@ -540,7 +596,37 @@ class Index:
 
     def _path(self, kind: str, gen: int | None = None) -> str:
         g = self.generation if gen is None else gen
-        return os.path.join(self.directory, f"{kind}-{g}.{'f32' if kind == 'vectors' else 'f64'}")
+        return os.path.join(self.directory, f"{kind}-{g}.{_EXT[kind]}")
+
+    def _width(self, kind: str) -> int:
+        """Bytes per row of a store file."""
+        return {"vectors": self.dim * 4, "times": 16, "codes": self.dim, "aux": 12}[kind]
+
+    def _code_stats(self) -> tuple[Any, float, float]:
+        """bf16 scales (a tensor) and the largest residual norm and norm, computed once."""
+        d = self._derived
+        if "code_stats" not in d:
+            import torch
+
+            aux = np.asarray(self._codes[1])  # type: ignore[index]
+            d["code_stats"] = (torch.from_numpy(np.ascontiguousarray(aux[:, 0])).to(torch.bfloat16),
+                               float(aux[:, 1].max()), float(aux[:, 2].max()))
+        return d["code_stats"]
+
+    @property
+    def _codes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """int8 codes (N x 512) and per-row (scale, residual norm, norm) for the screened scan,
+        or None when the files are missing or short (the scan then uses the float32 store)."""
+        d = self._derived
+        if "codes" not in d:
+            d["codes"] = None
+            n = self.num_rows
+            cp, ap = self._path("codes"), self._path("aux")
+            if n and all(os.path.exists(p) and os.path.getsize(p) >= n * self._width(k)
+                         for p, k in ((cp, "codes"), (ap, "aux"))):
+                d["codes"] = (np.memmap(cp, dtype=np.int8, mode="r", shape=(n, self.dim)),
+                              np.memmap(ap, dtype=np.float32, mode="r", shape=(n, 3)))
+        return d["codes"]
 
     def _map(self, gen: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
         vp, tp = self._path("vectors", gen), self._path("times", gen)
@@ -553,6 +639,13 @@ class Index:
                                   f"{rows} rows ({have} < {nbytes} bytes); the index is damaged")
         v = np.memmap(vp, dtype=np.float32, mode="r", shape=(rows, self.dim))
         t = np.memmap(tp, dtype=np.float64, mode="r", shape=(rows, 2))
+        # Searches read scattered rows of the float32 store (re-scoring): no read-ahead around them.
+        mm = getattr(v, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            try:
+                mm.madvise(mmap.MADV_RANDOM)
+            except OSError:
+                pass
         return v, t
 
     def refresh(self) -> bool:
@@ -560,7 +653,8 @@ class Index:
         with self._db_lock:
             row = self._con.execute("SELECT value FROM meta WHERE key='version'").fetchone()
         if row is not None and json.loads(row[0]) != self._version:
-            self._load()
+            with self._state_lock.write():  # waits for running searches
+                self._load()
             return True
         return False
 
@@ -655,7 +749,7 @@ class Index:
         return emb, problems
 
     def search(self, query: str | Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
-               exact: bool = False) -> list[Moment] | list[list[Moment]]:
+               exact: bool | str = False) -> list[Moment] | list[list[Moment]]:
         """Best moments for a query (a list of ``Moment``), or for each of several queries (a list
         of lists). A query that is empty or has no known word gives no results (and a warning);
         ``query_problem`` says why. ``merge``: adjacent matching windows of a video form one
@@ -677,8 +771,10 @@ class Index:
         return results[0] if single else results
 
     def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
-                          exact: bool = False) -> list[list[Moment]]:
-        """Like ``search`` for text embeddings (Q x 512 or 512)."""
+                          exact: bool | str = False) -> list[list[Moment]]:
+        """Like ``search`` for text embeddings (Q x 512 or 512). ``exact``: False = the ANN index
+        if one was built, else exact; True = exact (int8 screening + float32 re-scoring, the same
+        results as a full scan); ``"scan"`` = the plain full float32 scan."""
         q = np.asarray(text_emb, dtype=np.float32)
         if q.ndim == 1:
             q = q[None]
@@ -687,17 +783,18 @@ class Index:
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if self.num_live == 0:
-            return [[] for _ in range(len(q))]
-        k = min(k, len(self._records) if by_video else self.num_live)
-        searcher = _Searcher(self, q, exact=exact)
-        out = []
-        for i in range(len(q)):
-            if by_video:
-                out.append(self._rank_videos(searcher, i, k, merge))
-            else:
-                out.append(self._rank_moments(searcher, i, k, merge))
-        return out
+        with self._state_lock.read():  # refresh() does not swap the snapshot under a search
+            if self.num_live == 0:
+                return [[] for _ in range(len(q))]
+            k = min(k, len(self._records) if by_video else self.num_live)
+            searcher = _Searcher(self, q, exact=exact)
+            out = []
+            for i in range(len(q)):
+                if by_video:
+                    out.append(self._rank_videos(searcher, i, k, merge))
+                else:
+                    out.append(self._rank_moments(searcher, i, k, merge))
+            return out
 
     def _video_of(self, rows: np.ndarray) -> np.ndarray:
         """Index into the live ranges for each row (rows must be live)."""
@@ -801,7 +898,9 @@ class Index:
             return None
         ix = faiss.read_index(path)
         try:
-            faiss.extract_index_ivf(ix).nprobe = int(info.get("nprobe", 16))
+            ivf = faiss.extract_index_ivf(ix)
+            ivf.nprobe = int(info.get("nprobe", 16))
+            ivf.parallel_mode = 1  # one query's lists spread over the threads
         except Exception:  # noqa: BLE001 - not an IVF index
             pass
         self._ann, self._ann_key = ix, key
@@ -816,20 +915,20 @@ class Index:
     def _truncate_tail(self) -> None:
         """Cut what a crashed writer appended after the last commit; drop stale generations."""
         self._need_writer()
-        for kind, width in (("vectors", self.dim * 4), ("times", 16)):
-            p = self._path(kind)
+        for kind in _KINDS:
+            p, width = self._path(kind), self._width(kind)
             if not os.path.exists(p):
                 fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
                 os.close(fd)
                 continue
             if os.path.getsize(p) > self.num_rows * width:
                 os.truncate(p, self.num_rows * width)
-        keep = {os.path.basename(self._path("vectors")), os.path.basename(self._path("times"))}
+        keep = {os.path.basename(self._path(kind)) for kind in _KINDS}
         ann = self.meta.get("ann")
         if ann:
             keep.add(ann.get("file"))
         for name in os.listdir(self.directory):
-            if name.startswith(("vectors-", "times-", "ann-")) and name not in keep:
+            if name.startswith(_PREFIXES) and name not in keep:
                 try:
                     os.remove(os.path.join(self.directory, name))
                 except OSError:
@@ -910,8 +1009,12 @@ class Index:
         if len({r[0] for r in recs}) != len(recs):
             raise ValueError("add_videos: the same path appears twice")
         try:
-            self._write_rows("vectors", np.concatenate(vecs).tobytes(), n0 * self.dim * 4)
+            allvec = np.concatenate(vecs)
+            codes, aux = quantize_rows(allvec)
+            self._write_rows("vectors", allvec.tobytes(), n0 * self.dim * 4)
             self._write_rows("times", np.ascontiguousarray(np.concatenate(times)).tobytes(), n0 * 16)
+            self._write_rows("codes", codes.tobytes(), n0 * self.dim)
+            self._write_rows("aux", aux.tobytes(), n0 * 12)
         except OSError as exc:
             self._truncate_quietly(n0)
             reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
@@ -948,9 +1051,9 @@ class Index:
         return out
 
     def _truncate_quietly(self, rows: int) -> None:
-        for kind, width in (("vectors", self.dim * 4), ("times", 16)):
+        for kind in _KINDS:
             try:
-                os.truncate(self._path(kind), rows * width)
+                os.truncate(self._path(kind), rows * self._width(kind))
             except OSError:
                 pass
 
@@ -1000,7 +1103,7 @@ class Index:
         if self.num_live == self.num_rows:
             return False
         gen = self.generation + 1
-        for kind in ("vectors", "times"):
+        for kind in _KINDS:
             p = self._path(kind, gen)
             if os.path.exists(p):
                 os.remove(p)
@@ -1010,17 +1113,20 @@ class Index:
             for vid, a, b in zip(self._vid, self._rs, self._re):
                 vec = np.ascontiguousarray(self._vectors[a:b])
                 tim = np.ascontiguousarray(self._times[a:b])
+                codes, aux = quantize_rows(vec)
                 self._write_rows("vectors", vec.tobytes(), pos * self.dim * 4, gen)
                 self._write_rows("times", tim.tobytes(), pos * 16, gen)
+                self._write_rows("codes", codes.tobytes(), pos * self.dim, gen)
+                self._write_rows("aux", aux.tobytes(), pos * 12, gen)
                 stmts.append(("UPDATE videos SET row_start=? WHERE id=?", (pos, int(vid))))
                 pos += int(b - a)
             if pos == 0:
-                for kind in ("vectors", "times"):
+                for kind in _KINDS:
                     open(self._path(kind, gen), "wb").close()
             _fsync_dir(self.directory)
             self._commit(stmts, num_rows=pos, generation=gen, ann=None)
         except OSError as exc:
-            for kind in ("vectors", "times"):
+            for kind in _KINDS:
                 try:
                     os.remove(self._path(kind, gen))
                 except OSError:
@@ -1028,7 +1134,7 @@ class Index:
             raise IndexWriteError(f"could not compact {self.directory} ({exc}); the index is unchanged") from exc
         old = self.generation
         self._load()
-        for kind in ("vectors", "times"):
+        for kind in _KINDS:
             try:
                 os.remove(self._path(kind, old))
             except OSError:
@@ -1041,10 +1147,10 @@ class Index:
                     pass
         return True
 
-    def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int | None = None,
-                  target_recall: float = 0.95, progress: bool = False) -> dict[str, Any]:
-        """Build the approximate index over the live rows (faiss IVF-PQ; candidates are re-scored
-        exactly). Measures recall@10 against exact search on ``queries`` (or held-out rows) and
+    def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
+                  target_recall: float = 0.98, progress: bool = False) -> dict[str, Any]:
+        """Build the approximate index over the live rows (faiss IVF with 8-bit scalar-quantised
+        codes, or PQ with ``m`` bytes per window; candidates are re-scored exactly). Measures recall@10 against exact search on ``queries`` (or held-out rows) and
         picks the smallest ``nprobe`` reaching ``target_recall``."""
         self._need_writer()
         try:
@@ -1058,13 +1164,18 @@ class Index:
         if nlist is None:  # ~sqrt(N) lists: a probe scans ~sqrt(N) codes
             nlist = int(min(65536, max(1, round(math.sqrt(self.num_live)))))
             nlist = min(nlist, max(1, self.num_live // 39))
-        if m is None:  # PQ codes (64 bytes/window) for large stores, exact vectors for small ones
-            m = 64 if self.num_live >= 20000 else 0
-        desc = f"IVF{nlist},PQ{m}" if m else f"IVF{nlist},Flat"
+        # Codes: 8-bit scalar quantisation (a quarter of the float32 store, small score error) for
+        # large stores, exact vectors for small ones; PQ (m bytes/window) when asked, for huge ones.
+        if m:
+            desc = f"IVF{nlist},PQ{m}"
+        elif self.num_live >= 20000:
+            desc = f"IVF{nlist},SQ8"
+        else:
+            desc = f"IVF{nlist},Flat"
         ix = faiss.index_factory(self.dim, desc, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
         live = np.flatnonzero(self.live_mask()) if self.live_mask() is not None else None
-        ntrain = min(self.num_live, max(nlist * 50, 30000 if m else 0))
+        ntrain = min(self.num_live, max(nlist * 50, 20000))
         pick = np.sort(rng.choice(self.num_live, size=ntrain, replace=False))
         rows_train = live[pick] if live is not None else pick
         t0 = time.perf_counter()
@@ -1133,10 +1244,10 @@ class Index:
         return info
 
 
-def _ann_candidates(ix: Any, vectors: np.ndarray, queries: np.ndarray, k: int, rows: int,
-                    factor: int = 10) -> list[np.ndarray]:
-    """Top-k rows per query from the ANN index, re-scored exactly from the store."""
-    r = max(k * factor, 100)
+def _ann_candidates(ix: Any, vectors: np.ndarray, queries: np.ndarray, k: int, rows: int) -> list[np.ndarray]:
+    """Top-k rows per query from the ANN index, re-scored exactly from the store (``max(4k, 400)``
+    candidates, as search takes)."""
+    r = max(4 * k, 400)
     _, ids = ix.search(np.ascontiguousarray(queries, dtype=np.float32), r)
     out = []
     for q, cand in zip(queries, ids):
@@ -1148,22 +1259,90 @@ def _ann_candidates(ix: Any, vectors: np.ndarray, queries: np.ndarray, k: int, r
     return out
 
 
+def quantize_rows(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes ``c`` and per-row ``(scale, residual norm, norm)`` with ``x ~ scale * c``.
+
+    The scale is rounded *up* to a bfloat16 value (exact in the bf16 kernel), so ``|x / scale|
+    <= 127``; the residual norm ``|x - scale * c|`` and the norm are rounded up, so the bound
+    on the screening error that they give holds."""
+    x = np.asarray(vec, dtype=np.float64)
+    amax = np.abs(x).max(axis=1) / 127.0
+    s32 = np.nextafter(amax.astype(np.float32), np.float32(np.inf))
+    bits = s32.view(np.uint32).astype(np.uint64)
+    bits = np.where(bits & 0xFFFF, (bits + 0xFFFF) & 0xFFFF0000, bits).astype(np.uint32)
+    scale = bits.view(np.float32)
+    scale = np.where(amax > 0, scale, np.float32(1.0)).astype(np.float32)
+    codes = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+    resid = np.linalg.norm(x - scale[:, None].astype(np.float64) * codes, axis=1)
+    norm = np.linalg.norm(x, axis=1)
+    up = np.float32(np.inf)
+    aux = np.stack([scale, np.nextafter(resid.astype(np.float32), up), np.nextafter(norm.astype(np.float32), up)], 1)
+    return codes, np.ascontiguousarray(aux, dtype=np.float32)
+
+
+_INT8_KERNEL: list[bool] = []
+
+
+def _HAVE_INT8_KERNEL() -> bool:  # noqa: N802
+    if not _INT8_KERNEL:
+        try:
+            import torch
+
+            x = torch.ones(1, 32, dtype=torch.bfloat16)
+            w = torch.ones(8, 32, dtype=torch.int8)
+            out = torch.ops.aten._weight_int8pack_mm(x, w, torch.ones(8, dtype=torch.bfloat16))
+            _INT8_KERNEL.append(bool(torch.allclose(out.float(), torch.full((1, 8), 32.0))))
+        except Exception:  # noqa: BLE001 - older torch: the float32 scan is used
+            _INT8_KERNEL.append(False)
+    return _INT8_KERNEL[0]
+
+
+def _screen_scores(q: np.ndarray, codes: np.ndarray, scales: Any, r_max: float, n_max: float,
+                   live: np.ndarray | None) -> Any:
+    """Approximate scores ``scale_j * (bf16(q) . c_j)`` of every row (Q x N, torch float32, dead
+    rows -inf) and, per query, a bound on ``|q . x_j - approx_j|`` valid for every row."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only memory maps
+        c = torch.from_numpy(codes)
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    qb = qt.to(torch.bfloat16)
+    approx = torch.ops.aten._weight_int8pack_mm(qb, c, scales).float()
+    a_max = approx.abs().amax(dim=1).double()  # nan/inf (overflow) show up here
+    if not bool(torch.isfinite(a_max).all()):
+        return None
+    if live is not None:
+        approx[:, torch.from_numpy(~live)] = -float("inf")
+    qn = qt.double().norm(dim=1)
+    eq = (qt.double() - qb.double()).norm(dim=1)
+    # q.x - s q_bf.c = q.(x - s c) + (q - q_bf).(s c): Cauchy-Schwarz on both terms, plus the
+    # kernel's bf16 output rounding (2^-8 relative) and float32 accumulation, with margin.
+    bound = 1.1 * (qn * r_max + eq * (n_max + r_max)) + (2.0 ** -7 + 1e-5) * a_max + 1e-6
+    return approx, bound.tolist()
+
+
 class _Searcher:
     """Top-m live rows per query, exactly (full scan) or via the ANN index + exact re-scoring."""
 
-    def __init__(self, index: Index, q: np.ndarray, exact: bool = False) -> None:
+    def __init__(self, index: Index, q: np.ndarray, exact: bool | str = False) -> None:
         self.index = index
         self.q = q
         self.ann = None if exact else index.ann()
-        self._scores: np.ndarray | None = None
+        self._scores: tuple[int, np.ndarray] | None = None
+        self._approx: Any = None
+        self.no_screen = exact == "scan"  # the plain float32 scan (benchmarks, checks)
         self._cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._ann_cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         if self.ann is not None:
             self.ann_rows = int(index.meta["ann"]["rows"])
 
-    def _exact_scores(self) -> np.ndarray:
-        if self._scores is None:
-            self._scores = self.index.scores(self.q)
-        return self._scores
+    def _exact_scores(self, i: int) -> np.ndarray:
+        """Full float32 scores of query ``i`` (computed for a few queries at a time)."""
+        b = i // _SCREEN_QUERIES
+        if self._scores is None or self._scores[0] != b:
+            self._scores = (b, self.index.scores(self.q[b * _SCREEN_QUERIES:(b + 1) * _SCREEN_QUERIES]))
+        return self._scores[1][i % _SCREEN_QUERIES]
 
     def top(self, i: int, m: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and exact scores of the best ``m`` live windows for query ``i``, best first."""
@@ -1174,8 +1353,10 @@ class _Searcher:
             return hit[1][:m], hit[2][:m]
         if self.ann is not None and m * 4 < idx.num_live:
             rows, scores = self._ann_top(i, m)
+        elif (got := self._screened_top(i, m)) is not None:
+            rows, scores = got
         else:
-            s = self._exact_scores()[i]
+            s = self._exact_scores(i)
             if m < len(s):
                 part = np.argpartition(-s, m - 1)[:m]
             else:
@@ -1187,10 +1368,52 @@ class _Searcher:
         self._cache[i] = (m, rows, scores)
         return rows, scores
 
+    def _screened_top(self, i: int, m: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Exact top-m through the int8 codes: a quarter of the bytes of the float32 store are
+        scanned, then every row whose score *could* reach the top m (a proven bound on the
+        quantisation error) is re-scored from the float32 store. None: use the full scan."""
+        idx = self.index
+        if self.no_screen or idx.num_rows < _SCREEN_MIN_ROWS or m > 1000:
+            return None
+        codes = idx._codes
+        if codes is None or not _HAVE_INT8_KERNEL():
+            return None
+        b = i // _SCREEN_QUERIES  # approximate scores for a few queries at a time (N floats each)
+        if self._approx is None or self._approx[0] != b:
+            got = _screen_scores(self.q[b * _SCREEN_QUERIES:(b + 1) * _SCREEN_QUERIES], codes[0],
+                                 *idx._code_stats(), idx.live_mask())
+            if got is None:
+                self.no_screen = True
+                return None
+            self._approx = (b, *got)
+        approx, bound = self._approx[1][i % _SCREEN_QUERIES], self._approx[2][i % _SCREEN_QUERIES]
+        import torch
+
+        top = torch.topk(approx, m).values
+        floor = float(top[-1]) - bound  # m rows score at least this
+        cand = torch.nonzero(approx >= floor - bound).flatten().numpy()
+        if len(cand) > max(50 * m, 20000):  # the bound is too loose here: scan everything
+            return None
+        # torch, not numpy's BLAS, for the re-scoring: two thread pools fighting over the cores
+        # cost tens of ms per query.
+        exact = (torch.from_numpy(np.asarray(idx._vectors[cand])) @ torch.from_numpy(self.q[i])).numpy()
+        order = np.lexsort((cand, -exact))[:m]
+        return cand[order].astype(np.int64), exact[order].astype(np.float32)
+
     def _ann_top(self, i: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-m from ``4m`` (at least 400) ANN candidates re-scored exactly; a later call for
+        more rows of the same query reuses them while they are enough."""
+        hit = self._ann_cache.get(i)
+        if hit is not None and 4 * m <= hit[0]:
+            return hit[1][:m], hit[2][:m]
+        r = max(4 * m, 400, 2 * hit[0] if hit is not None else 0)
+        rows, scores = self._ann_fetch(i, r)
+        self._ann_cache[i] = (r, rows, scores)
+        return rows[:m], scores[:m]
+
+    def _ann_fetch(self, i: int, r: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.index
         q = self.q[i]
-        r = max(2 * m, 100)
         _, ids = self.ann.search(q[None], r)
         cand = ids[0]
         cand = cand[(cand >= 0) & (cand < self.ann_rows)]
@@ -1198,13 +1421,18 @@ class _Searcher:
         if mask is not None:
             cand = cand[mask[cand]]
         cand = np.unique(cand)
-        scores = np.asarray(idx._vectors[cand]) @ q if len(cand) else np.zeros(0, np.float32)
+        if len(cand):
+            import torch
+
+            scores = (torch.from_numpy(np.asarray(idx._vectors[cand])) @ torch.from_numpy(q)).numpy()
+        else:
+            scores = np.zeros(0, np.float32)
         if self.ann_rows < idx.num_rows:  # rows added after the ANN index was built: scan them
             tail = idx.scores(q[None], slice(self.ann_rows, idx.num_rows))[0]
             ok = np.flatnonzero(np.isfinite(tail))
             cand = np.concatenate([cand, ok + self.ann_rows])
             scores = np.concatenate([scores, tail[ok]])
-        order = np.lexsort((cand, -scores))[:m]
+        order = np.lexsort((cand, -scores))
         return cand[order], scores[order].astype(np.float32)
 
 
@@ -1320,13 +1548,16 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
                         emb = model.encode_video_file(path, fps=s["fps"], num_frames=s["num_frames"], size=s["size"],
-                                                      stride=s["stride"], batch_size=batch_size, progress=False)
+                                                      stride=s["stride"], batch_size=batch_size,
+                                                      progress=bar.bar is not None)  # windows of this video
                     if len(emb) == 0:
                         raise ValueError("no frames could be decoded")
                 except _PROGRAMMING_ERRORS:
                     raise
                 except Exception as exc:  # noqa: BLE001 - unreadable video: log it, go on
                     reason = str(exc) or type(exc).__name__
+                    if vid is not None:  # changed and now unreadable: drop its stale windows
+                        idx.remove_videos([vid])
                     idx.record_error(path, reason, size_, mtime)
                     report.failed.append((path, reason))
                     bar.done(0.0)

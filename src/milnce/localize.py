@@ -111,7 +111,7 @@ def plot_localization(loc: Localization, out: str | os.PathLike[str]) -> str:
                 label="window score")
         for i, (a, b, s) in enumerate(loc.moments):
             ax.axvspan(a, b, color="#ff7f0e", alpha=0.25 if i else 0.4, lw=0)
-            ax.annotate(f"#{i + 1} {s:.2f}", xy=((a + b) / 2, s), xytext=(0, 4), textcoords="offset points",
+            ax.annotate(f"#{i + 1} {s:.3f}", xy=((a + b) / 2, s), xytext=(0, 4), textcoords="offset points",
                         ha="center", fontsize=8)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("score (dot product)")

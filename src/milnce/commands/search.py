@@ -123,6 +123,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     from ..index import build_index, find_videos
 
     _check_batch(args)
+    if args.ann:
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            raise CommandError("--ann needs faiss: pip install faiss-cpu (exact search works without it)") from None
     files = find_videos(args.paths, recursive=not args.no_recursive, exclude=[args.index])
     if not files and not args.prune:
         raise CommandError(f"no video files found in {', '.join(args.paths)} "
@@ -156,11 +161,10 @@ def _print_results(query: str, moments: list, problem: str | None, by_video: boo
     if not moments:
         print("  no results")
         return
-    width = max(len(m.path) for m in moments)
-    print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}  {'video' if by_video else 'video'}")
+    print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}  {'video (best moment)' if by_video else 'video'}")
     for i, m in enumerate(moments, 1):
-        gone = "" if m.exists else "  (file missing)"
-        print(f"  {i:3d}  {m.score:8.3f}  {_fmt_time(m.start):>9}  {_fmt_time(m.end):>9}  {m.path:{width}s}{gone}")
+        gone = "  (file missing)" if not m.exists else ""
+        print(f"  {i:3d}  {m.score:8.3f}  {_fmt_time(m.start):>9}  {_fmt_time(m.end):>9}  {m.path}{gone}")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
