@@ -438,34 +438,11 @@ class _Sampler:
         prev_frame: Any = None
         prev_arr: np.ndarray | None = None
         prev_gap: float | None = None
-        frames = video.frames(seek=seek)
-        t_dec = clock()
-        try:
-            for ft, frame in frames:
-                if prev_frame is not None:
-                    prev_gap = ft - prev_t
-                    # every pending sample before this frame shows the previous frame
-                    while pending is not None and pending[0] + _EPS < ft:
-                        out = None
-                        if pending[1]:
-                            if prev_arr is None:
-                                prev_arr = self.convert(prev_frame)
-                                self.last_array = prev_arr
-                            out = prev_arr
-                        self.decode_s += clock() - t_dec
-                        yield out
-                        t_dec = clock()
-                        pending = next(times, None)
-                    if pending is None:
-                        return
-                # (samples before the first frame get the first frame)
-                prev_t, prev_frame, prev_arr = ft, frame, None
-            if prev_frame is None:
-                return
-            # end of the video: the last frame lasts its duration
-            end = prev_t + max(video.frame_duration(prev_frame, prev_gap), 1e-3)
-            self.video_end = end
-            while pending is not None and pending[0] + _EPS < end:
+
+        def samples_before(limit: float) -> Iterator[np.ndarray | None]:
+            # every pending sample before ``limit`` shows the previous frame
+            nonlocal pending, prev_arr, t_dec
+            while pending is not None and pending[0] + _EPS < limit:
                 out = None
                 if pending[1]:
                     if prev_arr is None:
@@ -476,6 +453,24 @@ class _Sampler:
                 yield out
                 t_dec = clock()
                 pending = next(times, None)
+
+        frames = video.frames(seek=seek)
+        t_dec = clock()
+        try:
+            for ft, frame in frames:
+                if prev_frame is not None:
+                    prev_gap = ft - prev_t
+                    yield from samples_before(ft)
+                    if pending is None:
+                        return
+                # (samples before the first frame get the first frame)
+                prev_t, prev_frame, prev_arr = ft, frame, None
+            if prev_frame is None:
+                return
+            # end of the video: the last frame lasts its duration
+            end = prev_t + max(video.frame_duration(prev_frame, prev_gap), 1e-3)
+            self.video_end = end
+            yield from samples_before(end)
         finally:
             self.decode_s += clock() - t_dec
             frames.close()
