@@ -75,7 +75,7 @@ def make_video(ffmpeg: str, out: Path, seconds: float) -> Path:
         cmd = [ffmpeg, "-v", "error", "-y", "-stream_loop", str(loops), "-i", str(bunny), "-t", str(seconds),
                "-c", "copy", str(out)]
     else:
-        cmd = [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25",
+        cmd = [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25",
                "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
                str(out)]
     subprocess.run(cmd, check=True)

@@ -1,13 +1,11 @@
 """The web server: JSON API (TestClient), a live uvicorn server, and the UI in headless Chromium.
 
-The index is built with ``milnce index`` when ``milnce.index`` exists; otherwise a small fake
-with the same interface stands in. The browser test needs ``/usr/bin/chromium`` (Debian
+The index is a real one built with ``milnce.index.build_index`` (small windows). The browser test needs ``/usr/bin/chromium`` (Debian
 package ``chromium``) and the ``playwright`` Python package; it is skipped without them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import io
 import json
@@ -66,96 +64,6 @@ def make_video(path: Path, codec: str, seconds: int = SECONDS, size: tuple[int, 
             out.mux(packet)
 
 
-# ----- a fake index with the contract of milnce.index (used until that module exists) --------
-
-
-@dataclasses.dataclass
-class FakeMoment:
-    video_id: int
-    path: str
-    start: float
-    end: float
-    score: float
-    exists: bool
-
-
-@dataclasses.dataclass
-class FakeVideoRecord:
-    id: int
-    path: str
-    duration: float
-    num_windows: int
-    size: int
-    mtime: float
-    exists: bool
-
-
-class FakeIndex:
-    """Windows of 2 s every 1 s with random embeddings; ``search`` ranks them by dot product."""
-
-    def __init__(self, paths: list[Path], model) -> None:
-        self.model = model
-        self.records = []
-        self.windows: list[tuple[int, float, float]] = []
-        import av
-
-        for i, p in enumerate(paths):
-            st = p.stat()
-            with av.open(str(p)) as c:
-                duration = c.duration / 1e6
-            starts = [float(s) for s in range(max(1, int(duration) - 1))]
-            self.records.append(FakeVideoRecord(i, str(p), duration, len(starts), st.st_size, st.st_mtime, True))
-            self.windows += [(i, s, s + 2.0) for s in starts]
-        self.emb = np.random.default_rng(0).standard_normal((len(self.windows), 512)).astype(np.float32)
-
-    def search(self, query, k=10, *, merge=True, by_video=False):
-        single = isinstance(query, str)
-        out = []
-        for q in [query] if single else query:
-            if not self.model.tokenizer.words(q):
-                out.append([])
-                continue
-            scores = self.emb @ self.model.encode_text([q])[0].numpy()
-            moments, seen = [], set()
-            for j in np.argsort(-scores):
-                vid, s, e = self.windows[j]
-                if by_video and vid in seen:
-                    continue
-                seen.add(vid)
-                rec = self.records[vid]
-                moments.append(FakeMoment(vid, rec.path, s, e, float(scores[j]), os.path.exists(rec.path)))
-                if len(moments) == k:
-                    break
-            out.append(moments)
-        return out[0] if single else out
-
-    def videos(self):
-        return list(self.records)
-
-    def video(self, video_id):
-        if not 0 <= video_id < len(self.records):
-            raise KeyError(video_id)
-        return self.records[video_id]
-
-    def __len__(self):
-        return len(self.windows)
-
-    def close(self):
-        pass
-
-
-def _have_real_index() -> bool:
-    if os.environ.get("MILNCE_TEST_FAKE_INDEX"):
-        return False
-    try:
-        import milnce.index  # noqa: F401
-        from milnce.cli import build_parser
-
-        return "index" in build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    except ImportError:
-        return False
-
-
 # ----- fixtures -----------------------------------------------------------------------------
 
 
@@ -168,17 +76,12 @@ def library(tmp_path_factory, model):
     make_video(vids / "kitchen.mp4", "libx264")
     make_video(vids / "garage.avi", "mpeg4", seconds=4, size=(160, 120))
     shutil.copy(vids / "kitchen.mp4", vids / "gone.mp4")
-    if _have_real_index():
-        from milnce.index import Index, build_index
+    from milnce.index import Index, build_index
 
-        idx_dir = root / "index"  # small windows: 8 frames of 64 px every 0.8 s
-        build_index([vids], idx_dir, model, num_frames=8, size=64, stride=8, progress=False)
-        (vids / "gone.mp4").unlink()
-        index = Index.open(idx_dir, model)
-    else:
-        idx_dir = None
-        index = FakeIndex(sorted(vids.iterdir()), model)
-        (vids / "gone.mp4").unlink()
+    idx_dir = root / "index"  # small windows: 8 frames of 64 px every 0.8 s
+    build_index([vids], idx_dir, model, num_frames=8, size=64, stride=8, progress=False)
+    (vids / "gone.mp4").unlink()
+    index = Index.open(idx_dir, model)
     ids = {Path(r.path).name: r.id for r in index.videos()}
     yield {"index": index, "model": model, "ids": ids, "videos": vids, "index_dir": idx_dir}
     index.close()
@@ -498,8 +401,6 @@ def test_cli_serve_busy_port(capsys, tmp_path):
 
 def test_cli_serve_end_to_end(library, checkpoint, tmp_path):
     """``milnce serve DIR --port 0`` in a subprocess: it announces its address and answers."""
-    if not _have_real_index():
-        pytest.skip("milnce.index is not there yet: the command needs a real index")
     import subprocess
     import urllib.request
 

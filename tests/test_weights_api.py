@@ -159,6 +159,13 @@ def test_env_variables_and_missing_files(checkpoint, monkeypatch, tmp_path):
     monkeypatch.delenv("MILNCE_VOCAB")
     with pytest.raises(FileNotFoundError, match="--weights"):
         milnce.load_model(download=False)
+    from milnce.download import cache_dir
+
+    (cache_dir() / "s3d_howto100m.pth").write_bytes(checkpoint[0].read_bytes())
+    with pytest.raises(FileNotFoundError, match="missing .*s3d_dict.npy"):  # never downloads
+        milnce.load_model(download=False)
+    (cache_dir() / "s3d_dict.npy").write_bytes(checkpoint[1].read_bytes())
+    assert milnce.load_model(download=False).encode_text(["open"]).shape == (1, 512)
     lone = tmp_path / "lone" / "w.pth"
     lone.parent.mkdir()
     lone.write_bytes(checkpoint[0].read_bytes())

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .download import cache_dir, ensure_weights
 from .model import S3D, check_video_input
 from .text import Tokenizer, load_vocab
 from .weights import DEFAULT_WEIGHTS, REGISTRY, CheckpointError, WeightsInfo, fingerprint, load_checkpoint
@@ -148,18 +149,17 @@ def resolve_files(
     info: WeightsInfo | None = None
     if weights is None or str(weights) in REGISTRY:
         info = REGISTRY[str(weights) if weights else DEFAULT_WEIGHTS]
-        from .download import cache_dir, ensure_weights
-
         cached_w, cached_v = cache_dir() / info.filename, cache_dir() / info.vocab_filename
-        if cached_w.exists() and (vocab is not None or cached_v.exists()) and not download:
-            return cached_w, Path(vocab) if vocab else cached_v, info
-        if not download and not cached_w.exists():
+        if download:
+            w, v = ensure_weights(info, progress=progress)
+            return w, Path(vocab) if vocab else v, info
+        missing = [str(p) for p in (cached_w, None if vocab else cached_v) if p is not None and not p.exists()]
+        if missing:
             raise FileNotFoundError(
-                f"the published weights are not in the cache ({cached_w}) and downloading is off; "
+                f"the published weights are not in the cache (missing {', '.join(missing)}) and downloading is off; "
                 "pass --weights/--vocab (or set MILNCE_WEIGHTS/MILNCE_VOCAB) to local files, or run `milnce download`"
             )
-        w, v = ensure_weights(info, progress=progress)
-        return w, Path(vocab) if vocab else v, info
+        return cached_w, Path(vocab) if vocab else cached_v, info
     wpath = Path(weights)
     if vocab is None and need_vocab:
         for cand in (wpath / "vocab.npy", wpath.parent / "vocab.npy", wpath.parent / "s3d_dict.npy"):
@@ -167,8 +167,6 @@ def resolve_files(
                 vocab = cand
                 break
         else:
-            from .download import cache_dir
-
             cached = cache_dir() / REGISTRY[DEFAULT_WEIGHTS].vocab_filename
             if not cached.is_file():
                 raise FileNotFoundError(
