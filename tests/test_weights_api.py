@@ -166,6 +166,7 @@ def test_env_variables_and_missing_files(checkpoint, monkeypatch, tmp_path):
         milnce.load_model(download=False)
     (cache_dir() / "s3d_dict.npy").write_bytes(checkpoint[1].read_bytes())
     assert milnce.load_model(download=False).encode_text(["open"]).shape == (1, 512)
+    (cache_dir() / "s3d_dict.npy").unlink()
     lone = tmp_path / "lone" / "w.pth"
     lone.parent.mkdir()
     lone.write_bytes(checkpoint[0].read_bytes())
