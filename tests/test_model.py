@@ -280,3 +280,15 @@ def test_out_of_range_values_warn_once(monkeypatch):
 def test_gating_false_rejected():
     with pytest.raises(ValueError, match="gating"):
         S3D(None, gating=False)
+
+
+def test_fast_path_without_onednn_matches(monkeypatch):
+    """The plain ``F.conv3d`` route (what CUDA and builds without oneDNN take) is exact too."""
+    import milnce.fast as fast_mod
+
+    monkeypatch.setattr(fast_mod, "_HAS_MKLDNN_POINTWISE", False)
+    net = _net()
+    x = torch.rand(1, 3, 8, 64, 64)
+    with torch.inference_mode():
+        ref, out = net(x), FastVideoNet(net)(x)
+    assert ((out["video_embedding"] - ref["video_embedding"]).abs().max() / ref["video_embedding"].abs().max()).item() < 1e-4
