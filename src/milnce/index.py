@@ -724,16 +724,9 @@ class Index:
         """Why a text query cannot be searched (empty, no known word), or None."""
         if not isinstance(query, str):
             return f"query must be a string, got {type(query).__name__}"
-        if not query.strip():
-            return "the query is empty"
         if self.model is None:
-            return None
-        words = self.model.tokenizer.words(query)
-        if not words:
-            unknown = self.model.tokenizer.unknown_words(query)
-            return (f"no word of {query!r} is in the model's vocabulary"
-                    + (f" (unknown: {', '.join(unknown[:8])})" if unknown else ""))
-        return None
+            return "the query is empty" if not query.strip() else None
+        return self.model.tokenizer.query_problem(query)
 
     def encode_queries(self, queries: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
         """Text embeddings (Q x 512; zero rows for unusable queries) and each query's problem."""

@@ -66,12 +66,11 @@ def localize(model: Any, path: str | os.PathLike[str], query: str, *, k: int = 5
 
     With an open ``index`` (``milnce.Index``) that holds this video unchanged, its stored
     windows are used instead of embedding the video again."""
-    if not isinstance(query, str) or not query.strip():
+    if not isinstance(query, str):
         raise ValueError("the query is empty")
-    if not model.tokenizer.words(query):
-        unknown = model.tokenizer.unknown_words(query)
-        raise ValueError(f"no word of {query!r} is in the model's vocabulary"
-                         + (f" (unknown: {', '.join(unknown[:8])})" if unknown else ""))
+    problem = model.tokenizer.query_problem(query)
+    if problem:
+        raise ValueError(problem)
     starts = ends = emb = None
     duration = float("nan")
     if index is not None:

@@ -104,6 +104,16 @@ class Tokenizer:
         """Words of ``sentence`` that are not in the vocabulary (they are dropped)."""
         return [w for w in self.split(sentence) if w not in self.word_to_id]
 
+    def query_problem(self, sentence: str) -> str | None:
+        """Why ``sentence`` cannot serve as a search query (empty, no known word), or None."""
+        if not sentence.strip():
+            return "the query is empty"
+        if not self.words(sentence):
+            unknown = self.unknown_words(sentence)
+            return (f"no word of {sentence!r} is in the model's vocabulary"
+                    + (f" (unknown: {', '.join(unknown[:8])})" if unknown else ""))
+        return None
+
     def encode(self, sentence: str) -> list[int]:
         """Ids of one sentence, padded with 0 to ``max_words``."""
         ids = [self.word_to_id[w] for w in self.words(sentence)]
