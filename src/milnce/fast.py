@@ -54,8 +54,8 @@ class _ConvReLU(nn.Module):
         self.stride = list(stride)
         self.padding = list(padding)
 
-        # fp32 on CPU: the weight reordered once into oneDNN's blocked layout for the last
-        # input shape seen (a new shape packs again), instead of a reorder on every call.
+        # fp32 on CPU: the weight reordered once per input shape into oneDNN's blocked layout
+        # (a few shapes kept), instead of a reorder on every call.
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
@@ -122,7 +122,8 @@ def _max3(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def max_pool_3x3x3(x: torch.Tensor) -> torch.Tensor:
-    """``F.max_pool3d(x, 3, 1, 1)`` as three separable passes: exact, and faster in NDHWC."""
+    """``F.max_pool3d(x, 3, 1, 1)`` as three separable passes (exact; measured ~5% faster for the
+    whole bf16 network and on par in fp32)."""
     return _max3(_max3(_max3(x, 4), 3), 2)
 
 
@@ -175,11 +176,11 @@ class FastVideoNet(nn.Module):
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.space_to_depth = net.space_to_depth
         with torch.no_grad():
-            w, b = fold_bn(net.conv1.conv1, net.conv1.bn1)
-            # conv1 with padding (1,2,2) then dropping the first output row of T, H, W is a
-            # convolution over an input padded by (0,1,1) before and (1,2,2) after.
-            pad = (0, 0, 0) if net.space_to_depth else net.conv1.conv1.padding
-            self.conv1 = _ConvReLU(w, b, net.conv1.conv1.stride, pad)
+            self.conv1 = _units(net.conv1)[0]
+            if net.space_to_depth:
+                # conv1 with padding (1,2,2) then dropping the first output row of T, H, W is a
+                # convolution over an input padded by (0,1,1) before and (1,2,2) after (_stem_input).
+                self.conv1.padding = [0, 0, 0]
             self.conv_2b = _units(net.conv_2b)[0]
             self.conv_2c = nn.Sequential(*_units(net.conv_2c))
             self.gating = _Gate([net.gating.fc])
