@@ -1,0 +1,90 @@
+"""Window settings: how a video is cut into model clips. One home for their defaults and checks.
+
+The defaults are the published weights' input conventions (``milnce.REGISTRY``); a model's own
+conventions come from ``WindowSettings.for_model(model)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import UsageError
+
+__all__ = ["WindowSettings", "CROPS", "PADS"]
+
+CROPS = ("center", "square", "resize")
+PADS = ("repeat", "loop", "zeros")
+MIN_FPS = 0.01
+MAX_FPS = 1000.0
+MAX_FRAMES = 1024
+MAX_SIZE = 4096
+MAX_STRIDE = 100_000
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """``num_frames`` frames sampled at ``fps``, cropped to ``size`` px, a window every ``stride`` frames."""
+
+    fps: float = 10.0
+    num_frames: int = 32
+    size: int = 224
+    stride: int = 16
+    crop: str = "center"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "WindowSettings":
+        """Raise ``UsageError`` unless every value is finite and in range."""
+        try:
+            fps = float(self.fps)
+        except (TypeError, ValueError):
+            raise UsageError(f"fps must be a number, got {self.fps!r}") from None
+        if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
+            raise UsageError(f"fps must be finite and in [{MIN_FPS:g}, {MAX_FPS:g}], got {self.fps!r}")
+        for name, top in (("num_frames", MAX_FRAMES), ("size", MAX_SIZE), ("stride", MAX_STRIDE)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise UsageError(f"{name} must be a whole number in [1, {top}], got {value!r}")
+        if self.crop not in CROPS:
+            raise UsageError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        return self
+
+    @classmethod
+    def for_model(cls, model: Any = None, **overrides: Any) -> "WindowSettings":
+        """The model's input conventions (``model.info``; default: the published weights'),
+        with ``overrides`` applied (``None`` values are ignored)."""
+        from .weights import DEFAULT_WEIGHTS, REGISTRY
+
+        info = getattr(model, "info", None) or REGISTRY[DEFAULT_WEIGHTS]
+        base = cls(fps=float(info.fps), num_frames=int(info.num_frames), size=int(info.size))
+        return base.with_(**overrides)
+
+    def with_(self, **overrides: Any) -> "WindowSettings":
+        """A copy with the non-``None`` ``overrides`` applied (and validated)."""
+        kept = {k: v for k, v in overrides.items() if v is not None}
+        for key in ("num_frames", "size", "stride"):
+            if key in kept and isinstance(kept[key], float) and kept[key].is_integer():
+                kept[key] = int(kept[key])
+        return replace(self, **kept) if kept else self
+
+    @property
+    def duration(self) -> float:
+        """Seconds covered by one window."""
+        return self.num_frames / self.fps
+
+    @property
+    def hop(self) -> float:
+        """Seconds between window starts."""
+        return self.stride / self.fps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WindowSettings":
+        """From a stored dict (unknown keys are ignored)."""
+        names = {"fps", "num_frames", "size", "stride", "crop"}
+        return cls(**{k: v for k, v in d.items() if k in names})
