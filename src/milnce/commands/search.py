@@ -133,9 +133,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CommandError(f"no video files found in {', '.join(args.paths)} "
                            "(looked for .mp4 .mkv .webm .avi .mov .gif ...)")
     if os.path.isdir(args.index):  # say so before loading the model if another run holds the folder
-        from ..index import _acquire_lock
+        from ..index import check_unlocked
 
-        os.close(_acquire_lock(os.path.abspath(args.index)))
+        check_unlocked(args.index)
     model = _model(args)
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
@@ -188,7 +188,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                for q, p, res in zip(queries, problems, results)]}
             print(json.dumps(out))
         else:
-            print(f"{index.directory}: {len(index._records)} videos, {len(index)} windows ({mode} search)")
+            print(f"{index.directory}: {index.num_videos} videos, {len(index)} windows ({mode} search)")
             for q, p, res in zip(queries, problems, results):
                 _print_results(q, res, p, args.videos)
     if all(p is not None for p in problems):
@@ -292,12 +292,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     queries = args.query or [label for _, label in DEMO_VIDEOS]
     with Index.open(index_dir, model) as index:
         live = {os.path.abspath(v) for v in videos}
-        k = max(1, min(args.k, len(index._records)))
+        k = max(1, min(args.k, index.num_videos))
         for q in queries:
             problem = index.query_problem(q)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = [] if problem else index.search(q, k=len(index._records), by_video=True)
+                res = [] if problem else index.search(q, k=index.num_videos, by_video=True)
             res = [m for m in res if m.path in live][:k]
             _print_results(q, res, problem, True)
             if res and labels:
