@@ -14,11 +14,10 @@ import torch
 
 import milnce
 import milnce.weights
+from conftest import VOCAB
 from milnce.cli import main
 from milnce.download import CHECKSUMS_FILE, DownloadError, cache_dir, download, ensure_weights
 from milnce.weights import WeightsInfo
-
-from conftest import VOCAB
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 

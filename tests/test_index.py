@@ -169,7 +169,7 @@ def test_search_scores_equal_direct_computation(built, wargs, model, direct, cap
         assert len(got) == k
         order = np.argsort(-all_scores[qi], kind="stable")[:k]
         np.testing.assert_allclose([m["score"] for m in got], all_scores[qi][order], rtol=1e-4, atol=1e-5)
-        for m, j in zip(got, order):
+        for m, _j in zip(got, order):
             # ties may swap equal-score windows; compare the window when scores differ clearly
             assert m["path"] in direct
             row = np.flatnonzero((owner == m["path"]) & np.isclose(starts, m["start"]))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .download import cache_dir, ensure_weights
+from .errors import UsageError
 from .model import S3D, check_video_input
 from .text import Tokenizer, load_vocab
 from .weights import DEFAULT_WEIGHTS, REGISTRY, CheckpointError, WeightsInfo, fingerprint, load_checkpoint
@@ -40,7 +41,7 @@ class MILNCE(nn.Module):
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+            raise UsageError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.net = net.eval()
         self.precision = precision
         self.info = info or REGISTRY[DEFAULT_WEIGHTS]
@@ -80,7 +81,7 @@ class MILNCE(nn.Module):
             video = video.float().div_(255)
         check_video_input(video, self.space_to_depth)
         if video.shape[0] == 0:
-            raise ValueError("empty batch: video has 0 clips")
+            raise UsageError("empty batch: video has 0 clips")
         embs, feats = [], []
         for chunk in video.split(batch_size):
             out = self.video_net(chunk.to(self.device, non_blocking=True))

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import MilnceError
+
 if TYPE_CHECKING:
     from .weights import WeightsInfo
 
@@ -45,7 +47,7 @@ _OFFLINE_HINT = (
 )
 
 
-class DownloadError(OSError):
+class DownloadError(MilnceError, OSError):
     """A file could not be downloaded, or a cached/downloaded file failed verification."""
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
 from .index import merge_windows
 
 __all__ = ["Localization", "localize", "best_moments", "plot_localization"]
@@ -67,10 +68,10 @@ def localize(model: Any, path: str | os.PathLike[str], query: str, *, k: int = 5
     With an open ``index`` (``milnce.Index``) that holds this video unchanged, its stored
     windows are used instead of embedding the video again."""
     if not isinstance(query, str):
-        raise ValueError("the query is empty")
+        raise UsageError("the query is empty")
     problem = model.tokenizer.query_problem(query)
     if problem:
-        raise ValueError(problem)
+        raise UsageError(problem)
     starts = ends = emb = None
     duration = float("nan")
     if index is not None:

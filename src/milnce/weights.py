@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import MilnceError
 from .model import S3D, VOCAB_SIZE
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MilnceError, ValueError):
     """A weights file that is not a usable S3D text-video checkpoint."""
 
 

@@ -249,7 +249,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..download import cache_dir
-    from ..index import build_index, find_videos, Index
+    from ..index import Index, build_index, find_videos
 
     _check_batch(args)
     offline_hint = ("on a machine without internet, pass --weights FILE --vocab FILE (the published "

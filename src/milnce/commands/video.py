@@ -108,6 +108,6 @@ def cmd_embed_video(args: argparse.Namespace) -> int:
     if failed:
         summary += f"; {len(failed)} failed:"
     print(summary, file=sys.stderr if failed else sys.stdout)
-    for video, msg in failed:
+    for _video, msg in failed:
         print(f"  {msg}", file=sys.stderr)
     return 1 if failed else 0

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
 from .ann import build_ann, load_ann
@@ -521,7 +522,7 @@ class Index:
         if not queries:
             return []
         emb, problems = self.encode_queries(queries)
-        for q, p in zip(queries, problems):
+        for p in problems:
             if p is not None:
                 warnings.warn(f"{p}; no results", stacklevel=2)
         good = [i for i, p in enumerate(problems) if p is None]
@@ -541,10 +542,10 @@ class Index:
         if q.ndim == 1:
             q = q[None]
         if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"text embeddings must be Q x {self.dim}, got shape {q.shape}")
+            raise UsageError(f"text embeddings must be Q x {self.dim}, got shape {q.shape}")
         k = int(k)
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise UsageError(f"k must be >= 1, got {k}")
         with self._state_lock.read():  # refresh() does not swap the snapshot under a search
             if self.num_live == 0:
                 return [[] for _ in range(len(q))]

@@ -109,13 +109,13 @@ def clips_to_tensor(clips: Clip | torch.Tensor | Iterable[Clip | torch.Tensor]) 
         if x.ndim == 4:
             x = x[None]
         if x.ndim != 5 or x.shape[1] != 3:
-            raise ValueError(f"expected clip frames 3 x T x H x W, got shape {tuple(x.shape)}")
+            raise UsageError(f"expected clip frames 3 x T x H x W, got shape {tuple(x.shape)}")
         parts.append(x)
     if not parts:
-        raise ValueError("no clips to batch")
+        raise UsageError("no clips to batch")
     shapes = {tuple(p.shape[1:]) for p in parts}
     if len(shapes) > 1:
-        raise ValueError(f"clips of different shapes cannot be batched: {sorted(shapes)}")
+        raise UsageError(f"clips of different shapes cannot be batched: {sorted(shapes)}")
     out = torch.cat(parts) if len(parts) > 1 else parts[0]
     if out.dtype == torch.uint8:
         return out.float().div_(255.0)
