@@ -101,6 +101,7 @@ def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int
         starts, ends, emb, duration = ve.starts, ve.ends, ve.embeddings, ve.duration
     text = model.encode_text([query]).detach().cpu().numpy().astype(np.float32)
     scores = (text @ np.asarray(emb, dtype=np.float32).T)[0]
+    assert starts is not None and ends is not None and emb is not None
     if duration != duration and len(ends):  # nan
         duration = float(ends[-1])
     loc = Localization(path=os.path.abspath(os.fspath(path)), query=query, starts=np.asarray(starts),

@@ -7,7 +7,7 @@ modules (never the reverse).
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MilnceError
 from ..windows import WindowSettings
@@ -63,7 +63,7 @@ def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = 
     g.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
 
 
-def window_overrides(args: argparse.Namespace) -> dict[str, float | int | None]:
+def window_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The window options given on the command line (None where left out)."""
     return {k: getattr(args, k, None) for k in ("fps", "num_frames", "size", "stride")}
 

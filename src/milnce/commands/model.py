@@ -155,9 +155,9 @@ def _load_video_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
 def cmd_similarity(args: argparse.Namespace) -> int:
     vids, labels = [], []
     for path in args.video_embeddings:
-        e, lab = _load_video_embeddings(path)
+        e, names = _load_video_embeddings(path)
         vids.append(e)
-        labels += lab
+        labels += names
     video = np.concatenate(vids)
     model = model_from_args(args)
     text = model.encode_text(list(args.text)).cpu().numpy()

@@ -234,7 +234,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         videos = find_videos([args.videos])
         if not videos:
             raise CommandError(f"--videos {args.videos}: no video files in that folder")
-        labels = {}
+        labels: dict[str, str] = {}
     else:
         demo = Path(cache_dir()) / "demo"
         demo.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,8 @@ def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | N
         desc = f"IVF{nlist},Flat"
     ix = faiss.index_factory(index.dim, desc, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(0)
-    live = np.flatnonzero(index.live_mask()) if index.live_mask() is not None else None
+    mask = index.live_mask()
+    live = np.flatnonzero(mask) if mask is not None else None
     ntrain = min(index.num_live, max(nlist * 50, 20000))
     pick = np.sort(rng.choice(index.num_live, size=ntrain, replace=False))
     rows_train = live[pick] if live is not None else pick

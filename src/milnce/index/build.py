@@ -92,7 +92,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     if int(batch_size) < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size!r}")
     paths = list(paths)
-    files = find_videos(paths, recursive=recursive, exclude=[directory])  # before creating anything
+    files = find_videos(paths, recursive=recursive, exclude=[os.fspath(directory)])  # before creating anything
     idx = Index.create(directory, model, settings)
     report = IndexReport(directory=idx.directory)
     try:
@@ -100,9 +100,9 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
         wanted = set(files)
         pending: list[tuple[str, int, float, str]] = []  # path, size, mtime, why
         missing_by_size: dict[int, list[int]] = {}
-        for vid, r in idx._records.items():
+        for old_id, r in idx._records.items():
             if r.path not in wanted and not os.path.exists(r.path):
-                missing_by_size.setdefault(int(r.size), []).append(vid)
+                missing_by_size.setdefault(int(r.size), []).append(old_id)
         for f in files:
             try:
                 st = os.stat(f)
@@ -110,9 +110,9 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 report.failed.append((f, f"cannot stat: {exc}"))
                 continue
             size_, mtime = int(st.st_size), float(st.st_mtime)
-            vid = idx._by_path.get(f)
-            if vid is not None:
-                r = idx._records[vid]
+            known = idx._by_path.get(f)
+            if known is not None:
+                r = idx._records[known]
                 if int(r.size) == size_ and float(r.mtime) == mtime:
                     report.unchanged += 1
                     continue
@@ -139,7 +139,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                     report.failed.append((path, f"cannot read: {exc}"))
                     bar.done(0.0)
                     continue
-                vid = idx._by_path.get(path)
+                vid: int | None = idx._by_path.get(path)
                 if vid is not None and idx._records[vid].hash == h:  # touched, same content
                     idx.update_video(vid, size=size_, mtime=mtime)
                     report.unchanged += 1

@@ -173,6 +173,7 @@ class _Searcher:
     def _ann_fetch(self, i: int, r: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.index
         q = self.q[i]
+        assert self.ann is not None
         _, ids = self.ann.search(q[None], r)
         cand = ids[0]
         cand = cand[(cand >= 0) & (cand < self.ann_rows)]

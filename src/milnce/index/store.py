@@ -37,7 +37,7 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -511,6 +511,14 @@ class Index:
             emb[good] = out.detach().cpu().numpy().astype(np.float32)
         return emb, problems
 
+    @overload
+    def search(self, query: str, k: int = 10, *, merge: bool = True, by_video: bool = False,  # type: ignore[overload-overlap]
+               exact: bool | str = False) -> list[Moment]: ...
+
+    @overload
+    def search(self, query: Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
+               exact: bool | str = False) -> list[list[Moment]]: ...
+
     def search(self, query: str | Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
                exact: bool | str = False) -> list[Moment] | list[list[Moment]]:
         """Best moments for a query (a list of ``Moment``), or for each of several queries (a list
@@ -518,7 +526,7 @@ class Index:
         ``query_problem`` says why. ``merge``: adjacent matching windows of a video form one
         moment; ``by_video``: rank videos by their best moment; ``exact``: skip the ANN index."""
         single = isinstance(query, str)
-        queries = [query] if single else list(query)
+        queries: list[str] = [query] if isinstance(query, str) else list(query)
         if not queries:
             return []
         emb, problems = self.encode_queries(queries)
@@ -695,7 +703,7 @@ class Index:
         finally:
             os.close(fd)
 
-    def _commit(self, statements: list[tuple[str, tuple]], num_rows: int | None = None, **meta: Any) -> list[int | None]:
+    def _commit(self, statements: list[tuple[str, tuple[Any, ...]]], num_rows: int | None = None, **meta: Any) -> list[int | None]:
         con = self._con
         with self._db_lock:
             con.execute("BEGIN IMMEDIATE")
@@ -760,7 +768,7 @@ class Index:
             raise IndexWriteError(f"could not write to {self.directory} ({reason}); the index is intact as of the "
                                   "last committed video: free some space and run the same command again") from exc
         stamp = now()
-        stmts = []
+        stmts: list[tuple[str, tuple[Any, ...]]] = []
         for path, size, mtime, h, duration, start, n in recs:
             old = self._by_path.get(path)
             if old is not None:
@@ -776,15 +784,16 @@ class Index:
             self._truncate_quietly(n0)
             raise IndexWriteError(f"could not record the videos in {self.directory} ({exc}); the index is intact as "
                                   "of the last committed video: fix the cause and run the same command again") from exc
-        out = []
+        out: list[int] = []
         for (path, size, mtime, h, duration, start, n), rid in zip(recs, ids[0::2]):
             vid = self._by_path.get(path, rid)
+            assert vid is not None  # an INSERT's rowid
             if vid in self._records:
                 self.num_live -= int(self._records[vid].num_windows)
             self.num_live += n
             self._records[vid] = VideoRow(vid, path, size, mtime, h, duration, start, n)
             self._by_path[path] = vid
-            out.append(vid)
+            out.append(int(vid))
         self.num_rows = pos
         self._changed()
         return out
@@ -849,7 +858,7 @@ class Index:
             if os.path.exists(p):
                 os.remove(p)
         pos = 0
-        stmts = []
+        stmts: list[tuple[str, tuple[Any, ...]]] = []
         try:
             for vid, a, b in zip(self._vid, self._rs, self._re):
                 vec = np.ascontiguousarray(self._vectors[a:b])

@@ -38,7 +38,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,7 @@ class _Video:
         self.threads = threads
         self._warn = warn or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=4))
         self.container: Any = None
+        self.stream: Any
         self._open()
         s = self.stream
         self.tb = float(s.time_base) if s.time_base else 1e-6
@@ -144,8 +145,8 @@ class _Video:
         dur = None
         if s.duration is not None and s.time_base and s.duration > 0:
             dur = float(s.duration * s.time_base)
-        elif self.container.duration and self.container.duration > 0:
-            dur = self.container.duration / av.time_base
+        elif (container := self._container()).duration and container.duration > 0:
+            dur = container.duration / av.time_base
         self.header_duration: float | None = dur
         self.width, self.height = s.codec_context.width, s.codec_context.height
         self.errors = 0
@@ -182,6 +183,9 @@ class _Video:
             count = min(count, 2) if count else 2
         s.thread_count = count
         self.stream = s
+
+    def _container(self) -> Any:
+        return self.container
 
     def reopen(self) -> None:
         self.close()
@@ -227,7 +231,7 @@ class _Video:
                 continue
             yield from frames
 
-    def frames(self, seek: float | None = None) -> Iterator[tuple[float, Any]]:
+    def frames(self, seek: float | None = None) -> Generator[tuple[float, Any], None, None]:
         """``(t, frame)`` with ``t`` in seconds from the stream start, strictly increasing.
 
         With ``seek``, starts at the keyframe at or before ``seek`` (falls back to decoding from
@@ -251,7 +255,7 @@ class _Video:
             for t, frame in self._timed(self._raw_frames()):
                 if first:
                     first = False
-                    if t > seek + _EPS:  # landed after the target: decode from the start instead
+                    if t > (seek or 0.0) + _EPS:  # landed after the target: decode from the start instead
                         break
                 yield t, frame
             else:
@@ -398,6 +402,7 @@ class _Sampler:
         if pending is None:
             return
         clock = time.perf_counter
+        t_dec = clock()
         prev_t = 0.0
         prev_frame: Any = None
         prev_arr: np.ndarray | None = None

@@ -50,7 +50,7 @@ class VideoEmbeddings:
 
     def to_npz_dict(self) -> dict[str, np.ndarray]:
         """Arrays for ``np.savez`` (all loadable with ``allow_pickle=False``)."""
-        out = {
+        out: dict[str, np.ndarray] = {
             "embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32),
             "starts": np.asarray(self.starts, dtype=np.float64),
             "ends": np.asarray(self.ends, dtype=np.float64),
@@ -72,7 +72,7 @@ class VideoEmbeddings:
         tmp = os.path.join(os.path.dirname(target) or ".", "." + os.path.basename(target) + ".tmp")
         try:
             with open(tmp, "wb") as f:
-                np.savez(f, **self.to_npz_dict())
+                np.savez(f, **self.to_npz_dict())  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
