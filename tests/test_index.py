@@ -169,7 +169,7 @@ def test_search_scores_equal_direct_computation(built, wargs, model, direct, cap
         assert len(got) == k
         order = np.argsort(-all_scores[qi], kind="stable")[:k]
         np.testing.assert_allclose([m["score"] for m in got], all_scores[qi][order], rtol=1e-4, atol=1e-5)
-        for m, j in zip(got, order):
+        for m, _j in zip(got, order):
             # ties may swap equal-score windows; compare the window when scores differ clearly
             assert m["path"] in direct
             row = np.flatnonzero((owner == m["path"]) & np.isclose(starts, m["start"]))
@@ -345,7 +345,7 @@ def test_compaction_keeps_results(tmp_path):
 def test_screened_exact_search_equals_full_scan(tmp_path):
     """Above 20k windows, exact search scans int8 codes and re-scores every window that could make
     the top k (proven error bound): the results must be those of the full float32 scan."""
-    from milnce.index import _HAVE_INT8_KERNEL
+    from milnce.index.search import _HAVE_INT8_KERNEL
 
     if not _HAVE_INT8_KERNEL():
         pytest.skip("no int8 kernel in this torch: the float32 scan is always used")
@@ -433,7 +433,7 @@ def test_lock_refuses_second_writer(tmp_path, video_dir, wargs, model, capsys):
 
 
 def test_disk_full_leaves_index_intact(tmp_path, video_dir, model, monkeypatch):
-    import milnce.index as mi
+    import milnce.index.store as mi
 
     vids = copy_videos(video_dir, tmp_path / "v")
     (vids / "green.mp4").unlink()

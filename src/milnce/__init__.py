@@ -10,10 +10,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .api import MILNCE, load_model
+from .api import MILNCE, VideoOutput, load_model
+from .download import DownloadError
+from .errors import MilnceError, UsageError
 from .model import S3D
-from .text import Tokenizer, load_vocab
-from .weights import REGISTRY, WeightsInfo, load_checkpoint
+from .text import Tokenizer, VocabularyError, load_vocab
+from .weights import REGISTRY, CheckpointError, WeightsInfo, load_checkpoint
+from .windows import WindowSettings
 
 __version__ = "0.1.0"
 
@@ -25,9 +28,17 @@ _LAZY = {
     "VideoClipDataset": "milnce.video",
     "encode_video_file": "milnce.video",
     "VideoError": "milnce.video",
+    "VideoNotFoundError": "milnce.video",
+    "ClipReader": "milnce.video",
     "Clip": "milnce.video",
     "VideoEmbeddings": "milnce.video",
     "Index": "milnce.index",
+    "build_index": "milnce.index",
+    "IndexFolderError": "milnce.index",
+    "IndexNotFoundError": "milnce.index",
+    "IndexLockedError": "milnce.index",
+    "IndexMismatchError": "milnce.index",
+    "IndexWriteError": "milnce.index",
 }
 
 __all__ = [
@@ -39,6 +50,13 @@ __all__ = [
     "load_model",
     "load_vocab",
     "load_checkpoint",
+    "VideoOutput",
+    "WindowSettings",
+    "MilnceError",
+    "UsageError",
+    "CheckpointError",
+    "VocabularyError",
+    "DownloadError",
     *_LAZY,
 ]
 

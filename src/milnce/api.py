@@ -6,20 +6,37 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .download import cache_dir, ensure_weights
+from .errors import UsageError
 from .model import S3D, check_video_input
 from .text import Tokenizer, load_vocab
-from .weights import DEFAULT_WEIGHTS, REGISTRY, CheckpointError, WeightsInfo, fingerprint, load_checkpoint
+from .weights import (
+    DEFAULT_WEIGHTS,
+    REGISTRY,
+    CheckpointError,
+    WeightsInfo,
+    bundle_info,
+    fingerprint,
+    load_checkpoint,
+)
 
-__all__ = ["MILNCE", "load_model", "resolve_files", "Precision"]
+__all__ = ["MILNCE", "VideoOutput", "load_model", "resolve_files", "Precision"]
 
 Precision = Literal["fp32", "bf16"]
+
+
+class VideoOutput(NamedTuple):
+    """``encode_video(..., features=True)``: ``embedding`` (``B x 512``) and ``features`` (mixed_5c,
+    ``B x 1024``). Unpacks as ``emb, feats = ...``."""
+
+    embedding: torch.Tensor
+    features: torch.Tensor
 
 
 class MILNCE(nn.Module):
@@ -40,7 +57,7 @@ class MILNCE(nn.Module):
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+            raise UsageError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.net = net.eval()
         self.precision = precision
         self.info = info or REGISTRY[DEFAULT_WEIGHTS]
@@ -71,23 +88,24 @@ class MILNCE(nn.Module):
     @torch.inference_mode()
     def encode_video(
         self, video: torch.Tensor, features: bool = False, batch_size: int = 8
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> Any:
         """``B x 3 x T x H x W`` RGB in [0, 1] (float, or uint8 divided by 255 here) -> ``B x 512``.
 
-        With ``features=True`` returns ``(video_embedding, mixed_5c)`` (``B x 512``, ``B x 1024``).
+        With ``features=True`` returns ``VideoOutput(embedding, features)`` (``B x 512``, mixed_5c
+        ``B x 1024``), a named tuple.
         """
         if isinstance(video, torch.Tensor) and video.dtype == torch.uint8:
             video = video.float().div_(255)
         check_video_input(video, self.space_to_depth)
         if video.shape[0] == 0:
-            raise ValueError("empty batch: video has 0 clips")
+            raise UsageError("empty batch: video has 0 clips")
         embs, feats = [], []
         for chunk in video.split(batch_size):
             out = self.video_net(chunk.to(self.device, non_blocking=True))
             embs.append(out["video_embedding"].float())
             feats.append(out["mixed_5c"].float())
         emb = torch.cat(embs)
-        return (emb, torch.cat(feats)) if features else emb
+        return VideoOutput(emb, torch.cat(feats)) if features else emb
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str] | str) -> torch.Tensor:
@@ -117,6 +135,22 @@ class MILNCE(nn.Module):
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.video_net(video)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """The checkpoint: the exact network's tensors (``net``), without the ``net.`` prefix and
+        without the fast path's folded copies (they are rebuilt from these)."""
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a checkpoint into ``net`` (as ``milnce.load_checkpoint`` returns it) and rebuild the
+        fast path from it."""
+        result = self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+        self.weights_id = fingerprint(self.net.state_dict())
+        if self.fast:
+            from .fast import FastVideoNet
+
+            self.video_net = FastVideoNet(self.net, precision=self.precision)
+        return result
 
 
 class _Autocast(nn.Module):
@@ -198,6 +232,8 @@ def load_model(
         words = np.asarray(vocab, dtype=str)
         vocab = None
     wpath, vpath, info = resolve_files(weights, vocab, download=download, progress=progress, need_vocab=words is None)
+    if info is None:  # a bundle from ``milnce convert`` records its input conventions
+        info = bundle_info(wpath)
     sd, spec = load_checkpoint(wpath)
     tokenizer = Tokenizer(words) if words is not None else Tokenizer(load_vocab(vpath))  # type: ignore[arg-type]
     if tokenizer.vocab_size != spec.vocab_size:

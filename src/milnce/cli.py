@@ -1,48 +1,29 @@
 """The ``milnce`` command line. ``main(argv)`` is testable in-process.
 
 Each group of commands lives in ``milnce.commands.<name>`` with a ``register(subparsers)``
-function; this module only holds the shared options and the error handling.
+function (shared options: ``milnce.commands.common``); this module builds the parser and turns
+``MilnceError`` into a one-line message and an exit code (README, "Exit codes"):
+
+    0 success · 1 finished, but some inputs failed · 2 error (bad arguments, input, weights,
+    index) · 130 interrupted
+
+Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from importlib import import_module
 
+from .commands.common import CommandError, add_model_options, model_from_args
+from .errors import MilnceError
+
 __all__ = ["main", "add_model_options", "model_from_args", "CommandError"]
 
 COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.commands.search", "milnce.commands.serve")
-
-
-class CommandError(Exception):
-    """An error to report to the user as one line, without a traceback."""
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--weights/--vocab/--device/--precision/--eager`` for commands that run the model."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--weights", help="weights file (.pth, .safetensors, bundle folder) or registry name; "
-                   "default: $MILNCE_WEIGHTS or the published weights from the cache")
-    g.add_argument("--vocab", help="vocabulary .npy (default: $MILNCE_VOCAB, next to the weights, or the cache)")
-    g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="video tower precision")
-    g.add_argument("--eager", action="store_true", help="use the plain eager network instead of the fast path")
-    g.add_argument("--no-download", action="store_true", help="never download weights; fail if they are not local")
-
-
-def model_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .api import load_model
-
-    return load_model(
-        args.weights,
-        args.vocab,
-        device=args.device,
-        fast=not args.eager,
-        precision=args.precision,
-        download=not args.no_download,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,12 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """Library messages (``milnce.*`` loggers) as ``milnce: message`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"milnce: {record.getMessage()}\n")
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("milnce")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler(logging.INFO))
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    from .download import DownloadError
-    from .text import VocabularyError
-    from .weights import CheckpointError
-
+    _setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -84,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("milnce: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, CheckpointError, VocabularyError, DownloadError, FileNotFoundError, IsADirectoryError,
-            NotADirectoryError, PermissionError, ValueError) as exc:
+    except MilnceError as exc:
+        print(f"milnce: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        # a path the user named (weights, videos, folders) that is missing or not readable
         print(f"milnce: error: {exc}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import re
 import sys
@@ -30,6 +31,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .errors import MilnceError
 
 if TYPE_CHECKING:
     from .weights import WeightsInfo
@@ -45,7 +48,10 @@ _OFFLINE_HINT = (
 )
 
 
-class DownloadError(OSError):
+logger = logging.getLogger("milnce.download")
+
+
+class DownloadError(MilnceError, OSError):
     """A file could not be downloaded, or a cached/downloaded file failed verification."""
 
 
@@ -230,7 +236,7 @@ def _locked(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"milnce: waiting for another process to finish {path.name}", file=sys.stderr)
+            logger.warning("waiting for another process to finish %s", path.name)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -329,7 +335,7 @@ def _ensure_file(
             try:  # a file put in the cache by hand or an older version: verify it once
                 _validate(path, size, check, info)
             except DownloadError as exc:
-                print(f"milnce: {exc}; downloading it again", file=sys.stderr)
+                logger.warning("%s; downloading it again", exc)
                 path.unlink()
             else:
                 _record_checksum(home, filename, _stat_entry(path, _weights.sha256_file(path), None))

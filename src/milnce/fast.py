@@ -38,6 +38,7 @@ _HAS_MKLDNN_POINTWISE = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and 
 
 def fold_bn(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of ``bn(conv(x))`` as one convolution (eval-mode statistics)."""
+    assert bn.running_var is not None and bn.running_mean is not None  # eval-mode statistics exist
     scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
     w = conv.weight.detach().double() * scale[:, None, None, None, None]
     b = bn.bias.detach().double() - bn.running_mean.detach().double() * scale
@@ -68,7 +69,7 @@ class _ConvReLU(nn.Module):
         shape = tuple(x.shape)
         packed = self._packed.get(shape)
         if packed is None:
-            packed = torch._C._nn.mkldnn_reorder_conv3d_weight(
+            packed = torch._C._nn.mkldnn_reorder_conv3d_weight(  # type: ignore[call-arg]
                 self.weight.detach().to_mkldnn(), self.padding, self.stride, [1, 1, 1], 1, list(shape)
             )
             if len(self._packed) >= 4:
@@ -85,10 +86,10 @@ class _ConvReLU(nn.Module):
 
 def _units(st: STConv3D) -> list[_ConvReLU]:
     w, b = fold_bn(st.conv1, st.bn1)
-    out = [_ConvReLU(w, b, st.conv1.stride, st.conv1.padding)]
+    out = [_ConvReLU(w, b, st.conv1.stride, st.conv1.padding)]  # type: ignore[arg-type]
     if st.separable:
         w, b = fold_bn(st.conv2, st.bn2)
-        out.append(_ConvReLU(w, b, st.conv2.stride, st.conv2.padding))
+        out.append(_ConvReLU(w, b, st.conv2.stride, st.conv2.padding))  # type: ignore[arg-type]
     return out
 
 

@@ -9,7 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .index import merge_windows
+from .errors import UsageError
+from .index import Index, IndexMismatchError, merge_windows
+from .protocols import Encoder
+from .windows import WindowSettings
 
 __all__ = ["Localization", "localize", "best_moments", "plot_localization"]
 
@@ -59,18 +62,29 @@ def best_moments(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, k: in
     return [(float(starts[a]), float(ends[b]), sc) for a, b, _, sc in runs[:k]]
 
 
-def localize(model: Any, path: str | os.PathLike[str], query: str, *, k: int = 5, fps: float | None = None,
-             num_frames: int | None = None, size: int | None = None, stride: int = 16, batch_size: int = 4,
-             merge: bool = True, index: Any = None, progress: bool = False) -> Localization:
+def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int = 5, fps: float | None = None,
+             num_frames: int | None = None, size: int | None = None, stride: int | None = None, batch_size: int = 4,
+             merge: bool = True, index: Index | None = None, progress: bool = False) -> Localization:
     """Score ``query`` against every window of the video at ``path``.
 
-    With an open ``index`` (``milnce.Index``) that holds this video unchanged, its stored
-    windows are used instead of embedding the video again."""
+    Window settings: the given ones over the model's conventions. With an open ``index``
+    (``milnce.Index``) whose settings agree with the given ones, the index's settings are used, and
+    its stored windows too when it holds this video unchanged; an index with other settings is
+    ignored (the video is embedded again)."""
     if not isinstance(query, str):
-        raise ValueError("the query is empty")
+        raise UsageError("the query is empty")
     problem = model.tokenizer.query_problem(query)
     if problem:
-        raise ValueError(problem)
+        raise UsageError(problem)
+    given = {"fps": fps, "num_frames": num_frames, "size": size, "stride": stride}
+    settings = WindowSettings.for_model(model, **given)
+    if index is not None:
+        try:
+            index.check_settings({k_: v for k_, v in given.items() if v is not None})
+        except IndexMismatchError:
+            index = None  # other windows asked for: embed the video again
+        else:
+            settings = WindowSettings.from_dict(index.settings).with_(**given)
     starts = ends = emb = None
     duration = float("nan")
     if index is not None:
@@ -81,11 +95,13 @@ def localize(model: Any, path: str | os.PathLike[str], query: str, *, k: int = 5
                 starts, ends, emb = index.windows(rec.id)
                 duration = rec.duration
     if emb is None:
-        ve = model.encode_video_file(path, fps=fps, num_frames=num_frames, size=size, stride=stride,
-                                     batch_size=batch_size, progress=progress)
+        ve = model.encode_video_file(path, fps=settings.fps, num_frames=settings.num_frames, size=settings.size,
+                                     stride=settings.stride, crop=settings.crop, batch_size=batch_size,
+                                     progress=progress)
         starts, ends, emb, duration = ve.starts, ve.ends, ve.embeddings, ve.duration
     text = model.encode_text([query]).detach().cpu().numpy().astype(np.float32)
     scores = (text @ np.asarray(emb, dtype=np.float32).T)[0]
+    assert starts is not None and ends is not None and emb is not None
     if duration != duration and len(ends):  # nan
         duration = float(ends[-1])
     loc = Localization(path=os.path.abspath(os.fspath(path)), query=query, starts=np.asarray(starts),

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UsageError
 from .text import MAX_WORDS, Tokenizer
 
 __all__ = [
@@ -176,9 +177,9 @@ def check_video_input(video: torch.Tensor, space_to_depth: bool, warn_range: boo
         raise TypeError(f"video must be a torch.Tensor of shape B x 3 x T x H x W, got {type(video).__name__}")
     if video.ndim != 5:
         hint = " (add a batch dimension: video[None])" if video.ndim == 4 else ""
-        raise ValueError(f"video must have 5 dims B x 3 x T x H x W, got shape {tuple(video.shape)}{hint}")
+        raise UsageError(f"video must have 5 dims B x 3 x T x H x W, got shape {tuple(video.shape)}{hint}")
     if video.shape[1] != 3:
-        raise ValueError(
+        raise UsageError(
             f"video must have 3 RGB channels at dim 1 (B x 3 x T x H x W), got shape {tuple(video.shape)}"
         )
     if not video.is_floating_point():
@@ -188,13 +189,13 @@ def check_video_input(video: torch.Tensor, space_to_depth: bool, warn_range: boo
         )
     _, _, t, h, w = video.shape
     if space_to_depth and (t % 2 or h % 2 or w % 2):
-        raise ValueError(
+        raise UsageError(
             f"with space_to_depth=True, T, H and W must be even, got T={t}, H={h}, W={w}; "
             "use e.g. 32 x 224 x 224 (the published setting) or 16 frames, sides 200..256"
         )
     min_t = 2 if space_to_depth else 1
     if t < min_t or h < 2 or w < 2:
-        raise ValueError(f"video too small: T={t}, H={h}, W={w}; use 32 x 224 x 224 (16 frames and sides 200..256 also work)")
+        raise UsageError(f"video too small: T={t}, H={h}, W={w}; use 32 x 224 x 224 (16 frames and sides 200..256 also work)")
     if warn_range and not _warned_range and video.numel() and not torch.jit.is_tracing():
         lo, hi = float(video.min()), float(video.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
@@ -276,7 +277,7 @@ class TextTower(nn.Module):
     ) -> None:
         super().__init__()
         if tokenizer is not None and tokenizer.vocab_size != num_embeddings:
-            raise ValueError(
+            raise UsageError(
                 f"vocabulary has {len(tokenizer)} words (+1 padding = {tokenizer.vocab_size} ids) "
                 f"but the word embedding has {num_embeddings} rows; the published model uses "
                 f"{VOCAB_SIZE - 1} words"
@@ -289,9 +290,9 @@ class TextTower(nn.Module):
 
     def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"token ids must be an integer tensor B x max_words, got {tuple(ids.shape)} {ids.dtype}")
+            raise UsageError(f"token ids must be an integer tensor B x max_words, got {tuple(ids.shape)} {ids.dtype}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.word_embd.num_embeddings):
-            raise ValueError(f"token ids must be in [0, {self.word_embd.num_embeddings}), got range [{int(ids.min())}, {int(ids.max())}]")
+            raise UsageError(f"token ids must be in [0, {self.word_embd.num_embeddings}), got range [{int(ids.min())}, {int(ids.max())}]")
         x = F.relu(self.fc1(self.word_embd(ids)))
         return self.fc2(x.max(dim=1).values)
 

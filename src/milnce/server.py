@@ -156,24 +156,9 @@ def grab_thumbnail(path: str, t: float, width: int = THUMB_WIDTH, quality: int =
     """
     import av
 
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("the file has no video stream")
-        stream = container.streams.video[0]
-        if t > 0 and stream.time_base:
-            offset = int(t / stream.time_base) + (stream.start_time or 0)
-            try:
-                container.seek(offset, stream=stream, backward=True, any_frame=False)
-            except av.error.FFmpegError:
-                container.seek(0, stream=stream)
-        rate = float(stream.average_rate or 25)
-        chosen = None
-        for n, frame in enumerate(container.decode(stream)):
-            chosen = frame
-            if frame.time is None or frame.time >= t - 0.5 / rate or n > 2000:
-                break
-        if chosen is None:
-            raise ValueError(f"no frame could be decoded at {t:.2f}s")
+    from .video import frame_at
+
+    chosen = frame_at(path, t)  # VideoError if unreadable
     w = max(16, min(width, chosen.width)) // 2 * 2
     h = max(2, round(chosen.height * w / chosen.width / 2) * 2)
     small = chosen.reformat(width=w, height=h, format="yuvj420p")
@@ -253,7 +238,7 @@ def create_app(
         except Exception:  # noqa: BLE001 - healthz must not fail on a broken listing
             return None
 
-    state = {"videos": count_videos(), "refreshed": time.monotonic()}
+    state: dict[str, Any] = {"videos": count_videos(), "refreshed": time.monotonic()}
     started = time.time()
 
     def maybe_refresh() -> None:
@@ -306,13 +291,13 @@ def create_app(
         return out
 
     def moment_json(m) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-        d = dataclasses.asdict(m) if dataclasses.is_dataclass(m) else dict(vars(m))
+        d = dataclasses.asdict(m) if dataclasses.is_dataclass(m) and not isinstance(m, type) else dict(vars(m))
         d["score"] = round(float(d["score"]), 5)
         d.update(urls(m.video_id, m.path, (float(m.start) + float(m.end)) / 2))
         return d
 
     def video_json(rec) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-        d = dataclasses.asdict(rec) if dataclasses.is_dataclass(rec) else dict(vars(rec))
+        d = dataclasses.asdict(rec) if dataclasses.is_dataclass(rec) and not isinstance(rec, type) else dict(vars(rec))
         d["exists"] = os.path.isfile(rec.path)
         d.update(urls(rec.id, rec.path, min(1.0, float(rec.duration or 0) / 2)))
         return d

@@ -14,13 +14,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from .errors import MilnceError, UsageError
+
 __all__ = ["Tokenizer", "load_vocab", "VocabularyError", "MAX_WORDS"]
 
 MAX_WORDS = 16
 _WORD_RE = re.compile(r"[\w']+")
 
 
-class VocabularyError(ValueError):
+class VocabularyError(MilnceError, ValueError):
     """The vocabulary file or array is not a usable word list."""
 
 
@@ -75,14 +77,14 @@ class Tokenizer:
     def __init__(self, vocab: Sequence[str] | np.ndarray, max_words: int = MAX_WORDS) -> None:
         words = _check_vocab_array(np.asarray(vocab, dtype=str) if not isinstance(vocab, np.ndarray) else vocab)
         if max_words < 1:
-            raise ValueError(f"max_words must be >= 1, got {max_words}")
+            raise UsageError(f"max_words must be >= 1, got {max_words}")
         self.max_words = max_words
         self.vocab: np.ndarray = words
         # Later duplicates win, as in the reference dictionary comprehension.
         self.word_to_id: dict[str, int] = {str(w): i + 1 for i, w in enumerate(words.tolist())}
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], max_words: int = MAX_WORDS) -> "Tokenizer":
+    def from_file(cls, path: str | os.PathLike[str], max_words: int = MAX_WORDS) -> Tokenizer:
         """Load the tokenizer from a vocabulary ``.npy`` such as ``s3d_dict.npy``."""
         return cls(load_vocab(path), max_words=max_words)
 
@@ -132,7 +134,7 @@ class Tokenizer:
 def _as_sentence_list(sentences: Iterable[str]) -> list[str]:
     out = list(sentences)
     if not out:
-        raise ValueError("empty list of sentences: pass at least one text")
+        raise UsageError("empty list of sentences: pass at least one text")
     for i, s in enumerate(out):
         if not isinstance(s, str):
             raise TypeError(f"sentence {i} is {type(s).__name__}, expected str")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import MilnceError
 from .model import S3D, VOCAB_SIZE
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MilnceError, ValueError):
     """A weights file that is not a usable S3D text-video checkpoint."""
 
 
@@ -246,8 +247,10 @@ def fingerprint(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | os.PathLike[str]) -> Path:
-    """Write a pickle-free bundle: ``model.safetensors``, ``vocab.npy`` and ``config.json``."""
+def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | os.PathLike[str],
+                info: WeightsInfo | None = None) -> Path:
+    """Write a pickle-free bundle: ``model.safetensors``, ``vocab.npy`` and ``config.json`` (with the
+    input conventions of ``info``, default the published weights', which ``bundle_info`` reads back)."""
     from safetensors.torch import save_file
 
     spec = inspect_state_dict(sd)
@@ -266,6 +269,37 @@ def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | o
         "vocab_size": spec.vocab_size,
         "embed_dim": spec.embed_dim,
         "fingerprint": fingerprint(sd),
+        "inputs": _inputs(info or REGISTRY[DEFAULT_WEIGHTS]),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+_INPUT_FIELDS = ("num_frames", "fps", "size", "value_range")
+
+
+def _inputs(info: WeightsInfo) -> dict[str, object]:
+    return {"weights": info.name, **{k: getattr(info, k) for k in _INPUT_FIELDS}}
+
+
+def bundle_info(path: str | os.PathLike[str]) -> WeightsInfo | None:
+    """The input conventions a bundle folder's ``config.json`` records (``milnce convert``), as a
+    ``WeightsInfo`` (the registry entry it came from, with the recorded values), or None."""
+    p = Path(path)
+    config = p / "config.json" if p.is_dir() else p.parent / "config.json"
+    try:
+        inputs = json.loads(config.read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(inputs, dict):
+        return None
+    from dataclasses import replace
+
+    base = REGISTRY.get(str(inputs.get("weights")), REGISTRY[DEFAULT_WEIGHTS])
+    try:
+        values = {k: inputs[k] for k in _INPUT_FIELDS if k in inputs}
+        if "value_range" in values:
+            values["value_range"] = tuple(float(v) for v in values["value_range"])
+        return replace(base, **values)
+    except (TypeError, ValueError):
+        return None

@@ -36,7 +36,7 @@ class WindowSettings:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> "WindowSettings":
+    def validate(self) -> WindowSettings:
         """Raise ``UsageError`` unless every value is finite and in range."""
         try:
             fps = float(self.fps)
@@ -53,7 +53,7 @@ class WindowSettings:
         return self
 
     @classmethod
-    def for_model(cls, model: Any = None, **overrides: Any) -> "WindowSettings":
+    def for_model(cls, model: Any = None, **overrides: Any) -> WindowSettings:
         """The model's input conventions (``model.info``; default: the published weights'),
         with ``overrides`` applied (``None`` values are ignored)."""
         from .weights import DEFAULT_WEIGHTS, REGISTRY
@@ -62,7 +62,7 @@ class WindowSettings:
         base = cls(fps=float(info.fps), num_frames=int(info.num_frames), size=int(info.size))
         return base.with_(**overrides)
 
-    def with_(self, **overrides: Any) -> "WindowSettings":
+    def with_(self, **overrides: Any) -> WindowSettings:
         """A copy with the non-``None`` ``overrides`` applied (and validated)."""
         kept = {k: v for k, v in overrides.items() if v is not None}
         for key in ("num_frames", "size", "stride"):
@@ -84,7 +84,7 @@ class WindowSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WindowSettings":
+    def from_dict(cls, d: dict[str, Any]) -> WindowSettings:
         """From a stored dict (unknown keys are ignored)."""
         names = {"fps", "num_frames", "size", "stride", "crop"}
         return cls(**{k: v for k, v in d.items() if k in names})

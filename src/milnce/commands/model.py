@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from ..cli import CommandError, add_model_options, model_from_args
+from .common import CommandError, add_model_options, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -141,32 +141,23 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
 
 
 def _load_video_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"video embeddings not found: {path}")
-    data = np.load(path, allow_pickle=False)
-    if isinstance(data, np.lib.npyio.NpzFile):
-        if "embeddings" not in data:
-            raise CommandError(f"{path}: .npz without an 'embeddings' array (keys: {', '.join(data.files)})")
-        emb = data["embeddings"]
-        starts = data["starts"] if "starts" in data else np.arange(len(emb))
-        ends = data["ends"] if "ends" in data else starts
-        labels = [f"{os.path.basename(path)}[{s:.1f}-{e:.1f}s]" for s, e in zip(starts, ends)]
-    else:
-        emb = data
-        if emb.ndim == 1:
-            emb = emb[None]
-        labels = [f"{os.path.basename(path)}[{i}]" for i in range(len(emb))]
-    if emb.ndim != 2:
-        raise CommandError(f"{path}: expected an N x D array of embeddings, got shape {emb.shape}")
-    return emb.astype(np.float32), labels
+    from ..video import VideoEmbeddings
+
+    ve = VideoEmbeddings.load(path)
+    name = os.path.basename(path)
+    if np.isfinite(ve.starts).all():
+        labels = [f"{name}[{s:.1f}-{e:.1f}s]" for s, e in zip(ve.starts, ve.ends)]
+    else:  # a plain .npy: no window times
+        labels = [f"{name}[{i}]" for i in range(len(ve))]
+    return ve.embeddings, labels
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     vids, labels = [], []
     for path in args.video_embeddings:
-        e, lab = _load_video_embeddings(path)
+        e, names = _load_video_embeddings(path)
         vids.append(e)
-        labels += lab
+        labels += names
     video = np.concatenate(vids)
     model = model_from_args(args)
     text = model.encode_text(list(args.text)).cpu().numpy()
@@ -186,11 +177,11 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..api import resolve_files
     from ..text import load_vocab
-    from ..weights import load_checkpoint, save_bundle
+    from ..weights import bundle_info, load_checkpoint, save_bundle
 
-    wpath, vpath, _ = resolve_files(args.weights, args.vocab, download=not args.no_download)
+    wpath, vpath, info = resolve_files(args.weights, args.vocab, download=not args.no_download)
     sd, spec = load_checkpoint(wpath)
-    out = save_bundle(sd, load_vocab(vpath), args.out)  # type: ignore[arg-type]
+    out = save_bundle(sd, load_vocab(vpath), args.out, info=info or bundle_info(wpath))  # type: ignore[arg-type]
     variant = "space_to_depth" if spec.space_to_depth else "no space_to_depth"
     print(f"wrote {out}/model.safetensors, vocab.npy, config.json ({variant}, {spec.vocab_size - 1} words)")
     return 0

@@ -9,22 +9,20 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..cli import CommandError, add_model_options, model_from_args
+from .common import (
+    CommandError,
+    add_model_options,
+    add_window_options,
+    model_from_args,
+    window_overrides,
+    window_settings,
+)
 
 DEMO_VIDEOS = (
     ("https://upload.wikimedia.org/wikipedia/commons/b/b0/YosriAirTerjun.gif", "waterfall"),
     ("https://upload.wikimedia.org/wikipedia/commons/e/e6/Guitar_solo_gif.gif", "playing guitar"),
     ("https://upload.wikimedia.org/wikipedia/commons/3/30/2009-08-16-autodrift-by-RalfR-gif-by-wau.gif", "car drifting"),
 )
-
-
-def _add_window_options(p: argparse.ArgumentParser, what: str) -> None:
-    g = p.add_argument_group("windows", f"how videos are cut into windows ({what})")
-    g.add_argument("--fps", type=float, default=None, help="frames per second sampled (default 10)")
-    g.add_argument("--num-frames", type=int, default=None, help="frames per window (default 32)")
-    g.add_argument("--size", type=int, default=None, help="frame size in pixels (default 224)")
-    g.add_argument("--stride", type=int, default=None, help="frames between window starts (default 16 = 1.6 s at 10 fps)")
-    g.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-errors", action="store_true", help="try again the videos that failed before")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_window_options(p, "recorded in a new index; an existing index keeps its own")
+    add_window_options(p, "recorded in a new index; an existing index keeps its own")
     add_model_options(p)
     p.set_defaults(func=cmd_index)
 
@@ -70,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", metavar="DIR", help="reuse this index's windows (and settings) if it holds the video")
     p.add_argument("--no-merge", action="store_true", help="do not merge adjacent windows")
     p.add_argument("--json", action="store_true", help="print every window's score and the moments as JSON")
-    _add_window_options(p, "default: the index's with --index, else 32 frames at 10 fps, stride 16")
+    add_window_options(p, "default: the index's with --index, else 32 frames at 10 fps, stride 16")
     add_model_options(p)
     p.set_defaults(func=cmd_localize)
 
@@ -84,16 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query", action="append", help="query (repeatable; default: the three demo queries)")
     p.add_argument("-k", type=int, default=3, help="videos per query (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_window_options(p, "for a new demo index")
+    add_window_options(p, "for a new demo index")
     add_model_options(p)
     p.set_defaults(func=cmd_demo)
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def _settings(args: argparse.Namespace) -> dict:
-    return {"fps": args.fps, "num_frames": args.num_frames, "size": args.size, "stride": args.stride}
 
 
 def _fmt_time(t: float) -> str:
@@ -111,12 +105,8 @@ def _model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _check_batch(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
-    for name in ("fps", "num_frames", "size", "stride"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise CommandError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+    """Validate the window options (one-line ``UsageError``) before anything is created or loaded."""
+    window_settings(args)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -133,19 +123,15 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CommandError(f"no video files found in {', '.join(args.paths)} "
                            "(looked for .mp4 .mkv .webm .avi .mov .gif ...)")
     if os.path.isdir(args.index):  # say so before loading the model if another run holds the folder
-        from ..index import _acquire_lock
+        from ..index import check_unlocked
 
-        os.close(_acquire_lock(os.path.abspath(args.index)))
+        check_unlocked(args.index)
     model = _model(args)
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
-                         retry_errors=args.retry_errors, batch_size=args.batch_size, **_settings(args))
+                         retry_errors=args.retry_errors, batch_size=args.batch_size, **window_overrides(args))
     if args.json:
-        d = {k: getattr(report, k) for k in ("directory", "added", "updated", "moved", "unchanged", "failed",
-                                              "previously_failed", "pruned", "windows_added", "video_seconds",
-                                              "embed_seconds", "elapsed", "num_videos", "num_windows", "compacted", "ann")}
-        d["speed"] = report.speed
-        print(json.dumps(d, default=str))
+        print(json.dumps(report.to_dict(), default=str))
     else:
         print(report.summary())
         for path, reason in report.failed[:10]:
@@ -188,7 +174,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                for q, p, res in zip(queries, problems, results)]}
             print(json.dumps(out))
         else:
-            print(f"{index.directory}: {len(index._records)} videos, {len(index)} windows ({mode} search)")
+            print(f"{index.directory}: {index.num_videos} videos, {len(index)} windows ({mode} search)")
             for q, p, res in zip(queries, problems, results):
                 _print_results(q, res, p, args.videos)
     if all(p is not None for p in problems):
@@ -205,26 +191,14 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.video):
         raise FileNotFoundError(f"no such video file: {args.video}")
     model = _model(args)
-    settings = _settings(args)
     index = None
     if args.index:
         from ..index import Index
 
         index = Index.open(args.index, model)
-        explicit = {k: v for k, v in settings.items() if v is not None}
-        if explicit:
-            try:
-                index.check_settings(explicit)
-            except ValueError:
-                index.close()
-                index = None  # other windows asked for: embed the video again
-        if index is not None:
-            settings = {k: index.settings[k] for k in settings}
-    try:
+    try:  # the index's windows (and settings) are used when it holds the video and the options agree
         loc = localize(model, args.video, args.query, k=args.k, batch_size=args.batch_size,
-                       merge=not args.no_merge, index=index,
-                       stride=settings["stride"] or 16, fps=settings["fps"], num_frames=settings["num_frames"],
-                       size=settings["size"])
+                       merge=not args.no_merge, index=index, **window_overrides(args))
     finally:
         if index is not None:
             index.close()
@@ -249,7 +223,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..download import cache_dir
-    from ..index import build_index, find_videos, Index
+    from ..index import Index, build_index, find_videos
 
     _check_batch(args)
     offline_hint = ("on a machine without internet, pass --weights FILE --vocab FILE (the published "
@@ -260,7 +234,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         videos = find_videos([args.videos])
         if not videos:
             raise CommandError(f"--videos {args.videos}: no video files in that folder")
-        labels = {}
+        labels: dict[str, str] = {}
     else:
         demo = Path(cache_dir()) / "demo"
         demo.mkdir(parents=True, exist_ok=True)
@@ -287,17 +261,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CommandError(f"could not load the published weights ({type(exc).__name__}: {exc}); {offline_hint}") from exc
     index_dir = args.index or str(Path(cache_dir()) / "demo" / f"index-{model.weights_id}")
     report = build_index(videos, index_dir, model, progress=not args.quiet, batch_size=args.batch_size,
-                         **_settings(args))
+                         **window_overrides(args))
     print(report.summary())
     queries = args.query or [label for _, label in DEMO_VIDEOS]
     with Index.open(index_dir, model) as index:
         live = {os.path.abspath(v) for v in videos}
-        k = max(1, min(args.k, len(index._records)))
+        k = max(1, min(args.k, index.num_videos))
         for q in queries:
             problem = index.query_problem(q)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = [] if problem else index.search(q, k=len(index._records), by_video=True)
+                res = [] if problem else index.search(q, k=index.num_videos, by_video=True)
             res = [m for m in res if m.path in live][:k]
             _print_results(q, res, problem, True)
             if res and labels:

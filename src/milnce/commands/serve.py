@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..cli import CommandError, add_model_options, model_from_args
+from .common import CommandError, add_model_options, model_from_args
 
 # Kept here too: the server module itself cannot be imported without FastAPI.
 MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"

@@ -6,9 +6,8 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
-from ..cli import CommandError, add_model_options, model_from_args
+from ..windows import CROPS, WindowSettings
+from .common import CommandError, add_model_options, model_from_args, window_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,13 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, webm, mkv, avi, gif, ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--stride", type=int, default=16, help="frames (at --fps) between window starts (default 16)")
+    p.add_argument("--stride", type=int, default=None,
+                   help=f"frames (at --fps) between window starts (default {WindowSettings().stride})")
     p.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
     p.add_argument("--features", action="store_true", help="also save the 1024-d mixed_5c features")
-    p.add_argument("--fps", type=float, help="sampling rate (default: the model's, 10)")
-    p.add_argument("--num-frames", type=int, help="frames per window (default: the model's, 32)")
-    p.add_argument("--size", type=int, help="crop size in pixels (default: the model's, 224)")
-    p.add_argument("--crop", choices=("center", "square", "resize"), default="center",
+    d = WindowSettings()
+    p.add_argument("--fps", type=float, help=f"sampling rate (default: the model's, {d.fps:g})")
+    p.add_argument("--num-frames", type=int, help=f"frames per window (default: the model's, {d.num_frames})")
+    p.add_argument("--size", type=int, help=f"crop size in pixels (default: the model's, {d.size})")
+    p.add_argument("--crop", choices=CROPS, default="center",
                    help="center: short side to SIZE then centre crop (default); square: centre square "
                    "crop then resize (reference evaluation); resize: full frame")
     p.add_argument("--start", type=float, help="start time in seconds (default: 0)")
@@ -50,22 +51,12 @@ def _out_name(path: str, used: set[str]) -> str:
     return name + ".npz"
 
 
-def _save(target: str, arrays: dict[str, np.ndarray]) -> None:
-    tmp = os.path.join(os.path.dirname(target), "." + os.path.basename(target) + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, target)
-
-
 def cmd_embed_video(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..video import encode_video_file
 
-    if args.stride < 1:
-        raise CommandError(f"--stride must be >= 1, got {args.stride}")
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
+    window_settings(args)  # bad values: a one-line error before anything is created
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CommandError(f"--out {args.out} exists and is not a folder")
     os.makedirs(args.out, exist_ok=True)
@@ -92,12 +83,7 @@ def cmd_embed_video(args: argparse.Namespace) -> int:
             failed.append((video, msg))
             tqdm.write(f"milnce: failed: {msg}", file=sys.stderr)
             continue
-        arrays = res.to_npz_dict()
-        arrays["fps"] = np.asarray(args.fps if args.fps is not None else model.info.fps, dtype=np.float64)
-        arrays["num_frames"] = np.asarray(args.num_frames or model.info.num_frames, dtype=np.int64)
-        arrays["size"] = np.asarray(args.size or model.info.size, dtype=np.int64)
-        arrays["stride"] = np.asarray(args.stride, dtype=np.int64)
-        _save(target, arrays)
+        res.save(target)  # atomic; records the window settings
         done += 1
         if not args.quiet:
             tqdm.write(f"{video}: {len(res)} windows, {res.duration:.1f} s -> {target}")
@@ -108,6 +94,6 @@ def cmd_embed_video(args: argparse.Namespace) -> int:
     if failed:
         summary += f"; {len(failed)} failed:"
     print(summary, file=sys.stderr if failed else sys.stdout)
-    for video, msg in failed:
+    for _video, msg in failed:
         print(f"  {msg}", file=sys.stderr)
     return 1 if failed else 0

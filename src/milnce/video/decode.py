@@ -31,38 +31,35 @@ Resizing is bicubic. Rotation metadata (the display matrix of phone videos) is h
 multiples of 90 degrees; sample aspect ratio is ignored (as in the reference recipe).
 """
 
+
 from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .api import MILNCE
+from ..errors import MilnceError, UsageError
+from ..windows import CROPS, WindowSettings
 
 __all__ = [
     "VideoError",
+    "VideoNotFoundError",
+    "VideoIsADirectoryError",
     "Clip",
-    "VideoEmbeddings",
-    "read_clips",
-    "read_clip",
-    "clips_to_tensor",
-    "VideoClipDataset",
-    "encode_video_file",
-    "probe_video",
+    "ClipReader",
+    "CROPS",
+    "PADS",
 ]
 
-CROPS = ("center", "square", "resize")
 PADS = ("repeat", "loop")
+_DEFAULT = WindowSettings()  # the published weights' conventions (milnce.windows)
 _EPS = 1e-6  # seconds; a frame at t + _EPS still counts as displayed at t (float round-off)
 _HUGE_PIXELS = 3840 * 2160 + 1  # above 4K, frame threads are capped to bound decoder memory
 # Pixel formats scaled in their own format first, then converted to RGB at the small size
@@ -70,7 +67,7 @@ _HUGE_PIXELS = 3840 * 2160 + 1  # above 4K, frame threads are capped to bound de
 _SCALE_FIRST = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"})
 
 
-class VideoError(ValueError):
+class VideoError(MilnceError, ValueError):
     """A video that cannot be read: not a video, corrupt, unsupported, or bad time arguments.
 
     The message names the file."""
@@ -100,39 +97,6 @@ class Clip:
     def num_frames(self) -> int:
         return int(self.frames.shape[-3])
 
-
-@dataclass
-class VideoEmbeddings:
-    """Per-window embeddings of one video (``encode_video_file``).
-
-    ``starts``/``ends``: float64 seconds (N); ``embeddings``: float32 ``N x 512``; ``features``:
-    float32 ``N x 1024`` (mixed_5c) or None; ``duration``: the video's duration in seconds;
-    ``stats``: timings (``wall_s``, ``wait_s`` = time the model waited for frames,
-    ``wait_share``, ``model_s``, ``decode_s``)."""
-
-    path: str
-    starts: np.ndarray
-    ends: np.ndarray
-    embeddings: np.ndarray
-    features: np.ndarray | None
-    duration: float
-    stats: dict[str, float] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.embeddings.shape[0])
-
-    def to_npz_dict(self) -> dict[str, np.ndarray]:
-        """Arrays for ``np.savez`` (all loadable with ``allow_pickle=False``)."""
-        out = {
-            "embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32),
-            "starts": np.asarray(self.starts, dtype=np.float64),
-            "ends": np.asarray(self.ends, dtype=np.float64),
-            "path": np.asarray(str(self.path), dtype=np.str_),
-            "duration": np.asarray(self.duration, dtype=np.float64),
-        }
-        if self.features is not None:
-            out["features"] = np.ascontiguousarray(self.features, dtype=np.float32)
-        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +135,7 @@ class _Video:
         self.threads = threads
         self._warn = warn or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=4))
         self.container: Any = None
+        self.stream: Any
         self._open()
         s = self.stream
         self.tb = float(s.time_base) if s.time_base else 1e-6
@@ -180,8 +145,8 @@ class _Video:
         dur = None
         if s.duration is not None and s.time_base and s.duration > 0:
             dur = float(s.duration * s.time_base)
-        elif self.container.duration and self.container.duration > 0:
-            dur = self.container.duration / av.time_base
+        elif (container := self._container()).duration and container.duration > 0:
+            dur = container.duration / av.time_base
         self.header_duration: float | None = dur
         self.width, self.height = s.codec_context.width, s.codec_context.height
         self.errors = 0
@@ -218,6 +183,9 @@ class _Video:
             count = min(count, 2) if count else 2
         s.thread_count = count
         self.stream = s
+
+    def _container(self) -> Any:
+        return self.container
 
     def reopen(self) -> None:
         self.close()
@@ -263,7 +231,7 @@ class _Video:
                 continue
             yield from frames
 
-    def frames(self, seek: float | None = None) -> Iterator[tuple[float, Any]]:
+    def frames(self, seek: float | None = None) -> Generator[tuple[float, Any], None, None]:
         """``(t, frame)`` with ``t`` in seconds from the stream start, strictly increasing.
 
         With ``seek``, starts at the keyframe at or before ``seek`` (falls back to decoding from
@@ -287,7 +255,7 @@ class _Video:
             for t, frame in self._timed(self._raw_frames()):
                 if first:
                     first = False
-                    if t > seek + _EPS:  # landed after the target: decode from the start instead
+                    if t > (seek or 0.0) + _EPS:  # landed after the target: decode from the start instead
                         break
                 yield t, frame
             else:
@@ -336,9 +304,9 @@ class _Converter:
         from av.video.reformatter import VideoReformatter
 
         if crop not in CROPS:
-            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+            raise UsageError(f"crop must be one of {CROPS}, got {crop!r}")
         if int(size) < 1:
-            raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+            raise UsageError(f"size must be a positive number of pixels, got {size!r}")
         self.size = int(size)
         self.crop = crop
         self._scale = VideoReformatter()
@@ -434,6 +402,7 @@ class _Sampler:
         if pending is None:
             return
         clock = time.perf_counter
+        t_dec = clock()
         prev_t = 0.0
         prev_frame: Any = None
         prev_arr: np.ndarray | None = None
@@ -490,24 +459,25 @@ def _pad(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
 
 def _check_common(fps: float, num_frames: int, size: int, stride: int, crop: str, pad: str) -> None:
     if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
+        raise UsageError(f"fps must be a positive number, got {fps!r}")
     if int(num_frames) < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames!r}")
+        raise UsageError(f"num_frames must be >= 1, got {num_frames!r}")
     if int(stride) < 1:
-        raise ValueError(f"stride must be >= 1 (in frames at the target fps), got {stride!r}")
+        raise UsageError(f"stride must be >= 1 (in frames at the target fps), got {stride!r}")
     if int(size) < 1:
-        raise ValueError(f"size must be >= 1, got {size!r}")
+        raise UsageError(f"size must be >= 1, got {size!r}")
     if crop not in CROPS:
-        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        raise UsageError(f"crop must be one of {CROPS}, got {crop!r}")
     if pad not in PADS:
-        raise ValueError(f"pad must be one of {PADS}, got {pad!r}")
+        raise UsageError(f"pad must be one of {PADS}, got {pad!r}")
 
 
-class _ClipReader:
-    """The iterator behind ``read_clips``; exposes ``duration``/``header_duration`` and stats."""
+class ClipReader:
+    """The iterator behind ``read_clips`` (one decoding pass, windows in order); exposes
+    ``duration``/``header_duration``, ``estimated_windows()`` and decoding stats."""
 
-    def __init__(self, path: str | os.PathLike[str], fps: float = 10.0, num_frames: int = 32, size: int = 224,
-                 stride: int = 16, start: float | None = None, end: float | None = None, crop: str = "center",
+    def __init__(self, path: str | os.PathLike[str], fps: float = _DEFAULT.fps, num_frames: int = _DEFAULT.num_frames,
+                 size: int = _DEFAULT.size, stride: int = _DEFAULT.stride, start: float | None = None, end: float | None = None, crop: str = "center",
                  pad: str = "repeat", threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
         self.path = _check_path(path)
         _check_common(fps, num_frames, size, stride, crop, pad)
@@ -603,318 +573,4 @@ class _ClipReader:
                       "(truncated file?); clips cover the readable part")
 
 
-# --------------------------------------------------------------------------------------------
-# Public reading API
-
-
-def read_clips(path: str | os.PathLike[str], fps: float = 10.0, num_frames: int = 32, size: int = 224,
-               stride: int = 16, start: float | None = None, end: float | None = None, crop: str = "center",
-               pad: str = "repeat", *, threads: int = 0) -> Iterator[Clip]:
-    """Sliding windows over a video (or ``[start, end]`` seconds) in one decoding pass.
-
-    Yields ``Clip(start, end, frames)`` with ``frames`` uint8 RGB ``3 x num_frames x size x size``.
-    Window ``k`` samples the times ``t0 + (k * stride + i) / fps`` (``i < num_frames``,
-    ``t0 = start or 0``), each taking the frame displayed at that time (the last frame whose
-    timestamp is ``<= t``). The last window, if partial, is padded (``pad="repeat"`` repeats the
-    last frame, ``"loop"`` cycles the window's frames); a video shorter than one window yields one
-    padded clip. ``crop``: ``"center"`` (short side to ``size``, centre crop), ``"square"``
-    (reference evaluation: centre square crop then resize) or ``"resize"`` (full frame).
-    ``threads``: decoder threads (0 = automatic). Memory stays bounded: only the frames of the
-    current window are kept. Raises ``VideoError`` (a ``ValueError``) for unreadable input; warns
-    (``RuntimeWarning``) with the time of the break for corrupt or truncated files.
-    """
-    return iter(_ClipReader(path, fps, num_frames, size, stride, start, end, crop, pad, threads=threads))
-
-
-def read_clip(path: str | os.PathLike[str], start: float, end: float, num_windows: int = 4, fps: float = 10.0,
-              num_frames: int = 32, size: int = 224, crop: str = "center", pad: str = "repeat",
-              *, threads: int = 0) -> Clip:
-    """One clip for ``[start, end]`` as ``num_windows`` windows spread over it (evaluation protocol).
-
-    Window ``w`` starts at ``linspace(start, max(start, end - num_frames / fps), num_windows)[w]``
-    and samples ``num_frames`` frames at ``fps`` from there (frames past the end of the video are
-    padded as in ``read_clips``). Returns ``Clip(start, end, frames)`` with ``frames`` uint8
-    ``num_windows x 3 x num_frames x size x size``; embed with ``model.encode_video(clip.frames)``
-    and average the window embeddings.
-    """
-    p = _check_path(path)
-    _check_common(fps, num_frames, size, 1, crop, pad)
-    if int(num_windows) < 1:
-        raise ValueError(f"num_windows must be >= 1, got {num_windows!r}")
-    if start is None or end is None:
-        raise VideoError(f"{p}: read_clip needs both start and end (seconds)")
-    s, e = _check_times(p, start, end)
-    if math.isinf(e):
-        raise VideoError(f"{p}: end must be finite")
-    T = int(num_frames)
-    starts = np.linspace(s, max(s, e - T / fps), int(num_windows))
-    tagged = sorted((float(st) + i / fps, w, i) for w, st in enumerate(starts) for i in range(T))
-    video = _Video(p, threads=threads)
-    if video.header_duration is not None and s >= video.header_duration + 1.0:
-        video.close()
-        raise VideoError(f"{p}: start ({s:g} s) is past the end of the video ({video.header_duration:.3f} s)")
-    sampler = _Sampler(video, _Converter(size, crop))
-    got: list[list[np.ndarray]] = [[] for _ in range(int(num_windows))]
-    try:
-        times = iter([(t, True) for t, _, _ in tagged])
-        for (_, w, _i), arr in zip(tagged, sampler.run(times, seek=s if s > 0 else None)):
-            assert arr is not None
-            got[w].append(arr)
-    finally:
-        video.close()
-    if sampler.last_array is None:
-        if video.last_time is None:
-            raise VideoError(f"{p}: no decodable video frames")
-        raise VideoError(f"{p}: start ({s:g} s) is past the end of the video ({sampler.video_end or video.last_time:.3f} s)")
-    windows = [_stack(_pad(real if real else [sampler.last_array], T, pad)) for real in got]
-    return Clip(s, e, torch.stack(windows))
-
-
-def clips_to_tensor(clips: Clip | torch.Tensor | Iterable[Clip | torch.Tensor]) -> torch.Tensor:
-    """Clips (or uint8 ``3 x T x H x W`` tensors) -> float ``B x 3 x T x H x W`` in [0, 1].
-
-    A ``Clip`` from ``read_clip`` (``W x 3 x T x H x W`` frames) contributes its ``W`` windows."""
-    if isinstance(clips, (Clip, torch.Tensor)):
-        clips = [clips]
-    parts = []
-    for c in clips:
-        x = c.frames if isinstance(c, Clip) else c
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(np.asarray(x))
-        if x.ndim == 4:
-            x = x[None]
-        if x.ndim != 5 or x.shape[1] != 3:
-            raise ValueError(f"expected clip frames 3 x T x H x W, got shape {tuple(x.shape)}")
-        parts.append(x)
-    if not parts:
-        raise ValueError("no clips to batch")
-    shapes = {tuple(p.shape[1:]) for p in parts}
-    if len(shapes) > 1:
-        raise ValueError(f"clips of different shapes cannot be batched: {sorted(shapes)}")
-    out = torch.cat(parts) if len(parts) > 1 else parts[0]
-    if out.dtype == torch.uint8:
-        return out.float().div_(255.0)
-    return out.float()
-
-
-def probe_video(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Header facts about a video: ``width``, ``height`` (as stored), ``rotation`` (degrees),
-    ``duration`` (seconds or None), ``fps`` (average, or None), ``codec``, ``pix_fmt``."""
-    p = _check_path(path)
-    v = _Video(p)
-    try:
-        s = v.stream
-        rot = 0
-        for frame in v.container.decode(s):
-            rot = frame.rotation
-            break
-        return {
-            "path": p,
-            "width": v.width,
-            "height": v.height,
-            "rotation": rot,
-            "duration": v.header_duration,
-            "fps": (1.0 / v.period) if v.period else None,
-            "codec": s.codec_context.name,
-            "pix_fmt": s.codec_context.pix_fmt,
-        }
-    finally:
-        v.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Dataset
-
-
-class VideoClipDataset(torch.utils.data.IterableDataset):
-    """Windows of many videos for (multi-worker) ``DataLoader``s.
-
-    ``items``: paths, or ``(path, start, end)`` rows (``None`` for an open end). Each video is
-    read in one decoding pass (``read_clips``) and yields one dict per window::
-
-        {"frames": uint8 3 x T x S x S, "path": str, "index": row number, "window": k,
-         "start": float, "end": float, "error": ""}
-
-    Rows are split across ``DataLoader`` workers (row ``i`` goes to worker ``i % num_workers``);
-    each worker opens its own files. A video that cannot be read does not stop the loader: it
-    yields one item with ``error`` set to the message, ``window = -1``, NaN times and zero frames
-    (so the default collate still works; filter with ``batch["error"]``), and a warning is issued.
-    ``on_error="skip"`` only warns, ``"raise"`` re-raises. ``errors`` lists ``(path, message)``
-    of the files that failed in this process (with workers, use the ``error`` field instead).
-    """
-
-    def __init__(self, items: Sequence[str | os.PathLike[str] | tuple[Any, Any, Any]], fps: float = 10.0,
-                 num_frames: int = 32, size: int = 224, stride: int = 16, crop: str = "center",
-                 pad: str = "repeat", on_error: str = "report", threads: int = 1) -> None:
-        super().__init__()
-        _check_common(fps, num_frames, size, stride, crop, pad)
-        if on_error not in ("report", "skip", "raise"):
-            raise ValueError(f"on_error must be 'report', 'skip' or 'raise', got {on_error!r}")
-        rows: list[tuple[str, float | None, float | None]] = []
-        for it in items:
-            if isinstance(it, (str, os.PathLike)):
-                rows.append((os.fspath(it), None, None))  # type: ignore[arg-type]
-            else:
-                path, start, end = it
-                rows.append((os.fspath(path), None if start is None else float(start), None if end is None else float(end)))
-        self.rows = rows
-        self.fps, self.num_frames, self.size, self.stride = float(fps), int(num_frames), int(size), int(stride)
-        self.crop, self.pad, self.on_error, self.threads = crop, pad, on_error, threads
-        self.errors: list[tuple[str, str]] = []
-
-    @property
-    def num_videos(self) -> int:
-        """Number of rows (videos); the number of windows is known only once they are read."""
-        return len(self.rows)
-
-    def _error_item(self, index: int, path: str, msg: str) -> dict[str, Any]:
-        return {
-            "frames": torch.zeros(3, self.num_frames, self.size, self.size, dtype=torch.uint8),
-            "path": path, "index": index, "window": -1, "start": math.nan, "end": math.nan, "error": msg,
-        }
-
-    def iter_row(self, index: int) -> Iterator[dict[str, Any]]:
-        path, start, end = self.rows[index]
-        k = 0
-        try:
-            reader = _ClipReader(path, self.fps, self.num_frames, self.size, self.stride, start, end,
-                                 self.crop, self.pad, threads=self.threads)
-            for k, clip in enumerate(reader):
-                yield {"frames": clip.frames, "path": path, "index": index, "window": k,
-                       "start": clip.start, "end": clip.end, "error": ""}
-        except Exception as exc:  # per-file error: report and go on
-            if self.on_error == "raise":
-                raise
-            msg = str(exc) if path in str(exc) else f"{path}: {exc}"
-            if not isinstance(exc, (VideoError, OSError)):
-                msg = f"{msg} ({type(exc).__name__})"
-            self.errors.append((path, msg))
-            warnings.warn(f"skipping video: {msg}", RuntimeWarning, stacklevel=2)
-            if self.on_error == "report":
-                yield self._error_item(index, path, msg)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        for i in range(wid, len(self.rows), nw):
-            yield from self.iter_row(i)
-
-
-# --------------------------------------------------------------------------------------------
-# Whole-video encoding
-
-
-_DONE = object()
-
-
-def encode_video_file(model: MILNCE, path: str | os.PathLike[str], *, fps: float | None = None,
-                      num_frames: int | None = None, size: int | None = None, stride: int = 16,
-                      start: float | None = None, end: float | None = None, batch_size: int = 4,
-                      features: bool = False, progress: bool = False, crop: str = "center",
-                      pad: str = "repeat", threads: int = 0) -> VideoEmbeddings:
-    """Embed every window of a video: ``read_clips`` windows -> ``model.encode_video``.
-
-    ``fps``/``num_frames``/``size`` default to the model's (``model.info``: 10 fps, 32 frames,
-    224 px). A background thread decodes the next batch while the model runs on the current one
-    (a queue of two batches bounds the memory). Returns ``VideoEmbeddings`` with per-window
-    ``starts``/``ends`` (seconds), ``embeddings`` (N x 512) and, with ``features=True``, the
-    ``mixed_5c`` features (N x 1024); ``stats`` holds the share of time spent waiting for frames.
-    """
-    info = model.info
-    fps = float(fps if fps is not None else info.fps)
-    num_frames = int(num_frames if num_frames is not None else info.num_frames)
-    size = int(size if size is not None else info.size)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    batch_size = int(batch_size)
-    messages: list[str] = []
-    reader = _ClipReader(path, fps, num_frames, size, stride, start, end, crop, pad, threads=threads,
-                         warn=messages.append)
-    q: queue.Queue[Any] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        it = iter(reader)
-        try:
-            batch: list[Clip] = []
-            for clip in it:
-                batch.append(clip)
-                if len(batch) == batch_size:
-                    if not put(batch):
-                        return
-                    batch = []
-            if batch and not put(batch):
-                return
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer
-            put(exc)
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=reader.estimated_windows(), unit="clip", desc=os.path.basename(reader.path), leave=False)
-    t_start = time.perf_counter()
-    worker = threading.Thread(target=produce, name="milnce-video-decode", daemon=True)
-    worker.start()
-    starts: list[float] = []
-    ends: list[float] = []
-    embs: list[torch.Tensor] = []
-    feats: list[torch.Tensor] = []
-    wait_s = model_s = 0.0
-    try:
-        while True:
-            t0 = time.perf_counter()
-            item = q.get()
-            wait_s += time.perf_counter() - t0
-            if item is _DONE:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            x = clips_to_tensor(item)
-            t1 = time.perf_counter()
-            out = model.encode_video(x, features=True, batch_size=batch_size)
-            emb, mix = out  # type: ignore[misc]
-            model_s += time.perf_counter() - t1
-            embs.append(emb.float().cpu())
-            if features:
-                feats.append(mix.float().cpu())
-            starts += [c.start for c in item]
-            ends += [c.end for c in item]
-            if bar is not None:
-                bar.update(len(item))
-    finally:
-        stop.set()
-        worker.join(timeout=30)
-        if bar is not None:
-            bar.close()
-        for m in messages:
-            warnings.warn(m, RuntimeWarning, stacklevel=2)
-    wall = time.perf_counter() - t_start
-    emb_np = torch.cat(embs).numpy().astype(np.float32, copy=False)
-    feat_np = torch.cat(feats).numpy().astype(np.float32, copy=False) if features else None
-    duration = reader.duration
-    stats = {"wall_s": wall, "wait_s": wait_s, "wait_share": wait_s / wall if wall > 0 else 0.0,
-             "model_s": model_s, "decode_s": reader.sampler.decode_s, "windows": float(len(starts))}
-    return VideoEmbeddings(
-        path=reader.path,
-        starts=np.asarray(starts, dtype=np.float64),
-        ends=np.asarray(ends, dtype=np.float64),
-        embeddings=emb_np,
-        features=feat_np,
-        duration=float(duration) if duration is not None else float("nan"),
-        stats=stats,
-    )
+_ClipReader = ClipReader  # the name before the video package

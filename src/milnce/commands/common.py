@@ -1,0 +1,76 @@
+"""What every command module shares: the model options, the window options and ``CommandError``.
+
+Commands parse arguments and call public library functions; ``milnce.cli`` imports the command
+modules (never the reverse).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MilnceError
+from ..windows import WindowSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..api import MILNCE
+
+__all__ = ["CommandError", "add_model_options", "model_from_args", "add_window_options", "window_overrides",
+           "window_settings"]
+
+
+class CommandError(MilnceError):
+    """An error to report to the user as one line, without a traceback."""
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--weights/--vocab/--device/--precision/--eager`` for commands that run the model."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--weights", help="weights file (.pth, .safetensors, bundle folder) or registry name; "
+                   "default: $MILNCE_WEIGHTS or the published weights from the cache")
+    g.add_argument("--vocab", help="vocabulary .npy (default: $MILNCE_VOCAB, next to the weights, or the cache)")
+    g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="video tower precision")
+    g.add_argument("--eager", action="store_true", help="use the plain eager network instead of the fast path")
+    g.add_argument("--no-download", action="store_true", help="never download weights; fail if they are not local")
+
+
+def model_from_args(args: argparse.Namespace) -> MILNCE:
+    """Load the model the ``add_model_options`` options name."""
+    from ..api import load_model
+
+    return load_model(
+        args.weights,
+        args.vocab,
+        device=args.device,
+        fast=not args.eager,
+        precision=args.precision,
+        download=not args.no_download,
+    )
+
+
+def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = True) -> None:
+    """``--fps/--num-frames/--size/--stride`` (default None: the model's or the index's) and
+    ``--batch-size``."""
+    d = WindowSettings()
+    g = p.add_argument_group("windows", f"how videos are cut into windows ({what})")
+    g.add_argument("--fps", type=float, default=None, help=f"frames per second sampled (default {d.fps:g})")
+    g.add_argument("--num-frames", type=int, default=None, help=f"frames per window (default {d.num_frames})")
+    g.add_argument("--size", type=int, default=None, help=f"frame size in pixels (default {d.size})")
+    if stride:
+        g.add_argument("--stride", type=int, default=None,
+                       help=f"frames between window starts (default {d.stride} = {d.hop:g} s at {d.fps:g} fps)")
+    g.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
+
+
+def window_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The window options given on the command line (None where left out)."""
+    return {k: getattr(args, k, None) for k in ("fps", "num_frames", "size", "stride")}
+
+
+def window_settings(args: argparse.Namespace, model: object = None) -> WindowSettings:
+    """The window options over the model's conventions, validated (``UsageError`` on a bad value:
+    call this before creating files or loading the model)."""
+    if getattr(args, "batch_size", 1) < 1:
+        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return WindowSettings.for_model(model, **window_overrides(args))

@@ -1,0 +1,54 @@
+"""A searchable, on-disk index of video moments.
+
+Layout of an index folder::
+
+    index.sqlite        videos, errors and settings (SQLite, WAL journal)
+    vectors-G.f32       window embeddings: raw float32 rows (N x 512), append-only
+    times-G.f64         window start/end seconds: raw float64 rows (N x 2), append-only
+    codes-G.i8, aux-G.f32  int8 codes of the rows + (scale, residual norm, norm), append-only
+    ann-G-R.faiss       optional approximate index over the first R rows (``--ann``)
+    errors.log          videos that could not be read, with the reason
+    .lock               held (fcntl) by the one process that writes
+
+Modules: ``records`` (``Moment``, ``VideoRecord``, ``IndexReport``, row types), ``errors``,
+``layout`` (file names), ``store`` (``Index``: SQLite + memory-mapped vectors, reading, writing,
+compaction), ``search`` (exact int8-screened search), ``ann`` (faiss), ``moments``
+(``merge_windows``), ``build`` (``find_videos``, ``build_index``), ``lock`` (the writer lock).
+Crash safety and search are described in ``milnce.index.store``.
+"""
+
+from __future__ import annotations
+
+from ..windows import WindowSettings
+from .build import VIDEO_EXTENSIONS, build_index, file_hash, find_videos
+from .errors import IndexFolderError, IndexLockedError, IndexMismatchError, IndexNotFoundError, IndexWriteError
+from .lock import acquire_lock, check_unlocked
+from .moments import merge_windows
+from .records import IndexReport, Moment, VideoRecord, VideoRow, WindowRun
+from .search import quantize_rows
+from .store import Index
+
+DEFAULT_SETTINGS = WindowSettings().to_dict()  # a new index's windows: the published weights' conventions
+
+__all__ = [
+    "Index",
+    "Moment",
+    "VideoRecord",
+    "VideoRow",
+    "WindowRun",
+    "IndexReport",
+    "IndexFolderError",
+    "IndexNotFoundError",
+    "IndexLockedError",
+    "IndexMismatchError",
+    "IndexWriteError",
+    "build_index",
+    "find_videos",
+    "file_hash",
+    "merge_windows",
+    "quantize_rows",
+    "acquire_lock",
+    "check_unlocked",
+    "VIDEO_EXTENSIONS",
+    "DEFAULT_SETTINGS",
+]

@@ -1,0 +1,167 @@
+"""The optional approximate index (faiss IVF; ``milnce index --ann``): loading it, building it
+over the live rows and tuning ``nprobe`` for a target recall@10. Its candidates are always
+re-scored exactly from the float32 store."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import IndexFolderError, IndexWriteError
+from .layout import fsync_dir, now
+from .search import SCAN_BLOCK
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Index
+
+__all__ = ["load_ann", "build_ann"]
+
+
+def load_ann(index: Index) -> Any:
+    """The index's approximate index (faiss), loaded once, or None (none built, stale, or no faiss)."""
+    info = index.meta.get("ann")
+    if not info:
+        return None
+    key = info.get("file")
+    if index._ann is not None and index._ann_key == key:
+        return index._ann
+    path = os.path.join(index.directory, key)
+    if info.get("generation") != index.generation or not os.path.isfile(path):
+        return None
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        warnings.warn("the index has an ANN index but faiss is not installed (pip install faiss-cpu); "
+                      "searching exactly", stacklevel=3)
+        return None
+    ix = faiss.read_index(path)
+    try:
+        ivf = faiss.extract_index_ivf(ix)
+        ivf.nprobe = int(info.get("nprobe", 16))
+        ivf.parallel_mode = 1  # one query's lists spread over the threads
+    except Exception:  # noqa: BLE001 - not an IVF index
+        pass
+    index._ann, index._ann_key = ix, key
+    return ix
+
+# -- writing (readonly=False) -------------------------------------------------------------
+
+
+def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
+              target_recall: float = 0.98, progress: bool = False) -> dict[str, Any]:
+    """Build the approximate index over the live rows (faiss IVF with 8-bit scalar-quantised
+    codes, or PQ with ``m`` bytes per window; candidates are re-scored exactly). Measures recall@10 against exact search on ``queries`` (or held-out rows) and
+    picks the smallest ``nprobe`` reaching ``target_recall``."""
+    index._need_writer()
+    try:
+        import faiss
+    except ImportError as exc:
+        raise IndexFolderError("--ann needs faiss: pip install faiss-cpu (exact search works without it)") from exc
+    n = index.num_rows
+    if index.num_live == 0:
+        raise IndexFolderError("the index is empty; add videos before building the ANN index")
+    x = index._vectors
+    if nlist is None:  # ~sqrt(N) lists: a probe scans ~sqrt(N) codes
+        nlist = int(min(65536, max(1, round(math.sqrt(index.num_live)))))
+        nlist = min(nlist, max(1, index.num_live // 39))
+    # Codes: 8-bit scalar quantisation (a quarter of the float32 store, small score error) for
+    # large stores, exact vectors for small ones; PQ (m bytes/window) when asked, for huge ones.
+    if m:
+        desc = f"IVF{nlist},PQ{m}"
+    elif index.num_live >= 20000:
+        desc = f"IVF{nlist},SQ8"
+    else:
+        desc = f"IVF{nlist},Flat"
+    ix = faiss.index_factory(index.dim, desc, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    mask = index.live_mask()
+    live = np.flatnonzero(mask) if mask is not None else None
+    ntrain = min(index.num_live, max(nlist * 50, 20000))
+    pick = np.sort(rng.choice(index.num_live, size=ntrain, replace=False))
+    rows_train = live[pick] if live is not None else pick
+    t0 = time.perf_counter()
+    ix.train(np.ascontiguousarray(x[rows_train]))
+    ids_all = live if live is not None else np.arange(n, dtype=np.int64)
+    for s in range(0, len(ids_all), SCAN_BLOCK * 2):
+        ids = ids_all[s:s + SCAN_BLOCK * 2].astype(np.int64)
+        ix.add_with_ids(np.ascontiguousarray(x[ids]), ids)
+    build_s = time.perf_counter() - t0
+    # Recall@10 of the reranked ANN search against exact search.
+    if queries is None or len(queries) == 0:
+        qrows = rng.choice(index.num_live, size=min(200, index.num_live), replace=False)
+        qrows = live[qrows] if live is not None else qrows
+        queries = np.asarray(x[np.sort(qrows)]) + rng.standard_normal((len(qrows), index.dim)).astype(np.float32) * 0.1
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    kk = min(10, index.num_live)
+    exact = index.scores(queries)
+    truth = np.argpartition(-exact, kk - 1, axis=1)[:, :kk]
+    ivf = faiss.extract_index_ivf(ix)
+    chosen, recall = nlist, 1.0
+    table = {}
+    for nprobe in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+        if nprobe > nlist:
+            break
+        ivf.nprobe = nprobe
+        got = _ann_candidates(ix, index._vectors, queries, kk, index.num_rows)
+        r = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
+        table[nprobe] = r
+        chosen, recall = nprobe, r
+        if r >= target_recall:
+            break
+    else:
+        chosen = min(nlist, chosen)
+    if recall < target_recall and nlist not in table:
+        ivf.nprobe = nlist
+        got = _ann_candidates(ix, index._vectors, queries, kk, index.num_rows)
+        recall = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
+        chosen = nlist
+        table[nlist] = recall
+    name = f"ann-{index.generation}-{n}.faiss"
+    tmp = os.path.join(index.directory, name + ".tmp")
+    try:
+        faiss.write_index(ix, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, os.path.join(index.directory, name))
+        fsync_dir(index.directory)
+    except (OSError, RuntimeError) as exc:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise IndexWriteError(f"could not write the ANN index into {index.directory} ({exc})") from exc
+    info = {"file": name, "kind": desc, "rows": n, "live": index.num_live, "generation": index.generation,
+            "nlist": nlist, "nprobe": chosen, "recall_at_10": recall, "recall_by_nprobe": table,
+            "queries": len(queries), "build_s": build_s, "built": now()}
+    old = index.meta.get("ann")
+    index._commit([], ann=info)
+    index._load()
+    if old and old.get("file") != name:
+        try:
+            os.remove(os.path.join(index.directory, old["file"]))
+        except OSError:
+            pass
+    return info
+
+
+
+def _ann_candidates(ix: Any, vectors: np.ndarray, queries: np.ndarray, k: int, rows: int) -> list[np.ndarray]:
+    """Top-k rows per query from the ANN index, re-scored exactly from the store (``max(4k, 400)``
+    candidates, as search takes)."""
+    r = max(4 * k, 400)
+    _, ids = ix.search(np.ascontiguousarray(queries, dtype=np.float32), r)
+    out = []
+    for q, cand in zip(queries, ids):
+        cand = cand[(cand >= 0) & (cand < rows)]
+        cand = np.unique(cand)
+        s = np.asarray(vectors[cand]) @ q
+        order = np.argsort(-s, kind="stable")[:k]
+        out.append(cand[order])
+    return out
+

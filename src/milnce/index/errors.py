@@ -1,0 +1,28 @@
+"""Errors about index folders (all ``MilnceError``s: the CLI reports them as one line)."""
+
+from __future__ import annotations
+
+from ..errors import MilnceError
+
+__all__ = ["IndexFolderError", "IndexNotFoundError", "IndexLockedError", "IndexMismatchError", "IndexWriteError"]
+
+
+class IndexFolderError(MilnceError, ValueError):
+    """A problem with an index folder (reported to the user as one line)."""
+
+
+class IndexNotFoundError(IndexFolderError, FileNotFoundError):
+    """The folder holds no index."""
+
+
+class IndexLockedError(IndexFolderError):
+    """Another process is writing to the index."""
+
+
+class IndexMismatchError(IndexFolderError):
+    """The index was built with other weights or other window settings."""
+
+
+class IndexWriteError(IndexFolderError, OSError):
+    """Writing failed (e.g. the disk is full); the index is as of the last committed video."""
+

@@ -1,0 +1,37 @@
+"""The on-disk layout of an index folder (file names, format version) and small file helpers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+FORMAT_VERSION = 1
+DB_NAME = "index.sqlite"
+LOCK_NAME = ".lock"
+ERROR_LOG = "errors.log"
+DIM = 512
+KINDS = ("vectors", "times", "codes", "aux")  # the append-only store files of a generation
+EXT = {"vectors": "f32", "times": "f64", "codes": "i8", "aux": "f32"}
+PREFIXES = ("vectors-", "times-", "codes-", "aux-", "ann-")
+
+
+def now() -> float:
+    return time.time()
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new file in ``path`` durable (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def norm_path(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))

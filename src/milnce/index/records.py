@@ -1,0 +1,125 @@
+"""The records an index holds and returns: ``Moment`` (a search result), ``VideoRecord`` (an indexed
+video), ``IndexReport`` (what ``build_index`` did), and the stored rows as named tuples."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+from .layout import ERROR_LOG
+
+__all__ = ["Moment", "VideoRecord", "IndexReport", "VideoRow", "WindowRun"]
+
+
+class VideoRow(NamedTuple):
+    """A row of the ``videos`` table: the video's windows are store rows ``row_start ..
+    row_start + num_windows - 1``."""
+
+    id: int
+    path: str
+    size: int
+    mtime: float
+    hash: str
+    duration: float
+    row_start: int
+    num_windows: int
+
+
+class WindowRun(NamedTuple):
+    """Adjacent matching windows of one video (``merge_windows``): store rows and the best score."""
+
+    first_row: int
+    last_row: int
+    best_row: int
+    score: float
+
+
+@dataclass
+class Moment:
+    """A stretch of one video that matches a query. ``score``: the best window's dot product."""
+
+    video_id: int
+    path: str
+    start: float
+    end: float
+    score: float
+    exists: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VideoRecord:
+    """One indexed video as users see it (``Index.videos()``); ``exists``: the file is still there."""
+
+    id: int
+    path: str
+    duration: float
+    num_windows: int
+    size: int
+    mtime: float
+    exists: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class IndexReport:
+    """What ``build_index`` did."""
+
+    directory: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    moved: list[tuple[str, str]] = field(default_factory=list)
+    unchanged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    previously_failed: int = 0
+    pruned: list[str] = field(default_factory=list)
+    windows_added: int = 0
+    video_seconds: float = 0.0
+    embed_seconds: float = 0.0
+    elapsed: float = 0.0
+    num_videos: int = 0
+    num_windows: int = 0
+    compacted: bool = False
+    ann: dict[str, Any] | None = None
+
+    @property
+    def speed(self) -> float:
+        """Video seconds embedded per wall-clock second of embedding."""
+        return self.video_seconds / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``milnce index --json``), with ``speed``."""
+        d = asdict(self)
+        d["moved"] = [list(m) for m in self.moved]
+        d["failed"] = [list(f) for f in self.failed]
+        d["speed"] = self.speed
+        return d
+
+    def summary(self) -> str:
+        parts = [f"{len(self.added)} added", f"{len(self.updated)} re-indexed", f"{self.unchanged} unchanged"]
+        if self.moved:
+            parts.append(f"{len(self.moved)} moved")
+        if self.pruned:
+            parts.append(f"{len(self.pruned)} pruned")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        if self.previously_failed:
+            parts.append(f"{self.previously_failed} skipped (failed before; --retry-errors)")
+        lines = [f"{self.directory}: " + ", ".join(parts),
+                 f"index: {self.num_videos} videos, {self.num_windows} windows"]
+        if self.video_seconds:
+            lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({self.windows_added} windows) "
+                         f"in {self.embed_seconds:.1f} s: {self.speed:.2f}x real time")
+        if self.failed:
+            lines.append(f"unreadable videos are listed in {os.path.join(self.directory, ERROR_LOG)}")
+        if self.ann:
+            lines.append(f"ANN: {self.ann.get('kind')} over {self.ann.get('rows')} windows, "
+                         f"recall@10 vs exact = {self.ann.get('recall_at_10', float('nan')):.3f} "
+                         f"(nprobe {self.ann.get('nprobe')})")
+        return "\n".join(lines)
+
