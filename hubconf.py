@@ -1,6 +1,8 @@
 """torch.hub entry points: ``torch.hub.load("<repo>", "s3d_howto100m", pretrained=True)``."""
 
-dependencies = ["torch", "numpy"]
+# Import names torch.hub checks before loading: every runtime dependency of the package
+# (pyproject.toml [project] dependencies; tests/test_packaging.py keeps the two in step).
+dependencies = ["torch", "numpy", "av", "safetensors", "tqdm"]
 
 
 def s3d_howto100m(pretrained: bool = True, **kwargs):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""The network against the model contract (../shared/spec/model.md, state_dict.tsv)."""
+"""The network against the model contract (model.md; keys and shapes in tests/data/state_dict.tsv)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,12 @@ from conftest import VOCAB, random_state_dict
 from milnce.fast import FastVideoNet
 from milnce.model import INCEPTION_CONFIG, S3D, MaxPool3dSame, space_to_depth
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def _tsv() -> list[tuple[str, tuple[int, ...]]]:
-    path = SPEC / "state_dict.tsv"
-    if not path.exists():
-        pytest.skip("../shared/spec/state_dict.tsv not found")
     rows = []
-    for line in path.read_text().splitlines()[1:]:
+    for line in (DATA / "state_dict.tsv").read_text().splitlines()[1:]:
         key, shape, _ = line.split("\t")
         rows.append((key, () if shape == "scalar" else tuple(int(n) for n in shape.split("x"))))
     return rows

@@ -1,0 +1,64 @@
+"""The package from the outside: ``python -m milnce``, ``hubconf.py`` and pyproject's dependencies."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import milnce
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    """The environment of a child Python that imports this checkout's ``milnce``."""
+    src = str(Path(milnce.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    return env
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "milnce", "--version"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"milnce {milnce.__version__}"
+    bad = subprocess.run([sys.executable, "-m", "milnce", "embed-text", "x", "--weights", str(ROOT / "missing.pth"),
+                          "--no-download"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("milnce: error:") and "Traceback" not in bad.stderr
+
+
+def _hubconf():
+    spec = importlib.util.spec_from_file_location("hubconf", ROOT / "hubconf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runtime_requirements() -> list[str]:
+    """Distribution names in pyproject's ``[project] dependencies`` (a plain regex: no tomllib on 3.10)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^\[project\]$(.*?)^\[", text, re.S | re.M)
+    assert block is not None
+    deps = re.search(r"^dependencies\s*=\s*\[(.*?)\]", block.group(1), re.S | re.M)
+    assert deps is not None
+    return [re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower() for req in re.findall(r'"([^"]+)"', deps.group(1))]
+
+
+def test_hubconf_lists_every_runtime_dependency():
+    listed = _hubconf().dependencies
+    for name in listed:
+        assert importlib.util.find_spec(name) is not None, f"hubconf dependency {name!r} is not importable"
+    required = _runtime_requirements()
+    assert {"torch", "numpy", "safetensors"} <= set(required)
+    # the distributions milnce needs all import under their own names
+    assert sorted(required) == sorted(n.lower() for n in listed), "hubconf.dependencies and pyproject differ"
+
+
+def test_hubconf_entry_point_without_download():
+    net = _hubconf().s3d_howto100m(pretrained=False)
+    assert isinstance(net, milnce.S3D)
