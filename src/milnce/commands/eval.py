@@ -55,7 +55,7 @@ def _list(ids: list[str], n: int = 8) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..errors import MilnceError
-    from ..eval import EvalSettings, evaluate, format_table, result_dict, write_outputs
+    from ..eval import EvalSettings, VideoResolver, evaluate, format_table, load_benchmark, result_dict, write_outputs
 
     for name in ("workers", "batch_size", "limit"):
         v = getattr(args, name)
@@ -65,10 +65,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                           fps=args.fps, size=args.size, max_words=args.max_words)
     cache = False if args.no_cache else (args.cache or True)
     try:
+        # check the annotations and the video folder before loading (or downloading) the weights
+        bench = load_benchmark(args.benchmark, args.annotations, args.limit)
+        VideoResolver(args.videos, args.benchmark)
         model = model_from_args(args)
-        result = evaluate(model, args.benchmark, args.videos, annotations=args.annotations, settings=settings,
-                          limit=args.limit, cache=cache, workers=args.workers, batch_size=args.batch_size,
-                          ties=args.ties, progress=not args.quiet)
+        result = evaluate(model, bench, args.videos, settings=settings, cache=cache, workers=args.workers,
+                          batch_size=args.batch_size, ties=args.ties, progress=not args.quiet)
         files = write_outputs(result, args.out) if args.out else {}
     except MilnceError as exc:
         raise CommandError(str(exc)) from None
