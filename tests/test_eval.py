@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from video_fixtures import make_video
 
 from milnce.errors import MilnceError, UsageError
 from milnce.eval import (
-    EmbeddingCache,
     EvalSettings,
     VideoResolver,
     encode_captions,
@@ -37,9 +37,8 @@ from milnce.eval import (
 from milnce.eval import run as run_mod
 from milnce.eval.datasets import class_name
 from milnce.eval.probe import linear_probe, source_group
-from video_fixtures import make_video
 
-SMALL = dict(num_frames=8, fps=10.0, size=32, num_windows=4)
+SMALL = {"num_frames": 8, "fps": 10.0, "size": 32, "num_windows": 4}
 
 
 # ------------------------------------------------------------------------------ fakes
@@ -234,7 +233,7 @@ def test_window_starts_formula():
     assert EvalSettings.for_benchmark("msrvtt", num_windows=None, size=112).size == 112
     ws = small.window_settings()
     assert (ws.num_frames, ws.fps, ws.size, ws.crop) == (8, 10.0, 32, "square")
-    for bad in (dict(num_windows=0), dict(max_words=0), dict(size=0), dict(fps=float("nan")), dict(tail=-1)):
+    for bad in ({"num_windows": 0}, {"max_words": 0}, {"size": 0}, {"fps": float("nan")}, {"tail": -1}):
         with pytest.raises(UsageError):
             EvalSettings(**bad)
 
@@ -541,6 +540,7 @@ def test_real_pipeline_msrvtt(msrvtt, model, tmp_path):
     assert res.metrics["captions"] == 3
     # the clip embedding is the mean of the model's window embeddings at the protocol's starts
     from milnce.extract import VideoJob, run_jobs
+
     from milnce.video import probe_video
 
     p = root / "video1.mp4"

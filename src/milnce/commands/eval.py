@@ -55,7 +55,15 @@ def _list(ids: list[str], n: int = 8) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..errors import MilnceError
-    from ..eval import EvalSettings, VideoResolver, evaluate, format_table, load_benchmark, result_dict, write_outputs
+    from ..eval import (
+        EvalSettings,
+        VideoResolver,
+        evaluate,
+        format_table,
+        load_benchmark,
+        result_dict,
+        write_outputs,
+    )
 
     for name in ("workers", "batch_size", "limit"):
         v = getattr(args, name)

@@ -11,7 +11,14 @@ The protocol is ``milnce.eval.protocol``; metrics ``milnce.eval.metrics``; the p
 from __future__ import annotations
 
 from .cache import EmbeddingCache, default_cache_dir
-from .datasets import BENCHMARKS, Benchmark, EvalItem, VideoResolver, default_annotations, load_benchmark
+from .datasets import (
+    BENCHMARKS,
+    Benchmark,
+    EvalItem,
+    VideoResolver,
+    default_annotations,
+    load_benchmark,
+)
 from .metrics import retrieval_metrics, retrieval_ranks
 from .protocol import EvalSettings, window_starts
 from .report import format_table, published, result_dict, write_outputs
@@ -20,10 +27,10 @@ from .run import EvalResult, embed_clips, encode_captions, evaluate
 __all__ = [
     "BENCHMARKS",
     "Benchmark",
+    "EmbeddingCache",
     "EvalItem",
     "EvalResult",
     "EvalSettings",
-    "EmbeddingCache",
     "VideoResolver",
     "default_annotations",
     "default_cache_dir",

@@ -28,12 +28,12 @@ from ..errors import UsageError
 
 __all__ = [
     "BENCHMARKS",
-    "EvalItem",
     "Benchmark",
-    "load_benchmark",
-    "default_annotations",
+    "EvalItem",
     "VideoResolver",
     "class_name",
+    "default_annotations",
+    "load_benchmark",
 ]
 
 BENCHMARKS = ("youcook2", "msrvtt", "hmdb51")
@@ -103,7 +103,7 @@ def _check_name(name: str) -> None:
 
 def class_name(label: str) -> str:
     """HMDB class from the csv label: ``brush_hair_test`` -> ``brush_hair``."""
-    return label[: -len("_test")] if label.endswith("_test") else label
+    return label.removesuffix("_test")
 
 
 def _seconds(value: str, what: str, where: str) -> float:

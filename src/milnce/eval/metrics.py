@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import MilnceError, UsageError
 from .protocol import TIE_RULES
 
-__all__ = ["tie_counts", "retrieval_ranks", "retrieval_metrics", "RECALL_AT"]
+__all__ = ["RECALL_AT", "retrieval_metrics", "retrieval_ranks", "tie_counts"]
 
 RECALL_AT = (1, 5, 10)
 
@@ -81,7 +81,7 @@ def retrieval_metrics(scores: np.ndarray, targets: np.ndarray | None = None, tie
         out[f"R@{k}"] = float(100.0 * hit.mean())
     out["MedR"] = float(np.median(ranks))
     out["MeanR"] = float(ranks.mean())
-    out["captions"] = int(len(ranks))
+    out["captions"] = len(ranks)
     out["clips"] = int(np.asarray(scores).shape[1])
     out["tied"] = int((e > 0).sum())
     return out

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import MilnceError, UsageError
 
-__all__ = ["ProbeResult", "linear_probe", "source_group", "DEFAULT_CS"]
+__all__ = ["DEFAULT_CS", "ProbeResult", "linear_probe", "source_group"]
 
 DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 _GROUP_RE = re.compile(r"_\d+$")
@@ -132,6 +132,6 @@ def linear_probe(
         res.chosen_c[name] = float(best)
         res.validation[name] = scores
         res.counts[name] = {"train": int(train.sum()), "validation": int(val.sum()), "test": int(test.sum()),
-                            "classes": int(len(np.unique(y[train])))}
+                            "classes": len(np.unique(y[train]))}
     res.mean = float(np.mean(list(res.top1.values())))
     return res

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import UsageError
 from ..windows import MAX_FRAMES, MAX_SIZE, WindowSettings
 
-__all__ = ["EvalSettings", "window_starts", "TIE_RULES", "DEFAULT_NUM_WINDOWS"]
+__all__ = ["DEFAULT_NUM_WINDOWS", "TIE_RULES", "EvalSettings", "window_starts"]
 
 TIE_RULES = ("pessimistic", "average", "optimistic")
 # Windows per clip: 4 for retrieval (the public evaluation scripts' default), 10 for HMDB-51
@@ -56,7 +56,7 @@ class EvalSettings:
         self.window_settings()  # validates fps, crop, ...
 
     @classmethod
-    def for_benchmark(cls, name: str, **overrides: Any) -> "EvalSettings":
+    def for_benchmark(cls, name: str, **overrides: Any) -> EvalSettings:
         """The defaults of benchmark ``name`` with the non-``None`` ``overrides`` applied."""
         base: dict[str, Any] = {"num_windows": DEFAULT_NUM_WINDOWS.get(name, 4)}
         base.update({k: v for k, v in overrides.items() if v is not None})

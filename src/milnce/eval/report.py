@@ -12,7 +12,7 @@ import numpy as np
 
 from .run import EvalResult
 
-__all__ = ["published", "result_dict", "format_table", "write_outputs", "PUBLISHED_KEYS"]
+__all__ = ["PUBLISHED_KEYS", "format_table", "published", "result_dict", "write_outputs"]
 
 # Benchmark -> key of ``WeightsInfo.results`` of the published weights.
 PUBLISHED_KEYS = {

@@ -20,7 +20,7 @@ from .metrics import retrieval_metrics
 from .probe import DEFAULT_CS, linear_probe, source_group
 from .protocol import TIE_RULES, EvalSettings, window_starts
 
-__all__ = ["EvalResult", "evaluate", "encode_captions", "embed_clips", "ClipEmbeddings"]
+__all__ = ["ClipEmbeddings", "EvalResult", "embed_clips", "encode_captions", "evaluate"]
 
 Runner = Callable[..., Any]
 
