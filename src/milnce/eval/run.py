@@ -126,9 +126,22 @@ def _default_runner() -> Runner:
 
 
 def _duration(path: Path) -> float:
-    from ..video import probe_video
+    """The video's duration from its header (no frame is decoded)."""
+    import av
 
-    d = probe_video(path).get("duration")
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video
+            if not streams:
+                raise MilnceError("the file has no video stream")
+            s = streams[0]
+            d = None
+            if s.duration is not None and s.time_base:
+                d = float(s.duration * s.time_base)
+            if (d is None or d <= 0) and container.duration:
+                d = container.duration / av.time_base
+    except av.FFmpegError as exc:
+        raise MilnceError(f"not a readable video ({type(exc).__name__}: {exc})") from None
     if d is None or not math.isfinite(d) or d <= 0:
         raise MilnceError("the file does not say how long the video is (no duration in its header)")
     return float(d)
