@@ -21,7 +21,8 @@ Timing (all times are seconds on the video's own timeline, 0 = the start of its 
   range is shorter than one window), one more window at the next ``k`` holds them and is padded.
   So a video shorter than one clip gives exactly one padded clip, never zero clips.
 * Padding (``pad=``): ``"repeat"`` (default) repeats the last real frame; ``"loop"`` cycles the
-  window's real frames from its first one, like the TF-Hub demo loops a short video.
+  window's real frames from its first one, like the TF-Hub demo loops a short video; ``"zeros"``
+  pads with black frames (the reference evaluation code).
 
 Geometry (``crop=``): ``"center"`` (default) resizes the short side to ``size`` (keeping the
 aspect ratio) and centre-crops ``size x size``; ``"square"`` is the reference evaluation's
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 CROPS = ("center", "square", "resize")
-PADS = ("repeat", "loop")
+PADS = ("repeat", "loop", "zeros")
 _EPS = 1e-6  # seconds; a frame at t + _EPS still counts as displayed at t (float round-off)
 _HUGE_PIXELS = 3840 * 2160 + 1  # above 4K, frame threads are capped to bound decoder memory
 # Pixel formats scaled in their own format first, then converted to RGB at the small size
@@ -485,6 +486,8 @@ def _pad(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
         return real[:num_frames]
     if pad == "loop":
         return [real[i % len(real)] for i in range(num_frames)]
+    if pad == "zeros":  # black frames past the end (the reference evaluation's padding)
+        return real + [np.zeros_like(real[-1])] * (num_frames - len(real))
     return real + [real[-1]] * (num_frames - len(real))
 
 
@@ -666,7 +669,7 @@ def read_clip(path: str | os.PathLike[str], start: float, end: float, num_window
         if video.last_time is None:
             raise VideoError(f"{p}: no decodable video frames")
         raise VideoError(f"{p}: start ({s:g} s) is past the end of the video ({sampler.video_end or video.last_time:.3f} s)")
-    windows = [_stack(_pad(real if real else [sampler.last_array], T, pad)) for real in got]
+    windows = [_stack(_pad(real if real else [sampler.last_array * (pad != "zeros")], T, pad)) for real in got]
     return Clip(s, e, torch.stack(windows))
 
 
