@@ -549,3 +549,25 @@ def test_real_pipeline_msrvtt(msrvtt, model, tmp_path):
     np.testing.assert_allclose(res.clips.video[0], r.video_embedding.mean(axis=0), rtol=1e-4, atol=1e-5)
     again = evaluate(model, "msrvtt", root, annotations=csv, settings=s, cache=tmp_path / "c", runner=NoRunner())
     np.testing.assert_array_equal(again.clips.video, res.clips.video)
+
+
+def test_real_pipeline_cli_youcook(model, checkpoint, tmp_path, capsys):
+    pytest.importorskip("milnce.extract")
+    from milnce.cli import main
+
+    root = tmp_path / "yc" / "validation" / "101"
+    root.mkdir(parents=True)
+    make_video(root / "v1.mp4", n=20, rate=10, width=48, height=32)  # 2 s
+    csv = _yc_csv(tmp_path / "yc.csv", [(1, 0, 101, "cut tomato", "v1"), (2, 1, 101, "add salt", "v1"),
+                                         (9, 5, 101, "past the end: zero frames", "v1")])
+    w, v = checkpoint
+    rc = main(["eval", "youcook2", "--videos", str(tmp_path / "yc"), "--annotations", str(csv), "--weights", str(w),
+               "--vocab", str(v), "--no-download", "--num-frames", "8", "--size", "32", "--workers", "0",
+               "--quiet", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "out"), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and data["counts"]["evaluated"] == 3 and data["metrics"]["captions"] == 3
+    assert data["weights_id"] == model.weights_id
+    with np.load(tmp_path / "out" / "embeddings.npz", allow_pickle=False) as z:
+        assert z["mask"].all() and np.isfinite(z["clip_embeddings"]).all()
+        np.testing.assert_allclose(z["text_embeddings"][:2], model.encode_text(["cut tomato", "add salt"]).numpy(),
+                                   rtol=1e-5, atol=1e-6)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ties", choices=("pessimistic", "average", "optimistic"), default="pessimistic",
                    help="rank of a correct clip tied with others (default pessimistic: behind all of them)")
     r = p.add_argument_group("running")
-    r.add_argument("--workers", type=int, help="decoding workers of the extraction pipeline (default: its own)")
+    r.add_argument("--workers", type=int, help="decoding processes of the extraction pipeline (default: cores - 1; 0 = a thread)")
     r.add_argument("--batch-size", type=int, help="windows per model call (default: the pipeline's)")
     r.add_argument("--cache", metavar="DIR", help="embedding cache folder (default $MILNCE_HOME/eval-cache)")
     r.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
@@ -65,10 +65,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_outputs,
     )
 
-    for name in ("workers", "batch_size", "limit"):
+    for name, low in (("workers", 0), ("batch_size", 1), ("limit", 1)):
         v = getattr(args, name)
-        if v is not None and v < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if v is not None and v < low:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
     settings = EvalSettings.for_benchmark(args.benchmark, num_windows=args.num_windows, num_frames=args.num_frames,
                                           fps=args.fps, size=args.size, max_words=args.max_words)
     cache = False if args.no_cache else (args.cache or True)
