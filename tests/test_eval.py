@@ -540,7 +540,6 @@ def test_real_pipeline_msrvtt(msrvtt, model, tmp_path):
     assert res.metrics["captions"] == 3
     # the clip embedding is the mean of the model's window embeddings at the protocol's starts
     from milnce.extract import VideoJob, run_jobs
-
     from milnce.video import probe_video
 
     p = root / "video1.mp4"
