@@ -91,7 +91,7 @@ def read_clip(path: str | os.PathLike[str], start: float, end: float, num_window
         if video.last_time is None:
             raise VideoError(f"{p}: no decodable video frames")
         raise VideoError(f"{p}: start ({s:g} s) is past the end of the video ({sampler.video_end or video.last_time:.3f} s)")
-    windows = [_stack(_pad(real if real else [sampler.last_array], T, pad)) for real in got]
+    windows = [_stack(_pad(real if real else [sampler.last_array * (pad != "zeros")], T, pad)) for real in got]
     return Clip(s, e, torch.stack(windows))
 
 

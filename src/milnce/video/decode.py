@@ -21,7 +21,8 @@ Timing (all times are seconds on the video's own timeline, 0 = the start of its 
   range is shorter than one window), one more window at the next ``k`` holds them and is padded.
   So a video shorter than one clip gives exactly one padded clip, never zero clips.
 * Padding (``pad=``): ``"repeat"`` (default) repeats the last real frame; ``"loop"`` cycles the
-  window's real frames from its first one, like the TF-Hub demo loops a short video.
+  window's real frames from its first one, like the TF-Hub demo loops a short video; ``"zeros"``
+  pads with black frames (the reference evaluation code).
 
 Geometry (``crop=``): ``"center"`` (default) resizes the short side to ``size`` (keeping the
 aspect ratio) and centre-crops ``size x size``; ``"square"`` is the reference evaluation's
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 
 from ..errors import MilnceError, UsageError
-from ..windows import CROPS, WindowSettings
+from ..windows import CROPS, PADS, WindowSettings
 
 __all__ = [
     "VideoError",
@@ -58,7 +59,6 @@ __all__ = [
     "PADS",
 ]
 
-PADS = ("repeat", "loop")
 _DEFAULT = WindowSettings()  # the published weights' conventions (milnce.windows)
 _EPS = 1e-6  # seconds; a frame at t + _EPS still counts as displayed at t (float round-off)
 _HUGE_PIXELS = 3840 * 2160 + 1  # above 4K, frame threads are capped to bound decoder memory
@@ -454,6 +454,8 @@ def _pad(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
         return real[:num_frames]
     if pad == "loop":
         return [real[i % len(real)] for i in range(num_frames)]
+    if pad == "zeros":  # black frames past the end (the reference evaluation's padding)
+        return real + [np.zeros_like(real[-1])] * (num_frames - len(real))
     return real + [real[-1]] * (num_frames - len(real))
 
 

@@ -1,0 +1,149 @@
+"""Reports of an evaluation: ``metrics.json``, ``embeddings.npz`` and a table next to the published numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .run import EvalResult
+
+__all__ = ["PUBLISHED_KEYS", "format_table", "published", "result_dict", "write_outputs"]
+
+# Benchmark -> key of ``WeightsInfo.results`` of the published weights.
+PUBLISHED_KEYS = {
+    "youcook2": "youcook2_val_zero_shot",
+    "msrvtt": "msrvtt_1k_zero_shot",
+    "hmdb51": "hmdb51_linear_mixed_5c_top1",
+}
+
+
+def published(benchmark: str) -> dict[str, float]:
+    """The published numbers of the released model on ``benchmark`` (``milnce.REGISTRY``)."""
+    from ..weights import DEFAULT_WEIGHTS, REGISTRY
+
+    return dict(REGISTRY[DEFAULT_WEIGHTS].results.get(PUBLISHED_KEYS[benchmark], {}))
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else round(float(x), 6)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def result_dict(result: EvalResult) -> dict[str, Any]:
+    """Everything ``metrics.json`` holds (JSON-ready)."""
+    b = result.benchmark
+    counts = result.counts
+    note = ("metrics are over the {evaluated} of {rows_selected} rows whose video was found and read"
+            .format(**counts))
+    if b.limited:
+        note += f" (--limit: {counts['rows_selected']} of the {b.total_rows} annotation rows)"
+    return _clean({
+        "benchmark": b.name,
+        "title": b.title,
+        "annotations": b.annotations,
+        "metrics": result.metrics,
+        "published": published(b.name),
+        "note": note,
+        "counts": counts,
+        "missing_videos": sorted(result.clips.missing),
+        "unreadable_videos": dict(sorted(result.clips.unreadable.items())),
+        "empty_captions": result.empty_captions,
+        "settings": result.settings.to_dict(),
+        "ties": result.ties if b.task == "retrieval" else None,
+        "weights_id": result.weights_id,
+        "seconds": result.seconds,
+        "run": result.info,
+    })
+
+
+def format_table(result: EvalResult) -> str:
+    """A readable summary: this run's numbers beside the published ones, and the counts."""
+    b, m, pub = result.benchmark, result.metrics, published(result.benchmark.name)
+    c = result.counts
+    lines = [b.title, f"weights {result.weights_id}"]
+    lines.append(
+        f"rows evaluated: {c['evaluated']:,} of {c['rows_selected']:,}"
+        + (f" (--limit; the file has {b.total_rows:,})" if b.limited else "")
+        + f"; missing videos: {c['missing']:,} rows ({c['videos_missing']:,} videos); unreadable: {c['unreadable']:,} rows"
+    )
+    if c["evaluated"] < c["rows_selected"]:
+        lines.append("metrics are over the rows present only: not directly comparable to the published numbers")
+    if not m:
+        lines.append("no metrics: no row could be evaluated")
+        return "\n".join(lines)
+    lines.append("")
+    rows: list[tuple[str, str, str]] = []
+    if b.task == "retrieval":
+        for k in ("R@1", "R@5", "R@10", "MedR"):
+            p = pub.get(k)
+            rows.append((k, f"{m[k]:.1f}" if k != "MedR" else f"{m[k]:g}", "" if p is None else f"{p:g}"))
+        rows.append(("MeanR", f"{m['MeanR']:.1f}", ""))
+    else:
+        rng = f"{pub['min']:g}-{pub['max']:g}" if "min" in pub else ""
+        for k in ("split1", "split2", "split3"):
+            if k in m:
+                rows.append((f"top-1 {k}", f"{m[k]:.1f}", ""))
+        rows.append(("top-1 mean", f"{m['mean']:.1f}", rng))
+    w0 = max(len(r[0]) for r in rows + [("metric", "", "")])
+    lines.append(f"{'metric':<{w0}}  {'this run':>9}  {'published':>9}")
+    lines += [f"{a:<{w0}}  {x:>9}  {p:>9}" for a, x, p in rows]
+    if b.task == "retrieval":
+        lines.append(f"(ties: {result.ties}; {m.get('tied', 0)} caption(s) had a tied correct clip; "
+                     f"{result.empty_captions} caption(s) had no known word)")
+    return "\n".join(lines)
+
+
+def _atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_outputs(result: EvalResult, out: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``metrics.json``, ``embeddings.npz`` and ``results.txt`` into ``out`` (created)."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--out must be a folder, got a file: {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"metrics": folder / "metrics.json", "embeddings": folder / "embeddings.npz", "table": folder / "results.txt"}
+    data = json.dumps(result_dict(result), indent=2).encode() + b"\n"
+    _atomic(files["metrics"], lambda f: f.write(data))
+    items = result.benchmark.items
+    arrays: dict[str, np.ndarray] = {
+        "row": np.array([it.row for it in items], np.int64),
+        "video_id": np.array([it.video_id for it in items], dtype=str),
+        "mask": result.clips.mask,
+        "clip_embeddings": result.clips.video,
+    }
+    if result.benchmark.task == "retrieval":
+        arrays["text_embeddings"] = result.text if result.text is not None else np.zeros((len(items), 512), np.float32)
+        arrays["text"] = np.array([it.text or "" for it in items], dtype=str)
+        arrays["start"] = np.array([np.nan if it.start is None else it.start for it in items], np.float64)
+        arrays["end"] = np.array([np.nan if it.end is None else it.end for it in items], np.float64)
+    else:
+        arrays["features"] = result.clips.features
+        arrays["label"] = np.array([it.label or "" for it in items], dtype=str)
+        arrays["splits"] = np.array([it.splits for it in items], np.int8).reshape(len(items), 3)
+    _atomic(files["embeddings"], lambda f: np.savez(f, **arrays))
+    table = (format_table(result) + "\n").encode()
+    _atomic(files["table"], lambda f: f.write(table))
+    return files
