@@ -34,11 +34,10 @@ def main() -> None:
     ap.add_argument("--vocab")
     args = ap.parse_args()
 
-    from conftest import write_checkpoint
-    from video_fixtures import make_video
-
     import milnce
+    from conftest import write_checkpoint
     from milnce.eval import EvalSettings, evaluate
+    from video_fixtures import make_video
 
     settings = EvalSettings(num_frames=8, size=32, num_windows=2) if args.quick else EvalSettings()
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from milnce.fast import FastVideoNet  # noqa: E402
 from _alive import agreement, random_net, real_batch  # noqa: E402
+from milnce.fast import FastVideoNet  # noqa: E402
 
 GFLOP_PER_CLIP = 74.2  # 32 x 224 x 224, 2 x multiply-adds
 

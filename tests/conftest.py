@@ -67,7 +67,7 @@ def calibrated_state_dict(space_to_depth: bool = True, seed: int = 0) -> dict[st
     x = real_clip_batch()
     calibrate_batchnorm(net, x.split(4))
     out = net.state_dict()
-    for k, v in out.items():
+    for k, _v in out.items():
         if k.endswith("num_batches_tracked"):
             out[k] = torch.tensor(1000, dtype=torch.long)
     return out

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from conftest import VOCAB, real_clip_batch
 
+from conftest import VOCAB, real_clip_batch
 from milnce.calibrate import calibrate_batchnorm
 from milnce.model import S3D
 

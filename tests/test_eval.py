@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from video_fixtures import make_video
 
 from milnce.errors import MilnceError, UsageError
 from milnce.eval import (
@@ -37,6 +36,7 @@ from milnce.eval import (
 from milnce.eval import run as run_mod
 from milnce.eval.datasets import class_name
 from milnce.eval.probe import linear_probe, source_group
+from video_fixtures import make_video
 
 SMALL = {"num_frames": 8, "fps": 10.0, "size": 32, "num_windows": 4}
 
@@ -460,7 +460,7 @@ def test_hmdb_end_to_end_fake_pipeline(tmp_path):
     root = tmp_path / "hmdb"
     lines = ["video_id,label,split1,split2,split3"]
     feats = {}
-    for c, cls in enumerate(("run", "walk", "sit")):
+    for _c, cls in enumerate(("run", "walk", "sit")):
         (root / cls).mkdir(parents=True)
         center = rng.standard_normal(1024) * 2
         for g in range(8):

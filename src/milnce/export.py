@@ -105,12 +105,12 @@ def _graph_bytes(module: nn.Module, example: torch.Tensor, inputs: list[str], ou
         # The TorchScript exporter announces its deprecation, and tracing notes that the
         # network's shape checks (T, H, W even, ...) become constants: both expected here.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset, input_names=inputs,
+        torch.onnx.export(module, (example,), buf, dynamo=False,  # type: ignore[arg-type] opset_version=opset, input_names=inputs,
                           output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

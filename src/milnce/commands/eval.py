@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..cli import CommandError, add_model_options, model_from_args
+from .common import CommandError, add_model_options, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +54,6 @@ def _list(ids: list[str], n: int = 8) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..errors import MilnceError
     from ..eval import (
         EvalSettings,
         VideoResolver,
@@ -72,16 +71,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings.for_benchmark(args.benchmark, num_windows=args.num_windows, num_frames=args.num_frames,
                                           fps=args.fps, size=args.size, max_words=args.max_words)
     cache = False if args.no_cache else (args.cache or True)
-    try:
-        # check the annotations and the video folder before loading (or downloading) the weights
-        bench = load_benchmark(args.benchmark, args.annotations, args.limit)
-        VideoResolver(args.videos, args.benchmark)
-        model = model_from_args(args)
-        result = evaluate(model, bench, args.videos, settings=settings, cache=cache, workers=args.workers,
-                          batch_size=args.batch_size, ties=args.ties, progress=not args.quiet)
-        files = write_outputs(result, args.out) if args.out else {}
-    except MilnceError as exc:
-        raise CommandError(str(exc)) from None
+    # check the annotations and the video folder before loading (or downloading) the weights
+    bench = load_benchmark(args.benchmark, args.annotations, args.limit)
+    VideoResolver(args.videos, args.benchmark)
+    model = model_from_args(args)
+    result = evaluate(model, bench, args.videos, settings=settings, cache=cache, workers=args.workers,
+                      batch_size=args.batch_size, ties=args.ties, progress=not args.quiet)
+    files = write_outputs(result, args.out) if args.out else {}
     if args.json:
         print(json.dumps(result_dict(result), indent=2))
     else:

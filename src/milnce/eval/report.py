@@ -143,7 +143,7 @@ def write_outputs(result: EvalResult, out: str | os.PathLike[str]) -> dict[str, 
         arrays["features"] = result.clips.features
         arrays["label"] = np.array([it.label or "" for it in items], dtype=str)
         arrays["splits"] = np.array([it.splits for it in items], np.int8).reshape(len(items), 3)
-    _atomic(files["embeddings"], lambda f: np.savez(f, **arrays))
+    _atomic(files["embeddings"], lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     table = (format_table(result) + "\n").encode()
     _atomic(files["table"], lambda f: f.write(table))
     return files

@@ -344,7 +344,7 @@ def evaluate(
             metrics = {}
         else:
             sel = [it for it, keep in zip(bench.items, m) if keep]
-            probe = linear_probe(clips.features[m], [it.label for it in sel], np.array([it.splits for it in sel]),
+            probe = linear_probe(clips.features[m], [it.label or "" for it in sel], np.array([it.splits for it in sel]),
                                  groups=[source_group(it.video_id) for it in sel], cs=cs, seed=seed)
             metrics = {**{k: v for k, v in probe.top1.items()}, "mean": probe.mean, "probe": probe.to_dict()}
     info = {"cache": str(cache.folder) if cache is not None else None,
