@@ -105,7 +105,8 @@ def _graph_bytes(module: nn.Module, example: torch.Tensor, inputs: list[str], ou
         # The TorchScript exporter announces its deprecation, and tracing notes that the
         # network's shape checks (T, H, W even, ...) become constants: both expected here.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buf, dynamo=False,  # type: ignore[arg-type] opset_version=opset, input_names=inputs,
+        target: Any = buf  # the exporter writes to file objects too
+        torch.onnx.export(module, (example,), target, dynamo=False, opset_version=opset, input_names=inputs,
                           output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
     return buf.getvalue()
 
