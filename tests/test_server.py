@@ -191,11 +191,11 @@ def test_search_bounds(client):
     assert ok.status_code == 200
     long = client.get("/api/search", params={"q": "a" * (MAX_QUERY_CHARS + 1)})
     assert long.status_code == 422
-    assert f"at most {MAX_QUERY_CHARS} characters" in long.json()["message"] and "q" in long.json()["message"]
+    assert f"at most {MAX_QUERY_CHARS} characters" in long.json()["error"]["message"] and "q" in long.json()["error"]["message"]
     for k in ("0", "-1", str(MAX_K + 1), "ten", "1.5"):
         r = client.get("/api/search", params={"q": "cut", "k": k})
         assert r.status_code == 422, k
-        assert r.json()["message"].startswith("k:")
+        assert r.json()["error"]["message"].startswith("k:")
 
 
 # ----- videos -------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_video_metadata(client, library):
     listing = client.get("/api/videos").json()
     assert listing["total"] == 3 and {x["name"] for x in listing["videos"]} == {"kitchen.mp4", "garage.avi", "gone.mp4"}
     r = client.get("/api/videos/999")
-    assert r.status_code == 404 and "no video with id 999" in r.json()["detail"]
+    assert r.status_code == 404 and "no video with id 999" in r.json()["error"]["message"]
     assert client.get("/api/videos/999/file").status_code == 404
 
 
@@ -260,7 +260,8 @@ def test_missing_file(client, library):
     for path in (f"/api/videos/{vid}/file", f"/api/videos/{vid}/thumbnail?t=1"):
         r = client.get(path)
         assert r.status_code == 404 and r.headers["content-type"] == "application/json"
-        assert "file missing" in r.json()["detail"] and "gone.mp4" in r.json()["detail"]
+        assert r.json()["error"]["status"] == 404
+        assert "file missing" in r.json()["error"]["message"] and "gone.mp4" in r.json()["error"]["message"]
 
 
 def test_thumbnails(client, library):
