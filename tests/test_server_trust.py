@@ -377,6 +377,25 @@ def test_normalised_scores(client, lib):
         assert m["cosine"] == pytest.approx(m["score"] / (np.linalg.norm(emb) * np.linalg.norm(v)), abs=2e-4)
 
 
-def test_warm_up(lib, model):
-    app = create_app(lib["index"], model, warm_up=True)
-    assert app.state.warmup_ms > 0 and len(app.state.query_cache) == 0
+def test_warm_up(lib, model, caplog):
+    """The warm-up runs one search through the app (the Host check included) without failing."""
+    for hosts in (None, ["127.0.0.1", "localhost"]):
+        with caplog.at_level("WARNING", logger="milnce.server"):
+            app = create_app(lib["index"], model, warm_up=True, allowed_hosts=hosts)
+        assert app.state.warmup_ms > 0 and len(app.state.query_cache) == 0
+        assert "warm-up" not in caplog.text
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # the app still serves after it
+        assert c.get("/api/search", params={"q": "cut"}).status_code == 200
+
+
+def test_demo_says_how_to_browse_its_index(lib, checkpoint, tmp_path, capsys):
+    from milnce.cli import main
+
+    ix = tmp_path / "demo ix"
+    weights, vocab = checkpoint
+    rc = main(["demo", "--videos", str(lib["videos"]), "--index", str(ix), "--quiet", "--num-frames", "8",
+               "--size", "32", "--stride", "8", "--weights", str(weights), "--vocab", str(vocab)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert f"milnce serve '{ix}' --weights {weights} --vocab {vocab}" in out
+    assert f"milnce search '{ix}'" in out

@@ -373,6 +373,29 @@ class _HostCheck:
         await self.app(scope, receive, send)
 
 
+def _warm_up(app: Any, word: str, k: int, host: str = "localhost") -> None:
+    """One ``GET /api/search?q=word`` through the whole ASGI app, in-process: text encoding,
+    search, scoring, routing, validation and JSON all run once before the first user's query."""
+    from urllib.parse import urlencode
+
+    query = urlencode({"q": word, "k": k}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/api/search", "raw_path": b"/api/search", "query_string": query, "root_path": "",
+             "headers": [(b"host", host.encode("latin-1"))], "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 80)}
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    anyio.run(app, scope, receive, send)
+    status = next((m.get("status") for m in sent if m.get("type") == "http.response.start"), None)
+    if status != 200:
+        raise RuntimeError(f"warm-up search answered {status}")
+
+
 def _first_known_word(model: Any) -> str:
     tok = getattr(model, "tokenizer", None)
     for w in ("video", "the", "a", "man", "cut"):
@@ -401,8 +424,9 @@ def create_app(
     (``serve`` sets it to the loopback names when bound to localhost, against DNS rebinding).
     ``refresh_interval``: at most this often (seconds), a search first picks up videos that a
     running ``milnce index`` committed meanwhile (``Index.refresh``); 0 turns that off.
-    ``warm_up``: run one search before returning, so the first user's query does not pay the
-    one-time costs (first text encoding, first scan); its time is ``app.state.warmup_ms``.
+    ``warm_up``: run one search through the app before returning, so the first user's query
+    does not pay the one-time costs (first text encoding, first scan, first request through
+    FastAPI); its time is ``app.state.warmup_ms``.
     """
     from . import __version__
     from .errors import MilnceError
@@ -630,17 +654,6 @@ def create_app(
                 "results": moments_json(results, emb) if emb is not None else [],
                 "message": " ".join(notes) or None}
 
-    if warm_up:  # the first text encoding and the first scan pay one-time costs: pay them now
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                do_search(_first_known_word(model), "", 1, True, False)
-            except Exception as exc:  # noqa: BLE001 - a warm-up failure must not stop the server
-                log.warning("warm-up search failed: %s", exc)
-        queries._data.clear()
-        app.state.warmup_ms = round((time.perf_counter() - t0) * 1000, 1)
-
     # ----- UI -----------------------------------------------------------------------------
 
     def static_response(name: str, request: Request) -> Response:
@@ -846,6 +859,17 @@ def create_app(
                 thumbs.put(key, data)
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+    if warm_up:  # pay the one-time costs (first text encoding, first scan, first request) now
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                _warm_up(app, _first_known_word(model), default_k, (allowed_hosts or ["localhost"])[0])
+            except Exception as exc:  # noqa: BLE001 - a warm-up failure must not stop the server
+                log.warning("warm-up search failed: %s", exc)
+        queries._data.clear()
+        app.state.warmup_ms = round((time.perf_counter() - t0) * 1000, 1)
 
     return app
 
