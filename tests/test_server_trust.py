@@ -23,9 +23,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from video_fixtures import make_video  # noqa: E402
 
 from milnce.server import DEFAULT_K, FILE_CHANGED, create_app, parse_range  # noqa: E402
+from video_fixtures import make_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,10 @@ def test_modified_or_special_file_is_refused(client, lib):
     with swapped(path) as original:
         shutil.copy(original, path)  # same bytes, new mtime
         assert_changed(client.get(f"/api/videos/{vid}/file"))
+        assert client.get(f"/api/videos/{vid}").json()["file_state"] == "changed"  # listings say so too
+        res = client.get("/api/search", params={"q": "cut", "k": 100, "merge": "false"}).json()["results"]
+        assert {m["file_state"] for m in res if m["video_id"] == vid} == {"changed"}
+        assert {m["file_state"] for m in res if m["video_id"] != vid} == {"ok"}
         os.utime(path, ns=(original.stat().st_atime_ns, original.stat().st_mtime_ns))
         assert client.get(f"/api/videos/{vid}/file").status_code == 200  # same size and mtime: the same file
         with open(path, "r+b") as f:  # other size

@@ -61,7 +61,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(MISSING_DEPS) from exc
 
-__all__ = ["create_app", "serve", "listen", "parse_range", "open_indexed_file", "FileChangedError",
+__all__ = ["create_app", "serve", "listen", "parse_range", "open_indexed_file", "file_state", "FileChangedError",
            "MISSING_DEPS", "MAX_QUERY_CHARS", "MAX_K", "DEFAULT_K"]
 
 log = logging.getLogger("milnce.server")
@@ -252,10 +252,20 @@ class _OpenFileResponse(Response):
 
                 tg.start_soon(run_stream)
                 tg.start_soon(watch)
-        except OSError:  # the client went away mid-send
-            pass
+        except Exception as exc:  # noqa: BLE001
+            if not _client_gone(exc):
+                raise
         finally:
             self.fh.close()
+
+
+def _client_gone(exc: BaseException) -> bool:
+    """``exc`` is an ``OSError`` (some servers' ``send`` raises one when the client went away),
+    or a group of them (anyio task groups wrap errors)."""
+    if isinstance(exc, OSError):
+        return True
+    subs = getattr(exc, "exceptions", None) or ()
+    return bool(subs) and all(_client_gone(e) for e in subs)
 
 
 # ----- small helpers -------------------------------------------------------------------------
@@ -342,6 +352,19 @@ def _recorded_hash(index: Any, rec: Any) -> str | None:
     row = getattr(index, "_records", {}).get(getattr(rec, "id", None))
     h = getattr(row, "hash", None)
     return str(h) if h else None
+
+
+def file_state(path: str, size: int, mtime: float) -> str:
+    """``"ok"``, ``"missing"`` or ``"changed"`` (not a regular file, or another size or mtime than
+    indexed), from ``stat`` alone: a cheap hint for listings; serving checks more
+    (``open_indexed_file``)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    if not stat.S_ISREG(st.st_mode) or int(st.st_size) != int(size) or float(st.st_mtime) != float(mtime):
+        return "changed"
+    return "ok"
 
 
 def _fd_path(fh: BinaryIO, fallback: str) -> str:
@@ -531,14 +554,17 @@ def create_app(
         d = as_dict(rec)
         d.pop("hash", None)
         d["exists"] = os.path.isfile(rec.path)
+        d["file_state"] = file_state(rec.path, rec.size, rec.mtime)
         d.update(urls(rec.id, rec.path, min(1.0, float(rec.duration or 0) / 2)))
         return d
 
     # ----- searching -----------------------------------------------------------------------
 
     def ann_key() -> Any:
-        info = (getattr(index, "meta", None) or {}).get("ann") if isinstance(getattr(index, "meta", None), dict) else None
-        return (info or {}).get("file")
+        """The recorded ANN file's name (a rebuilt ANN index gets a new one), or None."""
+        meta = getattr(index, "meta", None)
+        info = meta.get("ann") if isinstance(meta, dict) else None
+        return info.get("file") if isinstance(info, dict) else None
 
     def run_search(emb: np.ndarray, k: int, merge: bool, by_video: bool) -> tuple[list[Any], str | None]:
         """Search one embedding; a failing approximate index falls back to exact search."""
@@ -586,9 +612,17 @@ def create_app(
         if the index gives them, else the cosine of the query with the moment's best window."""
         qn = float(np.linalg.norm(emb)) or 1.0
         windows_of: dict[int, Any] = {}
+        states: dict[int, str] = {}
         out = []
         for m in results:
             d = as_dict(m)
+            if m.video_id not in states:
+                try:
+                    rec = index.video(m.video_id)
+                    states[m.video_id] = file_state(rec.path, rec.size, rec.mtime)
+                except (KeyError, IndexError):
+                    states[m.video_id] = "missing"
+            d["file_state"] = states[m.video_id]
             d["score"] = round(float(d["score"]), 5)
             if d.get("cosine") is None:
                 if m.video_id not in windows_of:

@@ -69,13 +69,13 @@
     results = data.results || [];
     results.forEach((m, i) => {
       const li = el("li", "item");
-      const btn = el("button", "result" + (m.exists ? "" : " missing"));
+      const btn = el("button", "result" + (m.exists && m.file_state !== "changed" ? "" : " missing"));
       btn.type = "button";
       btn.dataset.index = String(i);
       btn.setAttribute("aria-label", `${m.name} from ${fmtTime(m.start)} to ${fmtTime(m.end)}`);
 
       const thumb = el("div", "thumb");
-      if (m.exists) {
+      if (m.exists && m.file_state !== "changed") {
         const img = el("img");
         img.loading = "lazy";
         img.decoding = "async";
@@ -97,6 +97,7 @@
       line.append(el("span", "time", `${fmtTime(m.start)} – ${fmtTime(m.end)}`), el("span", "score", scoreText(m)));
       info.append(line);
       if (!m.exists) info.append(el("span", "badge bad", "file missing"));
+      else if (m.file_state === "changed") info.append(el("span", "badge bad", "changed since indexing"));
       else if (!m.playable) info.append(el("span", "badge", "no in-browser playback"));
 
       btn.append(thumb, info);
@@ -203,8 +204,9 @@
     title.title = m.path;
     meta.textContent = `${fmtTime(m.start)} – ${fmtTime(m.end)} · ${scoreText(m)} · video #${m.video_id}`;
     openFile.href = m.file_url;
-    openFile.hidden = !m.exists;
-    replay.hidden = !(m.exists && m.playable);
+    const servable = m.exists && m.file_state !== "changed";
+    openFile.hidden = !servable;
+    replay.hidden = !(servable && m.playable);
     loadCurve(m);
     if (keep) return;
     showNote("");
@@ -213,6 +215,12 @@
       stopVideo();
       still.hidden = true;
       showNote(`File missing: ${m.path} was moved or deleted after indexing. Re-run 'milnce index' to update.`, "bad");
+      return;
+    }
+    if (m.file_state === "changed") {
+      stopVideo();
+      still.hidden = true;
+      showNote(`File changed since indexing: ${m.path} is not the file that was indexed, so it is not served. Re-run 'milnce index' to update.`, "bad");
       return;
     }
     if (!m.playable) {
