@@ -10,7 +10,7 @@
   const replay = $("replay"), openFile = $("open-file"), playerLike = $("player-like");
   const timeline = $("timeline"), curveSvg = $("curve"), band = $("moment-band"), playhead = $("playhead");
   const legend = $("timeline-legend");
-  const SVG = "http://www.w3.org/2000/svg";
+  const SVG = curveSvg.namespaceURI;  // the SVG namespace, from the page (no URL in this file)
 
   let results = [];
   let current = null;     // the moment in the player
