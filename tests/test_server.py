@@ -191,11 +191,11 @@ def test_search_bounds(client):
     assert ok.status_code == 200
     long = client.get("/api/search", params={"q": "a" * (MAX_QUERY_CHARS + 1)})
     assert long.status_code == 422
-    assert f"at most {MAX_QUERY_CHARS} characters" in long.json()["message"] and "q" in long.json()["message"]
+    assert f"at most {MAX_QUERY_CHARS} characters" in long.json()["error"]["message"] and "q" in long.json()["error"]["message"]
     for k in ("0", "-1", str(MAX_K + 1), "ten", "1.5"):
         r = client.get("/api/search", params={"q": "cut", "k": k})
         assert r.status_code == 422, k
-        assert r.json()["message"].startswith("k:")
+        assert r.json()["error"]["message"].startswith("k:")
 
 
 # ----- videos -------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_video_metadata(client, library):
     listing = client.get("/api/videos").json()
     assert listing["total"] == 3 and {x["name"] for x in listing["videos"]} == {"kitchen.mp4", "garage.avi", "gone.mp4"}
     r = client.get("/api/videos/999")
-    assert r.status_code == 404 and "no video with id 999" in r.json()["detail"]
+    assert r.status_code == 404 and "no video with id 999" in r.json()["error"]["message"]
     assert client.get("/api/videos/999/file").status_code == 404
 
 
@@ -260,7 +260,8 @@ def test_missing_file(client, library):
     for path in (f"/api/videos/{vid}/file", f"/api/videos/{vid}/thumbnail?t=1"):
         r = client.get(path)
         assert r.status_code == 404 and r.headers["content-type"] == "application/json"
-        assert "file missing" in r.json()["detail"] and "gone.mp4" in r.json()["detail"]
+        assert r.json()["error"]["status"] == 404
+        assert "file missing" in r.json()["error"]["message"] and "gone.mp4" in r.json()["error"]["message"]
 
 
 def test_thumbnails(client, library):
@@ -488,6 +489,8 @@ def test_browser_search_and_play(browser, live, library, tmp_path):
     try:
         page.goto(base + "/?merge=false")
         wait_js(page, "() => document.getElementById('index-info').textContent.includes('windows')")
+        wait_js(page, "() => document.body.dataset.ready === 'true'")  # /api/config answered
+        assert page.input_value("#k") == "10"  # the API's default
         page.select_option("#k", str(k))
         page.fill("#q", "cut a tomato")
         page.press("#q", "Enter")
@@ -504,12 +507,30 @@ def test_browser_search_and_play(browser, live, library, tmp_path):
             "this Chromium cannot play H.264 (a build without proprietary codecs): Debian's package can"
         page.click(f'.result[data-index="{target}"]')
         wait_js(page, "start => { const v = document.getElementById('video');"
-                " return v.readyState >= 2 && v.currentTime >= start - 0.05 && v.currentTime < start + 3 && !v.paused; }",
-                start)
+                " return v.readyState >= 2 && v.currentTime >= start - 0.05 && v.currentTime < start + 3; }", start)
         t = page.evaluate("() => document.getElementById('video').currentTime")
         assert start - 0.05 <= t < start + 3
-        wait_js(page, "start => document.getElementById('video').currentTime > start + 0.3", start)  # it plays on
+        wait_js(page, "start => document.getElementById('video').currentTime > start + 0.3", start)  # it plays
         assert page.locator("#player-title").text_content() == "kitchen.mp4"
+        # the score curve of the video for the query is drawn, one point per window, and the
+        # moment is marked on the timeline under the video
+        kitchen = library["ids"]["kitchen.mp4"]
+        wait_js(page, "() => !document.getElementById('timeline').hidden && document.querySelector('#curve polyline')")
+        points = page.evaluate("() => document.querySelector('#curve polyline').getAttribute('points').split(' ').length")
+        assert points == library["index"].video(kitchen).num_windows
+        assert "cut a tomato" in page.locator("#timeline-legend").text_content()
+        duration = page.evaluate("() => document.getElementById('video').duration")
+        left, width = page.evaluate("() => { const b = document.getElementById('moment-band').getBoundingClientRect(),"
+                                    " t = document.getElementById('timeline').getBoundingClientRect();"
+                                    " return [(b.left - t.left) / t.width, b.width / t.width]; }")
+        end = expected[target]["end"]
+        assert left == pytest.approx(start / duration, abs=0.02)
+        assert width == pytest.approx((end - start) / duration, abs=0.02)
+        # playback stops at the end of the moment
+        wait_js(page, "end => { const v = document.getElementById('video'); return v.paused && v.currentTime >= end - 0.1; }",
+                end)
+        assert page.evaluate("() => document.getElementById('video').currentTime") < end + 0.5
+        assert "End of the moment" in page.locator("#player-note").text_content()
         shot = Path(os.environ.get("MILNCE_SCREENSHOT_DIR", tmp_path)) / "milnce_serve.png"
         page.screenshot(path=str(shot))
         assert shot.stat().st_size > 10_000
@@ -518,6 +539,30 @@ def test_browser_search_and_play(browser, live, library, tmp_path):
         page.click(f'.result[data-index="{other}"]')
         wait_js(page, "s => { const v = document.getElementById('video'); return Math.abs(v.currentTime - s) < 1; }",
                 expected[other]["start"])
+
+        # a second search: the caption shows the moment's score for the new query, not the old one
+        again = json.loads(raw_get(port, f"/api/search?q=pour+water&k={k}&merge=false")[2])["results"]
+        mine = next(m for m in again if m["video_id"] == expected[other]["video_id"] and m["start"] == expected[other]["start"])
+        page.fill("#q", "pour water")
+        page.press("#q", "Enter")
+        wait_js(page, "s => document.getElementById('player-meta').textContent.includes(s)", f"score {mine['score']:.3f}")
+        assert page.locator("#player-title").text_content() == "kitchen.mp4"
+        wait_js(page, "() => document.getElementById('timeline-legend').textContent.includes('pour water')")
+        # one per video: the status counts videos
+        page.check("#by-video")
+        wait_js(page, "() => /^3 videos for/.test(document.getElementById('status').textContent)")
+        assert page.locator(".result").count() == 3
+        page.uncheck("#by-video")
+        wait_js(page, f"() => document.querySelectorAll('.result').length === {len(again)}")
+        # more like this: query by example from a result
+        page.locator(".item .like").first.click()
+        wait_js(page, "() => document.getElementById('status').textContent.includes(' like ')")
+        assert "like=" in page.url and page.locator(".result").count() > 0
+        # back to the first query: the same list as before
+        page.fill("#q", "cut a tomato")
+        page.press("#q", "Enter")
+        wait_js(page, f"() => document.querySelectorAll('.result').length === {len(expected)}"
+                " && document.getElementById('status').textContent.includes('cut a tomato')")
 
         page.click(f'.result[data-index="{missing}"]')
         assert "File missing" in page.locator("#player-note").text_content()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -278,4 +279,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 best = labels.get(res[0].path)
                 print(f"  -> best match: {os.path.basename(res[0].path)}"
                       + (f" (the {best!r} video)" if best else ""))
+    model_opts = "".join(f" --{opt} {shlex.quote(str(getattr(args, opt)))}" for opt in ("weights", "vocab")
+                         if getattr(args, opt, None))
+    print(f"\nSearch it yourself:  milnce search {shlex.quote(index_dir)} \"your words\"{model_opts}")
+    print(f"Browse it in a web page:  milnce serve {shlex.quote(index_dir)}{model_opts}  "
+          "(needs pip install 'milnce[serve]'), then open http://127.0.0.1:8000/")
     return 0

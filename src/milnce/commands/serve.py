@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="web UI and JSON API to search an index",
         description="Serve a search page (results with thumbnails, playback from the moment) and a "
-        "JSON API (/api/search, /api/videos/{id}, /healthz; docs at /docs) for an index built by "
+        "JSON API (/api/search, /api/videos/{id}, /healthz; offline reference at /static/api.html) for an index built by "
         "'milnce index'. Binds to localhost unless --host says otherwise. "
         "Needs: pip install 'milnce[serve]'.",
         epilog="Example: milnce serve my_index --port 8000, then open http://127.0.0.1:8000/",

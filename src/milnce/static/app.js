@@ -7,12 +7,22 @@
   const statusEl = $("status"), list = $("results");
   const player = $("player"), playerEmpty = $("player-empty"), video = $("video"), still = $("still");
   const note = $("player-note"), title = $("player-title"), meta = $("player-meta");
-  const replay = $("replay"), openFile = $("open-file");
+  const replay = $("replay"), openFile = $("open-file"), playerLike = $("player-like");
+  const timeline = $("timeline"), curveSvg = $("curve"), band = $("moment-band"), playhead = $("playhead");
+  const legend = $("timeline-legend");
+  const SVG = curveSvg.namespaceURI;  // the SVG namespace, from the page (no URL in this file)
 
   let results = [];
   let current = null;     // the moment in the player
+  let shown = null;       // what the results answer: {q, like, source}
   let searchSeq = 0;      // ignore answers to superseded searches
+  let curveSeq = 0;       // ignore curves of moments no longer in the player
+  let curve = null;       // {starts, ends, scores} of the video in the player
+  let stopAt = null;      // playback pauses here: the end of the moment
   let merge = true;       // join adjacent windows (only a link's ?merge=false turns it off)
+  let like = "";          // VIDEO_ID@SECONDS: "more like this" mode instead of words
+  let pickedK = false;    // the user chose a number of results before /api/config answered
+  const defaultPlaceholder = qInput.placeholder;
 
   function fmtTime(s) {
     s = Math.max(0, Number(s) || 0);
@@ -38,24 +48,34 @@
     let body = null;
     try { body = await r.json(); } catch (e) { /* not JSON */ }
     if (!r.ok) {
-      const msg = (body && (body.message || (typeof body.detail === "string" && body.detail))) || r.statusText;
+      const msg = (body && body.error && body.error.message) || r.statusText;  // {"error": {status, message}}
       throw new Error(`${r.status} ${msg}`);
     }
     return body;
   }
 
+  // "score 812.345 · cos 0.412": the raw dot product and the normalised score.
+  function scoreText(m) {
+    let t = `score ${Number(m.score).toFixed(3)}`;
+    if (m.cosine !== undefined && m.cosine !== null) t += ` · cos ${Number(m.cosine).toFixed(3)}`;
+    if (m.percentile !== undefined && m.percentile !== null) t += ` · percentile ${Number(m.percentile).toFixed(1)}`;
+    return t;
+  }
+
+  const sameMoment = (a, b) => a && b && a.video_id === b.video_id && a.start === b.start && a.end === b.end;
+
   function renderResults(data) {
     list.replaceChildren();
     results = data.results || [];
     results.forEach((m, i) => {
-      const li = el("li");
-      const btn = el("button", "result" + (m.exists ? "" : " missing"));
+      const li = el("li", "item");
+      const btn = el("button", "result" + (m.exists && m.file_state !== "changed" ? "" : " missing"));
       btn.type = "button";
       btn.dataset.index = String(i);
       btn.setAttribute("aria-label", `${m.name} from ${fmtTime(m.start)} to ${fmtTime(m.end)}`);
 
       const thumb = el("div", "thumb");
-      if (m.exists) {
+      if (m.exists && m.file_state !== "changed") {
         const img = el("img");
         img.loading = "lazy";
         img.decoding = "async";
@@ -74,45 +94,71 @@
       info.append(el("span", "rank", `#${i + 1}`), el("span", "name", m.name));
       info.lastChild.title = m.path;
       const line = el("span", "line");
-      line.append(el("span", "time", `${fmtTime(m.start)} – ${fmtTime(m.end)}`),
-                  el("span", "score", `score ${Number(m.score).toFixed(3)}`));
+      line.append(el("span", "time", `${fmtTime(m.start)} – ${fmtTime(m.end)}`), el("span", "score", scoreText(m)));
       info.append(line);
       if (!m.exists) info.append(el("span", "badge bad", "file missing"));
+      else if (m.file_state === "changed") info.append(el("span", "badge bad", "changed since indexing"));
       else if (!m.playable) info.append(el("span", "badge", "no in-browser playback"));
 
       btn.append(thumb, info);
       btn.addEventListener("click", () => play(i));
-      li.append(btn);
+      const more = el("button", "like", "More like this");
+      more.type = "button";
+      more.title = `Search for moments like ${m.name} at ${fmtTime(m.start)}`;
+      more.addEventListener("click", () => searchLike(m));
+      li.append(btn, more);
       list.append(li);
     });
+    // The player follows the results: the same moment stays (its caption and curve are
+    // refreshed for the new query), any other is closed.
+    if (current) {
+      const i = results.findIndex((m) => sameMoment(m, current));
+      if (i >= 0) play(i, true);
+      else resetPlayer();
+    }
+  }
+
+  function describe(data, n) {
+    const noun = data.by_video ? "video" : "moment";
+    const what = data.like ? `like ${data.like.name} at ${fmtTime(data.like.start)}` : `for “${data.query.trim()}”`;
+    return `${n} ${noun}${n === 1 ? "" : "s"} ${what} (${Math.round(data.took_ms)} ms)`;
   }
 
   async function search(push) {
-    const q = qInput.value.trim();
+    const q = like ? "" : qInput.value.trim();
     const k = kSelect.value;
-    const params = new URLSearchParams({ q, k });
+    const params = new URLSearchParams(like ? { like, k } : { q, k });
     if (byVideo.checked) params.set("by_video", "true");
     if (!merge) params.set("merge", "false");
-    if (push !== false) history.replaceState(null, "", q ? "?" + params.toString() : location.pathname);
+    if (push !== false) history.replaceState(null, "", (q || like) ? "?" + params.toString() : location.pathname);
     const seq = ++searchSeq;
-    setStatus(q ? "Searching…" : "", "busy");
+    setStatus(q || like ? "Searching…" : "", "busy");
     form.classList.add("busy");
     try {
       const data = await getJSON("/api/search?" + params.toString());
       if (seq !== searchSeq) return;
+      shown = { q: data.like ? "" : data.query.trim(), like: data.like ? like : "", source: data.like };
       renderResults(data);
       const n = data.results.length;
-      let text = n ? `${n} moment${n === 1 ? "" : "s"} for “${data.query.trim()}” (${Math.round(data.took_ms)} ms)` : "";
+      let text = n ? describe(data, n) : "";
       if (data.message) text = text ? `${text}. ${data.message}` : data.message;
       setStatus(text || "No results.", n ? "" : "empty");
     } catch (err) {
       if (seq !== searchSeq) return;
       list.replaceChildren();
       results = [];
+      resetPlayer();
       setStatus(`Search failed: ${err.message}`, "error");
     } finally {
       if (seq === searchSeq) form.classList.remove("busy");
     }
+  }
+
+  function searchLike(m) {
+    like = `${m.video_id}@${Number(m.start).toFixed(2)}`;
+    qInput.value = "";
+    qInput.placeholder = `Moments like ${m.name} at ${fmtTime(m.start)} (type words to search by text)`;
+    search();
   }
 
   function showNote(text, kind) {
@@ -123,12 +169,28 @@
 
   function seekAndPlay() {
     if (!current) return;
+    stopAt = current.end;
     try { video.currentTime = current.start; } catch (e) { /* not seekable yet */ }
     const p = video.play();
     if (p && p.catch) p.catch(() => { /* autoplay refused: the user presses play */ });
   }
 
-  function play(i) {
+  function resetPlayer() {
+    current = null;
+    curve = null;
+    stopAt = null;
+    curveSeq++;
+    stopVideo();
+    still.hidden = true;
+    player.hidden = true;
+    playerEmpty.hidden = false;
+    timeline.hidden = true;
+    legend.hidden = true;
+    list.querySelectorAll(".result.selected").forEach((b) => b.classList.remove("selected"));
+  }
+
+  // keep: the same moment after a new search (refresh the caption and curve, do not restart playback)
+  function play(i, keep) {
     const m = results[i];
     if (!m) return;
     current = m;
@@ -140,16 +202,25 @@
     player.hidden = false;
     title.textContent = m.name;
     title.title = m.path;
-    meta.textContent = `${fmtTime(m.start)} – ${fmtTime(m.end)} · score ${Number(m.score).toFixed(3)} · video #${m.video_id}`;
+    meta.textContent = `${fmtTime(m.start)} – ${fmtTime(m.end)} · ${scoreText(m)} · video #${m.video_id}`;
     openFile.href = m.file_url;
-    openFile.hidden = !m.exists;
-    replay.hidden = !(m.exists && m.playable);
+    const servable = m.exists && m.file_state !== "changed";
+    openFile.hidden = !servable;
+    replay.hidden = !(servable && m.playable);
+    loadCurve(m);
+    if (keep) return;
     showNote("");
 
     if (!m.exists) {
       stopVideo();
       still.hidden = true;
       showNote(`File missing: ${m.path} was moved or deleted after indexing. Re-run 'milnce index' to update.`, "bad");
+      return;
+    }
+    if (m.file_state === "changed") {
+      stopVideo();
+      still.hidden = true;
+      showNote(`File changed since indexing: ${m.path} is not the file that was indexed, so it is not served. Re-run 'milnce index' to update.`, "bad");
       return;
     }
     if (!m.playable) {
@@ -161,6 +232,7 @@
     }
     still.hidden = true;
     video.hidden = false;
+    stopAt = m.end;
     const src = new URL(m.file_url, location.href).href;
     if (video.dataset.src === src && video.readyState >= 1) {
       seekAndPlay();
@@ -186,8 +258,94 @@
     video.hidden = true;
   }
 
+  // ----- the timeline: the query's score over the video, the moment, the playhead ----------
+
+  function duration() {
+    if (Number.isFinite(video.duration) && video.duration > 0 && !video.hidden) return video.duration;
+    const ends = curve && curve.ends.length ? curve.ends[curve.ends.length - 1] : 0;
+    return Math.max(ends, curve && curve.duration ? curve.duration : 0, current ? current.end : 0) || 1;
+  }
+
+  function drawTimeline() {
+    if (!current) return;
+    const d = duration();
+    band.style.left = `${(100 * current.start) / d}%`;
+    band.style.width = `${Math.max(0.5, (100 * (current.end - current.start)) / d)}%`;
+    curveSvg.replaceChildren();
+    if (curve && curve.scores.length) {
+      const lo = Math.min(...curve.scores), hi = Math.max(...curve.scores), span = hi - lo || 1;
+      const pts = curve.scores.map((s, i) => {
+        const x = (1000 * (curve.starts[i] + curve.ends[i])) / 2 / d;
+        const y = 58 - (54 * (s - lo)) / span;
+        return `${x.toFixed(1)},${y.toFixed(1)}`;
+      });
+      const area = document.createElementNS(SVG, "polygon");
+      const first = pts[0].split(",")[0], last = pts[pts.length - 1].split(",")[0];
+      area.setAttribute("points", `${first},60 ${pts.join(" ")} ${last},60`);
+      area.setAttribute("class", "curve-area");
+      const line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("points", pts.join(" "));
+      line.setAttribute("class", "curve-line");
+      curveSvg.append(area, line);
+    }
+    timeline.hidden = false;
+    movePlayhead();
+  }
+
+  function movePlayhead() {
+    if (!current || timeline.hidden) return;
+    const t = video.hidden ? current.start : video.currentTime;
+    playhead.style.left = `${(100 * t) / duration()}%`;
+  }
+
+  async function loadCurve(m) {
+    const seq = ++curveSeq;
+    curve = null;
+    drawTimeline();
+    if (!shown || !(shown.q || shown.like)) return;
+    const params = new URLSearchParams(shown.like ? { like: shown.like } : { q: shown.q });
+    try {
+      const c = await getJSON(`/api/videos/${m.video_id}/curve?` + params.toString());
+      if (seq !== curveSeq) return;
+      curve = c;
+      drawTimeline();
+      legend.textContent = (shown.like ? `Similarity over time to ${shown.source.name} at ${fmtTime(shown.source.start)}`
+        : `Score over time for “${shown.q}”`) + " · highlighted: this moment · click to seek";
+      legend.hidden = false;
+    } catch (e) {
+      if (seq === curveSeq) { legend.textContent = `No score curve: ${e.message}`; legend.hidden = false; }
+    }
+  }
+
+  timeline.addEventListener("click", (ev) => {
+    if (!current || video.hidden || !video.getAttribute("src")) return;
+    const r = timeline.getBoundingClientRect();
+    stopAt = null;  // the user goes elsewhere: play on
+    video.currentTime = Math.max(0, Math.min(1, (ev.clientX - r.left) / r.width)) * duration();
+  });
+
+  // Stop at the end of the moment (once per replay; playing on afterwards is the user's choice).
+  function checkEnd() {
+    movePlayhead();
+    if (stopAt !== null && current && video.currentTime >= stopAt - 0.02) {
+      stopAt = null;
+      video.pause();
+      showNote(`End of the moment (${fmtTime(current.end)}). Press play to go on, or replay the moment.`);
+    }
+  }
+  function watchEnd() {
+    checkEnd();
+    if (!video.paused && !video.ended) requestAnimationFrame(watchEnd);
+  }
+  video.addEventListener("play", () => { if (note.textContent.startsWith("End of the moment")) showNote(""); requestAnimationFrame(watchEnd); });
+  video.addEventListener("timeupdate", checkEnd);
+  video.addEventListener("seeked", () => {
+    movePlayhead();
+    if (current && stopAt !== null && (video.currentTime < current.start - 0.5 || video.currentTime > current.end)) stopAt = null;
+  });
   video.addEventListener("loadedmetadata", () => {
     if (current && Math.abs(video.currentTime - current.start) > 0.25) video.currentTime = current.start;
+    drawTimeline();
     seekAndPlay();
   });
   video.addEventListener("error", () => {
@@ -200,25 +358,37 @@
   });
 
   replay.addEventListener("click", seekAndPlay);
-  form.addEventListener("submit", (ev) => { ev.preventDefault(); search(); });
-  kSelect.addEventListener("change", () => { if (qInput.value.trim()) search(); });
-  byVideo.addEventListener("change", () => { if (qInput.value.trim()) search(); });
+  playerLike.addEventListener("click", () => { if (current) searchLike(current); });
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); like = ""; qInput.placeholder = defaultPlaceholder; search(); });
+  kSelect.addEventListener("change", () => { pickedK = true; if (like || qInput.value.trim()) search(); });
+  byVideo.addEventListener("change", () => { if (like || qInput.value.trim()) search(); });
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "/" && document.activeElement !== qInput) { ev.preventDefault(); qInput.focus(); qInput.select(); }
   });
 
   getJSON("/healthz").then((h) => {
     const v = h.videos === null || h.videos === undefined ? "" : `${h.videos} video${h.videos === 1 ? "" : "s"}, `;
-    $("index-info").textContent = `Index: ${v}${h.windows} windows · milnce ${h.version}`;
+    const degraded = h.status === "ok" ? "" : ` · ${h.status}: approximate index unusable, searching exactly`;
+    $("index-info").textContent = `Index: ${v}${h.windows} windows · milnce ${h.version}${degraded}`;
   }).catch(() => { $("index-info").textContent = "Index status unavailable"; });
 
-  // Restore a search from the address (?q=...&k=...&by_video=true): links can be shared.
-  const params = new URLSearchParams(location.search);
-  if (params.get("k") && [...kSelect.options].some((o) => o.value === params.get("k"))) kSelect.value = params.get("k");
-  byVideo.checked = params.get("by_video") === "true";
-  merge = params.get("merge") !== "false";
-  if (params.get("q")) {
-    qInput.value = params.get("q");
-    search(false);
+  // The number of results: the API's default and choices (/api/config), one source for both.
+  function setChoices(cfg) {
+    const wanted = kSelect.value;
+    kSelect.replaceChildren(...cfg.k_choices.map((c) => el("option", null, String(c))));
+    kSelect.value = pickedK && cfg.k_choices.includes(Number(wanted)) ? wanted : String(cfg.default_k);
   }
+
+  // Restore a search from the address (?q=...&k=...&by_video=true or ?like=ID@SECONDS): links can be shared.
+  const params = new URLSearchParams(location.search);
+  getJSON("/api/config").then(setChoices).catch(() => { /* keep the page's options */ }).finally(() => {
+    const k = params.get("k");
+    if (k && [...kSelect.options].some((o) => o.value === k)) kSelect.value = k;
+    byVideo.checked = params.get("by_video") === "true";
+    merge = params.get("merge") !== "false";
+    like = params.get("like") || "";
+    if (params.get("q") && !like) qInput.value = params.get("q");
+    if (qInput.value.trim() || like) search(false);
+    document.body.dataset.ready = "true";
+  });
 })();
