@@ -37,7 +37,13 @@ class WindowRun(NamedTuple):
 
 @dataclass
 class Moment:
-    """A stretch of one video that matches a query. ``score``: the best window's dot product."""
+    """A stretch of one video that matches a query (``milnce.index.moments`` defines it).
+
+    ``score``: the dot product of the query with the moment's peak window (what ranks results);
+    ``peak``: that window's start (seconds). Readable companions of the raw score: ``cosine``, the
+    cosine similarity of the query and the peak window (-1..1), and ``percentile``, the share (in %)
+    of the index's windows that score lower for this query (exact up to 8,192 windows, else
+    estimated on a fixed sample of 8,192 windows spread over the index)."""
 
     video_id: int
     path: str
@@ -45,6 +51,9 @@ class Moment:
     end: float
     score: float
     exists: bool
+    peak: float | None = None
+    cosine: float | None = None
+    percentile: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

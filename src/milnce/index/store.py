@@ -48,11 +48,13 @@ from .ann import build_ann, load_ann
 from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
 from .layout import DB_NAME, DIM, ERROR_LOG, EXT, FORMAT_VERSION, KINDS, PREFIXES, fsync_dir, norm_path, now
 from .lock import acquire_lock
-from .moments import merge_windows
+from .moments import iter_video_moments
 from .records import Moment, VideoRecord, VideoRow
 from .search import SCAN_BLOCK, _Searcher, quantize_rows
 
-__all__ = ["Index"]
+__all__ = ["Index", "PERCENTILE_SAMPLE"]
+
+PERCENTILE_SAMPLE = 8192  # windows a moment's percentile is measured against (all, in smaller indexes)
 
 
 class VideoEmbeddingsLike(Protocol):
@@ -108,6 +110,35 @@ def _connect(db: str, readonly: bool) -> sqlite3.Connection:
 def _read_meta(con: sqlite3.Connection) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
 
+
+
+class _Cursor:
+    """One video's moments for one query, produced lazily best first (absolute store rows)."""
+
+    def __init__(self, index: Index, pos: int, q: np.ndarray, merge: bool) -> None:
+        self.vid = int(index._vid[pos])
+        self.row0 = int(index._rs[pos])
+        scores = index._video_scores(pos, q)
+        self._it = iter_video_moments(scores, None if merge else -np.inf)
+        self._next = next(self._it, None)
+        if not merge and self._next is not None:  # single windows: the peak alone
+            a, b, p, s = self._next
+            self._next = (p, p, p, s)
+
+    def head(self) -> tuple[float, int, int, int, int] | None:
+        """The video's best moment ``(score, video id, first, last, peak)``, if any is left."""
+        if self._next is None:
+            return None
+        a, b, p, s = self._next
+        return (s, self.vid, self.row0 + a, self.row0 + b, self.row0 + p)
+
+    def take_above(self, threshold: float) -> list[tuple[float, int, int, int, int]]:
+        """Remove and return the video's next moments scoring above ``threshold``."""
+        out = []
+        while self._next is not None and self._next[3] > threshold:
+            out.append(self.head())
+            self._next = next(self._it, None)
+        return out  # type: ignore[return-value]
 
 
 class _RWLock:
@@ -513,18 +544,23 @@ class Index:
 
     @overload
     def search(self, query: str, k: int = 10, *, merge: bool = True, by_video: bool = False,  # type: ignore[overload-overlap]
-               exact: bool | str = False) -> list[Moment]: ...
+               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[Moment]: ...
 
     @overload
     def search(self, query: Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
-               exact: bool | str = False) -> list[list[Moment]]: ...
+               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[list[Moment]]: ...
 
     def search(self, query: str | Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
-               exact: bool | str = False) -> list[Moment] | list[list[Moment]]:
+               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[Moment] | list[list[Moment]]:
         """Best moments for a query (a list of ``Moment``), or for each of several queries (a list
         of lists). A query that is empty or has no known word gives no results (and a warning);
-        ``query_problem`` says why. ``merge``: adjacent matching windows of a video form one
-        moment; ``by_video``: rank videos by their best moment; ``exact``: skip the ANN index."""
+        ``query_problem`` says why.
+
+        Moments are defined per video and query, independently of ``k`` (``milnce.index.moments``);
+        the results are the first ``k`` of one ranking of all moments of all videos (score, then
+        video id, then start), so ``k=10`` gives the first 10 of ``k=40``. ``merge=False``: single
+        windows instead of moments; ``by_video``: each video's best moment, videos ranked by it;
+        ``exact``: skip the ANN index; ``exclude_videos``: video ids to leave out."""
         single = isinstance(query, str)
         queries: list[str] = [query] if isinstance(query, str) else list(query)
         if not queries:
@@ -536,90 +572,135 @@ class Index:
         good = [i for i, p in enumerate(problems) if p is None]
         results: list[list[Moment]] = [[] for _ in queries]
         if good:
-            found = self.search_embeddings(emb[good], k, merge=merge, by_video=by_video, exact=exact)
+            found = self.search_embeddings(emb[good], k, merge=merge, by_video=by_video, exact=exact,
+                                           exclude_videos=exclude_videos)
             for i, res in zip(good, found):
                 results[i] = res
         return results[0] if single else results
 
     def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
-                          exact: bool | str = False) -> list[list[Moment]]:
+                          exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[list[Moment]]:
         """Like ``search`` for text embeddings (Q x 512 or 512). ``exact``: False = the ANN index
         if one was built, else exact; True = exact (int8 screening + float32 re-scoring, the same
-        results as a full scan); ``"scan"`` = the plain full float32 scan."""
-        q = np.asarray(text_emb, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise UsageError(f"text embeddings must be Q x {self.dim}, got shape {q.shape}")
+        results as a full scan); ``"scan"`` = the plain full float32 scan. With the ANN index the
+        candidate videos are approximate (each moment and score is still exact)."""
+        q = self._query_matrix(text_emb)
         k = int(k)
         if k < 1:
             raise UsageError(f"k must be >= 1, got {k}")
         with self._state_lock.read():  # refresh() does not swap the snapshot under a search
             if self.num_live == 0:
                 return [[] for _ in range(len(q))]
+            skip = {int(p) for p in np.flatnonzero(np.isin(self._vid, np.fromiter(
+                (int(v) for v in exclude_videos), dtype=np.int64)))}
             k = min(k, len(self._records) if by_video else self.num_live)
             searcher = _Searcher(self, q, exact=exact)
-            out = []
-            for i in range(len(q)):
-                if by_video:
-                    out.append(self._rank_videos(searcher, i, k, merge))
-                else:
-                    out.append(self._rank_moments(searcher, i, k, merge))
-            return out
+            return [self._rank(searcher, i, k, merge, by_video, skip) for i in range(len(q))]
+
+    def _query_matrix(self, emb: np.ndarray) -> np.ndarray:
+        q = np.asarray(emb, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise UsageError(f"query embeddings must be Q x {self.dim}, got shape {q.shape}")
+        if not np.isfinite(q).all():
+            raise UsageError("query embeddings must be finite")
+        return np.ascontiguousarray(q)
 
     def _video_of(self, rows: np.ndarray) -> np.ndarray:
         """Index into the live ranges for each row (rows must be live)."""
         return np.searchsorted(self._rs, rows, side="right") - 1
 
-    def _moment(self, first: int, last: int, score: float, pos: int, exists: dict[int, bool]) -> Moment:
-        vid = int(self._vid[pos])
-        path = self._records[vid].path
-        if vid not in exists:
-            exists[vid] = os.path.isfile(path)
-        return Moment(video_id=vid, path=path, start=float(self._times[first, 0]), end=float(self._times[last, 1]),
-                      score=score, exists=exists[vid])
+    def _video_scores(self, pos: int, q: np.ndarray) -> np.ndarray:
+        """Scores of every window of the video at live-range position ``pos`` (one fixed computation,
+        so a moment's score never depends on how it was found)."""
+        a, b = int(self._rs[pos]), int(self._re[pos])
+        return np.asarray(self._vectors[a:b], dtype=np.float32) @ q
 
-    def _rank_moments(self, searcher: _Searcher, i: int, k: int, merge: bool) -> list[Moment]:
-        exists: dict[int, bool] = {}
-        if not merge:
-            rows, scores = searcher.top(i, k)
-            pos = self._video_of(rows)
-            return [self._moment(int(r), int(r), float(s), int(p), exists) for r, s, p in zip(rows, scores, pos)]
-        m = min(self.num_live, max(2 * k, k + 8))
+    def _score_tolerance(self, q: np.ndarray) -> float:
+        """A bound on the float32 rounding difference between two computations of one window's score."""
+        d = self._derived
+        if "max_norm" not in d:
+            codes = self._codes
+            d["max_norm"] = float(np.asarray(codes[1][:, 2]).max()) if codes is not None and len(codes[1]) else None
+        mx = d["max_norm"]
+        qn = float(np.linalg.norm(q))
+        return 1e-5 * qn * (mx if mx is not None and np.isfinite(mx) else max(qn, 1.0) * 1e3) + 1e-6
+
+    def _rank(self, searcher: _Searcher, i: int, k: int, merge: bool, by_video: bool, skip: set[int]) -> list[Moment]:
+        """The first ``k`` of the fixed ranking of moments (or windows / videos) for query ``i``.
+
+        Candidates come from the searcher best first; for every video among them its whole score
+        curve is computed and its moments grown exactly. With ``t`` the lowest candidate score,
+        every moment scoring above ``t`` has its peak among the candidates, so the moments found
+        above ``t`` are exactly the top of the ranking; when fewer than ``k``, the candidates widen."""
+        q = searcher.q[i]
+        n_live = self.num_live
+        m = min(n_live, max(2 * k, k + 8) if not by_video else max(4 * k, 32))
+        tol = self._score_tolerance(q)
+        cursors: dict[int, _Cursor] = {}
+        found: list[tuple[float, int, int, int, int]] = []  # score, video id, first, last, peak (rows)
         while True:
             rows, scores = searcher.top(i, m)
-            pos = self._video_of(rows)
-            runs = merge_windows(rows, scores, self._re[pos])
-            if len(runs) >= k or m >= self.num_live:
-                break
-            m = min(self.num_live, 2 * m)
+            complete = m >= n_live or len(rows) < m
+            thr = -np.inf if complete else float(scores[-1]) + tol
+            if not merge and not by_video:
+                pos = self._video_of(rows)
+                keep = [j for j in range(len(rows)) if int(pos[j]) not in skip]
+                found = [(float(scores[j]), int(self._vid[pos[j]]), int(rows[j]), int(rows[j]), int(rows[j]))
+                         for j in keep]
+                if len(found) >= k or complete:
+                    return self._moments(found[:k], q)
+            else:
+                for p in np.unique(self._video_of(rows)).tolist():
+                    if p not in skip and p not in cursors:
+                        cursors[p] = _Cursor(self, p, q, merge)
+                if by_video:
+                    found = [h for c in cursors.values() if (h := c.head()) is not None and h[0] > thr]
+                else:
+                    for c in cursors.values():
+                        found.extend(c.take_above(thr))
+                if len(found) >= k or complete:
+                    break
+            m = min(n_live, 2 * m)
+        found.sort(key=lambda t: (-t[0], t[1], t[2]))
+        return self._moments(found[:k], q)
+
+    def _moments(self, found: list[tuple[float, int, int, int, int]], q: np.ndarray) -> list[Moment]:
+        """``Moment``s (with cosine and percentile) for ``(score, video id, first, last, peak)`` rows."""
+        if not found:
+            return []
+        exists: dict[int, bool] = {}
+        qn = float(np.linalg.norm(q))
+        peaks = np.array([f[4] for f in found], dtype=np.int64)
+        vn = np.linalg.norm(np.asarray(self._vectors[peaks], dtype=np.float64), axis=1)
+        sample = np.sort(self._percentile_sample() @ q)
         out = []
-        for first, last, best, score in runs[:k]:
-            out.append(self._moment(first, last, score, int(self._video_of(np.array([best]))[0]), exists))
+        for (score, vid, first, last, peak), norm in zip(found, vn.tolist()):
+            path = self._records[vid].path
+            if vid not in exists:
+                exists[vid] = os.path.isfile(path)
+            below = np.searchsorted(sample, score, side="left")
+            ties = np.searchsorted(sample, score, side="right") - below
+            pct = 100.0 * (below + 0.5 * ties) / len(sample) if len(sample) else float("nan")
+            out.append(Moment(video_id=vid, path=path, start=float(self._times[first, 0]),
+                              end=float(self._times[last, 1]), score=float(score), exists=exists[vid],
+                              peak=float(self._times[peak, 0]),
+                              cosine=float(score / (qn * norm)) if qn > 0 and norm > 0 else 0.0,
+                              percentile=round(float(pct), 3)))
         return out
 
-    def _rank_videos(self, searcher: _Searcher, i: int, k: int, merge: bool) -> list[Moment]:
-        exists: dict[int, bool] = {}
-        m = min(self.num_live, max(4 * k, 32))
-        while True:
-            rows, scores = searcher.top(i, m)
-            pos = self._video_of(rows)
-            if len(np.unique(pos)) >= k or m >= self.num_live:
-                break
-            m = min(self.num_live, 4 * m)
-        runs = merge_windows(rows, scores, self._re[pos]) if merge else [
-            (int(r), int(r), int(r), float(s)) for r, s in zip(rows, scores)]
-        seen: set[int] = set()
-        out = []
-        for first, last, best, score in runs:  # best first
-            p = int(self._video_of(np.array([best]))[0])
-            if p in seen:
-                continue
-            seen.add(p)
-            out.append(self._moment(first, last, score, p, exists))
-            if len(out) == k:
-                break
-        return out
+    def _percentile_sample(self) -> np.ndarray:
+        """The windows percentiles are measured against: every live window up to ``PERCENTILE_SAMPLE``,
+        else that many spread evenly over the live rows (fixed: the same for every query)."""
+        d = self._derived
+        if "pct" not in d:
+            n = self.num_live
+            pick = np.arange(n) if n <= PERCENTILE_SAMPLE else np.linspace(0, n - 1, PERCENTILE_SAMPLE).astype(np.int64)
+            mask = self.live_mask()
+            rows = np.flatnonzero(mask)[pick] if mask is not None else pick
+            d["pct"] = np.ascontiguousarray(self._vectors[rows], dtype=np.float32)
+        return d["pct"]
 
     def live_mask(self) -> np.ndarray | None:
         """Boolean mask of live rows, or None when every row is live."""
