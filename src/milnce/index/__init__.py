@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ..windows import WindowSettings
 from .build import VIDEO_EXTENSIONS, build_index, file_hash, find_videos
-from .errors import IndexFolderError, IndexLockedError, IndexMismatchError, IndexNotFoundError, IndexWriteError
+from .errors import IndexDamagedError, IndexFolderError, IndexLockedError, IndexMismatchError, IndexNotFoundError, IndexWriteError
 from .lock import acquire_lock, check_unlocked
 from .moments import MOMENT_MARGIN, iter_video_moments, merge_windows, moment_margin, video_moments
 from .records import IndexReport, Moment, VideoRecord, VideoRow, WindowRun
@@ -42,6 +42,7 @@ __all__ = [
     "IndexLockedError",
     "IndexMismatchError",
     "IndexWriteError",
+    "IndexDamagedError",
     "build_index",
     "find_videos",
     "file_hash",

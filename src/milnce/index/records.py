@@ -59,6 +59,10 @@ class Moment:
         return asdict(self)
 
 
+def _show(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass
 class VideoRecord:
     """One indexed video as users see it (``Index.videos()``); ``exists``: the file is still there."""
@@ -119,14 +123,16 @@ class IndexReport:
             parts.append(f"{len(self.failed)} failed")
         if self.previously_failed:
             parts.append(f"{self.previously_failed} skipped (failed before; --retry-errors)")
-        lines = [f"{self.directory}: " + ", ".join(parts),
+        lines = [f"{_show(self.directory)}: " + ", ".join(parts),
                  f"index: {self.num_videos} videos, {self.num_windows} windows"]
         if self.video_seconds:
             lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({self.windows_added} windows) "
                          f"in {self.embed_seconds:.1f} s: {self.speed:.2f}x real time")
         if self.failed:
-            lines.append(f"unreadable videos are listed in {os.path.join(self.directory, ERROR_LOG)}")
-        if self.ann:
+            lines.append(f"unreadable videos are listed in {_show(os.path.join(self.directory, ERROR_LOG))}")
+        if self.ann and self.ann.get("skipped"):
+            lines.append(f"ANN: not built: {self.ann['reason']}")
+        elif self.ann:
             lines.append(f"ANN: {self.ann.get('kind')} over {self.ann.get('rows')} windows, "
                          f"recall@10 vs exact = {self.ann.get('recall_at_10', float('nan')):.3f} "
                          f"(nprobe {self.ann.get('nprobe')})")
