@@ -13,7 +13,6 @@ import re
 import shlex
 import sqlite3
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,8 +28,7 @@ from milnce.index import (
     video_moments,
 )
 from milnce.localize import best_moments
-
-from test_index import SMALL, SMALL_ARGS, fake_emb, fake_model, make_video, synthetic_index
+from test_index import SMALL, SMALL_ARGS, make_video, synthetic_index
 
 
 @pytest.fixture(scope="module")

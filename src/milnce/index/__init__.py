@@ -21,7 +21,14 @@ from __future__ import annotations
 
 from ..windows import WindowSettings
 from .build import VIDEO_EXTENSIONS, build_index, file_hash, find_videos
-from .errors import IndexDamagedError, IndexFolderError, IndexLockedError, IndexMismatchError, IndexNotFoundError, IndexWriteError
+from .errors import (
+    IndexDamagedError,
+    IndexFolderError,
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    IndexWriteError,
+)
 from .lock import acquire_lock, check_unlocked
 from .moments import MOMENT_MARGIN, iter_video_moments, merge_windows, moment_margin, video_moments
 from .records import IndexReport, Moment, VideoRecord, VideoRow, WindowRun

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import zlib
 import time
 import warnings
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np

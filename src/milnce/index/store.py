@@ -46,7 +46,20 @@ from ..protocols import Encoder
 from ..windows import WindowSettings
 from .ann import ann_status, build_ann, load_ann
 from .errors import IndexDamagedError, IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
-from .layout import DB_NAME, DIM, ERROR_LOG, EXT, FORMAT_VERSION, KINDS, PREFIXES, expand_path, fsync_dir, norm_path, now, user_path
+from .layout import (
+    DB_NAME,
+    DIM,
+    ERROR_LOG,
+    EXT,
+    FORMAT_VERSION,
+    KINDS,
+    PREFIXES,
+    expand_path,
+    fsync_dir,
+    norm_path,
+    now,
+    user_path,
+)
 from .lock import acquire_lock
 from .moments import iter_video_moments
 from .records import Moment, VideoRecord, VideoRow
@@ -824,12 +837,14 @@ class Index:
         if not math.isfinite(start) or start < 0:
             raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
         vid: int | None = None
+        path: str | os.PathLike[str] = ""
         if isinstance(video, (int, np.integer)):
             if int(video) not in self._records:
                 raise KeyError(f"no video with id {video!r} in the index")
             vid = int(video)
         else:
-            rec = self.video_by_path(video)
+            path = video
+            rec = self.video_by_path(path)
             if rec is not None and rec.exists:
                 st = os.stat(rec.path)
                 if st.st_size == rec.size and float(st.st_mtime) == rec.mtime:
@@ -839,13 +854,13 @@ class Index:
             j = int(np.argmin(np.abs(starts - start)))
             return np.asarray(emb[j], np.float32), vid
         if self.model is None:
-            raise IndexFolderError(f"{os.fspath(video)} is not in the index (or changed since): open the index with "
+            raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
                                    "a model to embed it")
         w = WindowSettings.from_dict(self.settings)
-        ve = self.model.encode_video_file(expand_path(video), fps=w.fps, num_frames=w.num_frames, size=w.size,
+        ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
                                           stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
         if len(ve) == 0:
-            raise UsageError(f"{os.fspath(video)}: no frames at {start:g} s")
+            raise UsageError(f"{os.fspath(path)}: no frames at {start:g} s")
         return np.asarray(ve.embeddings[0], np.float32), None
 
     def search_like(self, video: int | str | os.PathLike[str], start: float = 0.0, k: int = 10, *,
