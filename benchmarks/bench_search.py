@@ -188,6 +188,19 @@ def bench_search(args: argparse.Namespace, work: Path) -> list[dict]:
                 row.update({f"{label}_p50_ms": pct(ts, 50), f"{label}_p95_ms": pct(ts, 95),
                             f"rss_after_{label}_mb": rss_mb() - rss0, f"anon_after_{label}_mb": anon_mb() - anon0})
             row["exact_queries"] = nq
+            # The cost of moments (k-independent, grown over each candidate video's whole curve)
+            # against single windows, in the same process: exact search, k=10 and k=40.
+            for kk in (10, 40):
+                for label, merge in (("windows", False), ("moments", True)):
+                    ts = []
+                    for q in queries[:nq]:
+                        t = time.perf_counter()
+                        idx.search_embeddings(q, k=kk, merge=merge, exact=True)
+                        ts.append(time.perf_counter() - t)
+                    row[f"{label}_k{kk}_p50_ms"] = pct(ts, 50)
+                row[f"moments_over_windows_k{kk}"] = row[f"moments_k{kk}_p50_ms"] / row[f"windows_k{kk}_p50_ms"]
+                print(f"  k={kk}: moments p50 {row[f'moments_k{kk}_p50_ms']:.1f} ms vs single windows "
+                      f"{row[f'windows_k{kk}_p50_ms']:.1f} ms: ratio {row[f'moments_over_windows_k{kk}']:.2f}", flush=True)
             same = all([(m.video_id, m.start) for m in a] == [(m.video_id, m.start) for m in b] for a, b in zip(
                 idx.search_embeddings(queries[:nq], k=10, merge=False, exact=True),
                 idx.search_embeddings(queries[:nq], k=10, merge=False, exact="scan")))

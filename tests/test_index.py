@@ -92,7 +92,7 @@ def _reuse_model(checkpoint, model):
 def built(tmp_path_factory, video_dir, wargs) -> Path:
     """An index of ``video_dir`` built by the CLI (shared, read-only)."""
     d = tmp_path_factory.mktemp("index") / "ix"
-    assert main(["index", str(video_dir), "--index", str(d), "--quiet", *SMALL_ARGS, *wargs]) == 0
+    assert main(["index", str(video_dir), "--index", str(d), "--quiet", *SMALL_ARGS, *wargs]) == 1  # broken.mp4
     return d
 
 
@@ -173,14 +173,14 @@ def test_search_scores_equal_direct_computation(built, wargs, model, direct, cap
             # ties may swap equal-score windows; compare the window when scores differ clearly
             assert m["path"] in direct
             row = np.flatnonzero((owner == m["path"]) & np.isclose(starts, m["start"]))
-            assert len(row) == 1 and abs(all_scores[qi][row[0]] - m["score"]) < 1e-4
+            assert len(row) == 1 and abs(all_scores[qi][row[0]] - m["score"]) < 1e-4 * max(1.0, abs(m["score"]))
             assert m["end"] == pytest.approx(ends[row[0]])
             assert m["exists"] is True
 
 
 def test_search_table_output_and_bad_queries(built, wargs, capsys):
     rc = main(["search", str(built), "red square", "", "xyzzy plugh", "-k", "3", *wargs])
-    assert rc == 0
+    assert rc == 1  # finished, but some inputs (queries) failed
     out = capsys.readouterr().out
     assert "'red square':" in out and any(n in out for n in ("red.mp4", "green.mp4", "blue.mp4"))
     assert "the query is empty" in out
@@ -203,12 +203,14 @@ def test_search_api_merge_by_video_and_clamping(built, model):
         assert len(single) == n  # clamped
         best = idx.search("red square", k=1, merge=False)[0]
         assert best.score == pytest.approx(single[0].score)
-        # merged moments cover the windows they contain, and never overlap within a video
+        # moments partition each video's windows: no two share a window (windows overlap in time,
+        # so neighbouring moments may overlap by less than one window)
         merged = idx.search("red square", k=n)
         for a in merged:
             for b in merged:
                 if a is not b and a.video_id == b.video_id:
-                    assert a.end <= b.start or b.end <= a.start or (a.start, a.end) == (b.start, b.end)
+                    assert a.start != b.start and a.end != b.end
+                    assert a.end <= b.start or b.end <= a.start or (a.start < b.start) == (a.end < b.end)
         vids = idx.search("red square", k=100, by_video=True)
         assert len(vids) == 3 and len({m.video_id for m in vids}) == 3
         assert vids[0].score == pytest.approx(best.score)
@@ -567,8 +569,8 @@ def test_ann_recall_and_rescored_results(tmp_path):
 def test_index_cli_ann_small(tmp_path, video_dir, wargs, capsys):
     pytest.importorskip("faiss")
     ix = tmp_path / "ix"
-    assert main(["index", str(video_dir / "sub"), "--index", str(ix), "--ann", "--quiet", "--json",
-                 *SMALL_ARGS, *wargs]) == 0
+    assert main(["index", str(video_dir / "sub"), "--index", str(ix), "--ann", "--ann-min-windows", "0", "--quiet",
+                 "--json", *SMALL_ARGS, *wargs]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["ann"]["recall_at_10"] == pytest.approx(1.0)
     assert main(["search", str(ix), "blue ball", "-k", "2", "--json", *wargs]) == 0

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
-from .index import Index, IndexMismatchError, merge_windows
+from .index import Index, IndexMismatchError
+from .index.moments import iter_video_moments
 from .protocols import Encoder
 from .windows import WindowSettings
 
@@ -42,24 +43,19 @@ class Localization:
 
 def best_moments(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, k: int = 5,
                  merge: bool = True) -> list[tuple[float, float, float]]:
-    """The ``k`` best moments ``(start, end, score)`` of a score curve: the best windows, with
-    adjacent ones among the ``~2k`` best merged into one moment (as ``Index.search`` does)."""
+    """The ``k`` best moments ``(start, end, score)`` of a score curve, best first: the moments of
+    ``milnce.index.moments`` (independent of ``k``, as ``Index.search`` ranks them); ``merge=False``:
+    the ``k`` best single windows."""
     n = len(scores)
     if n == 0 or k < 1:
         return []
-    k = min(int(k), n)
     s = np.asarray(scores, dtype=np.float32)
-    if not merge:
-        order = np.lexsort((np.arange(n), -s))[:k]
-        return [(float(starts[i]), float(ends[i]), float(s[i])) for i in order]
-    m = min(n, max(2 * k, k + 8))
-    while True:
-        part = np.argpartition(-s, m - 1)[:m] if m < n else np.arange(n)
-        runs = merge_windows(part, s[part], np.full(len(part), n))
-        if len(runs) >= k or m >= n:
+    out = []
+    for a, b, _, sc in iter_video_moments(s, None if merge else -np.inf):
+        out.append((float(starts[a]), float(ends[b]), float(sc)))
+        if len(out) == k:
             break
-        m = min(n, 2 * m)
-    return [(float(starts[a]), float(ends[b]), sc) for a, b, _, sc in runs[:k]]
+    return out
 
 
 def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int = 5, fps: float | None = None,

@@ -35,7 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="video files or folders")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (created if needed)")
     p.add_argument("--prune", action="store_true", help="drop indexed videos whose file no longer exists")
-    p.add_argument("--ann", action="store_true", help="(re)build the approximate index (faiss) and report its recall@10")
+    p.add_argument("--ann", action="store_true", help="(re)build the approximate index (faiss) if missing, stale or "
+                   "damaged, and report its recall@10; skipped below --ann-min-windows windows")
+    p.add_argument("--ann-min-windows", type=int, default=None, metavar="N",
+                   help="build the ANN index only from N windows on (default 50000: below, exact search is fast)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     p.add_argument("--retry-errors", action="store_true", help="try again the videos that failed before")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -46,17 +49,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "search", help="find the moments of indexed videos that match sentences",
-        description="Rank moments (video, start, end, score) of an index for each query; adjacent "
-        "matching windows of a video are merged into one moment.")
+        description="Rank moments (video, start, end, score) of an index for each query. A moment is a "
+        "run of adjacent windows around a peak that score within 10%% of (peak - median) of the peak; "
+        "moments do not depend on -k: -k N gives the first N of one ranking.")
     p.add_argument("index", metavar="DIR", help="index folder (from 'milnce index')")
-    p.add_argument("queries", nargs="+", metavar="QUERY", help="sentences (quote each one)")
+    p.add_argument("queries", nargs="*", metavar="QUERY", help="sentences (quote each one)")
+    p.add_argument("--queries-file", metavar="FILE", help="more queries, one per line ('-': standard input)")
+    p.add_argument("--like", metavar="VIDEO[@START]", action="append",
+                   help="query by example: moments like the window of VIDEO (a path, or an indexed video's id) "
+                   "starting nearest START seconds (default 0; also M:SS); the example's own video is left out")
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--videos", action="store_true", help="rank whole videos (by their best moment)")
-    p.add_argument("--no-merge", action="store_true", help="list single windows, do not merge adjacent ones")
+    p.add_argument("--no-merge", action="store_true", help="list single windows instead of moments")
     p.add_argument("--exact", action="store_true", help="exact search even if an ANN index exists")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--format", choices=("table", "json", "csv"), default=None, help="output format (default table)")
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.add_argument("--csv", action="store_true", help="same as --format csv (one row per result)")
     add_model_options(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "remove", help="remove videos from an index",
+        description="Remove indexed videos (files, or folders: every indexed video under them) from an "
+        "index; the files need not exist. Their space is reclaimed when dead rows exceed a quarter of the store.")
+    p.add_argument("index", metavar="DIR", help="index folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="indexed video files or folders")
+    p.add_argument("--json", action="store_true", help="print the removed paths as JSON")
+    p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser(
         "localize", help="score a sentence along one video: curve, best moments, plot",
@@ -69,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", metavar="DIR", help="reuse this index's windows (and settings) if it holds the video")
     p.add_argument("--no-merge", action="store_true", help="do not merge adjacent windows")
     p.add_argument("--json", action="store_true", help="print every window's score and the moments as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_window_options(p, "default: the index's with --index, else 32 frames at 10 fps, stride 16")
     add_model_options(p)
     p.set_defaults(func=cmd_localize)
@@ -112,8 +132,11 @@ def _check_batch(args: argparse.Namespace) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from ..index import build_index, find_videos
+    from ..index.build import show_path
 
     _check_batch(args)
+    if args.ann_min_windows is not None and args.ann_min_windows < 0:
+        raise CommandError(f"--ann-min-windows must be >= 0, got {args.ann_min_windows}")
     if args.ann:
         try:
             import faiss  # noqa: F401
@@ -128,19 +151,24 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         check_unlocked(args.index)
     model = _model(args)
+    extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
-                         retry_errors=args.retry_errors, batch_size=args.batch_size, **window_overrides(args))
+                         retry_errors=args.retry_errors, batch_size=args.batch_size, **extra, **window_overrides(args))
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:
         print(report.summary())
         for path, reason in report.failed[:10]:
-            print(f"  skipped {path}: {reason}", file=sys.stderr)
-    return 0
+            print(f"  failed: {show_path(path)}: {reason}", file=sys.stderr)
+        if len(report.failed) > 10:
+            print(f"  ... and {len(report.failed) - 10} more (see errors.log)", file=sys.stderr)
+    return 1 if report.failed else 0  # README "Exit codes": finished, but some inputs failed
 
 
 def _print_results(query: str, moments: list, problem: str | None, by_video: bool) -> None:
+    from ..index.build import show_path
+
     print(f"\n{query!r}:")
     if problem:
         print(f"  no results: {problem}")
@@ -148,38 +176,122 @@ def _print_results(query: str, moments: list, problem: str | None, by_video: boo
     if not moments:
         print("  no results")
         return
-    print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}  {'video (best moment)' if by_video else 'video'}")
+    print(f"  {'#':>3}  {'score':>8}  {'cosine':>6}  {'pctile':>6}  {'start':>9}  {'end':>9}  "
+          f"{'video (best moment)' if by_video else 'video'}")
     for i, m in enumerate(moments, 1):
         gone = "  (file missing)" if not m.exists else ""
-        print(f"  {i:3d}  {m.score:8.3f}  {_fmt_time(m.start):>9}  {_fmt_time(m.end):>9}  {m.path}{gone}")
+        cos = "" if m.cosine is None else f"{m.cosine:.3f}"
+        pct = "" if m.percentile is None else f"{m.percentile:.1f}"
+        print(f"  {i:3d}  {m.score:8.3f}  {cos:>6}  {pct:>6}  {_fmt_time(m.start):>9}  {_fmt_time(m.end):>9}  "
+              f"{show_path(m.path)}{gone}")
+
+
+CSV_FIELDS = ("query", "rank", "video_id", "path", "start", "end", "score", "cosine", "percentile", "peak", "exists")
+
+
+def _parse_like(spec: str) -> tuple[str | int, float]:
+    """``VIDEO[@START]`` -> (path or id, seconds); START as seconds or [H:]M:SS."""
+    video, start = spec, 0.0
+    if "@" in spec and not os.path.exists(spec):
+        head, _, tail = spec.rpartition("@")
+        try:
+            parts = [float(x) for x in tail.split(":")]
+        except ValueError:
+            raise CommandError(f"--like {spec}: START must be seconds or M:SS, got {tail!r}") from None
+        if len(parts) > 3 or any(x < 0 or x != x or x == float("inf") for x in parts):
+            raise CommandError(f"--like {spec}: START must be seconds or M:SS, got {tail!r}")
+        video, start = head, sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
+    if not os.path.exists(video) and video.isdigit():
+        return int(video), start
+    return video, start
+
+
+def _read_queries_file(name: str) -> list[str]:
+    try:
+        if name == "-":
+            text = sys.stdin.read()
+        else:
+            with open(os.path.expanduser(name), encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"--queries-file {name}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import csv
+
     from ..index import Index
 
     if args.k < 1:
         raise CommandError(f"-k must be >= 1, got {args.k}")
+    fmt = args.format or ("json" if args.json else "csv" if args.csv else "table")
+    if (args.json and fmt != "json") or (args.csv and fmt != "csv") or (args.json and args.csv):
+        raise CommandError("choose one output format: --format, --json or --csv")
+    queries = list(args.queries)
+    if args.queries_file:
+        queries += _read_queries_file(args.queries_file)
+    likes = [_parse_like(x) for x in args.like or []]
+    if not queries and not likes:
+        raise CommandError("nothing to search: give QUERY sentences, --queries-file or --like")
     # Check the folder before loading the model (fast, clear error).
     Index.open(args.index).close()
     model = _model(args)
     with Index.open(args.index, model) as index:
-        queries = list(args.queries)
-        problems = [index.query_problem(q) for q in queries]
+        labels = list(queries)
+        problems: list[str | None] = [index.query_problem(q) for q in queries]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            results = index.search(queries, k=args.k, merge=not args.no_merge, by_video=args.videos, exact=args.exact)
+            results = index.search(queries, k=args.k, merge=not args.no_merge, by_video=args.videos,
+                                   exact=args.exact) if queries else []
+            for video, start in likes:
+                labels.append(f"like {video}@{start:g}")
+                try:
+                    results.append(index.search_like(video, start, args.k, merge=not args.no_merge,
+                                                     by_video=args.videos, exact=args.exact))
+                    problems.append(None)
+                except KeyError as exc:
+                    raise CommandError(f"--like {video}: {exc.args[0]}") from None
         mode = "exact" if args.exact or index.ann() is None else "ann"
-        if args.json:
-            out = {"index": index.directory, "mode": mode, "videos": len(index.videos()), "windows": len(index),
+        if fmt == "json":
+            out = {"index": index.directory, "mode": mode, "ann": index.ann_status()["state"],
+                   "videos": index.num_videos, "windows": len(index),
                    "results": [{"query": q, "error": p, "moments": [m.to_dict() for m in res]}
-                               for q, p, res in zip(queries, problems, results)]}
+                               for q, p, res in zip(labels, problems, results)]}
             print(json.dumps(out))
+        elif fmt == "csv":
+            w = csv.writer(sys.stdout, lineterminator="\n")
+            w.writerow(CSV_FIELDS)
+            for q, res in zip(labels, results):
+                for rank, m in enumerate(res, 1):
+                    d = m.to_dict()
+                    w.writerow([q, rank, *(d[f] for f in CSV_FIELDS[2:])])
         else:
             print(f"{index.directory}: {index.num_videos} videos, {len(index)} windows ({mode} search)")
-            for q, p, res in zip(queries, problems, results):
+            for q, p, res in zip(labels, problems, results):
                 _print_results(q, res, p, args.videos)
-    if all(p is not None for p in problems):
-        return 1
+    return 1 if any(p is not None for p in problems) else 0  # README "Exit codes"
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from ..index import Index
+
+    with Index.open(args.index, readonly=False) as index:
+        try:
+            removed = index.remove_paths(args.paths)
+        except KeyError as exc:
+            raise CommandError(f"{exc.args[0]}; nothing was removed") from None
+        if index.num_rows and (index.num_rows - index.num_live) > 0.25 * index.num_rows:
+            index.compact()
+        left = index.num_videos
+    if args.json:
+        print(json.dumps({"removed": removed, "videos": left}))
+    else:
+        from ..index.build import show_path
+
+        for p in removed:
+            print(f"removed {show_path(p)}")
+        print(f"{args.index}: {left} videos left")
     return 0
 
 
@@ -199,7 +311,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         index = Index.open(args.index, model)
     try:  # the index's windows (and settings) are used when it holds the video and the options agree
         loc = localize(model, args.video, args.query, k=args.k, batch_size=args.batch_size,
-                       merge=not args.no_merge, index=index, **window_overrides(args))
+                       merge=not args.no_merge, index=index, progress=not args.quiet, **window_overrides(args))
     finally:
         if index is not None:
             index.close()

@@ -13,7 +13,7 @@ Layout of an index folder::
 Modules: ``records`` (``Moment``, ``VideoRecord``, ``IndexReport``, row types), ``errors``,
 ``layout`` (file names), ``store`` (``Index``: SQLite + memory-mapped vectors, reading, writing,
 compaction), ``search`` (exact int8-screened search), ``ann`` (faiss), ``moments``
-(``merge_windows``), ``build`` (``find_videos``, ``build_index``), ``lock`` (the writer lock).
+(what a moment is: ``video_moments``), ``build`` (``find_videos``, ``build_index``), ``lock`` (the writer lock).
 Crash safety and search are described in ``milnce.index.store``.
 """
 
@@ -21,9 +21,16 @@ from __future__ import annotations
 
 from ..windows import WindowSettings
 from .build import VIDEO_EXTENSIONS, build_index, file_hash, find_videos
-from .errors import IndexFolderError, IndexLockedError, IndexMismatchError, IndexNotFoundError, IndexWriteError
+from .errors import (
+    IndexDamagedError,
+    IndexFolderError,
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    IndexWriteError,
+)
 from .lock import acquire_lock, check_unlocked
-from .moments import merge_windows
+from .moments import MOMENT_MARGIN, iter_video_moments, merge_windows, moment_margin, video_moments
 from .records import IndexReport, Moment, VideoRecord, VideoRow, WindowRun
 from .search import quantize_rows
 from .store import Index
@@ -42,10 +49,15 @@ __all__ = [
     "IndexLockedError",
     "IndexMismatchError",
     "IndexWriteError",
+    "IndexDamagedError",
     "build_index",
     "find_videos",
     "file_hash",
     "merge_windows",
+    "video_moments",
+    "iter_video_moments",
+    "moment_margin",
+    "MOMENT_MARGIN",
     "quantize_rows",
     "acquire_lock",
     "check_unlocked",

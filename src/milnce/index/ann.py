@@ -4,10 +4,12 @@ re-scored exactly from the float32 store."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 import warnings
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,35 +21,85 @@ from .search import SCAN_BLOCK
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Index
 
-__all__ = ["load_ann", "build_ann"]
+__all__ = ["load_ann", "build_ann", "ann_status", "ANN_MIN_WINDOWS"]
+
+
+ANN_MIN_WINDOWS = 50_000  # below this exact search is fast (a few ms) and an IVF index only loses recall
+
+log = logging.getLogger("milnce.index")
+
+
+def _file_crc(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def load_ann(index: Index) -> Any:
-    """The index's approximate index (faiss), loaded once, or None (none built, stale, or no faiss)."""
+    """The index's approximate index (faiss), loaded and verified once, or None (none built, stale,
+    damaged, or no faiss: search is then exact; a damaged file is reported once as a warning on the
+    ``milnce.index`` logger). ``ann_status`` says which."""
     info = index.meta.get("ann")
     if not info:
+        index._ann_state = {"state": "not built"}
         return None
     key = info.get("file")
-    if index._ann is not None and index._ann_key == key:
+    if index._ann_key == key:
         return index._ann
+    index._ann, index._ann_key = None, key
+    ix, state = _open_ann(index, info)
+    index._ann, index._ann_state = ix, state
+    if state["state"] in ("damaged", "missing"):
+        log.warning("the ANN index %s is %s (%s); searching exactly. Rebuild it with: milnce index ... --ann",
+                    key, state["state"], state.get("reason"))
+    return ix
+
+
+def _open_ann(index: Index, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    key = str(info.get("file"))
+    base = {"file": key, "kind": info.get("kind"), "rows": info.get("rows"), "nprobe": info.get("nprobe"),
+            "recall_at_10": info.get("recall_at_10")}
     path = os.path.join(index.directory, key)
-    if info.get("generation") != index.generation or not os.path.isfile(path):
-        return None
+    if info.get("generation") != index.generation:
+        return None, {**base, "state": "stale", "reason": "built before the store was compacted"}
+    if not os.path.isfile(path):
+        return None, {**base, "state": "missing", "reason": f"{key} does not exist"}
+    size = os.path.getsize(path)
+    if "size" in info and size != info["size"]:
+        return None, {**base, "state": "damaged", "reason": f"{size} bytes, expected {info['size']}"}
+    if "crc32" in info and _file_crc(path) != info["crc32"]:
+        return None, {**base, "state": "damaged", "reason": "checksum mismatch"}
     try:
         import faiss  # noqa: F401
     except ImportError:
         warnings.warn("the index has an ANN index but faiss is not installed (pip install faiss-cpu); "
-                      "searching exactly", stacklevel=3)
-        return None
-    ix = faiss.read_index(path)
+                      "searching exactly", stacklevel=4)
+        return None, {**base, "state": "no faiss", "reason": "faiss is not installed"}
+    try:
+        ix = faiss.read_index(path)
+    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own message
+        return None, {**base, "state": "damaged", "reason": f"unreadable ({str(exc).splitlines()[0][:200]})"}
+    want_n = info.get("live")
+    if ix.d != index.dim or (want_n is not None and ix.ntotal != want_n):
+        return None, {**base, "state": "damaged",
+                      "reason": f"{ix.ntotal} vectors of dimension {ix.d}, expected {want_n} of {index.dim}"}
     try:
         ivf = faiss.extract_index_ivf(ix)
         ivf.nprobe = int(info.get("nprobe", 16))
         ivf.parallel_mode = 1  # one query's lists spread over the threads
     except Exception:  # noqa: BLE001 - not an IVF index
         pass
-    index._ann, index._ann_key = ix, key
-    return ix
+    return ix, {**base, "state": "ok"}
+
+
+def ann_status(index: Index) -> dict[str, Any]:
+    """The ANN index's state: ``{"state": "ok" | "not built" | "missing" | "damaged" | "stale" |
+    "no faiss", "file", "kind", "rows", "nprobe", "recall_at_10", "reason"}`` (loads and verifies
+    it once: size, CRC-32, vector count and dimension)."""
+    load_ann(index)
+    return dict(index._ann_state)
 
 # -- writing (readonly=False) -------------------------------------------------------------
 
@@ -125,6 +177,7 @@ def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | N
     tmp = os.path.join(index.directory, name + ".tmp")
     try:
         faiss.write_index(ix, tmp)
+        written = {"size": os.path.getsize(tmp), "crc32": _file_crc(tmp)}
         fd = os.open(tmp, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
@@ -138,7 +191,7 @@ def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | N
         raise IndexWriteError(f"could not write the ANN index into {index.directory} ({exc})") from exc
     info = {"file": name, "kind": desc, "rows": n, "live": index.num_live, "generation": index.generation,
             "nlist": nlist, "nprobe": chosen, "recall_at_10": recall, "recall_by_nprobe": table,
-            "queries": len(queries), "build_s": build_s, "built": now()}
+            "queries": len(queries), "build_s": build_s, "built": now(), **written}
     old = index.meta.get("ann")
     index._commit([], ann=info)
     index._load()

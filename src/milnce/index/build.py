@@ -5,22 +5,26 @@ optional ANN index (``build_index``)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
-from .layout import norm_path
+from .ann import ANN_MIN_WINDOWS
+from .layout import user_path
 from .records import IndexReport
 from .store import Index
 
-__all__ = ["build_index", "find_videos", "file_hash", "VIDEO_EXTENSIONS"]
+__all__ = ["build_index", "find_videos", "file_hash", "show_path", "VIDEO_EXTENSIONS"]
+
+log = logging.getLogger("milnce.index")
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".gif",
@@ -40,19 +44,30 @@ def file_hash(path: str, chunk: int = 1 << 20) -> str:
 
 
 def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
-                exclude: Sequence[str] = ()) -> list[str]:
-    """Video files under ``paths`` (absolute, sorted, unique). Files named explicitly are kept
-    whatever their extension; folders are walked for known video extensions, skipping hidden
-    entries and the folders in ``exclude``."""
+                exclude: Sequence[str] = (), on_error: Callable[[str, str], None] | None = None) -> list[str]:
+    """Video files under ``paths`` (absolute, sorted, unique; a leading ``~`` is expanded). Files
+    named explicitly are kept whatever their extension; folders are walked for known video
+    extensions, skipping hidden entries and the folders in ``exclude``. A folder that cannot be
+    read is passed to ``on_error(path, reason)`` (default: a warning on the ``milnce.index``
+    logger), never skipped silently."""
     out: dict[str, None] = {}
-    excl = {norm_path(e) for e in exclude}
+    excl = {user_path(e) for e in exclude}
+
+    def report(exc: OSError) -> None:
+        where = exc.filename if isinstance(exc.filename, str) else str(exc.filename)
+        reason = f"cannot read the folder: {exc.strerror or exc}"
+        if on_error is not None:
+            on_error(where, reason)
+        else:
+            log.warning("%s: %s", show_path(where), reason)
+
     for p in paths:
-        ap = norm_path(p)
+        ap = user_path(p)
         if os.path.isfile(ap):
             out[ap] = None
         elif os.path.isdir(ap):
             found = []
-            for root, dirs, files in os.walk(ap, followlinks=False):
+            for root, dirs, files in os.walk(ap, followlinks=False, onerror=report):
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.join(root, d) not in excl)
                 if not recursive:
                     dirs[:] = []
@@ -68,6 +83,21 @@ def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
     return list(out)
 
 
+def show_path(path: str) -> str:
+    """A path as text that can always be printed (bytes that are not UTF-8 as ``\\xNN``)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    """An error message without the path (the report shows the path once)."""
+    msg = str(exc) or type(exc).__name__
+    for p in (path, os.path.basename(path)):
+        for sep in (": ", " "):
+            if msg.startswith(p + sep):
+                msg = msg[len(p) + len(sep):]
+    return msg.replace(f" {path}", "").strip() or type(exc).__name__
+
+
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, MemoryError, ImportError)
 
 
@@ -75,7 +105,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 prune: bool = False, ann: bool = False, stride: int | None = None, fps: float | None = None,
                 num_frames: int | None = None, size: int | None = None, batch_size: int = 4,
                 progress: bool = True, recursive: bool = True, retry_errors: bool = False,
-                ann_queries: Sequence[str] | None = None) -> IndexReport:
+                ann_queries: Sequence[str] | None = None, ann_min_windows: int = ANN_MIN_WINDOWS) -> IndexReport:
     """Add the videos under ``paths`` to the index in ``directory`` (created if needed).
 
     Incremental: unchanged videos (same path, size and mtime; or same content hash) are skipped,
@@ -83,7 +113,11 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     videos whose file is gone. Window settings default to the index's (new index: the model's
     input conventions, ``WindowSettings.for_model(model)``: 32 frames at 10 fps, 224 px, a window
     every ``stride`` = 16 frames); bad values raise ``UsageError`` before anything is created. Killing it at any point leaves a
-    readable index; running it again finishes the job. ``ann``: (re)build the approximate index.
+    readable index; running it again finishes the job. ``ann``: (re)build the approximate index
+    when it is missing, stale or damaged, if the index holds at least ``ann_min_windows`` windows
+    (below that exact search takes milliseconds and IVF would only lose recall: ``report.ann``
+    says it was skipped). Files or folders that could not be read are in ``report.failed``
+    (path, reason without the path) and ``errors.log``.
     """
     t_start = time.perf_counter()
     settings = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "size": size, "stride": stride}.items()
@@ -92,10 +126,16 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     if int(batch_size) < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size!r}")
     paths = list(paths)
-    files = find_videos(paths, recursive=recursive, exclude=[os.fspath(directory)])  # before creating anything
+    unreadable: list[tuple[str, str]] = []
+    files = find_videos(paths, recursive=recursive, exclude=[os.fspath(directory)],  # before creating anything
+                        on_error=lambda p, r: unreadable.append((p, r)))
     idx = Index.create(directory, model, settings)
     report = IndexReport(directory=idx.directory)
     try:
+        for where, why in unreadable:
+            log.warning("%s: %s", show_path(where), why)
+            idx.log_error(where, why)
+            report.failed.append((where, why))
         s = idx.settings
         wanted = set(files)
         pending: list[tuple[str, int, float, str]] = []  # path, size, mtime, why
@@ -107,7 +147,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
             try:
                 st = os.stat(f)
             except OSError as exc:
-                report.failed.append((f, f"cannot stat: {exc}"))
+                report.failed.append((f, f"cannot stat: {exc.strerror or _reason(exc, f)}"))
                 continue
             size_, mtime = int(st.st_size), float(st.st_mtime)
             known = idx._by_path.get(f)
@@ -135,8 +175,9 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 try:
                     h = file_hash(path)
                 except OSError as exc:
-                    idx.record_error(path, f"cannot read: {exc}", size_, mtime)
-                    report.failed.append((path, f"cannot read: {exc}"))
+                    why = f"cannot read: {exc.strerror or _reason(exc, path)}"
+                    idx.record_error(path, why, size_, mtime)
+                    report.failed.append((path, why))
                     bar.done(0.0)
                     continue
                 vid: int | None = idx._by_path.get(path)
@@ -166,7 +207,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 except _PROGRAMMING_ERRORS:
                     raise
                 except Exception as exc:  # noqa: BLE001 - unreadable video: log it, go on
-                    reason = str(exc) or type(exc).__name__
+                    reason = _reason(exc, path)
                     if vid is not None:  # changed and now unreadable: drop its stale windows
                         idx.remove_videos([vid])
                     idx.record_error(path, reason, size_, mtime)
@@ -192,10 +233,14 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
             idx.remove_videos(gone)
         if idx.num_rows and (idx.num_rows - idx.num_live) > _COMPACT_DEAD_SHARE * idx.num_rows:
             report.compacted = idx.compact()
-        if ann:
+        if ann and idx.num_live < ann_min_windows:
+            report.ann = {"skipped": True, "windows": idx.num_live, "min_windows": int(ann_min_windows),
+                          "reason": f"the index has {idx.num_live:,} windows, fewer than {int(ann_min_windows):,}: "
+                                    "exact search is fast there, so no ANN index was built (searches stay exact; "
+                                    "--ann-min-windows N to build one anyway)"}
+        elif ann:
             info = idx.meta.get("ann")
-            fresh = info and info.get("rows") == idx.num_rows and info.get("generation") == idx.generation \
-                and os.path.isfile(os.path.join(idx.directory, info.get("file", "")))
+            fresh = info and info.get("rows") == idx.num_rows and idx.ann_status()["state"] == "ok"
             if fresh:
                 report.ann = info
             elif idx.num_live:

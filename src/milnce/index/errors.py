@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..errors import MilnceError
 
-__all__ = ["IndexFolderError", "IndexNotFoundError", "IndexLockedError", "IndexMismatchError", "IndexWriteError"]
+__all__ = ["IndexFolderError", "IndexNotFoundError", "IndexLockedError", "IndexMismatchError", "IndexWriteError",
+           "IndexDamagedError"]
 
 
 class IndexFolderError(MilnceError, ValueError):
@@ -26,3 +27,11 @@ class IndexMismatchError(IndexFolderError):
 class IndexWriteError(IndexFolderError, OSError):
     """Writing failed (e.g. the disk is full); the index is as of the last committed video."""
 
+
+
+class IndexDamagedError(IndexFolderError):
+    """The index's files contradict each other (edited by hand, corrupted): refuse to guess."""
+
+    def __init__(self, directory: str, what: str) -> None:
+        super().__init__(f"index damaged: {directory}: {what} (delete the folder and run milnce index again "
+                         "to rebuild it)")

@@ -33,5 +33,17 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def expand_path(path: str | os.PathLike[str]) -> str:
+    """A path a user typed, with a leading ``~`` expanded (as a shell would in ``milnce index
+    ~/videos``; ``$VARS`` are left alone: file names may contain ``$``)."""
+    return os.path.expanduser(os.fspath(path))
+
+
+def user_path(path: str | os.PathLike[str]) -> str:
+    """Absolute path of a path a user typed (``~`` expanded)."""
+    return os.path.abspath(expand_path(path))
+
+
 def norm_path(path: str | os.PathLike[str]) -> str:
+    """Absolute path (no expansion: for paths found on disk or stored in the index)."""
     return os.path.abspath(os.fspath(path))

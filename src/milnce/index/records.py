@@ -37,7 +37,13 @@ class WindowRun(NamedTuple):
 
 @dataclass
 class Moment:
-    """A stretch of one video that matches a query. ``score``: the best window's dot product."""
+    """A stretch of one video that matches a query (``milnce.index.moments`` defines it).
+
+    ``score``: the dot product of the query with the moment's peak window (what ranks results);
+    ``peak``: that window's start (seconds). Readable companions of the raw score: ``cosine``, the
+    cosine similarity of the query and the peak window (-1..1), and ``percentile``, the share (in %)
+    of the index's windows that score lower for this query (exact up to 8,192 windows, else
+    estimated on a fixed sample of 8,192 windows spread over the index)."""
 
     video_id: int
     path: str
@@ -45,9 +51,16 @@ class Moment:
     end: float
     score: float
     exists: bool
+    peak: float | None = None
+    cosine: float | None = None
+    percentile: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _show(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -110,14 +123,16 @@ class IndexReport:
             parts.append(f"{len(self.failed)} failed")
         if self.previously_failed:
             parts.append(f"{self.previously_failed} skipped (failed before; --retry-errors)")
-        lines = [f"{self.directory}: " + ", ".join(parts),
+        lines = [f"{_show(self.directory)}: " + ", ".join(parts),
                  f"index: {self.num_videos} videos, {self.num_windows} windows"]
         if self.video_seconds:
             lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({self.windows_added} windows) "
                          f"in {self.embed_seconds:.1f} s: {self.speed:.2f}x real time")
         if self.failed:
-            lines.append(f"unreadable videos are listed in {os.path.join(self.directory, ERROR_LOG)}")
-        if self.ann:
+            lines.append(f"unreadable videos are listed in {_show(os.path.join(self.directory, ERROR_LOG))}")
+        if self.ann and self.ann.get("skipped"):
+            lines.append(f"ANN: not built: {self.ann['reason']}")
+        elif self.ann:
             lines.append(f"ANN: {self.ann.get('kind')} over {self.ann.get('rows')} windows, "
                          f"recall@10 vs exact = {self.ann.get('recall_at_10', float('nan')):.3f} "
                          f"(nprobe {self.ann.get('nprobe')})")
