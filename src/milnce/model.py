@@ -30,6 +30,7 @@ __all__ = [
     "INCEPTION_CONFIG",
     "space_to_depth",
     "check_video_input",
+    "state_dict_shapes",
     "VOCAB_SIZE",
     "EMBED_DIM",
 ]
@@ -258,6 +259,16 @@ class VideoTower(nn.Module):
         return {"video_embedding": self.fc(pooled), "mixed_5c": pooled}
 
 
+class _WordEmbedding(nn.Embedding):
+    """``nn.Embedding`` that skips its random init on the meta device (where ``normal_`` would
+    import ``torch._dynamo``, seconds of start-up, for values that are replaced by the weights)."""
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        super().reset_parameters()
+
+
 class TextTower(nn.Module):
     """Word embedding -> fc1 -> ReLU -> max over words -> fc2.
 
@@ -283,7 +294,7 @@ class TextTower(nn.Module):
             )
         self.tokenizer = tokenizer
         self.max_words = tokenizer.max_words if tokenizer is not None else max_words
-        self.word_embd = nn.Embedding(num_embeddings, word_embedding_dim)
+        self.word_embd = _WordEmbedding(num_embeddings, word_embedding_dim)
         self.fc1 = nn.Linear(word_embedding_dim, output_dim)
         self.fc2 = nn.Linear(output_dim, embd_dim)
 
@@ -339,3 +350,47 @@ class S3D(VideoTower):
         if num_embeddings is None:
             num_embeddings = tokenizer.vocab_size if tokenizer is not None else VOCAB_SIZE
         self.text_module = TextTower(num_classes, num_embeddings, word_embedding_dim, tokenizer=tokenizer)
+
+
+def _unit_shapes(prefix: str, cin: int, cout: int, k: tuple[int, int, int], separable: bool) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of one ``STConv3D``."""
+    def bn(name: str) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}{name}.{p}": (cout,) for p in ("weight", "bias", "running_mean", "running_var")} | {
+            f"{prefix}{name}.num_batches_tracked": ()}
+
+    if separable and k[0] != 1:
+        return ({f"{prefix}conv1.weight": (cout, cin, 1, k[1], k[2])} | bn("bn1")
+                | {f"{prefix}conv2.weight": (cout, cout, k[0], 1, 1)} | bn("bn2"))
+    return {f"{prefix}conv1.weight": (cout, cin, *k)} | bn("bn1")
+
+
+def state_dict_shapes(space_to_depth: bool = True, vocab_size: int = VOCAB_SIZE, embed_dim: int = EMBED_DIM) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the ``S3D`` state dict, in module order, computed without building the network
+    (``state_dict.tsv`` for the defaults; a test checks it against ``S3D(...).state_dict()``)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    if space_to_depth:
+        shapes |= _unit_shapes("conv1.", 24, 64, (2, 4, 4), False)
+    else:
+        shapes |= _unit_shapes("conv1.", 3, 64, (3, 7, 7), False)
+    shapes |= _unit_shapes("conv_2b.", 64, 64, (1, 1, 1), False)
+    shapes |= _unit_shapes("conv_2c.", 64, 192, (3, 3, 3), True)
+    shapes |= {"gating.fc.weight": (192, 192), "gating.fc.bias": (192,)}
+    for name, (cin, b0, b1a, b1b, b2a, b2b, b3) in INCEPTION_CONFIG.items():
+        p = name + "."
+        shapes |= _unit_shapes(p + "conv_b0.", cin, b0, (1, 1, 1), False)
+        shapes |= _unit_shapes(p + "conv_b1_a.", cin, b1a, (1, 1, 1), False)
+        shapes |= _unit_shapes(p + "conv_b1_b.", b1a, b1b, (3, 3, 3), True)
+        shapes |= _unit_shapes(p + "conv_b2_a.", cin, b2a, (1, 1, 1), False)
+        shapes |= _unit_shapes(p + "conv_b2_b.", b2a, b2b, (3, 3, 3), True)
+        shapes |= _unit_shapes(p + "conv_b3_b.", cin, b3, (1, 1, 1), False)
+        for g, c in (("b0", b0), ("b1", b1b), ("b2", b2b), ("b3", b3)):
+            shapes |= {f"{p}gating_{g}.fc.weight": (c, c), f"{p}gating_{g}.fc.bias": (c,)}
+    shapes |= {"fc.weight": (embed_dim, 1024), "fc.bias": (embed_dim,)}
+    shapes |= {
+        "text_module.word_embd.weight": (vocab_size, WORD_DIM),
+        "text_module.fc1.weight": (2048, WORD_DIM),
+        "text_module.fc1.bias": (2048,),
+        "text_module.fc2.weight": (embed_dim, 2048),
+        "text_module.fc2.bias": (embed_dim,),
+    }
+    return shapes
