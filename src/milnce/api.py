@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .download import cache_dir, ensure_weights
+from .download import cache_dir, ensure_weights, verify_cached_file
 from .model import S3D, check_video_input
 from .text import Tokenizer, load_vocab
 from .weights import DEFAULT_WEIGHTS, REGISTRY, CheckpointError, WeightsInfo, fingerprint, load_verified
@@ -177,6 +177,9 @@ def resolve_files(
                 f"the published weights are not in the cache (missing {', '.join(missing)}) and downloading is off; "
                 "pass --weights/--vocab (or set MILNCE_WEIGHTS/MILNCE_VOCAB) to local files, or run `milnce download`"
             )
+        for path in (cached_w, None if vocab else cached_v):
+            if path is not None:  # checked against the sha256 recorded at download (re-hashed only if touched)
+                verify_cached_file(path)
         return cached_w, Path(vocab) if vocab else cached_v, info
     wpath = Path(weights)
     if vocab is None and need_vocab:

@@ -30,6 +30,7 @@ __all__ = [
     "inspect_state_dict",
     "expected_shapes",
     "save_bundle",
+    "check_bundle_target",
     "load_verified",
     "VerifiedCheckpoint",
     "resolve_weights_file",
@@ -301,12 +302,9 @@ def fingerprint(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Write a pickle-free bundle: ``model.safetensors``, ``vocab.npy`` and ``config.json``.
-
-    ``out_dir`` is created if needed; an existing bundle there is replaced only with ``overwrite=True``."""
-    from safetensors.torch import save_file
-
+def check_bundle_target(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Raise ``UsageError`` unless a bundle may be written to ``out_dir`` (new or empty folder,
+    or an existing bundle with ``overwrite``)."""
     from .errors import UsageError
 
     out = Path(out_dir)
@@ -316,6 +314,16 @@ def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | o
     if present and not overwrite:
         raise UsageError(f"{out} already holds a bundle ({', '.join(present)}); pass --overwrite (overwrite=True) "
                          "to replace it, or choose another folder")
+    return out
+
+
+def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write a pickle-free bundle: ``model.safetensors``, ``vocab.npy`` and ``config.json``.
+
+    ``out_dir`` is created if needed; an existing bundle there is replaced only with ``overwrite=True``."""
+    from safetensors.torch import save_file
+
+    out = check_bundle_target(out_dir, overwrite=overwrite)
     spec = inspect_state_dict(sd)
     if len(vocab) + 1 != spec.vocab_size:
         raise CheckpointError(f"vocabulary has {len(vocab)} words but the weights expect {spec.vocab_size - 1}")
