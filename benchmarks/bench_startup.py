@@ -3,6 +3,7 @@
     python benchmarks/bench_startup.py                         # full-size random checkpoint, 5 rounds
     python benchmarks/bench_startup.py --quick                 # small vocabulary, 3 rounds (smoke test)
     python benchmarks/bench_startup.py --index IDX             # also `milnce search IDX q`
+    python benchmarks/bench_startup.py --synthetic-index 20000 # ... on a synthetic index of that many windows
     python benchmarks/bench_startup.py --weights W.pth --vocab V.npy   # real files instead
 
 Each case runs as a fresh subprocess (the Python of this script, the ``milnce`` sources next to
@@ -33,7 +34,7 @@ FULL_VOCAB = 66249
 
 def write_random_checkpoint(folder: Path, words: int) -> tuple[Path, Path]:
     """A checkpoint of the published layout with random weights and a ``words``-word vocabulary."""
-    wpath, vpath = folder / f"random_{words}.pth", folder / f"random_{words}_dict.npy"
+    wpath, vpath = folder / f"random_{words}.pth", folder / f"random_{words}_words.npy"
     if wpath.exists() and vpath.exists():
         return wpath, vpath
     code = (
@@ -43,12 +44,43 @@ def write_random_checkpoint(folder: Path, words: int) -> tuple[Path, Path]:
         "torch.manual_seed(0)\n"
         "net = S3D(None, 512, num_embeddings=words + 1)\n"
         "torch.save(net.state_dict(), sys.argv[2] + '.tmp')\n"
-        "np.save(sys.argv[3] + '.tmp.npy', np.asarray([f'w{i}' for i in range(words)], dtype=str), allow_pickle=False)\n"
+        "known = ['cut', 'tomato', 'open', 'the', 'door', 'pour', 'water']\n"
+        "vocab = known + [f'w{i}' for i in range(words - len(known))]\n"
+        "np.save(sys.argv[3] + '.tmp.npy', np.asarray(vocab, dtype=str), allow_pickle=False)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(words), str(wpath), str(vpath)], check=True, env=_env({}))
     os.replace(str(wpath) + ".tmp", wpath)
     os.replace(str(vpath) + ".tmp.npy", vpath)
     return wpath, vpath
+
+
+def write_synthetic_index(folder: Path, wpath: Path, vpath: Path, windows: int, env: dict[str, str]) -> Path:
+    """An index of ``windows`` random 512-d windows tagged with the checkpoint's weights id, so that
+    ``milnce search`` accepts it with these weights (uses ``milnce.index.Index``)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from types import SimpleNamespace\n"
+        "from milnce.index import Index\n"
+        "from milnce.weights import load_verified\n"
+        "wid = load_verified(sys.argv[1]).fingerprint\n"
+        "n, per = int(sys.argv[3]), 500\n"
+        "rng = np.random.default_rng(0)\n"
+        "idx = Index.create(sys.argv[2], SimpleNamespace(weights_id=wid, info=None))\n"
+        "batch, v = [], 0\n"
+        "while v * per < n:\n"
+        "    m = min(per, n - v * per)\n"
+        "    e = rng.standard_normal((m, 512)).astype(np.float32)\n"
+        "    st = np.arange(m) * 1.6\n"
+        "    batch.append((f'/synthetic/video{v:05d}.mp4', SimpleNamespace(embeddings=e, starts=st, ends=st + 3.2, "
+        "duration=m * 1.6 + 1.6), 1, 1.0, f'h{v}'))\n"
+        "    v += 1\n"
+        "idx.add_videos(batch)\n"
+        "idx.close()\n"
+    )
+    target = folder / f"index_{windows}"
+    if not target.exists():
+        subprocess.run([sys.executable, "-c", code, str(wpath), str(target), str(windows)], check=True, env=env)
+    return target
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
@@ -81,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", help="vocabulary .npy for --weights")
     p.add_argument("--index", help="an index folder: also time `milnce search INDEX q` (with --weights/--vocab "
                    "if given, else the default weights)")
+    p.add_argument("--synthetic-index", type=int, metavar="N", help="write a synthetic index of N windows for "
+                   "these weights and time `milnce search` on it")
     p.add_argument("--query", default="cut tomato", help="query for the text and search cases")
     p.add_argument("--workdir", help="where the random checkpoint is written and kept (default: a temp folder)")
     args = p.parse_args(argv)
@@ -107,11 +141,16 @@ def main(argv: list[str] | None = None) -> int:
                 [sys.executable, "-c", "import milnce; m = milnce.load_model(%r, %r, download=False); m.encode_text([%s])"
                  % (str(wpath), str(vpath), q)], env),
         }
-        if args.index:
+        if args.synthetic_index:
+            index = str(write_synthetic_index(Path(args.workdir) if args.workdir else tmp, wpath, vpath,
+                                              args.synthetic_index, env))
+            search_env = dict(env, MILNCE_WEIGHTS=str(wpath), MILNCE_VOCAB=str(vpath))
+            cases["milnce search"] = (cli + ["search", index, args.query], search_env)
+        elif args.index:
             search_env = dict(env)
-            if args.weights or not args.quick:
-                search_env.pop("MILNCE_HOME")
-            if args.weights:
+            if not args.weights:
+                search_env.pop("MILNCE_HOME")  # the user's cache holds the weights the index was built with
+            else:
                 search_env.update(MILNCE_WEIGHTS=str(wpath), MILNCE_VOCAB=str(vpath))
             cases["milnce search"] = (cli + ["search", args.index, args.query], search_env)
 

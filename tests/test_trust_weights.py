@@ -278,3 +278,12 @@ def test_startup_benchmark_runs(capsys):
     out = capsys.readouterr().out
     assert "x import torch" in out and "load_model + encode_text" in out and "milnce --help" in out
 
+
+
+def test_lazy_fast_path_is_usable_outside_inference_mode(checkpoint):
+    model = milnce.load_model(*checkpoint, download=False)
+    with torch.inference_mode():
+        model.encode_video(torch.rand(1, 3, 8, 64, 64))  # first use builds it
+    assert not any(p.is_inference() for p in model.video_net.parameters())
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 8, 64, 64))["video_embedding"].shape == (1, 512)

@@ -65,7 +65,8 @@ class MILNCE(nn.Module):
                 if built is None:
                     from .fast import FastVideoNet
 
-                    built = FastVideoNet(self.net, precision=self.precision)
+                    with torch.inference_mode(False):  # normal tensors, even when first used under inference mode
+                        built = FastVideoNet(self.net, precision=self.precision)
                     self.video_net = built
         return built
 
@@ -90,13 +91,13 @@ class MILNCE(nn.Module):
 
         With ``features=True`` returns ``(video_embedding, mixed_5c)`` (``B x 512``, ``B x 1024``).
         """
+        video_net = self.video_net  # built on first use, outside inference mode
         with torch.inference_mode():
             if isinstance(video, torch.Tensor) and video.dtype == torch.uint8:
                 video = video.float().div_(255)
             check_video_input(video, self.space_to_depth)
             if video.shape[0] == 0:
                 raise ValueError("empty batch: video has 0 clips")
-            video_net = self.video_net
             embs, feats = [], []
             for chunk in video.split(batch_size):
                 out = video_net(chunk.to(self.device, non_blocking=True))
