@@ -62,6 +62,35 @@ def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
     return t  # type: ignore[return-value]
 
 
+class _NoInitOnMeta:
+    """Skip the random init of a layer built on the meta device: ``load_model`` builds the network
+    there and then assigns the loaded weights, so the init would be thrown away, and on meta it
+    runs as slow Python decompositions (``Embedding``'s ``normal_`` even imports ``torch._dynamo``):
+    about 0.3 s of start-up. On a real device the layer initialises as usual."""
+
+    weight: torch.Tensor
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        super().reset_parameters()  # type: ignore[misc]
+
+    def _get_name(self) -> str:  # print as the torch layer it is
+        return type(self).__bases__[-1].__name__
+
+
+class _Conv3d(_NoInitOnMeta, nn.Conv3d):
+    pass
+
+
+class _Linear(_NoInitOnMeta, nn.Linear):
+    pass
+
+
+class _Embedding(_NoInitOnMeta, nn.Embedding):
+    pass
+
+
 class STConv3D(nn.Module):
     """Conv3d (no bias) -> BatchNorm3d -> ReLU; ``separable`` splits a k x k x k kernel
     into a spatial 1 x k x k (``conv1``/``bn1``) and a temporal k x 1 x 1 (``conv2``/``bn2``)."""
@@ -79,12 +108,12 @@ class STConv3D(nn.Module):
         k, s, p = _triple(kernel_size), _triple(stride), _triple(padding)
         self.separable = separable and k[0] != 1
         if self.separable:
-            self.conv1 = nn.Conv3d(in_channels, out_channels, (1, k[1], k[2]), (1, s[1], s[2]), (0, p[1], p[2]), bias=False)
+            self.conv1 = _Conv3d(in_channels, out_channels, (1, k[1], k[2]), (1, s[1], s[2]), (0, p[1], p[2]), bias=False)
             self.bn1 = nn.BatchNorm3d(out_channels)
-            self.conv2 = nn.Conv3d(out_channels, out_channels, (k[0], 1, 1), (s[0], 1, 1), (p[0], 0, 0), bias=False)
+            self.conv2 = _Conv3d(out_channels, out_channels, (k[0], 1, 1), (s[0], 1, 1), (p[0], 0, 0), bias=False)
             self.bn2 = nn.BatchNorm3d(out_channels)
         else:
-            self.conv1 = nn.Conv3d(in_channels, out_channels, k, s, p, bias=False)
+            self.conv1 = _Conv3d(in_channels, out_channels, k, s, p, bias=False)
             self.bn1 = nn.BatchNorm3d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +128,7 @@ class SelfGating(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.fc = nn.Linear(channels, channels)
+        self.fc = _Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(self.fc(x.mean(dim=(2, 3, 4))))
@@ -233,7 +262,7 @@ class VideoTower(nn.Module):
         self.maxpool_5a = MaxPool3dSame((2, 2, 2), (2, 2, 2))
         self.mixed_5b = InceptionBlock(*INCEPTION_CONFIG["mixed_5b"])
         self.mixed_5c = InceptionBlock(*INCEPTION_CONFIG["mixed_5c"])
-        self.fc = nn.Linear(1024, num_classes)
+        self.fc = _Linear(1024, num_classes)
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
         """``mixed_5c`` map before pooling: B x 1024 x T/8 x H/32 x W/32."""
@@ -257,16 +286,6 @@ class VideoTower(nn.Module):
         check_video_input(video, self.space_to_depth)
         pooled = self.features(video).mean(dim=(2, 3, 4))
         return {"video_embedding": self.fc(pooled), "mixed_5c": pooled}
-
-
-class _WordEmbedding(nn.Embedding):
-    """``nn.Embedding`` that skips its random init on the meta device (where ``normal_`` would
-    import ``torch._dynamo``, seconds of start-up, for values that are replaced by the weights)."""
-
-    def reset_parameters(self) -> None:
-        if self.weight.is_meta:
-            return
-        super().reset_parameters()
 
 
 class TextTower(nn.Module):
@@ -294,9 +313,9 @@ class TextTower(nn.Module):
             )
         self.tokenizer = tokenizer
         self.max_words = tokenizer.max_words if tokenizer is not None else max_words
-        self.word_embd = _WordEmbedding(num_embeddings, word_embedding_dim)
-        self.fc1 = nn.Linear(word_embedding_dim, output_dim)
-        self.fc2 = nn.Linear(output_dim, embd_dim)
+        self.word_embd = _Embedding(num_embeddings, word_embedding_dim)
+        self.fc1 = _Linear(word_embedding_dim, output_dim)
+        self.fc2 = _Linear(output_dim, embd_dim)
 
     def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
