@@ -164,6 +164,7 @@ class _System:
         return (os.system, ("echo pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch", "legacy", "raw"])
 def test_pickled_code_is_named_as_such(tmp_path, writer, capsys):
     p = tmp_path / "evil.pth"
