@@ -382,3 +382,38 @@ def test_cli_info_reports_cache(server, monkeypatch, capsys):
     assert "not downloaded" in report["weights"]["s3d_howto100m"]["weights"]
 
 
+
+
+# ----------------------------------------------------------------------------- issue 10
+
+
+def test_user_file_is_moved_aside_never_deleted(server, capsys):
+    mine = b"my own copy of the weights, hand-copied" * 10
+    (cache_dir() / "s3d_howto100m.pth").write_bytes(mine)
+    info = _info(server, "missing")  # the download that follows fails
+    with pytest.raises(DownloadError, match="your earlier file is kept as .*s3d_howto100m.pth.rejected"):
+        ensure_weights(info, progress=False)
+    err = capsys.readouterr().err
+    assert "moved it to" in err and "never deletes" in err
+    assert (cache_dir() / "s3d_howto100m.pth.rejected").read_bytes() == mine
+    assert not (cache_dir() / "s3d_howto100m.pth").exists()
+    # a second hand-copied file does not overwrite the first one moved aside
+    (cache_dir() / "s3d_howto100m.pth").write_bytes(b"another" * 10)
+    w, _ = ensure_weights(_info(server), progress=False)
+    assert w.read_bytes() == server.files["s3d_howto100m.pth"]
+    assert (cache_dir() / "s3d_howto100m.pth.rejected").read_bytes() == mine
+    assert (cache_dir() / "s3d_howto100m.pth.rejected-2").read_bytes() == b"another" * 10
+
+
+def test_cli_download_offline_hint_fits_the_command(server, monkeypatch, capsys):
+    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, "missing", name="s3d_howto100m"))
+    assert main(["download", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --weights" not in err  # `milnce download` has no such option
+    assert "MILNCE_WEIGHTS/MILNCE_VOCAB" in err and "copy them into the cache folder" in err
+
+
+def test_retries_exhausted_message_has_the_same_hint(tmp_path):
+    with pytest.raises(DownloadError) as exc:
+        download("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", retries=0, timeout=1, progress=False)
+    assert "pass --weights" not in str(exc.value) and "MILNCE_WEIGHTS" in str(exc.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .download import cache_dir, ensure_weights
+from .download import cache_dir, ensure_weights, verify_cached_file
 from .errors import UsageError
 from .model import S3D, check_video_input
 from .text import Tokenizer, load_vocab
@@ -23,7 +24,7 @@ from .weights import (
     WeightsInfo,
     bundle_info,
     fingerprint,
-    load_checkpoint,
+    load_verified,
 )
 
 __all__ = ["MILNCE", "VideoOutput", "load_model", "resolve_files", "Precision"]
@@ -39,11 +40,16 @@ class VideoOutput(NamedTuple):
     features: torch.Tensor
 
 
+_BUILD_LOCK = threading.Lock()  # one lazy build of a model's fast video path at a time
+
+
 class MILNCE(nn.Module):
     """The text-video model ready for inference.
 
     ``net`` is the exact eager network (``milnce.S3D``); ``video_net`` is the fast inference
-    path built from it (the default), or ``net`` itself with ``fast=False``.
+    path built from it (the default), or ``net`` itself with ``fast=False``. The fast path is
+    built on first use (``encode_video``, ``forward`` or reading ``video_net``), so a model that
+    only embeds text never pays for it.
     """
 
     def __init__(
@@ -63,13 +69,23 @@ class MILNCE(nn.Module):
         self.info = info or REGISTRY[DEFAULT_WEIGHTS]
         self.weights_id = weights_id or fingerprint(net.state_dict())
         self.fast = fast
-        self.video_net: nn.Module = self.net
-        if fast:
-            from .fast import FastVideoNet
+        if not fast:  # registered as a submodule (nn.Module.__setattr__), read by the property below
+            self.video_net = self.net if precision == "fp32" else _Autocast(self.net)
 
-            self.video_net = FastVideoNet(self.net, precision=precision)
-        elif precision == "bf16":
-            self.video_net = _Autocast(self.net)
+    @property
+    def video_net(self) -> nn.Module:  # type: ignore[override]
+        """The network ``encode_video`` runs (with ``fast=True`` built on first access)."""
+        built = self._modules.get("video_net")
+        if built is None:
+            with _BUILD_LOCK:
+                built = self._modules.get("video_net")
+                if built is None:
+                    from .fast import FastVideoNet
+
+                    with torch.inference_mode(False):  # normal tensors, even when first used under inference mode
+                        built = FastVideoNet(self.net, precision=self.precision)
+                    self.video_net = built
+        return built
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -85,7 +101,6 @@ class MILNCE(nn.Module):
     def space_to_depth(self) -> bool:
         return self.net.space_to_depth
 
-    @torch.inference_mode()
     def encode_video(
         self, video: torch.Tensor, features: bool = False, batch_size: int = 8
     ) -> Any:
@@ -94,33 +109,37 @@ class MILNCE(nn.Module):
         With ``features=True`` returns ``VideoOutput(embedding, features)`` (``B x 512``, mixed_5c
         ``B x 1024``), a named tuple.
         """
-        if isinstance(video, torch.Tensor) and video.dtype == torch.uint8:
-            video = video.float().div_(255)
-        check_video_input(video, self.space_to_depth)
-        if video.shape[0] == 0:
-            raise UsageError("empty batch: video has 0 clips")
-        embs, feats = [], []
-        for chunk in video.split(batch_size):
-            out = self.video_net(chunk.to(self.device, non_blocking=True))
-            embs.append(out["video_embedding"].float())
-            feats.append(out["mixed_5c"].float())
-        emb = torch.cat(embs)
-        return VideoOutput(emb, torch.cat(feats)) if features else emb
+        video_net = self.video_net  # built on first use, outside inference mode
+        with torch.inference_mode():
+            if isinstance(video, torch.Tensor) and video.dtype == torch.uint8:
+                video = video.float().div_(255)
+            check_video_input(video, self.space_to_depth)
+            if video.shape[0] == 0:
+                raise UsageError("empty batch: video has 0 clips")
+            embs, feats = [], []
+            for chunk in video.split(batch_size):
+                out = video_net(chunk.to(self.device, non_blocking=True))
+                embs.append(out["video_embedding"].float())
+                feats.append(out["mixed_5c"].float())
+            emb = torch.cat(embs)
+            return VideoOutput(emb, torch.cat(feats)) if features else emb
 
-    @torch.inference_mode()
     def encode_text(self, texts: Sequence[str] | str) -> torch.Tensor:
         """Sentences -> ``B x 512`` text embeddings. A single string is taken as one sentence."""
-        if isinstance(texts, str):
-            texts = [texts]
-        ids = self.tokenizer(texts)
-        empty = [t for t, row in zip(texts, ids) if not bool(row.any())]
-        if empty:
-            warnings.warn(
-                f"{len(empty)} text(s) have no word in the vocabulary and get the all-padding embedding: "
-                + ", ".join(repr(t[:40]) for t in empty[:3]),
-                stacklevel=2,
-            )
-        return self.net.text_module(ids.to(self.device))["text_embedding"]
+        # inference_mode as a context, not a decorator: the decorator's wrapper frame would make
+        # the warning below point into torch instead of at the caller
+        with torch.inference_mode():
+            if isinstance(texts, str):
+                texts = [texts]
+            ids = self.tokenizer(texts)
+            empty = [t for t, row in zip(texts, ids) if not bool(row.any())]
+            if empty:
+                warnings.warn(
+                    f"{len(empty)} text(s) have no word in the vocabulary and get the all-padding embedding: "
+                    + ", ".join(repr(t[:40]) for t in empty[:3]),
+                    stacklevel=2,
+                )
+            return self.net.text_module(ids.to(self.device))["text_embedding"]
 
     @staticmethod
     def similarity(text_embedding: torch.Tensor, video_embedding: torch.Tensor) -> torch.Tensor:
@@ -146,10 +165,8 @@ class MILNCE(nn.Module):
         fast path from it."""
         result = self.net.load_state_dict(state_dict, strict=strict, assign=assign)
         self.weights_id = fingerprint(self.net.state_dict())
-        if self.fast:
-            from .fast import FastVideoNet
-
-            self.video_net = FastVideoNet(self.net, precision=self.precision)
+        if self.fast:  # the fast path is rebuilt from the new weights on next use
+            self._modules.pop("video_net", None)
         return result
 
 
@@ -193,6 +210,9 @@ def resolve_files(
                 f"the published weights are not in the cache (missing {', '.join(missing)}) and downloading is off; "
                 "pass --weights/--vocab (or set MILNCE_WEIGHTS/MILNCE_VOCAB) to local files, or run `milnce download`"
             )
+        for path in (cached_w, None if vocab else cached_v):
+            if path is not None:  # checked against the sha256 recorded at download (re-hashed only if touched)
+                verify_cached_file(path)
         return cached_w, Path(vocab) if vocab else cached_v, info
     wpath = Path(weights)
     if vocab is None and need_vocab:
@@ -234,7 +254,8 @@ def load_model(
     wpath, vpath, info = resolve_files(weights, vocab, download=download, progress=progress, need_vocab=words is None)
     if info is None:  # a bundle from ``milnce convert`` records its input conventions
         info = bundle_info(wpath)
-    sd, spec = load_checkpoint(wpath)
+    ckpt = load_verified(wpath)  # verified (zip CRCs, shapes, values) on first load, then cached
+    sd, spec = ckpt.state_dict, ckpt.spec
     tokenizer = Tokenizer(words) if words is not None else Tokenizer(load_vocab(vpath))  # type: ignore[arg-type]
     if tokenizer.vocab_size != spec.vocab_size:
         raise CheckpointError(
@@ -242,7 +263,10 @@ def load_model(
             f"word embedding has {spec.vocab_size} rows ({spec.vocab_size - 1} words + padding): "
             "they do not belong together"
         )
-    net = S3D(tokenizer, spec.embed_dim, space_to_depth=spec.space_to_depth)
-    net.load_state_dict(sd, strict=True)
+    # Built on the meta device and given the loaded tensors (assign=True): no random init that
+    # the weights would overwrite, no copy of the (memory-mapped) checkpoint.
+    with torch.device("meta"):
+        net = S3D(tokenizer, spec.embed_dim, space_to_depth=spec.space_to_depth)
+    net.load_state_dict(sd, strict=True, assign=True)
     net = net.to(device).eval()
-    return MILNCE(net, fast=fast, precision=precision, info=info, weights_id=fingerprint(sd))
+    return MILNCE(net, fast=fast, precision=precision, info=info, weights_id=ckpt.fingerprint)

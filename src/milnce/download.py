@@ -37,14 +37,15 @@ from .errors import MilnceError
 if TYPE_CHECKING:
     from .weights import WeightsInfo
 
-__all__ = ["cache_dir", "DownloadError", "download", "ensure_weights", "CHECKSUMS_FILE"]
+__all__ = ["cache_dir", "DownloadError", "download", "ensure_weights", "verify_cached_file", "CHECKSUMS_FILE"]
 
 CHECKSUMS_FILE = "checksums.json"
 _CHUNK = 1 << 16
 _USER_AGENT = "milnce-downloader/1 (+python-urllib)"
 _OFFLINE_HINT = (
-    "the original host has gone down at times; download the file from a mirror and pass "
-    "--weights/--vocab or set MILNCE_WEIGHTS/MILNCE_VOCAB"
+    "the original host has gone down at times; get s3d_howto100m.pth and s3d_dict.npy from a mirror, then "
+    "either copy them into the cache folder ($MILNCE_HOME, see `milnce info`) or set MILNCE_WEIGHTS/MILNCE_VOCAB "
+    "to their paths (commands that run the model also take --weights/--vocab)"
 )
 
 
@@ -99,7 +100,7 @@ def download(
                 tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
                 raise DownloadError(
                     f"downloading {url} failed after {tries}: {exc}; run again to resume "
-                    f"({_size_of(part):,} bytes kept), or pass --weights/--vocab to local files"
+                    f"({_size_of(part):,} bytes kept), or use local files: {_OFFLINE_HINT.split('; ', 1)[1]}"
                 ) from exc
             time.sleep(backoff * 2**attempt)
             attempt += 1
@@ -303,6 +304,52 @@ def _validate(path: Path, size: int, check: Callable[[Path, WeightsInfo], None],
     check(path, info)
 
 
+def _verify_recorded(home: Path, path: Path, filename: str) -> bool:
+    """Check a cached file against its ``checksums.json`` record: True if it matches (re-hashing only
+    when its size or mtime changed), False if there is no record, DownloadError if it changed."""
+    from . import weights as _weights  # module attribute, so tests can count the hashing
+
+    record = _read_checksums(home).get(filename)
+    if not record:
+        return False
+    st = path.stat()
+    if record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns:
+        return True  # unchanged since it was verified
+    if "sha256" not in record:
+        return False
+    digest = _weights.sha256_file(path)
+    if digest != record["sha256"]:
+        raise DownloadError(
+            f"the cached file {path} changed since it was {'downloaded' if record.get('url') else 'verified'} "
+            f"(sha256 {digest[:12]}… instead of {record['sha256'][:12]}…): it is corrupted or was replaced; "
+            "delete it and run `milnce download` again"
+        )
+    _record_checksum(home, filename, {**record, **_stat_entry(path, digest, None)})
+    return True
+
+
+def verify_cached_file(path: Path) -> None:
+    """Check a file of the cache against the sha256 recorded when it was downloaded or first verified
+    (re-hashing only when its size or mtime changed); no record, nothing to check. No download."""
+    _verify_recorded(path.parent, path, path.name)
+
+
+def _downloaded_by_milnce(home: Path, filename: str) -> bool:
+    record = _read_checksums(home).get(filename)
+    return bool(record and record.get("url"))
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a user's file out of the way (never delete it): ``NAME.rejected``, ``NAME.rejected-2``, ..."""
+    n = 1
+    while True:
+        aside = path.with_name(f"{path.name}.rejected" + (f"-{n}" if n > 1 else ""))
+        if not aside.exists():
+            os.replace(path, aside)
+            return aside
+        n += 1
+
+
 def _ensure_file(
     info: WeightsInfo,
     filename: str,
@@ -316,27 +363,21 @@ def _ensure_file(
     home = cache_dir()
     home.mkdir(parents=True, exist_ok=True)
     path = home / filename
+    moved: Path | None = None
     with _locked(path):
         if path.exists():
-            record = _read_checksums(home).get(filename)
-            st = path.stat()
-            if record and record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns:
-                return path  # unchanged since it was verified
-            if record and "sha256" in record:
-                digest = _weights.sha256_file(path)
-                if digest != record["sha256"]:
-                    raise DownloadError(
-                        f"the cached file {path} changed since it was downloaded (sha256 {digest[:12]}… "
-                        f"instead of {record['sha256'][:12]}…): it is corrupted or was replaced; "
-                        "delete it and run `milnce download` again"
-                    )
-                _record_checksum(home, filename, {**record, **_stat_entry(path, digest, None)})
+            if _verify_recorded(home, path, filename):
                 return path
             try:  # a file put in the cache by hand or an older version: verify it once
                 _validate(path, size, check, info)
             except DownloadError as exc:
-                logger.warning("%s; downloading it again", exc)
-                path.unlink()
+                if _downloaded_by_milnce(home, filename):
+                    logger.warning("%s; downloading it again", exc)
+                    path.unlink()
+                else:  # the user put it there: keep it
+                    moved = _move_aside(path)
+                    logger.warning("%s; moved it to %s (milnce never deletes a file it did not download) and "
+                                   "downloading it again", exc, moved)
             else:
                 _record_checksum(home, filename, _stat_entry(path, _weights.sha256_file(path), None))
                 return path
@@ -348,15 +389,18 @@ def _ensure_file(
                 download(src, path, expected_size=size, progress=progress)
                 _validate(path, size, check, info)
             except DownloadError as exc:
-                path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)  # only ever a file this loop downloaded
                 errors.append(exc)
                 continue
             _record_checksum(home, filename, _stat_entry(path, _weights.sha256_file(path), src))
             return path
-        if len(errors) == 1:
+        kept = f" (your earlier file is kept as {moved})" if moved else ""
+        if len(errors) == 1 and not moved:
             raise errors[0]
+        if len(errors) == 1:
+            raise DownloadError(f"{errors[0]}{kept}") from errors[0]
         raise DownloadError(f"could not get {filename} from any of {len(sources)} sources: "
-                            + "; ".join(str(e) for e in errors))
+                            + "; ".join(str(e) for e in errors) + kept)
 
 
 def ensure_weights(info: WeightsInfo, *, progress: bool = True) -> tuple[Path, Path]:

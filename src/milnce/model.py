@@ -31,6 +31,7 @@ __all__ = [
     "INCEPTION_CONFIG",
     "space_to_depth",
     "check_video_input",
+    "state_dict_shapes",
     "VOCAB_SIZE",
     "EMBED_DIM",
 ]
@@ -62,6 +63,35 @@ def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
     return t  # type: ignore[return-value]
 
 
+class _NoInitOnMeta:
+    """Skip the random init of a layer built on the meta device: ``load_model`` builds the network
+    there and then assigns the loaded weights, so the init would be thrown away, and on meta it
+    runs as slow Python decompositions (``Embedding``'s ``normal_`` even imports ``torch._dynamo``):
+    about 0.3 s of start-up. On a real device the layer initialises as usual."""
+
+    weight: torch.Tensor
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        super().reset_parameters()  # type: ignore[misc]
+
+    def _get_name(self) -> str:  # print as the torch layer it is
+        return type(self).__bases__[-1].__name__
+
+
+class _Conv3d(_NoInitOnMeta, nn.Conv3d):
+    pass
+
+
+class _Linear(_NoInitOnMeta, nn.Linear):
+    pass
+
+
+class _Embedding(_NoInitOnMeta, nn.Embedding):
+    pass
+
+
 class STConv3D(nn.Module):
     """Conv3d (no bias) -> BatchNorm3d -> ReLU; ``separable`` splits a k x k x k kernel
     into a spatial 1 x k x k (``conv1``/``bn1``) and a temporal k x 1 x 1 (``conv2``/``bn2``)."""
@@ -79,12 +109,12 @@ class STConv3D(nn.Module):
         k, s, p = _triple(kernel_size), _triple(stride), _triple(padding)
         self.separable = separable and k[0] != 1
         if self.separable:
-            self.conv1 = nn.Conv3d(in_channels, out_channels, (1, k[1], k[2]), (1, s[1], s[2]), (0, p[1], p[2]), bias=False)
+            self.conv1 = _Conv3d(in_channels, out_channels, (1, k[1], k[2]), (1, s[1], s[2]), (0, p[1], p[2]), bias=False)
             self.bn1 = nn.BatchNorm3d(out_channels)
-            self.conv2 = nn.Conv3d(out_channels, out_channels, (k[0], 1, 1), (s[0], 1, 1), (p[0], 0, 0), bias=False)
+            self.conv2 = _Conv3d(out_channels, out_channels, (k[0], 1, 1), (s[0], 1, 1), (p[0], 0, 0), bias=False)
             self.bn2 = nn.BatchNorm3d(out_channels)
         else:
-            self.conv1 = nn.Conv3d(in_channels, out_channels, k, s, p, bias=False)
+            self.conv1 = _Conv3d(in_channels, out_channels, k, s, p, bias=False)
             self.bn1 = nn.BatchNorm3d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +129,7 @@ class SelfGating(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.fc = nn.Linear(channels, channels)
+        self.fc = _Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(self.fc(x.mean(dim=(2, 3, 4))))
@@ -233,7 +263,7 @@ class VideoTower(nn.Module):
         self.maxpool_5a = MaxPool3dSame((2, 2, 2), (2, 2, 2))
         self.mixed_5b = InceptionBlock(*INCEPTION_CONFIG["mixed_5b"])
         self.mixed_5c = InceptionBlock(*INCEPTION_CONFIG["mixed_5c"])
-        self.fc = nn.Linear(1024, num_classes)
+        self.fc = _Linear(1024, num_classes)
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
         """``mixed_5c`` map before pooling: B x 1024 x T/8 x H/32 x W/32."""
@@ -284,9 +314,9 @@ class TextTower(nn.Module):
             )
         self.tokenizer = tokenizer
         self.max_words = tokenizer.max_words if tokenizer is not None else max_words
-        self.word_embd = nn.Embedding(num_embeddings, word_embedding_dim)
-        self.fc1 = nn.Linear(word_embedding_dim, output_dim)
-        self.fc2 = nn.Linear(output_dim, embd_dim)
+        self.word_embd = _Embedding(num_embeddings, word_embedding_dim)
+        self.fc1 = _Linear(word_embedding_dim, output_dim)
+        self.fc2 = _Linear(output_dim, embd_dim)
 
     def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
@@ -340,3 +370,47 @@ class S3D(VideoTower):
         if num_embeddings is None:
             num_embeddings = tokenizer.vocab_size if tokenizer is not None else VOCAB_SIZE
         self.text_module = TextTower(num_classes, num_embeddings, word_embedding_dim, tokenizer=tokenizer)
+
+
+def _unit_shapes(prefix: str, cin: int, cout: int, k: tuple[int, int, int], separable: bool) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of one ``STConv3D``."""
+    def bn(name: str) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}{name}.{p}": (cout,) for p in ("weight", "bias", "running_mean", "running_var")} | {
+            f"{prefix}{name}.num_batches_tracked": ()}
+
+    if separable and k[0] != 1:
+        return ({f"{prefix}conv1.weight": (cout, cin, 1, k[1], k[2])} | bn("bn1")
+                | {f"{prefix}conv2.weight": (cout, cout, k[0], 1, 1)} | bn("bn2"))
+    return {f"{prefix}conv1.weight": (cout, cin, *k)} | bn("bn1")
+
+
+def state_dict_shapes(space_to_depth: bool = True, vocab_size: int = VOCAB_SIZE, embed_dim: int = EMBED_DIM) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the ``S3D`` state dict, in module order, computed without building the network
+    (``state_dict.tsv`` for the defaults; a test checks it against ``S3D(...).state_dict()``)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    if space_to_depth:
+        shapes |= _unit_shapes("conv1.", 24, 64, (2, 4, 4), False)
+    else:
+        shapes |= _unit_shapes("conv1.", 3, 64, (3, 7, 7), False)
+    shapes |= _unit_shapes("conv_2b.", 64, 64, (1, 1, 1), False)
+    shapes |= _unit_shapes("conv_2c.", 64, 192, (3, 3, 3), True)
+    shapes |= {"gating.fc.weight": (192, 192), "gating.fc.bias": (192,)}
+    for name, (cin, b0, b1a, b1b, b2a, b2b, b3) in INCEPTION_CONFIG.items():
+        p = name + "."
+        shapes |= _unit_shapes(p + "conv_b0.", cin, b0, (1, 1, 1), False)
+        shapes |= _unit_shapes(p + "conv_b1_a.", cin, b1a, (1, 1, 1), False)
+        shapes |= _unit_shapes(p + "conv_b1_b.", b1a, b1b, (3, 3, 3), True)
+        shapes |= _unit_shapes(p + "conv_b2_a.", cin, b2a, (1, 1, 1), False)
+        shapes |= _unit_shapes(p + "conv_b2_b.", b2a, b2b, (3, 3, 3), True)
+        shapes |= _unit_shapes(p + "conv_b3_b.", cin, b3, (1, 1, 1), False)
+        for g, c in (("b0", b0), ("b1", b1b), ("b2", b2b), ("b3", b3)):
+            shapes |= {f"{p}gating_{g}.fc.weight": (c, c), f"{p}gating_{g}.fc.bias": (c,)}
+    shapes |= {"fc.weight": (embed_dim, 1024), "fc.bias": (embed_dim,)}
+    shapes |= {
+        "text_module.word_embd.weight": (vocab_size, WORD_DIM),
+        "text_module.fc1.weight": (2048, WORD_DIM),
+        "text_module.fc1.bias": (2048,),
+        "text_module.fc2.weight": (embed_dim, 2048),
+        "text_module.fc2.bias": (embed_dim,),
+    }
+    return shapes

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import integrity
 from .errors import MilnceError
-from .model import S3D, VOCAB_SIZE
+from .model import VOCAB_SIZE, state_dict_shapes
 
 __all__ = [
     "WeightsInfo",
@@ -30,6 +31,10 @@ __all__ = [
     "inspect_state_dict",
     "expected_shapes",
     "save_bundle",
+    "check_bundle_target",
+    "load_verified",
+    "VerifiedCheckpoint",
+    "resolve_weights_file",
     "fingerprint",
     "sha256_file",
 ]
@@ -103,22 +108,11 @@ class CheckpointSpec:
     word_dim: int
 
 
-_EXPECTED: dict[bool, dict[str, tuple[int, ...]]] = {}
-
-
 def expected_shapes(space_to_depth: bool = True, vocab_size: int = VOCAB_SIZE, embed_dim: int = 512) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a state dict of the given variant (``state_dict.tsv`` for the defaults)."""
-    if space_to_depth not in _EXPECTED:
-        with torch.device("meta"):
-            net = S3D(None, 512, space_to_depth=space_to_depth, num_embeddings=VOCAB_SIZE)
-        _EXPECTED[space_to_depth] = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    shapes = dict(_EXPECTED[space_to_depth])
-    shapes["text_module.word_embd.weight"] = (vocab_size, shapes["text_module.word_embd.weight"][1])
-    for k in ("fc.weight", "text_module.fc2.weight"):
-        shapes[k] = (embed_dim, shapes[k][1])
-    for k in ("fc.bias", "text_module.fc2.bias"):
-        shapes[k] = (embed_dim,)
-    return shapes
+    """Key -> shape of a state dict of the given variant (``state_dict.tsv`` for the defaults).
+
+    Computed from the architecture table, without building a network."""
+    return state_dict_shapes(space_to_depth, vocab_size, embed_dim)
 
 
 def _read_file(path: str) -> dict:
@@ -134,10 +128,12 @@ def _read_file(path: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except Exception as exc:  # zipfile, EOF, unpickling and runtime errors all mean "unusable file"
         msg = str(exc)
-        if "Unsupported global" in msg:
+        code = integrity.pickled_globals(path) if "GLOBAL" in msg or "WeightsUnpickler" in msg else []
+        if "GLOBAL" in msg or code:
+            named = f" (it names {', '.join(code[:3])})" if code else ""
             raise CheckpointError(
-                f"{path}: the file holds Python objects that milnce will not unpickle (they could run code); "
-                "expected a state dict of tensors. Convert it on a trusted machine with "
+                f"{path}: contains pickled Python objects / code{named}, refused (not a plain tensor checkpoint): "
+                "loading it could run arbitrary code. If you trust it, convert it on a trusted machine with "
                 "torch.save(state_dict, out) or `milnce convert`."
             ) from exc
         size = os.path.getsize(path)
@@ -171,8 +167,9 @@ def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def inspect_state_dict(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> CheckpointSpec:
-    """Check keys and shapes against the S3D text-video model; say exactly what is wrong."""
+def inspect_state_dict(sd: dict[str, torch.Tensor], source: str = "checkpoint", check_finite: bool = True) -> CheckpointSpec:
+    """Check keys and shapes (and, with ``check_finite``, that no value is NaN/inf) against the S3D
+    text-video model; say exactly what is wrong."""
     w1 = sd.get("conv1.conv1.weight")
     emb = sd.get("text_module.word_embd.weight")
     fc = sd.get("fc.weight")
@@ -204,14 +201,34 @@ def inspect_state_dict(sd: dict[str, torch.Tensor], source: str = "checkpoint") 
     if problems:
         variant = "space_to_depth=True (published)" if s2d else "space_to_depth=False (training variant)"
         raise CheckpointError(f"{source}: does not match the {variant} S3D text-video model: " + "; ".join(problems))
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in sd.items() if check_finite and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{source}: non-finite values (NaN/inf) in {', '.join(bad[:4])}")
     return spec
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], CheckpointSpec]:
-    """Load and validate weights from ``.pth``/``.pt`` (plain or training) or ``.safetensors``."""
+    """Load and validate weights from ``.pth``/``.pt`` (plain or training) or ``.safetensors``.
+
+    The file is verified (zip CRCs, keys, shapes, finite values, a bundle's fingerprint) on its
+    first load; the verdict is cached by path, size and mtime, see :mod:`milnce.integrity`."""
+    ckpt = load_verified(path)
+    return ckpt.state_dict, ckpt.spec
+
+
+@dataclass(frozen=True)
+class VerifiedCheckpoint:
+    """A loaded, validated checkpoint and the content fingerprint of its weights."""
+
+    path: str
+    state_dict: dict[str, torch.Tensor]
+    spec: CheckpointSpec
+    fingerprint: str
+    cached: bool  # True when the verdict came from the cache (the file was not re-read)
+
+
+def resolve_weights_file(path: str | os.PathLike[str]) -> str:
+    """The weights file of ``path`` (a bundle folder gives its ``model.safetensors``)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -220,11 +237,50 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         if not candidates:
             raise CheckpointError(f"{path} is a directory without model.safetensors or s3d_howto100m.pth")
         path = os.path.join(path, candidates[0])
-    if os.path.getsize(path) == 0:
+    return path
+
+
+def load_verified(path: str | os.PathLike[str]) -> VerifiedCheckpoint:
+    """Load ``path`` like :func:`load_checkpoint`, reusing the cached verdict of an unchanged file."""
+    path = resolve_weights_file(path)
+    st = os.stat(path)
+    if st.st_size == 0:
         raise CheckpointError(f"{path}: the file is empty (an interrupted download?)")
+    verdict = integrity.cached_verdict(path, st)
+    is_zip = _is_zip(path)
+    if verdict is None and is_zip:
+        problem = integrity.zip_problem(path)
+        if problem is not None:
+            raise CheckpointError(
+                f"{path}: the file is corrupt: {problem}: its bytes changed after it was written "
+                "(a disk or transfer error). Download or copy it again."
+            )
     sd = _unwrap(_read_file(path), path)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    return sd, inspect_state_dict(sd, path)
+    spec = inspect_state_dict(sd, path, check_finite=verdict is None)
+    if verdict is not None and isinstance(verdict.get("fingerprint"), str):
+        return VerifiedCheckpoint(path, sd, spec, verdict["fingerprint"], cached=True)
+    fp = fingerprint(sd)
+    _check_bundle_config(path, fp, spec)
+    integrity.record_verdict(path, st, {"fingerprint": fp, "zip_crc": is_zip, "finite": True})
+    return VerifiedCheckpoint(path, sd, spec, fp, cached=False)
+
+
+def _check_bundle_config(path: str, fp: str, spec: CheckpointSpec) -> None:
+    """A bundle's ``model.safetensors`` must still have the fingerprint its ``config.json`` recorded."""
+    if os.path.basename(path) != "model.safetensors":
+        return
+    try:
+        with open(os.path.join(os.path.dirname(path), "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return
+    want = config.get("fingerprint") if isinstance(config, dict) else None
+    if isinstance(want, str) and want != fp:
+        raise CheckpointError(
+            f"{path}: the weights changed since the bundle was written (fingerprint {fp} instead of {want} "
+            "in config.json): the file is damaged; convert it again"
+        )
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -243,20 +299,37 @@ def fingerprint(sd: dict[str, torch.Tensor]) -> str:
             continue
         v = sd[k].detach().to("cpu", torch.float32).contiguous()
         h.update(k.encode())
-        h.update(v.numpy().tobytes())
+        h.update(memoryview(v.reshape(-1).numpy()).cast("B"))  # no copy
     return h.hexdigest()[:16]
 
 
+def check_bundle_target(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Raise ``UsageError`` unless a bundle may be written to ``out_dir`` (new or empty folder,
+    or an existing bundle with ``overwrite``)."""
+    from .errors import UsageError
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder: choose a new folder name for the bundle")
+    present = [n for n in ("model.safetensors", "vocab.npy", "config.json") if (out / n).exists()]
+    if present and not overwrite:
+        raise UsageError(f"{out} already holds a bundle ({', '.join(present)}); pass --overwrite (overwrite=True) "
+                         "to replace it, or choose another folder")
+    return out
+
+
 def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | os.PathLike[str],
-                info: WeightsInfo | None = None) -> Path:
+                info: WeightsInfo | None = None, *, overwrite: bool = False) -> Path:
     """Write a pickle-free bundle: ``model.safetensors``, ``vocab.npy`` and ``config.json`` (with the
-    input conventions of ``info``, default the published weights', which ``bundle_info`` reads back)."""
+    input conventions of ``info``, default the published weights', which ``bundle_info`` reads back).
+
+    ``out_dir`` is created if needed; an existing bundle there is replaced only with ``overwrite=True``."""
     from safetensors.torch import save_file
 
+    out = check_bundle_target(out_dir, overwrite=overwrite)
     spec = inspect_state_dict(sd)
     if len(vocab) + 1 != spec.vocab_size:
         raise CheckpointError(f"vocabulary has {len(vocab)} words but the weights expect {spec.vocab_size - 1}")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in sd.items()}
     save_file(tensors, str(out / "model.safetensors.tmp"), metadata={"format": "pt", "model": "milnce-s3d"})
@@ -271,7 +344,8 @@ def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | o
         "fingerprint": fingerprint(sd),
         "inputs": _inputs(info or REGISTRY[DEFAULT_WEIGHTS]),
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(out / "config.json.tmp", out / "config.json")
     return out
 
 

@@ -12,6 +12,19 @@ import numpy as np
 
 from .common import CommandError, add_model_options, model_from_args
 
+PRINT_DECIMALS = 4  # printed embeddings (text and JSON); files keep float32
+EXTRAS = {  # import name -> distributions that provide it (first one installed is reported)
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
+    "fastapi": ("fastapi",),
+    "uvicorn": ("uvicorn",),
+    "matplotlib": ("matplotlib",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "sklearn": ("scikit-learn",),
+    "yaml": ("pyyaml", "PyYAML"),
+    "av": ("av",),
+    "safetensors": ("safetensors",),
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="fetch the published weights and vocabulary into the cache",
@@ -29,8 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Embed sentences with the text tower. Prints a summary, or saves "
                        "an N x 512 float32 .npy with --out, or prints JSON with --json.")
     p.add_argument("text", nargs="+", help="sentences (quote each one)")
-    p.add_argument("--out", help="write the embeddings to this .npy file")
-    p.add_argument("--json", action="store_true", help="print texts, known words and embeddings as JSON")
+    p.add_argument("--out", help="write the full-precision embeddings to this .npy file (.npy is appended if "
+                   "missing; an existing folder gets text_embeddings.npy inside)")
+    p.add_argument("--json", action="store_true", help="print texts, known words and embeddings as JSON "
+                   f"(values rounded to {PRINT_DECIMALS} decimals; --out keeps full precision)")
     add_model_options(p)
     p.set_defaults(func=cmd_embed_text)
 
@@ -50,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="input weights (default: the cached published weights)")
     p.add_argument("--vocab", help="input vocabulary .npy")
     p.add_argument("--no-download", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a bundle already in the output folder")
     p.set_defaults(func=cmd_convert)
 
 
@@ -68,6 +84,66 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extras() -> dict[str, str | None]:
+    """Installed version of each optional dependency (None if missing), without importing it."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    found: dict[str, str | None] = {}
+    for module, dists in EXTRAS.items():
+        version = None
+        for dist in dists:
+            try:
+                version = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        if version is None and find_spec(module) is not None:
+            version = "installed (version unknown)"
+        found[dists[0] if module != "sklearn" else "scikit-learn"] = version
+    return found
+
+
+def _check_env_file(kind: str, value: str | None) -> str | None:
+    """What ``MILNCE_WEIGHTS``/``MILNCE_VOCAB`` points at: size and whether it loads and verifies."""
+    if not value:
+        return None
+    from ..text import VocabularyError, load_vocab
+    from ..weights import REGISTRY, CheckpointError, load_verified
+
+    if kind == "weights" and value in REGISTRY:
+        return f"{value} (registry name: the cached files below)"
+    path = os.path.expanduser(value)
+    if not os.path.exists(path):
+        return f"{path}: MISSING (no such file or folder)"
+    size = "" if os.path.isdir(path) else f"{os.path.getsize(path):,} bytes, "
+    try:
+        if kind == "weights":
+            ckpt = load_verified(path)
+            words = ckpt.spec.vocab_size - 1
+            return f"{path} ({size}verified: {words:,} words, weights id {ckpt.fingerprint})"
+        return f"{path} ({size}{len(load_vocab(path)):,} words)"
+    except (CheckpointError, VocabularyError, OSError) as exc:
+        return f"{path} ({size}NOT USABLE: {exc})"
+
+
+def _cache_entry(path, size: int, url: str) -> str:  # type: ignore[no-untyped-def]
+    from ..download import DownloadError, verify_cached_file
+
+    if not path.exists():
+        return f"not downloaded (expected {size:,} bytes from {url})"
+    have = path.stat().st_size
+    if have != size:
+        return f"{path} ({have:,} bytes, expected {size:,}: not the published file)"
+    try:
+        verify_cached_file(path)
+    except DownloadError as exc:
+        return f"{path} ({have:,} bytes, DAMAGED: {exc})"
+    except OSError as exc:
+        return f"{path} ({have:,} bytes, unreadable: {exc})"
+    return f"{path} ({have:,} bytes)"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -78,16 +154,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     cache = cache_dir()
     weights = {}
     for name, info in REGISTRY.items():
-        entry = {}
-        for label, fname, size in (("weights", info.filename, info.num_bytes), ("vocab", info.vocab_filename, info.vocab_num_bytes)):
-            path = cache / fname
-            if path.exists():
-                have = path.stat().st_size
-                entry[label] = f"{path} ({have:,} bytes{'' if have == size else f', expected {size:,}'})"
-            else:
-                entry[label] = f"not downloaded (expected {size:,} bytes from {info.url if label == 'weights' else info.vocab_url})"
-        entry["inputs"] = info.transforms
+        entry = {
+            "weights": _cache_entry(cache / info.filename, info.num_bytes, info.url),
+            "vocab": _cache_entry(cache / info.vocab_filename, info.vocab_num_bytes, info.vocab_url),
+            "inputs": info.transforms,
+        }
         weights[name] = entry
+    env_weights, env_vocab = os.environ.get("MILNCE_WEIGHTS") or None, os.environ.get("MILNCE_VOCAB") or None
     report = {
         "milnce": __version__,
         "python": platform.python_version(),
@@ -96,27 +169,48 @@ def cmd_info(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
         "cache": str(cache),
-        "MILNCE_WEIGHTS": os.environ.get("MILNCE_WEIGHTS"),
-        "MILNCE_VOCAB": os.environ.get("MILNCE_VOCAB"),
+        "MILNCE_WEIGHTS": _check_env_file("weights", env_weights),
+        "MILNCE_VOCAB": _check_env_file("vocab", env_vocab),
+        "extras": _extras(),
         "weights": weights,
     }
-    try:
-        import av
-
-        report["av"] = av.__version__
-    except ImportError:
-        report["av"] = None
+    report["av"] = report["extras"]["av"]  # kept at the top level for older readers of --json
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     for k, v in report.items():
-        if k != "weights":
-            print(f"{k:15s} {v}")
+        if k == "extras":
+            print(f"{k:15s} " + ", ".join(f"{name} {ver or '-'}" for name, ver in v.items()))
+        elif k not in ("weights", "av"):
+            print(f"{k:15s} {v if v is not None else '(not set)'}")
     for name, entry in weights.items():
         print(f"\n[{name}]")
         for k, v in entry.items():
             print(f"  {k:8s} {v}")
     return 0
+
+
+def _write_npy(out: str, array: np.ndarray) -> str:
+    """Write ``array`` atomically to ``out`` (``out/text_embeddings.npy`` for a folder; ``.npy``
+    appended when missing, as numpy does) and return the path written."""
+    path = os.path.join(out, "text_embeddings.npy") if os.path.isdir(out) else out
+    if not path.endswith(".npy"):
+        path += ".npy"
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _rounded(e: np.ndarray) -> list[float]:
+    return np.round(e.astype(np.float64), PRINT_DECIMALS).tolist()
 
 
 def cmd_embed_text(args: argparse.Namespace) -> int:
@@ -125,18 +219,17 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
     if any(not t.strip() for t in texts):
         print("milnce: warning: empty text gets the all-padding embedding", file=sys.stderr)
     emb = model.encode_text(texts).cpu().numpy().astype(np.float32)
-    if args.out:
-        np.save(args.out, emb, allow_pickle=False)
+    written = _write_npy(args.out, emb) if args.out else None
     if args.json:
         rows = [{"text": t, "words": model.tokenizer.words(t), "unknown": model.tokenizer.unknown_words(t),
-                 "embedding": e.tolist()} for t, e in zip(texts, emb)]
+                 "embedding": _rounded(e)} for t, e in zip(texts, emb)]
         print(json.dumps(rows))
-    elif not args.out:
+    elif not written:
         for t, e in zip(texts, emb):
             words = model.tokenizer.words(t)
-            print(f"{t!r}: {len(words)} known words {words}, |e|={np.linalg.norm(e):.3f}, e[:4]={np.round(e[:4], 4).tolist()}")
+            print(f"{t!r}: {len(words)} known words {words}, |e|={np.linalg.norm(e):.3f}, e[:4]={_rounded(e[:4])}")
     else:
-        print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {args.out}")
+        print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {written}")
     return 0
 
 
@@ -177,11 +270,13 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..api import resolve_files
     from ..text import load_vocab
-    from ..weights import bundle_info, load_checkpoint, save_bundle
+    from ..weights import bundle_info, check_bundle_target, load_checkpoint, save_bundle
 
+    check_bundle_target(args.out, overwrite=args.overwrite)  # before reading 125 MB
     wpath, vpath, info = resolve_files(args.weights, args.vocab, download=not args.no_download)
     sd, spec = load_checkpoint(wpath)
-    out = save_bundle(sd, load_vocab(vpath), args.out, info=info or bundle_info(wpath))  # type: ignore[arg-type]
+    out = save_bundle(sd, load_vocab(vpath), args.out, info=info or bundle_info(wpath),  # type: ignore[arg-type]
+                      overwrite=args.overwrite)
     variant = "space_to_depth" if spec.space_to_depth else "no space_to_depth"
     print(f"wrote {out}/model.safetensors, vocab.npy, config.json ({variant}, {spec.vocab_size - 1} words)")
     return 0
