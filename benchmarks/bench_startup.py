@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             "import milnce": ([sys.executable, "-c", "import milnce"], env),
             "milnce --help": (cli + ["--help"], env),
             "load_model + encode_text": (
-                [sys.executable, "-c", "import milnce; m = milnce.load_model(%r, %r, download=False); m.encode_text([%s])"
-                 % (str(wpath), str(vpath), q)], env),
+                [sys.executable, "-c",
+                 f"import milnce; m = milnce.load_model({str(wpath)!r}, {str(vpath)!r}, download=False); "
+                 f"m.encode_text([{q}])"], env),
         }
         if args.synthetic_index:
             index = str(write_synthetic_index(Path(args.workdir) if args.workdir else tmp, wpath, vpath,

@@ -69,8 +69,8 @@ class MILNCE(nn.Module):
         self.info = info or REGISTRY[DEFAULT_WEIGHTS]
         self.weights_id = weights_id or fingerprint(net.state_dict())
         self.fast = fast
-        if not fast:  # registered as a submodule (nn.Module.__setattr__), read by the property below
-            self.video_net = self.net if precision == "fp32" else _Autocast(self.net)
+        if not fast:  # a registered submodule, read by the property below
+            self._modules["video_net"] = self.net if precision == "fp32" else _Autocast(self.net)
 
     @property
     def video_net(self) -> nn.Module:  # type: ignore[override]
@@ -84,7 +84,7 @@ class MILNCE(nn.Module):
 
                     with torch.inference_mode(False):  # normal tensors, even when first used under inference mode
                         built = FastVideoNet(self.net, precision=self.precision)
-                    self.video_net = built
+                    self._modules["video_net"] = built
         return built
 
     @property

@@ -299,7 +299,7 @@ def fingerprint(sd: dict[str, torch.Tensor]) -> str:
             continue
         v = sd[k].detach().to("cpu", torch.float32).contiguous()
         h.update(k.encode())
-        h.update(memoryview(v.reshape(-1).numpy()).cast("B"))  # no copy
+        h.update(memoryview(v.reshape(-1).numpy()).cast("B"))  # type: ignore[arg-type]  # no copy
     return h.hexdigest()[:16]
 
 
