@@ -174,6 +174,10 @@ def resolve_files(
                     "(the published word list is s3d_dict.npy)"
                 )
             vocab = cached
+    if info is None and wpath.is_dir():  # a `milnce train` run folder: its window settings
+        from .weights import run_weights_info
+
+        info = run_weights_info(wpath)
     return wpath, Path(vocab) if vocab is not None else None, info
 
 
