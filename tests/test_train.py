@@ -129,7 +129,7 @@ def test_make_synthetic_layout(tmp_path):
         for row in rows:
             with open(out / "captions" / f"{row['video_id']}.csv") as f:
                 caps = list(csv.DictReader(f))
-            assert len(caps) == 4 and list(caps[0]) == ["start", "end", "text"]
+            assert len(caps) == (4 if split == "train" else 2) and list(caps[0]) == ["start", "end", "text"]
             for c in caps:
                 assert set(c["text"].split()) <= words
                 assert float(c["start"]) < float(c["end"]) <= 8.0
@@ -138,7 +138,7 @@ def test_make_synthetic_layout(tmp_path):
     with open(out / "captions" / "val00000.csv") as f:
         texts = [r["text"] for r in csv.DictReader(f)]
     combos = {tuple(w for w in t.split() if w in {*COLOURS, *SHAPES, *DIRECTIONS}) for t in texts}
-    assert len(combos) == 2  # two scenes, two captions each
+    assert len(combos) == 2 and len(texts) == 2  # two scenes, one caption each
     assert main(["make-synthetic", str(out), "--videos", "1", "--quiet"]) == 2  # not empty: refused
 
 
@@ -166,7 +166,7 @@ def _settings(tmp: Path, **extra) -> Path:
     return path
 
 
-THREADS = 2  # identical weights need identical thread counts (float sums are ordered per thread)
+THREADS = 1  # identical weights need identical thread counts (float sums are ordered per thread)
 
 
 def _train(synth: Path, out: Path, cfg: Path, *more: str) -> int:

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--batch-size", type=int, help="clips per optimiser step over all processes (default 16)")
     o.add_argument("--grad-accum", type=int, help="micro-steps per optimiser step (default 1)")
     o.add_argument("--lr", type=float, help="peak learning rate of Adam (default 1e-3)")
+    o.add_argument("--head-lr-mult", type=float, help="learning-rate factor of the projection heads (video fc, "
+                   "text fc1/fc2); 0.1 keeps small-batch runs from blowing up the logits (default 1)")
     o.add_argument("--min-lr", type=float, help="final learning rate of the cosine (default 0)")
     o.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 100)")
     o.add_argument("--schedule-steps", type=int, help="cosine horizon (default: --steps of the first launch)")
@@ -59,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--keep-checkpoints", type=int, help="checkpoints kept (default 3)")
     r.add_argument("--log-every", type=int, help="metrics line every N steps (default 10)")
     r.add_argument("--device", help="torch device (default cuda:LOCAL_RANK when available, else cpu)")
+    r.add_argument("--threads", type=int, help="CPU threads per process (default: torch's; 1 is best on a busy machine)")
     r.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -17,7 +17,7 @@ __all__ = ["TrainConfig", "load_config_file", "RESUME_MAY_CHANGE", "PRECISIONS"]
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Settings that a resumed run may change without breaking exact resume.
 RESUME_MAY_CHANGE = frozenset({"steps", "eval_every", "save_every", "keep_checkpoints", "log_every", "workers",
-                               "progress", "device", "eval_max"})
+                               "progress", "device", "eval_max", "threads"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class TrainConfig:
     steps: int = 1000
     schedule_steps: int | None = None  # cosine horizon; default: steps of the first launch
     lr: float = 1e-3
+    head_lr_mult: float = 1.0  # lr factor of the projection heads (video fc, text fc1/fc2)
     min_lr: float = 0.0
     warmup_steps: int = 100
     weight_decay: float = 0.0
@@ -60,6 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     device: str | None = None
+    threads: int | None = None  # torch CPU threads of each process (default: torch's choice)
     progress: bool = True
 
     # ---- derived values
@@ -89,13 +91,13 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise UsageError(f"{name} must be a whole number >= {lo}, got {v!r}")
-        for name in ("schedule_steps", "decode_size"):
+        for name in ("schedule_steps", "decode_size", "threads"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"{name} must be a whole number >= 1, got {v!r}")
         if self.decode_size is not None and self.decode_size < self.size:
             raise UsageError(f"decode_size ({self.decode_size}) must be >= size ({self.size})")
-        for name in ("lr", "min_lr", "weight_decay", "min_time"):
+        for name in ("lr", "min_lr", "weight_decay", "min_time", "head_lr_mult"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UsageError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -136,7 +138,7 @@ class TrainConfig:
             if k not in names:
                 raise UsageError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(names))})")
             clean[k] = value
-        for k in ("fps", "lr", "min_lr", "weight_decay", "min_time", "grad_clip"):
+        for k in ("fps", "lr", "min_lr", "weight_decay", "min_time", "grad_clip", "head_lr_mult"):
             if isinstance(clean.get(k), int) and not isinstance(clean.get(k), bool):
                 clean[k] = float(clean[k])
         return cls(**clean)

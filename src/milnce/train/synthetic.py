@@ -1,10 +1,11 @@
 """``make_synthetic``: a small generated text-video dataset in the HowTo100M layout.
 
 Each video shows a sequence of scenes; in a scene one coloured shape moves in one direction on
-a plain background. Every scene has two captions from a small grammar ("a red square moves
-left", "the red square is moving left", ...) covering its two halves. The held-out split
-shows every (colour, shape, direction) combination exactly once, so text->video retrieval on it
-has a known chance level (1 / number of combinations).
+a plain background. In the training split every scene has two captions from a small grammar
+("a red square moves left", "the red square is moving left", ...), one per half of the scene.
+The held-out split has one caption per scene and shows every (colour, shape, direction)
+combination exactly once, so text->video retrieval on it has a known chance level
+(1 / number of combinations).
 
 Layout written to ``OUT``::
 
@@ -69,7 +70,7 @@ def _mask(shape: str, size: int) -> np.ndarray:
 
 def _render_scene(rng: np.random.Generator, colour: str, shape: str, direction: str, frames: int,
                   fps: int, width: int) -> list[np.ndarray]:
-    side = int(rng.integers(width * 3 // 16, width * 5 // 16 + 1))
+    side = int(rng.integers(width // 4, width * 3 // 8 + 1))
     speed = float(rng.uniform(0.6, 0.8)) * (width - side) / (frames / fps)  # px per second
     dx, dy = DIRECTIONS[direction]
     travel = speed * frames / fps
@@ -170,10 +171,13 @@ def make_synthetic(
             frames += _render_scene(rng, c, sh, d, frames_per_scene, fps, size)
             t0 = s * seconds
             edges = (t0 + 0.05 * seconds, t0 + 0.5 * seconds, t0 + 0.95 * seconds)
-            picks = rng.choice(len(TEMPLATES), size=2, replace=False) if split == "train" else (0, 1)
-            for h in range(2):
-                text = TEMPLATES[int(picks[h])].format(c=c, s=sh, d=d)
-                caps.append([f"{edges[h]:.2f}", f"{edges[h + 1]:.2f}", text])
+            if split == "train":  # two captions, one per half of the scene
+                picks = rng.choice(len(TEMPLATES), size=2, replace=False)
+                for h in range(2):
+                    text = TEMPLATES[int(picks[h])].format(c=c, s=sh, d=d)
+                    caps.append([f"{edges[h]:.2f}", f"{edges[h + 1]:.2f}", text])
+            else:  # held out: one caption per scene, so each combination is one query
+                caps.append([f"{edges[0]:.2f}", f"{edges[2]:.2f}", TEMPLATES[0].format(c=c, s=sh, d=d)])
         _write_video(root / "videos" / f"{vid}.mp4", frames, fps)
         _write_csv(root / "captions" / f"{vid}.csv", ["start", "end", "text"], caps)
         lists[split].append([vid, f"videos/{vid}.mp4"])

@@ -271,6 +271,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
     Returns the last logged train and eval records.
     """
     cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     ctx = ctx or init_distributed(cfg.device)
     run = Path(out)
     device = ctx.device
@@ -296,7 +298,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
     if ctx.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    heads = {id(p) for m in (net.fc, net.text_module.fc1, net.text_module.fc2) for p in m.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in heads], "lr_mult": 1.0},
+              {"params": [p for p in params if id(p) in heads], "lr_mult": cfg.head_lr_mult}]
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     start = 0
     if state is not None:
@@ -384,7 +389,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
         for step in range(start, cfg.steps):
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_mult"]
             step_loss = 0.0
             for m in range(cfg.grad_accum):
                 t_wait = time.perf_counter()
