@@ -48,9 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--min-lr", type=float, help="final learning rate of the cosine (default 0)")
     o.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 100)")
     o.add_argument("--schedule-steps", type=int, help="cosine horizon (default: --steps of the first launch)")
+    o.add_argument("--adam-eps", type=float, help="Adam epsilon (default 1e-8)")
     o.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
     o.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value (default: off)")
-    o.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision (default fp32; fp16 on CUDA)")
+    o.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64"),
+                   help="autocast precision (default fp32; fp16 on CUDA; fp64: exact checks on the CPU)")
     o.add_argument("--sync-bn", action=B, default=None, help="synchronise BatchNorm statistics across processes")
     o.add_argument("--seed", type=int, help="seed of the initialisation and the data order (default 0)")
     r = p.add_argument_group("run")

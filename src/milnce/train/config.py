@@ -14,7 +14,7 @@ from ..windows import WindowSettings
 
 __all__ = ["TrainConfig", "load_config_file", "RESUME_MAY_CHANGE", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")  # fp64: exact-arithmetic checks on the CPU
 # Settings that a resumed run may change without breaking exact resume.
 RESUME_MAY_CHANGE = frozenset({"steps", "eval_every", "save_every", "keep_checkpoints", "log_every", "workers",
                                "progress", "device", "eval_max", "threads"})
@@ -46,6 +46,7 @@ class TrainConfig:
     schedule_steps: int | None = None  # cosine horizon; default: steps of the first launch
     lr: float = 1e-3
     head_lr_mult: float = 1.0  # lr factor of the projection heads (video fc, text fc1/fc2)
+    adam_eps: float = 1e-8
     min_lr: float = 0.0
     warmup_steps: int = 100
     weight_decay: float = 0.0
@@ -97,7 +98,7 @@ class TrainConfig:
                 raise UsageError(f"{name} must be a whole number >= 1, got {v!r}")
         if self.decode_size is not None and self.decode_size < self.size:
             raise UsageError(f"decode_size ({self.decode_size}) must be >= size ({self.size})")
-        for name in ("lr", "min_lr", "weight_decay", "min_time", "head_lr_mult"):
+        for name in ("lr", "min_lr", "weight_decay", "min_time", "head_lr_mult", "adam_eps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UsageError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -138,7 +139,7 @@ class TrainConfig:
             if k not in names:
                 raise UsageError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(names))})")
             clean[k] = value
-        for k in ("fps", "lr", "min_lr", "weight_decay", "min_time", "grad_clip", "head_lr_mult"):
+        for k in ("fps", "lr", "min_lr", "weight_decay", "min_time", "grad_clip", "head_lr_mult", "adam_eps"):
             if isinstance(clean.get(k), int) and not isinstance(clean.get(k), bool):
                 clean[k] = float(clean[k])
         return cls(**clean)

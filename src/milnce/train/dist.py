@@ -120,9 +120,11 @@ class SyncBatchNorm3d(nn.BatchNorm3d):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         dims = [0, 2, 3, 4]
-        xf = x.float()
-        count = torch.full((1,), xf.numel() / xf.shape[1], dtype=torch.float32, device=x.device)
-        stats = all_reduce_with_grad(torch.cat((xf.sum(dims), (xf * xf).sum(dims), count)))
+        xf = x if x.dtype == torch.float64 else x.float()
+        count = torch.full((1,), xf.numel() / xf.shape[1], dtype=torch.float64, device=x.device)
+        # sums in float64: E[x^2] - E[x]^2 then loses nothing that float32 BatchNorm keeps
+        sums = torch.cat((xf.sum(dims, dtype=torch.float64), (xf * xf).sum(dims, dtype=torch.float64), count))
+        stats = all_reduce_with_grad(sums)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
@@ -131,9 +133,10 @@ class SyncBatchNorm3d(nn.BatchNorm3d):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1).clamp_min(1)), alpha=m)
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_((var.detach() * (n / (n - 1).clamp_min(1))).to(self.running_var.dtype), alpha=m)
         shape = (1, c, 1, 1, 1)
+        mean, var = mean.to(xf.dtype), var.to(xf.dtype)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)

@@ -199,7 +199,7 @@ def _evaluate(net: S3D, loader: torch.utils.data.DataLoader, text_ids: torch.Ten
         vids = []
         for clips in loader:
             with autocast():
-                vids.append(net(clips.to(device).float().div_(255))["video_embedding"].float())
+                vids.append(net(clips.to(device).to(net.fc.weight.dtype).div_(255))["video_embedding"].float())
         with autocast():
             texts = net.text_module.encode_ids(text_ids.to(device)).float()
         return retrieval_metrics(texts, torch.cat(vids))
@@ -252,7 +252,7 @@ class _Metrics:
 # ----------------------------------------------------------------------------- training
 
 def _autocast_factory(device: torch.device, precision: str):  # type: ignore[no-untyped-def]
-    if precision == "fp32":
+    if precision in ("fp32", "fp64"):
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
@@ -293,7 +293,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
                           "the data order is kept, but BN statistics differ unless --sync-bn", stacklevel=2)
     if cfg.sync_bn and ctx.distributed:
         net = convert_sync_batchnorm(net, device)  # type: ignore[assignment]
-    net = net.to(device).train()
+    dtype = torch.float64 if cfg.precision == "fp64" else torch.float32
+    net = net.to(device, dtype).train()
     model: nn.Module = TwoTower(net)
     if ctx.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -301,7 +302,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
     heads = {id(p) for m in (net.fc, net.text_module.fc1, net.text_module.fc2) for p in m.parameters()}
     groups = [{"params": [p for p in params if id(p) not in heads], "lr_mult": 1.0},
               {"params": [p for p in params if id(p) in heads], "lr_mult": cfg.head_lr_mult}]
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     start = 0
     if state is not None:
@@ -395,13 +396,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
                 t_wait = time.perf_counter()
                 clips, ids = next(it)
                 window_wait += time.perf_counter() - t_wait
-                clips = clips.to(device, non_blocking=True).float().div_(255)
+                clips = clips.to(device, non_blocking=True).to(dtype).div_(255)
                 ids = ids.to(device, non_blocking=True).reshape(-1, ids.shape[-1])
                 sync = m == cfg.grad_accum - 1 or not ctx.distributed
                 with (contextlib.nullcontext() if sync else model.no_sync()):  # type: ignore[operator]
                     with autocast():
                         v, t = model(clips, ids)
-                    loss = milnce_loss(all_gather_with_grad(v.float()), all_gather_with_grad(t.float()))
+                    loss = milnce_loss(all_gather_with_grad(v.to(dtype)), all_gather_with_grad(t.to(dtype)))
                     scaler.scale(loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
             if not math.isfinite(step_loss):
