@@ -186,7 +186,8 @@ def make_synthetic(
     if bar is not None:
         bar.close()
     for split, rows in lists.items():
-        _write_csv(root / f"{split}.csv", ["video_id", "video_path"], rows)
+        if rows or split == "train":
+            _write_csv(root / f"{split}.csv", ["video_id", "video_path"], rows)
     with open(root / ".vocab.npy.tmp", "wb") as f:
         np.save(f, np.asarray(grammar_words(), dtype=str), allow_pickle=False)
     os.replace(root / ".vocab.npy.tmp", root / "vocab.npy")
