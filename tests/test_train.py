@@ -358,3 +358,11 @@ def test_import_milnce_does_not_import_training():
     code = "import sys, milnce, milnce.cli; milnce.cli.build_parser(); print('milnce.train' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bf16_and_gradient_accumulation_run(synth, tmp_path):
+    cfg = _settings(tmp_path, batch_size=4, grad_accum=2, precision="bf16", workers=1, eval_every=1)
+    assert _train(synth, tmp_path / "run", cfg, "--steps", "1") == 0
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in recs] == ["eval", "train", "eval"]
+    assert np.isfinite(recs[1]["loss"]) and recs[2]["n"] == 4 and recs[2]["chance_R@1"] == 25
