@@ -228,6 +228,10 @@ def resolve_files(
                     "(the published word list is s3d_dict.npy)"
                 )
             vocab = cached
+    if info is None and wpath.is_dir():  # a `milnce train` run folder: its window settings
+        from .weights import run_weights_info
+
+        info = run_weights_info(wpath)
     return wpath, Path(vocab) if vocab is not None else None, info
 
 
@@ -244,8 +248,9 @@ def load_model(
     """Load the text-video model.
 
     ``weights``: a registry name (default ``"s3d_howto100m"``, fetched into the cache once),
-    a ``.pth`` (published or MIL-NCE training checkpoint), a ``.safetensors`` file, or a
-    bundle folder from ``milnce convert``. ``vocab``: the word list ``.npy`` (or the words).
+    a ``.pth`` (published or MIL-NCE training checkpoint), a ``.safetensors`` file, a
+    bundle folder from ``milnce convert``, or a ``milnce train`` run folder (its newest checkpoint,
+    vocabulary and window settings). ``vocab``: the word list ``.npy`` (or the words).
     """
     words = None
     if vocab is not None and not isinstance(vocab, (str, os.PathLike)):

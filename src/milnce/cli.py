@@ -24,7 +24,8 @@ from .errors import MilnceError
 __all__ = ["main", "add_model_options", "model_from_args", "CommandError"]
 
 COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.commands.search", "milnce.commands.serve",
-                   "milnce.commands.export", "milnce.commands.eval")
+                   "milnce.commands.export", "milnce.commands.eval",
+                   "milnce.commands.train")
 
 
 def build_parser() -> argparse.ArgumentParser:

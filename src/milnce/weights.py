@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,8 @@ __all__ = [
     "resolve_weights_file",
     "fingerprint",
     "sha256_file",
+    "find_run_checkpoint",
+    "run_weights_info",
 ]
 
 
@@ -232,7 +235,10 @@ def resolve_weights_file(path: str | os.PathLike[str]) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    if os.path.isdir(path):
+    run_checkpoint = find_run_checkpoint(path) if os.path.isdir(path) else None
+    if run_checkpoint is not None:
+        path = os.fspath(run_checkpoint)
+    elif os.path.isdir(path):
         candidates = [p for p in ("model.safetensors", "s3d_howto100m.pth") if os.path.exists(os.path.join(path, p))]
         if not candidates:
             raise CheckpointError(f"{path} is a directory without model.safetensors or s3d_howto100m.pth")
@@ -376,4 +382,36 @@ def bundle_info(path: str | os.PathLike[str]) -> WeightsInfo | None:
             values["value_range"] = tuple(float(v) for v in values["value_range"])
         return replace(base, **values)
     except (TypeError, ValueError):
+        return None
+
+
+_RUN_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
+
+
+def find_run_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The newest ``checkpoints/step_N.pt`` of a ``milnce train`` run folder; None when ``folder``
+    is not a run (no ``checkpoints/``), ``CheckpointError`` when the run has no checkpoint yet."""
+    ckdir = Path(folder) / "checkpoints"
+    if not ckdir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in ckdir.iterdir() if (m := _RUN_CHECKPOINT.fullmatch(p.name))]
+    if not found:
+        raise CheckpointError(f"{folder}: a training run without any checkpoint yet")
+    return max(found)[1]
+
+
+def run_weights_info(folder: str | os.PathLike[str]) -> WeightsInfo | None:
+    """The input conventions a ``milnce train`` run was trained with (from ``RUN/config.json``)."""
+    folder = Path(folder)
+    if not folder.is_dir() or not (folder / "config.json").is_file() or find_run_checkpoint(folder) is None:
+        return None
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+        return WeightsInfo(
+            name=f"run:{folder.name}", url="", vocab_url="", filename=str(find_run_checkpoint(folder)),
+            vocab_filename="vocab.npy", num_bytes=0, vocab_num_bytes=0, vocab_words=0,
+            space_to_depth=bool(cfg.get("space_to_depth", True)), num_frames=int(cfg["num_frames"]),
+            fps=float(cfg["fps"]), size=int(cfg["size"]), description=f"trained with milnce train ({folder})",
+        )
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
         return None

@@ -26,7 +26,7 @@ class CommandError(MilnceError):
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--weights/--vocab/--device/--precision/--eager`` for commands that run the model."""
     g = parser.add_argument_group("model")
-    g.add_argument("--weights", help="weights file (.pth, .safetensors, bundle folder) or registry name; "
+    g.add_argument("--weights", help="weights file (.pth, .safetensors, bundle or `milnce train` run folder) or registry name; "
                    "default: $MILNCE_WEIGHTS or the published weights from the cache")
     g.add_argument("--vocab", help="vocabulary .npy (default: $MILNCE_VOCAB, next to the weights, or the cache)")
     g.add_argument("--device", default="cpu", help="torch device (default: cpu)")

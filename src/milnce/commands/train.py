@@ -1,0 +1,115 @@
+"""Training commands: train, make-synthetic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+B = argparse.BooleanOptionalAction
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune the model with MIL-NCE (one process or torchrun)",
+        description="Train S3D text-video with MIL-NCE on a HowTo100M-layout folder (train.csv "
+        "video_id,video_path + captions/<video_id>.csv start,end,text; val.csv held out) or a "
+        "video_path,start,end,text CSV. Checkpoints go to OUT/checkpoints (load them with "
+        "--weights OUT), metrics to OUT/metrics.jsonl. Settings: defaults < --config < options. "
+        "Multi-process: torchrun --nproc_per_node N --no-python milnce train ...",
+    )
+    p.add_argument("--data", help="data folder or CSV")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints, config.json, metrics.jsonl)")
+    p.add_argument("--config", metavar="FILE", help="settings file (.yaml or .json; keys as the options, with _)")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint (a new run if it has none)")
+    p.add_argument("--val", help="held-out CSV (default: DATA/val.csv)")
+    p.add_argument("--vocab", help="vocabulary .npy (default: DATA/vocab.npy, or the --init checkpoint's)")
+    p.add_argument("--init", metavar="WEIGHTS", help="fine-tune from weights load_model accepts (file, bundle, run folder, registry name)")
+    p.add_argument("--word2vec", metavar="FILE", help="word vectors (.npy/.pth, V x 300) for the word embedding")
+    p.add_argument("--train-word-embd", dest="freeze_word_embd", action="store_false", default=None,
+                   help="also train the word embedding (frozen by default)")
+    p.add_argument("--space-to-depth", action=B, default=None, help="S3D input stem (default: the --init's, else on)")
+    g = p.add_argument_group("clips")
+    g.add_argument("--fps", type=float, help="sampling rate (default 10)")
+    g.add_argument("--num-frames", type=int, help="frames per clip (default 32)")
+    g.add_argument("--size", type=int, help="crop size in pixels (default 224)")
+    g.add_argument("--decode-size", type=int, help="decode size before the random crop (default size*8/7)")
+    g.add_argument("--min-time", type=float, help="widen the caption span to this many seconds (default 5)")
+    g.add_argument("--num-candidates", type=int, metavar="K", help="captions per clip in the positive bag (default 4)")
+    g.add_argument("--hflip", action=B, default=None, help="random horizontal flips (default on, unless DATA/dataset.json says no)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=int, help="train until this optimiser step (default 1000)")
+    o.add_argument("--batch-size", type=int, help="clips per optimiser step over all processes (default 16)")
+    o.add_argument("--grad-accum", type=int, help="micro-steps per optimiser step (default 1)")
+    o.add_argument("--lr", type=float, help="peak learning rate of Adam (default 1e-3)")
+    o.add_argument("--head-lr-mult", type=float, help="learning-rate factor of the projection heads (video fc, "
+                   "text fc1/fc2); 0.1 keeps small-batch runs from blowing up the logits (default 1)")
+    o.add_argument("--min-lr", type=float, help="final learning rate of the cosine (default 0)")
+    o.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 100)")
+    o.add_argument("--schedule-steps", type=int, help="cosine horizon (default: --steps of the first launch)")
+    o.add_argument("--adam-eps", type=float, help="Adam epsilon (default 1e-8)")
+    o.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    o.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value (default: off)")
+    o.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64"),
+                   help="autocast precision (default fp32; fp16 on CUDA; fp64: exact checks on the CPU)")
+    o.add_argument("--sync-bn", action=B, default=None, help="synchronise BatchNorm statistics across processes")
+    o.add_argument("--seed", type=int, help="seed of the initialisation and the data order (default 0)")
+    r = p.add_argument_group("run")
+    r.add_argument("--workers", type=int, help="data loader processes (default 2)")
+    r.add_argument("--eval-every", type=int, help="held-out retrieval every N steps, 0: never (default 100)")
+    r.add_argument("--eval-max", type=int, help="held-out pairs used (default 512)")
+    r.add_argument("--save-every", type=int, help="checkpoint every N steps (default 100; always at the end)")
+    r.add_argument("--keep-checkpoints", type=int, help="checkpoints kept (default 3)")
+    r.add_argument("--log-every", type=int, help="metrics line every N steps (default 10)")
+    r.add_argument("--device", help="torch device (default cuda:LOCAL_RANK when available, else cpu)")
+    r.add_argument("--threads", type=int, help="CPU threads per process (default: torch's; 1 is best on a busy machine)")
+    r.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "make-synthetic",
+        help="generate a small text-video dataset (moving coloured shapes) for training tests",
+        description="Write OUT in the HowTo100M layout: N training videos and a held-out split in which "
+        "every (colour, shape, direction) appears once, captions from a small grammar "
+        "(\"a red square moves left\"), and vocab.npy.",
+    )
+    s.add_argument("out", metavar="OUT", help="new folder")
+    s.add_argument("--videos", type=int, default=200, help="training videos (default 200)")
+    s.add_argument("--val-videos", type=int, default=24, help="held-out videos (default 24: all 48 combinations once)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
+    s.add_argument("--fps", type=int, default=8, help="frame rate of the videos (default 8)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_make_synthetic)
+
+
+_NOT_SETTINGS = {"command", "func", "out", "config", "resume"}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train.dist import init_distributed
+    from ..train.trainer import resolve_config, train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
+    cfg = resolve_config(args.out, overrides, args.config, resume=args.resume)
+    ctx = init_distributed(cfg.device)
+    try:
+        last = train(cfg, args.out, resume=args.resume, ctx=ctx)
+    finally:
+        if ctx.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if ctx.is_main:
+        print(json.dumps({"run": args.out, "steps": cfg.steps, **{k: v for k, v in last.items()}}))
+    return 0
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from ..train.synthetic import make_synthetic
+
+    root = make_synthetic(args.out, args.videos, args.val_videos, args.seed, size=args.size, fps=args.fps,
+                          progress=not args.quiet)
+    print(f"wrote {args.videos} training and {args.val_videos} held-out videos to {root}", file=sys.stderr)
+    return 0
