@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +162,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         }
         weights[name] = entry
     env_weights, env_vocab = os.environ.get("MILNCE_WEIGHTS") or None, os.environ.get("MILNCE_VOCAB") or None
-    report = {
+    report: dict[str, Any] = {
         "milnce": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -80,11 +80,11 @@ class TrainConfig:
     def horizon(self) -> int:
         return self.schedule_steps if self.schedule_steps is not None else self.steps
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ``UsageError`` for any value out of range."""
         if not self.data:
             raise UsageError("no training data: pass --data DIR (or a CSV)")
-        self.window  # validates fps / num_frames / size
+        _ = self.window  # validates fps / num_frames / size
         ints = {"num_candidates": 1, "batch_size": 1, "grad_accum": 1, "steps": 0, "warmup_steps": 0,
                 "workers": 0, "eval_every": 0, "eval_max": 1, "save_every": 0, "keep_checkpoints": 1,
                 "log_every": 1, "seed": 0}
@@ -123,7 +123,7 @@ class TrainConfig:
             )
         return per_step // world_size
 
-    def with_(self, **changes: Any) -> "TrainConfig":
+    def with_(self, **changes: Any) -> TrainConfig:
         kept = {k: v for k, v in changes.items() if v is not None}
         return replace(self, **kept) if kept else self
 
@@ -131,7 +131,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
         names = {f.name for f in fields(cls)}
         clean: dict[str, Any] = {}
         for key, value in d.items():

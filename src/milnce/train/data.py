@@ -142,11 +142,11 @@ def load_split(path: str | os.PathLike[str], captions_dir: str | os.PathLike[str
         for n, row in enumerate(rows, start=2):
             if len(row) <= max(ip, is_, ie, it):
                 raise UsageError(f"{path}:{n}: expected columns video_path,start,end,text")
-            s, e = _time(row[is_], path, n), _time(row[ie], path, n)
-            if e < s:
-                raise UsageError(f"{path}:{n}: end ({e:g}) is before start ({s:g})")
+            t0, t1 = _time(row[is_], path, n), _time(row[ie], path, n)
+            if t1 < t0:
+                raise UsageError(f"{path}:{n}: end ({t1:g}) is before start ({t0:g})")
             if row[it].strip():
-                grouped.setdefault(_resolve(base, row[ip]), []).append((s, e, row[it].strip()))
+                grouped.setdefault(_resolve(base, row[ip]), []).append((t0, t1, row[it].strip()))
         for vpath, caps in grouped.items():
             caps.sort(key=lambda c: (c[0], c[1]))
             for j in range(len(caps)):

@@ -57,8 +57,8 @@ def init_distributed(device: str | None = None) -> DistContext:
     if world > 1:
         if not dist.is_initialized():
             backend = "nccl" if dev.type == "cuda" else "gloo"
-            kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-            dist.init_process_group(backend, **kwargs)
+            kwargs: dict[str, object] = {"device_id": dev} if dev.type == "cuda" else {}
+            dist.init_process_group(backend, **kwargs)  # type: ignore[arg-type]
         return DistContext(rank, world, local, dev, True)
     return DistContext(0, 1, 0, dev, False)
 
@@ -132,7 +132,7 @@ class SyncBatchNorm3d(nn.BatchNorm3d):
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)  # type: ignore[arg-type]
                 self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
                 self.running_var.mul_(1 - m).add_((var.detach() * (n / (n - 1).clamp_min(1))).to(self.running_var.dtype), alpha=m)
         shape = (1, c, 1, 1, 1)

@@ -7,7 +7,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -355,7 +354,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
     last: dict[str, Any] = {}
 
     def do_eval(step: int) -> None:
-        if eval_loader is not None:
+        if eval_loader is not None and eval_ids is not None:
             rec = {"step": step, "kind": "eval", **_evaluate(net, eval_loader, eval_ids, device, autocast)}
             metrics.write(rec)
             last["eval"] = rec
