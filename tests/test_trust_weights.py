@@ -72,8 +72,11 @@ def test_load_model_builds_on_meta_once_and_the_fast_path_lazily(checkpoint, mon
     model.encode_text(["cut tomato"])
     assert "video_net" not in model._modules
     ref = milnce.load_model(*checkpoint, download=False, fast=False)
-    x = torch.rand(1, 3, 8, 64, 64)
-    torch.testing.assert_close(model.encode_video(x), ref.encode_video(x), rtol=1e-4, atol=1e-4)
+    from conftest import real_clip_batch
+
+    x = real_clip_batch(8, 64)[:1]
+    a, b = model.encode_video(x), ref.encode_video(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * float(b.abs().max()))
     assert type(model.video_net).__name__ == "FastVideoNet" and "video_net" in model._modules
     assert model.video_net is model.video_net
 

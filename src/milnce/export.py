@@ -210,9 +210,11 @@ def export_onnx(
     return OnnxExport(written["video"], written["text"], written["vocab"], opset, window.num_frames, window.size)
 
 
-def verify_onnx(model: Any, export: OnnxExport, batch: int = 2, seed: int = 0) -> dict[str, float]:
-    """Run the exported files with onnxruntime on random inputs of ``batch`` items and return, per
-    output, the largest difference to the eager network relative to the output's largest value."""
+def verify_onnx(model: Any, export: OnnxExport, batch: int = 2, seed: int = 0,
+                video: torch.Tensor | None = None) -> dict[str, float]:
+    """Run the exported files with onnxruntime on ``batch`` random inputs (or the clips ``video``,
+    float ``B x 3 x T x H x W`` in [0, 1]) and return, per output, the largest difference to the
+    eager network relative to the output's largest value."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -231,7 +233,8 @@ def verify_onnx(model: Any, export: OnnxExport, batch: int = 2, seed: int = 0) -
         net.eval()
         with torch.no_grad():
             if export.video is not None:
-                x = torch.rand(batch, 3, export.num_frames, export.size, export.size, generator=g)
+                x = video if video is not None else torch.rand(batch, 3, export.num_frames, export.size, export.size,
+                                                               generator=g)
                 sess = ort.InferenceSession(str(export.video), providers=["CPUExecutionProvider"])
                 emb, feat = sess.run(["video_embedding", "mixed_5c"], {"video": x.numpy()})
                 ref = net(x.to(device))
