@@ -13,7 +13,8 @@ from importlib import import_module
 
 __all__ = ["main", "add_model_options", "model_from_args", "CommandError"]
 
-COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.commands.search", "milnce.commands.serve")
+COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.commands.search", "milnce.commands.serve",
+                   "milnce.commands.extract")
 
 
 class CommandError(Exception):
