@@ -296,3 +296,34 @@ def test_torchrun_two_ranks_equal_one(checkpoint, model, tree, tmp_path):
     _same(_files(one), _files(two))
     assert sorted(x for x in os.listdir(two) if x.endswith(".csv")) == ["failures-rank0.csv", "failures-rank1.csv"]
     assert check(two, [tree / "good"]).complete
+
+
+# ------------------------------------------------------------------------------ benchmarks
+
+
+def _bench(name):
+    import importlib.util
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench_dir / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench_dir))
+    return mod
+
+
+def test_bench_gpu_args_and_cpu_dry_run(tmp_path, capsys):
+    bench = _bench("bench_gpu")
+    a = bench.parse_args(["--quick"])
+    assert (a.batch, a.frames, a.size, a.rounds, a.videos) == (64, 32, 224, 3, 4)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--batch", "0"])
+    if not torch.cuda.is_available():
+        assert bench.main(["--quick"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert bench.main(["--dry-run", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "float64" in out and "fast bf16" in out and "extraction / min(bound, decode)" in out
