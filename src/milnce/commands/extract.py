@@ -122,6 +122,13 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
         v = getattr(args, name, None)
         if v is not None and v < (0 if name == "workers" else 1):
             raise CommandError(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}, got {v}")
+    if str(args.device).startswith("cuda:"):
+        import torch
+
+        try:  # this rank's GPU is the current device (no stray context on GPU 0)
+            torch.cuda.set_device(torch.device(args.device))
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            raise CommandError(f"--device {args.device}: {exc}") from exc
     try:
         inputs = collect_inputs(paths)
         model = model_from_args(args)

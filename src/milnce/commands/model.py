@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("similarity", help="score sentences against saved video embeddings",
                        description="Dot-product scores of sentences against video embeddings saved by "
-                       "'milnce embed-video' (.npz with 'embeddings') or a plain N x 512 .npy.")
+                       "'milnce extract'/'embed-video' (.npz with 'video_embedding') or a plain N x 512 .npy.")
     p.add_argument("--text", nargs="+", required=True, help="sentences")
     p.add_argument("--video-embeddings", nargs="+", required=True, help=".npy or .npz files")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -145,11 +145,13 @@ def _load_video_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
         raise FileNotFoundError(f"video embeddings not found: {path}")
     data = np.load(path, allow_pickle=False)
     if isinstance(data, np.lib.npyio.NpzFile):
-        if "embeddings" not in data:
-            raise CommandError(f"{path}: .npz without an 'embeddings' array (keys: {', '.join(data.files)})")
-        emb = data["embeddings"]
-        starts = data["starts"] if "starts" in data else np.arange(len(emb))
-        ends = data["ends"] if "ends" in data else starts
+        # milnce extract / embed-video files (video_embedding, start, end) or the older layout
+        key = "video_embedding" if "video_embedding" in data else "embeddings"
+        if key not in data:
+            raise CommandError(f"{path}: .npz without a 'video_embedding' array (keys: {', '.join(data.files)})")
+        emb = data[key]
+        starts = data["start"] if "start" in data else data["starts"] if "starts" in data else np.arange(len(emb))
+        ends = data["end"] if "end" in data else data["ends"] if "ends" in data else starts
         labels = [f"{os.path.basename(path)}[{s:.1f}-{e:.1f}s]" for s, e in zip(starts, ends)]
     else:
         emb = data
