@@ -155,6 +155,7 @@ def _worker_main(wid: int, tasks: Any, free: Any, ready: Any, slots: torch.Tenso
     if parent is not None and not parent.is_alive():
         return
     torch.set_num_threads(1)
+    ready.cancel_join_thread()  # never hang at exit on messages nobody will read
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _decode_loop(wid, tasks, free, ready, slots, settings, pad, threads, stop, parent)
@@ -365,6 +366,11 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
             e = np.zeros(0, np.float64)
             res = JobResult(job.key, os.fspath(job.path), e, e.copy(), np.zeros((0, 512), np.float32),
                             np.zeros((0, 1024), np.float32) if features else None, st.duration, st.error, st.notes)
+        elif not st.rows:
+            e = np.zeros(0, np.float64)
+            res = JobResult(job.key, os.fspath(job.path), e, e.copy(), np.zeros((0, 512), np.float32),
+                            np.zeros((0, 1024), np.float32) if features else None, st.duration,
+                            f"{job.path}: no windows (no decodable frames in the requested range)", st.notes)
         else:
             order = sorted(st.rows)
             rows = [st.rows[k] for k in order]

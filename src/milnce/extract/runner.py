@@ -240,9 +240,10 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
         bar = tqdm(total=len(todo), unit="video", desc=f"rank {shard.label}" if shard.count > 1 else "videos",
                    dynamic_ncols=True, file=sys.stderr)
     jobs = (VideoJob(item.path, key=i, start=start, end=end) for i, (item, *_rest) in enumerate(todo))
+    results = run_jobs(model, jobs, settings, pad=pad, features="mixed_5c" in feats, batch_size=batch_size,
+                       workers=workers, decode_threads=decode_threads)
     try:
-        for res in run_jobs(model, jobs, settings, pad=pad, features="mixed_5c" in feats, batch_size=batch_size,
-                            workers=workers, decode_threads=decode_threads):
+        for res in results:
             item, target, source, existed = todo[res.key]  # type: ignore[index]
             if res.error is not None:
                 failures.append((item.path, res.error))
@@ -269,6 +270,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
                 bar.set_postfix_str(f"{report.video_hours:.2f} video-h, {report.video_seconds / max(el, 1e-9):.1f} video-s/s",
                                     refresh=False)
     finally:
+        results.close()  # stops the decoding workers now, also on errors and Ctrl-C
         if bar is not None:
             bar.close()
         report.wall_s = time.perf_counter() - t0
