@@ -207,6 +207,30 @@ def test_extract_skip_redo_failures(model, tree, tmp_path):
     assert not list(out.rglob(".*"))
 
 
+def test_disk_full_is_a_clear_error_and_leaves_nothing_partial(model, tree, tmp_path, monkeypatch):
+    import errno
+
+    from milnce.extract import StoreError, store
+
+    out = tmp_path / "full"
+    real = np.savez
+
+    def full(f, **arrays):
+        f.write(b"PK\x03\x04partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.np, "savez", full)
+    with pytest.raises(StoreError, match="No space left"):
+        extract([tree / "good" / "a.mp4"], out, model, S, workers=0)
+    assert [p.name for p in out.iterdir()] == ["failures.csv"]  # no .npz, no temporary file
+    monkeypatch.setattr(store.np, "savez", real)
+    assert extract([tree / "good" / "a.mp4"], out, model, S, workers=0).extracted == 1
+    (out / "a.npz").write_bytes(b"garbage")
+    with pytest.raises(StoreError, match="a.npz"):
+        read_feature_file(out / "a.npz")
+    assert extract([tree / "good" / "a.mp4"], out, model, S, workers=0).redone == 1  # damaged: redone
+
+
 def test_cli_extract_exit_codes_and_check(checkpoint, tree, tmp_path, capsys):
     from milnce.cli import main
 
