@@ -116,6 +116,7 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
     """The code path of ``extract`` and ``embed-video``: parsed options -> ``milnce.extract.extract``."""
     from ..errors import MilnceError
     from ..extract import collect_inputs, extract
+    from ..extract.runner import check_features
     from ..windows import WindowSettings
 
     for name in ("batch_size", "workers", "decode_threads"):
@@ -130,6 +131,9 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
         except (RuntimeError, AssertionError, ValueError) as exc:
             raise CommandError(f"--device {args.device}: {exc}") from exc
     try:
+        check_features(features)  # bad options fail before the model loads
+        WindowSettings.for_model(None, fps=args.fps, num_frames=args.num_frames, size=args.size,
+                                 stride=args.stride, crop=args.crop)
         inputs = collect_inputs(paths)
         model = model_from_args(args)
         settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,

@@ -182,7 +182,8 @@ def _why_redo(meta: dict[str, Any] | None, ident: dict[str, Any], source: dict[s
     return None
 
 
-def _check_features(features: Iterable[str]) -> list[str]:
+def check_features(features: Iterable[str]) -> list[str]:
+    """The feature names to save, validated (``video_embedding`` always included)."""
     feats = [f.strip() for f in features if f.strip()]
     bad = [f for f in feats if f not in FEATURES]
     if bad or not feats:
@@ -206,7 +207,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     output cannot be written (e.g. disk full; nothing partial is left)."""
     if pad not in PADS:
         raise UsageError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
-    feats = _check_features(features)
+    feats = check_features(features)
     shard = shard or Shard()
     out = os.fspath(out_dir)
     if os.path.exists(out) and not os.path.isdir(out):
