@@ -304,11 +304,13 @@ def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, 
     device = model.device
     batch_size, workers = _check_args(pad, batch_size, workers, device)
     threads = int(decode_threads if decode_threads is not None else (1 if workers else 0))
-    return _run(model, iter(jobs), settings, pad, features, batch_size, workers, progress, threads, stats)
+    total = len(jobs) if hasattr(jobs, "__len__") else None  # type: ignore[arg-type]
+    return _run(model, iter(jobs), settings, pad, features, batch_size, workers, progress, threads, stats, total)
 
 
 def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: str, features: bool, B: int,
-         workers: int, progress: bool | str, threads: int, stats: dict[str, float] | None) -> Iterator[JobResult]:
+         workers: int, progress: bool | str, threads: int, stats: dict[str, float] | None,
+         total: int | None) -> Iterator[JobResult]:
     device = model.device
     cuda = device.type == "cuda"
     nslots = 2 * B + 2 * max(workers, 1)
@@ -323,7 +325,6 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
     if progress:
         from tqdm.auto import tqdm
 
-        total = len(jobs) if hasattr(jobs, "__len__") else None  # type: ignore[arg-type]
         bar = tqdm(total=total, unit="video", desc=progress if isinstance(progress, str) else "videos",
                    dynamic_ncols=True)
     state: dict[int, _JobState] = {}
