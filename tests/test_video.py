@@ -441,36 +441,38 @@ def test_encode_video_file_errors_do_not_hang(model, vids, bad, monkeypatch):
 
 
 def test_cli_embed_video(checkpoint, model, vids, bad, tmp_path, capsys, monkeypatch):
+    """embed-video is ``milnce extract`` with embed-video's defaults (tests/test_extract.py has the rest)."""
     from milnce.cli import main
-    from milnce.commands import video as video_cmd
+    from milnce.commands import extract as extract_cmd
 
     loaded = []
-    real = video_cmd.model_from_args
-    monkeypatch.setattr(video_cmd, "model_from_args", lambda args: loaded.append(real) or model)  # load once (fixture)
+    real = extract_cmd.model_from_args
+    monkeypatch.setattr(extract_cmd, "model_from_args", lambda args: loaded.append(real) or model)  # load once (fixture)
     w, v = checkpoint
     out = tmp_path / "emb"
     common = ["--out", str(out), "--weights", str(w), "--vocab", str(v), "--no-download",
-              "--num-frames", "8", "--size", "32", "--stride", "8", "--quiet"]
+              "--num-frames", "8", "--size", "32", "--stride", "8", "--quiet", "--workers", "0"]
     rc = main(["embed-video", str(vids["cfr10"]), str(bad["text"]), str(vids["short"]), "--features", *common])
     err = capsys.readouterr().err
     assert rc == 1 and "notes.mp4" in err and "1 failed" in err
     data = np.load(out / "cfr10.npz", allow_pickle=False)
-    assert data["embeddings"].shape == (5, 512) and data["embeddings"].dtype == np.float32
-    assert data["features"].shape == (5, 1024)
-    assert data["starts"].tolist() == pytest.approx([0, 0.8, 1.6, 2.4, 3.2])
-    assert data["ends"].tolist() == pytest.approx([0.8, 1.6, 2.4, 3.2, 4.0])
+    assert data["video_embedding"].shape == (5, 512) and data["video_embedding"].dtype == np.float32
+    assert data["mixed_5c"].shape == (5, 1024)
+    assert data["start"].tolist() == pytest.approx([0, 0.8, 1.6, 2.4, 3.2])
+    assert data["end"].tolist() == pytest.approx([0.8, 1.6, 2.4, 3.2, 4.0])
     assert str(data["path"]) == str(vids["cfr10"])
-    assert np.load(out / "short.npz", allow_pickle=False)["embeddings"].shape == (1, 512)
+    assert np.load(out / "short.npz", allow_pickle=False)["video_embedding"].shape == (1, 512)
     assert not (out / "notes.npz").exists()
-    # all good -> exit 0; existing outputs are kept unless --overwrite
+    # all good -> exit 0; finished outputs (same settings) are kept unless --overwrite
     before = (out / "short.npz").stat().st_mtime_ns
-    rc = main(["embed-video", str(vids["short"]), *common])
+    rc = main(["embed-video", str(vids["short"]), "--features", *common])
     assert rc == 0 and (out / "short.npz").stat().st_mtime_ns == before
     rc = main(["embed-video", str(vids["short"]), "--overwrite", *common])
     assert rc == 0 and len(loaded) == 3
-    assert sorted(os.listdir(out)) == ["cfr10.npz", "short.npz"]  # no temporary files left
+    assert "mixed_5c" not in np.load(out / "short.npz", allow_pickle=False).files
+    assert sorted(os.listdir(out)) == ["cfr10.npz", "failures.csv", "short.npz"]  # no temporary files left
     # a missing model file is a one-line error, not a traceback
-    monkeypatch.setattr(video_cmd, "model_from_args", real)
+    monkeypatch.setattr(extract_cmd, "model_from_args", real)
     rc = main(["embed-video", str(vids["short"]), "--out", str(tmp_path / "x"), "--weights",
                str(tmp_path / "nope.pth"), "--vocab", str(v), "--no-download"])
     assert rc == 2 and "nope.pth" in capsys.readouterr().err

@@ -201,7 +201,8 @@ _warned_range = False
 
 
 def check_video_input(video: torch.Tensor, space_to_depth: bool, warn_range: bool = True) -> None:
-    """Raise a clear error for a video tensor the network cannot take."""
+    """Raise a clear error for a video tensor the network cannot take (dtype and shape; the
+    value range only warns, and only for CPU tensors: no host-device synchronisation)."""
     global _warned_range
     if not isinstance(video, torch.Tensor):
         raise TypeError(f"video must be a torch.Tensor of shape B x 3 x T x H x W, got {type(video).__name__}")
@@ -226,7 +227,9 @@ def check_video_input(video: torch.Tensor, space_to_depth: bool, warn_range: boo
     min_t = 2 if space_to_depth else 1
     if t < min_t or h < 2 or w < 2:
         raise UsageError(f"video too small: T={t}, H={h}, W={w}; use 32 x 224 x 224 (16 frames and sides 200..256 also work)")
-    if warn_range and not _warned_range and video.numel() and not torch.jit.is_tracing():
+    # The value range is checked only for data on the CPU (where it enters): on an accelerator
+    # min()/max() would wait for the device and break CUDA graph capture.
+    if warn_range and not _warned_range and video.device.type == "cpu" and video.numel() and not torch.jit.is_tracing():
         lo, hi = float(video.min()), float(video.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             _warned_range = True

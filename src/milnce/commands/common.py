@@ -49,7 +49,7 @@ def model_from_args(args: argparse.Namespace) -> MILNCE:
     )
 
 
-def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = True) -> None:
+def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = True, batch_size: bool = True) -> None:
     """``--fps/--num-frames/--size/--stride`` (default None: the model's or the index's) and
     ``--batch-size``."""
     d = WindowSettings()
@@ -60,7 +60,8 @@ def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = 
     if stride:
         g.add_argument("--stride", type=int, default=None,
                        help=f"frames between window starts (default {d.stride} = {d.hop:g} s at {d.fps:g} fps)")
-    g.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
+    if batch_size:
+        g.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
 
 
 def window_overrides(args: argparse.Namespace) -> dict[str, Any]:

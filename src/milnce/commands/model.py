@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("similarity", help="score sentences against saved video embeddings",
                        description="Dot-product scores of sentences against video embeddings saved by "
-                       "'milnce embed-video' (.npz with 'embeddings') or a plain N x 512 .npy.")
+                       "'milnce extract'/'embed-video' (.npz with 'video_embedding') or a plain N x 512 .npy.")
     p.add_argument("--text", nargs="+", required=True, help="sentences")
     p.add_argument("--video-embeddings", nargs="+", required=True, help=".npy or .npz files")
     p.add_argument("--json", action="store_true", help="print JSON")

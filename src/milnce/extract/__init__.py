@@ -1,6 +1,20 @@
-"""Feature extraction at scale: the decode -> batch -> model pipeline (``run_jobs``) and the
-resumable, sharded ``milnce extract`` behind it."""
+"""Feature extraction at scale.
 
+* ``run_jobs``: the decode -> batch -> model pipeline (decoding processes, cross-video batches,
+  pinned non-blocking copies on CUDA) for any list of videos or explicit windows.
+* ``extract`` / ``check``: the resumable, sharded extraction behind ``milnce extract`` into a
+  mirrored tree of ``.npz`` feature files; ``iter_feature_files`` / ``read_feature_file`` read
+  them back (no pickle).
+"""
+
+from .inputs import Shard, VideoInput, collect_inputs, output_path, resolve_shard, shard_inputs
 from .pipeline import JobResult, VideoJob, default_workers, run_jobs
+from .runner import FEATURES, CheckReport, ExtractReport, check, extract, failures_file, read_failures
+from .store import FeatureFile, StoreError, iter_feature_files, read_feature_file
 
-__all__ = ["VideoJob", "JobResult", "run_jobs", "default_workers"]
+__all__ = [
+    "VideoJob", "JobResult", "run_jobs", "default_workers",
+    "extract", "check", "ExtractReport", "CheckReport", "FEATURES", "failures_file", "read_failures",
+    "FeatureFile", "StoreError", "iter_feature_files", "read_feature_file",
+    "VideoInput", "Shard", "collect_inputs", "shard_inputs", "resolve_shard", "output_path",
+]

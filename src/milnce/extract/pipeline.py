@@ -155,6 +155,7 @@ def _worker_main(wid: int, tasks: Any, free: Any, ready: Any, slots: torch.Tenso
     if parent is not None and not parent.is_alive():
         return
     torch.set_num_threads(1)
+    ready.cancel_join_thread()  # never hang at exit on messages nobody will read
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _decode_loop(wid, tasks, free, ready, slots, settings, pad, threads, stop, parent)
@@ -303,11 +304,13 @@ def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, 
     device = model.device
     batch_size, workers = _check_args(pad, batch_size, workers, device)
     threads = int(decode_threads if decode_threads is not None else (1 if workers else 0))
-    return _run(model, iter(jobs), settings, pad, features, batch_size, workers, progress, threads, stats)
+    total = len(jobs) if hasattr(jobs, "__len__") else None  # type: ignore[arg-type]
+    return _run(model, iter(jobs), settings, pad, features, batch_size, workers, progress, threads, stats, total)
 
 
 def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: str, features: bool, B: int,
-         workers: int, progress: bool | str, threads: int, stats: dict[str, float] | None) -> Iterator[JobResult]:
+         workers: int, progress: bool | str, threads: int, stats: dict[str, float] | None,
+         total: int | None) -> Iterator[JobResult]:
     device = model.device
     cuda = device.type == "cuda"
     nslots = 2 * B + 2 * max(workers, 1)
@@ -322,7 +325,6 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
     if progress:
         from tqdm.auto import tqdm
 
-        total = len(jobs) if hasattr(jobs, "__len__") else None  # type: ignore[arg-type]
         bar = tqdm(total=total, unit="video", desc=progress if isinstance(progress, str) else "videos",
                    dynamic_ncols=True)
     state: dict[int, _JobState] = {}
@@ -365,6 +367,11 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
             e = np.zeros(0, np.float64)
             res = JobResult(job.key, os.fspath(job.path), e, e.copy(), np.zeros((0, 512), np.float32),
                             np.zeros((0, 1024), np.float32) if features else None, st.duration, st.error, st.notes)
+        elif not st.rows:
+            e = np.zeros(0, np.float64)
+            res = JobResult(job.key, os.fspath(job.path), e, e.copy(), np.zeros((0, 512), np.float32),
+                            np.zeros((0, 1024), np.float32) if features else None, st.duration,
+                            f"{job.path}: no windows (no decodable frames in the requested range)", st.notes)
         else:
             order = sorted(st.rows)
             rows = [st.rows[k] for k in order]

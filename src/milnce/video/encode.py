@@ -98,12 +98,14 @@ class VideoEmbeddings:
         settings = None
         if isinstance(data, np.lib.npyio.NpzFile):
             with data:
-                if "embeddings" not in data:
-                    raise EmbeddingsFileError(f"{p}: .npz without an 'embeddings' array (keys: {', '.join(data.files)})")
-                emb = data["embeddings"]
-                starts = data["starts"] if "starts" in data else np.arange(len(emb), dtype=np.float64)
-                ends = data["ends"] if "ends" in data else starts
-                features = data["features"] if "features" in data else None
+                # milnce extract / embed-video files (video_embedding, start, end, mixed_5c) or the older keys
+                key = next((k for k in ("video_embedding", "embeddings") if k in data), None)
+                if key is None:
+                    raise EmbeddingsFileError(f"{p}: .npz without a 'video_embedding' array (keys: {', '.join(data.files)})")
+                emb = data[key]
+                starts = next((data[k] for k in ("start", "starts") if k in data), np.arange(len(emb), dtype=np.float64))
+                ends = next((data[k] for k in ("end", "ends") if k in data), starts)
+                features = next((data[k] for k in ("mixed_5c", "features") if k in data), None)
                 duration = float(data["duration"]) if "duration" in data else float("nan")
                 source = str(data["path"]) if "path" in data else p
                 if all(k in data for k in ("fps", "num_frames", "size", "stride")):

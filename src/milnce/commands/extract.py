@@ -1,0 +1,152 @@
+"""``milnce extract``: features of many videos, sharded over ranks, resumable (``milnce.extract``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..windows import CROPS, PADS
+from .common import CommandError, add_model_options, add_window_options, model_from_args
+
+HELP = "extract per-window features of many videos (all cores and GPUs busy, sharded, resumable)"
+DESCRIPTION = (
+    "Embed every window of every video (PATH: video files, folders searched recursively, or list files: "
+    ".txt one path per line, .csv with a video_path column) and write DIR/<path relative to its PATH, "
+    "suffix .npz> with float32 video_embedding (n x 512), mixed_5c (n x 1024), float64 start/end "
+    "(seconds) and the settings + weights fingerprint. Files are written atomically; a rerun skips "
+    "finished videos and redoes changed ones. Under torchrun (RANK/WORLD_SIZE, LOCAL_RANK picks the "
+    "GPU), in a SLURM array (SLURM_ARRAY_TASK_ID/COUNT) or with --shard I/N each process takes a "
+    "disjoint share balanced by file size. Unreadable videos go to DIR/failures.csv; exit status 1 if "
+    "any failed. 'milnce extract --check DIR PATH...' reports how complete DIR is."
+)
+
+
+def add_clip_options(p: argparse.ArgumentParser) -> None:
+    """The window options (``commands.common``) plus crop, padding and the time range."""
+    add_window_options(p, "extraction", batch_size=False)
+    g = p.add_argument_group("clips")
+    g.add_argument("--crop", choices=CROPS, default="center",
+                   help="center: short side to SIZE then centre crop (default); square: centre square crop then "
+                   "resize (reference evaluation); resize: full frame")
+    g.add_argument("--pad", choices=PADS, default="repeat",
+                   help="last partial window: repeat the last frame (default), loop the window, or black frames")
+    g.add_argument("--start", type=float, help="start time in seconds in every video (default: 0)")
+    g.add_argument("--end", type=float, help="end time in seconds in every video (default: the end)")
+
+
+def add_run_options(p: argparse.ArgumentParser, batch_default: int | None = None) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=batch_default,
+                   help=f"windows per model call (default {batch_default})" if batch_default else
+                   "windows per model call (default: 64 on CUDA, 8 on the CPU)")
+    g.add_argument("--workers", type=int, help="decoding processes (default: the cores available to this "
+                   "rank minus one; 0 = a thread of the main process)")
+    g.add_argument("--decode-threads", type=int, help="decoder threads per video (default 1 with workers)")
+    g.add_argument("--shard", metavar="I/N", help="take share I (0-based) of N; nests with torchrun/SLURM")
+    g.add_argument("--overwrite", action="store_true", help="redo every video, even finished ones")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help=HELP, description=DESCRIPTION)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders or list files (.txt/.csv)")
+    p.add_argument("--out", metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--check", metavar="DIR", help="only report how complete DIR is for PATH... (no model needed)")
+    p.add_argument("--features", default="video_embedding,mixed_5c",
+                   help="comma-separated: video_embedding, mixed_5c (default both)")
+    add_clip_options(p)
+    add_run_options(p)
+    add_model_options(p)
+    p.set_defaults(func=cmd_extract)
+
+
+def _default_workers() -> int:
+    from ..extract import default_workers
+
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    if local and local.isdigit() and int(local) > 1:  # several ranks share this machine's cores
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover
+            cores = os.cpu_count() or 1
+        return max(1, cores // int(local) - 1)
+    return default_workers()
+
+
+def _device(device: str, local_rank: int | None) -> str:
+    if device == "cuda" and local_rank is not None:
+        return f"cuda:{local_rank}"  # one GPU per rank
+    return device
+
+
+def _print_report(report: Any, as_json: bool, stream: Any = None) -> None:
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary(), file=stream or sys.stdout)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from ..errors import MilnceError
+    from ..extract import check, resolve_shard
+
+    if args.check:
+        try:
+            rep = check(args.check, args.paths)
+        except MilnceError as exc:
+            raise CommandError(str(exc)) from exc
+        _print_report(rep, args.json)
+        return 0 if rep.complete else 1
+    if not args.out:
+        raise CommandError("--out DIR is required (or --check DIR to report completeness)")
+    try:
+        shard = resolve_shard(args.shard)
+    except MilnceError as exc:
+        raise CommandError(str(exc)) from exc
+    args.device = _device(args.device, shard.local_rank)
+    return run_extraction(args, args.paths, args.features.split(","), shard)
+
+
+def run_extraction(args: argparse.Namespace, paths: list[str], features: list[str], shard: Any) -> int:
+    """The code path of ``extract`` and ``embed-video``: parsed options -> ``milnce.extract.extract``."""
+    from ..errors import MilnceError
+    from ..extract import collect_inputs, extract
+    from ..extract.runner import check_features
+    from ..windows import WindowSettings
+
+    for name in ("batch_size", "workers", "decode_threads"):
+        v = getattr(args, name, None)
+        if v is not None and v < (0 if name == "workers" else 1):
+            raise CommandError(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}, got {v}")
+    if str(args.device).startswith("cuda:"):
+        import torch
+
+        try:  # this rank's GPU is the current device (no stray context on GPU 0)
+            torch.cuda.set_device(torch.device(args.device))
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            raise CommandError(f"--device {args.device}: {exc}") from exc
+    try:
+        check_features(features)  # bad options fail before the model loads
+        WindowSettings.for_model(None, fps=args.fps, num_frames=args.num_frames, size=args.size,
+                                 stride=args.stride, crop=args.crop)
+        inputs = collect_inputs(paths)
+        model = model_from_args(args)
+        settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,
+                                            stride=args.stride, crop=args.crop)
+        workers = args.workers if args.workers is not None else _default_workers()
+        report = extract(inputs, args.out, model, settings, features=features, pad=args.pad, start=args.start,
+                         end=args.end, batch_size=args.batch_size, workers=workers,
+                         decode_threads=args.decode_threads, shard=shard, overwrite=args.overwrite,
+                         progress=not args.quiet)
+    except MilnceError as exc:
+        raise CommandError(str(exc)) from exc
+    _print_report(report, args.json, sys.stderr if report.failed else sys.stdout)
+    if report.failed and not args.json:
+        for _path, msg in report.failures[:50]:
+            print(f"  failed: {msg}", file=sys.stderr)
+        print(f"  (all failures: {report.failures_file})", file=sys.stderr)
+    return 1 if report.failed else 0
