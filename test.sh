@@ -2,7 +2,7 @@
 # The test suite: set up (venv, packages, Chromium and ffmpeg for two tests) and run pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/bootstrap.sh search,serve,test,onnx
+source scripts/bootstrap.sh search,serve,test,onnx,eval,train
 # System tools some tests need: installed when missing (as root with apt-get), quietly; a failed
 # install is not fatal, the tests that need the tool are skipped and the summary says why (-rs).
 missing=()
