@@ -15,12 +15,9 @@ never from the fast path, with the TorchScript-based exporter at opset ``OPSET``
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_file, atomic_write_bytes
 from .errors import MilnceError, UsageError
 from .model import S3D, check_video_input
 from .windows import WindowSettings
@@ -111,21 +109,6 @@ def _graph_bytes(module: nn.Module, example: torch.Tensor, inputs: list[str], ou
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _finish(raw: bytes, doc: str, meta: dict[str, str]) -> bytes:
     onnx = _onnx()
     proto = onnx.load_from_string(raw)
@@ -163,6 +146,7 @@ def export_onnx(
     net = _network(model)
     window = WindowSettings.for_model(model, num_frames=num_frames, size=size)
     video_path, text_path, vocab_path = onnx_paths(path)
+    video_path.parent.mkdir(parents=True, exist_ok=True)
     param = next(net.parameters())
     example = torch.rand(1, 3, window.num_frames, window.size, window.size, device=param.device)
     check_video_input(example, net.space_to_depth)  # a clear error for an unusable T or size
@@ -188,7 +172,7 @@ def export_onnx(
                            {**meta, "milnce.tower": "video", "milnce.num_frames": str(window.num_frames),
                             "milnce.size": str(window.size), "milnce.fps": f"{window.fps:g}",
                             "milnce.value_range": "0,1"})
-            _write_atomic(video_path, lambda f: f.write(data))
+            atomic_write_bytes(video_path, data)
             written["video"] = video_path
         if text:
             tok = net.text_module.tokenizer
@@ -198,11 +182,12 @@ def export_onnx(
                            "milnce.Tokenizer (0 = padding) -> text_embedding B x 512",
                            {**meta, "milnce.tower": "text", "milnce.max_words": str(net.text_module.max_words),
                             "milnce.vocab_size": str(net.text_module.word_embd.num_embeddings)})
-            _write_atomic(text_path, lambda f: f.write(data))
+            atomic_write_bytes(text_path, data)
             written["text"] = text_path
             if tok is not None:
                 vocab = np.asarray(tok.vocab, dtype=str)
-                _write_atomic(vocab_path, lambda f: np.save(f, vocab, allow_pickle=False))
+                with atomic_file(vocab_path) as f:
+                    np.save(f, vocab, allow_pickle=False)
                 written["vocab"] = vocab_path
     finally:
         for m, mode in modes.items():

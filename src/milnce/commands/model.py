@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
 from .common import CommandError, add_model_options, model_from_args
 
 PRINT_DECIMALS = 4  # printed embeddings (text and JSON); files keep float32
@@ -197,16 +198,8 @@ def _write_npy(out: str, array: np.ndarray) -> str:
     path = os.path.join(out, "text_embeddings.npy") if os.path.isdir(out) else out
     if not path.endswith(".npy"):
         path += ".npy"
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        np.save(f, array, allow_pickle=False)
     return path
 
 

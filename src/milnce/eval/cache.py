@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
+
 __all__ = ["EmbeddingCache", "default_cache_dir"]
 
 _VERSION = 1
@@ -71,13 +73,5 @@ class EmbeddingCache:
     def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
         f = self._file(key)
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, f)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_file(f) as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file, atomic_write_bytes
 from .run import EvalResult
 
 __all__ = ["PUBLISHED_KEYS", "format_table", "published", "result_dict", "write_outputs"]
@@ -105,19 +106,6 @@ def format_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def _atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_outputs(result: EvalResult, out: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``metrics.json``, ``embeddings.npz`` and ``results.txt`` into ``out`` (created)."""
     folder = Path(out)
@@ -126,7 +114,7 @@ def write_outputs(result: EvalResult, out: str | os.PathLike[str]) -> dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     files = {"metrics": folder / "metrics.json", "embeddings": folder / "embeddings.npz", "table": folder / "results.txt"}
     data = json.dumps(result_dict(result), indent=2).encode() + b"\n"
-    _atomic(files["metrics"], lambda f: f.write(data))
+    atomic_write_bytes(files["metrics"], data)
     items = result.benchmark.items
     arrays: dict[str, np.ndarray] = {
         "row": np.array([it.row for it in items], np.int64),
@@ -143,7 +131,8 @@ def write_outputs(result: EvalResult, out: str | os.PathLike[str]) -> dict[str, 
         arrays["features"] = result.clips.features
         arrays["label"] = np.array([it.label or "" for it in items], dtype=str)
         arrays["splits"] = np.array([it.splits for it in items], np.int8).reshape(len(items), 3)
-    _atomic(files["embeddings"], lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
+    with atomic_file(files["embeddings"]) as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
     table = (format_table(result) + "\n").encode()
-    _atomic(files["table"], lambda f: f.write(table))
+    atomic_write_bytes(files["table"], table)
     return files

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_bytes
 from ..errors import UsageError
 from ..windows import WindowSettings
 
@@ -146,10 +147,7 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the resolved settings as JSON (atomically)."""
-        path = Path(path)
-        tmp = path.with_name("." + path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_file
 from ..errors import MilnceError, UsageError
 from ..protocols import VideoEncoder
 from ..windows import WindowSettings
@@ -68,20 +69,8 @@ class VideoEmbeddings:
     def save(self, target: str | os.PathLike[str]) -> None:
         """Write the ``.npz`` of ``to_npz_dict()`` atomically (temporary file in the same folder,
         fsync, rename): an interrupted run never leaves a half-written file under ``target``."""
-        target = os.fspath(target)
-        tmp = os.path.join(os.path.dirname(target) or ".", "." + os.path.basename(target) + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **self.to_npz_dict())  # type: ignore[arg-type]
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_file(target) as f:
+            np.savez(f, **self.to_npz_dict())  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VideoEmbeddings:
