@@ -241,8 +241,10 @@ def test_load_model_from_run_folder(straight, tmp_path):
     video = next(p for p in (straight.parent.parent).rglob("train00000.mp4"))
     assert main(["embed-video", str(video), "--out", str(tmp_path / "emb"), "--weights", str(straight),
                  "--no-download", "--quiet"]) == 0
-    with np.load(tmp_path / "emb" / "train00000.npz") as z:
-        assert z["embeddings"].shape[1] == 512 and float(z["fps"]) == 4.0
+    from milnce.extract import read_feature_file
+
+    ff = read_feature_file(tmp_path / "emb" / "train00000.npz")  # extract's format: the run's window settings
+    assert ff.video_embedding.shape[1] == 512 and float(ff.meta["settings"]["fps"]) == 4.0
 
 
 def test_no_half_written_checkpoint_is_visible(synth, straight, tmp_path, monkeypatch):
