@@ -100,7 +100,7 @@ def write_feature_file(target: str, arrays: dict[str, np.ndarray], meta: dict[st
         raise StoreError(f"cannot create the output folder {d}: {exc.strerror or exc}") from exc
     _sweep(target)
     tmp = _tmp_name(target)
-    data = dict(arrays)
+    data: dict[str, Any] = dict(arrays)  # Any: savez's ``**kwds`` share a name space with its bool option
     data["meta"] = np.asarray(json.dumps(meta, sort_keys=True), dtype=np.str_)
     try:
         with open(tmp, "wb") as f:
