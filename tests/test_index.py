@@ -525,7 +525,11 @@ def test_kill_9_mid_run_then_resume(tmp_path, video_dir, wargs, model, direct, c
             ref = direct.get(str(video_dir / Path(v.path).name)) or direct.get(str(video_dir / "sub" / Path(v.path).name))
             if ref is None:
                 ref = model.encode_video_file(v.path, **SMALL)
-            np.testing.assert_allclose(emb, ref.embeddings, rtol=1e-4, atol=1e-5)
+            # float tolerance relative to the embedding's scale (the calibrated test model gives
+            # values up to ~100): the pipeline batches windows of several videos together, and the
+            # CPU kernels' rounding depends on the batch (encode_video_file itself differs by
+            # ~1e-4 of the scale between batch sizes 2 and 4)
+            np.testing.assert_allclose(emb, ref.embeddings, rtol=1e-4, atol=1e-4 * np.abs(ref.embeddings).max())
             np.testing.assert_allclose(starts, ref.starts)
             np.testing.assert_allclose(ends, ref.ends)
 

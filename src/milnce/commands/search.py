@@ -43,7 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-errors", action="store_true", help="try again the videos that failed before")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_window_options(p, "recorded in a new index; an existing index keeps its own")
+    add_window_options(p, "recorded in a new index; an existing index keeps its own", batch_size=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="windows per model call, windows of several videos together (default: 64 on CUDA, 8 on the CPU)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decoding processes (default: the cores available minus one; 0 = a thread of this process)")
     add_model_options(p)
     p.set_defaults(func=cmd_index)
 
@@ -154,7 +159,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
-                         retry_errors=args.retry_errors, batch_size=args.batch_size, **extra, **window_overrides(args))
+                         retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers, **extra,
+                         **window_overrides(args))
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:

@@ -318,6 +318,9 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
          total: int | None) -> Generator[JobResult, None, None]:
     device = model.device
     cuda = device.type == "cuda"
+    # MILNCE: its network (the fast path is built here, outside inference mode); another encoder
+    # (a protocols.VideoEncoder stand-in): its encode_video
+    net = getattr(model, "video_net", None)
     nslots = 2 * B + 2 * max(workers, 1)
     dec = _Decoders(workers, nslots, settings, pad, threads)
     s = settings
@@ -441,7 +444,13 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
             dec.free.put(t[2])
         with torch.inference_mode():
             x = buf.to(device, non_blocking=True).float().div_(255)
-            out = model.video_net(x)
+            if net is not None:
+                out = net(x)
+            elif features:
+                emb_, mix_ = model.encode_video(x, features=True)
+                out = {"video_embedding": emb_, "mixed_5c": mix_}
+            else:
+                out = {"video_embedding": model.encode_video(x)}
         inflight.append(([(t[0], t[1], t[3], t[4]) for t in take], out))
         nbatch += 1
         while len(inflight) > (1 if cuda else 0):
