@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_window_options(p, "recorded in a new index; an existing index keeps its own", batch_size=False)
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="windows per model call, windows of several videos together (default: 64 on CUDA, 8 on the CPU)")
+                   help="windows per model call, windows of several videos together (default: 64 on CUDA, 4 on the CPU)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="decoding processes (default: the cores available minus one; 0 = a thread of this process)")
     add_model_options(p)
