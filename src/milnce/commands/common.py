@@ -72,6 +72,10 @@ def window_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def window_settings(args: argparse.Namespace, model: object = None) -> WindowSettings:
     """The window options over the model's conventions, validated (``UsageError`` on a bad value:
     call this before creating files or loading the model)."""
-    if getattr(args, "batch_size", 1) < 1:
-        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is not None and batch_size < 1:
+        raise CommandError(f"--batch-size must be >= 1, got {batch_size}")
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 0:
+        raise CommandError(f"--workers must be >= 0, got {workers}")
     return WindowSettings.for_model(model, **window_overrides(args))

@@ -9,6 +9,10 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..index import IndexReport
 
 from .common import (
     CommandError,
@@ -32,8 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Walk files and folders, embed every video as sliding windows and store them in "
         "the index folder (SQLite + memory-mapped vectors). Incremental: unchanged videos are skipped, "
         "changed ones re-embedded, moved ones recognised by content. Safe to interrupt and re-run.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="video files or folders")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="video files or folders")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (created if needed)")
+    p.add_argument("--from-features", metavar="DIR",
+                   help="index the feature files of 'milnce extract --out DIR' instead of videos, without loading "
+                   "the model (settings and weights fingerprint come from the files)")
     p.add_argument("--prune", action="store_true", help="drop indexed videos whose file no longer exists")
     p.add_argument("--ann", action="store_true", help="(re)build the approximate index (faiss) if missing, stale or "
                    "damaged, and report its recall@10; skipped below --ann-min-windows windows")
@@ -43,7 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-errors", action="store_true", help="try again the videos that failed before")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_window_options(p, "recorded in a new index; an existing index keeps its own")
+    add_window_options(p, "recorded in a new index; an existing index keeps its own", batch_size=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="windows per model call, windows of several videos together (default: 64 on CUDA, 4 on the CPU)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decoding processes (default: the cores available minus one; 0 = a thread of this process)")
     add_model_options(p)
     p.set_defaults(func=cmd_index)
 
@@ -132,7 +144,6 @@ def _check_batch(args: argparse.Namespace) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from ..index import build_index, find_videos
-    from ..index.build import show_path
 
     _check_batch(args)
     if args.ann_min_windows is not None and args.ann_min_windows < 0:
@@ -142,6 +153,10 @@ def cmd_index(args: argparse.Namespace) -> int:
             import faiss  # noqa: F401
         except ImportError:
             raise CommandError("--ann needs faiss: pip install faiss-cpu (exact search works without it)") from None
+    if args.from_features:
+        return _index_from_features(args)
+    if not args.paths:
+        raise CommandError("give the videos to index (files or folders), or --from-features DIR")
     files = find_videos(args.paths, recursive=not args.no_recursive, exclude=[args.index])
     if not files and not args.prune:
         raise CommandError(f"no video files found in {', '.join(args.paths)} "
@@ -154,7 +169,29 @@ def cmd_index(args: argparse.Namespace) -> int:
     extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
-                         retry_errors=args.retry_errors, batch_size=args.batch_size, **extra, **window_overrides(args))
+                         retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers, **extra,
+                         **window_overrides(args))
+    return _print_report(args, report)
+
+
+def _index_from_features(args: argparse.Namespace) -> int:
+    from ..index import index_features
+
+    if args.paths:
+        raise CommandError("give either videos (PATH...) or --from-features DIR, not both")
+    if os.path.isdir(args.index):
+        from ..index import check_unlocked
+
+        check_unlocked(args.index)
+    extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
+    report = index_features(args.from_features, args.index, prune=args.prune, ann=args.ann,
+                            settings=window_overrides(args), progress=not args.quiet and not args.json, **extra)
+    return _print_report(args, report)
+
+
+def _print_report(args: argparse.Namespace, report: IndexReport) -> int:
+    from ..index.build import show_path
+
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:

@@ -10,11 +10,11 @@
 from .inputs import Shard, VideoInput, collect_inputs, output_path, resolve_shard, shard_inputs
 from .pipeline import JobResult, VideoJob, default_workers, run_jobs
 from .runner import FEATURES, CheckReport, ExtractReport, check, extract, failures_file, read_failures
-from .store import FeatureFile, StoreError, iter_feature_files, read_feature_file
+from .store import FeatureFile, StoreError, feature_file_paths, iter_feature_files, read_feature_file, read_meta
 
 __all__ = [
     "VideoJob", "JobResult", "run_jobs", "default_workers",
     "extract", "check", "ExtractReport", "CheckReport", "FEATURES", "failures_file", "read_failures",
-    "FeatureFile", "StoreError", "iter_feature_files", "read_feature_file",
+    "FeatureFile", "StoreError", "iter_feature_files", "read_feature_file", "feature_file_paths", "read_meta",
     "VideoInput", "Shard", "collect_inputs", "shard_inputs", "resolve_shard", "output_path",
 ]

@@ -88,7 +88,7 @@ class JobDecoder:
         T, fps = s.num_frames, s.fps
         # every sample time of every window, in time order (windows may overlap or repeat)
         tagged = sorted((st + i / fps, w, i) for w, st in enumerate(starts) for i in range(T))
-        kwargs = {"threads": self.threads}
+        kwargs: dict[str, Any] = {"threads": self.threads}
         if self.warn is not None:
             kwargs["warn"] = self.warn
         video = _internal("_Video")(path, **kwargs)

@@ -25,8 +25,9 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Generator, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.context import ForkServerContext, SpawnContext
 from typing import Any
 
 import numpy as np
@@ -186,8 +187,8 @@ class _Decoders:
         shape = (nslots, 3, s.num_frames, s.size, s.size)
         self.procs: list[Any] = []
         self.current: dict[int, int | None] = {}
+        self.ctx: ForkServerContext | SpawnContext | None = None
         if workers == 0:
-            self.ctx = None
             self.slots = torch.empty(shape, dtype=torch.uint8)
             self.tasks: Any = queue.Queue()
             self.free: Any = queue.Queue()
@@ -199,16 +200,19 @@ class _Decoders:
         else:
             import torch.multiprocessing as tmp
 
+            ctx: ForkServerContext | SpawnContext
             try:
-                self.ctx = tmp.get_context("forkserver")
-                self.ctx.set_forkserver_preload([__name__])
+                fs = tmp.get_context("forkserver")
+                fs.set_forkserver_preload([__name__])
+                ctx = fs
             except ValueError:  # pragma: no cover - no forkserver on this platform
-                self.ctx = tmp.get_context("spawn")
+                ctx = tmp.get_context("spawn")
+            self.ctx = ctx
             self.slots = torch.empty(shape, dtype=torch.uint8).share_memory_()
-            self.tasks = self.ctx.Queue()
-            self.free = self.ctx.Queue()
-            self.ready = self.ctx.Queue()
-            self.stop = self.ctx.Event()
+            self.tasks = ctx.Queue()
+            self.free = ctx.Queue()
+            self.ready = ctx.Queue()
+            self.stop = ctx.Event()
         for i in range(nslots):
             self.free.put(i)
 
@@ -231,7 +235,7 @@ class _Decoders:
 
     def dead(self) -> list[tuple[int, str]]:
         """Workers that died since the last look: ``(worker id, why)``; each is replaced."""
-        out = []
+        out: list[tuple[int, str]] = []
         if self.workers == 0:
             if not self.thread.is_alive() and not self.stop.is_set():  # pragma: no cover - a bug
                 raise RuntimeError("the decoding thread stopped unexpectedly")
@@ -286,7 +290,7 @@ def _check_args(pad: str, batch_size: int | None, workers: int | None, device: t
 def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, pad: str = "repeat",
              features: bool = True, batch_size: int | None = None, workers: int | None = None,
              progress: bool | str = False, decode_threads: int | None = None,
-             stats: dict[str, float] | None = None) -> Iterator[JobResult]:
+             stats: dict[str, float] | None = None) -> Generator[JobResult, None, None]:
     """Embed the windows of many videos; yields one ``JobResult`` per job, in completion order.
 
     ``model``: a ``MILNCE`` (``load_model``); its device and precision are used. ``settings``:
@@ -297,7 +301,8 @@ def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, 
     ``decode_threads``: decoder threads per video (default 1 with workers, automatic without).
     ``progress``: a tqdm bar on stderr (a string is its label). ``stats``: filled with
     ``wall_s``, ``model_s``, ``wait_s`` (time the model side waited for windows), ``windows``,
-    ``videos``, ``batches``. Jobs are read lazily (a generator is fine).
+    ``videos``, ``batches``. Jobs are read lazily (a generator is fine). ``close()`` the returned
+    generator to stop the decoders early.
     """
     if not isinstance(settings, WindowSettings):
         raise UsageError(f"settings must be a WindowSettings, got {type(settings).__name__}")
@@ -310,9 +315,12 @@ def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, 
 
 def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: str, features: bool, B: int,
          workers: int, progress: bool | str, threads: int, stats: dict[str, float] | None,
-         total: int | None) -> Iterator[JobResult]:
+         total: int | None) -> Generator[JobResult, None, None]:
     device = model.device
     cuda = device.type == "cuda"
+    # MILNCE: its network (the fast path is built here, outside inference mode); another encoder
+    # (a protocols.VideoEncoder stand-in): its encode_video
+    net = getattr(model, "video_net", None)
     nslots = 2 * B + 2 * max(workers, 1)
     dec = _Decoders(workers, nslots, settings, pad, threads)
     s = settings
@@ -436,7 +444,13 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
             dec.free.put(t[2])
         with torch.inference_mode():
             x = buf.to(device, non_blocking=True).float().div_(255)
-            out = model.video_net(x)
+            if net is not None:
+                out = net(x)
+            elif features:
+                emb_, mix_ = model.encode_video(x, features=True)
+                out = {"video_embedding": emb_, "mixed_5c": mix_}
+            else:
+                out = {"video_embedding": model.encode_video(x)}
         inflight.append(([(t[0], t[1], t[3], t[4]) for t in take], out))
         nbatch += 1
         while len(inflight) > (1 if cuda else 0):

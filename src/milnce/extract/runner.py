@@ -120,7 +120,7 @@ def failures_file(out_dir: str, shard: Shard) -> str:
 
 def read_failures(out_dir: str) -> list[tuple[str, str]]:
     """``(path, reason)`` rows of every failure list in ``out_dir`` (all ranks)."""
-    rows = []
+    rows: list[tuple[str, str]] = []
     try:
         names = sorted(n for n in os.listdir(out_dir) if n.startswith("failures") and n.endswith(".csv"))
     except OSError:
@@ -182,6 +182,17 @@ def _why_redo(meta: dict[str, Any] | None, ident: dict[str, Any], source: dict[s
     return None
 
 
+def _as_inputs(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput]) -> list[VideoInput]:
+    """``collect_inputs`` rows: given as such, or collected from files, folders and list files."""
+    items = list(paths)
+    rows = [x for x in items if isinstance(x, VideoInput)]
+    if items and len(rows) == len(items):
+        return rows
+    if rows:
+        raise UsageError("pass either paths or collect_inputs rows, not both")
+    return collect_inputs([x for x in items if not isinstance(x, VideoInput)])
+
+
 def check_features(features: Iterable[str]) -> list[str]:
     """The feature names to save, validated (``video_embedding`` always included)."""
     feats = [f.strip() for f in features if f.strip()]
@@ -216,9 +227,8 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
-    items = list(paths)
-    inputs = items if items and isinstance(items[0], VideoInput) else collect_inputs(items)  # type: ignore[arg-type]
-    share = shard_inputs(inputs, shard.index, shard.count)  # type: ignore[arg-type]
+    inputs = _as_inputs(paths)
+    share = shard_inputs(inputs, shard.index, shard.count)
     ident = _identity(settings, pad, start, end, feats, str(model.weights_id), str(model.precision))
     report = ExtractReport(out_dir=out, shard=shard.label, inputs=len(inputs), share=len(share))
     report.failures_file = failures_file(out, shard)
@@ -245,7 +255,8 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
                        workers=workers, decode_threads=decode_threads)
     try:
         for res in results:
-            item, target, source, existed = todo[res.key]  # type: ignore[index]
+            assert isinstance(res.key, int)  # the job numbers given above
+            item, target, source, existed = todo[res.key]
             if res.error is not None:
                 failures.append((item.path, res.error))
                 report.failed += 1
@@ -285,8 +296,7 @@ def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str
     out = os.fspath(out_dir)
     if not os.path.isdir(out):
         raise UsageError(f"{out}: no such output folder")
-    items = list(paths)
-    inputs = items if items and isinstance(items[0], VideoInput) else collect_inputs(items)  # type: ignore[arg-type]
+    inputs = _as_inputs(paths)
     rep = CheckReport(out_dir=out, inputs=len(inputs))
     failed = dict(read_failures(out))
     import json

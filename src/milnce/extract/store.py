@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import MilnceError
 
 __all__ = ["FORMAT", "FeatureFile", "StoreError", "write_feature_file", "read_feature_file", "read_meta",
-           "iter_feature_files", "temp_files"]
+           "iter_feature_files", "feature_file_paths", "temp_files"]
 
 FORMAT = "milnce-features/1"
 _TMP_SUFFIX = ".tmp"
@@ -100,7 +100,7 @@ def write_feature_file(target: str, arrays: dict[str, np.ndarray], meta: dict[st
         raise StoreError(f"cannot create the output folder {d}: {exc.strerror or exc}") from exc
     _sweep(target)
     tmp = _tmp_name(target)
-    data = dict(arrays)
+    data: dict[str, Any] = dict(arrays)  # Any: savez's ``**kwds`` share a name space with its bool option
     data["meta"] = np.asarray(json.dumps(meta, sort_keys=True), dtype=np.str_)
     try:
         with open(tmp, "wb") as f:
@@ -165,6 +165,15 @@ def read_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
 def iter_feature_files(out_dir: str | os.PathLike[str]) -> Iterator[tuple[str, FeatureFile]]:
     """``(video_path, FeatureFile)`` for every feature file below ``out_dir``, in path order
     (temporary files of interrupted writers are skipped; unreadable files raise ``StoreError``)."""
+    for file in feature_file_paths(out_dir):
+        ff = read_feature_file(file)
+        if ff.meta.get("format") == FORMAT:
+            yield ff.video_path, ff
+
+
+def feature_file_paths(out_dir: str | os.PathLike[str]) -> Iterator[str]:
+    """The ``.npz`` files below ``out_dir`` in path order, without reading them (hidden files and
+    folders, such as temporary files of interrupted writers, are skipped)."""
     root = os.fspath(out_dir)
     if not os.path.isdir(root):
         raise StoreError(f"{root}: no such folder")
@@ -172,6 +181,4 @@ def iter_feature_files(out_dir: str | os.PathLike[str]) -> Iterator[tuple[str, F
         dirs[:] = sorted(x for x in dirs if not x.startswith("."))
         for name in sorted(files):
             if name.endswith(".npz") and not name.startswith("."):
-                ff = read_feature_file(os.path.join(d, name))
-                if ff.meta.get("format") == FORMAT:
-                    yield ff.video_path, ff
+                yield os.path.join(d, name)

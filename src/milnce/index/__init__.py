@@ -13,7 +13,8 @@ Layout of an index folder::
 Modules: ``records`` (``Moment``, ``VideoRecord``, ``IndexReport``, row types), ``errors``,
 ``layout`` (file names), ``store`` (``Index``: SQLite + memory-mapped vectors, reading, writing,
 compaction), ``search`` (exact int8-screened search), ``ann`` (faiss), ``moments``
-(what a moment is: ``video_moments``), ``build`` (``find_videos``, ``build_index``), ``lock`` (the writer lock).
+(what a moment is: ``video_moments``), ``build`` (``find_videos``, ``build_index``), ``features``
+(``index_features``: from ``milnce extract``'s files), ``lock`` (the writer lock).
 Crash safety and search are described in ``milnce.index.store``.
 """
 
@@ -29,6 +30,7 @@ from .errors import (
     IndexNotFoundError,
     IndexWriteError,
 )
+from .features import FeaturesMismatchError, index_features
 from .lock import acquire_lock, check_unlocked
 from .moments import MOMENT_MARGIN, iter_video_moments, merge_windows, moment_margin, video_moments
 from .records import IndexReport, Moment, VideoRecord, VideoRow, WindowRun
@@ -51,6 +53,8 @@ __all__ = [
     "IndexWriteError",
     "IndexDamagedError",
     "build_index",
+    "index_features",
+    "FeaturesMismatchError",
     "find_videos",
     "file_hash",
     "merge_windows",

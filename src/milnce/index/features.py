@@ -1,0 +1,249 @@
+"""Building an index from an extraction's feature files, without the model (``index_features``):
+extract on many GPUs (``milnce extract``), search on one box.
+
+The feature files carry everything the index needs: the windows' embeddings and times, the
+window settings, the weights fingerprint (recorded as the index's ``weights_id``, so a later
+``milnce search`` with other weights is refused as for any index) and the source video's path,
+size and mtime (the incremental skip of ``milnce index``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from ..errors import UsageError
+from ..protocols import Encoder
+from ..windows import WindowSettings
+from .ann import ANN_MIN_WINDOWS
+from .build import _finish, _Progress, _reason_text, _Windows, file_hash, show_path
+from .records import IndexReport
+from .store import Index
+
+__all__ = ["index_features", "FeaturesMismatchError"]
+
+log = logging.getLogger("milnce.index")
+
+_COMMIT_VIDEOS = 256  # videos per transaction (each commit fsyncs the rows, then the database)
+_COMMIT_WINDOWS = 1 << 16
+
+
+class FeaturesMismatchError(UsageError):
+    """The feature files were made with different settings or weights, or with windows an index
+    does not hold (a time range, another padding)."""
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """What ``Index.create`` needs from a model: the weights fingerprint (and no ``info``, so the
+    window settings are all given explicitly)."""
+
+    weights_id: str
+    info: Any = None
+
+
+def _identity(meta: dict[str, Any]) -> str:
+    """What must agree across the feature files of one index: windows, weights, precision."""
+    return json.dumps({k: meta.get(k) for k in ("settings", "weights", "precision")}, sort_keys=True)
+
+
+def _survey(features_dir: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]:
+    """Read every feature file's metadata (not its arrays): the common metadata, the files with
+    theirs, and the files that are not readable feature files."""
+    from ..extract import feature_file_paths, read_meta
+
+    files: list[tuple[str, dict[str, Any]]] = []
+    bad: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for file in feature_file_paths(features_dir):
+        meta = read_meta(file)
+        if meta is None:
+            bad.append((file, "not a readable milnce feature file"))
+            continue
+        key = _identity(meta)
+        if seen and key not in seen:
+            (other_key, other_file), = list(seen.items())[:1]
+            raise FeaturesMismatchError(
+                f"{features_dir} mixes features of different settings or weights: {show_path(other_file)} "
+                f"has {other_key}, {show_path(file)} has {key}; index each kind into its own folder "
+                "(extract into one --out folder per setting)")
+        seen.setdefault(key, file)
+        files.append((file, meta))
+    if not files:
+        raise UsageError(f"{features_dir}: no milnce feature files (.npz from 'milnce extract') in this folder")
+    return files[0][1], files, bad
+
+
+def _video_settings(meta: dict[str, Any], file: str) -> dict[str, Any]:
+    s = dict(meta.get("settings") or {})
+    if s.get("start") is not None or s.get("end") is not None:
+        raise FeaturesMismatchError(
+            f"{show_path(file)}: the features cover only part of each video (--start/--end); an index holds "
+            "whole videos: extract without --start/--end")
+    if s.get("pad", "repeat") != "repeat":
+        raise FeaturesMismatchError(
+            f"{show_path(file)}: the features were extracted with --pad {s.get('pad')}; an index's windows pad "
+            "with repeat (the default): extract without --pad")
+    try:
+        return WindowSettings.from_dict(s).to_dict()
+    except (TypeError, UsageError) as exc:
+        raise FeaturesMismatchError(f"{show_path(file)}: unusable window settings in the metadata ({exc})") from exc
+
+
+def _mtime(mtime_ns: int) -> float:
+    """``os.stat().st_mtime`` for a time in nanoseconds (computed as CPython computes it, so that a
+    later ``milnce index`` of the same unchanged file sees the same number)."""
+    sec, nsec = divmod(int(mtime_ns), 1_000_000_000)
+    return sec + nsec * 1e-9
+
+
+def index_features(features_dir: str | os.PathLike[str], directory: str | os.PathLike[str], *,
+                   prune: bool = False, ann: bool = False, settings: dict[str, Any] | None = None,
+                   progress: bool = True, ann_min_windows: int = ANN_MIN_WINDOWS) -> IndexReport:
+    """Add the videos of an extraction's output folder ``features_dir`` (``milnce extract --out``)
+    to the index in ``directory`` (created if needed), without loading the model.
+
+    Every feature file must share the window settings, weights fingerprint and precision
+    (``FeaturesMismatchError`` otherwise, before anything is written); an existing index must
+    have been built with the same weights and settings (``IndexMismatchError``). ``settings``:
+    window options the caller expects (checked against the files'). Videos are recorded under
+    the path they were extracted from (their ``source`` path) with its size and mtime, and
+    their content hash when the file is here (moved files are then recognised by a later
+    ``milnce index``). Unchanged videos are skipped; a video that changed since it was
+    extracted is not indexed (``report.failed``: re-run ``milnce extract``); the extraction's
+    failures (``failures*.csv``) are reported as failed (and, like ``milnce index``'s, are not
+    reported again while the video is unchanged). ``prune``/``ann``: as ``build_index``.
+    """
+    from ..extract import read_failures, read_feature_file
+
+    t_start = time.perf_counter()
+    src = os.fspath(features_dir)
+    if not os.path.isdir(src):
+        raise UsageError(f"--from-features {src}: no such folder")
+    first, files, bad = _survey(src)
+    window = _video_settings(first, files[0][0])
+    for k, v in (settings or {}).items():
+        if v is not None and k in window and not math.isclose(float(v), float(window[k])):
+            raise FeaturesMismatchError(f"the features in {src} were extracted with {k}={window[k]}, not {v}; "
+                                        "leave the window options out to use the features' settings")
+    weights = str(first.get("weights") or "")
+    if not weights:
+        raise FeaturesMismatchError(f"{show_path(files[0][0])}: no weights fingerprint in the metadata")
+    # Index.create needs only the weights fingerprint (and no model conventions: every setting is given)
+    idx = Index.create(directory, cast(Encoder, _Weights(weights)), window)
+    report = IndexReport(directory=idx.directory)
+    try:
+        for file, why in bad:
+            log.warning("%s: %s", show_path(file), why)
+            idx.log_error(file, why)
+            report.failed.append((file, why))
+        todo: list[tuple[str, str, int, float, str]] = []  # feature file, video, size, mtime, hash ("" if absent)
+        done_videos: set[str] = set()
+        for file, meta in files:
+            source = meta.get("source") or {}
+            video = os.path.abspath(str(source.get("path") or ""))
+            size, mtime_ns = int(source.get("size", -1)), int(source.get("mtime_ns", -1))
+            done_videos.add(video)
+            try:
+                st: os.stat_result | None = os.stat(video)
+            except OSError:
+                st = None  # not on this box: recorded as extracted
+            if st is not None and (int(st.st_size) != size or int(st.st_mtime_ns) != mtime_ns):
+                why = f"the video changed since it was extracted ({show_path(file)}): re-run milnce extract"
+                idx.log_error(video, why)
+                report.failed.append((video, why))
+                continue
+            mtime = float(st.st_mtime) if st is not None else _mtime(mtime_ns)
+            known = idx._by_path.get(video)
+            if known is not None and int(idx._records[known].size) == size and float(idx._records[known].mtime) == mtime:
+                report.unchanged += 1
+                continue
+            todo.append((file, video, size, mtime, "changed" if known is not None else "new"))
+        for path, reason in read_failures(src):
+            video = os.path.abspath(path)
+            if video in done_videos:
+                continue  # extracted since
+            size_: int | None
+            mtime_: float | None
+            try:
+                st = os.stat(video)
+                size_, mtime_ = int(st.st_size), float(st.st_mtime)
+            except OSError:
+                size_, mtime_ = None, None
+            entry = idx.error_entry(video)
+            if entry is not None and entry == (size_, mtime_):
+                report.previously_failed += 1
+                continue
+            reason = _reason_text(reason, path) or reason
+            idx.record_error(video, reason, size_, mtime_)
+            report.failed.append((video, reason))
+        if todo:
+            _add_features(idx, todo, report, progress, read_feature_file)
+        _finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
+                queries=lambda: None)
+    finally:
+        idx.close()
+    report.elapsed = time.perf_counter() - t_start
+    return report
+
+
+@dataclass
+class _Loaded:
+    video: str
+    size: int
+    mtime: float
+    why: str
+    content_hash: str
+    windows: _Windows
+
+
+def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], report: IndexReport, progress: bool,
+                  read: Callable[[str], Any]) -> None:
+    """Read the feature files and append their windows, a few hundred videos per transaction
+    (rows fsynced before the transaction that records them, as for every index write)."""
+    bar = _Progress(len(todo), 0.0, enabled=progress)
+    t0 = time.perf_counter()
+    batch: list[_Loaded] = []
+
+    def commit() -> None:
+        idx.add_videos([(b.video, b.windows, b.size, b.mtime, b.content_hash) for b in batch])
+        for b in batch:
+            w = b.windows
+            dur = float(w.duration) if math.isfinite(w.duration) else float(np.asarray(w.ends)[-1])
+            report.video_seconds += dur
+            report.windows_added += len(w)
+            (report.updated if b.why == "changed" else report.added).append(b.video)
+            bar.done(dur, b.video)
+        batch.clear()
+
+    try:
+        nwin = 0
+        for file, video, size, mtime, why in todo:
+            ff = read(file)
+            if len(ff) == 0 or ff.video_embedding.ndim != 2 or len(ff.video_embedding) != len(ff):
+                raise FeaturesMismatchError(f"{show_path(file)}: no windows or inconsistent arrays")
+            h = ""  # the video is not on this box: a later milnce index cannot recognise it moved
+            if os.path.isfile(video):
+                try:
+                    h = file_hash(video)
+                except OSError:
+                    pass
+            batch.append(_Loaded(video, size, mtime, why, h, _Windows(ff.start, ff.end, ff.video_embedding,
+                                                                       ff.duration)))
+            nwin += len(ff)
+            if len(batch) >= _COMMIT_VIDEOS or nwin >= _COMMIT_WINDOWS:
+                commit()
+                nwin = 0
+        if batch:
+            commit()
+    finally:
+        bar.close()
+        report.embed_seconds += time.perf_counter() - t0
