@@ -157,8 +157,10 @@ def test_run_jobs_equals_encode_video_file_workers_0_and_2(model, tree):
             assert r.error is None
             np.testing.assert_array_equal(r.starts, ref.starts)
             np.testing.assert_array_equal(r.ends, ref.ends)
-            np.testing.assert_allclose(r.video_embedding, ref.embeddings, rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(r.mixed_5c, ref.features, rtol=1e-5, atol=1e-5)
+            # batch composition changes the kernels' rounding: compare relative to the largest value
+            np.testing.assert_allclose(r.video_embedding, ref.embeddings, rtol=1e-5,
+                                       atol=1e-5 * float(np.abs(ref.embeddings).max()))
+            np.testing.assert_allclose(r.mixed_5c, ref.features, rtol=1e-5, atol=1e-5 * float(np.abs(ref.features).max()))
             assert r.duration == pytest.approx(ref.duration)
 
 
