@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,21 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("MILNCE_WEIGHTS", raising=False)
     monkeypatch.delenv("MILNCE_VOCAB", raising=False)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def reuse_loaded_model(checkpoint, model) -> Iterator[None]:
+    """CLI search/index commands given the conftest checkpoint get the already-loaded ``model``
+    (loading takes seconds); any other weights are loaded for real."""
+    import milnce.commands.search as cmds
+
+    real = cmds.model_from_args
+
+    def cached(args):  # type: ignore[no-untyped-def]
+        if args.weights == str(checkpoint[0]) and args.vocab == str(checkpoint[1]):
+            return model
+        return real(args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cmds, "model_from_args", cached)
+        yield

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import reuse_loaded_model
 from milnce.cli import main
 from milnce.index import (
     Index,
@@ -38,18 +39,7 @@ def wargs(checkpoint) -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _reuse_model(checkpoint, model):
-    """CLI commands given the conftest checkpoint get the already-loaded model."""
-    import milnce.commands.search as cmds
-
-    real = cmds.model_from_args
-
-    def cached(args):
-        if args.weights == str(checkpoint[0]) and args.vocab == str(checkpoint[1]):
-            return model
-        return real(args)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cmds, "model_from_args", cached)
+    with reuse_loaded_model(checkpoint, model):
         yield
 
 

@@ -1,15 +1,5 @@
 """The index store: ``Index`` reads and writes an index folder (see ``milnce.index`` for the layout).
 
-Layout of an index folder::
-
-    index.sqlite        videos, errors and settings (SQLite, WAL journal)
-    vectors-G.f32       window embeddings: raw float32 rows (N x 512), append-only
-    times-G.f64         window start/end seconds: raw float64 rows (N x 2), append-only
-    codes-G.i8, aux-G.f32  int8 codes of the rows + (scale, residual norm, norm), append-only
-    ann-G-R.faiss       optional approximate index over the first R rows (``--ann``)
-    errors.log          videos that could not be read, with the reason
-    .lock               held (fcntl) by the one process that writes
-
 Crash safety: a video's rows are appended and fsync'ed *before* the SQLite transaction that
 records them (and the committed row count) commits. A crash or a full disk leaves at worst an
 unreferenced tail, which the next writer truncates; readers only ever map the committed rows.
