@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search videos with words using the S3D text-video model trained on HowTo100M "
         "with MIL-NCE (Miech et al., CVPR 2020).",
         epilog="Run 'milnce COMMAND --help' for the options of a command. Weights are cached in "
-        "$MILNCE_HOME (default ~/.cache/milnce); offline, pass --weights and --vocab.",
+        "$MILNCE_HOME (default ~/.cache/milnce); offline, give the model commands --weights and --vocab "
+        "(or set MILNCE_WEIGHTS and MILNCE_VOCAB).",
     )
     parser.add_argument("--version", action="version", version=f"milnce {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
