@@ -1,87 +1,54 @@
-"""Web UI and JSON API over an index: ``create_app(index, model)`` and ``serve(...)``.
+"""The FastAPI app over an index: ``create_app(index, model)``, its routes, the ``Host`` check,
+errors in one shape and the warm-up search (the endpoints are listed in ``milnce.server``).
 
-Needs the optional extra ``serve`` (FastAPI + uvicorn): ``pip install 'milnce[serve]'``.
-
-Endpoints (OpenAPI at ``/openapi.json``, an offline reference at ``/static/api.html``):
-
-- ``GET /``                                   the single-page UI (``milnce/static``)
-- ``GET /healthz``                            liveness, index size, ANN state (``status``: ok / degraded)
-- ``GET /api/config``                         defaults and limits (``default_k``, ``max_k``, ...), read by the UI
-- ``GET /api/search?q=...&k=10``              moments for a query, best first (``by_video``, ``merge``)
-- ``GET /api/search?like=ID@SECONDS``         moments like the window of video ``ID`` at that time
-- ``GET /api/videos``                         the indexed videos (paged)
-- ``GET /api/videos/{id}``                    one video's metadata
-- ``GET /api/videos/{id}/curve?q=...``        the query's score over the video's windows (starts, ends, scores)
-- ``GET /api/videos/{id}/file``               the video file, with HTTP range requests (206)
-- ``GET /api/videos/{id}/thumbnail?t=SEC``    JPEG of the frame at ``t`` seconds
-
-Every error answers ``{"error": {"status": <int>, "message": <str>}}`` (422 adds ``errors``, the
-list of invalid parameters). ``/docs`` loads Swagger UI from a CDN (needs internet).
-
-Files are addressed only by their id in the index, never by a path from the request, and a file
-is served only while it is still the indexed file: opened without following a symbolic link in
-its last component, its ``fstat`` must show a regular file with the size and mtime recorded at
-indexing; a path that became a link is followed only when the target's content hash matches the
-indexed one (else 409 "file changed since indexing"). Searches run in FastAPI's threadpool, one
-model call at a time (a lock): torch uses the cores itself. A damaged approximate (ANN) index is
-reported by ``/healthz`` and searches fall back to exact search. Thumbnails are decoded with PyAV
-(seek, decode one frame, scale to 192 px wide) and encoded with FFmpeg's ``mjpeg`` encoder (no
-PIL needed), then kept in a small in-memory LRU cache.
+Searches run in FastAPI's threadpool, one model call at a time (a lock): torch uses the cores
+itself. A damaged approximate (ANN) index is reported by ``/healthz`` and searches fall back to
+exact search. Thumbnails are kept in a small in-memory LRU cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import logging
 import os
 import re
-import stat
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from email.utils import formatdate
-from fractions import Fraction
 from importlib import resources
 from typing import Any, BinaryIO
 
+import anyio
 import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
-
-try:
-    import anyio
-    from fastapi import FastAPI, HTTPException, Query, Request
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(MISSING_DEPS) from exc
-
-__all__ = ["create_app", "serve", "listen", "parse_range", "open_indexed_file", "file_state", "FileChangedError",
-           "MISSING_DEPS", "MAX_QUERY_CHARS", "MAX_K", "DEFAULT_K"]
+from .files import (
+    FILE_CHANGED,
+    MIME_TYPES,
+    PLAYABLE,
+    FileChangedError,
+    RangeNotSatisfiable,
+    _fd_path,
+    _OpenFileResponse,
+    _recorded_hash,
+    file_state,
+    open_indexed_file,
+    parse_range,
+)
+from .thumbs import _LRU, THUMB_CACHE_ENTRIES, THUMB_WIDTH, grab_thumbnail
 
 log = logging.getLogger("milnce.server")
 
 DEFAULT_K = 10  # the one default number of results: API, UI (through /api/config) and CLI
 MAX_QUERY_CHARS = 500
 MAX_K = 100
-THUMB_WIDTH = 192
-THUMB_CACHE_ENTRIES = 512
 QUERY_CACHE_ENTRIES = 64
-CHUNK = 256 * 1024
-
-# Content types by extension; browsers play the first group, not AVI/MKV/FLV/WMV.
-MIME_TYPES = {
-    ".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".ogv": "video/ogg",
-    ".ogg": "video/ogg", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
-    ".avi": "video/x-msvideo", ".flv": "video/x-flv", ".wmv": "video/x-ms-wmv",
-    ".mpg": "video/mpeg", ".mpeg": "video/mpeg", ".ts": "video/mp2t", ".3gp": "video/3gpp",
-}
-PLAYABLE = {".mp4", ".m4v", ".webm", ".ogv", ".ogg", ".mov"}
 
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
@@ -89,51 +56,7 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
 CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; script-src 'self'; "
        "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
-FILE_CHANGED = "file changed since indexing; re-run milnce index"
 _LIKE_RE = re.compile(r"^\s*([0-9]{1,12})\s*(?:@\s*([0-9]{1,9}(?:\.[0-9]{0,6})?)\s*)?$", re.ASCII)
-_DIGITS = re.compile(r"^[0-9]+$", re.ASCII)
-
-
-class RangeNotSatisfiable(Exception):
-    """The Range header asks only for bytes past the end of the file (answer 416)."""
-
-
-def _number(digits: str) -> int:
-    """An ASCII digit string as an int (capped at 10**18, so 5000-digit values cannot make
-    ``int()`` refuse them)."""
-    return int(digits) if len(digits) <= 18 else 10 ** 18
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """One ``bytes=`` range -> ``(first, last)`` inclusive, clipped to the file.
-
-    ``None`` means "send the whole file" (no header, another unit, a malformed or a multi-range
-    header, all of which a server may ignore, RFC 9110 14.2). Only ASCII digits count as
-    digits (``str.isdigit`` and ``int`` would take ``²`` or Arabic-Indic digits). Raises
-    ``RangeNotSatisfiable`` for a range that starts past the end or an empty suffix.
-    """
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first_s, dash, last_s = spec.strip().partition("-")
-    first_s, last_s = first_s.strip(), last_s.strip()
-    if not dash or (first_s and not _DIGITS.match(first_s)) or (last_s and not _DIGITS.match(last_s)):
-        return None
-    if not first_s:  # suffix: the last N bytes
-        if not last_s:
-            return None
-        n = _number(last_s)
-        if n == 0 or size == 0:
-            raise RangeNotSatisfiable
-        return max(0, size - n), size - 1
-    first = _number(first_s)
-    if last_s and _number(last_s) < first:
-        return None
-    if first >= size:
-        raise RangeNotSatisfiable
-    return first, min(_number(last_s), size - 1) if last_s else size - 1
 
 
 def parse_like(value: str) -> tuple[int, float] | None:
@@ -142,133 +65,6 @@ def parse_like(value: str) -> tuple[int, float] | None:
     if not m:
         return None
     return int(m.group(1)), float(m.group(2) or 0.0)
-
-
-# ----- file identity -------------------------------------------------------------------------
-
-
-class FileChangedError(Exception):
-    """The path no longer holds the indexed file (answer 409)."""
-
-
-def _hash_fd(fd: int, chunk: int = 1 << 20) -> str:
-    """BLAKE2b-128 of an open file's content (the index's ``file_hash``, from a descriptor)."""
-    h = hashlib.blake2b(digest_size=16)
-    offset = 0
-    while block := os.pread(fd, chunk, offset):
-        h.update(block)
-        offset += len(block)
-    return h.hexdigest()
-
-
-def open_indexed_file(path: str, size: int, mtime: float, content_hash: str | None = None,
-                      hash_cache: dict[Any, bool] | None = None) -> tuple[BinaryIO, os.stat_result]:
-    """Open ``path`` for reading only if it is still the file that was indexed.
-
-    The last path component is opened with ``O_NOFOLLOW`` (and ``O_NONBLOCK``, so a FIFO put in
-    its place cannot hang the server); ``fstat`` of the open descriptor must show a regular file
-    whose size and mtime equal the recorded ``size`` and ``mtime``. If the path is a symbolic
-    link now, it is followed only when ``content_hash`` is known and the target's content hash
-    equals it (the verdict is cached in ``hash_cache`` by device, inode, size and mtime).
-    Raises ``FileNotFoundError`` (moved or deleted) or ``FileChangedError``.
-    """
-    lst = os.lstat(path)  # FileNotFoundError: gone
-    link = stat.S_ISLNK(lst.st_mode)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    if not link:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:  # ELOOP: it became a link after the lstat
-        raise FileChangedError(f"{path} cannot be opened as the indexed file ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileChangedError(f"{path} is no longer a regular file")
-        if not link and (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
-            raise FileChangedError(f"{path} was replaced while being opened")
-        if int(st.st_size) != int(size) or float(st.st_mtime) != float(mtime):
-            raise FileChangedError(f"{path}: size or modification time differ from the indexed file's")
-        if link:
-            if not content_hash:
-                raise FileChangedError(f"{path} is now a symbolic link")
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, content_hash)
-            same = None if hash_cache is None else hash_cache.get(key)
-            if same is None:
-                same = _hash_fd(fd) == content_hash
-                if hash_cache is not None:
-                    hash_cache[key] = same
-            if not same:
-                raise FileChangedError(f"{path} is now a symbolic link to another file")
-        if flags & getattr(os, "O_NONBLOCK", 0) and hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb", buffering=0), st
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-class _OpenFileResponse(Response):
-    """Streams ``length`` bytes of an already opened (identity-checked) file from ``first``.
-
-    The file is closed when the body is sent, when the client disconnects (the stream is
-    cancelled) and on any error: aborted downloads do not keep descriptors until garbage
-    collection (a ``StreamingResponse`` over a generator does)."""
-
-    def __init__(self, fh: BinaryIO, first: int, length: int, status_code: int, headers: dict[str, str]) -> None:
-        super().__init__(status_code=status_code, headers=headers)
-        self.fh, self.first, self.length = fh, first, length
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        fd = self.fh.fileno()
-
-        async def stream() -> None:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            offset, left = self.first, self.length
-            while left > 0:
-                chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, left), offset)
-                if not chunk:
-                    break
-                offset += len(chunk)
-                left -= len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
-            if left > 0 or self.length == 0:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        try:
-            async with anyio.create_task_group() as tg:
-
-                async def run_stream() -> None:
-                    await stream()
-                    tg.cancel_scope.cancel()
-
-                async def watch() -> None:
-                    while True:
-                        if (await receive())["type"] == "http.disconnect":
-                            tg.cancel_scope.cancel()
-                            return
-
-                tg.start_soon(run_stream)
-                tg.start_soon(watch)
-        except Exception as exc:  # noqa: BLE001
-            if not _client_gone(exc):
-                raise
-        finally:
-            self.fh.close()
-
-
-def _client_gone(exc: BaseException) -> bool:
-    """``exc`` is an ``OSError`` (some servers' ``send`` raises one when the client went away),
-    or a group of them (anyio task groups wrap errors)."""
-    if isinstance(exc, OSError):
-        return True
-    subs = getattr(exc, "exceptions", None) or ()
-    return bool(subs) and all(_client_gone(e) for e in subs)
-
-
-# ----- small helpers -------------------------------------------------------------------------
 
 
 def _static_files() -> dict[str, tuple[bytes, str, str]]:
@@ -283,97 +79,10 @@ def _static_files() -> dict[str, tuple[bytes, str, str]]:
     return out
 
 
-class _LRU:
-    """A thread-safe least-recently-used cache."""
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-def grab_thumbnail(path: str, t: float, width: int = THUMB_WIDTH, quality: int = 4) -> bytes:
-    """JPEG bytes of the frame shown at ``t`` seconds (the last frame if ``t`` is past the end).
-
-    PyAV seeks to the key frame before ``t`` and decodes forward to the first frame at or after
-    ``t``; the frame is scaled to ``width`` px (even height, aspect kept) and encoded by FFmpeg's
-    ``mjpeg`` encoder at fixed quantiser ``quality`` (2 best .. 31 worst).
-    """
-    import av
-
-    from .video import frame_at
-
-    chosen = frame_at(path, t)  # VideoError if unreadable
-    w = max(16, min(width, chosen.width)) // 2 * 2
-    h = max(2, round(chosen.height * w / chosen.width / 2) * 2)
-    small = chosen.reformat(width=w, height=h, format="yuvj420p")
-    enc = av.CodecContext.create("mjpeg", "w")
-    enc.width, enc.height, enc.pix_fmt = w, h, "yuvj420p"
-    enc.time_base = Fraction(1, 25)
-    enc.qscale = True
-    enc.qmin = enc.qmax = quality
-    packets = enc.encode(small) + enc.encode(None)
-    return b"".join(bytes(p) for p in packets)
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     """The one error shape of the API: ``{"error": {"status": ..., "message": ..., **extra}}``."""
     return JSONResponse({"error": {"status": status, "message": message, **extra}}, status_code=status,
                         headers=headers)
-
-
-def _recorded_hash(index: Any, rec: Any) -> str | None:
-    """The content hash recorded for a video (``VideoRecord.hash`` if the index exposes it, else
-    the stored row's), or None."""
-    h = getattr(rec, "hash", None) or getattr(rec, "content_hash", None)
-    if h:
-        return str(h)
-    row = getattr(index, "_records", {}).get(getattr(rec, "id", None))
-    h = getattr(row, "hash", None)
-    return str(h) if h else None
-
-
-def file_state(path: str, size: int, mtime: float) -> str:
-    """``"ok"``, ``"missing"`` or ``"changed"`` (not a regular file, or another size or mtime than
-    indexed), from ``stat`` alone: a cheap hint for listings; serving checks more
-    (``open_indexed_file``)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing"
-    if not stat.S_ISREG(st.st_mode) or int(st.st_size) != int(size) or float(st.st_mtime) != float(mtime):
-        return "changed"
-    return "ok"
-
-
-def _fd_path(fh: BinaryIO, fallback: str) -> str:
-    """A path that reopens exactly this open file (``/proc/self/fd/N``), where the OS has one."""
-    p = f"/proc/self/fd/{fh.fileno()}"
-    return p if os.path.exists(p) else fallback
-
-
-LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]", "::1"]
 
 
 class _HostCheck:
@@ -451,8 +160,8 @@ def create_app(
     does not pay the one-time costs (first text encoding, first scan, first request through
     FastAPI); its time is ``app.state.warmup_ms``.
     """
-    from . import __version__
-    from .errors import MilnceError
+    from .. import __version__
+    from ..errors import MilnceError
 
     app = FastAPI(
         title="milnce",
@@ -906,77 +615,3 @@ def create_app(
         app.state.warmup_ms = round((time.perf_counter() - t0) * 1000, 1)
 
     return app
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def listen(host: str, port: int):  # type: ignore[no-untyped-def]
-    """A listening socket on host:port (so a busy port is reported before anything starts)."""
-    import socket
-
-    infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, socktype, proto, _, addr = infos[0]
-    sock = socket.socket(family, socktype, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def serve(
-    index: Any,
-    model: Any = None,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    log_level: str = "info",
-    access_log: bool = True,
-    announce: bool = True,
-    sock: Any = None,
-) -> None:
-    """Serve the UI and API until interrupted. ``index``: an ``Index`` or its folder (opened
-    read-only with ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``);
-    ``sock``: an already listening socket (from ``listen(host, port)``) to serve on."""
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise ImportError(MISSING_DEPS) from exc
-    if model is None:
-        from .api import load_model
-
-        model = load_model()
-    if isinstance(index, (str, os.PathLike)):
-        from .index import Index
-
-        index = Index.open(index, model, readonly=True)
-    loopback = _is_loopback(host)
-    allowed = LOOPBACK_HOSTS if loopback else None
-    app = create_app(index, model, allowed_hosts=allowed, warm_up=True)
-    if sock is None:
-        sock = listen(host, port)
-    bound_port = sock.getsockname()[1]
-    shown = f"[{host.strip('[]')}]" if ":" in host else host
-    if announce:
-        print(f"milnce: serving {len(index.videos())} videos ({len(index)} windows) at http://{shown}:{bound_port}/ "
-              f"(API reference at /static/api.html); Ctrl-C to stop", flush=True)
-        if not loopback:
-            print(f"milnce: warning: listening on {host}, not localhost: anyone who can reach this machine "
-                  "can search the index and download the indexed videos", flush=True)
-    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, workers=1)
-    server = uvicorn.Server(config)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()

@@ -1,0 +1,73 @@
+"""Web UI and JSON API over an index: ``create_app(index, model)`` and ``serve(...)``.
+
+Needs the optional extra ``serve`` (FastAPI + uvicorn): ``pip install 'milnce[serve]'``.
+
+Endpoints (OpenAPI at ``/openapi.json``, an offline reference at ``/static/api.html``):
+
+- ``GET /``                                   the single-page UI (``milnce/static``)
+- ``GET /healthz``                            liveness, index size, ANN state (``status``: ok / degraded)
+- ``GET /api/config``                         defaults and limits (``default_k``, ``max_k``, ...), read by the UI
+- ``GET /api/search?q=...&k=10``              moments for a query, best first (``by_video``, ``merge``)
+- ``GET /api/search?like=ID@SECONDS``         moments like the window of video ``ID`` at that time
+- ``GET /api/videos``                         the indexed videos (paged)
+- ``GET /api/videos/{id}``                    one video's metadata
+- ``GET /api/videos/{id}/curve?q=...``        the query's score over the video's windows (starts, ends, scores)
+- ``GET /api/videos/{id}/file``               the video file, with HTTP range requests (206)
+- ``GET /api/videos/{id}/thumbnail?t=SEC``    JPEG of the frame at ``t`` seconds
+
+Every error answers ``{"error": {"status": <int>, "message": <str>}}`` (422 adds ``errors``, the
+list of invalid parameters). ``/docs`` loads Swagger UI from a CDN (needs internet).
+
+Files are addressed only by their id in the index, never by a path from the request, and a file
+is served only while it is still the indexed file: opened without following a symbolic link in
+its last component, its ``fstat`` must show a regular file with the size and mtime recorded at
+indexing; a path that became a link is followed only when the target's content hash matches the
+indexed one (else 409 "file changed since indexing"). Searches run in FastAPI's threadpool, one
+model call at a time (a lock): torch uses the cores itself. A damaged approximate (ANN) index is
+reported by ``/healthz`` and searches fall back to exact search. Thumbnails are decoded with PyAV
+(seek, decode one frame, scale to 192 px wide) and encoded with FFmpeg's ``mjpeg`` encoder (no
+PIL needed), then kept in a small in-memory LRU cache.
+
+The package, one concern per module: ``app`` (``create_app``: routes, the ``Host`` check, errors,
+warm-up), ``files`` (``Range``, identity-checked opening and streaming of indexed files),
+``thumbs`` (thumbnails and the LRU cache), ``run`` (``listen``, ``serve``).
+"""
+
+from __future__ import annotations
+
+MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
+
+try:  # here, not only in the modules: a re-import after they were loaded must still say this
+    import fastapi  # noqa: F401
+    import starlette  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(MISSING_DEPS) from exc
+
+from .app import (  # noqa: E402 - after the check above
+    CSP,
+    DEFAULT_K,
+    MAX_K,
+    MAX_QUERY_CHARS,
+    QUERY_CACHE_ENTRIES,
+    STATIC_TYPES,
+    create_app,
+    parse_like,
+)
+from .files import (  # noqa: E402
+    CHUNK,
+    FILE_CHANGED,
+    MIME_TYPES,
+    PLAYABLE,
+    FileChangedError,
+    RangeNotSatisfiable,
+    file_state,
+    open_indexed_file,
+    parse_range,
+)
+from .run import LOOPBACK_HOSTS, listen, serve  # noqa: E402
+from .thumbs import THUMB_CACHE_ENTRIES, THUMB_WIDTH, grab_thumbnail  # noqa: E402
+
+__all__ = ["create_app", "serve", "listen", "parse_range", "open_indexed_file", "file_state", "FileChangedError",
+           "MISSING_DEPS", "MAX_QUERY_CHARS", "MAX_K", "DEFAULT_K",
+           "CHUNK", "CSP", "FILE_CHANGED", "LOOPBACK_HOSTS", "MIME_TYPES", "PLAYABLE", "QUERY_CACHE_ENTRIES",
+           "STATIC_TYPES", "THUMB_CACHE_ENTRIES", "THUMB_WIDTH", "RangeNotSatisfiable", "grab_thumbnail", "parse_like"]

@@ -1,0 +1,230 @@
+"""Serving the indexed files: ``Range`` parsing, the identity-checked opening of an indexed file
+(``open_indexed_file``, ``file_state``) and a response that streams the opened file, closing it
+when the body is sent, on error or when the client disconnects.
+
+A file is served only while it is still the indexed file: opened without following a symbolic
+link in its last component, its ``fstat`` must show a regular file with the size and mtime
+recorded at indexing; a path that became a link is followed only when the target's content hash
+matches the indexed one (else ``FileChangedError``: 409 "file changed since indexing").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from typing import Any, BinaryIO
+
+import anyio
+from fastapi.responses import Response
+
+CHUNK = 256 * 1024
+
+# Content types by extension; browsers play the first group, not AVI/MKV/FLV/WMV.
+MIME_TYPES = {
+    ".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".ogv": "video/ogg",
+    ".ogg": "video/ogg", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo", ".flv": "video/x-flv", ".wmv": "video/x-ms-wmv",
+    ".mpg": "video/mpeg", ".mpeg": "video/mpeg", ".ts": "video/mp2t", ".3gp": "video/3gpp",
+}
+PLAYABLE = {".mp4", ".m4v", ".webm", ".ogv", ".ogg", ".mov"}
+
+FILE_CHANGED = "file changed since indexing; re-run milnce index"
+_DIGITS = re.compile(r"^[0-9]+$", re.ASCII)
+
+
+class RangeNotSatisfiable(Exception):
+    """The Range header asks only for bytes past the end of the file (answer 416)."""
+
+
+def _number(digits: str) -> int:
+    """An ASCII digit string as an int (capped at 10**18, so 5000-digit values cannot make
+    ``int()`` refuse them)."""
+    return int(digits) if len(digits) <= 18 else 10 ** 18
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One ``bytes=`` range -> ``(first, last)`` inclusive, clipped to the file.
+
+    ``None`` means "send the whole file" (no header, another unit, a malformed or a multi-range
+    header, all of which a server may ignore, RFC 9110 14.2). Only ASCII digits count as
+    digits (``str.isdigit`` and ``int`` would take ``²`` or Arabic-Indic digits). Raises
+    ``RangeNotSatisfiable`` for a range that starts past the end or an empty suffix.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_s, dash, last_s = spec.strip().partition("-")
+    first_s, last_s = first_s.strip(), last_s.strip()
+    if not dash or (first_s and not _DIGITS.match(first_s)) or (last_s and not _DIGITS.match(last_s)):
+        return None
+    if not first_s:  # suffix: the last N bytes
+        if not last_s:
+            return None
+        n = _number(last_s)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable
+        return max(0, size - n), size - 1
+    first = _number(first_s)
+    if last_s and _number(last_s) < first:
+        return None
+    if first >= size:
+        raise RangeNotSatisfiable
+    return first, min(_number(last_s), size - 1) if last_s else size - 1
+
+
+# ----- file identity -------------------------------------------------------------------------
+
+
+class FileChangedError(Exception):
+    """The path no longer holds the indexed file (answer 409)."""
+
+
+def _hash_fd(fd: int, chunk: int = 1 << 20) -> str:
+    """BLAKE2b-128 of an open file's content (the index's ``file_hash``, from a descriptor)."""
+    h = hashlib.blake2b(digest_size=16)
+    offset = 0
+    while block := os.pread(fd, chunk, offset):
+        h.update(block)
+        offset += len(block)
+    return h.hexdigest()
+
+
+def open_indexed_file(path: str, size: int, mtime: float, content_hash: str | None = None,
+                      hash_cache: dict[Any, bool] | None = None) -> tuple[BinaryIO, os.stat_result]:
+    """Open ``path`` for reading only if it is still the file that was indexed.
+
+    The last path component is opened with ``O_NOFOLLOW`` (and ``O_NONBLOCK``, so a FIFO put in
+    its place cannot hang the server); ``fstat`` of the open descriptor must show a regular file
+    whose size and mtime equal the recorded ``size`` and ``mtime``. If the path is a symbolic
+    link now, it is followed only when ``content_hash`` is known and the target's content hash
+    equals it (the verdict is cached in ``hash_cache`` by device, inode, size and mtime).
+    Raises ``FileNotFoundError`` (moved or deleted) or ``FileChangedError``.
+    """
+    lst = os.lstat(path)  # FileNotFoundError: gone
+    link = stat.S_ISLNK(lst.st_mode)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not link:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # ELOOP: it became a link after the lstat
+        raise FileChangedError(f"{path} cannot be opened as the indexed file ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileChangedError(f"{path} is no longer a regular file")
+        if not link and (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
+            raise FileChangedError(f"{path} was replaced while being opened")
+        if int(st.st_size) != int(size) or float(st.st_mtime) != float(mtime):
+            raise FileChangedError(f"{path}: size or modification time differ from the indexed file's")
+        if link:
+            if not content_hash:
+                raise FileChangedError(f"{path} is now a symbolic link")
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, content_hash)
+            same = None if hash_cache is None else hash_cache.get(key)
+            if same is None:
+                same = _hash_fd(fd) == content_hash
+                if hash_cache is not None:
+                    hash_cache[key] = same
+            if not same:
+                raise FileChangedError(f"{path} is now a symbolic link to another file")
+        if flags & getattr(os, "O_NONBLOCK", 0) and hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _OpenFileResponse(Response):
+    """Streams ``length`` bytes of an already opened (identity-checked) file from ``first``.
+
+    The file is closed when the body is sent, when the client disconnects (the stream is
+    cancelled) and on any error: aborted downloads do not keep descriptors until garbage
+    collection (a ``StreamingResponse`` over a generator does)."""
+
+    def __init__(self, fh: BinaryIO, first: int, length: int, status_code: int, headers: dict[str, str]) -> None:
+        super().__init__(status_code=status_code, headers=headers)
+        self.fh, self.first, self.length = fh, first, length
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        fd = self.fh.fileno()
+
+        async def stream() -> None:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            offset, left = self.first, self.length
+            while left > 0:
+                chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, left), offset)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                left -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+            if left > 0 or self.length == 0:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def run_stream() -> None:
+                    await stream()
+                    tg.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    while True:
+                        if (await receive())["type"] == "http.disconnect":
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(run_stream)
+                tg.start_soon(watch)
+        except Exception as exc:  # noqa: BLE001
+            if not _client_gone(exc):
+                raise
+        finally:
+            self.fh.close()
+
+
+def _client_gone(exc: BaseException) -> bool:
+    """``exc`` is an ``OSError`` (some servers' ``send`` raises one when the client went away),
+    or a group of them (anyio task groups wrap errors)."""
+    if isinstance(exc, OSError):
+        return True
+    subs = getattr(exc, "exceptions", None) or ()
+    return bool(subs) and all(_client_gone(e) for e in subs)
+
+
+def _recorded_hash(index: Any, rec: Any) -> str | None:
+    """The content hash recorded for a video (``VideoRecord.hash`` if the index exposes it, else
+    the stored row's), or None."""
+    h = getattr(rec, "hash", None) or getattr(rec, "content_hash", None)
+    if h:
+        return str(h)
+    row = getattr(index, "_records", {}).get(getattr(rec, "id", None))
+    h = getattr(row, "hash", None)
+    return str(h) if h else None
+
+
+def file_state(path: str, size: int, mtime: float) -> str:
+    """``"ok"``, ``"missing"`` or ``"changed"`` (not a regular file, or another size or mtime than
+    indexed), from ``stat`` alone: a cheap hint for listings; serving checks more
+    (``open_indexed_file``)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    if not stat.S_ISREG(st.st_mode) or int(st.st_size) != int(size) or float(st.st_mtime) != float(mtime):
+        return "changed"
+    return "ok"
+
+
+def _fd_path(fh: BinaryIO, fallback: str) -> str:
+    """A path that reopens exactly this open file (``/proc/self/fd/N``), where the OS has one."""
+    p = f"/proc/self/fd/{fh.fileno()}"
+    return p if os.path.exists(p) else fallback
