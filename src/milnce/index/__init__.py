@@ -11,11 +11,13 @@ Layout of an index folder::
     .lock               held (fcntl) by the one process that writes
 
 Modules: ``records`` (``Moment``, ``VideoRecord``, ``IndexReport``, row types), ``errors``,
-``layout`` (file names), ``store`` (``Index``: SQLite + memory-mapped vectors, reading, writing,
-compaction), ``search`` (exact int8-screened search), ``ann`` (faiss), ``moments``
+``layout`` (file names), ``store`` (``Index``: the folder, memory-mapped vectors, records, writing,
+compaction), ``database`` (SQLite schema, connection, stored paths), ``verify`` (open-time damage
+checks), ``query`` (``QueryMixin``: ``Index``'s searches, curves, query encoding, ranking),
+``search`` (exact int8-screened search), ``ann`` (faiss), ``moments``
 (what a moment is: ``video_moments``), ``build`` (``find_videos``, ``build_index``), ``features``
 (``index_features``: from ``milnce extract``'s files), ``lock`` (the writer lock).
-Crash safety and search are described in ``milnce.index.store``.
+Crash safety and search are described in ``milnce.index.store``; ranking in ``milnce.index.query``.
 """
 
 from __future__ import annotations

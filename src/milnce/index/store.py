@@ -1,4 +1,7 @@
-"""The index store: ``Index`` reads and writes an index folder (see ``milnce.index`` for the layout).
+"""The index store: ``Index`` reads and writes an index folder (see ``milnce.index`` for the layout):
+opening (with the checks of ``milnce.index.verify``), records, the memory-mapped rows, writes,
+commits and compaction. SQLite details live in ``milnce.index.database``; searching in
+``milnce.index.query`` (``QueryMixin``, a base of ``Index``).
 
 Crash safety: a video's rows are appended and fsync'ed *before* the SQLite transaction that
 records them (and the committed row count) commits. A crash or a full disk leaves at worst an
@@ -6,12 +9,12 @@ unreferenced tail, which the next writer truncates; readers only ever map the co
 Rows of re-indexed or pruned videos become dead and are skipped; when they exceed a quarter of
 the store, the live rows are rewritten into a new generation ``G`` (also committed last).
 
-Search memory-maps the store (``np.memmap``): the page cache holds the vectors once. Exact
-search scans the int8 codes (a quarter of the bytes) and re-scores from the float32 rows every
-window whose score could reach the top k under a proven bound on the quantisation error, so it
-returns what a full float32 scan returns (``exact="scan"`` does that scan). The ANN index
-(faiss IVF with 8-bit codes, ``--ann``) gives candidates that are re-scored the same way, so
-scores are always exact dot products.
+Search (``milnce.index.query``) memory-maps the store (``np.memmap``): the page cache holds the
+vectors once. Exact search scans the int8 codes (a quarter of the bytes) and re-scores from the
+float32 rows every window whose score could reach the top k under a proven bound on the
+quantisation error, so it returns what a full float32 scan returns (``exact="scan"`` does that
+scan). The ANN index (faiss IVF with 8-bit codes, ``--ann``) gives candidates that are re-scored
+the same way, so scores are always exact dot products.
 """
 
 from __future__ import annotations
@@ -24,18 +27,16 @@ import os
 import sqlite3
 import threading
 import time
-import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
 from .ann import ann_status, build_ann, load_ann
-from .errors import IndexDamagedError, IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
+from .database import SCHEMA, connect, db_path, from_db, read_meta, sqlite_reason
+from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
 from .layout import (
     DB_NAME,
     DIM,
@@ -44,20 +45,18 @@ from .layout import (
     FORMAT_VERSION,
     KINDS,
     PREFIXES,
-    expand_path,
     fsync_dir,
     norm_path,
     now,
     user_path,
 )
 from .lock import acquire_lock
-from .moments import iter_video_moments
-from .records import Moment, VideoRecord, VideoRow
-from .search import SCAN_BLOCK, _Searcher, quantize_rows
+from .query import PERCENTILE_SAMPLE, QueryMixin
+from .records import VideoRecord, VideoRow
+from .search import quantize_rows
+from .verify import check_snapshot
 
 __all__ = ["Index", "PERCENTILE_SAMPLE"]
-
-PERCENTILE_SAMPLE = 8192  # windows a moment's percentile is measured against (all, in smaller indexes)
 
 
 class VideoEmbeddingsLike(Protocol):
@@ -67,133 +66,6 @@ class VideoEmbeddingsLike(Protocol):
     ends: np.ndarray
     embeddings: np.ndarray
     duration: float
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS videos (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    mtime REAL NOT NULL,
-    hash TEXT NOT NULL,
-    duration REAL NOT NULL,
-    row_start INTEGER NOT NULL,
-    num_windows INTEGER NOT NULL,
-    indexed_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS videos_size ON videos(size);
-CREATE TABLE IF NOT EXISTS errors (
-    path TEXT PRIMARY KEY,
-    size INTEGER,
-    mtime REAL,
-    reason TEXT NOT NULL,
-    time REAL NOT NULL
-);
-"""
-
-
-def _connect(db: str, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        uri = "file:" + Path(db).as_posix() + "?mode=ro"
-        try:
-            con = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
-            con.execute("SELECT count(*) FROM meta").fetchone()
-        except sqlite3.OperationalError:
-            # A read-only folder cannot hold the WAL's shared-memory file: read it as immutable.
-            uri = "file:" + Path(db).as_posix() + "?mode=ro&immutable=1"
-            con = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
-    else:
-        con = sqlite3.connect(db, timeout=30, check_same_thread=False, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-    return con
-
-
-def _read_meta(con: sqlite3.Connection, directory: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in con.execute("SELECT key, value FROM meta"):
-        try:
-            out[k] = json.loads(v)
-        except (TypeError, ValueError):
-            raise IndexDamagedError(directory, f"the stored {k!r} is not valid JSON") from None
-    return out
-
-
-def _db_path(path: str) -> str | bytes:
-    """A path as stored in SQLite: text, or its raw bytes when the name is not valid UTF-8 (a
-    file system name decoded with surrogateescape); ``_from_db`` reverses it exactly."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path)
-
-
-def _from_db(value: str | bytes) -> str:
-    return value if isinstance(value, str) else os.fsdecode(bytes(value))
-
-
-def _sqlite_reason(exc: BaseException) -> str:
-    msg = str(exc)
-    if "disk is full" in msg or "disk I/O" in msg:
-        return f"the disk is full or failing ({msg}); free some space and run the same command again"
-    return msg
-
-
-def _check_rows(directory: str, meta: dict[str, Any], rows: list[Any]) -> None:
-    """Refuse settings and video rows that cannot be right (``IndexDamagedError``)."""
-    for key, typ in (("settings", dict), ("weights_id", str), ("num_rows", int), ("generation", int)):
-        if not isinstance(meta.get(key), typ) or isinstance(meta.get(key), bool):
-            raise IndexDamagedError(directory, f"the stored {key!r} is missing or not a {typ.__name__}")
-    if meta["num_rows"] < 0 or meta["generation"] < 0:
-        raise IndexDamagedError(directory, "negative row count or generation")
-    try:
-        WindowSettings.from_dict(meta["settings"])
-    except (UsageError, TypeError, ValueError) as exc:
-        raise IndexDamagedError(directory, f"invalid window settings ({exc})") from None
-    end, prev = 0, None
-    for r in rows:  # sorted by row_start
-        vid, path, size, mtime, h, duration, start, n = r
-        if not (isinstance(start, int) and isinstance(n, int)) or start < 0 or n < 1:
-            raise IndexDamagedError(directory, f"video {vid} ({path!r}) has rows {start!r}+{n!r}")
-        if start + n > meta["num_rows"]:
-            raise IndexDamagedError(directory, f"video {vid} ({path!r}) claims rows {start}..{start + n - 1} but "
-                                               f"the store holds {meta['num_rows']}")
-        if start < end:
-            raise IndexDamagedError(directory, f"video {vid} ({path!r}) and video {prev} share store rows "
-                                               f"from {start}")
-        end, prev = start + n, vid
-
-
-
-class _Cursor:
-    """One video's moments for one query, produced lazily best first (absolute store rows)."""
-
-    def __init__(self, index: Index, pos: int, q: np.ndarray, merge: bool) -> None:
-        self.vid = int(index._vid[pos])
-        self.row0 = int(index._rs[pos])
-        scores = index._video_scores(pos, q)
-        self._it = iter_video_moments(scores, None if merge else -np.inf)
-        self._next = next(self._it, None)
-        if not merge and self._next is not None:  # single windows: the peak alone
-            a, b, p, s = self._next
-            self._next = (p, p, p, s)
-
-    def head(self) -> tuple[float, int, int, int, int] | None:
-        """The video's best moment ``(score, video id, first, last, peak)``, if any is left."""
-        if self._next is None:
-            return None
-        a, b, p, s = self._next
-        return (s, self.vid, self.row0 + a, self.row0 + b, self.row0 + p)
-
-    def take_above(self, threshold: float) -> list[tuple[float, int, int, int, int]]:
-        """Remove and return the video's next moments scoring above ``threshold``."""
-        out = []
-        while self._next is not None and self._next[3] > threshold:
-            out.append(self.head())
-            self._next = next(self._it, None)
-        return out  # type: ignore[return-value]
 
 
 class _RWLock:
@@ -234,7 +106,7 @@ class _RWLock:
                         c.notify_all()
 
 
-class Index:
+class Index(QueryMixin):
     """An opened index folder (a consistent snapshot; ``refresh()`` picks up later commits).
 
     ``Index.open(folder, model)`` for searching with text; ``search_embeddings`` works without a
@@ -271,9 +143,9 @@ class Index:
                                      "(build one with: milnce index VIDEOS... --index DIR)")
         lock_fd = None if readonly else acquire_lock(d)
         try:
-            con = _connect(db, readonly)
+            con = connect(db, readonly)
             if not readonly:
-                con.executescript(_SCHEMA)
+                con.executescript(SCHEMA)
             idx = cls(d, con, model, readonly=readonly, lock_fd=lock_fd)
         except sqlite3.DatabaseError as exc:
             if lock_fd is not None:
@@ -309,7 +181,7 @@ class Index:
         try:
             return cls._create(d, directory, model, window, settings)
         except sqlite3.Error as exc:
-            raise IndexWriteError(f"cannot write the index in {directory}: {_sqlite_reason(exc)}") from exc
+            raise IndexWriteError(f"cannot write the index in {directory}: {sqlite_reason(exc)}") from exc
         except OSError as exc:
             if isinstance(exc, IndexFolderError):
                 raise
@@ -327,9 +199,9 @@ class Index:
                 if stray:
                     raise IndexFolderError(f"{directory} is not empty and holds no index ({stray[0]}, ...); "
                                       "pick an empty or new folder for the index")
-            con = _connect(db, readonly=False)
-            con.executescript(_SCHEMA)
-            meta = _read_meta(con, d)
+            con = connect(db, readonly=False)
+            con.executescript(SCHEMA)
+            meta = read_meta(con, d)
             if not meta:
                 s = window.to_dict()
                 info = getattr(model, "info", None)
@@ -396,18 +268,13 @@ class Index:
             con = self._con
             con.execute("BEGIN")  # one snapshot for the settings, the row count and the videos
             try:
-                meta = _read_meta(con, self.directory)
+                meta = read_meta(con, self.directory)
                 rows = con.execute(
                     "SELECT id, path, size, mtime, hash, duration, row_start, num_windows FROM videos ORDER BY row_start"
                 ).fetchall()
             finally:
                 con.execute("COMMIT")
-        if not meta:
-            raise IndexNotFoundError(f"{self.directory}: the index is empty (no settings); rebuild it")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise IndexFolderError(f"{self.directory}: index format {meta['format_version']} is newer than this milnce "
-                              f"understands ({FORMAT_VERSION}); upgrade milnce")
-        _check_rows(self.directory, meta, rows)
+        check_snapshot(self.directory, meta, rows)
         self.meta = meta
         self.settings: dict[str, Any] = dict(meta["settings"])
         self.weights_id: str = meta["weights_id"]
@@ -415,7 +282,7 @@ class Index:
         self.num_rows = int(meta["num_rows"])
         self.generation = int(meta["generation"])
         self._version = meta.get("version", 0)
-        records = [VideoRow(r[0], _from_db(r[1]), *r[2:]) for r in rows]
+        records = [VideoRow(r[0], from_db(r[1]), *r[2:]) for r in rows]
         self._records: dict[int, VideoRow] = {r.id: r for r in records}
         self._by_path: dict[str, int] = {r.path: r.id for r in records}
         self.num_live = sum(int(r.num_windows) for r in records)
@@ -589,279 +456,7 @@ class Index:
     def errors(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the videos that could not be read."""
         with self._db_lock:
-            return sorted((_from_db(p), r) for p, r in self._con.execute("SELECT path, reason FROM errors"))
-
-    # -- queries ------------------------------------------------------------------------------
-
-    def query_problem(self, query: str) -> str | None:
-        """Why a text query cannot be searched (empty, no known word), or None."""
-        if not isinstance(query, str):
-            return f"query must be a string, got {type(query).__name__}"
-        if self.model is None:
-            return "the query is empty" if not query.strip() else None
-        return self.model.tokenizer.query_problem(query)
-
-    def encode_queries(self, queries: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
-        """Text embeddings (Q x 512; zero rows for unusable queries) and each query's problem."""
-        if self.model is None:
-            raise IndexFolderError("this index was opened without a model: pass one to Index.open(folder, model) "
-                              "to search with text, or use search_embeddings()")
-        problems = [self.query_problem(q) for q in queries]
-        emb = np.zeros((len(queries), self.dim), np.float32)
-        good = [i for i, p in enumerate(problems) if p is None]
-        if good:
-            out = self.model.encode_text([queries[i] for i in good])
-            emb[good] = out.detach().cpu().numpy().astype(np.float32)
-        return emb, problems
-
-    @overload
-    def search(self, query: str, k: int = 10, *, merge: bool = True, by_video: bool = False,  # type: ignore[overload-overlap]
-               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[Moment]: ...
-
-    @overload
-    def search(self, query: Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
-               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[list[Moment]]: ...
-
-    def search(self, query: str | Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
-               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[Moment] | list[list[Moment]]:
-        """Best moments for a query (a list of ``Moment``), or for each of several queries (a list
-        of lists). A query that is empty or has no known word gives no results (and a warning);
-        ``query_problem`` says why.
-
-        Moments are defined per video and query, independently of ``k`` (``milnce.index.moments``);
-        the results are the first ``k`` of one ranking of all moments of all videos (score, then
-        video id, then start), so ``k=10`` gives the first 10 of ``k=40``. ``merge=False``: single
-        windows instead of moments; ``by_video``: each video's best moment, videos ranked by it;
-        ``exact``: skip the ANN index; ``exclude_videos``: video ids to leave out."""
-        single = isinstance(query, str)
-        queries: list[str] = [query] if isinstance(query, str) else list(query)
-        if not queries:
-            return []
-        emb, problems = self.encode_queries(queries)
-        for p in problems:
-            if p is not None:
-                warnings.warn(f"{p}; no results", stacklevel=2)
-        good = [i for i, p in enumerate(problems) if p is None]
-        results: list[list[Moment]] = [[] for _ in queries]
-        if good:
-            found = self.search_embeddings(emb[good], k, merge=merge, by_video=by_video, exact=exact,
-                                           exclude_videos=exclude_videos)
-            for i, res in zip(good, found):
-                results[i] = res
-        return results[0] if single else results
-
-    def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
-                          exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[list[Moment]]:
-        """Like ``search`` for text embeddings (Q x 512 or 512). ``exact``: False = the ANN index
-        if one was built, else exact; True = exact (int8 screening + float32 re-scoring, the same
-        results as a full scan); ``"scan"`` = the plain full float32 scan. With the ANN index the
-        candidate videos are approximate (each moment and score is still exact)."""
-        q = self._query_matrix(text_emb)
-        k = int(k)
-        if k < 1:
-            raise UsageError(f"k must be >= 1, got {k}")
-        with self._state_lock.read():  # refresh() does not swap the snapshot under a search
-            if self.num_live == 0:
-                return [[] for _ in range(len(q))]
-            skip = {int(p) for p in np.flatnonzero(np.isin(self._vid, np.fromiter(
-                (int(v) for v in exclude_videos), dtype=np.int64)))}
-            k = min(k, len(self._records) if by_video else self.num_live)
-            searcher = _Searcher(self, q, exact=exact)
-            return [self._rank(searcher, i, k, merge, by_video, skip) for i in range(len(q))]
-
-    def _query_matrix(self, emb: np.ndarray) -> np.ndarray:
-        q = np.asarray(emb, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise UsageError(f"query embeddings must be Q x {self.dim}, got shape {q.shape}")
-        if not np.isfinite(q).all():
-            raise UsageError("query embeddings must be finite")
-        return np.ascontiguousarray(q)
-
-    def _video_of(self, rows: np.ndarray) -> np.ndarray:
-        """Index into the live ranges for each row (rows must be live)."""
-        return np.searchsorted(self._rs, rows, side="right") - 1
-
-    def _video_scores(self, pos: int, q: np.ndarray) -> np.ndarray:
-        """Scores of every window of the video at live-range position ``pos`` (one fixed computation,
-        so a moment's score never depends on how it was found)."""
-        a, b = int(self._rs[pos]), int(self._re[pos])
-        return np.asarray(self._vectors[a:b], dtype=np.float32) @ q
-
-    def _score_tolerance(self, q: np.ndarray) -> float:
-        """A bound on the float32 rounding difference between two computations of one window's score."""
-        d = self._derived
-        if "max_norm" not in d:
-            codes = self._codes
-            d["max_norm"] = float(np.asarray(codes[1][:, 2]).max()) if codes is not None and len(codes[1]) else None
-        mx = d["max_norm"]
-        qn = float(np.linalg.norm(q))
-        return 1e-5 * qn * (mx if mx is not None and np.isfinite(mx) else max(qn, 1.0) * 1e3) + 1e-6
-
-    def _rank(self, searcher: _Searcher, i: int, k: int, merge: bool, by_video: bool, skip: set[int]) -> list[Moment]:
-        """The first ``k`` of the fixed ranking of moments (or windows / videos) for query ``i``.
-
-        Candidates come from the searcher best first; for every video among them its whole score
-        curve is computed and its moments grown exactly. With ``t`` the lowest candidate score,
-        every moment scoring above ``t`` has its peak among the candidates, so the moments found
-        above ``t`` are exactly the top of the ranking; when fewer than ``k``, the candidates widen."""
-        q = searcher.q[i]
-        n_live = self.num_live
-        m = min(n_live, max(2 * k, k + 8) if not by_video else max(4 * k, 32))
-        tol = self._score_tolerance(q)
-        cursors: dict[int, _Cursor] = {}
-        found: list[tuple[float, int, int, int, int]] = []  # score, video id, first, last, peak (rows)
-        while True:
-            rows, scores = searcher.top(i, m)
-            complete = m >= n_live or len(rows) < m
-            thr = -np.inf if complete else float(scores[-1]) + tol
-            if not merge and not by_video:
-                pos = self._video_of(rows)
-                keep = [j for j in range(len(rows)) if int(pos[j]) not in skip]
-                found = [(float(scores[j]), int(self._vid[pos[j]]), int(rows[j]), int(rows[j]), int(rows[j]))
-                         for j in keep]
-                if len(found) >= k or complete:
-                    return self._moments(found[:k], q)
-            else:
-                for p in np.unique(self._video_of(rows)).tolist():
-                    if p not in skip and p not in cursors:
-                        cursors[p] = _Cursor(self, p, q, merge)
-                if by_video:
-                    found = [h for c in cursors.values() if (h := c.head()) is not None and h[0] > thr]
-                else:
-                    for c in cursors.values():
-                        found.extend(c.take_above(thr))
-                if len(found) >= k or complete:
-                    break
-            m = min(n_live, 2 * m)
-        found.sort(key=lambda t: (-t[0], t[1], t[2]))
-        return self._moments(found[:k], q)
-
-    def _moments(self, found: list[tuple[float, int, int, int, int]], q: np.ndarray) -> list[Moment]:
-        """``Moment``s (with cosine and percentile) for ``(score, video id, first, last, peak)`` rows."""
-        if not found:
-            return []
-        exists: dict[int, bool] = {}
-        qn = float(np.linalg.norm(q))
-        peaks = np.array([f[4] for f in found], dtype=np.int64)
-        vn = np.linalg.norm(np.asarray(self._vectors[peaks], dtype=np.float64), axis=1)
-        sample = np.sort(self._percentile_sample() @ q)
-        out = []
-        for (score, vid, first, last, peak), norm in zip(found, vn.tolist()):
-            path = self._records[vid].path
-            if vid not in exists:
-                exists[vid] = os.path.isfile(path)
-            below = np.searchsorted(sample, score, side="left")
-            ties = np.searchsorted(sample, score, side="right") - below
-            pct = 100.0 * (below + 0.5 * ties) / len(sample) if len(sample) else float("nan")
-            out.append(Moment(video_id=vid, path=path, start=float(self._times[first, 0]),
-                              end=float(self._times[last, 1]), score=float(score), exists=exists[vid],
-                              peak=float(self._times[peak, 0]),
-                              cosine=float(score / (qn * norm)) if qn > 0 and norm > 0 else 0.0,
-                              percentile=round(float(pct), 3)))
-        return out
-
-    def _percentile_sample(self) -> np.ndarray:
-        """The windows percentiles are measured against: every live window up to ``PERCENTILE_SAMPLE``,
-        else that many spread evenly over the live rows (fixed: the same for every query)."""
-        d = self._derived
-        if "pct" not in d:
-            n = self.num_live
-            pick = np.arange(n) if n <= PERCENTILE_SAMPLE else np.linspace(0, n - 1, PERCENTILE_SAMPLE).astype(np.int64)
-            mask = self.live_mask()
-            rows = np.flatnonzero(mask)[pick] if mask is not None else pick
-            d["pct"] = np.ascontiguousarray(self._vectors[rows], dtype=np.float32)
-        return d["pct"]
-
-    # -- curves, query by example -------------------------------------------------------------
-
-    def query_embedding(self, query: str | np.ndarray) -> np.ndarray:
-        """A query as a 512-d float32 vector: a sentence (needs the model; ``UsageError`` when it has
-        no known word) or an embedding (passed through, checked)."""
-        if isinstance(query, str):
-            emb, problems = self.encode_queries([query])
-            if problems[0] is not None:
-                raise UsageError(problems[0])
-            return emb[0]
-        q = self._query_matrix(query)
-        if len(q) != 1:
-            raise UsageError(f"expected one query embedding, got {len(q)}")
-        return q[0]
-
-    def curve(self, video_id: int, query: str | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The score of every window of one video for a query (a sentence or an embedding), in time
-        order: ``(starts, ends, scores)`` (seconds, seconds, float32 dot products). ``KeyError``
-        for an unknown video id."""
-        q = self.query_embedding(query)
-        with self._state_lock.read():
-            pos = self._pos_of(video_id)
-            a, b = int(self._rs[pos]), int(self._re[pos])
-            t = np.array(self._times[a:b])
-            return t[:, 0], t[:, 1], self._video_scores(pos, q)
-
-    def video_moments(self, video_id: int, query: str | np.ndarray, k: int | None = None) -> list[Moment]:
-        """All moments of one video for a query, best first (the first ``k``): the partition of its
-        windows that ``search`` ranks (``milnce.index.moments``)."""
-        q = self.query_embedding(query)
-        with self._state_lock.read():
-            pos = self._pos_of(video_id)
-            c = _Cursor(self, pos, q, True)
-            found = c.take_above(-np.inf)
-            return self._moments(found if k is None else found[:max(0, int(k))], q)
-
-    def _pos_of(self, video_id: int) -> int:
-        try:
-            vid = int(video_id)
-        except (TypeError, ValueError):
-            raise KeyError(f"no video with id {video_id!r} in the index") from None
-        if vid not in self._records:
-            raise KeyError(f"no video with id {video_id!r} in the index")
-        return int(np.searchsorted(self._rs, self._records[vid].row_start, side="right") - 1)
-
-    def like_embedding(self, video: int | str | os.PathLike[str], start: float = 0.0) -> tuple[np.ndarray, int | None]:
-        """The embedding of the window of ``video`` (an id, or a path) that starts nearest ``start``
-        seconds, and the video's id (None when the video is not in the index: its window at
-        ``start`` is then embedded with the model, with the index's window settings)."""
-        start = float(start)
-        if not math.isfinite(start) or start < 0:
-            raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
-        vid: int | None = None
-        path: str | os.PathLike[str] = ""
-        if isinstance(video, (int, np.integer)):
-            if int(video) not in self._records:
-                raise KeyError(f"no video with id {video!r} in the index")
-            vid = int(video)
-        else:
-            path = video
-            rec = self.video_by_path(path)
-            if rec is not None and rec.exists:
-                st = os.stat(rec.path)
-                if st.st_size == rec.size and float(st.st_mtime) == rec.mtime:
-                    vid = rec.id  # indexed and unchanged: its stored windows
-        if vid is not None:
-            starts, _, emb = self.windows(vid)
-            j = int(np.argmin(np.abs(starts - start)))
-            return np.asarray(emb[j], np.float32), vid
-        if self.model is None:
-            raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
-                                   "a model to embed it")
-        w = WindowSettings.from_dict(self.settings)
-        ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
-                                          stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
-        if len(ve) == 0:
-            raise UsageError(f"{os.fspath(path)}: no frames at {start:g} s")
-        return np.asarray(ve.embeddings[0], np.float32), None
-
-    def search_like(self, video: int | str | os.PathLike[str], start: float = 0.0, k: int = 10, *,
-                    merge: bool = True, by_video: bool = False, exact: bool | str = False,
-                    include_self: bool = False) -> list[Moment]:
-        """Query by example: moments like the window of ``video`` (id or path) at ``start`` seconds
-        (``like_embedding``), ranked as ``search`` ranks them. The example's own video is left out
-        unless ``include_self``."""
-        q, vid = self.like_embedding(video, start)
-        skip = [] if include_self or vid is None else [vid]
-        return self.search_embeddings(q, k, merge=merge, by_video=by_video, exact=exact, exclude_videos=skip)[0]
+            return sorted((from_db(p), r) for p, r in self._con.execute("SELECT path, reason FROM errors"))
 
     def live_mask(self) -> np.ndarray | None:
         """Boolean mask of live rows, or None when every row is live."""
@@ -873,22 +468,6 @@ class Index:
                 mask[a:b] = True
             self._live_mask = mask
         return self._live_mask
-
-    def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray:
-        """Exact dot products of text embeddings (Q x 512) with the stored windows (Q x N rows);
-        dead rows score -inf."""
-        q = np.asarray(text_emb, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        a, b = (0, self.num_rows) if rows is None else (rows.start or 0, self.num_rows if rows.stop is None else rows.stop)
-        out = np.empty((len(q), b - a), dtype=np.float32)
-        for s in range(a, b, SCAN_BLOCK):
-            e = min(b, s + SCAN_BLOCK)
-            out[:, s - a:e - a] = q @ self._vectors[s:e].T
-        mask = self.live_mask()
-        if mask is not None:
-            out[:, ~mask[a:b]] = -np.inf
-        return out
 
     # -- ANN ----------------------------------------------------------------------------------
 
@@ -902,6 +481,7 @@ class Index:
         "recall_at_10", "reason"}``. Anything but "ok" means searches are exact."""
         return ann_status(self)
 
+    # -- writing ------------------------------------------------------------------------------
 
     def _need_writer(self) -> None:
         if self.readonly or self._lock_fd is None:
@@ -1024,8 +604,8 @@ class Index:
                               "indexed_at=? WHERE id=?", (size, mtime, h, duration, start, n, stamp, old)))
             else:
                 stmts.append(("INSERT INTO videos(path, size, mtime, hash, duration, row_start, num_windows, "
-                              "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (_db_path(path), size, mtime, h, duration, start, n, stamp)))
-            stmts.append(("DELETE FROM errors WHERE path=?", (_db_path(path),)))
+                              "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (db_path(path), size, mtime, h, duration, start, n, stamp)))
+            stmts.append(("DELETE FROM errors WHERE path=?", (db_path(path),)))
         try:
             ids = self._commit(stmts, num_rows=pos)
         except sqlite3.Error as exc:
@@ -1060,7 +640,7 @@ class Index:
         r = self._records[int(video_id)]
         new = r._replace(path=norm_path(path) if path else r.path, size=r.size if size is None else size,
                          mtime=r.mtime if mtime is None else mtime)
-        self._commit([("UPDATE videos SET path=?, size=?, mtime=? WHERE id=?", (_db_path(new.path), new.size, new.mtime,
+        self._commit([("UPDATE videos SET path=?, size=?, mtime=? WHERE id=?", (db_path(new.path), new.size, new.mtime,
                                                                                  int(video_id)))])
         del self._by_path[r.path]
         self._records[int(video_id)] = new
@@ -1104,7 +684,7 @@ class Index:
         self._need_writer()
         path = norm_path(path)
         self._commit([("INSERT OR REPLACE INTO errors(path, size, mtime, reason, time) VALUES (?, ?, ?, ?, ?)",
-                       (_db_path(path), size, mtime, reason, now()))])
+                       (db_path(path), size, mtime, reason, now()))])
         self.log_error(path, reason)
 
     def log_error(self, path: str, reason: str) -> None:
@@ -1118,7 +698,7 @@ class Index:
 
     def error_entry(self, path: str) -> tuple[int | None, float | None] | None:
         with self._db_lock:
-            row = self._con.execute("SELECT size, mtime FROM errors WHERE path=?", (_db_path(norm_path(path)),)).fetchone()
+            row = self._con.execute("SELECT size, mtime FROM errors WHERE path=?", (db_path(norm_path(path)),)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def compact(self) -> bool:
@@ -1170,6 +750,7 @@ class Index:
                 except OSError:
                     pass
         return True
+
     def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
                   target_recall: float = 0.98, progress: bool = False) -> dict[str, Any]:
         """Build the approximate index over the live rows; see ``milnce.index.ann.build_ann``."""
