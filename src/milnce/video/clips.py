@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -73,26 +73,69 @@ def read_clip(path: str | os.PathLike[str], start: float, end: float, num_window
         raise VideoError(f"{p}: end must be finite")
     T = int(num_frames)
     starts = np.linspace(s, max(s, e - T / fps), int(num_windows))
-    tagged = sorted((float(st) + i / fps, w, i) for w, st in enumerate(starts) for i in range(T))
-    video = _Video(p, threads=threads)
-    if video.header_duration is not None and s >= video.header_duration + 1.0:
-        video.close()
-        raise VideoError(f"{p}: start ({s:g} s) is past the end of the video ({video.header_duration:.3f} s)")
-    sampler = _Sampler(video, _Converter(size, crop))
-    got: list[list[np.ndarray]] = [[] for _ in range(int(num_windows))]
-    try:
-        times = iter([(t, True) for t, _, _ in tagged])
-        for (_, w, _i), arr in zip(tagged, sampler.run(times, seek=s if s > 0 else None)):
-            assert arr is not None
-            got[w].append(arr)
-    finally:
-        video.close()
-    if sampler.last_array is None:
-        if video.last_time is None:
-            raise VideoError(f"{p}: no decodable video frames")
-        raise VideoError(f"{p}: start ({s:g} s) is past the end of the video ({sampler.video_end or video.last_time:.3f} s)")
-    windows = [_stack(_pad(real if real else [sampler.last_array * (pad != "zeros")], T, pad)) for real in got]
-    return Clip(s, e, torch.stack(windows))
+    reader = WindowsAt(p, [float(st) for st in starts], fps, T, size, crop, pad, threads=threads)
+    windows: dict[int, torch.Tensor] = {w: frames for w, _n, frames in reader}
+    return Clip(s, e, torch.stack([windows[w] for w in range(len(starts))]))
+
+
+class WindowsAt:
+    """One window of ``num_frames`` samples at ``fps`` from each of ``starts`` (seconds), all in
+    one decoding pass over the video (windows may overlap, repeat or run past the end).
+
+    Iterating yields ``(w, n, frames)``: window ``w`` (its index in ``starts``) as soon as it is
+    complete, ``n`` its real (not padded) samples, ``frames`` uint8 ``3 x T x S x S``; windows that
+    run past the end of the video come last, padded with ``pad`` (a window with no real frame
+    repeats the last frame, or is black with ``pad="zeros"``). ``duration`` (seconds, or None) is
+    known after iterating. Raises ``VideoError`` for unreadable input or when even the first
+    start is past the end. ``read_clip`` and the extraction pipeline read through this class.
+    """
+
+    def __init__(self, path: str, starts: list[float], fps: float, num_frames: int, size: int, crop: str,
+                 pad: str, *, threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
+        self.path = _check_path(path)
+        if not starts:
+            raise VideoError(f"{self.path}: no window start times given")
+        for st in starts:
+            if not math.isfinite(st) or st < 0:
+                raise VideoError(f"{self.path}: window start times must be finite seconds >= 0, got {st!r}")
+        self.starts, self.fps, self.num_frames = starts, float(fps), int(num_frames)
+        self.size, self.crop, self.pad, self.threads, self.warn = size, crop, pad, threads, warn
+        self.duration: float | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        p, starts, T, fps = self.path, self.starts, self.num_frames, self.fps
+        first = min(starts)
+        video = _Video(p, threads=self.threads, warn=self.warn)
+        try:
+            if video.header_duration is not None and first >= video.header_duration + 1.0:
+                raise VideoError(f"{p}: start ({first:g} s) is past the end of the video ({video.header_duration:.3f} s)")
+            sampler = _Sampler(video, _Converter(self.size, self.crop))
+            # every sample time of every window, in time order
+            tagged = sorted((st + i / fps, w, i) for w, st in enumerate(starts) for i in range(T))
+            got: dict[int, list[np.ndarray]] = {}
+            emitted: set[int] = set()
+            times = iter([(t, True) for t, _, _ in tagged])
+            try:
+                for (_, w, i), arr in zip(tagged, sampler.run(times, seek=first if first > 0 else None)):
+                    assert arr is not None  # every requested time gets a frame
+                    got.setdefault(w, []).append(arr)
+                    if i == T - 1:  # window w is complete
+                        emitted.add(w)
+                        yield w, T, _stack(_pad(got.pop(w), T, self.pad))
+            finally:
+                self.duration = sampler.video_end if sampler.video_end is not None else video.header_duration
+            if sampler.last_array is None:
+                if video.last_time is None:
+                    raise VideoError(f"{p}: no decodable video frames (zero-length video?)")
+                end = sampler.video_end or video.last_time
+                raise VideoError(f"{p}: start ({first:g} s) is past the end of the video ({end:.3f} s)")
+            for w in range(len(starts)):  # windows that run past the end of the video: padded
+                if w not in emitted:
+                    real = got.pop(w, [])
+                    n = len(real)
+                    yield w, n, _stack(_pad(real or [sampler.last_array * (self.pad != "zeros")], T, self.pad))
+        finally:
+            video.close()
 
 
 def clips_to_tensor(clips: Clip | torch.Tensor | Iterable[Clip | torch.Tensor]) -> torch.Tensor:
