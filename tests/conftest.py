@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,10 +115,17 @@ def _isolated_cache(tmp_path, monkeypatch):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-@contextlib.contextmanager
-def reuse_loaded_model(checkpoint, model) -> Iterator[None]:
+@pytest.fixture(scope="session")
+def wargs(checkpoint) -> list[str]:
+    """The CLI options that name the conftest checkpoint."""
+    return ["--weights", str(checkpoint[0]), "--vocab", str(checkpoint[1])]
+
+
+@pytest.fixture(scope="module")
+def reuse_model(checkpoint, model) -> Iterator[None]:
     """CLI search/index commands given the conftest checkpoint get the already-loaded ``model``
-    (loading takes seconds); any other weights are loaded for real."""
+    (loading takes seconds); any other weights are loaded for real. Use with
+    ``pytestmark = pytest.mark.usefixtures("reuse_model")``."""
     import milnce.commands.search as cmds
 
     real = cmds.model_from_args

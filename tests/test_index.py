@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import milnce
-from conftest import reuse_loaded_model
 from milnce.cli import main
 from milnce.index import (
     Index,
@@ -66,15 +65,7 @@ def video_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def wargs(checkpoint) -> list[str]:
-    return ["--weights", str(checkpoint[0]), "--vocab", str(checkpoint[1])]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _reuse_model(checkpoint, model):
-    with reuse_loaded_model(checkpoint, model):
-        yield
+pytestmark = pytest.mark.usefixtures("reuse_model")  # CLI commands reuse the loaded model
 
 
 @pytest.fixture(scope="module")

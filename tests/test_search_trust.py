@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import reuse_loaded_model
 from milnce.cli import main
 from milnce.index import (
     Index,
@@ -31,16 +30,7 @@ from milnce.index import (
 from milnce.localize import best_moments
 from test_index import SMALL, SMALL_ARGS, make_video, synthetic_index
 
-
-@pytest.fixture(scope="module")
-def wargs(checkpoint) -> list[str]:
-    return ["--weights", str(checkpoint[0]), "--vocab", str(checkpoint[1])]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _reuse_model(checkpoint, model):
-    with reuse_loaded_model(checkpoint, model):
-        yield
+pytestmark = pytest.mark.usefixtures("reuse_model")  # CLI commands reuse the loaded model
 
 
 @pytest.fixture(scope="module")
