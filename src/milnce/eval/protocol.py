@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..windows import MAX_FRAMES, MAX_SIZE, WindowSettings
+from ..windows import PADS, WindowSettings
 
 __all__ = ["DEFAULT_NUM_WINDOWS", "TIE_RULES", "EvalSettings", "window_starts"]
 
@@ -44,16 +44,15 @@ class EvalSettings:
     pad: str = "zeros"
 
     def __post_init__(self) -> None:
-        for name, top in (("num_windows", MAX_WINDOWS), ("num_frames", MAX_FRAMES), ("size", MAX_SIZE),
-                          ("max_words", MAX_MAX_WORDS)):
+        for name, top in (("num_windows", MAX_WINDOWS), ("max_words", MAX_MAX_WORDS)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
                 raise UsageError(f"{name} must be a whole number in [1, {top}], got {v!r}")
         if not isinstance(self.tail, (int, float)) or not math.isfinite(self.tail) or self.tail < 0:
             raise UsageError(f"tail must be a finite number of seconds >= 0, got {self.tail!r}")
-        if self.pad not in ("repeat", "loop", "zeros"):
-            raise UsageError(f"pad must be repeat, loop or zeros, got {self.pad!r}")
-        self.window_settings()  # validates fps, crop, ...
+        if self.pad not in PADS:
+            raise UsageError(f"pad must be one of {', '.join(PADS)}, got {self.pad!r}")
+        self.window_settings()  # validates fps, num_frames, size and crop
 
     @classmethod
     def for_benchmark(cls, name: str, **overrides: Any) -> EvalSettings:
