@@ -65,43 +65,55 @@ class NullModel:
     weights_id, precision = "null", "fp32"
 
     def __init__(self) -> None:
-        self.device = torch.device("cpu")
+        self.device = torch.device("meta")  # the batch's float conversion costs nothing
 
     def video_net(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"video_embedding": torch.zeros(x.shape[0], 512), "mixed_5c": torch.zeros(x.shape[0], 1024)}
 
 
-def make_videos(workdir: Path, count: int, seconds: float, width: int, height: int, rate: int = 25) -> list[Path]:
-    """``count`` H.264 test videos (ffmpeg's testsrc2 when ffmpeg exists, else PyAV-drawn)."""
+def make_videos(workdir: Path, count: int, seconds: float, width: int, height: int, rate: int = 25,
+                jobs: int = 1) -> list[Path]:
+    """``count`` H.264 test videos (ffmpeg's testsrc2 when ffmpeg exists, else PyAV-drawn),
+    ``jobs`` of them made at a time."""
     workdir.mkdir(parents=True, exist_ok=True)
-    out = []
-    ffmpeg = shutil.which("ffmpeg")
-    for i in range(count):
-        p = workdir / f"v{i}_{width}x{height}_{seconds:g}s.mp4"
-        out.append(p)
-        if p.exists() and p.stat().st_size > 0:
-            continue
-        tmp = p.with_suffix(".part.mp4")
-        if ffmpeg:
-            subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i",
-                            f"testsrc2=size={width}x{height}:rate={rate},hue=h={37 * i}", "-t", f"{seconds:g}",
-                            "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", str(tmp)],
-                           check=True)
-        else:
-            import av
+    out = [workdir / f"v{i}_{width}x{height}_{seconds:g}s.mp4" for i in range(count)]
+    todo = [(p, i, seconds, width, height, rate) for i, p in enumerate(out) if not (p.exists() and p.stat().st_size > 0)]
+    if jobs > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor
 
-            with av.open(str(tmp), "w") as c:
-                s = c.add_stream("libx264", rate=rate, options={"preset": "veryfast", "crf": "23"})
-                s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-                yy, xx = np.mgrid[0:height, 0:width]
-                for f in range(int(seconds * rate)):
-                    img = np.stack([(xx + 4 * f + 31 * i) % 256, (yy + 2 * f) % 256, (xx + yy + f) % 256], -1)
-                    for pkt in s.encode(av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")):
-                        c.mux(pkt)
-                for pkt in s.encode():
-                    c.mux(pkt)
-        os.replace(tmp, p)
+        with ProcessPoolExecutor(min(jobs, len(todo))) as pool:
+            list(pool.map(_make_video, *zip(*todo)))
+    else:
+        for t in todo:
+            _make_video(*t)
     return out
+
+
+def _make_video(p: Path, i: int, seconds: float, width: int, height: int, rate: int) -> None:
+    tmp = p.with_suffix(".part.mp4")
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg:
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i",
+                        f"testsrc2=size={width}x{height}:rate={rate},hue=h={37 * i}", "-t", f"{seconds:g}",
+                        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", str(tmp)],
+                       check=True)
+    else:
+        import av
+
+        with av.open(str(tmp), "w") as c:
+            s = c.add_stream("libx264", rate=rate, options={"preset": "veryfast", "crf": "23"})
+            s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+            yy, xx = np.mgrid[0:height, 0:width]
+            planes = [(xx % 256).astype(np.uint8), (yy % 256).astype(np.uint8), ((xx + yy) % 256).astype(np.uint8)]
+            img = np.empty((height, width, 3), np.uint8)
+            for f in range(int(seconds * rate)):
+                for ch, (plane, shift) in enumerate(zip(planes, (4 * f + 31 * i, 2 * f, f))):
+                    np.add(plane, np.uint8(shift % 256), out=img[:, :, ch])  # wraps around like % 256
+                for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+    os.replace(tmp, p)
 
 
 def _sync(device: torch.device) -> None:
@@ -144,10 +156,12 @@ def probe_duration(path: Path) -> float:
         return float(s.duration * s.time_base) if s.duration else float(c.duration or 0) / 1e6
 
 
-def bench_pipeline(model: Any, videos: list[Path], s: WindowSettings, batch: int, workers: int) -> tuple[float, float, int, dict]:
+def bench_pipeline(model: Any, videos: list[Path], s: WindowSettings, batch: int, workers: int,
+                   **kw: Any) -> tuple[float, float, int, dict]:
     stats: dict[str, float] = {}
     t = time.perf_counter()
-    res = list(run_jobs(model, [VideoJob(str(v)) for v in videos], s, batch_size=batch, workers=workers, stats=stats))
+    res = list(run_jobs(model, [VideoJob(str(v)) for v in videos], s, batch_size=batch, workers=workers, stats=stats,
+                        **kw))
     wall = time.perf_counter() - t
     bad = [r.error for r in res if r.error]
     if bad:

@@ -183,6 +183,78 @@ def test_run_jobs_explicit_starts_zero_padding(model, tree):
     assert r.error and "past the end" in r.error
 
 
+def test_long_video_split_across_decoders_equals_whole(model, tmp_path):
+    """Fewer videos than decoders: a long one is split into parts decoded side by side (seeking
+    to keyframes, B-frames in between); windows, times and values equal one whole pass."""
+    p = make_video(tmp_path / "long.mp4", n=150, rate=25, width=64, height=48,
+                   options={"crf": "0", "preset": "ultrafast", "g": "10", "bf": "2"})
+    (whole,) = run_jobs(model, [VideoJob(str(p))], S, workers=0, batch_size=4)
+    stats: dict[str, float] = {}
+    (split,) = run_jobs(model, [VideoJob(str(p))], S, workers=2, batch_size=4, min_part_s=1.0, stats=stats)
+    assert whole.error is None and split.error is None and len(whole) == 14
+    np.testing.assert_array_equal(split.starts, whole.starts)
+    np.testing.assert_array_equal(split.ends, whole.ends)
+    assert split.duration == whole.duration
+    top = float(np.abs(whole.video_embedding).max())
+    np.testing.assert_allclose(split.video_embedding, whole.video_embedding, rtol=1e-5, atol=1e-5 * top)
+    np.testing.assert_allclose(split.mixed_5c, whole.mixed_5c, rtol=1e-5, atol=1e-5 * float(np.abs(whole.mixed_5c).max()))
+    assert stats["parts"] == 4
+
+
+def test_split_part_that_comes_up_short_asks_for_a_whole_pass(tmp_path):
+    """The decoder checks each part against what the header promised; a mismatch -> redo whole."""
+    import queue
+    import threading
+
+    from milnce.extract.pipeline import _decode_loop
+
+    p = make_video(tmp_path / "v.mp4", n=30, rate=10)  # 3 s: 6 windows of 8 frames every 4
+    slots = torch.empty((4, 3, 8, 32, 32), dtype=torch.uint8)
+    for part, want in (((0, 99), "redo"), ((2, None), "done"), ((0, 3), "done")):
+        tasks, free, ready = queue.Queue(), queue.Queue(), queue.Queue()
+        for i in range(4):
+            free.put(i)
+        tasks.put((7, str(p), None, 0.8 if part[0] else None, None if part[1] != 3 else 1.6, part))
+        tasks.put(None)
+        stop = threading.Event()
+        t = threading.Thread(target=_decode_loop, args=(0, tasks, free, ready, slots, S.to_dict(), "repeat", 1, stop, None))
+        t.start()
+        msgs = []
+        while not msgs or msgs[-1][0] not in ("done", "redo"):
+            m = ready.get(timeout=30)
+            msgs.append(m)
+            if m[0] == "win":
+                free.put(m[3])
+        stop.set()
+        t.join(10)
+        assert msgs[-1][0] == want, (part, msgs[-1])
+        wins = [m for m in msgs if m[0] == "win"]
+        if want == "done" and part[0] == 2:  # windows numbered and timed as in the whole video
+            assert [m[2] for m in wins][:2] == [2, 3] and wins[0][4] == 0.8 and wins[0][5] == 1.6
+        if part == (0, 3):
+            assert len(wins) == 3 and msgs[-1][2] == 3
+
+
+def test_decoders_that_die_at_start_are_a_clear_error_not_a_hang(tree, tmp_path):
+    """A script without the ``__main__`` guard makes every decoding process die at start-up
+    (it re-runs the script): the run stops with a clear error instead of respawning forever."""
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {SRC!r})\n"
+        "from milnce.extract import VideoJob, run_jobs\n"
+        "from milnce.windows import WindowSettings\n"
+        "class M:\n"
+        "    device = torch.device('cpu')\n"
+        "    def video_net(self, x):\n"
+        "        return {'video_embedding': torch.zeros(len(x), 512), 'mixed_5c': torch.zeros(len(x), 1024)}\n"
+        f"list(run_jobs(M(), [VideoJob({str(tree / 'good' / 'a.mp4')!r})], "
+        "WindowSettings(fps=10, num_frames=8, size=32, stride=4), workers=1))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "keep dying before they take a video" in r.stderr and "__main__" in r.stderr
+
+
 # ------------------------------------------------------------------------------ extract
 
 
@@ -355,7 +427,7 @@ def _bench(name):
 def test_bench_gpu_args_and_cpu_dry_run(tmp_path, capsys):
     bench = _bench("bench_gpu")
     a = bench.parse_args(["--quick"])
-    assert (a.batch, a.frames, a.size, a.rounds, a.videos) == (64, 32, 224, 3, 4)
+    assert (a.batch, a.frames, a.size, a.rounds, a.videos, a.no_compile) == (64, 32, 224, 3, 8, True)
     with pytest.raises(SystemExit):
         bench.parse_args(["--batch", "0"])
     if not torch.cuda.is_available():

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import MilnceError, UsageError
 from ..windows import WindowSettings
 
 __all__ = ["VideoJob", "JobResult", "run_jobs", "default_workers", "PADS"]
@@ -41,6 +41,7 @@ __all__ = ["VideoJob", "JobResult", "run_jobs", "default_workers", "PADS"]
 PADS = ("repeat", "loop", "zeros")
 _POLL_S = 0.2  # how often blocked queue waits look at the stop flag and the parent process
 _IDLE_FLUSH_S = 0.05  # run a partial batch when no window arrived for this long
+_MIN_PART_S = 20.0  # a video is split into parts of at least this long (each part seeks to a keyframe)
 
 
 @dataclass(frozen=True)
@@ -118,27 +119,44 @@ def _decode_loop(wid: int, tasks: Any, free: Any, ready: Any, slots: torch.Tenso
     from .decode import JobDecoder
 
     ws = WindowSettings.from_dict(settings)
+    S, T, fps = ws.stride, ws.num_frames, ws.fps
     while True:
         task = _get(tasks, stop, parent)
         if task is None:
             return
-        jid, path, starts, start, end = task
+        jid, path, starts, start, end, part = task
         ready.put(("start", wid, jid))
         n = 0
         notes: list[str] = []
         try:
             dec = JobDecoder(path, ws, pad, starts=starts, start=start, end=end, threads=threads, warn=notes.append)
             for k, st, en, frames in dec:
+                if part is not None:  # a part of a split video: window numbers and times of the whole video
+                    k0, count = part
+                    real = round((en - st) * fps)
+                    if real < T and (count is not None or k == 0) or count is not None and k >= count:
+                        raise _Resplit
+                    k += k0
+                    st_raw = k * S / fps  # the whole-video reader's arithmetic, so times are equal bit for bit
+                    st, en = round(st_raw, 9), round(st_raw + real / fps, 9)
                 slot = _get(free, stop, parent)
                 if slot is None:
                     return
                 slots[slot].copy_(frames)
                 ready.put(("win", jid, k, slot, float(st), float(en)))
                 n += 1
-            dur = dec.duration
-            ready.put(("done", jid, n, math.nan if dur is None else float(dur), None, notes))
+            if part is not None and part[1] is not None and n != part[1]:
+                raise _Resplit
+            dur = math.nan if (part is not None and part[1] is not None) or dec.duration is None else dec.duration
+            ready.put(("done", jid, n, float(dur), None, notes))
+        except _Resplit:
+            ready.put(("redo", jid))
         except Exception as exc:  # this video fails; the worker goes on with the next one
-            ready.put(("done", jid, n, math.nan, _message(exc, path), notes))
+            ready.put(("redo", jid) if part is not None else ("done", jid, n, math.nan, _message(exc, path), notes))
+
+
+class _Resplit(Exception):
+    """A part of a split video did not cover the windows its header promised: redo it whole."""
 
 
 def _worker_main(wid: int, tasks: Any, free: Any, ready: Any, slots: torch.Tensor, settings: dict[str, Any],
@@ -174,6 +192,19 @@ class _JobState:
     duration: float = math.nan
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    parts: int = 1  # decoding tasks this video was split into
+    parts_done: int = 0
+    count: int = 0  # windows the finished parts reported
+
+
+def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor in shared memory, its pages touched only when written (the
+    decoders write them; ``share_memory_()`` would copy the whole ring up front)."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if new_shared is None:  # pragma: no cover - older or newer torch without it
+        return torch.empty(shape, dtype=torch.uint8).share_memory_()
+    n = math.prod(shape)
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(n), 0, shape)
 
 
 class _Decoders:
@@ -187,6 +218,8 @@ class _Decoders:
         shape = (nslots, 3, s.num_frames, s.size, s.size)
         self.procs: list[Any] = []
         self.current: dict[int, int | None] = {}
+        self.working: set[int] = set()  # workers (this process of each) that took a video
+        self.early_deaths = 0  # processes in a row that died before taking a video
         self.ctx: ForkServerContext | SpawnContext | None = None
         if workers == 0:
             self.slots = torch.empty(shape, dtype=torch.uint8)
@@ -208,7 +241,7 @@ class _Decoders:
             except ValueError:  # pragma: no cover - no forkserver on this platform
                 ctx = tmp.get_context("spawn")
             self.ctx = ctx
-            self.slots = torch.empty(shape, dtype=torch.uint8).share_memory_()
+            self.slots = _shared_uint8(shape)
             self.tasks = ctx.Queue()
             self.free = ctx.Queue()
             self.ready = ctx.Queue()
@@ -246,6 +279,14 @@ class _Decoders:
                 why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                 out.append((wid, why))
                 p.join(0)
+                self.early_deaths = 0 if wid in self.working else self.early_deaths + 1
+                if self.early_deaths > 2 * self.workers + 2:
+                    raise MilnceError(
+                        f"the decoding processes keep dying before they take a video ({self.early_deaths} in a row, "
+                        f"last: {why}); a script that starts extraction at import time needs an "
+                        "`if __name__ == \"__main__\":` guard (workers import the main module), "
+                        "or run with workers=0 to see the error in this process")
+                self.working.discard(wid)
                 self.procs[wid] = self._spawn(wid)
         return out
 
@@ -290,7 +331,7 @@ def _check_args(pad: str, batch_size: int | None, workers: int | None, device: t
 def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, pad: str = "repeat",
              features: bool = True, batch_size: int | None = None, workers: int | None = None,
              progress: bool | str = False, decode_threads: int | None = None,
-             stats: dict[str, float] | None = None) -> Generator[JobResult, None, None]:
+             stats: dict[str, float] | None = None, min_part_s: float = _MIN_PART_S) -> Generator[JobResult, None, None]:
     """Embed the windows of many videos; yields one ``JobResult`` per job, in completion order.
 
     ``model``: a ``MILNCE`` (``load_model``); its device and precision are used. ``settings``:
@@ -301,8 +342,11 @@ def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, 
     ``decode_threads``: decoder threads per video (default 1 with workers, automatic without).
     ``progress``: a tqdm bar on stderr (a string is its label). ``stats``: filled with
     ``wall_s``, ``model_s``, ``wait_s`` (time the model side waited for windows), ``windows``,
-    ``videos``, ``batches``. Jobs are read lazily (a generator is fine). ``close()`` the returned
-    generator to stop the decoders early.
+    ``videos``, ``batches``, ``parts`` (decoding tasks of split videos), ``first_window_s`` and
+    ``last_window_s`` (when the first and last decoded window arrived). Jobs are read lazily (a generator is fine). ``close()`` the returned
+    generator to stop the decoders early. With fewer videos than ``2 * workers``, videos longer
+    than ``2 * min_part_s`` seconds are split into parts decoded side by side (same windows, same
+    values: each part's windows are checked against the whole video's, else it is decoded whole).
     """
     if not isinstance(settings, WindowSettings):
         raise UsageError(f"settings must be a WindowSettings, got {type(settings).__name__}")
@@ -310,22 +354,55 @@ def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, 
     batch_size, workers = _check_args(pad, batch_size, workers, device)
     threads = int(decode_threads if decode_threads is not None else (1 if workers else 0))
     total = len(jobs) if hasattr(jobs, "__len__") else None  # type: ignore[arg-type]
-    return _run(model, iter(jobs), settings, pad, features, batch_size, workers, progress, threads, stats, total)
+    return _run(model, iter(jobs), settings, pad, features, batch_size, workers, progress, threads, stats, total,
+                float(min_part_s))
+
+
+def _parts(job: VideoJob, settings: WindowSettings, parts: int, min_part_s: float
+           ) -> list[tuple[float | None, float | None, tuple[int, int | None]]] | None:
+    """``(start, end, (first window, windows or None for the rest))`` of each part of a long
+    sliding-window job, so several decoders share one video; None: one task for the whole video."""
+    if job.starts is not None or job.start is not None or job.end is not None or parts < 2:
+        return None
+    from ..video.decode import ClipReader
+
+    s = settings
+    try:
+        r = ClipReader(job.path, s.fps, s.num_frames, s.size, s.stride, crop=s.crop, threads=1, warn=lambda m: None)
+    except Exception:  # noqa: BLE001 - the decoder reports it, with the reason
+        return None
+    try:
+        dur, nwin = r.header_duration, r.estimated_windows()
+    finally:
+        r.video.close()
+    if not dur or not nwin:
+        return None
+    parts = min(parts, int(dur // max(min_part_s, 1e-9)), nwin)
+    if parts < 2:
+        return None
+    c = -(-nwin // parts)
+    out: list[tuple[float | None, float | None, tuple[int, int | None]]] = []
+    for k0 in range(0, nwin, c):
+        last = k0 + c >= nwin
+        start = k0 * s.stride / s.fps if k0 else None
+        end = None if last else ((k0 + c - 1) * s.stride + s.num_frames) / s.fps
+        out.append((start, end, (k0, None if last else c)))
+    return out if len(out) > 1 else None
 
 
 def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: str, features: bool, B: int,
          workers: int, progress: bool | str, threads: int, stats: dict[str, float] | None,
-         total: int | None) -> Generator[JobResult, None, None]:
+         total: int | None, min_part_s: float) -> Generator[JobResult, None, None]:
     device = model.device
     cuda = device.type == "cuda"
     # MILNCE: its network (the fast path is built here, outside inference mode); another encoder
     # (a protocols.VideoEncoder stand-in): its encode_video
     net = getattr(model, "video_net", None)
-    nslots = 2 * B + 2 * max(workers, 1)
+    nslots = B + 2 * max(workers, 1) + 2  # a batch waiting to launch + two windows per decoder
     dec = _Decoders(workers, nslots, settings, pad, threads)
     s = settings
     shape = (B, 3, s.num_frames, s.size, s.size)
-    buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)] if cuda else []
+    buffers: list[torch.Tensor] = []  # pinned, allocated once the decoders are starting
     old_benchmark = torch.backends.cudnn.benchmark
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -346,24 +423,50 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
     nbatch = 0
     t0 = time.perf_counter()
     model_s = wait_s = 0.0
-    nwin = nvid = 0
+    nwin = nvid = nparts = 0
+    times = [math.nan, math.nan]  # first and last window received, seconds from the start
+
+    def submit(job: VideoJob, split: int = 1) -> None:
+        nonlocal next_id, nparts
+        jid = next_id
+        next_id += 1
+        st = state[jid] = _JobState(job)
+        starts = None if job.starts is None else [float(x) for x in job.starts]
+        parts = _parts(job, settings, split, min_part_s) if split > 1 else None
+        if parts is None:
+            dec.tasks.put((jid, os.fspath(job.path), starts, job.start, job.end, None))
+            return
+        st.parts = len(parts)
+        nparts += len(parts)
+        for a, b, part in parts:
+            dec.tasks.put((jid, os.fspath(job.path), None, a, b, part))
 
     def feed() -> None:
-        nonlocal next_id, outstanding, exhausted
-        while not exhausted and outstanding < max_out:
+        nonlocal outstanding, exhausted
+        first = next_id == 0
+        new: list[VideoJob] = []
+        while not exhausted and outstanding + len(new) < max_out:
             try:
                 job = next(jobs)
             except StopIteration:
                 exhausted = True
-                return
-            if not isinstance(job, VideoJob):
-                job = VideoJob(os.fspath(job))  # type: ignore[arg-type]
-            jid = next_id
-            next_id += 1
-            state[jid] = _JobState(job)
-            starts = None if job.starts is None else [float(x) for x in job.starts]
-            dec.tasks.put((jid, os.fspath(job.path), starts, job.start, job.end))
+                break
+            new.append(job if isinstance(job, VideoJob) else VideoJob(os.fspath(job)))  # type: ignore[arg-type]
+        # Fewer videos than decoders: split long ones into parts, so every decoder has work.
+        split = -(-2 * workers // len(new)) if first and exhausted and new and workers > 1 and len(new) < 2 * workers else 1
+        for job in new:
+            submit(job, split)
             outstanding += 1
+
+    def redo(jid: int) -> None:
+        """A split video whose parts did not add up: drop what they gave, decode it whole."""
+        st = state.pop(jid, None)
+        if st is None:
+            return
+        for item in [p for p in pending if p[0] == jid]:
+            pending.remove(item)
+            dec.free.put(item[2])
+        submit(st.job)
 
     def complete(jid: int) -> None:
         nonlocal outstanding, nvid
@@ -402,21 +505,32 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
         kind = msg[0]
         if kind == "start":
             dec.current[msg[1]] = msg[2]
+            dec.working.add(msg[1])
         elif kind == "win":
             _, jid, k, slot, st, en = msg
+            times[1] = time.perf_counter() - t0
+            if times[0] != times[0]:
+                times[0] = times[1]
             if jid in state and state[jid].error is None:
                 pending.append((jid, k, slot, st, en))
             else:
                 dec.free.put(slot)
+        elif kind == "redo":
+            redo(msg[1])
         else:
             _, jid, n, dur, err, notes = msg
             st = state.get(jid)
             if st is None:
                 return
-            st.expected, st.duration, st.notes = n, dur, list(notes)
+            st.parts_done += 1
+            st.count += n
+            st.notes += [m for m in notes if m not in st.notes]
+            if not math.isnan(dur):
+                st.duration = dur
             if err is not None:
                 fail(jid, err)
-            else:
+            elif st.parts_done == st.parts:
+                st.expected = st.count
                 maybe_complete(jid)
 
     def fail(jid: int, err: str) -> None:
@@ -475,6 +589,8 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
 
     try:
         dec.start()
+        if cuda:
+            buffers += [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
         idle = False
         while True:
             feed()
@@ -522,7 +638,8 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
         if cuda:
             torch.backends.cudnn.benchmark = old_benchmark
         if stats is not None:
-            stats.update(wall_s=time.perf_counter() - t0, model_s=model_s, wait_s=wait_s, windows=float(nwin),
+            stats.update(wall_s=time.perf_counter() - t0, model_s=model_s, wait_s=wait_s, windows=float(nwin), parts=float(nparts),
+                         first_window_s=times[0], last_window_s=times[1],
                          videos=float(nvid), batches=float(nbatch))
 
 
