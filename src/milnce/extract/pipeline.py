@@ -204,7 +204,7 @@ def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     if new_shared is None:  # pragma: no cover - older or newer torch without it
         return torch.empty(shape, dtype=torch.uint8).share_memory_()
     n = math.prod(shape)
-    return torch.empty(0, dtype=torch.uint8).set_(new_shared(n), 0, shape)
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(n)).view(shape)
 
 
 class _Decoders:
