@@ -343,8 +343,9 @@ def run_jobs(model: Any, jobs: Iterable[VideoJob], settings: WindowSettings, *, 
     ``progress``: a tqdm bar on stderr (a string is its label). ``stats``: filled with
     ``wall_s``, ``model_s``, ``wait_s`` (time the model side waited for windows), ``windows``,
     ``videos``, ``batches``, ``parts`` (decoding tasks of split videos), ``first_window_s`` and
-    ``last_window_s`` (when the first and last decoded window arrived). Jobs are read lazily (a generator is fine). ``close()`` the returned
-    generator to stop the decoders early. With fewer videos than ``2 * workers``, videos longer
+    ``last_window_s`` (when the first and last decoded window arrived). Jobs are read lazily (a
+    generator is fine). ``close()`` the returned generator to stop the decoders early. With
+    fewer videos than ``2 * workers``, videos longer
     than ``2 * min_part_s`` seconds are split into parts decoded side by side (same windows, same
     values: each part's windows are checked against the whole video's, else it is decoded whole).
     """
@@ -509,7 +510,7 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
         elif kind == "win":
             _, jid, k, slot, st, en = msg
             times[1] = time.perf_counter() - t0
-            if times[0] != times[0]:
+            if math.isnan(times[0]):
                 times[0] = times[1]
             if jid in state and state[jid].error is None:
                 pending.append((jid, k, slot, st, en))
@@ -638,9 +639,9 @@ def _run(model: Any, jobs: Iterator[VideoJob], settings: WindowSettings, pad: st
         if cuda:
             torch.backends.cudnn.benchmark = old_benchmark
         if stats is not None:
-            stats.update(wall_s=time.perf_counter() - t0, model_s=model_s, wait_s=wait_s, windows=float(nwin), parts=float(nparts),
-                         first_window_s=times[0], last_window_s=times[1],
-                         videos=float(nvid), batches=float(nbatch))
+            stats.update(wall_s=time.perf_counter() - t0, model_s=model_s, wait_s=wait_s, windows=float(nwin),
+                         videos=float(nvid), batches=float(nbatch), parts=float(nparts),
+                         first_window_s=times[0], last_window_s=times[1])
 
 
 def _decoding(state: dict[int, _JobState]) -> bool:
