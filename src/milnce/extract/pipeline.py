@@ -236,7 +236,7 @@ class _Decoders:
             ctx: ForkServerContext | SpawnContext
             try:
                 fs = tmp.get_context("forkserver")
-                fs.set_forkserver_preload([__name__])
+                fs.set_forkserver_preload([__name__, f"{__package__}.decode"])  # torch, PyAV: imported once
                 ctx = fs
             except ValueError:  # pragma: no cover - no forkserver on this platform
                 ctx = tmp.get_context("spawn")
