@@ -436,3 +436,13 @@ def test_bench_gpu_args_and_cpu_dry_run(tmp_path, capsys):
     assert bench.main(["--dry-run", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "float64" in out and "fast bf16" in out and "extraction / min(bound, decode)" in out
+
+
+@pytest.mark.slow
+def test_bench_decode_runs(tmp_path):
+    """benchmarks/bench_decode.py end to end on tiny videos (raw decoders vs the pipeline)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decode.py"
+    r = subprocess.run([sys.executable, str(script), "--videos", "2", "--seconds", "1", "--width", "64", "--height", "48",
+                        "--workers", "1", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "pipeline/raw" in r.stdout and "after start-up/raw" in r.stdout
