@@ -125,6 +125,7 @@ def _decode_loop(wid: int, tasks: Any, free: Any, ready: Any, slots: torch.Tenso
         if task is None:
             return
         jid, path, starts, start, end, part = task
+        interior = part is not None and part[1] is not None  # a part with a fixed window count (not the last)
         ready.put(("start", wid, jid))
         n = 0
         notes: list[str] = []
@@ -145,9 +146,9 @@ def _decode_loop(wid: int, tasks: Any, free: Any, ready: Any, slots: torch.Tenso
                 slots[slot].copy_(frames)
                 ready.put(("win", jid, k, slot, float(st), float(en)))
                 n += 1
-            if part is not None and part[1] is not None and n != part[1]:
+            if interior and n != part[1]:
                 raise _Resplit
-            dur = math.nan if (part is not None and part[1] is not None) or dec.duration is None else dec.duration
+            dur = math.nan if interior or dec.duration is None else dec.duration  # the last part knows the end
             ready.put(("done", jid, n, float(dur), None, notes))
         except _Resplit:
             ready.put(("redo", jid))
