@@ -39,7 +39,7 @@ from milnce.windows import WindowSettings  # noqa: E402
 def _decode_share(paths: list[str], settings: dict, go: object, out: object) -> None:
     import torch
 
-    from milnce.extract.decode import JobDecoder
+    from milnce.video.sources import JobDecoder
 
     torch.set_num_threads(1)
     s = WindowSettings.from_dict(settings)

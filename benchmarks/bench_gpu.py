@@ -235,7 +235,7 @@ def stage_compile(fast: FastVideoNet, x: torch.Tensor, device: torch.device, rou
 
 def decode_rate_one_core(video: Path, s: WindowSettings, seconds: float) -> float:
     """Video-seconds per second one decoder thread gives on this machine (the first ``seconds``)."""
-    from milnce.extract.decode import JobDecoder
+    from milnce.video.sources import JobDecoder
 
     t = time.perf_counter()
     for _ in JobDecoder(str(video), s, "repeat", end=seconds, threads=1):

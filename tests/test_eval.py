@@ -495,8 +495,7 @@ def test_cli_eval_fake_pipeline(msrvtt, checkpoint, tmp_path, monkeypatch, capsy
 
     root, csv = msrvtt
     runner = FakeRunner()
-    monkeypatch.setattr(run_mod, "_default_runner", lambda: runner)
-    monkeypatch.setattr(run_mod, "_job_class", lambda given: run_mod._LocalJob)
+    monkeypatch.setattr(run_mod, "run_jobs", runner)
     w, v = checkpoint
     args = ["eval", "msrvtt", "--videos", str(root), "--annotations", str(csv), "--weights", str(w), "--vocab", str(v),
             "--no-download", "--num-frames", "8", "--size", "32", "--quiet", "--cache", str(tmp_path / "c")]
@@ -506,7 +505,7 @@ def test_cli_eval_fake_pipeline(msrvtt, checkpoint, tmp_path, monkeypatch, capsy
     assert "R@1" in cap.out and "9.9" in cap.out and "rows evaluated: 3 of 5" in cap.out
     assert "video5" in cap.err and "video4" in cap.err
     assert (tmp_path / "out" / "metrics.json").is_file() and (tmp_path / "out" / "embeddings.npz").is_file()
-    monkeypatch.setattr(run_mod, "_default_runner", lambda: NoRunner())
+    monkeypatch.setattr(run_mod, "run_jobs", NoRunner())
     assert main(args + ["--json", "--limit", "3"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["counts"]["rows_selected"] == 3 and data["run"]["cached_videos"] == 3

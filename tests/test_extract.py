@@ -206,33 +206,35 @@ def test_split_part_that_comes_up_short_asks_for_a_whole_pass(tmp_path):
     import queue
     import threading
 
-    from milnce.extract.pipeline import _decode_loop
+    from milnce.video.sources import DecodeTask, default_source
+    from milnce.video.worker import Done, Redo, Window, decode_loop
 
     p = make_video(tmp_path / "v.mp4", n=30, rate=10)  # 3 s: 6 windows of 8 frames every 4
     slots = torch.empty((4, 3, 8, 32, 32), dtype=torch.uint8)
-    for part, want in (((0, 99), "redo"), ((2, None), "done"), ((0, 3), "done")):
+    for part, want in (((0, 99), Redo), ((2, None), Done), ((0, 3), Done)):
         tasks, free, ready = queue.Queue(), queue.Queue(), queue.Queue()
         for i in range(4):
             free.put(i)
-        tasks.put((7, str(p), None, 0.8 if part[0] else None, None if part[1] != 3 else 1.6, part))
+        tasks.put(DecodeTask(7, str(p), None, 0.8 if part[0] else None, None if part[1] != 3 else 1.6, part))
         tasks.put(None)
         stop = threading.Event()
-        t = threading.Thread(target=_decode_loop, args=(0, tasks, free, ready, slots, S.to_dict(), "repeat", 1, stop, None))
+        t = threading.Thread(target=decode_loop, args=(0, tasks, free, ready, slots, S, "repeat", 1, stop, None,
+                                                         default_source))
         t.start()
         msgs = []
-        while not msgs or msgs[-1][0] not in ("done", "redo"):
+        while not msgs or not isinstance(msgs[-1], (Done, Redo)):
             m = ready.get(timeout=30)
             msgs.append(m)
-            if m[0] == "win":
-                free.put(m[3])
+            if isinstance(m, Window):
+                free.put(m.slot)
         stop.set()
         t.join(10)
-        assert msgs[-1][0] == want, (part, msgs[-1])
-        wins = [m for m in msgs if m[0] == "win"]
-        if want == "done" and part[0] == 2:  # windows numbered and timed as in the whole video
-            assert [m[2] for m in wins][:2] == [2, 3] and wins[0][4] == 0.8 and wins[0][5] == 1.6
+        assert isinstance(msgs[-1], want), (part, msgs[-1])
+        wins = [m for m in msgs if isinstance(m, Window)]
+        if want is Done and part[0] == 2:  # windows numbered and timed as in the whole video
+            assert [m.k for m in wins][:2] == [2, 3] and wins[0].start == 0.8 and wins[0].end == 1.6
         if part == (0, 3):
-            assert len(wins) == 3 and msgs[-1][2] == 3
+            assert len(wins) == 3 and msgs[-1].n == 3
 
 
 def test_decoders_that_die_at_start_are_a_clear_error_not_a_hang(tree, tmp_path):

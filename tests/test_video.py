@@ -424,7 +424,7 @@ def test_encode_video_file_errors_do_not_hang(model, vids, bad, monkeypatch):
         encode_video_file(model, bad["text"], num_frames=8, size=32)
     from milnce import video as vmod
 
-    real_iter = vmod._ClipReader.__iter__
+    real_iter = vmod.ClipReader.__iter__
 
     def failing(self):
         for i, clip in enumerate(real_iter(self)):
@@ -432,7 +432,7 @@ def test_encode_video_file_errors_do_not_hang(model, vids, bad, monkeypatch):
                 raise VideoError(f"{self.path}: boom")
             yield clip
 
-    monkeypatch.setattr(vmod._ClipReader, "__iter__", failing)
+    monkeypatch.setattr(vmod.ClipReader, "__iter__", failing)
     with pytest.raises(VideoError, match="boom"):
         encode_video_file(model, vids["cfr10"], num_frames=8, size=32, stride=4, batch_size=1)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["WindowSettings", "CROPS", "PADS"]
+__all__ = ["WindowSettings", "CROPS", "PADS", "check_pad"]
 
 CROPS = ("center", "square", "resize")
 PADS = ("repeat", "loop", "zeros")
@@ -21,6 +21,13 @@ MAX_FPS = 1000.0
 MAX_FRAMES = 1024
 MAX_SIZE = 4096
 MAX_STRIDE = 100_000
+
+
+def check_pad(pad: str) -> str:
+    """``pad`` if it is one of ``PADS`` (what fills a window past the end of a video), else ``UsageError``."""
+    if pad not in PADS:
+        raise UsageError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
+    return pad
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,16 @@ class WindowSettings:
         info = getattr(model, "info", None) or REGISTRY[DEFAULT_WEIGHTS]
         base = cls(fps=float(info.fps), num_frames=int(info.num_frames), size=int(info.size))
         return base.with_(**overrides)
+
+    @classmethod
+    def from_values(cls, **values: Any) -> WindowSettings:
+        """From loosely typed values (numpy scalars, whole floats for the counts), validated."""
+        kept = dict(values)
+        for key in ("num_frames", "size", "stride"):
+            v = kept.get(key)
+            if v is not None and not isinstance(v, (bool, int)) and hasattr(v, "__index__"):
+                kept[key] = int(v.__index__())
+        return cls().with_(**kept)
 
     def with_(self, **overrides: Any) -> WindowSettings:
         """A copy with the non-``None`` ``overrides`` applied (and validated)."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MilnceError, UsageError
+from ..video.pipeline import VideoJob, run_jobs
 from .cache import EmbeddingCache, default_cache_dir
 from .datasets import Benchmark, EvalItem, VideoResolver, load_benchmark
 from .metrics import retrieval_metrics
@@ -99,32 +100,6 @@ def encode_captions(model: Any, texts: Sequence[str], max_words: int, batch_size
 
 
 @dataclass
-class _LocalJob:  # stand-in for milnce.extract.VideoJob when a runner is injected without it
-    path: str
-    key: Any = None
-    starts: Sequence[float] | None = None
-    start: float | None = None
-    end: float | None = None
-
-
-def _job_class(runner_given: bool) -> Any:
-    try:
-        from ..extract import VideoJob
-    except ImportError:
-        if runner_given:
-            return _LocalJob
-        raise MilnceError("the extraction pipeline (milnce.extract) is missing from this installation") from None
-    return VideoJob
-
-
-def _default_runner() -> Runner:
-    try:
-        from ..extract import run_jobs
-    except ImportError:
-        raise MilnceError("the extraction pipeline (milnce.extract) is missing from this installation") from None
-    return run_jobs
-
-
 def _duration(path: Path) -> float:
     """The video's duration from its header (no frame is decoded)."""
     import av
@@ -249,10 +224,8 @@ def embed_clips(
         jobs.append((gi, path, uniq))
 
     if jobs:
-        runner_given = runner is not None
-        run = runner or _default_runner()
-        Job = _job_class(runner_given)
-        job_objs = [Job(str(path), key=gi, starts=[float(s) for s in uniq]) for gi, path, uniq in jobs]
+        run = runner or run_jobs
+        job_objs = [VideoJob(str(path), key=gi, starts=[float(s) for s in uniq]) for gi, path, uniq in jobs]
         kwargs: dict[str, Any] = {"pad": settings.pad, "features": True, "batch_size": batch_size,
                                   "workers": workers, "progress": progress}
         done = set()

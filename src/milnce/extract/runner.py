@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..windows import WindowSettings
+from ..video.pipeline import VideoJob, run_jobs
+from ..windows import WindowSettings, check_pad
 from .inputs import Shard, VideoInput, collect_inputs, output_path, shard_inputs
-from .pipeline import PADS, VideoJob, run_jobs
 from .store import FORMAT, StoreError, read_meta, temp_files, write_feature_file
 
 __all__ = ["FEATURES", "ExtractReport", "CheckReport", "extract", "check", "failures_file", "read_failures"]
@@ -216,8 +216,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     same video file size and mtime), redoes the others (``overwrite``: all). Unreadable videos
     are listed in ``failures_file(out_dir, shard)`` and never stop the run. ``StoreError`` if an
     output cannot be written (e.g. disk full; nothing partial is left)."""
-    if pad not in PADS:
-        raise UsageError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
+    check_pad(pad)
     feats = check_features(features)
     shard = shard or Shard()
     out = os.fspath(out_dir)

@@ -14,17 +14,16 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import MilnceError
+from ..video.result import FORMAT, EmbeddingsFileError, VideoWindows, check_crc, check_structure, write_npz
 
 __all__ = ["FORMAT", "FeatureFile", "StoreError", "write_feature_file", "read_feature_file", "read_meta",
-           "iter_feature_files", "feature_file_paths", "temp_files"]
+           "iter_feature_files", "feature_file_paths", "temp_files", "check_structure", "check_crc"]
 
-FORMAT = "milnce-features/1"
 _TMP_SUFFIX = ".tmp"
 
 
@@ -32,21 +31,7 @@ class StoreError(MilnceError, OSError):
     """A feature file could not be written (disk full, permissions) or read."""
 
 
-@dataclass
-class FeatureFile:
-    """A feature file's contents (``read_feature_file``)."""
-
-    file: str
-    video_path: str
-    video_embedding: np.ndarray
-    mixed_5c: np.ndarray | None
-    start: np.ndarray
-    end: np.ndarray
-    duration: float
-    meta: dict[str, Any]
-
-    def __len__(self) -> int:
-        return int(self.start.shape[0])
+FeatureFile = VideoWindows  # the older name: ``file``, ``video_path``, ``start``/``end`` are its aliases
 
 
 def _tmp_name(target: str) -> str:
@@ -91,7 +76,7 @@ def temp_files(out_dir: str) -> list[str]:
     return sorted(found)
 
 
-def write_feature_file(target: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def write_feature_file(target: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
     """Write ``arrays`` + ``meta`` to ``target`` atomically (temporary file, fsync, rename)."""
     d = os.path.dirname(target) or "."
     try:
@@ -100,11 +85,9 @@ def write_feature_file(target: str, arrays: dict[str, np.ndarray], meta: dict[st
         raise StoreError(f"cannot create the output folder {d}: {exc.strerror or exc}") from exc
     _sweep(target)
     tmp = _tmp_name(target)
-    data: dict[str, Any] = dict(arrays)  # Any: savez's ``**kwds`` share a name space with its bool option
-    data["meta"] = np.asarray(json.dumps(meta, sort_keys=True), dtype=np.str_)
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **data)
+            write_npz(f, arrays, meta)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -123,43 +106,39 @@ def write_feature_file(target: str, arrays: dict[str, np.ndarray], meta: dict[st
 
 
 def read_meta(path: str) -> dict[str, Any] | None:
-    """The ``meta`` dict of a feature file, or None if it is not a readable feature file."""
+    """The ``meta`` dict of a feature file, or None if it is not a readable, whole feature file
+    (the cheap structural check of ``check_structure`` included: a damaged file is redone)."""
+    if check_structure(path) is not None:
+        return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                return None
             meta = json.loads(str(z["meta"]))
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    except Exception:  # zipfile.BadZipFile and friends: a damaged file
+    except Exception:  # noqa: BLE001 - zipfile.BadZipFile and friends: a damaged file
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def read_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
-    """Load a feature file (``np.load(allow_pickle=False)``); ``StoreError`` if it is not one."""
+def read_feature_file(path: str | os.PathLike[str]) -> VideoWindows:
+    """Load a feature file (pickle-free) as ``VideoWindows``; ``StoreError`` (one line naming the
+    file) if it is not one or is damaged."""
     p = os.fspath(path)
     try:
-        with np.load(p, allow_pickle=False) as z:
-            files = set(z.files)
-            missing = {"video_embedding", "start", "end", "meta"} - files
-            if missing:
-                raise StoreError(f"{p}: not a milnce feature file (missing {', '.join(sorted(missing))})")
-            meta = json.loads(str(z["meta"]))
-            return FeatureFile(
-                file=p,
-                video_path=str(z["path"]) if "path" in files else str(meta.get("source", {}).get("path", "")),
-                video_embedding=z["video_embedding"],
-                mixed_5c=z["mixed_5c"] if "mixed_5c" in files else None,
-                start=z["start"],
-                end=z["end"],
-                duration=float(z["duration"]) if "duration" in files else float("nan"),
-                meta=meta,
-            )
-    except StoreError:
-        raise
-    except Exception as exc:
-        raise StoreError(f"{p}: cannot read the feature file ({exc})") from exc
+        ff = VideoWindows.load(p)
+    except EmbeddingsFileError as exc:
+        raise StoreError(str(exc)) from exc
+    if not ff.meta or "video_embedding" not in _members(p):
+        raise StoreError(f"{p}: not a milnce feature file (missing meta)")
+    return ff
+
+
+def _members(path: str) -> set[str]:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {n[:-4] for n in z.namelist() if n.endswith(".npy")}
+    except (OSError, zipfile.BadZipFile):
+        return set()
 
 
 def iter_feature_files(out_dir: str | os.PathLike[str]) -> Iterator[tuple[str, FeatureFile]]:

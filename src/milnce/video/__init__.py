@@ -1,9 +1,10 @@
 """Video input: any video file into model-ready clips, and whole-video encoding.
 
 Modules: ``decode`` (opening, decoding, frame sampling: ``ClipReader``), ``clips`` (``read_clips``,
-``read_clip``, ``clips_to_tensor``), ``dataset`` (``VideoClipDataset``), ``encode``
-(``encode_video_file``, ``VideoEmbeddings`` and its ``.npz`` format), ``probe`` (header facts,
-durations, single frames). Timing, padding and geometry: see ``milnce.video.decode``.
+``read_clip``, ``clips_to_tensor``), ``dataset`` (``VideoClipDataset``), ``result`` (``VideoWindows``:
+one video's windows and its one ``.npz`` format), ``pipeline`` (``run_jobs``: decode -> batch ->
+model; ``scheduler``, ``decoders``, ``worker``, ``sources``: its parts and the decoder hook),
+``encode`` (``encode_video_file``), ``probe`` (header facts, durations, single frames). Timing, padding and geometry: see ``milnce.video.decode``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from .decode import (
     VideoError,
     VideoIsADirectoryError,
     VideoNotFoundError,
-    _ClipReader,
 )
 from .encode import EmbeddingsFileError, VideoEmbeddings, encode_video_file
+from .pipeline import VideoJob, run_jobs
 from .probe import frame_at, probe_duration, probe_video
+from .result import VideoWindows
+from .sources import DecodeTask, WindowSource, WindowSourceFactory, default_source
 
 __all__ = [
     "VideoError",
@@ -31,6 +34,13 @@ __all__ = [
     "Clip",
     "ClipReader",
     "VideoEmbeddings",
+    "VideoWindows",
+    "VideoJob",
+    "run_jobs",
+    "DecodeTask",
+    "WindowSource",
+    "WindowSourceFactory",
+    "default_source",
     "read_clips",
     "read_clip",
     "clips_to_tensor",
@@ -41,5 +51,4 @@ __all__ = [
     "frame_at",
     "CROPS",
     "PADS",
-    "_ClipReader",
 ]

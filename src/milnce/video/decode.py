@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from ..errors import MilnceError, UsageError
-from ..windows import CROPS, PADS, WindowSettings
+from ..windows import CROPS, PADS, WindowSettings, check_pad
 
 __all__ = [
     "VideoError",
@@ -459,19 +459,10 @@ def _pad(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
     return real + [real[-1]] * (num_frames - len(real))
 
 
-def _check_common(fps: float, num_frames: int, size: int, stride: int, crop: str, pad: str) -> None:
-    if not (fps > 0 and math.isfinite(fps)):
-        raise UsageError(f"fps must be a positive number, got {fps!r}")
-    if int(num_frames) < 1:
-        raise UsageError(f"num_frames must be >= 1, got {num_frames!r}")
-    if int(stride) < 1:
-        raise UsageError(f"stride must be >= 1 (in frames at the target fps), got {stride!r}")
-    if int(size) < 1:
-        raise UsageError(f"size must be >= 1, got {size!r}")
-    if crop not in CROPS:
-        raise UsageError(f"crop must be one of {CROPS}, got {crop!r}")
-    if pad not in PADS:
-        raise UsageError(f"pad must be one of {PADS}, got {pad!r}")
+def _check_common(fps: float, num_frames: int, size: int, stride: int, crop: str, pad: str) -> WindowSettings:
+    """The window arguments as ``WindowSettings`` (its checks and ranges, the only ones) and ``pad``."""
+    check_pad(pad)
+    return WindowSettings.from_values(fps=fps, num_frames=num_frames, size=size, stride=stride, crop=crop)
 
 
 class ClipReader:
@@ -482,8 +473,8 @@ class ClipReader:
                  size: int = _DEFAULT.size, stride: int = _DEFAULT.stride, start: float | None = None, end: float | None = None, crop: str = "center",
                  pad: str = "repeat", threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
         self.path = _check_path(path)
-        _check_common(fps, num_frames, size, stride, crop, pad)
-        self.fps, self.num_frames, self.size, self.stride = float(fps), int(num_frames), int(size), int(stride)
+        ws = self.settings = _check_common(fps, num_frames, size, stride, crop, pad)
+        self.fps, self.num_frames, self.size, self.stride = float(ws.fps), ws.num_frames, ws.size, ws.stride
         self.crop, self.pad = crop, pad
         self.t0, self.stop = _check_times(self.path, start, end)
         self._start_given = start is not None and float(start) > 0
@@ -497,6 +488,14 @@ class ClipReader:
         self.sampler = _Sampler(self.video, _Converter(self.size, self.crop))
         self.num_samples = 0
         self.num_windows = 0
+
+    @classmethod
+    def from_settings(cls, path: str | os.PathLike[str], settings: WindowSettings, pad: str = "repeat", *,
+                      start: float | None = None, end: float | None = None, threads: int = 0,
+                      warn: Callable[[str], None] | None = None) -> ClipReader:
+        """The reader for ``settings`` (``WindowSettings``) and ``pad``."""
+        s = settings
+        return cls(path, s.fps, s.num_frames, s.size, s.stride, start, end, s.crop, pad, threads=threads, warn=warn)
 
     @property
     def header_duration(self) -> float | None:
@@ -575,4 +574,3 @@ class ClipReader:
                       "(truncated file?); clips cover the readable part")
 
 
-_ClipReader = ClipReader  # the name before the video package

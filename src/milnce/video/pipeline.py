@@ -1,0 +1,124 @@
+"""Decode -> batch -> model: the one embedding path (``run_jobs``; ``encode_video_file``,
+``localize``, ``embed-video``, ``extract``, ``index`` and ``eval`` all go through it).
+
+``run_jobs(model, jobs, settings)`` embeds the windows of many videos. Decoding runs in worker
+processes (``workers``; one decoder thread each by default), each taking whole videos from a
+shared task queue (so long and short videos balance themselves) and writing each window as
+uint8 into a slot of a shared-memory ring; only slot numbers travel through the queues, as the
+typed messages of ``milnce.video.worker``. The main process (``Scheduler``) gathers ready
+windows of any videos into batches of ``batch_size``, runs the model and hands the slots back.
+On CUDA the gather goes into pinned memory, the copy to the device is non-blocking and the next
+batch is queued before the previous one's outputs are fetched, so the device is never idle while
+windows are ready; batches keep one shape (a short last batch is padded) and each model call
+runs under a scoped ``cudnn.flags(benchmark=True)`` (the process-wide flag is left alone).
+``workers=0`` decodes in a background thread of the calling process.
+
+Decoder hook: ``source=`` takes a window source factory (``milnce.video.sources``): a picklable
+callable ``(task, settings, pad, threads, warn) -> iterable of (k, start, end, uint8 frames)``
+with ``3 x T x S x S`` or ``T x S x S x 3`` frames. The default is PyAV (``default_source``);
+another decoder (an ffmpeg-exact recipe) plugs in there without touching the scheduler.
+
+A video that cannot be read yields a ``VideoWindows`` with ``error`` set and never stops the
+run; a decoder process that dies fails only the video it was on and is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UsageError
+from ..protocols import VideoEncoder
+from ..windows import WindowSettings, check_pad
+from .decoders import Decoders, split_parts
+from .result import VideoWindows
+from .scheduler import Scheduler
+from .sources import WindowSourceFactory, default_source
+
+__all__ = ["VideoJob", "run_jobs", "default_workers", "resolve_batch_size", "resolve_workers", "MIN_PART_S"]
+
+MIN_PART_S = 20.0  # a video is split into parts of at least this long (each part seeks to a keyframe)
+CPU_BATCH = 8  # windows per model call on the CPU (the one default; 64 on CUDA)
+CUDA_BATCH = 64
+MAX_BATCH = 65_536  # a batch's uint8 ring is allocated up front: beyond this it cannot fit any machine
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video to embed.
+
+    ``starts``: explicit window start times in seconds (one window per start: the evaluation
+    protocol); otherwise sliding windows over ``[start, end]`` (default: the whole video) every
+    ``settings.stride`` frames. ``key``: the caller's id, returned in the result."""
+
+    path: str
+    key: Hashable = None
+    starts: Sequence[float] | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+def default_workers() -> int:
+    """Decoding processes by default: the cores this process may use, minus one for the main."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def resolve_batch_size(batch_size: int | None, device: torch.device | str) -> int:
+    """The one check and default of ``batch_size`` (windows per model call): 64 on CUDA, else 8."""
+    if batch_size is None:
+        return CUDA_BATCH if torch.device(device).type == "cuda" else CPU_BATCH
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+        raise UsageError(f"batch size must be a whole number in [1, {MAX_BATCH}], got {batch_size!r}")
+    return batch_size
+
+
+def resolve_workers(workers: int | None) -> int:
+    """The one check and default of ``workers`` (decoding processes; 0 = a thread)."""
+    if workers is None:
+        return default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 4096:
+        raise UsageError(f"workers must be a whole number in [0, 4096], got {workers!r}")
+    return workers
+
+
+def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[str]], settings: WindowSettings, *,
+             pad: str = "repeat", features: bool = True, batch_size: int | None = None, workers: int | None = None,
+             progress: bool | str = False, decode_threads: int | None = None, stats: dict[str, float] | None = None,
+             min_part_s: float = MIN_PART_S, source: WindowSourceFactory = default_source,
+             ) -> Generator[VideoWindows, None, None]:
+    """Embed the windows of many videos; yields one ``VideoWindows`` per job, in completion order.
+
+    ``model``: a ``MILNCE`` (``load_model``) or any ``protocols.VideoEncoder``; its device is used.
+    ``settings``: the windows (``WindowSettings.for_model(model, ...)``). ``pad``: ``"repeat"``,
+    ``"loop"`` or ``"zeros"`` (black frames past the end of a video). ``features``: also return
+    ``mixed_5c``. ``batch_size``: windows per model call (default 64 on CUDA, 8 on the CPU).
+    ``workers``: decoding processes (default: available cores minus one; 0 = a thread of this
+    process). ``decode_threads``: decoder threads per video (default 1 with workers, automatic
+    without). ``progress``: a tqdm bar on stderr (a string is its label). ``stats``: filled with
+    ``wall_s``, ``model_s``, ``wait_s`` (time the model side waited for windows), ``windows``,
+    ``videos``, ``batches``, ``parts`` (decoding tasks of split videos), ``first_window_s`` and
+    ``last_window_s``. Jobs are read lazily (a generator is fine). ``close()`` the returned
+    generator to stop the decoders early. With fewer videos than ``2 * workers``, videos longer
+    than ``2 * min_part_s`` seconds are split into parts decoded side by side (same windows, same
+    values: each part's windows are checked against the whole video's, else it is decoded whole).
+    ``source``: the window source factory (see the module docstring).
+    """
+    if not isinstance(settings, WindowSettings):
+        raise UsageError(f"settings must be a WindowSettings, got {type(settings).__name__}")
+    check_pad(pad)
+    batch = resolve_batch_size(batch_size, model.device)
+    nworkers = resolve_workers(workers)
+    threads = int(decode_threads if decode_threads is not None else (1 if nworkers else 0))
+    total = len(jobs) if isinstance(jobs, Sequence) else None
+    decoders = Decoders(nworkers, batch + 2 * max(nworkers, 1) + 2, settings, pad, threads, source)
+    sched = Scheduler(model, decoders, settings, features=features, batch_size=batch, progress=progress,
+                      total=total, stats=stats, split=lambda job, n: split_parts(job, settings, n, float(min_part_s)))
+    return sched.run(iter(jobs))
+
