@@ -47,6 +47,8 @@ def add_run_options(p: argparse.ArgumentParser, batch_default: int | None = None
     g.add_argument("--decode-threads", type=int, help="decoder threads per video (default 1 with workers)")
     g.add_argument("--shard", metavar="I/N", help="take share I (0-based) of N; nests with torchrun/SLURM")
     g.add_argument("--overwrite", action="store_true", help="redo every video, even finished ones")
+    g.add_argument("--verify", action="store_true", help="read every finished file's members (CRC) and redo "
+                   "the damaged ones (with --check: report them); every run checks the files' structure anyway")
     g.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -96,7 +98,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     if args.check:
         try:
-            rep = check(args.check, args.paths)
+            rep = check(args.check, args.paths, verify=getattr(args, "verify", False))
         except MilnceError as exc:
             raise CommandError(str(exc)) from exc
         _print_report(rep, args.json)
@@ -115,13 +117,17 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
     """The code path of ``extract`` and ``embed-video``: parsed options -> ``milnce.extract.extract``."""
     from ..errors import MilnceError
     from ..extract import collect_inputs, extract
-    from ..extract.runner import check_features
+    from ..extract.runner import check_features, show
+    from ..video.pipeline import resolve_batch_size, resolve_workers
     from ..windows import WindowSettings
 
-    for name in ("batch_size", "workers", "decode_threads"):
-        v = getattr(args, name, None)
-        if v is not None and v < (0 if name == "workers" else 1):
-            raise CommandError(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}, got {v}")
+    try:  # the pipeline's own checks, before the model loads
+        resolve_batch_size(args.batch_size, "cpu")
+        resolve_workers(args.workers)
+    except MilnceError as exc:
+        raise CommandError(str(exc).replace("batch size", "--batch-size").replace("workers", "--workers", 1)) from exc
+    if args.decode_threads is not None and args.decode_threads < 1:
+        raise CommandError(f"--decode-threads must be >= 1, got {args.decode_threads}")
     if str(args.device).startswith("cuda:"):
         import torch
 
@@ -141,12 +147,12 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
         report = extract(inputs, args.out, model, settings, features=features, pad=args.pad, start=args.start,
                          end=args.end, batch_size=args.batch_size, workers=workers,
                          decode_threads=args.decode_threads, shard=shard, overwrite=args.overwrite,
-                         progress=not args.quiet)
+                         progress=not args.quiet, verify=getattr(args, "verify", False))
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
     _print_report(report, args.json, sys.stderr if report.failed else sys.stdout)
     if report.failed and not args.json:
         for _path, msg in report.failures[:50]:
-            print(f"  failed: {msg}", file=sys.stderr)
+            print(f"  failed: {show(_path)}: {show(msg)}", file=sys.stderr)
         print(f"  (all failures: {report.failures_file})", file=sys.stderr)
     return 1 if report.failed else 0

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UsageError
+from ..video.find import VIDEO_SUFFIXES, walk_videos
 
 __all__ = [
     "BENCHMARKS",
@@ -52,7 +53,7 @@ _COLUMNS = {
     "msrvtt": ("video_id", "sentence"),
     "hmdb51": ("video_id", "label", "split1", "split2", "split3"),
 }
-VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
+VIDEO_EXTS = VIDEO_SUFFIXES  # one list of video extensions (milnce.video.find)
 
 
 @dataclass(frozen=True)
@@ -231,14 +232,11 @@ class VideoResolver:
     def _walk(self) -> None:
         by_name: dict[str, Path] = {}
         by_stem: dict[str, Path] = {}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            for fn in sorted(filenames):
-                if os.path.splitext(fn)[1].lower() not in VIDEO_EXTS:
-                    continue
-                p = Path(dirpath) / fn
-                by_name.setdefault(fn, p)
-                by_stem.setdefault(os.path.splitext(fn)[0], p)
+        for found in walk_videos(self.root):  # the one walker: links inside root, no loops
+            fn = os.path.basename(found)
+            p = Path(found)
+            by_name.setdefault(fn, p)
+            by_stem.setdefault(os.path.splitext(fn)[0], p)
         self._by_name, self._by_stem = by_name, by_stem
 
     def resolve(self, item: EvalItem) -> Path | None:

@@ -99,7 +99,6 @@ def encode_captions(model: Any, texts: Sequence[str], max_words: int, batch_size
 # Video
 
 
-@dataclass
 def _duration(path: Path) -> float:
     """The video's duration from its header (no frame is decoded)."""
     import av
@@ -230,6 +229,8 @@ def embed_clips(
                                   "workers": workers, "progress": progress}
         done = set()
         for r in run(model, job_objs, settings.window_settings(), **kwargs):
+            if not isinstance(r.key, int) or r.key not in pending or r.key in done:
+                continue
             gi = r.key
             if gi not in pending or gi in done:
                 continue

@@ -20,14 +20,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..video.find import VIDEO_EXTENSIONS, walk_videos
 
 __all__ = ["VideoInput", "Shard", "VIDEO_EXTENSIONS", "collect_inputs", "shard_inputs", "resolve_shard",
            "output_path"]
 
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".gif", ".3gp",
-    ".ts", ".mts", ".m2ts", ".ogv", ".vob", ".mxf", ".y4m",
-})
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list", ".csv", ".tsv"})
 
 
@@ -86,14 +83,8 @@ def _read_list(path: str) -> list[str]:
     return out
 
 
-def _walk(folder: str) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
-                found.append(os.path.join(root, name))
-    return found
+def _walk(folder: str, roots: Sequence[str]) -> list[str]:
+    return list(walk_videos(folder, roots=roots))
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[VideoInput]:
@@ -103,10 +94,11 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[VideoInput]:
     exist is kept (it fails when read, and is reported). Output names that would collide (e.g.
     ``a.mp4`` and ``a.webm``) keep their suffix (``a.mp4.npz``), then get ``-1``, ``-2``..."""
     rows: list[tuple[str, str]] = []  # (path, rel with the video suffix)
-    for p in paths:
-        p = os.fspath(p)
+    given = [os.fspath(p) for p in paths]
+    roots = [p for p in given if os.path.isdir(p)]  # links may lead anywhere inside the folders given
+    for p in given:
         if os.path.isdir(p):
-            found = _walk(p)
+            found = _walk(p, roots)
             if not found:
                 raise UsageError(f"{p}: no video files in this folder (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
             rows += [(f, os.path.relpath(f, p)) for f in found]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 import sys
@@ -13,17 +14,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
+from ..atomic import atomic_write_bytes
 from ..errors import UsageError
-from ..video.pipeline import VideoJob, run_jobs
+from ..protocols import VideoEncoder
+from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
+from ..video.result import VideoWindows
 from ..windows import WindowSettings, check_pad
 from .inputs import Shard, VideoInput, collect_inputs, output_path, shard_inputs
-from .store import FORMAT, StoreError, read_meta, temp_files, write_feature_file
+from .store import FORMAT, StoreError, check_crc, read_meta, temp_files, write_feature_file
 
 __all__ = ["FEATURES", "ExtractReport", "CheckReport", "extract", "check", "failures_file", "read_failures"]
 
 FEATURES = ("video_embedding", "mixed_5c")
+
+log = logging.getLogger("milnce.extract")
 
 
 @dataclass
@@ -127,30 +131,30 @@ def read_failures(out_dir: str) -> list[tuple[str, str]]:
         return rows
     for n in names:
         try:
-            with open(os.path.join(out_dir, n), newline="", encoding="utf-8") as f:
+            with open(os.path.join(out_dir, n), newline="", encoding="utf-8", errors="surrogateescape") as f:
                 rows += [(r.get("path", ""), r.get("reason", "")) for r in csv.DictReader(f)]
-        except (OSError, UnicodeDecodeError, csv.Error):
+        except (OSError, csv.Error):
             continue
     return rows
 
 
+def _reason(path: str, error: str) -> str:
+    """``error`` without the video's path (failures.csv has it in its own column)."""
+    for p in (path, os.path.abspath(path)):
+        if error.startswith(p + ": "):
+            return error[len(p) + 2:]
+    return error
+
+
 def _write_failures(path: str, rows: Sequence[tuple[str, str]]) -> None:
+    """The failure list, atomically; names that are not UTF-8 are kept byte for byte."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "reason"])
     w.writerows(rows)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
     except OSError as exc:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
@@ -205,76 +209,40 @@ def check_features(features: Iterable[str]) -> list[str]:
 
 
 def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_dir: str | os.PathLike[str],
-            model: Any, settings: WindowSettings, *, features: Iterable[str] = FEATURES, pad: str = "repeat",
+            model: VideoEncoder, settings: WindowSettings, *, features: Iterable[str] = FEATURES, pad: str = "repeat",
             start: float | None = None, end: float | None = None, batch_size: int | None = None,
             workers: int | None = None, decode_threads: int | None = None, shard: Shard | None = None,
-            overwrite: bool = False, progress: bool = False) -> ExtractReport:
+            overwrite: bool = False, progress: bool = False, verify: bool = False) -> ExtractReport:
     """Extract features for the videos of ``paths`` (files, folders, list files; or
     ``collect_inputs`` rows) into ``out_dir`` (``DIR/<relative path>.npz``), this ``shard``'s share.
 
     Skips videos whose output is current (same settings, features, weights, precision and the
-    same video file size and mtime), redoes the others (``overwrite``: all). Unreadable videos
-    are listed in ``failures_file(out_dir, shard)`` and never stop the run. ``StoreError`` if an
-    output cannot be written (e.g. disk full; nothing partial is left)."""
+    same video file size and mtime, and the file whole by a cheap structural check), redoes the
+    others (``overwrite``: all; ``verify``: also those whose members fail their CRC check).
+    Unreadable videos are listed in ``failures_file(out_dir, shard)`` and never stop the run.
+    ``StoreError`` if an output cannot be written (e.g. disk full; nothing partial is left)."""
     check_pad(pad)
     feats = check_features(features)
+    batch_size = resolve_batch_size(batch_size, model.device)
+    workers = resolve_workers(workers)
     shard = shard or Shard()
-    out = os.fspath(out_dir)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out} exists and is not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
+    out = _out_folder(out_dir)
     inputs = _as_inputs(paths)
     share = shard_inputs(inputs, shard.index, shard.count)
-    ident = _identity(settings, pad, start, end, feats, str(model.weights_id), str(model.precision))
+    ident = _identity(settings, pad, start, end, feats, str(model.weights_id), str(getattr(model, "precision", "fp32")))
     report = ExtractReport(out_dir=out, shard=shard.label, inputs=len(inputs), share=len(share))
     report.failures_file = failures_file(out, shard)
     t0 = time.perf_counter()
-    todo: list[tuple[VideoInput, str, dict[str, Any], bool]] = []
-    for item in share:
-        target = output_path(out, item)
-        source = _source(item.path)
-        exists = os.path.exists(target)
-        if exists and not overwrite and _why_redo(read_meta(target), ident, source) is None:
-            report.skipped += 1
-            continue
-        todo.append((item, target, source, exists))
-    failures: list[tuple[str, str]] = []
-    _write_failures(report.failures_file, failures)
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), unit="video", desc=f"rank {shard.label}" if shard.count > 1 else "videos",
-                   dynamic_ncols=True, file=sys.stderr)
+    todo = _plan(share, out, ident, report, overwrite=overwrite, verify=verify)
+    _write_failures(report.failures_file, [])
+    bar = _bar(len(todo), shard) if progress and todo else None
     jobs = (VideoJob(item.path, key=i, start=start, end=end) for i, (item, *_rest) in enumerate(todo))
     results = run_jobs(model, jobs, settings, pad=pad, features="mixed_5c" in feats, batch_size=batch_size,
                        workers=workers, decode_threads=decode_threads)
     try:
         for res in results:
             assert isinstance(res.key, int)  # the job numbers given above
-            item, target, source, existed = todo[res.key]
-            if res.error is not None:
-                failures.append((item.path, res.error))
-                report.failed += 1
-                _write_failures(report.failures_file, failures)
-                if bar is not None:
-                    bar.write(f"milnce: failed: {res.error}", file=sys.stderr)
-            else:
-                duration = res.duration if math.isfinite(res.duration) else float(res.ends.max(initial=0.0))
-                arrays = {"video_embedding": res.video_embedding, "start": res.starts, "end": res.ends,
-                          "duration": np.asarray(duration, np.float64), "path": np.asarray(item.path, np.str_)}
-                if res.mixed_5c is not None:
-                    arrays["mixed_5c"] = res.mixed_5c
-                meta = {"format": FORMAT, **ident, "source": source, "duration": duration,
-                        "windows": len(res), "warnings": res.warnings}
-                write_feature_file(target, arrays, meta)
-                report.extracted += 1
-                report.redone += int(existed)
-                report.windows += len(res)
-                report.video_seconds += duration
+            _store(res, todo[res.key], ident, report, bar)
             if bar is not None:
                 bar.update(1)
                 el = time.perf_counter() - t0
@@ -285,13 +253,88 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
         if bar is not None:
             bar.close()
         report.wall_s = time.perf_counter() - t0
-        report.failures = failures
     return report
 
 
-def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput]) -> CheckReport:
+_Todo = tuple[VideoInput, str, dict[str, Any], bool]  # (video, its output, its size and mtime, output existed)
+
+
+def _out_folder(out_dir: str | os.PathLike[str]) -> str:
+    out = os.fspath(out_dir)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
+    return out
+
+
+def _plan(share: Sequence[VideoInput], out: str, ident: dict[str, Any], report: ExtractReport, *,
+          overwrite: bool, verify: bool) -> list[_Todo]:
+    """The videos of ``share`` to (re)do; counts the others as skipped."""
+    todo: list[_Todo] = []
+    for item in share:
+        target = output_path(out, item)
+        source = _source(item.path)
+        exists = os.path.exists(target)
+        if exists and not overwrite and _why_redo(read_meta(target), ident, source) is None:
+            damage = check_crc(target) if verify else None
+            if damage is None:
+                report.skipped += 1
+                continue
+            log.warning("%s: %s; extracting it again", show(target), damage)
+        todo.append((item, target, source, exists))
+    return todo
+
+
+def _bar(total: int, shard: Shard) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="video", desc=f"rank {shard.label}" if shard.count > 1 else "videos",
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def _store(res: VideoWindows, todo: _Todo, ident: dict[str, Any], report: ExtractReport, bar: Any) -> None:
+    """Write one video's feature file, or list it as failed."""
+    item, target, source, existed = todo
+    for note in res.warnings:  # truncated or corrupt data that was skipped: said, not only kept in the file
+        _say(bar, note)
+    if res.error is not None:
+        report.failures.append((item.path, _reason(item.path, res.error)))
+        report.failed += 1
+        _write_failures(report.failures_file or "", report.failures)
+        if bar is not None:  # without a bar the caller lists the failures at the end
+            _say(bar, f"failed: {res.error}")
+        return
+    duration = res.duration if math.isfinite(res.duration) else float(res.ends.max(initial=0.0))
+    res.duration, res.path = duration, item.path
+    meta = {"format": FORMAT, **ident, "source": source, "duration": duration,
+            "windows": len(res), "warnings": res.warnings}
+    write_feature_file(target, res.to_arrays(), meta)
+    report.extracted += 1
+    report.redone += int(existed)
+    report.windows += len(res)
+    report.video_seconds += duration
+
+
+def _say(bar: Any, msg: str) -> None:
+    if bar is not None:
+        bar.write(f"milnce: {show(msg)}", file=sys.stderr)
+    else:
+        log.warning("%s", show(msg))
+
+
+def show(text: str) -> str:
+    """``text`` printable whatever bytes a file name holds (not UTF-8: ``\\xNN``)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], *,
+          verify: bool = False) -> CheckReport:
     """How complete ``out_dir`` is for the videos of ``paths`` (all shards): done, missing
-    (failed ones named with their reason), stale (the video changed since), the settings seen."""
+    (failed ones named with their reason), stale (the video changed since, or the file is damaged:
+    a cheap structural check always, every member's CRC with ``verify``), the settings seen."""
     out = os.fspath(out_dir)
     if not os.path.isdir(out):
         raise UsageError(f"{out}: no such output folder")
@@ -309,7 +352,11 @@ def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str
             continue
         meta = read_meta(target)
         if meta is None:
-            rep.stale.append((item.path, "unreadable or not a feature file"))
+            rep.stale.append((item.path, "unreadable, damaged or not a feature file"))
+            continue
+        damage = check_crc(target) if verify else None
+        if damage is not None:
+            rep.stale.append((item.path, f"damaged: {damage}"))
             continue
         key = json.dumps({k: meta.get(k) for k in ("settings", "features", "weights", "precision")}, sort_keys=True)
         rep.settings[key] = rep.settings.get(key, 0) + 1

@@ -12,12 +12,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UsageError
 from ..protocols import Encoder
+from ..video.find import VIDEO_EXTENSIONS, walk_videos
+from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
 from .layout import user_path
@@ -28,10 +28,6 @@ __all__ = ["build_index", "find_videos", "file_hash", "show_path", "VIDEO_EXTENS
 
 log = logging.getLogger("milnce.index")
 
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".gif",
-    ".3gp", ".ogv", ".ts", ".mts", ".m2ts", ".vob", ".qt",
-})
 _COMPACT_DEAD_SHARE = 0.25
 
 
@@ -55,34 +51,23 @@ def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
     out: dict[str, None] = {}
     excl = {user_path(e) for e in exclude}
 
-    def report(exc: OSError) -> None:
-        where = exc.filename if isinstance(exc.filename, str) else str(exc.filename)
-        reason = f"cannot read the folder: {exc.strerror or exc}"
-        if on_error is not None:
-            on_error(where, reason)
-        else:
-            log.warning("%s: %s", show_path(where), reason)
-
+    paths = list(paths)
+    roots = [user_path(p) for p in paths]  # links may lead anywhere inside the folders given
     for p in paths:
         ap = user_path(p)
         if os.path.isfile(ap):
             out[ap] = None
         elif os.path.isdir(ap):
-            found = []
-            for root, dirs, files in os.walk(ap, followlinks=False, onerror=report):
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.join(root, d) not in excl)
-                if not recursive:
-                    dirs[:] = []
-                for name in files:
-                    if name.startswith("."):
-                        continue
-                    if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
-                        found.append(os.path.join(root, name))
+            found = list(walk_videos(ap, roots=roots, exclude=excl, recursive=recursive, on_error=on_error or _warn_folder))
             for f in sorted(found):
                 out[f] = None
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
     return list(out)
+
+
+def _warn_folder(where: str, reason: str) -> None:
+    log.warning("%s: %s", show_path(where), reason)
 
 
 def show_path(path: str) -> str:
@@ -181,23 +166,9 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
 
 
 def _check_run_args(batch_size: int | None, workers: int | None) -> None:
-    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
-        raise UsageError(f"batch_size must be >= 1, got {batch_size!r}")
-    if workers is not None and (isinstance(workers, bool) or int(workers) < 0):
-        raise UsageError(f"workers must be >= 0, got {workers!r}")
-
-
-@dataclass
-class _Windows:
-    """One video's windows as ``Index.add_video`` stores them (from a pipeline ``JobResult``)."""
-
-    starts: np.ndarray
-    ends: np.ndarray
-    embeddings: np.ndarray
-    duration: float
-
-    def __len__(self) -> int:
-        return len(self.starts)
+    """The pipeline's own checks (one place), before anything is created."""
+    resolve_batch_size(batch_size, "cpu")
+    resolve_workers(workers)
 
 
 def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, float, str]],
@@ -206,7 +177,6 @@ def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, flo
     """Hash the pending files (touched and moved ones need no model), embed the rest through the
     pipeline and commit each video as its result arrives (in any order): its rows are appended and
     fsynced, then its record is committed (``Index.add_video``)."""
-    from ..extract import VideoJob, run_jobs
     from ..video.probe import probe_duration  # (imports torch: only when building)
 
     total_s = sum(probe_duration(p[0]) or 0.0 for p in pending) if progress else 0.0
@@ -245,8 +215,6 @@ def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, flo
             yield VideoJob(path, key=key)
 
     window = WindowSettings.from_dict(idx.settings)
-    if batch_size is None:  # measured on a 2-core CPU: 4 keeps up with the model better than 8
-        batch_size = 64 if model.device.type == "cuda" else 4
     t0 = time.perf_counter()
     slept = 0.0
     results = run_jobs(model, jobs(), window, features=False, batch_size=batch_size, workers=workers)
@@ -265,8 +233,7 @@ def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, flo
                     report.failed.append((path, reason))
                     bar.done(0.0, path)
                     continue
-                emb = _Windows(res.starts, res.ends, res.video_embedding, res.duration)
-                idx.add_video(path, emb, size=size_, mtime=mtime, content_hash=h)
+                idx.add_video(path, res, size=size_, mtime=mtime, content_hash=h)
                 dur = float(res.duration) if math.isfinite(res.duration) else float(res.ends[-1])
                 report.video_seconds += dur
                 report.windows_added += len(res)

@@ -22,9 +22,10 @@ import numpy as np
 
 from ..errors import UsageError
 from ..protocols import Encoder
+from ..video.result import VideoWindows
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
-from .build import _finish, _Progress, _reason_text, _Windows, file_hash, show_path
+from .build import _finish, _Progress, _reason_text, file_hash, show_path
 from .records import IndexReport
 from .store import Index
 
@@ -202,7 +203,7 @@ class _Loaded:
     mtime: float
     why: str
     content_hash: str
-    windows: _Windows
+    windows: VideoWindows
 
 
 def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], report: IndexReport, progress: bool,
@@ -236,8 +237,8 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
                     h = file_hash(video)
                 except OSError:
                     pass
-            batch.append(_Loaded(video, size, mtime, why, h, _Windows(ff.start, ff.end, ff.video_embedding,
-                                                                       ff.duration)))
+            ff.features = None  # only the embeddings are stored
+            batch.append(_Loaded(video, size, mtime, why, h, ff))
             nwin += len(ff)
             if len(batch) >= _COMMIT_VIDEOS or nwin >= _COMMIT_WINDOWS:
                 commit()

@@ -89,7 +89,7 @@ class VideoWindows:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays of the ``.npz`` format (``meta`` apart)."""
-        out = {"video_embedding": np.ascontiguousarray(self.embeddings, dtype=np.float32),
+        out: dict[str, np.ndarray] = {"video_embedding": np.ascontiguousarray(self.embeddings, dtype=np.float32),
                "start": np.asarray(self.starts, dtype=np.float64), "end": np.asarray(self.ends, dtype=np.float64),
                "duration": np.asarray(self.duration, dtype=np.float64), "path": np.asarray(str(self.path), np.str_)}
         if self.features is not None:
