@@ -228,9 +228,11 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
 
 
 def _load_video_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
-    from ..video import VideoEmbeddings
+    from ..video import EmbeddingsFileError, VideoEmbeddings
 
     ve = VideoEmbeddings.load(path)
+    if len(ve) == 0:
+        raise EmbeddingsFileError(f"{path}: holds no windows (nothing to score)")
     name = os.path.basename(path)
     if np.isfinite(ve.starts).all():
         labels = [f"{name}[{s:.1f}-{e:.1f}s]" for s, e in zip(ve.starts, ve.ends)]

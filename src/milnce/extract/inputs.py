@@ -150,6 +150,8 @@ def shard_inputs(items: Sequence[VideoInput], index: int, count: int) -> list[Vi
     if count == 1:
         return list(items)
     order = sorted(range(len(items)), key=lambda i: (-max(items[i].size, 0), items[i].rel, items[i].path))
+    if count >= len(items):  # every share is empty when its turn comes: video k of the order goes to share k
+        return [items[order[index]]] if index < len(items) else []
     loads = [(0, s) for s in range(count)]  # (bytes, shard): the lightest share takes the next video
     heapq.heapify(loads)
     mine = set()

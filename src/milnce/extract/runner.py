@@ -101,10 +101,10 @@ class CheckReport:
         if len(self.settings) > 1:
             lines.append(f"  warning: outputs with {len(self.settings)} different settings/weights:")
             lines += [f"    {n} x {s}" for s, n in sorted(self.settings.items(), key=lambda kv: -kv[1])]
-        for _p, r in self.failed[:20]:
-            lines.append(f"  failed: {r}")
+        for p, r in self.failed[:20]:  # older failure lists had the path in the reason too
+            lines.append(f"  failed: {show(r if r.startswith(p) else f'{p}: {r}')}")
         for p, w in self.stale[:20]:
-            lines.append(f"  stale: {p} ({w})")
+            lines.append(f"  stale: {show(p)} ({w})")
         shown = {p for p, _ in self.failed}
         rest = [p for p in self.missing if p not in shown]
         for p in rest[:20]:
