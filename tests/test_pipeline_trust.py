@@ -268,3 +268,43 @@ def test_empty_results_take_their_sizes_from_the_model(model, tmp_path):
     bad.write_bytes(b"nope" * 100)
     (res,) = run_jobs(model, [str(bad)], S, workers=0, features=True)
     assert res.error and res.embeddings.shape == (0, model.info.embed_dim) and res.features.shape == (0, 1024)
+
+
+# ------------------------------------------------------------------------------ ranks and array tasks
+
+
+@pytest.mark.slow
+def test_torchrun_survives_a_bad_video_and_merges_the_failures(checkpoint, tmp_path):
+    pytest.importorskip("torch.distributed.run")
+    d = tmp_path / "v"
+    d.mkdir()
+    for name in ("a", "b", "c"):
+        make_video(d / f"{name}.mp4", n=10)
+    (d / "bad.mp4").write_bytes(b"not a video\n" * 50)
+    out = tmp_path / "out"
+    e = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "milnce.cli", "extract", str(d), "--out", str(out), *_ckpt(checkpoint)],
+                       env=e, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]  # the documented status, from every rank
+    assert "SIGTERM" not in r.stderr and "Signals.SIG" not in r.stderr
+    assert sorted(p.name for p in out.glob("*.npz")) == ["a.npz", "b.npz", "c.npz"]  # no rank was cut short
+    merged = (out / "failures.csv").read_text().splitlines()
+    assert len(merged) == 2 and merged[1].startswith(str(d / "bad.mp4"))
+    c = check(out, [d])
+    assert c.done == 3 and [p for p, _ in c.failed] == [str(d / "bad.mp4")]
+
+
+def test_failure_lists_of_an_earlier_run_with_another_share_count_are_ignored(tmp_path, caplog):
+    from milnce.extract import read_failures
+    from milnce.extract.runner import _write_failures
+
+    for i in range(4):
+        _write_failures(str(tmp_path / f"failures-rank{i}.csv"), [(f"/v/old{i}.mp4", "bad")], shards=4)
+        os.utime(tmp_path / f"failures-rank{i}.csv", (1, 1))
+    for i in range(2):
+        _write_failures(str(tmp_path / f"failures-rank{i}.csv"), [(f"/v/new{i}.mp4", "bad")], shards=2)
+    with caplog.at_level(logging.WARNING, logger="milnce.extract"):
+        rows = read_failures(str(tmp_path))
+    assert sorted(p for p, _ in rows) == ["/v/new0.mp4", "/v/new1.mp4"]
+    assert "failures-rank2.csv" in caplog.text and "4 shares" in caplog.text

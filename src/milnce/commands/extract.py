@@ -117,6 +117,7 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
     """The code path of ``extract`` and ``embed-video``: parsed options -> ``milnce.extract.extract``."""
     from ..errors import MilnceError
     from ..extract import collect_inputs, extract
+    from ..extract.ranks import finish_together
     from ..extract.runner import check_features, show
     from ..video.pipeline import resolve_batch_size, resolve_workers
     from ..windows import WindowSettings
@@ -148,6 +149,7 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
                          end=args.end, batch_size=args.batch_size, workers=workers,
                          decode_threads=args.decode_threads, shard=shard, overwrite=args.overwrite,
                          progress=not args.quiet, verify=getattr(args, "verify", False))
+        everyone = finish_together(args.out, shard, report.failures)  # torchrun: all ranks, then exit
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
     _print_report(report, args.json, sys.stderr if report.failed else sys.stdout)
@@ -155,4 +157,4 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
         for _path, msg in report.failures[:50]:
             print(f"  failed: {show(_path)}: {show(msg)}", file=sys.stderr)
         print(f"  (all failures: {report.failures_file})", file=sys.stderr)
-    return 1 if report.failed else 0
+    return 1 if everyone else 0

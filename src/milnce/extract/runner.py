@@ -3,11 +3,13 @@ and ``check``: how complete an output folder is against the input list."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -47,6 +49,7 @@ class ExtractReport:
     video_seconds: float = 0.0
     wall_s: float = 0.0
     failures_file: str | None = None
+    shards: int | None = None  # shares of the run (None: one)
 
     @property
     def video_hours(self) -> float:
@@ -116,26 +119,55 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def failures_file(out_dir: str, shard: Shard) -> str:
-    """``DIR/failures.csv``, or ``DIR/failures-rank{I}.csv`` when there are several shards."""
-    name = "failures.csv" if shard.count == 1 else f"failures-rank{shard.index}.csv"
-    return os.path.join(out_dir, name)
+def failures_file(out_dir: str, shard: Shard, merged: bool = False) -> str:
+    """``DIR/failures.csv``, or ``DIR/failures-rank{I}.csv`` when there are several shards
+    (``merged``: the list a torchrun rank 0 writes for its share, ``failures-task{I}.csv``)."""
+    if shard.count == 1:
+        return os.path.join(out_dir, "failures.csv")
+    return os.path.join(out_dir, f"failures-{'task' if merged else 'rank'}{shard.index}.csv")
+
+
+_FAIL_NAME = re.compile(r"failures(?:-(rank|task)\d+)?\.csv")
+
+
+def _shards_of(header: Sequence[str]) -> int | None:
+    for h in header[2:]:
+        if h.startswith("shards="):
+            with contextlib.suppress(ValueError):
+                return int(h[len("shards="):])
+    return None
 
 
 def read_failures(out_dir: str) -> list[tuple[str, str]]:
-    """``(path, reason)`` rows of every failure list in ``out_dir`` (all ranks)."""
-    rows: list[tuple[str, str]] = []
+    """``(path, reason)`` rows of every failure list in ``out_dir`` (all ranks and array tasks),
+    each path once. Per-share lists record their number of shares: those of an earlier run with
+    another number than the newest list's are ignored (and a warning says so)."""
+    found: list[tuple[str, str, float, int | None, list[tuple[str, str]]]] = []  # kind, name, mtime, N, rows
     try:
-        names = sorted(n for n in os.listdir(out_dir) if n.startswith("failures") and n.endswith(".csv"))
+        names = sorted(n for n in os.listdir(out_dir) if _FAIL_NAME.fullmatch(n))
     except OSError:
-        return rows
+        return []
     for n in names:
+        f = os.path.join(out_dir, n)
         try:
-            with open(os.path.join(out_dir, n), newline="", encoding="utf-8", errors="surrogateescape") as f:
-                rows += [(r.get("path", ""), r.get("reason", "")) for r in csv.DictReader(f)]
+            with open(f, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+                reader = csv.reader(fh)
+                header = next(reader, [])
+                rows = [(r[0], r[1] if len(r) > 1 else "") for r in reader if r]
+            found.append((n.split("-")[1][:4] if "-" in n else "", n, os.path.getmtime(f), _shards_of(header), rows))
         except (OSError, csv.Error):
             continue
-    return rows
+    out: dict[str, str] = {}
+    for kind, name, _mtime, shards, rows in found:
+        if kind:
+            newest = max((x for x in found if x[0] == kind), key=lambda x: x[2])
+            if shards is not None and newest[3] is not None and shards != newest[3]:
+                log.warning("ignored %s: from an earlier run with %d shares (the latest run has %d)",
+                            name, shards, newest[3])
+                continue
+        for p, r in rows:
+            out.setdefault(p, r)
+    return list(out.items())
 
 
 def _reason(path: str, error: str) -> str:
@@ -146,11 +178,12 @@ def _reason(path: str, error: str) -> str:
     return error
 
 
-def _write_failures(path: str, rows: Sequence[tuple[str, str]]) -> None:
-    """The failure list, atomically; names that are not UTF-8 are kept byte for byte."""
+def _write_failures(path: str, rows: Sequence[tuple[str, str]], shards: int | None = None) -> None:
+    """The failure list, atomically; names that are not UTF-8 are kept byte for byte. ``shards``:
+    the number of shares of the run (a third header column ``shards=N``)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "reason"])
+    w.writerow(["path", "reason"] + ([f"shards={shards}"] if shards else []))
     w.writerows(rows)
     try:
         atomic_write_bytes(path, buf.getvalue().encode("utf-8", "surrogateescape"))
@@ -232,9 +265,10 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     ident = _identity(settings, pad, start, end, feats, str(model.weights_id), str(getattr(model, "precision", "fp32")))
     report = ExtractReport(out_dir=out, shard=shard.label, inputs=len(inputs), share=len(share))
     report.failures_file = failures_file(out, shard)
+    report.shards = shard.count if shard.count > 1 else None
     t0 = time.perf_counter()
     todo = _plan(share, out, ident, report, overwrite=overwrite, verify=verify)
-    _write_failures(report.failures_file, [])
+    _write_failures(report.failures_file, [], report.shards)
     bar = _bar(len(todo), shard) if progress and todo else None
     jobs = (VideoJob(item.path, key=i, start=start, end=end) for i, (item, *_rest) in enumerate(todo))
     results = run_jobs(model, jobs, settings, pad=pad, features="mixed_5c" in feats, batch_size=batch_size,
@@ -303,7 +337,7 @@ def _store(res: VideoWindows, todo: _Todo, ident: dict[str, Any], report: Extrac
     if res.error is not None:
         report.failures.append((item.path, _reason(item.path, res.error)))
         report.failed += 1
-        _write_failures(report.failures_file or "", report.failures)
+        _write_failures(report.failures_file or "", report.failures, report.shards)
         if bar is not None:  # without a bar the caller lists the failures at the end
             _say(bar, f"failed: {res.error}")
         return
