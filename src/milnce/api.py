@@ -7,7 +7,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 import torch
@@ -101,9 +101,20 @@ class MILNCE(nn.Module):
     def space_to_depth(self) -> bool:
         return self.net.space_to_depth
 
+    @overload
+    def encode_video(self, video: torch.Tensor, features: Literal[False] = False, batch_size: int = 8
+                     ) -> torch.Tensor: ...
+
+    @overload
+    def encode_video(self, video: torch.Tensor, features: Literal[True], batch_size: int = 8) -> VideoOutput: ...
+
+    @overload
+    def encode_video(self, video: torch.Tensor, features: bool = False, batch_size: int = 8
+                     ) -> torch.Tensor | VideoOutput: ...
+
     def encode_video(
         self, video: torch.Tensor, features: bool = False, batch_size: int = 8
-    ) -> Any:
+    ) -> torch.Tensor | VideoOutput:
         """``B x 3 x T x H x W`` RGB in [0, 1] (float, or uint8 divided by 255 here) -> ``B x 512``.
 
         With ``features=True`` returns ``VideoOutput(embedding, features)`` (``B x 512``, mixed_5c

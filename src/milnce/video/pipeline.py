@@ -88,6 +88,18 @@ def resolve_workers(workers: int | None) -> int:
     return workers
 
 
+def _check_ring(nslots: int, s: WindowSettings) -> None:
+    """The uint8 window ring is allocated up front: refuse one larger than this machine's memory."""
+    need = nslots * 3 * s.num_frames * s.size * s.size
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return
+    if need > total:
+        raise UsageError(f"a batch size this large needs {need / 2**30:.1f} GiB for its {nslots} windows "
+                         f"of decoded frames, more than this machine's {total / 2**30:.1f} GiB")
+
+
 def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[str]], settings: WindowSettings, *,
              pad: str = "repeat", features: bool = True, batch_size: int | None = None, workers: int | None = None,
              progress: bool | str = False, decode_threads: int | None = None, stats: dict[str, float] | None = None,
@@ -117,7 +129,9 @@ def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[st
     nworkers = resolve_workers(workers)
     threads = int(decode_threads if decode_threads is not None else (1 if nworkers else 0))
     total = len(jobs) if isinstance(jobs, Sequence) else None
-    decoders = Decoders(nworkers, batch + 2 * max(nworkers, 1) + 2, settings, pad, threads, source)
+    nslots = batch + 2 * max(nworkers, 1) + 2  # a batch waiting to launch + two windows per decoder
+    _check_ring(nslots, settings)
+    decoders = Decoders(nworkers, nslots, settings, pad, threads, source)
     sched = Scheduler(model, decoders, settings, features=features, batch_size=batch, progress=progress,
                       total=total, stats=stats, split=lambda job, n: split_parts(job, settings, n, float(min_part_s)))
     return sched.run(iter(jobs))
