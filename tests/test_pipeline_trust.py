@@ -308,3 +308,15 @@ def test_failure_lists_of_an_earlier_run_with_another_share_count_are_ignored(tm
         rows = read_failures(str(tmp_path))
     assert sorted(p for p, _ in rows) == ["/v/new0.mp4", "/v/new1.mp4"]
     assert "failures-rank2.csv" in caplog.text and "4 shares" in caplog.text
+
+
+def test_localize_on_a_truncated_video_says_it_in_a_milnce_line(tmp_path, wargs, capsys, recwarn):
+    good = make_video(tmp_path / "full.mkv", n=40, rate=10, codec="mpeg4", options={"qscale": "2"})
+    data = good.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    rc = main(["localize", str(cut), "a person cooking", "--num-frames", "8", "--size", "32", "--stride", "4",
+               *wargs, "--no-download"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "milnce: " in err and "truncated" in err
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
