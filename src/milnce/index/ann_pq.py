@@ -107,8 +107,6 @@ def _trained_index(vectors: np.ndarray, rows: np.ndarray, params: PQParams, seed
     quantizer.hnsw.efConstruction = 80
     quantizer.add(centroids)
     ix = faiss.IndexIVFPQ(quantizer, dim, params.nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT)
-    ix.own_fields = True
-    quantizer.this.disown()
     ix.cp.seed = seed
     ix.train(sample)  # the quantizer is trained and full: only the PQ is trained here
     return ix
@@ -143,7 +141,7 @@ def build_pq(vectors: np.ndarray, out_dir: str | os.PathLike[str], *, params: PQ
         ix = _trained_index(vectors, rows, params, seed)
         train_s = time.perf_counter() - t0
         faiss.write_index(ix, os.path.join(tmp, "trained.faiss"))
-        shards = []
+        shards: list[str] = []
         for s in range(0, n, block):
             shard = faiss.read_index(os.path.join(tmp, "trained.faiss"))
             shard.add_with_ids(np.ascontiguousarray(vectors[s:s + block], dtype=np.float32), ids_all[s:s + block])
@@ -187,7 +185,9 @@ class PQIndex:
 
         ivf = faiss.extract_index_ivf(self.index)
         ivf.nprobe = max(1, min(int(nprobe), ivf.nlist))
-        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(64, 2 * ivf.nprobe)
+        hnsw = getattr(faiss.downcast_index(ivf.quantizer), "hnsw", None)
+        if hnsw is not None:
+            hnsw.efSearch = max(64, 2 * ivf.nprobe)
 
 
 def open_pq(directory: str | os.PathLike[str], *, nprobe: int = 32) -> PQIndex:
