@@ -194,3 +194,20 @@ def test_cli_clip_refuses_changed_or_unknown_sources(source, tmp_path, capsys, a
 
 def test_source_changed_error_is_a_clip_error():
     assert issubclass(SourceChangedError, ClipError)
+
+
+def test_copy_with_b_frames_has_no_gap_and_reencode_without_audio(tmp_path):
+    """B-frames (decode order differs from display order): the copy covers [key frame, END) with
+    every frame, perhaps a few after END, none skipped; a silent source gives a silent clip."""
+    src = make_video(tmp_path / "bf.mp4", n=60, rate=RATE, options={"crf": "10", "preset": "medium", "g": "20", "bf": "3"})
+    with av.open(str(src)) as c:
+        assert any(p.dts is not None and p.pts != p.dts for p in c.demux(c.streams.video[0]))  # really B-frames
+    res = cut_clip(str(src), 2.55, 4.0, tmp_path / "c.mp4", copy=True)
+    idx = [frame_index(f) for _, f in _frames(tmp_path / "c.mp4")]
+    assert res.start in _keyframe_times(src) and res.start <= 2.55
+    assert idx == list(range(idx[0], idx[-1] + 1)) and idx[0] == round(res.start * RATE) and idx[-1] >= 39
+    assert idx[-1] <= 39 + 4  # at most the B-frame depth past END
+    res = cut_clip(str(src), 2.55, 4.0, tmp_path / "r.mp4")
+    assert not res.audio and [frame_index(f) for _, f in _frames(tmp_path / "r.mp4")] == list(range(26, 40))
+    with av.open(str(tmp_path / "r.mp4")) as c:
+        assert not c.streams.audio

@@ -318,46 +318,52 @@ def _drain_audio(dst: Any, aout: Any, fifo: Any, final: bool = False) -> None:
 
 
 def _copy(src: Any, dst: Any, a: float, b: float) -> tuple[float, int, bool]:
-    """Copy the packets from the key frame at or before ``a`` up to ``b``, times from that key frame."""
+    """Copy the packets from the key frame at or before ``a`` up to ``b``, times from that key frame.
+
+    Video packets are copied in decode order while their decode time is before ``b``; after that
+    only those that fill a gap before the latest frame copied (B-frames), so the clip may end a
+    few frames after ``b`` but never skips a frame. Frames shown before the key frame (open GOP
+    leading pictures) are dropped: they reference the previous GOP."""
     vin = src.streams.video[0]
     ain = src.streams.audio[0] if src.streams.audio else None
-    vtb = vin.time_base
     vout = dst.add_stream_from_template(vin)
     aout = dst.add_stream_from_template(ain) if ain is not None else None
-    src.seek(max(0, int(a / vtb)), stream=vin, backward=True, any_frame=False)
+    src.seek(max(0, int(a / vin.time_base)), stream=vin, backward=True, any_frame=False)
     start: float | None = None
-    frames = 0
+    last_shown = -math.inf
+    frames, video_done, audio_done = 0, False, ain is None
     pending_audio: list[Any] = []
     for packet in src.demux([vin] + ([ain] if ain is not None else [])):
+        if video_done and audio_done:
+            break
         if packet.dts is None and packet.pts is None:
             continue  # flush packet
         t = _secs(packet.pts if packet.pts is not None else packet.dts, packet.time_base)
         td = _secs(packet.dts if packet.dts is not None else packet.pts, packet.time_base)
         assert t is not None and td is not None
-        if packet.stream is vin:
+        if packet.stream is vin and not video_done:
             if start is None:
                 if not packet.is_keyframe:
                     continue
                 if t > a + 1e-6:
                     raise ClipError(f"no key frame at or before {a:g} s to copy from (use re-encoding)")
                 start = t
-            if td >= b - 1e-6:
-                if ain is None:
-                    break
+                for p in pending_audio:  # audio demuxed before the key frame that belongs after it
+                    if float(p.pts * p.time_base) >= start and aout is not None:
+                        _mux_shifted(dst, aout, p, start)
+                pending_audio = []
+            if t < start - 1e-6 or (td >= b - 1e-6 and t >= last_shown):
+                video_done = td >= b - 1e-6
                 continue
+            last_shown = max(last_shown, t)
             _mux_shifted(dst, vout, packet, start)
             frames += 1
-            for p in pending_audio:
-                if _secs(p.pts, p.time_base) >= start:  # type: ignore[operator]
-                    _mux_shifted(dst, aout, p, start)
-            pending_audio = []
-        elif aout is not None:
+        elif packet.stream is not vin and aout is not None and not audio_done:
             if t >= b - 1e-6:
-                if start is not None:
-                    break
-                continue
-            if start is None:
-                pending_audio.append(packet)  # audio demuxed before the key frame: may belong after it
+                audio_done = True
+            elif start is None:
+                if packet.pts is not None:
+                    pending_audio.append(packet)
             elif t >= start:
                 _mux_shifted(dst, aout, packet, start)
     if start is None or frames == 0:
