@@ -211,3 +211,11 @@ def test_copy_with_b_frames_has_no_gap_and_reencode_without_audio(tmp_path):
     assert not res.audio and [frame_index(f) for _, f in _frames(tmp_path / "r.mp4")] == list(range(26, 40))
     with av.open(str(tmp_path / "r.mp4")) as c:
         assert not c.streams.audio
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_display_rotation_is_kept(tmp_path, copy):
+    src = make_video(tmp_path / "rot.mp4", n=20, rate=RATE, rotation=90)
+    cut_clip(str(src), 0.5, 1.5, tmp_path / "r.mp4", copy=copy)
+    with av.open(str(tmp_path / "r.mp4")) as c:
+        assert next(c.decode(video=0)).rotation == 90
