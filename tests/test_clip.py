@@ -109,6 +109,13 @@ def test_refusals_write_nothing(source, tmp_path):
     with pytest.raises(ClipError, match="cannot read"):
         cut_clip(str(tmp_path / "junk.mp4"), 0, 1, tmp_path / "y.mp4")
     assert sorted(os.listdir(tmp_path)) == ["exists.mp4", "junk.mp4"]
+    copy = tmp_path / "src.mp4"
+    copy.write_bytes(source.read_bytes())
+    with open(copy, "rb") as handle:
+        for src in (str(copy), handle):  # the source itself, even with overwrite, by path or by handle
+            with pytest.raises(ClipError, match="source video itself"):
+                cut_clip(src, 1, 2, copy, overwrite=True)
+    assert copy.read_bytes() == source.read_bytes()
 
 
 def test_limits_cap_length_and_concurrency(source, tmp_path):

@@ -176,6 +176,7 @@ def cut_clip(src: str | os.PathLike[str] | BinaryIO, start: float, end: float, o
     if not os.path.isdir(folder):
         raise ClipError(f"{folder}: no such folder for the clip")
     name = src if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "video")
+    _refuse_overwriting_source(src, out)
     try:
         container = av.open(os.fspath(src) if isinstance(src, (str, os.PathLike)) else src, "r")
     except (av.FFmpegError, OSError) as exc:
@@ -195,6 +196,16 @@ def cut_clip(src: str | os.PathLike[str] | BinaryIO, start: float, end: float, o
             except av.FFmpegError as exc:
                 raise ClipError(f"{name}: cannot cut the clip ({exc})") from None
     return ClipResult(path=out, start=res[0], end=b, duration=b - res[0], frames=res[1], audio=res[2], copy=copy)
+
+
+def _refuse_overwriting_source(src: str | os.PathLike[str] | BinaryIO, out: str) -> None:
+    try:
+        so = os.stat(out)
+        ss = os.stat(src) if isinstance(src, (str, os.PathLike)) else os.fstat(src.fileno())
+    except (OSError, AttributeError, ValueError):
+        return
+    if (so.st_dev, so.st_ino) == (ss.st_dev, ss.st_ino):
+        raise ClipError(f"{out} is the source video itself; choose another --out")
 
 
 @contextmanager
