@@ -23,7 +23,8 @@ from .errors import MilnceError
 
 __all__ = ["main", "add_model_options", "model_from_args", "CommandError"]
 
-COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.commands.search", "milnce.commands.serve",
+COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.commands.search", "milnce.commands.clip",
+                   "milnce.commands.serve",
                    "milnce.commands.export", "milnce.commands.eval",
                    "milnce.commands.train", "milnce.commands.extract")
 

@@ -1,0 +1,87 @@
+"""``milnce clip``: save a moment of an indexed video as a file of its own (``milnce.video.cut``)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from .common import CommandError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "clip",
+        help="save a moment of an indexed video as a new video file",
+        description="Cut VIDEO from START to END seconds (as a search result shows them) into a new file. "
+        "By default the span is re-encoded (H.264 + AAC): an exact cut with the audio. --copy copies the "
+        "streams unchanged from the key frame at or before START instead: fast and lossless, but the clip "
+        "starts early (up to one key-frame interval). The video must still be the indexed file (same size and "
+        "modification time), else re-run milnce index. Nothing is written but the clip.",
+    )
+    p.add_argument("index", metavar="INDEX", help="index folder (milnce index)")
+    p.add_argument("span", metavar="VIDEO@START-END",
+                   help="an indexed video (its path, or its id as 'milnce search' shows it) and the span, "
+                   "times as seconds or [H:]M:SS, e.g. 12@1:05-1:20 or cooking.mp4@65-80.5")
+    p.add_argument("--out", metavar="FILE|DIR", default=None,
+                   help="the clip's file (.mp4, .m4v, .mov or .mkv), or a folder to write it into under a name "
+                   "that says the source and the span (default: that name in the current folder)")
+    p.add_argument("--copy", action="store_true", help="stream copy from the previous key frame (no re-encoding)")
+    p.add_argument("--padding", type=float, default=0.0, metavar="SECONDS",
+                   help="extend the span by this many seconds on both sides, within the video (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    p.set_defaults(func=cmd_clip)
+
+
+def parse_time(text: str) -> float:
+    """Seconds from ``S``, ``M:SS`` or ``H:MM:SS`` (fractions allowed); ValueError otherwise."""
+    parts = [float(x) for x in text.strip().split(":")]
+    if not 1 <= len(parts) <= 3 or any(not math.isfinite(x) or x < 0 for x in parts):
+        raise ValueError(text)
+    return sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
+
+
+def parse_span(spec: str) -> tuple[str | int, float, float]:
+    """``VIDEO@START-END`` -> (path, or id when VIDEO is all digits and no such file, start, end)."""
+    video, at, tail = spec.rpartition("@")
+    start_s, dash, end_s = tail.partition("-")
+    if not at or not video or not dash:
+        raise CommandError(f"{spec}: expected VIDEO@START-END, e.g. 12@65-80 or video.mp4@1:05-1:20")
+    try:
+        start, end = parse_time(start_s), parse_time(end_s)
+    except ValueError:
+        raise CommandError(f"{spec}: START and END must be seconds or [H:]M:SS, got {tail!r}") from None
+    if video.isdigit() and not os.path.exists(video):
+        return int(video), start, end
+    return video, start, end
+
+
+def cmd_clip(args: argparse.Namespace) -> int:
+    from ..index import Index
+    from ..video.cut import CONTAINERS, clip_file_name, cut_clip, open_checked
+
+    video, start, end = parse_span(args.span)
+    with Index.open(args.index) as index:
+        if isinstance(video, int):
+            try:
+                rec = index.video(video)
+            except KeyError as exc:
+                raise CommandError(str(exc.args[0])) from None
+        else:
+            found = index.video_by_path(video)
+            if found is None:
+                raise CommandError(f"{video} is not in the index {args.index} (give an indexed path or id)")
+            rec = found
+    out = args.out if args.out is not None else "."
+    if os.path.isdir(out):
+        a, b = max(0.0, start - max(args.padding, 0.0)), min(rec.duration, end + max(args.padding, 0.0))
+        out = os.path.join(out, clip_file_name(rec.path, a, b))
+    elif os.path.splitext(out)[1].lower() not in CONTAINERS:
+        raise CommandError(f"--out {out}: give a .mp4, .m4v, .mov or .mkv file, or an existing folder")
+    with open_checked(rec.path, rec.size, rec.mtime) as src:
+        res = cut_clip(src, start, end, out, copy=args.copy, padding=args.padding, duration=rec.duration,
+                       overwrite=args.overwrite)
+    how = "copied from the key frame at" if res.copy else "re-encoded from"
+    print(f"wrote {res.path}: {res.duration:.2f} s ({res.frames} frames{', with audio' if res.audio else ''}), "
+          f"{how} {res.start:.2f} s to {res.end:.2f} s of {rec.path}")
+    return 0

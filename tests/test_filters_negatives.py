@@ -1,0 +1,234 @@
+"""``milnce.index.filters`` and ``milnce.index.negatives`` against brute-force references."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from milnce.errors import UsageError
+from milnce.index.filters import (
+    FilterError,
+    NoVideoMatchesError,
+    VideoFilter,
+    collection_root,
+    parse_when,
+    require_matches,
+    select_videos,
+)
+from milnce.index.negatives import (
+    DEFAULT_NOT_WEIGHT,
+    combine_scores,
+    combined_top,
+    screen_candidates,
+    split_query,
+)
+
+ROOT = "/media/footage"
+FOLDERS = ["kitchen", "kitchen/2024", "kitchen/2024/may", "garden", "garden/dogs", "a b", "x[1]"]
+NAMES = ["cook", "dog", "walk-", "Cat", "2024-05-01 clip", "e?x"]
+EXTS = [".mp4", ".mkv", ".MP4"]
+
+
+@dataclass
+class Rec:
+    path: str
+    mtime: float
+    duration: float
+
+
+def random_records(rng: np.random.Generator, n: int) -> list[Rec]:
+    out = []
+    for i in range(n):
+        folder = FOLDERS[rng.integers(len(FOLDERS))]
+        name = f"{NAMES[rng.integers(len(NAMES))]}{i}{EXTS[rng.integers(len(EXTS))]}"
+        out.append(Rec(f"{ROOT}/{folder}/{name}", float(rng.integers(1.6e9, 1.8e9)), float(rng.uniform(0, 600))))
+    return out
+
+
+def ref_glob(segments: list[str], pattern: list[str]) -> bool:
+    """Segment-wise reference: ``**`` is zero or more components (one or more when last),
+    anything else one component by ``fnmatch.fnmatchcase``."""
+    if not pattern:
+        return not segments
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        lo = 1 if not rest else 0
+        return any(ref_glob(segments[k:], rest) for k in range(lo, len(segments) + 1))
+    return bool(segments) and fnmatch.fnmatchcase(segments[0], head) and ref_glob(segments[1:], rest)
+
+
+def ref_matches(r: Rec, f: VideoFilter) -> bool:
+    if f.duration_min is not None and r.duration < f.duration_min:
+        return False
+    if f.duration_max is not None and r.duration > f.duration_max:
+        return False
+    if f.mtime_min is not None and r.mtime < f.mtime_min:
+        return False
+    if f.mtime_max is not None and r.mtime >= f.mtime_max:
+        return False
+    if f.under is not None and os.path.commonpath([r.path, f.under]) != f.under:
+        return False
+    if f.path_glob is not None:
+        root = ROOT
+        if "/" in f.path_glob:
+            return ref_glob(os.path.relpath(r.path, root).split("/"), f.path_glob.split("/"))
+        return fnmatch.fnmatchcase(os.path.basename(r.path), f.path_glob)
+    return True
+
+
+GLOBS = ["*.mp4", "*.MP4", "dog*", "*[0-9].mkv", "*[!4].mp4", "?at*", "e[?]x*", "kitchen/**", "kitchen/*",
+         "kitchen/2024/*", "**/may/*", "**/*.mkv", "garden/**/*.mp4", "a b/*", "x[[]1]/*", "*/dogs/dog*",
+         "**/2024/**", "*"]
+
+
+def random_filter(rng: np.random.Generator) -> VideoFilter:
+    kw: dict = {}
+    if rng.random() < 0.4:
+        kw["under"] = f"{ROOT}/{FOLDERS[rng.integers(len(FOLDERS))]}" if rng.random() < 0.9 else ROOT
+    if rng.random() < 0.5:
+        kw["path_glob"] = GLOBS[rng.integers(len(GLOBS))]
+    if rng.random() < 0.4:
+        a, b = sorted(rng.integers(1.6e9, 1.8e9, 2).tolist())
+        kw["mtime_min"], kw["mtime_max"] = (float(a) if rng.random() < 0.7 else None), float(b + 1)
+    if rng.random() < 0.4:
+        a, b = sorted(rng.uniform(0, 600, 2).tolist())
+        kw["duration_min"], kw["duration_max"] = a, (b if rng.random() < 0.7 else None)
+    return VideoFilter(**kw)
+
+
+def test_filters_match_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    recs = random_records(rng, 300)
+    assert collection_root(r.path for r in recs) == ROOT
+    nonempty = 0
+    for _ in range(400):
+        f = random_filter(rng)
+        got = select_videos(recs, f)
+        want = [r for r in recs if ref_matches(r, f)]
+        assert got == want, f
+        nonempty += bool(got) and len(got) < len(recs)
+    assert nonempty > 100  # the filters were selective, not all-or-nothing
+    for g in GLOBS:  # every glob selects something and not everything except '*'
+        n = len(select_videos(recs, VideoFilter(path_glob=g)))
+        assert n > 0 and (n < len(recs) or g in ("*",)), g
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"duration_min": 20.0, "duration_max": 10.0}, "impossible duration range"),
+    ({"duration_min": -1.0}, ">= 0"),
+    ({"duration_max": float("nan")}, "finite"),
+    ({"mtime_min": 2e9, "mtime_max": 1e9}, "impossible date range"),
+    ({"mtime_min": 1e9, "mtime_max": 1e9}, "impossible date range"),
+    ({"path_glob": "../*.mp4"}, "leave the collection"),
+    ({"path_glob": "kitchen/../../etc/*"}, "leave the collection"),
+    ({"path_glob": "/etc/*"}, "relative to the collection"),
+    ({"path_glob": "~/x"}, "relative to the collection"),
+    ({"path_glob": ""}, "relative to the collection"),
+    ({"under": "/etc"}, "outside the indexed collection"),
+    ({"under": ROOT + "/../other"}, "outside the indexed collection"),
+    ({"under": ROOT + "x"}, "outside the indexed collection"),  # a sibling sharing the prefix
+])
+def test_impossible_filters_are_one_clear_error(kw, msg):
+    with pytest.raises(FilterError, match=msg):
+        VideoFilter(**kw).validated(ROOT)
+
+
+def test_under_is_normalised_and_no_match_is_said():
+    recs = random_records(np.random.default_rng(1), 50)
+    f = VideoFilter(under=ROOT + "/kitchen/../garden/").validated(ROOT)
+    assert f.under == ROOT + "/garden"
+    assert all(r.path.startswith(ROOT + "/garden/") for r in select_videos(recs, f))
+    assert select_videos(recs, VideoFilter(under="/media")) == recs  # above the collection: everything
+    with pytest.raises(NoVideoMatchesError, match=r"no indexed video matches the filter \(duration 700..800 s\)"):
+        require_matches(recs, VideoFilter(duration_min=700, duration_max=800))
+    assert select_videos(recs, VideoFilter()) == recs
+
+
+def test_parse_when():
+    assert parse_when("1700000000") == 1.7e9
+    assert parse_when("2024-03-01") == datetime(2024, 3, 1).timestamp()
+    assert parse_when("2024-03-01T12:00+00:00") == 1709294400.0
+    for bad in ("yesterday", "nan", "2024-13-01"):
+        with pytest.raises(FilterError):
+            parse_when(bad)
+
+
+# -- negatives -----------------------------------------------------------------------------------
+
+
+def test_combine_scores_definition():
+    pos = np.array([1.0, 2.0, -np.inf, 0.5], np.float32)
+    neg = np.array([[0.0, 2.0, 5.0, -1.0], [1.0, 0.0, 0.0, -3.0]], np.float32)
+    got = combine_scores(pos, neg, 0.5)
+    assert np.allclose(got[[0, 1, 3]], [0.5, 1.0, 1.0]) and got[2] == -np.inf
+    assert np.array_equal(combine_scores(pos, None), pos)
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(UsageError, match="not-weight"):
+            combine_scores(pos, neg, bad)
+    assert DEFAULT_NOT_WEIGHT == 0.5
+
+
+def test_negatives_rerank_as_specified():
+    """Three windows: A matches the positive best but also the negative; with the negative, B
+    (a weaker positive, no negative) goes first; without it A does."""
+    d = 8
+    dog, leash = np.eye(d, dtype=np.float32)[0], np.eye(d, dtype=np.float32)[1]
+    vecs = np.stack([1.0 * dog + 0.9 * leash, 0.8 * dog, 0.3 * dog + 0.1 * leash]).astype(np.float32)
+    assert combined_top(vecs, dog, None, 3)[0].tolist() == [0, 1, 2]
+    rows, scores = combined_top(vecs, dog, leash[None], 3, weight=0.5)
+    assert rows.tolist() == [1, 0, 2] and np.allclose(scores, [0.8, 0.55, 0.25])
+    assert combined_top(vecs, dog, leash[None], 3, weight=0.1)[0].tolist() == [0, 1, 2]  # weak weight: kept
+
+
+def test_combined_top_matches_brute_force():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5000, 32)).astype(np.float32)
+    live = rng.random(5000) > 0.2
+    for _trial in range(20):
+        q = rng.standard_normal(32).astype(np.float32)
+        negs = rng.standard_normal((int(rng.integers(0, 4)), 32)).astype(np.float32)
+        w = float(rng.choice([0.0, 0.25, 0.5, 1.0, 3.0]))
+        m = int(rng.integers(1, 50))
+        rows, scores = combined_top(x, q, negs, m, w, live=live, block=777)
+        full = x @ q - (w * (x @ negs.T).max(axis=1) if len(negs) else 0)
+        full[~live] = -np.inf
+        want = sorted(range(5000), key=lambda j: (-full[j], j))[:m]
+        assert rows.tolist() == want and np.allclose(scores, full[want], atol=1e-5)
+
+
+def test_screen_candidates_always_hold_the_exact_top():
+    """The re-derived bound: screened scores within +-B of the truth never lose a top-m row."""
+    rng = np.random.default_rng(4)
+    for _trial in range(200):
+        n, k, m = 2000, int(rng.integers(0, 4)), int(rng.integers(1, 30))
+        w = float(rng.choice([0.0, 0.5, 1.0, 2.0]))
+        pos = rng.standard_normal(n).astype(np.float32) * 3
+        neg = rng.standard_normal((k, n)).astype(np.float32) * 3
+        bp, bn = float(rng.uniform(0, 0.5)), rng.uniform(0, 0.5, k)
+        ap = pos + rng.uniform(-bp, bp, n).astype(np.float32) * 0.999  # worst-case-ish errors
+        an = neg + (rng.uniform(-1, 1, (k, n)) * bn[:, None] * 0.999).astype(np.float32)
+        cand = screen_candidates(ap, an, bp, bn, m, w)
+        truth = combine_scores(pos, neg, w)
+        top = np.argsort(-truth, kind="stable")[:m]
+        assert set(top.tolist()) <= set(cand.tolist())
+        assert len(cand) < n or bp + w * (bn.max() if k else 0) > 0.3  # it prunes when the bound is tight
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("dog -leash", ("dog", ["leash"])),
+    ('dog -leash -"red cat" on a t-shirt', ("dog on a t-shirt", ["leash", "red cat"])),
+    ("a dog's walk - in the park", ("a dog's walk in the park", [])),
+    ("dog --", ("dog", ["-"])),
+])
+def test_split_query(text, want):
+    assert split_query(text) == want
+
+
+def test_split_query_needs_a_positive():
+    with pytest.raises(UsageError, match="nothing to search"):
+        split_query("-leash -cat")
