@@ -112,6 +112,7 @@ def test_as_many_positions_as_steps_and_fewer():
     cost = np.array([[5.0, -100.0], [5.0, 5.0]])
     a = assign_steps(cost)
     assert a is not None and a.positions.tolist() == [0, 1]
+    assert reference_port(cost).tolist() != [[1, 0], [0, 1]]  # the reference's stale end state
     assert assign_steps(np.zeros((2, 3))) is None and assign_steps(np.zeros((0, 1))) is None
 
 
