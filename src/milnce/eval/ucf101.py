@@ -127,8 +127,10 @@ def load_ucf101(annotations: str | os.PathLike[str] | None, limit: int | None = 
                 info.setdefault(name, (folder, cls))
     if not flags:
         raise UsageError(f"{root}: the split files list no video")
+    order = {c: i for i, c in sorted(classes.items())}
+    names = sorted(flags, key=lambda n: (order[info[n][1]], n))  # by class index, then file name
     items = [EvalItem(i, name, None, None, label=info[name][1], folder=info[name][0], splits=tuple(flags[name]))
-             for i, name in enumerate(flags)]
+             for i, name in enumerate(names)]
     bench = Benchmark("ucf101", items, str(root), total_rows=len(items))
     if limit is not None:
         if isinstance(limit, bool) or int(limit) < 1:
