@@ -11,8 +11,10 @@ Release files (``crosstask_release.zip`` of github.com/DmZhukov/CrossTask), read
   slice silently stops at ``T``).
 
 Protocol (zero-shot, as in the HowTo100M and MIL-NCE papers; the split as in the VideoCLIP /
-MMPT zero-shot CrossTask evaluation, ``test_path: .../videos_val.csv``, whose
-``CrossTaskPredictor`` is a port of the reference's ``train.py`` evaluation; the reference
+MMPT zero-shot CrossTask evaluation, fairseq
+``examples/MMPT/projects/retri/videoclip/test_crosstask_zs_videoclip.yaml``: ``test_path:
+.../videos_val.csv``, whose ``mmpt/evaluators/predictor.py`` ``CrossTaskPredictor`` ports the
+reference's ``train.py`` evaluation; the reference
 ``train.py`` itself tests on a random split of the other videos of ``videos.csv``):
 
 - the primary tasks (``tasks_primary.txt``, 18) and their videos in ``videos_val.csv``;
