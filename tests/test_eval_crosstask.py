@@ -106,6 +106,10 @@ def test_bad_release_files(tmp_path):
         a.write_text(text)
         with pytest.raises(UsageError, match=pattern):
             read_annotation(a, 3)
+    for bad in ("16815,../../etc/passwd,u\n", "16815,..,u\n", "../x,abc,u\n"):
+        (rel / "videos_val.csv").write_text("16815,fine,u\n" + bad)
+        with pytest.raises(UsageError, match=r"videos_val.csv, line 2: .* is not a plain name"):
+            read_videos(rel / "videos_val.csv")
     (rel / "videos_val.csv").write_text("16815\n")
     with pytest.raises(UsageError, match=r"videos_val.csv, line 1: expected task,video_id,url"):
         read_videos(rel / "videos_val.csv")

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,8 @@ __all__ = [
     "read_videos",
     "step_recall",
 ]
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # YouTube ids and task numbers: never a path
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,9 @@ def read_videos(path: str | os.PathLike[str]) -> list[CrossTaskVideo]:
         parts = [x.strip() for x in line.split(",", 2)]
         if len(parts) < 2 or not parts[0] or not parts[1]:
             raise UsageError(f"{p}, line {n}: expected task,video_id,url, got {line.strip()[:80]!r}")
+        for what, value in (("task id", parts[0]), ("video id", parts[1])):
+            if not _SAFE_ID.fullmatch(value) or value in (".", ".."):
+                raise UsageError(f"{p}, line {n}: {what} {value[:80]!r} is not a plain name (letters, digits, -_.)")
         if (parts[0], parts[1]) in seen:
             continue
         seen.add((parts[0], parts[1]))
