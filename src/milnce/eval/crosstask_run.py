@@ -279,15 +279,15 @@ def format_crosstask(res: CrossTaskResult) -> str:
     if not res.videos:
         lines.append("no metrics: no video could be evaluated")
         return "\n".join(lines)
-    lines += ["", f"{'task':<8} {'videos':>6} {'steps':>5}  {'DP -lsm':>7}  {'DP -s':>7}  {'argmax':>7}  title"]
+    lines += ["", f"{'task':<8} {'videos':>6} {'annotated':>9}  {'DP -lsm':>7}  {'DP -s':>7}  {'argmax':>7}  title"]
     for tid, r in m["per_task"].items():
         vals = "  ".join(f"{r[d]:7.1f}" if math.isfinite(r[d]) else f"{'-':>7}" for d in DECODERS)
-        lines.append(f"{tid:<8} {r['videos']:>6} {r['annotated_steps']:>5}  {vals}  {r['title']}")
+        lines.append(f"{tid:<8} {r['videos']:>6} {r['annotated_steps']:>9}  {vals}  {r['title']}")
     lines += ["", f"{'average recall':<28} {'this run':>9}  {'published':>9}"]
     names = {"dp_log_softmax": "DP, -log_softmax (headline)", "dp_neg_scores": "DP, -score", "argmax": "argmax per step"}
     for d in DECODERS:
         p = f"{pub:g}" if (d == "dp_log_softmax" and pub is not None) else ""
-        lines.append(f"{names[d]:<28} {m[d]:9.1f}  {p:>9}")
+        lines.append(f"{names[d]:<28} {m[d]:9.1f}  {p:>9}".rstrip())
     n_tol = sum(len(x) for x in res.issues.to_dict().values())
     if n_tol:
         lines.append(f"({n_tol} annotation row(s) tolerated as the reference does: see metrics.json)")
