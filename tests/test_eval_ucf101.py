@@ -80,6 +80,11 @@ def test_split_files_bad_lines(tmp_path):
     with pytest.raises(UsageError, match="both a training and a test video of split 1"):
         load_benchmark("ucf101", d)
     (d / "trainlist01.txt").write_text(good)
+    ind = (d / "classInd.txt").read_text()
+    (d / "classInd.txt").write_text(ind + "4 ..\n")
+    with pytest.raises(UsageError, match=r"classInd.txt, line 4: expected '<index> <ClassName>'"):
+        load_benchmark("ucf101", d)
+    (d / "classInd.txt").write_text(ind)
     (d / "testlist02.txt").unlink()
     with pytest.raises(FileNotFoundError, match="testlist02.txt"):
         load_benchmark("ucf101", d)

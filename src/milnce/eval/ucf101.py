@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SPLIT_FILES", "load_ucf101", "ucf_group"]
 
 SPLIT_FILES = ("classInd.txt",) + tuple(f"{kind}list0{k}.txt" for k in (1, 2, 3) for kind in ("train", "test"))
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-]+")  # class names become folder names: never a path
 _GROUP = re.compile(r"_g(\d+)_c\d+", re.IGNORECASE)
 
 
@@ -70,7 +71,7 @@ def _classes(path: Path) -> dict[int, str]:
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not parts[0].isdigit() or not _PLAIN.fullmatch(parts[1]) or parts[1] in (".", ".."):
             raise UsageError(f"{path}, line {n}: expected '<index> <ClassName>', got {line.strip()[:80]!r}")
         if int(parts[0]) in out or parts[1] in out.values():
             raise UsageError(f"{path}, line {n}: class {line.strip()!r} appears twice")
