@@ -4,6 +4,13 @@
     python benchmarks/bench_eval.py --quick           # tiny (8 frames, 32 px): a smoke test
     python benchmarks/bench_eval.py --device cuda --clips 64
     python benchmarks/bench_eval.py --weights s3d_howto100m.pth --vocab s3d_dict.npy
+    python benchmarks/bench_eval.py --crosstask --seconds 30 --videos 2   # CrossTask: cost per video-hour, DP share
+
+``--crosstask``: a miniature CrossTask release (generated 640x360 videos, two tasks of 8 and 11
+steps) through ``evaluate_crosstask`` (one window per second, the model, both DP decodings and
+the argmax): prints the cost per video-hour (seconds of compute per hour of video) and the DP's
+share of the total (target < 1 %), and the DP alone on a 5-minute, 11-step matrix beside the
+embedding time of its 300 positions at the measured rate.
 
 Builds a miniature YouCook2 (generated 640x360 videos, two clips each) and runs the real
 evaluation (extraction pipeline, model, metrics) twice with one cache: prints seconds per clip
@@ -32,7 +39,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--weights")
     ap.add_argument("--vocab")
+    ap.add_argument("--crosstask", action="store_true", help="measure CrossTask instead of YouCook2")
+    ap.add_argument("--seconds", type=int, default=30, help="CrossTask: seconds per generated video (default 30)")
+    ap.add_argument("--videos", type=int, default=2, help="CrossTask: generated videos (default 2)")
     args = ap.parse_args()
+    if args.crosstask:
+        crosstask(args)
+        return
 
     import milnce
     from conftest import write_checkpoint
@@ -69,6 +82,63 @@ def main() -> None:
           f"{settings.num_windows} windows of {settings.num_frames} x {settings.size} x {settings.size} each")
     print(f"first run:  {times[0]:.2f} s = {times[0] / n:.3f} s/clip -> {times[0] / n * 1000 / 60:.1f} min per 1,000 clips")
     print(f"cached rerun: {times[1]:.3f} s; ratio rerun / first run = {times[1] / times[0]:.4f}")
+
+
+def crosstask(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    import milnce
+    from conftest import write_checkpoint
+    from milnce.eval import EvalSettings
+    from milnce.eval.crosstask_run import evaluate_crosstask, log_softmax_cost
+    from milnce.eval.dp import assign_steps
+    from video_fixtures import make_video
+
+    settings = (EvalSettings(num_windows=1, num_frames=8, size=32) if args.quick else EvalSettings(num_windows=1))
+    steps = {"10001": [f"step {k} cut tomato" for k in range(8)], "10002": [f"add salt {k}" for k in range(11)]}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.weights:
+            model = milnce.load_model(args.weights, args.vocab, device=args.device, download=False)
+        else:
+            model = milnce.load_model(*write_checkpoint(tmp / "ckpt"), device=args.device, download=False)
+        rel, vids = tmp / "crosstask_release", tmp / "videos"
+        (rel / "annotations").mkdir(parents=True)
+        vids.mkdir()
+        (rel / "tasks_primary.txt").write_text("".join(f"{t}\nTask {t}\nhttps://x\n{len(s)}\n{','.join(s)}\n\n"
+                                                       for t, s in steps.items()))
+        w, h = (64, 48) if args.quick else (640, 360)
+        rows = []
+        for v in range(args.videos):
+            task = list(steps)[v % 2]
+            make_video(vids / f"v{v}.mp4", n=args.seconds * 25, rate=25, width=w, height=h)
+            rows.append(f"{task},v{v},https://y\n")
+            (rel / "annotations" / f"{task}_v{v}.csv").write_text("".join(
+                f"{k + 1},{k * args.seconds / len(steps[task]):.2f},{(k + 0.5) * args.seconds / len(steps[task]):.2f}\n"
+                for k in range(len(steps[task]))))
+        (rel / "videos_val.csv").write_text("".join(rows))
+        t0 = time.perf_counter()
+        res = evaluate_crosstask(model, vids, rel, settings=settings, cache=False, workers=args.workers,
+                                 batch_size=args.batch_size)
+        total = time.perf_counter() - t0
+    assert res.counts["evaluated"] == args.videos, res.counts
+    hours = args.videos * args.seconds / 3600
+    positions = res.counts["positions"]
+    dp_s = res.info["dp_seconds"]
+    print(f"device {args.device}, torch threads {__import__('torch').get_num_threads()}, {args.videos} videos x "
+          f"{args.seconds} s, {positions} positions, windows of {settings.num_frames} x {settings.size} x {settings.size}")
+    print(f"CrossTask: {total:.2f} s = {total / hours / 3600:.2f} s of compute per second of video "
+          f"-> {total / hours / 3600:.2f} h per video-hour")
+    print(f"DP (two decodings + argmax): {dp_s * 1000:.1f} ms = {100 * dp_s / total:.3f} % of the total")
+    rng = np.random.default_rng(0)
+    cost = log_softmax_cost(rng.standard_normal((300, 11)))
+    t0 = time.perf_counter()
+    for _ in range(5):
+        assign_steps(cost)
+    one = (time.perf_counter() - t0) / 5
+    per_position = total / positions
+    print(f"DP alone, 300 positions x 11 steps: {one * 1000:.2f} ms; embedding 300 positions at this run's rate: "
+          f"{300 * per_position:.1f} s; ratio DP / embedding = {one / (300 * per_position):.5f}")
 
 
 if __name__ == "__main__":

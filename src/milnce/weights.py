@@ -94,6 +94,7 @@ REGISTRY: dict[str, WeightsInfo] = {
             "youcook2_val_zero_shot": {"R@1": 15.1, "R@5": 38.0, "R@10": 51.2, "MedR": 10},
             "msrvtt_1k_zero_shot": {"R@1": 9.9, "R@5": 24.0, "R@10": 32.4, "MedR": 29.5},
             "hmdb51_linear_mixed_5c_top1": {"min": 53.1, "max": 54.8},
+            "ucf101_linear_mixed_5c_top1": {"min": 82.7, "max": 83.4},
             "crosstask_zero_shot_recall": {"avg": 40.5},
         },
     ),

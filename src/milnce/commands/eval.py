@@ -1,4 +1,4 @@
-"""``milnce eval youcook2|msrvtt|hmdb51``: reproduce the published benchmark numbers."""
+"""``milnce eval youcook2|msrvtt|hmdb51|ucf101|crosstask``: reproduce the published benchmark numbers."""
 
 from __future__ import annotations
 
@@ -12,26 +12,35 @@ from .common import CommandError, add_model_options, model_from_args
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate on YouCook2 / MSR-VTT (zero-shot retrieval) or HMDB-51 (linear probe)",
+        help="evaluate on YouCook2 / MSR-VTT (zero-shot retrieval), HMDB-51 / UCF-101 (linear probe) or "
+        "CrossTask (zero-shot step localisation)",
         description="Run a public evaluation protocol on videos you have on disk and print the numbers "
         "next to the published ones. Per clip: NUM_WINDOWS windows of NUM_FRAMES frames at FPS, starts "
         "linspace(start, max(start, end - NUM_FRAMES/FPS - 0.4), NUM_WINDOWS), centre square crop resized "
         "to SIZE, zeros past the end of the video; the clip embedding is the mean of its windows "
-        "(MSR-VTT and HMDB-51 clips are whole videos). Missing or unreadable videos are counted and "
+        "(MSR-VTT, HMDB-51 and UCF-101 clips are whole videos). CrossTask: one window per second of "
+        "each video, centred on it, scored against the task's steps, steps placed by the CrossTask "
+        "dynamic programming; see the README. Missing or unreadable videos are counted and "
         "listed and the metrics are over the clips present; the exit status is then 1. Window "
         "embeddings are cached per video, so a rerun is instant.",
     )
-    p.add_argument("benchmark", choices=("youcook2", "msrvtt", "hmdb51"), help="which benchmark")
+    p.add_argument("benchmark", choices=("youcook2", "msrvtt", "hmdb51", "ucf101", "crosstask"), help="which benchmark")
     p.add_argument("--videos", required=True, metavar="ROOT",
                    help="dataset folder: YouCook2 ROOT/validation/<task>/<id>.{mp4,mkv,webm}; MSR-VTT "
-                   "ROOT/<id>.mp4; HMDB-51 ROOT/<class>/<id>.avi; a flat ROOT/<id>.<ext> works for all")
-    p.add_argument("--annotations", metavar="CSV", help="annotation file (default: the public one, shipped)")
-    p.add_argument("--out", metavar="DIR", help="write metrics.json, embeddings.npz and results.txt here")
+                   "ROOT/<id>.mp4; HMDB-51 and UCF-101 ROOT/<class>/<id>.avi; a flat ROOT/<id>.<ext> works for all "
+                   "(CrossTask: <video_id>.<any video extension> anywhere under ROOT)")
+    p.add_argument("--annotations", metavar="PATH",
+                   help="annotation file (default: the public one, shipped); UCF-101: the ucfTrainTestlist/ folder; "
+                   "CrossTask: the crosstask_release/ folder (both required)")
+    p.add_argument("--out", metavar="DIR",
+                   help="write metrics.json, embeddings.npz and results.txt here (CrossTask: also scores.npz)")
     p.add_argument("--json", action="store_true", help="print metrics.json's content instead of the table")
     p.add_argument("--limit", type=int, metavar="N",
-                   help="only the first N rows (HMDB-51: N rows round-robin over classes), for quick trials")
+                   help="only the first N rows (HMDB-51, UCF-101: N rows round-robin over classes; CrossTask: "
+                   "the first N videos), for quick trials")
     g = p.add_argument_group("protocol (defaults: the public evaluation's)")
-    g.add_argument("--num-windows", type=int, help="windows per clip (default 4; HMDB-51: 10)")
+    g.add_argument("--num-windows", type=int, help="windows per clip (default 4; HMDB-51, UCF-101: 10; "
+                   "CrossTask: one per position, fixed)")
     g.add_argument("--num-frames", type=int, default=32, help="frames per window (default 32)")
     g.add_argument("--fps", type=float, default=10.0, help="frames per second sampled (default 10)")
     g.add_argument("--size", type=int, default=224, help="square crop side in pixels (default 224)")
@@ -68,6 +77,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < low:
             raise CommandError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
+    if args.benchmark == "crosstask":
+        from .eval_crosstask import cmd_crosstask
+
+        return cmd_crosstask(args)
     settings = EvalSettings.for_benchmark(args.benchmark, num_windows=args.num_windows, num_frames=args.num_frames,
                                           fps=args.fps, size=args.size, max_words=args.max_words)
     cache = False if args.no_cache else (args.cache or True)

@@ -1,4 +1,5 @@
-"""Benchmark evaluation: zero-shot YouCook2 / MSR-VTT retrieval and the HMDB-51 linear probe.
+"""Benchmark evaluation: zero-shot YouCook2 / MSR-VTT retrieval, the HMDB-51 and UCF-101 linear
+probes, and CrossTask zero-shot step localisation (``evaluate_crosstask``).
 
 >>> from milnce.eval import evaluate, write_outputs                    # doctest: +SKIP
 >>> result = evaluate(model, "youcook2", "/data/youcook2")             # doctest: +SKIP
@@ -11,6 +12,8 @@ The protocol is ``milnce.eval.protocol``; metrics ``milnce.eval.metrics``; the p
 from __future__ import annotations
 
 from .cache import EmbeddingCache, default_cache_dir
+from .crosstask import load_release
+from .crosstask_run import evaluate_crosstask, write_crosstask
 from .datasets import (
     BENCHMARKS,
     Benchmark,
@@ -37,12 +40,15 @@ __all__ = [
     "embed_clips",
     "encode_captions",
     "evaluate",
+    "evaluate_crosstask",
     "format_table",
     "load_benchmark",
+    "load_release",
     "published",
     "result_dict",
     "retrieval_metrics",
     "retrieval_ranks",
     "window_starts",
+    "write_crosstask",
     "write_outputs",
 ]

@@ -37,11 +37,12 @@ __all__ = [
     "load_benchmark",
 ]
 
-BENCHMARKS = ("youcook2", "msrvtt", "hmdb51")
+BENCHMARKS = ("youcook2", "msrvtt", "hmdb51", "ucf101")  # CrossTask: milnce.eval.crosstask
 TITLES = {
     "youcook2": "YouCook2 validation, zero-shot text-to-video retrieval",
     "msrvtt": "MSR-VTT 1k-A test, zero-shot text-to-video retrieval",
     "hmdb51": "HMDB-51, linear probe on mixed_5c (top-1, splits 1-3)",
+    "ucf101": "UCF-101, linear probe on mixed_5c (top-1, splits 1-3)",
 }
 _FILES = {
     "youcook2": "youcook2_validation.csv",
@@ -88,7 +89,7 @@ class Benchmark:
 
     @property
     def task(self) -> str:
-        return "classification" if self.name == "hmdb51" else "retrieval"
+        return "classification" if self.name in ("hmdb51", "ucf101") else "retrieval"
 
 
 def default_annotations(name: str) -> Path:
@@ -130,6 +131,10 @@ def load_benchmark(name: str, annotations: str | os.PathLike[str] | None = None,
     ``limit``: keep the first ``limit`` rows (HMDB-51: ``limit`` rows taken round-robin over the
     classes, so that a quick trial still has every class it can)."""
     _check_name(name)
+    if name == "ucf101":  # a folder of the official split files, not shipped
+        from .ucf101 import load_ucf101
+
+        return load_ucf101(annotations, limit)
     path = Path(annotations) if annotations is not None else default_annotations(name)
     if not path.exists():
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -218,7 +223,7 @@ class VideoResolver:
         r = self.root
         if self.benchmark == "youcook2" and item.folder:
             return [r / "validation" / item.folder, r / item.folder, r / "validation", r]
-        if self.benchmark == "hmdb51" and item.folder:
+        if self.benchmark in ("hmdb51", "ucf101") and item.folder:
             return [r / class_name(item.folder), r / item.folder, r]
         return [r, r / "videos" / "all", r / "videos"]
 

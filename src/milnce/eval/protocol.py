@@ -24,8 +24,8 @@ __all__ = ["DEFAULT_NUM_WINDOWS", "TIE_RULES", "EvalSettings", "window_starts"]
 
 TIE_RULES = ("pessimistic", "average", "optimistic")
 # Windows per clip: 4 for retrieval (the public evaluation scripts' default), 10 for HMDB-51
-# (milnce's choice: the probe sees whole videos; more windows cover them better).
-DEFAULT_NUM_WINDOWS = {"youcook2": 4, "msrvtt": 4, "hmdb51": 10}
+# and UCF-101 (milnce's choice: the probe sees whole videos; more windows cover them better).
+DEFAULT_NUM_WINDOWS = {"youcook2": 4, "msrvtt": 4, "hmdb51": 10, "ucf101": 10}
 MAX_WINDOWS = 1024
 MAX_MAX_WORDS = 4096
 

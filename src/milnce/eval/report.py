@@ -20,6 +20,8 @@ PUBLISHED_KEYS = {
     "youcook2": "youcook2_val_zero_shot",
     "msrvtt": "msrvtt_1k_zero_shot",
     "hmdb51": "hmdb51_linear_mixed_5c_top1",
+    "ucf101": "ucf101_linear_mixed_5c_top1",
+    "crosstask": "crosstask_zero_shot_recall",
 }
 
 

@@ -20,6 +20,7 @@ from .datasets import Benchmark, EvalItem, VideoResolver, load_benchmark
 from .metrics import retrieval_metrics
 from .probe import DEFAULT_CS, linear_probe, source_group
 from .protocol import TIE_RULES, EvalSettings, window_starts
+from .ucf101 import ucf_group
 
 __all__ = ["ClipEmbeddings", "EvalResult", "embed_clips", "encode_captions", "evaluate"]
 
@@ -318,8 +319,9 @@ def evaluate(
             metrics = {}
         else:
             sel = [it for it, keep in zip(bench.items, m) if keep]
+            group = ucf_group if bench.name == "ucf101" else source_group
             probe = linear_probe(clips.features[m], [it.label or "" for it in sel], np.array([it.splits for it in sel]),
-                                 groups=[source_group(it.video_id) for it in sel], cs=cs, seed=seed)
+                                 groups=[group(it.video_id) for it in sel], cs=cs, seed=seed)
             metrics = {**{k: v for k, v in probe.top1.items()}, "mean": probe.mean, "probe": probe.to_dict()}
     info = {"cache": str(cache.folder) if cache is not None else None,
             "cached_videos": clips.cached_videos, "videos": clips.videos, "windows_embedded": clips.windows}

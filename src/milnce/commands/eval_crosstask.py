@@ -1,0 +1,54 @@
+"""``milnce eval crosstask``: zero-shot step localisation on CrossTask (options parsed by ``commands.eval``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import CommandError, model_from_args
+
+
+def _list(ids: list[str], n: int = 8) -> str:
+    return ", ".join(ids[:n]) + (f", ... (+{len(ids) - n})" if len(ids) > n else "")
+
+
+def cmd_crosstask(args: argparse.Namespace) -> int:
+    from ..eval.crosstask import load_release
+    from ..eval.crosstask_run import crosstask_dict, evaluate_crosstask, format_crosstask, write_crosstask
+    from ..eval.datasets import VideoResolver
+    from ..eval.protocol import EvalSettings
+
+    if args.annotations is None:
+        raise CommandError("crosstask needs --annotations: the crosstask_release/ folder "
+                           "(crosstask_release.zip from github.com/DmZhukov/CrossTask)")
+    if args.num_windows not in (None, 1):
+        raise CommandError("--num-windows does not apply to crosstask: each one-second position is one window")
+    settings = EvalSettings(num_windows=1, num_frames=args.num_frames, fps=args.fps, size=args.size,
+                            max_words=args.max_words)
+    cache = False if args.no_cache else (args.cache or True)
+    # check the release and the video folder before loading (or downloading) the weights
+    release = load_release(args.annotations, limit=args.limit)
+    VideoResolver(args.videos, "crosstask")
+    model = model_from_args(args)
+    res = evaluate_crosstask(model, args.videos, release, settings=settings, cache=cache, workers=args.workers,
+                             batch_size=args.batch_size, progress=not args.quiet)
+    files = write_crosstask(res, args.out) if args.out else {}
+    print(json.dumps(crosstask_dict(res), indent=2) if args.json else format_crosstask(res))
+    if res.missing:
+        print(f"milnce: {len(res.missing)} video(s) not found under {args.videos}: {_list(sorted(res.missing))}",
+              file=sys.stderr)
+    if res.unreadable:
+        items = sorted(res.unreadable.items())
+        print(f"milnce: {len(items)} video(s) unreadable: " + "; ".join(f"{k}: {v}" for k, v in items[:5])
+              + (" ..." if len(items) > 5 else ""), file=sys.stderr)
+    if res.skipped:
+        items = sorted(res.skipped.items())
+        print(f"milnce: {len(items)} video(s) skipped: " + "; ".join(f"{k}: {v}" for k, v in items[:5])
+              + (" ..." if len(items) > 5 else ""), file=sys.stderr)
+    if files:
+        print(f"milnce: wrote {', '.join(str(f) for f in files.values())}", file=sys.stderr)
+    if not res.videos:
+        raise CommandError(f"no CrossTask video could be evaluated under {args.videos} ({len(res.missing)} missing, "
+                           f"{len(res.unreadable)} unreadable, {len(res.skipped)} skipped)")
+    return 1 if (res.missing or res.unreadable) else 0
