@@ -87,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
     s.add_argument("--fps", type=int, default=8, help="frame rate of the videos (default 8)")
+    s.add_argument("--format", choices=("folder", "wds"), default="folder",
+                   help="training split as a HowTo100M folder (default) or webdataset tar shards in the "
+                   "video2dataset layout (OUT/shards/train-NNNNN.tar; the held-out split stays a folder)")
+    s.add_argument("--videos-per-shard", type=int, default=50, help="with --format wds (default 50)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_make_synthetic)
 
@@ -114,9 +118,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from ..train.synthetic import make_synthetic
+    from ..train.synthetic import make_synthetic, to_shards
 
+    if args.format == "wds":
+        try:
+            import webdataset  # noqa: F401
+        except ImportError:
+            from ..errors import UsageError
+
+            raise UsageError("--format wds needs webdataset (pip install 'milnce[train]')") from None
     root = make_synthetic(args.out, args.videos, args.val_videos, args.seed, size=args.size, fps=args.fps,
                           progress=not args.quiet)
+    if args.format == "wds":
+        to_shards(root, args.videos_per_shard)
     print(f"wrote {args.videos} training and {args.val_videos} held-out videos to {root}", file=sys.stderr)
     return 0

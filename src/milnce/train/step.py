@@ -49,7 +49,7 @@ def bn_buffers(net: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             for bname, b in m.named_buffers(recurse=False):
                 if b is not None:
-                    yield f"{name}.{bname}", b
+                    yield (f"{name}.{bname}" if name else bname), b
 
 
 def cached_step(model: nn.Module, inner: nn.Module, clips: torch.Tensor, ids: torch.Tensor, micro: int, *,

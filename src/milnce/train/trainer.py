@@ -44,7 +44,7 @@ def resolve_config(out: str | os.PathLike[str], overrides: dict[str, Any] | None
     """The run's settings: defaults < ``config_file`` < ``overrides``; with ``resume`` the run's
     saved ``config.json`` is the base and only the settings in ``RESUME_MAY_CHANGE`` may differ."""
     out = Path(out)
-    given = dict(load_config_file(config_file)) if config_file else {}
+    given = {k: v for k, v in (load_config_file(config_file) if config_file else {}).items() if v is not None}
     given.update({k: v for k, v in (overrides or {}).items() if v is not None})
     saved_path = out / "config.json"
     has_ckpt = latest_checkpoint(out) is not None
@@ -173,6 +173,8 @@ def build_network(cfg: TrainConfig, data_dir: Path | None) -> tuple[S3D, Tokeniz
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then cosine to ``min_lr``."""
     warm = min(cfg.warmup_steps, cfg.horizon)
+    if step >= cfg.horizon:  # past the horizon: the end of the curve
+        return cfg.min_lr
     if step < warm:
         return cfg.lr * (step + 1) / warm
     span = max(1, cfg.horizon - warm)
