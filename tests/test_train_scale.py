@@ -363,3 +363,53 @@ def test_training_on_shards_resumes_exactly(wds_data, tmp_path):
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
 
+
+
+@pytest.mark.slow
+def test_torchrun_on_shards_stops_collectively(wds_data, tmp_path):
+    """Two processes on shards, one of them damaged: the stop decision is taken by both ranks
+    (counts all-reduced), so neither waits in a collective until a timeout; a tolerant run ends."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(wds_data, data)
+    shards = sorted((data / "shards").glob("*.tar"))
+    _write_bad_shard(shards[1], shards[0])
+    cfg = _settings(tmp_path, eval_every=0, save_every=0, batch_size=4)
+    exe = Path(sys.executable).parent / "milnce"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher += ["--no-python", str(exe)] if exe.exists() else ["-m", "milnce.cli"]
+    base = [*launcher, "train", "--data", str(data), "--config", str(cfg), "--steps", "3"]
+    strict = subprocess.run([*base, "--out", str(tmp_path / "strict"), "--bad-fraction", "0", "--bad-window", "1"],
+                            env=_env(), capture_output=True, text=True, timeout=240)
+    assert strict.returncode != 0
+    assert strict.stderr.count("more than --bad-fraction 0") == 2, strict.stderr[-3000:]  # both ranks decided
+    ok = subprocess.run([*base, "--out", str(tmp_path / "ok"), "--bad-fraction", "0.9"],
+                        env=_env(), capture_output=True, text=True, timeout=240)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["bad_samples"] >= 3
+
+
+def test_micro_batch_resumes_exactly(synth, tmp_path):
+    cfg = _settings(tmp_path, batch_size=4, save_every=2)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(synth, straight, cfg, "--steps", "3", "--micro-batch", "2") == 0
+    assert _train(synth, resumed, cfg, "--steps", "2", "--micro-batch", "2") == 0
+    assert _train(synth, resumed, cfg, "--steps", "3", "--resume") == 0
+    a, b = _final(straight), _final(resumed)
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
+@pytest.mark.slow
+def test_micro_batch_under_torchrun_equals_one_process(synth, tmp_path):
+    cfg = _settings(tmp_path, **{**EXACT, "batch_size": 8})
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0
+    exe = Path(sys.executable).parent / "milnce"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher += ["--no-python", str(exe)] if exe.exists() else ["-m", "milnce.cli"]
+    res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
+                          "--steps", "2", "--micro-batch", "2"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _assert_close_state(_final(one), _final(two), buffers=False)
