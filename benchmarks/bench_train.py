@@ -45,6 +45,13 @@ def _model(device: torch.device, tok=None):  # type: ignore[no-untyped-def]
     return net, TwoTower(net)
 
 
+def _amp(device: torch.device, precision: str):  # type: ignore[no-untyped-def]
+    if precision == "fp32":
+        return contextlib.nullcontext, torch.amp.GradScaler(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
 def one_size(args: argparse.Namespace) -> dict:
     """Child process: one B, cached steps and the plain steps over the same clips."""
     sys.path.insert(0, SRC)
@@ -59,8 +66,7 @@ def one_size(args: argparse.Namespace) -> dict:
     g = torch.Generator().manual_seed(1)
     clips = torch.randint(0, 256, (b, 3, args.num_frames, args.size, args.size), generator=g, dtype=torch.uint8).to(device)
     ids = torch.randint(1, 64, (b, 2, 16), generator=g).to(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    null = contextlib.nullcontext
+    null, scaler = _amp(device, args.precision)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -72,7 +78,8 @@ def one_size(args: argparse.Namespace) -> dict:
             sync()
             t0 = time.perf_counter()
             fn()
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             sync()
             if i >= args.warmup:
@@ -100,7 +107,8 @@ def memory_section(args: argparse.Namespace) -> list[dict]:
     for factor in (1, 2, 4, 8):
         cmd = [sys.executable, __file__, "--one", str(args.micro_batch * factor), "--micro-batch", str(args.micro_batch),
                "--device", args.device, "--num-frames", str(args.num_frames), "--size", str(args.size),
-               "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--threads", str(args.threads)] if args.threads else [])
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", args.precision]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
@@ -140,16 +148,17 @@ def data_section(args: argparse.Namespace, tmp: Path) -> dict:
         loader, _ = make_loader(data, cfg, tok, hflip=True, start=0, ctx=DistContext(device=device), resume={},
                                 pin=device.type == "cuda")
         opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-5)
-        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        amp, scaler = _amp(device, args.precision)
         it = iter(loader)
         waits, times = [], []
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()
             clips, ids, _info = next(it)
             t1 = time.perf_counter()
-            plain_step(model, clips.to(device), ids.to(device), dtype=torch.float32, autocast=contextlib.nullcontext,
+            plain_step(model, clips.to(device), ids.to(device), dtype=torch.float32, autocast=amp,
                        scaler=scaler, scale=1.0, sync=True)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -177,6 +186,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--sections", default="memory,data")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast (fp16: CUDA)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -190,7 +200,7 @@ def main() -> None:
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"bench_train: {dev}, {args.num_frames} x {args.size} px clips, torch threads {torch.get_num_threads()}",
           file=sys.stderr)
-    result: dict = {"device": dev, "num_frames": args.num_frames, "size": args.size}
+    result: dict = {"device": dev, "num_frames": args.num_frames, "size": args.size, "precision": args.precision}
     sections = args.sections.split(",")
     if "memory" in sections:
         result["memory"] = memory_section(args)
