@@ -415,3 +415,15 @@ def test_micro_batch_under_torchrun_equals_one_process(synth, tmp_path):
     # the same arithmetic but the 4 micro-batch gradients are summed as ((a+b)+c)+d on one process and
     # (a+b)+(c+d) over two: float64 rounding, grown by the second step of a run at lr 1
     _assert_close_state(_final(one), _final(two), rel=1e-8, buffers=False)
+
+
+@pytest.mark.slow
+def test_bench_train_end_to_end():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    res = subprocess.run([sys.executable, str(script), "--micro-batch", "2", "--batch-size", "2", "--num-frames", "8",
+                          "--size", "32", "--steps", "1", "--warmup", "0", "--workers", "0", "--threads", "1"],
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["B"] for r in out["memory"]] == [2, 4, 8, 16] and all(r["peak_memory_mib"] > 0 for r in out["memory"])
+    assert set(out["data"]) == {"folder", "wds"} and all(0 <= v["data_wait_fraction"] <= 1 for v in out["data"].values())
