@@ -282,7 +282,7 @@ def wds_data(tmp_path_factory) -> Path:
     return out
 
 
-def test_shard_streams_split_and_resume(wds_data):
+def test_shard_streams_split_and_resume(wds_data, capsys):
     from milnce.text import Tokenizer
     from milnce.train.data import find_data
     from milnce.train.shards import ShardClips, ShardSet
@@ -304,6 +304,8 @@ def test_shard_streams_split_and_resume(wds_data):
     r0, r1 = take(0, 3, 2), take(1, 3, 2)  # 3 processes: one shard each, none shared
     keys = {bytes(x[0].numpy().tobytes()) for x in r0} & {bytes(x[0].numpy().tobytes()) for x in r1}
     assert not keys
+    assert main(["train", "--data", str(wds_data), "--out", str(wds_data.parent / "r"), "--workers", "4"]) == 2
+    assert "3 shard(s) cannot feed 1 process(es) x 4 loader worker(s)" in capsys.readouterr().err
     again = take(0, 1, 3, resume={"0": [0, 5]})  # resume after 5 records: record 6, then epoch 1
     assert torch.equal(again[0][0], one[5][0]) and torch.equal(again[1][0], one[6][0])
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..errors import UsageError
 from ..text import Tokenizer
 from .config import TrainConfig
 from .data import DataSplit, StepBatchSampler, TrainClips, worker_init
@@ -32,6 +33,9 @@ def make_loader(data: DataSplit | ShardSet, cfg: TrainConfig, tokenizer: Tokeniz
                           "num_candidates": cfg.num_candidates, "hflip": hflip}
     if isinstance(data, ShardSet):
         slots = ctx.world_size * max(1, cfg.workers)
+        if len(data.urls) < slots:
+            raise UsageError(f"{len(data.urls)} shard(s) cannot feed {ctx.world_size} process(es) x {max(1, cfg.workers)} "
+                             "loader worker(s), one stream each; use fewer --workers or more shards")
         streams = resume.get("streams") or {}
         if streams and len(streams) != slots:
             epoch = min(int(v[0]) for v in streams.values())
