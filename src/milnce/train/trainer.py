@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -232,30 +232,27 @@ def _replan(ctx: DistContext, cfg: TrainConfig, state: dict[str, Any] | None, st
     return rec
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False,
-          ctx: DistContext | None = None) -> dict[str, Any]:
-    """Train (or fine-tune) with MIL-NCE; checkpoints, ``config.json`` and ``metrics.jsonl`` go to ``out``.
+@dataclass
+class _Parts:
+    """What ``train`` trains: the network (bare, in its two-tower wrapper, DDP-wrapped), the
+    optimiser state, and where a resumed run stands."""
 
-    Runs on one process, or on every process of a ``torchrun`` group (each calls ``train``).
-    Returns the last logged train and eval records (and ``bad_samples``).
-    """
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = ctx or init_distributed(cfg.device)
-    run = Path(out)
+    net: S3D
+    inner: nn.Module
+    model: nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    tokenizer: Tokenizer
+    what: str
+    state: dict[str, Any] | None
+    start: int
+    dtype: torch.dtype
+
+
+def _build(cfg: TrainConfig, ctx: DistContext, run: Path, data_dir: Path | None, resume: bool) -> _Parts:
+    """The network, optimiser and gradient scaler, restored from the run's newest checkpoint on resume."""
     device = ctx.device
-    local = cfg.process_batch(ctx.world_size)
-    if cfg.forward_batch(ctx.world_size) == 1 and not cfg.freeze_bn:
-        raise UsageError("batch-norm needs at least 2 clips per forward pass (batch_size / processes"
-                         + (" / grad_accum" if cfg.grad_accum > 1 else "") + (", or --micro-batch" if cfg.micro_batch else "")
-                         + " is 1); use a larger --batch-size, or --freeze-bn")
-    train_data, val_split, meta = find_data(cfg.data, cfg.val)
-    data_dir = Path(cfg.data) if Path(cfg.data).is_dir() else None
-    hflip = cfg.hflip if cfg.hflip is not None else bool(meta.get("hflip", True))
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
-
     net, tokenizer, what = build_network(cfg, data_dir)
     ckpt_path = latest_checkpoint(run) if resume else None
     state = load_training_checkpoint(ckpt_path) if ckpt_path is not None else None
@@ -291,16 +288,81 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
         start = int(state["step"])
     else:
         torch.manual_seed(cfg.seed + 1)
+    return _Parts(net, inner, model, params, optimizer, scaler, tokenizer, what, state, start, dtype)
 
+
+def _write_run_folder(cfg: TrainConfig, run: Path, tokenizer: Tokenizer) -> None:
+    """``config.json`` (the resolved settings, rewritten on every launch) and ``vocab.npy``."""
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        cfg.save(run / "config.json")
+        vocab_out = run / "vocab.npy"
+        if not vocab_out.exists():
+            atomic_write_bytes(vocab_out, _npy_bytes(np.asarray(tokenizer.vocab, dtype=str)))
+    except OSError as exc:
+        raise TrainingError(f"cannot write the run folder {run}: {exc.strerror or exc}") from None
+
+
+def _gradients(cfg: TrainConfig, ctx: DistContext, parts: _Parts, it: Any, step: int, *, bad: BadSamples,
+               metrics: Metrics, positions: dict[str, Any], autocast: Any) -> tuple[float, float]:
+    """The gradients of one optimiser step (its micro-steps, or one gradient-cached step), clipped;
+    returns the loss and the seconds spent waiting for data. The caller steps the optimiser."""
+    device, dtype, scaler = ctx.device, parts.dtype, parts.scaler
+    step_loss = waited = 0.0
+    for m in range(cfg.grad_accum):
+        t_wait = time.perf_counter()
+        clips, ids, info = next(it)
+        waited += time.perf_counter() - t_wait
+        for note in bad.update(step + 1, info):
+            metrics.write({"step": step + 1, "kind": "bad_sample", "sample": note})
+        note_position(positions, info)
+        clips = clips.to(device, non_blocking=True)
+        ids = ids.to(device, non_blocking=True)
+        if cfg.micro_batch:
+            step_loss = cached_step(parts.model, parts.inner, clips, ids, cfg.micro_batch, dtype=dtype,
+                                    autocast=autocast, scaler=scaler, distributed=ctx.distributed)
+        else:
+            step_loss += plain_step(parts.model, clips, ids, dtype=dtype, autocast=autocast, scaler=scaler,
+                                    scale=1.0 / cfg.grad_accum,
+                                    sync=m == cfg.grad_accum - 1 or not ctx.distributed) / cfg.grad_accum
+    if not math.isfinite(step_loss):
+        raise TrainingError(f"the loss became {step_loss} at step {step + 1}: the run diverged; lower --lr "
+                            "(or --head-lr-mult), use --grad-clip or --precision fp32")
+    if cfg.grad_clip is not None:
+        scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.params, cfg.grad_clip)
+    return step_loss, waited
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False,
+          ctx: DistContext | None = None) -> dict[str, Any]:
+    """Train (or fine-tune) with MIL-NCE; checkpoints, ``config.json`` and ``metrics.jsonl`` go to ``out``.
+
+    Runs on one process, or on every process of a ``torchrun`` group (each calls ``train``).
+    Returns the last logged train and eval records (and ``bad_samples``).
+    """
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ctx = ctx or init_distributed(cfg.device)
+    run = Path(out)
+    device = ctx.device
+    local = cfg.process_batch(ctx.world_size)
+    if cfg.forward_batch(ctx.world_size) == 1 and not cfg.freeze_bn:
+        raise UsageError("batch-norm needs at least 2 clips per forward pass (batch_size / processes"
+                         + (" / grad_accum" if cfg.grad_accum > 1 else "") + (", or --micro-batch" if cfg.micro_batch else "")
+                         + " is 1); use a larger --batch-size, or --freeze-bn")
+    train_data, val_split, meta = find_data(cfg.data, cfg.val)
+    data_dir = Path(cfg.data) if Path(cfg.data).is_dir() else None
+    hflip = cfg.hflip if cfg.hflip is not None else bool(meta.get("hflip", True))
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+
+    parts = _build(cfg, ctx, run, data_dir, resume)
+    net, params, optimizer, scaler = parts.net, parts.params, parts.optimizer, parts.scaler
+    tokenizer, state, start = parts.tokenizer, parts.state, parts.start
     if ctx.is_main:
-        try:
-            run.mkdir(parents=True, exist_ok=True)
-            cfg.save(run / "config.json")
-            vocab_out = run / "vocab.npy"
-            if not vocab_out.exists():
-                atomic_write_bytes(vocab_out, _npy_bytes(np.asarray(tokenizer.vocab, dtype=str)))
-        except OSError as exc:
-            raise TrainingError(f"cannot write the run folder {run}: {exc.strerror or exc}") from None
+        _write_run_folder(cfg, run, tokenizer)
     ctx.barrier()
     metrics = Metrics(run, ctx.is_main, start)
     replan = _replan(ctx, cfg, state, start)
@@ -324,7 +386,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
     n_params = sum(p.numel() for p in params)
     how = (f"{local} per process in forward passes of {cfg.micro_batch} (gradient caching)" if cfg.micro_batch
            else f"{local} per process x {cfg.grad_accum} accumulation")
-    _log(ctx, f"milnce train: {what}: S3D space_to_depth={net.space_to_depth}, {n_params / 1e6:.1f} M trainable "
+    _log(ctx, f"milnce train: {parts.what}: S3D space_to_depth={net.space_to_depth}, {n_params / 1e6:.1f} M trainable "
               f"parameters; {described}; {ctx.world_size} process(es) on {device}; {cfg.batch_size} clips/step ({how}); "
               f"{cfg.num_frames} frames at {cfg.fps:g} fps, {cfg.size} px; steps {start} -> {cfg.steps}")
 
@@ -376,29 +438,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            step_loss = 0.0
-            for m in range(cfg.grad_accum):
-                t_wait = time.perf_counter()
-                clips, ids, info = next(it)
-                window_wait += time.perf_counter() - t_wait
-                for note in bad.update(step + 1, info):
-                    metrics.write({"step": step + 1, "kind": "bad_sample", "sample": note})
-                note_position(positions, info)
-                clips = clips.to(device, non_blocking=True)
-                ids = ids.to(device, non_blocking=True)
-                if cfg.micro_batch:
-                    step_loss = cached_step(model, inner, clips, ids, cfg.micro_batch, dtype=dtype, autocast=autocast,
-                                            scaler=scaler, distributed=ctx.distributed)
-                else:
-                    step_loss += plain_step(model, clips, ids, dtype=dtype, autocast=autocast, scaler=scaler,
-                                            scale=1.0 / cfg.grad_accum,
-                                            sync=m == cfg.grad_accum - 1 or not ctx.distributed) / cfg.grad_accum
-            if not math.isfinite(step_loss):
-                raise TrainingError(f"the loss became {step_loss} at step {step + 1}: the run diverged; lower --lr "
-                                    "(or --head-lr-mult), use --grad-clip or --precision fp32")
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            step_loss, waited = _gradients(cfg, ctx, parts, it, step, bad=bad, metrics=metrics,
+                                           positions=positions, autocast=autocast)
+            window_wait += waited
             updating = True
             scaler.step(optimizer)
             scaler.update()
