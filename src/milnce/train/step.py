@@ -88,19 +88,22 @@ def cached_step(model: nn.Module, inner: nn.Module, clips: torch.Tensor, ids: to
     return float(loss.detach())
 
 
-def check_finite(net: nn.Module, step: int) -> None:
-    """Raise ``TrainingError`` naming the first weight or BN statistic that is NaN or infinite."""
+def check_finite(net: nn.Module, step: int, all_ok: Callable[[bool], bool] = bool) -> None:
+    """Raise ``TrainingError`` naming the first weight or BN statistic that is NaN or infinite.
+    ``all_ok`` makes the decision collective (``DistContext.all_ok``): every rank raises together."""
     tensors = [(n, p) for n, p in net.named_parameters()] + [
         (n, b) for n, b in bn_buffers(net) if b.is_floating_point()]
     with torch.no_grad():
-        sums = torch.stack([t.detach().float().abs().sum() for _, t in tensors])
-        if bool(torch.isfinite(sums).all()):
-            return
-        for name, t in tensors:
-            if not bool(torch.isfinite(t).all()):
-                what = "batch-norm running statistic" if name.endswith(("running_mean", "running_var")) else "weight"
-                raise TrainingError(f"the {what} {name} became NaN or infinite at step {step}: the run diverged; "
-                                    "lower --lr (or --head-lr-mult), or use --grad-clip")
+        sums = torch.stack([t.detach().abs().sum().float() for _, t in tensors])
+        local = bool(torch.isfinite(sums).all()) or all(bool(torch.isfinite(t).all()) for _, t in tensors)
+    if all_ok(local):
+        return
+    for name, t in tensors:
+        if not bool(torch.isfinite(t).all()):
+            what = "batch-norm running statistic" if name.endswith(("running_mean", "running_var")) else "weight"
+            raise TrainingError(f"the {what} {name} became NaN or infinite at step {step}: the run diverged; "
+                                "lower --lr (or --head-lr-mult), or use --grad-clip")
+    raise TrainingError(f"a weight or batch-norm statistic became NaN or infinite on another process at step {step}")
 
 
 def set_train_mode(net: nn.Module, freeze_bn: bool) -> None:

@@ -390,16 +390,24 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
               f"parameters; {described}; {ctx.world_size} process(es) on {device}; {cfg.batch_size} clips/step ({how}); "
               f"{cfg.num_frames} frames at {cfg.fps:g} fps, {cfg.size} px; steps {start} -> {cfg.steps}")
 
-    bad = BadSamples(ctx, cfg.bad_fraction, cfg.bad_window, cfg.batch_size)
+    # counted per micro-step: a window of --bad-window optimiser steps
+    bad = BadSamples(ctx, cfg.bad_fraction, cfg.bad_window * cfg.grad_accum, cfg.batch_size // cfg.grad_accum)
     positions: dict[str, Any] = dict(data_state.get("streams", {})) if isinstance(data_state, dict) else {}
     last: dict[str, Any] = {}
 
     def do_eval(step: int) -> None:
+        failure: TrainingError | None = None
+        rec: dict[str, Any] = {}
         if eval_loader is not None and eval_ids is not None:
             try:
                 rec = {"step": step, "kind": "eval", **evaluate(net, eval_loader, eval_ids, device, autocast, step)}
+            except TrainingError as exc:  # decided together below: no rank is left waiting in a barrier
+                failure = exc
             finally:
                 set_train_mode(net, cfg.freeze_bn)
+        if not ctx.all_ok(failure is None):
+            raise failure or TrainingError(f"step {step}: the held-out evaluation found NaN or infinite embeddings")
+        if rec:
             metrics.write(rec)
             last["eval"] = rec
             _log(ctx, f"step {step}: held-out text->video R@1 {rec['R@1']:.1f}% (chance {rec['chance_R@1']:.1f}%) "
@@ -447,7 +455,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
             optimizer.zero_grad(set_to_none=True)
             done = completed = step + 1
             updating = False
-            check_finite(net, done)
+            check_finite(net, done, ctx.all_ok)
             window_steps += 1
             loss_sum += step_loss
             if bar is not None:
