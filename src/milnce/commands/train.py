@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights OUT), metrics to OUT/metrics.jsonl. Settings: defaults < --config < options. "
         "Multi-process: torchrun --nproc_per_node N --no-python milnce train ...",
     )
-    p.add_argument("--data", help="data folder or CSV")
+    p.add_argument("--data", help="data folder, CSV, or webdataset tar shards ('shards/{00000..00127}.tar')")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints, config.json, metrics.jsonl)")
     p.add_argument("--config", metavar="FILE", help="settings file (.yaml or .json; keys as the options, with _)")
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint (a new run if it has none)")
@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, help="train until this optimiser step (default 1000)")
     o.add_argument("--batch-size", type=int, help="clips per optimiser step over all processes (default 16)")
-    o.add_argument("--grad-accum", type=int, help="micro-steps per optimiser step (default 1)")
+    o.add_argument("--micro-batch", type=int, metavar="M", help="gradient caching: forward passes of M clips, "
+                   "negatives from the whole global batch (recommended for contrastive training; default: off)")
+    o.add_argument("--grad-accum", type=int, help="micro-steps per optimiser step, negatives from each micro-step "
+                   "only (default 1); prefer --micro-batch")
+    o.add_argument("--freeze-bn", action=B, default=None, help="BatchNorm uses its running statistics (eval mode)")
     o.add_argument("--lr", type=float, help="peak learning rate of Adam (default 1e-3)")
     o.add_argument("--head-lr-mult", type=float, help="learning-rate factor of the projection heads (video fc, "
                    "text fc1/fc2); 0.1 keeps small-batch runs from blowing up the logits (default 1)")
@@ -64,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-every", type=int, help="metrics line every N steps (default 10)")
     r.add_argument("--device", help="torch device (default cuda:LOCAL_RANK when available, else cpu)")
     r.add_argument("--threads", type=int, help="CPU threads per process (default: torch's; 1 is best on a busy machine)")
+    r.add_argument("--bad-fraction", type=float, help="stop when more than this fraction of the samples of "
+                   "--bad-window steps is unreadable (default 0.1)")
+    r.add_argument("--bad-window", type=int, help="steps over which --bad-fraction is judged (default 50)")
     r.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -80,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
     s.add_argument("--fps", type=int, default=8, help="frame rate of the videos (default 8)")
+    s.add_argument("--format", choices=("folder", "wds"), default="folder",
+                   help="training split as a HowTo100M folder (default) or webdataset tar shards in the "
+                   "video2dataset layout (OUT/shards/train-NNNNN.tar; the held-out split stays a folder)")
+    s.add_argument("--videos-per-shard", type=int, default=50, help="with --format wds (default 50)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_make_synthetic)
 
@@ -107,9 +118,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from ..train.synthetic import make_synthetic
+    from ..train.synthetic import make_synthetic, to_shards
 
+    if args.format == "wds":
+        try:
+            import webdataset  # noqa: F401
+        except ImportError:
+            from ..errors import UsageError
+
+            raise UsageError("--format wds needs webdataset (pip install 'milnce[train]')") from None
     root = make_synthetic(args.out, args.videos, args.val_videos, args.seed, size=args.size, fps=args.fps,
                           progress=not args.quiet)
+    if args.format == "wds":
+        to_shards(root, args.videos_per_shard)
     print(f"wrote {args.videos} training and {args.val_videos} held-out videos to {root}", file=sys.stderr)
     return 0

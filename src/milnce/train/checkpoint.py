@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..integrity import zip_problem
 from ..weights import CheckpointError, find_run_checkpoint
+from .errors import TrainingError
 
 __all__ = ["save_checkpoint", "load_training_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
            "checkpoint_path", "FORMAT"]
@@ -86,11 +88,18 @@ def save_checkpoint(run: str | os.PathLike[str], step: int, payload: dict[str, A
     final = checkpoint_path(run, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # a full disk (torch's writer may wrap the OSError)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+            raise TrainingError(f"cannot write the checkpoint {final}: {reason}") from None
+        raise
     _fsync_dir(final.parent)
     found = sorted((int(m.group(1)), p) for p in final.parent.iterdir() if (m := _NAME.fullmatch(p.name)))
     for _, old in found[:-keep]:
@@ -102,11 +111,28 @@ def save_checkpoint(run: str | os.PathLike[str], step: int, payload: dict[str, A
 
 
 def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a training checkpoint without unpickling code."""
+    """Read a training checkpoint without unpickling code, after checking every zip member's
+    CRC-32 (a flipped byte must not be trained on); ``CheckpointError`` for a damaged, empty or
+    foreign file."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the training checkpoint ({exc.strerror})") from None
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); delete it to resume from the one before")
+    damage = zip_problem(os.fspath(path))
+    if damage:
+        raise CheckpointError(f"{path}: damaged training checkpoint ({damage}); delete it to resume from the one before")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file
-        raise CheckpointError(f"{path}: cannot read the training checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+        raise CheckpointError(f"{path}: cannot read the training checkpoint ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a milnce training checkpoint")
+    step = obj.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: step must be a whole number >= 0, got {step!r}")
+    for key in ("state_dict", "optimizer", "rng"):
+        if not isinstance(obj.get(key), dict):
+            raise CheckpointError(f"{path}: the training checkpoint has no {key}")
     return obj

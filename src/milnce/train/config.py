@@ -13,12 +13,15 @@ from ..atomic import atomic_write_bytes
 from ..errors import UsageError
 from ..windows import WindowSettings
 
-__all__ = ["TrainConfig", "load_config_file", "RESUME_MAY_CHANGE", "PRECISIONS"]
+__all__ = ["TrainConfig", "load_config_file", "RESUME_MAY_CHANGE", "RESUME_MAY_REPLAN", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")  # fp64: exact-arithmetic checks on the CPU
 # Settings that a resumed run may change without breaking exact resume.
 RESUME_MAY_CHANGE = frozenset({"steps", "eval_every", "save_every", "keep_checkpoints", "log_every", "workers",
-                               "progress", "device", "eval_max", "threads"})
+                               "progress", "device", "eval_max", "threads", "bad_fraction", "bad_window"})
+# Settings that a resumed run may change although the run then differs from an uninterrupted one
+# (said in the log and recorded in metrics.jsonl): the cosine horizon, to extend a run.
+RESUME_MAY_REPLAN = frozenset({"schedule_steps"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class TrainConfig:
     # optimisation
     batch_size: int = 16  # clips per optimiser step, over all processes and accumulation steps
     grad_accum: int = 1
+    micro_batch: int | None = None  # gradient caching: clips per forward pass (negatives: the whole batch)
+    freeze_bn: bool = False  # BatchNorm in eval mode (running statistics, no batch statistics)
     steps: int = 1000
     schedule_steps: int | None = None  # cosine horizon; default: steps of the first launch
     lr: float = 1e-3
@@ -65,6 +70,8 @@ class TrainConfig:
     device: str | None = None
     threads: int | None = None  # torch CPU threads of each process (default: torch's choice)
     progress: bool = True
+    bad_fraction: float = 0.1  # stop when more than this fraction of a window's samples is unreadable
+    bad_window: int = 50  # ... over this many steps
 
     # ---- derived values
     @property
@@ -88,12 +95,12 @@ class TrainConfig:
         _ = self.window  # validates fps / num_frames / size
         ints = {"num_candidates": 1, "batch_size": 1, "grad_accum": 1, "steps": 0, "warmup_steps": 0,
                 "workers": 0, "eval_every": 0, "eval_max": 1, "save_every": 0, "keep_checkpoints": 1,
-                "log_every": 1, "seed": 0}
+                "log_every": 1, "seed": 0, "bad_window": 1}
         for name, lo in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise UsageError(f"{name} must be a whole number >= {lo}, got {v!r}")
-        for name in ("schedule_steps", "decode_size", "threads"):
+        for name in ("schedule_steps", "decode_size", "threads", "micro_batch"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"{name} must be a whole number >= 1, got {v!r}")
@@ -107,22 +114,36 @@ class TrainConfig:
             raise UsageError(f"grad_clip must be > 0, got {self.grad_clip!r}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not (isinstance(self.bad_fraction, (int, float)) and not isinstance(self.bad_fraction, bool)
+                and 0 <= self.bad_fraction <= 1):
+            raise UsageError(f"bad_fraction must be a number in [0, 1], got {self.bad_fraction!r}")
+        if self.micro_batch is not None and self.grad_accum != 1:
+            raise UsageError("--micro-batch and --grad-accum cannot be combined: --micro-batch already bounds "
+                             "the memory, with the whole batch as negatives (use it alone)")
         if self.batch_size % self.grad_accum:
             raise UsageError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
-        for name in ("freeze_word_embd", "sync_bn", "progress"):
+        for name in ("freeze_word_embd", "sync_bn", "progress", "freeze_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"{name} must be true or false, got {getattr(self, name)!r}")
         return self
 
-    def micro_batch(self, world_size: int) -> int:
-        """Clips per process per forward pass."""
+    def process_batch(self, world_size: int) -> int:
+        """Clips each process loads per micro-step (with ``micro_batch``: per optimiser step)."""
         per_step = self.batch_size // self.grad_accum
         if per_step % world_size:
             raise UsageError(
                 f"batch_size / grad_accum = {per_step} clips per micro-step cannot be split over "
                 f"{world_size} processes; use a multiple of {world_size}"
             )
-        return per_step // world_size
+        local = per_step // world_size
+        if self.micro_batch is not None and local % self.micro_batch:
+            raise UsageError(f"--micro-batch {self.micro_batch} must divide the {local} clips of each process "
+                             f"(batch_size {self.batch_size} over {world_size} process(es))")
+        return local
+
+    def forward_batch(self, world_size: int) -> int:
+        """Clips per forward pass (what BatchNorm normalises together on one process)."""
+        return self.micro_batch if self.micro_batch is not None else self.process_batch(world_size)
 
     def with_(self, **changes: Any) -> TrainConfig:
         kept = {k: v for k, v in changes.items() if v is not None}
@@ -140,7 +161,8 @@ class TrainConfig:
             if k not in names:
                 raise UsageError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(names))})")
             clean[k] = value
-        for k in ("fps", "lr", "min_lr", "weight_decay", "min_time", "grad_clip", "head_lr_mult", "adam_eps"):
+        for k in ("fps", "lr", "min_lr", "weight_decay", "min_time", "grad_clip", "head_lr_mult", "adam_eps",
+                  "bad_fraction"):
             if isinstance(clean.get(k), int) and not isinstance(clean.get(k), bool):
                 clean[k] = float(clean[k])
         return cls(**clean)
@@ -155,7 +177,12 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"config file not found: {path}")
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the config file ({exc.strerror})") from None
     if path.endswith(".json"):
         try:
             data = json.loads(text)

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,26 +164,36 @@ def load_split(path: str | os.PathLike[str], captions_dir: str | os.PathLike[str
     return DataSplit(tuple(videos), np.asarray(anchors, np.int64).reshape(-1, 2), str(path))
 
 
-def find_data(data: str, val: str | None) -> tuple[DataSplit, DataSplit | None, dict]:
-    """Training split, held-out split (or None) and the folder's ``dataset.json`` (or {})."""
+def find_data(data: str, val: str | None) -> tuple[DataSplit | Any, DataSplit | None, dict]:
+    """Training data (a ``DataSplit``, or a ``ShardSet`` of tar shards), the held-out split (or
+    None) and the folder's ``dataset.json`` (or {}). A folder whose ``dataset.json`` names
+    ``"shards"`` (as ``make-synthetic --format wds`` writes) trains on those shards."""
+    from .shards import is_shard_spec, shard_set
+
     root = Path(data)
     meta: dict = {}
     if root.is_dir():
+        if (root / "dataset.json").is_file():
+            try:
+                meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UsageError(f"{root / 'dataset.json'}: not valid JSON ({exc})") from None
+            if not isinstance(meta, dict):
+                raise UsageError(f"{root / 'dataset.json'}: expected a JSON object")
+        if val is None and (root / "val.csv").is_file():
+            val = str(root / "val.csv")
+        if isinstance(meta.get("shards"), str):
+            return shard_set(meta["shards"], str(root)), (load_split(val) if val else None), meta
         for name in ("train.csv", "videos.csv"):
             if (root / name).is_file():
                 train_csv = root / name
                 break
         else:
             raise UsageError(f"{root}: no train.csv (or videos.csv) in the data folder")
-        if val is None and (root / "val.csv").is_file():
-            val = str(root / "val.csv")
-        if (root / "dataset.json").is_file():
-            try:
-                meta = json.loads((root / "dataset.json").read_text())
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{root / 'dataset.json'}: not valid JSON ({exc})") from None
-    elif root.is_file():
+    elif root.is_file() and not data.endswith(".tar"):
         train_csv = root
+    elif is_shard_spec(data):
+        return shard_set(data), (load_split(val) if val else None), meta
     else:
         raise UsageError(f"training data not found: {root}")
     return load_split(train_csv), (load_split(val) if val else None), meta
@@ -204,6 +215,15 @@ def _widen(start: float, end: float, min_time: float) -> tuple[float, float]:
         start = max(0.0, mid - min_time / 2)
         end = start + min_time
     return start, end
+
+
+MAX_TRIES = 16  # replacements tried for an unreadable sample before the step is given up
+
+
+def blank_sample(window: WindowSettings, tokenizer: Tokenizer, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A placeholder of the right shapes for a sample that could not be read (never trained on)."""
+    return (torch.zeros(3, window.num_frames, window.size, window.size, dtype=torch.uint8),
+            tokenizer([""] * k))
 
 
 def worker_init(_: int) -> None:
@@ -235,23 +255,26 @@ class TrainClips(torch.utils.data.Dataset):
             self._perm = (epoch, np.random.default_rng([self.seed, 1, epoch]).permutation(len(self)))
         return self._perm[1]
 
-    def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Sample ``g``: ``(clip, ids, info)``; an unreadable video is replaced by another sample
+        drawn from ``g``'s own generator, and ``info`` counts it (``bad``, ``notes``; ``failed``
+        when no replacement could be read: the trainer then stops)."""
         from ..video import VideoError
 
         epoch, pos = divmod(int(g), len(self))
         rng = np.random.default_rng([self.seed, 2, int(g)])
         anchor = int(self.order(epoch)[pos])
-        last: Exception | None = None
-        for _ in range(8):
+        notes: list[str] = []
+        for _ in range(MAX_TRIES):
             try:
-                return self._sample(anchor, rng)
-            except VideoError as exc:  # unreadable file or span: use another sample, say so once
-                last = exc
-                if not self._warned:
-                    self._warned = True
-                    warnings.warn(f"skipping unreadable training clip: {exc}", stacklevel=2)
+                clip, ids = self._sample(anchor, rng)
+                return clip, ids, {"bad": len(notes), "failed": 0, "notes": "\n".join(notes)}
+            except VideoError as exc:  # unreadable file or span: use another sample, count it
+                video = self.split.videos[int(self.split.anchors[anchor][0])]
+                notes.append(f"{video.path}: {str(exc).splitlines()[0][:300]}")
                 anchor = int(rng.integers(len(self)))
-        raise UsageError(f"too many unreadable training videos in a row; last error: {last}")
+        return (*blank_sample(self.window, self.tokenizer, self.k),
+                {"bad": len(notes), "failed": 1, "notes": "\n".join(notes)})
 
     def _sample(self, anchor: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         from ..video import read_clip

@@ -38,6 +38,16 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
+    def all_ok(self, ok: bool) -> bool:
+        """Whether ``ok`` holds on every process (a collective: every rank calls it), so that a
+        rank that must stop does not leave the others waiting in the next collective."""
+        if not self.distributed:
+            return ok
+        dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
 
 def init_distributed(device: str | None = None) -> DistContext:
     """Join the process group described by ``torchrun``'s environment (``WORLD_SIZE``, ``RANK``,

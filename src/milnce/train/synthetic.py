@@ -199,3 +199,51 @@ def make_synthetic(
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root
+
+
+def _hms(t: float) -> str:
+    ms = int(round(t * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def to_shards(root: str | os.PathLike[str], per_shard: int = 50) -> Path:
+    """Turn the training split of a make-synthetic folder into webdataset tar shards in the
+    video2dataset layout (``KEY.mp4`` + ``KEY.json`` with ``yt_meta_dict.subtitles.en``), in
+    ``root/shards/``; ``dataset.json`` then names them (``"shards"``) and ``train.csv``, the
+    training videos and their captions go. The held-out split stays a folder (``val.csv``)."""
+    try:
+        import webdataset as wds
+    except ImportError:
+        raise UsageError("--format wds needs webdataset (pip install 'milnce[train]')") from None
+    import csv
+
+    root = Path(root)
+    if isinstance(per_shard, bool) or not isinstance(per_shard, int) or per_shard < 1:
+        raise UsageError(f"videos per shard must be a whole number >= 1, got {per_shard!r}")
+    with open(root / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_shards = max(1, -(-len(rows) // per_shard))
+    width = max(5, len(str(n_shards - 1)))
+    (root / "shards").mkdir(exist_ok=True)
+    for s in range(n_shards):
+        final = root / "shards" / f"train-{s:0{width}d}.tar"
+        tmp = final.with_name(f".{final.name}.tmp")
+        with open(tmp, "wb") as fb, wds.TarWriter(fb) as sink:
+            for row in rows[s * per_shard:(s + 1) * per_shard]:
+                with open(root / "captions" / f"{row['video_id']}.csv", newline="") as cf:
+                    caps = list(csv.DictReader(cf))
+                subs = [{"start": _hms(float(c["start"])), "end": _hms(float(c["end"])), "lines": [c["text"]]}
+                        for c in caps]
+                meta = {"key": row["video_id"], "yt_meta_dict": {"info": None, "subtitles": {"en": subs}}}
+                sink.write({"__key__": row["video_id"], "mp4": (root / row["video_path"]).read_bytes(),
+                            "json": json.dumps(meta).encode()})
+        os.replace(tmp, final)
+    for row in rows:
+        (root / row["video_path"]).unlink(missing_ok=True)
+        (root / "captions" / f"{row['video_id']}.csv").unlink(missing_ok=True)
+    (root / "train.csv").unlink()
+    meta = json.loads((root / "dataset.json").read_text())
+    meta.update({"format": "wds", "shards": f"shards/train-{{{0:0{width}d}..{n_shards - 1:0{width}d}}}.tar",
+                 "num_shards": n_shards})
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return root

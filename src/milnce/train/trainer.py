@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_bytes
 from ..errors import UsageError
 from ..model import S3D
 from ..text import Tokenizer, load_vocab
+from ..weights import CheckpointError
+from .badsamples import BadSamples
 from .checkpoint import latest_checkpoint, load_training_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import RESUME_MAY_CHANGE, TrainConfig, load_config_file
-from .data import EvalClips, StepBatchSampler, TrainClips, eval_pairs, find_data, worker_init
-from .dist import DistContext, all_gather_with_grad, convert_sync_batchnorm, init_distributed
-from .loss import milnce_loss
+from .config import RESUME_MAY_CHANGE, RESUME_MAY_REPLAN, TrainConfig, load_config_file
+from .data import EvalClips, eval_pairs, find_data, worker_init
+from .dist import DistContext, convert_sync_batchnorm, init_distributed
+from .errors import TrainingError
+from .loaders import gather_positions, make_loader, note_position
+from .report import Metrics, evaluate, retrieval_metrics
+from .step import cached_step, check_finite, plain_step, set_train_mode
 
 __all__ = ["train", "resolve_config", "build_network", "init_weights", "load_word_vectors", "lr_at",
            "retrieval_metrics", "TwoTower"]
@@ -38,7 +44,7 @@ def resolve_config(out: str | os.PathLike[str], overrides: dict[str, Any] | None
     """The run's settings: defaults < ``config_file`` < ``overrides``; with ``resume`` the run's
     saved ``config.json`` is the base and only the settings in ``RESUME_MAY_CHANGE`` may differ."""
     out = Path(out)
-    given = dict(load_config_file(config_file)) if config_file else {}
+    given = {k: v for k, v in (load_config_file(config_file) if config_file else {}).items() if v is not None}
     given.update({k: v for k, v in (overrides or {}).items() if v is not None})
     saved_path = out / "config.json"
     has_ckpt = latest_checkpoint(out) is not None
@@ -51,11 +57,12 @@ def resolve_config(out: str | os.PathLike[str], overrides: dict[str, Any] | None
             raise UsageError(f"{saved_path}: not valid JSON ({exc})") from None
         wanted = TrainConfig.from_dict({**saved.to_dict(), **given}, "settings")
         changed = [f.name for f in fields(TrainConfig)
-                   if f.name not in RESUME_MAY_CHANGE and getattr(wanted, f.name) != getattr(saved, f.name)]
+                   if f.name not in RESUME_MAY_CHANGE | RESUME_MAY_REPLAN
+                   and getattr(wanted, f.name) != getattr(saved, f.name)]
         if changed:
             detail = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(wanted, k)!r}" for k in changed)
             raise UsageError(f"cannot resume {out} with different settings ({detail}); "
-                             f"only {', '.join(sorted(RESUME_MAY_CHANGE))} may change")
+                             f"only {', '.join(sorted(RESUME_MAY_CHANGE | RESUME_MAY_REPLAN))} may change")
         return wanted.validate()
     cfg = TrainConfig.from_dict(given, "settings")
     if cfg.schedule_steps is None:
@@ -166,86 +173,13 @@ def build_network(cfg: TrainConfig, data_dir: Path | None) -> tuple[S3D, Tokeniz
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then cosine to ``min_lr``."""
     warm = min(cfg.warmup_steps, cfg.horizon)
+    if step >= cfg.horizon:  # past the horizon: the end of the curve
+        return cfg.min_lr
     if step < warm:
         return cfg.lr * (step + 1) / warm
     span = max(1, cfg.horizon - warm)
     t = min(1.0, (step - warm) / span)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-def retrieval_metrics(text_embd: torch.Tensor, video_embd: torch.Tensor) -> dict[str, float]:
-    """Text->video retrieval where text ``i`` belongs to video ``i``: R@1/5/10 (%) and median rank.
-    Ties count against the model (a collapsed model does not score)."""
-    scores = text_embd.float() @ video_embd.float().T
-    own = scores.diagonal()[:, None]
-    ranks = (scores >= own).sum(dim=1)  # 1 + videos scoring at least as high, excluding itself
-    n = scores.shape[0]
-    out = {f"R@{k}": float((ranks <= k).float().mean() * 100) for k in (1, 5, 10)}
-    out["median_rank"] = float(ranks.float().median())
-    out["n"] = float(n)
-    out["chance_R@1"] = 100.0 / n
-    return out
-
-
-@torch.no_grad()
-def _evaluate(net: S3D, loader: torch.utils.data.DataLoader, text_ids: torch.Tensor, device: torch.device,
-              autocast: Any) -> dict[str, float]:
-    was_training = net.training
-    net.eval()
-    try:
-        vids = []
-        for clips in loader:
-            with autocast():
-                vids.append(net(clips.to(device).to(net.fc.weight.dtype).div_(255))["video_embedding"].float())
-        with autocast():
-            texts = net.text_module.encode_ids(text_ids.to(device)).float()
-        return retrieval_metrics(texts, torch.cat(vids))
-    finally:
-        net.train(was_training)
-
-
-# ----------------------------------------------------------------------------- logging
-
-class _Metrics:
-    def __init__(self, run: Path, enabled: bool, resume_step: int) -> None:
-        self.enabled = enabled
-        self.path = run / "metrics.jsonl"
-        self.tb = None
-        if not enabled:
-            return
-        if self.path.exists():  # drop what a killed run logged past its last checkpoint
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    pass  # a line cut by a kill
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(k + "\n" for k in kept))
-            os.replace(tmp, self.path)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run / "tensorboard"), purge_step=resume_step + 1)
-        except ImportError:
-            self.tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "kind") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 # ----------------------------------------------------------------------------- training
@@ -262,41 +196,80 @@ def _log(ctx: DistContext, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False,
-          ctx: DistContext | None = None) -> dict[str, Any]:
-    """Train (or fine-tune) with MIL-NCE; checkpoints, ``config.json`` and ``metrics.jsonl`` go to ``out``.
+def _restore(net: S3D, state: dict[str, Any], path: Path) -> None:
+    """Load a training checkpoint's weights, with a one-line error for a foreign shape."""
+    sd = state.get("state_dict")
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: the training checkpoint has no state_dict")
+    own = net.state_dict()
+    for k, v in sd.items():
+        if k in own and (not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(own[k].shape)):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise CheckpointError(f"{path}: {k} has shape {got}, this run's network has {tuple(own[k].shape)}; "
+                                  "the checkpoint belongs to another network")
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not fit this run's network ({str(exc).splitlines()[0][:200]})") from None
 
-    Runs on one process, or on every process of a ``torchrun`` group (each calls ``train``).
-    Returns the last logged train and eval records.
-    """
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ctx = ctx or init_distributed(cfg.device)
-    run = Path(out)
+
+def _replan(ctx: DistContext, cfg: TrainConfig, state: dict[str, Any] | None, start: int) -> dict[str, Any] | None:
+    """Say (and return a metrics record) when a resumed run changes its cosine horizon, and warn
+    when the run goes past its horizon."""
+    rec = None
+    old = (state or {}).get("config", {}).get("schedule_steps") if state is not None else None
+    if state is not None and old is not None and old != cfg.horizon:
+        before, after = lr_at(max(0, start - 1), cfg.with_(schedule_steps=int(old))), lr_at(start, cfg)
+        rec = {"step": start, "kind": "schedule", "schedule_steps": cfg.horizon, "previous_schedule_steps": int(old),
+               "lr_before": before, "lr_after": after}
+        _log(ctx, f"milnce train: the cosine horizon changes from {old} to {cfg.horizon} steps at step {start}: the "
+                  f"learning rate continues on the new curve ({before:.3g} -> {after:.3g}); this run is no longer "
+                  "bit-identical to an uninterrupted one")
+    if cfg.steps > cfg.horizon:
+        _log(ctx, f"milnce train: warning: --steps {cfg.steps} goes past the cosine horizon of {cfg.horizon} steps: "
+                  f"steps {cfg.horizon + 1}..{cfg.steps} train at --min-lr {cfg.min_lr:g}; pass --schedule-steps "
+                  f"{cfg.steps} to stretch the curve")
+    return rec
+
+
+@dataclass
+class _Parts:
+    """What ``train`` trains: the network (bare, in its two-tower wrapper, DDP-wrapped), the
+    optimiser state, and where a resumed run stands."""
+
+    net: S3D
+    inner: nn.Module
+    model: nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    tokenizer: Tokenizer
+    what: str
+    state: dict[str, Any] | None
+    start: int
+    dtype: torch.dtype
+
+
+def _build(cfg: TrainConfig, ctx: DistContext, run: Path, data_dir: Path | None, resume: bool) -> _Parts:
+    """The network, optimiser and gradient scaler, restored from the run's newest checkpoint on resume."""
     device = ctx.device
-    micro = cfg.micro_batch(ctx.world_size)
-    train_split, val_split, meta = find_data(cfg.data, cfg.val)
-    data_dir = Path(cfg.data) if Path(cfg.data).is_dir() else None
-    hflip = cfg.hflip if cfg.hflip is not None else bool(meta.get("hflip", True))
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
-
     net, tokenizer, what = build_network(cfg, data_dir)
     ckpt_path = latest_checkpoint(run) if resume else None
     state = load_training_checkpoint(ckpt_path) if ckpt_path is not None else None
-    if state is not None:
-        net.load_state_dict(state["state_dict"], strict=True)
+    if state is not None and ckpt_path is not None:
+        _restore(net, state, ckpt_path)
         if int(state.get("world_size", ctx.world_size)) != ctx.world_size:
             warnings.warn(f"resuming a {state['world_size']}-process run on {ctx.world_size} processes: "
                           "the data order is kept, but BN statistics differ unless --sync-bn", stacklevel=2)
     if cfg.sync_bn and ctx.distributed:
         net = convert_sync_batchnorm(net, device)  # type: ignore[assignment]
     dtype = torch.float64 if cfg.precision == "fp64" else torch.float32
-    net = net.to(device, dtype).train()
-    model: nn.Module = TwoTower(net)
+    net = net.to(device, dtype)
+    set_train_mode(net, cfg.freeze_bn)
+    inner: nn.Module = TwoTower(net)
+    model = inner
     if ctx.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in net.parameters() if p.requires_grad]
     heads = {id(p) for m in (net.fc, net.text_module.fc1, net.text_module.fc2) for p in m.parameters()}
     groups = [{"params": [p for p in params if id(p) not in heads], "lr_mult": 1.0},
@@ -305,57 +278,136 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     start = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], device)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"], device)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+            raise CheckpointError(f"{ckpt_path}: damaged training state ({str(exc).splitlines()[0][:160]})") from None
         start = int(state["step"])
     else:
         torch.manual_seed(cfg.seed + 1)
+    return _Parts(net, inner, model, params, optimizer, scaler, tokenizer, what, state, start, dtype)
 
-    if ctx.is_main:
+
+def _write_run_folder(cfg: TrainConfig, run: Path, tokenizer: Tokenizer) -> None:
+    """``config.json`` (the resolved settings, rewritten on every launch) and ``vocab.npy``."""
+    try:
         run.mkdir(parents=True, exist_ok=True)
         cfg.save(run / "config.json")
         vocab_out = run / "vocab.npy"
         if not vocab_out.exists():
-            tmp = run / ".vocab.npy.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, np.asarray(tokenizer.vocab, dtype=str), allow_pickle=False)
-            os.replace(tmp, vocab_out)
-    ctx.barrier()
-    metrics = _Metrics(run, ctx.is_main, start)
-    autocast = _autocast_factory(device, cfg.precision)
+            atomic_write_bytes(vocab_out, _npy_bytes(np.asarray(tokenizer.vocab, dtype=str)))
+    except OSError as exc:
+        raise TrainingError(f"cannot write the run folder {run}: {exc.strerror or exc}") from None
 
-    dataset = TrainClips(train_split, tokenizer, cfg.window, seed=cfg.seed, decode_size=cfg.decode_side,
-                         min_time=cfg.min_time, num_candidates=cfg.num_candidates, hflip=hflip)
-    sampler = StepBatchSampler(start, cfg.steps, micro, cfg.grad_accum, ctx.rank, ctx.world_size)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.workers, worker_init_fn=worker_init,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None,
-        multiprocessing_context="fork" if cfg.workers and sys.platform.startswith("linux") else None,
-    )
+
+def _gradients(cfg: TrainConfig, ctx: DistContext, parts: _Parts, it: Any, step: int, *, bad: BadSamples,
+               metrics: Metrics, positions: dict[str, Any], autocast: Any) -> tuple[float, float]:
+    """The gradients of one optimiser step (its micro-steps, or one gradient-cached step), clipped;
+    returns the loss and the seconds spent waiting for data. The caller steps the optimiser."""
+    device, dtype, scaler = ctx.device, parts.dtype, parts.scaler
+    step_loss = waited = 0.0
+    for m in range(cfg.grad_accum):
+        t_wait = time.perf_counter()
+        clips, ids, info = next(it)
+        waited += time.perf_counter() - t_wait
+        for note in bad.update(step + 1, info):
+            metrics.write({"step": step + 1, "kind": "bad_sample", "sample": note})
+        note_position(positions, info)
+        clips = clips.to(device, non_blocking=True)
+        ids = ids.to(device, non_blocking=True)
+        if cfg.micro_batch:
+            step_loss = cached_step(parts.model, parts.inner, clips, ids, cfg.micro_batch, dtype=dtype,
+                                    autocast=autocast, scaler=scaler, distributed=ctx.distributed)
+        else:
+            step_loss += plain_step(parts.model, clips, ids, dtype=dtype, autocast=autocast, scaler=scaler,
+                                    scale=1.0 / cfg.grad_accum,
+                                    sync=m == cfg.grad_accum - 1 or not ctx.distributed) / cfg.grad_accum
+    if not math.isfinite(step_loss):
+        raise TrainingError(f"the loss became {step_loss} at step {step + 1}: the run diverged; lower --lr "
+                            "(or --head-lr-mult), use --grad-clip or --precision fp32")
+    if cfg.grad_clip is not None:
+        scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.params, cfg.grad_clip)
+    return step_loss, waited
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False,
+          ctx: DistContext | None = None) -> dict[str, Any]:
+    """Train (or fine-tune) with MIL-NCE; checkpoints, ``config.json`` and ``metrics.jsonl`` go to ``out``.
+
+    Runs on one process, or on every process of a ``torchrun`` group (each calls ``train``).
+    Returns the last logged train and eval records (and ``bad_samples``).
+    """
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ctx = ctx or init_distributed(cfg.device)
+    run = Path(out)
+    device = ctx.device
+    local = cfg.process_batch(ctx.world_size)
+    if cfg.forward_batch(ctx.world_size) == 1 and not cfg.freeze_bn:
+        raise UsageError("batch-norm needs at least 2 clips per forward pass (batch_size / processes"
+                         + (" / grad_accum" if cfg.grad_accum > 1 else "") + (", or --micro-batch" if cfg.micro_batch else "")
+                         + " is 1); use a larger --batch-size, or --freeze-bn")
+    train_data, val_split, meta = find_data(cfg.data, cfg.val)
+    data_dir = Path(cfg.data) if Path(cfg.data).is_dir() else None
+    hflip = cfg.hflip if cfg.hflip is not None else bool(meta.get("hflip", True))
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+
+    parts = _build(cfg, ctx, run, data_dir, resume)
+    net, params, optimizer, scaler = parts.net, parts.params, parts.optimizer, parts.scaler
+    tokenizer, state, start = parts.tokenizer, parts.state, parts.start
+    if ctx.is_main:
+        _write_run_folder(cfg, run, tokenizer)
+    ctx.barrier()
+    metrics = Metrics(run, ctx.is_main, start)
+    replan = _replan(ctx, cfg, state, start)
+    if replan is not None:
+        metrics.write(replan)
+    autocast = _autocast_factory(device, cfg.precision)
+    data_state = (state or {}).get("data", {}) if state is not None else {}
+    loader, described = make_loader(train_data, cfg, tokenizer, hflip=hflip, start=start, ctx=ctx,
+                                    resume=data_state, pin=device.type == "cuda")
     eval_loader = None
     eval_ids = None
     if val_split is not None and ctx.is_main and cfg.eval_every:
         pairs = eval_pairs(val_split, cfg.eval_max)
         eval_ids = tokenizer([p.text for p in pairs])
         eval_loader = torch.utils.data.DataLoader(
-            EvalClips(pairs, cfg.window, cfg.decode_side, cfg.min_time), batch_size=max(1, micro),
+            EvalClips(pairs, cfg.window, cfg.decode_side, cfg.min_time), batch_size=max(2, cfg.forward_batch(ctx.world_size)),
             num_workers=min(cfg.workers, 2), worker_init_fn=worker_init)
     elif val_split is None and ctx.is_main:
         _log(ctx, "milnce train: no held-out split (DATA/val.csv or --val): no retrieval metrics")
 
     n_params = sum(p.numel() for p in params)
-    _log(ctx, f"milnce train: {what}: S3D space_to_depth={net.space_to_depth}, {n_params / 1e6:.1f} M trainable "
-              f"parameters; {len(train_split.videos)} videos ({len(dataset)} samples/epoch); {ctx.world_size} "
-              f"process(es) on {device}; {cfg.batch_size} clips/step ({micro} per process x {cfg.grad_accum} "
-              f"accumulation); {cfg.num_frames} frames at {cfg.fps:g} fps, {cfg.size} px; steps {start} -> {cfg.steps}")
+    how = (f"{local} per process in forward passes of {cfg.micro_batch} (gradient caching)" if cfg.micro_batch
+           else f"{local} per process x {cfg.grad_accum} accumulation")
+    _log(ctx, f"milnce train: {parts.what}: S3D space_to_depth={net.space_to_depth}, {n_params / 1e6:.1f} M trainable "
+              f"parameters; {described}; {ctx.world_size} process(es) on {device}; {cfg.batch_size} clips/step ({how}); "
+              f"{cfg.num_frames} frames at {cfg.fps:g} fps, {cfg.size} px; steps {start} -> {cfg.steps}")
 
+    # counted per micro-step: a window of --bad-window optimiser steps
+    bad = BadSamples(ctx, cfg.bad_fraction, cfg.bad_window * cfg.grad_accum, cfg.batch_size // cfg.grad_accum)
+    positions: dict[str, Any] = dict(data_state.get("streams", {})) if isinstance(data_state, dict) else {}
     last: dict[str, Any] = {}
 
     def do_eval(step: int) -> None:
+        failure: TrainingError | None = None
+        rec: dict[str, Any] = {}
         if eval_loader is not None and eval_ids is not None:
-            rec = {"step": step, "kind": "eval", **_evaluate(net, eval_loader, eval_ids, device, autocast)}
+            try:
+                rec = {"step": step, "kind": "eval", **evaluate(net, eval_loader, eval_ids, device, autocast, step)}
+            except TrainingError as exc:  # decided together below: no rank is left waiting in a barrier
+                failure = exc
+            finally:
+                set_train_mode(net, cfg.freeze_bn)
+        if not ctx.all_ok(failure is None):
+            raise failure or TrainingError(f"step {step}: the held-out evaluation found NaN or infinite embeddings")
+        if rec:
             metrics.write(rec)
             last["eval"] = rec
             _log(ctx, f"step {step}: held-out text->video R@1 {rec['R@1']:.1f}% (chance {rec['chance_R@1']:.1f}%) "
@@ -363,14 +415,18 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
         ctx.barrier()
 
     def do_save(step: int) -> None:
+        streams = gather_positions(ctx, positions)
         if ctx.is_main:
             sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
             save_checkpoint(run, step, {
                 "step": step, "samples": step * cfg.batch_size, "world_size": ctx.world_size,
                 "state_dict": sd, "optimizer": optimizer.state_dict(),
-                "scheduler": {"name": "warmup_cosine", "step": step, "lr": lr_at(max(0, step - 1), cfg)},
+                "scheduler": {"name": "warmup_cosine", "step": step, "lr": lr_at(max(0, step - 1), cfg),
+                              "schedule_steps": cfg.horizon},
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": rng_state(device), "config": cfg.to_dict(), "data": {"seed": cfg.seed, "next_sample": step * cfg.batch_size},
+                "rng": rng_state(device), "config": cfg.to_dict(),
+                "data": {"seed": cfg.seed, "next_sample": step * cfg.batch_size, "streams": streams,
+                         "bad_samples": bad.total},
             }, keep=cfg.keep_checkpoints)
         ctx.barrier()
 
@@ -390,31 +446,16 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            step_loss = 0.0
-            for m in range(cfg.grad_accum):
-                t_wait = time.perf_counter()
-                clips, ids = next(it)
-                window_wait += time.perf_counter() - t_wait
-                clips = clips.to(device, non_blocking=True).to(dtype).div_(255)
-                ids = ids.to(device, non_blocking=True).reshape(-1, ids.shape[-1])
-                sync = m == cfg.grad_accum - 1 or not ctx.distributed
-                with (contextlib.nullcontext() if sync else model.no_sync()):  # type: ignore[operator]
-                    with autocast():
-                        v, t = model(clips, ids)
-                    loss = milnce_loss(all_gather_with_grad(v.to(dtype)), all_gather_with_grad(t.to(dtype)))
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                step_loss += float(loss.detach()) / cfg.grad_accum
-            if not math.isfinite(step_loss):
-                raise UsageError(f"the loss became {step_loss} at step {step + 1}; lower --lr or use --precision fp32")
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            step_loss, waited = _gradients(cfg, ctx, parts, it, step, bad=bad, metrics=metrics,
+                                           positions=positions, autocast=autocast)
+            window_wait += waited
             updating = True
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             done = completed = step + 1
             updating = False
+            check_finite(net, done, ctx.all_ok)
             window_steps += 1
             loss_sum += step_loss
             if bar is not None:
@@ -423,8 +464,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
             if done % cfg.log_every == 0 or done == cfg.steps:
                 dt = time.perf_counter() - window_t0
                 rec = {"step": done, "kind": "train", "loss": loss_sum / window_steps, "lr": lr,
-                       "steps_per_s": window_steps / dt, "clips_per_s": window_steps * cfg.batch_size / dt,
-                       "data_wait": window_wait / dt, "time": time.time()}
+                       "schedule_steps": cfg.horizon, "steps_per_s": window_steps / dt,
+                       "clips_per_s": window_steps * cfg.batch_size / dt, "data_wait": window_wait / dt,
+                       "bad_samples": bad.take_log_count(), "time": time.time()}
                 metrics.write(rec)
                 last["train"] = rec
                 if bar is not None:
@@ -450,4 +492,16 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
             bar.close()
         metrics.close()
         del it
+    last["bad_samples"] = bad.total
+    if bad.total:
+        _log(ctx, f"milnce train: {bad.total} unreadable sample(s) skipped (listed in metrics.jsonl as "
+                  f"kind \"bad_sample\"), e.g. {bad.examples[0]}")
     return last
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
