@@ -40,9 +40,31 @@ class JobDecoder:
         self.duration: float | None = None
 
     def __iter__(self) -> Iterator[tuple[int, float, float, torch.Tensor]]:
+        if self.settings.decoder == "ffmpeg":  # the frame source: ffmpeg-exact (recipes, evaluation)
+            return self._ffmpeg()
         if self.starts is None:
             return self._sliding()
         return self._explicit()
+
+    def _ffmpeg(self) -> Iterator[tuple[int, float, float, torch.Tensor]]:
+        """``milnce.video.ffmpeg_exact``: consecutive chunks of the whole video (crop center, the
+        feature extractors; ``start``/``end`` are not supported) or one window per explicit
+        start (crop square, the evaluation loaders); padding is always black frames."""
+        from ..video.ffmpeg_exact import ffmpeg_chunks, ffmpeg_window
+
+        s = self.settings
+        if self.starts is None:
+            end = 0.0
+            for c in ffmpeg_chunks(self.path, s.fps, s.size, s.num_frames, threads=self.threads, warn=self.warn):
+                end = c.end
+                yield c.index, c.start, c.end, torch.from_numpy(c.frames).permute(3, 0, 1, 2)
+            self.duration = end
+            return
+        for w, st in enumerate(self.starts):
+            frames, n = ffmpeg_window(self.path, st, s.num_frames, s.fps, s.size, threads=self.threads, warn=self.warn)
+            if n == 0:
+                continue
+            yield w, st, round(st + n / s.fps, 9), torch.from_numpy(frames).permute(3, 0, 1, 2)
 
     def _sliding(self) -> Iterator[tuple[int, float, float, torch.Tensor]]:
         s = self.settings

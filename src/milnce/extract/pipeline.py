@@ -366,6 +366,8 @@ def _parts(job: VideoJob, settings: WindowSettings, parts: int, min_part_s: floa
     sliding-window job, so several decoders share one video; None: one task for the whole video."""
     if job.starts is not None or job.start is not None or job.end is not None or parts < 2:
         return None
+    if settings.decoder != "pyav":  # ffmpeg-exact frames depend on the whole stream: never split
+        return None
     from ..video.decode import ClipReader
 
     s = settings

@@ -208,14 +208,15 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
             model: Any, settings: WindowSettings, *, features: Iterable[str] = FEATURES, pad: str = "repeat",
             start: float | None = None, end: float | None = None, batch_size: int | None = None,
             workers: int | None = None, decode_threads: int | None = None, shard: Shard | None = None,
-            overwrite: bool = False, progress: bool = False) -> ExtractReport:
+            overwrite: bool = False, progress: bool = False, layout: Any = None) -> ExtractReport:
     """Extract features for the videos of ``paths`` (files, folders, list files; or
     ``collect_inputs`` rows) into ``out_dir`` (``DIR/<relative path>.npz``), this ``shard``'s share.
 
     Skips videos whose output is current (same settings, features, weights, precision and the
     same video file size and mtime), redoes the others (``overwrite``: all). Unreadable videos
     are listed in ``failures_file(out_dir, shard)`` and never stop the run. ``StoreError`` if an
-    output cannot be written (e.g. disk full; nothing partial is left)."""
+    output cannot be written (e.g. disk full; nothing partial is left). ``layout``: another output
+    layout (``recipe_store.RecipeLayout``: ``prepare``, ``target``, ``read_meta``, ``write``)."""
     if pad not in PADS:
         raise UsageError(f"pad must be one of {', '.join(PADS)}, got {pad!r}")
     feats = check_features(features)
@@ -228,6 +229,8 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     except OSError as exc:
         raise StoreError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
     inputs = _as_inputs(paths)
+    if layout is not None:
+        layout.prepare(out)
     share = shard_inputs(inputs, shard.index, shard.count)
     ident = _identity(settings, pad, start, end, feats, str(model.weights_id), str(model.precision))
     report = ExtractReport(out_dir=out, shard=shard.label, inputs=len(inputs), share=len(share))
@@ -235,10 +238,11 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     t0 = time.perf_counter()
     todo: list[tuple[VideoInput, str, dict[str, Any], bool]] = []
     for item in share:
-        target = output_path(out, item)
+        target = output_path(out, item) if layout is None else layout.target(out, item)
         source = _source(item.path)
         exists = os.path.exists(target)
-        if exists and not overwrite and _why_redo(read_meta(target), ident, source) is None:
+        meta_of = read_meta if layout is None else layout.read_meta
+        if exists and not overwrite and _why_redo(meta_of(target), ident, source) is None:
             report.skipped += 1
             continue
         todo.append((item, target, source, exists))
@@ -271,7 +275,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
                     arrays["mixed_5c"] = res.mixed_5c
                 meta = {"format": FORMAT, **ident, "source": source, "duration": duration,
                         "windows": len(res), "warnings": res.warnings}
-                write_feature_file(target, arrays, meta)
+                (write_feature_file if layout is None else layout.write)(target, arrays, meta)
                 report.extracted += 1
                 report.redone += int(existed)
                 report.windows += len(res)
@@ -290,7 +294,8 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     return report
 
 
-def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput]) -> CheckReport:
+def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput],
+          layout: Any = None) -> CheckReport:
     """How complete ``out_dir`` is for the videos of ``paths`` (all shards): done, missing
     (failed ones named with their reason), stale (the video changed since), the settings seen."""
     out = os.fspath(out_dir)
@@ -302,13 +307,13 @@ def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str
     import json
 
     for item in inputs:
-        target = output_path(out, item)
+        target = output_path(out, item) if layout is None else layout.target(out, item)
         if not os.path.exists(target):
             rep.missing.append(item.path)
             if item.path in failed:
                 rep.failed.append((item.path, failed[item.path]))
             continue
-        meta = read_meta(target)
+        meta = read_meta(target) if layout is None else layout.read_meta(target)
         if meta is None:
             rep.stale.append((item.path, "unreadable or not a feature file"))
             continue

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -224,7 +224,7 @@ def _frame_duration(frame: Any, tb: Fraction, video: _Video) -> Fraction:
 
 def ffmpeg_frames(path: str, fps: float, size: int, geometry: str = "center", *, seek: float | None = None,
                   duration: float | None = None, threads: int = 1, warn: Callable[[str], None] | None = None
-                  ) -> Iterator[tuple[np.ndarray, int]]:
+                  ) -> Generator[tuple[np.ndarray, int], None, None]:
     """``(rgb S x S x 3, copies)`` runs of the frames ``ffmpeg`` would write, in order.
 
     ``seek``/``duration``: the input options ``-ss``/``-t`` (seconds). Raises ``VideoError``
