@@ -62,8 +62,7 @@ class JobDecoder:
             return
         for w, st in enumerate(self.starts):
             frames, n = ffmpeg_window(self.path, st, s.num_frames, s.fps, s.size, threads=self.threads, warn=self.warn)
-            if n == 0:
-                continue
+            # no frame at all (a start past the end): black frames, as the reference loader's zeros
             yield w, st, round(st + n / s.fps, 9), torch.from_numpy(frames).permute(3, 0, 1, 2)
 
     def _sliding(self) -> Iterator[tuple[int, float, float, torch.Tensor]]:
