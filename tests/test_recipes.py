@@ -134,3 +134,15 @@ def test_pack_layouts(tmp_path, capsys):
     np.save(d / "x.y.npy", a)
     assert main(["pack", "univl", str(d), str(tmp_path / "u2.pickle")]) != 0
     assert "x.y.npy" in capsys.readouterr().err
+
+
+def test_window_settings_decoder_field():
+    from milnce.windows import WindowSettings
+
+    assert "decoder" not in WindowSettings().to_dict()  # settings stored before the field stay equal
+    s = get_recipe("videoclip").settings()
+    assert WindowSettings.from_dict(s.to_dict()) == s and s.to_dict()["decoder"] == "ffmpeg"
+    with pytest.raises(UsageError, match="resize"):
+        WindowSettings(crop="resize", decoder="ffmpeg")
+    with pytest.raises(UsageError, match="decoder"):
+        WindowSettings(decoder="opencv")
