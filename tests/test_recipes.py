@@ -98,6 +98,8 @@ def test_univl_bad_inputs_listed_and_the_rest_written(tmp_path, capsys, wargs, f
     make_audio_only(d / "audio.mp4")
     good = make_video(tmp_path / "t.mp4", n=30, rate=25, width=64, height=48)
     (d / "trunc.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    whole = make_video(tmp_path / "t.mkv", n=75, rate=25, width=64, height=48)  # 3 s, header first
+    (d / "cut.mkv").write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
     bad_name = os.fsdecode(b"caf\xe9.mp4")
     tmp = make_video(tmp_path / "cafe.mp4", n=5, rate=25, width=64, height=48)
     os.rename(tmp, os.path.join(os.fsencode(d), b"caf\xe9.mp4"))  # a name that is not UTF-8
@@ -108,6 +110,10 @@ def test_univl_bad_inputs_listed_and_the_rest_written(tmp_path, capsys, wargs, f
     assert g.dtype == np.float16 and g.shape == (1, 1024)
     failed = (tmp_path / "o" / "failures.csv").read_text(encoding="utf-8", errors="replace")
     assert "empty.mp4" in failed and "audio.mp4" in failed
+    cut = np.load(tmp_path / "o" / "cut.npy", allow_pickle=False)  # the rows of what could be decoded
+    assert 1 <= cut.shape[0] < 3 and "cut.mkv" not in failed
+    if HAVE_FFMPEG:
+        assert cut.shape[0] == len(extractor_chunks(str(d / "cut.mkv"), 16))
     assert os.path.exists(os.path.join(os.fsencode(tmp_path / "o"), b"caf\xe9.npy")) or bad_name in failed
 
 

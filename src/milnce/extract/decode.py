@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from ..errors import UsageError
 from ..video.clips import WindowsAt
 from ..video.decode import ClipReader
 from ..windows import WindowSettings
@@ -53,6 +54,11 @@ class JobDecoder:
         from ..video.ffmpeg_exact import ffmpeg_chunks, ffmpeg_window
 
         s = self.settings
+        if self.start is not None or self.end is not None:
+            raise UsageError("the ffmpeg-exact decoder takes whole videos (no start/end)")
+        if s.crop != ("center" if self.starts is None else "square"):
+            raise UsageError("the ffmpeg-exact decoder cuts chunks with crop center and windows at explicit "
+                             f"starts with crop square, got crop {s.crop!r}")
         if self.starts is None:
             end = 0.0
             for c in ffmpeg_chunks(self.path, s.fps, s.size, s.num_frames, threads=self.threads, warn=self.warn):
