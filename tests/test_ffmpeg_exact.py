@@ -145,3 +145,11 @@ def test_eval_cache_key_includes_the_decoding_path():
 
     assert EvalSettings().decoder == "ffmpeg" and EvalSettings().window_settings().decoder == "ffmpeg"
     assert EvalSettings().video_key() != EvalSettings(decoder="pyav").video_key()
+
+
+def test_extreme_aspect_ratio_is_a_video_error_not_a_huge_allocation(tmp_path):
+    from milnce.video import VideoError
+
+    p = make_video(tmp_path / "thin.mp4", n=3, rate=25, width=2, height=400, pix_fmt="yuv444p")
+    with pytest.raises(VideoError, match="aspect ratio"):
+        list(ffmpeg_chunks(str(p), 30, 224, 30))

@@ -68,6 +68,7 @@ from .decode import VideoError, _check_path, _Video
 __all__ = ["Chunk", "ffmpeg_chunks", "ffmpeg_frames", "ffmpeg_window", "scale_size", "rotation_of", "fps_ticks"]
 
 GEOMETRIES = ("center", "square")
+_MAX_SCALED = 16384  # longest scaled side accepted (a 1 x 4000 video would need 224 x 896000 px)
 
 
 @dataclass
@@ -177,8 +178,9 @@ class _Graph:
         if self.geometry == "center":
             assert self.coded is not None
             w, h = scale_size(*self.coded, s)
-            if w < s or h < s:
-                raise VideoError(f"the scaled frame {w}x{h} is smaller than the {s}x{s} crop")
+            if w < s or h < s or max(w, h) > _MAX_SCALED:
+                raise VideoError(f"cannot cut a {s}x{s} crop from the {w}x{h} frame the reference scales "
+                                 f"{self.coded[0]}x{self.coded[1]} to (aspect ratio out of range)")
             nodes.append(g.add("scale", f"{w}:{h}"))
             nodes.append(g.add("crop", f"{s}:{s}:{int((w - s) / 2.0)}:{int((h - s) / 2.0)}"))
         else:
