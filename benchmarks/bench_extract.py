@@ -4,6 +4,7 @@ and against the research recipe, same process, same videos, same windows.
     python benchmarks/bench_extract.py                 # 4 x 20 s 720p H.264, 32 x 224 x 224, batch 8
     python benchmarks/bench_extract.py --quick         # 2 x 4 s 320x240, 16 x 112 x 112 (smoke test)
     python benchmarks/bench_extract.py --device cuda --precision bf16 --batch-size 64 --videos 16
+    python benchmarks/bench_extract.py --recipe videoclip   # a feature recipe's windows (ffmpeg-exact, 1-s chunks)
 
 Prints video-seconds per wall-second of
 
@@ -127,9 +128,14 @@ def bench_bound(model: Any, videos: list[Path], s: WindowSettings, batch: int) -
 
     clips, dur = [], 0.0
     for v in videos:
-        reader = read_clips(v, s.fps, s.num_frames, s.size, s.stride, crop=s.crop)
-        got = list(reader)
-        clips += [c.frames for c in got]
+        if s.decoder == "ffmpeg":  # a recipe: its ffmpeg-exact chunks
+            from milnce.video.ffmpeg_exact import ffmpeg_chunks
+
+            clips += [torch.from_numpy(c.frames).permute(3, 0, 1, 2) for c in ffmpeg_chunks(str(v), s.fps, s.size,
+                                                                                              s.num_frames)]
+        else:
+            reader = read_clips(v, s.fps, s.num_frames, s.size, s.stride, crop=s.crop)
+            clips += [c.frames for c in reader]
         dur += probe_duration(v)
     x = torch.stack(clips)
     device = model.device
@@ -231,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "milnce-bench-extract"))
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quick", action="store_true", help="2 x 4 s 320x240 videos, 16 x 112 x 112 windows")
+    p.add_argument("--recipe", choices=("videoclip", "univl"),
+                   help="time a feature recipe's windows (milnce extract --recipe) instead of --num-frames/--size/--stride")
     args = p.parse_args(argv)
     if args.quick:
         args.videos, args.seconds, args.width, args.height = 2, 4.0, 320, 240
@@ -241,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
 
     workers = default_workers() if args.workers is None else args.workers
     s = WindowSettings(fps=10.0, num_frames=args.num_frames, size=args.size, stride=args.stride, crop="square")
+    pad = "repeat"
+    if args.recipe:
+        from milnce.recipes import get_recipe
+
+        s, pad, args.skip_recipe = get_recipe(args.recipe).settings(), "zeros", True
     videos = make_videos(Path(args.workdir), args.videos, args.seconds, args.width, args.height)
     model = random_model(args.device, args.precision)
     if device.type == "cuda":
@@ -248,11 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device}, {args.precision}, torch threads {torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, cores {len(os.sched_getaffinity(0))}, "
           f"workers {workers}, batch {batch}; {len(videos)} x {args.seconds:g} s {args.width}x{args.height} H.264; "
-          f"windows {s.num_frames} x {s.size} px every {s.stride} frames at {s.fps:g} fps", flush=True)
+          f"windows {s.num_frames} x {s.size} px every {s.stride} frames at {s.fps:g} fps"
+          + (f" (recipe {args.recipe}: {s.num_frames * s.fps / s.stride:g} "
+             f"frames per video-second; the default 20)" if args.recipe else ""), flush=True)
     # warm-up: starts the decoding-process server once (as a long extraction pays it once)
-    bench_pipeline(model, videos[:1], s, batch, workers)
+    bench_pipeline(model, videos[:1], s, batch, workers, pad=pad)
     res: dict[str, Any] = {}
-    dur, t, n, _ = bench_pipeline(NullModel(), videos, s, batch, workers)
+    dur, t, n, _ = bench_pipeline(NullModel(), videos, s, batch, workers, pad=pad)
     res["decode"] = {"video_s": dur, "wall_s": t, "windows": n, "rate": dur / t}
     print(f"  decode  ({workers} workers, no model)       {dur / t:8.2f} video-s/s  ({n / t:.2f} windows/s)", flush=True)
     per_round = []
@@ -260,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         dur, t, n = bench_bound(model, videos, s, batch)
         res["bound"] = {"video_s": dur, "wall_s": t, "windows": n, "rate": dur / t}
         print(f"  bound   (model alone, pre-decoded) {dur / t:8.2f} video-s/s  ({n / t:.2f} windows/s)", flush=True)
-        dur, t, n, st = bench_pipeline(model, videos, s, batch, workers)
+        dur, t, n, st = bench_pipeline(model, videos, s, batch, workers, pad=pad)
         res["extract"] = {"video_s": dur, "wall_s": t, "windows": n, "rate": dur / t, "stats": st}
         print(f"  extract (run_jobs end to end)     {dur / t:8.2f} video-s/s  ({n / t:.2f} windows/s; model waited "
               f"{st['wait_s']:.1f} s of {st['wall_s']:.1f} s)", flush=True)

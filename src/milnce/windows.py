@@ -12,9 +12,13 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["WindowSettings", "CROPS", "PADS", "check_pad"]
+__all__ = ["WindowSettings", "CROPS", "PADS", "DECODERS", "check_pad"]
 
 CROPS = ("center", "square", "resize")
+# "pyav": milnce's own frame sampler (milnce.video.decode); "ffmpeg": the ffmpeg command line's
+# frames (milnce.video.ffmpeg_exact; crop "center" = the feature extractors' scale+crop,
+# "square" = the evaluation loaders'; windows are consecutive chunks or explicit starts).
+DECODERS = ("pyav", "ffmpeg")
 PADS = ("repeat", "loop", "zeros")
 MIN_FPS = 0.01
 MAX_FPS = 1000.0
@@ -39,6 +43,7 @@ class WindowSettings:
     size: int = 224
     stride: int = 16
     crop: str = "center"
+    decoder: str = "pyav"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,6 +62,10 @@ class WindowSettings:
                 raise UsageError(f"{name} must be a whole number in [1, {top}], got {value!r}")
         if self.crop not in CROPS:
             raise UsageError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if self.decoder not in DECODERS:
+            raise UsageError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "ffmpeg" and self.crop == "resize":
+            raise UsageError("the ffmpeg-exact decoder supports crop center or square, not resize")
         return self
 
     @classmethod
@@ -98,10 +107,13 @@ class WindowSettings:
         return self.stride / self.fps
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["decoder"] == "pyav":  # the default is left out: settings stored before it existed stay equal
+            del d["decoder"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WindowSettings:
         """From a stored dict (unknown keys are ignored)."""
-        names = {"fps", "num_frames", "size", "stride", "crop"}
+        names = {"fps", "num_frames", "size", "stride", "crop", "decoder"}
         return cls(**{k: v for k, v in d.items() if k in names})

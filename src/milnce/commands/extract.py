@@ -28,10 +28,10 @@ def add_clip_options(p: argparse.ArgumentParser) -> None:
     """The window options (``commands.common``) plus crop, padding and the time range."""
     add_window_options(p, "extraction", batch_size=False)
     g = p.add_argument_group("clips")
-    g.add_argument("--crop", choices=CROPS, default="center",
+    g.add_argument("--crop", choices=CROPS, default=None,
                    help="center: short side to SIZE then centre crop (default); square: centre square crop then "
                    "resize (reference evaluation); resize: full frame")
-    g.add_argument("--pad", choices=PADS, default="repeat",
+    g.add_argument("--pad", choices=PADS, default=None,
                    help="last partial window: repeat the last frame (default), loop the window, or black frames")
     g.add_argument("--start", type=float, help="start time in seconds in every video (default: 0)")
     g.add_argument("--end", type=float, help="end time in seconds in every video (default: the end)")
@@ -55,11 +55,14 @@ def add_run_options(p: argparse.ArgumentParser, batch_default: int | None = None
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help=HELP, description=DESCRIPTION)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders or list files (.txt/.csv)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="video files, folders or list files (.txt/.csv)")
     p.add_argument("--out", metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--check", metavar="DIR", help="only report how complete DIR is for PATH... (no model needed)")
-    p.add_argument("--features", default="video_embedding,mixed_5c",
+    p.add_argument("--features", default=None,
                    help="comma-separated: video_embedding, mixed_5c (default both)")
+    p.add_argument("--recipe", metavar="NAME",
+                   help="the exact features a downstream model expects, in its file layout: videoclip, univl "
+                   "('list' prints them; see 'milnce recipes'); conflicting options are refused")
     add_clip_options(p)
     add_run_options(p)
     add_model_options(p)
@@ -96,9 +99,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from ..errors import MilnceError
     from ..extract import check, resolve_shard
 
+    if args.recipe == "list":
+        from ..recipes import recipes_table
+
+        print(recipes_table())
+        return 0
+    if not args.paths:
+        raise CommandError("give at least one PATH (video files, folders or list files)")
+    recipe = layout = None
+    if args.recipe is not None:
+        from ..extract.recipe_store import RecipeLayout
+        from .recipes import recipe_from_args
+
+        recipe = recipe_from_args(args)  # conflicting options refused
+        layout = RecipeLayout(recipe)
     if args.check:
         try:
-            rep = check(args.check, args.paths, verify=getattr(args, "verify", False))
+            rep = check(args.check, args.paths, verify=getattr(args, "verify", False), layout=layout)
         except MilnceError as exc:
             raise CommandError(str(exc)) from exc
         _print_report(rep, args.json)
@@ -110,11 +127,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
     args.device = _device(args.device, shard.local_rank)
-    return run_extraction(args, args.paths, args.features.split(","), shard)
+    if recipe is not None:
+        return run_extraction(args, args.paths, recipe.features(), shard, recipe=recipe)
+    return run_extraction(args, args.paths, (args.features or "video_embedding,mixed_5c").split(","), shard)
 
 
-def run_extraction(args: argparse.Namespace, paths: list[str], features: list[str], shard: Any) -> int:
-    """The code path of ``extract`` and ``embed-video``: parsed options -> ``milnce.extract.extract``."""
+def run_extraction(args: argparse.Namespace, paths: list[str], features: list[str], shard: Any,
+                   recipe: Any = None) -> int:
+    """The code path of ``extract`` and ``embed-video``: parsed options -> ``milnce.extract.extract``
+    (``recipe``: a ``milnce.recipes.Recipe``, its windows, padding and file layout instead)."""
     from ..errors import MilnceError
     from ..extract import collect_inputs, extract
     from ..extract.ranks import finish_together
@@ -141,14 +162,24 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
         WindowSettings.for_model(None, fps=args.fps, num_frames=args.num_frames, size=args.size,
                                  stride=args.stride, crop=args.crop)
         inputs = collect_inputs(paths)
+        layout = None
+        if recipe is not None:
+            from ..extract.recipe_store import RecipeLayout, check_unique_ids
+
+            check_unique_ids(inputs)  # before the model loads
+            layout = RecipeLayout(recipe)
         model = model_from_args(args)
-        settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,
-                                            stride=args.stride, crop=args.crop)
+        if recipe is not None:
+            settings, pad = recipe.settings(), "zeros"
+        else:
+            settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,
+                                                stride=args.stride, crop=args.crop)
+            pad = args.pad or "repeat"
         workers = args.workers if args.workers is not None else _default_workers()
-        report = extract(inputs, args.out, model, settings, features=features, pad=args.pad, start=args.start,
+        report = extract(inputs, args.out, model, settings, features=features, pad=pad, start=args.start,
                          end=args.end, batch_size=args.batch_size, workers=workers,
                          decode_threads=args.decode_threads, shard=shard, overwrite=args.overwrite,
-                         progress=not args.quiet, verify=getattr(args, "verify", False))
+                         progress=not args.quiet, verify=getattr(args, "verify", False), layout=layout)
         everyone = finish_together(args.out, shard, report.failures)  # torchrun: all ranks, then exit
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc

@@ -4,7 +4,10 @@ Per clip ``[start, end]`` (seconds; MSR-VTT and HMDB-51 clips are whole videos,
 ``[0, duration]``): ``num_windows`` windows of ``num_frames`` frames at ``fps``, starting at
 ``linspace(start, max(start, end - num_frames / fps - 0.4), num_windows)``; each frame is the
 centre square of the shorter side resized to ``size`` (``crop="square"``); frames past the
-end of the video are zeros (``pad="zeros"``). The clip embedding is the mean of its windows'
+end of the video are zeros (``pad="zeros"``). Frames are decoded exactly as the reference loaders'
+``ffmpeg`` command line gives them (``decoder="ffmpeg"``, ``milnce.video.ffmpeg_exact``: input seek
+``-ss start -t T/fps+0.1``, ``fps``, square centre crop, ``scale``, zero-padded to ``T`` frames);
+``decoder="pyav"`` uses milnce's own sampler instead (cosine ~0.99 to the reference). The clip embedding is the mean of its windows'
 embeddings (HMDB-51: the mean of their ``mixed_5c`` features). Captions are tokenised with
 ``max_words`` words (30 in the public evaluation loaders; the model's own text module uses 16).
 """
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..windows import PADS, WindowSettings
+from ..windows import DECODERS, PADS, WindowSettings
 
 __all__ = ["DEFAULT_NUM_WINDOWS", "TIE_RULES", "EvalSettings", "window_starts"]
 
@@ -42,6 +45,7 @@ class EvalSettings:
     tail: float = 0.4  # seconds kept free at the end of a clip by the window-start formula
     crop: str = "square"
     pad: str = "zeros"
+    decoder: str = "ffmpeg"
 
     def __post_init__(self) -> None:
         for name, top in (("num_windows", MAX_WINDOWS), ("max_words", MAX_MAX_WORDS)):
@@ -52,6 +56,10 @@ class EvalSettings:
             raise UsageError(f"tail must be a finite number of seconds >= 0, got {self.tail!r}")
         if self.pad not in PADS:
             raise UsageError(f"pad must be one of {', '.join(PADS)}, got {self.pad!r}")
+        if self.decoder not in DECODERS:
+            raise UsageError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "ffmpeg" and self.pad != "zeros":
+            raise UsageError("the ffmpeg-exact decoder pads with black frames (pad zeros), as the reference loaders")
         self.window_settings()  # validates fps, num_frames, size and crop
 
     @classmethod
@@ -64,7 +72,7 @@ class EvalSettings:
     def window_settings(self) -> WindowSettings:
         """The ``WindowSettings`` handed to the extraction pipeline (stride is unused: starts are explicit)."""
         return WindowSettings(fps=float(self.fps), num_frames=self.num_frames, size=self.size,
-                              stride=self.num_frames, crop=self.crop)
+                              stride=self.num_frames, crop=self.crop, decoder=self.decoder)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,7 +80,7 @@ class EvalSettings:
         return d
 
     def video_key(self) -> dict[str, Any]:
-        """The settings that change video embeddings (``max_words`` does not)."""
+        """The settings that change video embeddings (``max_words`` does not; the decoding path does)."""
         d = self.to_dict()
         d.pop("max_words")
         return d

@@ -22,8 +22,8 @@ from ..protocols import VideoEncoder
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
 from ..video.result import VideoWindows
 from ..windows import WindowSettings, check_pad
-from .inputs import Shard, VideoInput, collect_inputs, output_path, shard_inputs
-from .store import FORMAT, StoreError, check_crc, read_meta, temp_files, write_feature_file
+from .inputs import Shard, VideoInput, collect_inputs, shard_inputs
+from .store import FORMAT, Layout, NpzLayout, StoreError, temp_files
 
 __all__ = ["FEATURES", "ExtractReport", "CheckReport", "extract", "check", "failures_file", "read_failures"]
 
@@ -245,7 +245,8 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
             model: VideoEncoder, settings: WindowSettings, *, features: Iterable[str] = FEATURES, pad: str = "repeat",
             start: float | None = None, end: float | None = None, batch_size: int | None = None,
             workers: int | None = None, decode_threads: int | None = None, shard: Shard | None = None,
-            overwrite: bool = False, progress: bool = False, verify: bool = False) -> ExtractReport:
+            overwrite: bool = False, progress: bool = False, verify: bool = False,
+            layout: Layout | None = None) -> ExtractReport:
     """Extract features for the videos of ``paths`` (files, folders, list files; or
     ``collect_inputs`` rows) into ``out_dir`` (``DIR/<relative path>.npz``), this ``shard``'s share.
 
@@ -253,7 +254,9 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     same video file size and mtime, and the file whole by a cheap structural check), redoes the
     others (``overwrite``: all; ``verify``: also those whose members fail their CRC check).
     Unreadable videos are listed in ``failures_file(out_dir, shard)`` and never stop the run.
-    ``StoreError`` if an output cannot be written (e.g. disk full; nothing partial is left)."""
+    ``StoreError`` if an output cannot be written (e.g. disk full; nothing partial is left).
+    ``layout``: the output layout (default ``store.NpzLayout``, the ``.npz`` tree; a recipe's is
+    ``recipe_store.RecipeLayout``)."""
     check_pad(pad)
     feats = check_features(features)
     batch_size = resolve_batch_size(batch_size, model.device)
@@ -261,13 +264,15 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     shard = shard or Shard()
     out = _out_folder(out_dir)
     inputs = _as_inputs(paths)
+    layout = layout or NpzLayout()
+    layout.prepare(out)
     share = shard_inputs(inputs, shard.index, shard.count)
     ident = _identity(settings, pad, start, end, feats, str(model.weights_id), str(getattr(model, "precision", "fp32")))
     report = ExtractReport(out_dir=out, shard=shard.label, inputs=len(inputs), share=len(share))
     report.failures_file = failures_file(out, shard)
     report.shards = shard.count if shard.count > 1 else None
     t0 = time.perf_counter()
-    todo = _plan(share, out, ident, report, overwrite=overwrite, verify=verify)
+    todo = _plan(share, out, ident, report, layout, overwrite=overwrite, verify=verify)
     _write_failures(report.failures_file, [], report.shards)
     bar = _bar(len(todo), shard) if progress and todo else None
     jobs = (VideoJob(item.path, key=i, start=start, end=end) for i, (item, *_rest) in enumerate(todo))
@@ -276,7 +281,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     try:
         for res in results:
             assert isinstance(res.key, int)  # the job numbers given above
-            _store(res, todo[res.key], ident, report, bar)
+            _store(res, todo[res.key], ident, report, bar, layout)
             if bar is not None:
                 bar.update(1)
                 el = time.perf_counter() - t0
@@ -304,16 +309,16 @@ def _out_folder(out_dir: str | os.PathLike[str]) -> str:
     return out
 
 
-def _plan(share: Sequence[VideoInput], out: str, ident: dict[str, Any], report: ExtractReport, *,
+def _plan(share: Sequence[VideoInput], out: str, ident: dict[str, Any], report: ExtractReport, layout: Layout, *,
           overwrite: bool, verify: bool) -> list[_Todo]:
     """The videos of ``share`` to (re)do; counts the others as skipped."""
     todo: list[_Todo] = []
     for item in share:
-        target = output_path(out, item)
+        target = layout.target(out, item)
         source = _source(item.path)
         exists = os.path.exists(target)
-        if exists and not overwrite and _why_redo(read_meta(target), ident, source) is None:
-            damage = check_crc(target) if verify else None
+        if exists and not overwrite and _why_redo(layout.read_meta(target), ident, source) is None:
+            damage = layout.verify(target) if verify else None
             if damage is None:
                 report.skipped += 1
                 continue
@@ -329,7 +334,8 @@ def _bar(total: int, shard: Shard) -> Any:
                 dynamic_ncols=True, file=sys.stderr)
 
 
-def _store(res: VideoWindows, todo: _Todo, ident: dict[str, Any], report: ExtractReport, bar: Any) -> None:
+def _store(res: VideoWindows, todo: _Todo, ident: dict[str, Any], report: ExtractReport, bar: Any,
+           layout: Layout) -> None:
     """Write one video's feature file, or list it as failed."""
     item, target, source, existed = todo
     for note in res.warnings:  # truncated or corrupt data that was skipped: said, not only kept in the file
@@ -345,7 +351,7 @@ def _store(res: VideoWindows, todo: _Todo, ident: dict[str, Any], report: Extrac
     res.duration, res.path = duration, item.path
     meta = {"format": FORMAT, **ident, "source": source, "duration": duration,
             "windows": len(res), "warnings": res.warnings}
-    write_feature_file(target, res.to_arrays(), meta)
+    layout.write(target, res.to_arrays(), meta)
     report.extracted += 1
     report.redone += int(existed)
     report.windows += len(res)
@@ -365,7 +371,7 @@ def show(text: str) -> str:
 
 
 def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], *,
-          verify: bool = False) -> CheckReport:
+          verify: bool = False, layout: Layout | None = None) -> CheckReport:
     """How complete ``out_dir`` is for the videos of ``paths`` (all shards): done, missing
     (failed ones named with their reason), stale (the video changed since, or the file is damaged:
     a cheap structural check always, every member's CRC with ``verify``), the settings seen."""
@@ -374,21 +380,22 @@ def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str
         raise UsageError(f"{out}: no such output folder")
     inputs = _as_inputs(paths)
     rep = CheckReport(out_dir=out, inputs=len(inputs))
+    layout = layout or NpzLayout()
     failed = dict(read_failures(out))
     import json
 
     for item in inputs:
-        target = output_path(out, item)
+        target = layout.target(out, item)
         if not os.path.exists(target):
             rep.missing.append(item.path)
             if item.path in failed:
                 rep.failed.append((item.path, failed[item.path]))
             continue
-        meta = read_meta(target)
+        meta = layout.read_meta(target)
         if meta is None:
             rep.stale.append((item.path, "unreadable, damaged or not a feature file"))
             continue
-        damage = check_crc(target) if verify else None
+        damage = layout.verify(target) if verify else None
         if damage is not None:
             rep.stale.append((item.path, f"damaged: {damage}"))
             continue

@@ -14,15 +14,16 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import MilnceError
 from ..video.result import FORMAT, EmbeddingsFileError, VideoWindows, check_crc, check_structure, write_npz
+from .inputs import VideoInput, output_path
 
 __all__ = ["FORMAT", "FeatureFile", "StoreError", "write_feature_file", "read_feature_file", "read_meta",
-           "iter_feature_files", "feature_file_paths", "temp_files", "check_structure", "check_crc"]
+           "iter_feature_files", "feature_file_paths", "temp_files", "check_structure", "check_crc", "Layout", "NpzLayout"]
 
 _TMP_SUFFIX = ".tmp"
 
@@ -32,6 +33,46 @@ class StoreError(MilnceError, OSError):
 
 
 FeatureFile = VideoWindows  # the older name: ``file``, ``video_path``, ``start``/``end`` are its aliases
+
+
+class Layout(Protocol):
+    """Where and how ``extract``/``check`` keep one output per video (``NpzLayout`` by default;
+    ``recipe_store.RecipeLayout`` for the recipes' flat ``.npy`` files + sidecar manifest)."""
+
+    def prepare(self, out_dir: str) -> None:
+        """Called once per run before anything is planned (create folders, write a manifest)."""
+
+    def target(self, out_dir: str, item: VideoInput) -> str:
+        """The output file of ``item`` (its existence means "maybe done")."""
+
+    def read_meta(self, target: str) -> dict[str, Any] | None:
+        """The stored meta (settings, weights, source...), None when missing or damaged (cheaply checked)."""
+
+    def write(self, target: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Write one video's output atomically (``StoreError`` when it cannot)."""
+
+    def verify(self, target: str) -> str | None:
+        """A full integrity check (``--verify``): what is damaged, or None."""
+
+
+class NpzLayout:
+    """The default layout: ``DIR/<relative path>.npz`` (``inputs.output_path``), ``VideoWindows``'
+    ``.npz`` format (``write_feature_file`` / ``read_meta``; ``check_crc`` for ``--verify``)."""
+
+    def prepare(self, out_dir: str) -> None:
+        return None
+
+    def target(self, out_dir: str, item: VideoInput) -> str:
+        return output_path(out_dir, item)
+
+    def read_meta(self, target: str) -> dict[str, Any] | None:
+        return read_meta(target)
+
+    def write(self, target: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        write_feature_file(target, arrays, meta)
+
+    def verify(self, target: str) -> str | None:
+        return check_crc(target)
 
 
 def _tmp_name(target: str) -> str:

@@ -151,6 +151,8 @@ def split_parts(job: VideoJob, settings: WindowSettings, parts: int, min_part_s:
     sliding-window job, so several decoders share one video; None: one task for the whole video."""
     if job.starts is not None or job.start is not None or job.end is not None or parts < 2:
         return None
+    if not math.isfinite(min_part_s):  # a source that keeps videos whole (``sources.splittable``)
+        return None
     from .decode import ClipReader
 
     s = settings

@@ -15,8 +15,10 @@ runs under a scoped ``cudnn.flags(benchmark=True)`` (the process-wide flag is le
 
 Decoder hook: ``source=`` takes a window source factory (``milnce.video.sources``): a picklable
 callable ``(task, settings, pad, threads, warn) -> iterable of (k, start, end, uint8 frames)``
-with ``3 x T x S x S`` or ``T x S x S x 3`` frames. The default is PyAV (``default_source``);
-another decoder (an ffmpeg-exact recipe) plugs in there without touching the scheduler.
+with ``3 x T x S x S`` or ``T x S x S x 3`` frames. The default is ``source_for(settings)``:
+PyAV (``default_source``) or, with ``settings.decoder == "ffmpeg"``, the ffmpeg-exact frames
+(``ffmpeg_source``, never split: it is not ``splittable``); another decoder plugs in there
+without touching the scheduler.
 
 A video that cannot be read yields a ``VideoWindows`` with ``error`` set and never stops the
 run; a decoder process that dies fails only the video it was on and is replaced.
@@ -36,7 +38,7 @@ from ..windows import WindowSettings, check_pad
 from .decoders import Decoders, split_parts
 from .result import VideoWindows
 from .scheduler import Scheduler
-from .sources import WindowSourceFactory, default_source
+from .sources import WindowSourceFactory, source_for, splittable
 
 __all__ = ["VideoJob", "run_jobs", "default_workers", "resolve_batch_size", "resolve_workers", "MIN_PART_S"]
 
@@ -103,7 +105,7 @@ def _check_ring(nslots: int, s: WindowSettings) -> None:
 def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[str]], settings: WindowSettings, *,
              pad: str = "repeat", features: bool = True, batch_size: int | None = None, workers: int | None = None,
              progress: bool | str = False, decode_threads: int | None = None, stats: dict[str, float] | None = None,
-             min_part_s: float = MIN_PART_S, source: WindowSourceFactory = default_source,
+             min_part_s: float = MIN_PART_S, source: WindowSourceFactory | None = None,
              ) -> Generator[VideoWindows, None, None]:
     """Embed the windows of many videos; yields one ``VideoWindows`` per job, in completion order.
 
@@ -120,11 +122,15 @@ def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[st
     generator to stop the decoders early. With fewer videos than ``2 * workers``, videos longer
     than ``2 * min_part_s`` seconds are split into parts decoded side by side (same windows, same
     values: each part's windows are checked against the whole video's, else it is decoded whole).
-    ``source``: the window source factory (see the module docstring).
+    ``source``: the window source factory (default ``source_for(settings)``; see the module
+    docstring); one that is not ``splittable`` keeps every video whole.
     """
     if not isinstance(settings, WindowSettings):
         raise UsageError(f"settings must be a WindowSettings, got {type(settings).__name__}")
     check_pad(pad)
+    source = source or source_for(settings)
+    if not splittable(source):
+        min_part_s = float("inf")
     batch = resolve_batch_size(batch_size, model.device)
     nworkers = resolve_workers(workers)
     threads = int(decode_threads if decode_threads is not None else (1 if nworkers else 0))

@@ -16,10 +16,13 @@ None). It raises ``VideoError`` (or any exception: the video fails, the run goes
 unreadable input and passes messages about corrupt or truncated data to ``warn``.
 
 ``default_source`` is PyAV decoding (``ClipReader`` for sliding windows, ``WindowsAt`` for
-explicit start times). Another decoder (e.g. an ffmpeg-exact recipe that pads the last chunk with
-black frames) plugs in with ``run_jobs(..., source=my_factory)`` without touching the scheduler;
-a source that cannot honour a split (``task.part``) should not be used with ``min_part_s`` small:
-pass ``min_part_s=float("inf")`` to keep every video whole.
+explicit start times); ``ffmpeg_source`` is ``milnce.video.ffmpeg_exact`` (the ``ffmpeg``
+command line's frames: the feature recipes and the evaluation protocol). ``source_for(settings)``
+is the one place that picks between them, from ``settings.decoder``; ``run_jobs`` calls it when
+no ``source=`` is given. Another decoder plugs in with ``run_jobs(..., source=my_factory)``
+without touching the scheduler. A factory whose windows depend on the whole stream, so that it
+cannot honour a split (``task.part``), says so with ``splittable = False`` (an attribute of the
+factory): ``run_jobs`` then keeps every video whole (as ``min_part_s=float("inf")``).
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from typing import Protocol
 
 import torch
 
+from ..errors import UsageError
 from ..windows import WindowSettings
 from .clips import WindowsAt
 from .decode import ClipReader
 
-__all__ = ["DecodeTask", "WindowSource", "WindowSourceFactory", "JobDecoder", "default_source"]
+__all__ = ["DecodeTask", "WindowSource", "WindowSourceFactory", "JobDecoder", "default_source", "FfmpegWindows",
+           "ffmpeg_source", "source_for", "splittable"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +114,56 @@ def default_source(task: DecodeTask, settings: WindowSettings, pad: str, threads
     """The PyAV window source (``JobDecoder``)."""
     return JobDecoder(task.path, settings, pad, starts=task.starts, start=task.start, end=task.end,
                       threads=threads, warn=warn)
+
+
+class FfmpegWindows:
+    """ffmpeg-exact windows of a task (``milnce.video.ffmpeg_exact``): consecutive chunks of the
+    whole video (crop ``center``: the feature extractors) or one window per explicit start (crop
+    ``square``: the evaluation loaders). Padding is always black frames; frames come channels last."""
+
+    def __init__(self, task: DecodeTask, settings: WindowSettings, threads: int = 1,
+                 warn: Callable[[str], None] | None = None) -> None:
+        if task.start is not None or task.end is not None or task.part is not None:
+            raise UsageError("the ffmpeg-exact decoder takes whole videos (no start/end, never split)")
+        want = "center" if task.starts is None else "square"
+        if settings.crop != want:
+            raise UsageError("the ffmpeg-exact decoder cuts chunks with crop center and windows at explicit "
+                             f"starts with crop square, got crop {settings.crop!r}")
+        self.task, self.settings, self.threads, self.warn = task, settings, int(threads), warn
+        self.duration: float | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, float, float, torch.Tensor]]:
+        from .ffmpeg_exact import ffmpeg_chunks, ffmpeg_window
+
+        s, path = self.settings, self.task.path
+        if self.task.starts is None:
+            end = 0.0
+            for c in ffmpeg_chunks(path, s.fps, s.size, s.num_frames, threads=self.threads, warn=self.warn):
+                end = c.end
+                yield c.index, c.start, c.end, torch.from_numpy(c.frames)
+            self.duration = end
+            return
+        for w, st in enumerate(self.task.starts):
+            frames, n = ffmpeg_window(path, st, s.num_frames, s.fps, s.size, threads=self.threads, warn=self.warn)
+            # no frame at all (a start past the end): black frames, as the reference loader's zeros
+            yield w, st, round(st + n / s.fps, 9), torch.from_numpy(frames)
+
+
+def ffmpeg_source(task: DecodeTask, settings: WindowSettings, pad: str, threads: int,
+                  warn: Callable[[str], None]) -> WindowSource:
+    """The ffmpeg-exact window source (``FfmpegWindows``; ``pad`` is always black frames)."""
+    return FfmpegWindows(task, settings, threads, warn)
+
+
+ffmpeg_source.splittable = False  # type: ignore[attr-defined]  # frames depend on the whole stream
+
+
+def source_for(settings: WindowSettings) -> WindowSourceFactory:
+    """The window source of ``settings.decoder``: ``"pyav"`` -> ``default_source``,
+    ``"ffmpeg"`` -> ``ffmpeg_source``."""
+    return ffmpeg_source if settings.decoder == "ffmpeg" else default_source
+
+
+def splittable(source: WindowSourceFactory) -> bool:
+    """Whether ``source`` honours ``task.part`` (a factory says no with ``splittable = False``)."""
+    return bool(getattr(source, "splittable", True))
