@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import milnce.commands.recipes as recipe_cmd
+import milnce.commands.extract as extract_cmd
 from ffmpeg_reference import HAVE_FFMPEG, WHY_NO_FFMPEG, extractor_chunks
 from milnce.cli import main
 from milnce.errors import UsageError
@@ -20,8 +20,8 @@ from video_fixtures import make_audio_only, make_video
 
 @pytest.fixture()
 def fast_model(monkeypatch, checkpoint, model):
-    """The recipe command gets the already-loaded conftest model."""
-    monkeypatch.setattr(recipe_cmd, "model_from_args", lambda args: model)
+    """The recipe run (``milnce extract``'s own path) gets the already-loaded conftest model."""
+    monkeypatch.setattr(extract_cmd, "model_from_args", lambda args: model)
     return model
 
 
