@@ -252,6 +252,11 @@ def test_cli_crosstask_real_pipeline(model, checkpoint, tmp_path, capsys, monkey
     assert "gone" in cap.err and 0 <= data["metrics"]["recall"] <= 100
     with np.load(tmp_path / "out" / "scores.npz", allow_pickle=False) as z:
         assert z["scores_0"].shape == (4, 3) and np.isfinite(z["scores_0"]).all()
+    # no ffmpeg reference loader exists for CrossTask: the model's usual sampler, the others ffmpeg-exact
+    with open(tmp_path / "out" / "metrics.json", encoding="utf-8") as f:
+        assert json.load(f)["settings"]["decoder"] == "pyav"
+    assert EvalSettings.for_benchmark("crosstask").decoder == "pyav"
+    assert {EvalSettings.for_benchmark(b).decoder for b in ("youcook2", "msrvtt", "hmdb51", "ucf101")} == {"ffmpeg"}
     assert main(base[:6] + ["--no-download", "--num-windows", "4"]) == 2
     assert "--num-windows does not apply" in capsys.readouterr().err
     assert main(["eval", "crosstask", "--videos", str(vids), "--no-download"]) == 2

@@ -24,8 +24,8 @@ def cmd_crosstask(args: argparse.Namespace) -> int:
                            "(crosstask_release.zip from github.com/DmZhukov/CrossTask)")
     if args.num_windows not in (None, 1):
         raise CommandError("--num-windows does not apply to crosstask: each one-second position is one window")
-    settings = EvalSettings(num_windows=1, num_frames=args.num_frames, fps=args.fps, size=args.size,
-                            max_words=args.max_words)
+    settings = EvalSettings.for_benchmark("crosstask", num_windows=1, num_frames=args.num_frames, fps=args.fps,
+                                          size=args.size, max_words=args.max_words)
     cache = False if args.no_cache else (args.cache or True)
     # check the release and the video folder before loading (or downloading) the weights
     release = load_release(args.annotations, limit=args.limit)

@@ -155,7 +155,7 @@ def evaluate_crosstask(
     annotated; the rest are counted and listed."""
     t0 = time.perf_counter()
     rel = release if isinstance(release, CrossTaskRelease) else load_release(release, limit=limit)
-    settings = settings or EvalSettings(num_windows=1)
+    settings = settings or EvalSettings.for_benchmark("crosstask", num_windows=1)
     if settings.num_windows != 1:
         raise UsageError("CrossTask scores one window per position: num_windows must be 1")
     if cache is True:

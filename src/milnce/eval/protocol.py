@@ -7,8 +7,9 @@ centre square of the shorter side resized to ``size`` (``crop="square"``); frame
 end of the video are zeros (``pad="zeros"``). Frames are decoded exactly as the reference loaders'
 ``ffmpeg`` command line gives them (``decoder="ffmpeg"``, ``milnce.video.ffmpeg_exact``: input seek
 ``-ss start -t T/fps+0.1``, ``fps``, square centre crop, ``scale``, zero-padded to ``T`` frames);
-``decoder="pyav"`` uses milnce's own sampler instead (cosine ~0.99 to the reference). The clip embedding is the mean of its windows'
-embeddings (HMDB-51: the mean of their ``mixed_5c`` features). Captions are tokenised with
+``decoder="pyav"`` uses milnce's own sampler instead (cosine ~0.99 to the reference; CrossTask's
+default, ``DEFAULT_DECODER``, as no reference loader exists for it). The clip embedding is the mean
+of its windows' embeddings (HMDB-51: the mean of their ``mixed_5c`` features). Captions are tokenised with
 ``max_words`` words (30 in the public evaluation loaders; the model's own text module uses 16).
 """
 
@@ -23,12 +24,16 @@ import numpy as np
 from ..errors import UsageError
 from ..windows import DECODERS, PADS, WindowSettings
 
-__all__ = ["DEFAULT_NUM_WINDOWS", "TIE_RULES", "EvalSettings", "window_starts"]
+__all__ = ["DEFAULT_NUM_WINDOWS", "DEFAULT_DECODER", "TIE_RULES", "EvalSettings", "window_starts"]
 
 TIE_RULES = ("pessimistic", "average", "optimistic")
 # Windows per clip: 4 for retrieval (the public evaluation scripts' default), 10 for HMDB-51
 # and UCF-101 (milnce's choice: the probe sees whole videos; more windows cover them better).
 DEFAULT_NUM_WINDOWS = {"youcook2": 4, "msrvtt": 4, "hmdb51": 10, "ucf101": 10}
+# Frames: ffmpeg-exact where MIL-NCE's release has a loader to match (youcook_loader.py,
+# msrvtt_loader.py, hmdb_loader.py; UCF-101 follows the HMDB-51 protocol). CrossTask has none
+# (its windows are milnce's rule): the model's usual sampler.
+DEFAULT_DECODER = {"crosstask": "pyav"}
 MAX_WINDOWS = 1024
 MAX_MAX_WORDS = 4096
 
@@ -65,7 +70,8 @@ class EvalSettings:
     @classmethod
     def for_benchmark(cls, name: str, **overrides: Any) -> EvalSettings:
         """The defaults of benchmark ``name`` with the non-``None`` ``overrides`` applied."""
-        base: dict[str, Any] = {"num_windows": DEFAULT_NUM_WINDOWS.get(name, 4)}
+        base: dict[str, Any] = {"num_windows": DEFAULT_NUM_WINDOWS.get(name, 4),
+                                "decoder": DEFAULT_DECODER.get(name, "ffmpeg")}
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
