@@ -16,15 +16,15 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
-from ..protocols import Encoder
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
-from .build import _finish, _Progress, _reason_text, _Windows, file_hash, show_path
+from .ingest import Progress, Windows, check_finite, file_hash, finish, reason_text
+from .layout import show_path
 from .records import IndexReport
 from .store import Index
 
@@ -39,15 +39,6 @@ _COMMIT_WINDOWS = 1 << 16
 class FeaturesMismatchError(UsageError):
     """The feature files were made with different settings or weights, or with windows an index
     does not hold (a time range, another padding)."""
-
-
-@dataclass(frozen=True)
-class _Weights:
-    """What ``Index.create`` needs from a model: the weights fingerprint (and no ``info``, so the
-    window settings are all given explicitly)."""
-
-    weights_id: str
-    info: Any = None
 
 
 def _identity(meta: dict[str, Any]) -> str:
@@ -137,8 +128,7 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     weights = str(first.get("weights") or "")
     if not weights:
         raise FeaturesMismatchError(f"{show_path(files[0][0])}: no weights fingerprint in the metadata")
-    # Index.create needs only the weights fingerprint (and no model conventions: every setting is given)
-    idx = Index.create(directory, cast(Encoder, _Weights(weights)), window)
+    idx = Index.create_for(directory, weights, WindowSettings.from_dict(window))
     report = IndexReport(directory=idx.directory)
     try:
         for file, why in bad:
@@ -162,8 +152,8 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
                 report.failed.append((video, why))
                 continue
             mtime = float(st.st_mtime) if st is not None else _mtime(mtime_ns)
-            known = idx._by_path.get(video)
-            if known is not None and int(idx._records[known].size) == size and float(idx._records[known].mtime) == mtime:
+            known = idx.video_id_of(video)
+            if known is not None and int(idx.row(known).size) == size and float(idx.row(known).mtime) == mtime:
                 report.unchanged += 1
                 continue
             todo.append((file, video, size, mtime, "changed" if known is not None else "new"))
@@ -182,12 +172,12 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
             if entry is not None and entry == (size_, mtime_):
                 report.previously_failed += 1
                 continue
-            reason = _reason_text(reason, path) or reason
+            reason = reason_text(reason, path) or reason
             idx.record_error(video, reason, size_, mtime_)
             report.failed.append((video, reason))
         if todo:
             _add_features(idx, todo, report, progress, read_feature_file)
-        _finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
+        finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
                 queries=lambda: None)
     finally:
         idx.close()
@@ -202,14 +192,14 @@ class _Loaded:
     mtime: float
     why: str
     content_hash: str
-    windows: _Windows
+    windows: Windows
 
 
 def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], report: IndexReport, progress: bool,
                   read: Callable[[str], Any]) -> None:
     """Read the feature files and append their windows, a few hundred videos per transaction
     (rows fsynced before the transaction that records them, as for every index write)."""
-    bar = _Progress(len(todo), 0.0, enabled=progress)
+    bar = Progress(len(todo), 0.0, enabled=progress)
     t0 = time.perf_counter()
     batch: list[_Loaded] = []
 
@@ -230,13 +220,16 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
             ff = read(file)
             if len(ff) == 0 or ff.video_embedding.ndim != 2 or len(ff.video_embedding) != len(ff):
                 raise FeaturesMismatchError(f"{show_path(file)}: no windows or inconsistent arrays")
+            bad = check_finite(show_path(file), ff.start, ff.end, ff.video_embedding)
+            if bad is not None:
+                raise FeaturesMismatchError(f"{bad}; the index is not given this file (re-extract the video)")
             h = ""  # the video is not on this box: a later milnce index cannot recognise it moved
             if os.path.isfile(video):
                 try:
                     h = file_hash(video)
                 except OSError:
                     pass
-            batch.append(_Loaded(video, size, mtime, why, h, _Windows(ff.start, ff.end, ff.video_embedding,
+            batch.append(_Loaded(video, size, mtime, why, h, Windows(ff.start, ff.end, ff.video_embedding,
                                                                        ff.duration)))
             nwin += len(ff)
             if len(batch) >= _COMMIT_VIDEOS or nwin >= _COMMIT_WINDOWS:
