@@ -537,7 +537,7 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
                  "--quiet", *SMALL_ARGS, *wargs]) == 1  # broken.mp4
     capsys.readouterr()
     monkeypatch.setattr("milnce.commands.search.model_from_args", lambda args: pytest.fail("model loaded"))
-    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--quiet", "--json"]) == 1
+    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--root", str(vids), "--quiet", "--json"]) == 1
     rep = json.loads(capsys.readouterr().out)
     assert sorted(Path(p).name for p in rep["added"]) == ["green.mp4", "red.mp4"]
     assert [Path(p).name for p, _ in rep["failed"]] == ["broken.mp4"]
@@ -555,7 +555,7 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
             np.testing.assert_allclose([m.score for m in ma], [m.score for m in mb], rtol=1e-5)
     # a rerun skips everything; a later 'milnce index' of the videos sees them unchanged
     capsys.readouterr()
-    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--quiet", "--json"]) == 0
+    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--root", str(vids), "--quiet", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["unchanged"] == 2 and rep["previously_failed"] == 1 and not rep["added"]
     r = build_index([vids], ix_f, model, progress=False)

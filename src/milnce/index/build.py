@@ -78,8 +78,9 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 num_frames: int | None = None, size: int | None = None, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = True, recursive: bool = True,
                 retry_errors: bool = False, ann_queries: Sequence[str] | None = None,
-                ann_min_windows: int = ANN_MIN_WINDOWS) -> IndexReport:
-    """Add the videos under ``paths`` to the index in ``directory`` (created if needed).
+                ann_min_windows: int = ANN_MIN_WINDOWS, roots: Sequence[str | os.PathLike[str]] = ()) -> IndexReport:
+    """Add the videos under ``paths`` to the index in ``directory`` (created if needed). ``paths``
+    (and ``roots``) are recorded as the index's collection roots (``milnce.index.roots``).
 
     Incremental: unchanged videos (same path, size and mtime; or same content hash) are skipped,
     moved ones are recognised by their content, changed ones are re-embedded; ``prune`` drops
@@ -99,13 +100,13 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     t_start = time.perf_counter()
     settings = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "size": size, "stride": stride}.items()
                 if v is not None}
-    WindowSettings.for_model(model, **settings)  # check the values before creating anything
+    _check_window(model, WindowSettings.for_model(model, **settings))  # before creating anything
     _check_run_args(batch_size, workers)
     paths = list(paths)
     unreadable: list[tuple[str, str]] = []
     files = find_videos(paths, recursive=recursive, exclude=[os.fspath(directory)],  # before creating anything
                         on_error=lambda p, r: unreadable.append((p, r)))
-    idx = Index.create(directory, model, settings)
+    idx = Index.create(directory, model, settings, roots=[*paths, *roots])  # the collection roots (milnce.index.roots)
     report = IndexReport(directory=idx.directory)
     try:
         for where, why in unreadable:
@@ -148,6 +149,14 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
         idx.close()
     report.elapsed = time.perf_counter() - t_start
     return report
+
+
+def _check_window(model: Encoder, window: WindowSettings) -> None:
+    """Refuse windows the model cannot take (its space-to-depth stem needs even frames and sides)
+    before the index folder is created."""
+    if getattr(model.info, "space_to_depth", True) and (window.num_frames % 2 or window.size % 2):
+        raise UsageError(f"these weights need an even number of frames and an even frame size, got --num-frames "
+                         f"{window.num_frames} --size {window.size} (the published setting: 32 frames of 224 px)")
 
 
 def _check_run_args(batch_size: int | None, workers: int | None) -> None:

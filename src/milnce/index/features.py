@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,9 @@ from ..errors import UsageError
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
 from .ingest import Progress, Windows, check_finite, file_hash, finish, reason_text
-from .layout import show_path
+from .layout import DB_NAME, show_path
 from .records import IndexReport
+from .roots import inside_roots
 from .store import Index
 
 __all__ = ["index_features", "FeaturesMismatchError"]
@@ -98,7 +99,8 @@ def _mtime(mtime_ns: int) -> float:
 
 def index_features(features_dir: str | os.PathLike[str], directory: str | os.PathLike[str], *,
                    prune: bool = False, ann: bool = False, settings: dict[str, Any] | None = None,
-                   progress: bool = True, ann_min_windows: int = ANN_MIN_WINDOWS) -> IndexReport:
+                   progress: bool = True, ann_min_windows: int = ANN_MIN_WINDOWS,
+                   roots: Sequence[str | os.PathLike[str]] = ()) -> IndexReport:
     """Add the videos of an extraction's output folder ``features_dir`` (``milnce extract --out``)
     to the index in ``directory`` (created if needed), without loading the model.
 
@@ -112,6 +114,10 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     extracted is not indexed (``report.failed``: re-run ``milnce extract``); the extraction's
     failures (``failures*.csv``) are reported as failed (and, like ``milnce index``'s, are not
     reported again while the video is unchanged). ``prune``/``ann``: as ``build_index``.
+
+    ``roots``: the folders where the videos live (``milnce.index.roots``; the files need not exist
+    here), required unless the index already records roots. A feature file whose source path is
+    outside every root is not indexed (``report.failed``): paths inside feature files are untrusted.
     """
     from ..extract import read_failures, read_feature_file
 
@@ -128,9 +134,13 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     weights = str(first.get("weights") or "")
     if not weights:
         raise FeaturesMismatchError(f"{show_path(files[0][0])}: no weights fingerprint in the metadata")
-    idx = Index.create_for(directory, weights, WindowSettings.from_dict(window))
+    if not roots and not os.path.isfile(os.path.join(os.fspath(directory), DB_NAME)):
+        _no_roots(src)  # before the folder is created
+    idx = Index.create_for(directory, weights, WindowSettings.from_dict(window), roots=roots)
     report = IndexReport(directory=idx.directory)
     try:
+        if not idx.roots:
+            _no_roots(src)
         for file, why in bad:
             log.warning("%s: %s", show_path(file), why)
             idx.log_error(file, why)
@@ -142,6 +152,12 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
             video = os.path.abspath(str(source.get("path") or ""))
             size, mtime_ns = int(source.get("size", -1)), int(source.get("mtime_ns", -1))
             done_videos.add(video)
+            if not inside_roots(video, idx.roots):
+                why = (f"the source path in {show_path(file)} is outside the index's roots "
+                       f"({', '.join(show_path(r) for r in idx.roots)}); not indexed")
+                idx.log_error(video, why)
+                report.failed.append((video, why))
+                continue
             try:
                 st: os.stat_result | None = os.stat(video)
             except OSError:
@@ -183,6 +199,11 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
         idx.close()
     report.elapsed = time.perf_counter() - t_start
     return report
+
+
+def _no_roots(src: str) -> None:
+    raise UsageError(f"--root: say where the videos of {src} live (the folder they were extracted from, as seen "
+                     "from here; the files need not exist yet): the server serves only files inside the index's roots")
 
 
 @dataclass
