@@ -50,9 +50,9 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def supervise(argv: list[str], *, max_restarts: int = MAX_RESTARTS, window_s: float = 60.0,
+def supervise(command: list[str], *, max_restarts: int = MAX_RESTARTS, window_s: float = 60.0,
               pause_s: float = 1.0) -> int:
-    """Run ``milnce ARGV`` in a child process until it exits by itself (status 0, 2 or Ctrl-C);
+    """Run ``command`` (``milnce serve ...`` without ``--restart``) in a child process until it exits by itself (status 0, 2 or Ctrl-C);
     when it dies of a signal or an unexpected status, log the cause and start it again, unless
     it died ``max_restarts`` times within ``window_s`` seconds (then exit 1)."""
     import signal
@@ -62,7 +62,7 @@ def supervise(argv: list[str], *, max_restarts: int = MAX_RESTARTS, window_s: fl
 
     deaths: list[float] = []
     while True:
-        proc = subprocess.Popen([sys.executable, "-m", "milnce.cli", *argv])
+        proc = subprocess.Popen(command)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:
@@ -89,7 +89,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.restart:
         if not os.path.isdir(args.index):
             raise FileNotFoundError(f"index folder not found: {args.index} (build one with 'milnce index')")
-        return supervise(_child_argv(args))
+        import sys
+
+        return supervise([sys.executable, "-m", "milnce.cli", *_child_argv(args)])
     try:
         import uvicorn  # noqa: F401
 

@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
 
 from .layout import ERROR_LOG, show_path
 
-__all__ = ["Moment", "VideoRecord", "IndexReport", "VideoRow", "WindowRun"]
+__all__ = ["Moment", "VideoRecord", "IndexReport", "VideoRow", "WindowRun", "VideoEmbeddingsLike"]
+
+
+class VideoEmbeddingsLike(Protocol):
+    """What ``Index.add_video`` stores (``milnce.video.VideoEmbeddings``)."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    embeddings: np.ndarray
+    duration: float
+
 
 
 class VideoRow(NamedTuple):

@@ -1,7 +1,8 @@
-"""The index store: ``Index`` reads and writes an index folder (see ``milnce.index`` for the layout):
-opening (with the checks of ``milnce.index.verify``), records, the memory-mapped rows, writes,
-commits and compaction. SQLite details live in ``milnce.index.database``; searching in
-``milnce.index.query`` (``QueryMixin``, a base of ``Index``).
+"""The index store: ``Index``, the one writer of an index folder (see ``milnce.index``): opening
+(checks in ``milnce.index.verify``), records, writes, commits and compaction. Each commit
+publishes a new immutable ``milnce.index.snapshot.Snapshot`` that searches read
+(``milnce.index.query``); SQLite is in ``milnce.index.database``, the store files in
+``milnce.index.storefiles``.
 
 Crash safety: a video's rows are appended and fsync'ed *before* the SQLite transaction that
 records them (and the committed row count) commits. A crash or a full disk leaves at worst an
@@ -25,9 +26,8 @@ import math
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -37,36 +37,24 @@ from ..windows import WindowSettings
 from .ann import build_ann
 from .database import SCHEMA, connect, db_path, from_db, read_meta, sqlite_reason
 from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
-from .layout import (
-    DB_NAME,
-    DIM,
-    ERROR_LOG,
-    FORMAT_VERSION,
-    KINDS,
-    PREFIXES,
-    fsync_dir,
-    norm_path,
-    now,
-    show_path,
-    user_path,
-)
+from .layout import DB_NAME, DIM, norm_path, now, show_path, user_path
 from .lock import acquire_lock
 from .query import PERCENTILE_SAMPLE, QueryMixin
-from .records import VideoRecord, VideoRow
+from .records import VideoEmbeddingsLike, VideoRecord, VideoRow
 from .search import quantize_rows
-from .snapshot import Snapshot, row_width, store_path
-from .verify import check_snapshot
+from .snapshot import Snapshot, store_path
+from .storefiles import (
+    append_error_log,
+    init_folder,
+    remove_generation,
+    truncate_rows,
+    truncate_tail,
+    write_generation,
+    write_rows,
+)
+from .verify import check_settings, check_snapshot
 
 __all__ = ["Index", "PERCENTILE_SAMPLE"]
-
-
-class VideoEmbeddingsLike(Protocol):
-    """What ``Index.add_video`` stores (``milnce.video.VideoEmbeddings``)."""
-
-    starts: np.ndarray
-    ends: np.ndarray
-    embeddings: np.ndarray
-    duration: float
 
 
 class Index(QueryMixin):
@@ -170,33 +158,8 @@ class Index(QueryMixin):
                 roots: Sequence[str | os.PathLike[str]]) -> Index:
         lock_fd = acquire_lock(d)
         try:
-            db = os.path.join(d, DB_NAME)
-            if not os.path.isfile(db):
-                ours = ("vectors-", "times-", "ann-", DB_NAME, ERROR_LOG, ".")
-                stray = [n for n in os.listdir(d) if not n.startswith(ours)]
-                if stray:
-                    raise IndexFolderError(f"{directory} is not empty and holds no index ({stray[0]}, ...); "
-                                           "pick an empty or new folder for the index")
-            con = connect(db, readonly=False)
-            con.executescript(SCHEMA)
-            meta = read_meta(con, d)
-            if not meta:
-                init = {
-                    "format_version": FORMAT_VERSION,
-                    "weights_id": weights_id,
-                    "weights_name": weights_name,
-                    "dim": DIM,
-                    "settings": window.to_dict(),
-                    "num_rows": 0,
-                    "generation": 0,
-                    "created": now(),
-                    "version": 0,
-                    "roots": [],
-                }
-                con.execute("BEGIN IMMEDIATE")
-                con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in init.items()])
-                con.execute("COMMIT")
-                fsync_dir(d)
+            con = init_folder(d, directory, {"weights_id": weights_id, "weights_name": weights_name,
+                                             "settings": window.to_dict()})
             idx = cls(d, con, None, readonly=False, lock_fd=lock_fd)
         except BaseException:
             os.close(lock_fd)
@@ -237,19 +200,7 @@ class Index(QueryMixin):
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse window settings that differ from the index's."""
-        bad = []
-        for k, v in settings.items():
-            if v is None or k not in self.settings:
-                continue
-            have = self.settings[k]
-            same = math.isclose(float(v), float(have)) if isinstance(have, (int, float)) else v == have
-            if not same:
-                bad.append(f"{k}={v} (index: {have})")
-        if bad:
-            raise IndexMismatchError(
-                f"the index at {self.directory} was built with other window settings: {', '.join(bad)}; "
-                "leave these options out to reuse the index's, or use another folder"
-            )
+        check_settings(self.directory, self.settings, settings)
 
     # -- state: the writer's records, published as snapshots ----------------------------------
 
@@ -352,9 +303,6 @@ class Index(QueryMixin):
     def _path(self, kind: str, gen: int | None = None) -> str:
         return store_path(self.directory, kind, self.generation if gen is None else gen)
 
-    def _width(self, kind: str) -> int:
-        return row_width(kind, self.dim)
-
     def refresh(self) -> bool:
         """Reload if another process committed changes; returns whether it did."""
         with self._db_lock:
@@ -452,46 +400,11 @@ class Index(QueryMixin):
     def _truncate_tail(self) -> None:
         """Cut what a crashed writer appended after the last commit; drop stale generations."""
         self._need_writer()
-        for kind in KINDS:
-            p, width = self._path(kind), self._width(kind)
-            if not os.path.exists(p):
-                fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-                os.close(fd)
-                continue
-            if os.path.getsize(p) > self.num_rows * width:
-                os.truncate(p, self.num_rows * width)
-        keep = {os.path.basename(self._path(kind)) for kind in KINDS}
         ann = self.meta.get("ann")
-        if ann:
-            keep.add(ann.get("file"))
-        for name in os.listdir(self.directory):
-            if name.startswith(PREFIXES) and name not in keep:
-                try:
-                    os.remove(os.path.join(self.directory, name))
-                except OSError:
-                    pass
-        fsync_dir(self.directory)
+        truncate_tail(self.directory, self.generation, self.num_rows, self.dim, ann.get("file") if ann else None)
 
     def _write_rows(self, kind: str, data: bytes, offset: int, gen: int | None = None) -> None:
-        p = self._path(kind, gen)
-        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(data)
-            pos = 0
-            while pos < len(view):
-                n = os.pwrite(fd, view[pos:pos + (64 << 20)], offset + pos)
-                if n <= 0:
-                    raise OSError(errno.EIO, "short write")
-                pos += n
-            os.fsync(fd)
-        except OSError:
-            try:
-                os.ftruncate(fd, offset)
-            except OSError:
-                pass
-            raise
-        finally:
-            os.close(fd)
+        write_rows(self._path(kind, gen), data, offset)
 
     def _commit(self, statements: list[tuple[str, tuple[Any, ...]]], num_rows: int | None = None, **meta: Any) -> list[int | None]:
         con = self._con
@@ -586,11 +499,7 @@ class Index(QueryMixin):
         return out
 
     def _truncate_quietly(self, rows: int) -> None:
-        for kind in KINDS:
-            try:
-                os.truncate(self._path(kind), rows * self._width(kind))
-            except OSError:
-                pass
+        truncate_rows(self.directory, self.generation, rows, self.dim)
 
     def update_video(self, video_id: int, *, path: str | None = None, size: int | None = None,
                      mtime: float | None = None) -> None:
@@ -648,12 +557,7 @@ class Index(QueryMixin):
 
     def log_error(self, path: str, reason: str) -> None:
         """Append ``path`` and ``reason`` to ``errors.log`` (names that are not UTF-8 as ``\\xNN``)."""
-        try:
-            with open(os.path.join(self.directory, ERROR_LOG), "a", encoding="utf-8", errors="backslashreplace") as f:
-                shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{shown}\t{reason}\n")
-        except OSError:
-            pass
+        append_error_log(self.directory, path, reason)
 
     def error_entry(self, path: str) -> tuple[int | None, float | None] | None:
         with self._db_lock:
@@ -666,50 +570,15 @@ class Index(QueryMixin):
         if self.num_live == self.num_rows:
             return False
         gen = self.generation + 1
-        for kind in KINDS:
-            p = self._path(kind, gen)
-            if os.path.exists(p):
-                os.remove(p)
-        pos = 0
-        stmts: list[tuple[str, tuple[Any, ...]]] = []
         try:
-            snap = self.snapshot
-            rs, re_, vids = snap.ranges()
-            for vid, a, b in zip(vids, rs, re_):
-                vec = np.ascontiguousarray(snap.vectors[a:b])
-                tim = np.ascontiguousarray(snap.times[a:b])
-                codes, aux = quantize_rows(vec)
-                self._write_rows("vectors", vec.tobytes(), pos * self.dim * 4, gen)
-                self._write_rows("times", tim.tobytes(), pos * 16, gen)
-                self._write_rows("codes", codes.tobytes(), pos * self.dim, gen)
-                self._write_rows("aux", aux.tobytes(), pos * 12, gen)
-                stmts.append(("UPDATE videos SET row_start=? WHERE id=?", (pos, int(vid))))
-                pos += int(b - a)
-            if pos == 0:
-                for kind in KINDS:
-                    open(self._path(kind, gen), "wb").close()
-            fsync_dir(self.directory)
-            self._commit(stmts, num_rows=pos, generation=gen, ann=None)
+            starts = write_generation(self.directory, gen, self.snapshot)
+            self._commit([("UPDATE videos SET row_start=? WHERE id=?", (pos, vid)) for vid, pos in starts],
+                         num_rows=sum(int(r.num_windows) for r in self._rows.values()), generation=gen, ann=None)
         except OSError as exc:
-            for kind in KINDS:
-                try:
-                    os.remove(self._path(kind, gen))
-                except OSError:
-                    pass
+            remove_generation(self.directory, gen)
             raise IndexWriteError(f"could not compact {self.directory} ({exc}); the index is unchanged") from exc
-        old = gen - 1
         self._load()
-        for kind in KINDS:
-            try:
-                os.remove(self._path(kind, old))
-            except OSError:
-                pass
-        for name in os.listdir(self.directory):
-            if name.startswith("ann-"):
-                try:
-                    os.remove(os.path.join(self.directory, name))
-                except OSError:
-                    pass
+        remove_generation(self.directory, gen - 1, ann=True)
         return True
 
     def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,

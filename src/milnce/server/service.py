@@ -201,12 +201,16 @@ class SearchService:
         """The query's embedding (cached by text). Call with ``model_lock`` held."""
         emb = self.queries.get(text)
         if emb is None:
-            got, problems = self.index.encode_queries([text])
-            if problems[0] is not None:
-                raise ApiError(422, f"cannot search for {text!r}: {problems[0]}")
-            emb = np.asarray(got[0], dtype=np.float32)
+            problem = self.query_problem(text)
+            if problem is not None:
+                raise ApiError(422, f"cannot search for {text!r}: {problem}")
+            emb = np.asarray(self.model.encode_text([text]).detach().cpu().numpy()[0], dtype=np.float32)
             self.queries.put(text, emb)
         return emb
+
+    def query_problem(self, text: str) -> str | None:
+        """Why the words cannot be searched (empty, no known word), or None."""
+        return self.model.tokenizer.query_problem(text)
 
     def like_source(self, like: str) -> tuple[int, np.ndarray, float, float]:
         """``ID@SECONDS`` -> (video id, the stored embedding of its window, window start, end): the
@@ -285,7 +289,7 @@ class SearchService:
             if like:
                 emb = self.like_source(like)[1]
             else:
-                problem = self.index.query_problem(text)
+                problem = self.query_problem(text)
                 if problem is not None:
                     return {"video_id": video_id, "query": text, "like": None, "starts": [], "ends": [], "scores": [],
                             "cosine": [], "duration": rec.duration, "message": f"nothing to score: {problem}"}
