@@ -13,10 +13,14 @@ Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from importlib import import_module
+from typing import TextIO
 
 from .commands.common import CommandError, add_model_options, model_from_args
 from .errors import MilnceError
@@ -70,6 +74,29 @@ def _setup_logging() -> None:
         log.setLevel(logging.INFO)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Python warnings as ``milnce: warning: ...`` lines (no source file, no code line)."""
+    logging.getLogger("milnce").warning("warning: %s", message)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        yield
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our stdout went away (``milnce search ... | head -n 1``): stop quietly, and point
+    stdout at /dev/null so that the interpreter's last flush raises nothing either."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a program ended by a closed pipe
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     _setup_logging()
@@ -79,17 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with _warnings_as_lines():
+            code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("milnce: interrupted", file=sys.stderr)
         return 130
     except MilnceError as exc:
         print(f"milnce: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        # a path the user named (weights, videos, folders) that is missing or not readable
-        print(f"milnce: error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
