@@ -92,9 +92,29 @@ class _ConvReLU(nn.Module):
         if self.cudnn_fused and x.is_cuda:
             try:
                 return torch.cudnn_convolution_relu(x, w, b, self.stride, self.padding, [1, 1, 1], 1)
-            except RuntimeError:  # cuDNN disabled or without this fusion here: the unfused ops, from now on
-                self.cudnn_fused = False
+            except RuntimeError as exc:
+                if not fused_unsupported(exc):
+                    raise  # out of memory, a bad input, a device fault: the caller's to see
+                self.cudnn_fused = False  # cuDNN disabled or without this fusion here: the unfused ops, from now on
         return F.conv3d(x, w, b, self.stride, self.padding).relu_()
+
+
+# What "this cuDNN cannot run the fused op" looks like, as opposed to running out of memory.
+_UNSUPPORTED = ("not_supported", "not supported", "unsupported", "not implemented", "cudnn is not",
+                "not compiled", "not available", "unable to find an engine", "no valid execution plan",
+                "no kernel image")
+_OUT_OF_MEMORY = ("out of memory", "alloc_failed", "cudaerrormemoryallocation")
+
+
+def fused_unsupported(exc: BaseException) -> bool:
+    """Whether ``exc`` from ``torch.cudnn_convolution_relu`` means the fused op is unsupported here
+    (fall back to ``F.conv3d`` + ReLU for good), never an out-of-memory error (raised again)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    msg = str(exc).lower()
+    if any(m in msg for m in _OUT_OF_MEMORY):
+        return False
+    return isinstance(exc, NotImplementedError) or any(m in msg for m in _UNSUPPORTED)
 
 
 def _units(st: STConv3D) -> list[_ConvReLU]:
