@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..errors import UsageError
 from ..windows import WindowSettings
 from .inputs import Shard, VideoInput, collect_inputs, output_path, shard_inputs
@@ -139,18 +140,9 @@ def _write_failures(path: str, rows: Sequence[tuple[str, str]]) -> None:
     w = csv.writer(buf)
     w.writerow(["path", "reason"])
     w.writerows(rows)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, buf.getvalue())
     except OSError as exc:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_file, atomic_write_text
 from ..errors import UsageError
 from ..model import S3D
 from ..text import Tokenizer, load_vocab
@@ -223,9 +224,7 @@ class _Metrics:
                         kept.append(line)
                 except json.JSONDecodeError:
                     pass  # a line cut by a kill
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(k + "\n" for k in kept))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -318,10 +317,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
         cfg.save(run / "config.json")
         vocab_out = run / "vocab.npy"
         if not vocab_out.exists():
-            tmp = run / ".vocab.npy.tmp"
-            with open(tmp, "wb") as f:
+            with atomic_file(vocab_out) as f:
                 np.save(f, np.asarray(tokenizer.vocab, dtype=str), allow_pickle=False)
-            os.replace(tmp, vocab_out)
     ctx.barrier()
     metrics = _Metrics(run, ctx.is_main, start)
     autocast = _autocast_factory(device, cfg.precision)
