@@ -303,3 +303,22 @@ def test_json_outputs_stay_json(tmp_path):
 
 def test_usage_error_is_still_a_value_error():
     assert issubclass(UsageError, ValueError)
+
+
+# --------------------------------------------------------------------------- other CPUs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads, isa", [(1, None), (2, None), (2, "AVX2")])
+def test_numeric_tolerances_hold_on_other_cpus(threads, isa):
+    """The float32 comparisons again with another thread count and without AVX-512 (oneDNN picks
+    other kernels and summation orders: stand-ins for other CPUs). One test, in a subprocess."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": str(ROOT / "src")}
+    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    if isa:
+        env["ONEDNN_MAX_CPU_ISA"] = isa
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                        "tests/test_weights_api.py::test_encode_api"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
