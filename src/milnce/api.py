@@ -222,6 +222,8 @@ def resolve_files(
                 verify_cached_file(path)
         return cached_w, Path(vocab) if vocab else cached_v, info
     wpath = Path(weights)
+    if not wpath.exists():
+        raise MissingFileError(f"weights file not found: {wpath}")
     if vocab is None and need_vocab:
         vocab = _own_vocab(wpath) or _env_path("MILNCE_VOCAB") or _sibling_vocab(wpath)
         if vocab is None:
@@ -241,8 +243,8 @@ def _own_vocab(wpath: Path) -> Path | None:
     """The word list that belongs to the weights: a bundle or run folder's ``vocab.npy`` (also for
     ``BUNDLE/model.safetensors`` and ``RUN/checkpoints/step_N.pt``)."""
     if wpath.is_dir():
-        cand = wpath / "vocab.npy"
-    elif wpath.name == "model.safetensors":
+        return next((c for c in (wpath / "vocab.npy", wpath / "s3d_dict.npy") if c.is_file()), None)
+    if wpath.name == "model.safetensors":
         cand = wpath.parent / "vocab.npy"
     elif wpath.parent.name == "checkpoints":
         cand = wpath.parent.parent / "vocab.npy"

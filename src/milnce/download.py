@@ -289,7 +289,12 @@ def _verify_recorded(home: Path, path: Path, filename: str) -> bool:
 def verify_cached_file(path: Path) -> None:
     """Check a file of the cache against the sha256 recorded when it was downloaded or first verified
     (re-hashing only when its size, mtime or ctime changed); no record, nothing to check. No download."""
-    _verify_recorded(path.parent, path, path.name)
+    try:
+        _verify_recorded(path.parent, path, path.name)
+    except OSError as exc:
+        if isinstance(exc, MilnceError):
+            raise
+        raise DownloadError(f"cannot check the cached file {path}: {exc}") from exc
 
 
 def _downloaded_by_milnce(home: Path, filename: str) -> bool:
@@ -366,6 +371,11 @@ def ensure_weights(info: WeightsInfo, *, progress: bool = True) -> tuple[Path, P
     ``checksums.json``. A cached file that no longer matches its checksum raises
     :class:`DownloadError`.
     """
-    w = _ensure_file(info, info.filename, info.url, info.num_bytes, _check_weights, progress)
-    v = _ensure_file(info, info.vocab_filename, info.vocab_url, info.vocab_num_bytes, _check_vocab, progress)
+    try:
+        w = _ensure_file(info, info.filename, info.url, info.num_bytes, _check_weights, progress)
+        v = _ensure_file(info, info.vocab_filename, info.vocab_url, info.vocab_num_bytes, _check_vocab, progress)
+    except OSError as exc:
+        if isinstance(exc, MilnceError):
+            raise
+        raise DownloadError(f"cannot use the cache folder {cache_dir()}: {exc}") from exc
     return w, v
