@@ -322,3 +322,15 @@ def test_numeric_tolerances_hold_on_other_cpus(threads, isa):
                         "tests/test_weights_api.py::test_encode_api"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_other_broken_pipes_stay_bugs(monkeypatch):
+    import milnce.commands.model as cmds
+
+    def bug(args):
+        raise BrokenPipeError("a worker's pipe")
+
+    monkeypatch.setattr(cmds, "cmd_info", bug)
+    monkeypatch.setattr("milnce.cli._stdout_closed", lambda: False)
+    with pytest.raises(BrokenPipeError):
+        main(["info"])

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import logging
 import os
+import select
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,16 @@ def _warnings_as_lines() -> Iterator[None]:
         yield
 
 
+def _stdout_closed() -> bool:
+    """Whether the reader of our stdout is gone (poll reports an error on a pipe without reader)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor: assume so
+        return True
+
+
 def _quiet_broken_pipe() -> int:
     """The reader of our stdout went away (``milnce search ... | head -n 1``): stop quietly, and point
     stdout at /dev/null so that the interpreter's last flush raises nothing either."""
@@ -111,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
     except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe (a worker's, a socket): a bug, not the reader of our output going away
         return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("milnce: interrupted", file=sys.stderr)
