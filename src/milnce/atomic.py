@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 from .errors import OutputError
 
-__all__ = ["atomic_file", "atomic_write_bytes", "atomic_write_text", "temp_name", "fsync_dir", "TMP_SUFFIX"]
+__all__ = ["atomic_file", "atomic_path", "atomic_write_bytes", "atomic_write_text", "temp_name", "fsync_dir",
+           "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -46,6 +47,30 @@ def atomic_file(path: str | os.PathLike[str], *, prefix: str | None = None) -> I
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError(target, exc) from exc
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, prefix: str | None = None, suffix: str = "") -> Iterator[str]:
+    """``with atomic_path(path) as tmp: writer(tmp)`` for writers that take a file name (faiss, PyAV):
+    the file written to ``tmp`` is fsync'ed and renamed to ``path`` when the block ends, removed if
+    it raises. ``suffix`` is appended to the temporary name (a writer that picks the format by
+    extension, e.g. ``.mp4``)."""
+    target = os.fspath(path)
+    tmp = temp_name(target, prefix) + suffix
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_file, atomic_write_text
+from ..atomic import atomic_file, atomic_path, atomic_write_text
 from ..errors import UsageError
 
 __all__ = ["make_synthetic", "COLOURS", "SHAPES", "DIRECTIONS", "TEMPLATES", "grammar_words"]
@@ -97,8 +97,7 @@ def _render_scene(rng: np.random.Generator, colour: str, shape: str, direction: 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
     import av
 
-    tmp = path.with_name("." + path.name + ".tmp.mp4")
-    with av.open(str(tmp), "w") as out:
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(tmp, "w") as out:
         stream = out.add_stream("libx264", rate=Fraction(fps), options={"crf": "18", "preset": "ultrafast"})
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
         for f in frames:
@@ -106,7 +105,6 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
@@ -197,5 +195,5 @@ def make_synthetic(
         "combinations": len(combos), "val_distinct_captions": min(len(combos), val_videos * scenes),
         "hflip": False,
     }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(root / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return root
