@@ -176,7 +176,7 @@ def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | N
         table[nlist] = recall
     name = f"ann-{index.generation}-{n}.faiss"
     try:
-        with atomic_path(os.path.join(index.directory, name)) as tmp:
+        with atomic_path(os.path.join(index.directory, name), prefix=f"{name}.") as tmp:  # swept as ann-*
             faiss.write_index(ix, tmp)
             written = {"size": os.path.getsize(tmp), "crc32": _file_crc(tmp)}
         fsync_dir(index.directory)
