@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["MilnceError", "UsageError", "MissingFileError", "OutputError", "TrainingError", "EXIT_CODES"]
+__all__ = ["MilnceError", "UsageError", "MissingFileError", "NotAFolderError", "OutputError", "TrainingError",
+           "EXIT_CODES"]
 
 
 class MilnceError(Exception):
@@ -24,6 +25,10 @@ class UsageError(MilnceError, ValueError):
 
 class MissingFileError(MilnceError, FileNotFoundError):
     """A file or folder the caller named (weights, vocabulary, ...) does not exist."""
+
+
+class NotAFolderError(MilnceError, NotADirectoryError):
+    """A path that must be a folder (an output folder, an index) is a file."""
 
 
 class OutputError(MilnceError, OSError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
@@ -81,7 +81,7 @@ def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
             for f in sorted(found):
                 out[f] = None
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+            raise MissingFileError(f"no such file or folder: {p}")
     return list(out)
 
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import NotAFolderError
 from ..protocols import Encoder
 from ..windows import WindowSettings
 from .ann import ann_status, build_ann, load_ann
@@ -173,7 +174,7 @@ class Index(QueryMixin):
         window = WindowSettings.for_model(model, **given)
         d = user_path(directory)
         if os.path.exists(d) and not os.path.isdir(d):
-            raise NotADirectoryError(f"index path {directory} exists and is not a folder")
+            raise NotAFolderError(f"index path {directory} exists and is not a folder")
         try:
             os.makedirs(d, exist_ok=True)
         except OSError as exc:
