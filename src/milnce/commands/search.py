@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from ..index import IndexReport
 
+from ..errors import MissingFileError
 from .common import (
     CommandError,
     add_model_options,
@@ -463,7 +464,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise CommandError(f"-k must be >= 1, got {args.k}")
     if not os.path.isfile(args.video):
-        raise FileNotFoundError(f"no such video file: {args.video}")
+        raise MissingFileError(f"no such video file: {args.video}")
     model = _model(args)
     index = None
     if args.index:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..errors import MissingFileError
 from .common import CommandError, add_model_options, model_from_args
 
 # Kept here too: the server module itself cannot be imported without FastAPI.
@@ -103,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
     if not os.path.isdir(args.index):
-        raise FileNotFoundError(f"index folder not found: {args.index} (build one with 'milnce index')")
+        raise MissingFileError(f"index folder not found: {args.index} (build one with 'milnce index')")
     try:  # claim the port first: a busy port is reported before the model loads
         sock = listen(args.host, args.port)
     except OSError as exc:

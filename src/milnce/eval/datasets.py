@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 from ..video.find import VIDEO_SUFFIXES, walk_videos
 
 __all__ = [
@@ -137,7 +137,7 @@ def load_benchmark(name: str, annotations: str | os.PathLike[str] | None = None,
         return load_ucf101(annotations, limit)
     path = Path(annotations) if annotations is not None else default_annotations(name)
     if not path.exists():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"annotation file not found: {path}")
     if path.is_dir():
         raise UsageError(f"annotation path is a folder, not a .csv file: {path}")
     try:
@@ -212,7 +212,7 @@ class VideoResolver:
     def __init__(self, root: str | os.PathLike[str], benchmark: str) -> None:
         self.root = Path(root)
         if not self.root.exists():
-            raise FileNotFoundError(f"video folder not found: {self.root}")
+            raise MissingFileError(f"video folder not found: {self.root}")
         if not self.root.is_dir():
             raise UsageError(f"--videos must be a folder, got a file: {self.root}")
         self.benchmark = benchmark

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .errors import IndexFolderError, IndexWriteError
 from .layout import SCAN_BLOCK, fsync_dir, now
 
@@ -171,20 +172,12 @@ def build_ann(index: AnnSource, *, queries: np.ndarray | None = None, nlist: int
         chosen = nlist
         table[nlist] = recall
     name = f"ann-{index.generation}-{n}.faiss"
-    tmp = os.path.join(index.directory, name + ".tmp")
     try:
-        faiss.write_index(ix, tmp)
-        written = {"size": os.path.getsize(tmp), "crc32": _file_crc(tmp)}
-        fd = os.open(tmp, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(tmp, os.path.join(index.directory, name))
+        with atomic_path(os.path.join(index.directory, name), prefix=f"{name}.") as tmp:  # swept as ann-*
+            faiss.write_index(ix, tmp)
+            written = {"size": os.path.getsize(tmp), "crc32": _file_crc(tmp)}
         fsync_dir(index.directory)
     except (OSError, RuntimeError) as exc:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         raise IndexWriteError(f"could not write the ANN index into {index.directory} ({exc})") from exc
     info = {"file": name, "kind": desc, "rows": n, "live": index.num_live, "generation": index.generation,
             "nlist": nlist, "nprobe": chosen, "recall_at_10": recall, "recall_by_nprobe": table,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 from ..protocols import Encoder
 from ..video.find import VIDEO_EXTENSIONS, walk_videos
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
@@ -55,7 +55,7 @@ def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
             for f in sorted(found):
                 out[f] = None
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+            raise MissingFileError(f"no such file or folder: {p}")
     return list(out)
 
 

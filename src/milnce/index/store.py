@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import NotAFolderError, UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
 from .ann import build_ann
@@ -138,7 +138,7 @@ class Index(QueryMixin):
         recorded collection roots."""
         d = user_path(directory)
         if os.path.exists(d) and not os.path.isdir(d):
-            raise NotADirectoryError(f"index path {directory} exists and is not a folder")
+            raise NotAFolderError(f"index path {directory} exists and is not a folder")
         try:
             os.makedirs(d, exist_ok=True)
         except OSError as exc:
