@@ -32,7 +32,7 @@ and streaming of indexed files), ``thumbs`` (thumbnails and the LRU cache), ``ru
 
 from __future__ import annotations
 
-MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
+from .deps import MISSING_DEPS
 
 try:  # here, not only in the modules: a re-import after they were loaded must still say this
     import fastapi  # noqa: F401

@@ -8,8 +8,8 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import MISSING_DEPS
 from .app import create_app
+from .deps import MISSING_DEPS
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..index import Index

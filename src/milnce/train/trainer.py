@@ -26,10 +26,10 @@ from ..weights import CheckpointError
 from .badsamples import BadSamples
 from .checkpoint import latest_checkpoint, load_training_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_MAY_CHANGE, RESUME_MAY_REPLAN, TrainConfig, load_config_file
-from .data import EvalClips, eval_pairs, find_data, worker_init
+from .data import EvalClips, eval_pairs, worker_init
 from .dist import DistContext, convert_sync_batchnorm, init_distributed
 from .errors import TrainingError
-from .loaders import gather_positions, make_loader, note_position
+from .loaders import find_data, gather_positions, make_loader, note_position
 from .report import Metrics, evaluate, retrieval_metrics
 from .step import cached_step, check_finite, plain_step, set_train_mode
 
