@@ -125,9 +125,8 @@ def data_section(args: argparse.Namespace, tmp: Path) -> dict:
     sys.path.insert(0, SRC)
     from milnce.text import Tokenizer, load_vocab
     from milnce.train.config import TrainConfig
-    from milnce.train.data import find_data
     from milnce.train.dist import DistContext
-    from milnce.train.loaders import make_loader
+    from milnce.train.loaders import find_data, make_loader
     from milnce.train.step import plain_step
     from milnce.train.synthetic import make_synthetic, to_shards
 

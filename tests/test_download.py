@@ -250,7 +250,7 @@ def test_ensure_weights_downloads_once_and_records_sha256(server, monkeypatch):
 
     hashed = []
     real = milnce.weights.sha256_file
-    monkeypatch.setattr(milnce.weights, "sha256_file", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(milnce.download, "sha256_file", lambda p: hashed.append(p) or real(p))
     assert ensure_weights(info, progress=False) == (w, v)
     assert len(server.hits) == 2  # nothing downloaded
     assert hashed == []  # unchanged size and mtime: no re-hashing

@@ -462,9 +462,14 @@ def test_kill_9_mid_run_then_resume(tmp_path, video_dir, wargs, model, direct, c
     vids = copy_videos(video_dir, tmp_path / "v")
     make_video(vids / "zz_extra.mp4", 2.0, (90, 90, 90), 7)
     ix = tmp_path / "ix"
-    env = dict(os.environ, _MILNCE_INDEX_TEST_DELAY="30")
-    cmd = [sys.executable, "-m", "milnce.cli", "index", str(vids), "--index", str(ix), "--quiet", *SMALL_ARGS, *wargs]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # a slow run to kill: each commit of a video is followed by a pause (patched through the
+    # public Index.add_video in the child process)
+    slow = ("import sys, time\nimport milnce.index as mi\nfrom milnce.cli import main\n"
+            "add = mi.Index.add_video\n"
+            "def slow_add(self, *a, **k):\n    out = add(self, *a, **k)\n    time.sleep(30)\n    return out\n"
+            "mi.Index.add_video = slow_add\nsys.exit(main(sys.argv[1:]))\n")
+    cmd = [sys.executable, "-c", slow, "index", str(vids), "--index", str(ix), "--quiet", *SMALL_ARGS, *wargs]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
         committed = 0
@@ -532,7 +537,7 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
                  "--quiet", *SMALL_ARGS, *wargs]) == 1  # broken.mp4
     capsys.readouterr()
     monkeypatch.setattr("milnce.commands.search.model_from_args", lambda args: pytest.fail("model loaded"))
-    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--quiet", "--json"]) == 1
+    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--root", str(vids), "--quiet", "--json"]) == 1
     rep = json.loads(capsys.readouterr().out)
     assert sorted(Path(p).name for p in rep["added"]) == ["green.mp4", "red.mp4"]
     assert [Path(p).name for p, _ in rep["failed"]] == ["broken.mp4"]
@@ -550,7 +555,7 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
             np.testing.assert_allclose([m.score for m in ma], [m.score for m in mb], rtol=1e-5)
     # a rerun skips everything; a later 'milnce index' of the videos sees them unchanged
     capsys.readouterr()
-    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--quiet", "--json"]) == 0
+    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--root", str(vids), "--quiet", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["unchanged"] == 2 and rep["previously_failed"] == 1 and not rep["added"]
     r = build_index([vids], ix_f, model, progress=False)

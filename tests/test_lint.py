@@ -27,3 +27,11 @@ def test_ruff_clean():
 def test_mypy_clean():
     r = _run("mypy", "--no-incremental", "--cache-dir", "/dev/null", "src/milnce")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_checks_untyped_functions_too():
+    tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config.get("check_untyped_defs") is True
+    assert not [o for o in config.get("overrides", []) if o.get("check_untyped_defs") is False], \
+        "modules exempted from check_untyped_defs"

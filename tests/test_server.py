@@ -582,3 +582,27 @@ def test_browser_search_and_play(browser, live, library, tmp_path):
     finally:
         page.close()
     assert not problems, problems
+
+
+@pytest.mark.parametrize("width", [1300, 1000])
+def test_browser_score_line_not_under_more_like_this(browser, live, width):
+    """Issue 15: at 1300 px the "percentile" text was hidden under the "More like this" button."""
+    base, _ = live
+    page = browser.new_page(viewport={"width": width, "height": 860})
+    try:
+        page.goto(base + "/?q=cut+a+tomato&k=20")
+        page.wait_for_selector(".result .score")
+        boxes = page.evaluate("""() => [...document.querySelectorAll('.item')].map(li => {
+            const r = (s) => { const b = li.querySelector(s).getBoundingClientRect();
+                               return [b.left, b.top, b.right, b.bottom]; };
+            return {score: r('.score'), name: r('.name'), like: r('.like')};
+        })""")
+        assert boxes
+        for b in boxes:
+            for what in ("score", "name"):
+                l1, t1, r1, b1 = b[what]
+                l2, t2, r2, b2 = b["like"]
+                assert r1 <= l2 or r2 <= l1 or b1 <= t2 or b2 <= t1, (what, b)
+        page.screenshot(path=str(Path(os.environ.get("MILNCE_UI_SHOTS", "/tmp")) / f"milnce-ui-{width}.png"))
+    finally:
+        page.close()

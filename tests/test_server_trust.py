@@ -184,26 +184,19 @@ def test_range_huge_numbers(client, lib):
     assert r.status_code == 206 and r.headers["content-range"] == f"bytes 10-{size - 1}/{size}"
 
 
-class _BigFileIndex:
-    """Just enough of an ``Index`` to serve one large (sparse) file."""
+def _big_file_index(path: Path, folder: Path):
+    """A real index holding one large (sparse) file as its only video (one window)."""
+    from types import SimpleNamespace
 
-    def __init__(self, path: Path) -> None:
-        from milnce.index import VideoRecord
+    from milnce.index import Index
+    from milnce.windows import WindowSettings
 
-        st = path.stat()
-        self.rec = VideoRecord(id=1, path=str(path), duration=60.0, num_windows=1, size=st.st_size,
-                               mtime=st.st_mtime, exists=True)
-
-    def video(self, video_id: int):
-        if video_id != 1:
-            raise KeyError(video_id)
-        return self.rec
-
-    def videos(self):
-        return [self.rec]
-
-    def __len__(self) -> int:
-        return 1
+    st = path.stat()
+    w = Index.create_for(folder, "synthetic", WindowSettings(), roots=[path.parent])
+    emb = SimpleNamespace(starts=np.zeros(1), ends=np.ones(1), embeddings=np.ones((1, 512), np.float32), duration=60.0)
+    w.add_video(str(path), emb, size=st.st_size, mtime=st.st_mtime, content_hash="")
+    w.close()
+    return Index.open(folder)
 
 
 def _open_fds_to(path: Path) -> int:
@@ -222,7 +215,7 @@ def test_aborted_downloads_close_their_files(tmp_path, model):
     big = tmp_path / "big.mp4"
     with open(big, "wb") as f:
         f.truncate(64 << 20)
-    with serving(create_app(_BigFileIndex(big), model)) as port:
+    with serving(create_app(_big_file_index(big, tmp_path / "ix"), model)) as port:
         for _ in range(20):
             c = socket.socket()
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -143,7 +143,8 @@ def test_make_synthetic_layout(tmp_path):
 
 def test_training_samples_are_reproducible(synth):
     from milnce.text import Tokenizer, load_vocab
-    from milnce.train.data import TrainClips, find_data
+    from milnce.train.data import TrainClips
+    from milnce.train.loaders import find_data
     from milnce.windows import WindowSettings
 
     split, val, meta = find_data(str(synth), None)

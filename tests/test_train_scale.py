@@ -284,7 +284,7 @@ def wds_data(tmp_path_factory) -> Path:
 
 def test_shard_streams_split_and_resume(wds_data, capsys):
     from milnce.text import Tokenizer
-    from milnce.train.data import find_data
+    from milnce.train.loaders import find_data
     from milnce.train.shards import ShardClips, ShardSet
 
     shards, val, meta = find_data(str(wds_data), None)

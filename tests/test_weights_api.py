@@ -114,15 +114,18 @@ def test_vocabulary_must_match_embedding(checkpoint, tmp_path):
 
 def test_encode_api(model):
     from conftest import real_clip_batch
+    from milnce.fast import rounding_bound
 
     clips = real_clip_batch(8, 64)[:3]  # real video: the model is calibrated on it (noise is far out of range)
     emb = model.encode_video(clips, batch_size=2)
     emb2, feats = model.encode_video(clips, features=True)
     assert emb.shape == (3, 512) and feats.shape == (3, 1024)
-    torch.testing.assert_close(emb, emb2, rtol=0, atol=1e-5 * float(emb.abs().max()))  # batch split: rounding only
+    # float32 rounding of the whole tower (summed terms per layer, layers added), relative to the largest value
+    tol = rounding_bound(model.net, skip=model.net.text_module)
+    torch.testing.assert_close(emb, emb2, rtol=0, atol=tol * float(emb.abs().max()))  # batch split: rounding only
     with torch.inference_mode():
         ref = model.net(clips)["video_embedding"]
-    assert ((emb - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    assert ((emb - ref).abs().max() / ref.abs().max()).item() < tol
     # uint8 frames are scaled to [0, 1]
     u8 = (clips * 255).round().to(torch.uint8)
     torch.testing.assert_close(model.encode_video(u8), model.encode_video(u8.float() / 255))

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .download import cache_dir, ensure_weights, verify_cached_file
-from .errors import UsageError
+from .cache import cache_dir
+from .download import ensure_weights, verify_cached_file
+from .errors import MissingFileError, UsageError
 from .model import S3D, check_video_input
 from .text import Tokenizer, load_vocab
 from .weights import (
@@ -25,9 +26,10 @@ from .weights import (
     bundle_info,
     fingerprint,
     load_verified,
+    run_weights_info,
 )
 
-__all__ = ["MILNCE", "VideoOutput", "load_model", "resolve_files", "Precision"]
+__all__ = ["MILNCE", "VideoOutput", "load_model", "resolve_files", "check_device", "Precision"]
 
 Precision = Literal["fp32", "bf16"]
 
@@ -207,11 +209,14 @@ def resolve_files(
     need_vocab: bool = True,
 ) -> tuple[Path, Path | None, WeightsInfo | None]:
     """Find the weights and vocabulary files: arguments, then ``MILNCE_WEIGHTS``/``MILNCE_VOCAB``,
-    then the cache (``$MILNCE_HOME``, default ``~/.cache/milnce``), downloading if allowed."""
+    then the cache (``$MILNCE_HOME``, default ``~/.cache/milnce``), downloading if allowed.
+
+    A bundle or run folder's own ``vocab.npy`` comes before ``MILNCE_VOCAB`` (the variable is for
+    weights without a vocabulary of their own); a folder never takes its parent's word list."""
     weights = weights or _env_path("MILNCE_WEIGHTS")
-    vocab = vocab or _env_path("MILNCE_VOCAB")
     info: WeightsInfo | None = None
     if weights is None or str(weights) in REGISTRY:
+        vocab = vocab or _env_path("MILNCE_VOCAB")
         info = REGISTRY[str(weights) if weights else DEFAULT_WEIGHTS]
         cached_w, cached_v = cache_dir() / info.filename, cache_dir() / info.vocab_filename
         if download:
@@ -219,7 +224,7 @@ def resolve_files(
             return w, Path(vocab) if vocab else v, info
         missing = [str(p) for p in (cached_w, None if vocab else cached_v) if p is not None and not p.exists()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"the published weights are not in the cache (missing {', '.join(missing)}) and downloading is off; "
                 "pass --weights/--vocab (or set MILNCE_WEIGHTS/MILNCE_VOCAB) to local files, or run `milnce download`"
             )
@@ -228,24 +233,66 @@ def resolve_files(
                 verify_cached_file(path)
         return cached_w, Path(vocab) if vocab else cached_v, info
     wpath = Path(weights)
+    if not wpath.exists():
+        raise MissingFileError(f"weights file not found: {wpath}")
     if vocab is None and need_vocab:
-        for cand in (wpath / "vocab.npy", wpath.parent / "vocab.npy", wpath.parent / "s3d_dict.npy"):
-            if cand.is_file():
-                vocab = cand
-                break
-        else:
+        vocab = _own_vocab(wpath) or _env_path("MILNCE_VOCAB") or _sibling_vocab(wpath)
+        if vocab is None:
             cached = cache_dir() / REGISTRY[DEFAULT_WEIGHTS].vocab_filename
             if not cached.is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"no vocabulary found for {wpath}: pass vocab= (--vocab) or set MILNCE_VOCAB "
                     "(the published word list is s3d_dict.npy)"
                 )
             vocab = cached
     if info is None and wpath.is_dir():  # a `milnce train` run folder: its window settings
-        from .weights import run_weights_info
-
         info = run_weights_info(wpath)
     return wpath, Path(vocab) if vocab is not None else None, info
+
+
+def _own_vocab(wpath: Path) -> Path | None:
+    """The word list that belongs to the weights: a bundle or run folder's ``vocab.npy`` (also for
+    ``BUNDLE/model.safetensors`` and ``RUN/checkpoints/step_N.pt``)."""
+    if wpath.is_dir():
+        return next((c for c in (wpath / "vocab.npy", wpath / "s3d_dict.npy") if c.is_file()), None)
+    if wpath.name == "model.safetensors":
+        cand = wpath.parent / "vocab.npy"
+    elif wpath.parent.name == "checkpoints":
+        cand = wpath.parent.parent / "vocab.npy"
+    else:
+        return None
+    return cand if cand.is_file() else None
+
+
+def _sibling_vocab(wpath: Path) -> Path | None:
+    """A word list beside a plain weights file (never for a folder: not its parent's)."""
+    if wpath.is_dir():
+        return None
+    for cand in (wpath.parent / "vocab.npy", wpath.parent / "s3d_dict.npy"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine can run the model on, else ``UsageError``
+    (a malformed name, ``meta``, CUDA where there is none, a GPU index past the last one)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise UsageError(f"device {str(device)!r} is not a device name (e.g. cpu, cuda, cuda:1)") from exc
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"device {str(device)!r}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise UsageError(f"device {str(device)!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+        return dev
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return dev
+    raise UsageError(f"device {str(device)!r}: the model runs on cpu or cuda, not on {dev.type}")
 
 
 def load_model(
@@ -265,6 +312,7 @@ def load_model(
     bundle folder from ``milnce convert``, or a ``milnce train`` run folder (its newest checkpoint,
     vocabulary and window settings). ``vocab``: the word list ``.npy`` (or the words).
     """
+    device = check_device(device)
     words = None
     if vocab is not None and not isinstance(vocab, (str, os.PathLike)):
         words = np.asarray(vocab, dtype=str)

@@ -13,10 +13,15 @@ Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import select
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from importlib import import_module
+from typing import TextIO
 
 from .commands.common import CommandError, add_model_options, model_from_args
 from .errors import MilnceError
@@ -71,6 +76,39 @@ def _setup_logging() -> None:
         log.setLevel(logging.INFO)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Python warnings as ``milnce: warning: ...`` lines (no source file, no code line)."""
+    logging.getLogger("milnce").warning("warning: %s", message)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        yield
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of our stdout is gone (poll reports an error on a pipe without reader)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor: assume so
+        return True
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our stdout went away (``milnce search ... | head -n 1``): stop quietly, and point
+    stdout at /dev/null so that the interpreter's last flush raises nothing either."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a program ended by a closed pipe
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     _setup_logging()
@@ -80,17 +118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with _warnings_as_lines():
+            code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe (a worker's, a socket): a bug, not the reader of our output going away
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("milnce: interrupted", file=sys.stderr)
         return 130
     except MilnceError as exc:
         print(f"milnce: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        # a path the user named (weights, videos, folders) that is missing or not readable
-        print(f"milnce: error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,9 +18,7 @@ work too (a shared folder), without resuming.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -28,14 +26,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from .cache import JsonStore, cache_dir, locked, sha256_file
 from .errors import MilnceError
-
-if TYPE_CHECKING:
-    from .weights import WeightsInfo
+from .text import VocabularyError, load_vocab
+from .weights import CheckpointError, WeightsInfo, load_checkpoint
 
 __all__ = ["cache_dir", "DownloadError", "download", "ensure_weights", "verify_cached_file", "CHECKSUMS_FILE"]
 
@@ -58,15 +56,6 @@ class DownloadError(MilnceError, OSError):
 
 class _Transient(Exception):
     """A failure worth retrying (the ``.part`` file is kept and resumed)."""
-
-
-def cache_dir() -> Path:
-    """The cache folder: ``$MILNCE_HOME`` or ``~/.cache/milnce`` (created if possible)."""
-    env = os.environ.get("MILNCE_HOME")
-    path = Path(env).expanduser() if env else Path.home() / ".cache" / "milnce"
-    with contextlib.suppress(OSError):  # a read-only home fails later, with the file's path
-        path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # --------------------------------------------------------------------------- one URL
@@ -224,57 +213,29 @@ def _progress_bar(total: int | None, initial: int, name: str, progress: bool):  
 # --------------------------------------------------------------------------- the cache
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path.lock`` (no-op where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.warning("waiting for another process to finish %s", path.name)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _checksums(home: Path) -> JsonStore:
+    return JsonStore(home / CHECKSUMS_FILE)
 
 
-def _read_checksums(home: Path) -> dict[str, dict]:
-    try:
-        data = json.loads((home / CHECKSUMS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _read_checksums(home: Path) -> dict[str, Any]:
+    return _checksums(home).read()
 
 
-def _record_checksum(home: Path, filename: str, entry: dict) -> None:
+def _record_checksum(home: Path, filename: str, entry: dict[str, Any]) -> None:
     """Add ``filename``'s entry to ``checksums.json`` (locked read-modify-write, atomic replace)."""
-    path = home / CHECKSUMS_FILE
-    with _locked(path):
-        data = _read_checksums(home)
-        data[filename] = entry
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+    _checksums(home).put(filename, entry)
 
 
-def _stat_entry(path: Path, sha256: str, url: str | None) -> dict:
+def _stat_entry(path: Path, sha256: str, url: str | None) -> dict[str, Any]:
     st = path.stat()
-    entry = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    entry: dict[str, Any] = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                             "ctime_ns": st.st_ctime_ns}
     if url:
         entry["url"] = url
     return entry
 
 
 def _check_weights(path: Path, info: WeightsInfo) -> None:
-    from .weights import CheckpointError, load_checkpoint
-
     try:
         _, spec = load_checkpoint(path)
     except CheckpointError as exc:
@@ -287,8 +248,6 @@ def _check_weights(path: Path, info: WeightsInfo) -> None:
 
 
 def _check_vocab(path: Path, info: WeightsInfo) -> None:
-    from .text import VocabularyError, load_vocab
-
     try:
         words = load_vocab(path)
     except VocabularyError as exc:
@@ -306,18 +265,17 @@ def _validate(path: Path, size: int, check: Callable[[Path, WeightsInfo], None],
 
 def _verify_recorded(home: Path, path: Path, filename: str) -> bool:
     """Check a cached file against its ``checksums.json`` record: True if it matches (re-hashing only
-    when its size or mtime changed), False if there is no record, DownloadError if it changed."""
-    from . import weights as _weights  # module attribute, so tests can count the hashing
-
+    when its size, mtime or ctime changed), False if there is no record, DownloadError if it changed."""
     record = _read_checksums(home).get(filename)
-    if not record:
+    if not isinstance(record, dict) or not record:
         return False
     st = path.stat()
-    if record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns:
-        return True  # unchanged since it was verified
+    if (record.get("size"), record.get("mtime_ns"), record.get("ctime_ns")) == (st.st_size, st.st_mtime_ns,
+                                                                                 st.st_ctime_ns):
+        return True  # unchanged since it was verified (an edit with the mtime put back changes the ctime)
     if "sha256" not in record:
         return False
-    digest = _weights.sha256_file(path)
+    digest = sha256_file(path)
     if digest != record["sha256"]:
         raise DownloadError(
             f"the cached file {path} changed since it was {'downloaded' if record.get('url') else 'verified'} "
@@ -330,8 +288,13 @@ def _verify_recorded(home: Path, path: Path, filename: str) -> bool:
 
 def verify_cached_file(path: Path) -> None:
     """Check a file of the cache against the sha256 recorded when it was downloaded or first verified
-    (re-hashing only when its size or mtime changed); no record, nothing to check. No download."""
-    _verify_recorded(path.parent, path, path.name)
+    (re-hashing only when its size, mtime or ctime changed); no record, nothing to check. No download."""
+    try:
+        _verify_recorded(path.parent, path, path.name)
+    except OSError as exc:
+        if isinstance(exc, MilnceError):
+            raise
+        raise DownloadError(f"cannot check the cached file {path}: {exc}") from exc
 
 
 def _downloaded_by_milnce(home: Path, filename: str) -> bool:
@@ -358,13 +321,11 @@ def _ensure_file(
     check: Callable[[Path, WeightsInfo], None],
     progress: bool,
 ) -> Path:
-    from . import weights as _weights  # module attribute, so tests can count the hashing
-
     home = cache_dir()
     home.mkdir(parents=True, exist_ok=True)
     path = home / filename
     moved: Path | None = None
-    with _locked(path):
+    with locked(path):
         if path.exists():
             if _verify_recorded(home, path, filename):
                 return path
@@ -379,7 +340,7 @@ def _ensure_file(
                     logger.warning("%s; moved it to %s (milnce never deletes a file it did not download) and "
                                    "downloading it again", exc, moved)
             else:
-                _record_checksum(home, filename, _stat_entry(path, _weights.sha256_file(path), None))
+                _record_checksum(home, filename, _stat_entry(path, sha256_file(path), None))
                 return path
 
         sources = [url] + [m.rstrip("/") + "/" + filename for m in info.mirrors]
@@ -392,7 +353,7 @@ def _ensure_file(
                 path.unlink(missing_ok=True)  # only ever a file this loop downloaded
                 errors.append(exc)
                 continue
-            _record_checksum(home, filename, _stat_entry(path, _weights.sha256_file(path), src))
+            _record_checksum(home, filename, _stat_entry(path, sha256_file(path), src))
             return path
         kept = f" (your earlier file is kept as {moved})" if moved else ""
         if len(errors) == 1 and not moved:
@@ -410,6 +371,11 @@ def ensure_weights(info: WeightsInfo, *, progress: bool = True) -> tuple[Path, P
     ``checksums.json``. A cached file that no longer matches its checksum raises
     :class:`DownloadError`.
     """
-    w = _ensure_file(info, info.filename, info.url, info.num_bytes, _check_weights, progress)
-    v = _ensure_file(info, info.vocab_filename, info.vocab_url, info.vocab_num_bytes, _check_vocab, progress)
+    try:
+        w = _ensure_file(info, info.filename, info.url, info.num_bytes, _check_weights, progress)
+        v = _ensure_file(info, info.vocab_filename, info.vocab_url, info.vocab_num_bytes, _check_vocab, progress)
+    except OSError as exc:
+        if isinstance(exc, MilnceError):
+            raise
+        raise DownloadError(f"cannot use the cache folder {cache_dir()}: {exc}") from exc
     return w, v

@@ -7,7 +7,10 @@ caller would expect (``ValueError``, ``OSError``, ...), so existing ``except`` c
 
 from __future__ import annotations
 
-__all__ = ["MilnceError", "UsageError", "EXIT_CODES"]
+import os
+
+__all__ = ["MilnceError", "UsageError", "MissingFileError", "NotAFolderError", "OutputError", "TrainingError",
+           "EXIT_CODES"]
 
 
 class MilnceError(Exception):
@@ -18,6 +21,30 @@ class MilnceError(Exception):
 
 class UsageError(MilnceError, ValueError):
     """Invalid arguments or settings (out of range, not finite, unknown choice, ...)."""
+
+
+class MissingFileError(MilnceError, FileNotFoundError):
+    """A file or folder the caller named (weights, vocabulary, ...) does not exist."""
+
+
+class NotAFolderError(MilnceError, NotADirectoryError):
+    """A path that must be a folder (an output folder, an index) is a file."""
+
+
+class OutputError(MilnceError, OSError):
+    """A file could not be written (read-only folder, disk full, permissions). ``errno``,
+    ``strerror`` and ``filename`` are the underlying ``OSError``'s."""
+
+    def __init__(self, path: str | os.PathLike[str], cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.filename = os.fspath(path)
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+class TrainingError(MilnceError, RuntimeError):
+    """Training cannot go on: the loss, the weights or the batch-norm statistics went non-finite."""
 
 
 # Exit codes of the command line (documented in the README):

@@ -24,13 +24,15 @@ On CUDA the same graph runs with cuDNN (``F.conv3d`` + in-place ReLU).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .model import InceptionBlock, MaxPool3dSame, STConv3D, VideoTower, check_video_input
 
-__all__ = ["FastVideoNet", "fold_bn", "CUDA_CONVS", "CUDA_POOLS"]
+__all__ = ["FastVideoNet", "fold_bn", "rounding_bound", "CUDA_CONVS", "CUDA_POOLS"]
 
 # CUDA-only choices (no effect on the CPU), timed by benchmarks/bench_gpu.py.
 # Measured on an H200 (bf16, batch 64, 32x224x224): cuDNN's fused conv+bias+ReLU 1333 clips/s
@@ -40,6 +42,22 @@ CUDA_POOLS = ("separable", "native")  # the 3x3x3 max-pool as three 1-D passes (
 
 _CL = torch.channels_last_3d
 _HAS_MKLDNN_POINTWISE = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
+
+
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def rounding_bound(module: nn.Module, skip: nn.Module | None = None) -> float:
+    """How far two float32 runs of ``module`` that sum in different orders (another batch split,
+    thread count, CPU instruction set, fold of batch-norm, runtime) may drift apart, relative to an
+    output's largest value: each convolution or linear layer with ``K`` summed terms adds a
+    rounding error of about ``sqrt(K)`` units of float32 roundoff (2**-24, errors of random sign),
+    and the errors of the layers add up. For the S3D video tower (76 convolutions, 40 linear
+    layers) this is about 1.3e-4. ``skip``: a submodule left out (e.g. the text tower)."""
+    skipped = set(skip.modules()) if skip is not None else set()
+    fan_ins = [m.weight[0].numel() for m in module.modules()
+               if isinstance(m, (nn.Conv3d, nn.Linear)) and m not in skipped]
+    return FLOAT32_UNIT_ROUNDOFF * sum(math.sqrt(k) for k in fan_ins)
 
 
 def fold_bn(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,9 +110,29 @@ class _ConvReLU(nn.Module):
         if self.cudnn_fused and x.is_cuda:
             try:
                 return torch.cudnn_convolution_relu(x, w, b, self.stride, self.padding, [1, 1, 1], 1)
-            except RuntimeError:  # cuDNN disabled or without this fusion here: the unfused ops, from now on
-                self.cudnn_fused = False
+            except RuntimeError as exc:
+                if not fused_unsupported(exc):
+                    raise  # out of memory, a bad input, a device fault: the caller's to see
+                self.cudnn_fused = False  # cuDNN disabled or without this fusion here: the unfused ops, from now on
         return F.conv3d(x, w, b, self.stride, self.padding).relu_()
+
+
+# What "this cuDNN cannot run the fused op" looks like, as opposed to running out of memory.
+_UNSUPPORTED = ("not_supported", "not supported", "unsupported", "not implemented", "cudnn is not",
+                "not compiled", "not available", "unable to find an engine", "no valid execution plan",
+                "no kernel image")
+_OUT_OF_MEMORY = ("out of memory", "alloc_failed", "cudaerrormemoryallocation")
+
+
+def fused_unsupported(exc: BaseException) -> bool:
+    """Whether ``exc`` from ``torch.cudnn_convolution_relu`` means the fused op is unsupported here
+    (fall back to ``F.conv3d`` + ReLU for good), never an out-of-memory error (raised again)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    msg = str(exc).lower()
+    if any(m in msg for m in _OUT_OF_MEMORY):
+        return False
+    return isinstance(exc, NotImplementedError) or any(m in msg for m in _UNSUPPORTED)
 
 
 def _units(st: STConv3D) -> list[_ConvReLU]:

@@ -5,19 +5,19 @@ itself does not check them when it memory-maps the file, so a damaged file can l
 silently changed tensors. :func:`zip_problem` checks every member (about 0.1 s for the
 125 MB published file). The verdict of a full check (CRCs, keys and shapes, finite values,
 the content fingerprint) is remembered in ``$MILNCE_HOME/verified.json`` keyed by the file's
-real path, size, mtime and inode, so later loads of an unchanged file skip the reading.
+real path, size, mtime, ctime and inode (:func:`milnce.cache.file_stamp`), so later loads of an
+unchanged file skip the reading.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
 import os
 import pickletools
 import zipfile
-from pathlib import Path
 from typing import Any
+
+from .cache import JsonStore, cache_dir, file_stamp
 
 __all__ = ["VERIFIED_FILE", "zip_problem", "pickled_globals", "cached_verdict", "record_verdict"]
 
@@ -83,29 +83,15 @@ def pickled_globals(path: str, limit: int = 4) -> list[str]:
 # --------------------------------------------------------------------------- verdict cache
 
 
-def _stamp(st: os.stat_result) -> dict[str, int]:
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
-
-
-def _cache_file() -> str:
-    from .download import cache_dir
-
-    return os.path.join(cache_dir(), VERIFIED_FILE)
-
-
-def _read(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _store() -> JsonStore:
+    return JsonStore(cache_dir() / VERIFIED_FILE, max_entries=_MAX_ENTRIES, indent=1, sort_keys=False)
 
 
 def cached_verdict(path: str, st: os.stat_result) -> dict[str, Any] | None:
-    """The recorded verdict of ``path`` if the file is unchanged since it was verified."""
-    entry = _read(_cache_file()).get(os.path.realpath(path))
-    if not isinstance(entry, dict) or entry.get("stamp") != _stamp(st):
+    """The recorded verdict of ``path`` if the file is unchanged since it was verified (same size,
+    mtime, ctime and inode: an in-place edit with the mtime put back still changes the ctime)."""
+    entry = _store().get(os.path.realpath(path))
+    if not isinstance(entry, dict) or entry.get("stamp") != file_stamp(st):
         return None
     return entry
 
@@ -113,27 +99,9 @@ def cached_verdict(path: str, st: os.stat_result) -> dict[str, Any] | None:
 def record_verdict(path: str, st: os.stat_result, verdict: dict[str, Any]) -> None:
     """Remember that ``path`` (as it was at ``st``) passed verification. Best effort: a read-only
     cache folder only means the next load verifies again."""
-    from .download import _locked
-
-    tmp = None
     try:
-        if _stamp(os.stat(path)) != _stamp(st):
+        if file_stamp(os.stat(path)) != file_stamp(st):
             return  # changed while we read it: verify again next time
-        cache = _cache_file()
-        with _locked(Path(cache)):
-            data = _read(cache)
-            data.pop(os.path.realpath(path), None)
-            data[os.path.realpath(path)] = {"stamp": _stamp(st), **verdict}
-            for key in list(data)[:-_MAX_ENTRIES]:  # oldest first
-                del data[key]
-            tmp = f"{cache}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, cache)
+        _store().put(os.path.realpath(path), {"stamp": file_stamp(st), **verdict})
     except OSError:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
+        pass

@@ -3,12 +3,14 @@ and a plot of the curve (``milnce localize``)."""
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .errors import UsageError
 from .index import Index, IndexMismatchError
 from .index.moments import iter_video_moments
@@ -131,7 +133,9 @@ def plot_localization(loc: Localization, out: str | os.PathLike[str]) -> str:
             ax.set_xlim(0, max(float(loc.ends.max()), loc.duration if loc.duration == loc.duration else 0))
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(os.fspath(out), format="png")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())  # OutputError (one line) for a read-only or missing folder
     return os.fspath(out)

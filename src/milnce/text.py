@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from .errors import MilnceError, UsageError
+from .errors import MilnceError, MissingFileError, UsageError
 
 __all__ = ["Tokenizer", "load_vocab", "VocabularyError", "MAX_WORDS"]
 
@@ -30,7 +30,7 @@ def load_vocab(path: str | os.PathLike[str]) -> np.ndarray:
     """Load a vocabulary ``.npy`` (1-D array of strings) without unpickling anything."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"vocabulary file not found: {path}")
+        raise MissingFileError(f"vocabulary file not found: {path}")
     if os.path.isdir(path):
         raise VocabularyError(f"vocabulary path is a directory, not a .npy file: {path}")
     try:

@@ -9,17 +9,20 @@ The variant (``space_to_depth``) and the vocabulary size are read off the weight
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import integrity
-from .errors import MilnceError
+from .atomic import atomic_file, atomic_write_bytes, atomic_write_text
+from .cache import sha256_file
+from .errors import MilnceError, MissingFileError, OutputError, UsageError
 from .model import VOCAB_SIZE, state_dict_shapes
 
 __all__ = [
@@ -151,8 +154,11 @@ def _read_file(path: str) -> dict:
 
 
 def _is_zip(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the weights file: {exc.strerror or exc}") from exc
 
 
 def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
@@ -205,6 +211,11 @@ def inspect_state_dict(sd: dict[str, torch.Tensor], source: str = "checkpoint", 
     if problems:
         variant = "space_to_depth=True (published)" if s2d else "space_to_depth=False (training variant)"
         raise CheckpointError(f"{source}: does not match the {variant} S3D text-video model: " + "; ".join(problems))
+    wrong_type = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in sd.items()
+                  if not (v.is_floating_point() or (k.endswith("num_batches_tracked") and not v.is_complex()))]
+    if wrong_type:
+        raise CheckpointError(f"{source}: {len(wrong_type)} tensors are not real floating-point numbers "
+                              f"(e.g. {', '.join(wrong_type[:3])}): not weights of this model")
     bad = [k for k, v in sd.items() if check_finite and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{source}: non-finite values (NaN/inf) in {', '.join(bad[:4])}")
@@ -235,7 +246,7 @@ def resolve_weights_file(path: str | os.PathLike[str]) -> str:
     """The weights file of ``path`` (a bundle folder gives its ``model.safetensors``)."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingFileError(f"weights file not found: {path}")
     run_checkpoint = find_run_checkpoint(path) if os.path.isdir(path) else None
     if run_checkpoint is not None:
         path = os.fspath(run_checkpoint)
@@ -290,14 +301,6 @@ def _check_bundle_config(path: str, fp: str, spec: CheckpointSpec) -> None:
         )
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(sd: dict[str, torch.Tensor]) -> str:
     """A short content hash of the weights (independent of file format), e.g. to tag an index."""
     h = hashlib.sha256()
@@ -313,8 +316,6 @@ def fingerprint(sd: dict[str, torch.Tensor]) -> str:
 def check_bundle_target(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Raise ``UsageError`` unless a bundle may be written to ``out_dir`` (new or empty folder,
     or an existing bundle with ``overwrite``)."""
-    from .errors import UsageError
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder: choose a new folder name for the bundle")
@@ -331,19 +332,23 @@ def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | o
     input conventions of ``info``, default the published weights', which ``bundle_info`` reads back).
 
     ``out_dir`` is created if needed; an existing bundle there is replaced only with ``overwrite=True``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = check_bundle_target(out_dir, overwrite=overwrite)
     spec = inspect_state_dict(sd)
     if len(vocab) + 1 != spec.vocab_size:
         raise CheckpointError(f"vocabulary has {len(vocab)} words but the weights expect {spec.vocab_size - 1}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(out, exc) from exc
     tensors = {k: v.contiguous() for k, v in sd.items()}
-    save_file(tensors, str(out / "model.safetensors.tmp"), metadata={"format": "pt", "model": "milnce-s3d"})
-    os.replace(out / "model.safetensors.tmp", out / "model.safetensors")
-    with open(out / "vocab.npy.tmp", "wb") as f:
-        np.save(f, np.asarray(vocab, dtype=str), allow_pickle=False)
-    os.replace(out / "vocab.npy.tmp", out / "vocab.npy")
+    # atomic writes with the umask's permissions (safetensors' own save_file creates files 0600)
+    atomic_write_bytes(out / "model.safetensors", save(tensors, metadata={"format": "pt", "model": "milnce-s3d"}))
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(vocab, dtype=str), allow_pickle=False)
+    with atomic_file(out / "vocab.npy") as f:
+        f.write(buf.getbuffer())
     config = {
         "space_to_depth": spec.space_to_depth,
         "vocab_size": spec.vocab_size,
@@ -351,8 +356,7 @@ def save_bundle(sd: dict[str, torch.Tensor], vocab: np.ndarray, out_dir: str | o
         "fingerprint": fingerprint(sd),
         "inputs": _inputs(info or REGISTRY[DEFAULT_WEIGHTS]),
     }
-    (out / "config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(out / "config.json.tmp", out / "config.json")
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return out
 
 
@@ -374,8 +378,6 @@ def bundle_info(path: str | os.PathLike[str]) -> WeightsInfo | None:
         return None
     if not isinstance(inputs, dict):
         return None
-    from dataclasses import replace
-
     base = REGISTRY.get(str(inputs.get("weights")), REGISTRY[DEFAULT_WEIGHTS])
     try:
         values = {k: inputs[k] for k in _INPUT_FIELDS if k in inputs}

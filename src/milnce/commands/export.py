@@ -16,36 +16,56 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Example: milnce export --onnx s3d  (a trailing .onnx in PREFIX is dropped)",
     )
     p.add_argument("--onnx", required=True, metavar="PREFIX", help="output prefix of the ONNX files")
-    p.add_argument("--frames", type=int, help="frames T of the video input (default: the weights', 32)")
+    p.add_argument("--num-frames", "--frames", dest="num_frames", type=int,
+                   help="frames T of the video input (default: the weights', 32; --frames is the old spelling)")
     p.add_argument("--size", type=int, help="height = width of the video input in px (default: the weights', 224)")
     p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     towers = p.add_mutually_exclusive_group()
     towers.add_argument("--video-only", action="store_true", help="export only the video tower")
     towers.add_argument("--text-only", action="store_true", help="export only the text tower and vocabulary")
     p.add_argument("--verify", action="store_true",
-                   help="run the files with onnxruntime on random inputs and print the difference to PyTorch")
+                   help="run the files with onnxruntime on random inputs, print the difference to PyTorch and "
+                   "a verdict (exit 2 if a difference exceeds the float32 tolerance)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     g = p.add_argument_group("model")
     g.add_argument("--weights", help="weights file (.pth, .safetensors, bundle folder) or registry name; "
                    "default: $MILNCE_WEIGHTS or the published weights from the cache")
     g.add_argument("--vocab", help="vocabulary .npy (default: $MILNCE_VOCAB, next to the weights, or the cache)")
+    g.add_argument("--device", default="cpu", help="torch device the model is loaded on and traced (default: cpu)")
     g.add_argument("--no-download", action="store_true", help="never download weights; fail if they are not local")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..api import load_model
-    from ..export import OPSET, export_onnx, onnx_paths, verify_onnx
+    from ..api import check_device, load_model
+    from ..errors import MilnceError, UsageError
+    from ..export import OPSET, check_onnx, export_onnx, onnx_paths
 
-    onnx_paths(args.onnx)  # a bad prefix fails before the weights load
-    model = load_model(args.weights, args.vocab, device="cpu", fast=False, download=not args.no_download)
-    done = export_onnx(model, args.onnx, num_frames=args.frames, size=args.size,
+    video_path, text_path, vocab_path = onnx_paths(args.onnx)  # a bad prefix fails before the weights load
+    check_device(args.device)
+    wanted = [p for p, on in ((video_path, not args.text_only), (text_path, not args.video_only),
+                              (vocab_path, not args.video_only)) if on]
+    present = [str(p) for p in wanted if p.exists()]
+    if present and not args.overwrite:
+        raise UsageError(f"{', '.join(present)} already exist(s); pass --overwrite to replace, or choose another prefix")
+    model = load_model(args.weights, args.vocab, device=args.device, fast=False, download=not args.no_download)
+    done = export_onnx(model, args.onnx, num_frames=args.num_frames, size=args.size,
                        opset=OPSET if args.opset is None else args.opset,
                        video=not args.text_only, text=not args.video_only)
     for path in (done.video, done.text, done.vocab):
         if path is not None:
             print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"opset {done.opset}; dynamic batch; video input B x 3 x {done.num_frames} x {done.size} x {done.size}")
-    if args.verify:
-        for name, diff in verify_onnx(model, done).items():
-            print(f"onnxruntime vs PyTorch, {name}: max difference {diff:.1e} of the largest value")
+    if not args.verify:
+        return 0
+    checks = check_onnx(model, done)
+    for c in checks.values():
+        print(f"onnxruntime vs PyTorch, {c.name}: max difference {c.onnx_vs_torch:.1e} of the largest value; "
+              f"against float64: onnxruntime {c.onnx_error:.1e}, PyTorch float32 {c.torch_error:.1e} "
+              f"(accepted up to {c.tolerance:.1e})")
+    bad = [c.name for c in checks.values() if not c.ok]
+    if bad:
+        raise MilnceError(f"verification FAILED: {', '.join(bad)} differ(s) from the float64 network by more than "
+                          "float32 rounding explains: the ONNX files do not compute what the model does")
+    print("verification passed: onnxruntime is within float32 rounding of the float64 network")
     return 0

@@ -68,20 +68,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab", help="input vocabulary .npy")
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace a bundle already in the output folder")
+    p.add_argument("--device", default="cpu", help="accepted like every model command's and checked; the bundle "
+                   "itself holds CPU tensors whatever the device (default: cpu)")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from ..download import DownloadError, ensure_weights
+    from ..download import ensure_weights
     from ..weights import DEFAULT_WEIGHTS, REGISTRY
 
     name = args.name or DEFAULT_WEIGHTS
     if name not in REGISTRY:
         raise CommandError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
-    try:
-        w, v = ensure_weights(REGISTRY[name], progress=not args.quiet)
-    except DownloadError as exc:
-        raise CommandError(str(exc)) from exc
+    w, v = ensure_weights(REGISTRY[name], progress=not args.quiet)
     print(f"weights: {w}\nvocab:   {v}")
     return 0
 
@@ -150,7 +149,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from .. import __version__
-    from ..download import cache_dir
+    from ..cache import cache_dir
     from ..weights import REGISTRY
 
     cache = cache_dir()
@@ -264,10 +263,11 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..api import resolve_files
+    from ..api import check_device, resolve_files
     from ..text import load_vocab
     from ..weights import bundle_info, check_bundle_target, load_checkpoint, save_bundle
 
+    check_device(args.device)
     check_bundle_target(args.out, overwrite=args.overwrite)  # before reading 125 MB
     wpath, vpath, info = resolve_files(args.weights, args.vocab, download=not args.no_download)
     sd, spec = load_checkpoint(wpath)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import shlex
 import sys
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..index import IndexReport
 
+from ..errors import MissingFileError
 from .common import (
     CommandError,
     add_model_options,
@@ -41,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-features", metavar="DIR",
                    help="index the feature files of 'milnce extract --out DIR' instead of videos, without loading "
                    "the model (settings and weights fingerprint come from the files)")
+    p.add_argument("--root", action="append", metavar="DIR",
+                   help="a collection root: a folder where the indexed videos live (repeatable). Required with "
+                   "--from-features (the files need not exist yet); the PATHs given are roots too. 'milnce serve' "
+                   "serves only files inside the roots. Alone (no PATH): record roots for an existing index")
     p.add_argument("--prune", action="store_true", help="drop indexed videos whose file no longer exists")
     p.add_argument("--ann", action="store_true", help="(re)build the approximate index (faiss) if missing, stale or "
                    "damaged, and report its recall@10; skipped below --ann-min-windows windows")
@@ -155,6 +163,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise CommandError("--ann needs faiss: pip install faiss-cpu (exact search works without it)") from None
     if args.from_features:
         return _index_from_features(args)
+    if not args.paths and args.root:
+        return _record_roots(args)
     if not args.paths:
         raise CommandError("give the videos to index (files or folders), or --from-features DIR")
     files = find_videos(args.paths, recursive=not args.no_recursive, exclude=[args.index])
@@ -169,7 +179,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
-                         retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers, **extra,
+                         retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers,
+                         roots=args.root or [], **extra,
                          **window_overrides(args))
     return _print_report(args, report)
 
@@ -185,28 +196,49 @@ def _index_from_features(args: argparse.Namespace) -> int:
         check_unlocked(args.index)
     extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
     report = index_features(args.from_features, args.index, prune=args.prune, ann=args.ann,
-                            settings=window_overrides(args), progress=not args.quiet and not args.json, **extra)
+                            settings=window_overrides(args), progress=not args.quiet and not args.json,
+                            roots=args.root or [], **extra)
     return _print_report(args, report)
 
 
+def _record_roots(args: argparse.Namespace) -> int:
+    """``milnce index --index DIR --root ROOT...``: record collection roots of an existing index."""
+    from ..index import Index
+    from ..index.layout import show_path
+
+    if not os.path.isfile(os.path.join(args.index, "index.sqlite")):
+        raise CommandError(f"--root without PATHs records roots of an existing index; there is none at {args.index}")
+    with Index.open(args.index, readonly=False) as index:
+        index.add_roots(args.root)
+        roots = index.roots
+    print(f"{show_path(args.index)}: collection roots: {', '.join(show_path(r) for r in roots)}")
+    return 0
+
+
 def _print_report(args: argparse.Namespace, report: IndexReport) -> int:
-    from ..index.build import show_path
 
     if args.json:
-        print(json.dumps(report.to_dict(), default=str))
+        print(json.dumps(_finite(report.to_dict()), default=str, allow_nan=False))
     else:
         print(report.summary())
-        for path, reason in report.failed[:10]:
-            print(f"  failed: {show_path(path)}: {reason}", file=sys.stderr)
-        if len(report.failed) > 10:
-            print(f"  ... and {len(report.failed) - 10} more (see errors.log)", file=sys.stderr)
+        _print_failed(report)
     return 1 if report.failed else 0  # README "Exit codes": finished, but some inputs failed
 
 
-def _print_results(query: str, moments: list, problem: str | None, by_video: bool) -> None:
-    from ..index.build import show_path
+def _print_failed(report: IndexReport) -> None:
+    """The videos that could not be read, on stderr (the first 10)."""
+    from ..index.layout import show_path
 
-    print(f"\n{query!r}:")
+    for path, reason in report.failed[:10]:
+        print(f"  failed: {show_path(path)}: {show_path(reason)}", file=sys.stderr)
+    if len(report.failed) > 10:
+        print(f"  ... and {len(report.failed) - 10} more (see errors.log)", file=sys.stderr)
+
+
+def _print_results(query: str, moments: list, problem: str | None, by_video: bool) -> None:
+    from ..index.layout import show_path
+
+    print(f"\n{show_path(repr(query))}:")
     if problem:
         print(f"  no results: {problem}")
         return
@@ -243,71 +275,164 @@ def _parse_like(spec: str) -> tuple[str | int, float]:
     return video, start
 
 
-def _read_queries_file(name: str) -> list[str]:
+QUERY_BATCH = 256  # queries searched (and printed) together: memory stays bounded for any number of queries
+MAX_QUERY_LINE = 10_000  # characters: a longer "line" is not a query (e.g. /dev/zero, a binary file)
+
+
+def _open_queries_file(name: str) -> Any:
+    """The queries file opened as UTF-8 text (``-``: standard input); refuses devices and folders."""
+    import io
+    import stat
+
+    if name == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8") if hasattr(sys.stdin, "buffer") else sys.stdin
+    path = os.path.expanduser(name)
     try:
-        if name == "-":
-            text = sys.stdin.read()
+        st = os.stat(path)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+            raise CommandError(f"--queries-file {name}: not a text file of queries (a device, folder or socket)")
+        return open(path, encoding="utf-8")  # noqa: SIM115 - closed by _iter_queries_file
+    except OSError as exc:
+        raise CommandError(f"--queries-file {name}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _iter_queries_file(name: str, f: Any) -> Iterator[str]:
+    """The queries of an opened queries file, one per line, streamed: blank lines and lines
+    starting with ``#`` are skipped (comments, as in list files). Refuses what is not a text file
+    of lines: NUL bytes, bytes that are not UTF-8, a line over ``MAX_QUERY_LINE`` characters."""
+    try:
+        n = 0
+        while True:
+            try:
+                line = f.readline(MAX_QUERY_LINE + 1)
+            except UnicodeDecodeError:
+                raise CommandError(f"--queries-file {name}: line {n + 1} is not UTF-8 text") from None
+            except OSError as exc:
+                raise CommandError(f"--queries-file {name}: cannot read it ({exc.strerror or exc})") from None
+            if not line:
+                return
+            n += 1
+            if len(line) > MAX_QUERY_LINE and not line.endswith("\n"):
+                raise CommandError(f"--queries-file {name}: line {n} is longer than {MAX_QUERY_LINE:,} characters "
+                                   "(not a text file of queries, one per line)")
+            if "\0" in line:
+                raise CommandError(f"--queries-file {name}: line {n} holds NUL bytes (not a text file of queries)")
+            q = line.strip()
+            if q and not q.startswith("#"):
+                yield q
+    finally:
+        if name != "-":
+            f.close()
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for x in items:
+        batch.append(x)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities as null (``search --json`` never prints ``NaN``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class _Output:
+    """Writes search results as they come, in one of the formats (table, json, csv)."""
+
+    def __init__(self, fmt: str, by_video: bool) -> None:
+        import csv
+
+        self.fmt, self.by_video = fmt, by_video
+        self.count = 0
+        self.failed = 0
+        self.csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+
+    def start(self, header: dict[str, Any], table_line: str) -> None:
+        if self.fmt == "json":
+            head = json.dumps(_finite({**header, "results": []}), allow_nan=False)
+            sys.stdout.write(head[:-2])  # without the closing "]}"
+        elif self.csv is not None:
+            self.csv.writerow(CSV_FIELDS)
         else:
-            with open(os.path.expanduser(name), encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"--queries-file {name}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+            print(table_line)
+
+    def add(self, query: str, problem: str | None, moments: list[Any]) -> None:
+        if problem is not None:
+            self.failed += 1
+        if self.fmt == "json":
+            item = {"query": query, "error": problem, "moments": [m.to_dict() for m in moments]}
+            sys.stdout.write((", " if self.count else "") + json.dumps(_finite(item), allow_nan=False))
+        elif self.csv is not None:
+            if problem is not None:
+                print(f"milnce: query {query!r} failed: {problem} (no rows)", file=sys.stderr)
+            for rank, m in enumerate(moments, 1):
+                d = m.to_dict()
+                self.csv.writerow([query, rank, *(_finite(d[f]) for f in CSV_FIELDS[2:])])
+        else:
+            _print_results(query, moments, problem, self.by_video)
+        self.count += 1
+
+    def finish(self) -> None:
+        if self.fmt == "json":
+            sys.stdout.write("]}\n")
+        elif self.csv is not None and self.failed:
+            print(f"milnce: {self.failed} of {self.count} queries failed and have no rows", file=sys.stderr)
+        sys.stdout.flush()
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import csv
-
     from ..index import Index
+    from ..index.layout import show_path
 
     if args.k < 1:
         raise CommandError(f"-k must be >= 1, got {args.k}")
     fmt = args.format or ("json" if args.json else "csv" if args.csv else "table")
     if (args.json and fmt != "json") or (args.csv and fmt != "csv") or (args.json and args.csv):
         raise CommandError("choose one output format: --format, --json or --csv")
-    queries = list(args.queries)
+    queries: Iterable[str] = list(args.queries)
     if args.queries_file:
-        queries += _read_queries_file(args.queries_file)
+        queries = itertools.chain(queries, _iter_queries_file(args.queries_file, _open_queries_file(args.queries_file)))
     likes = [_parse_like(x) for x in args.like or []]
-    if not queries and not likes:
-        raise CommandError("nothing to search: give QUERY sentences, --queries-file or --like")
+    batches = _batches(queries, QUERY_BATCH)
+    first = next(batches, None)  # read (and check) the first queries before loading the model
+    if first is None and not likes:
+        raise CommandError("nothing to search: give QUERY sentences, --queries-file or --like"
+                           + (" (the queries file holds none: blank and # lines are skipped)" if args.queries_file else ""))
     # Check the folder before loading the model (fast, clear error).
     Index.open(args.index).close()
     model = _model(args)
+    opts = {"k": args.k, "merge": not args.no_merge, "by_video": args.videos, "exact": args.exact}
     with Index.open(args.index, model) as index:
-        labels = list(queries)
-        problems: list[str | None] = [index.query_problem(q) for q in queries]
+        mode = "exact" if args.exact or index.ann() is None else "ann"
+        out = _Output(fmt, args.videos)
+        out.start({"index": index.directory, "mode": mode, "ann": index.ann_status()["state"],
+                   "videos": index.num_videos, "windows": len(index)},
+                  f"{show_path(index.directory)}: {index.num_videos} videos, {len(index)} windows ({mode} search)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            results = index.search(queries, k=args.k, merge=not args.no_merge, by_video=args.videos,
-                                   exact=args.exact) if queries else []
+            for batch in itertools.chain([first] if first else [], batches):
+                problems = [index.query_problem(q) for q in batch]
+                for q, p, res in zip(batch, problems, index.search(batch, **opts)):
+                    out.add(q, p, res)
             for video, start in likes:
-                labels.append(f"like {video}@{start:g}")
                 try:
-                    results.append(index.search_like(video, start, args.k, merge=not args.no_merge,
-                                                     by_video=args.videos, exact=args.exact))
-                    problems.append(None)
+                    res = index.search_like(video, start, **opts)
                 except KeyError as exc:
                     raise CommandError(f"--like {video}: {exc.args[0]}") from None
-        mode = "exact" if args.exact or index.ann() is None else "ann"
-        if fmt == "json":
-            out = {"index": index.directory, "mode": mode, "ann": index.ann_status()["state"],
-                   "videos": index.num_videos, "windows": len(index),
-                   "results": [{"query": q, "error": p, "moments": [m.to_dict() for m in res]}
-                               for q, p, res in zip(labels, problems, results)]}
-            print(json.dumps(out))
-        elif fmt == "csv":
-            w = csv.writer(sys.stdout, lineterminator="\n")
-            w.writerow(CSV_FIELDS)
-            for q, res in zip(labels, results):
-                for rank, m in enumerate(res, 1):
-                    d = m.to_dict()
-                    w.writerow([q, rank, *(d[f] for f in CSV_FIELDS[2:])])
-        else:
-            print(f"{index.directory}: {index.num_videos} videos, {len(index)} windows ({mode} search)")
-            for q, p, res in zip(labels, problems, results):
-                _print_results(q, res, p, args.videos)
-    return 1 if any(p is not None for p in problems) else 0  # README "Exit codes"
+                out.add(f"like {video}@{start:g}", None, res)
+        out.finish()
+    return 1 if out.failed else 0  # README "Exit codes"
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -324,7 +449,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"removed": removed, "videos": left}))
     else:
-        from ..index.build import show_path
+        from ..index.layout import show_path
 
         for p in removed:
             print(f"removed {show_path(p)}")
@@ -339,7 +464,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise CommandError(f"-k must be >= 1, got {args.k}")
     if not os.path.isfile(args.video):
-        raise FileNotFoundError(f"no such video file: {args.video}")
+        raise MissingFileError(f"no such video file: {args.video}")
     model = _model(args)
     index = None
     if args.index:
@@ -413,6 +538,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = build_index(videos, index_dir, model, progress=not args.quiet, batch_size=args.batch_size,
                          **window_overrides(args))
     print(report.summary())
+    _print_failed(report)
     queries = args.query or [label for _, label in DEMO_VIDEOS]
     with Index.open(index_dir, model) as index:
         live = {os.path.abspath(v) for v in videos}
@@ -433,4 +559,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nSearch it yourself:  milnce search {shlex.quote(index_dir)} \"your words\"{model_opts}")
     print(f"Browse it in a web page:  milnce serve {shlex.quote(index_dir)}{model_opts}  "
           "(needs pip install 'milnce[serve]'), then open http://127.0.0.1:8000/")
-    return 0
+    return 1 if report.failed else 0  # as milnce index: finished, but some videos could not be read

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..errors import MissingFileError
 from .common import CommandError, add_model_options, model_from_args
 
 # Kept here too: the server module itself cannot be imported without FastAPI.
 MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
+MAX_RESTARTS = 5  # --restart gives up after this many deaths within a minute
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,11 +29,70 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="server log level (default info)")
     p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    p.add_argument("--restart", action="store_true",
+                   help="run the server in a child process and start it again when it dies (e.g. of SIGBUS when "
+                   "a vector file is truncated under it), logging the cause on stderr; gives up after "
+                   f"{MAX_RESTARTS} restarts within a minute")
     add_model_options(p)
     p.set_defaults(func=cmd_serve)
 
 
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """The same ``serve`` command line, without ``--restart``."""
+    argv = ["serve", args.index, "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
+            "--device", args.device, "--precision", args.precision]
+    for opt in ("weights", "vocab"):
+        if getattr(args, opt, None):
+            argv += [f"--{opt}", getattr(args, opt)]
+    for flag, on in (("--no-access-log", args.no_access_log), ("--eager", args.eager),
+                     ("--no-download", args.no_download)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
+def supervise(command: list[str], *, max_restarts: int = MAX_RESTARTS, window_s: float = 60.0,
+              pause_s: float = 1.0) -> int:
+    """Run ``command`` (``milnce serve ...`` without ``--restart``) in a child process until it exits by itself (status 0, 2 or Ctrl-C);
+    when it dies of a signal or an unexpected status, log the cause and start it again, unless
+    it died ``max_restarts`` times within ``window_s`` seconds (then exit 1)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    deaths: list[float] = []
+    while True:
+        proc = subprocess.Popen(command)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            return 130
+        if rc in (0, 2, 130, -signal.SIGINT, -signal.SIGTERM):
+            return 0 if rc in (0, -signal.SIGINT, 130, -signal.SIGTERM) else rc
+        try:
+            cause = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+        except ValueError:
+            cause = f"signal {-rc}"
+        now = time.monotonic()
+        deaths = [t for t in deaths if now - t < window_s] + [now]
+        if len(deaths) > max_restarts:
+            print(f"milnce: serve: the server died ({cause}) {len(deaths)} times within {window_s:g} s; giving up",
+                  file=sys.stderr, flush=True)
+            return 1
+        print(f"milnce: serve: the server died ({cause}); restarting it", file=sys.stderr, flush=True)
+        time.sleep(pause_s)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.restart:
+        if not os.path.isdir(args.index):
+            raise FileNotFoundError(f"index folder not found: {args.index} (build one with 'milnce index')")
+        import sys
+
+        return supervise([sys.executable, "-m", "milnce.cli", *_child_argv(args)])
     try:
         import uvicorn  # noqa: F401
 
@@ -43,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
     if not os.path.isdir(args.index):
-        raise FileNotFoundError(f"index folder not found: {args.index} (build one with 'milnce index')")
+        raise MissingFileError(f"index folder not found: {args.index} (build one with 'milnce index')")
     try:  # claim the port first: a busy port is reported before the model loads
         sock = listen(args.host, args.port)
     except OSError as exc:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 from ..video.find import VIDEO_SUFFIXES, walk_videos
+from .items import Benchmark, EvalItem, round_robin
 
 __all__ = [
     "BENCHMARKS",
@@ -38,12 +38,6 @@ __all__ = [
 ]
 
 BENCHMARKS = ("youcook2", "msrvtt", "hmdb51", "ucf101")  # CrossTask: milnce.eval.crosstask
-TITLES = {
-    "youcook2": "YouCook2 validation, zero-shot text-to-video retrieval",
-    "msrvtt": "MSR-VTT 1k-A test, zero-shot text-to-video retrieval",
-    "hmdb51": "HMDB-51, linear probe on mixed_5c (top-1, splits 1-3)",
-    "ucf101": "UCF-101, linear probe on mixed_5c (top-1, splits 1-3)",
-}
 _FILES = {
     "youcook2": "youcook2_validation.csv",
     "msrvtt": "msrvtt_1k_test.csv",
@@ -55,41 +49,6 @@ _COLUMNS = {
     "hmdb51": ("video_id", "label", "split1", "split2", "split3"),
 }
 VIDEO_EXTS = VIDEO_SUFFIXES  # one list of video extensions (milnce.video.find)
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """One annotation row: a clip (``start``/``end`` seconds; ``None`` = the whole video) with
-    its caption (retrieval) or its class and split membership (classification)."""
-
-    row: int
-    video_id: str
-    start: float | None = None
-    end: float | None = None
-    text: str | None = None
-    label: str | None = None
-    folder: str | None = None  # the sub-folder the protocol puts the video in (task / class)
-    splits: tuple[int, ...] = ()
-
-
-@dataclass
-class Benchmark:
-    """A benchmark's rows (in annotation order) and where they came from."""
-
-    name: str
-    items: list[EvalItem]
-    annotations: str
-    total_rows: int = 0
-    limited: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def title(self) -> str:
-        return TITLES[self.name]
-
-    @property
-    def task(self) -> str:
-        return "classification" if self.name in ("hmdb51", "ucf101") else "retrieval"
 
 
 def default_annotations(name: str) -> Path:
@@ -137,7 +96,7 @@ def load_benchmark(name: str, annotations: str | os.PathLike[str] | None = None,
         return load_ucf101(annotations, limit)
     path = Path(annotations) if annotations is not None else default_annotations(name)
     if not path.exists():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"annotation file not found: {path}")
     if path.is_dir():
         raise UsageError(f"annotation path is a folder, not a .csv file: {path}")
     try:
@@ -162,7 +121,7 @@ def load_benchmark(name: str, annotations: str | os.PathLike[str] | None = None,
             raise UsageError(f"limit must be a whole number >= 1, got {limit!r}")
         limit = int(limit)
         if limit < len(items):
-            bench.items = _round_robin(items, limit) if name == "hmdb51" else items[:limit]
+            bench.items = round_robin(items, limit) if name == "hmdb51" else items[:limit]
             bench.limited = True
     return bench
 
@@ -185,21 +144,6 @@ def _item(name: str, i: int, r: dict[str, str], where: str) -> EvalItem:
     return EvalItem(i, vid, None, None, label=class_name(label), folder=label, splits=splits)
 
 
-def _round_robin(items: Sequence[EvalItem], n: int) -> list[EvalItem]:
-    by_label: dict[str, list[EvalItem]] = {}
-    for it in items:
-        by_label.setdefault(it.label or "", []).append(it)
-    queues = list(by_label.values())
-    out: list[EvalItem] = []
-    k = 0
-    while len(out) < n:
-        for q in queues:
-            if k < len(q) and len(out) < n:
-                out.append(q[k])
-        k += 1
-    return sorted(out, key=lambda it: it.row)
-
-
 class VideoResolver:
     """Finds each row's video file under ``root`` following the benchmark's layout.
 
@@ -212,7 +156,7 @@ class VideoResolver:
     def __init__(self, root: str | os.PathLike[str], benchmark: str) -> None:
         self.root = Path(root)
         if not self.root.exists():
-            raise FileNotFoundError(f"video folder not found: {self.root}")
+            raise MissingFileError(f"video folder not found: {self.root}")
         if not self.root.is_dir():
             raise UsageError(f"--videos must be a folder, got a file: {self.root}")
         self.benchmark = benchmark

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file, atomic_write_bytes
+from ..errors import NotAFolderError
 from .run import EvalResult
 
 __all__ = ["PUBLISHED_KEYS", "format_table", "published", "result_dict", "write_outputs"]
@@ -112,7 +113,7 @@ def write_outputs(result: EvalResult, out: str | os.PathLike[str]) -> dict[str, 
     """Write ``metrics.json``, ``embeddings.npz`` and ``results.txt`` into ``out`` (created)."""
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"--out must be a folder, got a file: {folder}")
+        raise NotAFolderError(f"--out must be a folder, got a file: {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     files = {"metrics": folder / "metrics.json", "embeddings": folder / "embeddings.npz", "table": folder / "results.txt"}
     data = json.dumps(result_dict(result), indent=2).encode() + b"\n"

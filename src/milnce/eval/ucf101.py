@@ -21,12 +21,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .datasets import Benchmark
+from .items import Benchmark, EvalItem, round_robin
 
 __all__ = ["SPLIT_FILES", "load_ucf101", "ucf_group"]
 
@@ -108,8 +105,6 @@ def _split(path: Path, train: bool, by_name: dict[str, str], classes: dict[int, 
 
 def load_ucf101(annotations: str | os.PathLike[str] | None, limit: int | None = None) -> Benchmark:
     """The three official splits as a ``Benchmark`` of ``EvalItem`` rows (one per video)."""
-    from .datasets import Benchmark, EvalItem, _round_robin
-
     root = _folder(annotations)
     classes = _classes(root / "classInd.txt")
     by_name = {c.lower(): c for c in classes.values()}
@@ -137,6 +132,6 @@ def load_ucf101(annotations: str | os.PathLike[str] | None, limit: int | None = 
         if isinstance(limit, bool) or int(limit) < 1:
             raise UsageError(f"limit must be a whole number >= 1, got {limit!r}")
         if int(limit) < len(items):
-            bench.items = _round_robin(items, int(limit))
+            bench.items = round_robin(items, int(limit))
             bench.limited = True
     return bench

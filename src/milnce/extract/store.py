@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import MilnceError
 from ..video.result import FORMAT, EmbeddingsFileError, VideoWindows, check_crc, check_structure, write_npz
 from .inputs import VideoInput, output_path
@@ -75,10 +76,10 @@ class NpzLayout:
         return check_crc(target)
 
 
-def _tmp_name(target: str) -> str:
-    d, name = os.path.split(target)
+def _tmp_prefix(target: str) -> str:
+    """Temporary files of ``target`` are ``{prefix}{pid}.{random}.tmp`` (``milnce.atomic``)."""
     host = socket.gethostname().replace(".", "_")
-    return os.path.join(d, f".{name}.{host}.{os.getpid()}{_TMP_SUFFIX}")
+    return f".{os.path.basename(target)}.{host}."
 
 
 def _pid_alive(pid: int) -> bool:
@@ -93,16 +94,15 @@ def _pid_alive(pid: int) -> bool:
 
 def _sweep(target: str) -> None:
     """Remove temporary files of ``target`` left by dead processes of this host (kill -9)."""
-    d, name = os.path.split(target)
-    host = socket.gethostname().replace(".", "_")
-    prefix = f".{name}.{host}."
+    d = os.path.dirname(target)
+    prefix = _tmp_prefix(target)
     try:
         entries = os.listdir(d or ".")
     except OSError:
         return
     for e in entries:
         if e.startswith(prefix) and e.endswith(_TMP_SUFFIX):
-            pid = e[len(prefix):-len(_TMP_SUFFIX)]
+            pid = e[len(prefix):-len(_TMP_SUFFIX)].split(".")[0]
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(d, e))
@@ -125,19 +125,11 @@ def write_feature_file(target: str, arrays: dict[str, Any], meta: dict[str, Any]
     except OSError as exc:
         raise StoreError(f"cannot create the output folder {d}: {exc.strerror or exc}") from exc
     _sweep(target)
-    tmp = _tmp_name(target)
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(target, prefix=_tmp_prefix(target)) as f:
             write_npz(f, arrays, meta)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(exc, OSError):
-            raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        raise
+    except OSError as exc:
+        raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
     with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(d, os.O_RDONLY)
         try:

@@ -11,13 +11,16 @@ Layout of an index folder::
     .lock               held (fcntl) by the one process that writes
 
 Modules: ``records`` (``Moment``, ``VideoRecord``, ``IndexReport``, row types), ``errors``,
-``layout`` (file names), ``store`` (``Index``: the folder, memory-mapped vectors, records, writing,
-compaction), ``database`` (SQLite schema, connection, stored paths), ``verify`` (open-time damage
-checks), ``query`` (``QueryMixin``: ``Index``'s searches, curves, query encoding, ranking),
-``search`` (exact int8-screened search), ``ann`` (faiss), ``moments``
-(what a moment is: ``video_moments``), ``build`` (``find_videos``, ``build_index``), ``features``
-(``index_features``: from ``milnce extract``'s files), ``lock`` (the writer lock).
-Crash safety and search are described in ``milnce.index.store``; ranking in ``milnce.index.query``.
+``layout`` (file names, printable paths), ``roots`` (collection roots), ``database`` (SQLite
+schema, connection, stored paths), ``verify`` (open-time checks), ``ann`` (faiss: open, build),
+``snapshot`` (``Snapshot``: one committed state, immutable: records, row ranges, memory maps, ANN
+handle), ``search`` (``Searcher``: exact int8-screened search over a snapshot), ``moments`` (what
+a moment is), ``query`` (ranking, moments, curves over a snapshot; ``QueryMixin``: ``Index``'s
+searches), ``storefiles`` (store files: append, truncate, compact), ``store`` (``Index``: the one
+writer, publishing a snapshot per commit), ``ingest`` (what ``build`` and ``features`` share),
+``build`` (``find_videos``, ``build_index``), ``features`` (``index_features``: from ``milnce
+extract``'s files, no model), ``lock`` (the writer lock). Imports go one way, in that order.
+Crash safety is described in ``milnce.index.store``; ranking in ``milnce.index.query``.
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ from .lock import acquire_lock, check_unlocked
 from .moments import MOMENT_MARGIN, iter_video_moments, merge_windows, moment_margin, video_moments
 from .records import IndexReport, Moment, VideoRecord, VideoRow, WindowRun
 from .search import quantize_rows
+from .snapshot import Snapshot
 from .store import Index
 
 DEFAULT_SETTINGS = WindowSettings().to_dict()  # a new index's windows: the published weights' conventions
 
 __all__ = [
     "Index",
+    "Snapshot",
     "Moment",
     "VideoRecord",
     "VideoRow",

@@ -10,18 +10,30 @@ import os
 import time
 import warnings
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .errors import IndexFolderError, IndexWriteError
-from .layout import fsync_dir, now
-from .search import SCAN_BLOCK
+from .layout import SCAN_BLOCK, fsync_dir, now
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import Index
 
-__all__ = ["load_ann", "build_ann", "ann_status", "ANN_MIN_WINDOWS"]
+class AnnSource(Protocol):
+    """What building the ANN index reads (``milnce.index.snapshot.Snapshot`` provides it)."""
+
+    directory: str
+    dim: int
+    num_rows: int
+    num_live: int
+    generation: int
+
+    @property
+    def vectors(self) -> np.ndarray: ...
+    def live_mask(self) -> np.ndarray | None: ...
+    def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray: ...
+
+__all__ = ["open_ann", "build_ann", "AnnSource", "ANN_MIN_WINDOWS"]
 
 
 ANN_MIN_WINDOWS = 50_000  # below this exact search is fast (a few ms) and an IVF index only loses recall
@@ -37,32 +49,25 @@ def _file_crc(path: str) -> int:
     return crc
 
 
-def load_ann(index: Index) -> Any:
-    """The index's approximate index (faiss), loaded and verified once, or None (none built, stale,
-    damaged, or no faiss: search is then exact; a damaged file is reported once as a warning on the
-    ``milnce.index`` logger). ``ann_status`` says which."""
-    info = index.meta.get("ann")
-    if not info:
-        index._ann_state = {"state": "not built"}
-        return None
-    key = info.get("file")
-    if index._ann_key == key:
-        return index._ann
-    index._ann, index._ann_key = None, key
-    ix, state = _open_ann(index, info)
-    index._ann, index._ann_state = ix, state
+def open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -> tuple[Any, dict[str, Any]]:
+    """The approximate index (faiss) an index records in ``info``, loaded and verified (size,
+    CRC-32, vector count and dimension), and its state: ``(index or None, {"state": "ok" | "missing"
+    | "damaged" | "stale" | "no faiss", "file", "kind", "rows", "nprobe", "recall_at_10", "reason"})``.
+    Anything but "ok" means searches are exact; a damaged or missing file is reported once, as a
+    warning on the ``milnce.index`` logger."""
+    ix, state = _open_ann(directory, info, generation, dim)
     if state["state"] in ("damaged", "missing"):
         log.warning("the ANN index %s is %s (%s); searching exactly. Rebuild it with: milnce index ... --ann",
-                    key, state["state"], state.get("reason"))
-    return ix
+                    info.get("file"), state["state"], state.get("reason"))
+    return ix, state
 
 
-def _open_ann(index: Index, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -> tuple[Any, dict[str, Any]]:
     key = str(info.get("file"))
     base = {"file": key, "kind": info.get("kind"), "rows": info.get("rows"), "nprobe": info.get("nprobe"),
             "recall_at_10": info.get("recall_at_10")}
-    path = os.path.join(index.directory, key)
-    if info.get("generation") != index.generation:
+    path = os.path.join(directory, key)
+    if info.get("generation") != generation:
         return None, {**base, "state": "stale", "reason": "built before the store was compacted"}
     if not os.path.isfile(path):
         return None, {**base, "state": "missing", "reason": f"{key} does not exist"}
@@ -82,9 +87,9 @@ def _open_ann(index: Index, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with its own message
         return None, {**base, "state": "damaged", "reason": f"unreadable ({str(exc).splitlines()[0][:200]})"}
     want_n = info.get("live")
-    if ix.d != index.dim or (want_n is not None and ix.ntotal != want_n):
+    if ix.d != dim or (want_n is not None and ix.ntotal != want_n):
         return None, {**base, "state": "damaged",
-                      "reason": f"{ix.ntotal} vectors of dimension {ix.d}, expected {want_n} of {index.dim}"}
+                      "reason": f"{ix.ntotal} vectors of dimension {ix.d}, expected {want_n} of {dim}"}
     try:
         ivf = faiss.extract_index_ivf(ix)
         ivf.nprobe = int(info.get("nprobe", 16))
@@ -94,22 +99,15 @@ def _open_ann(index: Index, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return ix, {**base, "state": "ok"}
 
 
-def ann_status(index: Index) -> dict[str, Any]:
-    """The ANN index's state: ``{"state": "ok" | "not built" | "missing" | "damaged" | "stale" |
-    "no faiss", "file", "kind", "rows", "nprobe", "recall_at_10", "reason"}`` (loads and verifies
-    it once: size, CRC-32, vector count and dimension)."""
-    load_ann(index)
-    return dict(index._ann_state)
-
 # -- writing (readonly=False) -------------------------------------------------------------
 
 
-def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
+def build_ann(index: AnnSource, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
               target_recall: float = 0.98, progress: bool = False) -> dict[str, Any]:
     """Build the approximate index over the live rows (faiss IVF with 8-bit scalar-quantised
     codes, or PQ with ``m`` bytes per window; candidates are re-scored exactly). Measures recall@10 against exact search on ``queries`` (or held-out rows) and
-    picks the smallest ``nprobe`` reaching ``target_recall``."""
-    index._need_writer()
+    picks the smallest ``nprobe`` reaching ``target_recall``. Writes the file (atomically) and
+    returns what the index records about it; the caller (``Index.build_ann``) commits that."""
     try:
         import faiss
     except ImportError as exc:
@@ -117,7 +115,7 @@ def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | N
     n = index.num_rows
     if index.num_live == 0:
         raise IndexFolderError("the index is empty; add videos before building the ANN index")
-    x = index._vectors
+    x = index.vectors
     if nlist is None:  # ~sqrt(N) lists: a probe scans ~sqrt(N) codes
         nlist = int(min(65536, max(1, round(math.sqrt(index.num_live)))))
         nlist = min(nlist, max(1, index.num_live // 39))
@@ -159,7 +157,7 @@ def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | N
         if nprobe > nlist:
             break
         ivf.nprobe = nprobe
-        got = _ann_candidates(ix, index._vectors, queries, kk, index.num_rows)
+        got = _ann_candidates(ix, index.vectors, queries, kk, index.num_rows)
         r = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
         table[nprobe] = r
         chosen, recall = nprobe, r
@@ -169,37 +167,21 @@ def build_ann(index: Index, *, queries: np.ndarray | None = None, nlist: int | N
         chosen = min(nlist, chosen)
     if recall < target_recall and nlist not in table:
         ivf.nprobe = nlist
-        got = _ann_candidates(ix, index._vectors, queries, kk, index.num_rows)
+        got = _ann_candidates(ix, index.vectors, queries, kk, index.num_rows)
         recall = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
         chosen = nlist
         table[nlist] = recall
     name = f"ann-{index.generation}-{n}.faiss"
-    tmp = os.path.join(index.directory, name + ".tmp")
     try:
-        faiss.write_index(ix, tmp)
-        written = {"size": os.path.getsize(tmp), "crc32": _file_crc(tmp)}
-        fd = os.open(tmp, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(tmp, os.path.join(index.directory, name))
+        with atomic_path(os.path.join(index.directory, name), prefix=f"{name}.") as tmp:  # swept as ann-*
+            faiss.write_index(ix, tmp)
+            written = {"size": os.path.getsize(tmp), "crc32": _file_crc(tmp)}
         fsync_dir(index.directory)
     except (OSError, RuntimeError) as exc:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         raise IndexWriteError(f"could not write the ANN index into {index.directory} ({exc})") from exc
     info = {"file": name, "kind": desc, "rows": n, "live": index.num_live, "generation": index.generation,
             "nlist": nlist, "nprobe": chosen, "recall_at_10": recall, "recall_by_nprobe": table,
             "queries": len(queries), "build_s": build_s, "built": now(), **written}
-    old = index.meta.get("ann")
-    index._commit([], ann=info)
-    index._load()
-    if old and old.get("file") != name:
-        try:
-            os.remove(os.path.join(index.directory, old["file"]))
-        except OSError:
-            pass
     return info
 
 

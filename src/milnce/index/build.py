@@ -4,23 +4,24 @@ optional ANN index (``build_index``)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import MissingFileError, UsageError
 from ..protocols import Encoder
 from ..video.find import VIDEO_EXTENSIONS, walk_videos
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
-from .layout import user_path
+from .ingest import Progress, file_hash, finish, reason_text
+from .ingest import reason as exc_reason
+from .layout import show_path, user_path
 from .records import IndexReport
 from .store import Index
 
@@ -28,17 +29,9 @@ __all__ = ["build_index", "find_videos", "file_hash", "show_path", "VIDEO_EXTENS
 
 log = logging.getLogger("milnce.index")
 
-_COMPACT_DEAD_SHARE = 0.25
 
-
-def file_hash(path: str, chunk: int = 1 << 20) -> str:
-    """Content hash (BLAKE2b-128 of the whole file) used to recognise moved or touched videos."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
+def _warn_folder(where: str, reason: str) -> None:
+    log.warning("%s: %s", show_path(where), reason)
 
 
 def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
@@ -62,31 +55,8 @@ def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
             for f in sorted(found):
                 out[f] = None
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+            raise MissingFileError(f"no such file or folder: {p}")
     return list(out)
-
-
-def _warn_folder(where: str, reason: str) -> None:
-    log.warning("%s: %s", show_path(where), reason)
-
-
-def show_path(path: str) -> str:
-    """A path as text that can always be printed (bytes that are not UTF-8 as ``\\xNN``)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _reason(exc: BaseException, path: str) -> str:
-    """An error message without the path (the report shows the path once)."""
-    return _reason_text(str(exc), path) if str(exc) else type(exc).__name__
-
-
-def _reason_text(msg: str, path: str) -> str:
-    """``msg`` without ``path`` (the report shows the path once)."""
-    for p in (path, os.path.basename(path)):
-        for sep in (": ", " "):
-            if msg.startswith(p + sep):
-                msg = msg[len(p) + len(sep):]
-    return msg.replace(f" {path}", "").strip() or "unreadable"
 
 
 def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.PathLike[str], model: Encoder, *,
@@ -94,8 +64,9 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 num_frames: int | None = None, size: int | None = None, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = True, recursive: bool = True,
                 retry_errors: bool = False, ann_queries: Sequence[str] | None = None,
-                ann_min_windows: int = ANN_MIN_WINDOWS) -> IndexReport:
-    """Add the videos under ``paths`` to the index in ``directory`` (created if needed).
+                ann_min_windows: int = ANN_MIN_WINDOWS, roots: Sequence[str | os.PathLike[str]] = ()) -> IndexReport:
+    """Add the videos under ``paths`` to the index in ``directory`` (created if needed). ``paths``
+    (and ``roots``) are recorded as the index's collection roots (``milnce.index.roots``).
 
     Incremental: unchanged videos (same path, size and mtime; or same content hash) are skipped,
     moved ones are recognised by their content, changed ones are re-embedded; ``prune`` drops
@@ -115,13 +86,13 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     t_start = time.perf_counter()
     settings = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "size": size, "stride": stride}.items()
                 if v is not None}
-    WindowSettings.for_model(model, **settings)  # check the values before creating anything
+    _check_window(model, WindowSettings.for_model(model, **settings))  # before creating anything
     _check_run_args(batch_size, workers)
     paths = list(paths)
     unreadable: list[tuple[str, str]] = []
     files = find_videos(paths, recursive=recursive, exclude=[os.fspath(directory)],  # before creating anything
                         on_error=lambda p, r: unreadable.append((p, r)))
-    idx = Index.create(directory, model, settings)
+    idx = Index.create(directory, model, settings, roots=[*paths, *roots])  # the collection roots (milnce.index.roots)
     report = IndexReport(directory=idx.directory)
     try:
         for where, why in unreadable:
@@ -131,19 +102,20 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
         wanted = set(files)
         pending: list[tuple[str, int, float, str]] = []  # path, size, mtime, why
         missing_by_size: dict[int, list[int]] = {}
-        for old_id, r in idx._records.items():
+        for r in idx.rows():
+            old_id = r.id
             if r.path not in wanted and not os.path.exists(r.path):
                 missing_by_size.setdefault(int(r.size), []).append(old_id)
         for f in files:
             try:
                 st = os.stat(f)
             except OSError as exc:
-                report.failed.append((f, f"cannot stat: {exc.strerror or _reason(exc, f)}"))
+                report.failed.append((f, f"cannot stat: {exc.strerror or exc_reason(exc, f)}"))
                 continue
             size_, mtime = int(st.st_size), float(st.st_mtime)
-            known = idx._by_path.get(f)
+            known = idx.video_id_of(f)
             if known is not None:
-                r = idx._records[known]
+                r = idx.row(known)
                 if int(r.size) == size_ and float(r.mtime) == mtime:
                     report.unchanged += 1
                     continue
@@ -157,12 +129,20 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
         if pending:
             _embed_pending(idx, model, pending, missing_by_size, report, batch_size=batch_size, workers=workers,
                            progress=progress)
-        _finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
+        finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
                 queries=lambda: _ann_queries(model, ann_queries))
     finally:
         idx.close()
     report.elapsed = time.perf_counter() - t_start
     return report
+
+
+def _check_window(model: Encoder, window: WindowSettings) -> None:
+    """Refuse windows the model cannot take (its space-to-depth stem needs even frames and sides)
+    before the index folder is created."""
+    if getattr(model.info, "space_to_depth", True) and (window.num_frames % 2 or window.size % 2):
+        raise UsageError(f"these weights need an even number of frames and an even frame size, got --num-frames "
+                         f"{window.num_frames} --size {window.size} (the published setting: 32 frames of 224 px)")
 
 
 def _check_run_args(batch_size: int | None, workers: int | None) -> None:
@@ -180,8 +160,7 @@ def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, flo
     from ..video.probe import probe_duration  # (imports torch: only when building)
 
     total_s = sum(probe_duration(p[0]) or 0.0 for p in pending) if progress else 0.0
-    bar = _Progress(len(pending), total_s, enabled=progress)
-    delay = float(os.environ.get("_MILNCE_INDEX_TEST_DELAY", "0") or 0)  # tests: a slow run to kill
+    bar = Progress(len(pending), total_s, enabled=progress)
     todo: dict[int, tuple[str, int, float, str, str]] = {}  # job key -> path, size, mtime, why, hash
 
     def jobs() -> Iterator[VideoJob]:
@@ -191,21 +170,21 @@ def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, flo
             try:
                 h = file_hash(path)
             except OSError as exc:
-                reason = f"cannot read: {exc.strerror or _reason(exc, path)}"
+                reason = f"cannot read: {exc.strerror or exc_reason(exc, path)}"
                 idx.record_error(path, reason, size_, mtime)
                 report.failed.append((path, reason))
                 bar.done(0.0, path)
                 continue
-            vid = idx._by_path.get(path)
-            if vid is not None and idx._records[vid].hash == h:  # touched, same content
+            vid = idx.video_id_of(path)
+            if vid is not None and idx.row(vid).hash == h:  # touched, same content
                 idx.update_video(vid, size=size_, mtime=mtime)
                 report.unchanged += 1
                 bar.done(0.0, path)
                 continue
             if why == "moved?":
-                match = [v for v in missing_by_size.get(size_, []) if v in idx._records and idx._records[v].hash == h]
+                match = [v for v in missing_by_size.get(size_, []) if idx.has_row(v) and idx.row(v).hash == h]
                 if match:
-                    old_path = idx._records[match[0]].path
+                    old_path = idx.row(match[0]).path
                     idx.update_video(match[0], path=path, size=size_, mtime=mtime)
                     missing_by_size[size_].remove(match[0])
                     report.moved.append((old_path, path))
@@ -216,7 +195,6 @@ def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, flo
 
     window = WindowSettings.from_dict(idx.settings)
     t0 = time.perf_counter()
-    slept = 0.0
     results = run_jobs(model, jobs(), window, features=False, batch_size=batch_size, workers=workers)
     try:
         with warnings.catch_warnings():
@@ -225,8 +203,8 @@ def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, flo
                 assert isinstance(res.key, int)  # the keys given in jobs()
                 path, size_, mtime, why, h = todo.pop(res.key)
                 if res.error is not None or len(res) == 0:
-                    reason = _reason_text(res.error or "no frames could be decoded", path)
-                    vid = idx._by_path.get(path)
+                    reason = reason_text(res.error or "no frames could be decoded", path)
+                    vid = idx.video_id_of(path)
                     if vid is not None:  # changed and now unreadable: drop its stale windows
                         idx.remove_videos([vid])
                     idx.record_error(path, reason, size_, mtime)
@@ -239,13 +217,10 @@ def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, flo
                 report.windows_added += len(res)
                 (report.updated if why == "changed" else report.added).append(path)
                 bar.done(dur, path)
-                if delay:
-                    time.sleep(delay)
-                    slept += delay
     finally:
         results.close()  # stops the decoding processes now, also on errors and Ctrl-C
         bar.close()
-        report.embed_seconds += time.perf_counter() - t0 - slept
+        report.embed_seconds += time.perf_counter() - t0
 
 
 def _ann_queries(model: Encoder, ann_queries: Sequence[str] | None) -> np.ndarray | None:
@@ -260,57 +235,3 @@ def _ann_queries(model: Encoder, ann_queries: Sequence[str] | None) -> np.ndarra
     return model.encode_text(list(ann_queries)).detach().cpu().numpy().astype(np.float32)
 
 
-def _finish(idx: Index, report: IndexReport, *, prune: bool, ann: bool, ann_min_windows: int, progress: bool,
-            queries: Callable[[], np.ndarray | None]) -> None:
-    """Prune, compact when dead rows pile up, (re)build the ANN index, fill the report's totals."""
-    if prune:
-        gone = [vid for vid, r in idx._records.items() if not os.path.exists(r.path)]
-        report.pruned = [idx._records[v].path for v in gone]
-        idx.remove_videos(gone)
-    if idx.num_rows and (idx.num_rows - idx.num_live) > _COMPACT_DEAD_SHARE * idx.num_rows:
-        report.compacted = idx.compact()
-    if ann and idx.num_live < ann_min_windows:
-        report.ann = {"skipped": True, "windows": idx.num_live, "min_windows": int(ann_min_windows),
-                      "reason": f"the index has {idx.num_live:,} windows, fewer than {int(ann_min_windows):,}: "
-                                "exact search is fast there, so no ANN index was built (searches stay exact; "
-                                "--ann-min-windows N to build one anyway)"}
-    elif ann:
-        info = idx.meta.get("ann")
-        fresh = info and info.get("rows") == idx.num_rows and idx.ann_status()["state"] == "ok"
-        if fresh:
-            report.ann = info
-        elif idx.num_live:
-            report.ann = idx.build_ann(queries=queries(), progress=progress)
-    report.num_videos = idx.num_videos
-    report.num_windows = idx.num_live
-
-
-class _Progress:
-    """Videos done / to do, video-hours and ETA (by video-seconds)."""
-
-    def __init__(self, num_videos: int, total_seconds: float, enabled: bool = True) -> None:
-        self.n, self.i = num_videos, 0
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=round(total_seconds / 3600, 4) or None, unit="video-h", file=sys.stderr,
-                            bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} video-h "
-                                       "[{elapsed}<{remaining}{postfix}]" if total_seconds else None,
-                            dynamic_ncols=True, desc=f"videos 0/{num_videos}")
-
-    def done(self, seconds: float, path: str = "") -> None:
-        """One more video settled (``seconds`` of it embedded; ``path``: shown as the latest)."""
-        self.i += 1
-        if self.bar is not None:
-            self.bar.set_description(f"videos {self.i}/{self.n}", refresh=False)
-            if path:
-                self.bar.set_postfix_str(os.path.basename(path)[:30], refresh=False)
-            hours = seconds / 3600
-            if self.bar.total is not None and self.bar.n + hours > self.bar.total:
-                self.bar.total = self.bar.n + hours
-            self.bar.update(hours)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -14,19 +14,20 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
-from ..protocols import Encoder
 from ..video.result import VideoWindows
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
-from .build import _finish, _Progress, _reason_text, file_hash, show_path
+from .ingest import Progress, check_finite, file_hash, finish, reason_text
+from .layout import DB_NAME, show_path
 from .records import IndexReport
+from .roots import inside_roots
 from .store import Index
 
 __all__ = ["index_features", "FeaturesMismatchError"]
@@ -40,15 +41,6 @@ _COMMIT_WINDOWS = 1 << 16
 class FeaturesMismatchError(UsageError):
     """The feature files were made with different settings or weights, or with windows an index
     does not hold (a time range, another padding)."""
-
-
-@dataclass(frozen=True)
-class _Weights:
-    """What ``Index.create`` needs from a model: the weights fingerprint (and no ``info``, so the
-    window settings are all given explicitly)."""
-
-    weights_id: str
-    info: Any = None
 
 
 def _identity(meta: dict[str, Any]) -> str:
@@ -108,7 +100,8 @@ def _mtime(mtime_ns: int) -> float:
 
 def index_features(features_dir: str | os.PathLike[str], directory: str | os.PathLike[str], *,
                    prune: bool = False, ann: bool = False, settings: dict[str, Any] | None = None,
-                   progress: bool = True, ann_min_windows: int = ANN_MIN_WINDOWS) -> IndexReport:
+                   progress: bool = True, ann_min_windows: int = ANN_MIN_WINDOWS,
+                   roots: Sequence[str | os.PathLike[str]] = ()) -> IndexReport:
     """Add the videos of an extraction's output folder ``features_dir`` (``milnce extract --out``)
     to the index in ``directory`` (created if needed), without loading the model.
 
@@ -122,6 +115,10 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     extracted is not indexed (``report.failed``: re-run ``milnce extract``); the extraction's
     failures (``failures*.csv``) are reported as failed (and, like ``milnce index``'s, are not
     reported again while the video is unchanged). ``prune``/``ann``: as ``build_index``.
+
+    ``roots``: the folders where the videos live (``milnce.index.roots``; the files need not exist
+    here), required unless the index already records roots. A feature file whose source path is
+    outside every root is not indexed (``report.failed``): paths inside feature files are untrusted.
     """
     from ..extract import read_failures, read_feature_file
 
@@ -138,10 +135,13 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     weights = str(first.get("weights") or "")
     if not weights:
         raise FeaturesMismatchError(f"{show_path(files[0][0])}: no weights fingerprint in the metadata")
-    # Index.create needs only the weights fingerprint (and no model conventions: every setting is given)
-    idx = Index.create(directory, cast(Encoder, _Weights(weights)), window)
+    if not roots and not os.path.isfile(os.path.join(os.fspath(directory), DB_NAME)):
+        _no_roots(src)  # before the folder is created
+    idx = Index.create_for(directory, weights, WindowSettings.from_dict(window), roots=roots)
     report = IndexReport(directory=idx.directory)
     try:
+        if not idx.roots:
+            _no_roots(src)
         for file, why in bad:
             log.warning("%s: %s", show_path(file), why)
             idx.log_error(file, why)
@@ -153,6 +153,12 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
             video = os.path.abspath(str(source.get("path") or ""))
             size, mtime_ns = int(source.get("size", -1)), int(source.get("mtime_ns", -1))
             done_videos.add(video)
+            if not inside_roots(video, idx.roots):
+                why = (f"the source path in {show_path(file)} is outside the index's roots "
+                       f"({', '.join(show_path(r) for r in idx.roots)}); not indexed")
+                idx.log_error(video, why)
+                report.failed.append((video, why))
+                continue
             try:
                 st: os.stat_result | None = os.stat(video)
             except OSError:
@@ -163,8 +169,8 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
                 report.failed.append((video, why))
                 continue
             mtime = float(st.st_mtime) if st is not None else _mtime(mtime_ns)
-            known = idx._by_path.get(video)
-            if known is not None and int(idx._records[known].size) == size and float(idx._records[known].mtime) == mtime:
+            known = idx.video_id_of(video)
+            if known is not None and int(idx.row(known).size) == size and float(idx.row(known).mtime) == mtime:
                 report.unchanged += 1
                 continue
             todo.append((file, video, size, mtime, "changed" if known is not None else "new"))
@@ -183,17 +189,22 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
             if entry is not None and entry == (size_, mtime_):
                 report.previously_failed += 1
                 continue
-            reason = _reason_text(reason, path) or reason
+            reason = reason_text(reason, path) or reason
             idx.record_error(video, reason, size_, mtime_)
             report.failed.append((video, reason))
         if todo:
             _add_features(idx, todo, report, progress, read_feature_file)
-        _finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
+        finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
                 queries=lambda: None)
     finally:
         idx.close()
     report.elapsed = time.perf_counter() - t_start
     return report
+
+
+def _no_roots(src: str) -> None:
+    raise UsageError(f"--root: say where the videos of {src} live (the folder they were extracted from, as seen "
+                     "from here; the files need not exist yet): the server serves only files inside the index's roots")
 
 
 @dataclass
@@ -210,7 +221,7 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
                   read: Callable[[str], Any]) -> None:
     """Read the feature files and append their windows, a few hundred videos per transaction
     (rows fsynced before the transaction that records them, as for every index write)."""
-    bar = _Progress(len(todo), 0.0, enabled=progress)
+    bar = Progress(len(todo), 0.0, enabled=progress)
     t0 = time.perf_counter()
     batch: list[_Loaded] = []
 
@@ -231,6 +242,9 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
             ff = read(file)
             if len(ff) == 0 or ff.video_embedding.ndim != 2 or len(ff.video_embedding) != len(ff):
                 raise FeaturesMismatchError(f"{show_path(file)}: no windows or inconsistent arrays")
+            bad = check_finite(show_path(file), ff.start, ff.end, ff.video_embedding)
+            if bad is not None:
+                raise FeaturesMismatchError(f"{bad}; the index is not given this file (re-extract the video)")
             h = ""  # the video is not on this box: a later milnce index cannot recognise it moved
             if os.path.isfile(video):
                 try:

@@ -13,6 +13,7 @@ DIM = 512
 KINDS = ("vectors", "times", "codes", "aux")  # the append-only store files of a generation
 EXT = {"vectors": "f32", "times": "f64", "codes": "i8", "aux": "f32"}
 PREFIXES = ("vectors-", "times-", "codes-", "aux-", "ann-")
+SCAN_BLOCK = 1 << 16  # rows per block of an exact scan
 
 
 def now() -> float:
@@ -47,3 +48,13 @@ def user_path(path: str | os.PathLike[str]) -> str:
 def norm_path(path: str | os.PathLike[str]) -> str:
     """Absolute path (no expansion: for paths found on disk or stored in the index)."""
     return os.path.abspath(os.fspath(path))
+
+
+def show_path(path: str) -> str:
+    """A path as text that can always be printed (bytes that are not UTF-8 as ``\\xNN``; control
+    characters such as ESC or a newline as ``\\xNN`` too, so a file name cannot rewrite a terminal
+    or forge a line of output)."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        text = "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in text)
+    return text

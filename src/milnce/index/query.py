@@ -3,10 +3,11 @@
 query encoding (``encode_queries``, ``query_embedding``, ``like_embedding``, ``query_problem``)
 and the ranking of moments with their cosine and percentile.
 
-Ranking: candidates come from ``milnce.index.search._Searcher`` best first; each candidate video's
+Ranking: candidates come from ``milnce.index.search.Searcher`` best first; each candidate video's
 whole score curve is computed and its moments (``milnce.index.moments``) are grown exactly, so
-results are the first ``k`` of one fixed ranking, whatever ``k``. The mixin reads the store's
-snapshot (records, row ranges, memory maps) that ``milnce.index.store.Index`` keeps.
+results are the first ``k`` of one fixed ranking, whatever ``k``. Everything here reads one
+``milnce.index.snapshot.Snapshot`` (records, row ranges, memory maps) through its public members;
+``QueryMixin`` takes ``Index.snapshot`` once per call.
 """
 
 from __future__ import annotations
@@ -15,65 +16,46 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast, overload
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
 from ..errors import UsageError
 from ..windows import WindowSettings
 from .errors import IndexFolderError
-from .layout import expand_path
+from .layout import expand_path, user_path
 from .moments import iter_video_moments
-from .records import Moment, VideoRecord, VideoRow
-from .search import SCAN_BLOCK, _Searcher
+from .records import Moment
+from .search import Searcher
+from .snapshot import Snapshot
 
-__all__ = ["QueryMixin", "PERCENTILE_SAMPLE"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..protocols import Encoder
+
+__all__ = ["QueryMixin", "PERCENTILE_SAMPLE", "cosine", "rank", "moments_of", "video_scores"]
 
 PERCENTILE_SAMPLE = 8192  # windows a moment's percentile is measured against (all, in smaller indexes)
 
-if TYPE_CHECKING:  # pragma: no cover - typing only: store imports this module, not the reverse
-    from ..protocols import Encoder
-    from .store import Index, _RWLock
 
-    class _Snapshot(Protocol):
-        """What the query side reads from the store (``Index`` provides it)."""
-
-        directory: str
-        model: Encoder | None
-        settings: dict[str, Any]
-        dim: int
-        num_rows: int
-        num_live: int
-        _records: dict[int, VideoRow]
-        _derived: dict[str, Any]
-        _state_lock: _RWLock
-
-        @property
-        def _rs(self) -> np.ndarray: ...
-        @property
-        def _re(self) -> np.ndarray: ...
-        @property
-        def _vid(self) -> np.ndarray: ...
-        @property
-        def _vectors(self) -> np.ndarray: ...
-        @property
-        def _times(self) -> np.ndarray: ...
-        @property
-        def _codes(self) -> tuple[np.ndarray, np.ndarray] | None: ...
-        def live_mask(self) -> np.ndarray | None: ...
-        def video_by_path(self, path: str | os.PathLike[str]) -> VideoRecord | None: ...
-        def windows(self, video_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-else:
-    _Snapshot = object
+def cosine(scores: np.ndarray | float, q: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """The one normalised score: ``scores`` (dot products of the query ``q`` with ``vectors``,
+    one row each) divided by both norms (0 where a norm is 0). Used by search results and curves
+    alike (the web API and the CLI)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    qn = float(np.linalg.norm(np.asarray(q, dtype=np.float64)))
+    vn = np.linalg.norm(np.asarray(vectors, dtype=np.float64).reshape(len(s), -1), axis=1)
+    den = qn * vn
+    return np.where(den > 0, s / np.where(den > 0, den, 1.0), 0.0)
 
 
 class _Cursor:
     """One video's moments for one query, produced lazily best first (absolute store rows)."""
 
-    def __init__(self, index: QueryMixin, pos: int, q: np.ndarray, merge: bool) -> None:
-        self.vid = int(index._vid[pos])
-        self.row0 = int(index._rs[pos])
-        scores = index._video_scores(pos, q)
+    def __init__(self, snap: Snapshot, pos: int, q: np.ndarray, merge: bool) -> None:
+        rs, _, vid = snap.ranges()
+        self.vid = int(vid[pos])
+        self.row0 = int(rs[pos])
+        scores = video_scores(snap, pos, q)
         self._it = iter_video_moments(scores, None if merge else -np.inf)
         self._next = next(self._it, None)
         if not merge and self._next is not None:  # single windows: the peak alone
@@ -96,9 +78,141 @@ class _Cursor:
         return out  # type: ignore[return-value]
 
 
+def video_scores(snap: Snapshot, pos: int, q: np.ndarray) -> np.ndarray:
+    """Scores of every window of the video at ``ranges()`` position ``pos`` (one fixed computation,
+    so a moment's score never depends on how it was found)."""
+    rs, re_, _ = snap.ranges()
+    a, b = int(rs[pos]), int(re_[pos])
+    return np.asarray(snap.vectors[a:b], dtype=np.float32) @ q
 
-class QueryMixin(_Snapshot):
-    """Searching an index snapshot (mixed into ``milnce.index.store.Index``)."""
+
+def _score_tolerance(snap: Snapshot, q: np.ndarray) -> float:
+    """A bound on the float32 rounding difference between two computations of one window's score."""
+
+    def max_norm() -> float | None:
+        codes = snap.codes()
+        return float(np.asarray(codes[1][:, 2]).max()) if codes is not None and len(codes[1]) else None
+
+    mx = snap.memo("max_norm", max_norm)
+    qn = float(np.linalg.norm(q))
+    return 1e-5 * qn * (mx if mx is not None and np.isfinite(mx) else max(qn, 1.0) * 1e3) + 1e-6
+
+
+def search_snapshot(snap: Snapshot, q: np.ndarray, k: int, *, merge: bool = True, by_video: bool = False,
+                    exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[list[Moment]]:
+    """The first ``k`` moments for each query embedding (rows of ``q``, checked) in one snapshot."""
+    if snap.num_live == 0:
+        return [[] for _ in range(len(q))]
+    _, _, vid = snap.ranges()
+    skip = {int(p) for p in np.flatnonzero(np.isin(vid, np.fromiter(
+        (int(v) for v in exclude_videos), dtype=np.int64)))}
+    k = min(k, len(snap.records) if by_video else snap.num_live)
+    searcher = Searcher(snap, q, exact=exact)
+    return [rank(snap, searcher, i, k, merge, by_video, skip) for i in range(len(q))]
+
+
+def rank(snap: Snapshot, searcher: Searcher, i: int, k: int, merge: bool, by_video: bool,
+         skip: set[int]) -> list[Moment]:
+    """The first ``k`` of the fixed ranking of moments (or windows / videos) for query ``i``.
+
+    Candidates come from the searcher best first; for every video among them its whole score
+    curve is computed and its moments grown exactly. With ``t`` the lowest candidate score,
+    every moment scoring above ``t`` has its peak among the candidates, so the moments found
+    above ``t`` are exactly the top of the ranking; when fewer than ``k``, the candidates widen."""
+    q = searcher.q[i]
+    n_live = snap.num_live
+    vid = snap.ranges()[2]
+    m = min(n_live, max(2 * k, k + 8) if not by_video else max(4 * k, 32))
+    tol = _score_tolerance(snap, q)
+    cursors: dict[int, _Cursor] = {}
+    found: list[tuple[float, int, int, int, int]] = []  # score, video id, first, last, peak (rows)
+    while True:
+        rows, scores = searcher.top(i, m)
+        complete = m >= n_live or len(rows) < m
+        thr = -np.inf if complete else float(scores[-1]) + tol
+        if not merge and not by_video:
+            pos = snap.positions(rows)
+            keep = [j for j in range(len(rows)) if int(pos[j]) not in skip]
+            found = [(float(scores[j]), int(vid[pos[j]]), int(rows[j]), int(rows[j]), int(rows[j])) for j in keep]
+            if len(found) >= k or complete:
+                return moments_of(snap, found[:k], q)
+        else:
+            for p in np.unique(snap.positions(rows)).tolist():
+                if p not in skip and p not in cursors:
+                    cursors[p] = _Cursor(snap, p, q, merge)
+            if by_video:
+                found = [h for c in cursors.values() if (h := c.head()) is not None and h[0] > thr]
+            else:
+                for c in cursors.values():
+                    found.extend(c.take_above(thr))
+            if len(found) >= k or complete:
+                break
+        m = min(n_live, 2 * m)
+    found.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return moments_of(snap, found[:k], q)
+
+
+def moments_of(snap: Snapshot, found: list[tuple[float, int, int, int, int]], q: np.ndarray) -> list[Moment]:
+    """``Moment``s (with cosine and percentile) for ``(score, video id, first, last, peak)`` rows."""
+    if not found:
+        return []
+    exists: dict[int, bool] = {}
+    peaks = np.array([f[4] for f in found], dtype=np.int64)
+    cos = cosine(np.array([f[0] for f in found]), q, np.asarray(snap.vectors[peaks], dtype=np.float64)).tolist()
+    sample = np.sort(_percentile_sample(snap) @ q)
+    times = snap.times
+    out = []
+    for (score, vid, first, last, peak), c in zip(found, cos):
+        path = snap.records[vid].path
+        if vid not in exists:
+            exists[vid] = os.path.isfile(path)
+        below = np.searchsorted(sample, score, side="left")
+        ties = np.searchsorted(sample, score, side="right") - below
+        pct = 100.0 * (below + 0.5 * ties) / len(sample) if len(sample) else float("nan")
+        out.append(Moment(video_id=vid, path=path, start=float(times[first, 0]), end=float(times[last, 1]),
+                          score=float(score), exists=exists[vid], peak=float(times[peak, 0]), cosine=float(c),
+                          percentile=round(float(pct), 3)))
+    return out
+
+
+def _percentile_sample(snap: Snapshot) -> np.ndarray:
+    """The windows percentiles are measured against: every live window up to ``PERCENTILE_SAMPLE``,
+    else that many spread evenly over the live rows (fixed: the same for every query)."""
+
+    def compute() -> np.ndarray:
+        n = snap.num_live
+        pick = np.arange(n) if n <= PERCENTILE_SAMPLE else np.linspace(0, n - 1, PERCENTILE_SAMPLE).astype(np.int64)
+        mask = snap.live_mask()
+        rows = np.flatnonzero(mask)[pick] if mask is not None else pick
+        return np.ascontiguousarray(snap.vectors[rows], dtype=np.float32)
+
+    return snap.memo("pct", compute)
+
+
+def query_matrix(emb: np.ndarray, dim: int) -> np.ndarray:
+    """Query embeddings as a contiguous Q x dim float32 matrix (``UsageError`` if malformed or not finite)."""
+    q = np.asarray(emb, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise UsageError(f"query embeddings must be Q x {dim}, got shape {q.shape}")
+    if not np.isfinite(q).all():
+        raise UsageError("query embeddings must be finite")
+    return np.ascontiguousarray(q)
+
+
+class QueryMixin:
+    """``Index``'s searches; each reads the current ``snapshot`` (taken once per call) and the model."""
+
+    model: Encoder | None
+
+    @property
+    def snapshot(self) -> Snapshot:  # pragma: no cover - provided by Index
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        return self.snapshot.dim
 
     def query_problem(self, query: str) -> str | None:
         """Why a text query cannot be searched (empty, no known word), or None."""
@@ -112,7 +226,7 @@ class QueryMixin(_Snapshot):
         """Text embeddings (Q x 512; zero rows for unusable queries) and each query's problem."""
         if self.model is None:
             raise IndexFolderError("this index was opened without a model: pass one to Index.open(folder, model) "
-                              "to search with text, or use search_embeddings()")
+                                   "to search with text, or use search_embeddings()")
         problems = [self.query_problem(q) for q in queries]
         emb = np.zeros((len(queries), self.dim), np.float32)
         good = [i for i, p in enumerate(problems) if p is None]
@@ -163,123 +277,13 @@ class QueryMixin(_Snapshot):
         if one was built, else exact; True = exact (int8 screening + float32 re-scoring, the same
         results as a full scan); ``"scan"`` = the plain full float32 scan. With the ANN index the
         candidate videos are approximate (each moment and score is still exact)."""
-        q = self._query_matrix(text_emb)
+        snap = self.snapshot  # one snapshot for the whole search: later commits do not change it
+        q = query_matrix(text_emb, snap.dim)
         k = int(k)
         if k < 1:
             raise UsageError(f"k must be >= 1, got {k}")
-        with self._state_lock.read():  # refresh() does not swap the snapshot under a search
-            if self.num_live == 0:
-                return [[] for _ in range(len(q))]
-            skip = {int(p) for p in np.flatnonzero(np.isin(self._vid, np.fromiter(
-                (int(v) for v in exclude_videos), dtype=np.int64)))}
-            k = min(k, len(self._records) if by_video else self.num_live)
-            searcher = _Searcher(cast("Index", self), q, exact=exact)
-            return [self._rank(searcher, i, k, merge, by_video, skip) for i in range(len(q))]
-
-    def _query_matrix(self, emb: np.ndarray) -> np.ndarray:
-        q = np.asarray(emb, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise UsageError(f"query embeddings must be Q x {self.dim}, got shape {q.shape}")
-        if not np.isfinite(q).all():
-            raise UsageError("query embeddings must be finite")
-        return np.ascontiguousarray(q)
-
-    def _video_of(self, rows: np.ndarray) -> np.ndarray:
-        """Index into the live ranges for each row (rows must be live)."""
-        return np.searchsorted(self._rs, rows, side="right") - 1
-
-    def _video_scores(self, pos: int, q: np.ndarray) -> np.ndarray:
-        """Scores of every window of the video at live-range position ``pos`` (one fixed computation,
-        so a moment's score never depends on how it was found)."""
-        a, b = int(self._rs[pos]), int(self._re[pos])
-        return np.asarray(self._vectors[a:b], dtype=np.float32) @ q
-
-    def _score_tolerance(self, q: np.ndarray) -> float:
-        """A bound on the float32 rounding difference between two computations of one window's score."""
-        d = self._derived
-        if "max_norm" not in d:
-            codes = self._codes
-            d["max_norm"] = float(np.asarray(codes[1][:, 2]).max()) if codes is not None and len(codes[1]) else None
-        mx = d["max_norm"]
-        qn = float(np.linalg.norm(q))
-        return 1e-5 * qn * (mx if mx is not None and np.isfinite(mx) else max(qn, 1.0) * 1e3) + 1e-6
-
-    def _rank(self, searcher: _Searcher, i: int, k: int, merge: bool, by_video: bool, skip: set[int]) -> list[Moment]:
-        """The first ``k`` of the fixed ranking of moments (or windows / videos) for query ``i``.
-
-        Candidates come from the searcher best first; for every video among them its whole score
-        curve is computed and its moments grown exactly. With ``t`` the lowest candidate score,
-        every moment scoring above ``t`` has its peak among the candidates, so the moments found
-        above ``t`` are exactly the top of the ranking; when fewer than ``k``, the candidates widen."""
-        q = searcher.q[i]
-        n_live = self.num_live
-        m = min(n_live, max(2 * k, k + 8) if not by_video else max(4 * k, 32))
-        tol = self._score_tolerance(q)
-        cursors: dict[int, _Cursor] = {}
-        found: list[tuple[float, int, int, int, int]] = []  # score, video id, first, last, peak (rows)
-        while True:
-            rows, scores = searcher.top(i, m)
-            complete = m >= n_live or len(rows) < m
-            thr = -np.inf if complete else float(scores[-1]) + tol
-            if not merge and not by_video:
-                pos = self._video_of(rows)
-                keep = [j for j in range(len(rows)) if int(pos[j]) not in skip]
-                found = [(float(scores[j]), int(self._vid[pos[j]]), int(rows[j]), int(rows[j]), int(rows[j]))
-                         for j in keep]
-                if len(found) >= k or complete:
-                    return self._moments(found[:k], q)
-            else:
-                for p in np.unique(self._video_of(rows)).tolist():
-                    if p not in skip and p not in cursors:
-                        cursors[p] = _Cursor(self, p, q, merge)
-                if by_video:
-                    found = [h for c in cursors.values() if (h := c.head()) is not None and h[0] > thr]
-                else:
-                    for c in cursors.values():
-                        found.extend(c.take_above(thr))
-                if len(found) >= k or complete:
-                    break
-            m = min(n_live, 2 * m)
-        found.sort(key=lambda t: (-t[0], t[1], t[2]))
-        return self._moments(found[:k], q)
-
-    def _moments(self, found: list[tuple[float, int, int, int, int]], q: np.ndarray) -> list[Moment]:
-        """``Moment``s (with cosine and percentile) for ``(score, video id, first, last, peak)`` rows."""
-        if not found:
-            return []
-        exists: dict[int, bool] = {}
-        qn = float(np.linalg.norm(q))
-        peaks = np.array([f[4] for f in found], dtype=np.int64)
-        vn = np.linalg.norm(np.asarray(self._vectors[peaks], dtype=np.float64), axis=1)
-        sample = np.sort(self._percentile_sample() @ q)
-        out = []
-        for (score, vid, first, last, peak), norm in zip(found, vn.tolist()):
-            path = self._records[vid].path
-            if vid not in exists:
-                exists[vid] = os.path.isfile(path)
-            below = np.searchsorted(sample, score, side="left")
-            ties = np.searchsorted(sample, score, side="right") - below
-            pct = 100.0 * (below + 0.5 * ties) / len(sample) if len(sample) else float("nan")
-            out.append(Moment(video_id=vid, path=path, start=float(self._times[first, 0]),
-                              end=float(self._times[last, 1]), score=float(score), exists=exists[vid],
-                              peak=float(self._times[peak, 0]),
-                              cosine=float(score / (qn * norm)) if qn > 0 and norm > 0 else 0.0,
-                              percentile=round(float(pct), 3)))
-        return out
-
-    def _percentile_sample(self) -> np.ndarray:
-        """The windows percentiles are measured against: every live window up to ``PERCENTILE_SAMPLE``,
-        else that many spread evenly over the live rows (fixed: the same for every query)."""
-        d = self._derived
-        if "pct" not in d:
-            n = self.num_live
-            pick = np.arange(n) if n <= PERCENTILE_SAMPLE else np.linspace(0, n - 1, PERCENTILE_SAMPLE).astype(np.int64)
-            mask = self.live_mask()
-            rows = np.flatnonzero(mask)[pick] if mask is not None else pick
-            d["pct"] = np.ascontiguousarray(self._vectors[rows], dtype=np.float32)
-        return d["pct"]
+        return search_snapshot(snap, q, k, merge=merge, by_video=by_video, exact=exact,
+                               exclude_videos=exclude_videos)
 
     # -- curves, query by example -------------------------------------------------------------
 
@@ -291,7 +295,7 @@ class QueryMixin(_Snapshot):
             if problems[0] is not None:
                 raise UsageError(problems[0])
             return emb[0]
-        q = self._query_matrix(query)
+        q = query_matrix(query, self.dim)
         if len(q) != 1:
             raise UsageError(f"expected one query embedding, got {len(q)}")
         return q[0]
@@ -301,30 +305,22 @@ class QueryMixin(_Snapshot):
         order: ``(starts, ends, scores)`` (seconds, seconds, float32 dot products). ``KeyError``
         for an unknown video id."""
         q = self.query_embedding(query)
-        with self._state_lock.read():
-            pos = self._pos_of(video_id)
-            a, b = int(self._rs[pos]), int(self._re[pos])
-            t = np.array(self._times[a:b])
-            return t[:, 0], t[:, 1], self._video_scores(pos, q)
+        snap = self.snapshot
+        pos = snap.position(video_id)
+        rs, re_, _ = snap.ranges()
+        snap.check_files()
+        t = np.array(snap.times[int(rs[pos]):int(re_[pos])])
+        return t[:, 0], t[:, 1], video_scores(snap, pos, q)
 
     def video_moments(self, video_id: int, query: str | np.ndarray, k: int | None = None) -> list[Moment]:
         """All moments of one video for a query, best first (the first ``k``): the partition of its
         windows that ``search`` ranks (``milnce.index.moments``)."""
         q = self.query_embedding(query)
-        with self._state_lock.read():
-            pos = self._pos_of(video_id)
-            c = _Cursor(self, pos, q, True)
-            found = c.take_above(-np.inf)
-            return self._moments(found if k is None else found[:max(0, int(k))], q)
-
-    def _pos_of(self, video_id: int) -> int:
-        try:
-            vid = int(video_id)
-        except (TypeError, ValueError):
-            raise KeyError(f"no video with id {video_id!r} in the index") from None
-        if vid not in self._records:
-            raise KeyError(f"no video with id {video_id!r} in the index")
-        return int(np.searchsorted(self._rs, self._records[vid].row_start, side="right") - 1)
+        snap = self.snapshot
+        pos = snap.position(video_id)
+        snap.check_files()
+        found = _Cursor(snap, pos, q, True).take_above(-np.inf)
+        return moments_of(snap, found if k is None else found[:max(0, int(k))], q)
 
     def like_embedding(self, video: int | str | os.PathLike[str], start: float = 0.0) -> tuple[np.ndarray, int | None]:
         """The embedding of the window of ``video`` (an id, or a path) that starts nearest ``start``
@@ -333,27 +329,29 @@ class QueryMixin(_Snapshot):
         start = float(start)
         if not math.isfinite(start) or start < 0:
             raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
+        snap = self.snapshot
         vid: int | None = None
         path: str | os.PathLike[str] = ""
         if isinstance(video, (int, np.integer)):
-            if int(video) not in self._records:
+            if int(video) not in snap.records:
                 raise KeyError(f"no video with id {video!r} in the index")
             vid = int(video)
         else:
             path = video
-            rec = self.video_by_path(path)
-            if rec is not None and rec.exists:
+            known = snap.by_path.get(user_path(path))
+            if known is not None and os.path.isfile(snap.records[known].path):
+                rec = snap.records[known]
                 st = os.stat(rec.path)
                 if st.st_size == rec.size and float(st.st_mtime) == rec.mtime:
                     vid = rec.id  # indexed and unchanged: its stored windows
         if vid is not None:
-            starts, _, emb = self.windows(vid)
+            starts, _, emb = snap.windows(vid)
             j = int(np.argmin(np.abs(starts - start)))
             return np.asarray(emb[j], np.float32), vid
         if self.model is None:
             raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
                                    "a model to embed it")
-        w = WindowSettings.from_dict(self.settings)
+        w = WindowSettings.from_dict(snap.settings)
         ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
                                           stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
         if len(ve) == 0:
@@ -373,16 +371,4 @@ class QueryMixin(_Snapshot):
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray:
         """Exact dot products of text embeddings (Q x 512) with the stored windows (Q x N rows);
         dead rows score -inf."""
-        q = np.asarray(text_emb, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        a, b = (0, self.num_rows) if rows is None else (rows.start or 0, self.num_rows if rows.stop is None else rows.stop)
-        out = np.empty((len(q), b - a), dtype=np.float32)
-        for s in range(a, b, SCAN_BLOCK):
-            e = min(b, s + SCAN_BLOCK)
-            out[:, s - a:e - a] = q @ self._vectors[s:e].T
-        mask = self.live_mask()
-        if mask is not None:
-            out[:, ~mask[a:b]] = -np.inf
-        return out
-
+        return self.snapshot.scores(text_emb, rows)

@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from .layout import ERROR_LOG
+import numpy as np
 
-__all__ = ["Moment", "VideoRecord", "IndexReport", "VideoRow", "WindowRun"]
+from .layout import ERROR_LOG, show_path
+
+__all__ = ["Moment", "VideoRecord", "IndexReport", "VideoRow", "WindowRun", "VideoEmbeddingsLike"]
+
+
+class VideoEmbeddingsLike(Protocol):
+    """What ``Index.add_video`` stores (``milnce.video.VideoEmbeddings``)."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    embeddings: np.ndarray
+    duration: float
+
 
 
 class VideoRow(NamedTuple):
@@ -57,10 +69,6 @@ class Moment:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _show(path: str) -> str:
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -123,13 +131,13 @@ class IndexReport:
             parts.append(f"{len(self.failed)} failed")
         if self.previously_failed:
             parts.append(f"{self.previously_failed} skipped (failed before; --retry-errors)")
-        lines = [f"{_show(self.directory)}: " + ", ".join(parts),
+        lines = [f"{show_path(self.directory)}: " + ", ".join(parts),
                  f"index: {self.num_videos} videos, {self.num_windows} windows"]
         if self.video_seconds:
             lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({self.windows_added} windows) "
                          f"in {self.embed_seconds:.1f} s: {self.speed:.2f}x real time")
         if self.failed:
-            lines.append(f"unreadable videos are listed in {_show(os.path.join(self.directory, ERROR_LOG))}")
+            lines.append(f"unreadable videos are listed in {show_path(os.path.join(self.directory, ERROR_LOG))}")
         if self.ann and self.ann.get("skipped"):
             lines.append(f"ANN: not built: {self.ann['reason']}")
         elif self.ann:

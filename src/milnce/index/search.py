@@ -1,19 +1,18 @@
 """Exact search over the stored windows: the int8-screened scan with exact float32 re-scoring
-(``_Searcher``), the int8 codes (``quantize_rows``) and the ANN candidates' exact re-scoring."""
+(``Searcher``, over a ``Snapshot``), the int8 codes (``quantize_rows``) and the ANN candidates' exact re-scoring."""
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import Index
+from .layout import SCAN_BLOCK
+from .snapshot import Snapshot
 
-__all__ = ["quantize_rows", "have_int8_kernel"]
+__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "SCAN_BLOCK"]
 
-SCAN_BLOCK = 1 << 16  # rows per block of the exact scan
 _SCREEN_MIN_ROWS = 20000  # below this the float32 scan is as fast as the screened one
 _SCREEN_QUERIES = 8  # queries screened together
 
@@ -81,10 +80,10 @@ def _screen_scores(q: np.ndarray, codes: np.ndarray, scales: Any, r_max: float, 
     return approx, bound.tolist()
 
 
-class _Searcher:
+class Searcher:
     """Top-m live rows per query, exactly (full scan) or via the ANN index + exact re-scoring."""
 
-    def __init__(self, index: Index, q: np.ndarray, exact: bool | str = False) -> None:
+    def __init__(self, index: Snapshot, q: np.ndarray, exact: bool | str = False) -> None:
         self.index = index
         self.q = q
         self.ann = None if exact else index.ann()
@@ -94,7 +93,7 @@ class _Searcher:
         self._cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         self._ann_cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         if self.ann is not None:
-            self.ann_rows = int(index.meta["ann"]["rows"])
+            self.ann_rows = index.ann_rows
 
     def _exact_scores(self, i: int) -> np.ndarray:
         """Full float32 scores of query ``i`` (computed for a few queries at a time)."""
@@ -110,6 +109,7 @@ class _Searcher:
         hit = self._cache.get(i)
         if hit is not None and hit[0] >= m:
             return hit[1][:m], hit[2][:m]
+        idx.check_files()  # a truncated store: an error, not SIGBUS
         if self.ann is not None and m * 4 < idx.num_live:
             rows, scores = self._ann_top(i, m)
         elif (got := self._screened_top(i, m)) is not None:
@@ -134,13 +134,13 @@ class _Searcher:
         idx = self.index
         if self.no_screen or idx.num_rows < _SCREEN_MIN_ROWS or m > 1000:
             return None
-        codes = idx._codes
+        codes = idx.codes()
         if codes is None or not _HAVE_INT8_KERNEL():
             return None
         b = i // _SCREEN_QUERIES  # approximate scores for a few queries at a time (N floats each)
         if self._approx is None or self._approx[0] != b:
             got = _screen_scores(self.q[b * _SCREEN_QUERIES:(b + 1) * _SCREEN_QUERIES], codes[0],
-                                 *idx._code_stats(), idx.live_mask())
+                                 *idx.code_stats(), idx.live_mask())
             if got is None:
                 self.no_screen = True
                 return None
@@ -155,7 +155,7 @@ class _Searcher:
             return None
         # torch, not numpy's BLAS, for the re-scoring: two thread pools fighting over the cores
         # cost tens of ms per query.
-        exact = (torch.from_numpy(np.asarray(idx._vectors[cand])) @ torch.from_numpy(self.q[i])).numpy()
+        exact = (torch.from_numpy(np.asarray(idx.vectors[cand])) @ torch.from_numpy(self.q[i])).numpy()
         order = np.lexsort((cand, -exact))[:m]
         return cand[order].astype(np.int64), exact[order].astype(np.float32)
 
@@ -184,7 +184,7 @@ class _Searcher:
         if len(cand):
             import torch
 
-            scores = (torch.from_numpy(np.asarray(idx._vectors[cand])) @ torch.from_numpy(q)).numpy()
+            scores = (torch.from_numpy(np.asarray(idx.vectors[cand])) @ torch.from_numpy(q)).numpy()
         else:
             scores = np.zeros(0, np.float32)
         if self.ann_rows < idx.num_rows:  # rows added after the ANN index was built: scan them

@@ -1,7 +1,8 @@
-"""The index store: ``Index`` reads and writes an index folder (see ``milnce.index`` for the layout):
-opening (with the checks of ``milnce.index.verify``), records, the memory-mapped rows, writes,
-commits and compaction. SQLite details live in ``milnce.index.database``; searching in
-``milnce.index.query`` (``QueryMixin``, a base of ``Index``).
+"""The index store: ``Index``, the one writer of an index folder (see ``milnce.index``): opening
+(checks in ``milnce.index.verify``), records, writes, commits and compaction. Each commit
+publishes a new immutable ``milnce.index.snapshot.Snapshot`` that searches read
+(``milnce.index.query``); SQLite is in ``milnce.index.database``, the store files in
+``milnce.index.storefiles``.
 
 Crash safety: a video's rows are appended and fsync'ed *before* the SQLite transaction that
 records them (and the committed row count) commits. A crash or a full disk leaves at worst an
@@ -22,88 +23,38 @@ from __future__ import annotations
 import errno
 import json
 import math
-import mmap
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..errors import NotAFolderError, UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
-from .ann import ann_status, build_ann, load_ann
+from .ann import build_ann
 from .database import SCHEMA, connect, db_path, from_db, read_meta, sqlite_reason
 from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
-from .layout import (
-    DB_NAME,
-    DIM,
-    ERROR_LOG,
-    EXT,
-    FORMAT_VERSION,
-    KINDS,
-    PREFIXES,
-    fsync_dir,
-    norm_path,
-    now,
-    user_path,
-)
+from .layout import DB_NAME, DIM, norm_path, now, show_path, user_path
 from .lock import acquire_lock
 from .query import PERCENTILE_SAMPLE, QueryMixin
-from .records import VideoRecord, VideoRow
+from .records import VideoEmbeddingsLike, VideoRecord, VideoRow
 from .search import quantize_rows
-from .verify import check_snapshot
+from .snapshot import Snapshot, store_path
+from .storefiles import (
+    append_error_log,
+    init_folder,
+    remove_generation,
+    truncate_rows,
+    truncate_tail,
+    write_generation,
+    write_rows,
+)
+from .verify import check_settings, check_snapshot
 
 __all__ = ["Index", "PERCENTILE_SAMPLE"]
-
-
-class VideoEmbeddingsLike(Protocol):
-    """What ``Index.add_video`` stores (``milnce.video.VideoEmbeddings``)."""
-
-    starts: np.ndarray
-    ends: np.ndarray
-    embeddings: np.ndarray
-    duration: float
-
-
-class _RWLock:
-    """Many readers (searches) or one writer (reloading the snapshot)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-
-    def read(self) -> _RWLock._Ctx:
-        return _RWLock._Ctx(self, False)
-
-    def write(self) -> _RWLock._Ctx:
-        return _RWLock._Ctx(self, True)
-
-    class _Ctx:
-        def __init__(self, lock: _RWLock, exclusive: bool) -> None:
-            self.lock, self.exclusive = lock, exclusive
-
-        def __enter__(self) -> None:
-            c = self.lock._cond
-            c.acquire()
-            if self.exclusive:
-                while self.lock._readers:
-                    c.wait()  # keeps the condition's lock: new readers wait until we are done
-            else:
-                self.lock._readers += 1
-                c.release()
-
-        def __exit__(self, *exc: Any) -> None:
-            c = self.lock._cond
-            if self.exclusive:
-                c.release()
-            else:
-                with c:
-                    self.lock._readers -= 1
-                    if not self.lock._readers:
-                        c.notify_all()
 
 
 class Index(QueryMixin):
@@ -121,10 +72,8 @@ class Index(QueryMixin):
         self.readonly = readonly
         self._lock_fd = lock_fd
         self._db_lock = threading.RLock()
-        self._state_lock = _RWLock()
-        self._ann: Any = None
-        self._ann_key: Any = None
-        self._ann_state: dict[str, Any] = {"state": "not built"}
+        self._publish_lock = threading.Lock()
+        self._snap: Snapshot | None = None
         self._load()
 
     # -- opening ------------------------------------------------------------------------------
@@ -166,20 +115,36 @@ class Index(QueryMixin):
         return idx
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], model: Encoder, settings: dict[str, Any] | None = None) -> Index:
+    def create(cls, directory: str | os.PathLike[str], model: Encoder, settings: dict[str, Any] | None = None, *,
+               roots: Sequence[str | os.PathLike[str]] = ()) -> Index:
         """Open ``directory`` for writing, creating the index if there is none yet (window settings:
-        ``settings`` over the model's conventions, checked before anything is created)."""
+        ``settings`` over the model's conventions, checked before anything is created; ``roots``:
+        collection roots to record, see ``milnce.index.roots``)."""
         given = {k: v for k, v in (settings or {}).items() if v is not None}
         window = WindowSettings.for_model(model, **given)
+        idx = cls.create_for(directory, model.weights_id, window, weights_name=getattr(getattr(model, "info", None), "name", None),
+                             check=settings, roots=roots)
+        idx.model = model
+        return idx
+
+    @classmethod
+    def create_for(cls, directory: str | os.PathLike[str], weights_id: str, window: WindowSettings, *,
+                   weights_name: str | None = None, check: dict[str, Any] | None = None,
+                   roots: Sequence[str | os.PathLike[str]] = ()) -> Index:
+        """Open ``directory`` for writing, creating an index of embeddings made by the weights
+        ``weights_id`` with ``window`` settings if there is none yet (no model needed: an index of
+        ``milnce extract``'s feature files). An existing index must have the same weights
+        (``IndexMismatchError``) and the settings in ``check``. ``roots`` are added to the index's
+        recorded collection roots."""
         d = user_path(directory)
         if os.path.exists(d) and not os.path.isdir(d):
-            raise NotADirectoryError(f"index path {directory} exists and is not a folder")
+            raise NotAFolderError(f"index path {directory} exists and is not a folder")
         try:
             os.makedirs(d, exist_ok=True)
         except OSError as exc:
             raise IndexWriteError(f"cannot create the index folder {directory}: {exc.strerror or exc}") from exc
         try:
-            return cls._create(d, directory, model, window, settings)
+            return cls._create(d, directory, weights_id, weights_name, window, check, roots)
         except sqlite3.Error as exc:
             raise IndexWriteError(f"cannot write the index in {directory}: {sqlite_reason(exc)}") from exc
         except OSError as exc:
@@ -188,55 +153,43 @@ class Index(QueryMixin):
             raise IndexWriteError(f"cannot write the index in {directory}: {exc.strerror or exc}") from exc
 
     @classmethod
-    def _create(cls, d: str, directory: str | os.PathLike[str], model: Encoder, window: WindowSettings,
-                settings: dict[str, Any] | None) -> Index:
+    def _create(cls, d: str, directory: str | os.PathLike[str], weights_id: str, weights_name: str | None,
+                window: WindowSettings, settings: dict[str, Any] | None,
+                roots: Sequence[str | os.PathLike[str]]) -> Index:
         lock_fd = acquire_lock(d)
         try:
-            db = os.path.join(d, DB_NAME)
-            if not os.path.isfile(db):
-                ours = ("vectors-", "times-", "ann-", DB_NAME, ERROR_LOG, ".")
-                stray = [n for n in os.listdir(d) if not n.startswith(ours)]
-                if stray:
-                    raise IndexFolderError(f"{directory} is not empty and holds no index ({stray[0]}, ...); "
-                                      "pick an empty or new folder for the index")
-            con = connect(db, readonly=False)
-            con.executescript(SCHEMA)
-            meta = read_meta(con, d)
-            if not meta:
-                s = window.to_dict()
-                info = getattr(model, "info", None)
-                init = {
-                    "format_version": FORMAT_VERSION,
-                    "weights_id": model.weights_id,
-                    "weights_name": getattr(info, "name", None),
-                    "dim": DIM,
-                    "settings": s,
-                    "num_rows": 0,
-                    "generation": 0,
-                    "created": now(),
-                    "version": 0,
-                }
-                con.execute("BEGIN IMMEDIATE")
-                con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in init.items()])
-                con.execute("COMMIT")
-                fsync_dir(d)
-            idx = cls(d, con, model, readonly=False, lock_fd=lock_fd)
+            con = init_folder(d, directory, {"weights_id": weights_id, "weights_name": weights_name,
+                                             "settings": window.to_dict()})
+            idx = cls(d, con, None, readonly=False, lock_fd=lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
         try:
-            idx.check_model(model)
+            idx.check_weights(weights_id)
             if settings:
                 idx.check_settings(settings)
             idx._truncate_tail()
+            if roots:
+                idx.add_roots(roots)
         except BaseException:
             idx.close()
             raise
         return idx
 
+    def add_roots(self, roots: Sequence[str | os.PathLike[str]]) -> None:
+        """Record more collection roots (folders, or single files, whose videos may be served)."""
+        self._need_writer()
+        have = self.roots
+        new = [r for r in (user_path(x) for x in roots) if r not in have]
+        if new or "roots" not in self._meta:
+            self._commit([], roots=have + new)
+
     def check_model(self, model: Encoder) -> None:
         """Refuse a model whose weights differ from those that built the index."""
-        wid = getattr(model, "weights_id", None)
+        self.check_weights(getattr(model, "weights_id", None))
+
+    def check_weights(self, wid: str | None) -> None:
+        """Refuse embeddings of weights other than those that built the index."""
         if wid != self.weights_id:
             raise IndexMismatchError(
                 f"the index at {self.directory} was built with other weights (id {self.weights_id}"
@@ -247,23 +200,12 @@ class Index(QueryMixin):
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse window settings that differ from the index's."""
-        bad = []
-        for k, v in settings.items():
-            if v is None or k not in self.settings:
-                continue
-            have = self.settings[k]
-            same = math.isclose(float(v), float(have)) if isinstance(have, (int, float)) else v == have
-            if not same:
-                bad.append(f"{k}={v} (index: {have})")
-        if bad:
-            raise IndexMismatchError(
-                f"the index at {self.directory} was built with other window settings: {', '.join(bad)}; "
-                "leave these options out to reuse the index's, or use another folder"
-            )
+        check_settings(self.directory, self.settings, settings)
 
-    # -- state --------------------------------------------------------------------------------
+    # -- state: the writer's records, published as snapshots ----------------------------------
 
     def _load(self) -> None:
+        """Read the committed state from SQLite and publish it."""
         with self._db_lock:
             con = self._con
             con.execute("BEGIN")  # one snapshot for the settings, the row count and the videos
@@ -275,121 +217,98 @@ class Index(QueryMixin):
             finally:
                 con.execute("COMMIT")
         check_snapshot(self.directory, meta, rows)
-        self.meta = meta
-        self.settings: dict[str, Any] = dict(meta["settings"])
-        self.weights_id: str = meta["weights_id"]
-        self.dim = int(meta.get("dim", DIM))
-        self.num_rows = int(meta["num_rows"])
-        self.generation = int(meta["generation"])
-        self._version = meta.get("version", 0)
+        self._meta: dict[str, Any] = meta
         records = [VideoRow(r[0], from_db(r[1]), *r[2:]) for r in rows]
-        self._records: dict[int, VideoRow] = {r.id: r for r in records}
-        self._by_path: dict[str, int] = {r.path: r.id for r in records}
-        self.num_live = sum(int(r.num_windows) for r in records)
-        self._changed()
+        self._rows: dict[int, VideoRow] = {r.id: r for r in records}
+        self._paths: dict[str, int] = {r.path: r.id for r in records}
+        self._live = sum(int(r.num_windows) for r in records)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Make the writer's current state the snapshot that reads see."""
+        with self._publish_lock:
+            old = self._snap
+            self._snap = Snapshot(self.directory, self._meta, self._rows, previous=old)
+            self._dirty = False
 
     def _changed(self) -> None:
-        """Forget what is derived from the records (rebuilt lazily on the next search)."""
-        self._derived: dict[str, Any] = {}
-        self._live_mask: np.ndarray | None = None
-        self._ann = None
-        self._ann_key = None
-
-    def _ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Live row ranges sorted by start: ``(row_start, row_end, video_id)``."""
-        d = self._derived
-        if "ranges" not in d:
-            recs = sorted(self._records.values(), key=lambda r: r.row_start)
-            rs = np.array([r.row_start for r in recs], dtype=np.int64)
-            rc = np.array([r.num_windows for r in recs], dtype=np.int64)
-            d["ranges"] = (rs, rs + rc, np.array([r.id for r in recs], dtype=np.int64))
-        return d["ranges"]
+        self._dirty = True  # published lazily, on the next read: a build commits far more often than it reads
 
     @property
-    def _rs(self) -> np.ndarray:
-        return self._ranges()[0]
+    def snapshot(self) -> Snapshot:
+        """The current committed state (immutable; a later commit publishes a new one)."""
+        if self._dirty:
+            self._publish()
+        assert self._snap is not None
+        return self._snap
 
     @property
-    def _re(self) -> np.ndarray:
-        return self._ranges()[1]
+    def meta(self) -> dict[str, Any]:
+        return self._meta
 
     @property
-    def _vid(self) -> np.ndarray:
-        return self._ranges()[2]
+    def settings(self) -> dict[str, Any]:
+        return dict(self._meta["settings"])
+
+    @property
+    def weights_id(self) -> str:
+        return str(self._meta["weights_id"])
+
+    @property
+    def dim(self) -> int:
+        return int(self._meta.get("dim", DIM))
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._meta["num_rows"])
+
+    @property
+    def generation(self) -> int:
+        return int(self._meta["generation"])
+
+    @property
+    def num_live(self) -> int:
+        return self._live
+
+    @property
+    def roots(self) -> list[str]:
+        """The collection roots recorded for the index (``milnce.index.roots``)."""
+        return list(self._meta.get("roots") or [])
+
+    def video_id_of(self, path: str | os.PathLike[str]) -> int | None:
+        """The id of the video recorded at ``path`` (absolute), or None (the writer's current state)."""
+        return self._paths.get(norm_path(path))
+
+    def row(self, video_id: int) -> VideoRow:
+        """The stored row of a video (``KeyError`` if unknown; the writer's current state)."""
+        return self._rows[int(video_id)]
+
+    def has_row(self, video_id: int) -> bool:
+        """Whether a video id is recorded (the writer's current state)."""
+        return int(video_id) in self._rows
+
+    def rows(self) -> list[VideoRow]:
+        """Every stored video row (the writer's current state)."""
+        return list(self._rows.values())
+
+    # Private views kept for the index's own tests.
+    @property
+    def _records(self) -> Mapping[int, VideoRow]:
+        return self.snapshot.records
 
     @property
     def _vectors(self) -> np.ndarray:
-        if "maps" not in self._derived:
-            self._derived["maps"] = self._map(self.generation, self.num_rows)
-        return self._derived["maps"][0]
-
-    @property
-    def _times(self) -> np.ndarray:
-        if "maps" not in self._derived:
-            self._derived["maps"] = self._map(self.generation, self.num_rows)
-        return self._derived["maps"][1]
+        return self.snapshot.vectors
 
     def _path(self, kind: str, gen: int | None = None) -> str:
-        g = self.generation if gen is None else gen
-        return os.path.join(self.directory, f"{kind}-{g}.{EXT[kind]}")
-
-    def _width(self, kind: str) -> int:
-        """Bytes per row of a store file."""
-        return {"vectors": self.dim * 4, "times": 16, "codes": self.dim, "aux": 12}[kind]
-
-    def _code_stats(self) -> tuple[Any, float, float]:
-        """bf16 scales (a tensor) and the largest residual norm and norm, computed once."""
-        d = self._derived
-        if "code_stats" not in d:
-            import torch
-
-            aux = np.asarray(self._codes[1])  # type: ignore[index]
-            d["code_stats"] = (torch.from_numpy(np.ascontiguousarray(aux[:, 0])).to(torch.bfloat16),
-                               float(aux[:, 1].max()), float(aux[:, 2].max()))
-        return d["code_stats"]
-
-    @property
-    def _codes(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """int8 codes (N x 512) and per-row (scale, residual norm, norm) for the screened scan,
-        or None when the files are missing or short (the scan then uses the float32 store)."""
-        d = self._derived
-        if "codes" not in d:
-            d["codes"] = None
-            n = self.num_rows
-            cp, ap = self._path("codes"), self._path("aux")
-            if n and all(os.path.exists(p) and os.path.getsize(p) >= n * self._width(k)
-                         for p, k in ((cp, "codes"), (ap, "aux"))):
-                d["codes"] = (np.memmap(cp, dtype=np.int8, mode="r", shape=(n, self.dim)),
-                              np.memmap(ap, dtype=np.float32, mode="r", shape=(n, 3)))
-        return d["codes"]
-
-    def _map(self, gen: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        vp, tp = self._path("vectors", gen), self._path("times", gen)
-        if rows == 0:
-            return np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float64)
-        for p, nbytes in ((vp, rows * self.dim * 4), (tp, rows * 16)):
-            have = os.path.getsize(p) if os.path.exists(p) else -1
-            if have < nbytes:
-                raise IndexFolderError(f"{p}: the vector store is missing or shorter than the committed "
-                                  f"{rows} rows ({have} < {nbytes} bytes); the index is damaged")
-        v = np.memmap(vp, dtype=np.float32, mode="r", shape=(rows, self.dim))
-        t = np.memmap(tp, dtype=np.float64, mode="r", shape=(rows, 2))
-        # Searches read scattered rows of the float32 store (re-scoring): no read-ahead around them.
-        mm = getattr(v, "_mmap", None)
-        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-            try:
-                mm.madvise(mmap.MADV_RANDOM)
-            except OSError:
-                pass
-        return v, t
+        return store_path(self.directory, kind, self.generation if gen is None else gen)
 
     def refresh(self) -> bool:
         """Reload if another process committed changes; returns whether it did."""
         with self._db_lock:
             row = self._con.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if row is not None and json.loads(row[0]) != self._version:
-            with self._state_lock.write():  # waits for running searches
-                self._load()
+        if row is not None and json.loads(row[0]) != self._meta.get("version", 0):
+            self._load()  # running searches keep the snapshot they started with
             return True
         return False
 
@@ -413,11 +332,11 @@ class Index(QueryMixin):
                 os.close(self._lock_fd)
             finally:
                 self._lock_fd = None
-        self._derived = {"maps": (np.zeros((0, self.dim), np.float32), np.zeros((0, 2), np.float64))}
-        self._ann = None
+        if self._snap is not None:
+            self._snap.close()
 
     def __repr__(self) -> str:
-        return (f"Index({self.directory!r}, {len(self._records)} videos, {self.num_live} windows, "
+        return (f"Index({self.directory!r}, {len(self._rows)} videos, {self.num_live} windows, "
                 f"weights {self.weights_id}, ann={'yes' if self.meta.get('ann') else 'no'})")
 
     # -- videos -------------------------------------------------------------------------------
@@ -425,7 +344,7 @@ class Index(QueryMixin):
     @property
     def num_videos(self) -> int:
         """Number of indexed videos."""
-        return len(self._records)
+        return len(self.snapshot.records)
 
     def _record(self, r: VideoRow, check: bool = True) -> VideoRecord:
         return VideoRecord(id=r.id, path=r.path, duration=float(r.duration), num_windows=int(r.num_windows),
@@ -433,25 +352,23 @@ class Index(QueryMixin):
 
     def videos(self) -> list[VideoRecord]:
         """All indexed videos, by path."""
-        return sorted((self._record(r) for r in self._records.values()), key=lambda v: v.path)
+        return sorted((self._record(r) for r in self.snapshot.records.values()), key=lambda v: v.path)
 
     def video(self, video_id: int) -> VideoRecord:
         """One video by id (``KeyError`` if unknown)."""
         try:
-            return self._record(self._records[int(video_id)])
+            return self._record(self.snapshot.records[int(video_id)])
         except (KeyError, ValueError, TypeError):
             raise KeyError(f"no video with id {video_id!r} in the index") from None
 
     def video_by_path(self, path: str | os.PathLike[str]) -> VideoRecord | None:
-        vid = self._by_path.get(user_path(path))
-        return None if vid is None else self._record(self._records[vid])
+        snap = self.snapshot
+        vid = snap.by_path.get(user_path(path))
+        return None if vid is None else self._record(snap.records[vid])
 
     def windows(self, video_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(starts, ends, embeddings)`` of one video's windows (copies)."""
-        r = self._records[int(video_id)]
-        a, n = int(r.row_start), int(r.num_windows)
-        t = np.array(self._times[a:a + n])
-        return t[:, 0], t[:, 1], np.array(self._vectors[a:a + n])
+        return self.snapshot.windows(video_id)
 
     def errors(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the videos that could not be read."""
@@ -460,26 +377,19 @@ class Index(QueryMixin):
 
     def live_mask(self) -> np.ndarray | None:
         """Boolean mask of live rows, or None when every row is live."""
-        if self.num_live == self.num_rows:
-            return None
-        if self._live_mask is None:
-            mask = np.zeros(self.num_rows, dtype=bool)
-            for a, b in zip(self._rs, self._re):
-                mask[a:b] = True
-            self._live_mask = mask
-        return self._live_mask
+        return self.snapshot.live_mask()
 
     # -- ANN ----------------------------------------------------------------------------------
 
     def ann(self) -> Any:
         """The loaded approximate index (faiss) or None (none built, stale, damaged, or no faiss)."""
-        return load_ann(self)
+        return self.snapshot.ann()
 
     def ann_status(self) -> dict[str, Any]:
         """The approximate index's state for health checks: ``{"state": "ok" | "not built" |
         "missing" | "damaged" | "stale" | "no faiss", "file", "kind", "rows", "nprobe",
         "recall_at_10", "reason"}``. Anything but "ok" means searches are exact."""
-        return ann_status(self)
+        return self.snapshot.ann_status()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -490,46 +400,11 @@ class Index(QueryMixin):
     def _truncate_tail(self) -> None:
         """Cut what a crashed writer appended after the last commit; drop stale generations."""
         self._need_writer()
-        for kind in KINDS:
-            p, width = self._path(kind), self._width(kind)
-            if not os.path.exists(p):
-                fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-                os.close(fd)
-                continue
-            if os.path.getsize(p) > self.num_rows * width:
-                os.truncate(p, self.num_rows * width)
-        keep = {os.path.basename(self._path(kind)) for kind in KINDS}
         ann = self.meta.get("ann")
-        if ann:
-            keep.add(ann.get("file"))
-        for name in os.listdir(self.directory):
-            if name.startswith(PREFIXES) and name not in keep:
-                try:
-                    os.remove(os.path.join(self.directory, name))
-                except OSError:
-                    pass
-        fsync_dir(self.directory)
+        truncate_tail(self.directory, self.generation, self.num_rows, self.dim, ann.get("file") if ann else None)
 
     def _write_rows(self, kind: str, data: bytes, offset: int, gen: int | None = None) -> None:
-        p = self._path(kind, gen)
-        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(data)
-            pos = 0
-            while pos < len(view):
-                n = os.pwrite(fd, view[pos:pos + (64 << 20)], offset + pos)
-                if n <= 0:
-                    raise OSError(errno.EIO, "short write")
-                pos += n
-            os.fsync(fd)
-        except OSError:
-            try:
-                os.ftruncate(fd, offset)
-            except OSError:
-                pass
-            raise
-        finally:
-            os.close(fd)
+        write_rows(self._path(kind, gen), data, offset)
 
     def _commit(self, statements: list[tuple[str, tuple[Any, ...]]], num_rows: int | None = None, **meta: Any) -> list[int | None]:
         con = self._con
@@ -539,7 +414,7 @@ class Index(QueryMixin):
                 ids = [con.execute(sql, params).lastrowid for sql, params in statements]
                 if num_rows is not None:
                     meta["num_rows"] = num_rows
-                meta["version"] = int(self._version) + 1
+                meta["version"] = int(self._meta.get("version", 0)) + 1
                 for k_, v in meta.items():
                     con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k_, json.dumps(v)))
                 con.execute("COMMIT")
@@ -547,12 +422,8 @@ class Index(QueryMixin):
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
-        self._version = meta["version"]
-        for k_, v in meta.items():
-            if k_ not in ("num_rows", "version"):
-                self.meta[k_] = v
-        self.meta["num_rows"] = self.num_rows if num_rows is None else num_rows
-        self.meta["version"] = self._version
+        self._meta = {**self._meta, **meta}
+        self._changed()
         return ids
 
     def add_video(self, path: str, emb: VideoEmbeddingsLike, *, size: int, mtime: float, content_hash: str) -> int:
@@ -573,8 +444,10 @@ class Index(QueryMixin):
             tim = np.stack([np.asarray(emb.starts, np.float64), np.asarray(emb.ends, np.float64)], 1)
             if len(tim) != len(vec):
                 raise ValueError(f"{path}: {len(vec)} embeddings but {len(tim)} window times")
+            if not (np.isfinite(vec).all() and np.isfinite(tim).all()):
+                raise UsageError(f"{show_path(path)}: NaN or infinite window times or embeddings; not indexed")
             dur = float(emb.duration)
-            duration = dur if dur == dur else float(tim[-1, 1])
+            duration = dur if math.isfinite(dur) else float(tim[-1, 1])
             recs.append((norm_path(path), int(size), float(mtime), str(content_hash), duration, pos, len(vec)))
             vecs.append(vec)
             times.append(tim)
@@ -598,7 +471,7 @@ class Index(QueryMixin):
         stamp = now()
         stmts: list[tuple[str, tuple[Any, ...]]] = []
         for path, size, mtime, h, duration, start, n in recs:
-            old = self._by_path.get(path)
+            old = self._paths.get(path)
             if old is not None:
                 stmts.append(("UPDATE videos SET size=?, mtime=?, hash=?, duration=?, row_start=?, num_windows=?, "
                               "indexed_at=? WHERE id=?", (size, mtime, h, duration, start, n, stamp, old)))
@@ -614,38 +487,33 @@ class Index(QueryMixin):
                                   "of the last committed video: fix the cause and run the same command again") from exc
         out: list[int] = []
         for (path, size, mtime, h, duration, start, n), rid in zip(recs, ids[0::2]):
-            vid = self._by_path.get(path, rid)
+            vid = self._paths.get(path, rid)
             assert vid is not None  # an INSERT's rowid
-            if vid in self._records:
-                self.num_live -= int(self._records[vid].num_windows)
-            self.num_live += n
-            self._records[vid] = VideoRow(vid, path, size, mtime, h, duration, start, n)
-            self._by_path[path] = vid
+            if vid in self._rows:
+                self._live -= int(self._rows[vid].num_windows)
+            self._live += n
+            self._rows[vid] = VideoRow(vid, path, size, mtime, h, duration, start, n)
+            self._paths[path] = vid
             out.append(int(vid))
-        self.num_rows = pos
         self._changed()
         return out
 
     def _truncate_quietly(self, rows: int) -> None:
-        for kind in KINDS:
-            try:
-                os.truncate(self._path(kind), rows * self._width(kind))
-            except OSError:
-                pass
+        truncate_rows(self.directory, self.generation, rows, self.dim)
 
     def update_video(self, video_id: int, *, path: str | None = None, size: int | None = None,
                      mtime: float | None = None) -> None:
         """Change a record's path (a moved file) or its size/mtime (a touched file)."""
         self._need_writer()
-        r = self._records[int(video_id)]
+        r = self._rows[int(video_id)]
         new = r._replace(path=norm_path(path) if path else r.path, size=r.size if size is None else size,
                          mtime=r.mtime if mtime is None else mtime)
         self._commit([("UPDATE videos SET path=?, size=?, mtime=? WHERE id=?", (db_path(new.path), new.size, new.mtime,
                                                                                  int(video_id)))])
-        del self._by_path[r.path]
-        self._records[int(video_id)] = new
-        self._by_path[new.path] = int(video_id)
-        self._derived.pop("ranges", None)
+        del self._paths[r.path]
+        self._rows[int(video_id)] = new
+        self._paths[new.path] = int(video_id)
+        self._changed()
 
     def remove_videos(self, video_ids: Iterable[int]) -> None:
         """Remove videos by id (their rows become dead: ``compact`` reclaims them)."""
@@ -654,10 +522,10 @@ class Index(QueryMixin):
         if ids:
             self._commit([("DELETE FROM videos WHERE id=?", (v,)) for v in ids])
             for v in ids:
-                r = self._records.pop(v, None)
+                r = self._rows.pop(v, None)
                 if r is not None:
-                    self._by_path.pop(r.path, None)
-                    self.num_live -= int(r.num_windows)
+                    self._paths.pop(r.path, None)
+                    self._live -= int(r.num_windows)
             self._changed()
 
     def remove_paths(self, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -668,15 +536,15 @@ class Index(QueryMixin):
         ids: dict[int, None] = {}
         for p in paths:
             ap = user_path(p)
-            vid = self._by_path.get(ap)
+            vid = self._paths.get(ap)
             if vid is not None:
                 ids[vid] = None
                 continue
-            under = [v for path, v in self._by_path.items() if path.startswith(ap.rstrip(os.sep) + os.sep)]
+            under = [v for path, v in self._paths.items() if path.startswith(ap.rstrip(os.sep) + os.sep)]
             if not under:
                 raise KeyError(f"{os.fspath(p)} is not in the index")
             ids.update(dict.fromkeys(under))
-        removed = [self._records[v].path for v in ids]
+        removed = [self._rows[v].path for v in ids]
         self.remove_videos(list(ids))
         return removed
 
@@ -689,12 +557,7 @@ class Index(QueryMixin):
 
     def log_error(self, path: str, reason: str) -> None:
         """Append ``path`` and ``reason`` to ``errors.log`` (names that are not UTF-8 as ``\\xNN``)."""
-        try:
-            with open(os.path.join(self.directory, ERROR_LOG), "a", encoding="utf-8", errors="backslashreplace") as f:
-                shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{shown}\t{reason}\n")
-        except OSError:
-            pass
+        append_error_log(self.directory, path, reason)
 
     def error_entry(self, path: str) -> tuple[int | None, float | None] | None:
         with self._db_lock:
@@ -707,52 +570,30 @@ class Index(QueryMixin):
         if self.num_live == self.num_rows:
             return False
         gen = self.generation + 1
-        for kind in KINDS:
-            p = self._path(kind, gen)
-            if os.path.exists(p):
-                os.remove(p)
-        pos = 0
-        stmts: list[tuple[str, tuple[Any, ...]]] = []
         try:
-            for vid, a, b in zip(self._vid, self._rs, self._re):
-                vec = np.ascontiguousarray(self._vectors[a:b])
-                tim = np.ascontiguousarray(self._times[a:b])
-                codes, aux = quantize_rows(vec)
-                self._write_rows("vectors", vec.tobytes(), pos * self.dim * 4, gen)
-                self._write_rows("times", tim.tobytes(), pos * 16, gen)
-                self._write_rows("codes", codes.tobytes(), pos * self.dim, gen)
-                self._write_rows("aux", aux.tobytes(), pos * 12, gen)
-                stmts.append(("UPDATE videos SET row_start=? WHERE id=?", (pos, int(vid))))
-                pos += int(b - a)
-            if pos == 0:
-                for kind in KINDS:
-                    open(self._path(kind, gen), "wb").close()
-            fsync_dir(self.directory)
-            self._commit(stmts, num_rows=pos, generation=gen, ann=None)
+            starts = write_generation(self.directory, gen, self.snapshot)
+            self._commit([("UPDATE videos SET row_start=? WHERE id=?", (pos, vid)) for vid, pos in starts],
+                         num_rows=sum(int(r.num_windows) for r in self._rows.values()), generation=gen, ann=None)
         except OSError as exc:
-            for kind in KINDS:
-                try:
-                    os.remove(self._path(kind, gen))
-                except OSError:
-                    pass
+            remove_generation(self.directory, gen)
             raise IndexWriteError(f"could not compact {self.directory} ({exc}); the index is unchanged") from exc
-        old = self.generation
         self._load()
-        for kind in KINDS:
-            try:
-                os.remove(self._path(kind, old))
-            except OSError:
-                pass
-        for name in os.listdir(self.directory):
-            if name.startswith("ann-"):
-                try:
-                    os.remove(os.path.join(self.directory, name))
-                except OSError:
-                    pass
+        remove_generation(self.directory, gen - 1, ann=True)
         return True
 
     def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
                   target_recall: float = 0.98, progress: bool = False) -> dict[str, Any]:
         """Build the approximate index over the live rows; see ``milnce.index.ann.build_ann``."""
-        return build_ann(self, queries=queries, nlist=nlist, m=m, target_recall=target_recall, progress=progress)
+        self._need_writer()
+        info = build_ann(self.snapshot, queries=queries, nlist=nlist, m=m, target_recall=target_recall,
+                         progress=progress)
+        old = self._meta.get("ann")
+        self._commit([], ann=info)
+        self._load()
+        if old and old.get("file") != info["file"]:
+            try:
+                os.remove(os.path.join(self.directory, old["file"]))
+            except OSError:
+                pass
+        return info
 

@@ -5,14 +5,15 @@ caught when ``Index`` maps it.)"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..errors import UsageError
 from ..windows import WindowSettings
-from .errors import IndexDamagedError, IndexFolderError, IndexNotFoundError
+from .errors import IndexDamagedError, IndexFolderError, IndexMismatchError, IndexNotFoundError
 from .layout import FORMAT_VERSION
 
-__all__ = ["check_snapshot", "check_rows"]
+__all__ = ["check_snapshot", "check_rows", "check_settings"]
 
 
 def check_snapshot(directory: str, meta: dict[str, Any], rows: list[Any]) -> None:
@@ -49,3 +50,19 @@ def check_rows(directory: str, meta: dict[str, Any], rows: list[Any]) -> None:
                                                f"from {start}")
         end, prev = start + n, vid
 
+
+
+def check_settings(directory: str, have: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse window ``settings`` that differ from an index's (``have``): ``IndexMismatchError``."""
+    bad = []
+    for k, v in settings.items():
+        if v is None or k not in have:
+            continue
+        same = math.isclose(float(v), float(have[k])) if isinstance(have[k], (int, float)) else v == have[k]
+        if not same:
+            bad.append(f"{k}={v} (index: {have[k]})")
+    if bad:
+        raise IndexMismatchError(
+            f"the index at {directory} was built with other window settings: {', '.join(bad)}; "
+            "leave these options out to reuse the index's, or use another folder"
+        )

@@ -18,24 +18,21 @@ Endpoints (OpenAPI at ``/openapi.json``, an offline reference at ``/static/api.h
 Every error answers ``{"error": {"status": <int>, "message": <str>}}`` (422 adds ``errors``, the
 list of invalid parameters). ``/docs`` loads Swagger UI from a CDN (needs internet).
 
-Files are addressed only by their id in the index, never by a path from the request, and a file
-is served only while it is still the indexed file: opened without following a symbolic link in
-its last component, its ``fstat`` must show a regular file with the size and mtime recorded at
-indexing; a path that became a link is followed only when the target's content hash matches the
-indexed one (else 409 "file changed since indexing"). Searches run in FastAPI's threadpool, one
-model call at a time (a lock): torch uses the cores itself. A damaged approximate (ANN) index is
-reported by ``/healthz`` and searches fall back to exact search. Thumbnails are decoded with PyAV
-(seek, decode one frame, scale to 192 px wide) and encoded with FFmpeg's ``mjpeg`` encoder (no
-PIL needed), then kept in a small in-memory LRU cache.
+Files are addressed only by their id in the index, never by a path from the request, and are
+served only from inside the index's collection roots, opened component by component without
+following links (``milnce.server.files``), while they are still the indexed file.
 
-The package, one concern per module: ``app`` (``create_app``: routes, the ``Host`` check, errors,
-warm-up), ``files`` (``Range``, identity-checked opening and streaming of indexed files),
-``thumbs`` (thumbnails and the LRU cache), ``run`` (``listen``, ``serve``).
+The package, one concern per module: ``service`` (``SearchService``: typed searches, curves,
+listings and checked file access over one index and its model; ``ApiError``), ``routes`` (the
+FastAPI routers over the service: API, media, UI), ``app`` (``create_app``: the routers, the
+``Host`` check, errors in one shape, warm-up), ``files`` (``Range``, identity-checked opening
+and streaming of indexed files), ``thumbs`` (thumbnails and the LRU cache), ``run``
+(``listen``, ``serve``).
 """
 
 from __future__ import annotations
 
-MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
+from .deps import MISSING_DEPS
 
 try:  # here, not only in the modules: a re-import after they were loaded must still say this
     import fastapi  # noqa: F401

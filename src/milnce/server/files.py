@@ -2,22 +2,28 @@
 (``open_indexed_file``, ``file_state``) and a response that streams the opened file, closing it
 when the body is sent, on error or when the client disconnects.
 
-A file is served only while it is still the indexed file: opened without following a symbolic
-link in its last component, its ``fstat`` must show a regular file with the size and mtime
-recorded at indexing; a path that became a link is followed only when the target's content hash
-matches the indexed one (else ``FileChangedError``: 409 "file changed since indexing").
+A file is served only from inside the index's collection roots (``milnce.index.roots``), opened
+by walking from its root one component at a time without following any symbolic link
+(``open_beneath``), and only while it is still the indexed file: its ``fstat`` must show a
+regular file with the size and mtime recorded at indexing. A file that became a link is followed
+only when the link's target is inside the roots and its content hash matches the indexed one
+(else ``FileChangedError``: 409 "file changed since indexing"; outside the roots 403).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import stat
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import anyio
 from fastapi.responses import Response
+
+from ..index.roots import inside_roots, relative_to_root
 
 CHUNK = 256 * 1024
 
@@ -93,39 +99,98 @@ def _hash_fd(fd: int, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class OutsideRootsError(FileChangedError):
+    """The file is not inside the index's collection roots, or reaching it would follow a link
+    out of them (answer 403)."""
+
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_beneath(path: str, roots: Sequence[str], flags: int) -> int:
+    """Open ``path`` (absolute, normalised) by walking from the root that contains it, one
+    component at a time with ``O_NOFOLLOW`` (``openat``): a symbolic link anywhere below the root,
+    in a parent folder or the file itself, is refused (``OutsideRootsError``; ``ELOOP``/``ENOTDIR``
+    from the kernel, so a folder swapped for a link after indexing cannot pass). The root itself
+    is opened as named (the user chose it). ``FileNotFoundError`` when a component is gone."""
+    for root in roots:
+        rel = relative_to_root(path, root)
+        if rel is None:
+            continue
+        base, parts = (os.path.dirname(root), [os.path.basename(root)]) if rel == "" else (root, rel.split(os.sep))
+        dfd = os.open(base, _DIR_FLAGS)
+        try:
+            for comp in parts[:-1]:
+                try:
+                    nfd = os.open(comp, _DIR_FLAGS | _NOFOLLOW, dir_fd=dfd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                        raise OutsideRootsError(f"{_shown(path)}: a parent folder is now a symbolic link") from None
+                    raise
+                os.close(dfd)
+                dfd = nfd
+            try:
+                return os.open(parts[-1], flags | _NOFOLLOW, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EMLINK):
+                    raise OutsideRootsError(f"{_shown(path)} is a symbolic link") from None
+                raise
+        finally:
+            os.close(dfd)
+    raise OutsideRootsError(f"{_shown(path)} is outside the index's collection roots")
+
+
+def _shown(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def open_indexed_file(path: str, size: int, mtime: float, content_hash: str | None = None,
-                      hash_cache: dict[Any, bool] | None = None) -> tuple[BinaryIO, os.stat_result]:
+                      hash_cache: dict[Any, bool] | None = None, *,
+                      roots: Sequence[str] | None = None) -> tuple[BinaryIO, os.stat_result]:
     """Open ``path`` for reading only if it is still the file that was indexed.
 
-    The last path component is opened with ``O_NOFOLLOW`` (and ``O_NONBLOCK``, so a FIFO put in
-    its place cannot hang the server); ``fstat`` of the open descriptor must show a regular file
-    whose size and mtime equal the recorded ``size`` and ``mtime``. If the path is a symbolic
-    link now, it is followed only when ``content_hash`` is known and the target's content hash
-    equals it (the verdict is cached in ``hash_cache`` by device, inode, size and mtime).
+    With ``roots`` (the server always gives them), the file is opened by walking from the root
+    that contains it with ``O_NOFOLLOW`` on every component (``open_beneath``): a file outside
+    the roots, or behind a link in any component, is refused with ``OutsideRootsError`` — except
+    that a last component that is a link to a file *inside the roots* is followed when
+    ``content_hash`` matches (the target is then opened the same way, from its root). Without
+    ``roots`` only the last component is opened with ``O_NOFOLLOW``.
+
+    ``O_NONBLOCK`` keeps a FIFO put in its place from hanging the server; ``fstat`` of the open
+    descriptor must show a regular file whose size and mtime equal the recorded ``size`` and
+    ``mtime``; a link is followed only when ``content_hash`` is known and the target's content
+    hash equals it (the verdict is cached in ``hash_cache`` by device, inode, size and mtime).
     Raises ``FileNotFoundError`` (moved or deleted) or ``FileChangedError``.
     """
     lst = os.lstat(path)  # FileNotFoundError: gone
     link = stat.S_ISLNK(lst.st_mode)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    if not link:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
+        if roots is None:
+            fd = os.open(path, flags | (0 if link else _NOFOLLOW))
+        elif link:
+            target = os.path.realpath(path)
+            if not inside_roots(target, roots):
+                raise FileChangedError(f"{_shown(path)} is now a symbolic link out of the collection roots")
+            fd = open_beneath(target, roots, flags)
+        else:
+            fd = open_beneath(path, roots, flags)
+    except (FileNotFoundError, FileChangedError):
         raise
     except OSError as exc:  # ELOOP: it became a link after the lstat
-        raise FileChangedError(f"{path} cannot be opened as the indexed file ({exc.strerror or exc})") from None
+        raise FileChangedError(f"{_shown(path)} cannot be opened as the indexed file ({exc.strerror or exc})") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise FileChangedError(f"{path} is no longer a regular file")
+            raise FileChangedError(f"{_shown(path)} is no longer a regular file")
         if not link and (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
-            raise FileChangedError(f"{path} was replaced while being opened")
+            raise FileChangedError(f"{_shown(path)} was replaced while being opened")
         if int(st.st_size) != int(size) or float(st.st_mtime) != float(mtime):
-            raise FileChangedError(f"{path}: size or modification time differ from the indexed file's")
+            raise FileChangedError(f"{_shown(path)}: size or modification time differ from the indexed file's")
         if link:
             if not content_hash:
-                raise FileChangedError(f"{path} is now a symbolic link")
+                raise FileChangedError(f"{_shown(path)} is now a symbolic link")
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, content_hash)
             same = None if hash_cache is None else hash_cache.get(key)
             if same is None:
@@ -133,7 +198,7 @@ def open_indexed_file(path: str, size: int, mtime: float, content_hash: str | No
                 if hash_cache is not None:
                     hash_cache[key] = same
             if not same:
-                raise FileChangedError(f"{path} is now a symbolic link to another file")
+                raise FileChangedError(f"{_shown(path)} is now a symbolic link to another file")
         if flags & getattr(os, "O_NONBLOCK", 0) and hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb", buffering=0), st
@@ -142,7 +207,7 @@ def open_indexed_file(path: str, size: int, mtime: float, content_hash: str | No
         raise
 
 
-class _OpenFileResponse(Response):
+class OpenFileResponse(Response):
     """Streams ``length`` bytes of an already opened (identity-checked) file from ``first``.
 
     The file is closed when the body is sent, when the client disconnects (the stream is
@@ -200,17 +265,6 @@ def _client_gone(exc: BaseException) -> bool:
     return bool(subs) and all(_client_gone(e) for e in subs)
 
 
-def _recorded_hash(index: Any, rec: Any) -> str | None:
-    """The content hash recorded for a video (``VideoRecord.hash`` if the index exposes it, else
-    the stored row's), or None."""
-    h = getattr(rec, "hash", None) or getattr(rec, "content_hash", None)
-    if h:
-        return str(h)
-    row = getattr(index, "_records", {}).get(getattr(rec, "id", None))
-    h = getattr(row, "hash", None)
-    return str(h) if h else None
-
-
 def file_state(path: str, size: int, mtime: float) -> str:
     """``"ok"``, ``"missing"`` or ``"changed"`` (not a regular file, or another size or mtime than
     indexed), from ``stat`` alone: a cheap hint for listings; serving checks more
@@ -224,7 +278,11 @@ def file_state(path: str, size: int, mtime: float) -> str:
     return "ok"
 
 
-def _fd_path(fh: BinaryIO, fallback: str) -> str:
+def fd_path(fh: BinaryIO, fallback: str) -> str:
     """A path that reopens exactly this open file (``/proc/self/fd/N``), where the OS has one."""
     p = f"/proc/self/fd/{fh.fileno()}"
     return p if os.path.exists(p) else fallback
+
+
+_fd_path = fd_path  # older names
+_OpenFileResponse = OpenFileResponse

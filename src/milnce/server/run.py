@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import MISSING_DEPS
 from .app import create_app
+from .deps import MISSING_DEPS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..index import Index
+    from ..protocols import Encoder
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]", "::1"]
 
@@ -42,8 +46,8 @@ def listen(host: str, port: int):  # type: ignore[no-untyped-def]
 
 
 def serve(
-    index: Any,
-    model: Any = None,
+    index: Index | str | os.PathLike[str],
+    model: Encoder | None = None,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -80,6 +84,11 @@ def serve(
         if not loopback:
             print(f"milnce: warning: listening on {host}, not localhost: anyone who can reach this machine "
                   "can search the index and download the indexed videos", flush=True)
+    import faulthandler
+    import sys
+
+    if not faulthandler.is_enabled():  # a fatal signal (SIGBUS, SIGSEGV) is logged with its traceback
+        faulthandler.enable(file=sys.stderr)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, workers=1)
     server = uvicorn.Server(config)
     try:

@@ -16,7 +16,7 @@ THUMB_WIDTH = 192
 THUMB_CACHE_ENTRIES = 512
 
 
-class _LRU:
+class LRU:
     """A thread-safe least-recently-used cache."""
 
     def __init__(self, max_entries: int) -> None:
@@ -68,3 +68,5 @@ def grab_thumbnail(path: str, t: float, width: int = THUMB_WIDTH, quality: int =
     enc.qmin = enc.qmax = quality
     packets = enc.encode(small) + enc.encode(None)
     return b"".join(bytes(p) for p in packets)
+
+_LRU = LRU  # the older name

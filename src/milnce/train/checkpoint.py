@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_file
 from ..integrity import zip_problem
 from ..weights import CheckpointError, find_run_checkpoint
 from .errors import TrainingError
@@ -87,26 +88,18 @@ def save_checkpoint(run: str | os.PathLike[str], step: int, payload: dict[str, A
     """Write ``payload`` as the checkpoint of ``step`` atomically; keep the newest ``keep``."""
     final = checkpoint_path(run, step)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(final) as f:
             torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)):  # a full disk (torch's writer may wrap the OSError)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
-            raise TrainingError(f"cannot write the checkpoint {final}: {reason}") from None
-        raise
+    except (OSError, RuntimeError) as exc:  # a full disk (torch's writer may wrap the OSError)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+        raise TrainingError(f"cannot write the checkpoint {final}: {reason}") from None
     _fsync_dir(final.parent)
     found = sorted((int(m.group(1)), p) for p in final.parent.iterdir() if (m := _NAME.fullmatch(p.name)))
     for _, old in found[:-keep]:
         old.unlink(missing_ok=True)
-    for stale in final.parent.glob(".step_*.pt.tmp"):  # left by a killed run
-        if stale != tmp:
-            stale.unlink(missing_ok=True)
+    for stale in final.parent.glob(".step_*.pt.*tmp"):  # left by a killed run (one trainer per run folder)
+        stale.unlink(missing_ok=True)
     return final
 
 

@@ -18,14 +18,12 @@ permutation and each sample draws from its own ``numpy`` generator, so a run res
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +32,7 @@ from ..errors import UsageError
 from ..text import Tokenizer
 from ..windows import WindowSettings
 
-__all__ = ["CaptionedVideo", "DataSplit", "load_split", "find_data", "TrainClips", "EvalClips",
+__all__ = ["CaptionedVideo", "DataSplit", "load_split", "TrainClips", "EvalClips",
            "StepBatchSampler", "eval_pairs", "worker_init"]
 
 csv.field_size_limit(1 << 24)
@@ -162,41 +160,6 @@ def load_split(path: str | os.PathLike[str], captions_dir: str | os.PathLike[str
     if not videos:
         raise UsageError(f"{path}: no captioned videos")
     return DataSplit(tuple(videos), np.asarray(anchors, np.int64).reshape(-1, 2), str(path))
-
-
-def find_data(data: str, val: str | None) -> tuple[DataSplit | Any, DataSplit | None, dict]:
-    """Training data (a ``DataSplit``, or a ``ShardSet`` of tar shards), the held-out split (or
-    None) and the folder's ``dataset.json`` (or {}). A folder whose ``dataset.json`` names
-    ``"shards"`` (as ``make-synthetic --format wds`` writes) trains on those shards."""
-    from .shards import is_shard_spec, shard_set
-
-    root = Path(data)
-    meta: dict = {}
-    if root.is_dir():
-        if (root / "dataset.json").is_file():
-            try:
-                meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UsageError(f"{root / 'dataset.json'}: not valid JSON ({exc})") from None
-            if not isinstance(meta, dict):
-                raise UsageError(f"{root / 'dataset.json'}: expected a JSON object")
-        if val is None and (root / "val.csv").is_file():
-            val = str(root / "val.csv")
-        if isinstance(meta.get("shards"), str):
-            return shard_set(meta["shards"], str(root)), (load_split(val) if val else None), meta
-        for name in ("train.csv", "videos.csv"):
-            if (root / name).is_file():
-                train_csv = root / name
-                break
-        else:
-            raise UsageError(f"{root}: no train.csv (or videos.csv) in the data folder")
-    elif root.is_file() and not data.endswith(".tar"):
-        train_csv = root
-    elif is_shard_spec(data):
-        return shard_set(data), (load_split(val) if val else None), meta
-    else:
-        raise UsageError(f"training data not found: {root}")
-    return load_split(train_csv), (load_split(val) if val else None), meta
 
 
 def nearest_captions(video: CaptionedVideo, index: int, k: int) -> list[int]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,11 +14,11 @@ import torch.distributed as dist
 from ..errors import UsageError
 from ..text import Tokenizer
 from .config import TrainConfig
-from .data import DataSplit, StepBatchSampler, TrainClips, worker_init
+from .data import DataSplit, StepBatchSampler, TrainClips, load_split, worker_init
 from .dist import DistContext
-from .shards import ShardClips, ShardSet
+from .shards import ShardClips, ShardSet, is_shard_spec, shard_set
 
-__all__ = ["make_loader", "note_position", "gather_positions"]
+__all__ = ["find_data", "make_loader", "note_position", "gather_positions"]
 
 
 def make_loader(data: DataSplit | ShardSet, cfg: TrainConfig, tokenizer: Tokenizer, *, hflip: bool, start: int,
@@ -69,3 +71,36 @@ def gather_positions(ctx: DistContext, positions: dict[str, Any]) -> dict[str, A
     for p in parts:
         merged.update(p or {})
     return merged
+
+
+def find_data(data: str, val: str | None) -> tuple[DataSplit | Any, DataSplit | None, dict]:
+    """Training data (a ``DataSplit``, or a ``ShardSet`` of tar shards), the held-out split (or
+    None) and the folder's ``dataset.json`` (or {}). A folder whose ``dataset.json`` names
+    ``"shards"`` (as ``make-synthetic --format wds`` writes) trains on those shards."""
+    root = Path(data)
+    meta: dict = {}
+    if root.is_dir():
+        if (root / "dataset.json").is_file():
+            try:
+                meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UsageError(f"{root / 'dataset.json'}: not valid JSON ({exc})") from None
+            if not isinstance(meta, dict):
+                raise UsageError(f"{root / 'dataset.json'}: expected a JSON object")
+        if val is None and (root / "val.csv").is_file():
+            val = str(root / "val.csv")
+        if isinstance(meta.get("shards"), str):
+            return shard_set(meta["shards"], str(root)), (load_split(val) if val else None), meta
+        for name in ("train.csv", "videos.csv"):
+            if (root / name).is_file():
+                train_csv = root / name
+                break
+        else:
+            raise UsageError(f"{root}: no train.csv (or videos.csv) in the data folder")
+    elif root.is_file() and not data.endswith(".tar"):
+        train_csv = root
+    elif is_shard_spec(data):
+        return shard_set(data), (load_split(val) if val else None), meta
+    else:
+        raise UsageError(f"training data not found: {root}")
+    return load_split(train_csv), (load_split(val) if val else None), meta

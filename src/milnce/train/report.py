@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_text
 from .errors import TrainingError
 
 __all__ = ["retrieval_metrics", "evaluate", "Metrics"]
@@ -71,12 +71,9 @@ class Metrics:
                         kept.append(line)
                 except json.JSONDecodeError:
                     pass  # a line cut by a kill
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
             try:
-                tmp.write_text("".join(k + "\n" for k in kept))
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, "".join(k + "\n" for k in kept))
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 raise TrainingError(f"cannot write {self.path}: {exc.strerror}") from None
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -19,6 +19,7 @@ Layout written to ``OUT``::
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_file, atomic_path, atomic_write_text
 from ..errors import UsageError
 
 __all__ = ["make_synthetic", "COLOURS", "SHAPES", "DIRECTIONS", "TEMPLATES", "grammar_words"]
@@ -95,8 +97,7 @@ def _render_scene(rng: np.random.Generator, colour: str, shape: str, direction: 
 def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
     import av
 
-    tmp = path.with_name("." + path.name + ".tmp.mp4")
-    with av.open(str(tmp), "w") as out:
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(tmp, "w") as out:
         stream = out.add_stream("libx264", rate=Fraction(fps), options={"crf": "18", "preset": "ultrafast"})
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
         for f in frames:
@@ -104,16 +105,14 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def make_synthetic(
@@ -188,16 +187,15 @@ def make_synthetic(
     for split, rows in lists.items():
         if rows or split == "train":
             _write_csv(root / f"{split}.csv", ["video_id", "video_path"], rows)
-    with open(root / ".vocab.npy.tmp", "wb") as f:
+    with atomic_file(root / "vocab.npy") as f:
         np.save(f, np.asarray(grammar_words(), dtype=str), allow_pickle=False)
-    os.replace(root / ".vocab.npy.tmp", root / "vocab.npy")
     meta = {
         "generator": "milnce make-synthetic", "seed": seed, "train_videos": videos, "val_videos": val_videos,
         "size": size, "fps": fps, "scenes": scenes, "scene_seconds": seconds,
         "combinations": len(combos), "val_distinct_captions": min(len(combos), val_videos * scenes),
         "hflip": False,
     }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(root / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return root
 
 

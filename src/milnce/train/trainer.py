@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_file
 from ..errors import UsageError
 from ..model import S3D
 from ..text import Tokenizer, load_vocab
@@ -26,10 +26,10 @@ from ..weights import CheckpointError
 from .badsamples import BadSamples
 from .checkpoint import latest_checkpoint, load_training_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_MAY_CHANGE, RESUME_MAY_REPLAN, TrainConfig, load_config_file
-from .data import EvalClips, eval_pairs, find_data, worker_init
+from .data import EvalClips, eval_pairs, worker_init
 from .dist import DistContext, convert_sync_batchnorm, init_distributed
 from .errors import TrainingError
-from .loaders import gather_positions, make_loader, note_position
+from .loaders import find_data, gather_positions, make_loader, note_position
 from .report import Metrics, evaluate, retrieval_metrics
 from .step import cached_step, check_finite, plain_step, set_train_mode
 
@@ -298,7 +298,8 @@ def _write_run_folder(cfg: TrainConfig, run: Path, tokenizer: Tokenizer) -> None
         cfg.save(run / "config.json")
         vocab_out = run / "vocab.npy"
         if not vocab_out.exists():
-            atomic_write_bytes(vocab_out, _npy_bytes(np.asarray(tokenizer.vocab, dtype=str)))
+            with atomic_file(vocab_out) as f:
+                np.save(f, np.asarray(tokenizer.vocab, dtype=str), allow_pickle=False)
     except OSError as exc:
         raise TrainingError(f"cannot write the run folder {run}: {exc.strerror or exc}") from None
 
@@ -497,11 +498,3 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
         _log(ctx, f"milnce train: {bad.total} unreadable sample(s) skipped (listed in metrics.jsonl as "
                   f"kind \"bad_sample\"), e.g. {bad.examples[0]}")
     return last
-
-
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()

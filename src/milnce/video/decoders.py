@@ -9,17 +9,15 @@ import queue
 import threading
 import time
 from multiprocessing.context import ForkServerContext, SpawnContext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..errors import MilnceError
 from ..windows import WindowSettings
+from .jobs import VideoJob
 from .sources import WindowSourceFactory
 from .worker import decode_loop, worker_main
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import VideoJob
 
 __all__ = ["Decoders", "split_parts"]
 

@@ -27,8 +27,7 @@ run; a decoder process that dies fails only the video it was on and is replaced.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Sequence
 
 import torch
 
@@ -36,6 +35,7 @@ from ..errors import UsageError
 from ..protocols import VideoEncoder
 from ..windows import WindowSettings, check_pad
 from .decoders import Decoders, split_parts
+from .jobs import VideoJob
 from .result import VideoWindows
 from .scheduler import Scheduler
 from .sources import WindowSourceFactory, source_for, splittable
@@ -46,21 +46,6 @@ MIN_PART_S = 20.0  # a video is split into parts of at least this long (each par
 CPU_BATCH = 8  # windows per model call on the CPU (the one default; 64 on CUDA)
 CUDA_BATCH = 64
 MAX_BATCH = 65_536  # a batch's uint8 ring is allocated up front: beyond this it cannot fit any machine
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """One video to embed.
-
-    ``starts``: explicit window start times in seconds (one window per start: the evaluation
-    protocol); otherwise sliding windows over ``[start, end]`` (default: the whole video) every
-    ``settings.stride`` frames. ``key``: the caller's id, returned in the result."""
-
-    path: str
-    key: Hashable = None
-    starts: Sequence[float] | None = None
-    start: float | None = None
-    end: float | None = None
 
 
 def default_workers() -> int:

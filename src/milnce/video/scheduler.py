@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,12 +18,10 @@ import torch
 from ..protocols import VideoEncoder
 from ..windows import WindowSettings
 from .decoders import Decoders, Part
+from .jobs import VideoJob
 from .result import VideoWindows
 from .sources import DecodeTask
 from .worker import POLL_S, Done, Message, Redo, Started, Window
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import VideoJob
 
 __all__ = ["Scheduler"]
 
@@ -125,7 +123,6 @@ class Scheduler:
             self.dec.tasks.put(DecodeTask(jid, path, None, a, b, part))
 
     def _feed(self, jobs: Iterator[Any]) -> None:
-        from .pipeline import VideoJob
 
         first = self.next_id == 0
         new: list[VideoJob] = []

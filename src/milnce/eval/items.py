@@ -1,0 +1,68 @@
+"""What an evaluation row and a loaded benchmark are (``EvalItem``, ``Benchmark``): the types the
+benchmark readers (``datasets``, ``ucf101``) share, below them so that neither imports the other."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["TITLES", "EvalItem", "Benchmark", "round_robin"]
+
+TITLES = {
+    "youcook2": "YouCook2 validation, zero-shot text-to-video retrieval",
+    "msrvtt": "MSR-VTT 1k-A test, zero-shot text-to-video retrieval",
+    "hmdb51": "HMDB-51, linear probe on mixed_5c (top-1, splits 1-3)",
+    "ucf101": "UCF-101, linear probe on mixed_5c (top-1, splits 1-3)",
+}
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One annotation row: a clip (``start``/``end`` seconds; ``None`` = the whole video) with
+    its caption (retrieval) or its class and split membership (classification)."""
+
+    row: int
+    video_id: str
+    start: float | None = None
+    end: float | None = None
+    text: str | None = None
+    label: str | None = None
+    folder: str | None = None  # the sub-folder the protocol puts the video in (task / class)
+    splits: tuple[int, ...] = ()
+
+
+@dataclass
+class Benchmark:
+    """A benchmark's rows (in annotation order) and where they came from."""
+
+    name: str
+    items: list[EvalItem]
+    annotations: str
+    total_rows: int = 0
+    limited: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return TITLES[self.name]
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.name in ("hmdb51", "ucf101") else "retrieval"
+
+
+def round_robin(items: Sequence[EvalItem], n: int) -> list[EvalItem]:
+    """The first ``n`` items taken round-robin over the labels (every class a quick trial can have),
+    in annotation order."""
+    by_label: dict[str, list[EvalItem]] = {}
+    for it in items:
+        by_label.setdefault(it.label or "", []).append(it)
+    queues = list(by_label.values())
+    out: list[EvalItem] = []
+    k = 0
+    while len(out) < n:
+        for q in queues:
+            if k < len(q) and len(out) < n:
+                out.append(q[k])
+        k += 1
+    return sorted(out, key=lambda it: it.row)

@@ -1,0 +1,257 @@
+"""The HTTP routes, as FastAPI routers over a ``SearchService`` (``milnce.server.service``): the
+JSON API (``api_router``), the video files and thumbnails (``media_router``) and the UI's static
+files (``ui_router``). Each route parses its parameters, calls the service and returns; the
+service is found with ``service_for(request)`` (today the app's one service; several indexes
+behind one server would pick one by a path or query parameter there)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from .files import MIME_TYPES, OpenFileResponse, RangeNotSatisfiable, fd_path, parse_range
+from .service import ApiError, SearchService
+from .thumbs import LRU, grab_thumbnail
+
+__all__ = ["Limits", "api_router", "media_router", "ui_router", "service_for", "error_response", "CSP",
+           "STATIC_TYPES"]
+
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
+# The UI loads nothing from other origins.
+CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; script-src 'self'; "
+       "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The API's defaults and limits (``/api/config`` gives them to the UI)."""
+
+    default_k: int
+    max_k: int
+    max_query_chars: int
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """The one error shape of the API: ``{"error": {"status": ..., "message": ..., **extra}}``."""
+    return JSONResponse({"error": {"status": status, "message": message, **extra}}, status_code=status,
+                        headers=headers)
+
+
+def service_for(request: Request) -> SearchService:
+    """The service a request addresses (the app's one index)."""
+    service: SearchService = request.app.state.service
+    return service
+
+
+def _store_ok(service: SearchService) -> None:
+    """503 in the error shape when the vector store was truncated under the server."""
+    problem = service.check_store()
+    if problem is not None:
+        raise ApiError(503, problem)
+
+
+def api_router(limits: Limits, version: str, started: float) -> APIRouter:
+    """``/healthz``, ``/api/config``, ``/api/search``, ``/api/videos[/{id}[/curve]]``."""
+    r = APIRouter()
+    mq = limits.max_query_chars
+
+    @r.get("/healthz", summary="Liveness, index size and the approximate index's state")
+    def healthz(request: Request) -> dict[str, Any]:
+        """`status` is "ok", or "degraded" (still HTTP 200) when the approximate index is damaged
+        or missing (searches then run exactly) or the vector store is damaged; `ann` has the details."""
+        s = service_for(request)
+        ann, healthy = s.ann_health()
+        store = s.check_store()
+        out = {"status": "ok" if healthy and store is None else "degraded", "version": version,
+               "windows": len(s.index), "videos": s.videos_count, "ann": ann, "weights_id": s.model.weights_id,
+               "uptime_s": round(time.time() - started, 1)}
+        if store is not None:
+            out["store"] = store
+        return out
+
+    @r.get("/api/config", summary="Defaults and limits of the API (the UI reads them)")
+    def config() -> dict[str, Any]:
+        return {"default_k": limits.default_k, "max_k": limits.max_k, "max_query_chars": mq,
+                "k_choices": sorted({limits.default_k, *(c for c in (10, 20, 50, 100) if c <= limits.max_k)}),
+                "version": version}
+
+    @r.get("/api/search", summary="Search the moments of the indexed videos (by words, or like a moment)",
+           responses={404: {"description": "like: unknown video"}, 422: {"description": "invalid parameters"},
+                      503: {"description": "the vector store is damaged"}})
+    def search(
+        request: Request,
+        q: str = Query("", max_length=mq, description=f"the query, at most {mq} characters"),
+        like: str = Query("", max_length=40, description="instead of q: VIDEO_ID@SECONDS, moments like that window"),
+        k: int = Query(limits.default_k, ge=1, le=limits.max_k, description=f"number of results, 1..{limits.max_k}"),
+        by_video: bool = Query(False, description="rank videos: at most one moment (its best) per video"),
+        merge: bool = Query(True, description="join adjacent matching windows of a video into one moment"),
+    ) -> dict[str, Any]:
+        """Moments best matching `q` (or, with `like=ID@SECONDS`, the window of video ID at that
+        time), best first; `score` is the raw dot product, `cosine` the normalised one. An empty
+        query, or one without any word of the model's vocabulary, gives no results and a
+        `message` saying why."""
+        t0 = time.perf_counter()
+        text, like_s = q.strip(), like.strip()
+        if text and like_s:
+            raise ApiError(422, "give either q (words) or like (VIDEO_ID@SECONDS), not both")
+        s = service_for(request)
+        _store_ok(s)
+        body = s.search(text, like_s, k, merge, by_video)
+        return {"query": q, "k": k, "by_video": by_video, "merge": merge, **body,
+                "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    @r.get("/api/videos", summary="The indexed videos")
+    def videos(request: Request, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        return service_for(request).videos(offset, limit)
+
+    @r.get("/api/videos/{video_id:int}", summary="One video's metadata", responses={404: {"description": "no such video"}})
+    def video(request: Request, video_id: int) -> dict[str, Any]:
+        s = service_for(request)
+        return s.video_json(s.record(video_id))
+
+    @r.get("/api/videos/{video_id:int}/curve", summary="A query's score over one video's windows",
+           responses={404: {"description": "no such video"}, 422: {"description": "invalid parameters"}})
+    def curve(
+        request: Request,
+        video_id: int,
+        q: str = Query("", max_length=mq, description="the query"),
+        like: str = Query("", max_length=40, description="instead of q: VIDEO_ID@SECONDS"),
+    ) -> dict[str, Any]:
+        """`starts`, `ends` (seconds) and `scores` (dot products) of every window of the video,
+        in time order, for `q` (or the window `like` names), and `cosine` (normalised scores)."""
+        s = service_for(request)
+        _store_ok(s)
+        out = s.curve(video_id, q.strip(), like.strip())
+        out["query"] = q
+        return out
+
+    return r
+
+
+def media_router(thumbnail_width: int, thumbnail_cache: LRU) -> APIRouter:
+    """``/api/videos/{id}/file`` (ranges) and ``/api/videos/{id}/thumbnail``."""
+    r = APIRouter()
+    thumb_slots = threading.BoundedSemaphore(2)  # decoding is CPU-heavy: at most 2 at once
+
+    @r.head("/api/videos/{video_id:int}/file", include_in_schema=False)
+    @r.get("/api/videos/{video_id:int}/file", summary="The video file",
+           responses={206: {"description": "partial content (Range)"},
+                      403: {"description": "outside the index's collection roots"},
+                      404: {"description": "unknown id or file missing"},
+                      409: {"description": "the file changed since indexing"},
+                      416: {"description": "range not satisfiable"}})
+    def video_file(video_id: int, request: Request) -> Response:
+        """The file of a video, while it is still the indexed file (409 otherwise); a
+        single-range request (`Range: bytes=a-b`) is answered 206."""
+        s = service_for(request)
+        rec = s.record(video_id)
+        fh, st = s.open_file(rec)
+        try:
+            size = st.st_size
+            etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+            headers = {
+                "Accept-Ranges": "bytes", "ETag": etag, "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+                "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                "Content-Type": MIME_TYPES.get(os.path.splitext(rec.path)[1].lower(), "application/octet-stream"),
+            }
+            range_header = request.headers.get("range")
+            if_range = request.headers.get("if-range")
+            if if_range and if_range != etag and if_range != headers["Last-Modified"]:
+                range_header = None  # the client's copy is stale: send the whole file
+            try:
+                span = parse_range(range_header, size)
+            except RangeNotSatisfiable:
+                fh.close()
+                return error_response(416, f"range not satisfiable: the file has {size} bytes",
+                                      headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"})
+            status = 200
+            first, last = 0, size - 1
+            if span is not None:
+                first, last = span
+                status = 206
+                headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+            length = last - first + 1 if size else 0
+            headers["Content-Length"] = str(length)
+            if request.method == "HEAD":
+                fh.close()
+                return Response(status_code=status, headers=headers)
+            return OpenFileResponse(fh, first, length, status, headers)
+        except BaseException:
+            fh.close()
+            raise
+
+    @r.get("/api/videos/{video_id:int}/thumbnail", summary="JPEG of the frame at t seconds",
+           responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown id or file missing"},
+                      409: {"description": "the file changed since indexing"}})
+    def thumbnail(request: Request, video_id: int,
+                  t: float = Query(0.0, ge=0, le=1e7, description="time in seconds")) -> Response:
+        s = service_for(request)
+        rec = s.record(video_id)
+        fh, st = s.open_file(rec)
+        with fh:
+            duration = float(rec.duration or 0)
+            if duration > 0:
+                t = min(t, max(0.0, duration - 0.05))
+            t = round(t, 1)  # 0.1 s steps make the cache useful
+            key = (video_id, t, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, thumbnail_width)
+            data = thumbnail_cache.get(key)
+            if data is None:
+                with thumb_slots:
+                    try:  # decode the checked open file, not whatever the path names by now
+                        data = grab_thumbnail(fd_path(fh, rec.path), t, thumbnail_width)
+                    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
+                        reason = str(exc).replace(fd_path(fh, rec.path), rec.path)
+                        return error_response(422, f"could not decode a frame of video {video_id} at {t}s: {reason}")
+                thumbnail_cache.put(key, data)
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+    return r
+
+
+def static_files() -> dict[str, tuple[bytes, str, str]]:
+    """name -> (content, content type, etag) for the files of ``milnce/static`` (flat)."""
+    out: dict[str, tuple[bytes, str, str]] = {}
+    root = resources.files("milnce") / "static"
+    for entry in root.iterdir():
+        ext = os.path.splitext(entry.name)[1].lower()
+        if entry.is_file() and ext in STATIC_TYPES:
+            data = entry.read_bytes()
+            out[entry.name] = (data, STATIC_TYPES[ext], '"' + hashlib.sha1(data).hexdigest()[:16] + '"')
+    return out
+
+
+def ui_router() -> APIRouter:
+    """``/`` and ``/static/{name}`` (a fixed list of names: no paths, no listing)."""
+    r = APIRouter()
+    static = static_files()
+
+    def static_response(name: str, request: Request) -> Response:
+        data, ctype, etag = static[name]
+        headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                   "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type=ctype, headers=headers)
+
+    @r.get("/", include_in_schema=False)
+    def ui(request: Request) -> Response:
+        return static_response("index.html", request)
+
+    @r.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str, request: Request) -> Response:
+        if name not in static:
+            raise ApiError(404, "Not Found")
+        return static_response(name, request)
+
+    return r

@@ -1,0 +1,323 @@
+"""The search service behind the web API: ``SearchService`` wraps one ``Index`` and its model
+(typed, no duck typing) and answers in plain dicts ready for JSON; the routers
+(``milnce.server.routes``) only parse requests and call it. Errors are ``ApiError(status,
+message)``, which the app turns into the one error shape.
+
+One model call at a time (a lock: torch uses the cores itself); query embeddings are cached by
+text; a failing approximate index falls back to exact search (and ``health`` says so); commits
+of a concurrent ``milnce index`` are picked up at most every ``refresh_interval`` seconds.
+
+Several indexes behind one server: one ``SearchService`` per index (the routers get theirs from
+``service_for(request)``); pagination of searches goes into ``search`` (its ranking is fixed, so
+an offset is a prefix difference).
+
+Paths in JSON: ``path`` and ``name`` are text; a name that is not valid UTF-8 is shown with its
+undecodable bytes as ``\\xNN`` and also given losslessly as ``path_b64`` (the raw bytes, base64),
+present only for such names.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ..errors import MilnceError
+from ..index import Index, Moment, VideoRecord
+from ..index.errors import IndexDamagedError
+from ..index.query import cosine
+from ..index.roots import serving_roots
+from ..protocols import Encoder
+from .files import (
+    FILE_CHANGED,
+    MIME_TYPES,
+    PLAYABLE,
+    FileChangedError,
+    OutsideRootsError,
+    file_state,
+    open_indexed_file,
+)
+from .thumbs import LRU
+
+__all__ = ["SearchService", "ApiError", "json_path", "parse_like", "QUERY_CACHE_ENTRIES"]
+
+log = logging.getLogger("milnce.server")
+
+QUERY_CACHE_ENTRIES = 64
+
+
+class ApiError(Exception):
+    """An answer other than 200: ``status`` and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def json_path(path: str) -> dict[str, str]:
+    """``{"path": text}`` (+ ``"path_b64"``: the raw bytes, when the name is not valid UTF-8)."""
+    try:
+        path.encode("utf-8")
+        return {"path": path}
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return {"path": raw.decode("utf-8", "backslashreplace"), "path_b64": base64.b64encode(raw).decode("ascii")}
+
+
+def _text(s: str) -> str:
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def parse_like(value: str) -> tuple[int, float] | None:
+    """``"ID"`` or ``"ID@SECONDS"`` (ASCII digits) -> ``(video_id, seconds)``; None if malformed."""
+    import re
+
+    m = re.match(r"^\s*([0-9]{1,12})\s*(?:@\s*([0-9]{1,9}(?:\.[0-9]{0,6})?)\s*)?$", value or "", re.ASCII)
+    if not m:
+        return None
+    return int(m.group(1)), float(m.group(2) or 0.0)
+
+
+class SearchService:
+    """Searches, curves, listings and checked file access over one index (thread-safe)."""
+
+    def __init__(self, index: Index, model: Encoder, *, refresh_interval: float = 5.0,
+                 query_cache: int = QUERY_CACHE_ENTRIES) -> None:
+        self.index = index
+        self.model = model
+        self.refresh_interval = refresh_interval
+        self.model_lock = threading.Lock()
+        self.queries = LRU(query_cache)  # text -> embedding (the curve after a search is free)
+        self.hash_verdicts: dict[Any, bool] = {}
+        self._refreshed = time.monotonic()
+        self._ann_failed: tuple[Any, str] | None = None
+        self._roots_of: tuple[int, list[str], str | None] | None = None
+        self.videos_count: int | None = self._count_videos()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _count_videos(self) -> int | None:
+        try:
+            return self.index.num_videos
+        except Exception:  # noqa: BLE001 - healthz must not fail on a broken listing
+            return None
+
+    def maybe_refresh(self) -> None:
+        """Pick up commits of a concurrent ``milnce index`` (call with ``model_lock`` held)."""
+        if self.refresh_interval <= 0 or time.monotonic() - self._refreshed < self.refresh_interval:
+            return
+        self._refreshed = time.monotonic()
+        if self.index.refresh():
+            self.videos_count = self._count_videos()
+
+    def roots(self) -> tuple[list[str], str | None]:
+        """The roots files are served from, and a note when they were guessed (``serving_roots``)."""
+        snap = self.index.snapshot
+        cached = self._roots_of
+        if cached is None or cached[0] != id(snap):
+            recorded = list(snap.meta.get("roots") or [])
+            got = serving_roots(recorded, (r.path for r in snap.records.values()))
+            cached = (id(snap), *got)
+            self._roots_of = cached
+        return cached[1], cached[2]
+
+    def _ann_key(self) -> Any:
+        info = self.index.meta.get("ann")
+        return info.get("file") if isinstance(info, dict) else None
+
+    # -- records ------------------------------------------------------------------------------
+
+    def record(self, video_id: int) -> VideoRecord:
+        try:
+            return self.index.video(video_id)
+        except KeyError:
+            raise ApiError(404, f"no video with id {video_id} in the index") from None
+
+    def urls(self, video_id: int, path: str, t: float | None = None) -> dict[str, Any]:
+        ext = os.path.splitext(path)[1].lower()
+        name = os.path.basename(path)
+        out: dict[str, Any] = {"name": _text(name), "file_url": f"/api/videos/{video_id}/file",
+                               "mime": MIME_TYPES.get(ext, "application/octet-stream"), "playable": ext in PLAYABLE}
+        if t is not None:
+            out["thumbnail_url"] = f"/api/videos/{video_id}/thumbnail?t={t:.2f}"
+        return out
+
+    def video_json(self, rec: VideoRecord) -> dict[str, Any]:
+        d = asdict(rec)
+        d.update(json_path(rec.path))
+        d["exists"] = os.path.isfile(rec.path)
+        d["file_state"] = file_state(rec.path, rec.size, rec.mtime)
+        d.update(self.urls(rec.id, rec.path, min(1.0, float(rec.duration or 0) / 2)))
+        return d
+
+    def videos(self, offset: int, limit: int) -> dict[str, Any]:
+        recs = self.index.videos()
+        return {"total": len(recs), "offset": offset, "videos": [self.video_json(r) for r in recs[offset:offset + limit]]}
+
+    def open_file(self, rec: VideoRecord) -> tuple[BinaryIO, os.stat_result]:
+        """The indexed file, opened inside the collection roots, with its fstat: 404 when moved or
+        deleted, 403 outside the roots, 409 when the path now holds another file."""
+        roots, note = self.roots()
+        try:
+            return open_indexed_file(rec.path, rec.size, rec.mtime, self.index.row(rec.id).hash or None,
+                                     self.hash_verdicts, roots=roots)
+        except FileNotFoundError:
+            raise ApiError(404, f"file missing: {_text(rec.path)} was moved or deleted since it was indexed") from None
+        except OutsideRootsError as exc:
+            raise ApiError(403, f"not served: {exc}" + (f" ({note})" if note else "")) from None
+        except FileChangedError as exc:
+            raise ApiError(409, f"{FILE_CHANGED} ({_text(str(exc))})") from None
+        except OSError as exc:
+            raise ApiError(404, f"file missing: {_text(rec.path)} could not be opened ({exc.strerror or exc})") from None
+
+    # -- searching ----------------------------------------------------------------------------
+
+    def _search_embedding(self, emb: np.ndarray, k: int, merge: bool, by_video: bool,
+                          exclude: list[int]) -> tuple[list[Moment], str | None]:
+        """Search one embedding; a failing approximate index falls back to exact search."""
+        exact = self._ann_failed is not None and self._ann_failed[0] == self._ann_key()
+        try:
+            return self.index.search_embeddings(emb[None], k, merge=merge, by_video=by_video, exact=exact,
+                                                exclude_videos=exclude)[0], None
+        except MilnceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged ANN file (faiss RuntimeError, ...)
+            if exact:
+                raise
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            log.warning("approximate search failed (%s); searching exactly", reason)
+            found = self.index.search_embeddings(emb[None], k, merge=merge, by_video=by_video, exact=True,
+                                                 exclude_videos=exclude)[0]
+            self._ann_failed = (self._ann_key(), reason)
+            return found, "The approximate index is damaged; searched exactly (rebuild it with 'milnce index --ann')."
+
+    def text_embedding(self, text: str) -> np.ndarray:
+        """The query's embedding (cached by text). Call with ``model_lock`` held."""
+        emb = self.queries.get(text)
+        if emb is None:
+            problem = self.query_problem(text)
+            if problem is not None:
+                raise ApiError(422, f"cannot search for {text!r}: {problem}")
+            emb = np.asarray(self.model.encode_text([text]).detach().cpu().numpy()[0], dtype=np.float32)
+            self.queries.put(text, emb)
+        return emb
+
+    def query_problem(self, text: str) -> str | None:
+        """Why the words cannot be searched (empty, no known word), or None."""
+        return self.model.tokenizer.query_problem(text)
+
+    def like_source(self, like: str) -> tuple[int, np.ndarray, float, float]:
+        """``ID@SECONDS`` -> (video id, the stored embedding of its window, window start, end): the
+        window whose start is nearest to the time."""
+        parsed = parse_like(like)
+        if parsed is None:
+            raise ApiError(422, f"like: expected VIDEO_ID or VIDEO_ID@SECONDS, got {like!r}")
+        vid, t = parsed
+        self.record(vid)
+        starts, ends, vecs = self.index.windows(vid)
+        if len(starts) == 0:
+            raise ApiError(422, f"like: video {vid} has no windows in the index")
+        i = int(np.argmin(np.abs(np.asarray(starts, dtype=np.float64) - t)))
+        return vid, np.asarray(vecs[i], dtype=np.float32), float(starts[i]), float(ends[i])
+
+    def moments_json(self, results: list[Moment]) -> list[dict[str, Any]]:
+        states: dict[int, str] = {}
+        out = []
+        for m in results:
+            d = m.to_dict()
+            d.update(json_path(m.path))
+            if m.video_id not in states:
+                try:
+                    rec = self.index.video(m.video_id)
+                    states[m.video_id] = file_state(rec.path, rec.size, rec.mtime)
+                except KeyError:
+                    states[m.video_id] = "missing"
+            d["file_state"] = states[m.video_id]
+            d["score"] = round(float(d["score"]), 5)
+            for key, digits in (("cosine", 4), ("percentile", 2)):
+                v = d.get(key)
+                d[key] = round(float(v), digits) if v is not None and np.isfinite(v) else None
+            d.update(self.urls(m.video_id, m.path, (float(m.start) + float(m.end)) / 2))
+            out.append(d)
+        return out
+
+    def search(self, text: str, like: str, k: int, merge: bool, by_video: bool) -> dict[str, Any]:
+        """Moments for words ``text`` or like the window ``like`` names (``ID@SECONDS``), best first."""
+        tok = self.model.tokenizer
+        words = tok.words(text) if text else []
+        unknown = tok.unknown_words(text) if text else []
+        notes: list[str] = []
+        results: list[Moment] = []
+        source = None
+        if like:
+            with self.model_lock:
+                self.maybe_refresh()
+                vid, emb, w0, w1 = self.like_source(like)
+                results, note = self._search_embedding(emb, k, merge, by_video, exclude=[vid])
+            source = {"video_id": vid, "start": w0, "end": w1, **self.urls(vid, self.index.video(vid).path)}
+            notes += [note] if note else []
+        elif not text:
+            notes.append("Empty query: type a few words describing what happens in the video.")
+        elif not words:
+            notes.append("None of the words are in the model's vocabulary, so there is nothing to search for"
+                         + (f" (unknown: {', '.join(unknown[:10])})." if unknown else "."))
+        else:
+            with self.model_lock:
+                self.maybe_refresh()
+                emb = self.text_embedding(text)
+                results, note = self._search_embedding(emb, k, merge, by_video, exclude=[])
+            if unknown:
+                notes.append(f"Ignored words not in the vocabulary: {', '.join(unknown[:10])}.")
+            notes += [note] if note else []
+            if not results and len(self.index) == 0:
+                notes.append("No moments found: the index is empty.")
+        return {"words": words, "unknown_words": unknown, "like": source, "results": self.moments_json(results),
+                "message": " ".join(notes) or None}
+
+    def curve(self, video_id: int, text: str, like: str) -> dict[str, Any]:
+        """A query's score over every window of one video (dot products and cosines)."""
+        rec = self.record(video_id)
+        if bool(text) == bool(like):
+            raise ApiError(422, "give either q (words) or like (VIDEO_ID@SECONDS)")
+        with self.model_lock:
+            if like:
+                emb = self.like_source(like)[1]
+            else:
+                problem = self.query_problem(text)
+                if problem is not None:
+                    return {"video_id": video_id, "query": text, "like": None, "starts": [], "ends": [], "scores": [],
+                            "cosine": [], "duration": rec.duration, "message": f"nothing to score: {problem}"}
+                emb = self.text_embedding(text)
+        starts, ends, vecs = self.index.windows(video_id)
+        scores = np.asarray(vecs, dtype=np.float32) @ emb
+        return {"video_id": video_id, "query": text, "like": like or None, "duration": rec.duration,
+                "starts": np.round(np.asarray(starts, dtype=np.float64), 3).tolist(),
+                "ends": np.round(np.asarray(ends, dtype=np.float64), 3).tolist(),
+                "scores": np.round(scores.astype(np.float64), 4).tolist(),
+                "cosine": np.round(cosine(scores, emb, vecs), 4).tolist(), "message": None}
+
+    # -- health -------------------------------------------------------------------------------
+
+    def ann_health(self) -> tuple[dict[str, Any], bool]:
+        """(the ANN state, healthy?)."""
+        info = self.index.ann_status()
+        bad = str(info.get("state", "")).lower() in ("damaged", "missing")
+        failed = self._ann_failed
+        if failed is not None and failed[0] == self._ann_key():
+            info["search_fallback"] = failed[1]
+            bad = True
+        return info, not bad
+
+    def check_store(self) -> str | None:
+        """Why the vector store cannot be searched now (truncated under us), or None."""
+        try:
+            self.index.snapshot.check_files()
+        except IndexDamagedError as exc:
+            return str(exc)
+        return None
