@@ -120,21 +120,11 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     here), required unless the index already records roots. A feature file whose source path is
     outside every root is not indexed (``report.failed``): paths inside feature files are untrusted.
     """
-    from ..extract import read_failures, read_feature_file
+    from ..extract import read_feature_file
 
     t_start = time.perf_counter()
     src = os.fspath(features_dir)
-    if not os.path.isdir(src):
-        raise UsageError(f"--from-features {src}: no such folder")
-    first, files, bad = _survey(src)
-    window = _video_settings(first, files[0][0])
-    for k, v in (settings or {}).items():
-        if v is not None and k in window and not math.isclose(float(v), float(window[k])):
-            raise FeaturesMismatchError(f"the features in {src} were extracted with {k}={window[k]}, not {v}; "
-                                        "leave the window options out to use the features' settings")
-    weights = str(first.get("weights") or "")
-    if not weights:
-        raise FeaturesMismatchError(f"{show_path(files[0][0])}: no weights fingerprint in the metadata")
+    files, bad, window, weights = _checked_files(src, settings)
     if not roots and not os.path.isfile(os.path.join(os.fspath(directory), DB_NAME)):
         _no_roots(src)  # before the folder is created
     idx = Index.create_for(directory, weights, WindowSettings.from_dict(window), roots=roots)
@@ -146,52 +136,8 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
             log.warning("%s: %s", show_path(file), why)
             idx.log_error(file, why)
             report.failed.append((file, why))
-        todo: list[tuple[str, str, int, float, str]] = []  # feature file, video, size, mtime, hash ("" if absent)
-        done_videos: set[str] = set()
-        for file, meta in files:
-            source = meta.get("source") or {}
-            video = os.path.abspath(str(source.get("path") or ""))
-            size, mtime_ns = int(source.get("size", -1)), int(source.get("mtime_ns", -1))
-            done_videos.add(video)
-            if not inside_roots(video, idx.roots):
-                why = (f"the source path in {show_path(file)} is outside the index's roots "
-                       f"({', '.join(show_path(r) for r in idx.roots)}); not indexed")
-                idx.log_error(video, why)
-                report.failed.append((video, why))
-                continue
-            try:
-                st: os.stat_result | None = os.stat(video)
-            except OSError:
-                st = None  # not on this box: recorded as extracted
-            if st is not None and (int(st.st_size) != size or int(st.st_mtime_ns) != mtime_ns):
-                why = f"the video changed since it was extracted ({show_path(file)}): re-run milnce extract"
-                idx.log_error(video, why)
-                report.failed.append((video, why))
-                continue
-            mtime = float(st.st_mtime) if st is not None else _mtime(mtime_ns)
-            known = idx.video_id_of(video)
-            if known is not None and int(idx.row(known).size) == size and float(idx.row(known).mtime) == mtime:
-                report.unchanged += 1
-                continue
-            todo.append((file, video, size, mtime, "changed" if known is not None else "new"))
-        for path, reason in read_failures(src):
-            video = os.path.abspath(path)
-            if video in done_videos:
-                continue  # extracted since
-            size_: int | None
-            mtime_: float | None
-            try:
-                st = os.stat(video)
-                size_, mtime_ = int(st.st_size), float(st.st_mtime)
-            except OSError:
-                size_, mtime_ = None, None
-            entry = idx.error_entry(video)
-            if entry is not None and entry == (size_, mtime_):
-                report.previously_failed += 1
-                continue
-            reason = reason_text(reason, path) or reason
-            idx.record_error(video, reason, size_, mtime_)
-            report.failed.append((video, reason))
+        todo, done_videos = _plan(idx, files, report)
+        _record_failures(idx, src, done_videos, report)
         if todo:
             _add_features(idx, todo, report, progress, read_feature_file)
         finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
@@ -200,6 +146,85 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
         idx.close()
     report.elapsed = time.perf_counter() - t_start
     return report
+
+
+def _checked_files(src: str, settings: dict[str, Any] | None
+                   ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]], dict[str, Any], str]:
+    """The feature files of ``src`` with their metadata, the unreadable ones, and the window
+    settings and weights fingerprint they share (checked against the caller's ``settings``)."""
+    if not os.path.isdir(src):
+        raise UsageError(f"--from-features {src}: no such folder")
+    first, files, bad = _survey(src)
+    window = _video_settings(first, files[0][0])
+    for k, v in (settings or {}).items():
+        if v is not None and k in window and not math.isclose(float(v), float(window[k])):
+            raise FeaturesMismatchError(f"the features in {src} were extracted with {k}={window[k]}, not {v}; "
+                                        "leave the window options out to use the features' settings")
+    weights = str(first.get("weights") or "")
+    if not weights:
+        raise FeaturesMismatchError(f"{show_path(files[0][0])}: no weights fingerprint in the metadata")
+    return files, bad, window, weights
+
+
+def _plan(idx: Index, files: list[tuple[str, dict[str, Any]]], report: IndexReport
+          ) -> tuple[list[tuple[str, str, int, float, str]], set[str]]:
+    """The feature files to add (feature file, video, size, mtime, ``new``/``changed``) and every
+    video they cover; videos outside the roots or changed since extraction go to ``report.failed``,
+    unchanged ones are counted."""
+    todo: list[tuple[str, str, int, float, str]] = []
+    done_videos: set[str] = set()
+    for file, meta in files:
+        source = meta.get("source") or {}
+        video = os.path.abspath(str(source.get("path") or ""))
+        size, mtime_ns = int(source.get("size", -1)), int(source.get("mtime_ns", -1))
+        done_videos.add(video)
+        if not inside_roots(video, idx.roots):
+            why = (f"the source path in {show_path(file)} is outside the index's roots "
+                   f"({', '.join(show_path(r) for r in idx.roots)}); not indexed")
+            idx.log_error(video, why)
+            report.failed.append((video, why))
+            continue
+        try:
+            st: os.stat_result | None = os.stat(video)
+        except OSError:
+            st = None  # not on this box: recorded as extracted
+        if st is not None and (int(st.st_size) != size or int(st.st_mtime_ns) != mtime_ns):
+            why = f"the video changed since it was extracted ({show_path(file)}): re-run milnce extract"
+            idx.log_error(video, why)
+            report.failed.append((video, why))
+            continue
+        mtime = float(st.st_mtime) if st is not None else _mtime(mtime_ns)
+        known = idx.video_id_of(video)
+        if known is not None and int(idx.row(known).size) == size and float(idx.row(known).mtime) == mtime:
+            report.unchanged += 1
+            continue
+        todo.append((file, video, size, mtime, "changed" if known is not None else "new"))
+    return todo, done_videos
+
+
+def _record_failures(idx: Index, src: str, done_videos: set[str], report: IndexReport) -> None:
+    """The extraction's failures (``failures*.csv``) as the index's errors, unless the video was
+    extracted since or failed before unchanged."""
+    from ..extract import read_failures
+
+    for path, reason in read_failures(src):
+        video = os.path.abspath(path)
+        if video in done_videos:
+            continue  # extracted since
+        size_: int | None
+        mtime_: float | None
+        try:
+            st = os.stat(video)
+            size_, mtime_ = int(st.st_size), float(st.st_mtime)
+        except OSError:
+            size_, mtime_ = None, None
+        entry = idx.error_entry(video)
+        if entry is not None and entry == (size_, mtime_):
+            report.previously_failed += 1
+            continue
+        reason = reason_text(reason, path) or reason
+        idx.record_error(video, reason, size_, mtime_)
+        report.failed.append((video, reason))
 
 
 def _no_roots(src: str) -> None:

@@ -335,6 +335,194 @@ def _gradients(cfg: TrainConfig, ctx: DistContext, parts: _Parts, it: Any, step:
     return step_loss, waited
 
 
+def _check_inputs(cfg: TrainConfig, ctx: DistContext) -> tuple[Any, Any, dict[str, Any], Path | None]:
+    """Refuse settings this run cannot train with; the training data, held-out split, the data's
+    metadata and its folder (``None`` for a list file)."""
+    cfg.process_batch(ctx.world_size)  # the batch splits over the processes
+    if cfg.forward_batch(ctx.world_size) == 1 and not cfg.freeze_bn:
+        raise UsageError("batch-norm needs at least 2 clips per forward pass (batch_size / processes"
+                         + (" / grad_accum" if cfg.grad_accum > 1 else "") + (", or --micro-batch" if cfg.micro_batch else "")
+                         + " is 1); use a larger --batch-size, or --freeze-bn")
+    train_data, val_split, meta = find_data(cfg.data, cfg.val)
+    data_dir = Path(cfg.data) if Path(cfg.data).is_dir() else None
+    if cfg.precision == "fp16" and ctx.device.type != "cuda":
+        raise UsageError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+    return train_data, val_split, meta, data_dir
+
+
+def _eval_data(cfg: TrainConfig, ctx: DistContext, val_split: Any,
+               tokenizer: Tokenizer) -> tuple[Any, torch.Tensor | None]:
+    """The held-out clips' loader and their captions' token ids (main process, ``eval_every`` set)."""
+    if val_split is not None and ctx.is_main and cfg.eval_every:
+        pairs = eval_pairs(val_split, cfg.eval_max)
+        eval_ids = tokenizer([p.text for p in pairs])
+        eval_loader = torch.utils.data.DataLoader(
+            EvalClips(pairs, cfg.window, cfg.decode_side, cfg.min_time), batch_size=max(2, cfg.forward_batch(ctx.world_size)),
+            num_workers=min(cfg.workers, 2), worker_init_fn=worker_init)
+        return eval_loader, eval_ids
+    if val_split is None and ctx.is_main:
+        _log(ctx, "milnce train: no held-out split (DATA/val.csv or --val): no retrieval metrics")
+    return None, None
+
+
+def _announce(cfg: TrainConfig, ctx: DistContext, parts: _Parts, described: str) -> None:
+    """The one-line summary of what this run trains, on what, how."""
+    local = cfg.process_batch(ctx.world_size)
+    n_params = sum(p.numel() for p in parts.params)
+    how = (f"{local} per process in forward passes of {cfg.micro_batch} (gradient caching)" if cfg.micro_batch
+           else f"{local} per process x {cfg.grad_accum} accumulation")
+    _log(ctx, f"milnce train: {parts.what}: S3D space_to_depth={parts.net.space_to_depth}, {n_params / 1e6:.1f} M "
+              f"trainable parameters; {described}; {ctx.world_size} process(es) on {ctx.device}; {cfg.batch_size} "
+              f"clips/step ({how}); {cfg.num_frames} frames at {cfg.fps:g} fps, {cfg.size} px; steps "
+              f"{parts.start} -> {cfg.steps}")
+
+
+class _Session:
+    """A run in progress: its held-out evaluation, checkpoints and logged records."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, run: Path, parts: _Parts, metrics: Metrics,
+                 data_state: Any, eval_data: tuple[Any, torch.Tensor | None]) -> None:
+        self.cfg, self.ctx, self.run, self.parts, self.metrics = cfg, ctx, run, parts, metrics
+        self.autocast = _autocast_factory(ctx.device, cfg.precision)
+        self.eval_loader, self.eval_ids = eval_data
+        # counted per micro-step: a window of --bad-window optimiser steps
+        self.bad = BadSamples(ctx, cfg.bad_fraction, cfg.bad_window * cfg.grad_accum, cfg.batch_size // cfg.grad_accum)
+        self.positions: dict[str, Any] = dict(data_state.get("streams", {})) if isinstance(data_state, dict) else {}
+        self.last: dict[str, Any] = {}
+
+    def evaluate(self, step: int) -> None:
+        """Held-out retrieval metrics at ``step`` (every rank agrees on a failure)."""
+        cfg, ctx, net = self.cfg, self.ctx, self.parts.net
+        failure: TrainingError | None = None
+        rec: dict[str, Any] = {}
+        if self.eval_loader is not None and self.eval_ids is not None:
+            try:
+                rec = {"step": step, "kind": "eval",
+                       **evaluate(net, self.eval_loader, self.eval_ids, ctx.device, self.autocast, step)}
+            except TrainingError as exc:  # decided together below: no rank is left waiting in a barrier
+                failure = exc
+            finally:
+                set_train_mode(net, cfg.freeze_bn)
+        if not ctx.all_ok(failure is None):
+            raise failure or TrainingError(f"step {step}: the held-out evaluation found NaN or infinite embeddings")
+        if rec:
+            self.metrics.write(rec)
+            self.last["eval"] = rec
+            _log(ctx, f"step {step}: held-out text->video R@1 {rec['R@1']:.1f}% (chance {rec['chance_R@1']:.1f}%) "
+                      f"R@5 {rec['R@5']:.1f}% R@10 {rec['R@10']:.1f}% median rank {rec['median_rank']:g} of {rec['n']:g}")
+        ctx.barrier()
+
+    def save(self, step: int) -> None:
+        """The training checkpoint of ``step`` (weights, optimiser, RNG and data positions)."""
+        cfg, ctx, parts = self.cfg, self.ctx, self.parts
+        streams = gather_positions(ctx, self.positions)
+        if ctx.is_main:
+            sd = {k: v.detach().cpu() for k, v in parts.net.state_dict().items()}
+            save_checkpoint(self.run, step, {
+                "step": step, "samples": step * cfg.batch_size, "world_size": ctx.world_size,
+                "state_dict": sd, "optimizer": parts.optimizer.state_dict(),
+                "scheduler": {"name": "warmup_cosine", "step": step, "lr": lr_at(max(0, step - 1), cfg),
+                              "schedule_steps": cfg.horizon},
+                "scaler": parts.scaler.state_dict() if parts.scaler.is_enabled() else {},
+                "rng": rng_state(ctx.device), "config": cfg.to_dict(),
+                "data": {"seed": cfg.seed, "next_sample": step * cfg.batch_size, "streams": streams,
+                         "bad_samples": self.bad.total},
+            }, keep=cfg.keep_checkpoints)
+        ctx.barrier()
+
+    def finish(self) -> dict[str, Any]:
+        """The last records, with the count of skipped samples (said when there were any)."""
+        bad = self.bad
+        self.last["bad_samples"] = bad.total
+        if bad.total:
+            _log(self.ctx, f"milnce train: {bad.total} unreadable sample(s) skipped (listed in metrics.jsonl as "
+                           f"kind \"bad_sample\"), e.g. {bad.examples[0]}")
+        return self.last
+
+
+class _Window:
+    """The running totals of the steps since the last ``kind: train`` record."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0, self.wait, self.steps, self.loss_sum = time.perf_counter(), 0.0, 0, 0.0
+
+    def record(self, s: _Session, done: int, lr: float) -> dict[str, Any]:
+        """Log the window's ``kind: train`` record (the caller then resets the window)."""
+        cfg = s.cfg
+        dt = time.perf_counter() - self.t0
+        rec = {"step": done, "kind": "train", "loss": self.loss_sum / self.steps, "lr": lr,
+               "schedule_steps": cfg.horizon, "steps_per_s": self.steps / dt,
+               "clips_per_s": self.steps * cfg.batch_size / dt, "data_wait": self.wait / dt,
+               "bad_samples": s.bad.take_log_count(), "time": time.time()}
+        s.metrics.write(rec)
+        s.last["train"] = rec
+        return rec
+
+
+def _loop(s: _Session, loader: Any) -> None:
+    """The optimiser steps from ``parts.start`` to ``cfg.steps``, with logging, checkpoints and
+    evaluations on their schedules; an interrupted single-process run keeps its finished steps."""
+    cfg, ctx, parts = s.cfg, s.ctx, s.parts
+    optimizer, scaler, start = parts.optimizer, parts.scaler, parts.start
+    bar = None
+    if ctx.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+    it = iter(loader)
+    window = _Window()
+    saved_at = completed = start
+    updating = False
+    try:
+        for step in range(start, cfg.steps):
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+            step_loss, waited = _gradients(cfg, ctx, parts, it, step, bad=s.bad, metrics=s.metrics,
+                                           positions=s.positions, autocast=s.autocast)
+            window.wait += waited
+            updating = True
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            done = completed = step + 1
+            updating = False
+            check_finite(parts.net, done, ctx.all_ok)
+            window.steps += 1
+            window.loss_sum += step_loss
+            if bar is not None:
+                bar.update()
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                rec = window.record(s, done, lr)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", clips_s=f"{rec['clips_per_s']:.1f}", lr=f"{lr:.2e}")
+                window.reset()
+            if cfg.save_every and done % cfg.save_every == 0:
+                s.save(done)
+                saved_at = done
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                s.evaluate(done)
+                window.t0 = time.perf_counter()  # evaluation is not training time
+        if saved_at != cfg.steps and cfg.steps > start:
+            s.save(cfg.steps)
+        elif parts.state is None and cfg.steps == 0:
+            s.save(0)
+    except KeyboardInterrupt:
+        if not ctx.distributed and not updating and completed > saved_at:  # keep the finished steps
+            _log(ctx, f"milnce train: interrupted; saving step {completed}")
+            s.save(completed)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        s.metrics.close()
+        del it
+
+
 def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False,
           ctx: DistContext | None = None) -> dict[str, Any]:
     """Train (or fine-tune) with MIL-NCE; checkpoints, ``config.json`` and ``metrics.jsonl`` go to ``out``.
@@ -347,154 +535,24 @@ def train(cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False
         torch.set_num_threads(cfg.threads)
     ctx = ctx or init_distributed(cfg.device)
     run = Path(out)
-    device = ctx.device
-    local = cfg.process_batch(ctx.world_size)
-    if cfg.forward_batch(ctx.world_size) == 1 and not cfg.freeze_bn:
-        raise UsageError("batch-norm needs at least 2 clips per forward pass (batch_size / processes"
-                         + (" / grad_accum" if cfg.grad_accum > 1 else "") + (", or --micro-batch" if cfg.micro_batch else "")
-                         + " is 1); use a larger --batch-size, or --freeze-bn")
-    train_data, val_split, meta = find_data(cfg.data, cfg.val)
-    data_dir = Path(cfg.data) if Path(cfg.data).is_dir() else None
+    train_data, val_split, meta, data_dir = _check_inputs(cfg, ctx)
     hflip = cfg.hflip if cfg.hflip is not None else bool(meta.get("hflip", True))
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
 
     parts = _build(cfg, ctx, run, data_dir, resume)
-    net, params, optimizer, scaler = parts.net, parts.params, parts.optimizer, parts.scaler
-    tokenizer, state, start = parts.tokenizer, parts.state, parts.start
+    state, start = parts.state, parts.start
     if ctx.is_main:
-        _write_run_folder(cfg, run, tokenizer)
+        _write_run_folder(cfg, run, parts.tokenizer)
     ctx.barrier()
     metrics = Metrics(run, ctx.is_main, start)
     replan = _replan(ctx, cfg, state, start)
     if replan is not None:
         metrics.write(replan)
-    autocast = _autocast_factory(device, cfg.precision)
     data_state = (state or {}).get("data", {}) if state is not None else {}
-    loader, described = make_loader(train_data, cfg, tokenizer, hflip=hflip, start=start, ctx=ctx,
-                                    resume=data_state, pin=device.type == "cuda")
-    eval_loader = None
-    eval_ids = None
-    if val_split is not None and ctx.is_main and cfg.eval_every:
-        pairs = eval_pairs(val_split, cfg.eval_max)
-        eval_ids = tokenizer([p.text for p in pairs])
-        eval_loader = torch.utils.data.DataLoader(
-            EvalClips(pairs, cfg.window, cfg.decode_side, cfg.min_time), batch_size=max(2, cfg.forward_batch(ctx.world_size)),
-            num_workers=min(cfg.workers, 2), worker_init_fn=worker_init)
-    elif val_split is None and ctx.is_main:
-        _log(ctx, "milnce train: no held-out split (DATA/val.csv or --val): no retrieval metrics")
-
-    n_params = sum(p.numel() for p in params)
-    how = (f"{local} per process in forward passes of {cfg.micro_batch} (gradient caching)" if cfg.micro_batch
-           else f"{local} per process x {cfg.grad_accum} accumulation")
-    _log(ctx, f"milnce train: {parts.what}: S3D space_to_depth={net.space_to_depth}, {n_params / 1e6:.1f} M trainable "
-              f"parameters; {described}; {ctx.world_size} process(es) on {device}; {cfg.batch_size} clips/step ({how}); "
-              f"{cfg.num_frames} frames at {cfg.fps:g} fps, {cfg.size} px; steps {start} -> {cfg.steps}")
-
-    # counted per micro-step: a window of --bad-window optimiser steps
-    bad = BadSamples(ctx, cfg.bad_fraction, cfg.bad_window * cfg.grad_accum, cfg.batch_size // cfg.grad_accum)
-    positions: dict[str, Any] = dict(data_state.get("streams", {})) if isinstance(data_state, dict) else {}
-    last: dict[str, Any] = {}
-
-    def do_eval(step: int) -> None:
-        failure: TrainingError | None = None
-        rec: dict[str, Any] = {}
-        if eval_loader is not None and eval_ids is not None:
-            try:
-                rec = {"step": step, "kind": "eval", **evaluate(net, eval_loader, eval_ids, device, autocast, step)}
-            except TrainingError as exc:  # decided together below: no rank is left waiting in a barrier
-                failure = exc
-            finally:
-                set_train_mode(net, cfg.freeze_bn)
-        if not ctx.all_ok(failure is None):
-            raise failure or TrainingError(f"step {step}: the held-out evaluation found NaN or infinite embeddings")
-        if rec:
-            metrics.write(rec)
-            last["eval"] = rec
-            _log(ctx, f"step {step}: held-out text->video R@1 {rec['R@1']:.1f}% (chance {rec['chance_R@1']:.1f}%) "
-                      f"R@5 {rec['R@5']:.1f}% R@10 {rec['R@10']:.1f}% median rank {rec['median_rank']:g} of {rec['n']:g}")
-        ctx.barrier()
-
-    def do_save(step: int) -> None:
-        streams = gather_positions(ctx, positions)
-        if ctx.is_main:
-            sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-            save_checkpoint(run, step, {
-                "step": step, "samples": step * cfg.batch_size, "world_size": ctx.world_size,
-                "state_dict": sd, "optimizer": optimizer.state_dict(),
-                "scheduler": {"name": "warmup_cosine", "step": step, "lr": lr_at(max(0, step - 1), cfg),
-                              "schedule_steps": cfg.horizon},
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": rng_state(device), "config": cfg.to_dict(),
-                "data": {"seed": cfg.seed, "next_sample": step * cfg.batch_size, "streams": streams,
-                         "bad_samples": bad.total},
-            }, keep=cfg.keep_checkpoints)
-        ctx.barrier()
-
+    loader, described = make_loader(train_data, cfg, parts.tokenizer, hflip=hflip, start=start, ctx=ctx,
+                                    resume=data_state, pin=ctx.device.type == "cuda")
+    session = _Session(cfg, ctx, run, parts, metrics, data_state, _eval_data(cfg, ctx, val_split, parts.tokenizer))
+    _announce(cfg, ctx, parts, described)
     if start == 0 and cfg.eval_every:
-        do_eval(0)
-    bar = None
-    if ctx.is_main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
-    it = iter(loader)
-    window_t0, window_wait, window_steps, loss_sum = time.perf_counter(), 0.0, 0, 0.0
-    saved_at = completed = start
-    updating = False
-    try:
-        for step in range(start, cfg.steps):
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-            step_loss, waited = _gradients(cfg, ctx, parts, it, step, bad=bad, metrics=metrics,
-                                           positions=positions, autocast=autocast)
-            window_wait += waited
-            updating = True
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            done = completed = step + 1
-            updating = False
-            check_finite(net, done, ctx.all_ok)
-            window_steps += 1
-            loss_sum += step_loss
-            if bar is not None:
-                bar.update()
-                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                dt = time.perf_counter() - window_t0
-                rec = {"step": done, "kind": "train", "loss": loss_sum / window_steps, "lr": lr,
-                       "schedule_steps": cfg.horizon, "steps_per_s": window_steps / dt,
-                       "clips_per_s": window_steps * cfg.batch_size / dt, "data_wait": window_wait / dt,
-                       "bad_samples": bad.take_log_count(), "time": time.time()}
-                metrics.write(rec)
-                last["train"] = rec
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", clips_s=f"{rec['clips_per_s']:.1f}", lr=f"{lr:.2e}")
-                window_t0, window_wait, window_steps, loss_sum = time.perf_counter(), 0.0, 0, 0.0
-            if cfg.save_every and done % cfg.save_every == 0:
-                do_save(done)
-                saved_at = done
-            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-                do_eval(done)
-                window_t0 = time.perf_counter()  # evaluation is not training time
-        if saved_at != cfg.steps and cfg.steps > start:
-            do_save(cfg.steps)
-        elif state is None and cfg.steps == 0:
-            do_save(0)
-    except KeyboardInterrupt:
-        if not ctx.distributed and not updating and completed > saved_at:  # keep the finished steps
-            _log(ctx, f"milnce train: interrupted; saving step {completed}")
-            do_save(completed)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        metrics.close()
-        del it
-    last["bad_samples"] = bad.total
-    if bad.total:
-        _log(ctx, f"milnce train: {bad.total} unreadable sample(s) skipped (listed in metrics.jsonl as "
-                  f"kind \"bad_sample\"), e.g. {bad.examples[0]}")
-    return last
+        session.evaluate(0)
+    _loop(session, loader)
+    return session.finish()
