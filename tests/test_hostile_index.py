@@ -357,11 +357,11 @@ def test_queries_file_rules_and_csv_failures(tiny_index, tmp_path, model, monkey
 
 
 @pytest.mark.slow
-def test_100k_queries_run_in_bounded_memory(tiny_index, tmp_path, checkpoint):
-    """A 100,000-line queries file under RLIMIT_AS (set once the model is loaded): memory does not
-    grow with the number of queries."""
+def test_many_queries_run_in_bounded_memory(tiny_index, tmp_path, checkpoint):
+    """A 10,000-line queries file under RLIMIT_AS (set once the model is loaded): memory does not
+    grow with the number of queries (before, ~250 KB a query: 2.5 GB here, past the 600 MB allowed)."""
     qf = tmp_path / "q.txt"
-    qf.write_text("".join(f"cut {i % 7}\n" for i in range(100_000)))
+    qf.write_text("".join(f"cut {i % 7}\n" for i in range(10_000)))
     script = textwrap.dedent(f"""
         import resource, sys
         import milnce
@@ -377,4 +377,4 @@ def test_100k_queries_run_in_bounded_memory(tiny_index, tmp_path, checkpoint):
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=900)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
-    assert r.stdout.count(b"\n") == 100_001
+    assert r.stdout.count(b"\n") == 10_001
