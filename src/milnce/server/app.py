@@ -24,6 +24,7 @@ from ..errors import MilnceError
 from ..index import Index
 from ..index.errors import IndexDamagedError
 from ..protocols import Encoder
+from ..video.cut import ClipLimits
 from .routes import CSP, STATIC_TYPES, Limits, api_router, error_response, media_router, ui_router
 from .service import QUERY_CACHE_ENTRIES, ApiError, SearchService, parse_like
 from .thumbs import LRU, THUMB_CACHE_ENTRIES, THUMB_WIDTH
@@ -129,6 +130,7 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     refresh_interval: float = 5.0,
     warm_up: bool = False,
+    clip_limits: ClipLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``index`` (a ``milnce.index.Index`` opened with ``model``).
 
@@ -138,7 +140,8 @@ def create_app(
     running ``milnce index`` committed meanwhile (``Index.refresh``); 0 turns that off.
     ``warm_up``: run one search through the app before returning, so the first user's query
     does not pay the one-time costs (first text encoding, first scan, first request through
-    FastAPI); its time is ``app.state.warmup_ms``.
+    FastAPI); its time is ``app.state.warmup_ms``. ``clip_limits``: the clip endpoint's length cap
+    and concurrent cuts (default 300 s, 2).
     """
     from .. import __version__
 
@@ -160,8 +163,10 @@ def create_app(
         app.add_middleware(_HostCheck, allowed=allowed_hosts)
     _add_error_handlers(app)
     app.include_router(ui_router())
-    app.include_router(api_router(Limits(default_k, max_k, max_query_chars), __version__, time.time()))
-    app.include_router(media_router(thumbnail_width, thumbs))
+    clips = clip_limits or ClipLimits()
+    app.include_router(api_router(Limits(default_k, max_k, max_query_chars, max_clip_seconds=clips.max_seconds),
+                                  __version__, time.time()))
+    app.include_router(media_router(thumbnail_width, thumbs, clips))
     if warm_up:  # pay the one-time costs (first text encoding, first scan, first request) now
         t0 = time.perf_counter()
         with warnings.catch_warnings():

@@ -31,6 +31,8 @@ import numpy as np
 from ..errors import MilnceError
 from ..index import Index, Moment, VideoRecord
 from ..index.errors import IndexDamagedError
+from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
+from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
 from ..index.query import cosine
 from ..index.roots import serving_roots
 from ..protocols import Encoder
@@ -179,12 +181,13 @@ class SearchService:
     # -- searching ----------------------------------------------------------------------------
 
     def _search_embedding(self, emb: np.ndarray, k: int, merge: bool, by_video: bool,
-                          exclude: list[int]) -> tuple[list[Moment], str | None]:
-        """Search one embedding; a failing approximate index falls back to exact search."""
+                          exclude: list[int], **opts: Any) -> tuple[list[Moment], str | None]:
+        """Search one embedding (``opts``: ``neg``, ``not_weight``, ``video_filter``, ``offset`` of
+        ``Index.search_embeddings``); a failing approximate index falls back to exact search."""
         exact = self._ann_failed is not None and self._ann_failed[0] == self._ann_key()
         try:
             return self.index.search_embeddings(emb[None], k, merge=merge, by_video=by_video, exact=exact,
-                                                exclude_videos=exclude)[0], None
+                                                exclude_videos=exclude, **opts)[0], None
         except MilnceError:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged ANN file (faiss RuntimeError, ...)
@@ -193,7 +196,7 @@ class SearchService:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             log.warning("approximate search failed (%s); searching exactly", reason)
             found = self.index.search_embeddings(emb[None], k, merge=merge, by_video=by_video, exact=True,
-                                                 exclude_videos=exclude)[0]
+                                                 exclude_videos=exclude, **opts)[0]
             self._ann_failed = (self._ann_key(), reason)
             return found, "The approximate index is damaged; searched exactly (rebuild it with 'milnce index --ann')."
 
@@ -247,38 +250,68 @@ class SearchService:
             out.append(d)
         return out
 
-    def search(self, text: str, like: str, k: int, merge: bool, by_video: bool) -> dict[str, Any]:
-        """Moments for words ``text`` or like the window ``like`` names (``ID@SECONDS``), best first."""
+    def search(self, text: str, like: str, k: int, merge: bool, by_video: bool, *, offset: int = 0,
+               video_filter: VideoFilter | None = None, negatives: list[str] | None = None,
+               not_weight: float = DEFAULT_NOT_WEIGHT) -> dict[str, Any]:
+        """Results ``offset .. offset + k - 1`` for words ``text`` (``-term`` / ``-"two words"``
+        excluded: ``milnce.index.negatives.split_query``; more in ``negatives``) or like the window
+        ``like`` names (``ID@SECONDS``), best first, among the videos ``video_filter`` lets through."""
         tok = self.model.tokenizer
+        negs = list(negatives or [])
+        if text:
+            try:
+                text, more_negs = split_query(text)
+            except MilnceError as exc:
+                raise ApiError(422, str(exc)) from None
+            negs += more_negs
         words = tok.words(text) if text else []
         unknown = tok.unknown_words(text) if text else []
         notes: list[str] = []
         results: list[Moment] = []
         source = None
-        if like:
-            with self.model_lock:
-                self.maybe_refresh()
-                vid, emb, w0, w1 = self.like_source(like)
-                results, note = self._search_embedding(emb, k, merge, by_video, exclude=[vid])
-            source = {"video_id": vid, "start": w0, "end": w1, **self.urls(vid, self.index.video(vid).path)}
-            notes += [note] if note else []
-        elif not text:
-            notes.append("Empty query: type a few words describing what happens in the video.")
-        elif not words:
-            notes.append("None of the words are in the model's vocabulary, so there is nothing to search for"
-                         + (f" (unknown: {', '.join(unknown[:10])})." if unknown else "."))
-        else:
-            with self.model_lock:
-                self.maybe_refresh()
-                emb = self.text_embedding(text)
-                results, note = self._search_embedding(emb, k, merge, by_video, exclude=[])
-            if unknown:
-                notes.append(f"Ignored words not in the vocabulary: {', '.join(unknown[:10])}.")
-            notes += [note] if note else []
-            if not results and len(self.index) == 0:
-                notes.append("No moments found: the index is empty.")
+        opts: dict[str, Any] = {"video_filter": video_filter, "offset": offset, "not_weight": not_weight}
+        try:
+            if like:
+                with self.model_lock:
+                    self.maybe_refresh()
+                    vid, emb, w0, w1 = self.like_source(like)
+                    opts["neg"] = self.negative_embeddings(negs)
+                    results, note = self._search_embedding(emb, k, merge, by_video, exclude=[vid], **opts)
+                source = {"video_id": vid, "start": w0, "end": w1, **self.urls(vid, self.index.video(vid).path)}
+                notes += [note] if note else []
+            elif not text:
+                notes.append("Empty query: type a few words describing what happens in the video.")
+            elif not words:
+                notes.append("None of the words are in the model's vocabulary, so there is nothing to search for"
+                             + (f" (unknown: {', '.join(unknown[:10])})." if unknown else "."))
+            else:
+                with self.model_lock:
+                    self.maybe_refresh()
+                    emb = self.text_embedding(text)
+                    opts["neg"] = self.negative_embeddings(negs)
+                    results, note = self._search_embedding(emb, k, merge, by_video, exclude=[], **opts)
+                if unknown:
+                    notes.append(f"Ignored words not in the vocabulary: {', '.join(unknown[:10])}.")
+                notes += [note] if note else []
+                if not results and len(self.index) == 0:
+                    notes.append("No moments found: the index is empty.")
+        except NoVideoMatchesError as exc:
+            notes.append(f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+        except FilterError as exc:
+            raise ApiError(422, str(exc)) from None
+        if video_filter is not None and (text or like) and len(results) < k and not notes:
+            notes.append(f"Only {offset + len(results)} results pass the filter ({video_filter.describe()}).")
         return {"words": words, "unknown_words": unknown, "like": source, "results": self.moments_json(results),
+                "not": negs, "not_weight": not_weight if negs else None, "offset": offset,
+                "filter": None if video_filter is None else video_filter.describe(),
                 "message": " ".join(notes) or None}
+
+    def negative_embeddings(self, terms: list[str]) -> np.ndarray | None:
+        """The negative terms' embeddings (K x 512) or None; 422 for a term with no known word.
+        Call with ``model_lock`` held."""
+        if not terms:
+            return None
+        return np.stack([self.text_embedding(t) for t in terms])
 
     def curve(self, video_id: int, text: str, like: str) -> dict[str, Any]:
         """A query's score over every window of one video (dot products and cosines)."""
