@@ -159,3 +159,57 @@ def test_clip_refuses_changed_removed_and_linked_files_as_file_serving_does(tmp_
             r = c.get(f"/api/videos/{ids[name]}/clip", params={"start": 0, "end": 1})
             assert f.status_code == r.status_code == status, name
             assert r.json()["error"]["message"] == f.json()["error"]["message"]
+
+
+def test_browser_filters_negatives_more_and_clip(lib):
+    """In Chromium: a shared link with -term and filters, "More results" and the clip link."""
+    import json
+    import urllib.request
+
+    from test_server import CHROMIUM, CHROMIUM_ARGS, _serve_in_thread, wait_js
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, thread, sock, port = _serve_in_thread(create_app(lib["index"], lib["model"]))
+    base = f"http://127.0.0.1:{port}"
+    pw = sync_api.sync_playwright().start()
+    try:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        problems: list[str] = []
+        page.on("pageerror", lambda err: problems.append(str(err)))
+        api = json.loads(urllib.request.urlopen(f"{base}/api/search?q=cut+tomato+-guitar&merge=false&k=100").read())
+        total = len(api["results"])
+        assert total > 10
+        page.goto(base + "/?q=cut+tomato+-guitar&merge=false&k=10")
+        wait_js(page, "() => document.querySelectorAll('.result').length === 10")
+        assert page.is_visible("#more")
+        page.click("#more")
+        wait_js(page, "n => document.querySelectorAll('.result').length === n", min(20, total))
+        names = page.evaluate("() => [...document.querySelectorAll('.result .name')].map(e => e.textContent)")
+        assert names == [m["name"] for m in api["results"][:len(names)]]
+        # a filter typed in the page
+        page.click("#filters summary")
+        page.fill("#f-glob", "*.mkv")
+        page.press("#q", "Enter")
+        wait_js(page, "() => [...document.querySelectorAll('.result .name')].length > 0 && "
+                "[...document.querySelectorAll('.result .name')].every(e => e.textContent === 'c.mkv')")
+        assert "path_glob=*.mkv" in page.url.replace("%2A", "*")
+        page.fill("#f-glob", "")
+        page.press("#q", "Enter")
+        wait_js(page, "() => [...document.querySelectorAll('.result .name')].some(e => e.textContent !== 'c.mkv')")
+        # the player's "Download clip" link cuts the moment on the server
+        page.click('.result[data-index="0"]')
+        href = wait_js(page, "() => !document.getElementById('clip-link').hidden && "
+                       "document.getElementById('clip-link').getAttribute('href')")
+        assert "/clip?start=" in href
+        with urllib.request.urlopen(base + href) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "video/mp4" and len(r.read()) > 1000
+        assert not problems
+        browser.close()
+    finally:
+        pw.stop()
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
