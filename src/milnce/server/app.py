@@ -9,8 +9,10 @@ exact search. Thumbnails are kept in a small in-memory LRU cache.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -25,8 +27,9 @@ from ..index import Index
 from ..index.errors import IndexDamagedError
 from ..protocols import Encoder
 from ..video.cut import ClipLimits
+from .multi import IndexSet
 from .routes import CSP, STATIC_TYPES, Limits, api_router, error_response, media_router, ui_router
-from .service import QUERY_CACHE_ENTRIES, ApiError, SearchService, parse_like
+from .service import QUERY_CACHE_ENTRIES, ApiError, parse_like
 from .thumbs import LRU, THUMB_CACHE_ENTRIES, THUMB_WIDTH
 
 log = logging.getLogger("milnce.server")
@@ -119,7 +122,7 @@ def _first_known_word(model: Encoder) -> str:
 
 
 def create_app(
-    index: Index,
+    index: Index | Mapping[str, Index],
     model: Encoder,
     *,
     max_query_chars: int = MAX_QUERY_CHARS,
@@ -132,7 +135,9 @@ def create_app(
     warm_up: bool = False,
     clip_limits: ClipLimits | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``index`` (a ``milnce.index.Index`` opened with ``model``).
+    """The FastAPI app serving ``index`` (a ``milnce.index.Index`` opened with ``model``), or
+    several: ``{name: Index}`` (``milnce.server.multi``: same weights and window settings
+    required, ``IndexMismatchError`` otherwise).
 
     ``allowed_hosts``: if given, requests whose ``Host`` header names another host get 400
     (``serve`` sets it to the loopback names when bound to localhost, against DNS rebinding).
@@ -152,9 +157,12 @@ def create_app(
         "Videos are addressed by their id in the index. Errors answer "
         '{"error": {"status": <int>, "message": <str>}}.',
     )
-    service = SearchService(index, model, refresh_interval=refresh_interval)
+    indexes = IndexSet({os.path.basename(os.path.normpath(index.directory)) or "index": index}
+                       if isinstance(index, Index) else index, model, refresh_interval=refresh_interval)
+    service = indexes.first
     thumbs = LRU(thumbnail_cache)
-    app.state.index = index
+    app.state.indexes = indexes
+    app.state.index = service.index
     app.state.model = model
     app.state.service = service
     app.state.thumbnail_cache = thumbs

@@ -25,6 +25,7 @@ from ..index.filters import FilterError, VideoFilter, parse_when
 from ..index.negatives import DEFAULT_NOT_WEIGHT
 from ..video.cut import ClipBusyError, ClipError, ClipLimits, check_span, clip_file_name, cut_clip
 from .files import MIME_TYPES, OpenFileResponse, RangeNotSatisfiable, fd_path, parse_range
+from .multi import IndexSet
 from .service import ApiError, SearchService
 from .thumbs import LRU, grab_thumbnail
 
@@ -56,9 +57,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def service_for(request: Request) -> SearchService:
-    """The service a request addresses (the app's one index)."""
-    service: SearchService = request.app.state.service
-    return service
+    """The service a request addresses: ``index=NAME`` among several indexes, else the only one
+    (``milnce.server.multi.IndexSet.get``)."""
+    sets: IndexSet = request.app.state.indexes
+    return sets.get(request.query_params.get("index") or None)
 
 
 def video_filter(under: str, path_glob: str, after: str, before: str, min_duration: float | None,
@@ -90,15 +92,29 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
     def healthz(request: Request) -> dict[str, Any]:
         """`status` is "ok", or "degraded" (still HTTP 200) when the approximate index is damaged
         or missing (searches then run exactly) or the vector store is damaged; `ann` has the details."""
-        s = service_for(request)
+        sets: IndexSet = request.app.state.indexes
+        name = request.query_params.get("index") or None
+        services = [sets.get(name)] if name or not sets.several else list(sets.services.values())
+        s = services[0]
         ann, healthy = s.ann_health()
-        store = s.check_store()
-        out = {"status": "ok" if healthy and store is None else "degraded", "version": version,
-               "windows": len(s.index), "videos": s.videos_count, "ann": ann, "weights_id": s.model.weights_id,
+        stores = [p for x in services if (p := x.check_store()) is not None]
+        healthy = healthy and all(x.ann_health()[1] for x in services[1:])
+        counts = [x.videos_count for x in services]
+        out = {"status": "ok" if healthy and not stores else "degraded", "version": version,
+               "windows": sum(len(x.index) for x in services),
+               "videos": None if None in counts else sum(c for c in counts if c is not None), "ann": ann,
+               "weights_id": s.model.weights_id, "indexes": len(services),
                "uptime_s": round(time.time() - started, 1)}
-        if store is not None:
-            out["store"] = store
+        if stores:
+            out["store"] = "; ".join(stores)
         return out
+
+    @r.get("/api/indexes", summary="The indexes this server serves")
+    def indexes(request: Request) -> dict[str, Any]:
+        """`name` (what `index=` takes), folder, videos, windows, weights fingerprint, window
+        settings and ANN state of each, in the order given to `milnce serve`."""
+        sets: IndexSet = request.app.state.indexes
+        return {"indexes": sets.listing(), "several": sets.several}
 
     @r.get("/api/config", summary="Defaults and limits of the API (the UI reads them)")
     def config() -> dict[str, Any]:
@@ -113,7 +129,9 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
     def search(
         request: Request,
         q: str = Query("", max_length=mq, description=f"the query, at most {mq} characters"),
-        like: str = Query("", max_length=40, description="instead of q: VIDEO_ID@SECONDS, moments like that window"),
+        like: str = Query("", max_length=300, description="instead of q: [INDEX:]VIDEO_ID@SECONDS, moments like "
+                          "that window"),
+        index: str = Query("", max_length=200, description="search this index only (default: all, merged)"),
         k: int = Query(limits.default_k, ge=1, le=limits.max_k, description=f"number of results, 1..{limits.max_k}"),
         by_video: bool = Query(False, description="rank videos: at most one moment (its best) per video"),
         merge: bool = Query(True, description="join adjacent matching windows of a video into one moment"),
@@ -143,11 +161,18 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
         not_ = not_ or []
         if len(not_) > 8 or any(len(n) > mq for n in not_):
             raise ApiError(422, f"at most 8 negative terms of at most {mq} characters")
-        s = service_for(request)
-        _store_ok(s)
+        sets: IndexSet = request.app.state.indexes
         filt = video_filter(under, path_glob, after, before, min_duration, max_duration)
-        body = s.search(text, like_s, k, merge, by_video, offset=offset, video_filter=filt,
-                        negatives=[n.strip() for n in not_ if n.strip()], not_weight=not_weight)
+        opts: dict[str, Any] = {"offset": offset, "video_filter": filt, "not_weight": not_weight,
+                                "negatives": [n.strip() for n in not_ if n.strip()]}
+        if sets.several and not index:
+            for x in sets.services.values():
+                _store_ok(x)
+            body = sets.search_all(text, like_s, k, merge, by_video, **opts)
+        else:
+            s, like_s = sets.split_like(like_s, index or None) if like_s else (sets.get(index or None), "")
+            _store_ok(s)
+            body = s.search(text, like_s, k, merge, by_video, **opts)
         return {"query": q, "k": k, "by_video": by_video, "merge": merge, **body,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
@@ -166,13 +191,17 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
         request: Request,
         video_id: int,
         q: str = Query("", max_length=mq, description="the query"),
-        like: str = Query("", max_length=40, description="instead of q: VIDEO_ID@SECONDS"),
+        like: str = Query("", max_length=300, description="instead of q: [INDEX:]VIDEO_ID@SECONDS"),
     ) -> dict[str, Any]:
         """`starts`, `ends` (seconds) and `scores` (dot products) of every window of the video,
         in time order, for `q` (or the window `like` names), and `cosine` (normalised scores)."""
         s = service_for(request)
         _store_ok(s)
-        out = s.curve(video_id, q.strip(), like.strip())
+        like_s, like_emb = like.strip(), None
+        if ":" in like_s:  # a window of another index (a merged "more like this")
+            src, rest = request.app.state.indexes.split_like(like_s, None)
+            like_s, like_emb = rest, src.like_source(rest)[1]
+        out = s.curve(video_id, q.strip(), like_s, like_emb)
         out["query"] = q
         return out
 

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import asdict
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
 from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
 from ..index.query import cosine
 from ..index.roots import serving_roots
+from ..index.search import window_scores
 from ..protocols import Encoder
 from .files import (
     FILE_CHANGED,
@@ -101,6 +103,8 @@ class SearchService:
         self._ann_failed: tuple[Any, str] | None = None
         self._roots_of: tuple[int, list[str], str | None] | None = None
         self.videos_count: int | None = self._count_videos()
+        self.name = os.path.basename(os.path.normpath(index.directory))  # set by IndexSet
+        self.qualified = False  # several indexes: URLs and like keys name the index
 
     # -- state --------------------------------------------------------------------------------
 
@@ -144,10 +148,12 @@ class SearchService:
     def urls(self, video_id: int, path: str, t: float | None = None) -> dict[str, Any]:
         ext = os.path.splitext(path)[1].lower()
         name = os.path.basename(path)
-        out: dict[str, Any] = {"name": _text(name), "file_url": f"/api/videos/{video_id}/file",
-                               "mime": MIME_TYPES.get(ext, "application/octet-stream"), "playable": ext in PLAYABLE}
+        q = f"index={quote(self.name, safe='')}" if self.qualified else ""
+        out: dict[str, Any] = {"name": _text(name), "file_url": f"/api/videos/{video_id}/file" + (f"?{q}" if q else ""),
+                               "mime": MIME_TYPES.get(ext, "application/octet-stream"), "playable": ext in PLAYABLE,
+                               "index": self.name, "like_prefix": f"{self.name}:" if self.qualified else ""}
         if t is not None:
-            out["thumbnail_url"] = f"/api/videos/{video_id}/thumbnail?t={t:.2f}"
+            out["thumbnail_url"] = f"/api/videos/{video_id}/thumbnail?t={t:.2f}" + (f"&{q}" if q else "")
         return out
 
     def video_json(self, rec: VideoRecord) -> dict[str, Any]:
@@ -306,6 +312,25 @@ class SearchService:
                 "filter": None if video_filter is None else video_filter.describe(),
                 "message": " ".join(notes) or None}
 
+    def search_vector(self, emb: np.ndarray, k: int, merge: bool, by_video: bool, *, offset: int = 0,
+                      video_filter: VideoFilter | None = None, negatives: list[str] | None = None,
+                      not_weight: float = DEFAULT_NOT_WEIGHT) -> dict[str, Any]:
+        """Results for a query embedding (another index's window: a merged ``like`` search)."""
+        notes: list[str] = []
+        results: list[Moment] = []
+        try:
+            with self.model_lock:
+                self.maybe_refresh()
+                neg = self.negative_embeddings(list(negatives or []))
+                results, note = self._search_embedding(emb, k, merge, by_video, exclude=[], neg=neg,
+                                                       not_weight=not_weight, video_filter=video_filter, offset=offset)
+            notes += [note] if note else []
+        except NoVideoMatchesError as exc:
+            notes.append(f"{self.name}: {exc}.")
+        except FilterError as exc:
+            raise ApiError(422, str(exc)) from None
+        return {"results": self.moments_json(results), "message": " ".join(notes) or None}
+
     def negative_embeddings(self, terms: list[str]) -> np.ndarray | None:
         """The negative terms' embeddings (K x 512) or None; 422 for a term with no known word.
         Call with ``model_lock`` held."""
@@ -313,27 +338,37 @@ class SearchService:
             return None
         return np.stack([self.text_embedding(t) for t in terms])
 
-    def curve(self, video_id: int, text: str, like: str) -> dict[str, Any]:
-        """A query's score over every window of one video (dot products and cosines)."""
+    def curve(self, video_id: int, text: str, like: str, like_emb: np.ndarray | None = None,
+              not_weight: float = DEFAULT_NOT_WEIGHT) -> dict[str, Any]:
+        """A query's score over every window of one video (dot products and cosines); with
+        ``-term``s in ``text`` the combined score the search ranks by (``cosine``: the positive
+        query's). ``like_emb``: the ``like`` window's embedding, when it is another index's."""
         rec = self.record(video_id)
         if bool(text) == bool(like):
             raise ApiError(422, "give either q (words) or like (VIDEO_ID@SECONDS)")
+        neg = None
         with self.model_lock:
             if like:
-                emb = self.like_source(like)[1]
+                emb = like_emb if like_emb is not None else self.like_source(like)[1]
             else:
+                try:
+                    text, negs = split_query(text)
+                except MilnceError as exc:
+                    raise ApiError(422, str(exc)) from None
                 problem = self.query_problem(text)
                 if problem is not None:
                     return {"video_id": video_id, "query": text, "like": None, "starts": [], "ends": [], "scores": [],
                             "cosine": [], "duration": rec.duration, "message": f"nothing to score: {problem}"}
                 emb = self.text_embedding(text)
+                neg = self.negative_embeddings(negs)
         starts, ends, vecs = self.index.windows(video_id)
-        scores = np.asarray(vecs, dtype=np.float32) @ emb
+        pos = np.asarray(vecs, dtype=np.float32) @ emb
+        scores = window_scores(vecs, emb, neg, not_weight) if neg is not None else pos
         return {"video_id": video_id, "query": text, "like": like or None, "duration": rec.duration,
                 "starts": np.round(np.asarray(starts, dtype=np.float64), 3).tolist(),
                 "ends": np.round(np.asarray(ends, dtype=np.float64), 3).tolist(),
                 "scores": np.round(scores.astype(np.float64), 4).tolist(),
-                "cosine": np.round(cosine(scores, emb, vecs), 4).tolist(), "message": None}
+                "cosine": np.round(cosine(pos, emb, vecs), 4).tolist(), "message": None}
 
     # -- health -------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@
   const replay = $("replay"), openFile = $("open-file"), playerLike = $("player-like");
   const timeline = $("timeline"), curveSvg = $("curve"), band = $("moment-band"), playhead = $("playhead");
   const legend = $("timeline-legend");
-  const moreBtn = $("more"), clipLink = $("clip-link");
+  const moreBtn = $("more"), clipLink = $("clip-link"), indexPick = $("index-pick");
   const FILTERS = { under: $("f-under"), path_glob: $("f-glob"), after: $("f-after"), before: $("f-before"),
                     min_duration: $("f-min"), max_duration: $("f-max") };
   let maxClip = 300;      // seconds (/api/config)
@@ -157,6 +157,7 @@
     if (byVideo.checked) params.set("by_video", "true");
     if (!merge) params.set("merge", "false");
     for (const [name, input] of Object.entries(FILTERS)) if (input.value.trim()) params.set(name, input.value.trim());
+    if (indexPick.value) params.set("index", indexPick.value);
     lastParams = params.toString();
     moreBtn.hidden = true;
     if (push !== false) history.replaceState(null, "", (q || like) ? "?" + params.toString() : location.pathname);
@@ -185,7 +186,7 @@
   }
 
   function searchLike(m) {
-    like = `${m.video_id}@${Number(m.start).toFixed(2)}`;
+    like = `${m.like_prefix || ""}${m.video_id}@${Number(m.start).toFixed(2)}`;
     qInput.value = "";
     qInput.placeholder = `Moments like ${m.name} at ${fmtTime(m.start)} (type words to search by text)`;
     search();
@@ -281,7 +282,8 @@
   function showStill(m) {
     video.hidden = true;
     still.hidden = false;
-    still.src = `/api/videos/${m.video_id}/thumbnail?t=${m.start.toFixed(2)}`;
+    still.src = `/api/videos/${m.video_id}/thumbnail?t=${m.start.toFixed(2)}` +
+      (m.like_prefix ? `&index=${encodeURIComponent(m.index)}` : "");
   }
 
   function stopVideo() {
@@ -338,6 +340,7 @@
     drawTimeline();
     if (!shown || !(shown.q || shown.like)) return;
     const params = new URLSearchParams(shown.like ? { like: shown.like } : { q: shown.q });
+    if (m.like_prefix) params.set("index", m.index);
     try {
       const c = await getJSON(`/api/videos/${m.video_id}/curve?` + params.toString());
       if (seq !== curveSeq) return;
@@ -407,6 +410,17 @@
     $("index-info").textContent = `Index: ${v}${h.windows} windows · milnce ${h.version}${degraded}`;
   }).catch(() => { $("index-info").textContent = "Index status unavailable"; });
 
+  // Several indexes: pick one or search all (merged).
+  getJSON("/api/indexes").then((d) => {
+    if (!d.several) return;
+    const keep = indexPick.value;
+    indexPick.replaceChildren(el("option", null, "all indexes"), ...d.indexes.map((x) => el("option", null, x.name)));
+    indexPick.options[0].value = "";
+    indexPick.value = keep;
+    indexPick.parentElement.hidden = false;
+  }).catch(() => {});
+  indexPick.addEventListener("change", () => { if (like || qInput.value.trim()) search(); });
+
   // The number of results: the API's default and choices (/api/config), one source for both.
   function setChoices(cfg) {
     const wanted = kSelect.value;
@@ -425,6 +439,10 @@
     like = params.get("like") || "";
     if (params.get("q") && !like) qInput.value = params.get("q");
     for (const [name, input] of Object.entries(FILTERS)) if (params.get(name)) input.value = params.get(name);
+    if (params.get("index")) {
+      indexPick.append(el("option", null, params.get("index")));
+      indexPick.value = params.get("index");
+    }
     if (Object.keys(FILTERS).some((name) => params.get(name))) $("filters").open = true;
     if (qInput.value.trim() || like) search(false);
     document.body.dataset.ready = "true";
