@@ -214,3 +214,48 @@ def test_cli_bad_filters_one_line_each(big, cli_model, capsys, argv, words):
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and "Traceback" not in err
     assert os.path.isdir(big)
+
+
+def test_index_ann_pq_is_recorded_and_searched(big, tmp_path, model, monkeypatch, capsys):
+    """``--ann pq``: the IVF-PQ folder is built over the live rows, recorded in the index meta,
+    opened by searches (candidates re-scored exactly), refilled under a filter, and replaced by
+    ``--ann`` (ivf) when asked."""
+    faiss = pytest.importorskip("faiss")
+    import shutil
+
+    from milnce.index.ingest import finish
+    from milnce.index.records import IndexReport
+
+    faiss.omp_set_num_threads(1)
+    d = tmp_path / "pq"
+    shutil.copytree(big, d)
+    with Index.open(d, readonly=False) as index:
+        report = IndexReport(str(d))
+        finish(index, report, prune=False, ann="pq", ann_min_windows=0, progress=False, queries=lambda: None)
+        info = index.meta["ann"]
+        assert info["format"] == "pq" and (d / info["file"] / "lists.ivfdata").is_file()
+        assert report.ann["recall_at_10"] >= 0.8 and index.ann_status()["state"] == "ok"
+    with Index.open(d) as index:
+        assert index.ann() is not None
+        q = CENTRES[3] + 0.2 * CENTRES[4]
+        approx = index.search_embeddings(q, 10, merge=False)[0]
+        exact = index.search_embeddings(q, 10, merge=False, exact=True)[0]
+        assert len({(m.video_id, m.start) for m in approx} & {(m.video_id, m.start) for m in exact}) >= 8
+        ex = {(m.video_id, m.start): m.score for m in exact}
+        assert all(m.score == pytest.approx(ex[(m.video_id, m.start)], rel=1e-5) for m in approx
+                   if (m.video_id, m.start) in ex)  # re-scored exactly
+        monkeypatch.setattr(search_mod, "FEW_ROWS", 0)
+        got = index.search_embeddings(q, 10, video_filter=VideoFilter(path_glob="dog*"))[0]
+        assert len(got) == 10 and all(os.path.basename(m.path).startswith("dog") for m in got)
+    with Index.open(d, readonly=False) as index:  # --ann (ivf) replaces it, and the folder goes
+        old = index.meta["ann"]["file"]
+        finish(index, IndexReport(str(d)), prune=False, ann=True, ann_min_windows=0, progress=False, queries=lambda: None)
+        assert index.meta["ann"].get("format") != "pq" and not (d / old).exists()
+    # the damaged folder: a warning and exact search, as for the IVF file
+    with Index.open(d, readonly=False) as index:
+        finish(index, IndexReport(str(d)), prune=False, ann="pq", ann_min_windows=0, progress=False, queries=lambda: None)
+        pq_dir = d / index.meta["ann"]["file"]
+    (pq_dir / "lists.ivfdata").write_bytes(b"short")
+    with Index.open(d) as index:
+        assert index.ann_status()["state"] == "damaged" and index.ann() is None
+        assert index.search_embeddings(CENTRES[3], 5)[0]

@@ -49,8 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--from-features (the files need not exist yet); the PATHs given are roots too. 'milnce serve' "
                    "serves only files inside the roots. Alone (no PATH): record roots for an existing index")
     p.add_argument("--prune", action="store_true", help="drop indexed videos whose file no longer exists")
-    p.add_argument("--ann", action="store_true", help="(re)build the approximate index (faiss) if missing, stale or "
-                   "damaged, and report its recall@10; skipped below --ann-min-windows windows")
+    p.add_argument("--ann", nargs="?", const="ivf", choices=("ivf", "pq"), default=None,
+                   help="(re)build the approximate index (faiss) if missing, stale, damaged or of the other kind, and "
+                   "report its recall@10; skipped below --ann-min-windows windows. 'ivf' (default): one file, "
+                   "8-bit codes; 'pq': IVF-PQ with on-disk lists and an HNSW quantizer, for stores past RAM")
     p.add_argument("--ann-min-windows", type=int, default=None, metavar="N",
                    help="build the ANN index only from N windows on (default 50000: below, exact search is fast)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
