@@ -157,8 +157,9 @@ def create_app(
         "Videos are addressed by their id in the index. Errors answer "
         '{"error": {"status": <int>, "message": <str>}}.',
     )
-    indexes = IndexSet({os.path.basename(os.path.normpath(index.directory)) or "index": index}
-                       if isinstance(index, Index) else index, model, refresh_interval=refresh_interval)
+    indexes = IndexSet(index if isinstance(index, Mapping) else
+                       {os.path.basename(os.path.normpath(index.directory)) or "index": index},
+                       model, refresh_interval=refresh_interval)
     service = indexes.first
     thumbs = LRU(thumbnail_cache)
     app.state.indexes = indexes
