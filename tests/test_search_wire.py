@@ -194,6 +194,10 @@ def test_cli_filters_negatives_offset(big, cli_model, capsys):
         want = index.search("cut tomato", 8, negatives=["pour water"], video_filter=VideoFilter(
             under=f"{ROOT}/garden", duration_min=100.0))[2:]
     assert [(m["video_id"], m["start"]) for m in moments] == [(m.video_id, m.start) for m in want]
+    # a table says when the filter leaves fewer than -k results
+    assert main(["search", ix, "cut tomato", "-k", "100000", "--path-glob", "dog*", "--videos"]) == 0
+    out = capsys.readouterr().out
+    assert "results pass the filter)" in out and "filter: path dog*" in out
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -373,6 +373,7 @@ class _Output:
         import csv
 
         self.fmt, self.by_video, self.offset = fmt, by_video, offset
+        self.k, self.fewer_note = 0, ""  # a table says when a filter leaves fewer than -k results
         self.count = 0
         self.failed = 0
         self.csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
@@ -400,6 +401,8 @@ class _Output:
                 self.csv.writerow([query, rank, *(_finite(d[f]) for f in CSV_FIELDS[2:])])
         else:
             _print_results(query, moments, problem, self.by_video, self.offset + 1)
+            if self.fewer_note and problem is None and len(moments) < self.k:
+                print(f"  (only {self.offset + len(moments)} results {self.fewer_note})")
         self.count += 1
 
     def finish(self) -> None:
@@ -461,6 +464,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with Index.open(args.index, model) as index:
         mode = "exact" if args.exact or args.negatives or index.ann() is None else "ann"
         out = _Output(fmt, args.videos, args.offset)
+        out.k, out.fewer_note = args.k, "" if filt.is_empty else "pass the filter"
         extra = ("" if filt.is_empty else f"; filter: {filt.describe()}") + (
             f"; not: {', '.join(map(repr, args.negatives))} (weight {weight:g})" if args.negatives else "")
         out.start({"index": index.directory, "mode": mode, "ann": index.ann_status()["state"],
