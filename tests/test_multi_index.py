@@ -122,7 +122,7 @@ def test_other_weights_or_settings_refused(three, model, tmp_path, monkeypatch, 
     assert "other weights" in err and err.count("\n") == 1
     assert main(["serve", str(tmp_path / "nothing-here")]) != 0
     os.makedirs(tmp_path / "empty")
-    assert main(["serve", str(tmp_path / "empty")]) == 2
+    assert main(["serve", str(tmp_path / "empty"), "--port", "0"]) == 2
     assert "neither an index folder" in capsys.readouterr().err
 
 
@@ -131,3 +131,41 @@ def test_folder_of_indexes(three):
 
     root, _ = three
     assert [Path(p).name for p in index_folders([str(root)])] == ["a", "all", "b"]
+
+
+def test_browser_index_picker(three, model):
+    """In Chromium: the picker lists "all indexes" and each index; picking one searches only it."""
+    import json
+    import urllib.request
+
+    from test_server import CHROMIUM, CHROMIUM_ARGS, _serve_in_thread, wait_js
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    _, ix = three
+    server, thread, sock, port = _serve_in_thread(create_app({"a": ix["a"], "b": ix["b"]}, model))
+    base = f"http://127.0.0.1:{port}"
+    pw = sync_api.sync_playwright().start()
+    try:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(base + "/?q=cut+tomato&k=20")
+        wait_js(page, "() => document.querySelectorAll('.result').length === 20")
+        wait_js(page, "() => document.getElementById('index-pick').options.length === 3")
+        assert page.is_visible("#index-pick")
+        page.select_option("#index-pick", "b")
+        want = json.loads(urllib.request.urlopen(f"{base}/api/search?q=cut+tomato&k=20&index=b").read())["results"]
+        wait_js(page, "() => location.search.includes('index=b')")
+        wait_js(page, "want => JSON.stringify([...document.querySelectorAll('.result .name')]"
+                ".map(e => e.textContent)) === want", json.dumps([m["name"] for m in want], separators=(",", ":")))
+        assert {m["index"] for m in want} == {"b"}
+        assert not errors
+        browser.close()
+    finally:
+        pw.stop()
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -143,15 +143,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(MISSING_DEPS + missing) from None
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
-    folders = index_folders(args.index)
-    if len(folders) > 1:
-        check_comparable(folders)
+    for d in args.index:
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"index folder not found: {d} (build one with 'milnce index')")
     try:  # claim the port first: a busy port is reported before the model loads
         sock = listen(args.host, args.port)
     except OSError as exc:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
                            "(is another server using that port? pick another with --port)") from None
     try:
+        folders = index_folders(args.index)
+        if len(folders) > 1:
+            check_comparable(folders)  # before the model loads
         model = model_from_args(args)
         from ..index import Index
         from ..server.multi import index_names
