@@ -213,3 +213,27 @@ def test_browser_filters_negatives_more_and_clip(lib):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def test_clip_never_outside_the_collection_roots(tmp_path, model):
+    """A crafted index naming /etc/passwd: the clip endpoint refuses it (403) as /file does."""
+    from types import SimpleNamespace
+
+    from milnce.index import Index
+    from milnce.windows import WindowSettings
+
+    (tmp_path / "videos").mkdir()
+    ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),
+                          roots=[tmp_path / "videos"])
+    st = os.stat("/etc/passwd")
+    starts = np.arange(4) * 0.8
+    ix.add_video("/etc/passwd", SimpleNamespace(starts=starts, ends=starts + 0.8, duration=3.2,
+                                                embeddings=np.ones((4, 512), np.float32)),
+                 size=st.st_size, mtime=st.st_mtime, content_hash="")
+    ix.close()
+    with Index.open(tmp_path / "ix", model) as index, TestClient(create_app(index, model)) as c:
+        vid = index.videos()[0].id
+        f = c.get(f"/api/videos/{vid}/file")
+        r = c.get(f"/api/videos/{vid}/clip", params={"start": 0, "end": 1})
+        assert f.status_code == r.status_code == 403
+        assert "outside" in r.json()["error"]["message"] and b"root:" not in r.content
