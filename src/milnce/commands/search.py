@@ -50,8 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--from-features (the files need not exist yet); the PATHs given are roots too. 'milnce serve' "
                    "serves only files inside the roots. Alone (no PATH): record roots for an existing index")
     p.add_argument("--prune", action="store_true", help="drop indexed videos whose file no longer exists")
-    p.add_argument("--ann", action="store_true", help="(re)build the approximate index (faiss) if missing, stale or "
-                   "damaged, and report its recall@10; skipped below --ann-min-windows windows")
+    p.add_argument("--ann", nargs="?", const="ivf", choices=("ivf", "pq"), default=None,
+                   help="(re)build the approximate index (faiss) if missing, stale, damaged or of the other kind, and "
+                   "report its recall@10; skipped below --ann-min-windows windows. 'ivf' (default): one file, "
+                   "8-bit codes; 'pq': IVF-PQ with on-disk lists and an HNSW quantizer, for stores past RAM")
     p.add_argument("--ann-min-windows", type=int, default=None, metavar="N",
                    help="build the ANN index only from N windows on (default 50000: below, exact search is fast)")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
@@ -82,6 +84,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", action="store_true", help="rank whole videos (by their best moment)")
     p.add_argument("--no-merge", action="store_true", help="list single windows instead of moments")
     p.add_argument("--exact", action="store_true", help="exact search even if an ANN index exists")
+    p.add_argument("--offset", type=int, default=0, metavar="N",
+                   help="skip the first N results (pages: --offset 10 -k 10 is results 11-20 of one ranking)")
+    g = p.add_argument_group("negative terms", "a window's score becomes pos - W x max(score of each --not term), "
+                             "before moments are formed (moments are re-ranked, not only filtered)")
+    g.add_argument("--not", dest="negatives", action="append", default=[], metavar="TEXT",
+                   help="a sentence the moments should not match (repeatable)")
+    g.add_argument("--not-weight", type=float, default=None, metavar="W",
+                   help="W >= 0 (default 0.5: a window drops below another only if its negative score is higher "
+                   "by twice the gap in their positive scores; see README to tune it)")
+    f = p.add_argument_group("filters", "only videos that pass every filter are searched (before the top -k)")
+    f.add_argument("--under", metavar="DIR", help="videos inside this folder (any depth)")
+    f.add_argument("--path-glob", metavar="GLOB", help="'*.mp4' (file name) or 'kitchen/**/2024-*' (path relative "
+                   "to the collection folder); * ? [..] within a component, ** across")
+    f.add_argument("--after", metavar="WHEN", help="modified at or after WHEN (YYYY-MM-DD[THH:MM], local time, or "
+                   "epoch seconds)")
+    f.add_argument("--before", metavar="WHEN", help="modified before WHEN")
+    f.add_argument("--min-duration", type=float, default=None, metavar="S", help="videos at least S seconds long")
+    f.add_argument("--max-duration", type=float, default=None, metavar="S", help="videos at most S seconds long")
     p.add_argument("--format", choices=("table", "json", "csv"), default=None, help="output format (default table)")
     p.add_argument("--json", action="store_true", help="same as --format json")
     p.add_argument("--csv", action="store_true", help="same as --format csv (one row per result)")
@@ -235,7 +255,7 @@ def _print_failed(report: IndexReport) -> None:
         print(f"  ... and {len(report.failed) - 10} more (see errors.log)", file=sys.stderr)
 
 
-def _print_results(query: str, moments: list, problem: str | None, by_video: bool) -> None:
+def _print_results(query: str, moments: list, problem: str | None, by_video: bool, first: int = 1) -> None:
     from ..index.layout import show_path
 
     print(f"\n{show_path(repr(query))}:")
@@ -247,7 +267,7 @@ def _print_results(query: str, moments: list, problem: str | None, by_video: boo
         return
     print(f"  {'#':>3}  {'score':>8}  {'cosine':>6}  {'pctile':>6}  {'start':>9}  {'end':>9}  "
           f"{'video (best moment)' if by_video else 'video'}")
-    for i, m in enumerate(moments, 1):
+    for i, m in enumerate(moments, first):
         gone = "  (file missing)" if not m.exists else ""
         cos = "" if m.cosine is None else f"{m.cosine:.3f}"
         pct = "" if m.percentile is None else f"{m.percentile:.1f}"
@@ -350,10 +370,11 @@ def _finite(value: Any) -> Any:
 class _Output:
     """Writes search results as they come, in one of the formats (table, json, csv)."""
 
-    def __init__(self, fmt: str, by_video: bool) -> None:
+    def __init__(self, fmt: str, by_video: bool, offset: int = 0) -> None:
         import csv
 
-        self.fmt, self.by_video = fmt, by_video
+        self.fmt, self.by_video, self.offset = fmt, by_video, offset
+        self.k, self.fewer_note = 0, ""  # a table says when a filter leaves fewer than -k results
         self.count = 0
         self.failed = 0
         self.csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
@@ -376,11 +397,13 @@ class _Output:
         elif self.csv is not None:
             if problem is not None:
                 print(f"milnce: query {query!r} failed: {problem} (no rows)", file=sys.stderr)
-            for rank, m in enumerate(moments, 1):
+            for rank, m in enumerate(moments, self.offset + 1):
                 d = m.to_dict()
                 self.csv.writerow([query, rank, *(_finite(d[f]) for f in CSV_FIELDS[2:])])
         else:
-            _print_results(query, moments, problem, self.by_video)
+            _print_results(query, moments, problem, self.by_video, self.offset + 1)
+            if self.fewer_note and problem is None and len(moments) < self.k:
+                print(f"  (only {self.offset + len(moments)} results {self.fewer_note})")
         self.count += 1
 
     def finish(self) -> None:
@@ -391,12 +414,32 @@ class _Output:
         sys.stdout.flush()
 
 
+def _video_filter(args: argparse.Namespace) -> Any:
+    """The ``VideoFilter`` of the filter options (``FilterError`` for a bad date)."""
+    from ..index.filters import VideoFilter, parse_when
+
+    return VideoFilter(under=args.under, path_glob=args.path_glob,
+                       mtime_min=None if args.after is None else parse_when(args.after),
+                       mtime_max=None if args.before is None else parse_when(args.before),
+                       duration_min=args.min_duration, duration_max=args.max_duration)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from ..index import Index
+    from ..index.filters import collection_root
     from ..index.layout import show_path
+    from ..index.negatives import DEFAULT_NOT_WEIGHT, check_weight
 
     if args.k < 1:
         raise CommandError(f"-k must be >= 1, got {args.k}")
+    if args.offset < 0:
+        raise CommandError(f"--offset must be >= 0, got {args.offset}")
+    weight = check_weight(DEFAULT_NOT_WEIGHT if args.not_weight is None else args.not_weight)
+    if args.not_weight is not None and not args.negatives:
+        raise CommandError("--not-weight needs at least one --not TEXT")
+    if any(not n.strip() for n in args.negatives):
+        raise CommandError("--not needs a sentence, got an empty one")
+    filt = _video_filter(args)
     fmt = args.format or ("json" if args.json else "csv" if args.csv else "table")
     if (args.json and fmt != "json") or (args.csv and fmt != "csv") or (args.json and args.csv):
         raise CommandError("choose one output format: --format, --json or --csv")
@@ -409,21 +452,34 @@ def cmd_search(args: argparse.Namespace) -> int:
     if first is None and not likes:
         raise CommandError("nothing to search: give QUERY sentences, --queries-file or --like"
                            + (" (the queries file holds none: blank and # lines are skipped)" if args.queries_file else ""))
-    # Check the folder before loading the model (fast, clear error).
-    Index.open(args.index).close()
+    # Check the folder (and the filter against its videos) before loading the model (fast, clear error).
+    with Index.open(args.index) as probe:
+        if not filt.is_empty:
+            filt = filt.validated(collection_root(r.path for r in probe.rows()))
+            from ..index.filters import require_matches
+
+            require_matches(probe.rows(), filt)
     model = _model(args)
-    opts = {"k": args.k, "merge": not args.no_merge, "by_video": args.videos, "exact": args.exact}
+    opts: dict[str, Any] = {"k": args.k, "merge": not args.no_merge, "by_video": args.videos, "exact": args.exact,
+                            "video_filter": None if filt.is_empty else filt, "offset": args.offset}
     with Index.open(args.index, model) as index:
-        mode = "exact" if args.exact or index.ann() is None else "ann"
-        out = _Output(fmt, args.videos)
+        mode = "exact" if args.exact or args.negatives or index.ann() is None else "ann"
+        out = _Output(fmt, args.videos, args.offset)
+        out.k, out.fewer_note = args.k, "" if filt.is_empty else "pass the filter"
+        extra = ("" if filt.is_empty else f"; filter: {filt.describe()}") + (
+            f"; not: {', '.join(map(repr, args.negatives))} (weight {weight:g})" if args.negatives else "")
         out.start({"index": index.directory, "mode": mode, "ann": index.ann_status()["state"],
-                   "videos": index.num_videos, "windows": len(index)},
-                  f"{show_path(index.directory)}: {index.num_videos} videos, {len(index)} windows ({mode} search)")
+                   "videos": index.num_videos, "windows": len(index), "offset": args.offset,
+                   "filter": None if filt.is_empty else filt.describe(), "not": args.negatives,
+                   "not_weight": weight if args.negatives else None},
+                  f"{show_path(index.directory)}: {index.num_videos} videos, {len(index)} windows ({mode} search"
+                  f"{extra})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for batch in itertools.chain([first] if first else [], batches):
                 problems = [index.query_problem(q) for q in batch]
-                for q, p, res in zip(batch, problems, index.search(batch, **opts)):
+                found = index.search(batch, negatives=args.negatives, not_weight=weight, **opts)
+                for q, p, res in zip(batch, problems, found):
                     out.add(q, p, res)
             for video, start in likes:
                 try:

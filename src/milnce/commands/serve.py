@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Needs: pip install 'milnce[serve]'.",
         epilog="Example: milnce serve my_index --port 8000, then open http://127.0.0.1:8000/",
     )
-    p.add_argument("index", metavar="DIR", help="index folder (from 'milnce index')")
+    p.add_argument("index", metavar="DIR", nargs="+",
+                   help="index folder (from 'milnce index'); several, or a folder of index folders, are served "
+                   "together (same weights and window settings; searches merge them, or pick one)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the videos to the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _child_argv(args: argparse.Namespace) -> list[str]:
     """The same ``serve`` command line, without ``--restart``."""
-    argv = ["serve", args.index, "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
+    argv = ["serve", *args.index, "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
             "--device", args.device, "--precision", args.precision]
     for opt in ("weights", "vocab"):
         if getattr(args, opt, None):
@@ -86,10 +88,49 @@ def supervise(command: list[str], *, max_restarts: int = MAX_RESTARTS, window_s:
         time.sleep(pause_s)
 
 
+def index_folders(given: list[str]) -> list[str]:
+    """The index folders ``serve`` was given: each an index, or a folder whose sub-folders are
+    indexes (sorted by name). ``CommandError`` for anything else."""
+    out: list[str] = []
+    for d in given:
+        if not os.path.isdir(d):
+            raise MissingFileError(f"index folder not found: {d} (build one with 'milnce index')")
+        if os.path.isfile(os.path.join(d, "index.sqlite")):
+            out.append(d)
+            continue
+        subs = sorted(os.path.join(d, n) for n in os.listdir(d)
+                      if os.path.isfile(os.path.join(d, n, "index.sqlite")))
+        if not subs:
+            raise CommandError(f"{d} is neither an index folder nor a folder of index folders")
+        out += subs
+    if len({os.path.realpath(d) for d in out}) != len(out):
+        raise CommandError("the same index is given twice")
+    return out
+
+
+def check_comparable(folders: list[str]) -> None:
+    """Refuse, before the model loads, indexes whose scores cannot be merged (other weights or
+    window settings than the first)."""
+    from ..index import Index
+    from ..server.multi import IndexMismatchError, index_names
+
+    first = None
+    for name, d in zip(index_names(folders), folders):
+        with Index.open(d) as ix:
+            here = (ix.weights_id, dict(ix.settings))
+        if first is None:
+            first = (name, *here)
+        elif here[0] != first[1]:
+            raise IndexMismatchError(f"index {name!r} ({d}) was built with other weights ({here[0]}) than "
+                                     f"{first[0]!r} ({first[1]}): their scores cannot be compared; serve them separately")
+        elif here[1] != first[2]:
+            raise IndexMismatchError(f"index {name!r} ({d}) has other window settings than {first[0]!r} "
+                                     f"({here[1]} vs {first[2]}): their scores cannot be compared; serve them separately")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.restart:
-        if not os.path.isdir(args.index):
-            raise FileNotFoundError(f"index folder not found: {args.index} (build one with 'milnce index')")
+        index_folders(args.index)
         import sys
 
         return supervise([sys.executable, "-m", "milnce.cli", *_child_argv(args)])
@@ -103,23 +144,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(MISSING_DEPS + missing) from None
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
-    if not os.path.isdir(args.index):
-        raise MissingFileError(f"index folder not found: {args.index} (build one with 'milnce index')")
+    for d in args.index:
+        if not os.path.isdir(d):
+            raise MissingFileError(f"index folder not found: {d} (build one with 'milnce index')")
     try:  # claim the port first: a busy port is reported before the model loads
         sock = listen(args.host, args.port)
     except OSError as exc:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
                            "(is another server using that port? pick another with --port)") from None
     try:
+        folders = index_folders(args.index)
+        if len(folders) > 1:
+            check_comparable(folders)  # before the model loads
         model = model_from_args(args)
         from ..index import Index
+        from ..server.multi import index_names
 
-        index = Index.open(args.index, model, readonly=True)
+        opened: dict[str, Index] = {}
         try:
-            serve(index, model, host=args.host, port=args.port, log_level=args.log_level,
-                  access_log=not args.no_access_log, sock=sock)
+            for name, d in zip(index_names(folders), folders):
+                opened[name] = Index.open(d, model, readonly=True)
+            serve(opened if len(opened) > 1 else next(iter(opened.values())), model, host=args.host, port=args.port,
+                  log_level=args.log_level, access_log=not args.no_access_log, sock=sock)
         finally:
-            index.close()
+            for ix in opened.values():
+                ix.close()
     finally:
         sock.close()
     return 0

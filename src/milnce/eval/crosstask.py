@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 
 __all__ = [
     "AnnotationIssues",
@@ -121,7 +121,7 @@ class CrossTaskRelease:
 
 def _lines(path: Path) -> list[str]:
     if not path.exists():
-        raise FileNotFoundError(f"CrossTask release file not found: {path}")
+        raise MissingFileError(f"CrossTask release file not found: {path}")
     if path.is_dir():
         raise UsageError(f"{path}: a folder, expected a text file")
     try:
@@ -262,7 +262,7 @@ def step_recall(true: list[np.ndarray], positions: list[np.ndarray]) -> tuple[in
 
 def _release_root(path: Path) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"CrossTask release folder not found: {path}")
+        raise MissingFileError(f"CrossTask release folder not found: {path}")
     if not path.is_dir():
         raise UsageError(f"--annotations must be the CrossTask release folder (crosstask_release/), got a file: {path}")
     for cand in (path, path / "crosstask_release"):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file, atomic_write_bytes
-from ..errors import MilnceError, UsageError
+from ..errors import MilnceError, NotAFolderError, UsageError
 from .cache import EmbeddingCache, default_cache_dir
 from .crosstask import (
     AnnotationIssues,
@@ -298,7 +298,7 @@ def write_crosstask(res: CrossTaskResult, out: str | os.PathLike[str]) -> dict[s
     """Write ``metrics.json``, ``embeddings.npz``, ``scores.npz`` and ``results.txt`` into ``out``."""
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"--out must be a folder, got a file: {folder}")
+        raise NotAFolderError(f"--out must be a folder, got a file: {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     files = {"metrics": folder / "metrics.json", "embeddings": folder / "embeddings.npz",
              "scores": folder / "scores.npz", "table": folder / "results.txt"}

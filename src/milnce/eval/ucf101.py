@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 from .items import Benchmark, EvalItem, round_robin
 
 __all__ = ["SPLIT_FILES", "load_ucf101", "ucf_group"]
@@ -44,7 +44,7 @@ def _folder(path: str | os.PathLike[str] | None) -> Path:
                          "(UCF101TrainTestSplits-RecognitionTask.zip)")
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"UCF-101 split folder not found: {p}")
+        raise MissingFileError(f"UCF-101 split folder not found: {p}")
     if not p.is_dir():
         raise UsageError(f"--annotations must be the ucfTrainTestlist/ folder, got a file: {p}")
     for cand in (p, p / "ucfTrainTestlist"):
@@ -55,7 +55,7 @@ def _folder(path: str | os.PathLike[str] | None) -> Path:
 
 def _read(path: Path) -> list[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"UCF-101 split file not found: {path}")
+        raise MissingFileError(f"UCF-101 split file not found: {path}")
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 import zlib
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..atomic import atomic_path
+from .ann_pq import PQIndexError, build_pq, choose_pq_params, open_pq
 from .errors import IndexFolderError, IndexWriteError
 from .layout import SCAN_BLOCK, fsync_dir, now
 
@@ -69,6 +71,8 @@ def _open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -
     path = os.path.join(directory, key)
     if info.get("generation") != generation:
         return None, {**base, "state": "stale", "reason": "built before the store was compacted"}
+    if info.get("format") == "pq":
+        return _open_pq(path, info, base, dim)
     if not os.path.isfile(path):
         return None, {**base, "state": "missing", "reason": f"{key} does not exist"}
     size = os.path.getsize(path)
@@ -99,15 +103,52 @@ def _open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -
     return ix, {**base, "state": "ok"}
 
 
+def _open_pq(path: str, info: dict[str, Any], base: dict[str, Any], dim: int) -> tuple[Any, dict[str, Any]]:
+    """An IVF-PQ folder (``milnce.index.ann_pq``): its faiss index (lists memory-mapped) and state."""
+    if not os.path.isdir(path):
+        return None, {**base, "state": "missing", "reason": f"{info.get('file')} does not exist"}
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return None, {**base, "state": "no faiss", "reason": "faiss is not installed"}
+    try:
+        pq = open_pq(path, nprobe=int(info.get("nprobe", 32)))
+    except PQIndexError as exc:
+        return None, {**base, "state": "damaged", "reason": str(exc)}
+    want_n = info.get("live")
+    if pq.index.d != dim or (want_n is not None and pq.index.ntotal != want_n):
+        return None, {**base, "state": "damaged",
+                      "reason": f"{pq.index.ntotal} vectors of dimension {pq.index.d}, expected {want_n} of {dim}"}
+    return pq.index, {**base, "state": "ok"}
+
+
+class _LiveRows:
+    """The live rows of a store as one N x d array-like (what ``build_pq`` reads)."""
+
+    def __init__(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        self.vectors, self.rows = vectors, rows
+        self.shape = (len(rows), vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.vectors[self.rows[key]])
+
+
 # -- writing (readonly=False) -------------------------------------------------------------
 
 
 def build_ann(index: AnnSource, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
-              target_recall: float = 0.98, progress: bool = False) -> dict[str, Any]:
+              target_recall: float = 0.98, progress: bool = False, kind: str = "ivf") -> dict[str, Any]:
     """Build the approximate index over the live rows (faiss IVF with 8-bit scalar-quantised
-    codes, or PQ with ``m`` bytes per window; candidates are re-scored exactly). Measures recall@10 against exact search on ``queries`` (or held-out rows) and
+    codes, or PQ with ``m`` bytes per window; candidates are re-scored exactly); ``kind="pq"``:
+    IVF-PQ with an HNSW quantizer and on-disk lists (``milnce.index.ann_pq``, parameters from the
+    window count), a folder. Measures recall@10 against exact search on ``queries`` (or held-out rows) and
     picks the smallest ``nprobe`` reaching ``target_recall``. Writes the file (atomically) and
     returns what the index records about it; the caller (``Index.build_ann``) commits that."""
+    if kind not in ("ivf", "pq"):
+        raise IndexFolderError(f"unknown ANN kind {kind!r} (ivf or pq)")
     try:
         import faiss
     except ImportError as exc:
@@ -121,6 +162,11 @@ def build_ann(index: AnnSource, *, queries: np.ndarray | None = None, nlist: int
         nlist = min(nlist, max(1, index.num_live // 39))
     # Codes: 8-bit scalar quantisation (a quarter of the float32 store, small score error) for
     # large stores, exact vectors for small ones; PQ (m bytes/window) when asked, for huge ones.
+    rng = np.random.default_rng(0)
+    mask = index.live_mask()
+    live = np.flatnonzero(mask) if mask is not None else None
+    if kind == "pq":
+        return _build_pq_ann(index, live, queries, target_recall, rng)
     if m:
         desc = f"IVF{nlist},PQ{m}"
     elif index.num_live >= 20000:
@@ -128,9 +174,6 @@ def build_ann(index: AnnSource, *, queries: np.ndarray | None = None, nlist: int
     else:
         desc = f"IVF{nlist},Flat"
     ix = faiss.index_factory(index.dim, desc, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    mask = index.live_mask()
-    live = np.flatnonzero(mask) if mask is not None else None
     ntrain = min(index.num_live, max(nlist * 50, 20000))
     pick = np.sort(rng.choice(index.num_live, size=ntrain, replace=False))
     rows_train = live[pick] if live is not None else pick
@@ -184,6 +227,45 @@ def build_ann(index: AnnSource, *, queries: np.ndarray | None = None, nlist: int
             "queries": len(queries), "build_s": build_s, "built": now(), **written}
     return info
 
+
+
+def _build_pq_ann(index: AnnSource, live: np.ndarray | None, queries: np.ndarray | None, target_recall: float,
+                  rng: np.random.Generator) -> dict[str, Any]:
+    """``build_ann(kind="pq")``: the IVF-PQ folder over the live rows and its tuned ``nprobe``."""
+    n = index.num_rows
+    rows = live if live is not None else np.arange(n, dtype=np.int64)
+    params = choose_pq_params(len(rows), index.dim)
+    name = f"ann-{index.generation}-{n}.pq"
+    path = os.path.join(index.directory, name)
+    if os.path.exists(path):
+        shutil.rmtree(path, ignore_errors=True)  # an unreferenced leftover of an earlier build
+    try:
+        meta = build_pq(_LiveRows(index.vectors, rows), path, params=params, ids=rows.astype(np.int64))  # type: ignore[arg-type]
+        fsync_dir(index.directory)
+    except (OSError, RuntimeError) as exc:
+        raise IndexWriteError(f"could not write the PQ index into {index.directory} ({exc})") from exc
+    pq = open_pq(path)
+    if queries is None or len(queries) == 0:
+        qrows = rows[np.sort(rng.choice(len(rows), size=min(200, len(rows)), replace=False))]
+        queries = np.asarray(index.vectors[qrows]) + rng.standard_normal((len(qrows), index.dim)).astype(np.float32) * 0.1
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    kk = min(10, len(rows))
+    truth = np.argpartition(-index.scores(queries), kk - 1, axis=1)[:, :kk]
+    table: dict[int, float] = {}
+    chosen, recall = params.nlist, 0.0
+    for nprobe in (4, 8, 16, 32, 64, 128, 256):
+        if nprobe > params.nlist:
+            break
+        pq.set_nprobe(nprobe)
+        got = _ann_candidates(pq.index, index.vectors, queries, kk, n)
+        recall = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
+        table[nprobe], chosen = recall, nprobe
+        if recall >= target_recall:
+            break
+    return {"file": name, "format": "pq", "kind": meta["kind"], "rows": n, "live": len(rows),
+            "generation": index.generation, "nlist": params.nlist, "m": params.m, "nprobe": chosen,
+            "recall_at_10": recall, "recall_by_nprobe": table, "queries": len(queries), "build_s": meta["build_s"],
+            "built": now(), "size": sum(meta["bytes"].values())}
 
 
 def _ann_candidates(ix: Any, vectors: np.ndarray, queries: np.ndarray, k: int, rows: int) -> list[np.ndarray]:

@@ -60,7 +60,7 @@ def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
 
 
 def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.PathLike[str], model: Encoder, *,
-                prune: bool = False, ann: bool = False, stride: int | None = None, fps: float | None = None,
+                prune: bool = False, ann: bool | str = False, stride: int | None = None, fps: float | None = None,
                 num_frames: int | None = None, size: int | None = None, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = True, recursive: bool = True,
                 retry_errors: bool = False, ann_queries: Sequence[str] | None = None,

@@ -99,7 +99,7 @@ def _mtime(mtime_ns: int) -> float:
 
 
 def index_features(features_dir: str | os.PathLike[str], directory: str | os.PathLike[str], *,
-                   prune: bool = False, ann: bool = False, settings: dict[str, Any] | None = None,
+                   prune: bool = False, ann: bool | str = False, settings: dict[str, Any] | None = None,
                    progress: bool = True, ann_min_windows: int = ANN_MIN_WINDOWS,
                    roots: Sequence[str | os.PathLike[str]] = ()) -> IndexReport:
     """Add the videos of an extraction's output folder ``features_dir`` (``milnce extract --out``)

@@ -46,7 +46,7 @@ def reason_text(msg: str, path: str) -> str:
     return msg.replace(f" {path}", "").strip() or "unreadable"
 
 
-def finish(idx: Index, report: IndexReport, *, prune: bool, ann: bool, ann_min_windows: int, progress: bool,
+def finish(idx: Index, report: IndexReport, *, prune: bool, ann: bool | str, ann_min_windows: int, progress: bool,
             queries: Callable[[], np.ndarray | None]) -> None:
     """Prune, compact when dead rows pile up, (re)build the ANN index, fill the report's totals."""
     if prune:
@@ -62,11 +62,13 @@ def finish(idx: Index, report: IndexReport, *, prune: bool, ann: bool, ann_min_w
                                 "--ann-min-windows N to build one anyway)"}
     elif ann:
         info = idx.meta.get("ann")
-        fresh = info and info.get("rows") == idx.num_rows and idx.ann_status()["state"] == "ok"
+        kind = "pq" if ann == "pq" else "ivf"
+        fresh = (info and info.get("rows") == idx.num_rows and idx.ann_status()["state"] == "ok"
+                 and (info.get("format") == "pq") == (kind == "pq"))
         if fresh:
             report.ann = info
         elif idx.num_live:
-            report.ann = idx.build_ann(queries=queries(), progress=progress)
+            report.ann = idx.build_ann(queries=queries(), progress=progress, kind=kind)
     report.num_videos = idx.num_videos
     report.num_windows = idx.num_live
 

@@ -23,16 +23,20 @@ import numpy as np
 from ..errors import UsageError
 from ..windows import WindowSettings
 from .errors import IndexFolderError
+from .filters import VideoFilter, require_matches
 from .layout import expand_path, user_path
 from .moments import iter_video_moments
+from .negatives import DEFAULT_NOT_WEIGHT
 from .records import Moment
-from .search import Searcher
+from .search import Searcher, window_scores
 from .snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..protocols import Encoder
 
-__all__ = ["QueryMixin", "PERCENTILE_SAMPLE", "cosine", "rank", "moments_of", "video_scores"]
+__all__ = ["QueryMixin", "PERCENTILE_SAMPLE", "cosine", "rank", "moments_of", "video_scores",
+           "allowed_rows", "search_snapshot"]
+
 
 PERCENTILE_SAMPLE = 8192  # windows a moment's percentile is measured against (all, in smaller indexes)
 
@@ -51,11 +55,12 @@ def cosine(scores: np.ndarray | float, q: np.ndarray, vectors: np.ndarray) -> np
 class _Cursor:
     """One video's moments for one query, produced lazily best first (absolute store rows)."""
 
-    def __init__(self, snap: Snapshot, pos: int, q: np.ndarray, merge: bool) -> None:
+    def __init__(self, snap: Snapshot, pos: int, q: np.ndarray, merge: bool, neg: np.ndarray | None = None,
+                 weight: float = DEFAULT_NOT_WEIGHT) -> None:
         rs, _, vid = snap.ranges()
         self.vid = int(vid[pos])
         self.row0 = int(rs[pos])
-        scores = video_scores(snap, pos, q)
+        scores = video_scores(snap, pos, q, neg, weight)
         self._it = iter_video_moments(scores, None if merge else -np.inf)
         self._next = next(self._it, None)
         if not merge and self._next is not None:  # single windows: the peak alone
@@ -78,12 +83,14 @@ class _Cursor:
         return out  # type: ignore[return-value]
 
 
-def video_scores(snap: Snapshot, pos: int, q: np.ndarray) -> np.ndarray:
+def video_scores(snap: Snapshot, pos: int, q: np.ndarray, neg: np.ndarray | None = None,
+                 weight: float = DEFAULT_NOT_WEIGHT) -> np.ndarray:
     """Scores of every window of the video at ``ranges()`` position ``pos`` (one fixed computation,
-    so a moment's score never depends on how it was found)."""
+    so a moment's score never depends on how it was found); with negative queries ``neg`` the
+    combined score ``q.x - weight * max_i neg_i.x`` (``milnce.index.negatives``)."""
     rs, re_, _ = snap.ranges()
     a, b = int(rs[pos]), int(re_[pos])
-    return np.asarray(snap.vectors[a:b], dtype=np.float32) @ q
+    return window_scores(snap.vectors[a:b], q, neg, weight)
 
 
 def _score_tolerance(snap: Snapshot, q: np.ndarray) -> float:
@@ -98,32 +105,57 @@ def _score_tolerance(snap: Snapshot, q: np.ndarray) -> float:
     return 1e-5 * qn * (mx if mx is not None and np.isfinite(mx) else max(qn, 1.0) * 1e3) + 1e-6
 
 
+def allowed_rows(snap: Snapshot, video_filter: VideoFilter | None) -> tuple[np.ndarray | None, int]:
+    """The rows a filter lets through (a boolean mask; None: every live row) and how many videos
+    pass. ``NoVideoMatchesError`` when none do; ``FilterError`` for an invalid filter."""
+    if video_filter is None or video_filter.is_empty:
+        return None, len(snap.records)
+    videos = require_matches(list(snap.records.values()), video_filter)
+    mask = np.zeros(snap.num_rows, dtype=bool)
+    for r in videos:
+        mask[int(r.row_start):int(r.row_start) + int(r.num_windows)] = True
+    return mask, len(videos)
+
+
 def search_snapshot(snap: Snapshot, q: np.ndarray, k: int, *, merge: bool = True, by_video: bool = False,
-                    exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[list[Moment]]:
-    """The first ``k`` moments for each query embedding (rows of ``q``, checked) in one snapshot."""
+                    exact: bool | str = False, exclude_videos: Iterable[int] = (), neg: np.ndarray | None = None,
+                    not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
+                    offset: int = 0) -> list[list[Moment]]:
+    """Moments ``offset .. offset + k - 1`` of the ranking for each query embedding (rows of ``q``,
+    checked) in one snapshot; ``neg``: negative query embeddings (K x d) for every query;
+    ``video_filter``: only the videos it lets through."""
+    if offset < 0:
+        raise UsageError(f"offset must be >= 0, got {offset}")
+    allowed, n_videos = allowed_rows(snap, video_filter)
     if snap.num_live == 0:
         return [[] for _ in range(len(q))]
     _, _, vid = snap.ranges()
     skip = {int(p) for p in np.flatnonzero(np.isin(vid, np.fromiter(
         (int(v) for v in exclude_videos), dtype=np.int64)))}
-    k = min(k, len(snap.records) if by_video else snap.num_live)
-    searcher = Searcher(snap, q, exact=exact)
-    return [rank(snap, searcher, i, k, merge, by_video, skip) for i in range(len(q))]
+    searcher = Searcher(snap, q, exact=exact, neg=neg, weight=not_weight, allowed=allowed)
+    total = min(offset + k, n_videos if by_video else searcher.n_allowed)
+    if total <= offset:
+        return [[] for _ in range(len(q))]
+    return [moments_of(snap, rank(snap, searcher, i, total, merge, by_video, skip)[offset:], q[i], searcher.neg,
+                       searcher.weight) for i in range(len(q))]
 
 
 def rank(snap: Snapshot, searcher: Searcher, i: int, k: int, merge: bool, by_video: bool,
-         skip: set[int]) -> list[Moment]:
-    """The first ``k`` of the fixed ranking of moments (or windows / videos) for query ``i``.
+         skip: set[int]) -> list[tuple[float, int, int, int, int]]:
+    """The first ``k`` of the fixed ranking of moments (or windows / videos) for query ``i``, as
+    ``(score, video id, first row, last row, peak row)`` (``moments_of`` makes ``Moment``s).
 
     Candidates come from the searcher best first; for every video among them its whole score
     curve is computed and its moments grown exactly. With ``t`` the lowest candidate score,
     every moment scoring above ``t`` has its peak among the candidates, so the moments found
     above ``t`` are exactly the top of the ranking; when fewer than ``k``, the candidates widen."""
     q = searcher.q[i]
-    n_live = snap.num_live
+    n_live = searcher.n_allowed
     vid = snap.ranges()[2]
     m = min(n_live, max(2 * k, k + 8) if not by_video else max(4 * k, 32))
     tol = _score_tolerance(snap, q)
+    if searcher.neg is not None:
+        tol += searcher.weight * max(_score_tolerance(snap, n) for n in searcher.neg)
     cursors: dict[int, _Cursor] = {}
     found: list[tuple[float, int, int, int, int]] = []  # score, video id, first, last, peak (rows)
     while True:
@@ -135,11 +167,11 @@ def rank(snap: Snapshot, searcher: Searcher, i: int, k: int, merge: bool, by_vid
             keep = [j for j in range(len(rows)) if int(pos[j]) not in skip]
             found = [(float(scores[j]), int(vid[pos[j]]), int(rows[j]), int(rows[j]), int(rows[j])) for j in keep]
             if len(found) >= k or complete:
-                return moments_of(snap, found[:k], q)
+                return found[:k]
         else:
             for p in np.unique(snap.positions(rows)).tolist():
                 if p not in skip and p not in cursors:
-                    cursors[p] = _Cursor(snap, p, q, merge)
+                    cursors[p] = _Cursor(snap, p, q, merge, searcher.neg, searcher.weight)
             if by_video:
                 found = [h for c in cursors.values() if (h := c.head()) is not None and h[0] > thr]
             else:
@@ -149,17 +181,22 @@ def rank(snap: Snapshot, searcher: Searcher, i: int, k: int, merge: bool, by_vid
                 break
         m = min(n_live, 2 * m)
     found.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return moments_of(snap, found[:k], q)
+    return found[:k]
 
 
-def moments_of(snap: Snapshot, found: list[tuple[float, int, int, int, int]], q: np.ndarray) -> list[Moment]:
-    """``Moment``s (with cosine and percentile) for ``(score, video id, first, last, peak)`` rows."""
+def moments_of(snap: Snapshot, found: list[tuple[float, int, int, int, int]], q: np.ndarray,
+               neg: np.ndarray | None = None, weight: float = DEFAULT_NOT_WEIGHT) -> list[Moment]:
+    """``Moment``s (with cosine and percentile) for ``(score, video id, first, last, peak)`` rows.
+    With negative queries the score is the combined one; ``cosine`` stays the positive query's
+    and the percentile is measured against the sample's combined scores."""
     if not found:
         return []
     exists: dict[int, bool] = {}
     peaks = np.array([f[4] for f in found], dtype=np.int64)
-    cos = cosine(np.array([f[0] for f in found]), q, np.asarray(snap.vectors[peaks], dtype=np.float64)).tolist()
-    sample = np.sort(_percentile_sample(snap) @ q)
+    peak_vecs = np.asarray(snap.vectors[peaks], dtype=np.float64)
+    pos = np.array([f[0] for f in found]) if neg is None else peak_vecs @ np.asarray(q, np.float64)
+    cos = cosine(pos, q, peak_vecs).tolist()
+    sample = np.sort(window_scores(_percentile_sample(snap), q, neg, weight))
     times = snap.times
     out = []
     for (score, vid, first, last, peak), c in zip(found, cos):
@@ -237,27 +274,37 @@ class QueryMixin:
 
     @overload
     def search(self, query: str, k: int = 10, *, merge: bool = True, by_video: bool = False,  # type: ignore[overload-overlap]
-               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[Moment]: ...
+               exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
+               not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
+               offset: int = 0) -> list[Moment]: ...
 
     @overload
     def search(self, query: Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
-               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[list[Moment]]: ...
+               exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
+               not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
+               offset: int = 0) -> list[list[Moment]]: ...
 
     def search(self, query: str | Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
-               exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[Moment] | list[list[Moment]]:
+               exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
+               not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
+               offset: int = 0) -> list[Moment] | list[list[Moment]]:
         """Best moments for a query (a list of ``Moment``), or for each of several queries (a list
         of lists). A query that is empty or has no known word gives no results (and a warning);
         ``query_problem`` says why.
 
         Moments are defined per video and query, independently of ``k`` (``milnce.index.moments``);
         the results are the first ``k`` of one ranking of all moments of all videos (score, then
-        video id, then start), so ``k=10`` gives the first 10 of ``k=40``. ``merge=False``: single
-        windows instead of moments; ``by_video``: each video's best moment, videos ranked by it;
-        ``exact``: skip the ANN index; ``exclude_videos``: video ids to leave out."""
+        video id, then start), so ``k=10`` gives the first 10 of ``k=40``, and ``offset=10, k=10``
+        the next 10. ``merge=False``: single windows instead of moments; ``by_video``: each video's
+        best moment, videos ranked by it; ``exact``: skip the ANN index; ``exclude_videos``: video
+        ids to leave out; ``negatives``: sentences to score against (a window's score becomes
+        ``pos - not_weight * max(neg)``, ``milnce.index.negatives``); ``video_filter``: only the
+        videos it lets through (``milnce.index.filters``; ``NoVideoMatchesError`` when none)."""
         single = isinstance(query, str)
         queries: list[str] = [query] if isinstance(query, str) else list(query)
         if not queries:
             return []
+        neg = self.negative_embeddings(negatives)
         emb, problems = self.encode_queries(queries)
         for p in problems:
             if p is not None:
@@ -266,24 +313,42 @@ class QueryMixin:
         results: list[list[Moment]] = [[] for _ in queries]
         if good:
             found = self.search_embeddings(emb[good], k, merge=merge, by_video=by_video, exact=exact,
-                                           exclude_videos=exclude_videos)
+                                           exclude_videos=exclude_videos, neg=neg, not_weight=not_weight,
+                                           video_filter=video_filter, offset=offset)
             for i, res in zip(good, found):
                 results[i] = res
         return results[0] if single else results
 
+    def negative_embeddings(self, negatives: Sequence[str]) -> np.ndarray | None:
+        """Embeddings of negative terms (K x 512), or None for none; ``UsageError`` for a term
+        that cannot be searched (empty, no known word)."""
+        terms = [negatives] if isinstance(negatives, str) else list(negatives)
+        if not terms:
+            return None
+        emb, problems = self.encode_queries(terms)
+        for t, p in zip(terms, problems):
+            if p is not None:
+                raise UsageError(f"negative term {t!r}: {p}")
+        return emb
+
     def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
-                          exact: bool | str = False, exclude_videos: Iterable[int] = ()) -> list[list[Moment]]:
-        """Like ``search`` for text embeddings (Q x 512 or 512). ``exact``: False = the ANN index
-        if one was built, else exact; True = exact (int8 screening + float32 re-scoring, the same
-        results as a full scan); ``"scan"`` = the plain full float32 scan. With the ANN index the
-        candidate videos are approximate (each moment and score is still exact)."""
+                          exact: bool | str = False, exclude_videos: Iterable[int] = (),
+                          neg: np.ndarray | None = None, not_weight: float = DEFAULT_NOT_WEIGHT,
+                          video_filter: VideoFilter | None = None, offset: int = 0) -> list[list[Moment]]:
+        """Like ``search`` for text embeddings (Q x 512 or 512; ``neg``: K x 512 negative ones).
+        ``exact``: False = the ANN index if one was built, else exact; True = exact (int8
+        screening + float32 re-scoring, the same results as a full scan); ``"scan"`` = the plain
+        full float32 scan. With the ANN index the candidate videos are approximate (each moment
+        and score is still exact); searches with negatives are always exact."""
         snap = self.snapshot  # one snapshot for the whole search: later commits do not change it
         q = query_matrix(text_emb, snap.dim)
+        nq = None if neg is None or len(neg) == 0 else query_matrix(neg, snap.dim)
         k = int(k)
         if k < 1:
             raise UsageError(f"k must be >= 1, got {k}")
         return search_snapshot(snap, q, k, merge=merge, by_video=by_video, exact=exact,
-                               exclude_videos=exclude_videos)
+                               exclude_videos=exclude_videos, neg=nq, not_weight=not_weight,
+                               video_filter=video_filter, offset=int(offset))
 
     # -- curves, query by example -------------------------------------------------------------
 
@@ -360,13 +425,15 @@ class QueryMixin:
 
     def search_like(self, video: int | str | os.PathLike[str], start: float = 0.0, k: int = 10, *,
                     merge: bool = True, by_video: bool = False, exact: bool | str = False,
-                    include_self: bool = False) -> list[Moment]:
+                    include_self: bool = False, video_filter: VideoFilter | None = None,
+                    offset: int = 0) -> list[Moment]:
         """Query by example: moments like the window of ``video`` (id or path) at ``start`` seconds
         (``like_embedding``), ranked as ``search`` ranks them. The example's own video is left out
         unless ``include_self``."""
         q, vid = self.like_embedding(video, start)
         skip = [] if include_self or vid is None else [vid]
-        return self.search_embeddings(q, k, merge=merge, by_video=by_video, exact=exact, exclude_videos=skip)[0]
+        return self.search_embeddings(q, k, merge=merge, by_video=by_video, exact=exact, exclude_videos=skip,
+                                      video_filter=video_filter, offset=offset)[0]
 
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray:
         """Exact dot products of text embeddings (Q x 512) with the stored windows (Q x N rows);

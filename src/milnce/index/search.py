@@ -1,5 +1,14 @@
 """Exact search over the stored windows: the int8-screened scan with exact float32 re-scoring
-(``Searcher``, over a ``Snapshot``), the int8 codes (``quantize_rows``) and the ANN candidates' exact re-scoring."""
+(``Searcher``, over a ``Snapshot``), the int8 codes (``quantize_rows``) and the ANN candidates' exact re-scoring.
+
+A search may carry negative terms (``neg``: the score of a window is ``q.x - weight * max_i
+n_i.x``, ``milnce.index.negatives``) and a row filter (``allowed``: the rows of the videos a
+``milnce.index.filters.VideoFilter`` lets through). Both apply *before* the top rows are taken:
+few allowed rows are scored exactly one by one; otherwise the int8 screen runs over the combined
+score with the bound ``B_p + w max_i B_i`` (derived in ``milnce.index.negatives``), disallowed
+rows excluded. Negative queries never use the ANN index (its candidates come from the positive
+query alone); filtered ANN searches over-fetch and refill until enough candidates pass, and fall
+back to the exact search when the ANN index cannot supply them."""
 
 from __future__ import annotations
 
@@ -9,9 +18,12 @@ from typing import Any
 import numpy as np
 
 from .layout import SCAN_BLOCK
+from .negatives import DEFAULT_NOT_WEIGHT, check_weight, combine_scores
 from .snapshot import Snapshot
 
-__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "SCAN_BLOCK"]
+__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "SCAN_BLOCK", "window_scores", "FEW_ROWS"]
+
+FEW_ROWS = 50_000  # a filter allowing at most this many rows: they are scored exactly, one by one
 
 _SCREEN_MIN_ROWS = 20000  # below this the float32 scan is as fast as the screened one
 _SCREEN_QUERIES = 8  # queries screened together
@@ -80,13 +92,34 @@ def _screen_scores(q: np.ndarray, codes: np.ndarray, scales: Any, r_max: float, 
     return approx, bound.tolist()
 
 
-class Searcher:
-    """Top-m live rows per query, exactly (full scan) or via the ANN index + exact re-scoring."""
+def window_scores(vectors: np.ndarray, q: np.ndarray, neg: np.ndarray | None = None,
+                  weight: float = DEFAULT_NOT_WEIGHT) -> np.ndarray:
+    """The score of each row of ``vectors`` for the query ``q``: ``q.x``, or with negative
+    queries ``neg`` (K x d) ``q.x - weight * max_i neg_i.x`` (float32)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    s = v @ q
+    if neg is not None and len(neg):
+        s = combine_scores(s, (v @ np.asarray(neg, np.float32).T).T, weight)
+    return np.asarray(s, dtype=np.float32)
 
-    def __init__(self, index: Snapshot, q: np.ndarray, exact: bool | str = False) -> None:
+
+class Searcher:
+    """Top-m live rows per query, exactly (full scan) or via the ANN index + exact re-scoring;
+    with negative queries ``neg`` (K x d, shared by every query) and ``weight``, by the combined
+    score; with ``allowed`` (a boolean mask of live rows), among those rows only."""
+
+    def __init__(self, index: Snapshot, q: np.ndarray, exact: bool | str = False, *,
+                 neg: np.ndarray | None = None, weight: float = DEFAULT_NOT_WEIGHT,
+                 allowed: np.ndarray | None = None) -> None:
         self.index = index
         self.q = q
-        self.ann = None if exact else index.ann()
+        self.weight = check_weight(weight)
+        self.neg = None if neg is None or len(neg) == 0 or self.weight == 0 else np.ascontiguousarray(neg, np.float32)
+        self.allowed = allowed
+        self.n_allowed = index.num_live if allowed is None else int(np.count_nonzero(allowed))
+        self._neg_full: np.ndarray | None = None
+        self._neg_approx: Any = None
+        self.ann = None if exact or self.neg is not None else index.ann()
         self._scores: tuple[int, np.ndarray] | None = None
         self._approx: Any = None
         self.no_screen = exact == "scan"  # the plain float32 scan (benchmarks, checks)
@@ -95,24 +128,58 @@ class Searcher:
         if self.ann is not None:
             self.ann_rows = index.ann_rows
 
+    def scores_of(self, i: int, vectors: np.ndarray) -> np.ndarray:
+        """Exact (combined) scores of query ``i`` for the rows ``vectors`` (torch, not numpy's BLAS:
+        two thread pools fighting over the cores cost tens of ms per query)."""
+        import torch
+
+        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        s = (v @ torch.from_numpy(self.q[i])).numpy()
+        if self.neg is not None:
+            s = combine_scores(s, (v @ torch.from_numpy(self.neg).T).numpy().T, self.weight)
+        return np.asarray(s, dtype=np.float32)
+
     def _exact_scores(self, i: int) -> np.ndarray:
-        """Full float32 scores of query ``i`` (computed for a few queries at a time)."""
+        """Full float32 (combined) scores of query ``i``, -inf outside the allowed rows (computed
+        for a few queries at a time)."""
         b = i // _SCREEN_QUERIES
         if self._scores is None or self._scores[0] != b:
-            self._scores = (b, self.index.scores(self.q[b * _SCREEN_QUERIES:(b + 1) * _SCREEN_QUERIES]))
+            s = self.index.scores(self.q[b * _SCREEN_QUERIES:(b + 1) * _SCREEN_QUERIES])
+            if self.neg is not None:
+                if self._neg_full is None:
+                    self._neg_full = self.index.scores(self.neg)
+                s = np.stack([combine_scores(row, self._neg_full, self.weight) for row in s])
+            if self.allowed is not None:
+                s[:, ~self.allowed] = -np.inf
+            self._scores = (b, s)
         return self._scores[1][i % _SCREEN_QUERIES]
 
+    def _few_top(self, i: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-m among few allowed rows, each scored exactly."""
+        assert self.allowed is not None
+        rows = np.flatnonzero(self.allowed)
+        s = self.scores_of(i, np.asarray(self.index.vectors[rows]))
+        order = np.lexsort((rows, -s))[:m]
+        return rows[order].astype(np.int64), s[order]
+
     def top(self, i: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and exact scores of the best ``m`` live windows for query ``i``, best first."""
+        """Rows and exact scores of the best ``m`` live (allowed) windows for query ``i``, best first."""
         idx = self.index
-        m = min(m, idx.num_live)
+        m = min(m, self.n_allowed)
         hit = self._cache.get(i)
         if hit is not None and hit[0] >= m:
             return hit[1][:m], hit[2][:m]
         idx.check_files()  # a truncated store: an error, not SIGBUS
-        if self.ann is not None and m * 4 < idx.num_live:
-            rows, scores = self._ann_top(i, m)
-        elif (got := self._screened_top(i, m)) is not None:
+        got = None
+        if m == 0:
+            got = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        elif self.allowed is not None and self.n_allowed <= FEW_ROWS:
+            got = self._few_top(i, m)
+        elif self.ann is not None and m * 4 < self.n_allowed:
+            got = self._ann_top(i, m)
+        if got is None:
+            got = self._screened_top(i, m)
+        if got is not None:
             rows, scores = got
         else:
             s = self._exact_scores(i)
@@ -148,52 +215,70 @@ class Searcher:
         approx, bound = self._approx[1][i % _SCREEN_QUERIES], self._approx[2][i % _SCREEN_QUERIES]
         import torch
 
+        if self.neg is not None:  # c^ = a_p - w max_i a_i, B = B_p + w max_i B_i (milnce.index.negatives)
+            if self._neg_approx is None:
+                self._neg_approx = _screen_scores(self.neg, codes[0], *idx.code_stats(), idx.live_mask())
+                if self._neg_approx is None:
+                    self.no_screen = True
+                    return None
+            neg_a, neg_b = self._neg_approx
+            approx = torch.where(torch.isfinite(approx), approx - self.weight * neg_a.amax(dim=0),
+                                 torch.full_like(approx, -float("inf")))
+            bound = bound + self.weight * max(neg_b)
+        if self.allowed is not None:
+            approx = approx.masked_fill(torch.from_numpy(~self.allowed), -float("inf"))
         top = torch.topk(approx, m).values
         floor = float(top[-1]) - bound  # m rows score at least this
         cand = torch.nonzero(approx >= floor - bound).flatten().numpy()
         if len(cand) > max(50 * m, 20000):  # the bound is too loose here: scan everything
             return None
-        # torch, not numpy's BLAS, for the re-scoring: two thread pools fighting over the cores
-        # cost tens of ms per query.
-        exact = (torch.from_numpy(np.asarray(idx.vectors[cand])) @ torch.from_numpy(self.q[i])).numpy()
+        exact = self.scores_of(i, np.asarray(idx.vectors[cand]))
         order = np.lexsort((cand, -exact))[:m]
         return cand[order].astype(np.int64), exact[order].astype(np.float32)
 
-    def _ann_top(self, i: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    def _ann_top(self, i: int, m: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Top-m from ``4m`` (at least 400) ANN candidates re-scored exactly; a later call for
-        more rows of the same query reuses them while they are enough."""
+        more rows of the same query reuses them while they are enough. Under a filter the fetch
+        is scaled by the share of allowed rows and refilled (4x) until ``4m`` candidates pass;
+        None when the ANN index cannot supply them (the caller searches exactly)."""
         hit = self._ann_cache.get(i)
-        if hit is not None and 4 * m <= hit[0]:
+        if hit is not None and 4 * m <= len(hit[1]):
             return hit[1][:m], hit[2][:m]
+        share = self.n_allowed / max(1, self.index.num_live)
         r = max(4 * m, 400, 2 * hit[0] if hit is not None else 0)
-        rows, scores = self._ann_fetch(i, r)
+        r = int(min(max(r, r / max(share, 1e-9)), max(self.ann_rows, 1)))
+        while True:
+            rows, scores, exhausted = self._ann_fetch(i, r)
+            if len(rows) >= 4 * m or exhausted or r >= self.ann_rows:
+                break
+            r = min(4 * r, self.ann_rows)
         self._ann_cache[i] = (r, rows, scores)
+        if len(rows) < m and self.allowed is not None:
+            return None
         return rows[:m], scores[:m]
 
-    def _ann_fetch(self, i: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    def _ann_fetch(self, i: int, r: int) -> tuple[np.ndarray, np.ndarray, bool]:
         idx = self.index
         q = self.q[i]
         assert self.ann is not None
         _, ids = self.ann.search(q[None], r)
         cand = ids[0]
         cand = cand[(cand >= 0) & (cand < self.ann_rows)]
-        mask = idx.live_mask()
+        exhausted = len(cand) < r
+        mask = idx.live_mask() if self.allowed is None else self.allowed
         if mask is not None:
             cand = cand[mask[cand]]
         cand = np.unique(cand)
-        if len(cand):
-            import torch
-
-            scores = (torch.from_numpy(np.asarray(idx.vectors[cand])) @ torch.from_numpy(q)).numpy()
-        else:
-            scores = np.zeros(0, np.float32)
+        scores = self.scores_of(i, np.asarray(idx.vectors[cand])) if len(cand) else np.zeros(0, np.float32)
         if self.ann_rows < idx.num_rows:  # rows added after the ANN index was built: scan them
             tail = idx.scores(q[None], slice(self.ann_rows, idx.num_rows))[0]
+            if self.allowed is not None:
+                tail[~self.allowed[self.ann_rows:]] = -np.inf
             ok = np.flatnonzero(np.isfinite(tail))
             cand = np.concatenate([cand, ok + self.ann_rows])
             scores = np.concatenate([scores, tail[ok]])
         order = np.lexsort((cand, -scores))
-        return cand[order], scores[order].astype(np.float32)
+        return cand[order], scores[order].astype(np.float32), exhausted
 
 
 

@@ -24,6 +24,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -582,17 +583,17 @@ class Index(QueryMixin):
         return True
 
     def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
-                  target_recall: float = 0.98, progress: bool = False) -> dict[str, Any]:
-        """Build the approximate index over the live rows; see ``milnce.index.ann.build_ann``."""
+                  target_recall: float = 0.98, progress: bool = False, kind: str = "ivf") -> dict[str, Any]:
+        """Build the approximate index (``kind``: ivf or pq); see ``milnce.index.ann.build_ann``."""
         self._need_writer()
         info = build_ann(self.snapshot, queries=queries, nlist=nlist, m=m, target_recall=target_recall,
-                         progress=progress)
+                         progress=progress, kind=kind)
         old = self._meta.get("ann")
         self._commit([], ann=info)
         self._load()
         if old and old.get("file") != info["file"]:
-            try:
-                os.remove(os.path.join(self.directory, old["file"]))
+            try:  # a file, or an IVF-PQ folder
+                (shutil.rmtree if old.get("format") == "pq" else os.remove)(os.path.join(self.directory, old["file"]))
             except OSError:
                 pass
         return info

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sqlite3
 import time
 from typing import Any
@@ -136,8 +137,9 @@ def remove_generation(directory: str, gen: int, *, ann: bool = False) -> None:
     if ann:
         for name in os.listdir(directory):
             if name.startswith("ann-"):
-                try:
-                    os.remove(os.path.join(directory, name))
+                p = os.path.join(directory, name)
+                try:  # a faiss file, or an IVF-PQ folder (--ann pq)
+                    shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
                 except OSError:
                     pass
 

@@ -9,8 +9,10 @@ exact search. Thumbnails are kept in a small in-memory LRU cache.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -24,8 +26,10 @@ from ..errors import MilnceError
 from ..index import Index
 from ..index.errors import IndexDamagedError
 from ..protocols import Encoder
+from ..video.cut import ClipLimits
+from .multi import IndexSet
 from .routes import CSP, STATIC_TYPES, Limits, api_router, error_response, media_router, ui_router
-from .service import QUERY_CACHE_ENTRIES, ApiError, SearchService, parse_like
+from .service import QUERY_CACHE_ENTRIES, ApiError, parse_like
 from .thumbs import LRU, THUMB_CACHE_ENTRIES, THUMB_WIDTH
 
 log = logging.getLogger("milnce.server")
@@ -118,7 +122,7 @@ def _first_known_word(model: Encoder) -> str:
 
 
 def create_app(
-    index: Index,
+    index: Index | Mapping[str, Index],
     model: Encoder,
     *,
     max_query_chars: int = MAX_QUERY_CHARS,
@@ -129,8 +133,11 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     refresh_interval: float = 5.0,
     warm_up: bool = False,
+    clip_limits: ClipLimits | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``index`` (a ``milnce.index.Index`` opened with ``model``).
+    """The FastAPI app serving ``index`` (a ``milnce.index.Index`` opened with ``model``), or
+    several: ``{name: Index}`` (``milnce.server.multi``: same weights and window settings
+    required, ``IndexMismatchError`` otherwise).
 
     ``allowed_hosts``: if given, requests whose ``Host`` header names another host get 400
     (``serve`` sets it to the loopback names when bound to localhost, against DNS rebinding).
@@ -138,7 +145,8 @@ def create_app(
     running ``milnce index`` committed meanwhile (``Index.refresh``); 0 turns that off.
     ``warm_up``: run one search through the app before returning, so the first user's query
     does not pay the one-time costs (first text encoding, first scan, first request through
-    FastAPI); its time is ``app.state.warmup_ms``.
+    FastAPI); its time is ``app.state.warmup_ms``. ``clip_limits``: the clip endpoint's length cap
+    and concurrent cuts (default 300 s, 2).
     """
     from .. import __version__
 
@@ -149,9 +157,13 @@ def create_app(
         "Videos are addressed by their id in the index. Errors answer "
         '{"error": {"status": <int>, "message": <str>}}.',
     )
-    service = SearchService(index, model, refresh_interval=refresh_interval)
+    indexes = IndexSet(index if isinstance(index, Mapping) else
+                       {os.path.basename(os.path.normpath(index.directory)) or "index": index},
+                       model, refresh_interval=refresh_interval)
+    service = indexes.first
     thumbs = LRU(thumbnail_cache)
-    app.state.index = index
+    app.state.indexes = indexes
+    app.state.index = service.index
     app.state.model = model
     app.state.service = service
     app.state.thumbnail_cache = thumbs
@@ -160,8 +172,10 @@ def create_app(
         app.add_middleware(_HostCheck, allowed=allowed_hosts)
     _add_error_handlers(app)
     app.include_router(ui_router())
-    app.include_router(api_router(Limits(default_k, max_k, max_query_chars), __version__, time.time()))
-    app.include_router(media_router(thumbnail_width, thumbs))
+    clips = clip_limits or ClipLimits()
+    app.include_router(api_router(Limits(default_k, max_k, max_query_chars, max_clip_seconds=clips.max_seconds),
+                                  __version__, time.time()))
+    app.include_router(media_router(thumbnail_width, thumbs, clips))
     if warm_up:  # pay the one-time costs (first text encoding, first scan, first request) now
         t0 = time.perf_counter()
         with warnings.catch_warnings():

@@ -24,6 +24,7 @@ import anyio
 from fastapi.responses import Response
 
 from ..index.roots import inside_roots, relative_to_root
+from ..video.identity import NOFOLLOW, OPEN_FLAGS, identity_problem
 
 CHUNK = 256 * 1024
 
@@ -105,7 +106,7 @@ class OutsideRootsError(FileChangedError):
 
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NOFOLLOW = NOFOLLOW
 
 
 def open_beneath(path: str, roots: Sequence[str], flags: int) -> int:
@@ -165,7 +166,7 @@ def open_indexed_file(path: str, size: int, mtime: float, content_hash: str | No
     """
     lst = os.lstat(path)  # FileNotFoundError: gone
     link = stat.S_ISLNK(lst.st_mode)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = OPEN_FLAGS
     try:
         if roots is None:
             fd = os.open(path, flags | (0 if link else _NOFOLLOW))
@@ -182,12 +183,13 @@ def open_indexed_file(path: str, size: int, mtime: float, content_hash: str | No
         raise FileChangedError(f"{_shown(path)} cannot be opened as the indexed file ({exc.strerror or exc})") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileChangedError(f"{_shown(path)} is no longer a regular file")
+        problem = identity_problem(st, size, mtime)  # the one check milnce clip uses too
+        if problem is not None and not stat.S_ISREG(st.st_mode):
+            raise FileChangedError(f"{_shown(path)} {problem}")
         if not link and (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino):
             raise FileChangedError(f"{_shown(path)} was replaced while being opened")
-        if int(st.st_size) != int(size) or float(st.st_mtime) != float(mtime):
-            raise FileChangedError(f"{_shown(path)}: size or modification time differ from the indexed file's")
+        if problem is not None:
+            raise FileChangedError(f"{_shown(path)}: {problem}")
         if link:
             if not content_hash:
                 raise FileChangedError(f"{_shown(path)} is now a symbolic link")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -16,9 +18,14 @@ from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.background import BackgroundTask
 
+from ..index.filters import FilterError, VideoFilter, parse_when
+from ..index.negatives import DEFAULT_NOT_WEIGHT
+from ..video.cut import ClipBusyError, ClipError, ClipLimits, check_span, clip_file_name, cut_clip
 from .files import MIME_TYPES, OpenFileResponse, RangeNotSatisfiable, fd_path, parse_range
+from .multi import IndexSet
 from .service import ApiError, SearchService
 from .thumbs import LRU, grab_thumbnail
 
@@ -39,6 +46,8 @@ class Limits:
     default_k: int
     max_k: int
     max_query_chars: int
+    max_offset: int = 10_000
+    max_clip_seconds: float = 300.0
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -48,9 +57,23 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def service_for(request: Request) -> SearchService:
-    """The service a request addresses (the app's one index)."""
-    service: SearchService = request.app.state.service
-    return service
+    """The service a request addresses: ``index=NAME`` among several indexes, else the only one
+    (``milnce.server.multi.IndexSet.get``)."""
+    sets: IndexSet = request.app.state.indexes
+    return sets.get(request.query_params.get("index") or None)
+
+
+def video_filter(under: str, path_glob: str, after: str, before: str, min_duration: float | None,
+                 max_duration: float | None) -> VideoFilter | None:
+    """The ``VideoFilter`` of the search parameters (None when all are empty); 422 for a bad one."""
+    try:
+        filt = VideoFilter(under=under.strip() or None, path_glob=path_glob.strip() or None,
+                           mtime_min=parse_when(after) if after.strip() else None,
+                           mtime_max=parse_when(before) if before.strip() else None,
+                           duration_min=min_duration, duration_max=max_duration)
+    except FilterError as exc:
+        raise ApiError(422, str(exc)) from None
+    return None if filt.is_empty else filt
 
 
 def _store_ok(service: SearchService) -> None:
@@ -69,19 +92,34 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
     def healthz(request: Request) -> dict[str, Any]:
         """`status` is "ok", or "degraded" (still HTTP 200) when the approximate index is damaged
         or missing (searches then run exactly) or the vector store is damaged; `ann` has the details."""
-        s = service_for(request)
+        sets: IndexSet = request.app.state.indexes
+        name = request.query_params.get("index") or None
+        services = [sets.get(name)] if name or not sets.several else list(sets.services.values())
+        s = services[0]
         ann, healthy = s.ann_health()
-        store = s.check_store()
-        out = {"status": "ok" if healthy and store is None else "degraded", "version": version,
-               "windows": len(s.index), "videos": s.videos_count, "ann": ann, "weights_id": s.model.weights_id,
+        stores = [p for x in services if (p := x.check_store()) is not None]
+        healthy = healthy and all(x.ann_health()[1] for x in services[1:])
+        counts = [x.videos_count for x in services]
+        out = {"status": "ok" if healthy and not stores else "degraded", "version": version,
+               "windows": sum(len(x.index) for x in services),
+               "videos": None if None in counts else sum(c for c in counts if c is not None), "ann": ann,
+               "weights_id": s.model.weights_id, "indexes": len(services),
                "uptime_s": round(time.time() - started, 1)}
-        if store is not None:
-            out["store"] = store
+        if stores:
+            out["store"] = "; ".join(stores)
         return out
+
+    @r.get("/api/indexes", summary="The indexes this server serves")
+    def indexes(request: Request) -> dict[str, Any]:
+        """`name` (what `index=` takes), folder, videos, windows, weights fingerprint, window
+        settings and ANN state of each, in the order given to `milnce serve`."""
+        sets: IndexSet = request.app.state.indexes
+        return {"indexes": sets.listing(), "several": sets.several}
 
     @r.get("/api/config", summary="Defaults and limits of the API (the UI reads them)")
     def config() -> dict[str, Any]:
         return {"default_k": limits.default_k, "max_k": limits.max_k, "max_query_chars": mq,
+                "max_offset": limits.max_offset, "max_clip_seconds": limits.max_clip_seconds,
                 "k_choices": sorted({limits.default_k, *(c for c in (10, 20, 50, 100) if c <= limits.max_k)}),
                 "version": version}
 
@@ -91,22 +129,50 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
     def search(
         request: Request,
         q: str = Query("", max_length=mq, description=f"the query, at most {mq} characters"),
-        like: str = Query("", max_length=40, description="instead of q: VIDEO_ID@SECONDS, moments like that window"),
+        like: str = Query("", max_length=300, description="instead of q: [INDEX:]VIDEO_ID@SECONDS, moments like "
+                          "that window"),
+        index: str = Query("", max_length=200, description="search this index only (default: all, merged)"),
         k: int = Query(limits.default_k, ge=1, le=limits.max_k, description=f"number of results, 1..{limits.max_k}"),
         by_video: bool = Query(False, description="rank videos: at most one moment (its best) per video"),
         merge: bool = Query(True, description="join adjacent matching windows of a video into one moment"),
+        offset: int = Query(0, ge=0, le=limits.max_offset,
+                            description="skip the first results: pages of one fixed ranking"),
+        not_: list[str] | None = Query(None, alias="not",  # noqa: B008 - a repeatable parameter
+                                       description="a sentence the moments should not match (repeatable; also -term in q)"),
+        not_weight: float = Query(DEFAULT_NOT_WEIGHT, ge=0, le=1e6,
+                                  description="score = positive - not_weight x the best negative score"),
+        under: str = Query("", max_length=4096, description="only videos inside this folder"),
+        path_glob: str = Query("", max_length=1000, description="only paths matching this glob (relative)"),
+        after: str = Query("", max_length=40, description="modified at or after (YYYY-MM-DD[THH:MM] or epoch s)"),
+        before: str = Query("", max_length=40, description="modified before"),
+        min_duration: float | None = Query(None, ge=0, le=1e9, description="videos at least this long (s)"),
+        max_duration: float | None = Query(None, ge=0, le=1e9, description="videos at most this long (s)"),
     ) -> dict[str, Any]:
         """Moments best matching `q` (or, with `like=ID@SECONDS`, the window of video ID at that
-        time), best first; `score` is the raw dot product, `cosine` the normalised one. An empty
-        query, or one without any word of the model's vocabulary, gives no results and a
-        `message` saying why."""
+        time), best first; `score` is the raw dot product, `cosine` the normalised one. `-word`
+        or `-"two words"` in `q` (and each `not`) is a negative term: a window's score becomes
+        the positive score minus `not_weight` times its best negative score. The filters apply
+        before the top `k` is taken. An empty query, or one without any word of the model's
+        vocabulary, gives no results and a `message` saying why."""
         t0 = time.perf_counter()
         text, like_s = q.strip(), like.strip()
         if text and like_s:
             raise ApiError(422, "give either q (words) or like (VIDEO_ID@SECONDS), not both")
-        s = service_for(request)
-        _store_ok(s)
-        body = s.search(text, like_s, k, merge, by_video)
+        not_ = not_ or []
+        if len(not_) > 8 or any(len(n) > mq for n in not_):
+            raise ApiError(422, f"at most 8 negative terms of at most {mq} characters")
+        sets: IndexSet = request.app.state.indexes
+        filt = video_filter(under, path_glob, after, before, min_duration, max_duration)
+        opts: dict[str, Any] = {"offset": offset, "video_filter": filt, "not_weight": not_weight,
+                                "negatives": [n.strip() for n in not_ if n.strip()]}
+        if sets.several and not index:
+            for x in sets.services.values():
+                _store_ok(x)
+            body = sets.search_all(text, like_s, k, merge, by_video, **opts)
+        else:
+            s, like_s = sets.split_like(like_s, index or None) if like_s else (sets.get(index or None), "")
+            _store_ok(s)
+            body = s.search(text, like_s, k, merge, by_video, **opts)
         return {"query": q, "k": k, "by_video": by_video, "merge": merge, **body,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
@@ -125,22 +191,27 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
         request: Request,
         video_id: int,
         q: str = Query("", max_length=mq, description="the query"),
-        like: str = Query("", max_length=40, description="instead of q: VIDEO_ID@SECONDS"),
+        like: str = Query("", max_length=300, description="instead of q: [INDEX:]VIDEO_ID@SECONDS"),
     ) -> dict[str, Any]:
         """`starts`, `ends` (seconds) and `scores` (dot products) of every window of the video,
         in time order, for `q` (or the window `like` names), and `cosine` (normalised scores)."""
         s = service_for(request)
         _store_ok(s)
-        out = s.curve(video_id, q.strip(), like.strip())
+        like_s, like_emb = like.strip(), None
+        if ":" in like_s:  # a window of another index (a merged "more like this")
+            src, rest = request.app.state.indexes.split_like(like_s, None)
+            like_s, like_emb = rest, src.like_source(rest)[1]
+        out = s.curve(video_id, q.strip(), like_s, like_emb)
         out["query"] = q
         return out
 
     return r
 
 
-def media_router(thumbnail_width: int, thumbnail_cache: LRU) -> APIRouter:
-    """``/api/videos/{id}/file`` (ranges) and ``/api/videos/{id}/thumbnail``."""
+def media_router(thumbnail_width: int, thumbnail_cache: LRU, clip_limits: ClipLimits | None = None) -> APIRouter:
+    """``/api/videos/{id}/file`` (ranges), ``/api/videos/{id}/thumbnail`` and ``/api/videos/{id}/clip``."""
     r = APIRouter()
+    clips = clip_limits or ClipLimits()
     thumb_slots = threading.BoundedSemaphore(2)  # decoding is CPU-heavy: at most 2 at once
 
     @r.head("/api/videos/{video_id:int}/file", include_in_schema=False)
@@ -215,6 +286,45 @@ def media_router(thumbnail_width: int, thumbnail_cache: LRU) -> APIRouter:
                 thumbnail_cache.put(key, data)
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+    @r.get("/api/videos/{video_id:int}/clip", summary="The moment start..end as an MP4 file (re-encoded, exact)",
+           responses={200: {"content": {"video/mp4": {}}}, 403: {"description": "outside the collection roots"},
+                      404: {"description": "unknown id or file missing"},
+                      409: {"description": "the file changed since indexing"},
+                      422: {"description": "a span outside the video, empty or too long"},
+                      429: {"description": "too many clips are being cut; retry later"}})
+    def clip(request: Request, video_id: int,
+             start: float = Query(..., ge=0, le=1e7, description="seconds"),
+             end: float = Query(..., ge=0, le=1e7, description="seconds")) -> Response:
+        """The span `[start, end)` of the video cut exactly (H.264 + AAC, as `milnce clip`), while
+        the file is still the indexed one (the same checks as `/file`); at most
+        `max_clip_seconds` long (`/api/config`), a few cuts at once (429 when busy)."""
+        s = service_for(request)
+        rec = s.record(video_id)
+        try:
+            a, b = check_span(start, end, float(rec.duration or 0), max_seconds=clips.max_seconds)
+        except ClipError as exc:
+            raise ApiError(422, str(exc)) from None
+        fh, _ = s.open_file(rec)
+        tmp = tempfile.mkdtemp(prefix="milnce-clip-")
+        try:
+            with fh:
+                name = clip_file_name(rec.path, a, b)
+                out = os.path.join(tmp, name)
+                cut_clip(fd_path(fh, rec.path), a, b, out, duration=float(rec.duration or 0), limits=clips)
+        except ClipBusyError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ApiError(429, str(exc), headers={"Retry-After": "2"}) from None
+        except ClipError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ApiError(422, str(exc).replace(fd_path(fh, rec.path), rec.path)) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return FileResponse(out, media_type="video/mp4", filename=name,
+                            background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
+                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
 
     return r
 

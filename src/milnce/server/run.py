@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .app import create_app
@@ -46,7 +47,7 @@ def listen(host: str, port: int):  # type: ignore[no-untyped-def]
 
 
 def serve(
-    index: Index | str | os.PathLike[str],
+    index: Index | Mapping[str, Index] | str | os.PathLike[str],
     model: Encoder | None = None,
     *,
     host: str = "127.0.0.1",
@@ -79,7 +80,10 @@ def serve(
     bound_port = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     if announce:
-        print(f"milnce: serving {len(index.videos())} videos ({len(index)} windows) at http://{shown}:{bound_port}/ "
+        several = list(index.values()) if isinstance(index, Mapping) else [index]
+        what = f"{len(several)} indexes: " if len(several) > 1 else ""
+        print(f"milnce: serving {what}{sum(len(ix.videos()) for ix in several)} videos "
+              f"({sum(len(ix) for ix in several)} windows) at http://{shown}:{bound_port}/ "
               f"(API reference at /static/api.html); Ctrl-C to stop", flush=True)
         if not loopback:
             print(f"milnce: warning: listening on {host}, not localhost: anyone who can reach this machine "

@@ -25,14 +25,18 @@ import threading
 import time
 from dataclasses import asdict
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import numpy as np
 
 from ..errors import MilnceError
 from ..index import Index, Moment, VideoRecord
 from ..index.errors import IndexDamagedError
+from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
+from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
 from ..index.query import cosine
 from ..index.roots import serving_roots
+from ..index.search import window_scores
 from ..protocols import Encoder
 from .files import (
     FILE_CHANGED,
@@ -99,6 +103,8 @@ class SearchService:
         self._ann_failed: tuple[Any, str] | None = None
         self._roots_of: tuple[int, list[str], str | None] | None = None
         self.videos_count: int | None = self._count_videos()
+        self.name = os.path.basename(os.path.normpath(index.directory))  # set by IndexSet
+        self.qualified = False  # several indexes: URLs and like keys name the index
 
     # -- state --------------------------------------------------------------------------------
 
@@ -142,10 +148,12 @@ class SearchService:
     def urls(self, video_id: int, path: str, t: float | None = None) -> dict[str, Any]:
         ext = os.path.splitext(path)[1].lower()
         name = os.path.basename(path)
-        out: dict[str, Any] = {"name": _text(name), "file_url": f"/api/videos/{video_id}/file",
-                               "mime": MIME_TYPES.get(ext, "application/octet-stream"), "playable": ext in PLAYABLE}
+        q = f"index={quote(self.name, safe='')}" if self.qualified else ""
+        out: dict[str, Any] = {"name": _text(name), "file_url": f"/api/videos/{video_id}/file" + (f"?{q}" if q else ""),
+                               "mime": MIME_TYPES.get(ext, "application/octet-stream"), "playable": ext in PLAYABLE,
+                               "index": self.name, "like_prefix": f"{self.name}:" if self.qualified else ""}
         if t is not None:
-            out["thumbnail_url"] = f"/api/videos/{video_id}/thumbnail?t={t:.2f}"
+            out["thumbnail_url"] = f"/api/videos/{video_id}/thumbnail?t={t:.2f}" + (f"&{q}" if q else "")
         return out
 
     def video_json(self, rec: VideoRecord) -> dict[str, Any]:
@@ -179,12 +187,13 @@ class SearchService:
     # -- searching ----------------------------------------------------------------------------
 
     def _search_embedding(self, emb: np.ndarray, k: int, merge: bool, by_video: bool,
-                          exclude: list[int]) -> tuple[list[Moment], str | None]:
-        """Search one embedding; a failing approximate index falls back to exact search."""
+                          exclude: list[int], **opts: Any) -> tuple[list[Moment], str | None]:
+        """Search one embedding (``opts``: ``neg``, ``not_weight``, ``video_filter``, ``offset`` of
+        ``Index.search_embeddings``); a failing approximate index falls back to exact search."""
         exact = self._ann_failed is not None and self._ann_failed[0] == self._ann_key()
         try:
             return self.index.search_embeddings(emb[None], k, merge=merge, by_video=by_video, exact=exact,
-                                                exclude_videos=exclude)[0], None
+                                                exclude_videos=exclude, **opts)[0], None
         except MilnceError:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged ANN file (faiss RuntimeError, ...)
@@ -193,7 +202,7 @@ class SearchService:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             log.warning("approximate search failed (%s); searching exactly", reason)
             found = self.index.search_embeddings(emb[None], k, merge=merge, by_video=by_video, exact=True,
-                                                 exclude_videos=exclude)[0]
+                                                 exclude_videos=exclude, **opts)[0]
             self._ann_failed = (self._ann_key(), reason)
             return found, "The approximate index is damaged; searched exactly (rebuild it with 'milnce index --ann')."
 
@@ -247,60 +256,119 @@ class SearchService:
             out.append(d)
         return out
 
-    def search(self, text: str, like: str, k: int, merge: bool, by_video: bool) -> dict[str, Any]:
-        """Moments for words ``text`` or like the window ``like`` names (``ID@SECONDS``), best first."""
+    def search(self, text: str, like: str, k: int, merge: bool, by_video: bool, *, offset: int = 0,
+               video_filter: VideoFilter | None = None, negatives: list[str] | None = None,
+               not_weight: float = DEFAULT_NOT_WEIGHT) -> dict[str, Any]:
+        """Results ``offset .. offset + k - 1`` for words ``text`` (``-term`` / ``-"two words"``
+        excluded: ``milnce.index.negatives.split_query``; more in ``negatives``) or like the window
+        ``like`` names (``ID@SECONDS``), best first, among the videos ``video_filter`` lets through."""
         tok = self.model.tokenizer
+        negs = list(negatives or [])
+        if text:
+            try:
+                text, more_negs = split_query(text)
+            except MilnceError as exc:
+                raise ApiError(422, str(exc)) from None
+            negs += more_negs
         words = tok.words(text) if text else []
         unknown = tok.unknown_words(text) if text else []
         notes: list[str] = []
         results: list[Moment] = []
         source = None
-        if like:
-            with self.model_lock:
-                self.maybe_refresh()
-                vid, emb, w0, w1 = self.like_source(like)
-                results, note = self._search_embedding(emb, k, merge, by_video, exclude=[vid])
-            source = {"video_id": vid, "start": w0, "end": w1, **self.urls(vid, self.index.video(vid).path)}
-            notes += [note] if note else []
-        elif not text:
-            notes.append("Empty query: type a few words describing what happens in the video.")
-        elif not words:
-            notes.append("None of the words are in the model's vocabulary, so there is nothing to search for"
-                         + (f" (unknown: {', '.join(unknown[:10])})." if unknown else "."))
-        else:
-            with self.model_lock:
-                self.maybe_refresh()
-                emb = self.text_embedding(text)
-                results, note = self._search_embedding(emb, k, merge, by_video, exclude=[])
-            if unknown:
-                notes.append(f"Ignored words not in the vocabulary: {', '.join(unknown[:10])}.")
-            notes += [note] if note else []
-            if not results and len(self.index) == 0:
-                notes.append("No moments found: the index is empty.")
+        opts: dict[str, Any] = {"video_filter": video_filter, "offset": offset, "not_weight": not_weight}
+        try:
+            if like:
+                with self.model_lock:
+                    self.maybe_refresh()
+                    vid, emb, w0, w1 = self.like_source(like)
+                    opts["neg"] = self.negative_embeddings(negs)
+                    results, note = self._search_embedding(emb, k, merge, by_video, exclude=[vid], **opts)
+                source = {"video_id": vid, "start": w0, "end": w1, **self.urls(vid, self.index.video(vid).path)}
+                notes += [note] if note else []
+            elif not text:
+                notes.append("Empty query: type a few words describing what happens in the video.")
+            elif not words:
+                notes.append("None of the words are in the model's vocabulary, so there is nothing to search for"
+                             + (f" (unknown: {', '.join(unknown[:10])})." if unknown else "."))
+            else:
+                with self.model_lock:
+                    self.maybe_refresh()
+                    emb = self.text_embedding(text)
+                    opts["neg"] = self.negative_embeddings(negs)
+                    results, note = self._search_embedding(emb, k, merge, by_video, exclude=[], **opts)
+                if unknown:
+                    notes.append(f"Ignored words not in the vocabulary: {', '.join(unknown[:10])}.")
+                notes += [note] if note else []
+                if not results and len(self.index) == 0:
+                    notes.append("No moments found: the index is empty.")
+        except NoVideoMatchesError as exc:
+            notes.append(f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+        except FilterError as exc:
+            raise ApiError(422, str(exc)) from None
+        if video_filter is not None and (text or like) and len(results) < k and not notes:
+            notes.append(f"Only {offset + len(results)} results pass the filter ({video_filter.describe()}).")
         return {"words": words, "unknown_words": unknown, "like": source, "results": self.moments_json(results),
+                "not": negs, "not_weight": not_weight if negs else None, "offset": offset,
+                "filter": None if video_filter is None else video_filter.describe(),
                 "message": " ".join(notes) or None}
 
-    def curve(self, video_id: int, text: str, like: str) -> dict[str, Any]:
-        """A query's score over every window of one video (dot products and cosines)."""
+    def search_vector(self, emb: np.ndarray, k: int, merge: bool, by_video: bool, *, offset: int = 0,
+                      video_filter: VideoFilter | None = None, negatives: list[str] | None = None,
+                      not_weight: float = DEFAULT_NOT_WEIGHT) -> dict[str, Any]:
+        """Results for a query embedding (another index's window: a merged ``like`` search)."""
+        notes: list[str] = []
+        results: list[Moment] = []
+        try:
+            with self.model_lock:
+                self.maybe_refresh()
+                neg = self.negative_embeddings(list(negatives or []))
+                results, note = self._search_embedding(emb, k, merge, by_video, exclude=[], neg=neg,
+                                                       not_weight=not_weight, video_filter=video_filter, offset=offset)
+            notes += [note] if note else []
+        except NoVideoMatchesError as exc:
+            notes.append(f"{self.name}: {exc}.")
+        except FilterError as exc:
+            raise ApiError(422, str(exc)) from None
+        return {"results": self.moments_json(results), "message": " ".join(notes) or None}
+
+    def negative_embeddings(self, terms: list[str]) -> np.ndarray | None:
+        """The negative terms' embeddings (K x 512) or None; 422 for a term with no known word.
+        Call with ``model_lock`` held."""
+        if not terms:
+            return None
+        return np.stack([self.text_embedding(t) for t in terms])
+
+    def curve(self, video_id: int, text: str, like: str, like_emb: np.ndarray | None = None,
+              not_weight: float = DEFAULT_NOT_WEIGHT) -> dict[str, Any]:
+        """A query's score over every window of one video (dot products and cosines); with
+        ``-term``s in ``text`` the combined score the search ranks by (``cosine``: the positive
+        query's). ``like_emb``: the ``like`` window's embedding, when it is another index's."""
         rec = self.record(video_id)
         if bool(text) == bool(like):
             raise ApiError(422, "give either q (words) or like (VIDEO_ID@SECONDS)")
+        neg = None
         with self.model_lock:
             if like:
-                emb = self.like_source(like)[1]
+                emb = like_emb if like_emb is not None else self.like_source(like)[1]
             else:
+                try:
+                    text, negs = split_query(text)
+                except MilnceError as exc:
+                    raise ApiError(422, str(exc)) from None
                 problem = self.query_problem(text)
                 if problem is not None:
                     return {"video_id": video_id, "query": text, "like": None, "starts": [], "ends": [], "scores": [],
                             "cosine": [], "duration": rec.duration, "message": f"nothing to score: {problem}"}
                 emb = self.text_embedding(text)
+                neg = self.negative_embeddings(negs)
         starts, ends, vecs = self.index.windows(video_id)
-        scores = np.asarray(vecs, dtype=np.float32) @ emb
+        pos = np.asarray(vecs, dtype=np.float32) @ emb
+        scores = window_scores(vecs, emb, neg, not_weight) if neg is not None else pos
         return {"video_id": video_id, "query": text, "like": like or None, "duration": rec.duration,
                 "starts": np.round(np.asarray(starts, dtype=np.float64), 3).tolist(),
                 "ends": np.round(np.asarray(ends, dtype=np.float64), 3).tolist(),
                 "scores": np.round(scores.astype(np.float64), 4).tolist(),
-                "cosine": np.round(cosine(scores, emb, vecs), 4).tolist(), "message": None}
+                "cosine": np.round(cosine(pos, emb, vecs), 4).tolist(), "message": None}
 
     # -- health -------------------------------------------------------------------------------
 

@@ -10,6 +10,11 @@
   const replay = $("replay"), openFile = $("open-file"), playerLike = $("player-like");
   const timeline = $("timeline"), curveSvg = $("curve"), band = $("moment-band"), playhead = $("playhead");
   const legend = $("timeline-legend");
+  const moreBtn = $("more"), clipLink = $("clip-link"), indexPick = $("index-pick");
+  const FILTERS = { under: $("f-under"), path_glob: $("f-glob"), after: $("f-after"), before: $("f-before"),
+                    min_duration: $("f-min"), max_duration: $("f-max") };
+  let maxClip = 300;      // seconds (/api/config)
+  let lastParams = null;  // the parameters of the results shown (for "More results")
   const SVG = curveSvg.namespaceURI;  // the SVG namespace, from the page (no URL in this file)
 
   let results = [];
@@ -124,12 +129,37 @@
     return `${n} ${noun}${n === 1 ? "" : "s"} ${what} (${Math.round(data.took_ms)} ms)`;
   }
 
+  async function more() {
+    if (!lastParams) return;
+    const params = new URLSearchParams(lastParams);
+    params.set("offset", String(results.length));
+    const seq = ++searchSeq;
+    moreBtn.disabled = true;
+    try {
+      const data = await getJSON("/api/search?" + params.toString());
+      if (seq !== searchSeq) return;
+      const n = data.results.length;
+      data.results = results.concat(data.results);
+      renderResults(data);
+      moreBtn.hidden = n < Number(params.get("k"));
+      setStatus(describe(data, data.results.length) + (data.message ? `. ${data.message}` : ""), "");
+    } catch (err) {
+      if (seq === searchSeq) setStatus(`More results failed: ${err.message}`, "error");
+    } finally {
+      moreBtn.disabled = false;
+    }
+  }
+
   async function search(push) {
     const q = like ? "" : qInput.value.trim();
     const k = kSelect.value;
     const params = new URLSearchParams(like ? { like, k } : { q, k });
     if (byVideo.checked) params.set("by_video", "true");
     if (!merge) params.set("merge", "false");
+    for (const [name, input] of Object.entries(FILTERS)) if (input.value.trim()) params.set(name, input.value.trim());
+    if (indexPick.value) params.set("index", indexPick.value);
+    lastParams = params.toString();
+    moreBtn.hidden = true;
     if (push !== false) history.replaceState(null, "", (q || like) ? "?" + params.toString() : location.pathname);
     const seq = ++searchSeq;
     setStatus(q || like ? "Searching…" : "", "busy");
@@ -140,6 +170,7 @@
       shown = { q: data.like ? "" : data.query.trim(), like: data.like ? like : "", source: data.like };
       renderResults(data);
       const n = data.results.length;
+      moreBtn.hidden = n < Number(k);
       let text = n ? describe(data, n) : "";
       if (data.message) text = text ? `${text}. ${data.message}` : data.message;
       setStatus(text || "No results.", n ? "" : "empty");
@@ -155,7 +186,7 @@
   }
 
   function searchLike(m) {
-    like = `${m.video_id}@${Number(m.start).toFixed(2)}`;
+    like = `${m.like_prefix || ""}${m.video_id}@${Number(m.start).toFixed(2)}`;
     qInput.value = "";
     qInput.placeholder = `Moments like ${m.name} at ${fmtTime(m.start)} (type words to search by text)`;
     search();
@@ -206,6 +237,10 @@
     openFile.href = m.file_url;
     const servable = m.exists && m.file_state !== "changed";
     openFile.hidden = !servable;
+    const clipEnd = Math.min(m.end, m.start + maxClip);
+    clipLink.href = `${m.file_url.replace(/\/file(\?|$)/, "/clip$1")}${m.file_url.includes("?") ? "&" : "?"}` +
+      `start=${m.start.toFixed(2)}&end=${clipEnd.toFixed(2)}`;
+    clipLink.hidden = !servable;
     replay.hidden = !(servable && m.playable);
     loadCurve(m);
     if (keep) return;
@@ -247,7 +282,8 @@
   function showStill(m) {
     video.hidden = true;
     still.hidden = false;
-    still.src = `/api/videos/${m.video_id}/thumbnail?t=${m.start.toFixed(2)}`;
+    still.src = `/api/videos/${m.video_id}/thumbnail?t=${m.start.toFixed(2)}` +
+      (m.like_prefix ? `&index=${encodeURIComponent(m.index)}` : "");
   }
 
   function stopVideo() {
@@ -304,6 +340,7 @@
     drawTimeline();
     if (!shown || !(shown.q || shown.like)) return;
     const params = new URLSearchParams(shown.like ? { like: shown.like } : { q: shown.q });
+    if (m.like_prefix) params.set("index", m.index);
     try {
       const c = await getJSON(`/api/videos/${m.video_id}/curve?` + params.toString());
       if (seq !== curveSeq) return;
@@ -358,6 +395,7 @@
   });
 
   replay.addEventListener("click", seekAndPlay);
+  moreBtn.addEventListener("click", more);
   playerLike.addEventListener("click", () => { if (current) searchLike(current); });
   form.addEventListener("submit", (ev) => { ev.preventDefault(); like = ""; qInput.placeholder = defaultPlaceholder; search(); });
   kSelect.addEventListener("change", () => { pickedK = true; if (like || qInput.value.trim()) search(); });
@@ -372,11 +410,23 @@
     $("index-info").textContent = `Index: ${v}${h.windows} windows · milnce ${h.version}${degraded}`;
   }).catch(() => { $("index-info").textContent = "Index status unavailable"; });
 
+  // Several indexes: pick one or search all (merged).
+  getJSON("/api/indexes").then((d) => {
+    if (!d.several) return;
+    const keep = indexPick.value;
+    indexPick.replaceChildren(el("option", null, "all indexes"), ...d.indexes.map((x) => el("option", null, x.name)));
+    indexPick.options[0].value = "";
+    indexPick.value = keep;
+    indexPick.parentElement.hidden = false;
+  }).catch(() => {});
+  indexPick.addEventListener("change", () => { if (like || qInput.value.trim()) search(); });
+
   // The number of results: the API's default and choices (/api/config), one source for both.
   function setChoices(cfg) {
     const wanted = kSelect.value;
     kSelect.replaceChildren(...cfg.k_choices.map((c) => el("option", null, String(c))));
     kSelect.value = pickedK && cfg.k_choices.includes(Number(wanted)) ? wanted : String(cfg.default_k);
+    if (cfg.max_clip_seconds) maxClip = cfg.max_clip_seconds;
   }
 
   // Restore a search from the address (?q=...&k=...&by_video=true or ?like=ID@SECONDS): links can be shared.
@@ -388,6 +438,12 @@
     merge = params.get("merge") !== "false";
     like = params.get("like") || "";
     if (params.get("q") && !like) qInput.value = params.get("q");
+    for (const [name, input] of Object.entries(FILTERS)) if (params.get(name)) input.value = params.get(name);
+    if (params.get("index")) {
+      indexPick.append(el("option", null, params.get("index")));
+      indexPick.value = params.get("index");
+    }
+    if (Object.keys(FILTERS).some((name) => params.get(name))) $("filters").open = true;
     if (qInput.value.trim() || like) search(false);
     document.body.dataset.ready = "true";
   });

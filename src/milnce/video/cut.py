@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 import threading
 import warnings
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import MilnceError
+from .identity import NOFOLLOW, OPEN_FLAGS, identity_problem
 
 __all__ = ["ClipError", "SourceChangedError", "ClipBusyError", "ClipResult", "ClipLimits", "cut_clip",
            "open_checked", "clip_file_name", "check_span", "CONTAINERS"]
@@ -72,22 +72,19 @@ class ClipResult:
 def open_checked(path: str, size: int, mtime: float) -> BinaryIO:
     """Open ``path`` for reading only if it is still the indexed file: not a symbolic link (opened
     with ``O_NOFOLLOW``, and ``O_NONBLOCK`` so a FIFO cannot hang), a regular file with the recorded
-    ``size`` and ``mtime``. Raises ``SourceChangedError`` (with "re-run milnce index")."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    ``size`` and ``mtime`` (``milnce.video.identity``, the check file serving uses). Raises
+    ``SourceChangedError`` (with "re-run milnce index")."""
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, OPEN_FLAGS | NOFOLLOW)
     except FileNotFoundError:
         raise SourceChangedError(f"{path}: the indexed video is gone (moved or deleted; re-run milnce index)") from None
     except OSError as exc:
         raise SourceChangedError(f"{path} cannot be opened as the indexed file ({exc.strerror or exc}; "
                                  "re-run milnce index)") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SourceChangedError(f"{path} is no longer a regular file")
-        if int(st.st_size) != int(size) or float(st.st_mtime) != float(mtime):
-            raise SourceChangedError(f"{path}: changed since indexing (size or modification time differ; "
-                                     "re-run milnce index)")
+        problem = identity_problem(os.fstat(fd), size, mtime)
+        if problem is not None:
+            raise SourceChangedError(f"{path} {problem}; re-run milnce index")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
