@@ -118,6 +118,42 @@ def test_malformed_feature_files_fail_in_one_line_naming_the_file(tmp_path, caps
         assert any("bad.npz" in p or "bad.npz" in why for p, why in rep["failed"])
 
 
+def test_flipped_byte_in_a_feature_file_is_one_line_for_from_features(tmp_path, capsys):
+    """Issue 15 item 6: the cheap check passes a flipped byte inside a member; the reader names the file."""
+    import zipfile
+
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    (vids / "a.mp4").write_bytes(b"a" * 10)
+    f = _features(tmp_path / "f", "a.npz", vids / "a.mp4")
+    data = bytearray(f.read_bytes())
+    with zipfile.ZipFile(f) as z:
+        info = z.getinfo("video_embedding.npy")
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2] ^= 0x10
+    f.write_bytes(bytes(data))
+    rc = main(["index", "--from-features", str(tmp_path / "f"), "--index", str(tmp_path / "ix"), "--root", str(vids),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    _one_error_line(err)
+    assert "a.npz" in err
+
+
+@pytest.mark.usefixtures("reuse_model")
+def test_demo_lists_unreadable_videos_and_exits_1(tmp_path, wargs, capsys):
+    """Issue 15: ``demo`` exited 0 with unreadable videos and listed none (``index`` lists them, exit 1)."""
+    from video_fixtures import make_video
+
+    vids = tmp_path / "v"
+    vids.mkdir()
+    make_video(vids / "ok.mp4", n=8, rate=10, width=32, height=32)
+    (vids / "broken.mp4").write_bytes(b"not a video")
+    rc = main(["demo", "--videos", str(vids), "--index", str(tmp_path / "ix"), "--quiet", "--fps", "10",
+               "--num-frames", "8", "--size", "32", "--stride", "4", *wargs])
+    err = capsys.readouterr().err
+    assert rc == 1 and "failed:" in err and "broken.mp4" in err and "Traceback" not in err
+
+
 def test_similarity_style_reader_rejects_crafted_meta(tmp_path):
     from milnce.extract import StoreError, read_feature_file, read_meta
     from milnce.video.result import EmbeddingsFileError, VideoWindows
@@ -360,6 +396,9 @@ def test_extract_listings_escape_control_characters(tmp_path, model, monkeypatch
     assert rc == 1
     _assert_escaped(cap.err)
     assert "\x1b" not in cap.out
+    with open(out / "failures.csv", newline="", encoding="utf-8") as f:  # the reason does not repeat the path
+        rows = list(__import__("csv").DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == [f"{ESC_NAME}.mp4"] and "forged" not in rows[0]["reason"]
     rc = main(["extract", str(vids), "--check", str(out)])
     cap = capsys.readouterr()
     assert rc == 1
