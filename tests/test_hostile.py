@@ -226,9 +226,8 @@ def test_damaged_eval_cache_entry_is_a_miss_with_a_log_line(tmp_path, caplog, ki
 
 
 def test_damaged_eval_cache_is_recomputed_by_evaluate(tmp_path):
-    from test_eval import YC_ROWS, FakeModel, FakeRunner, _yc_csv
-
     from milnce.eval import EvalSettings, evaluate
+    from test_eval import YC_ROWS, FakeModel, FakeRunner, _yc_csv
 
     root = tmp_path / "yc"
     (root / "validation" / "226").mkdir(parents=True)
@@ -280,11 +279,10 @@ def test_list_files_with_a_bom_are_accepted(tmp_path):
 @pytest.fixture()
 def msrvtt_tiny(tmp_path, monkeypatch, model):
     """An MSR-VTT miniature with the fake pipeline and the session model (nothing decoded)."""
-    from test_eval import FakeRunner
-    from video_fixtures import make_video
-
     import milnce.commands.eval as eval_cmd
     from milnce.eval import run as run_mod
+    from test_eval import FakeRunner
+    from video_fixtures import make_video
 
     root = tmp_path / "videos"
     root.mkdir()

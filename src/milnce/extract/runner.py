@@ -172,8 +172,9 @@ def read_failures(out_dir: str) -> list[tuple[str, str]]:
 
 
 def _reason(path: str, error: str) -> str:
-    """``error`` without the video's path (failures.csv has it in its own column)."""
-    for p in (path, os.path.abspath(path)):
+    """``error`` without the video's path (failures.csv has it in its own column; a message may
+    carry the path with its whitespace, a newline included, collapsed to single spaces)."""
+    for p in (path, os.path.abspath(path), " ".join(path.split()), " ".join(os.path.abspath(path).split())):
         if error.startswith(p + ": "):
             return error[len(p) + 2:]
     return error
