@@ -8,7 +8,7 @@ each line of a message whose own line breaks are wanted.
 
 from __future__ import annotations
 
-__all__ = ["show_path", "show_lines"]
+__all__ = ["show_path", "show_lines", "show_ids", "show_reasons"]
 
 
 def show_path(path: str) -> str:
@@ -24,3 +24,13 @@ def show_path(path: str) -> str:
 def show_lines(text: str) -> str:
     """``text`` with its own line breaks kept and everything else made printable (``show_path``)."""
     return "\n".join(show_path(line) for line in str(text).split("\n"))
+
+
+def show_ids(ids: list[str], n: int = 8) -> str:
+    """The first ``n`` of ``ids``, comma-separated and printable, with how many more."""
+    return ", ".join(show_path(i) for i in ids[:n]) + (f", ... (+{len(ids) - n})" if len(ids) > n else "")
+
+
+def show_reasons(items: list[tuple[str, str]], n: int = 5) -> str:
+    """``name: why; ...`` of the first ``n`` items, printable."""
+    return "; ".join(f"{show_path(k)}: {show_path(v)}" for k, v in items[:n]) + (" ..." if len(items) > n else "")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..printable import show_path
+from ..printable import show_ids, show_path, show_reasons
 from .common import CommandError, add_model_options, model_from_args
 
 
@@ -57,16 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_options(p)
     p.set_defaults(func=cmd_eval)
-
-
-def show_ids(ids: list[str], n: int = 8) -> str:
-    """The first ``n`` of ``ids``, printable (``show_path``: a hostile name cannot forge a line)."""
-    return ", ".join(show_path(i) for i in ids[:n]) + (f", ... (+{len(ids) - n})" if len(ids) > n else "")
-
-
-def show_reasons(items: list[tuple[str, str]], n: int = 5) -> str:
-    """``id: why; ...`` of the first ``n`` items, printable."""
-    return "; ".join(f"{show_path(k)}: {show_path(v)}" for k, v in items[:n]) + (" ..." if len(items) > n else "")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

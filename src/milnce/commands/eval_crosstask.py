@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 
-from ..printable import show_path
+from ..printable import show_ids, show_path, show_reasons
 from .common import CommandError, model_from_args
-from .eval import show_ids, show_reasons
 
 
 def cmd_crosstask(args: argparse.Namespace) -> int:
