@@ -25,6 +25,7 @@ from typing import TextIO
 
 from .commands.common import CommandError, add_model_options, model_from_args
 from .errors import MilnceError
+from .printable import show_lines
 
 __all__ = ["main", "add_model_options", "model_from_args", "CommandError"]
 
@@ -63,7 +64,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(f"milnce: {record.getMessage()}\n")
+            sys.stderr.write(f"milnce: {show_lines(record.getMessage())}\n")  # control characters as \\xNN
         except Exception:  # noqa: BLE001
             self.handleError(record)
 
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("milnce: interrupted", file=sys.stderr)
         return 130
     except MilnceError as exc:
-        print(f"milnce: error: {exc}", file=sys.stderr)
+        print(f"milnce: error: {show_lines(str(exc))}", file=sys.stderr)
         return exc.exit_code
 
 

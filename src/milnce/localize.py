@@ -11,13 +11,17 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .errors import UsageError
+from .errors import MilnceError, UsageError
 from .index import Index, IndexMismatchError
 from .index.moments import iter_video_moments
 from .protocols import Encoder
 from .windows import WindowSettings
 
-__all__ = ["Localization", "localize", "best_moments", "plot_localization"]
+__all__ = ["Localization", "localize", "best_moments", "plot_localization", "PlotDependencyError"]
+
+
+class PlotDependencyError(MilnceError, ImportError):
+    """``--plot`` without matplotlib installed (one line on the command line)."""
 
 
 @dataclass
@@ -116,7 +120,7 @@ def plot_localization(loc: Localization, out: str | os.PathLike[str]) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("--plot needs matplotlib: pip install matplotlib") from exc
+        raise PlotDependencyError("--plot needs matplotlib: pip install matplotlib") from exc
     centers = (loc.starts + loc.ends) / 2
     fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
     try:

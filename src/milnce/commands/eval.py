@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..printable import show_ids, show_path, show_reasons
 from .common import CommandError, add_model_options, model_from_args
 
 
@@ -58,10 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _list(ids: list[str], n: int = 8) -> str:
-    return ", ".join(ids[:n]) + (f", ... (+{len(ids) - n})" if len(ids) > n else "")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..eval import (
         EvalSettings,
@@ -97,14 +94,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(format_table(result))
     c = result.counts
     if result.clips.missing:
-        print(f"milnce: {len(result.clips.missing)} video(s) not found under {args.videos}: "
-              f"{_list(sorted(result.clips.missing))}", file=sys.stderr)
+        print(f"milnce: {len(result.clips.missing)} video(s) not found under {show_path(args.videos)}: "
+              f"{show_ids(sorted(result.clips.missing))}", file=sys.stderr)
     if result.clips.unreadable:
         items = sorted(result.clips.unreadable.items())
-        print(f"milnce: {len(items)} video(s) unreadable: "
-              + "; ".join(f"{k}: {v}" for k, v in items[:5]) + (" ..." if len(items) > 5 else ""), file=sys.stderr)
+        print(f"milnce: {len(items)} video(s) unreadable: " + show_reasons(items), file=sys.stderr)
     if files:
-        print(f"milnce: wrote {', '.join(str(f) for f in files.values())}", file=sys.stderr)
+        print(f"milnce: wrote {', '.join(show_path(str(f)) for f in files.values())}", file=sys.stderr)
     if c["evaluated"] == 0:
         raise CommandError(f"no {args.benchmark} video could be evaluated under {args.videos} "
                            f"({c['missing']} rows missing, {c['unreadable']} unreadable)")

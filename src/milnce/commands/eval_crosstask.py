@@ -6,11 +6,8 @@ import argparse
 import json
 import sys
 
+from ..printable import show_ids, show_path, show_reasons
 from .common import CommandError, model_from_args
-
-
-def _list(ids: list[str], n: int = 8) -> str:
-    return ", ".join(ids[:n]) + (f", ... (+{len(ids) - n})" if len(ids) > n else "")
 
 
 def cmd_crosstask(args: argparse.Namespace) -> int:
@@ -36,18 +33,17 @@ def cmd_crosstask(args: argparse.Namespace) -> int:
     files = write_crosstask(res, args.out) if args.out else {}
     print(json.dumps(crosstask_dict(res), indent=2) if args.json else format_crosstask(res))
     if res.missing:
-        print(f"milnce: {len(res.missing)} video(s) not found under {args.videos}: {_list(sorted(res.missing))}",
+        print(f"milnce: {len(res.missing)} video(s) not found under {show_path(args.videos)}: "
+              f"{show_ids(sorted(res.missing))}",
               file=sys.stderr)
     if res.unreadable:
         items = sorted(res.unreadable.items())
-        print(f"milnce: {len(items)} video(s) unreadable: " + "; ".join(f"{k}: {v}" for k, v in items[:5])
-              + (" ..." if len(items) > 5 else ""), file=sys.stderr)
+        print(f"milnce: {len(items)} video(s) unreadable: " + show_reasons(items), file=sys.stderr)
     if res.skipped:
         items = sorted(res.skipped.items())
-        print(f"milnce: {len(items)} video(s) skipped: " + "; ".join(f"{k}: {v}" for k, v in items[:5])
-              + (" ..." if len(items) > 5 else ""), file=sys.stderr)
+        print(f"milnce: {len(items)} video(s) skipped: " + show_reasons(items), file=sys.stderr)
     if files:
-        print(f"milnce: wrote {', '.join(str(f) for f in files.values())}", file=sys.stderr)
+        print(f"milnce: wrote {', '.join(show_path(str(f)) for f in files.values())}", file=sys.stderr)
     if not res.videos:
         raise CommandError(f"no CrossTask video could be evaluated under {args.videos} ({len(res.missing)} missing, "
                            f"{len(res.unreadable)} unreadable, {len(res.skipped)} skipped)")

@@ -187,5 +187,5 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
     if report.failed and not args.json:
         for _path, msg in report.failures[:50]:
             print(f"  failed: {show(_path)}: {show(msg)}", file=sys.stderr)
-        print(f"  (all failures: {report.failures_file})", file=sys.stderr)
+        print(f"  (all failures: {show(str(report.failures_file))})", file=sys.stderr)
     return 1 if everyone else 0

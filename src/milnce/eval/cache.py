@@ -4,14 +4,18 @@ One ``.npz`` per (video file, its size and modification time, protocol settings,
 asked of it, weights fingerprint). Entries hold the window starts, the window embeddings
 (``n x 512``) and ``mixed_5c`` features (``n x 1024``) and the video's duration. Written
 atomically (temporary file in the same folder, fsync, rename); read without unpickling.
-A damaged entry is ignored (and rewritten).
+A damaged entry (truncated, not an ``.npz``, object arrays, wrong shapes, non-finite numbers) is
+recomputed (and rewritten), with a log line; an entry that cannot be written (read-only or full
+disk) is skipped with one warning: the cache only saves time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,8 @@ import numpy as np
 from ..atomic import atomic_file
 
 __all__ = ["EmbeddingCache", "default_cache_dir"]
+
+log = logging.getLogger("milnce.eval")
 
 _VERSION = 1
 
@@ -38,6 +44,8 @@ class EmbeddingCache:
         self.folder = Path(folder)
         self.hits = 0
         self.misses = 0
+        self.damaged = 0
+        self._write_failed = False
 
     @staticmethod
     def key(path: str | os.PathLike[str], settings: dict[str, Any], clips: list[tuple[float | None, float | None]],
@@ -55,6 +63,8 @@ class EmbeddingCache:
         return self.folder / key[:2] / f"{key}.npz"
 
     def get(self, key: str) -> dict[str, np.ndarray] | None:
+        """The entry ``key`` (``starts``, ``video_embedding``, ``mixed_5c``, ``duration``), or None
+        when there is none or it is damaged (then logged, and recomputed by the caller)."""
         f = self._file(key)
         if not f.is_file():
             self.misses += 1
@@ -62,16 +72,49 @@ class EmbeddingCache:
         try:
             with np.load(f, allow_pickle=False) as z:
                 out = {k: z[k] for k in z.files}
-            if not {"starts", "video_embedding", "mixed_5c", "duration"} <= out.keys():
-                raise ValueError("incomplete entry")
-        except (OSError, ValueError, EOFError):
+            why = _entry_problem(out)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+            why = " ".join((str(exc) or type(exc).__name__).split())  # truncated, garbage, pickled objects
+        if why is not None:
+            log.warning("eval cache: %s is damaged (%s); recomputing it", f, why)
             self.misses += 1
+            self.damaged += 1
             return None
         self.hits += 1
         return out
 
     def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        """Store an entry atomically; a damaged one (``_entry_problem``) is not stored, and a
+        write that fails (read-only or full disk) is logged once and skipped."""
+        if _entry_problem(arrays) is not None:
+            return
         f = self._file(key)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(f) as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(f) as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+        except OSError as exc:  # OutputError included
+            if not self._write_failed:
+                log.warning("eval cache: cannot write into %s (%s); going on without caching",
+                            self.folder, exc.strerror or exc)
+            self._write_failed = True
+
+
+def _entry_problem(entry: dict[str, np.ndarray]) -> str | None:
+    """None if ``entry`` is a usable cache entry, else why not: every member present and numeric,
+    ``n`` finite starts, ``n x D`` finite embeddings, ``n x F`` finite features, one duration."""
+    missing = [k for k in ("starts", "video_embedding", "mixed_5c", "duration") if k not in entry]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for k in ("starts", "video_embedding", "mixed_5c", "duration"):
+        if not isinstance(entry[k], np.ndarray) or entry[k].dtype.kind not in "fiu":
+            return f"{k} is not a numeric array"
+    starts, emb, feats = entry["starts"], entry["video_embedding"], entry["mixed_5c"]
+    n = len(starts) if starts.ndim == 1 else -1
+    if n < 0 or emb.ndim != 2 or feats.ndim != 2 or len(emb) != n or len(feats) != n or entry["duration"].size != 1:
+        return (f"shapes do not agree (starts {starts.shape}, video_embedding {emb.shape}, mixed_5c {feats.shape}, "
+                f"duration {entry['duration'].shape})")
+    for k in ("starts", "video_embedding", "mixed_5c"):
+        if not np.isfinite(entry[k]).all():
+            return f"{k} holds NaN or infinite numbers"
+    return None

@@ -125,7 +125,7 @@ def _lines(path: Path) -> list[str]:
     if path.is_dir():
         raise UsageError(f"{path}: a folder, expected a text file")
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
 

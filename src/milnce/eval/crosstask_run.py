@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file, atomic_write_bytes
-from ..errors import MilnceError, NotAFolderError, UsageError
+from ..errors import MilnceError, UsageError
+from ..printable import show_path
 from .cache import EmbeddingCache, default_cache_dir
 from .crosstask import (
     AnnotationIssues,
@@ -282,7 +283,7 @@ def format_crosstask(res: CrossTaskResult) -> str:
     lines += ["", f"{'task':<8} {'videos':>6} {'annotated':>9}  {'DP -lsm':>7}  {'DP -s':>7}  {'argmax':>7}  title"]
     for tid, r in m["per_task"].items():
         vals = "  ".join(f"{r[d]:7.1f}" if math.isfinite(r[d]) else f"{'-':>7}" for d in DECODERS)
-        lines.append(f"{tid:<8} {r['videos']:>6} {r['annotated_steps']:>9}  {vals}  {r['title']}")
+        lines.append(f"{tid:<8} {r['videos']:>6} {r['annotated_steps']:>9}  {vals}  {show_path(str(r['title']))}")
     lines += ["", f"{'average recall':<28} {'this run':>9}  {'published':>9}"]
     names = {"dp_log_softmax": "DP, -log_softmax (headline)", "dp_neg_scores": "DP, -score", "argmax": "argmax per step"}
     for d in DECODERS:
@@ -296,10 +297,9 @@ def format_crosstask(res: CrossTaskResult) -> str:
 
 def write_crosstask(res: CrossTaskResult, out: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``metrics.json``, ``embeddings.npz``, ``scores.npz`` and ``results.txt`` into ``out``."""
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise NotAFolderError(f"--out must be a folder, got a file: {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
+    from .report import out_folder
+
+    folder = out_folder(out)
     files = {"metrics": folder / "metrics.json", "embeddings": folder / "embeddings.npz",
              "scores": folder / "scores.npz", "table": folder / "results.txt"}
     atomic_write_bytes(files["metrics"], json.dumps(crosstask_dict(res), indent=2).encode() + b"\n")

@@ -100,7 +100,7 @@ def load_benchmark(name: str, annotations: str | os.PathLike[str] | None = None,
     if path.is_dir():
         raise UsageError(f"annotation path is a folder, not a .csv file: {path}")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is dropped
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in _COLUMNS[name] if c not in header]

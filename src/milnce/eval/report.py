@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file, atomic_write_bytes
-from ..errors import NotAFolderError
+from ..errors import NotAFolderError, OutputError
 from .run import EvalResult
 
-__all__ = ["PUBLISHED_KEYS", "format_table", "published", "result_dict", "write_outputs"]
+__all__ = ["PUBLISHED_KEYS", "format_table", "published", "result_dict", "write_outputs", "out_folder"]
 
 # Benchmark -> key of ``WeightsInfo.results`` of the published weights.
 PUBLISHED_KEYS = {
@@ -109,12 +109,22 @@ def format_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: EvalResult, out: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``metrics.json``, ``embeddings.npz`` and ``results.txt`` into ``out`` (created)."""
+def out_folder(out: str | os.PathLike[str]) -> Path:
+    """The ``--out`` folder, created if needed: ``NotAFolderError`` for a file, ``OutputError``
+    (one line) when it cannot be created (read-only file system, permissions)."""
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise NotAFolderError(f"--out must be a folder, got a file: {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(folder, exc) from exc
+    return folder
+
+
+def write_outputs(result: EvalResult, out: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``metrics.json``, ``embeddings.npz`` and ``results.txt`` into ``out`` (created)."""
+    folder = out_folder(out)
     files = {"metrics": folder / "metrics.json", "embeddings": folder / "embeddings.npz", "table": folder / "results.txt"}
     data = json.dumps(result_dict(result), indent=2).encode() + b"\n"
     atomic_write_bytes(files["metrics"], data)

@@ -57,7 +57,7 @@ def _read(path: Path) -> list[str]:
     if not path.is_file():
         raise MissingFileError(f"UCF-101 split file not found: {path}")
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
 

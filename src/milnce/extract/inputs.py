@@ -62,7 +62,7 @@ def _size(path: str) -> int:
 def _read_list(path: str) -> list[str]:
     base = os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (spreadsheet exports) is dropped
             if path.lower().endswith((".csv", ".tsv")):
                 dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
                 reader = csv.DictReader(f, dialect=dialect)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..atomic import atomic_write_bytes
 from ..errors import UsageError
+from ..printable import show_path
 from ..protocols import VideoEncoder
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
 from ..video.result import VideoWindows
@@ -98,7 +99,7 @@ class CheckReport:
         return d
 
     def summary(self) -> str:
-        lines = [f"{self.out_dir}: {self.done} of {self.inputs} videos done"
+        lines = [f"{show(self.out_dir)}: {self.done} of {self.inputs} videos done"
                  f" ({100.0 * self.done / max(self.inputs, 1):.1f}%); {len(self.missing)} missing"
                  f" ({len(self.failed)} of them failed), {len(self.stale)} stale"]
         if len(self.settings) > 1:
@@ -107,11 +108,11 @@ class CheckReport:
         for p, r in self.failed[:20]:  # older failure lists had the path in the reason too
             lines.append(f"  failed: {show(r if r.startswith(p) else f'{p}: {r}')}")
         for p, w in self.stale[:20]:
-            lines.append(f"  stale: {show(p)} ({w})")
+            lines.append(f"  stale: {show(p)} ({show(w)})")
         shown = {p for p, _ in self.failed}
         rest = [p for p in self.missing if p not in shown]
         for p in rest[:20]:
-            lines.append(f"  missing: {p}")
+            lines.append(f"  missing: {show(p)}")
         if len(rest) > 20:
             lines.append(f"  ... and {len(rest) - 20} more missing")
         if self.temp_files:
@@ -171,8 +172,9 @@ def read_failures(out_dir: str) -> list[tuple[str, str]]:
 
 
 def _reason(path: str, error: str) -> str:
-    """``error`` without the video's path (failures.csv has it in its own column)."""
-    for p in (path, os.path.abspath(path)):
+    """``error`` without the video's path (failures.csv has it in its own column; a message may
+    carry the path with its whitespace, a newline included, collapsed to single spaces)."""
+    for p in (path, os.path.abspath(path), " ".join(path.split()), " ".join(os.path.abspath(path).split())):
         if error.startswith(p + ": "):
             return error[len(p) + 2:]
     return error
@@ -366,8 +368,8 @@ def _say(bar: Any, msg: str) -> None:
 
 
 def show(text: str) -> str:
-    """``text`` printable whatever bytes a file name holds (not UTF-8: ``\\xNN``)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``text`` printable whatever a file name holds (not UTF-8, ESC, a newline: ``\\xNN``)."""
+    return show_path(text)
 
 
 def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], *,

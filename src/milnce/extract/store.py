@@ -20,11 +20,19 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import MilnceError
-from ..video.result import FORMAT, EmbeddingsFileError, VideoWindows, check_crc, check_structure, write_npz
+from ..video.result import (
+    FORMAT,
+    EmbeddingsFileError,
+    VideoWindows,
+    check_crc,
+    check_structure,
+    meta_problem,
+    write_npz,
+)
 from .inputs import VideoInput, output_path
 
 __all__ = ["FORMAT", "FeatureFile", "StoreError", "write_feature_file", "read_feature_file", "read_meta",
-           "iter_feature_files", "feature_file_paths", "temp_files", "check_structure", "check_crc", "Layout", "NpzLayout"]
+           "inspect_meta", "iter_feature_files", "feature_file_paths", "temp_files", "check_structure", "check_crc", "Layout", "NpzLayout"]
 
 _TMP_SUFFIX = ".tmp"
 
@@ -141,14 +149,27 @@ def write_feature_file(target: str, arrays: dict[str, Any], meta: dict[str, Any]
 def read_meta(path: str) -> dict[str, Any] | None:
     """The ``meta`` dict of a feature file, or None if it is not a readable, whole feature file
     (the cheap structural check of ``check_structure`` included: a damaged file is redone)."""
-    if check_structure(path) is not None:
-        return None
+    return inspect_meta(path)[0]
+
+
+def inspect_meta(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(meta, None)`` for a readable, whole feature file (``read_meta``), else ``(None, why)``:
+    a damaged zip, a member missing or of the wrong size, a meta that is not JSON, has fields of
+    the wrong type (``video.result.meta_problem``) or is not of this format."""
+    why = check_structure(path)
+    if why is not None:
+        return None, why
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-    except Exception:  # noqa: BLE001 - zipfile.BadZipFile and friends: a damaged file
-        return None
-    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+    except Exception as exc:  # noqa: BLE001 - zipfile.BadZipFile, JSON errors and friends: a damaged file
+        return None, f"damaged meta ({' '.join(str(exc).split()) or type(exc).__name__})"
+    why = meta_problem(meta)
+    if why is not None:
+        return None, why
+    if meta.get("format") != FORMAT:
+        return None, f"not a milnce feature file (format {meta.get('format')!r}, expected {FORMAT!r})"
+    return meta, None
 
 
 def read_feature_file(path: str | os.PathLike[str]) -> VideoWindows:

@@ -51,15 +51,15 @@ def _identity(meta: dict[str, Any]) -> str:
 def _survey(features_dir: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]:
     """Read every feature file's metadata (not its arrays): the common metadata, the files with
     theirs, and the files that are not readable feature files."""
-    from ..extract import feature_file_paths, read_meta
+    from ..extract.store import feature_file_paths, inspect_meta
 
     files: list[tuple[str, dict[str, Any]]] = []
     bad: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
     for file in feature_file_paths(features_dir):
-        meta = read_meta(file)
+        meta, why = inspect_meta(file)
         if meta is None:
-            bad.append((file, "not a readable milnce feature file"))
+            bad.append((file, f"unreadable feature file: {why}"))
             continue
         key = _identity(meta)
         if seen and key not in seen:
@@ -70,6 +70,10 @@ def _survey(features_dir: str) -> tuple[dict[str, Any], list[tuple[str, dict[str
                 "(extract into one --out folder per setting)")
         seen.setdefault(key, file)
         files.append((file, meta))
+    if not files and bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        why = bad[0][1].removeprefix("unreadable feature file: ")
+        raise UsageError(f"{features_dir}: no readable milnce feature file; {show_path(bad[0][0])}: {why}{more}")
     if not files:
         raise UsageError(f"{features_dir}: no milnce feature files (.npz from 'milnce extract') in this folder")
     return files[0][1], files, bad
@@ -267,6 +271,9 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
             ff = read(file)
             if len(ff) == 0 or ff.video_embedding.ndim != 2 or len(ff.video_embedding) != len(ff):
                 raise FeaturesMismatchError(f"{show_path(file)}: no windows or inconsistent arrays")
+            if ff.video_embedding.shape[1] != idx.dim:
+                raise FeaturesMismatchError(f"{show_path(file)}: {ff.video_embedding.shape[1]}-dimensional embeddings, "
+                                            f"the index holds {idx.dim}-dimensional ones; not a file of this model")
             bad = check_finite(show_path(file), ff.start, ff.end, ff.video_embedding)
             if bad is not None:
                 raise FeaturesMismatchError(f"{bad}; the index is not given this file (re-extract the video)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..printable import show_path as show_path  # re-exported: the index's name for it
+
 FORMAT_VERSION = 1
 DB_NAME = "index.sqlite"
 LOCK_NAME = ".lock"
@@ -48,13 +50,3 @@ def user_path(path: str | os.PathLike[str]) -> str:
 def norm_path(path: str | os.PathLike[str]) -> str:
     """Absolute path (no expansion: for paths found on disk or stored in the index)."""
     return os.path.abspath(os.fspath(path))
-
-
-def show_path(path: str) -> str:
-    """A path as text that can always be printed (bytes that are not UTF-8 as ``\\xNN``; control
-    characters such as ESC or a newline as ``\\xNN`` too, so a file name cannot rewrite a terminal
-    or forge a line of output)."""
-    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        text = "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in text)
-    return text

@@ -59,7 +59,7 @@ class DataSplit:
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is dropped
             rows = list(csv.reader(f))
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a UTF-8 text CSV") from None

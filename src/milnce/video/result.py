@@ -27,7 +27,7 @@ from ..atomic import atomic_file
 from ..errors import MilnceError, UsageError
 from ..windows import WindowSettings
 
-__all__ = ["VideoWindows", "EmbeddingsFileError", "FORMAT", "write_npz", "check_structure", "check_crc"]
+__all__ = ["VideoWindows", "EmbeddingsFileError", "FORMAT", "write_npz", "check_structure", "check_crc", "meta_problem"]
 
 FORMAT = "milnce-features/1"
 _ARRAYS = ("video_embedding", "start", "end", "meta")  # what a current file always holds
@@ -168,14 +168,65 @@ def _from_npz(p: str, data: Any) -> VideoWindows:
     meta: dict[str, Any] = {}
     if "meta" in files:
         loaded = json.loads(str(data["meta"]))
-        if not isinstance(loaded, dict):
-            raise EmbeddingsFileError(f"{p}: its meta is not a JSON object")
+        why = meta_problem(loaded)
+        if why is not None:
+            raise EmbeddingsFileError(f"{p}: {why}")
         meta = loaded
     duration = float(data["duration"]) if "duration" in files else math.nan
+    if "path" in files and (data["path"].dtype.kind != "U" or data["path"].ndim != 0):
+        raise EmbeddingsFileError(f"{p}: its 'path' member is not one string (dtype {data['path'].dtype}, "
+                                  f"shape {data['path'].shape})")
     source = str(data["path"]) if "path" in files else str(meta.get("source", {}).get("path", "") or p)
     settings = _settings(data, files, meta)
     return VideoWindows(path=source, starts=starts, ends=ends, embeddings=emb, features=features, duration=duration,
                         meta=meta, settings=settings, file=p, warnings=list(meta.get("warnings", []) or []))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_strings(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+def meta_problem(meta: Any) -> str | None:
+    """None if ``meta`` (a file's parsed JSON meta) has the types of this format wherever it has
+    the keys (an object; ``settings`` an object; ``source`` an object with a string ``path`` and
+    whole ``size``/``mtime_ns``; ``weights``/``precision``/``format`` strings; ``features``/
+    ``warnings`` lists of strings; ``windows`` whole; ``duration`` a number or null), else what
+    is wrong: a crafted meta fails here, as one line, not deep inside a reader."""
+    if not isinstance(meta, dict):
+        return f"its meta is not a JSON object (a {type(meta).__name__})"
+    checks: list[tuple[str, Any, str]] = [
+        ("settings", lambda v: isinstance(v, dict), "an object"),
+        ("source", lambda v: isinstance(v, dict), "an object"),
+        ("format", lambda v: isinstance(v, str), "a string"),
+        ("weights", lambda v: isinstance(v, str), "a string"),
+        ("precision", lambda v: isinstance(v, str), "a string"),
+        ("features", _is_strings, "a list of strings"),
+        ("warnings", _is_strings, "a list of strings"),
+        ("windows", _is_int, "a whole number"),
+        ("duration", lambda v: v is None or _is_number(v), "a number or null"),
+    ]
+    for key, ok, what in checks:
+        if key in meta and not ok(meta[key]):
+            return f"meta.{key} must be {what}, got {type(meta[key]).__name__} {_short(meta[key])}"
+    source = meta.get("source", {})
+    for key, ok, what in (("path", lambda v: isinstance(v, str), "a string"), ("size", _is_int, "a whole number"),
+                          ("mtime_ns", _is_int, "a whole number")):
+        if key in source and not ok(source[key]):
+            return f"meta.source.{key} must be {what}, got {type(source[key]).__name__} {_short(source[key])}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _settings(data: Any, files: set[str], meta: dict[str, Any]) -> WindowSettings | None:
