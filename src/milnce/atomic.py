@@ -34,19 +34,11 @@ def temp_name(path: str | os.PathLike[str], prefix: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], *, prefix: str | None = None) -> Iterator[BinaryIO]:
-    """``with atomic_file(path) as f: f.write(...)`` writes ``path`` atomically (binary mode).
-
-    ``prefix``: the start of the temporary file's name (default ``.NAME.``), see the module doc.
-    Failing to create, write or rename it (read-only folder, disk full) raises ``OutputError``
-    (an ``OSError`` and a ``MilnceError``: one line on the command line)."""
-    target = os.fspath(path)
-    tmp = temp_name(target, prefix)
+def _replacing(target: str, tmp: str) -> Iterator[None]:
+    """Rename ``tmp`` to ``target`` when the block ends; remove ``tmp`` if it raises (an ``OSError``
+    becomes ``OutputError``)."""
     try:
-        with open(tmp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -57,6 +49,21 @@ def atomic_file(path: str | os.PathLike[str], *, prefix: str | None = None) -> I
 
 
 @contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], *, prefix: str | None = None) -> Iterator[BinaryIO]:
+    """``with atomic_file(path) as f: f.write(...)`` writes ``path`` atomically (binary mode).
+
+    ``prefix``: the start of the temporary file's name (default ``.NAME.``), see the module doc.
+    Failing to create, write or rename it (read-only folder, disk full) raises ``OutputError``
+    (an ``OSError`` and a ``MilnceError``: one line on the command line)."""
+    target = os.fspath(path)
+    tmp = temp_name(target, prefix)
+    with _replacing(target, tmp), open(tmp, "xb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, prefix: str | None = None, suffix: str = "") -> Iterator[str]:
     """``with atomic_path(path) as tmp: writer(tmp)`` for writers that take a file name (faiss, PyAV):
     the file written to ``tmp`` is fsync'ed and renamed to ``path`` when the block ends, removed if
@@ -64,20 +71,13 @@ def atomic_path(path: str | os.PathLike[str], *, prefix: str | None = None, suff
     extension, e.g. ``.mp4``)."""
     target = os.fspath(path)
     tmp = temp_name(target, prefix) + suffix
-    try:
+    with _replacing(target, tmp):
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(target, exc) from exc
-        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, prefix: str | None = None) -> None:

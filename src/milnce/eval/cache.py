@@ -23,7 +23,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 
-__all__ = ["EmbeddingCache", "default_cache_dir"]
+__all__ = ["EmbeddingCache", "default_cache_dir", "as_cache"]
 
 log = logging.getLogger("milnce.eval")
 
@@ -118,3 +118,14 @@ def _entry_problem(entry: dict[str, np.ndarray]) -> str | None:
         if not np.isfinite(entry[k]).all():
             return f"{k} holds NaN or infinite numbers"
     return None
+
+
+def as_cache(cache: EmbeddingCache | str | os.PathLike[str] | bool | None) -> EmbeddingCache | None:
+    """An evaluation's ``cache=`` argument as a cache: True = the default folder, False/None = none,
+    a path = a cache there."""
+    if cache is True:
+        return EmbeddingCache(default_cache_dir())
+    if cache is False or cache is None:
+        return None
+    return cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+

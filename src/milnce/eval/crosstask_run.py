@@ -21,7 +21,7 @@ import numpy as np
 from ..atomic import atomic_file, atomic_write_bytes
 from ..errors import MilnceError, UsageError
 from ..printable import show_path
-from .cache import EmbeddingCache, default_cache_dir
+from .cache import EmbeddingCache, as_cache
 from .crosstask import (
     AnnotationIssues,
     CrossTaskRelease,
@@ -159,12 +159,7 @@ def evaluate_crosstask(
     settings = settings or EvalSettings.for_benchmark("crosstask", num_windows=1)
     if settings.num_windows != 1:
         raise UsageError("CrossTask scores one window per position: num_windows must be 1")
-    if cache is True:
-        cache = EmbeddingCache(default_cache_dir())
-    elif cache is False or cache is None:
-        cache = None
-    elif not isinstance(cache, EmbeddingCache):
-        cache = EmbeddingCache(cache)
+    cache = as_cache(cache)
     res = CrossTaskResult(rel, settings, {}, [], {}, str(getattr(model, "weights_id", "unknown")), 0.0)
     todo = _prepare(rel, videos, res)
     for tid, task in rel.tasks.items():

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import MilnceError, UsageError
 from ..video.pipeline import VideoJob, run_jobs
-from .cache import EmbeddingCache, default_cache_dir
+from .cache import EmbeddingCache, as_cache
 from .datasets import Benchmark, EvalItem, VideoResolver, load_benchmark
 from .metrics import retrieval_metrics
 from .probe import DEFAULT_CS, linear_probe, source_group
@@ -293,12 +293,7 @@ def evaluate(
     settings = settings or EvalSettings.for_benchmark(bench.name)
     if ties not in TIE_RULES:
         raise UsageError(f"ties must be one of {', '.join(TIE_RULES)}, got {ties!r}")
-    if cache is True:
-        cache = EmbeddingCache(default_cache_dir())
-    elif cache is False or cache is None:
-        cache = None
-    elif not isinstance(cache, EmbeddingCache):
-        cache = EmbeddingCache(cache)
+    cache = as_cache(cache)
     resolver = VideoResolver(videos, bench.name)
     paths = resolver.resolve_all(bench.items)
     clips = embed_clips(model, bench.items, paths, settings, cache=cache, runner=runner, workers=workers,

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import MilnceError
 from .inputs import Shard
+from .store import pid_alive
 
 __all__ = ["torchrun_world", "finish_together"]
 
@@ -98,22 +99,8 @@ def _wait_gone(procs: list[list[Any]], limit_s: float = 60.0) -> None:
     if len(local) < len(procs):
         time.sleep(min(5.0, limit_s))
     while local and time.monotonic() < deadline:
-        local = [pid for pid in local if _alive(pid)]
+        local = [pid for pid in local if pid_alive(pid)]
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    try:  # a zombie (exited, not yet reaped by the torchrun agent) is gone for our purpose
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _write_merged(out_dir: str, shard: Shard, size: int, merged: list[tuple[str, str]]) -> None:

@@ -90,14 +90,19 @@ def _tmp_prefix(target: str) -> str:
     return f".{os.path.basename(target)}.{host}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` (of this host) still runs; a zombie (exited, not yet reaped) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _sweep(target: str) -> None:
@@ -111,7 +116,7 @@ def _sweep(target: str) -> None:
     for e in entries:
         if e.startswith(prefix) and e.endswith(_TMP_SUFFIX):
             pid = e[len(prefix):-len(_TMP_SUFFIX)].split(".")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(d, e))
 

@@ -194,6 +194,16 @@ def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def random_crop(frames: torch.Tensor, decoded: int, size: int, hflip: bool, rng: np.random.Generator) -> torch.Tensor:
+    """A random ``size`` x ``size`` crop of ``frames`` (C x T x ``decoded`` x ``decoded``), flipped
+    left-right with probability 1/2 when ``hflip``: the training augmentation of both data layouts."""
+    y, x = (int(v) for v in rng.integers(0, decoded - size + 1, size=2))
+    clip = frames[:, :, y:y + size, x:x + size]
+    if hflip and rng.random() < 0.5:
+        clip = clip.flip(-1)
+    return clip.contiguous()
+
+
 class TrainClips(torch.utils.data.Dataset):
     """Item ``g`` (a global sample number) -> ``(uint8 3 x T x S x S clip, int64 K x words ids)``."""
 
@@ -253,13 +263,8 @@ class TrainClips(torch.utils.data.Dataset):
         t0 = float(rng.uniform(start, max(start, end - duration)))
         frames = read_clip(video.path, t0, t0 + duration, num_windows=1, fps=w.fps, num_frames=w.num_frames,
                            size=self.decode_size, crop="center", threads=1).frames[0]
-        d, s = self.decode_size, w.size
-        y, x = (int(v) for v in rng.integers(0, d - s + 1, size=2))
-        clip = frames[:, :, y:y + s, x:x + s]
-        if self.hflip and rng.random() < 0.5:
-            clip = clip.flip(-1)
         ids = self.tokenizer([video.texts[j] for j in bag])
-        return clip.contiguous(), ids
+        return random_crop(frames, self.decode_size, w.size, self.hflip, rng), ids
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 from ..errors import UsageError
 from ..text import Tokenizer
 from ..windows import WindowSettings
-from .data import CaptionedVideo, _widen, blank_sample, nearest_captions
+from .data import CaptionedVideo, _widen, blank_sample, nearest_captions, random_crop
 
 __all__ = ["ShardSet", "is_shard_spec", "shard_set", "ShardClips", "parse_captions", "VIDEO_EXTS", "BadRecord"]
 
@@ -229,9 +229,4 @@ class ShardClips(torch.utils.data.IterableDataset):
             f.flush()
             frames = read_clip(f.name, t0, t0 + duration, num_windows=1, fps=w.fps, num_frames=w.num_frames,
                                size=self.decode_size, crop="center", threads=1).frames[0]
-        d, s = self.decode_size, w.size
-        y, x = (int(v) for v in rng.integers(0, d - s + 1, size=2))
-        clip = frames[:, :, y:y + s, x:x + s]
-        if self.hflip and rng.random() < 0.5:
-            clip = clip.flip(-1)
-        return clip.contiguous(), self.tokenizer([video.texts[j] for j in bag])
+        return random_crop(frames, self.decode_size, w.size, self.hflip, rng), self.tokenizer([video.texts[j] for j in bag])
