@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import shlex
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,16 @@ from .common import (
     window_overrides,
     window_settings,
 )
+from .search_output import (
+    QUERY_BATCH,
+    SearchOutput,
+    batches,
+    finite,
+    fmt_time,
+    iter_queries_file,
+    open_queries_file,
+    print_results,
+)
 
 DEMO_VIDEOS = (
     ("https://upload.wikimedia.org/wikipedia/commons/b/b0/YosriAirTerjun.gif", "waterfall"),
@@ -35,6 +44,14 @@ DEMO_VIDEOS = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_index(sub)
+    _register_search(sub)
+    _register_remove(sub)
+    _register_localize(sub)
+    _register_demo(sub)
+
+
+def _register_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index", help="embed videos into a searchable index folder",
         description="Walk files and folders, embed every video as sliding windows and store them in "
@@ -69,6 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.set_defaults(func=cmd_index)
 
+
+def _register_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="find the moments of indexed videos that match sentences",
         description="Rank moments (video, start, end, score) of an index for each query. A moment is a "
@@ -108,6 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.set_defaults(func=cmd_search)
 
+
+def _register_remove(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "remove", help="remove videos from an index",
         description="Remove indexed videos (files, or folders: every indexed video under them) from an "
@@ -117,6 +138,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the removed paths as JSON")
     p.set_defaults(func=cmd_remove)
 
+
+def _register_localize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "localize", help="score a sentence along one video: curve, best moments, plot",
         description="Score every window of one video against a sentence, list the best moments, and "
@@ -133,6 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.set_defaults(func=cmd_localize)
 
+
+def _register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="index the three demo GIFs and search them (the TF-Hub demo)",
         description="Fetch the published weights and three GIFs (waterfall, guitar, car drifting) into "
@@ -148,14 +173,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+
 # --------------------------------------------------------------------------------------------
-
-
-def _fmt_time(t: float) -> str:
-    t = max(0.0, float(t))
-    h, rem = divmod(t, 3600)
-    m, s = divmod(rem, 60)
-    return f"{int(h)}:{int(m):02d}:{s:04.1f}"
 
 
 def _model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -238,7 +257,7 @@ def _record_roots(args: argparse.Namespace) -> int:
 def _print_report(args: argparse.Namespace, report: IndexReport) -> int:
 
     if args.json:
-        print(json.dumps(_finite(report.to_dict()), default=str, allow_nan=False))
+        print(json.dumps(finite(report.to_dict()), default=str, allow_nan=False))
     else:
         print(report.summary())
         _print_failed(report)
@@ -253,29 +272,6 @@ def _print_failed(report: IndexReport) -> None:
         print(f"  failed: {show_path(path)}: {show_path(reason)}", file=sys.stderr)
     if len(report.failed) > 10:
         print(f"  ... and {len(report.failed) - 10} more (see errors.log)", file=sys.stderr)
-
-
-def _print_results(query: str, moments: list, problem: str | None, by_video: bool, first: int = 1) -> None:
-    from ..index.layout import show_path
-
-    print(f"\n{show_path(repr(query))}:")
-    if problem:
-        print(f"  no results: {problem}")
-        return
-    if not moments:
-        print("  no results")
-        return
-    print(f"  {'#':>3}  {'score':>8}  {'cosine':>6}  {'pctile':>6}  {'start':>9}  {'end':>9}  "
-          f"{'video (best moment)' if by_video else 'video'}")
-    for i, m in enumerate(moments, first):
-        gone = "  (file missing)" if not m.exists else ""
-        cos = "" if m.cosine is None else f"{m.cosine:.3f}"
-        pct = "" if m.percentile is None else f"{m.percentile:.1f}"
-        print(f"  {i:3d}  {m.score:8.3f}  {cos:>6}  {pct:>6}  {_fmt_time(m.start):>9}  {_fmt_time(m.end):>9}  "
-              f"{show_path(m.path)}{gone}")
-
-
-CSV_FIELDS = ("query", "rank", "video_id", "path", "start", "end", "score", "cosine", "percentile", "peak", "exists")
 
 
 def _parse_like(spec: str) -> tuple[str | int, float]:
@@ -293,125 +289,6 @@ def _parse_like(spec: str) -> tuple[str | int, float]:
     if not os.path.exists(video) and video.isdigit():
         return int(video), start
     return video, start
-
-
-QUERY_BATCH = 256  # queries searched (and printed) together: memory stays bounded for any number of queries
-MAX_QUERY_LINE = 10_000  # characters: a longer "line" is not a query (e.g. /dev/zero, a binary file)
-
-
-def _open_queries_file(name: str) -> Any:
-    """The queries file opened as UTF-8 text (``-``: standard input); refuses devices and folders."""
-    import io
-    import stat
-
-    if name == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8") if hasattr(sys.stdin, "buffer") else sys.stdin
-    path = os.path.expanduser(name)
-    try:
-        st = os.stat(path)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-            raise CommandError(f"--queries-file {name}: not a text file of queries (a device, folder or socket)")
-        return open(path, encoding="utf-8")  # noqa: SIM115 - closed by _iter_queries_file
-    except OSError as exc:
-        raise CommandError(f"--queries-file {name}: cannot read it ({exc.strerror or exc})") from None
-
-
-def _iter_queries_file(name: str, f: Any) -> Iterator[str]:
-    """The queries of an opened queries file, one per line, streamed: blank lines and lines
-    starting with ``#`` are skipped (comments, as in list files). Refuses what is not a text file
-    of lines: NUL bytes, bytes that are not UTF-8, a line over ``MAX_QUERY_LINE`` characters."""
-    try:
-        n = 0
-        while True:
-            try:
-                line = f.readline(MAX_QUERY_LINE + 1)
-            except UnicodeDecodeError:
-                raise CommandError(f"--queries-file {name}: line {n + 1} is not UTF-8 text") from None
-            except OSError as exc:
-                raise CommandError(f"--queries-file {name}: cannot read it ({exc.strerror or exc})") from None
-            if not line:
-                return
-            n += 1
-            if len(line) > MAX_QUERY_LINE and not line.endswith("\n"):
-                raise CommandError(f"--queries-file {name}: line {n} is longer than {MAX_QUERY_LINE:,} characters "
-                                   "(not a text file of queries, one per line)")
-            if "\0" in line:
-                raise CommandError(f"--queries-file {name}: line {n} holds NUL bytes (not a text file of queries)")
-            q = line.strip()
-            if q and not q.startswith("#"):
-                yield q
-    finally:
-        if name != "-":
-            f.close()
-
-
-def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for x in items:
-        batch.append(x)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe: NaN and infinities as null (``search --json`` never prints ``NaN``)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-class _Output:
-    """Writes search results as they come, in one of the formats (table, json, csv)."""
-
-    def __init__(self, fmt: str, by_video: bool, offset: int = 0) -> None:
-        import csv
-
-        self.fmt, self.by_video, self.offset = fmt, by_video, offset
-        self.k, self.fewer_note = 0, ""  # a table says when a filter leaves fewer than -k results
-        self.count = 0
-        self.failed = 0
-        self.csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
-
-    def start(self, header: dict[str, Any], table_line: str) -> None:
-        if self.fmt == "json":
-            head = json.dumps(_finite({**header, "results": []}), allow_nan=False)
-            sys.stdout.write(head[:-2])  # without the closing "]}"
-        elif self.csv is not None:
-            self.csv.writerow(CSV_FIELDS)
-        else:
-            print(table_line)
-
-    def add(self, query: str, problem: str | None, moments: list[Any]) -> None:
-        if problem is not None:
-            self.failed += 1
-        if self.fmt == "json":
-            item = {"query": query, "error": problem, "moments": [m.to_dict() for m in moments]}
-            sys.stdout.write((", " if self.count else "") + json.dumps(_finite(item), allow_nan=False))
-        elif self.csv is not None:
-            if problem is not None:
-                print(f"milnce: query {query!r} failed: {problem} (no rows)", file=sys.stderr)
-            for rank, m in enumerate(moments, self.offset + 1):
-                d = m.to_dict()
-                self.csv.writerow([query, rank, *(_finite(d[f]) for f in CSV_FIELDS[2:])])
-        else:
-            _print_results(query, moments, problem, self.by_video, self.offset + 1)
-            if self.fewer_note and problem is None and len(moments) < self.k:
-                print(f"  (only {self.offset + len(moments)} results {self.fewer_note})")
-        self.count += 1
-
-    def finish(self) -> None:
-        if self.fmt == "json":
-            sys.stdout.write("]}\n")
-        elif self.csv is not None and self.failed:
-            print(f"milnce: {self.failed} of {self.count} queries failed and have no rows", file=sys.stderr)
-        sys.stdout.flush()
 
 
 def _video_filter(args: argparse.Namespace) -> Any:
@@ -445,10 +322,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CommandError("choose one output format: --format, --json or --csv")
     queries: Iterable[str] = list(args.queries)
     if args.queries_file:
-        queries = itertools.chain(queries, _iter_queries_file(args.queries_file, _open_queries_file(args.queries_file)))
+        queries = itertools.chain(queries, iter_queries_file(args.queries_file, open_queries_file(args.queries_file)))
     likes = [_parse_like(x) for x in args.like or []]
-    batches = _batches(queries, QUERY_BATCH)
-    first = next(batches, None)  # read (and check) the first queries before loading the model
+    pending = batches(queries, QUERY_BATCH)
+    first = next(pending, None)  # read (and check) the first queries before loading the model
     if first is None and not likes:
         raise CommandError("nothing to search: give QUERY sentences, --queries-file or --like"
                            + (" (the queries file holds none: blank and # lines are skipped)" if args.queries_file else ""))
@@ -464,7 +341,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                             "video_filter": None if filt.is_empty else filt, "offset": args.offset}
     with Index.open(args.index, model) as index:
         mode = "exact" if args.exact or args.negatives or index.ann() is None else "ann"
-        out = _Output(fmt, args.videos, args.offset)
+        out = SearchOutput(fmt, args.videos, args.offset)
         out.k, out.fewer_note = args.k, "" if filt.is_empty else "pass the filter"
         extra = ("" if filt.is_empty else f"; filter: {filt.describe()}") + (
             f"; not: {', '.join(map(repr, args.negatives))} (weight {weight:g})" if args.negatives else "")
@@ -476,7 +353,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                   f"{extra})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for batch in itertools.chain([first] if first else [], batches):
+            for batch in itertools.chain([first] if first else [], pending):
                 problems = [index.query_problem(q) for q in batch]
                 found = index.search(batch, negatives=args.negatives, not_weight=weight, **opts)
                 for q, p, res in zip(batch, problems, found):
@@ -541,12 +418,12 @@ def cmd_localize(args: argparse.Namespace) -> int:
         print(json.dumps(d))
         return 0
     s = loc.scores
-    print(f"{loc.path} ({_fmt_time(loc.duration)}, {len(s)} windows): {loc.query!r}")
+    print(f"{loc.path} ({fmt_time(loc.duration)}, {len(s)} windows): {loc.query!r}")
     if len(s):
         print(f"scores: min {s.min():.3f}  median {float(sorted(s)[len(s) // 2]):.3f}  max {s.max():.3f}")
     print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}")
     for i, (a, b, sc) in enumerate(loc.moments, 1):
-        print(f"  {i:3d}  {sc:8.3f}  {_fmt_time(a):>9}  {_fmt_time(b):>9}")
+        print(f"  {i:3d}  {sc:8.3f}  {fmt_time(a):>9}  {fmt_time(b):>9}")
     if args.plot:
         print(f"plot: {args.plot}")
     return 0
@@ -605,7 +482,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 warnings.simplefilter("ignore")
                 res = [] if problem else index.search(q, k=index.num_videos, by_video=True)
             res = [m for m in res if m.path in live][:k]
-            _print_results(q, res, problem, True)
+            print_results(q, res, problem, True)
             if res and labels:
                 best = labels.get(res[0].path)
                 print(f"  -> best match: {os.path.basename(res[0].path)}"
