@@ -148,6 +148,126 @@ def _match(wanted: np.ndarray, got: np.ndarray) -> np.ndarray:
     return idx
 
 
+_Pending = tuple[Path, list[EvalItem], list[np.ndarray], np.ndarray, str | None, float]
+
+
+def _group_by_video(items: Sequence[EvalItem], paths: dict[int, Path | None],
+                    res: ClipEmbeddings) -> dict[Path, list[EvalItem]]:
+    """The rows of each found video file, in first-seen order; rows without one go to ``res.missing``."""
+    groups: dict[Path, list[EvalItem]] = {}
+    for it in items:
+        p = paths.get(it.row)
+        if p is None:
+            res.missing[it.video_id] = it.folder or ""
+        else:
+            groups.setdefault(p, []).append(it)
+    return groups
+
+
+def _finish(res: ClipEmbeddings, pos: dict[int, int], video_items: Sequence[EvalItem], per_clip: list[np.ndarray],
+            uniq: np.ndarray, emb: np.ndarray, feats: np.ndarray) -> None:
+    """Each clip's mean over its readable windows (of ``uniq`` starts) into ``res``; a clip with
+    none is listed unreadable."""
+    for it, st in zip(video_items, per_clip):
+        idx = np.searchsorted(uniq, st)
+        ok = idx[(idx < len(uniq))]
+        ok = ok[np.isfinite(emb[ok]).all(axis=1)] if len(ok) else ok
+        if len(ok) == 0:
+            res.unreadable.setdefault(it.video_id, f"no window of [{st[0]:g}, {st[-1]:g}] s could be read")
+            continue
+        i = pos[it.row]
+        res.video[i] = emb[ok].mean(axis=0)
+        res.features[i] = feats[ok].mean(axis=0)
+        res.mask[i] = True
+
+
+def _plan(model: Any, groups: dict[Path, list[EvalItem]], settings: EvalSettings, cache: EmbeddingCache | None,
+          res: ClipEmbeddings, pos: dict[int, int]) -> dict[int, _Pending]:
+    """Fill ``res`` from the cache where it can; the videos left to extract (group index ->
+    (path, rows, each row's window starts, the distinct starts, cache key, duration)). A video
+    whose file cannot be stat'ed or whose duration is unknown is listed unreadable."""
+    weights_id = str(getattr(model, "weights_id", "unknown"))
+    vkey = settings.video_key()
+    pending: dict[int, _Pending] = {}
+    for gi, (path, video_items) in enumerate(groups.items()):
+        spec = [(it.start, it.end) for it in video_items]
+        key = None
+        if cache is not None:
+            try:
+                key = EmbeddingCache.key(path, vkey, spec, weights_id)
+            except OSError as exc:
+                for it in video_items:
+                    res.unreadable[it.video_id] = f"cannot stat the file: {exc}"
+                continue
+            hit = cache.get(key)
+            if hit is not None:
+                duration = float(hit["duration"])
+                per_clip = _clip_window_starts(video_items, duration, settings)
+                _finish(res, pos, video_items, per_clip, hit["starts"], hit["video_embedding"], hit["mixed_5c"])
+                res.cached_videos += 1
+                continue
+        duration = float("nan")
+        if any(it.end is None for it in video_items):
+            try:
+                duration = _duration(path)
+            except (MilnceError, OSError, ValueError) as exc:
+                for it in video_items:
+                    res.unreadable[it.video_id] = str(exc).replace(str(path) + ": ", "")
+                continue
+        per_clip = _clip_window_starts(video_items, duration, settings)
+        uniq = np.unique(np.concatenate(per_clip))
+        pending[gi] = (path, video_items, per_clip, uniq, key, duration)
+    return pending
+
+
+def _aligned(r: Any, uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings, mixed_5c, which were returned) of a pipeline result, one row per wanted start
+    of ``uniq`` (NaN where the pipeline returned no such window)."""
+    got = np.asarray(r.starts, np.float64)
+    emb_all = np.asarray(r.video_embedding, np.float32)
+    feat_all = (np.asarray(r.mixed_5c, np.float32) if r.mixed_5c is not None
+                else np.full((len(got), 1024), np.nan, np.float32))
+    idx = _match(uniq, got)
+    emb = np.full((len(uniq), emb_all.shape[1] if emb_all.ndim == 2 else 512), np.nan, np.float32)
+    feats = np.full((len(uniq), 1024), np.nan, np.float32)
+    have = idx >= 0
+    emb[have] = emb_all[idx[have]]
+    feats[have] = feat_all[idx[have]]
+    return emb, feats, have
+
+
+def _extract(model: Any, pending: dict[int, _Pending], settings: EvalSettings, cache: EmbeddingCache | None,
+             res: ClipEmbeddings, pos: dict[int, int], runner: Runner | None, kwargs: dict[str, Any]) -> None:
+    """Run the pipeline over the ``pending`` videos (one job each) into ``res``, caching each
+    complete result; a video with no result is listed unreadable."""
+    if not pending:
+        return
+    run = runner or run_jobs
+    job_objs = [VideoJob(str(path), key=gi, starts=[float(s) for s in uniq])
+                for gi, (path, _, _, uniq, _, _) in pending.items()]
+    done = set()
+    for r in run(model, job_objs, settings.window_settings(), **kwargs):
+        if not isinstance(r.key, int) or r.key not in pending or r.key in done:
+            continue
+        gi = r.key
+        done.add(gi)
+        path, video_items, per_clip, uniq, key, duration = pending[gi]
+        if r.error:
+            for it in video_items:
+                res.unreadable[it.video_id] = str(r.error).replace(str(path) + ": ", "")
+            continue
+        emb, feats, have = _aligned(r, uniq)
+        res.windows += int(have.sum())
+        dur = float(r.duration) if r.duration is not None and math.isfinite(float(r.duration)) else duration
+        _finish(res, pos, video_items, per_clip, uniq, emb, feats)
+        if cache is not None and key is not None and have.all():
+            cache.put(key, {"starts": uniq, "video_embedding": emb, "mixed_5c": feats,
+                            "duration": np.asarray(dur if math.isfinite(dur) else duration, np.float64)})
+    for gi in set(pending) - done:
+        for it in pending[gi][1]:
+            res.unreadable.setdefault(it.video_id, "the extraction pipeline returned no result for this video")
+
+
 def embed_clips(
     model: Any,
     items: Sequence[EvalItem],
@@ -167,99 +287,12 @@ def embed_clips(
     res = ClipEmbeddings(np.zeros((n, 512), np.float32), np.zeros((n, 1024), np.float32), np.zeros(n, bool),
                          np.array([paths.get(it.row) is not None for it in items], bool))
     pos = {it.row: i for i, it in enumerate(items)}
-    groups: dict[Path, list[EvalItem]] = {}
-    for it in items:
-        p = paths.get(it.row)
-        if p is None:
-            res.missing[it.video_id] = it.folder or ""
-        else:
-            groups.setdefault(p, []).append(it)
+    groups = _group_by_video(items, paths, res)
     res.videos = len(groups)
-    weights_id = str(getattr(model, "weights_id", "unknown"))
-    vkey = settings.video_key()
-    pending: dict[int, tuple[Path, list[EvalItem], list[np.ndarray], np.ndarray, str | None, float]] = {}
-
-    def finish(video_items, per_clip, uniq, emb, feats) -> None:
-        for it, st in zip(video_items, per_clip):
-            idx = np.searchsorted(uniq, st)
-            ok = idx[(idx < len(uniq))]
-            ok = ok[np.isfinite(emb[ok]).all(axis=1)] if len(ok) else ok
-            if len(ok) == 0:
-                res.unreadable.setdefault(it.video_id, f"no window of [{st[0]:g}, {st[-1]:g}] s could be read")
-                continue
-            i = pos[it.row]
-            res.video[i] = emb[ok].mean(axis=0)
-            res.features[i] = feats[ok].mean(axis=0)
-            res.mask[i] = True
-
-    jobs = []
-    for gi, (path, video_items) in enumerate(groups.items()):
-        spec = [(it.start, it.end) for it in video_items]
-        key = None
-        if cache is not None:
-            try:
-                key = EmbeddingCache.key(path, vkey, spec, weights_id)
-            except OSError as exc:
-                for it in video_items:
-                    res.unreadable[it.video_id] = f"cannot stat the file: {exc}"
-                continue
-            hit = cache.get(key)
-            if hit is not None:
-                duration = float(hit["duration"])
-                per_clip = _clip_window_starts(video_items, duration, settings)
-                finish(video_items, per_clip, hit["starts"], hit["video_embedding"], hit["mixed_5c"])
-                res.cached_videos += 1
-                continue
-        duration = float("nan")
-        if any(it.end is None for it in video_items):
-            try:
-                duration = _duration(path)
-            except (MilnceError, OSError, ValueError) as exc:
-                for it in video_items:
-                    res.unreadable[it.video_id] = str(exc).replace(str(path) + ": ", "")
-                continue
-        per_clip = _clip_window_starts(video_items, duration, settings)
-        uniq = np.unique(np.concatenate(per_clip))
-        pending[gi] = (path, video_items, per_clip, uniq, key, duration)
-        jobs.append((gi, path, uniq))
-
-    if jobs:
-        run = runner or run_jobs
-        job_objs = [VideoJob(str(path), key=gi, starts=[float(s) for s in uniq]) for gi, path, uniq in jobs]
-        kwargs: dict[str, Any] = {"pad": settings.pad, "features": True, "batch_size": batch_size,
-                                  "workers": workers, "progress": progress}
-        done = set()
-        for r in run(model, job_objs, settings.window_settings(), **kwargs):
-            if not isinstance(r.key, int) or r.key not in pending or r.key in done:
-                continue
-            gi = r.key
-            if gi not in pending or gi in done:
-                continue
-            done.add(gi)
-            path, video_items, per_clip, uniq, key, duration = pending[gi]
-            if r.error:
-                for it in video_items:
-                    res.unreadable[it.video_id] = str(r.error).replace(str(path) + ": ", "")
-                continue
-            got = np.asarray(r.starts, np.float64)
-            emb_all = np.asarray(r.video_embedding, np.float32)
-            feat_all = (np.asarray(r.mixed_5c, np.float32) if r.mixed_5c is not None
-                        else np.full((len(got), 1024), np.nan, np.float32))
-            idx = _match(uniq, got)
-            emb = np.full((len(uniq), emb_all.shape[1] if emb_all.ndim == 2 else 512), np.nan, np.float32)
-            feats = np.full((len(uniq), 1024), np.nan, np.float32)
-            have = idx >= 0
-            emb[have] = emb_all[idx[have]]
-            feats[have] = feat_all[idx[have]]
-            res.windows += int(have.sum())
-            dur = float(r.duration) if r.duration is not None and math.isfinite(float(r.duration)) else duration
-            finish(video_items, per_clip, uniq, emb, feats)
-            if cache is not None and key is not None and have.all():
-                cache.put(key, {"starts": uniq, "video_embedding": emb, "mixed_5c": feats,
-                                "duration": np.asarray(dur if math.isfinite(dur) else duration, np.float64)})
-        for gi in set(pending) - done:
-            for it in pending[gi][1]:
-                res.unreadable.setdefault(it.video_id, "the extraction pipeline returned no result for this video")
+    pending = _plan(model, groups, settings, cache, res, pos)
+    kwargs: dict[str, Any] = {"pad": settings.pad, "features": True, "batch_size": batch_size,
+                              "workers": workers, "progress": progress}
+    _extract(model, pending, settings, cache, res, pos, runner, kwargs)
     return res
 
 

@@ -83,6 +83,69 @@ def _store_ok(service: SearchService) -> None:
         raise ApiError(503, problem)
 
 
+def _config(limits: Limits, version: str) -> dict[str, Any]:
+    """The ``/api/config`` body: the API's defaults and limits, and the k choices of the UI."""
+    return {"default_k": limits.default_k, "max_k": limits.max_k, "max_query_chars": limits.max_query_chars,
+            "max_offset": limits.max_offset, "max_clip_seconds": limits.max_clip_seconds,
+            "k_choices": sorted({limits.default_k, *(c for c in (10, 20, 50, 100) if c <= limits.max_k)}),
+            "version": version}
+
+
+def _health(sets: IndexSet, name: str | None, version: str, started: float) -> dict[str, Any]:
+    """The ``/healthz`` body over the index ``name`` (None: all of them, or the only one)."""
+    services = [sets.get(name)] if name or not sets.several else list(sets.services.values())
+    s = services[0]
+    ann, healthy = s.ann_health()
+    stores = [p for x in services if (p := x.check_store()) is not None]
+    healthy = healthy and all(x.ann_health()[1] for x in services[1:])
+    counts = [x.videos_count for x in services]
+    out = {"status": "ok" if healthy and not stores else "degraded", "version": version,
+           "windows": sum(len(x.index) for x in services),
+           "videos": None if None in counts else sum(c for c in counts if c is not None), "ann": ann,
+           "weights_id": s.model.weights_id, "indexes": len(services),
+           "uptime_s": round(time.time() - started, 1)}
+    if stores:
+        out["store"] = "; ".join(stores)
+    return out
+
+
+def _search_terms(q: str, like: str, not_: list[str] | None, max_chars: int) -> tuple[str, str, list[str]]:
+    """(text, like, negative terms) of the search parameters; 422 for q and like together or too
+    many / too long negative terms."""
+    text, like_s = q.strip(), like.strip()
+    if text and like_s:
+        raise ApiError(422, "give either q (words) or like (VIDEO_ID@SECONDS), not both")
+    not_ = not_ or []
+    if len(not_) > 8 or any(len(n) > max_chars for n in not_):
+        raise ApiError(422, f"at most 8 negative terms of at most {max_chars} characters")
+    return text, like_s, [n.strip() for n in not_ if n.strip()]
+
+
+def _run_search(sets: IndexSet, text: str, like_s: str, index: str, k: int, merge: bool, by_video: bool,
+                opts: dict[str, Any]) -> dict[str, Any]:
+    """Search all indexes merged (several, no ``index``) or the one ``index`` / ``like`` names."""
+    if sets.several and not index:
+        for x in sets.services.values():
+            _store_ok(x)
+        return sets.search_all(text, like_s, k, merge, by_video, **opts)
+    s, like_s = sets.split_like(like_s, index or None) if like_s else (sets.get(index or None), "")
+    _store_ok(s)
+    return s.search(text, like_s, k, merge, by_video, **opts)
+
+
+def _curve(sets: IndexSet, s: SearchService, video_id: int, q: str, like: str) -> dict[str, Any]:
+    """The ``/api/videos/{id}/curve`` body: ``q``'s (or the ``like`` window's) scores over video
+    ``video_id`` of ``s``; ``like`` may name a window of another index."""
+    _store_ok(s)
+    like_s, like_emb = like.strip(), None
+    if ":" in like_s:  # a window of another index (a merged "more like this")
+        src, rest = sets.split_like(like_s, None)
+        like_s, like_emb = rest, src.like_source(rest)[1]
+    out = s.curve(video_id, q.strip(), like_s, like_emb)
+    out["query"] = q
+    return out
+
+
 def api_router(limits: Limits, version: str, started: float) -> APIRouter:
     """``/healthz``, ``/api/config``, ``/api/search``, ``/api/videos[/{id}[/curve]]``."""
     r = APIRouter()
@@ -92,22 +155,7 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
     def healthz(request: Request) -> dict[str, Any]:
         """`status` is "ok", or "degraded" (still HTTP 200) when the approximate index is damaged
         or missing (searches then run exactly) or the vector store is damaged; `ann` has the details."""
-        sets: IndexSet = request.app.state.indexes
-        name = request.query_params.get("index") or None
-        services = [sets.get(name)] if name or not sets.several else list(sets.services.values())
-        s = services[0]
-        ann, healthy = s.ann_health()
-        stores = [p for x in services if (p := x.check_store()) is not None]
-        healthy = healthy and all(x.ann_health()[1] for x in services[1:])
-        counts = [x.videos_count for x in services]
-        out = {"status": "ok" if healthy and not stores else "degraded", "version": version,
-               "windows": sum(len(x.index) for x in services),
-               "videos": None if None in counts else sum(c for c in counts if c is not None), "ann": ann,
-               "weights_id": s.model.weights_id, "indexes": len(services),
-               "uptime_s": round(time.time() - started, 1)}
-        if stores:
-            out["store"] = "; ".join(stores)
-        return out
+        return _health(request.app.state.indexes, request.query_params.get("index") or None, version, started)
 
     @r.get("/api/indexes", summary="The indexes this server serves")
     def indexes(request: Request) -> dict[str, Any]:
@@ -118,10 +166,7 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
 
     @r.get("/api/config", summary="Defaults and limits of the API (the UI reads them)")
     def config() -> dict[str, Any]:
-        return {"default_k": limits.default_k, "max_k": limits.max_k, "max_query_chars": mq,
-                "max_offset": limits.max_offset, "max_clip_seconds": limits.max_clip_seconds,
-                "k_choices": sorted({limits.default_k, *(c for c in (10, 20, 50, 100) if c <= limits.max_k)}),
-                "version": version}
+        return _config(limits, version)
 
     @r.get("/api/search", summary="Search the moments of the indexed videos (by words, or like a moment)",
            responses={404: {"description": "like: unknown video"}, 422: {"description": "invalid parameters"},
@@ -155,24 +200,11 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
         before the top `k` is taken. An empty query, or one without any word of the model's
         vocabulary, gives no results and a `message` saying why."""
         t0 = time.perf_counter()
-        text, like_s = q.strip(), like.strip()
-        if text and like_s:
-            raise ApiError(422, "give either q (words) or like (VIDEO_ID@SECONDS), not both")
-        not_ = not_ or []
-        if len(not_) > 8 or any(len(n) > mq for n in not_):
-            raise ApiError(422, f"at most 8 negative terms of at most {mq} characters")
-        sets: IndexSet = request.app.state.indexes
+        text, like_s, negatives = _search_terms(q, like, not_, mq)
         filt = video_filter(under, path_glob, after, before, min_duration, max_duration)
         opts: dict[str, Any] = {"offset": offset, "video_filter": filt, "not_weight": not_weight,
-                                "negatives": [n.strip() for n in not_ if n.strip()]}
-        if sets.several and not index:
-            for x in sets.services.values():
-                _store_ok(x)
-            body = sets.search_all(text, like_s, k, merge, by_video, **opts)
-        else:
-            s, like_s = sets.split_like(like_s, index or None) if like_s else (sets.get(index or None), "")
-            _store_ok(s)
-            body = s.search(text, like_s, k, merge, by_video, **opts)
+                                "negatives": negatives}
+        body = _run_search(request.app.state.indexes, text, like_s, index, k, merge, by_video, opts)
         return {"query": q, "k": k, "by_video": by_video, "merge": merge, **body,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
@@ -195,17 +227,103 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
     ) -> dict[str, Any]:
         """`starts`, `ends` (seconds) and `scores` (dot products) of every window of the video,
         in time order, for `q` (or the window `like` names), and `cosine` (normalised scores)."""
-        s = service_for(request)
-        _store_ok(s)
-        like_s, like_emb = like.strip(), None
-        if ":" in like_s:  # a window of another index (a merged "more like this")
-            src, rest = request.app.state.indexes.split_like(like_s, None)
-            like_s, like_emb = rest, src.like_source(rest)[1]
-        out = s.curve(video_id, q.strip(), like_s, like_emb)
-        out["query"] = q
-        return out
+        return _curve(request.app.state.indexes, service_for(request), video_id, q, like)
 
     return r
+
+
+def _file_response(s: SearchService, video_id: int, request: Request) -> Response:
+    """The ``/api/videos/{id}/file`` answer: the whole file, a 206 range of it, the headers alone
+    (HEAD) or 416; the file is opened (and checked) by ``s.open_file``."""
+    rec = s.record(video_id)
+    fh, st = s.open_file(rec)
+    try:
+        size = st.st_size
+        etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+        headers = {
+            "Accept-Ranges": "bytes", "ETag": etag, "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+            "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+            "Content-Type": MIME_TYPES.get(os.path.splitext(rec.path)[1].lower(), "application/octet-stream"),
+        }
+        range_header = request.headers.get("range")
+        if_range = request.headers.get("if-range")
+        if if_range and if_range != etag and if_range != headers["Last-Modified"]:
+            range_header = None  # the client's copy is stale: send the whole file
+        try:
+            span = parse_range(range_header, size)
+        except RangeNotSatisfiable:
+            fh.close()
+            return error_response(416, f"range not satisfiable: the file has {size} bytes",
+                                  headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"})
+        status = 200
+        first, last = 0, size - 1
+        if span is not None:
+            first, last = span
+            status = 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        length = last - first + 1 if size else 0
+        headers["Content-Length"] = str(length)
+        if request.method == "HEAD":
+            fh.close()
+            return Response(status_code=status, headers=headers)
+        return OpenFileResponse(fh, first, length, status, headers)
+    except BaseException:
+        fh.close()
+        raise
+
+
+def _thumbnail_response(s: SearchService, video_id: int, t: float, width: int, cache: LRU,
+                        slots: threading.BoundedSemaphore) -> Response:
+    """The JPEG of video ``video_id``'s frame near ``t`` s (0.1 s steps, cached in ``cache``;
+    decoded holding one of ``slots``), or 422 when the frame cannot be decoded."""
+    rec = s.record(video_id)
+    fh, st = s.open_file(rec)
+    with fh:
+        duration = float(rec.duration or 0)
+        if duration > 0:
+            t = min(t, max(0.0, duration - 0.05))
+        t = round(t, 1)  # 0.1 s steps make the cache useful
+        key = (video_id, t, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, width)
+        data = cache.get(key)
+        if data is None:
+            with slots:
+                try:  # decode the checked open file, not whatever the path names by now
+                    data = grab_thumbnail(fd_path(fh, rec.path), t, width)
+                except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
+                    reason = str(exc).replace(fd_path(fh, rec.path), rec.path)
+                    return error_response(422, f"could not decode a frame of video {video_id} at {t}s: {reason}")
+            cache.put(key, data)
+    return Response(data, media_type="image/jpeg",
+                    headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+def _clip_response(s: SearchService, video_id: int, start: float, end: float, clips: ClipLimits) -> Response:
+    """The span ``[start, end)`` of video ``video_id`` cut into a temporary MP4 (removed once
+    sent); 422 for a bad span or a failed cut, 429 when too many cuts run."""
+    rec = s.record(video_id)
+    try:
+        a, b = check_span(start, end, float(rec.duration or 0), max_seconds=clips.max_seconds)
+    except ClipError as exc:
+        raise ApiError(422, str(exc)) from None
+    fh, _ = s.open_file(rec)
+    tmp = tempfile.mkdtemp(prefix="milnce-clip-")
+    try:
+        with fh:
+            name = clip_file_name(rec.path, a, b)
+            out = os.path.join(tmp, name)
+            cut_clip(fd_path(fh, rec.path), a, b, out, duration=float(rec.duration or 0), limits=clips)
+    except ClipBusyError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ApiError(429, str(exc), headers={"Retry-After": "2"}) from None
+    except ClipError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ApiError(422, str(exc).replace(fd_path(fh, rec.path), rec.path)) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return FileResponse(out, media_type="video/mp4", filename=name,
+                        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
 
 
 def media_router(thumbnail_width: int, thumbnail_cache: LRU, clip_limits: ClipLimits | None = None) -> APIRouter:
@@ -224,69 +342,14 @@ def media_router(thumbnail_width: int, thumbnail_cache: LRU, clip_limits: ClipLi
     def video_file(video_id: int, request: Request) -> Response:
         """The file of a video, while it is still the indexed file (409 otherwise); a
         single-range request (`Range: bytes=a-b`) is answered 206."""
-        s = service_for(request)
-        rec = s.record(video_id)
-        fh, st = s.open_file(rec)
-        try:
-            size = st.st_size
-            etag = f'"{st.st_mtime_ns:x}-{size:x}"'
-            headers = {
-                "Accept-Ranges": "bytes", "ETag": etag, "Last-Modified": formatdate(st.st_mtime, usegmt=True),
-                "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                "Content-Type": MIME_TYPES.get(os.path.splitext(rec.path)[1].lower(), "application/octet-stream"),
-            }
-            range_header = request.headers.get("range")
-            if_range = request.headers.get("if-range")
-            if if_range and if_range != etag and if_range != headers["Last-Modified"]:
-                range_header = None  # the client's copy is stale: send the whole file
-            try:
-                span = parse_range(range_header, size)
-            except RangeNotSatisfiable:
-                fh.close()
-                return error_response(416, f"range not satisfiable: the file has {size} bytes",
-                                      headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"})
-            status = 200
-            first, last = 0, size - 1
-            if span is not None:
-                first, last = span
-                status = 206
-                headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-            length = last - first + 1 if size else 0
-            headers["Content-Length"] = str(length)
-            if request.method == "HEAD":
-                fh.close()
-                return Response(status_code=status, headers=headers)
-            return OpenFileResponse(fh, first, length, status, headers)
-        except BaseException:
-            fh.close()
-            raise
+        return _file_response(service_for(request), video_id, request)
 
     @r.get("/api/videos/{video_id:int}/thumbnail", summary="JPEG of the frame at t seconds",
            responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown id or file missing"},
                       409: {"description": "the file changed since indexing"}})
     def thumbnail(request: Request, video_id: int,
                   t: float = Query(0.0, ge=0, le=1e7, description="time in seconds")) -> Response:
-        s = service_for(request)
-        rec = s.record(video_id)
-        fh, st = s.open_file(rec)
-        with fh:
-            duration = float(rec.duration or 0)
-            if duration > 0:
-                t = min(t, max(0.0, duration - 0.05))
-            t = round(t, 1)  # 0.1 s steps make the cache useful
-            key = (video_id, t, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, thumbnail_width)
-            data = thumbnail_cache.get(key)
-            if data is None:
-                with thumb_slots:
-                    try:  # decode the checked open file, not whatever the path names by now
-                        data = grab_thumbnail(fd_path(fh, rec.path), t, thumbnail_width)
-                    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
-                        reason = str(exc).replace(fd_path(fh, rec.path), rec.path)
-                        return error_response(422, f"could not decode a frame of video {video_id} at {t}s: {reason}")
-                thumbnail_cache.put(key, data)
-        return Response(data, media_type="image/jpeg",
-                        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
-
+        return _thumbnail_response(service_for(request), video_id, t, thumbnail_width, thumbnail_cache, thumb_slots)
 
     @r.get("/api/videos/{video_id:int}/clip", summary="The moment start..end as an MP4 file (re-encoded, exact)",
            responses={200: {"content": {"video/mp4": {}}}, 403: {"description": "outside the collection roots"},
@@ -300,31 +363,7 @@ def media_router(thumbnail_width: int, thumbnail_cache: LRU, clip_limits: ClipLi
         """The span `[start, end)` of the video cut exactly (H.264 + AAC, as `milnce clip`), while
         the file is still the indexed one (the same checks as `/file`); at most
         `max_clip_seconds` long (`/api/config`), a few cuts at once (429 when busy)."""
-        s = service_for(request)
-        rec = s.record(video_id)
-        try:
-            a, b = check_span(start, end, float(rec.duration or 0), max_seconds=clips.max_seconds)
-        except ClipError as exc:
-            raise ApiError(422, str(exc)) from None
-        fh, _ = s.open_file(rec)
-        tmp = tempfile.mkdtemp(prefix="milnce-clip-")
-        try:
-            with fh:
-                name = clip_file_name(rec.path, a, b)
-                out = os.path.join(tmp, name)
-                cut_clip(fd_path(fh, rec.path), a, b, out, duration=float(rec.duration or 0), limits=clips)
-        except ClipBusyError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ApiError(429, str(exc), headers={"Retry-After": "2"}) from None
-        except ClipError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ApiError(422, str(exc).replace(fd_path(fh, rec.path), rec.path)) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return FileResponse(out, media_type="video/mp4", filename=name,
-                            background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
-                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+        return _clip_response(service_for(request), video_id, start, end, clips)
 
     return r
 
