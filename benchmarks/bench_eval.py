@@ -25,9 +25,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def _model(args: argparse.Namespace, tmp: Path) -> Any:
+    """``--weights``/``--vocab`` when given, else a small random checkpoint written into ``tmp``."""
+    import milnce
+    from conftest import write_checkpoint
+
+    if args.weights:
+        return milnce.load_model(args.weights, args.vocab, device=args.device, download=False)
+    return milnce.load_model(*write_checkpoint(tmp / "ckpt"), device=args.device, download=False)
 
 
 def main() -> None:
@@ -47,18 +58,13 @@ def main() -> None:
         crosstask(args)
         return
 
-    import milnce
-    from conftest import write_checkpoint
     from milnce.eval import EvalSettings, evaluate
     from video_fixtures import make_video
 
     settings = EvalSettings(num_frames=8, size=32, num_windows=2) if args.quick else EvalSettings()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if args.weights:
-            model = milnce.load_model(args.weights, args.vocab, device=args.device, download=False)
-        else:
-            model = milnce.load_model(*write_checkpoint(tmp / "ckpt"), device=args.device, download=False)
+        model = _model(args, tmp)
         root = tmp / "yc" / "validation" / "101"
         root.mkdir(parents=True)
         n_videos = max(1, (args.clips + 1) // 2)
@@ -87,8 +93,6 @@ def main() -> None:
 def crosstask(args: argparse.Namespace) -> None:
     import numpy as np
 
-    import milnce
-    from conftest import write_checkpoint
     from milnce.eval import EvalSettings
     from milnce.eval.crosstask_run import evaluate_crosstask, log_softmax_cost
     from milnce.eval.dp import assign_steps
@@ -98,10 +102,7 @@ def crosstask(args: argparse.Namespace) -> None:
     steps = {"10001": [f"step {k} cut tomato" for k in range(8)], "10002": [f"add salt {k}" for k in range(11)]}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if args.weights:
-            model = milnce.load_model(args.weights, args.vocab, device=args.device, download=False)
-        else:
-            model = milnce.load_model(*write_checkpoint(tmp / "ckpt"), device=args.device, download=False)
+        model = _model(args, tmp)
         rel, vids = tmp / "crosstask_release", tmp / "videos"
         (rel / "annotations").mkdir(parents=True)
         vids.mkdir()

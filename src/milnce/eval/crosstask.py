@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingFileError, UsageError
+from .items import parse_seconds
 
 __all__ = [
     "AnnotationIssues",
@@ -184,16 +185,6 @@ def read_videos(path: str | os.PathLike[str]) -> list[CrossTaskVideo]:
     return out
 
 
-def _number(value: str, what: str, where: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise UsageError(f"{where}: {what} must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(x) or x < 0:
-        raise UsageError(f"{where}: {what} must be finite and >= 0, got {value!r}")
-    return x
-
-
 def read_annotation(path: str | os.PathLike[str], n_steps: int) -> list[tuple[int, float, float, int]]:
     """``(step (1-based), start, end, line)`` of each row of an annotation file."""
     p = Path(path)
@@ -211,7 +202,7 @@ def read_annotation(path: str | os.PathLike[str], n_steps: int) -> list[tuple[in
             raise UsageError(f"{where}: the step must be a whole number, got {parts[0]!r}") from None
         if not 1 <= step <= n_steps:
             raise UsageError(f"{where}: step {step} does not exist: the task has steps 1..{n_steps}")
-        rows.append((step, _number(parts[1], "start", where), _number(parts[2], "end", where), n))
+        rows.append((step, parse_seconds(parts[1], "start", where), parse_seconds(parts[2], "end", where), n))
     return rows
 
 

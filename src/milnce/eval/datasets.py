@@ -17,7 +17,6 @@ file anywhere under ``ROOT`` with the expected name (or stem, for re-encoded cop
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections.abc import Iterable
 from importlib import resources
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from ..errors import MissingFileError, UsageError
 from ..video.find import VIDEO_SUFFIXES, walk_videos
-from .items import Benchmark, EvalItem, round_robin
+from .items import Benchmark, EvalItem, parse_seconds, round_robin
 
 __all__ = [
     "BENCHMARKS",
@@ -65,16 +64,6 @@ def _check_name(name: str) -> None:
 def class_name(label: str) -> str:
     """HMDB class from the csv label: ``brush_hair_test`` -> ``brush_hair``."""
     return label.removesuffix("_test")
-
-
-def _seconds(value: str, what: str, where: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{where}: {what} must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(x) or x < 0:
-        raise UsageError(f"{where}: {what} must be finite and >= 0, got {value!r}")
-    return x
 
 
 def _split_flag(value: str, where: str) -> int:
@@ -131,7 +120,7 @@ def _item(name: str, i: int, r: dict[str, str], where: str) -> EvalItem:
     if not vid:
         raise UsageError(f"{where}: empty video_id")
     if name == "youcook2":
-        start, end = _seconds(r["start"], "start", where), _seconds(r["end"], "end", where)
+        start, end = parse_seconds(r["start"], "start", where), parse_seconds(r["end"], "end", where)
         if end < start:
             raise UsageError(f"{where}: end ({end:g}) is before start ({start:g})")
         return EvalItem(i, vid, start, end, text=r["text"], folder=r["task"] or None)

@@ -1,12 +1,16 @@
-"""What an evaluation row and a loaded benchmark are (``EvalItem``, ``Benchmark``): the types the
-benchmark readers (``datasets``, ``ucf101``) share, below them so that neither imports the other."""
+"""What an evaluation row and a loaded benchmark are (``EvalItem``, ``Benchmark``) and how a time is
+read (``parse_seconds``): what the benchmark readers (``datasets``, ``ucf101``, ``crosstask``) share,
+below them so that neither imports the other."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["TITLES", "EvalItem", "Benchmark", "round_robin"]
+from ..errors import UsageError
+
+__all__ = ["TITLES", "EvalItem", "Benchmark", "round_robin", "parse_seconds"]
 
 TITLES = {
     "youcook2": "YouCook2 validation, zero-shot text-to-video retrieval",
@@ -66,3 +70,14 @@ def round_robin(items: Sequence[EvalItem], n: int) -> list[EvalItem]:
                 out.append(q[k])
         k += 1
     return sorted(out, key=lambda it: it.row)
+
+
+def parse_seconds(value: str, what: str, where: str) -> float:
+    """``value`` as seconds (finite, >= 0); a ``UsageError`` naming ``where`` and ``what`` otherwise."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: {what} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise UsageError(f"{where}: {what} must be finite and >= 0, got {value!r}")
+    return x
