@@ -232,3 +232,80 @@ def test_split_query(text, want):
 def test_split_query_needs_a_positive():
     with pytest.raises(UsageError, match="nothing to search"):
         split_query("-leash -cat")
+
+
+# --- issue 25 item 1: a glob must never backtrack exponentially --------------------------------
+
+def _finishes(fn, limit_s: float = 30.0):
+    """Run ``fn`` in a daemon thread; its result, or a failure if it is still running after ``limit_s``
+    (a hang guard: the old regex took minutes to hours on these globs, the matcher milliseconds)."""
+    import threading
+
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(limit_s)
+    assert not t.is_alive(), f"still matching after {limit_s} s: exponential backtracking"
+    return out[0]
+
+
+@pytest.mark.parametrize("glob", ["*" * 24 + "Z", "*a" * 6 + "Z", "*a*a*a*a*a*aZ", "**/" * 12 + "*a" * 6 + "Z",
+                                  "?*" * 20 + "Z", "[a]*" * 10 + "Z"])
+def test_hostile_globs_are_linear(glob):
+    from milnce.index.filters import glob_matcher
+
+    name = "a" * 251 + ".mp4"  # 255 characters: the longest file name
+    m = glob_matcher(glob)
+    assert _finishes(lambda: m.match(name)) is False
+    assert _finishes(lambda: m.match(name[:-4] + "Z")) is True
+    recs = [Rec(path=f"/c/{name}", mtime=0.0, duration=1.0), Rec(path="/c/b.mp4", mtime=0.0, duration=1.0)]
+    assert _finishes(lambda: select_videos(recs, VideoFilter(path_glob=glob))) == []
+
+
+def test_glob_matcher_equals_the_regex_translation():
+    """The matcher against the documented semantics written as a regular expression (the old
+    translation, kept here as the independent reference on short inputs where it is fast)."""
+    import random
+    import re
+
+    from milnce.index.filters import glob_matcher
+
+    def reference(pattern: str) -> re.Pattern[str]:
+        out, i, n = [], 0, len(pattern)
+        while i < n:
+            c = pattern[i]
+            if pattern.startswith("**/", i):
+                out.append("(?:[^/]*/)*")
+                i += 3
+            elif pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif c == "*":
+                out.append("[^/]*")
+                i += 1
+            elif c == "?":
+                out.append("[^/]")
+                i += 1
+            elif c == "[" and (j := pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)) > 0:
+                body = pattern[i + 1:j]
+                neg = body.startswith("!")
+                body = body[1:] if neg else body
+                body = "".join("\\" + ch if ch in "\\[^&~|" else ch for ch in body)
+                out.append("(?!/)[" + ("^" if neg else "") + body + "]")
+                i = j + 1
+            else:
+                out.append(re.escape(c))
+                i += 1
+        return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+    rng = random.Random(0)
+    pieces = ["a", "b", "/", "*", "**", "**/", "?", "[ab]", "[!a]", "[a-c]", "[", "]", "."]
+    for _ in range(5000):
+        g = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        s = "".join(rng.choice("abc/.") for _ in range(rng.randint(0, 8)))
+        assert glob_matcher(g).match(s) == bool(reference(g).match(s)), (g, s)
+
+
+def test_reversed_glob_range_is_one_error():
+    with pytest.raises(FilterError, match="reversed"):
+        VideoFilter(path_glob="[z-a].mp4").validated("/c")

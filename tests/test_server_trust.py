@@ -396,3 +396,29 @@ def test_demo_says_how_to_browse_its_index(lib, checkpoint, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"milnce serve '{ix}' --weights {weights} --vocab {vocab}" in out
     assert f"milnce search '{ix}'" in out
+
+
+def test_hostile_glob_does_not_freeze_the_server(lib, model, tmp_path):
+    """Issue 25 item 1: 24 stars + Z (and '*a' x 6 + Z) over long file names answered at once, and
+    /healthz keeps answering while it runs (the old regex pinned a core for hours)."""
+    from milnce.index import Index, build_index
+
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    long_name = "a" * 200 + ".mp4"
+    shutil.copy(lib["videos"] / "a.mp4", vids / long_name)
+    build_index([vids], tmp_path / "index", model, num_frames=8, size=32, stride=8, progress=False)
+    index = Index.open(tmp_path / "index", model)
+    try:
+        with TestClient(create_app(index, model)) as c:
+            for glob in ["*" * 24 + "Z", "*a" * 6 + "Z"]:
+                done: list = []
+                t = threading.Thread(target=lambda g=glob: done.append(c.get("/api/search", params={"q": "cut", "path_glob": g})),
+                                     daemon=True)
+                t.start()
+                t.join(60)
+                assert not t.is_alive(), "the glob search is still running"
+                assert done[0].status_code in (200, 404, 422), done[0].text
+                assert c.get("/healthz").status_code == 200
+    finally:
+        index.close()

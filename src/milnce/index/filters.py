@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -36,7 +35,7 @@ from typing import Protocol, TypeVar
 from ..errors import MilnceError
 
 __all__ = ["VideoFilter", "FilterError", "NoVideoMatchesError", "collection_root", "select_videos",
-           "require_matches", "parse_when", "glob_regex"]
+           "require_matches", "parse_when", "glob_matcher", "GlobMatcher"]
 
 
 class FilterError(MilnceError, ValueError):
@@ -61,34 +60,131 @@ class VideoLike(Protocol):
 V = TypeVar("V", bound=VideoLike)
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """The compiled, anchored regular expression of a path glob (see the module docstring)."""
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]*/)*")
+class GlobMatcher:
+    """A compiled path glob (see the module docstring), matched without backtracking.
+
+    The glob becomes a small automaton over its tokens and ``match`` runs it over the text as a
+    set of live states, so a match costs O(len(text) * len(glob)) whatever the pattern: no run of
+    ``*`` (``**********Z``, ``*a*a*a*a*a*aZ``) can make it exponential, as a backtracking regular
+    expression would."""
+
+    __slots__ = ("pattern", "_tokens")
+
+    # token kinds
+    _LIT, _ONE, _CLASS, _STAR, _ANY, _DIRS = range(6)
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._tokens = self._parse(pattern)
+
+    @classmethod
+    def _parse(cls, pattern: str) -> list[tuple[int, object]]:
+        tokens: list[tuple[int, object]] = []
+        i, n = 0, len(pattern)
+        while i < n:
+            c = pattern[i]
+            if pattern.startswith("**/", i):
+                if not tokens or tokens[-1][0] != cls._DIRS:  # "**/**/" is the same as "**/"
+                    tokens.append((cls._DIRS, None))
+                i += 3
+            elif pattern.startswith("**", i):
+                tokens.append((cls._ANY, None))
+                i += 2
+            elif c == "*":
+                tokens.append((cls._STAR, None))
+                i += 1
+            elif c == "?":
+                tokens.append((cls._ONE, None))
+                i += 1
+            elif c == "[" and (j := pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)) > 0:
+                body = pattern[i + 1:j]
+                neg = body.startswith("!")
+                tokens.append((cls._CLASS, (neg, _class_ranges(body[1:] if neg else body, pattern))))
+                i = j + 1
+            else:
+                tokens.append((cls._LIT, c))
+                i += 1
+        # adjacent loops of the same kind match what one of them matches: keep one (fewer states)
+        out: list[tuple[int, object]] = []
+        for t in tokens:
+            if out and t[0] in (cls._STAR, cls._ANY) and out[-1][0] == t[0]:
+                continue
+            out.append(t)
+        return out
+
+    def _closure(self, states: set[int]) -> set[int]:
+        """``states`` plus every state reachable without reading a character (loops match empty)."""
+        todo, seen = list(states), set(states)
+        toks = self._tokens
+        while todo:
+            s = todo.pop()
+            if s >= 0 and s < len(toks) and toks[s][0] in (self._STAR, self._ANY, self._DIRS):
+                if s + 1 not in seen:
+                    seen.add(s + 1)
+                    todo.append(s + 1)
+        return seen
+
+    def match(self, text: str) -> bool:
+        """Whether the whole of ``text`` matches the glob."""
+        toks, m = self._tokens, len(self._tokens)
+        states = self._closure({0})
+        for c in text:
+            nxt: set[int] = set()
+            for s in states:
+                if s < 0:  # inside a "**/" run that has read characters: it must end on "/"
+                    k = -s - 1
+                    nxt.add(s)
+                    if c == "/":
+                        nxt.add(k + 1)
+                    continue
+                if s >= m:
+                    continue
+                kind, arg = toks[s]
+                if kind == self._LIT:
+                    if c == arg:
+                        nxt.add(s + 1)
+                elif kind == self._ONE:
+                    if c != "/":
+                        nxt.add(s + 1)
+                elif kind == self._CLASS:
+                    neg, ranges = arg  # type: ignore[misc]
+                    if c != "/" and any(lo <= c <= hi for lo, hi in ranges) != neg:
+                        nxt.add(s + 1)
+                elif kind == self._STAR:
+                    if c != "/":
+                        nxt.add(s)
+                elif kind == self._ANY:
+                    nxt.add(s)
+                else:  # _DIRS: zero or more whole components, i.e. empty or anything ending in "/"
+                    nxt.add(-s - 1)
+                    if c == "/":
+                        nxt.add(s + 1)
+            if not nxt:
+                return False
+            states = self._closure(nxt)
+        return m in states
+
+
+def _class_ranges(body: str, pattern: str) -> tuple[tuple[str, str], ...]:
+    """The character ranges of a ``[...]`` body (``a-z`` a range; ``-`` first or last literal)."""
+    ranges: list[tuple[str, str]] = []
+    i = 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            lo, hi = body[i], body[i + 2]
+            if lo > hi:
+                raise FilterError(f"--path-glob {pattern!r}: the range {lo}-{hi} in [{body}] is reversed")
+            ranges.append((lo, hi))
             i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[" and (j := pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)) > 0:
-            body = pattern[i + 1:j]
-            neg = body.startswith("!")
-            body = body[1:] if neg else body
-            body = "".join("\\" + ch if ch in "\\[^&~|" else ch for ch in body)
-            out.append("(?!/)[" + ("^" if neg else "") + body + "]")
-            i = j + 1
         else:
-            out.append(re.escape(c))
+            ranges.append((body[i], body[i]))
             i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    return tuple(ranges)
+
+
+def glob_matcher(pattern: str) -> GlobMatcher:
+    """The compiled path glob (``FilterError`` for a reversed ``[z-a]`` range)."""
+    return GlobMatcher(pattern)
 
 
 def parse_when(text: str | float) -> float:
@@ -185,7 +281,7 @@ class VideoFilter:
                                   "e.g. '*.mp4' or 'kitchen/**'")
             if ".." in g.split("/"):
                 raise FilterError(f"--path-glob {g!r}: '..' would leave the collection ({root})")
-            glob_regex(g)  # compiles (a bad class is taken literally)
+            _matcher(g)  # parses (an unclosed "[" is taken literally; a reversed range is refused)
         return replace(self, under=under, root=root)
 
     def matches(self, video: VideoLike) -> bool:
@@ -209,20 +305,20 @@ class VideoFilter:
                 target = os.path.relpath(path, root).replace(os.sep, "/")
             else:
                 target = os.path.basename(path)
-            if not _regex(self.path_glob).match(target):
+            if not _matcher(self.path_glob).match(target):
                 return False
         return True
 
 
-_CACHE: dict[str, re.Pattern[str]] = {}
+_CACHE: dict[str, GlobMatcher] = {}
 
 
-def _regex(glob: str) -> re.Pattern[str]:
+def _matcher(glob: str) -> GlobMatcher:
     rx = _CACHE.get(glob)
     if rx is None:
         if len(_CACHE) > 256:
             _CACHE.clear()
-        rx = _CACHE[glob] = glob_regex(glob)
+        rx = _CACHE[glob] = glob_matcher(glob)
     return rx
 
 
