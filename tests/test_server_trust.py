@@ -413,7 +413,7 @@ def test_hostile_glob_does_not_freeze_the_server(lib, model, tmp_path):
         with TestClient(create_app(index, model)) as c:
             for glob in ["*" * 24 + "Z", "*a" * 6 + "Z"]:
                 done: list = []
-                t = threading.Thread(target=lambda g=glob: done.append(c.get("/api/search", params={"q": "cut", "path_glob": g})),
+                t = threading.Thread(target=lambda g=glob, done=done: done.append(c.get("/api/search", params={"q": "cut", "path_glob": g})),
                                      daemon=True)
                 t.start()
                 t.join(60)

@@ -60,6 +60,10 @@ class VideoLike(Protocol):
 V = TypeVar("V", bound=VideoLike)
 
 
+# the token kinds of a compiled glob: a literal character, "?", "[...]", "*", "**", "**/"
+_LIT, _ONE, _CLASS, _STAR, _ANY, _DIRS = range(6)
+
+
 class GlobMatcher:
     """A compiled path glob (see the module docstring), matched without backtracking.
 
@@ -69,9 +73,6 @@ class GlobMatcher:
     expression would."""
 
     __slots__ = ("pattern", "_tokens")
-
-    # token kinds
-    _LIT, _ONE, _CLASS, _STAR, _ANY, _DIRS = range(6)
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
@@ -84,30 +85,30 @@ class GlobMatcher:
         while i < n:
             c = pattern[i]
             if pattern.startswith("**/", i):
-                if not tokens or tokens[-1][0] != cls._DIRS:  # "**/**/" is the same as "**/"
-                    tokens.append((cls._DIRS, None))
+                if not tokens or tokens[-1][0] != _DIRS:  # "**/**/" is the same as "**/"
+                    tokens.append((_DIRS, None))
                 i += 3
             elif pattern.startswith("**", i):
-                tokens.append((cls._ANY, None))
+                tokens.append((_ANY, None))
                 i += 2
             elif c == "*":
-                tokens.append((cls._STAR, None))
+                tokens.append((_STAR, None))
                 i += 1
             elif c == "?":
-                tokens.append((cls._ONE, None))
+                tokens.append((_ONE, None))
                 i += 1
             elif c == "[" and (j := pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)) > 0:
                 body = pattern[i + 1:j]
                 neg = body.startswith("!")
-                tokens.append((cls._CLASS, (neg, _class_ranges(body[1:] if neg else body, pattern))))
+                tokens.append((_CLASS, (neg, _class_ranges(body[1:] if neg else body, pattern))))
                 i = j + 1
             else:
-                tokens.append((cls._LIT, c))
+                tokens.append((_LIT, c))
                 i += 1
         # adjacent loops of the same kind match what one of them matches: keep one (fewer states)
         out: list[tuple[int, object]] = []
         for t in tokens:
-            if out and t[0] in (cls._STAR, cls._ANY) and out[-1][0] == t[0]:
+            if out and t[0] in (_STAR, _ANY) and out[-1][0] == t[0]:
                 continue
             out.append(t)
         return out
@@ -118,7 +119,7 @@ class GlobMatcher:
         toks = self._tokens
         while todo:
             s = todo.pop()
-            if s >= 0 and s < len(toks) and toks[s][0] in (self._STAR, self._ANY, self._DIRS):
+            if s >= 0 and s < len(toks) and toks[s][0] in (_STAR, _ANY, _DIRS):
                 if s + 1 not in seen:
                     seen.add(s + 1)
                     todo.append(s + 1)
@@ -140,20 +141,20 @@ class GlobMatcher:
                 if s >= m:
                     continue
                 kind, arg = toks[s]
-                if kind == self._LIT:
+                if kind == _LIT:
                     if c == arg:
                         nxt.add(s + 1)
-                elif kind == self._ONE:
+                elif kind == _ONE:
                     if c != "/":
                         nxt.add(s + 1)
-                elif kind == self._CLASS:
+                elif kind == _CLASS:
                     neg, ranges = arg  # type: ignore[misc]
                     if c != "/" and any(lo <= c <= hi for lo, hi in ranges) != neg:
                         nxt.add(s + 1)
-                elif kind == self._STAR:
+                elif kind == _STAR:
                     if c != "/":
                         nxt.add(s)
-                elif kind == self._ANY:
+                elif kind == _ANY:
                     nxt.add(s)
                 else:  # _DIRS: zero or more whole components, i.e. empty or anything ending in "/"
                     nxt.add(-s - 1)
