@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from ..errors import MilnceError
 
@@ -148,8 +148,8 @@ class GlobMatcher:
                     if c != "/":
                         nxt.add(s + 1)
                 elif kind == _CLASS:
-                    neg, ranges = arg  # type: ignore[misc]
-                    if c != "/" and any(lo <= c <= hi for lo, hi in ranges) != neg:
+                    cls_arg = cast("tuple[bool, tuple[tuple[str, str], ...]]", arg)
+                    if c != "/" and any(lo <= c <= hi for lo, hi in cls_arg[1]) != cls_arg[0]:
                         nxt.add(s + 1)
                 elif kind == _STAR:
                     if c != "/":
