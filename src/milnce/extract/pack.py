@@ -28,6 +28,7 @@ consumer's recipe, with a sidecar that agrees (rows, SHA-256).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -255,11 +256,29 @@ def _shard_files(out_dir: str, split: str) -> list[str]:
         raise StoreError(f"cannot read {out_dir}: {exc.strerror or exc}") from exc
 
 
+def _write_shards(src: _Source, ids: Sequence[str], out_dir: str, split: str, shard_size: int,
+                  written: set[str]) -> None:
+    """The shards, then ``{split}_meta.pkl``; each file's name is added to ``written`` once written."""
+    meta: dict[int, list[str]] = {}
+    for i, off in enumerate(range(0, len(ids), shard_size)):
+        part = list(ids[off: off + shard_size])
+        arrays = [src.load(v) for v in part]
+        starts = np.zeros(len(arrays) + 1, np.int64)
+        starts[1:] = np.cumsum([a.shape[0] for a in arrays])
+        for suffix, a in (("_starts.npy", starts), ("_data.npy", np.concatenate(arrays, axis=0))):
+            name = f"{split}_{i}{suffix}"
+            _write(os.path.join(out_dir, name), _npy(a))
+            written.add(name)
+        meta[i] = part
+    _write(os.path.join(out_dir, f"{split}_meta.pkl"), consumer_pickle(meta))
+    written.add(f"{split}_meta.pkl")
+
+
 def pack_videoclip(feature_dir: str, out_dir: str, *, ids: Sequence[str] | None = None, split: str = "train",
                    shard_size: int = 4096, overwrite: bool = False) -> int:
     """MMPT shards of ``ids`` (default: every ``DIR/*.npy``, in name order); returns the count.
-    Refused when ``out_dir`` already holds files of ``split`` (``overwrite``: replaced, shards
-    past the new last one removed)."""
+    Refused when ``out_dir`` already holds files of ``split`` (``overwrite``: they are removed
+    first). An input refused half-way leaves none of the split's files behind."""
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise UsageError(f"shard size must be a whole number >= 1, got {shard_size!r}")
     if not split or os.sep in split or "/" in split or split.startswith("."):
@@ -277,30 +296,29 @@ def pack_videoclip(feature_dir: str, out_dir: str, *, ids: Sequence[str] | None 
         raise UsageError(f"{out_dir}: the shards go to another folder than the features")
     old = _shard_files(out_dir, split)
     if old and not overwrite:
-        raise UsageError(f"{out_dir} already holds split {split!r} ({_short(old)}); pass --overwrite to replace it")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create {out_dir}: {exc.strerror or exc}") from exc
-    meta: dict[int, list[str]] = {}
-    written: set[str] = set()
-    for i, off in enumerate(range(0, len(ids), shard_size)):
-        part = ids[off: off + shard_size]
-        arrays = [src.load(v) for v in part]
-        starts = np.zeros(len(arrays) + 1, np.int64)
-        starts[1:] = np.cumsum([a.shape[0] for a in arrays])
-        base = f"{split}_{i}"
-        _write(os.path.join(out_dir, base + "_starts.npy"), _npy(starts))
-        _write(os.path.join(out_dir, base + "_data.npy"), _npy(np.concatenate(arrays, axis=0)))
-        written |= {base + "_starts.npy", base + "_data.npy"}
-        meta[i] = part
-    _write(os.path.join(out_dir, f"{split}_meta.pkl"), consumer_pickle(meta))
-    for name in set(old) - written - {f"{split}_meta.pkl"}:  # shards of an earlier, longer pack
+        raise UsageError(f"{out_dir} already holds {len(old)} file(s) of split {split!r} ({_short(old)}); "
+                         "pass --overwrite to replace them")
+    for name in old:  # --overwrite: the old split goes first (a half-replaced split would mix two packs)
         try:
             os.unlink(os.path.join(out_dir, name))
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise StoreError(f"cannot remove the old shard {os.path.join(out_dir, name)}: "
-                             f"{exc.strerror or exc}") from exc
+            raise StoreError(f"cannot remove {os.path.join(out_dir, name)}: {exc.strerror or exc}") from exc
+    created = not os.path.isdir(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {out_dir}: {exc.strerror or exc}") from exc
+    written: set[str] = set()
+    try:
+        _write_shards(src, ids, out_dir, split, shard_size, written)
+    except BaseException:  # a refused input half-way: nothing of this split is left behind
+        for name in written:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(out_dir, name))
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
     return len(ids)
