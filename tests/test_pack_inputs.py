@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from milnce.cli import main
+from milnce.errors import UsageError
 from milnce.extract.npyfile import NpyFileError, npy_header, read_npy
 from milnce.extract.pack import MAX_ID_LINE, pack_videoclip, read_id_list
 from milnce.extract.recipe_store import RecipeLayout
-from milnce.errors import UsageError
 from milnce.recipes import get_recipe
 
 
