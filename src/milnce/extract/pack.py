@@ -143,7 +143,7 @@ class _Source:
     def load(self, vid: str) -> np.ndarray:
         """One video's rows, checked (shape, width, dtype, finite, sidecar)."""
         p = os.path.join(self.dir, vid + ".npy")
-        arr, head, digest = read_npy(p)
+        arr, _head, digest = read_npy(p)
         r = self.recipe
         if arr.ndim != 2 or arr.shape[1] != r.dim:
             raise UsageError(f"{p}: shape {arr.shape}, but {self.consumer} takes rows of {r.dim} values "
