@@ -120,14 +120,17 @@ def test_univl_bad_inputs_listed_and_the_rest_written(tmp_path, capsys, wargs, f
 def test_pack_layouts(tmp_path, capsys):
     d = tmp_path / "f"
     d.mkdir()
-    a = np.ones((3, 4), np.float16)
-    b = np.zeros((2, 4), np.float16)
-    np.save(d / "va.npy", a)
-    np.save(d / "vb.npy", b)
+    np.save(d / "va.npy", np.ones((3, 1024), np.float16))  # univl: mixed_5c rows
+    np.save(d / "vb.npy", np.zeros((2, 1024), np.float16))
     assert main(["pack", "univl", str(d), str(tmp_path / "u.pickle")]) == 0
     with open(tmp_path / "u.pickle", "rb") as f:
         u = pickle.load(f)  # the test reads what the consumer would read; milnce never does
-    assert set(u) == {"va", "vb"} and u["va"].dtype == np.float16 and u["vb"].shape == (2, 4)
+    assert set(u) == {"va", "vb"} and u["va"].dtype == np.float16 and u["vb"].shape == (2, 1024)
+    d = tmp_path / "g"
+    d.mkdir()
+    a = np.ones((3, 512), np.float16)  # videoclip: video_embedding rows
+    np.save(d / "va.npy", a)
+    np.save(d / "vb.npy", np.zeros((2, 512), np.float16))
     (tmp_path / "ids.txt").write_text("vb\nva\n")
     assert main(["pack", "videoclip", str(d), str(tmp_path / "m"), "--ids", str(tmp_path / "ids.txt"),
                  "--shard-size", "1", "--split", "val"]) == 0

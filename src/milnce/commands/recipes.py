@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..printable import show_path
 from .common import CommandError
 
 
@@ -25,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: every DIR/*.npy in name order)")
     p.add_argument("--split", default="train", help="videoclip: the split name in the file names (default train)")
     p.add_argument("--shard-size", type=int, default=4096, help="videoclip: videos per shard (default 4096)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (univl: the file; videoclip: "
+                   "the split's shards and meta file)")
     p.set_defaults(func=cmd_pack)
 
 
@@ -37,23 +40,20 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from ..errors import MilnceError
-    from ..extract.pack import pack_univl, pack_videoclip
+    from ..extract.pack import pack_univl, pack_videoclip, read_id_list
 
     try:
         if args.consumer == "univl":
-            n = pack_univl(args.dir, args.out)
-        else:
-            ids = None
             if args.ids:
-                try:
-                    with open(args.ids, encoding="utf-8") as f:
-                        ids = [line.strip() for line in f if line.strip()]
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise CommandError(f"--ids {args.ids}: cannot read ({exc})") from exc
-            n = pack_videoclip(args.dir, args.out, ids=ids, split=args.split, shard_size=args.shard_size)
+                raise CommandError("--ids is for pack videoclip (UniVL's pickle holds every DIR/*.npy)")
+            n = pack_univl(args.dir, args.out, overwrite=args.overwrite)
+        else:
+            ids = read_id_list(args.ids) if args.ids else None
+            n = pack_videoclip(args.dir, args.out, ids=ids, split=args.split, shard_size=args.shard_size,
+                               overwrite=args.overwrite)
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
-    print(f"packed {n} videos into {args.out}")
+    print(f"packed {n} videos into {show_path(args.out)}")
     return 0
 
 

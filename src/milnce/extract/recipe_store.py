@@ -10,10 +10,17 @@ precision, the source file's path/size/mtime, rows, warnings), so resume, ``--ch
 "same settings" work as for the default ``.npz`` format. The ``.npy`` is written first, the
 sidecar second, each atomically (``milnce.atomic``): a video is done only when both exist and
 agree. The consumers' loaders never look into the hidden folder.
+
+Integrity: the sidecar records the ``.npy``'s size (``npy_bytes``) and SHA-256 (``npy_sha256``).
+Every run checks the header against the file size and the recorded size (cheap); ``--verify``
+reads the whole file back and compares its SHA-256, so one changed value is found and redone.
+A sidecar written before checksums has none: ``--verify`` calls that file unverifiable and
+redoes it (so that afterwards every file carries a checksum).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -26,9 +33,11 @@ from ..atomic import atomic_write_bytes
 from ..errors import UsageError
 from ..recipes import Recipe
 from .inputs import VideoInput
+from .npyfile import NpyFileError, npy_header, read_npy
 from .store import StoreError
 
-__all__ = ["RecipeLayout", "extract_recipe", "video_id", "check_unique_ids", "MANIFEST_DIR", "RECIPE_FILE"]
+__all__ = ["RecipeLayout", "extract_recipe", "video_id", "check_unique_ids", "read_sidecar", "MANIFEST_DIR",
+           "RECIPE_FILE", "FORMAT"]
 
 MANIFEST_DIR = ".milnce"
 RECIPE_FILE = "milnce-recipe.json"
@@ -51,6 +60,18 @@ def check_unique_ids(items: Sequence[VideoInput]) -> None:
             raise UsageError(f"two inputs have the same video id {vid!r} (the consumers key features by file "
                              f"stem): {seen[vid]} and {it.path}; rename one or extract them in separate runs")
         seen[vid] = it.path
+
+
+MAX_SIDECAR = 1 << 20  # bytes: a sidecar is a few hundred; a bigger "sidecar" is not one
+
+
+def read_sidecar(path: str) -> Any:
+    """The parsed JSON of a sidecar (``OSError``/``ValueError`` when unreadable, too big or not JSON)."""
+    with open(path, "rb") as f:
+        blob = f.read(MAX_SIDECAR + 1)
+    if len(blob) > MAX_SIDECAR:
+        raise ValueError(f"{path}: over {MAX_SIDECAR} bytes, not a sidecar")
+    return json.loads(blob.decode("utf-8"))
 
 
 class RecipeLayout:
@@ -81,25 +102,31 @@ class RecipeLayout:
     def read_meta(self, target: str) -> dict[str, Any] | None:
         """The sidecar of ``target``, or None when either file is missing or they disagree."""
         try:
-            with open(self.sidecar(target), encoding="utf-8") as f:
-                meta = json.load(f)
-            arr = np.load(target, mmap_mode="r", allow_pickle=False)
+            meta = read_sidecar(self.sidecar(target))
+            head = npy_header(target)  # the header against the file size: nothing allocated
         except (OSError, ValueError, UnicodeDecodeError):
             return None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("rows") != int(arr.shape[0]):
+        if (not isinstance(meta, dict) or meta.get("format") != FORMAT or len(head.shape) != 2
+                or meta.get("rows") != head.shape[0] or meta.get("npy_bytes", head.size) != head.size):
             return None
         return meta
 
     def verify(self, target: str) -> str | None:
-        """``--verify``: the whole ``.npy`` read back (the cheap check only maps its header)."""
+        """``--verify``: the whole ``.npy`` read back and compared with the SHA-256 in its sidecar."""
         try:
-            arr = np.load(target, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            arr, _head, digest = read_npy(target)
+        except NpyFileError as exc:
             return f"unreadable ({exc})"
+        meta = self.read_meta(target) or {}
         if arr.ndim != 2 or arr.dtype != np.dtype(self.recipe.dtype):
             return f"not {self.recipe.dtype} rows (shape {arr.shape}, {arr.dtype})"
         if not np.isfinite(arr).all():
             return "non-finite values"
+        want = meta.get("npy_sha256")
+        if want is None:
+            return "no checksum in its sidecar (written before milnce recorded them): cannot be verified"
+        if want != digest:
+            return "its SHA-256 differs from the one recorded when it was written (the file changed)"
         return None
 
     def rows(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -114,9 +141,11 @@ class RecipeLayout:
         rows = self.rows(arrays)
         buf = io.BytesIO()
         np.save(buf, rows, allow_pickle=False)
-        side = {**meta, "format": FORMAT, "recipe": self.recipe.name, "rows": int(rows.shape[0])}
+        data = buf.getvalue()
+        side = {**meta, "format": FORMAT, "recipe": self.recipe.name, "rows": int(rows.shape[0]),
+                "npy_bytes": len(data), "npy_sha256": hashlib.sha256(data).hexdigest()}
         try:
-            atomic_write_bytes(target, buf.getvalue())
+            atomic_write_bytes(target, data)
             atomic_write_bytes(self.sidecar(target), json.dumps(side, sort_keys=True).encode())
         except OSError as exc:
             raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
