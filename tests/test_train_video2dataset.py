@@ -163,3 +163,32 @@ def test_training_on_a_shard_with_a_deeply_nested_json_counts_it(tmp_path, capsy
     bad = [r["sample"] for r in recs if r["kind"] == "bad_sample"]
     assert len(bad) == 1 and "deep" in bad[0] and "not JSON" in bad[0]
     assert "1 unreadable sample(s) skipped" in capsys.readouterr().err
+
+
+def test_folder_samples_count_any_decoder_exception(tmp_path, monkeypatch):
+    """The folder layout: a decoder that raises something other than VideoError (here the
+    RecursionError of a hostile file) is a counted bad sample replaced by another, not a crash."""
+    import milnce.video
+    from milnce.text import Tokenizer
+    from milnce.train import make_synthetic
+    from milnce.train.data import TrainClips
+    from milnce.train.loaders import find_data
+    from milnce.windows import WindowSettings
+
+    data = make_synthetic(tmp_path / "syn", videos=2, val_videos=0, seed=1, size=32, progress=False)
+    split, _, _ = find_data(str(data), None)
+    hostile = split.videos[0].path
+    real = milnce.video.read_clip
+
+    def read_clip(path, *a, **k):
+        if str(path) == hostile:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(milnce.video, "read_clip", read_clip)
+    ds = TrainClips(split, Tokenizer.from_file(data / "vocab.npy"), WindowSettings(fps=4, num_frames=4, size=32),
+                    seed=0, decode_size=32, min_time=1.0, num_candidates=1, hflip=False)
+    infos = [ds[g][2] for g in range(len(ds))]
+    assert all(i["failed"] == 0 for i in infos)
+    notes = [n for i in infos for n in i["notes"].splitlines()]
+    assert notes and all("RecursionError" in n for n in notes)
