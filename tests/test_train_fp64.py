@@ -38,3 +38,31 @@ def test_micro_batch_and_torchrun_agree_in_float64(synth, tmp_path):
                for k, v in a["state_dict"].items() if "num_batches" not in k)
     # BN running statistics differ by design (DDP keeps rank 0's; the cached step folds in both)
     _assert_close_state(a, b, rel=1e-10, buffers=False)
+
+
+AUDIT = Path(__file__).resolve().parent / "fp64_audit.py"
+
+
+def _narrow_ops(stdout: str) -> list[dict]:
+    import json
+
+    return [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
+
+
+def test_the_gradient_cached_step_has_no_float32_operation():
+    """Every operation of an fp64 gradient-cached step of the real S3D (embeddings, loss, cached
+    gradients, pass 2) takes and gives float64 tensors: no float32 constant, buffer or cast."""
+    res = subprocess.run([sys.executable, str(AUDIT)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _narrow_ops(res.stdout) == [{"rank": 0, "narrow_ops": {}}]
+
+
+@pytest.mark.slow
+def test_the_distributed_steps_have_no_float32_operation():
+    """The same under torchrun (2 processes, gloo): the DDP step with the all-gathered loss and
+    the gradient-cached step across processes."""
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(AUDIT)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(_narrow_ops(res.stdout), key=lambda r: r["rank"]) == [
+        {"rank": 0, "narrow_ops": {}}, {"rank": 1, "narrow_ops": {}}]
