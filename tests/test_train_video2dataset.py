@@ -192,3 +192,17 @@ def test_folder_samples_count_any_decoder_exception(tmp_path, monkeypatch):
     assert all(i["failed"] == 0 for i in infos)
     notes = [n for i in infos for n in i["notes"].splitlines()]
     assert notes and all("RecursionError" in n for n in notes)
+
+
+def test_clips_shorter_than_min_time_are_sampled_inside_the_clip():
+    """A clip cut at one subtitle line (1-1.5 s) with --min-time 5: the window is taken inside the
+    clip's video (padded past its end), never starting past its end (a bad sample before)."""
+    from milnce.text import Tokenizer
+    from milnce.train.shards import ShardClips, ShardSet
+    from milnce.windows import WindowSettings
+
+    tar = FIXTURES / "clipped" / "00000.tar"
+    clips = ShardClips(ShardSet((str(tar),), str(tar)), Tokenizer(WORDS), WindowSettings(fps=4, num_frames=8, size=32),
+                       seed=0, decode_size=36, min_time=5.0, num_candidates=1, hflip=False, rank=0, world=1)
+    got = [x for _, x in zip(range(8), iter(clips))]  # two epochs of the 4 clips
+    assert [g[2]["bad"] for g in got] == [0] * 8, [g[2]["notes"] for g in got]

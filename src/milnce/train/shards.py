@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import MilnceError, UsageError
 from ..text import Tokenizer
 from ..windows import WindowSettings
 from .captions import BadRecord, parse_captions
@@ -73,10 +73,20 @@ def shard_set(spec: str, base: str | None = None) -> ShardSet:
     return ShardSet(tuple(urls), spec)
 
 
+def _inside(start: float, end: float, window: float, length: float | None) -> tuple[float, float]:
+    """The span ``[start, end]`` to sample a window of ``window`` seconds from, kept inside a
+    video of ``length`` seconds (a short clip, e.g. one subtitle line cut by video2dataset, is
+    shorter than ``--min-time``): unchanged when it fits, so that no window starts past the end."""
+    if length is None or end <= length:
+        return start, end
+    end = length
+    return max(0.0, min(start, end - window)), end
+
+
 def _reason(exc: Exception) -> str:
     """One line saying why a record was skipped (the exception's type when it is not ours)."""
     text = (str(exc).splitlines() or [""])[0][:300]
-    return text if isinstance(exc, BadRecord) else f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text if isinstance(exc, (BadRecord, MilnceError)) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 class ShardClips(torch.utils.data.IterableDataset):
@@ -147,7 +157,7 @@ class ShardClips(torch.utils.data.IterableDataset):
         return {"bad": len(notes), "failed": failed, "notes": "\n".join(notes), "slot": slot, "epoch": epoch, "pos": pos}
 
     def _sample(self, rec: dict[str, Any], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..video import read_clip
+        from ..video import probe_duration, read_clip
 
         ext = next((e for e in VIDEO_EXTS if e in rec), None)
         if ext is None:
@@ -160,11 +170,12 @@ class ShardClips(torch.utils.data.IterableDataset):
         start, end = _widen(float(video.starts[bag].min()), float(video.ends[bag].max()), self.min_time)
         w = self.window
         duration = w.num_frames / w.fps
-        t0 = float(rng.uniform(start, max(start, end - duration)))
         tmpdir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         with tempfile.NamedTemporaryFile(suffix="." + ext, dir=tmpdir) as f:
             f.write(rec[ext])
             f.flush()
+            start, end = _inside(start, end, duration, probe_duration(f.name))
+            t0 = float(rng.uniform(start, max(start, end - duration)))
             frames = read_clip(f.name, t0, t0 + duration, num_windows=1, fps=w.fps, num_frames=w.num_frames,
                                size=self.decode_size, crop="center", threads=1).frames[0]
         return random_crop(frames, self.decode_size, w.size, self.hflip, rng), self.tokenizer([video.texts[j] for j in bag])
