@@ -274,15 +274,19 @@ def _sibling_vocab(wpath: Path) -> Path | None:
     return None
 
 
-def check_device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device, local_rank: int | None = None) -> torch.device:
     """``device`` as a ``torch.device`` this machine can run the model on, else ``UsageError``
-    (a malformed name, ``meta``, CUDA where there is none, a GPU index past the last one)."""
+    (a malformed name, ``meta``, CUDA where there is none, a GPU index past the last one): the one
+    place a ``--device`` is resolved (model loading, ``extract``/``embed-video``, ``train``).
+    ``local_rank`` (a ``torchrun`` process's) turns a plain ``cuda`` into ``cuda:LOCAL_RANK``."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise UsageError(f"device {str(device)!r} is not a device name (e.g. cpu, cuda, cuda:1)") from exc
     if dev.type == "cpu":
         return dev
+    if dev.type == "cuda" and dev.index is None and local_rank is not None:
+        dev = torch.device("cuda", int(local_rank))
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

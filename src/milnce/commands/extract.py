@@ -83,9 +83,11 @@ def _default_workers() -> int:
 
 
 def _device(device: str, local_rank: int | None) -> str:
-    if device == "cuda" and local_rank is not None:
-        return f"cuda:{local_rank}"  # one GPU per rank
-    return device
+    """``--device`` checked on this machine (one line for CUDA where there is none); a plain
+    ``cuda`` under ``torchrun`` is this rank's GPU."""
+    from ..api import check_device
+
+    return str(check_device(device, local_rank))
 
 
 def _print_report(report: Any, as_json: bool, stream: Any = None) -> None:

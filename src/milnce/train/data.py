@@ -242,9 +242,10 @@ class TrainClips(torch.utils.data.Dataset):
             try:
                 clip, ids = self._sample(anchor, rng)
                 return clip, ids, {"bad": len(notes), "failed": 0, "notes": "\n".join(notes)}
-            except VideoError as exc:  # unreadable file or span: use another sample, count it
+            except Exception as exc:  # noqa: BLE001 - an unreadable file or span (whatever the decoder raised): use another sample, count it
                 video = self.split.videos[int(self.split.anchors[anchor][0])]
-                notes.append(f"{video.path}: {str(exc).splitlines()[0][:300]}")
+                text = (str(exc).splitlines() or [""])[0][:300]
+                notes.append(f"{video.path}: {text if isinstance(exc, VideoError) else f'{type(exc).__name__}: {text}'}")
                 anchor = int(rng.integers(len(self)))
         return (*blank_sample(self.window, self.tokenizer, self.k),
                 {"bad": len(notes), "failed": 1, "notes": "\n".join(notes)})

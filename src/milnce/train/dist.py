@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..api import check_device
+
 __all__ = ["DistContext", "init_distributed", "all_gather_with_grad", "all_reduce_with_grad",
            "SyncBatchNorm3d", "convert_sync_batchnorm"]
 
@@ -57,9 +59,7 @@ def init_distributed(device: str | None = None) -> DistContext:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", local)
+        dev = check_device(device, local)  # UsageError (one line) for CUDA where there is none
     else:
         dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     if dev.type == "cuda":

@@ -1,26 +1,21 @@
 """Streamed training data: webdataset tar shards in the layout ``video2dataset`` writes.
 
-A record is ``KEY.mp4`` (or ``.webm``/``.mkv``/``.mov``/``.avi``) with its captions in one of:
-
-- ``KEY.json`` from video2dataset: YouTube subtitles under ``yt_meta_dict.subtitles[lang]`` as
-  ``[{"start": "HH:MM:SS.fff", "end": ..., "lines": [...]}, ...]`` (``en`` when present, else the
-  first language; a clipped record's ``subtitles`` may be that list directly);
-- ``KEY.json``, simple form: a list of ``{"start": s, "end": s, "text": ...}`` in seconds;
-- ``KEY.txt``: one caption for the whole clip (its span: the first ``min_time`` seconds).
+A record is ``KEY.mp4`` (or ``.webm``/``.mkv``/``.mov``/``.avi``) with its captions in its
+``KEY.json`` (video2dataset's whole-video subtitles, a clipped record's ``clip_subtitles`` in clip
+time, or a simple caption list) or ``KEY.txt``: see ``captions.py``.
 
 Shards are split deterministically: epoch ``e`` permutes the shard list with ``(seed, e)``, and
 loader stream ``s = rank * workers + worker`` of ``S = processes * workers`` reads shards
 ``s, s + S, s + 2S, ...`` of that order, records in file order. A stream's position (epoch,
 records read) travels with each batch; checkpoints keep every stream's, so a resumed run with the
 same processes x workers continues each stream at the next record. Records that cannot be used
-(no video, no captions, ``start > end``, a video that does not decode, a truncated shard) are
-skipped and counted, with their shard and key.
+(no video, no captions, ``start > end``, a video that does not decode, a truncated shard; any
+exception raised while reading one record, e.g. a ``KEY.json`` nested too deeply) are skipped and
+counted, with their shard and key, under the bad-sample stop rule.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,19 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import MilnceError, UsageError
 from ..text import Tokenizer
 from ..windows import WindowSettings
+from .captions import BadRecord, parse_captions
 from .data import CaptionedVideo, _widen, blank_sample, nearest_captions, random_crop
 
 __all__ = ["ShardSet", "is_shard_spec", "shard_set", "ShardClips", "parse_captions", "VIDEO_EXTS", "BadRecord"]
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
 MAX_BAD_IN_A_ROW = 64
-
-
-class BadRecord(ValueError):
-    """A shard record that cannot be used as a training sample."""
 
 
 @dataclass(frozen=True)
@@ -81,64 +73,20 @@ def shard_set(spec: str, base: str | None = None) -> ShardSet:
     return ShardSet(tuple(urls), spec)
 
 
-def _seconds(v: Any) -> float:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        t = float(v)
-    elif isinstance(v, str):
-        try:
-            parts = [float(p) for p in v.strip().replace(",", ".").split(":")]
-        except ValueError:
-            raise BadRecord(f"time {v!r} is not HH:MM:SS.fff or seconds") from None
-        if not 1 <= len(parts) <= 3:
-            raise BadRecord(f"time {v!r} is not HH:MM:SS.fff or seconds")
-        t = 0.0
-        for p in parts:
-            t = t * 60 + p
-    else:
-        raise BadRecord(f"time {v!r} is not a number")
-    if not math.isfinite(t) or t < 0:
-        raise BadRecord(f"time {v!r} must be finite and >= 0")
-    return t
+def _inside(start: float, end: float, window: float, length: float | None) -> tuple[float, float]:
+    """The span ``[start, end]`` to sample a window of ``window`` seconds from, kept inside a
+    video of ``length`` seconds (a short clip, e.g. one subtitle line cut by video2dataset, is
+    shorter than ``--min-time``): unchanged when it fits, so that no window starts past the end."""
+    if length is None or end <= length:
+        return start, end
+    end = length
+    return max(0.0, min(start, end - window)), end
 
 
-def parse_captions(record: dict[str, Any], min_time: float) -> list[tuple[float, float, str]]:
-    """``(start, end, text)`` captions of a shard record (see the module docstring)."""
-    caps: list[tuple[float, float, str]] = []
-    if "json" in record:
-        try:
-            meta = json.loads(record["json"])
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRecord(f"{record.get('__key__')}.json is not JSON ({exc})") from None
-        if isinstance(meta, dict):
-            subs = (meta.get("yt_meta_dict") or {}).get("subtitles") if isinstance(meta.get("yt_meta_dict"), dict) else None
-            if isinstance(subs, dict) and subs:
-                subs = subs.get("en", next(iter(subs.values())))
-            entries = subs if isinstance(subs, list) else []
-            for e in entries:
-                if not isinstance(e, dict):
-                    raise BadRecord("a subtitle entry is not an object")
-                lines = e.get("lines", e.get("line", ""))
-                text = " ".join(str(x) for x in lines) if isinstance(lines, list) else str(lines)
-                caps.append((_seconds(e.get("start")), _seconds(e.get("end")), text))
-        elif isinstance(meta, list):
-            for e in meta:
-                if not isinstance(e, dict):
-                    raise BadRecord("a caption entry is not an object")
-                caps.append((_seconds(e.get("start")), _seconds(e.get("end")), str(e.get("text", ""))))
-    if not caps and "txt" in record:
-        try:
-            text = record["txt"].decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRecord("the .txt caption is not UTF-8") from None
-        caps.append((0.0, float(min_time), text))
-    for s, e, _ in caps:
-        if e < s:
-            raise BadRecord(f"a caption ends ({e:g} s) before it starts ({s:g} s)")
-    caps = [(s, e, " ".join(t.split())) for s, e, t in caps if t.strip()]
-    if not caps:
-        raise BadRecord("no captions (.json subtitles, caption list or .txt)")
-    caps.sort(key=lambda c: (c[0], c[1]))
-    return caps
+def _reason(exc: Exception) -> str:
+    """One line saying why a record was skipped (the exception's type when it is not ours)."""
+    text = (str(exc).splitlines() or [""])[0][:300]
+    return text if isinstance(exc, (BadRecord, MilnceError)) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 class ShardClips(torch.utils.data.IterableDataset):
@@ -192,8 +140,8 @@ class ShardClips(torch.utils.data.IterableDataset):
                         if "__error__" in rec:
                             raise BadRecord(rec["__error__"])
                         clip, ids = self._sample(rec, rng)
-                    except (BadRecord, ValueError) as exc:
-                        notes.append(f"{url}:{rec.get('__key__')}: {str(exc).splitlines()[0][:300]}")
+                    except Exception as exc:  # noqa: BLE001 - whatever one record's decoding raised: a bad sample
+                        notes.append(f"{url}:{rec.get('__key__')}: {_reason(exc)}")
                         if len(notes) >= MAX_BAD_IN_A_ROW:
                             yield (*blank_sample(self.window, self.tokenizer, self.k),
                                    self._info(notes, 1, slot, epoch, pos))
@@ -209,7 +157,7 @@ class ShardClips(torch.utils.data.IterableDataset):
         return {"bad": len(notes), "failed": failed, "notes": "\n".join(notes), "slot": slot, "epoch": epoch, "pos": pos}
 
     def _sample(self, rec: dict[str, Any], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..video import read_clip
+        from ..video import probe_duration, read_clip
 
         ext = next((e for e in VIDEO_EXTS if e in rec), None)
         if ext is None:
@@ -222,11 +170,12 @@ class ShardClips(torch.utils.data.IterableDataset):
         start, end = _widen(float(video.starts[bag].min()), float(video.ends[bag].max()), self.min_time)
         w = self.window
         duration = w.num_frames / w.fps
-        t0 = float(rng.uniform(start, max(start, end - duration)))
         tmpdir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         with tempfile.NamedTemporaryFile(suffix="." + ext, dir=tmpdir) as f:
             f.write(rec[ext])
             f.flush()
+            start, end = _inside(start, end, duration, probe_duration(f.name))
+            t0 = float(rng.uniform(start, max(start, end - duration)))
             frames = read_clip(f.name, t0, t0 + duration, num_windows=1, fps=w.fps, num_frames=w.num_frames,
                                size=self.decode_size, crop="center", threads=1).frames[0]
         return random_crop(frames, self.decode_size, w.size, self.hflip, rng), self.tokenizer([video.texts[j] for j in bag])
