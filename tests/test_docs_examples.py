@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -126,9 +127,8 @@ socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, c
 def docs_env(tmp_path_factory) -> tuple[dict[str, str], Path]:
     """The environment of the examples and a folder of generated inputs to copy per page."""
     from conftest import VOCAB, random_state_dict
-    from video_fixtures import make_video
-
     from milnce.weights import DEFAULT_WEIGHTS, REGISTRY, save_bundle
+    from video_fixtures import make_video
 
     base = tmp_path_factory.mktemp("docs_examples")
     bundle = base / "model"
@@ -173,6 +173,7 @@ def test_runnable_examples_run(tmp_path, docs_env):
     assert by_page
     times: list[str] = []
     start = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for page, blocks in by_page.items():
         ws = _workspace(tmp_path, inputs, Path(page).stem)
         page_env = dict(env, HOME=str(ws), MILNCE_HOME=str(ws / ".milnce_home"))
@@ -184,4 +185,6 @@ def test_runnable_examples_run(tmp_path, docs_env):
                                capture_output=True, text=True, timeout=300)
             times.append(f"{page}:{b.line} {time.perf_counter() - t0:.1f} s")
             assert r.returncode == 0, f"{page}:{b.line} failed ({r.returncode}):\n{b.code}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    print(f"runnable examples: {time.perf_counter() - start:.1f} s: " + ", ".join(times))
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
+    print(f"runnable examples: {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU: " + ", ".join(times))
