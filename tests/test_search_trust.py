@@ -1,6 +1,6 @@
 """Search results you can trust (issue 10): moments independent of k, readable scores, query by
 example, curves, verified ANN files, damaged rows refused, odd file names, exit codes, CSV,
-removal, and the README's command examples run as written."""
+removal, and the search page's command examples (docs/search.md) run as written."""
 
 from __future__ import annotations
 
@@ -379,12 +379,13 @@ def test_localize_shows_progress(vids, wargs, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# 7. The README's command examples run as written
+# 7. The search page's command examples (docs/search.md) run as written
 
 
-def _readme_commands(section: str) -> list[str]:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+def _docs_commands(page: str) -> list[str]:
+    """The ``milnce ...`` lines of a documentation page's introduction (before its first section)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text()
+    body = text.split("\n## ", 1)[0]
     cmds = []
     for line in body.splitlines():
         s = line.strip()
@@ -394,7 +395,7 @@ def _readme_commands(section: str) -> list[str]:
 
 
 def test_readme_search_examples_run_as_written(tmp_path, vids, wargs, monkeypatch, capsys):
-    """Every ``milnce ...`` line of the README's "Search your videos" section, on generated
+    """Every ``milnce ...`` line at the top of docs/search.md (its command summary), on generated
     videos (``~/videos`` and ``talk.mp4``) with the random-weights checkpoint."""
     home = tmp_path / "home"
     (home / "videos").mkdir(parents=True)
@@ -405,7 +406,7 @@ def test_readme_search_examples_run_as_written(tmp_path, vids, wargs, monkeypatc
     (home / "queries.txt").write_text("cut tomato\npour water\n")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(home)
-    cmds = _readme_commands("Search your videos")
+    cmds = _docs_commands("search.md")
     assert len(cmds) >= 8
     ran = 0
     for line in cmds:
