@@ -82,7 +82,7 @@ def _default_workers() -> int:
     return default_workers()
 
 
-def _device(device: str, local_rank: int | None) -> str:
+def rank_device(device: str, local_rank: int | None) -> str:
     if device == "cuda" and local_rank is not None:
         return f"cuda:{local_rank}"  # one GPU per rank
     return device
@@ -126,7 +126,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         shard = resolve_shard(args.shard)
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
-    args.device = _device(args.device, shard.local_rank)
+    args.device = rank_device(args.device, shard.local_rank)
     if recipe is not None:
         return run_extraction(args, args.paths, recipe.features(), shard, recipe=recipe)
     return run_extraction(args, args.paths, (args.features or "video_embedding,mixed_5c").split(","), shard)

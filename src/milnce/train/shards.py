@@ -33,7 +33,7 @@ import torch
 from ..errors import UsageError
 from ..text import Tokenizer
 from ..windows import WindowSettings
-from .data import CaptionedVideo, _widen, blank_sample, nearest_captions, random_crop
+from .data import CaptionedVideo, blank_sample, nearest_captions, random_crop, widen
 
 __all__ = ["ShardSet", "is_shard_spec", "shard_set", "ShardClips", "parse_captions", "VIDEO_EXTS", "BadRecord"]
 
@@ -219,7 +219,7 @@ class ShardClips(torch.utils.data.IterableDataset):
                                tuple(c[2] for c in caps))
         ci = int(rng.integers(len(caps)))
         bag = nearest_captions(video, ci, self.k)
-        start, end = _widen(float(video.starts[bag].min()), float(video.ends[bag].max()), self.min_time)
+        start, end = widen(float(video.starts[bag].min()), float(video.ends[bag].max()), self.min_time)
         w = self.window
         duration = w.num_frames / w.fps
         t0 = float(rng.uniform(start, max(start, end - duration)))
