@@ -83,6 +83,7 @@ def _default_workers() -> int:
 
 
 def rank_device(device: str, local_rank: int | None) -> str:
+    """``--device``, with ``cuda`` made ``cuda:LOCAL_RANK`` under torchrun (one GPU per rank)."""
     if device == "cuda" and local_rank is not None:
         return f"cuda:{local_rank}"  # one GPU per rank
     return device

@@ -34,6 +34,7 @@ def published(benchmark: str) -> dict[str, float]:
 
 
 def clean_json(x: Any) -> Any:
+    """``x`` as plain JSON values: string keys, lists, floats rounded to 6 places (NaN/inf -> None)."""
     if isinstance(x, dict):
         return {str(k): clean_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

@@ -173,6 +173,7 @@ def nearest_captions(video: CaptionedVideo, index: int, k: int) -> list[int]:
 
 
 def widen(start: float, end: float, min_time: float) -> tuple[float, float]:
+    """``[start, end]`` widened around its middle to at least ``min_time`` seconds (never before 0)."""
     if end - start < min_time:
         mid = (start + end) / 2
         start = max(0.0, mid - min_time / 2)

@@ -104,6 +104,7 @@ class Clip:
 
 
 def check_path(path: str | os.PathLike[str]) -> str:
+    """The video's path as ``str``, checked: a ``VideoError`` unless it is a non-empty, readable file."""
     p = os.fspath(path)
     if not isinstance(p, str):
         p = os.fsdecode(p)
@@ -370,6 +371,7 @@ class Converter:
 
 
 def check_times(path: str, start: float | None, end: float | None) -> tuple[float, float]:
+    """``(start, end)`` seconds checked (``end`` None -> inf); ``VideoError`` naming ``path`` otherwise."""
     s = 0.0 if start is None else float(start)
     e = math.inf if end is None else float(end)
     if math.isnan(s) or math.isnan(e):
@@ -446,10 +448,12 @@ class Sampler:
 
 
 def stack_frames(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """``T`` frames (``3 x S x S`` uint8 arrays) as one ``3 x T x S x S`` tensor."""
     return torch.from_numpy(np.stack(frames, axis=1))  # 3 x S x S each -> 3 x T x S x S
 
 
 def pad_frames(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
+    """``real`` cut or padded to ``num_frames`` frames (``pad``: repeat the last, loop, zeros)."""
     if len(real) >= num_frames:
         return real[:num_frames]
     if pad == "loop":
