@@ -297,13 +297,13 @@ def test_torchrun_survives_a_bad_video_and_merges_the_failures(checkpoint, tmp_p
 
 def test_failure_lists_of_an_earlier_run_with_another_share_count_are_ignored(tmp_path, caplog):
     from milnce.extract import read_failures
-    from milnce.extract.runner import _write_failures
+    from milnce.extract.runner import write_failures
 
     for i in range(4):
-        _write_failures(str(tmp_path / f"failures-rank{i}.csv"), [(f"/v/old{i}.mp4", "bad")], shards=4)
+        write_failures(str(tmp_path / f"failures-rank{i}.csv"), [(f"/v/old{i}.mp4", "bad")], shards=4)
         os.utime(tmp_path / f"failures-rank{i}.csv", (1, 1))
     for i in range(2):
-        _write_failures(str(tmp_path / f"failures-rank{i}.csv"), [(f"/v/new{i}.mp4", "bad")], shards=2)
+        write_failures(str(tmp_path / f"failures-rank{i}.csv"), [(f"/v/new{i}.mp4", "bad")], shards=2)
     with caplog.at_level(logging.WARNING, logger="milnce.extract"):
         rows = read_failures(str(tmp_path))
     assert sorted(p for p, _ in rows) == ["/v/new0.mp4", "/v/new1.mp4"]

@@ -178,7 +178,7 @@ def test_a_diverged_run_stops_with_a_training_error(synth, tmp_path, capsys):
     assert _train(synth, tmp_path / "run", cfg, "--steps", "2", "--lr", "1e6") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("milnce: error:") and "NaN or infinite" in err[-1], err[-3:]
-    from milnce.train.errors import TrainingError
+    from milnce.errors import TrainingError
     from milnce.train.step import check_finite
 
     net = nn.BatchNorm1d(2)

@@ -82,7 +82,7 @@ def _default_workers() -> int:
     return default_workers()
 
 
-def _device(device: str, local_rank: int | None) -> str:
+def rank_device(device: str, local_rank: int | None) -> str:
     """``--device`` checked on this machine (one line for CUDA where there is none); a plain
     ``cuda`` under ``torchrun`` is this rank's GPU."""
     from ..api import check_device
@@ -128,7 +128,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         shard = resolve_shard(args.shard)
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
-    args.device = _device(args.device, shard.local_rank)
+    args.device = rank_device(args.device, shard.local_rank)
     if recipe is not None:
         return run_extraction(args, args.paths, recipe.features(), shard, recipe=recipe)
     return run_extraction(args, args.paths, (args.features or "video_embedding,mixed_5c").split(","), shard)

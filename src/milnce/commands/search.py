@@ -243,9 +243,9 @@ def _index_from_features(args: argparse.Namespace) -> int:
 def _record_roots(args: argparse.Namespace) -> int:
     """``milnce index --index DIR --root ROOT...``: record collection roots of an existing index."""
     from ..index import Index
-    from ..index.layout import show_path
+    from ..index.layout import DB_NAME, show_path
 
-    if not os.path.isfile(os.path.join(args.index, "index.sqlite")):
+    if not os.path.isfile(os.path.join(args.index, DB_NAME)):
         raise CommandError(f"--root without PATHs records roots of an existing index; there is none at {args.index}")
     with Index.open(args.index, readonly=False) as index:
         index.add_roots(args.root)

@@ -91,41 +91,23 @@ def supervise(command: list[str], *, max_restarts: int = MAX_RESTARTS, window_s:
 def index_folders(given: list[str]) -> list[str]:
     """The index folders ``serve`` was given: each an index, or a folder whose sub-folders are
     indexes (sorted by name). ``CommandError`` for anything else."""
+    from ..index.layout import DB_NAME
+
     out: list[str] = []
     for d in given:
         if not os.path.isdir(d):
             raise MissingFileError(f"index folder not found: {d} (build one with 'milnce index')")
-        if os.path.isfile(os.path.join(d, "index.sqlite")):
+        if os.path.isfile(os.path.join(d, DB_NAME)):
             out.append(d)
             continue
         subs = sorted(os.path.join(d, n) for n in os.listdir(d)
-                      if os.path.isfile(os.path.join(d, n, "index.sqlite")))
+                      if os.path.isfile(os.path.join(d, n, DB_NAME)))
         if not subs:
             raise CommandError(f"{d} is neither an index folder nor a folder of index folders")
         out += subs
     if len({os.path.realpath(d) for d in out}) != len(out):
         raise CommandError("the same index is given twice")
     return out
-
-
-def check_comparable(folders: list[str]) -> None:
-    """Refuse, before the model loads, indexes whose scores cannot be merged (other weights or
-    window settings than the first)."""
-    from ..index import Index
-    from ..server.multi import IndexMismatchError, index_names
-
-    first = None
-    for name, d in zip(index_names(folders), folders):
-        with Index.open(d) as ix:
-            here = (ix.weights_id, dict(ix.settings))
-        if first is None:
-            first = (name, *here)
-        elif here[0] != first[1]:
-            raise IndexMismatchError(f"index {name!r} ({d}) was built with other weights ({here[0]}) than "
-                                     f"{first[0]!r} ({first[1]}): their scores cannot be compared; serve them separately")
-        elif here[1] != first[2]:
-            raise IndexMismatchError(f"index {name!r} ({d}) has other window settings than {first[0]!r} "
-                                     f"({here[1]} vs {first[2]}): their scores cannot be compared; serve them separately")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -155,7 +137,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         folders = index_folders(args.index)
         if len(folders) > 1:
-            check_comparable(folders)  # before the model loads
+            from ..server.multi import check_comparable_folders
+
+            check_comparable_folders(folders)  # before the model loads
         model = model_from_args(args)
         from ..index import Index
         from ..server.multi import index_names

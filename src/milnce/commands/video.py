@@ -31,12 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_embed_video(args: argparse.Namespace) -> int:
     from ..errors import MilnceError
     from ..extract import resolve_shard
-    from .extract import _device, run_extraction
+    from .extract import rank_device, run_extraction
 
     try:
         shard = resolve_shard(args.shard)
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
-    args.device = _device(args.device, shard.local_rank)
+    args.device = rank_device(args.device, shard.local_rank)
     features = ["video_embedding", "mixed_5c"] if args.features else ["video_embedding"]
     return run_extraction(args, args.videos, features, shard)

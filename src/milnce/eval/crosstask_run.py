@@ -36,8 +36,8 @@ from .crosstask import (
 from .datasets import EvalItem, VideoResolver
 from .dp import assign_steps
 from .protocol import EvalSettings
-from .report import _clean, published
-from .run import Runner, _duration, embed_clips, encode_captions
+from .report import clean_json, published
+from .run import Runner, embed_clips, encode_captions, header_duration
 
 __all__ = ["CrossTaskResult", "DECODERS", "evaluate_crosstask", "format_crosstask", "crosstask_dict",
            "write_crosstask"]
@@ -126,7 +126,7 @@ def _prepare(release: CrossTaskRelease, videos: str | os.PathLike[str], res: Cro
             res.missing[v.video_id] = v.task_id
             continue
         try:
-            duration = _duration(path)
+            duration = header_duration(path)
         except (MilnceError, OSError, ValueError) as exc:
             res.unreadable[v.video_id] = str(exc)
             continue
@@ -240,7 +240,7 @@ def _metrics(res: CrossTaskResult) -> dict[str, Any]:
 def crosstask_dict(res: CrossTaskResult) -> dict[str, Any]:
     """Everything ``metrics.json`` holds (JSON-ready)."""
     c = res.counts
-    return _clean({
+    return clean_json({
         "benchmark": "crosstask",
         "title": TITLE,
         "annotations": str(res.release.root),

@@ -33,11 +33,12 @@ def published(benchmark: str) -> dict[str, float]:
     return dict(REGISTRY[DEFAULT_WEIGHTS].results.get(PUBLISHED_KEYS[benchmark], {}))
 
 
-def _clean(x: Any) -> Any:
+def clean_json(x: Any) -> Any:
+    """``x`` as plain JSON values: string keys, lists, floats rounded to 6 places (NaN/inf -> None)."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): clean_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [clean_json(v) for v in x]
     if isinstance(x, (np.floating, float)):
         return None if not math.isfinite(float(x)) else round(float(x), 6)
     if isinstance(x, np.integer):
@@ -53,7 +54,7 @@ def result_dict(result: EvalResult) -> dict[str, Any]:
             .format(**counts))
     if b.limited:
         note += f" (--limit: {counts['rows_selected']} of the {b.total_rows} annotation rows)"
-    return _clean({
+    return clean_json({
         "benchmark": b.name,
         "title": b.title,
         "annotations": b.annotations,

@@ -100,7 +100,7 @@ def encode_captions(model: Any, texts: Sequence[str], max_words: int, batch_size
 # Video
 
 
-def _duration(path: Path) -> float:
+def header_duration(path: Path) -> float:
     """The video's duration from its header (no frame is decoded)."""
     import av
 
@@ -209,7 +209,7 @@ def _plan(model: Any, groups: dict[Path, list[EvalItem]], settings: EvalSettings
         duration = float("nan")
         if any(it.end is None for it in video_items):
             try:
-                duration = _duration(path)
+                duration = header_duration(path)
             except (MilnceError, OSError, ValueError) as exc:
                 for it in video_items:
                     res.unreadable[it.video_id] = str(exc).replace(str(path) + ": ", "")

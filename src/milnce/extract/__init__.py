@@ -7,10 +7,13 @@
   them back (no pickle).
 """
 
+from ..video.pipeline import VideoJob, default_workers, run_jobs
+from ..video.result import VideoWindows
 from .inputs import Shard, VideoInput, collect_inputs, output_path, resolve_shard, shard_inputs
-from .pipeline import JobResult, VideoJob, default_workers, run_jobs
 from .runner import FEATURES, CheckReport, ExtractReport, check, extract, failures_file, read_failures
 from .store import FeatureFile, StoreError, feature_file_paths, iter_feature_files, read_feature_file, read_meta
+
+JobResult = VideoWindows  # the older name of run_jobs' results
 
 __all__ = [
     "VideoJob", "JobResult", "run_jobs", "default_workers",

@@ -104,12 +104,12 @@ def _wait_gone(procs: list[list[Any]], limit_s: float = 60.0) -> None:
 
 
 def _write_merged(out_dir: str, shard: Shard, size: int, merged: list[tuple[str, str]]) -> None:
-    from .runner import _write_failures, failures_file
+    from .runner import failures_file, write_failures
 
     outer = Shard(shard.index // size, max(1, shard.count // size))
     target = failures_file(out_dir, outer, merged=True)
     if merged:
-        _write_failures(target, merged, shards=outer.count if outer.count > 1 else None)
+        write_failures(target, merged, shards=outer.count if outer.count > 1 else None)
         log.info("failures of all %d ranks: %s", size, target)
     elif outer.count == 1 and os.path.exists(target):  # an earlier run's list: superseded by this run
         os.remove(target)

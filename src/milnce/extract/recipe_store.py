@@ -155,9 +155,9 @@ def extract_recipe(paths: Any, out_dir: str | os.PathLike[str], model: Any, reci
     """``milnce.extract.extract`` under ``recipe``: its windows, feature and layout (two inputs
     with the same video id are refused before anything is written). ``kwargs``: the run options
     of ``extract`` (``batch_size``, ``workers``, ``shard``, ``overwrite``, ``progress``...)."""
-    from .runner import _as_inputs, extract
+    from .runner import as_inputs, extract
 
-    inputs = _as_inputs(paths)
+    inputs = as_inputs(paths)
     check_unique_ids(inputs)
     return extract(inputs, out_dir, model, recipe.settings(), features=recipe.features(), pad="zeros",
                    layout=RecipeLayout(recipe), **kwargs)

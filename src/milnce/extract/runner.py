@@ -180,7 +180,7 @@ def _reason(path: str, error: str) -> str:
     return error
 
 
-def _write_failures(path: str, rows: Sequence[tuple[str, str]], shards: int | None = None) -> None:
+def write_failures(path: str, rows: Sequence[tuple[str, str]], shards: int | None = None) -> None:
     """The failure list, atomically; names that are not UTF-8 are kept byte for byte. ``shards``:
     the number of shares of the run (a third header column ``shards=N``)."""
     buf = io.StringIO()
@@ -221,7 +221,7 @@ def _why_redo(meta: dict[str, Any] | None, ident: dict[str, Any], source: dict[s
     return None
 
 
-def _as_inputs(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput]) -> list[VideoInput]:
+def as_inputs(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput]) -> list[VideoInput]:
     """``collect_inputs`` rows: given as such, or collected from files, folders and list files."""
     items = list(paths)
     rows = [x for x in items if isinstance(x, VideoInput)]
@@ -265,7 +265,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     workers = resolve_workers(workers)
     shard = shard or Shard()
     out = _out_folder(out_dir)
-    inputs = _as_inputs(paths)
+    inputs = as_inputs(paths)
     layout = layout or NpzLayout()
     layout.prepare(out)
     share = shard_inputs(inputs, shard.index, shard.count)
@@ -275,7 +275,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     report.shards = shard.count if shard.count > 1 else None
     t0 = time.perf_counter()
     todo = _plan(share, out, ident, report, layout, overwrite=overwrite, verify=verify)
-    _write_failures(report.failures_file, [], report.shards)
+    write_failures(report.failures_file, [], report.shards)
     bar = _bar(len(todo), shard) if progress and todo else None
     jobs = (VideoJob(item.path, key=i, start=start, end=end) for i, (item, *_rest) in enumerate(todo))
     results = run_jobs(model, jobs, settings, pad=pad, features="mixed_5c" in feats, batch_size=batch_size,
@@ -345,7 +345,7 @@ def _store(res: VideoWindows, todo: _Todo, ident: dict[str, Any], report: Extrac
     if res.error is not None:
         report.failures.append((item.path, _reason(item.path, res.error)))
         report.failed += 1
-        _write_failures(report.failures_file or "", report.failures, report.shards)
+        write_failures(report.failures_file or "", report.failures, report.shards)
         if bar is not None:  # without a bar the caller lists the failures at the end
             _say(bar, f"failed: {res.error}")
         return
@@ -380,7 +380,7 @@ def check(out_dir: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str
     out = os.fspath(out_dir)
     if not os.path.isdir(out):
         raise UsageError(f"{out}: no such output folder")
-    inputs = _as_inputs(paths)
+    inputs = as_inputs(paths)
     rep = CheckReport(out_dir=out, inputs=len(inputs))
     layout = layout or NpzLayout()
     failed = dict(read_failures(out))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..atomic import fsync_dir as fsync_dir  # re-exported: the index modules' name for it
 from ..printable import show_path as show_path  # re-exported: the index's name for it
 
 FORMAT_VERSION = 1
@@ -20,20 +21,6 @@ SCAN_BLOCK = 1 << 16  # rows per block of an exact scan
 
 def now() -> float:
     return time.time()
-
-
-def fsync_dir(path: str) -> None:
-    """Make a rename or a new file in ``path`` durable (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def expand_path(path: str | os.PathLike[str]) -> str:

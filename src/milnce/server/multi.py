@@ -20,15 +20,16 @@ from __future__ import annotations
 import heapq
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import MilnceError
 from ..index import Index
+from ..printable import show_path
 from ..protocols import Encoder
 from .service import ApiError, SearchService
 
-__all__ = ["IndexSet", "IndexMismatchError", "index_names"]
+__all__ = ["IndexSet", "IndexMismatchError", "index_names", "check_comparable", "check_comparable_folders"]
 
 
 class IndexMismatchError(MilnceError, ValueError):
@@ -48,22 +49,43 @@ def index_names(folders: Sequence[str]) -> list[str]:
     return out
 
 
+def check_comparable(indexes: Iterable[tuple[str, str, str, Mapping[str, Any]]]) -> None:
+    """Refuse indexes whose scores cannot be merged: each ``(name, folder, weights fingerprint,
+    window settings)`` must record the first's weights and settings (``IndexMismatchError``
+    naming the index and what differs)."""
+    first: tuple[str, str, dict[str, Any]] | None = None
+    for name, folder, weights_id, settings in indexes:
+        here = dict(settings)
+        if first is None:
+            first = (name, weights_id, here)
+        elif weights_id != first[1]:
+            raise IndexMismatchError(f"index {name!r} ({show_path(folder)}) was built with other weights ({weights_id}) "
+                                     f"than {first[0]!r} ({first[1]}): their scores cannot be compared; serve them separately")
+        elif here != first[2]:
+            raise IndexMismatchError(f"index {name!r} ({show_path(folder)}) has other window settings ({here}) than "
+                                     f"{first[0]!r} ({first[2]}): their scores cannot be compared; serve them separately")
+
+
+def check_comparable_folders(folders: Sequence[str]) -> None:
+    """``check_comparable`` for index folders (named as ``index_names`` names them), each opened in
+    turn for its records only: the check ``milnce serve`` makes before the model loads."""
+
+    def facts() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+        for name, d in zip(index_names(folders), folders):
+            with Index.open(d) as ix:
+                here = (name, d, ix.weights_id, dict(ix.settings))
+            yield here
+
+    check_comparable(facts())
+
+
 class IndexSet:
     """The indexes a server serves, each with its ``SearchService`` (thread-safe)."""
 
     def __init__(self, indexes: Mapping[str, Index], model: Encoder, **service_opts: Any) -> None:
         if not indexes:
             raise IndexMismatchError("no index to serve")
-        first_name, first = next(iter(indexes.items()))
-        for name, ix in indexes.items():
-            if ix.weights_id != first.weights_id:
-                raise IndexMismatchError(f"index {name!r} was built with other weights ({ix.weights_id}) than "
-                                         f"{first_name!r} ({first.weights_id}): their scores cannot be compared; "
-                                         "serve them separately")
-            if ix.settings != first.settings:
-                raise IndexMismatchError(f"index {name!r} has other window settings ({ix.settings}) than "
-                                         f"{first_name!r} ({first.settings}): their scores cannot be compared; "
-                                         "serve them separately")
+        check_comparable((name, ix.directory, ix.weights_id, ix.settings) for name, ix in indexes.items())
         lock = threading.Lock()
         self.services: dict[str, SearchService] = {}
         for name, ix in indexes.items():

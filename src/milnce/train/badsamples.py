@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..errors import TrainingError
 from .dist import DistContext
-from .errors import TrainingError
 
 __all__ = ["BadSamples"]
 

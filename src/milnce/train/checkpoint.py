@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, fsync_dir
+from ..errors import TrainingError
 from ..integrity import zip_problem
 from ..weights import CheckpointError, find_run_checkpoint
-from .errors import TrainingError
 
 __all__ = ["save_checkpoint", "load_training_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state",
            "checkpoint_path", "FORMAT"]
@@ -71,19 +71,6 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device | None = 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(run: str | os.PathLike[str], step: int, payload: dict[str, Any], keep: int = 3) -> Path:
     """Write ``payload`` as the checkpoint of ``step`` atomically; keep the newest ``keep``."""
     final = checkpoint_path(run, step)
@@ -94,7 +81,7 @@ def save_checkpoint(run: str | os.PathLike[str], step: int, payload: dict[str, A
     except (OSError, RuntimeError) as exc:  # a full disk (torch's writer may wrap the OSError)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
         raise TrainingError(f"cannot write the checkpoint {final}: {reason}") from None
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     found = sorted((int(m.group(1)), p) for p in final.parent.iterdir() if (m := _NAME.fullmatch(p.name)))
     for _, old in found[:-keep]:
         old.unlink(missing_ok=True)

@@ -172,7 +172,8 @@ def nearest_captions(video: CaptionedVideo, index: int, k: int) -> list[int]:
     return picked
 
 
-def _widen(start: float, end: float, min_time: float) -> tuple[float, float]:
+def widen(start: float, end: float, min_time: float) -> tuple[float, float]:
+    """``[start, end]`` widened around its middle to at least ``min_time`` seconds (never before 0)."""
     if end - start < min_time:
         mid = (start + end) / 2
         start = max(0.0, mid - min_time / 2)
@@ -258,7 +259,7 @@ class TrainClips(torch.utils.data.Dataset):
         if ci < 0:
             ci = int(rng.integers(len(video.texts)))
         bag = nearest_captions(video, ci, self.k)
-        start, end = _widen(float(video.starts[bag].min()), float(video.ends[bag].max()), self.min_time)
+        start, end = widen(float(video.starts[bag].min()), float(video.ends[bag].max()), self.min_time)
         w = self.window
         duration = w.num_frames / w.fps
         t0 = float(rng.uniform(start, max(start, end - duration)))
@@ -312,7 +313,7 @@ class EvalClips(torch.utils.data.Dataset):
         p = self.pairs[i]
         w = self.window
         duration = w.num_frames / w.fps
-        start, end = _widen(p.start, p.end, self.min_time)
+        start, end = widen(p.start, p.end, self.min_time)
         t0 = max(0.0, (start + end) / 2 - duration / 2)
         frames = read_clip(p.path, t0, t0 + duration, num_windows=1, fps=w.fps, num_frames=w.num_frames,
                            size=self.decode_size, crop="center", threads=1).frames[0]

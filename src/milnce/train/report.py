@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_text
-from .errors import TrainingError
+from ..errors import TrainingError
 
 __all__ = ["retrieval_metrics", "evaluate", "Metrics"]
 

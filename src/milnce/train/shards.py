@@ -29,7 +29,7 @@ from ..errors import MilnceError, UsageError
 from ..text import Tokenizer
 from ..windows import WindowSettings
 from .captions import BadRecord, parse_captions
-from .data import CaptionedVideo, _widen, blank_sample, nearest_captions, random_crop
+from .data import CaptionedVideo, widen, blank_sample, nearest_captions, random_crop
 
 __all__ = ["ShardSet", "is_shard_spec", "shard_set", "ShardClips", "parse_captions", "VIDEO_EXTS", "BadRecord"]
 
@@ -167,7 +167,7 @@ class ShardClips(torch.utils.data.IterableDataset):
                                tuple(c[2] for c in caps))
         ci = int(rng.integers(len(caps)))
         bag = nearest_captions(video, ci, self.k)
-        start, end = _widen(float(video.starts[bag].min()), float(video.ends[bag].max()), self.min_time)
+        start, end = widen(float(video.starts[bag].min()), float(video.ends[bag].max()), self.min_time)
         w = self.window
         duration = w.num_frames / w.fps
         tmpdir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import TrainingError
 from .dist import all_gather_with_grad
-from .errors import TrainingError
 from .loss import milnce_loss
 
 __all__ = ["plain_step", "cached_step", "bn_buffers", "check_finite", "set_train_mode"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_file
-from ..errors import UsageError
+from ..errors import TrainingError, UsageError
 from ..model import S3D
 from ..text import Tokenizer, load_vocab
 from ..weights import CheckpointError
@@ -28,7 +28,6 @@ from .checkpoint import latest_checkpoint, load_training_checkpoint, rng_state, 
 from .config import RESUME_MAY_CHANGE, RESUME_MAY_REPLAN, TrainConfig, load_config_file
 from .data import EvalClips, eval_pairs, worker_init
 from .dist import DistContext, convert_sync_batchnorm, init_distributed
-from .errors import TrainingError
 from .loaders import find_data, gather_positions, make_loader, note_position
 from .report import Metrics, evaluate, retrieval_metrics
 from .step import cached_step, check_finite, plain_step, set_train_mode

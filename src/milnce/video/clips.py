@@ -15,25 +15,25 @@ import torch
 
 from ..errors import UsageError
 from .decode import (
-    _DEFAULT,
+    DEFAULT,
     Clip,
     ClipReader,
+    Converter,
+    Sampler,
+    Video,
     VideoError,
-    _check_common,
-    _check_path,
-    _check_times,
-    _Converter,
-    _pad,
-    _Sampler,
-    _stack,
-    _Video,
+    check_common,
+    check_path,
+    check_times,
+    pad_frames,
+    stack_frames,
 )
 
 __all__ = ["read_clips", "read_clip", "clips_to_tensor"]
 
 
-def read_clips(path: str | os.PathLike[str], fps: float = _DEFAULT.fps, num_frames: int = _DEFAULT.num_frames,
-               size: int = _DEFAULT.size, stride: int = _DEFAULT.stride, start: float | None = None, end: float | None = None, crop: str = "center",
+def read_clips(path: str | os.PathLike[str], fps: float = DEFAULT.fps, num_frames: int = DEFAULT.num_frames,
+               size: int = DEFAULT.size, stride: int = DEFAULT.stride, start: float | None = None, end: float | None = None, crop: str = "center",
                pad: str = "repeat", *, threads: int = 0) -> Iterator[Clip]:
     """Sliding windows over a video (or ``[start, end]`` seconds) in one decoding pass.
 
@@ -52,7 +52,7 @@ def read_clips(path: str | os.PathLike[str], fps: float = _DEFAULT.fps, num_fram
 
 
 def read_clip(path: str | os.PathLike[str], start: float, end: float, num_windows: int = 4,
-              fps: float = _DEFAULT.fps, num_frames: int = _DEFAULT.num_frames, size: int = _DEFAULT.size, crop: str = "center", pad: str = "repeat",
+              fps: float = DEFAULT.fps, num_frames: int = DEFAULT.num_frames, size: int = DEFAULT.size, crop: str = "center", pad: str = "repeat",
               *, threads: int = 0) -> Clip:
     """One clip for ``[start, end]`` as ``num_windows`` windows spread over it (evaluation protocol).
 
@@ -62,13 +62,13 @@ def read_clip(path: str | os.PathLike[str], start: float, end: float, num_window
     ``num_windows x 3 x num_frames x size x size``; embed with ``model.encode_video(clip.frames)``
     and average the window embeddings.
     """
-    p = _check_path(path)
-    _check_common(fps, num_frames, size, 1, crop, pad)
+    p = check_path(path)
+    check_common(fps, num_frames, size, 1, crop, pad)
     if int(num_windows) < 1:
         raise UsageError(f"num_windows must be >= 1, got {num_windows!r}")
     if start is None or end is None:
         raise VideoError(f"{p}: read_clip needs both start and end (seconds)")
-    s, e = _check_times(p, start, end)
+    s, e = check_times(p, start, end)
     if math.isinf(e):
         raise VideoError(f"{p}: end must be finite")
     T = int(num_frames)
@@ -92,7 +92,7 @@ class WindowsAt:
 
     def __init__(self, path: str, starts: list[float], fps: float, num_frames: int, size: int, crop: str,
                  pad: str, *, threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
-        self.path = _check_path(path)
+        self.path = check_path(path)
         if not starts:
             raise VideoError(f"{self.path}: no window start times given")
         for st in starts:
@@ -105,11 +105,11 @@ class WindowsAt:
     def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         p, starts, T, fps = self.path, self.starts, self.num_frames, self.fps
         first = min(starts)
-        video = _Video(p, threads=self.threads, warn=self.warn)
+        video = Video(p, threads=self.threads, warn=self.warn)
         try:
             if video.header_duration is not None and first >= video.header_duration + 1.0:
                 raise VideoError(f"{p}: start ({first:g} s) is past the end of the video ({video.header_duration:.3f} s)")
-            sampler = _Sampler(video, _Converter(self.size, self.crop))
+            sampler = Sampler(video, Converter(self.size, self.crop))
             # every sample time of every window, in time order
             tagged = sorted((st + i / fps, w, i) for w, st in enumerate(starts) for i in range(T))
             got: dict[int, list[np.ndarray]] = {}
@@ -121,7 +121,7 @@ class WindowsAt:
                     got.setdefault(w, []).append(arr)
                     if i == T - 1:  # window w is complete
                         emitted.add(w)
-                        yield w, T, _stack(_pad(got.pop(w), T, self.pad))
+                        yield w, T, stack_frames(pad_frames(got.pop(w), T, self.pad))
             finally:
                 self.duration = sampler.video_end if sampler.video_end is not None else video.header_duration
             if sampler.last_array is None:
@@ -133,7 +133,7 @@ class WindowsAt:
                 if w not in emitted:
                     real = got.pop(w, [])
                     n = len(real)
-                    yield w, n, _stack(_pad(real or [sampler.last_array * (self.pad != "zeros")], T, self.pad))
+                    yield w, n, stack_frames(pad_frames(real or [sampler.last_array * (self.pad != "zeros")], T, self.pad))
         finally:
             video.close()
 

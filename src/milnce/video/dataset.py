@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from .decode import _DEFAULT, ClipReader, VideoError, _check_common
+from .decode import DEFAULT, ClipReader, VideoError, check_common
 
 __all__ = ["VideoClipDataset"]
 
@@ -33,12 +33,12 @@ class VideoClipDataset(torch.utils.data.IterableDataset):
     of the files that failed in this process (with workers, use the ``error`` field instead).
     """
 
-    def __init__(self, items: Sequence[str | os.PathLike[str] | tuple[Any, Any, Any]], fps: float = _DEFAULT.fps,
-                 num_frames: int = _DEFAULT.num_frames, size: int = _DEFAULT.size, stride: int = _DEFAULT.stride,
+    def __init__(self, items: Sequence[str | os.PathLike[str] | tuple[Any, Any, Any]], fps: float = DEFAULT.fps,
+                 num_frames: int = DEFAULT.num_frames, size: int = DEFAULT.size, stride: int = DEFAULT.stride,
                  crop: str = "center",
                  pad: str = "repeat", on_error: str = "report", threads: int = 1) -> None:
         super().__init__()
-        _check_common(fps, num_frames, size, stride, crop, pad)
+        check_common(fps, num_frames, size, stride, crop, pad)
         if on_error not in ("report", "skip", "raise"):
             raise UsageError(f"on_error must be 'report', 'skip' or 'raise', got {on_error!r}")
         rows: list[tuple[str, float | None, float | None]] = []

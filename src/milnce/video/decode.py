@@ -59,7 +59,7 @@ __all__ = [
     "PADS",
 ]
 
-_DEFAULT = WindowSettings()  # the published weights' conventions (milnce.windows)
+DEFAULT = WindowSettings()  # the published weights' conventions (milnce.windows)
 _EPS = 1e-6  # seconds; a frame at t + _EPS still counts as displayed at t (float round-off)
 _HUGE_PIXELS = 3840 * 2160 + 1  # above 4K, frame threads are capped to bound decoder memory
 # Pixel formats scaled in their own format first, then converted to RGB at the small size
@@ -103,7 +103,8 @@ class Clip:
 # Opening and decoding
 
 
-def _check_path(path: str | os.PathLike[str]) -> str:
+def check_path(path: str | os.PathLike[str]) -> str:
+    """The video's path as ``str``, checked: a ``VideoError`` unless it is a non-empty, readable file."""
     p = os.fspath(path)
     if not isinstance(p, str):
         p = os.fsdecode(p)
@@ -125,7 +126,7 @@ def _fferr(exc: BaseException) -> str:
     return str(msg).strip()
 
 
-class _Video:
+class Video:
     """An open video stream that yields ``(time, frame)`` in presentation order."""
 
     def __init__(self, path: str, threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
@@ -158,7 +159,7 @@ class _Video:
 
         try:
             self.container = av.open(self.path, mode="r", metadata_errors="ignore")
-        except av.error.FileNotFoundError as exc:  # pragma: no cover - raced with _check_path
+        except av.error.FileNotFoundError as exc:  # pragma: no cover - raced with check_path
             raise VideoNotFoundError(f"{self.path}: no such video file") from exc
         except (av.error.FFmpegError, UnicodeDecodeError) as exc:
             raise VideoError(f"{self.path}: not a readable video file ({_fferr(exc)})") from exc
@@ -297,7 +298,7 @@ class _Video:
         return 0.0
 
 
-class _Converter:
+class Converter:
     """Decoded frame -> ``3 x S x S`` uint8 RGB, in C (libswscale / libavfilter)."""
 
     def __init__(self, size: int, crop: str) -> None:
@@ -369,7 +370,8 @@ class _Converter:
         return np.ascontiguousarray(arr)
 
 
-def _check_times(path: str, start: float | None, end: float | None) -> tuple[float, float]:
+def check_times(path: str, start: float | None, end: float | None) -> tuple[float, float]:
+    """``(start, end)`` seconds checked (``end`` None -> inf); ``VideoError`` naming ``path`` otherwise."""
     s = 0.0 if start is None else float(start)
     e = math.inf if end is None else float(end)
     if math.isnan(s) or math.isnan(e):
@@ -381,7 +383,7 @@ def _check_times(path: str, start: float | None, end: float | None) -> tuple[flo
     return s, e
 
 
-class _Sampler:
+class Sampler:
     """Assigns to each requested sample time the frame displayed at that time.
 
     ``run(times)`` takes an iterator of nondecreasing ``(t, needed)`` and yields, per sample, the
@@ -389,7 +391,7 @@ class _Sampler:
     out or the video ends. Afterwards ``video_end`` is set when the end of the video was reached.
     """
 
-    def __init__(self, video: _Video, convert: _Converter) -> None:
+    def __init__(self, video: Video, convert: Converter) -> None:
         self.video = video
         self.convert = convert
         self.video_end: float | None = None
@@ -445,11 +447,13 @@ class _Sampler:
             frames.close()
 
 
-def _stack(frames: Sequence[np.ndarray]) -> torch.Tensor:
+def stack_frames(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """``T`` frames (``3 x S x S`` uint8 arrays) as one ``3 x T x S x S`` tensor."""
     return torch.from_numpy(np.stack(frames, axis=1))  # 3 x S x S each -> 3 x T x S x S
 
 
-def _pad(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
+def pad_frames(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
+    """``real`` cut or padded to ``num_frames`` frames (``pad``: repeat the last, loop, zeros)."""
     if len(real) >= num_frames:
         return real[:num_frames]
     if pad == "loop":
@@ -459,7 +463,7 @@ def _pad(real: list[np.ndarray], num_frames: int, pad: str) -> list[np.ndarray]:
     return real + [real[-1]] * (num_frames - len(real))
 
 
-def _check_common(fps: float, num_frames: int, size: int, stride: int, crop: str, pad: str) -> WindowSettings:
+def check_common(fps: float, num_frames: int, size: int, stride: int, crop: str, pad: str) -> WindowSettings:
     """The window arguments as ``WindowSettings`` (its checks and ranges, the only ones) and ``pad``."""
     check_pad(pad)
     return WindowSettings.from_values(fps=fps, num_frames=num_frames, size=size, stride=stride, crop=crop)
@@ -469,23 +473,23 @@ class ClipReader:
     """The iterator behind ``read_clips`` (one decoding pass, windows in order); exposes
     ``duration``/``header_duration``, ``estimated_windows()`` and decoding stats."""
 
-    def __init__(self, path: str | os.PathLike[str], fps: float = _DEFAULT.fps, num_frames: int = _DEFAULT.num_frames,
-                 size: int = _DEFAULT.size, stride: int = _DEFAULT.stride, start: float | None = None, end: float | None = None, crop: str = "center",
+    def __init__(self, path: str | os.PathLike[str], fps: float = DEFAULT.fps, num_frames: int = DEFAULT.num_frames,
+                 size: int = DEFAULT.size, stride: int = DEFAULT.stride, start: float | None = None, end: float | None = None, crop: str = "center",
                  pad: str = "repeat", threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
-        self.path = _check_path(path)
-        ws = self.settings = _check_common(fps, num_frames, size, stride, crop, pad)
+        self.path = check_path(path)
+        ws = self.settings = check_common(fps, num_frames, size, stride, crop, pad)
         self.fps, self.num_frames, self.size, self.stride = float(ws.fps), ws.num_frames, ws.size, ws.stride
         self.crop, self.pad = crop, pad
-        self.t0, self.stop = _check_times(self.path, start, end)
+        self.t0, self.stop = check_times(self.path, start, end)
         self._start_given = start is not None and float(start) > 0
         self.threads = threads
         self.warn = warn or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=3))
-        self.video = _Video(self.path, threads=threads, warn=self.warn)
+        self.video = Video(self.path, threads=threads, warn=self.warn)
         if self.video.header_duration is not None and self.t0 >= self.video.header_duration + 1.0:
             dur = self.video.header_duration
             self.video.close()
             raise VideoError(f"{self.path}: start ({self.t0:g} s) is past the end of the video ({dur:.3f} s)")
-        self.sampler = _Sampler(self.video, _Converter(self.size, self.crop))
+        self.sampler = Sampler(self.video, Converter(self.size, self.crop))
         self.num_samples = 0
         self.num_windows = 0
 
@@ -539,7 +543,7 @@ class ClipReader:
                 if j == k * S + T - 1:  # window k is complete
                     frames = [buf[k * S + i] for i in range(T)]
                     start = self.t0 + k * S / fps
-                    yield Clip(round(start, 9), round(start + T / fps, 9), _stack(frames))
+                    yield Clip(round(start, 9), round(start + T / fps, 9), stack_frames(frames))
                     k += 1
                     for key in [key for key in buf if key < k * S]:
                         del buf[key]
@@ -556,7 +560,7 @@ class ClipReader:
             if full == 0 or (full * S < n and (full - 1) * S + T < n):
                 real = [buf[key] for key in sorted(buf) if key >= full * S]
                 start = self.t0 + full * S / fps
-                yield Clip(round(start, 9), round(start + len(real) / fps, 9), _stack(_pad(real, T, self.pad)))
+                yield Clip(round(start, 9), round(start + len(real) / fps, 9), stack_frames(pad_frames(real, T, self.pad)))
                 k += 1
             self.num_windows = k
             self._check_truncation()

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from .decode import VideoError, _check_path, _Video
+from .decode import Video, VideoError, check_path
 
 __all__ = ["Chunk", "ffmpeg_chunks", "ffmpeg_frames", "ffmpeg_window", "scale_size", "rotation_of", "fps_ticks"]
 
@@ -203,11 +203,11 @@ class _Graph:
         return np.ascontiguousarray(self.graph.pull().to_ndarray())
 
 
-def _open(path: str, threads: int, warn: Callable[[str], None] | None) -> tuple[_Video, Fraction, int]:
+def _open(path: str, threads: int, warn: Callable[[str], None] | None) -> tuple[Video, Fraction, int]:
     """The open stream, its time base, and the CLI's offset (microseconds) for the file start."""
     import av
 
-    v = _Video(_check_path(path), threads=threads, warn=warn)
+    v = Video(check_path(path), threads=threads, warn=warn)
     tb = Fraction(v.stream.time_base) if v.stream.time_base else Fraction(1, 1_000_000)
     c = v.container
     start_us = int(c.start_time) if c.start_time is not None else 0
@@ -216,7 +216,7 @@ def _open(path: str, threads: int, warn: Callable[[str], None] | None) -> tuple[
     return v, tb, start_us
 
 
-def _frame_duration(frame: Any, tb: Fraction, video: _Video) -> Fraction:
+def _frame_duration(frame: Any, tb: Fraction, video: Video) -> Fraction:
     d = frame.duration
     if d:
         return Fraction(int(d)) * tb

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .decode import VideoError, _check_path, _Video
+from .decode import Video, VideoError, check_path
 
 __all__ = ["probe_video", "probe_duration", "frame_at"]
 
@@ -15,8 +15,8 @@ __all__ = ["probe_video", "probe_duration", "frame_at"]
 def probe_video(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Header facts about a video: ``width``, ``height`` (as stored), ``rotation`` (degrees),
     ``duration`` (seconds or None), ``fps`` (average, or None), ``codec``, ``pix_fmt``."""
-    p = _check_path(path)
-    v = _Video(p)
+    p = check_path(path)
+    v = Video(p)
     try:
         s = v.stream
         rot = 0
@@ -60,8 +60,8 @@ def frame_at(path: str | os.PathLike[str], t: float, *, max_frames: int = 2000) 
     """The decoded frame (a PyAV ``VideoFrame``) shown at about ``t`` seconds: the first frame at or
     after ``t`` minus half a frame period (the last frame if ``t`` is past the end). Seeks to the key
     frame before ``t`` and decodes forward (at most ``max_frames`` frames). Raises ``VideoError``."""
-    p = _check_path(path)
-    video = _Video(p, threads=1)
+    p = check_path(path)
+    video = Video(p, threads=1)
     frames = video.frames(seek=t if t > 0 else None)
     try:
         half = 0.5 * (video.period or 0.04)

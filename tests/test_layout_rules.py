@@ -1,0 +1,191 @@
+"""Layout rules read from the source (AST): no module uses another module's private (underscore)
+names, and no module imports from a layer above its own, the layers being the drawing in
+ARCHITECTURE.md itself (so the document and this test agree by construction)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from test_layout import SRC, import_graph
+
+ARCHITECTURE = SRC.parent / "ARCHITECTURE.md"
+
+# Both lists are empty: every finding is a failure.
+ALLOWED_PRIVATE: set[str] = set()
+ALLOWED_UPWARD: set[tuple[str, str]] = set()
+
+
+# --------------------------------------------------------------------------- private names
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(root: Path, package: str) -> list[str]:
+    """``module:line: what`` for each underscore name one module takes from another: ``from X import
+    _name`` (a private module included) and ``X._name`` where ``X`` names another module of the
+    package (``import p.x``, ``import p.x as m``, ``from p import x``)."""
+    mods = set(import_graph(root, package))
+    found: list[str] = []
+    for name in sorted(mods):
+        path = root.joinpath(*name.split("."))
+        is_pkg = (path / "__init__.py").is_file()
+        path = path / "__init__.py" if is_pkg else path.with_suffix(".py")
+        here = name if is_pkg else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases: dict[str, str] = {}  # local name -> the package module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target not in mods:
+                    continue
+                for a in node.names:
+                    full = f"{target}.{a.name}"
+                    if full in mods:
+                        aliases[a.asname or a.name] = full
+                    if _private(a.name) and (full in mods or target != name):
+                        found.append(f"{name}:{node.lineno}: from {target} import {a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in mods:
+                        if a.asname:
+                            aliases[a.asname] = a.name
+                        else:
+                            aliases[a.name.split(".")[0]] = a.name.split(".")[0]
+                    if any(_private(part) for part in a.name.split(".")[1:]):
+                        found.append(f"{name}:{node.lineno}: import {a.name}")
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+                continue
+            chain: list[str] = []
+            v: ast.expr = node.value
+            while isinstance(v, ast.Attribute):
+                chain.append(v.attr)
+                v = v.value
+            if not isinstance(v, ast.Name) or v.id not in aliases:
+                continue
+            module = ".".join([aliases[v.id], *reversed(chain)])
+            if module in mods and module != name:
+                found.append(f"{name}:{node.lineno}: {module}.{node.attr}")
+    return found
+
+
+def test_private_name_finder_sees_every_form(tmp_path):
+    pkg = tmp_path / "p"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .x import _hidden\n")
+    (pkg / "sub" / "x.py").write_text("_hidden = 1\n__version__ = '1'\ndef _own():\n    return _hidden\n")
+    (pkg / "_secret.py").write_text("")
+    (pkg / "a.py").write_text(
+        "import p.sub.x\n"
+        "import p.sub.x as m\n"
+        "from p.sub import x\n"
+        "from . import _secret\n"
+        "from .sub.x import __version__, _own as own\n"
+        "def f():\n"
+        "    return p.sub.x._hidden, m._hidden, x._own, x.__version__\n"
+    )
+    (pkg / "b.py").write_text("class C:\n    _a = 1\n    def g(self):\n        return self._a, C._a\n"
+                              "_b = 2\nimport os\nos._exit\n")
+    found = sorted(line.split(": ", 1)[1] for line in private_uses(tmp_path, "p"))
+    assert found == sorted([
+        "from p.sub.x import _hidden",
+        "from p import _secret",
+        "from p.sub.x import _own",
+        "p.sub.x._hidden",
+        "p.sub.x._hidden",
+        "p.sub.x._own",
+    ])
+
+
+def test_no_private_name_used_across_modules():
+    found = [f for f in private_uses(SRC, "milnce") if f.split(": ", 1)[1] not in ALLOWED_PRIVATE]
+    assert not found, "make these names public where they are defined (or move them):\n" + "\n".join(found)
+
+
+# --------------------------------------------------------------------------- layers
+
+NAME = re.compile(r"(?:__init__|[A-Za-z_]\w*)\.py|[A-Za-z_]\w*/|->")
+
+
+def drawn_layers(markdown: str, package: str) -> list[list[str]]:
+    """The layers of the first fenced block, bottom to top: each line starting in the first column
+    is one layer, its leading names (``x.py`` -> ``package.x``, ``x/`` -> ``package.x``,
+    ``__init__.py`` -> ``package``; ``->`` only orders them) up to the first other word."""
+    block = markdown.split("```", 2)[1].partition("\n")[2]  # after the fence's own line
+    layers = []
+    for line in block.splitlines():
+        if not line.strip() or line[0].isspace():
+            continue
+        names = []
+        for word in line.split():
+            if not NAME.fullmatch(word):
+                break
+            if word == "->":
+                continue
+            stem = word[:-3] if word.endswith(".py") else word[:-1]
+            names.append(package if stem == "__init__" else f"{package}.{stem}")
+        layers.append(names)
+    return layers
+
+
+def unit(module: str, package: str) -> str:
+    """The drawn name a module belongs to: ``package.x`` for ``package.x`` and ``package.x.y``."""
+    return ".".join(module.split(".")[:2]) if module != package else package
+
+
+def upward_imports(graph: dict[str, set[str]], layers: list[list[str]], package: str) -> tuple[list[str], list[str]]:
+    """(``a -> b`` for each import of a higher layer's module, problems of the drawing itself:
+    modules it does not place, names placed twice or naming nothing)."""
+    level: dict[str, int] = {}
+    problems = []
+    for i, names in enumerate(layers):
+        for n in names:
+            if n in level:
+                problems.append(f"{n} is drawn twice")
+            level[n] = i
+    units = {unit(m, package) for m in graph}
+    problems += [f"{u} is not in the drawing" for u in sorted(units - set(level))]
+    problems += [f"{n} is drawn but is no module" for n in sorted(set(level) - units)]
+    upward = []
+    for a, deps in sorted(graph.items()):
+        for b in sorted(deps):
+            ua, ub = unit(a, package), unit(b, package)
+            if ua in level and ub in level and level[ub] > level[ua] and (a, b) not in ALLOWED_UPWARD:
+                upward.append(f"{a} -> {b}")
+    return upward, problems
+
+
+def test_layer_checker_sees_function_level_and_type_checking_imports(tmp_path):
+    pkg = tmp_path / "p"
+    (pkg / "top").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import low\n")
+    (pkg / "low.py").write_text("def f():\n    from .top import t\n")
+    (pkg / "mid.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p.top.t import x\n"
+                                "from . import low\n")
+    (pkg / "top" / "__init__.py").write_text("")
+    (pkg / "top" / "t.py").write_text("from .. import mid, low\nimport p\n")
+    (pkg / "stray.py").write_text("")
+    drawing = ("Layers\n\n```\nlow.py  gone.py            the bottom: low.py words after\n"
+               "  top/ (a continuation line, ignored)\nmid.py -> __init__.py     the middle\n"
+               "top/                       the top\n```\n")
+    layers = drawn_layers(drawing, "p")
+    assert layers == [["p.low", "p.gone"], ["p.mid", "p"], ["p.top"]]
+    upward, problems = upward_imports(import_graph(tmp_path, "p"), layers, "p")
+    assert upward == ["p.low -> p.top.t", "p.mid -> p.top.t"]
+    assert problems == ["p.stray is not in the drawing", "p.gone is drawn but is no module"]
+
+
+def test_no_import_from_a_higher_layer_than_architecture_md_draws():
+    layers = drawn_layers(ARCHITECTURE.read_text(encoding="utf-8"), "milnce")
+    upward, problems = upward_imports(import_graph(SRC, "milnce"), layers, "milnce")
+    assert not problems, f"ARCHITECTURE.md's layer drawing: {problems}"
+    assert not upward, f"imports from a higher layer (ARCHITECTURE.md): {upward}"
