@@ -29,7 +29,7 @@ from ..errors import MilnceError, UsageError
 from ..text import Tokenizer
 from ..windows import WindowSettings
 from .captions import BadRecord, parse_captions
-from .data import CaptionedVideo, widen, blank_sample, nearest_captions, random_crop
+from .data import CaptionedVideo, blank_sample, nearest_captions, random_crop, widen
 
 __all__ = ["ShardSet", "is_shard_spec", "shard_set", "ShardClips", "parse_captions", "VIDEO_EXTS", "BadRecord"]
 
