@@ -181,18 +181,32 @@ def cut_clip(src: str | os.PathLike[str] | BinaryIO, start: float, end: float, o
     with container:
         if not container.streams.video:
             raise ClipError(f"{name}: no video stream")
+        vin = container.streams.video[0]
+        origin = _origin(container, vin)
         if duration is None:
-            duration = _duration(container)
+            duration = _duration(container, origin)
         a, b = check_span(float(start), float(end), float(duration), float(padding),
                           limits.max_seconds if limits else None)
         lock = limits.slot() if limits else _nullslot()
         with lock, atomic_file(out) as f:
             try:
                 with av.open(f, "w", format=fmt) as dst:
-                    res = _copy(container, dst, a, b) if copy else _reencode(container, dst, a, b)
-            except av.FFmpegError as exc:
-                raise ClipError(f"{name}: cannot cut the clip ({exc})") from None
+                    res = (_copy(container, dst, a, b, origin) if copy
+                           else _reencode(container, dst, a, b, origin))
+            except ClipError:
+                raise
+            except (av.FFmpegError, ValueError) as exc:
+                raise ClipError(f"{name}: cannot cut the clip ({_reason(exc, copy)})") from None
     return ClipResult(path=out, start=res[0], end=b, duration=b - res[0], frames=res[1], audio=res[2], copy=copy)
+
+
+def _reason(exc: BaseException, copy: bool) -> str:
+    """The decoder's or muxer's words, with a hint where a stream copy cannot go into the container."""
+    text = str(exc)
+    if copy and ("codec" in text.lower() or "tag" in text.lower() or type(exc).__name__ == "UnknownCodecError"):
+        return (f"{text}; the container cannot hold this codec unchanged: leave out --copy to re-encode "
+                "(H.264 + AAC)")
+    return text
 
 
 def _refuse_overwriting_source(src: str | os.PathLike[str] | BinaryIO, out: str) -> None:
@@ -210,22 +224,99 @@ def _nullslot() -> Iterator[None]:
     yield
 
 
-def _duration(container: Any) -> float:
-    if container.duration is not None:
-        return float(container.duration) / 1_000_000
+def _origin(container: Any, vin: Any) -> float:
+    """Time 0 of clip times in source seconds: the video stream's start time, as the indexer's
+    decoder (``milnce.video.decode``) counts it (else its first frame's time). MPEG-TS/PS
+    files start at 1.4 s or so, a video that starts after its audio later than 0."""
+    if vin.start_time is not None and vin.time_base:
+        return float(vin.start_time * vin.time_base)
+    for packet in container.demux(vin):
+        if packet.pts is not None and packet.time_base is not None:
+            return float(packet.pts * packet.time_base)
+    return 0.0
+
+
+def _duration(container: Any, origin: float = 0.0) -> float:
+    """The video's duration from its start (``origin``), from the headers."""
     s = container.streams.video[0]
-    if s.duration is not None and s.time_base is not None:
+    if s.duration is not None and s.time_base is not None and s.duration > 0:
         return float(s.duration * s.time_base)
+    if container.duration is not None:
+        begin = float(container.start_time) / 1_000_000 if container.start_time is not None else 0.0
+        return begin + float(container.duration) / 1_000_000 - origin
     raise ClipError("the video's duration is unknown; pass it")
+
+
+# Seeking lands where the container's index (or a search on time stamps) says: MP4/MKV on the
+# key frame at or before the target, MPEG-TS/PS somewhere near it (often after it). A cut seeks
+# this many seconds earlier each time it landed too late; ``inf`` is the start of the file.
+_BACKOFF = (0.0, 1.0, 5.0, 30.0, math.inf)
+
+
+def _seek(src: Any, vin: Any, target: float) -> None:
+    """Seek to ``target`` source seconds (at or before it, if the container can), or the start."""
+    tb = vin.time_base or Fraction(1, 90000)
+    src.seek(max(0, int(target / tb)) if math.isfinite(target) else 0, stream=vin, backward=True, any_frame=False)
+
+
+def _decode_start(src: Any, vin: Any, a: float) -> float:
+    """A seek target (source seconds) from which decoding shows a frame at or before ``a``."""
+    for back in _BACKOFF:
+        target = a - back if math.isfinite(back) else -math.inf
+        _seek(src, vin, target)
+        first = next((f for f in _video_frames(src, vin)), None)
+        if first is None and not math.isfinite(target):
+            break
+        t = None if first is None else _secs(first.pts, first.time_base or vin.time_base)
+        if t is not None and t <= a + 1e-6:
+            return target
+    return -math.inf
+
+
+def _video_frames(src: Any, vin: Any) -> Iterator[Any]:
+    import av
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for packet in src.demux(vin):
+            try:
+                yield from packet.decode()
+            except av.FFmpegError:
+                continue
+
+
+def _keyframe_start(src: Any, vin: Any, a: float) -> tuple[float, float] | None:
+    """(seek target, key frame time) in source seconds: the last key frame at or before ``a``,
+    found on the packets (no decoding), and where to seek to demux it."""
+    for back in _BACKOFF:
+        target = a - back if math.isfinite(back) else -math.inf
+        _seek(src, vin, target)
+        best: float | None = None
+        for packet in src.demux(vin):
+            if packet.pts is None and packet.dts is None:
+                continue
+            t = _secs(packet.pts if packet.pts is not None else packet.dts, packet.time_base)
+            td = _secs(packet.dts if packet.dts is not None else packet.pts, packet.time_base)
+            assert t is not None and td is not None
+            if packet.is_keyframe and t <= a + 1e-6:
+                best = t if best is None else max(best, t)
+            if td > a + 1e-6 and t > a + 1e-6 and (best is not None or packet.is_keyframe):
+                break
+        if best is not None:
+            return target, best
+    return None
 
 
 def _secs(pts: int | None, tb: Fraction | None) -> float | None:
     return None if pts is None or tb is None else float(pts * tb)
 
 
-def _reencode(src: Any, dst: Any, a: float, b: float) -> tuple[float, int, bool]:
-    """Decode frames and audio samples in ``[a, b)``, encode them with times from 0."""
+def _reencode(src: Any, dst: Any, a: float, b: float, origin: float = 0.0) -> tuple[float, int, bool]:
+    """Decode frames and audio samples in ``[a, b)`` (seconds from ``origin``, the video's start),
+    encode them with times from 0."""
     import av
+
+    sa, sb = a + origin, b + origin  # source times
 
     vin = src.streams.video[0]
     ain = src.streams.audio[0] if src.streams.audio else None
@@ -243,21 +334,27 @@ def _reencode(src: Any, dst: Any, a: float, b: float) -> tuple[float, int, bool]
         aout = dst.add_stream("aac", rate=sr, layout=layout)
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=sr)
         fifo = av.AudioFifo()
-    src.seek(max(0, int(a / vtb)), stream=vin, backward=True, any_frame=False)
+    _seek(src, vin, _decode_start(src, vin, sa))
     streams = [vin] + ([ain] if ain is not None else [])
-    frames, rotation_set, offset = 0, False, round(a / vtb)
+    frames, rotation_set, offset = 0, False, round(sa / vtb)
     video_done = audio_done = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for packet in src.demux(streams):
             if video_done and (audio_done or ain is None):
                 break
-            for frame in packet.decode():
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError:
+                if frames:  # damaged data inside the span: the cut fails
+                    raise
+                continue  # landed inside a group of pictures: its first packets cannot be decoded
+            for frame in decoded:
                 if isinstance(frame, av.VideoFrame):
                     t = _secs(frame.pts, frame.time_base or vtb)
-                    if t is None or t < a - 1e-6:
+                    if t is None or t < sa - 1e-6:
                         continue
-                    if t >= b - 1e-6:
+                    if t >= sb - 1e-6:
                         video_done = True
                         continue
                     if not rotation_set and frame.rotation:
@@ -266,7 +363,7 @@ def _reencode(src: Any, dst: Any, a: float, b: float) -> tuple[float, int, bool]
                     _encode_video(dst, vout, frame, offset, vtb)
                     frames += 1
                 elif aout is not None and resampler is not None and fifo is not None:
-                    audio_done = _feed_audio(dst, aout, resampler, fifo, frame, a, b) or audio_done
+                    audio_done = _feed_audio(dst, aout, resampler, fifo, frame, sa, sb) or audio_done
         for p in vout.encode():
             dst.mux(p)
         if aout is not None and fifo is not None:
@@ -325,7 +422,7 @@ def _drain_audio(dst: Any, aout: Any, fifo: Any, final: bool = False) -> None:
             dst.mux(p)
 
 
-def _copy(src: Any, dst: Any, a: float, b: float) -> tuple[float, int, bool]:
+def _copy(src: Any, dst: Any, a: float, b: float, origin: float = 0.0) -> tuple[float, int, bool]:
     """Copy the packets from the key frame at or before ``a`` up to ``b``, times from that key frame.
 
     Video packets are copied in decode order while their decode time is before ``b``; after that
@@ -336,7 +433,12 @@ def _copy(src: Any, dst: Any, a: float, b: float) -> tuple[float, int, bool]:
     ain = src.streams.audio[0] if src.streams.audio else None
     vout = dst.add_stream_from_template(vin)
     aout = dst.add_stream_from_template(ain) if ain is not None else None
-    src.seek(max(0, int(a / vin.time_base)), stream=vin, backward=True, any_frame=False)
+    found = _keyframe_start(src, vin, a + origin)
+    if found is None:
+        raise ClipError(f"no key frame at or before {a:g} s to copy from (use re-encoding)")
+    target, key = found
+    a, b = a + origin, b + origin  # source times from here on
+    _seek(src, vin, target)
     start: float | None = None
     last_shown = -math.inf
     frames, video_done, audio_done = 0, False, ain is None
@@ -351,10 +453,10 @@ def _copy(src: Any, dst: Any, a: float, b: float) -> tuple[float, int, bool]:
         assert t is not None and td is not None
         if packet.stream is vin and not video_done:
             if start is None:
-                if not packet.is_keyframe:
+                if not packet.is_keyframe or t < key - 1e-6:
                     continue
                 if t > a + 1e-6:
-                    raise ClipError(f"no key frame at or before {a:g} s to copy from (use re-encoding)")
+                    raise ClipError(f"no key frame at or before {a - origin:g} s to copy from (use re-encoding)")
                 start = t
                 for p in pending_audio:  # audio demuxed before the key frame that belongs after it
                     if float(p.pts * p.time_base) >= start and aout is not None:
@@ -370,13 +472,13 @@ def _copy(src: Any, dst: Any, a: float, b: float) -> tuple[float, int, bool]:
             if t >= b - 1e-6:
                 audio_done = True
             elif start is None:
-                if packet.pts is not None:
+                if packet.pts is not None and t >= key - 1e-6:
                     pending_audio.append(packet)
             elif t >= start:
                 _mux_shifted(dst, aout, packet, start)
     if start is None or frames == 0:
-        raise ClipError(f"no video to copy in {a:g}-{b:g} s")
-    return start, frames, aout is not None
+        raise ClipError(f"no video to copy in {a - origin:g}-{b - origin:g} s")
+    return start - origin, frames, aout is not None
 
 
 def _mux_shifted(dst: Any, out_stream: Any, packet: Any, start: float) -> None:
