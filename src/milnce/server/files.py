@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import anyio
@@ -27,6 +28,7 @@ from ..index.roots import inside_roots, relative_to_root
 from ..video.identity import NOFOLLOW, OPEN_FLAGS, identity_problem
 
 CHUNK = 256 * 1024
+log = logging.getLogger("milnce.server")
 
 # Content types by extension; browsers play the first group, not AVI/MKV/FLV/WMV.
 MIME_TYPES = {
@@ -256,6 +258,27 @@ class OpenFileResponse(Response):
                 raise
         finally:
             self.fh.close()
+
+
+class HeldFileResponse(OpenFileResponse):
+    """Sends a whole open file (a clip whose folder is already removed: only the descriptor holds
+    it) within ``timeout`` seconds, then closes it and calls ``on_close`` (sent, failed, client
+    gone or too slow alike): a client that never reads cannot keep the file on disk."""
+
+    def __init__(self, fh: BinaryIO, size: int, headers: dict[str, str], on_close: Callable[[], None],
+                 timeout: float) -> None:
+        super().__init__(fh, 0, size, 200, headers)
+        self.on_close, self.timeout = on_close, timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            with anyio.move_on_after(self.timeout) as scope_:
+                await super().__call__(scope, receive, send)
+            if scope_.cancelled_caught:
+                log.warning("a clip was not read within %g s; dropped it", self.timeout)
+        finally:
+            self.fh.close()
+            self.on_close()
 
 
 def _client_gone(exc: BaseException) -> bool:
