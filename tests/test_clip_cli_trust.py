@@ -168,8 +168,10 @@ def test_sigterm_during_clip_leaves_no_temporary_file(tmp_path):
         from milnce import cli
         sys.exit(cli.main(sys.argv[1:]))
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    import milnce  # the sources under test, in the child too
+
+    src = os.path.dirname(os.path.dirname(os.path.abspath(milnce.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", script, "clip", str(ix), "1@0-4", "--out", str(out)],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -28,7 +28,7 @@ CHILD = textwrap.dedent("""
 SUPERVISOR = textwrap.dedent("""
     import sys
     from milnce.commands.serve import supervise
-    sys.exit(supervise([sys.executable, "-c", sys.argv[1]], pause_s=0.0, grace_s=5.0))
+    sys.exit(supervise([sys.executable, "-c", sys.argv[1]], pause_s=0.0))
 """)
 
 
@@ -53,8 +53,10 @@ def _wait_dead(pid: int, timeout: float) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_the_server_child_dies_with_its_supervisor(sig):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    import milnce  # the sources under test, in the child too
+
+    src = os.path.dirname(os.path.dirname(os.path.abspath(milnce.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, CHILD], stdout=subprocess.PIPE, text=True, env=env)
     child = 0
     try:
