@@ -38,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the server in a child process and start it again when it dies (e.g. of SIGBUS when "
                    "a vector file is truncated under it), logging the cause on stderr; gives up after "
                    f"{MAX_RESTARTS} restarts within a minute")
+    p.add_argument("--clip-max-files", type=int, default=4, metavar="N",
+                   help="at most N clips (GET /api/videos/{id}/clip) on disk at once, being cut or waiting to be "
+                   "sent; more answer 429 (default 4)")
+    p.add_argument("--clip-max-mb", type=float, default=1024.0, metavar="MB",
+                   help="at most this many MiB of clips on disk at once (default 1024)")
+    p.add_argument("--clip-send-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a clip not downloaded within this many seconds is dropped (default 300)")
     add_model_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -45,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _child_argv(args: argparse.Namespace) -> list[str]:
     """The same ``serve`` command line, without ``--restart``."""
     argv = ["serve", *args.index, "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
-            "--device", args.device, "--precision", args.precision]
+            "--device", args.device, "--precision", args.precision, "--clip-max-files", str(args.clip_max_files),
+            "--clip-max-mb", repr(args.clip_max_mb), "--clip-send-timeout", repr(args.clip_send_timeout)]
     for opt in ("weights", "vocab"):
         if getattr(args, opt, None):
             argv += [f"--{opt}", getattr(args, opt)]
@@ -193,7 +201,21 @@ def check_comparable(folders: list[str]) -> None:
                                      f"({here[1]} vs {first[2]}): their scores cannot be compared; serve them separately")
 
 
+def _clip_limits(args: argparse.Namespace) -> Any:
+    """The clip endpoint's caps from ``--clip-*`` (``ClipLimits``); ``CommandError`` for bad values."""
+    from ..video.cut import ClipLimits
+
+    import math
+
+    if (args.clip_max_files < 1 or not 0 < args.clip_max_mb < 2**40 or not math.isfinite(args.clip_send_timeout)
+            or not args.clip_send_timeout > 0):
+        raise CommandError("--clip-max-files must be >= 1, --clip-max-mb and --clip-send-timeout finite and > 0")
+    return ClipLimits(max_files=args.clip_max_files, max_bytes=int(args.clip_max_mb * 2**20),
+                      send_timeout=args.clip_send_timeout)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _clip_limits(args)  # bad values are refused before anything starts
     if args.restart:
         index_folders(args.index)
         import sys
@@ -230,7 +252,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for name, d in zip(index_names(folders), folders):
                 opened[name] = Index.open(d, model, readonly=True)
             serve(opened if len(opened) > 1 else next(iter(opened.values())), model, host=args.host, port=args.port,
-                  log_level=args.log_level, access_log=not args.no_access_log, sock=sock)
+                  log_level=args.log_level, access_log=not args.no_access_log, sock=sock,
+                  clip_limits=_clip_limits(args))
         finally:
             for ix in opened.values():
                 ix.close()
