@@ -187,3 +187,36 @@ def test_sigterm_during_clip_leaves_no_temporary_file(tmp_path):
             proc.wait()
     assert proc.returncode != 0 and "Traceback" not in err
     assert os.listdir(out.parent) == []
+
+
+def test_odd_sources_are_cut_not_crashed(tmp_path):
+    """192 kHz PCM audio (resampled for AAC), 8 kHz mu-law, a 1 pixel wide video (stretched to 2)."""
+    from milnce.video.cut import cut_clip
+
+    pcm = tmp_path / "pcm.mkv"
+    with av.open(str(pcm), "w") as out:
+        s = out.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("pcm_s16le", rate=192000, layout="mono")
+        for i in range(20):
+            f = av.VideoFrame.from_ndarray(paint(i, 64, 48), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 10)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+        for k in range(20):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 19200), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 192000, k * 19200
+            for p in a.encode(af):
+                out.mux(p)
+    res = cut_clip(str(pcm), 0.5, 1.5, tmp_path / "p.mp4")
+    assert res.audio and res.frames == 10
+    with av.open(str(tmp_path / "p.mp4")) as c:
+        assert c.streams.audio[0].sample_rate == 48000
+    mulaw = _write(tmp_path / "m.mov", "mpeg4", "pcm_mulaw")
+    assert cut_clip(str(mulaw), 0.5, 1.5, tmp_path / "m.mp4").audio
+    thin = make_video(tmp_path / "thin.nut", n=20, width=1, height=48, codec="rawvideo", pix_fmt="yuv444p", options={})
+    res = cut_clip(str(thin), 0.5, 1.5, tmp_path / "t.mp4")
+    with av.open(str(tmp_path / "t.mp4")) as c:
+        assert res.frames == 10 and c.streams.video[0].width == 2
