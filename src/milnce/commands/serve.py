@@ -203,9 +203,9 @@ def check_comparable(folders: list[str]) -> None:
 
 def _clip_limits(args: argparse.Namespace) -> Any:
     """The clip endpoint's caps from ``--clip-*`` (``ClipLimits``); ``CommandError`` for bad values."""
-    from ..video.cut import ClipLimits
-
     import math
+
+    from ..video.cut import ClipLimits
 
     if (args.clip_max_files < 1 or not 0 < args.clip_max_mb < 2**40 or not math.isfinite(args.clip_send_timeout)
             or not args.clip_send_timeout > 0):
