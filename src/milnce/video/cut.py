@@ -9,11 +9,14 @@ Two modes, never mixed (no re-encoded ends spliced onto copied middles):
   copied unchanged (video and audio): fast and lossless, but the clip starts at that key frame,
   i.e. early (by up to one GOP, often several seconds); ``ClipResult.start`` says where.
 
-The source is read from an already opened file (``open_checked`` opens an indexed file only while
-it is still the indexed one: no symbolic link in its place, a regular file, the recorded size and
-modification time). The output is written atomically (``milnce.atomic``): the named file is either
-complete or absent, nothing else is written. ``ClipLimits`` caps clip length and concurrent cuts
-for a server.
+Times count from the video stream's start, as the indexer's decoder counts them
+(``milnce.video.seeking``: MPEG-TS/PS and other late-starting files). The source is read from an
+already opened file (``milnce clip`` and the server open it by one rule,
+``milnce.index.opening.open_indexed_file``: inside the collection roots, no symbolic link
+followed out of them, still the indexed file; ``open_checked`` is the root-less check). The
+output is written atomically (``milnce.atomic``): the named file is either complete or absent,
+nothing else is written. ``ClipLimits`` caps clip length, concurrent cuts and the clips a server
+holds on disk.
 """
 
 from __future__ import annotations
