@@ -59,7 +59,8 @@ def host_name(host: str) -> str:
     else:
         name, sep, port = host.partition(":")
         rest = sep + port
-    if rest and not (rest.startswith(":") and 0 < len(rest) - 1 <= 5 and rest[1:].isascii() and rest[1:].isdigit()):
+    if rest and not (rest.startswith(":") and 0 < len(rest) - 1 <= 5 and rest[1:].isascii() and rest[1:].isdigit()
+                     and 0 < int(rest[1:]) <= 65535):
         return ""
     inner = name[1:-1] if name.startswith("[") else name
     if not inner or any(not (c.isascii() and (c.isalnum() or c in ".-:")) for c in inner):
@@ -79,11 +80,13 @@ class _HostCheck:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-            name = host_name(host)
+            hosts = [v for k, v in scope["headers"] if k.lower() == b"host"]
+            host = hosts[0].decode("latin-1").lower() if hosts else ""
+            name = host_name(host) if len(hosts) == 1 else ""
             if name not in self.allowed:
-                response = _error(400, f"unexpected Host header {host!r}; this server answers only to "
-                                  + ", ".join(sorted(self.allowed)))
+                what = (f"{len(hosts)} Host headers" if len(hosts) > 1
+                        else f"unexpected Host header {_echo(host)!r}")
+                response = _error(400, f"{what}; this server answers only to " + ", ".join(sorted(self.allowed)))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -189,12 +192,36 @@ def create_app(
     return app
 
 
+ECHO_CHARS = 200  # an error body quotes at most this much of what the client sent
+
+
+def _echo(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (saying how long it was): error bodies never echo a
+    100 KB parameter back."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _short_input(error: Any) -> Any:
+    """A validation error with its echoed ``input`` (and message) cut to ``ECHO_CHARS``."""
+    if not isinstance(error, dict):
+        return error
+    out = dict(error)
+    for key in ("input", "msg"):
+        if isinstance(out.get(key), str):
+            out[key] = _echo(out[key])
+        elif key == "input" and out.get(key) is not None and len(repr(out[key])) > ECHO_CHARS:
+            out[key] = _echo(repr(out[key]))
+    if isinstance(out.get("ctx"), dict):
+        out["ctx"] = {k: _echo(v) if isinstance(v, str) else v for k, v in out["ctx"].items()}
+    return out
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error in one shape (``error_response``)."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        errors = [_short_input(e) for e in jsonable_encoder(exc.errors(), custom_encoder={Exception: str})]
         parts = []
         for e in errors:
             loc = [str(x) for x in e.get("loc", ())[1:]] or [str(x) for x in e.get("loc", ())]

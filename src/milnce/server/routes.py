@@ -18,13 +18,12 @@ from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.background import BackgroundTask
+from fastapi.responses import JSONResponse, Response
 
 from ..index.filters import FilterError, VideoFilter, parse_when
 from ..index.negatives import DEFAULT_NOT_WEIGHT
 from ..video.cut import ClipBusyError, ClipError, ClipLimits, check_span, clip_file_name, cut_clip
-from .files import MIME_TYPES, OpenFileResponse, RangeNotSatisfiable, fd_path, parse_range
+from .files import MIME_TYPES, HeldFileResponse, OpenFileResponse, RangeNotSatisfiable, fd_path, parse_range
 from .multi import IndexSet
 from .service import ApiError, SearchService
 from .thumbs import LRU, grab_thumbnail
@@ -298,32 +297,47 @@ def _thumbnail_response(s: SearchService, video_id: int, t: float, width: int, c
 
 
 def _clip_response(s: SearchService, video_id: int, start: float, end: float, clips: ClipLimits) -> Response:
-    """The span ``[start, end)`` of video ``video_id`` cut into a temporary MP4 (removed once
-    sent); 422 for a bad span or a failed cut, 429 when too many cuts run."""
+    """The span ``[start, end)`` of video ``video_id`` cut into a temporary MP4, sent and removed;
+    422 for a bad span or a failed cut, 429 when too many cuts run or too many clips (or bytes)
+    wait on disk to be sent (``ClipLimits``)."""
     rec = s.record(video_id)
     try:
         a, b = check_span(start, end, float(rec.duration or 0), max_seconds=clips.max_seconds)
     except ClipError as exc:
         raise ApiError(422, str(exc)) from None
     fh, _ = s.open_file(rec)
+    try:
+        claim = clips.claim()
+    except ClipBusyError as exc:
+        fh.close()
+        raise ApiError(429, str(exc), headers={"Retry-After": "2"}) from None
     tmp = tempfile.mkdtemp(prefix="milnce-clip-")
+    name = clip_file_name(rec.path, a, b)
+    out = os.path.join(tmp, name)
     try:
         with fh:
-            name = clip_file_name(rec.path, a, b)
-            out = os.path.join(tmp, name)
-            cut_clip(fd_path(fh, rec.path), a, b, out, duration=float(rec.duration or 0), limits=clips)
+            cut_clip(fd_path(fh, rec.path), a, b, out, duration=float(rec.duration or 0), limits=clips, name=rec.path)
+        held = open(out, "rb", buffering=0)  # noqa: SIM115 - closed by the response
+        try:
+            claim.add(os.fstat(held.fileno()).st_size)
+        except BaseException:
+            held.close()
+            raise
     except ClipBusyError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        claim.release()
         raise ApiError(429, str(exc), headers={"Retry-After": "2"}) from None
     except ClipError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ApiError(422, str(exc).replace(fd_path(fh, rec.path), rec.path)) from None
+        claim.release()
+        raise ApiError(422, str(exc)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        claim.release()
         raise
-    return FileResponse(out, media_type="video/mp4", filename=name,
-                        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
-                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the open file keeps the clip until it is sent
+    size = os.fstat(held.fileno()).st_size
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store", "Content-Type": "video/mp4",
+               "Content-Length": str(size), "Content-Disposition": f'attachment; filename="{name}"'}
+    return HeldFileResponse(held, size, headers, claim.release, clips.send_timeout)
 
 
 def media_router(thumbnail_width: int, thumbnail_cache: LRU, clip_limits: ClipLimits | None = None) -> APIRouter:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..video.cut import ClipLimits
 from .app import create_app
 from .deps import MISSING_DEPS
 
@@ -56,9 +57,11 @@ def serve(
     access_log: bool = True,
     announce: bool = True,
     sock: Any = None,
+    clip_limits: ClipLimits | None = None,
 ) -> None:
     """Serve the UI and API until interrupted. ``index``: an ``Index`` or its folder (opened
     read-only with ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``);
+    ``clip_limits``: the clip endpoint's caps (``milnce.video.cut.ClipLimits``; default its defaults);
     ``sock``: an already listening socket (from ``listen(host, port)``) to serve on."""
     try:
         import uvicorn
@@ -74,7 +77,7 @@ def serve(
         index = Index.open(index, model, readonly=True)
     loopback = _is_loopback(host)
     allowed = LOOPBACK_HOSTS if loopback else None
-    app = create_app(index, model, allowed_hosts=allowed, warm_up=True)
+    app = create_app(index, model, allowed_hosts=allowed, warm_up=True, clip_limits=clip_limits)
     if sock is None:
         sock = listen(host, port)
     bound_port = sock.getsockname()[1]

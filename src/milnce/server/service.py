@@ -46,6 +46,7 @@ from .files import (
     OutsideRootsError,
     file_state,
     open_indexed_file,
+    reach_state,
 )
 from .thumbs import LRU
 
@@ -159,8 +160,11 @@ class SearchService:
     def video_json(self, rec: VideoRecord) -> dict[str, Any]:
         d = asdict(rec)
         d.update(json_path(rec.path))
-        d["exists"] = os.path.isfile(rec.path)
-        d["file_state"] = file_state(rec.path, rec.size, rec.mtime)
+        # the serving rule (inside the roots, no link followed out of them), not a plain stat
+        state = reach_state(rec.path, rec.size, rec.mtime, self.roots()[0], self.index.row(rec.id).hash or None,
+                            self.hash_verdicts)
+        d["exists"] = state in ("ok", "changed")
+        d["file_state"] = state
         d.update(self.urls(rec.id, rec.path, min(1.0, float(rec.duration or 0) / 2)))
         return d
 
