@@ -112,6 +112,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MILNCE_HOME", str(tmp_path / "milnce_home"))
     monkeypatch.delenv("MILNCE_WEIGHTS", raising=False)
     monkeypatch.delenv("MILNCE_VOCAB", raising=False)
+    monkeypatch.delenv("MILNCE_MIRRORS", raising=False)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

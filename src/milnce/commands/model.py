@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Download the published weights and word list into $MILNCE_HOME "
                        "(default ~/.cache/milnce), resuming partial files, and verify them.")
     p.add_argument("name", nargs="?", default=None, help="registry name (default: s3d_howto100m)")
+    p.add_argument("--from", dest="sources", action="append", metavar="FILE|URL",
+                   help="check a copy you already have (the weights file, the word list, a folder with both, "
+                   "or a URL of one file) like a download and put it into the cache (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
 
@@ -80,6 +83,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     name = args.name or DEFAULT_WEIGHTS
     if name not in REGISTRY:
         raise CommandError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
+    if args.sources:
+        from ..download import install_from
+        from ..printable import show_path
+
+        for source in args.sources:
+            for path in install_from(REGISTRY[name], source, progress=not args.quiet):
+                print(f"verified: {show_path(str(path))}")
+        return 0
     w, v = ensure_weights(REGISTRY[name], progress=not args.quiet)
     print(f"weights: {w}\nvocab:   {v}")
     return 0
