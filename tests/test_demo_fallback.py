@@ -1,0 +1,97 @@
+"""`milnce demo` without the published weights: one line says why, then the same demo runs on a small
+model trained here on generated videos, cached so that the second run reuses it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import replace
+
+import pytest
+
+import milnce
+import milnce.weights
+from milnce.cli import main
+from milnce.train import fallback
+
+TINY = {"videos": 8, "val_videos": 4, "steps": 2, "batch_size": 4, "warmup_steps": 1, "workers": 0}
+
+
+@pytest.fixture
+def no_weights_anywhere(monkeypatch):
+    """Every weights source refuses connections: a 127.0.0.1 port bound but not listening."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    info = milnce.weights.REGISTRY["s3d_howto100m"]
+    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m",
+                        replace(info, url=dead + "a/s3d_howto100m.pth", vocab_url=dead + "a/s3d_dict.npy",
+                                mirrors=(f"{dead}b/w.pth {dead}b/v.npy",)))
+    monkeypatch.setenv("MILNCE_MIRRORS", dead + "env/")
+    monkeypatch.setenv(fallback.RECIPE_ENV, json.dumps(TINY))
+    yield dead
+    sock.close()
+
+
+@pytest.mark.slow
+def test_offline_demo_trains_the_fallback_once(no_weights_anywhere, capsys):
+    t0 = time.monotonic()
+    assert main(["demo", "--quiet"]) == 0
+    first = time.monotonic() - t0
+    out, err = capsys.readouterr()
+    why = [line for line in err.splitlines() if "published weights are not available" in line]
+    assert len(why) == 1  # one line: which URLs, why, what to do
+    assert f"{no_weights_anywhere}env/s3d_howto100m.pth" in why[0] and "MILNCE_MIRRORS" in why[0]
+    assert "download --from" in why[0] and "small model trained here" in why[0]
+    assert "model: the fallback model: a small S3D trained on generated videos" in out
+    assert "trained here in" in out
+    queries = [line for line in out.splitlines() if line.startswith("'") and line.endswith("':")]
+    assert len(queries) == 3 and all(" moves " in q for q in queries)  # held-out captions: words it knows
+    assert out.count("-> best match (fallback model): val0000") == 3
+    assert "Search it yourself:  milnce search " in out and "--weights" not in out
+    root = fallback.fallback_root(fallback.recipe())
+    assert (root / fallback.DONE_FILE).is_file() and (root / "run" / "checkpoints").is_dir()
+    assert not list((root / "data" / "videos").glob("train*"))  # only the held-out videos are kept
+    assert not list(root.parent.glob(".*.tmp"))  # built in a temporary folder, renamed when complete
+
+    t0 = time.monotonic()
+    assert main(["demo", "--quiet"]) == 0
+    second = time.monotonic() - t0
+    out2, err2 = capsys.readouterr()
+    assert "milnce train" not in err2 and "step 0" not in err2  # no training the second time
+    assert f"cached in {root}" in out2 and "0 added" in out2
+    assert second < first
+
+
+def test_cache_key_follows_recipe_and_code_version(monkeypatch):
+    base = fallback.recipe()
+    assert fallback.recipe_key(base) == fallback.recipe_key(dict(base))
+    assert fallback.recipe_key({**base, "steps": base["steps"] + 1}) != fallback.recipe_key(base)
+    key = fallback.recipe_key(base)
+    monkeypatch.setattr(milnce, "__version__", milnce.__version__ + ".post1")
+    assert fallback.recipe_key(base) != key
+
+
+def test_stale_fallback_is_rebuilt_and_removed(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_build(tmp, settings, progress):
+        calls.append(settings["steps"])
+        (tmp / "run").mkdir(parents=True)
+        return {"R@5": 50.0}
+
+    monkeypatch.setattr(fallback, "_build", fake_build)
+    old = fallback.fallback_model({**fallback.RECIPE, "steps": 1}, progress=False)
+    assert old.built and fallback.fallback_model({**fallback.RECIPE, "steps": 1}, progress=False).built is False
+    new = fallback.fallback_model({**fallback.RECIPE, "steps": 2}, progress=False)
+    assert new.built and calls == [1, 2] and not old.root.exists() and new.root.is_dir()
+    # a half-built folder (no fallback.json: an interrupted build) is not taken for a model
+    (new.root / fallback.DONE_FILE).unlink()
+    assert fallback.fallback_model({**fallback.RECIPE, "steps": 2}, progress=False).built
+
+
+def test_recipe_env_must_name_known_settings(monkeypatch, capsys):
+    monkeypatch.setenv(fallback.RECIPE_ENV, '{"stepz": 3}')
+    with pytest.raises(milnce.UsageError, match="keys among"):
+        fallback.recipe()
