@@ -12,6 +12,7 @@ import pytest
 
 import milnce
 import milnce.weights
+from milnce.cache import cache_dir
 from milnce.cli import main
 from milnce.train import fallback
 
@@ -95,3 +96,33 @@ def test_recipe_env_must_name_known_settings(monkeypatch, capsys):
     monkeypatch.setenv(fallback.RECIPE_ENV, '{"stepz": 3}')
     with pytest.raises(milnce.UsageError, match="keys among"):
         fallback.recipe()
+
+
+@pytest.mark.slow
+def test_published_weights_without_the_gifs_index_generated_videos(checkpoint, monkeypatch, capsys):
+    """Published weights, but the GIFs cannot be downloaded: one line, then the generated held-out
+    videos (no training) with their captions as queries."""
+    import milnce.download as dl
+    from conftest import VOCAB
+
+    wpath, vpath = checkpoint
+    info = milnce.weights.REGISTRY["s3d_howto100m"]
+    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", replace(
+        info, url=wpath.as_uri(), vocab_url=vpath.as_uri(), num_bytes=wpath.stat().st_size,
+        vocab_num_bytes=vpath.stat().st_size, vocab_words=len(VOCAB), mirrors=()))
+    real = dl.download
+
+    def gifs_unreachable(url, dest, *a, **kw):
+        if "wikimedia" in url:
+            raise dl.DownloadError(f"cannot connect to {url}")
+        return real(url, dest, *a, **kw)
+
+    monkeypatch.setattr(dl, "download", gifs_unreachable)
+    monkeypatch.setenv(fallback.RECIPE_ENV, json.dumps(TINY))
+    assert main(["demo", "--quiet", "--size", "32", "--num-frames", "8", "--fps", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert sum("could not download the demo video" in line for line in err.splitlines()) == 1
+    assert "s3d_howto100m.pth: downloaded from file:" in err  # which source served the weights
+    assert "model: s3d_howto100m, the published weights" in out
+    assert out.count("-> best match (s3d_howto100m): val0000") == 3
+    assert not (cache_dir() / "fallback").exists()  # nothing trained

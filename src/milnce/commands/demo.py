@@ -173,7 +173,7 @@ def _published(args: argparse.Namespace) -> Any:
         return _load(args)
     except (DownloadError, MirrorError, MissingFileError, CheckpointError) as exc:
         if args.no_fallback:
-            raise CommandError(f"could not load the published weights ({exc}); {_OFFLINE_HINT}") from exc
+            raise CommandError(f"could not download the published weights ({exc}); {_OFFLINE_HINT}") from exc
         why = str(exc).replace("\n", " ")
         print(f"milnce: the published weights are not available: {why}. Running the demo on a small model trained "
               "here on generated videos instead (--no-fallback: stop here).", file=sys.stderr)
