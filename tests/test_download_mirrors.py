@@ -234,3 +234,11 @@ def test_download_from_url_follows_drive(server, monkeypatch, capsys):
     assert main(["download", "--quiet", "--from", server.url("uc?export=download&id=VOCABID")]) == 0
     assert (cache_dir() / "s3d_dict.npy").read_bytes() == server.files["s3d_dict.npy"]
     assert [p.name for p in cache_dir().iterdir() if "from-url" in p.name] == []  # no temporary left
+
+
+def test_info_lists_the_sources_in_order(monkeypatch, capsys):
+    monkeypatch.setenv("MILNCE_MIRRORS", "https://example.org/m/")
+    assert main(["info", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["weights"]["s3d_howto100m"]["sources"]
+    assert found[0] == "https://example.org/m/s3d_howto100m.pth ($MILNCE_MIRRORS)"
+    assert found[2].endswith("id=1p_CMGppAQk3B0_Z0i1r2AN_D1FM3kUFW (registry mirror)") and len(found) == 4

@@ -170,6 +170,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "weights": _cache_entry(cache / info.filename, info.num_bytes, info.url),
             "vocab": _cache_entry(cache / info.vocab_filename, info.vocab_num_bytes, info.vocab_url),
             "inputs": info.transforms,
+            "sources": _sources(info),
         }
         weights[name] = entry
     env_weights, env_vocab = os.environ.get("MILNCE_WEIGHTS") or None, os.environ.get("MILNCE_VOCAB") or None
@@ -198,8 +199,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, entry in weights.items():
         print(f"\n[{name}]")
         for k, v in entry.items():
-            print(f"  {k:8s} {v}")
+            lines = v if isinstance(v, list) else [v]
+            for i, line in enumerate(lines):
+                print(f"  {k if i == 0 else '':8s} {line}")
     return 0
+
+
+def _sources(info: Any) -> list[str] | str:
+    """Where missing files would be downloaded from, in order (``milnce.mirrors``)."""
+    from ..mirrors import MirrorError, sources
+
+    try:
+        found = sources(info)
+    except MirrorError as exc:
+        return f"unusable mirror list: {exc}"
+    return [s.weights_url + ("" if s.vocab_url.endswith("/" + info.vocab_filename) else f" + {s.vocab_url}")
+            + f" ({s.origin})" for s in found]
 
 
 def _write_npy(out: str, array: np.ndarray) -> str:
