@@ -64,6 +64,7 @@ class _Demo:
                  queries: list[str], expected: dict[str, str]) -> None:
         self.model, self.short, self.label, self.videos, self.shows = model, short, label, videos, shows
         self.queries, self.expected = queries, expected
+        self.stride: int | None = None  # the index's window stride when not given (None: the model's default)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -79,8 +80,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"model: {demo.label}")
     index_dir = args.index or str(Path(cache_dir()) / "demo" / f"index-{demo.model.weights_id}")
     overrides = window_overrides(args)
-    if overrides["stride"] is None and demo.model.info.name.startswith("run:"):
-        overrides["stride"] = max(1, demo.model.info.num_frames // 2)  # short synthetic scenes: a window every half
+    if overrides["stride"] is None:
+        overrides["stride"] = demo.stride
     report = build_index(demo.videos, index_dir, demo.model, progress=not args.quiet, batch_size=args.batch_size,
                          **overrides)
     print(report.summary())
@@ -230,7 +231,9 @@ def _synthetic_demo(args: argparse.Namespace) -> _Demo:
              f"trained here in {fb.seconds:.0f} s" if fb.built else f"cached in {show_path(str(fb.root))}"]
     label = ("the fallback model: a small S3D trained on generated videos of moving coloured shapes, not the published "
              f"weights ({', '.join(f for f in facts if f)}; words it knows: colours, shapes, directions)")
-    return _held_out_demo(model, "fallback model", label, fb.data)
+    demo = _held_out_demo(model, "fallback model", label, fb.data)
+    demo.stride = max(1, model.info.num_frames // 2)  # 2 s windows over 4 s scenes: one every second
+    return demo
 
 
 def _held_out_demo(model: Any, short: str, label: str, data: Path) -> _Demo:
