@@ -50,6 +50,7 @@ def test_offline_demo_trains_the_fallback_once(no_weights_anywhere, capsys):
     queries = [line for line in out.splitlines() if line.startswith("'") and line.endswith("':")]
     assert len(queries) == 3 and all(" moves " in q for q in queries)  # held-out captions: words it knows
     assert out.count("-> best match (fallback model): val0000") == 3
+    assert "All 8 held-out captions (fallback model): the video it describes comes first for" in out
     assert "Search it yourself:  milnce search " in out and "--weights" not in out
     root = fallback.fallback_root(fallback.recipe())
     assert (root / fallback.DONE_FILE).is_file() and (root / "run" / "checkpoints").is_dir()

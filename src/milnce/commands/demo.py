@@ -96,24 +96,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = [] if problem else index.search(q, k=index.num_videos, by_video=True)
-            res = [m for m in res if m.path in live][:k]
-            print_results(q, res, problem, True)
-            if res:
-                print(f"  -> best match ({demo.short}): {show_path(os.path.basename(res[0].path))}"
-                      + _verdict(demo, q, res[0].path))
+            ranked = [m for m in res if m.path in live]
+            print_results(q, ranked[:k], problem, True)
+            if ranked:
+                print(f"  -> best match ({demo.short}): {show_path(os.path.basename(ranked[0].path))}"
+                      + _verdict(demo, q, [os.path.basename(m.path) for m in ranked]))
+        if demo.expected and not args.query:
+            print(_held_out_summary(index, demo, live))
     _print_next(args, index_dir, demo)
     return 1 if report.failed else 0  # as milnce index: finished, but some videos could not be read
 
 
-def _verdict(demo: _Demo, query: str, path: str) -> str:
-    shows = demo.shows.get(os.path.abspath(path))
+def _verdict(demo: _Demo, query: str, ranked: list[str]) -> str:
+    """What the best match shows and, for a held-out caption, where the video it describes came."""
+    shows = demo.shows.get(next((v for v in demo.shows if os.path.basename(v) == ranked[0]), ""))
     want = demo.expected.get(query)
     if want is None:
         return f" (the {shows[0]!r} video)" if shows else ""
-    name = os.path.basename(path)
-    if name == want:
+    if ranked[0] == want:
         return f" (right: it shows {query!r})"
-    return f" (wrong: {query!r} is {want}; this one shows {' then '.join(repr(s) for s in shows or [])})"
+    rank = ranked.index(want) + 1 if want in ranked else None
+    where = f"is #{rank} of {len(ranked)}" if rank else "was not found"
+    return f" (it shows {' then '.join(repr(s) for s in shows or [])}; the video of this caption, {want}, {where})"
+
+
+def _held_out_summary(index: Any, demo: _Demo, live: set[str]) -> str:
+    """The best matches over every held-out caption: how often the video it describes comes first
+    or in the first five."""
+    first = top5 = n = 0
+    by_name = {os.path.basename(v): caps for v, caps in demo.shows.items()}
+    for name, captions in sorted(by_name.items()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = index.search(list(captions), k=index.num_videos, by_video=True)
+        for res in found:
+            ranked = [os.path.basename(m.path) for m in res if m.path in live]
+            n += 1
+            first += bool(ranked) and ranked[0] == name
+            top5 += name in ranked[:5]
+    videos = len(by_name)
+    return (f"\nAll {n} held-out captions ({demo.short}): the video it describes comes first for {first} "
+            f"({100 * first / max(n, 1):.0f}%) and in the first five for {top5} ({100 * top5 / max(n, 1):.0f}%); "
+            f"by chance: {100 / max(videos, 1):.0f}% and {100 * min(5, videos) / max(videos, 1):.0f}% "
+            f"of {videos} videos")
 
 
 def _print_next(args: argparse.Namespace, index_dir: str, demo: _Demo) -> None:
