@@ -136,6 +136,9 @@ def reuse_model(checkpoint, model) -> Iterator[None]:
             return model
         return real(args)
 
+    import milnce.commands.demo as demo_cmd
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cmds, "model_from_args", cached)
+        mp.setattr(demo_cmd, "model_from_args", cached)
         yield
