@@ -246,10 +246,18 @@ def _generated_videos(args: argparse.Namespace) -> Path:
 
 def _synthetic_demo(args: argparse.Namespace) -> _Demo:
     from ..api import load_model
+    from ..cache import cache_dir
+    from ..errors import MilnceError
     from ..printable import show_path
     from ..train.fallback import fallback_model
 
-    fb = fallback_model(progress=not args.quiet)
+    try:
+        fb = fallback_model(progress=not args.quiet)
+    except OSError as exc:
+        if isinstance(exc, MilnceError):
+            raise
+        raise CommandError(f"cannot build the fallback model in {show_path(str(cache_dir()))} ($MILNCE_HOME): "
+                           f"{exc.strerror or exc}") from exc
     model = load_model(fb.run, device=args.device, fast=not args.eager, precision=args.precision)
     r5 = fb.held_out.get("R@5")
     facts = [f"held-out R@5 {r5:.0f}%" if r5 is not None else "",
