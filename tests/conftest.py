@@ -112,6 +112,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MILNCE_HOME", str(tmp_path / "milnce_home"))
     monkeypatch.delenv("MILNCE_WEIGHTS", raising=False)
     monkeypatch.delenv("MILNCE_VOCAB", raising=False)
+    monkeypatch.delenv("MILNCE_MIRRORS", raising=False)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -135,6 +136,9 @@ def reuse_model(checkpoint, model) -> Iterator[None]:
             return model
         return real(args)
 
+    import milnce.commands.demo as demo_cmd
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cmds, "model_from_args", cached)
+        mp.setattr(demo_cmd, "model_from_args", cached)
         yield

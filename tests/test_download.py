@@ -315,12 +315,12 @@ def test_mirror_is_used_when_primary_is_gone(server, skip_weights_check):
     info = _info(server, "missing", mirrors=(server.url("missing"), server.url("good")))
     w, v = ensure_weights(info, progress=False)
     assert v.read_bytes() == server.files["s3d_dict.npy"]
-    assert [p for p, _ in server.hits][:3] == ["/missing/s3d_howto100m.pth", "/missing/s3d_howto100m.pth",
-                                               "/good/s3d_howto100m.pth"]
+    # the mirror that repeats the primary URL is tried once
+    assert [p for p, _ in server.hits][:2] == ["/missing/s3d_howto100m.pth", "/good/s3d_howto100m.pth"]
 
 
 def test_all_sources_failing_lists_them(server):
-    info = _info(server, "missing", mirrors=(server.url("missing"),))
+    info = _info(server, "missing", mirrors=(server.url("missing", "mirror/"),))
     with pytest.raises(DownloadError, match="any of 2 sources.*not found at URL"):
         ensure_weights(info, progress=False)
 

@@ -676,7 +676,7 @@ def test_demo_without_network_says_what_to_pass(monkeypatch, capsys):
         raise err(f"cannot reach {url}: network is unreachable")
 
     monkeypatch.setattr(dl, "download", no_network, raising=False)
-    rc = main(["demo", "--quiet"])
+    rc = main(["demo", "--quiet", "--no-fallback"])  # without it: the small fallback model (test_demo_fallback.py)
     assert rc == 2
     msg = capsys.readouterr().err
     assert "could not download" in msg and "--weights" in msg and "--videos" in msg

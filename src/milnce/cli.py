@@ -29,7 +29,8 @@ from .printable import show_lines
 
 __all__ = ["main", "add_model_options", "model_from_args", "CommandError"]
 
-COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.commands.search", "milnce.commands.clip",
+COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.commands.search", "milnce.commands.demo",
+                   "milnce.commands.clip",
                    "milnce.commands.serve",
                    "milnce.commands.export", "milnce.commands.eval",
                    "milnce.commands.train", "milnce.commands.extract", "milnce.commands.recipes")

@@ -22,6 +22,8 @@ import http.client
 import logging
 import os
 import re
+import shutil
+import socket
 import sys
 import time
 import urllib.error
@@ -30,20 +32,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_file, temp_name
 from .cache import JsonStore, cache_dir, locked, sha256_file
 from .errors import MilnceError
+from .mirrors import Source, confirm_url, download_url, sources
 from .text import VocabularyError, load_vocab
 from .weights import CheckpointError, WeightsInfo, load_checkpoint
 
-__all__ = ["cache_dir", "DownloadError", "download", "ensure_weights", "verify_cached_file", "CHECKSUMS_FILE"]
+__all__ = ["cache_dir", "DownloadError", "download", "ensure_weights", "install_from", "verify_cached_file",
+           "CHECKSUMS_FILE"]
 
 CHECKSUMS_FILE = "checksums.json"
 _CHUNK = 1 << 16
 _USER_AGENT = "milnce-downloader/1 (+python-urllib)"
 _OFFLINE_HINT = (
-    "the original host has gone down at times; get s3d_howto100m.pth and s3d_dict.npy from a mirror, then "
-    "either copy them into the cache folder ($MILNCE_HOME, see `milnce info`) or set MILNCE_WEIGHTS/MILNCE_VOCAB "
-    "to their paths (commands that run the model also take --weights/--vocab)"
+    "the original host has gone down at times; list a mirror in MILNCE_MIRRORS or $MILNCE_HOME/mirrors.txt, or "
+    "get s3d_howto100m.pth and s3d_dict.npy yourself, then either check them into the cache with "
+    "`milnce download --from FILE`, copy them into the cache folder ($MILNCE_HOME, see `milnce info`) or set "
+    "MILNCE_WEIGHTS/MILNCE_VOCAB to their paths (commands that run the model also take --weights/--vocab)"
 )
 
 
@@ -56,6 +62,18 @@ class DownloadError(MilnceError, OSError):
 
 class _Transient(Exception):
     """A failure worth retrying (the ``.part`` file is kept and resumed)."""
+
+
+class _Confirm(Exception):
+    """The server answered a page that asks to confirm the download; ``url`` confirms it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+_MAX_PAGES = 3  # confirmation pages followed per download
+_MAX_PAGE_BYTES = 1 << 20  # a confirmation page is a few KB
 
 
 # --------------------------------------------------------------------------- one URL
@@ -80,10 +98,17 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     attempt = 0
+    pages = 0
     while True:
         try:
             total = _fetch_once(url, part, expected_size, timeout, progress)
             break
+        except _Confirm as page:  # a web page that asks to confirm the download (Google Drive)
+            pages += 1
+            if pages > _MAX_PAGES:
+                raise DownloadError(f"{url}: the server keeps answering confirmation pages instead of the file") from None
+            logger.debug("following the download confirmation of %s", url)
+            url = page.url
         except _Transient as exc:
             if attempt >= retries:
                 tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
@@ -136,11 +161,17 @@ def _fetch_once(url: str, part: Path, expected_size: int | None, timeout: float,
             raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
         raise DownloadError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, socket.gaierror):  # no such host: asking again will not help
+            raise DownloadError(f"cannot download {url}: its host name does not resolve ({exc.reason})") from exc
+        if isinstance(exc.reason, FileNotFoundError):  # a file: URL
+            raise DownloadError(f"not found at URL {url}; {_OFFLINE_HINT}") from exc
         raise _Transient(f"cannot connect ({exc.reason})") from exc
     except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         raise _Transient(_describe(exc, timeout)) from exc
 
     with response:
+        if response.headers.get_content_type() == "text/html":  # never one of our files: a page about it
+            _answer_page(url, response, timeout)
         status = response.status
         length = response.headers.get("Content-Length")
         remaining = int(length) if length and length.isdigit() else None
@@ -181,6 +212,21 @@ def _fetch_once(url: str, part: Path, expected_size: int | None, timeout: float,
         if remaining is not None and received < remaining:
             raise _Transient(f"connection closed after {received:,} of {remaining:,} bytes")
     return total
+
+
+def _answer_page(url: str, response: Any, timeout: float) -> None:
+    """A web page instead of the file: raise ``_Confirm`` with the address it asks to confirm
+    (Google Drive's page for files too large to scan), else ``DownloadError``."""
+    try:
+        body = response.read(_MAX_PAGE_BYTES)
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise _Transient(_describe(exc, timeout)) from exc
+    charset = response.headers.get_content_charset() or "utf-8"
+    target = confirm_url(body.decode(charset, errors="replace"), response.geturl() or url)
+    if target is None:
+        raise DownloadError(f"{url} answered a web page instead of the file (no access, a download quota "
+                            "exceeded, or not a download address)")
+    raise _Confirm(target)
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -316,10 +362,11 @@ def _move_aside(path: Path) -> Path:
 def _ensure_file(
     info: WeightsInfo,
     filename: str,
-    url: str,
+    found: list[Source],
     size: int,
     check: Callable[[Path, WeightsInfo], None],
     progress: bool,
+    retries: int,
 ) -> Path:
     home = cache_dir()
     home.mkdir(parents=True, exist_ok=True)
@@ -343,39 +390,113 @@ def _ensure_file(
                 _record_checksum(home, filename, _stat_entry(path, sha256_file(path), None))
                 return path
 
-        sources = [url] + [m.rstrip("/") + "/" + filename for m in info.mirrors]
+        urls = [s.url_for(info, filename) for s in found]
         errors: list[DownloadError] = []
-        for src in sources:
+        for src in urls:
             try:
-                download(src, path, expected_size=size, progress=progress)
+                download(src, path, expected_size=size, progress=progress, retries=retries)
                 _validate(path, size, check, info)
             except DownloadError as exc:
                 path.unlink(missing_ok=True)  # only ever a file this loop downloaded
                 errors.append(exc)
                 continue
-            _record_checksum(home, filename, _stat_entry(path, sha256_file(path), src))
+            digest = sha256_file(path)
+            _record_checksum(home, filename, _stat_entry(path, digest, src))
+            logger.info("%s: downloaded from %s (sha256 %s)", filename, src, digest)
             return path
         kept = f" (your earlier file is kept as {moved})" if moved else ""
         if len(errors) == 1 and not moved:
             raise errors[0]
         if len(errors) == 1:
             raise DownloadError(f"{errors[0]}{kept}") from errors[0]
-        raise DownloadError(f"could not get {filename} from any of {len(sources)} sources: "
-                            + "; ".join(str(e) for e in errors) + kept)
+        raise DownloadError(f"could not get {filename} from any of {len(urls)} sources: "
+                            + "; ".join(_short(e) for e in errors) + kept + f"; {_OFFLINE_HINT}")
 
 
-def ensure_weights(info: WeightsInfo, *, progress: bool = True) -> tuple[Path, Path]:
+def _short(exc: DownloadError) -> str:
+    """One source's failure without the advice (said once, after all of them)."""
+    return str(exc).replace(f"; {_OFFLINE_HINT}", "").split("; run again to resume")[0]
+
+
+def ensure_weights(info: WeightsInfo, *, progress: bool = True, retries: int = 3) -> tuple[Path, Path]:
     """Make sure ``info``'s weights and word list are in the cache, verified; return both paths.
 
-    Missing files are downloaded (resuming ``.part`` files) and validated; their sha256 goes to
-    ``checksums.json``. A cached file that no longer matches its checksum raises
-    :class:`DownloadError`.
+    Missing files are downloaded (resuming ``.part`` files) from each source in turn
+    (:func:`milnce.mirrors.sources`: ``$MILNCE_MIRRORS``, ``$MILNCE_HOME/mirrors.txt``, the
+    registry's URL and mirrors) and validated; their sha256 goes to ``checksums.json`` and one log
+    line says which source served them. A cached file that no longer matches its checksum raises
+    :class:`DownloadError`. ``retries``: extra attempts per source after a transient failure.
     """
     try:
-        w = _ensure_file(info, info.filename, info.url, info.num_bytes, _check_weights, progress)
-        v = _ensure_file(info, info.vocab_filename, info.vocab_url, info.vocab_num_bytes, _check_vocab, progress)
+        found = sources(info)
+        w = _ensure_file(info, info.filename, found, info.num_bytes, _check_weights, progress, retries)
+        v = _ensure_file(info, info.vocab_filename, found, info.vocab_num_bytes, _check_vocab, progress, retries)
     except OSError as exc:
         if isinstance(exc, MilnceError):
             raise
         raise DownloadError(f"cannot use the cache folder {cache_dir()}: {exc}") from exc
     return w, v
+
+
+def install_from(info: WeightsInfo, location: str, *, progress: bool = True) -> list[Path]:
+    """Check files someone already has the way a download is checked (the registry's byte sizes,
+    a pickle-free load, the vocabulary size), then put them into the cache with their sha256.
+
+    ``location``: the weights file or the word list (told apart by their sizes), a folder holding
+    both under their registry names, or a URL of one file (a Google Drive page address too).
+    Returns the cache paths written."""
+    home = cache_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    if "://" in location:
+        return [_install_url(info, home, download_url(location), progress)]
+    src = Path(location).expanduser()
+    if src.is_dir():
+        files = [src / n for n in (info.filename, info.vocab_filename) if (src / n).is_file()]
+        if not files:
+            raise DownloadError(f"{src}: no {info.filename} or {info.vocab_filename} in that folder")
+        return [_install_file(info, home, f) for f in files]
+    if not src.is_file():
+        raise DownloadError(f"--from {src}: no such file or folder")
+    return [_install_file(info, home, src)]
+
+
+def _which(info: WeightsInfo, path: Path, what: str) -> tuple[str, int, Callable[[Path, WeightsInfo], None]]:
+    size = path.stat().st_size
+    for filename, want, check in ((info.filename, info.num_bytes, _check_weights),
+                                  (info.vocab_filename, info.vocab_num_bytes, _check_vocab)):
+        if size == want:
+            return filename, want, check
+    raise DownloadError(f"{what} has {size:,} bytes: neither {info.name}'s {info.filename} ({info.num_bytes:,} bytes) "
+                        f"nor its {info.vocab_filename} ({info.vocab_num_bytes:,} bytes)")
+
+
+def _install_file(info: WeightsInfo, home: Path, src: Path) -> Path:
+    filename, size, check = _which(info, src, str(src))
+    _validate(src, size, check, info)
+    dest = home / filename
+    with locked(dest):
+        if src.resolve() != dest.resolve():
+            with open(src, "rb") as fin, atomic_file(dest) as fout:
+                shutil.copyfileobj(fin, fout, _CHUNK * 16)
+        digest = sha256_file(dest)
+        _record_checksum(home, filename, {**_stat_entry(dest, digest, None), "from": str(src.absolute())})
+    logger.info("%s: checked and copied from %s (sha256 %s)", filename, src, digest)
+    return dest
+
+
+def _install_url(info: WeightsInfo, home: Path, url: str, progress: bool) -> Path:
+    tmp = Path(temp_name(home / "from-url.download"))
+    try:
+        download(url, tmp, progress=progress)
+        filename, size, check = _which(info, tmp, f"the file at {url}")
+        _validate(tmp, size, check, info)
+        dest = home / filename
+        with locked(dest):
+            os.replace(tmp, dest)
+            digest = sha256_file(dest)
+            _record_checksum(home, filename, _stat_entry(dest, digest, url))
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".part").unlink(missing_ok=True)
+    logger.info("%s: downloaded from %s (sha256 %s)", filename, url, digest)
+    return dest

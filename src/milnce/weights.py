@@ -69,6 +69,7 @@ class WeightsInfo:
     size: int = 224
     value_range: tuple[float, float] = (0.0, 1.0)
     description: str = ""
+    # mirror entries (milnce.mirrors): a folder URL holding both files, or "WEIGHTS_URL VOCAB_URL"
     mirrors: tuple[str, ...] = ()
     results: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -80,7 +81,13 @@ class WeightsInfo:
         )
 
 
-_BASE = "https://www.rocq.inria.fr/cluster-willow/amiech/howto100m/"
+# Where the published files can be had, tried in this order (after the user's own mirrors, see
+# milnce.mirrors): the author's page, the community Google Drive copies (weights, word list), and
+# the original address, dead since mid-2024, kept last in case it comes back.
+_BASE = "https://www.di.ens.fr/~miech/S3D_howto100m/"
+_DRIVE = ("https://drive.google.com/file/d/1DN8t1feS0t5hYYTfXQfZd596Pu9yXJIr/view "
+          "https://drive.google.com/file/d/1p_CMGppAQk3B0_Z0i1r2AN_D1FM3kUFW/view")
+_ORIGINAL = "https://www.rocq.inria.fr/cluster-willow/amiech/howto100m/"
 
 REGISTRY: dict[str, WeightsInfo] = {
     "s3d_howto100m": WeightsInfo(
@@ -92,6 +99,7 @@ REGISTRY: dict[str, WeightsInfo] = {
         num_bytes=125_031_128,
         vocab_num_bytes=5_830_040,
         vocab_words=VOCAB_SIZE - 1,
+        mirrors=(_DRIVE, _ORIGINAL),
         description="S3D-G text-video model trained from scratch on HowTo100M with MIL-NCE (Miech et al., CVPR 2020)",
         results={
             "youcook2_val_zero_shot": {"R@1": 15.1, "R@5": 38.0, "R@10": 51.2, "MedR": 10},

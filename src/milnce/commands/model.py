@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Download the published weights and word list into $MILNCE_HOME "
                        "(default ~/.cache/milnce), resuming partial files, and verify them.")
     p.add_argument("name", nargs="?", default=None, help="registry name (default: s3d_howto100m)")
+    p.add_argument("--from", dest="sources", action="append", metavar="FILE|URL",
+                   help="check a copy you already have (the weights file, the word list, a folder with both, "
+                   "or a URL of one file) like a download and put it into the cache (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
 
@@ -80,6 +83,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     name = args.name or DEFAULT_WEIGHTS
     if name not in REGISTRY:
         raise CommandError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
+    if args.sources:
+        from ..download import install_from
+        from ..printable import show_path
+
+        for source in args.sources:
+            for path in install_from(REGISTRY[name], source, progress=not args.quiet):
+                print(f"verified: {show_path(str(path))}")
+        return 0
     w, v = ensure_weights(REGISTRY[name], progress=not args.quiet)
     print(f"weights: {w}\nvocab:   {v}")
     return 0
@@ -159,6 +170,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "weights": _cache_entry(cache / info.filename, info.num_bytes, info.url),
             "vocab": _cache_entry(cache / info.vocab_filename, info.vocab_num_bytes, info.vocab_url),
             "inputs": info.transforms,
+            "sources": _sources(info),
         }
         weights[name] = entry
     env_weights, env_vocab = os.environ.get("MILNCE_WEIGHTS") or None, os.environ.get("MILNCE_VOCAB") or None
@@ -187,8 +199,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, entry in weights.items():
         print(f"\n[{name}]")
         for k, v in entry.items():
-            print(f"  {k:8s} {v}")
+            lines = v if isinstance(v, list) else [v]
+            for i, line in enumerate(lines):
+                print(f"  {k if i == 0 else '':8s} {line}")
     return 0
+
+
+def _sources(info: Any) -> list[str] | str:
+    """Where missing files would be downloaded from, in order (``milnce.mirrors``)."""
+    from ..mirrors import MirrorError, sources
+
+    try:
+        found = sources(info)
+    except MirrorError as exc:
+        return f"unusable mirror list: {exc}"
+    return [s.weights_url + ("" if s.vocab_url.endswith("/" + info.vocab_filename) else f" + {s.vocab_url}")
+            + f" ({s.origin})" for s in found]
 
 
 def _write_npy(out: str, array: np.ndarray) -> str:

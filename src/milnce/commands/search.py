@@ -1,4 +1,4 @@
-"""Search commands: index, search, localize, demo."""
+"""Search commands: index, search, remove, localize (``milnce demo``: ``commands/demo.py``)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import argparse
 import itertools
 import json
 import os
-import shlex
 import sys
 import warnings
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,13 +31,6 @@ from .search_output import (
     fmt_time,
     iter_queries_file,
     open_queries_file,
-    print_results,
-)
-
-DEMO_VIDEOS = (
-    ("https://upload.wikimedia.org/wikipedia/commons/b/b0/YosriAirTerjun.gif", "waterfall"),
-    ("https://upload.wikimedia.org/wikipedia/commons/e/e6/Guitar_solo_gif.gif", "playing guitar"),
-    ("https://upload.wikimedia.org/wikipedia/commons/3/30/2009-08-16-autodrift-by-RalfR-gif-by-wau.gif", "car drifting"),
 )
 
 
@@ -48,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_search(sub)
     _register_remove(sub)
     _register_localize(sub)
-    _register_demo(sub)
 
 
 def _register_index(sub: argparse._SubParsersAction) -> None:
@@ -155,23 +145,6 @@ def _register_localize(sub: argparse._SubParsersAction) -> None:
     add_window_options(p, "default: the index's with --index, else 32 frames at 10 fps, stride 16")
     add_model_options(p)
     p.set_defaults(func=cmd_localize)
-
-
-def _register_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo", help="index the three demo GIFs and search them (the TF-Hub demo)",
-        description="Fetch the published weights and three GIFs (waterfall, guitar, car drifting) into "
-        "$MILNCE_HOME/demo, index them and answer the three queries. Offline: pass --weights/--vocab and "
-        "--videos DIR with some videos of your own.")
-    p.add_argument("--videos", metavar="DIR", help="use the videos in this folder instead of downloading the GIFs")
-    p.add_argument("--index", metavar="DIR", help="index folder (default: $MILNCE_HOME/demo/index-<weights id>)")
-    p.add_argument("--query", action="append", help="query (repeatable; default: the three demo queries)")
-    p.add_argument("-k", type=int, default=3, help="videos per query (default 3)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_window_options(p, "for a new demo index")
-    add_model_options(p)
-    p.set_defaults(func=cmd_demo)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,69 +400,3 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {args.plot}")
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from ..download import cache_dir
-    from ..index import Index, build_index, find_videos
-
-    _check_batch(args)
-    offline_hint = ("on a machine without internet, pass --weights FILE --vocab FILE (the published "
-                    "s3d_howto100m.pth and s3d_dict.npy) and --videos DIR (a folder with a few videos)")
-    if args.videos:
-        if not os.path.isdir(args.videos):
-            raise CommandError(f"--videos {args.videos}: no such folder")
-        videos = find_videos([args.videos])
-        if not videos:
-            raise CommandError(f"--videos {args.videos}: no video files in that folder")
-        labels: dict[str, str] = {}
-    else:
-        demo = Path(cache_dir()) / "demo"
-        demo.mkdir(parents=True, exist_ok=True)
-        videos, labels = [], {}
-        from .. import download as dl
-
-        error_types = tuple(t for t in (getattr(dl, "DownloadError", None), OSError) if t is not None)
-        for url, label in DEMO_VIDEOS:
-            dest = demo / url.rsplit("/", 1)[1]
-            if not dest.is_file() or dest.stat().st_size == 0:
-                try:
-                    dl.download(url, dest, timeout=30, retries=2, progress=not args.quiet)
-                except error_types as exc:  # type: ignore[misc]
-                    raise CommandError(f"could not download the demo video {url} ({exc}); {offline_hint}") from exc
-            videos.append(str(dest))
-            labels[os.path.abspath(dest)] = label
-    try:
-        model = _model(args)
-    except CommandError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - weights download failed: say what to do offline
-        if args.weights:
-            raise
-        raise CommandError(f"could not load the published weights ({type(exc).__name__}: {exc}); {offline_hint}") from exc
-    index_dir = args.index or str(Path(cache_dir()) / "demo" / f"index-{model.weights_id}")
-    report = build_index(videos, index_dir, model, progress=not args.quiet, batch_size=args.batch_size,
-                         **window_overrides(args))
-    print(report.summary())
-    _print_failed(report)
-    queries = args.query or [label for _, label in DEMO_VIDEOS]
-    with Index.open(index_dir, model) as index:
-        live = {os.path.abspath(v) for v in videos}
-        k = max(1, min(args.k, index.num_videos))
-        for q in queries:
-            problem = index.query_problem(q)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = [] if problem else index.search(q, k=index.num_videos, by_video=True)
-            res = [m for m in res if m.path in live][:k]
-            print_results(q, res, problem, True)
-            if res and labels:
-                best = labels.get(res[0].path)
-                print(f"  -> best match: {os.path.basename(res[0].path)}"
-                      + (f" (the {best!r} video)" if best else ""))
-    model_opts = "".join(f" --{opt} {shlex.quote(str(getattr(args, opt)))}" for opt in ("weights", "vocab")
-                         if getattr(args, opt, None))
-    print(f"\nSearch it yourself:  milnce search {shlex.quote(index_dir)} \"your words\"{model_opts}")
-    print(f"Browse it in a web page:  milnce serve {shlex.quote(index_dir)}{model_opts}  "
-          "(needs pip install 'milnce[serve]'), then open http://127.0.0.1:8000/")
-    return 1 if report.failed else 0  # as milnce index: finished, but some videos could not be read

@@ -101,11 +101,19 @@ def _health(sets: IndexSet, name: str | None, version: str, started: float) -> d
     out = {"status": "ok" if healthy and not stores else "degraded", "version": version,
            "windows": sum(len(x.index) for x in services),
            "videos": None if None in counts else sum(c for c in counts if c is not None), "ann": ann,
-           "weights_id": s.model.weights_id, "indexes": len(services),
+           "weights_id": s.model.weights_id, "model": _model_name(s.model), "indexes": len(services),
            "uptime_s": round(time.time() - started, 1)}
     if stores:
         out["store"] = "; ".join(stores)
     return out
+
+
+def _model_name(model: object) -> str:
+    """Which model answers, for the page: the registry name, or what a run folder says it is."""
+    info = getattr(model, "info", None)
+    name = str(getattr(info, "name", "") or "unknown")
+    description = str(getattr(info, "description", "") or "")
+    return f"{name} ({description})" if name.startswith("run:") and description else name
 
 
 def _search_terms(q: str, like: str, not_: list[str] | None, max_chars: int) -> tuple[str, str, list[str]]:

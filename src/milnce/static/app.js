@@ -407,7 +407,8 @@
   getJSON("/healthz").then((h) => {
     const v = h.videos === null || h.videos === undefined ? "" : `${h.videos} video${h.videos === 1 ? "" : "s"}, `;
     const degraded = h.status === "ok" ? "" : ` · ${h.status}: approximate index unusable, searching exactly`;
-    $("index-info").textContent = `Index: ${v}${h.windows} windows · milnce ${h.version}${degraded}`;
+    const model = h.model ? ` · model ${h.model}` : "";
+    $("index-info").textContent = `Index: ${v}${h.windows} windows${model} · milnce ${h.version}${degraded}`;
   }).catch(() => { $("index-info").textContent = "Index status unavailable"; });
 
   // Several indexes: pick one or search all (merged).
