@@ -196,7 +196,8 @@ class _Autocast(nn.Module):
         return {k: v.float() for k, v in out.items()}
 
 
-def _env_path(name: str) -> str | None:
+def env_path(name: str) -> str | None:
+    """The path in environment variable ``name`` (None when unset or empty)."""
     value = os.environ.get(name)
     return value or None
 
@@ -213,10 +214,10 @@ def resolve_files(
 
     A bundle or run folder's own ``vocab.npy`` comes before ``MILNCE_VOCAB`` (the variable is for
     weights without a vocabulary of their own); a folder never takes its parent's word list."""
-    weights = weights or _env_path("MILNCE_WEIGHTS")
+    weights = weights or env_path("MILNCE_WEIGHTS")
     info: WeightsInfo | None = None
     if weights is None or str(weights) in REGISTRY:
-        vocab = vocab or _env_path("MILNCE_VOCAB")
+        vocab = vocab or env_path("MILNCE_VOCAB")
         info = REGISTRY[str(weights) if weights else DEFAULT_WEIGHTS]
         cached_w, cached_v = cache_dir() / info.filename, cache_dir() / info.vocab_filename
         if download:
@@ -236,7 +237,7 @@ def resolve_files(
     if not wpath.exists():
         raise MissingFileError(f"weights file not found: {wpath}")
     if vocab is None and need_vocab:
-        vocab = _own_vocab(wpath) or _env_path("MILNCE_VOCAB") or _sibling_vocab(wpath)
+        vocab = _own_vocab(wpath) or env_path("MILNCE_VOCAB") or _sibling_vocab(wpath)
         if vocab is None:
             cached = cache_dir() / REGISTRY[DEFAULT_WEIGHTS].vocab_filename
             if not cached.is_file():

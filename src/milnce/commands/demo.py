@@ -156,13 +156,13 @@ def _print_next(args: argparse.Namespace, index_dir: str, demo: _Demo) -> None:
 
 
 def _setup(args: argparse.Namespace) -> _Demo:
-    from ..api import _env_path
+    from ..api import env_path
 
-    own_weights = bool(args.weights or _env_path("MILNCE_WEIGHTS"))
+    own_weights = bool(args.weights or env_path("MILNCE_WEIGHTS"))
     if own_weights:
         model = _load(args)
         short = "your weights"
-        label = f"your weights {args.weights or _env_path('MILNCE_WEIGHTS')} (id {model.weights_id})"
+        label = f"your weights {args.weights or env_path('MILNCE_WEIGHTS')} (id {model.weights_id})"
     else:
         model = _published(args)
         if model is None:  # the published weights cannot be had: the small model trained here
