@@ -15,7 +15,7 @@ import pytest
 from milnce import cli
 from milnce.index import Index
 from milnce.video.cut import cut_clip
-from milnce.video.decode import _Video
+from milnce.video.decode import Video
 from video_fixtures import frame_index, make_video
 
 RATE = 10
@@ -36,7 +36,7 @@ def _source(folder: Path, kind: str) -> Path:
 
 def _index_times(path: Path, keys: bool = False) -> list[float]:
     """Frame times (of the key frames) as the indexer's decoder reports them."""
-    v = _Video(str(path), threads=1)
+    v = Video(str(path), threads=1)
     try:
         return [t for t, f in v.frames() if f.key_frame or not keys]
     finally:
