@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 
-from .common import CommandError
+from .common import CommandError, add_index_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "starts early (up to one key-frame interval). The video must still be the indexed file (same size and "
         "modification time), else re-run milnce index. Nothing is written but the clip.",
     )
-    p.add_argument("index", metavar="INDEX", help="index folder (milnce index)")
     p.add_argument("span", metavar="VIDEO@START-END",
                    help="an indexed video (its path, or its id as 'milnce search' shows it) and the span, "
                    "times as seconds or [H:]M:SS, e.g. 12@1:05-1:20 or cooking.mp4@65-80.5")
+    add_index_option(p, "index folder (from 'milnce index')", required=True, legacy="span")
     p.add_argument("--out", metavar="FILE|DIR", default=None,
                    help="the clip's file (.mp4, .m4v, .mov or .mkv), or a folder to write it into under a name "
                    "that says the source and the span (default: that name in the current folder)")

@@ -21,7 +21,7 @@ VideoEmbeddings = VideoWindows  # the older name of the result type
 
 def encode_video_file(model: VideoEncoder, path: str | os.PathLike[str], *, fps: float | None = None,
                       num_frames: int | None = None, size: int | None = None, stride: int | None = None,
-                      start: float | None = None, end: float | None = None, batch_size: int = 4,
+                      start: float | None = None, end: float | None = None, batch_size: int | None = None,
                       features: bool = False, progress: bool = False, crop: str = "center",
                       pad: str = "repeat", threads: int = 0) -> VideoWindows:
     """Embed every window of a video: ``read_clips`` windows -> ``model.encode_video``.
