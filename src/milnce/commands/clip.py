@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 
+from ..printable import show_path
 from .common import CommandError, add_index_option
 
 
@@ -78,6 +79,8 @@ def cmd_clip(args: argparse.Namespace) -> int:
         out = os.path.join(out, clip_file_name(rec.path, a, b))
     elif os.path.splitext(out)[1].lower() not in CONTAINERS:
         raise CommandError(f"--out {out}: give a .mp4, .m4v, .mov or .mkv file, or an existing folder")
+    if os.path.lexists(out) and not args.overwrite:
+        raise CommandError(f"{show_path(out)} exists (choose another --out, or pass --overwrite to replace it)")
     with open_checked(rec.path, rec.size, rec.mtime) as src:
         res = cut_clip(src, start, end, out, copy=args.copy, padding=args.padding, duration=rec.duration,
                        overwrite=args.overwrite)

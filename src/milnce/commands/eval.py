@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..plural import plural
 from ..printable import show_ids, show_path, show_reasons
 from .common import CommandError, add_batch_option, add_model_options, model_from_args
 
@@ -103,5 +104,5 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"milnce: wrote {', '.join(show_path(str(f)) for f in files.values())}", file=sys.stderr)
     if c["evaluated"] == 0:
         raise CommandError(f"no {args.benchmark} video could be evaluated under {args.videos} "
-                           f"({c['missing']} rows missing, {c['unreadable']} unreadable)")
+                           f"({plural(c['missing'], 'row')} missing, {c['unreadable']} unreadable)")
     return 1 if c["evaluated"] < c["rows_selected"] else 0

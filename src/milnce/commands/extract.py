@@ -9,7 +9,14 @@ import sys
 from typing import Any
 
 from ..windows import CROPS, PADS
-from .common import CommandError, add_batch_option, add_model_options, add_window_options, deprecated_alias, model_from_args
+from .common import (
+    CommandError,
+    add_batch_option,
+    add_model_options,
+    add_window_options,
+    deprecated_alias,
+    model_from_args,
+)
 
 HELP = "extract per-window features of many videos (all cores and GPUs busy, sharded, resumable)"
 DESCRIPTION = (

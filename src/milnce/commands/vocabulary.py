@@ -169,9 +169,11 @@ class _DeprecatedAlias(argparse.Action):
 
 def deprecated_alias(parser: argparse.ArgumentParser, target: argparse.Action, *old: str) -> None:
     """Keep ``old`` spellings of ``target`` working (hidden from the help) with a deprecation warning."""
+    kwargs: dict[str, Any] = {"nargs": target.nargs, "choices": target.choices, "metavar": target.metavar}
+    if target.type is not None:
+        kwargs["type"] = target.type
     parser.add_argument(*old, action=_DeprecatedAlias, target=target, command=_command(parser), dest=target.dest,
-                        nargs=target.nargs, type=target.type, choices=target.choices, metavar=target.metavar,
-                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
 PostParse = Callable[[argparse.ArgumentParser, argparse.Namespace], None]

@@ -37,7 +37,7 @@ def encode_video_file(model: VideoEncoder, path: str | os.PathLike[str], *, fps:
     """
     w = WindowSettings.for_model(model, fps=fps, num_frames=num_frames, size=size, stride=stride, crop=crop)
     whole = isinstance(batch_size, float) and float(batch_size).is_integer()
-    batch = resolve_batch_size(int(batch_size) if whole else batch_size, model.device)
+    batch = resolve_batch_size(int(batch_size) if whole and batch_size is not None else batch_size, model.device)
     p = os.fspath(path)
     stats: dict[str, float] = {}
     label = os.path.basename(p) if progress else False
