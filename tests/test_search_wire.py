@@ -197,7 +197,7 @@ def test_cli_filters_negatives_offset(big, cli_model, capsys):
     # a table says when the filter leaves fewer than -k results
     assert main(["search", "--index", ix, "cut tomato", "-k", "100000", "--path-glob", "dog*", "--list-videos"]) == 0
     out = capsys.readouterr().out
-    assert "results pass the filter)" in out and "filter: path dog*" in out
+    assert "results within the filter)" in out and "filter: path dog*" in out
 
 
 @pytest.mark.parametrize("argv, words", [

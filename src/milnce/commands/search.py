@@ -346,7 +346,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with Index.open(args.index, model) as index:
         mode = "exact" if args.exact or args.negatives or index.ann() is None else "ann"
         out = SearchOutput(fmt, args.videos, args.offset)
-        out.k, out.fewer_note = args.k, "" if filt.is_empty else "pass the filter"
+        out.k, out.fewer_note = args.k, "" if filt.is_empty else "within the filter"
         extra = ("" if filt.is_empty else f"; filter: {filt.describe()}") + (
             f"; not: {', '.join(map(repr, args.negatives))} (weight {weight:g})" if args.negatives else "")
         out.start({"index": index.directory, "mode": mode, "ann": index.ann_status()["state"],
