@@ -207,3 +207,13 @@ def test_defaults_printed_in_help_are_the_parsers():
             assert printed == value, f"{name} {a.option_strings[0]}: help says {printed}, the default is {value}"
             checked += 1
     assert checked >= 10
+
+
+def test_serve_restart_child_gets_the_new_spelling(capsys):
+    from milnce.commands.serve import _child_argv
+
+    _setup_logging()
+    args = build_parser().parse_args(["serve", "--index", "A", "--index", "B", "--restart", "--port", "0"])
+    again = build_parser().parse_args(_child_argv(args))
+    assert again.index == ["A", "B"] and not again.restart
+    assert capsys.readouterr().err == ""  # no deprecation warning in the child
