@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint (a new run if it has none)")
     p.add_argument("--val", help="held-out CSV (default: DATA/val.csv)")
     p.add_argument("--vocab", help="vocabulary .npy (default: DATA/vocab.npy, or the --weights checkpoint's)")
-    init = p.add_argument("--weights", dest="init", help="fine-tune from weights load_model accepts (file, bundle, "
-                          "run folder, registry name; default: train from scratch)")
+    init = p.add_argument("--weights", dest="init", metavar="WEIGHTS",
+                          help="fine-tune from weights load_model accepts (file, bundle, run folder, registry name; "
+                          "default: train from scratch)")
     deprecated_alias(p, init, "--init")
     p.add_argument("--word2vec", metavar="FILE", help="word vectors (.npy/.pth, V x 300) for the word embedding")
     p.add_argument("--train-word-embd", dest="freeze_word_embd", action="store_false", default=None,
