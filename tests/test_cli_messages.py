@@ -82,3 +82,15 @@ def test_clip_refusal_names_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--overwrite" in err and err.count("\n") == 1
     assert existing.read_bytes() == b"keep me"
+
+
+def test_remove_says_1_video_left(tmp_path, capsys):
+    ix = tmp_path / "ix"
+    idx = Index.create(ix, SimpleNamespace(weights_id="synthetic", info=None))
+    for name in ("a.mp4", "b.mp4"):
+        idx.add_video(str(tmp_path / name), SimpleNamespace(embeddings=np.ones((1, 512), np.float32),
+                                                            starts=np.array([0.0]), ends=np.array([2.0]), duration=2.0),
+                      size=1, mtime=1.0, content_hash=name)
+    idx.close()
+    assert cli.main(["remove", "--index", str(ix), str(tmp_path / "a.mp4")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"{ix}: 1 video left"

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..index import IndexReport
 
 from ..errors import MissingFileError
+from ..plural import plural
 from .common import (
     CommandError,
     add_batch_option,
@@ -353,7 +354,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                    "videos": index.num_videos, "windows": len(index), "offset": args.offset,
                    "filter": None if filt.is_empty else filt.describe(), "not": args.negatives,
                    "not_weight": weight if args.negatives else None},
-                  f"{show_path(index.directory)}: {index.num_videos} videos, {len(index)} windows ({mode} search"
+                  f"{show_path(index.directory)}: {plural(index.num_videos, 'video')}, {plural(len(index), 'window')} ({mode} search"
                   f"{extra})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -390,7 +391,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
         for p in removed:
             print(f"removed {show_path(p)}")
-        print(f"{args.index}: {left} videos left")
+        print(f"{show_path(args.index)}: {plural(left, 'video')} left")
     return 0
 
 
@@ -422,7 +423,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         print(json.dumps(d))
         return 0
     s = loc.scores
-    print(f"{loc.path} ({fmt_time(loc.duration)}, {len(s)} windows): {loc.query!r}")
+    print(f"{loc.path} ({fmt_time(loc.duration)}, {plural(len(s), 'window')}): {loc.query!r}")
     if len(s):
         print(f"scores: min {s.min():.3f}  median {float(sorted(s)[len(s) // 2]):.3f}  max {s.max():.3f}")
     print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}")
