@@ -20,6 +20,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..printable import show_path
+
 __all__ = ["MEANINGS", "MilnceParser", "deprecated_alias", "add_index_option", "warn_deprecated"]
 
 log = logging.getLogger("milnce.cli")
@@ -249,7 +251,7 @@ def add_index_option(parser: argparse.ArgumentParser, help: str, *, required: bo
         elif ns.index is None and len(getattr(ns, legacy) or []) > keep:
             old = [getattr(ns, legacy).pop(0)]
         if old and ns.index and not many:
-            p.error(f"give the index folder once, as --index DIR (got also {old[0]!r})")
+            p.error(f"give the index folder once, as --index DIR (got also {show_path(old[0])})")
         if old:
             warn_deprecated(f"the index folder as a positional argument is deprecated in {command}, use --index DIR")
             ns.index = (ns.index or []) + old if many else old[0]
