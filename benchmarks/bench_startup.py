@@ -2,7 +2,7 @@
 
     python benchmarks/bench_startup.py                         # full-size random checkpoint, 5 rounds
     python benchmarks/bench_startup.py --quick                 # small vocabulary, 3 rounds (smoke test)
-    python benchmarks/bench_startup.py --index IDX             # also `milnce search IDX q`
+    python benchmarks/bench_startup.py --index IDX             # also `milnce search --index IDX q`
     python benchmarks/bench_startup.py --synthetic-index 20000 # ... on a synthetic index of that many windows
     python benchmarks/bench_startup.py --weights W.pth --vocab V.npy   # real files instead
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small vocabulary (300 words), fewer rounds")
     p.add_argument("--weights", help="use this weights file instead of a random checkpoint")
     p.add_argument("--vocab", help="vocabulary .npy for --weights")
-    p.add_argument("--index", help="an index folder: also time `milnce search INDEX q` (with --weights/--vocab "
+    p.add_argument("--index", help="an index folder: also time `milnce search --index INDEX q` (with --weights/--vocab "
                    "if given, else the default weights)")
     p.add_argument("--synthetic-index", type=int, metavar="N", help="write a synthetic index of N windows for "
                    "these weights and time `milnce search` on it")
@@ -146,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
             index = str(write_synthetic_index(Path(args.workdir) if args.workdir else tmp, wpath, vpath,
                                               args.synthetic_index, env))
             search_env = dict(env, MILNCE_WEIGHTS=str(wpath), MILNCE_VOCAB=str(vpath))
-            cases["milnce search"] = (cli + ["search", index, args.query], search_env)
+            cases["milnce search"] = (cli + ["search", "--index", index, args.query], search_env)
         elif args.index:
             search_env = dict(env)
             if not args.weights:
                 search_env.pop("MILNCE_HOME")  # the user's cache holds the weights the index was built with
             else:
                 search_env.update(MILNCE_WEIGHTS=str(wpath), MILNCE_VOCAB=str(vpath))
-            cases["milnce search"] = (cli + ["search", args.index, args.query], search_env)
+            cases["milnce search"] = (cli + ["search", "--index", args.index, args.query], search_env)
 
         times: dict[str, list[float]] = {name: [] for name in cases}
         print(f"weights {wpath} ({wpath.stat().st_size:,} bytes), {rounds} rounds + 1 warm-up, "

@@ -155,14 +155,14 @@ def test_cli_clip_by_id_and_path(source, tmp_path, capsys, monkeypatch):
     ix = _index_with(tmp_path, video)
     outdir = tmp_path / "out"
     outdir.mkdir()
-    assert cli.main(["clip", str(ix), "1@1:00-0:02", "--out", str(outdir)]) == 2  # START > END
+    assert cli.main(["clip", "--index", str(ix), "1@1:00-0:02", "--out", str(outdir)]) == 2  # START > END
     assert "empty" in capsys.readouterr().err
-    assert cli.main(["clip", str(ix), "1@1-2", "--out", str(outdir)]) == 0
+    assert cli.main(["clip", "--index", str(ix), "1@1-2", "--out", str(outdir)]) == 0
     assert os.listdir(outdir) == ["v_00m01.00s-00m02.00s.mp4"]
-    assert cli.main(["clip", str(ix), f"{video}@0:01.5-0:03", "--out", str(outdir / "b.mp4"), "--copy"]) == 0
+    assert cli.main(["clip", "--index", str(ix), f"{video}@0:01.5-0:03", "--out", str(outdir / "b.mp4"), "--copy"]) == 0
     assert "copied from the key frame at 0.00 s" in capsys.readouterr().out
     monkeypatch.chdir(outdir)
-    assert cli.main(["clip", str(ix), "1@2-3", "--padding", "0.5"]) == 0
+    assert cli.main(["clip", "--index", str(ix), "1@2-3", "--padding", "0.5"]) == 0
     assert "v_00m01.50s-00m03.50s.mp4" in os.listdir(outdir)
 
 
@@ -191,7 +191,7 @@ def test_cli_clip_refuses_changed_or_unknown_sources(source, tmp_path, capsys, a
     else:
         spec = "1@abc-2"
     out = tmp_path / "out.mp4"
-    assert cli.main(["clip", str(ix), spec, "--out", str(out)]) == 2
+    assert cli.main(["clip", "--index", str(ix), spec, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("milnce: error:") and len(err.strip().splitlines()) == 1
     assert not out.exists()

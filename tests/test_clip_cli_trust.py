@@ -43,7 +43,7 @@ def test_wrote_line_shows_a_hostile_name_printably(tmp_path, capsys):
     video = make_video(folder / "a\x1b[31mRED\nmilnce: error: forged.mp4", n=20)
     ix = _index_with(tmp_path, video, 2.0)
     out = tmp_path / "o\x1b[0m\nx.mp4"
-    assert cli.main(["clip", str(ix), "1@0.5-1.5", "--out", str(out)]) == 0
+    assert cli.main(["clip", "--index", str(ix), "1@0.5-1.5", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "\x1b" not in printed and printed.count("\n") == 1 and "\\x1b[31mRED\\x0amilnce" in printed
     assert out.exists()
@@ -58,7 +58,7 @@ def test_a_parent_folder_swapped_for_a_link_out_of_the_roots_is_refused(tmp_path
     (root / "sub").rename(elsewhere)  # the same file, now outside the roots...
     os.symlink(elsewhere, root / "sub")  # ...behind a link where its folder was
     out = tmp_path / "o.mp4"
-    assert cli.main(["clip", str(ix), "1@0.5-1.5", "--out", str(out)]) == 2
+    assert cli.main(["clip", "--index", str(ix), "1@0.5-1.5", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "symbolic link" in err and str(video) in err
     assert not out.exists()
@@ -138,7 +138,7 @@ def test_copy_of_codecs_the_container_cannot_hold_is_one_line_suggesting_reencod
         work.mkdir()
         ix = _index_with(work, src, 2.0)
         out = work / f"o{ext}"
-        code = cli.main(["clip", str(ix), "1@0.5-1.5", "--copy", "--out", str(out)])
+        code = cli.main(["clip", "--index", str(ix), "1@0.5-1.5", "--copy", "--out", str(out)])
         err = capsys.readouterr().err
         if code == 0:  # this container can hold it after all (checked: a clip that decodes)
             with av.open(str(out)) as c:
@@ -148,7 +148,7 @@ def test_copy_of_codecs_the_container_cannot_hold_is_one_line_suggesting_reencod
         assert "leave out --copy" in err and str(src) in err and "/proc/self/fd" not in err, (kind, err)
         assert not out.exists() and not [n for n in os.listdir(work) if n.endswith(".tmp")]
         if kind != "pcm_mulaw" or ext == ".mp4":
-            assert cli.main(["clip", str(ix), "1@0.5-1.5", "--out", str(out)]) == 0, kind  # re-encoding works
+            assert cli.main(["clip", "--index", str(ix), "1@0.5-1.5", "--out", str(out)]) == 0, kind  # re-encoding works
             capsys.readouterr()
 
 
@@ -172,7 +172,7 @@ def test_sigterm_during_clip_leaves_no_temporary_file(tmp_path):
 
     src = os.path.dirname(os.path.dirname(os.path.abspath(milnce.__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", script, "clip", str(ix), "1@0-4", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-c", script, "clip", "--index", str(ix), "1@0-4", "--out", str(out)],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 60

@@ -99,8 +99,8 @@ def test_cli_clip_of_an_mpegts_video(tmp_path, capsys):
     idx.add_video(str(src), SimpleNamespace(embeddings=emb, starts=np.array([0.0, 2.0]), ends=np.array([2.0, 4.0]),
                                             duration=4.0), size=st.st_size, mtime=st.st_mtime, content_hash="h")
     idx.close()
-    assert cli.main(["clip", str(tmp_path / "ix"), "1@2-3", "--out", str(tmp_path / "o.mp4")]) == 0
+    assert cli.main(["clip", "--index", str(tmp_path / "ix"), "1@2-3", "--out", str(tmp_path / "o.mp4")]) == 0
     assert "1.00 s (10 frames, with audio)" in capsys.readouterr().out
     assert [i for _, i in _clip_frames(tmp_path / "o.mp4")] == list(range(20, 30))
-    assert cli.main(["clip", str(tmp_path / "ix"), "1@0.5-1.5", "--copy", "--out", str(tmp_path / "k.mp4")]) == 0
+    assert cli.main(["clip", "--index", str(tmp_path / "ix"), "1@0.5-1.5", "--copy", "--out", str(tmp_path / "k.mp4")]) == 0
     assert "copied from the key frame at 0.00 s" in capsys.readouterr().out

@@ -146,6 +146,6 @@ def test_serve_hint_only_when_the_extra_is_missing(installed, monkeypatch, capsy
     demo = demo_cmd._Demo(None, "m", "m", [], {}, ["a red square moves left"], {})
     demo_cmd._print_next(argparse.Namespace(weights=None, vocab=None), "/tmp/ix", demo)
     out = capsys.readouterr().out
-    assert "milnce serve /tmp/ix, then open" in out or not installed
+    assert "milnce serve --index /tmp/ix, then open" in out or not installed
     assert ("needs pip install 'milnce[serve]'" in out) is (not installed)
-    assert "milnce search /tmp/ix 'a red square moves left'" in out and "--weights" not in out
+    assert "milnce search --index /tmp/ix 'a red square moves left'" in out and "--weights" not in out

@@ -102,7 +102,7 @@ def test_cli_export(checkpoint, tmp_path, capsys):
     w, v = checkpoint
     prefix = tmp_path / "out" / "s3d"
     assert main(["export", "--onnx", str(prefix), "--weights", str(w), "--vocab", str(v), "--no-download",
-                 "--frames", "8", "--size", "32", "--verify"]) == 0
+                 "--num-frames", "8", "--size", "32", "--check-outputs"]) == 0
     out = capsys.readouterr().out
     assert "s3d.video.onnx" in out and "s3d.text.onnx" in out and "opset 17" in out and "B x 3 x 8 x 32 x 32" in out
     assert out.count("onnxruntime vs PyTorch") == 3

@@ -269,7 +269,7 @@ def test_export_options_overwrite_and_read_only_out(checkpoint, tmp_path, capsys
 def test_export_verify_prints_a_verdict(checkpoint, tmp_path, capsys):
     prefix = str(tmp_path / "s3d")
     assert main(["export", "--onnx", prefix, *_args(checkpoint), "--num-frames", "8", "--size", "32",
-                 "--verify"]) == 0
+                 "--check-outputs"]) == 0
     out = capsys.readouterr().out
     assert out.count("against float64") == 3 and "verification passed" in out
 

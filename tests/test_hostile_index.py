@@ -337,23 +337,23 @@ def test_queries_file_rules_and_csv_failures(tiny_index, tmp_path, model, monkey
     monkeypatch.setattr("milnce.index.Index.check_model", lambda self, m: None)
     qf = tmp_path / "q.txt"
     qf.write_text("# a comment, not a query\ncut\n\nqqqzzz\n")
-    assert main(["search", str(tiny_index), "--queries-file", str(qf), "--csv"]) == 1
+    assert main(["search", "--index", str(tiny_index), "--queries-file", str(qf), "--csv"]) == 1
     out, err = capsys.readouterr()
     assert {line.split(",")[0] for line in out.splitlines()[1:]} == {"cut"}  # no row for the comment
     assert "qqqzzz" in err and "failed" in err  # the failed query is named on stderr
-    assert main(["search", str(tiny_index), "--queries-file", str(qf), "--json"]) == 1
+    assert main(["search", "--index", str(tiny_index), "--queries-file", str(qf), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert [r["query"] for r in doc["results"]] == ["cut", "qqqzzz"]
     for bad in ("/dev/zero", str(tmp_path)):
-        assert main(["search", str(tiny_index), "--queries-file", bad]) == 2
+        assert main(["search", "--index", str(tiny_index), "--queries-file", bad]) == 2
         assert "not a text file" in capsys.readouterr().err
     long = tmp_path / "long.txt"
     long.write_bytes(b"a" * 200_000)
-    assert main(["search", str(tiny_index), "--queries-file", str(long)]) == 2
+    assert main(["search", "--index", str(tiny_index), "--queries-file", str(long)]) == 2
     assert "longer than" in capsys.readouterr().err
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"cut\n\x00\x00\n")
-    assert main(["search", str(tiny_index), "--queries-file", str(binary)]) == 2
+    assert main(["search", "--index", str(tiny_index), "--queries-file", str(binary)]) == 2
 
 
 @pytest.mark.slow
@@ -373,7 +373,7 @@ def test_many_queries_run_in_bounded_memory(tiny_index, tmp_path, checkpoint):
         size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (size + (600 << 20), resource.RLIM_INFINITY))
         from milnce.cli import main
-        sys.exit(main(["search", {str(tiny_index)!r}, "--queries-file", {str(qf)!r}, "--csv", "-k", "1"]))
+        sys.exit(main(["search", "--index", {str(tiny_index)!r}, "--queries-file", {str(qf)!r}, "--csv", "-k", "1"]))
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=900)
     assert r.returncode == 0, r.stderr.decode()[-2000:]

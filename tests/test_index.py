@@ -134,7 +134,7 @@ def test_index_cli_builds_and_logs_errors(built, video_dir):
 
 def test_search_scores_equal_direct_computation(built, wargs, model, direct, capsys):
     k = 6
-    assert main(["search", str(built), *QUERIES, "-k", str(k), "--no-merge", "--json", *wargs]) == 0
+    assert main(["search", "--index", str(built), *QUERIES, "-k", str(k), "--no-merge", "--json", *wargs]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["mode"] == "exact" and len(out["results"]) == len(QUERIES)
     text = model.encode_text(QUERIES).numpy()
@@ -159,14 +159,14 @@ def test_search_scores_equal_direct_computation(built, wargs, model, direct, cap
 
 
 def test_search_table_output_and_bad_queries(built, wargs, capsys):
-    rc = main(["search", str(built), "red square", "", "xyzzy plugh", "-k", "3", *wargs])
+    rc = main(["search", "--index", str(built), "red square", "", "xyzzy plugh", "-k", "3", *wargs])
     assert rc == 1  # finished, but some inputs (queries) failed
     out = capsys.readouterr().out
     assert "'red square':" in out and any(n in out for n in ("red.mp4", "green.mp4", "blue.mp4"))
     assert "the query is empty" in out
     assert "no word of 'xyzzy plugh' is in the model's vocabulary" in out
     # only unusable queries: exit code 1, no noise
-    assert main(["search", str(built), "qwerty", *wargs]) == 1
+    assert main(["search", "--index", str(built), "qwerty", *wargs]) == 1
     assert "no results" in capsys.readouterr().out
 
 
@@ -216,7 +216,7 @@ def test_search_api_merge_by_video_and_clamping(built, model):
 
 
 def test_unknown_index_folder(tmp_path, wargs, capsys):
-    assert main(["search", str(tmp_path / "nope"), "red", *wargs]) == 2
+    assert main(["search", "--index", str(tmp_path / "nope"), "red", *wargs]) == 2
     assert "no index at" in capsys.readouterr().err
     with pytest.raises(IndexNotFoundError):
         Index.open(tmp_path)
@@ -231,7 +231,7 @@ def test_weights_mismatch_refused(built, tmp_path, checkpoint, capsys):
     sd["fc.bias"] = sd["fc.bias"] + 1
     other = tmp_path / "other.pth"
     torch.save(sd, other)
-    rc = main(["search", str(built), "red", "--weights", str(other), "--vocab", str(checkpoint[1])])
+    rc = main(["search", "--index", str(built), "red", "--weights", str(other), "--vocab", str(checkpoint[1])])
     assert rc == 2
     assert "built with other weights" in capsys.readouterr().err
 
@@ -623,7 +623,7 @@ def test_index_cli_ann_small(tmp_path, video_dir, wargs, capsys):
                  "--json", *SMALL_ARGS, *wargs]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["ann"]["recall_at_10"] == pytest.approx(1.0)
-    assert main(["search", str(ix), "blue ball", "-k", "2", "--json", *wargs]) == 0
+    assert main(["search", "--index", str(ix), "blue ball", "-k", "2", "--json", *wargs]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["results"][0]["moments"]
 

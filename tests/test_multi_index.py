@@ -117,12 +117,12 @@ def test_other_weights_or_settings_refused(three, model, tmp_path, monkeypatch, 
     wide.close()
     # the command: one line, before the model loads
     monkeypatch.setattr("milnce.commands.serve.model_from_args", lambda args: pytest.fail("model loaded"))
-    assert main(["serve", str(root / "a"), str(tmp_path / "other"), "--port", "0"]) == 2
+    assert main(["serve", "--index", str(root / "a"), "--index", str(tmp_path / "other"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "other weights" in err and err.count("\n") == 1
-    assert main(["serve", str(tmp_path / "nothing-here")]) != 0
+    assert main(["serve", "--index", str(tmp_path / "nothing-here")]) != 0
     os.makedirs(tmp_path / "empty")
-    assert main(["serve", str(tmp_path / "empty"), "--port", "0"]) == 2
+    assert main(["serve", "--index", str(tmp_path / "empty"), "--port", "0"]) == 2
     assert "neither an index folder" in capsys.readouterr().err
 
 

@@ -196,9 +196,9 @@ def test_recipe_verify_finds_and_redoes_a_damaged_npy(tmp_path, capsys, wargs, f
     f.write_bytes(good[:-64] + b"\xff" * 64)  # header intact (the cheap check passes), values NaN
     check = ["extract", "--check", str(out), str(tmp_path / "in"), "--recipe", "univl"]
     assert main(check) == 0
-    assert main([*check, "--verify"]) == 1
+    assert main([*check, "--verify-files"]) == 1
     assert "non-finite" in capsys.readouterr().out
     assert main([*args, "--json"]) == 0 and json.loads(capsys.readouterr().out)["skipped"] == 1
-    assert main([*args, "--json", "--verify"]) == 0
+    assert main([*args, "--json", "--verify-files"]) == 0
     assert json.loads(capsys.readouterr().out)["redone"] == 1
     assert np.isfinite(np.load(f, allow_pickle=False).astype(np.float32)).all()

@@ -235,7 +235,7 @@ def test_damaged_rows_and_settings_are_refused(tmp_path, wargs, capsys, sql, par
     with pytest.raises(IndexDamagedError, match=what) as ei:
         Index.open(tmp_path / "ix")
     assert str(ei.value).startswith("index damaged:") and isinstance(ei.value, IndexFolderError)
-    assert main(["search", str(tmp_path / "ix"), "red", *wargs]) == 2
+    assert main(["search", "--index", str(tmp_path / "ix"), "red", *wargs]) == 2
     err = capsys.readouterr().err
     assert err.startswith("milnce: error: index damaged:") and len(err.strip().splitlines()) == 1
 
@@ -256,7 +256,7 @@ def test_non_utf8_file_name_is_indexed(tmp_path, wargs, capsys):
         assert raw in names  # indexed (or recorded as failed) under its exact name
         if rc == 0:
             assert any(os.path.isfile(v.path) and os.fsencode(v.path) == raw for v in r.videos())
-    assert main(["search", str(ix), "blue ball", "-k", "5", *wargs]) == 0
+    assert main(["search", "--index", str(ix), "blue ball", "-k", "5", *wargs]) == 0
     assert "caf\\xe9.mp4" in capsys.readouterr().out or rc == 1
     # a second run sees it unchanged
     assert main(["index", str(d), "--index", str(ix), "--quiet", "--json", *SMALL_ARGS, *wargs]) == rc
@@ -340,35 +340,35 @@ def test_tilde_is_expanded(tmp_path, vids, model, monkeypatch):
 def test_cli_like_queries_file_csv_and_remove(tmp_path, small_index, vids, wargs, capsys, monkeypatch):
     qf = tmp_path / "q.txt"
     qf.write_text("red square\n\n a blue ball \n")
-    assert main(["search", str(small_index), "--queries-file", str(qf), "--csv", "-k", "3", *wargs]) == 0
+    assert main(["search", "--index", str(small_index), "--queries-file", str(qf), "--csv", "-k", "3", *wargs]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert {r["query"] for r in rows} == {"red square", "a blue ball"}
     assert set(rows[0]) >= {"rank", "path", "start", "end", "score", "cosine", "percentile"}
     monkeypatch.setattr("sys.stdin", io.StringIO("green door\n"))
-    assert main(["search", str(small_index), "--queries-file", "-", "--format", "json", *wargs]) == 0
+    assert main(["search", "--index", str(small_index), "--queries-file", "-", "--format", "json", *wargs]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["query"] for r in out["results"]] == ["green door"] and out["ann"] == "not built"
     with Index.open(small_index) as idx:
         red = idx.video_by_path(vids / "red.mp4")
-    assert main(["search", str(small_index), "--like", f"{vids / 'red.mp4'}@0:01", "--json", *wargs]) == 0
+    assert main(["search", "--index", str(small_index), "--like", f"{vids / 'red.mp4'}@0:01", "--json", *wargs]) == 0
     res = json.loads(capsys.readouterr().out)["results"][0]
     assert res["query"].startswith("like ") and res["moments"]
     assert all(m["video_id"] != red.id for m in res["moments"])
-    assert main(["search", str(small_index), "--like", f"{red.id}@1.5", *wargs]) == 0
+    assert main(["search", "--index", str(small_index), "--like", f"{red.id}@1.5", *wargs]) == 0
     assert "like " in capsys.readouterr().out
-    assert main(["search", str(small_index), "--like", "999999", *wargs]) == 2
-    assert main(["search", str(small_index), *wargs]) == 2
+    assert main(["search", "--index", str(small_index), "--like", "999999", *wargs]) == 2
+    assert main(["search", "--index", str(small_index), *wargs]) == 2
     assert "nothing to search" in capsys.readouterr().err
     # removal (on a copy)
     import shutil
 
     ix = tmp_path / "ix"
     shutil.copytree(small_index, ix)
-    assert main(["remove", str(ix), str(vids / "red.mp4"), *wargs[:0]]) == 0
+    assert main(["remove", "--index", str(ix), str(vids / "red.mp4"), *wargs[:0]]) == 0
     assert "removed" in capsys.readouterr().out
     with Index.open(ix) as idx:
         assert idx.num_videos == 2 and idx.video_by_path(vids / "red.mp4") is None
-    assert main(["remove", str(ix), str(vids / "red.mp4")]) == 2
+    assert main(["remove", "--index", str(ix), str(vids / "red.mp4")]) == 2
     assert "not in the index" in capsys.readouterr().err
 
 

@@ -183,7 +183,7 @@ def test_cli_filters_negatives_offset(big, cli_model, capsys):
     import json
 
     ix = str(big)
-    assert main(["search", ix, "cut tomato", "-k", "6", "--json", "--not", "pour water", "--under", f"{ROOT}/garden",
+    assert main(["search", "--index", ix, "cut tomato", "-k", "6", "--json", "--not", "pour water", "--under", f"{ROOT}/garden",
                  "--min-duration", "100", "--offset", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["filter"].startswith("under") and out["not"] == ["pour water"] and out["offset"] == 2
@@ -195,9 +195,9 @@ def test_cli_filters_negatives_offset(big, cli_model, capsys):
             under=f"{ROOT}/garden", duration_min=100.0))[2:]
     assert [(m["video_id"], m["start"]) for m in moments] == [(m.video_id, m.start) for m in want]
     # a table says when the filter leaves fewer than -k results
-    assert main(["search", ix, "cut tomato", "-k", "100000", "--path-glob", "dog*", "--videos"]) == 0
+    assert main(["search", "--index", ix, "cut tomato", "-k", "100000", "--path-glob", "dog*", "--list-videos"]) == 0
     out = capsys.readouterr().out
-    assert "results pass the filter)" in out and "filter: path dog*" in out
+    assert "results within the filter)" in out and "filter: path dog*" in out
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -214,7 +214,7 @@ def test_cli_filters_negatives_offset(big, cli_model, capsys):
     (["--offset", "-1"], "--offset must be"),
 ])
 def test_cli_bad_filters_one_line_each(big, cli_model, capsys, argv, words):
-    assert main(["search", str(big), "cut tomato", *argv]) == 2
+    assert main(["search", "--index", str(big), "cut tomato", *argv]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and "Traceback" not in err
     assert os.path.isdir(big)

@@ -381,7 +381,7 @@ def test_cli_serve_help_and_missing_extra(monkeypatch, capsys, tmp_path, checkpo
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
     monkeypatch.delitem(sys.modules, "milnce.server", raising=False)
     weights, vocab = checkpoint
-    assert main(["serve", str(tmp_path), "--weights", str(weights), "--vocab", str(vocab), "--no-download"]) == 2
+    assert main(["serve", "--index", str(tmp_path), "--weights", str(weights), "--vocab", str(vocab), "--no-download"]) == 2
     assert "pip install 'milnce[serve]'" in capsys.readouterr().err
 
 
@@ -394,9 +394,9 @@ def test_cli_serve_busy_port(capsys, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        assert main(["serve", str(tmp_path), "--port", str(port)]) == 2
+        assert main(["serve", "--index", str(tmp_path), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
-    assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
+    assert main(["serve", "--index", str(tmp_path / "nope"), "--port", "0"]) == 2
     assert "index folder not found" in capsys.readouterr().err
 
 
@@ -408,7 +408,7 @@ def test_cli_serve_end_to_end(library, checkpoint, tmp_path):
     weights, vocab = checkpoint
     idx_dir = library["index_dir"]
     env = {**os.environ, "MILNCE_HOME": str(tmp_path / "home")}
-    proc = subprocess.Popen([sys.executable, "-m", "milnce.cli", "serve", str(idx_dir), "--port", "0", "--weights",
+    proc = subprocess.Popen([sys.executable, "-m", "milnce.cli", "serve", "--index", str(idx_dir), "--port", "0", "--weights",
                              str(weights), "--vocab", str(vocab), "--no-download", "--no-access-log"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:

@@ -160,11 +160,11 @@ def test_serve_clip_options(capsys):
     from milnce import cli
     from milnce.commands.serve import _child_argv, _clip_limits
 
-    args = cli.build_parser().parse_args(["serve", "ix", "--restart", "--clip-max-files", "3", "--clip-max-mb", "1.5",
+    args = cli.build_parser().parse_args(["serve", "--index", "ix", "--restart", "--clip-max-files", "3", "--clip-max-mb", "1.5",
                                           "--clip-send-timeout", "20"])
     lim = _clip_limits(args)
     assert (lim.max_files, lim.max_bytes, lim.send_timeout) == (3, int(1.5 * 2**20), 20.0)
     again = cli.build_parser().parse_args(_child_argv(args))  # the --restart child gets the same caps
     assert (again.clip_max_files, again.clip_max_mb, again.clip_send_timeout) == (3, 1.5, 20.0)
-    assert cli.main(["serve", "ix", "--clip-max-mb", "nan"]) == 2
+    assert cli.main(["serve", "--index", "ix", "--clip-max-mb", "nan"]) == 2
     assert "--clip-max-mb" in capsys.readouterr().err

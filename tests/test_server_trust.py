@@ -321,7 +321,7 @@ def test_one_default_k(client, lib):
     assert "selected" not in html.split('id="k"', 1)[1].split("</select>", 1)[0]  # the UI takes it from /api/config
     from milnce.cli import build_parser
 
-    args = build_parser().parse_args(["search", "IDX", "q"])
+    args = build_parser().parse_args(["search", "--index", "IDX", "q"])
     assert args.k == DEFAULT_K
 
 
@@ -394,8 +394,8 @@ def test_demo_says_how_to_browse_its_index(lib, checkpoint, tmp_path, capsys):
                "--size", "32", "--stride", "8", "--weights", str(weights), "--vocab", str(vocab)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert f"milnce serve '{ix}' --weights {weights} --vocab {vocab}" in out
-    assert f"milnce search '{ix}'" in out
+    assert f"milnce serve --index '{ix}' --weights {weights} --vocab {vocab}" in out
+    assert f"milnce search --index '{ix}'" in out
 
 
 def test_hostile_glob_does_not_freeze_the_server(lib, model, tmp_path):

@@ -117,7 +117,7 @@ def test_make_synthetic_layout(tmp_path):
     from milnce.video import read_clip
 
     out = tmp_path / "syn"
-    assert main(["make-synthetic", str(out), "--videos", "3", "--val-videos", "2", "--size", "32", "--quiet"]) == 0
+    assert main(["make-synthetic", str(out), "--num-videos", "3", "--num-val-videos", "2", "--size", "32", "--quiet"]) == 0
     words = set(load_vocab(out / "vocab.npy").tolist())
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["hflip"] is False and meta["val_distinct_captions"] == 4
@@ -138,7 +138,7 @@ def test_make_synthetic_layout(tmp_path):
         texts = [r["text"] for r in csv.DictReader(f)]
     combos = {tuple(w for w in t.split() if w in {*COLOURS, *SHAPES, *DIRECTIONS}) for t in texts}
     assert len(combos) == 2 and len(texts) == 2  # two scenes, one caption each
-    assert main(["make-synthetic", str(out), "--videos", "1", "--quiet"]) == 2  # not empty: refused
+    assert main(["make-synthetic", str(out), "--num-videos", "1", "--quiet"]) == 2  # not empty: refused
 
 
 def test_training_samples_are_reproducible(synth):

@@ -277,7 +277,7 @@ def test_captions_of_every_shard_layout():
 @pytest.fixture(scope="module")
 def wds_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wds") / "data"
-    assert main(["make-synthetic", str(out), "--videos", "6", "--val-videos", "2", "--size", "48", "--seed", "1",
+    assert main(["make-synthetic", str(out), "--num-videos", "6", "--num-val-videos", "2", "--size", "48", "--seed", "1",
                  "--format", "wds", "--videos-per-shard", "2", "--quiet"]) == 0
     return out
 

@@ -24,6 +24,7 @@ from importlib import import_module
 from typing import TextIO
 
 from .commands.common import CommandError, add_model_options, model_from_args
+from .commands.vocabulary import MilnceParser
 from .errors import MilnceError
 from .printable import show_lines
 
@@ -39,7 +40,7 @@ COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.com
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = MilnceParser(
         prog="milnce",
         description="Search videos with words using the S3D text-video model trained on HowTo100M "
         "with MIL-NCE (Miech et al., CVPR 2020).",

@@ -65,7 +65,8 @@ def best_moments(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, k: in
 
 
 def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int = 5, fps: float | None = None,
-             num_frames: int | None = None, size: int | None = None, stride: int | None = None, batch_size: int = 4,
+             num_frames: int | None = None, size: int | None = None, stride: int | None = None,
+             batch_size: int | None = None,
              merge: bool = True, index: Index | None = None, progress: bool = False) -> Localization:
     """Score ``query`` against every window of the video at ``path``.
 

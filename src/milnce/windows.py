@@ -12,7 +12,8 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["WindowSettings", "CROPS", "PADS", "DECODERS", "check_pad"]
+__all__ = ["WindowSettings", "CROPS", "PADS", "DECODERS", "check_pad", "DEFAULT_BATCH_CPU", "DEFAULT_BATCH_CUDA",
+           "batch_default_text"]
 
 CROPS = ("center", "square", "resize")
 # "pyav": milnce's own frame sampler (milnce.video.decode); "ffmpeg": the ffmpeg command line's
@@ -25,6 +26,15 @@ MAX_FPS = 1000.0
 MAX_FRAMES = 1024
 MAX_SIZE = 4096
 MAX_STRIDE = 100_000
+# Windows per model call when a command or ``run_jobs`` is given none: the one default of every
+# command that embeds videos (extract, embed-video, index, localize, demo, eval) and of the library.
+DEFAULT_BATCH_CPU = 8
+DEFAULT_BATCH_CUDA = 64
+
+
+def batch_default_text() -> str:
+    """The default batch size as the help texts state it."""
+    return f"{DEFAULT_BATCH_CUDA} on CUDA, {DEFAULT_BATCH_CPU} on the CPU"
 
 
 def check_pad(pad: str) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from ..printable import show_path
-from .common import CommandError
+from .common import CommandError, add_index_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "starts early (up to one key-frame interval). The video must still be the indexed file (same size and "
         "modification time), else re-run milnce index. Nothing is written but the clip.",
     )
-    p.add_argument("index", metavar="INDEX", help="index folder (milnce index)")
     p.add_argument("span", metavar="VIDEO@START-END",
                    help="an indexed video (its path, or its id as 'milnce search' shows it) and the span, "
                    "times as seconds or [H:]M:SS, e.g. 12@1:05-1:20 or cooking.mp4@65-80.5")
+    add_index_option(p, "index folder (from 'milnce index')", required=True, legacy="span")
     p.add_argument("--out", metavar="FILE|DIR", default=None,
                    help="the clip's file (.mp4, .m4v, .mov or .mkv), or a folder to write it into under a name "
                    "that says the source and the span (default: that name in the current folder)")
@@ -85,6 +85,8 @@ def cmd_clip(args: argparse.Namespace) -> int:
         out = os.path.join(out, clip_file_name(rec.path, a, b))
     elif os.path.splitext(out)[1].lower() not in CONTAINERS:
         raise CommandError(f"--out {out}: give a .mp4, .m4v, .mov or .mkv file, or an existing folder")
+    if os.path.lexists(out) and not args.overwrite:
+        raise CommandError(f"{show_path(out)} exists (choose another --out, or pass --overwrite to replace it)")
     with _open_source(rec.path, rec.size, rec.mtime, content_hash, roots) as src, _term_as_interrupt():
         res = cut_clip(src, start, end, out, copy=args.copy, padding=args.padding, duration=rec.duration,
                        overwrite=args.overwrite, name=rec.path)

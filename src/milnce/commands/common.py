@@ -10,13 +10,14 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MilnceError
-from ..windows import WindowSettings
+from ..windows import WindowSettings, batch_default_text
+from .vocabulary import add_index_option, deprecated_alias
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..api import MILNCE
 
 __all__ = ["CommandError", "add_model_options", "model_from_args", "add_window_options", "window_overrides",
-           "window_settings"]
+           "window_settings", "add_batch_option", "add_index_option", "deprecated_alias"]
 
 
 class CommandError(MilnceError):
@@ -61,7 +62,14 @@ def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = 
         g.add_argument("--stride", type=int, default=None,
                        help=f"frames between window starts (default {d.stride} = {d.hop:g} s at {d.fps:g} fps)")
     if batch_size:
-        g.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
+        add_batch_option(g)
+
+
+def add_batch_option(g: argparse._ActionsContainer, what: str = "windows per model call") -> None:
+    """``--batch-size N`` of the commands that embed videos; default None: the pipeline's
+    (``milnce.windows.DEFAULT_BATCH_CPU`` / ``DEFAULT_BATCH_CUDA``)."""
+    g.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help=f"{what} (default: {batch_default_text()})")
 
 
 def window_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .common import (
     CommandError,
+    add_index_option,
     add_model_options,
     add_window_options,
     model_from_args,
@@ -46,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(cached in $MILNCE_HOME/fallback: a few minutes once, then instant). Offline with your own copy: "
         "pass --weights/--vocab and --videos DIR.")
     p.add_argument("--videos", metavar="DIR", help="use the videos in this folder instead of downloading the GIFs")
-    p.add_argument("--index", metavar="DIR", help="index folder (default: $MILNCE_HOME/demo/index-<weights id>)")
-    p.add_argument("--query", action="append", help="query (repeatable; default: the demo's queries)")
+    add_index_option(p, "index folder (default: $MILNCE_HOME/demo/index-<weights id>)")
+    p.add_argument("--query", action="append", metavar="QUERY", help="query (repeatable; default: the demo's queries)")
     p.add_argument("-k", type=int, default=3, help="videos per query (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-fallback", action="store_true",
@@ -145,8 +146,8 @@ def _print_next(args: argparse.Namespace, index_dir: str, demo: _Demo) -> None:
     model_opts = "".join(f" --{opt} {shlex.quote(str(getattr(args, opt)))}" for opt in ("weights", "vocab")
                          if getattr(args, opt, None))
     example = demo.queries[0] if demo.queries else "your words"
-    print(f"\nSearch it yourself:  milnce search {shlex.quote(index_dir)} {shlex.quote(example)}{model_opts}")
-    serve = f"Browse it in a web page:  milnce serve {shlex.quote(index_dir)}{model_opts}"
+    print(f"\nSearch it yourself:  milnce search --index {shlex.quote(index_dir)} {shlex.quote(example)}{model_opts}")
+    serve = f"Browse it in a web page:  milnce serve --index {shlex.quote(index_dir)}{model_opts}"
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         serve += "  (needs pip install 'milnce[serve]')"
     print(serve + ", then open http://127.0.0.1:8000/")

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
+from ..plural import plural
 from ..printable import show_ids, show_path, show_reasons
-from .common import CommandError, add_model_options, model_from_args
+from .common import CommandError, add_batch_option, add_model_options, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "embeddings are cached per video, so a rerun is instant.",
     )
     p.add_argument("benchmark", choices=("youcook2", "msrvtt", "hmdb51", "ucf101", "crosstask"), help="which benchmark")
-    p.add_argument("--videos", required=True, metavar="ROOT",
-                   help="dataset folder: YouCook2 ROOT/validation/<task>/<id>.{mp4,mkv,webm}; MSR-VTT "
-                   "ROOT/<id>.mp4; HMDB-51 and UCF-101 ROOT/<class>/<id>.avi; a flat ROOT/<id>.<ext> works for all "
-                   "(CrossTask: <video_id>.<any video extension> anywhere under ROOT)")
+    p.add_argument("--videos", required=True, metavar="DIR",
+                   help="dataset folder: YouCook2 DIR/validation/<task>/<id>.{mp4,mkv,webm}; MSR-VTT "
+                   "DIR/<id>.mp4; HMDB-51 and UCF-101 DIR/<class>/<id>.avi; a flat DIR/<id>.<ext> works for all "
+                   "(CrossTask: <video_id>.<any video extension> anywhere under DIR)")
     p.add_argument("--annotations", metavar="PATH",
                    help="annotation file (default: the public one, shipped); UCF-101: the ucfTrainTestlist/ folder; "
                    "CrossTask: the crosstask_release/ folder (both required)")
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rank of a correct clip tied with others (default pessimistic: behind all of them)")
     r = p.add_argument_group("running")
     r.add_argument("--workers", type=int, help="decoding processes of the extraction pipeline (default: cores - 1; 0 = a thread)")
-    r.add_argument("--batch-size", type=int, help="windows per model call (default: the pipeline's)")
+    add_batch_option(r)
     r.add_argument("--cache", metavar="DIR", help="embedding cache folder (default $MILNCE_HOME/eval-cache)")
     r.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -103,5 +104,5 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"milnce: wrote {', '.join(show_path(str(f)) for f in files.values())}", file=sys.stderr)
     if c["evaluated"] == 0:
         raise CommandError(f"no {args.benchmark} video could be evaluated under {args.videos} "
-                           f"({c['missing']} rows missing, {c['unreadable']} unreadable)")
+                           f"({plural(c['missing'], 'row')} missing, {c['unreadable']} unreadable)")
     return 1 if c["evaluated"] < c["rows_selected"] else 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .vocabulary import deprecated_alias
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,16 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Example: milnce export --onnx s3d  (a trailing .onnx in PREFIX is dropped)",
     )
     p.add_argument("--onnx", required=True, metavar="PREFIX", help="output prefix of the ONNX files")
-    p.add_argument("--num-frames", "--frames", dest="num_frames", type=int,
-                   help="frames T of the video input (default: the weights', 32; --frames is the old spelling)")
+    frames = p.add_argument("--num-frames", type=int, help="frames T of the video input (default: the weights', 32)")
+    deprecated_alias(p, frames, "--frames")
     p.add_argument("--size", type=int, help="height = width of the video input in px (default: the weights', 224)")
     p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     towers = p.add_mutually_exclusive_group()
     towers.add_argument("--video-only", action="store_true", help="export only the video tower")
     towers.add_argument("--text-only", action="store_true", help="export only the text tower and vocabulary")
-    p.add_argument("--verify", action="store_true",
-                   help="run the files with onnxruntime on random inputs, print the difference to PyTorch and "
+    check = p.add_argument("--check-outputs", dest="verify", action="store_true",
+                           help="run the files with onnxruntime on random inputs, print the difference to PyTorch and "
                    "a verdict (exit 2 if a difference exceeds the float32 tolerance)")
+    deprecated_alias(p, check, "--verify")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     g = p.add_argument_group("model")
     g.add_argument("--weights", help="weights file (.pth, .safetensors, bundle folder) or registry name; "

@@ -9,7 +9,14 @@ import sys
 from typing import Any
 
 from ..windows import CROPS, PADS
-from .common import CommandError, add_model_options, add_window_options, model_from_args
+from .common import (
+    CommandError,
+    add_batch_option,
+    add_model_options,
+    add_window_options,
+    deprecated_alias,
+    model_from_args,
+)
 
 HELP = "extract per-window features of many videos (all cores and GPUs busy, sharded, resumable)"
 DESCRIPTION = (
@@ -37,18 +44,18 @@ def add_clip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--end", type=float, help="end time in seconds in every video (default: the end)")
 
 
-def add_run_options(p: argparse.ArgumentParser, batch_default: int | None = None) -> None:
+def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=batch_default,
-                   help=f"windows per model call (default {batch_default})" if batch_default else
-                   "windows per model call (default: 64 on CUDA, 8 on the CPU)")
+    add_batch_option(g)
     g.add_argument("--workers", type=int, help="decoding processes (default: the cores available to this "
                    "rank minus one; 0 = a thread of the main process)")
     g.add_argument("--decode-threads", type=int, help="decoder threads per video (default 1 with workers)")
     g.add_argument("--shard", metavar="I/N", help="take share I (0-based) of N; nests with torchrun/SLURM")
     g.add_argument("--overwrite", action="store_true", help="redo every video, even finished ones")
-    g.add_argument("--verify", action="store_true", help="read every finished file's members (CRC) and redo "
-                   "the damaged ones (with --check: report them); every run checks the files' structure anyway")
+    verify = g.add_argument("--verify-files", dest="verify", action="store_true", help="read every finished file's "
+                            "members (CRC) and redo the damaged ones (with --check: report them); every run checks the "
+                            "files' structure anyway")
+    deprecated_alias(p, verify, "--verify")
     g.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 

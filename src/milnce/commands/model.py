@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="fetch the published weights and vocabulary into the cache",
                        description="Download the published weights and word list into $MILNCE_HOME "
                        "(default ~/.cache/milnce), resuming partial files, and verify them.")
-    p.add_argument("name", nargs="?", default=None, help="registry name (default: s3d_howto100m)")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME", help="registry name (default: s3d_howto100m)")
     p.add_argument("--from", dest="sources", action="append", metavar="FILE|URL",
                    help="check a copy you already have (the weights file, the word list, a folder with both, "
                    "or a URL of one file) like a download and put it into the cache (repeatable)")
@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed-text", help="embed sentences into the 512-d joint space",
                        description="Embed sentences with the text tower. Prints a summary, or saves "
                        "an N x 512 float32 .npy with --out, or prints JSON with --json.")
-    p.add_argument("text", nargs="+", help="sentences (quote each one)")
-    p.add_argument("--out", help="write the full-precision embeddings to this .npy file (.npy is appended if "
+    p.add_argument("text", nargs="+", metavar="TEXT", help="sentences (quote each one)")
+    p.add_argument("--out", metavar="FILE", help="write the full-precision embeddings to this .npy file (.npy is appended if "
                    "missing; an existing folder gets text_embeddings.npy inside)")
     p.add_argument("--json", action="store_true", help="print texts, known words and embeddings as JSON "
                    f"(values rounded to {PRINT_DECIMALS} decimals; --out keeps full precision)")
@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("similarity", help="score sentences against saved video embeddings",
                        description="Dot-product scores of sentences against video embeddings saved by "
                        "'milnce extract'/'embed-video' (.npz with 'video_embedding') or a plain N x 512 .npy.")
-    p.add_argument("--text", nargs="+", required=True, help="sentences")
-    p.add_argument("--video-embeddings", nargs="+", required=True, help=".npy or .npz files")
+    p.add_argument("--text", nargs="+", required=True, metavar="TEXT", help="sentences")
+    p.add_argument("--video-embeddings", nargs="+", required=True, metavar="FILE", help=".npy or .npz files")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_model_options(p)
     p.set_defaults(func=cmd_similarity)
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="write a pickle-free safetensors + vocabulary bundle",
                        description="Convert a .pth (published or training checkpoint) into a folder with "
                        "model.safetensors, vocab.npy and config.json, loadable with --weights FOLDER.")
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", metavar="DIR", help="output folder")
     p.add_argument("--weights", help="input weights (default: the cached published weights)")
     p.add_argument("--vocab", help="input vocabulary .npy")
     p.add_argument("--no-download", action="store_true")

@@ -15,10 +15,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..index import IndexReport
 
 from ..errors import MissingFileError
+from ..plural import plural
 from .common import (
     CommandError,
+    add_batch_option,
+    add_index_option,
     add_model_options,
     add_window_options,
+    deprecated_alias,
     model_from_args,
     window_overrides,
     window_settings,
@@ -48,7 +52,7 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
         "the index folder (SQLite + memory-mapped vectors). Incremental: unchanged videos are skipped, "
         "changed ones re-embedded, moved ones recognised by content. Safe to interrupt and re-run.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="video files or folders")
-    p.add_argument("--index", required=True, metavar="DIR", help="index folder (created if needed)")
+    add_index_option(p, "index folder (created if needed)", required=True)
     p.add_argument("--from-features", metavar="DIR",
                    help="index the feature files of 'milnce extract --out DIR' instead of videos, without loading "
                    "the model (settings and weights fingerprint come from the files)")
@@ -69,8 +73,7 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_window_options(p, "recorded in a new index; an existing index keeps its own", batch_size=False)
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help="windows per model call, windows of several videos together (default: 64 on CUDA, 4 on the CPU)")
+    add_batch_option(g, "windows per model call, windows of several videos together")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="decoding processes (default: the cores available minus one; 0 = a thread of this process)")
     add_model_options(p)
@@ -81,16 +84,18 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="find the moments of indexed videos that match sentences",
         description="Rank moments (video, start, end, score) of an index for each query. A moment is a "
-        "run of adjacent windows around a peak that score within 10%% of (peak - median) of the peak; "
+        "run of adjacent windows around a peak that score within 10% of (peak - median) of the peak; "
         "moments do not depend on -k: -k N gives the first N of one ranking.")
-    p.add_argument("index", metavar="DIR", help="index folder (from 'milnce index')")
     p.add_argument("queries", nargs="*", metavar="QUERY", help="sentences (quote each one)")
+    add_index_option(p, "index folder (from 'milnce index')", required=True, legacy="queries")
     p.add_argument("--queries-file", metavar="FILE", help="more queries, one per line ('-': standard input)")
     p.add_argument("--like", metavar="VIDEO[@START]", action="append",
                    help="query by example: moments like the window of VIDEO (a path, or an indexed video's id) "
                    "starting nearest START seconds (default 0; also M:SS); the example's own video is left out")
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
-    p.add_argument("--videos", action="store_true", help="rank whole videos (by their best moment)")
+    videos = p.add_argument("--list-videos", dest="videos", action="store_true",
+                            help="rank whole videos (by their best moment)")
+    deprecated_alias(p, videos, "--videos")
     p.add_argument("--no-merge", action="store_true", help="list single windows instead of moments")
     p.add_argument("--exact", action="store_true", help="exact search even if an ANN index exists")
     p.add_argument("--offset", type=int, default=0, metavar="N",
@@ -123,8 +128,8 @@ def _register_remove(sub: argparse._SubParsersAction) -> None:
         "remove", help="remove videos from an index",
         description="Remove indexed videos (files, or folders: every indexed video under them) from an "
         "index; the files need not exist. Their space is reclaimed when dead rows exceed a quarter of the store.")
-    p.add_argument("index", metavar="DIR", help="index folder")
     p.add_argument("paths", nargs="+", metavar="PATH", help="indexed video files or folders")
+    add_index_option(p, "index folder", required=True, legacy="paths", keep=1)
     p.add_argument("--json", action="store_true", help="print the removed paths as JSON")
     p.set_defaults(func=cmd_remove)
 
@@ -134,11 +139,11 @@ def _register_localize(sub: argparse._SubParsersAction) -> None:
         "localize", help="score a sentence along one video: curve, best moments, plot",
         description="Score every window of one video against a sentence, list the best moments, and "
         "optionally plot the curve (PNG) with the moments marked.")
-    p.add_argument("video", help="video file")
-    p.add_argument("query", help="sentence")
+    p.add_argument("video", metavar="VIDEO", help="video file")
+    p.add_argument("query", metavar="QUERY", help="sentence")
     p.add_argument("-k", type=int, default=5, help="moments to list (default 5)")
     p.add_argument("--plot", metavar="PNG", help="write a plot of the score curve")
-    p.add_argument("--index", metavar="DIR", help="reuse this index's windows (and settings) if it holds the video")
+    add_index_option(p, "reuse this index's windows (and settings) if it holds the video")
     p.add_argument("--no-merge", action="store_true", help="do not merge adjacent windows")
     p.add_argument("--json", action="store_true", help="print every window's score and the moments as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -315,14 +320,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     with Index.open(args.index, model) as index:
         mode = "exact" if args.exact or args.negatives or index.ann() is None else "ann"
         out = SearchOutput(fmt, args.videos, args.offset)
-        out.k, out.fewer_note = args.k, "" if filt.is_empty else "pass the filter"
+        out.k, out.fewer_note = args.k, "" if filt.is_empty else "within the filter"
         extra = ("" if filt.is_empty else f"; filter: {filt.describe()}") + (
             f"; not: {', '.join(map(repr, args.negatives))} (weight {weight:g})" if args.negatives else "")
         out.start({"index": index.directory, "mode": mode, "ann": index.ann_status()["state"],
                    "videos": index.num_videos, "windows": len(index), "offset": args.offset,
                    "filter": None if filt.is_empty else filt.describe(), "not": args.negatives,
                    "not_weight": weight if args.negatives else None},
-                  f"{show_path(index.directory)}: {index.num_videos} videos, {len(index)} windows ({mode} search"
+                  f"{show_path(index.directory)}: {plural(index.num_videos, 'video')}, {plural(len(index), 'window')} ({mode} search"
                   f"{extra})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -359,7 +364,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
         for p in removed:
             print(f"removed {show_path(p)}")
-        print(f"{args.index}: {left} videos left")
+        print(f"{show_path(args.index)}: {plural(left, 'video')} left")
     return 0
 
 
@@ -391,7 +396,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         print(json.dumps(d))
         return 0
     s = loc.scores
-    print(f"{loc.path} ({fmt_time(loc.duration)}, {len(s)} windows): {loc.query!r}")
+    print(f"{loc.path} ({fmt_time(loc.duration)}, {plural(len(s), 'window')}): {loc.query!r}")
     if len(s):
         print(f"scores: min {s.min():.3f}  median {float(sorted(s)[len(s) // 2]):.3f}  max {s.max():.3f}")
     print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}")

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..plural import plural
 from .common import CommandError
 
 __all__ = ["QUERY_BATCH", "MAX_QUERY_LINE", "CSV_FIELDS", "fmt_time", "open_queries_file", "iter_queries_file",
@@ -155,12 +156,13 @@ class SearchOutput:
         else:
             print_results(query, moments, problem, self.by_video, self.offset + 1)
             if self.fewer_note and problem is None and len(moments) < self.k:
-                print(f"  (only {self.offset + len(moments)} results {self.fewer_note})")
+                print(f"  (only {plural(self.offset + len(moments), 'result')} {self.fewer_note})")
         self.count += 1
 
     def finish(self) -> None:
         if self.fmt == "json":
             sys.stdout.write("]}\n")
         elif self.csv is not None and self.failed:
-            print(f"milnce: {self.failed} of {self.count} queries failed and have no rows", file=sys.stderr)
+            print(f"milnce: {self.failed} of {plural(self.count, 'query', 'queries')} failed and "
+                  f"{'has' if self.failed == 1 else 'have'} no rows", file=sys.stderr)
         sys.stdout.flush()

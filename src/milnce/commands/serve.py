@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MissingFileError
-from .common import CommandError, add_model_options, model_from_args
+from .common import CommandError, add_index_option, add_model_options, model_from_args
 
 # Kept here too: the server module itself cannot be imported without FastAPI.
 MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
@@ -23,11 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "JSON API (/api/search, /api/videos/{id}, /healthz; offline reference at /static/api.html) for an index built by "
         "'milnce index'. Binds to localhost unless --host says otherwise. "
         "Needs: pip install 'milnce[serve]'.",
-        epilog="Example: milnce serve my_index --port 8000, then open http://127.0.0.1:8000/",
+        epilog="Example: milnce serve --index my_index --port 8000, then open http://127.0.0.1:8000/",
     )
-    p.add_argument("index", metavar="DIR", nargs="+",
-                   help="index folder (from 'milnce index'); several, or a folder of index folders, are served "
-                   "together (same weights and window settings; searches merge them, or pick one)")
+    add_index_option(p, "index folder (from 'milnce index'); several, or a folder of index folders, are served "
+                     "together (same weights and window settings; searches merge them, or pick one)",
+                     required=True, many=True, legacy="*")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the videos to the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _child_argv(args: argparse.Namespace) -> list[str]:
     """The same ``serve`` command line, without ``--restart``."""
-    argv = ["serve", *args.index, "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
+    argv = ["serve", *(a for d in args.index for a in ("--index", d)), "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
             "--device", args.device, "--precision", args.precision, "--clip-max-files", str(args.clip_max_files),
             "--clip-max-mb", repr(args.clip_max_mb), "--clip-send-timeout", repr(args.clip_send_timeout)]
     for opt in ("weights", "vocab"):

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .vocabulary import deprecated_alias
+
 B = argparse.BooleanOptionalAction
 
 
@@ -24,12 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="settings file (.yaml or .json; keys as the options, with _)")
     p.add_argument("--resume", action="store_true", help="continue RUN from its latest checkpoint (a new run if it has none)")
     p.add_argument("--val", help="held-out CSV (default: DATA/val.csv)")
-    p.add_argument("--vocab", help="vocabulary .npy (default: DATA/vocab.npy, or the --init checkpoint's)")
-    p.add_argument("--init", metavar="WEIGHTS", help="fine-tune from weights load_model accepts (file, bundle, run folder, registry name)")
+    p.add_argument("--vocab", help="vocabulary .npy (default: DATA/vocab.npy, or the --weights checkpoint's)")
+    init = p.add_argument("--weights", dest="init", metavar="WEIGHTS",
+                          help="fine-tune from weights load_model accepts (file, bundle, run folder, registry name; "
+                          "default: train from scratch)")
+    deprecated_alias(p, init, "--init")
     p.add_argument("--word2vec", metavar="FILE", help="word vectors (.npy/.pth, V x 300) for the word embedding")
     p.add_argument("--train-word-embd", dest="freeze_word_embd", action="store_false", default=None,
                    help="also train the word embedding (frozen by default)")
-    p.add_argument("--space-to-depth", action=B, default=None, help="S3D input stem (default: the --init's, else on)")
+    p.add_argument("--space-to-depth", action=B, default=None, help="S3D input stem (default: the --weights', else on)")
     g = p.add_argument_group("clips")
     g.add_argument("--fps", type=float, help="sampling rate (default 10)")
     g.add_argument("--num-frames", type=int, help="frames per clip (default 32)")
@@ -82,15 +87,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(\"a red square moves left\"), and vocab.npy.",
     )
     s.add_argument("out", metavar="OUT", help="new folder")
-    s.add_argument("--videos", type=int, default=200, help="training videos (default 200)")
-    s.add_argument("--val-videos", type=int, default=24, help="held-out videos (default 24: all 48 combinations once)")
+    num = s.add_argument("--num-videos", dest="videos", type=int, default=200, metavar="N",
+                         help="training videos (default 200)")
+    deprecated_alias(s, num, "--videos")
+    val = s.add_argument("--num-val-videos", dest="val_videos", type=int, default=24, metavar="N",
+                         help="held-out videos (default 24: all 48 combinations once)")
+    deprecated_alias(s, val, "--val-videos")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
     s.add_argument("--fps", type=int, default=8, help="frame rate of the videos (default 8)")
     s.add_argument("--format", choices=("folder", "wds"), default="folder",
                    help="training split as a HowTo100M folder (default) or webdataset tar shards in the "
                    "video2dataset layout (OUT/shards/train-NNNNN.tar; the held-out split stays a folder)")
-    s.add_argument("--videos-per-shard", type=int, default=50, help="with --format wds (default 50)")
+    s.add_argument("--videos-per-shard", type=int, default=50, metavar="N", help="with --format wds (default 50)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_make_synthetic)
 

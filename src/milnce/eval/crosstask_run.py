@@ -282,7 +282,7 @@ def format_crosstask(res: CrossTaskResult) -> str:
     lines += ["", f"{'average recall':<28} {'this run':>9}  {'published':>9}"]
     names = {"dp_log_softmax": "DP, -log_softmax (headline)", "dp_neg_scores": "DP, -score", "argmax": "argmax per step"}
     for d in DECODERS:
-        p = f"{pub:g}" if (d == "dp_log_softmax" and pub is not None) else ""
+        p = f"{pub:.1f}" if (d == "dp_log_softmax" and pub is not None) else ""  # as this run's column
         lines.append(f"{names[d]:<28} {m[d]:9.1f}  {p:>9}".rstrip())
     n_tol = sum(len(x) for x in res.issues.to_dict().values())
     if n_tol:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..atomic import atomic_file, atomic_write_bytes
 from ..errors import NotAFolderError, OutputError
+from ..plural import plural
 from .run import EvalResult
 
 __all__ = ["PUBLISHED_KEYS", "format_table", "published", "result_dict", "write_outputs", "out_folder"]
@@ -81,7 +82,9 @@ def format_table(result: EvalResult) -> str:
     lines.append(
         f"rows evaluated: {c['evaluated']:,} of {c['rows_selected']:,}"
         + (f" (--limit; the file has {b.total_rows:,})" if b.limited else "")
-        + f"; missing videos: {c['missing']:,} rows ({c['videos_missing']:,} videos); unreadable: {c['unreadable']:,} rows"
+        + f"; missing videos: {plural(c['missing'], 'row', thousands=True)} "
+        f"({plural(c['videos_missing'], 'video', thousands=True)}); "
+        f"unreadable: {plural(c['unreadable'], 'row', thousands=True)}"
     )
     if c["evaluated"] < c["rows_selected"]:
         lines.append("metrics are over the rows present only: not directly comparable to the published numbers")
@@ -91,12 +94,13 @@ def format_table(result: EvalResult) -> str:
     lines.append("")
     rows: list[tuple[str, str, str]] = []
     if b.task == "retrieval":
-        for k in ("R@1", "R@5", "R@10", "MedR"):
+        for k in ("R@1", "R@5", "R@10", "MedR"):  # both columns in one format per metric (24.0 beside 9.9)
+            fmt = "g" if k == "MedR" else ".1f"
             p = pub.get(k)
-            rows.append((k, f"{m[k]:.1f}" if k != "MedR" else f"{m[k]:g}", "" if p is None else f"{p:g}"))
+            rows.append((k, format(m[k], fmt), "" if p is None else format(p, fmt)))
         rows.append(("MeanR", f"{m['MeanR']:.1f}", ""))
     else:
-        rng = f"{pub['min']:g}-{pub['max']:g}" if "min" in pub else ""
+        rng = f"{pub['min']:.1f}-{pub['max']:.1f}" if "min" in pub else ""
         for k in ("split1", "split2", "split3"):
             if k in m:
                 rows.append((f"top-1 {k}", f"{m[k]:.1f}", ""))

@@ -75,8 +75,8 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     every ``stride`` = 16 frames); bad values raise ``UsageError`` before anything is created.
     Videos are embedded by the extraction pipeline (``milnce.extract.run_jobs``): ``workers``
     decoding processes (default: the cores available minus one; 0 = a thread of this process),
-    windows of several videos in each model call of ``batch_size`` windows (default 4 on the
-    CPU, 64 on CUDA); each video is committed as soon as its last window is embedded. Killing it
+    windows of several videos in each model call of ``batch_size`` windows (default
+    ``milnce.windows.DEFAULT_BATCH_CPU`` on the CPU, ``DEFAULT_BATCH_CUDA`` on CUDA); each video is committed as soon as its last window is embedded. Killing it
     at any point leaves a readable index; running it again finishes the job. ``ann``: (re)build
     the approximate index when it is missing, stale or damaged, if the index holds at least
     ``ann_min_windows`` windows (below that exact search takes milliseconds and IVF would only

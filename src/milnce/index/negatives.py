@@ -17,7 +17,7 @@ weak one barely. The max (not the sum) keeps several ``--not`` terms from counti
 part several times. It cannot be tuned here (random weights, no labelled footage), so a user
 tunes it on their own index: pick a few searches where an unwanted thing shows up in the top 10,
 run them with ``--not-weight 0.25, 0.5, 1, 2`` and keep the smallest weight that clears the top
-results of the unwanted thing without losing the wanted ones (``milnce search IDX "leash"``
+results of the unwanted thing without losing the wanted ones (``milnce search --index IDX "leash"``
 alone shows the scale of the negative's scores; the weight is relative to it, since both terms
 are dot products with the same window).
 

@@ -30,11 +30,11 @@ class TrainConfig:
 
     data: str = ""
     val: str | None = None  # held-out pairs; default: DATA/val.csv when present
-    vocab: str | None = None  # default: DATA/vocab.npy, or the --init checkpoint's vocabulary
+    vocab: str | None = None  # default: DATA/vocab.npy, or the --weights checkpoint's vocabulary
     init: str | None = None  # fine-tune from any checkpoint load_model accepts (or a run folder)
     word2vec: str | None = None  # V x 300 .npy/.pth word vectors for the word embedding
     freeze_word_embd: bool = True
-    space_to_depth: bool | None = None  # default: the --init checkpoint's variant, else True
+    space_to_depth: bool | None = None  # default: the --weights checkpoint's variant, else True
     # clips
     fps: float = 10.0
     num_frames: int = 32

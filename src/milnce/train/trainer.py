@@ -21,6 +21,7 @@ from torch import nn
 from ..atomic import atomic_file
 from ..errors import TrainingError, UsageError
 from ..model import S3D
+from ..printable import show_path
 from ..text import Tokenizer, load_vocab
 from ..weights import CheckpointError
 from .badsamples import BadSamples
@@ -144,7 +145,7 @@ def build_network(cfg: TrainConfig, data_dir: Path | None) -> tuple[S3D, Tokeniz
         wpath, vpath, _ = resolve_files(cfg.init, cfg.vocab, download=True)
         sd, spec = load_checkpoint(wpath)
         if cfg.space_to_depth is not None and cfg.space_to_depth != spec.space_to_depth:
-            raise UsageError(f"--init {cfg.init} is a space_to_depth={spec.space_to_depth} network; "
+            raise UsageError(f"--weights {cfg.init} is a space_to_depth={spec.space_to_depth} network; "
                              f"it cannot be trained as space_to_depth={cfg.space_to_depth}")
         tokenizer = Tokenizer(load_vocab(vpath))  # type: ignore[arg-type]
         if tokenizer.vocab_size != spec.vocab_size:
@@ -156,7 +157,7 @@ def build_network(cfg: TrainConfig, data_dir: Path | None) -> tuple[S3D, Tokeniz
     else:
         vocab = cfg.vocab or (str(data_dir / "vocab.npy") if data_dir is not None and (data_dir / "vocab.npy").is_file() else None)
         if vocab is None:
-            raise UsageError("no vocabulary: pass --vocab FILE.npy (or put vocab.npy in the data folder, or use --init)")
+            raise UsageError("no vocabulary: pass --vocab FILE.npy (or put vocab.npy in the data folder, or use --weights)")
         tokenizer = Tokenizer.from_file(vocab)
         torch.manual_seed(cfg.seed)
         net = S3D(tokenizer, 512, space_to_depth=True if cfg.space_to_depth is None else cfg.space_to_depth)
@@ -191,8 +192,12 @@ def _autocast_factory(device: torch.device, precision: str):  # type: ignore[no-
 
 
 def _log(ctx: DistContext, msg: str) -> None:
+    """A line on stderr from the main process, above the progress bar when there is one (not glued to it)."""
     if ctx.is_main:
-        print(msg, file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
+        sys.stderr.flush()
 
 
 def _restore(net: S3D, state: dict[str, Any], path: Path) -> None:
@@ -257,6 +262,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, run: Path, data_dir: Path | None,
     state = load_training_checkpoint(ckpt_path) if ckpt_path is not None else None
     if state is not None and ckpt_path is not None:
         _restore(net, state, ckpt_path)
+        what = f"resuming from {show_path(str(ckpt_path))} (step {int(state.get('step', 0))})"
         if int(state.get("world_size", ctx.world_size)) != ctx.world_size:
             warnings.warn(f"resuming a {state['world_size']}-process run on {ctx.world_size} processes: "
                           "the data order is kept, but BN statistics differ unless --sync-bn", stacklevel=2)

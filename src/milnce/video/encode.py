@@ -21,7 +21,7 @@ VideoEmbeddings = VideoWindows  # the older name of the result type
 
 def encode_video_file(model: VideoEncoder, path: str | os.PathLike[str], *, fps: float | None = None,
                       num_frames: int | None = None, size: int | None = None, stride: int | None = None,
-                      start: float | None = None, end: float | None = None, batch_size: int = 4,
+                      start: float | None = None, end: float | None = None, batch_size: int | None = None,
                       features: bool = False, progress: bool = False, crop: str = "center",
                       pad: str = "repeat", threads: int = 0) -> VideoWindows:
     """Embed every window of a video: ``read_clips`` windows -> ``model.encode_video``.
@@ -37,7 +37,7 @@ def encode_video_file(model: VideoEncoder, path: str | os.PathLike[str], *, fps:
     """
     w = WindowSettings.for_model(model, fps=fps, num_frames=num_frames, size=size, stride=stride, crop=crop)
     whole = isinstance(batch_size, float) and float(batch_size).is_integer()
-    batch = resolve_batch_size(int(batch_size) if whole else batch_size, model.device)
+    batch = resolve_batch_size(int(batch_size) if whole and batch_size is not None else batch_size, model.device)
     p = os.fspath(path)
     stats: dict[str, float] = {}
     label = os.path.basename(p) if progress else False

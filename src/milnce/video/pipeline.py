@@ -33,18 +33,17 @@ import torch
 
 from ..errors import UsageError
 from ..protocols import VideoEncoder
-from ..windows import WindowSettings, check_pad
+from ..windows import DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA, WindowSettings, check_pad
 from .decoders import Decoders, split_parts
 from .jobs import VideoJob
 from .result import VideoWindows
 from .scheduler import Scheduler
 from .sources import WindowSourceFactory, source_for, splittable
 
-__all__ = ["VideoJob", "run_jobs", "default_workers", "resolve_batch_size", "resolve_workers", "MIN_PART_S"]
+__all__ = ["VideoJob", "run_jobs", "default_workers", "resolve_batch_size", "resolve_workers", "MIN_PART_S",
+           "DEFAULT_BATCH_CPU", "DEFAULT_BATCH_CUDA"]
 
 MIN_PART_S = 20.0  # a video is split into parts of at least this long (each part seeks to a keyframe)
-CPU_BATCH = 8  # windows per model call on the CPU (the one default; 64 on CUDA)
-CUDA_BATCH = 64
 MAX_BATCH = 65_536  # a batch's uint8 ring is allocated up front: beyond this it cannot fit any machine
 
 
@@ -58,9 +57,10 @@ def default_workers() -> int:
 
 
 def resolve_batch_size(batch_size: int | None, device: torch.device | str) -> int:
-    """The one check and default of ``batch_size`` (windows per model call): 64 on CUDA, else 8."""
+    """The one check and default of ``batch_size`` (windows per model call): ``DEFAULT_BATCH_CUDA`` on
+    CUDA, else ``DEFAULT_BATCH_CPU``."""
     if batch_size is None:
-        return CUDA_BATCH if torch.device(device).type == "cuda" else CPU_BATCH
+        return DEFAULT_BATCH_CUDA if torch.device(device).type == "cuda" else DEFAULT_BATCH_CPU
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
         raise UsageError(f"batch size must be a whole number in [1, {MAX_BATCH}], got {batch_size!r}")
     return batch_size
@@ -97,7 +97,8 @@ def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[st
     ``model``: a ``MILNCE`` (``load_model``) or any ``protocols.VideoEncoder``; its device is used.
     ``settings``: the windows (``WindowSettings.for_model(model, ...)``). ``pad``: ``"repeat"``,
     ``"loop"`` or ``"zeros"`` (black frames past the end of a video). ``features``: also return
-    ``mixed_5c``. ``batch_size``: windows per model call (default 64 on CUDA, 8 on the CPU).
+    ``mixed_5c``. ``batch_size``: windows per model call (default ``DEFAULT_BATCH_CUDA`` on CUDA,
+    ``DEFAULT_BATCH_CPU`` on the CPU).
     ``workers``: decoding processes (default: available cores minus one; 0 = a thread of this
     process). ``decode_threads``: decoder threads per video (default 1 with workers, automatic
     without). ``progress``: a tqdm bar on stderr (a string is its label). ``stats``: filled with
