@@ -70,6 +70,9 @@ class MILNCE(nn.Module):
         self.precision = precision
         self.info = info or REGISTRY[DEFAULT_WEIGHTS]
         self.weights_id = weights_id or fingerprint(net.state_dict())
+        # where load_model found the weights ({"kind": "registry"|"file"|"run", "weights": name or
+        # absolute path, "vocab": absolute path or None}); an index records it (milnce.index.source)
+        self.weights_source: dict[str, str | None] | None = None
         self.fast = fast
         if not fast:  # a registered submodule, read by the property below
             self._modules["video_net"] = self.net if precision == "fp32" else _Autocast(self.net)
@@ -335,4 +338,18 @@ def load_model(
         net = S3D(tokenizer, spec.embed_dim, space_to_depth=spec.space_to_depth)
     net.load_state_dict(sd, strict=True, assign=True)
     net = net.to(device).eval()
-    return MILNCE(net, fast=fast, precision=precision, info=info, weights_id=ckpt.fingerprint)
+    model = MILNCE(net, fast=fast, precision=precision, info=info, weights_id=ckpt.fingerprint)
+    model.weights_source = _weights_source(weights, vocab, wpath, vpath)
+    return model
+
+
+def _weights_source(weights: str | os.PathLike[str] | None, vocab: str | os.PathLike[str] | None, wpath: Path,
+                    vpath: Path | None) -> dict[str, str | None]:
+    """Where ``load_model`` found the weights and vocabulary (what an index records to load them again)."""
+    given = weights or _env_path("MILNCE_WEIGHTS")
+    if given is None or str(given) in REGISTRY:  # the cache's word list is the registry's own: not recorded
+        own_vocab = vocab or _env_path("MILNCE_VOCAB")
+        return {"kind": "registry", "weights": str(given or DEFAULT_WEIGHTS),
+                "vocab": os.path.abspath(own_vocab) if own_vocab else None}
+    return {"kind": "run" if wpath.is_dir() else "file", "weights": os.path.abspath(wpath),
+            "vocab": os.path.abspath(vpath) if vpath is not None else None}

@@ -7,6 +7,7 @@ modules (never the reverse).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MilnceError
@@ -15,8 +16,8 @@ from ..windows import WindowSettings
 if TYPE_CHECKING:  # pragma: no cover
     from ..api import MILNCE
 
-__all__ = ["CommandError", "add_model_options", "model_from_args", "add_window_options", "window_overrides",
-           "window_settings"]
+__all__ = ["CommandError", "add_model_options", "model_from_args", "model_for_index", "add_window_options",
+           "window_overrides", "window_settings"]
 
 
 class CommandError(MilnceError):
@@ -27,7 +28,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--weights/--vocab/--device/--precision/--eager`` for commands that run the model."""
     g = parser.add_argument_group("model")
     g.add_argument("--weights", help="weights file (.pth, .safetensors, bundle or `milnce train` run folder) or registry name; "
-                   "default: $MILNCE_WEIGHTS or the published weights from the cache")
+                   "default: for search/serve/localize the weights the index records, else $MILNCE_WEIGHTS or the "
+                   "published weights from the cache")
     g.add_argument("--vocab", help="vocabulary .npy (default: $MILNCE_VOCAB, next to the weights, or the cache)")
     g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="video tower precision")
@@ -47,6 +49,24 @@ def model_from_args(args: argparse.Namespace) -> MILNCE:
         precision=args.precision,
         download=not args.no_download,
     )
+
+
+def model_for_index(args: argparse.Namespace, index: str | None,
+                    load: Callable[[argparse.Namespace], MILNCE] = model_from_args) -> MILNCE:
+    """The model for searching the index folder ``index``: ``--weights`` when given, else the
+    weights the index records (``milnce.index.source``; one-line ``IndexModelError`` when they
+    are gone or changed), else the default weights. ``load`` loads the options (``model_from_args``)."""
+    if args.weights or index is None:
+        return load(args)
+    from ..index.source import recorded_weights
+
+    rec = recorded_weights(index)
+    if rec is None:
+        return load(args)
+    weights, vocab = rec.weights_vocab(args.vocab)
+    model = load(argparse.Namespace(**{**vars(args), "weights": weights, "vocab": vocab}))
+    rec.check(model)
+    return model
 
 
 def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = True, batch_size: bool = True) -> None:

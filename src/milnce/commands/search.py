@@ -21,6 +21,7 @@ from .common import (
     CommandError,
     add_model_options,
     add_window_options,
+    model_for_index,
     model_from_args,
     window_overrides,
     window_settings,
@@ -177,11 +178,12 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _model(args: argparse.Namespace, index: str | None = None):  # type: ignore[no-untyped-def]
+    """The model of the options; with ``index``, the weights that index records unless --weights is given."""
     import torch
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    return model_from_args(args)
+    return model_for_index(args, index, model_from_args) if index else model_from_args(args)
 
 
 def _check_batch(args: argparse.Namespace) -> None:
@@ -336,7 +338,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             from ..index.filters import require_matches
 
             require_matches(probe.rows(), filt)
-    model = _model(args)
+    model = _model(args, args.index)
     opts: dict[str, Any] = {"k": args.k, "merge": not args.no_merge, "by_video": args.videos, "exact": args.exact,
                             "video_filter": None if filt.is_empty else filt, "offset": args.offset}
     with Index.open(args.index, model) as index:
@@ -398,7 +400,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         raise CommandError(f"-k must be >= 1, got {args.k}")
     if not os.path.isfile(args.video):
         raise MissingFileError(f"no such video file: {args.video}")
-    model = _model(args)
+    model = _model(args, args.index)
     index = None
     if args.index:
         from ..index import Index

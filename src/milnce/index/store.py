@@ -44,15 +44,8 @@ from .query import PERCENTILE_SAMPLE, QueryMixin
 from .records import VideoEmbeddingsLike, VideoRecord, VideoRow
 from .search import quantize_rows
 from .snapshot import Snapshot, store_path
-from .storefiles import (
-    append_error_log,
-    init_folder,
-    remove_generation,
-    truncate_rows,
-    truncate_tail,
-    write_generation,
-    write_rows,
-)
+from .storefiles import append_error_log, init_folder, remove_generation, truncate_rows, truncate_tail
+from .storefiles import write_generation, write_rows
 from .verify import check_settings, check_snapshot
 
 __all__ = ["Index", "PERCENTILE_SAMPLE"]
@@ -125,6 +118,9 @@ class Index(QueryMixin):
         window = WindowSettings.for_model(model, **given)
         idx = cls.create_for(directory, model.weights_id, window, weights_name=getattr(getattr(model, "info", None), "name", None),
                              check=settings, roots=roots)
+        source = getattr(model, "weights_source", None)  # where to load the weights again (milnce.index.source)
+        if source and idx.meta.get("weights_source") != source:
+            idx._commit([], weights_source=source)
         idx.model = model
         return idx
 
