@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import VOCAB, random_state_dict, write_checkpoint
-from video_fixtures import make_video
 
 import milnce
+from conftest import VOCAB, random_state_dict, write_checkpoint
 from milnce.cli import main
 from milnce.index import Index, build_index
 from milnce.index.source import IndexModelError, recorded_weights
+from video_fixtures import make_video
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 32, "stride": 4}
 
