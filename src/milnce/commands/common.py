@@ -74,12 +74,15 @@ def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = 
     ``--batch-size``."""
     d = WindowSettings()
     g = p.add_argument_group("windows", f"how videos are cut into windows ({what})")
-    g.add_argument("--fps", type=float, default=None, help=f"frames per second sampled (default {d.fps:g})")
-    g.add_argument("--num-frames", type=int, default=None, help=f"frames per window (default {d.num_frames})")
-    g.add_argument("--size", type=int, default=None, help=f"frame size in pixels (default {d.size})")
+    g.add_argument("--fps", type=float, default=None, help=f"frames per second sampled (default: the model's, {d.fps:g} for the published weights)")
+    g.add_argument("--num-frames", type=int, default=None, help=f"frames per window (default: the model's, {d.num_frames} for the published weights)")
+    g.add_argument("--size", type=int, default=None, help=f"frame size in pixels (default: the model's, {d.size} for the published weights)")
     if stride:
         g.add_argument("--stride", type=int, default=None,
-                       help=f"frames between window starts (default {d.stride} = {d.hop:g} s at {d.fps:g} fps)")
+                       help=f"frames between window starts (default: half the window, e.g. {d.stride} of "
+                       f"{d.num_frames} frames = {d.hop:g} s at {d.fps:g} fps; at most the window unless --allow-gaps)")
+        g.add_argument("--allow-gaps", action="store_true",
+                       help="accept a --stride longer than the window: the frames between windows are in none")
     if batch_size:
         g.add_argument("--batch-size", type=int, default=4, help="windows per model call (default 4)")
 
@@ -98,4 +101,4 @@ def window_settings(args: argparse.Namespace, model: object = None) -> WindowSet
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 0:
         raise CommandError(f"--workers must be >= 0, got {workers}")
-    return WindowSettings.for_model(model, **window_overrides(args))
+    return WindowSettings.for_model(model, allow_gaps=getattr(args, "allow_gaps", False), **window_overrides(args))

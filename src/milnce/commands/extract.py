@@ -160,7 +160,7 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
     try:
         check_features(features)  # bad options fail before the model loads
         WindowSettings.for_model(None, fps=args.fps, num_frames=args.num_frames, size=args.size,
-                                 stride=args.stride, crop=args.crop)
+                                 stride=args.stride, crop=args.crop, allow_gaps=True)  # gaps: once the model is known
         inputs = collect_inputs(paths)
         layout = None
         if recipe is not None:
@@ -173,7 +173,8 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
             settings, pad = recipe.settings(), "zeros"
         else:
             settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,
-                                                stride=args.stride, crop=args.crop)
+                                                stride=args.stride, crop=args.crop,
+                                                allow_gaps=getattr(args, "allow_gaps", False))
             pad = args.pad or "repeat"
         workers = args.workers if args.workers is not None else _default_workers()
         report = extract(inputs, args.out, model, settings, features=features, pad=pad, start=args.start,

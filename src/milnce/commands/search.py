@@ -153,7 +153,7 @@ def _register_localize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-merge", action="store_true", help="do not merge adjacent windows")
     p.add_argument("--json", action="store_true", help="print every window's score and the moments as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_window_options(p, "default: the index's with --index, else 32 frames at 10 fps, stride 16")
+    add_window_options(p, "default: the index's with --index, else the model's: 32 frames at 10 fps, stride half the window")
     add_model_options(p)
     p.set_defaults(func=cmd_localize)
 
@@ -221,7 +221,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
                          retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers,
-                         roots=args.root or [], **extra,
+                         roots=args.root or [], allow_gaps=args.allow_gaps, **extra,
                          **window_overrides(args))
     return _print_report(args, report)
 
@@ -408,7 +408,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
         index = Index.open(args.index, model)
     try:  # the index's windows (and settings) are used when it holds the video and the options agree
         loc = localize(model, args.video, args.query, k=args.k, batch_size=args.batch_size,
-                       merge=not args.no_merge, index=index, progress=not args.quiet, **window_overrides(args))
+                       merge=not args.no_merge, index=index, progress=not args.quiet, allow_gaps=args.allow_gaps,
+                       **window_overrides(args))
     finally:
         if index is not None:
             index.close()
@@ -471,7 +472,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CommandError(f"could not load the published weights ({type(exc).__name__}: {exc}); {offline_hint}") from exc
     index_dir = args.index or str(Path(cache_dir()) / "demo" / f"index-{model.weights_id}")
     report = build_index(videos, index_dir, model, progress=not args.quiet, batch_size=args.batch_size,
-                         **window_overrides(args))
+                         allow_gaps=args.allow_gaps, **window_overrides(args))
     print(report.summary())
     _print_failed(report)
     queries = args.query or [label for _, label in DEMO_VIDEOS]
