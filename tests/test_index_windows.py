@@ -11,12 +11,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from video_fixtures import make_video
 
 from milnce.cli import main
 from milnce.errors import UsageError
 from milnce.video.decode import ClipReader
 from milnce.windows import WindowSettings, default_stride
+from video_fixtures import make_video
 
 
 def _model(num_frames: int, fps: float, size: int = 32) -> SimpleNamespace:

@@ -143,7 +143,11 @@ class MILNCE(nn.Module):
             return VideoOutput(emb, torch.cat(feats)) if features else emb
 
     def encode_text(self, texts: Sequence[str] | str) -> torch.Tensor:
-        """Sentences -> ``B x 512`` text embeddings. A single string is taken as one sentence."""
+        """Sentences -> ``B x 512`` text embeddings. A single string is taken as one sentence.
+
+        Each sentence is embedded on its own (the same one-row matrix products whatever the batch),
+        so a sentence's embedding, and every score made from it, is bit for bit the same alone or
+        among others: ``milnce search`` with several queries, the web API and ``localize`` agree."""
         # inference_mode as a context, not a decorator: the decorator's wrapper frame would make
         # the warning below point into torch instead of at the caller
         with torch.inference_mode():
@@ -157,7 +161,9 @@ class MILNCE(nn.Module):
                     + ", ".join(repr(t[:40]) for t in empty[:3]),
                     stacklevel=2,
                 )
-            return self.net.text_module(ids.to(self.device))["text_embedding"]
+            ids = ids.to(self.device)
+            tower = self.net.text_module
+            return torch.cat([tower(ids[i:i + 1])["text_embedding"] for i in range(len(ids))])
 
     @staticmethod
     def similarity(text_embedding: torch.Tensor, video_embedding: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .dots import dot_scores, dot_scores_many
 from .layout import SCAN_BLOCK
 from .negatives import DEFAULT_NOT_WEIGHT, check_weight, combine_scores
 from .snapshot import Snapshot
@@ -97,9 +98,9 @@ def window_scores(vectors: np.ndarray, q: np.ndarray, neg: np.ndarray | None = N
     """The score of each row of ``vectors`` for the query ``q``: ``q.x``, or with negative
     queries ``neg`` (K x d) ``q.x - weight * max_i neg_i.x`` (float32)."""
     v = np.asarray(vectors, dtype=np.float32)
-    s = v @ q
+    s = dot_scores(v, q)
     if neg is not None and len(neg):
-        s = combine_scores(s, (v @ np.asarray(neg, np.float32).T).T, weight)
+        s = combine_scores(s, dot_scores_many(v, neg), weight)
     return np.asarray(s, dtype=np.float32)
 
 
@@ -129,15 +130,9 @@ class Searcher:
             self.ann_rows = index.ann_rows
 
     def scores_of(self, i: int, vectors: np.ndarray) -> np.ndarray:
-        """Exact (combined) scores of query ``i`` for the rows ``vectors`` (torch, not numpy's BLAS:
-        two thread pools fighting over the cores cost tens of ms per query)."""
-        import torch
-
-        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-        s = (v @ torch.from_numpy(self.q[i])).numpy()
-        if self.neg is not None:
-            s = combine_scores(s, (v @ torch.from_numpy(self.neg).T).numpy().T, self.weight)
-        return np.asarray(s, dtype=np.float32)
+        """Exact (combined) scores of query ``i`` for the rows ``vectors`` (``milnce.index.dots``:
+        the same bits whichever rows are scored together)."""
+        return window_scores(vectors, self.q[i], self.neg, self.weight)
 
     def _exact_scores(self, i: int) -> np.ndarray:
         """Full float32 (combined) scores of query ``i``, -inf outside the allowed rows (computed
