@@ -42,8 +42,9 @@ def index_dir(tmp_path_factory, model) -> Path:
     return root / "idx"
 
 
-def _cli(index_dir: Path, queries: list[str], wargs: list[str], capsys: pytest.CaptureFixture[str]) -> list[list]:
-    assert main(["search", str(index_dir), *queries, "-k", "20", "--no-merge", "--json", *wargs]) == 0
+def _cli(index_dir: Path, queries: list[str], wargs: list[str], capsys: pytest.CaptureFixture[str],
+         *extra: str) -> list[list]:
+    assert main(["search", str(index_dir), *queries, "-k", "20", *(extra or ["--no-merge"]), "--json", *wargs]) == 0
     out = json.loads(capsys.readouterr().out)
     return [[(m["path"], m["start"], m["end"], m["score"]) for m in r["moments"]] for r in out["results"]]
 
@@ -52,6 +53,19 @@ def test_cli_batch_and_alone_give_the_same_scores(index_dir, wargs, capsys):
     together = _cli(index_dir, QUERIES, wargs, capsys)
     for q, res in zip(QUERIES[:3], together):
         assert _cli(index_dir, [q], wargs, capsys) == [res], q
+    merged = _cli(index_dir, QUERIES, wargs, capsys, "--videos")
+    assert _cli(index_dir, QUERIES[4:5], wargs, capsys, "--videos") == merged[4:5]
+
+
+def test_library_batch_and_alone_give_the_same_scores(index_dir, model):
+    from milnce.index import Index
+
+    with Index.open(index_dir, model) as index:
+        for exact in (True, "scan"):
+            together = index.search(QUERIES, k=50, merge=False, exact=exact)
+            for q, res in zip(QUERIES, together):
+                alone = index.search(q, k=50, merge=False, exact=exact)
+                assert [(m.video_id, m.start, m.score) for m in alone] == [(m.video_id, m.start, m.score) for m in res]
 
 
 def test_cli_and_api_give_the_same_scores(index_dir, model, wargs, capsys):

@@ -13,7 +13,6 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .errors import MilnceError, UsageError
 from .index import Index, IndexMismatchError
-from .index.dots import dot_scores
 from .index.moments import iter_video_moments
 from .protocols import Encoder
 from .windows import WindowSettings
@@ -106,7 +105,7 @@ def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int
                                      progress=progress, allow_gaps=allow_gaps)
         starts, ends, emb, duration = ve.starts, ve.ends, ve.embeddings, ve.duration
     text = model.encode_text([query]).detach().cpu().numpy().astype(np.float32)
-    scores = dot_scores(np.asarray(emb, dtype=np.float32), text[0])
+    scores = (text @ np.asarray(emb, dtype=np.float32).T)[0]
     assert starts is not None and ends is not None and emb is not None
     if duration != duration and len(ends):  # nan
         duration = float(ends[-1])

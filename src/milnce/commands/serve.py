@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ..errors import MissingFileError
-from .common import CommandError, add_model_options, model_for_index
+from .common import CommandError, add_model_options, model_for_index, model_from_args
 
 # Kept here too: the server module itself cannot be imported without FastAPI.
 MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         folders = index_folders(args.index)
         if len(folders) > 1:
             check_comparable(folders)  # before the model loads
-        model = model_for_index(args, folders[0])  # --weights, else the weights the (first) index records
+        model = model_for_index(args, folders[0], model_from_args)  # --weights, else the (first) index's record
         from ..index import Index
         from ..server.multi import index_names
 

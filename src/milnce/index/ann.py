@@ -17,7 +17,6 @@ import numpy as np
 
 from ..atomic import atomic_path
 from .ann_pq import PQIndexError, build_pq, choose_pq_params, open_pq
-from .dots import dot_scores
 from .errors import IndexFolderError, IndexWriteError
 from .layout import SCAN_BLOCK, fsync_dir, now
 
@@ -278,7 +277,7 @@ def _ann_candidates(ix: Any, vectors: np.ndarray, queries: np.ndarray, k: int, r
     for q, cand in zip(queries, ids):
         cand = cand[(cand >= 0) & (cand < rows)]
         cand = np.unique(cand)
-        s = dot_scores(np.asarray(vectors[cand]), q)
+        s = np.asarray(vectors[cand]) @ q
         order = np.argsort(-s, kind="stable")[:k]
         out.append(cand[order])
     return out

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import MilnceError, UsageError
-from .dots import dot_scores
 
 __all__ = ["PQParams", "PQIndex", "choose_pq_params", "build_pq", "open_pq", "search_pq", "PQIndexError"]
 
@@ -235,7 +234,7 @@ def search_pq(pq: PQIndex, vectors: np.ndarray, queries: np.ndarray, k: int, *,
         c = np.unique(c[(c >= 0) & (c < len(vectors))])
         if not len(c):
             continue
-        s = dot_scores(np.asarray(vectors[c], dtype=np.float32), q[i])
+        s = np.asarray(vectors[c], dtype=np.float32) @ q[i]
         order = np.lexsort((c, -s))[:k]
         rows[i, :len(order)] = c[order]
         scores[i, :len(order)] = s[order]

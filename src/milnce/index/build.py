@@ -103,6 +103,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
             idx.log_error(where, why)
             report.failed.append((where, why))
         wanted = set(files)
+        known_errors = dict(idx.errors())
         pending: list[tuple[str, int, float, str]] = []  # path, size, mtime, why
         missing_by_size: dict[int, list[int]] = {}
         for r in idx.rows():
@@ -127,6 +128,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
             err = idx.error_entry(f)
             if err is not None and not retry_errors and err == (size_, mtime):
                 report.previously_failed += 1
+                report.skipped_failures.append((f, known_errors.get(f, "failed before")))
                 continue
             pending.append((f, size_, mtime, "moved?" if size_ in missing_by_size else "new"))
         if pending:

@@ -52,7 +52,6 @@ import shlex
 import numpy as np
 
 from ..errors import UsageError
-from .dots import dot_scores_many
 
 __all__ = ["DEFAULT_NOT_WEIGHT", "check_weight", "combine_scores", "combined_top", "screen_candidates",
            "split_query"]
@@ -98,7 +97,7 @@ def combined_top(vectors: np.ndarray, pos_q: np.ndarray, neg_q: np.ndarray | Non
     best_s = np.zeros(0, np.float32)
     best_r = np.zeros(0, np.int64)
     for s in range(0, len(vectors), block):
-        sc = dot_scores_many(np.asarray(vectors[s:s + block], dtype=np.float32), allq)
+        sc = allq @ np.asarray(vectors[s:s + block], dtype=np.float32).T
         c = combine_scores(sc[0], sc[1:], weight)
         if live is not None:
             c[~live[s:s + len(c)]] = -np.inf

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from .dots import dot_scores, dot_scores_many
 from .layout import SCAN_BLOCK
 from .negatives import DEFAULT_NOT_WEIGHT, check_weight, combine_scores
 from .snapshot import Snapshot
@@ -27,7 +26,10 @@ __all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "SCAN_BLOCK", "windo
 FEW_ROWS = 50_000  # a filter allowing at most this many rows: they are scored exactly, one by one
 
 _SCREEN_MIN_ROWS = 20000  # below this the float32 scan is as fast as the screened one
-_SCREEN_QUERIES = 8  # queries screened together
+# Queries scanned together: 1. A matrix product's blocking depends on its shapes, so a query scored
+# in a block of 8 got other last bits than alone (the CLI batches queries, the server does not);
+# alone, a query's scores are the same bits whatever else is searched (same query, same score).
+_SCREEN_QUERIES = 1
 
 
 def quantize_rows(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +100,9 @@ def window_scores(vectors: np.ndarray, q: np.ndarray, neg: np.ndarray | None = N
     """The score of each row of ``vectors`` for the query ``q``: ``q.x``, or with negative
     queries ``neg`` (K x d) ``q.x - weight * max_i neg_i.x`` (float32)."""
     v = np.asarray(vectors, dtype=np.float32)
-    s = dot_scores(v, q)
+    s = v @ q
     if neg is not None and len(neg):
-        s = combine_scores(s, dot_scores_many(v, neg), weight)
+        s = combine_scores(s, (v @ np.asarray(neg, np.float32).T).T, weight)
     return np.asarray(s, dtype=np.float32)
 
 
@@ -130,9 +132,15 @@ class Searcher:
             self.ann_rows = index.ann_rows
 
     def scores_of(self, i: int, vectors: np.ndarray) -> np.ndarray:
-        """Exact (combined) scores of query ``i`` for the rows ``vectors`` (``milnce.index.dots``:
-        the same bits whichever rows are scored together)."""
-        return window_scores(vectors, self.q[i], self.neg, self.weight)
+        """Exact (combined) scores of query ``i`` for the rows ``vectors`` (torch, not numpy's BLAS:
+        two thread pools fighting over the cores cost tens of ms per query)."""
+        import torch
+
+        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        s = (v @ torch.from_numpy(self.q[i])).numpy()
+        if self.neg is not None:
+            s = combine_scores(s, (v @ torch.from_numpy(self.neg).T).numpy().T, self.weight)
+        return np.asarray(s, dtype=np.float32)
 
     def _exact_scores(self, i: int) -> np.ndarray:
         """Full float32 (combined) scores of query ``i``, -inf outside the allowed rows (computed

@@ -31,7 +31,6 @@ import numpy as np
 
 from ..errors import MilnceError
 from ..index import Index, Moment, VideoRecord
-from ..index.dots import dot_scores
 from ..index.errors import IndexDamagedError
 from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
 from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
@@ -363,7 +362,7 @@ class SearchService:
                 emb = self.text_embedding(text)
                 neg = self.negative_embeddings(negs)
         starts, ends, vecs = self.index.windows(video_id)
-        pos = dot_scores(np.asarray(vecs, dtype=np.float32), emb)
+        pos = np.asarray(vecs, dtype=np.float32) @ emb
         scores = window_scores(vecs, emb, neg, not_weight) if neg is not None else pos
         return {"video_id": video_id, "query": text, "like": like or None, "duration": rec.duration,
                 "starts": np.round(np.asarray(starts, dtype=np.float64), 3).tolist(),
