@@ -16,8 +16,15 @@ from ..windows import WindowSettings
 if TYPE_CHECKING:  # pragma: no cover
     from ..api import MILNCE
 
-__all__ = ["CommandError", "add_model_options", "model_from_args", "model_for_index", "add_window_options",
+__all__ = ["FAILURE_EXIT", "CommandError", "add_model_options", "model_from_args", "model_for_index", "add_window_options",
            "window_overrides", "window_settings"]
+
+
+# The --help epilog of the commands that read many videos (index, extract, embed-video, eval).
+FAILURE_EXIT = ("Exit status: 0 when every video was read; 1 when the run finished but some videos could not be "
+                "read, in this run or an earlier one and still failing (a video 'milnce index' skips because it "
+                "failed before, until --retry-errors, counts too); each is listed once, with a one-line reason; "
+                "2 for an error that stopped the run (one line).")
 
 
 class CommandError(MilnceError):

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..windows import CROPS, PADS
-from .common import CommandError, add_model_options, add_window_options, model_from_args
+from .common import FAILURE_EXIT, CommandError, add_model_options, add_window_options, model_from_args
 
 HELP = "extract per-window features of many videos (all cores and GPUs busy, sharded, resumable)"
 DESCRIPTION = (
@@ -54,7 +54,7 @@ def add_run_options(p: argparse.ArgumentParser, batch_default: int | None = None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("extract", help=HELP, description=DESCRIPTION)
+    p = sub.add_parser("extract", help=HELP, description=DESCRIPTION, epilog=FAILURE_EXIT)
     p.add_argument("paths", nargs="*", metavar="PATH", help="video files, folders or list files (.txt/.csv)")
     p.add_argument("--out", metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--check", metavar="DIR", help="only report how complete DIR is for PATH... (no model needed)")

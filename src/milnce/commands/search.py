@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from ..errors import MissingFileError
 from .common import (
+    FAILURE_EXIT,
     CommandError,
     add_model_options,
     add_window_options,
@@ -57,7 +58,8 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
         "index", help="embed videos into a searchable index folder",
         description="Walk files and folders, embed every video as sliding windows and store them in "
         "the index folder (SQLite + memory-mapped vectors). Incremental: unchanged videos are skipped, "
-        "changed ones re-embedded, moved ones recognised by content. Safe to interrupt and re-run.")
+        "changed ones re-embedded, moved ones recognised by content. Safe to interrupt and re-run.",
+        epilog=FAILURE_EXIT)
     p.add_argument("paths", nargs="*", metavar="PATH", help="video files or folders")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (created if needed)")
     p.add_argument("--from-features", metavar="DIR",
@@ -263,17 +265,20 @@ def _print_report(args: argparse.Namespace, report: IndexReport) -> int:
     else:
         print(report.summary())
         _print_failed(report)
-    return 1 if report.failed else 0  # README "Exit codes": finished, but some inputs failed
+    # README "Exit codes": 1 = finished, but some inputs failed (this run, or before and still failing)
+    return 1 if report.failed or report.skipped_failures else 0
 
 
 def _print_failed(report: IndexReport) -> None:
-    """The videos that could not be read, on stderr (the first 10)."""
+    """The videos that could not be read, this run or before (skipped), on stderr (the first 10),
+    one line each as ``extract`` lists them."""
     from ..index.layout import show_path
 
-    for path, reason in report.failed[:10]:
+    failed = report.failed + report.skipped_failures
+    for path, reason in failed[:10]:
         print(f"  failed: {show_path(path)}: {show_path(reason)}", file=sys.stderr)
-    if len(report.failed) > 10:
-        print(f"  ... and {len(report.failed) - 10} more (see errors.log)", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"  ... and {len(failed) - 10} more (see errors.log)", file=sys.stderr)
 
 
 def _parse_like(spec: str) -> tuple[str | int, float]:
@@ -495,4 +500,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nSearch it yourself:  milnce search {shlex.quote(index_dir)} \"your words\"{model_opts}")
     print(f"Browse it in a web page:  milnce serve {shlex.quote(index_dir)}{model_opts}  "
           "(needs pip install 'milnce[serve]'), then open http://127.0.0.1:8000/")
-    return 1 if report.failed else 0  # as milnce index: finished, but some videos could not be read
+    return 1 if report.failed or report.skipped_failures else 0  # as milnce index
