@@ -555,7 +555,8 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
             np.testing.assert_allclose([m.score for m in ma], [m.score for m in mb], rtol=1e-5)
     # a rerun skips everything; a later 'milnce index' of the videos sees them unchanged
     capsys.readouterr()
-    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--root", str(vids), "--quiet", "--json"]) == 0
+    # exit 1 while a listed failure remains (broken.mp4), as on the first run and in extract/eval
+    assert main(["index", "--from-features", str(out), "--index", str(ix_f), "--root", str(vids), "--quiet", "--json"]) == 1
     rep = json.loads(capsys.readouterr().out)
     assert rep["unchanged"] == 2 and rep["previously_failed"] == 1 and not rep["added"]
     r = build_index([vids], ix_f, model, progress=False)

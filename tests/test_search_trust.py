@@ -317,9 +317,12 @@ def test_index_exit_code_1_and_failed_path_once(tmp_path, vids, wargs, capsys):
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "broken.mp4" in ln)
     assert line.count("broken.mp4") == 1, line
-    # the second run skips it (failed before, listed in the summary) and has nothing that failed
-    assert main(["index", str(d), "--index", str(tmp_path / "ix"), "--quiet", *SMALL_ARGS, *wargs]) == 0
-    assert "failed before" in capsys.readouterr().out
+    # the second run skips it (failed before, said in the summary), lists it again with the same
+    # reason and exits 1 while it keeps failing (as extract and eval do)
+    assert main(["index", str(d), "--index", str(tmp_path / "ix"), "--quiet", *SMALL_ARGS, *wargs]) == 1
+    cap = capsys.readouterr()
+    assert "failed before" in cap.out
+    assert [ln for ln in cap.err.splitlines() if "broken.mp4" in ln] == [line]
 
 
 def test_tilde_is_expanded(tmp_path, vids, model, monkeypatch):

@@ -70,6 +70,9 @@ class MILNCE(nn.Module):
         self.precision = precision
         self.info = info or REGISTRY[DEFAULT_WEIGHTS]
         self.weights_id = weights_id or fingerprint(net.state_dict())
+        # where load_model found the weights ({"kind": "registry"|"file"|"run", "weights": name or
+        # absolute path, "vocab": absolute path or None}); an index records it (milnce.index.source)
+        self.weights_source: dict[str, str | None] | None = None
         self.fast = fast
         if not fast:  # a registered submodule, read by the property below
             self._modules["video_net"] = self.net if precision == "fp32" else _Autocast(self.net)
@@ -140,7 +143,11 @@ class MILNCE(nn.Module):
             return VideoOutput(emb, torch.cat(feats)) if features else emb
 
     def encode_text(self, texts: Sequence[str] | str) -> torch.Tensor:
-        """Sentences -> ``B x 512`` text embeddings. A single string is taken as one sentence."""
+        """Sentences -> ``B x 512`` text embeddings. A single string is taken as one sentence.
+
+        Each sentence is embedded on its own (the same one-row matrix products whatever the batch),
+        so a sentence's embedding, and every score made from it, is bit for bit the same alone or
+        among others: ``milnce search`` with several queries, the web API and ``localize`` agree."""
         # inference_mode as a context, not a decorator: the decorator's wrapper frame would make
         # the warning below point into torch instead of at the caller
         with torch.inference_mode():
@@ -154,7 +161,9 @@ class MILNCE(nn.Module):
                     + ", ".join(repr(t[:40]) for t in empty[:3]),
                     stacklevel=2,
                 )
-            return self.net.text_module(ids.to(self.device))["text_embedding"]
+            ids = ids.to(self.device)
+            tower = self.net.text_module
+            return torch.cat([tower(ids[i:i + 1])["text_embedding"] for i in range(len(ids))])
 
     @staticmethod
     def similarity(text_embedding: torch.Tensor, video_embedding: torch.Tensor) -> torch.Tensor:
@@ -340,4 +349,18 @@ def load_model(
         net = S3D(tokenizer, spec.embed_dim, space_to_depth=spec.space_to_depth)
     net.load_state_dict(sd, strict=True, assign=True)
     net = net.to(device).eval()
-    return MILNCE(net, fast=fast, precision=precision, info=info, weights_id=ckpt.fingerprint)
+    model = MILNCE(net, fast=fast, precision=precision, info=info, weights_id=ckpt.fingerprint)
+    model.weights_source = _weights_source(weights, vocab, wpath, vpath)
+    return model
+
+
+def _weights_source(weights: str | os.PathLike[str] | None, vocab: str | os.PathLike[str] | None, wpath: Path,
+                    vpath: Path | None) -> dict[str, str | None]:
+    """Where ``load_model`` found the weights and vocabulary (what an index records to load them again)."""
+    given = weights or env_path("MILNCE_WEIGHTS")
+    if given is None or str(given) in REGISTRY:  # the cache's word list is the registry's own: not recorded
+        own_vocab = vocab or env_path("MILNCE_VOCAB")
+        return {"kind": "registry", "weights": str(given or DEFAULT_WEIGHTS),
+                "vocab": os.path.abspath(own_vocab) if own_vocab else None}
+    return {"kind": "run" if wpath.is_dir() else "file", "weights": os.path.abspath(wpath),
+            "vocab": os.path.abspath(vpath) if vpath is not None else None}

@@ -67,20 +67,22 @@ def best_moments(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, k: in
 def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int = 5, fps: float | None = None,
              num_frames: int | None = None, size: int | None = None, stride: int | None = None,
              batch_size: int | None = None,
-             merge: bool = True, index: Index | None = None, progress: bool = False) -> Localization:
+             merge: bool = True, index: Index | None = None, progress: bool = False,
+             allow_gaps: bool = False) -> Localization:
     """Score ``query`` against every window of the video at ``path``.
 
     Window settings: the given ones over the model's conventions. With an open ``index``
     (``milnce.Index``) whose settings agree with the given ones, the index's settings are used, and
     its stored windows too when it holds this video unchanged; an index with other settings is
-    ignored (the video is embedded again)."""
+    ignored (the video is embedded again). A stride longer than the window is refused unless
+    ``allow_gaps`` (an index's own settings are taken as they are)."""
     if not isinstance(query, str):
         raise UsageError("the query is empty")
     problem = model.tokenizer.query_problem(query)
     if problem:
         raise UsageError(problem)
     given = {"fps": fps, "num_frames": num_frames, "size": size, "stride": stride}
-    settings = WindowSettings.for_model(model, **given)
+    settings = WindowSettings.for_model(model, allow_gaps=allow_gaps, **given)
     if index is not None:
         try:
             index.check_settings({k_: v for k_, v in given.items() if v is not None})
@@ -88,6 +90,7 @@ def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int
             index = None  # other windows asked for: embed the video again
         else:
             settings = WindowSettings.from_dict(index.settings).with_(**given)
+            allow_gaps = True  # the index's windows, whatever they are
     starts = ends = emb = None
     duration = float("nan")
     if index is not None:
@@ -100,7 +103,7 @@ def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int
     if emb is None:
         ve = model.encode_video_file(path, fps=settings.fps, num_frames=settings.num_frames, size=settings.size,
                                      stride=settings.stride, crop=settings.crop, batch_size=batch_size,
-                                     progress=progress)
+                                     progress=progress, allow_gaps=allow_gaps)
         starts, ends, emb, duration = ve.starts, ve.ends, ve.embeddings, ve.duration
     text = model.encode_text([query]).detach().cpu().numpy().astype(np.float32)
     scores = (text @ np.asarray(emb, dtype=np.float32).T)[0]

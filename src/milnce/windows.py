@@ -13,7 +13,7 @@ from typing import Any
 from .errors import UsageError
 
 __all__ = ["WindowSettings", "CROPS", "PADS", "DECODERS", "check_pad", "DEFAULT_BATCH_CPU", "DEFAULT_BATCH_CUDA",
-           "batch_default_text"]
+           "batch_default_text", "default_stride"]
 
 CROPS = ("center", "square", "resize")
 # "pyav": milnce's own frame sampler (milnce.video.decode); "ffmpeg": the ffmpeg command line's
@@ -37,6 +37,11 @@ def batch_default_text() -> str:
     return f"{DEFAULT_BATCH_CUDA} on CUDA, {DEFAULT_BATCH_CPU} on the CPU"
 
 
+def default_stride(num_frames: int) -> int:
+    """The stride when none is given: half the window (16 of 32 frames), at least 1."""
+    return max(1, int(num_frames) // 2) if isinstance(num_frames, int) and not isinstance(num_frames, bool) else 16
+
+
 def check_pad(pad: str) -> str:
     """``pad`` if it is one of ``PADS`` (what fills a window past the end of a video), else ``UsageError``."""
     if pad not in PADS:
@@ -46,16 +51,22 @@ def check_pad(pad: str) -> str:
 
 @dataclass(frozen=True)
 class WindowSettings:
-    """``num_frames`` frames sampled at ``fps``, cropped to ``size`` px, a window every ``stride`` frames."""
+    """``num_frames`` frames sampled at ``fps``, cropped to ``size`` px, a window every ``stride`` frames.
+
+    ``stride`` 0 (the default) is half the window (``default_stride``: 16 of 32 frames), so that
+    consecutive windows overlap and together cover the whole video. A stride longer than the
+    window leaves gaps: ``for_model`` refuses it unless ``allow_gaps=True``."""
 
     fps: float = 10.0
     num_frames: int = 32
     size: int = 224
-    stride: int = 16
+    stride: int = 0
     crop: str = "center"
     decoder: str = "pyav"
 
     def __post_init__(self) -> None:
+        if self.stride == 0 and not isinstance(self.stride, bool):
+            object.__setattr__(self, "stride", default_stride(self.num_frames))
         self.validate()
 
     def validate(self) -> WindowSettings:
@@ -79,14 +90,27 @@ class WindowSettings:
         return self
 
     @classmethod
-    def for_model(cls, model: Any = None, **overrides: Any) -> WindowSettings:
+    def for_model(cls, model: Any = None, *, allow_gaps: bool | None = False, **overrides: Any) -> WindowSettings:
         """The model's input conventions (``model.info``; default: the published weights'),
-        with ``overrides`` applied (``None`` values are ignored)."""
+        with ``overrides`` applied (``None`` values are ignored; the stride defaults to half the
+        window). A stride longer than the window is refused (``UsageError``) unless ``allow_gaps``."""
         from .weights import DEFAULT_WEIGHTS, REGISTRY
 
         info = getattr(model, "info", None) or REGISTRY[DEFAULT_WEIGHTS]
         base = cls(fps=float(info.fps), num_frames=int(info.num_frames), size=int(info.size))
-        return base.with_(**overrides)
+        out = base.with_(**overrides)
+        return out if allow_gaps else out.check_coverage()
+
+    def check_coverage(self) -> WindowSettings:
+        """``UsageError`` when a window starts more than a window after the previous one: the
+        frames between them would be in no window (a gap of ``(stride - num_frames) / fps`` s)."""
+        if self.stride > self.num_frames:
+            raise UsageError(
+                f"stride {self.stride} frames is longer than the window ({self.num_frames} frames): "
+                f"{(self.stride - self.num_frames) / self.fps:g} s after every window would be in none; "
+                f"use a stride of at most {self.num_frames} (default: half the window, "
+                f"{default_stride(self.num_frames)}), or pass --allow-gaps (allow_gaps=True) to skip them")
+        return self
 
     @classmethod
     def from_values(cls, **values: Any) -> WindowSettings:
@@ -104,6 +128,10 @@ class WindowSettings:
         for key in ("num_frames", "size", "stride"):
             if key in kept and isinstance(kept[key], float) and kept[key].is_integer():
                 kept[key] = int(kept[key])
+        if kept.get("stride") == 0:
+            raise UsageError(f"stride must be a whole number in [1, {MAX_STRIDE}], got 0")
+        if "num_frames" in kept and "stride" not in kept and self.stride == default_stride(self.num_frames):
+            kept["stride"] = 0  # the default stride follows the window
         return replace(self, **kept) if kept else self
 
     @property

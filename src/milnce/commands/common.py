@@ -7,6 +7,7 @@ modules (never the reverse).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MilnceError
@@ -16,8 +17,15 @@ from .vocabulary import add_index_option, deprecated_alias
 if TYPE_CHECKING:  # pragma: no cover
     from ..api import MILNCE
 
-__all__ = ["CommandError", "add_model_options", "model_from_args", "add_window_options", "window_overrides",
-           "window_settings", "add_batch_option", "add_index_option", "deprecated_alias"]
+__all__ = ["FAILURE_EXIT", "CommandError", "add_model_options", "model_from_args", "model_for_index", "add_window_options",
+           "window_overrides", "window_settings", "add_batch_option", "add_index_option", "deprecated_alias"]
+
+
+# The --help epilog of the commands that read many videos (index, extract, embed-video, eval).
+FAILURE_EXIT = ("Exit status: 0 when every video was read; 1 when the run finished but some videos could not be "
+                "read, in this run or an earlier one and still failing (a video 'milnce index' skips because it "
+                "failed before, until --retry-errors, counts too); each is listed once, with a one-line reason; "
+                "2 for an error that stopped the run (one line).")
 
 
 class CommandError(MilnceError):
@@ -28,7 +36,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--weights/--vocab/--device/--precision/--eager`` for commands that run the model."""
     g = parser.add_argument_group("model")
     g.add_argument("--weights", help="weights file (.pth, .safetensors, bundle or `milnce train` run folder) or registry name; "
-                   "default: $MILNCE_WEIGHTS or the published weights from the cache")
+                   "default: for search/serve/localize the weights the index records, else $MILNCE_WEIGHTS or the "
+                   "published weights from the cache")
     g.add_argument("--vocab", help="vocabulary .npy (default: $MILNCE_VOCAB, next to the weights, or the cache)")
     g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="video tower precision")
@@ -50,17 +59,38 @@ def model_from_args(args: argparse.Namespace) -> MILNCE:
     )
 
 
+def model_for_index(args: argparse.Namespace, index: str | None,
+                    load: Callable[[argparse.Namespace], MILNCE] = model_from_args) -> MILNCE:
+    """The model for searching the index folder ``index``: ``--weights`` when given, else the
+    weights the index records (``milnce.index.source``; one-line ``IndexModelError`` when they
+    are gone or changed), else the default weights. ``load`` loads the options (``model_from_args``)."""
+    if args.weights or index is None:
+        return load(args)
+    from ..index.source import recorded_weights
+
+    rec = recorded_weights(index)
+    if rec is None:
+        return load(args)
+    weights, vocab = rec.weights_vocab(args.vocab)
+    model = load(argparse.Namespace(**{**vars(args), "weights": weights, "vocab": vocab}))
+    rec.check(model)
+    return model
+
+
 def add_window_options(p: argparse.ArgumentParser, what: str, *, stride: bool = True, batch_size: bool = True) -> None:
     """``--fps/--num-frames/--size/--stride`` (default None: the model's or the index's) and
     ``--batch-size``."""
     d = WindowSettings()
     g = p.add_argument_group("windows", f"how videos are cut into windows ({what})")
-    g.add_argument("--fps", type=float, default=None, help=f"frames per second sampled (default {d.fps:g})")
-    g.add_argument("--num-frames", type=int, default=None, help=f"frames per window (default {d.num_frames})")
-    g.add_argument("--size", type=int, default=None, help=f"frame size in pixels (default {d.size})")
+    g.add_argument("--fps", type=float, default=None, help=f"frames per second sampled (default: the model's, {d.fps:g} for the published weights)")
+    g.add_argument("--num-frames", type=int, default=None, help=f"frames per window (default: the model's, {d.num_frames} for the published weights)")
+    g.add_argument("--size", type=int, default=None, help=f"frame size in pixels (default: the model's, {d.size} for the published weights)")
     if stride:
         g.add_argument("--stride", type=int, default=None,
-                       help=f"frames between window starts (default {d.stride} = {d.hop:g} s at {d.fps:g} fps)")
+                       help=f"frames between window starts (default: half the window, e.g. {d.stride} of "
+                       f"{d.num_frames} frames = {d.hop:g} s at {d.fps:g} fps; at most the window unless --allow-gaps)")
+        g.add_argument("--allow-gaps", action="store_true",
+                       help="accept a --stride longer than the window: the frames between windows are in none")
     if batch_size:
         add_batch_option(g)
 
@@ -86,4 +116,4 @@ def window_settings(args: argparse.Namespace, model: object = None) -> WindowSet
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 0:
         raise CommandError(f"--workers must be >= 0, got {workers}")
-    return WindowSettings.for_model(model, **window_overrides(args))
+    return WindowSettings.for_model(model, allow_gaps=getattr(args, "allow_gaps", False), **window_overrides(args))

@@ -84,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if overrides["stride"] is None:
         overrides["stride"] = demo.stride
     report = build_index(demo.videos, index_dir, demo.model, progress=not args.quiet, batch_size=args.batch_size,
-                         **overrides)
+                         allow_gaps=getattr(args, "allow_gaps", False), **overrides)
     print(report.summary())
     for path, reason in report.failed[:10]:
         print(f"  failed: {show_path(path)}: {show_path(reason)}", file=sys.stderr)
@@ -105,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if demo.expected and not args.query:
             print(_held_out_summary(index, demo, live))
     _print_next(args, index_dir, demo)
-    return 1 if report.failed else 0  # as milnce index: finished, but some videos could not be read
+    return 1 if report.failed or report.skipped_failures else 0  # as milnce index
 
 
 def _verdict(demo: _Demo, query: str, ranked: list[str]) -> str:

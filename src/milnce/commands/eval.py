@@ -8,7 +8,7 @@ import sys
 
 from ..plural import plural
 from ..printable import show_ids, show_path, show_reasons
-from .common import CommandError, add_batch_option, add_model_options, model_from_args
+from .common import FAILURE_EXIT, CommandError, add_batch_option, add_model_options, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dynamic programming; see the README. Missing or unreadable videos are counted and "
         "listed and the metrics are over the clips present; the exit status is then 1. Window "
         "embeddings are cached per video, so a rerun is instant.",
+        epilog=FAILURE_EXIT,
     )
     p.add_argument("benchmark", choices=("youcook2", "msrvtt", "hmdb51", "ucf101", "crosstask"), help="which benchmark")
     p.add_argument("--videos", required=True, metavar="DIR",

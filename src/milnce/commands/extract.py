@@ -10,6 +10,7 @@ from typing import Any
 
 from ..windows import CROPS, PADS
 from .common import (
+    FAILURE_EXIT,
     CommandError,
     add_batch_option,
     add_model_options,
@@ -61,7 +62,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("extract", help=HELP, description=DESCRIPTION)
+    p = sub.add_parser("extract", help=HELP, description=DESCRIPTION, epilog=FAILURE_EXIT)
     p.add_argument("paths", nargs="*", metavar="PATH", help="video files, folders or list files (.txt/.csv)")
     p.add_argument("--out", metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--check", metavar="DIR", help="only report how complete DIR is for PATH... (no model needed)")
@@ -169,7 +170,7 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
     try:
         check_features(features)  # bad options fail before the model loads
         WindowSettings.for_model(None, fps=args.fps, num_frames=args.num_frames, size=args.size,
-                                 stride=args.stride, crop=args.crop)
+                                 stride=args.stride, crop=args.crop, allow_gaps=True)  # gaps: once the model is known
         inputs = collect_inputs(paths)
         layout = None
         if recipe is not None:
@@ -182,7 +183,8 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
             settings, pad = recipe.settings(), "zeros"
         else:
             settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,
-                                                stride=args.stride, crop=args.crop)
+                                                stride=args.stride, crop=args.crop,
+                                                allow_gaps=getattr(args, "allow_gaps", False))
             pad = args.pad or "repeat"
         workers = args.workers if args.workers is not None else _default_workers()
         report = extract(inputs, args.out, model, settings, features=features, pad=pad, start=args.start,

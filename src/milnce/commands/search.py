@@ -17,12 +17,14 @@ if TYPE_CHECKING:  # pragma: no cover
 from ..errors import MissingFileError
 from ..plural import plural
 from .common import (
+    FAILURE_EXIT,
     CommandError,
     add_batch_option,
     add_index_option,
     add_model_options,
     add_window_options,
     deprecated_alias,
+    model_for_index,
     model_from_args,
     window_overrides,
     window_settings,
@@ -50,7 +52,8 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
         "index", help="embed videos into a searchable index folder",
         description="Walk files and folders, embed every video as sliding windows and store them in "
         "the index folder (SQLite + memory-mapped vectors). Incremental: unchanged videos are skipped, "
-        "changed ones re-embedded, moved ones recognised by content. Safe to interrupt and re-run.")
+        "changed ones re-embedded, moved ones recognised by content. Safe to interrupt and re-run.",
+        epilog=FAILURE_EXIT)
     p.add_argument("paths", nargs="*", metavar="PATH", help="video files or folders")
     add_index_option(p, "index folder (created if needed)", required=True)
     p.add_argument("--from-features", metavar="DIR",
@@ -147,7 +150,7 @@ def _register_localize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-merge", action="store_true", help="do not merge adjacent windows")
     p.add_argument("--json", action="store_true", help="print every window's score and the moments as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_window_options(p, "default: the index's with --index, else 32 frames at 10 fps, stride 16")
+    add_window_options(p, "default: the index's with --index, else the model's: 32 frames at 10 fps, stride half the window")
     add_model_options(p)
     p.set_defaults(func=cmd_localize)
 
@@ -155,11 +158,12 @@ def _register_localize(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _model(args: argparse.Namespace, index: str | None = None):  # type: ignore[no-untyped-def]
+    """The model of the options; with ``index``, the weights that index records unless --weights is given."""
     import torch
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    return model_from_args(args)
+    return model_for_index(args, index, model_from_args) if index else model_from_args(args)
 
 
 def _check_batch(args: argparse.Namespace) -> None:
@@ -197,7 +201,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
                          retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers,
-                         roots=args.root or [], **extra,
+                         roots=args.root or [], allow_gaps=args.allow_gaps, **extra,
                          **window_overrides(args))
     return _print_report(args, report)
 
@@ -239,17 +243,20 @@ def _print_report(args: argparse.Namespace, report: IndexReport) -> int:
     else:
         print(report.summary())
         _print_failed(report)
-    return 1 if report.failed else 0  # README "Exit codes": finished, but some inputs failed
+    # README "Exit codes": 1 = finished, but some inputs failed (this run, or before and still failing)
+    return 1 if report.failed or report.skipped_failures else 0
 
 
 def _print_failed(report: IndexReport) -> None:
-    """The videos that could not be read, on stderr (the first 10)."""
+    """The videos that could not be read, this run or before (skipped), on stderr (the first 10),
+    one line each as ``extract`` lists them."""
     from ..index.layout import show_path
 
-    for path, reason in report.failed[:10]:
+    failed = report.failed + report.skipped_failures
+    for path, reason in failed[:10]:
         print(f"  failed: {show_path(path)}: {show_path(reason)}", file=sys.stderr)
-    if len(report.failed) > 10:
-        print(f"  ... and {len(report.failed) - 10} more (see errors.log)", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"  ... and {len(failed) - 10} more (see errors.log)", file=sys.stderr)
 
 
 def _parse_like(spec: str) -> tuple[str | int, float]:
@@ -314,7 +321,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             from ..index.filters import require_matches
 
             require_matches(probe.rows(), filt)
-    model = _model(args)
+    model = _model(args, args.index)
     opts: dict[str, Any] = {"k": args.k, "merge": not args.no_merge, "by_video": args.videos, "exact": args.exact,
                             "video_filter": None if filt.is_empty else filt, "offset": args.offset}
     with Index.open(args.index, model) as index:
@@ -376,7 +383,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         raise CommandError(f"-k must be >= 1, got {args.k}")
     if not os.path.isfile(args.video):
         raise MissingFileError(f"no such video file: {args.video}")
-    model = _model(args)
+    model = _model(args, args.index)
     index = None
     if args.index:
         from ..index import Index
@@ -384,7 +391,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
         index = Index.open(args.index, model)
     try:  # the index's windows (and settings) are used when it holds the video and the options agree
         loc = localize(model, args.video, args.query, k=args.k, batch_size=args.batch_size,
-                       merge=not args.no_merge, index=index, progress=not args.quiet, **window_overrides(args))
+                       merge=not args.no_merge, index=index, progress=not args.quiet, allow_gaps=args.allow_gaps,
+                       **window_overrides(args))
     finally:
         if index is not None:
             index.close()

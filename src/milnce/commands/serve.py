@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MissingFileError
-from .common import CommandError, add_index_option, add_model_options, model_from_args
+from .common import CommandError, add_index_option, add_model_options, model_for_index, model_from_args
 
 # Kept here too: the server module itself cannot be imported without FastAPI.
 MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
@@ -227,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from ..server.multi import check_comparable_folders
 
             check_comparable_folders(folders)  # before the model loads
-        model = model_from_args(args)
+        model = model_for_index(args, folders[0], model_from_args)  # --weights, else the (first) index's record
         from ..index import Index
         from ..server.multi import index_names
 

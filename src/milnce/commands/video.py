@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CommandError, add_model_options, deprecated_alias
+from .common import FAILURE_EXIT, CommandError, add_model_options, deprecated_alias
 from .extract import add_clip_options, add_run_options
 
 
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'mixed_5c' (N x 1024). Finished videos are skipped (same settings and weights), changed ones redone; "
         "a video that cannot be read is reported in OUT/failures.csv and skipped; the exit status is 1 if any "
         "failed.",
+        epilog=FAILURE_EXIT,
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, webm, mkv, avi, gif, ...) or folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")

@@ -28,6 +28,7 @@ log = logging.getLogger("milnce.cli")
 
 # Option name -> its one meaning (the commands' help texts say it in their own words).
 MEANINGS: dict[str, str] = {
+    "--allow-gaps": "accept a stride longer than the window (frames between windows are in none)",
     "--clip-send-timeout": "seconds a finished clip waits for its client before it is dropped",
     "--clip-max-mb": "megabytes of clips the server holds on disk at once",
     "--clip-max-files": "clips the server holds on disk at once (cut or waiting to be sent)",

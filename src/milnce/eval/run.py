@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MilnceError, UsageError
+from ..video.decode import failure_reason, not_readable
 from ..video.pipeline import VideoJob, run_jobs
 from .cache import EmbeddingCache, as_cache
 from .datasets import Benchmark, EvalItem, VideoResolver, load_benchmark
@@ -116,7 +117,7 @@ def header_duration(path: Path) -> float:
             if (d is None or d <= 0) and container.duration:
                 d = container.duration / av.time_base
     except av.FFmpegError as exc:
-        raise MilnceError(f"not a readable video ({type(exc).__name__}: {exc})") from None
+        raise not_readable(str(path), exc) from None  # the decoder's own line (index, extract)
     if d is None or not math.isfinite(d) or d <= 0:
         raise MilnceError("the file does not say how long the video is (no duration in its header)")
     return float(d)
@@ -212,7 +213,7 @@ def _plan(model: Any, groups: dict[Path, list[EvalItem]], settings: EvalSettings
                 duration = header_duration(path)
             except (MilnceError, OSError, ValueError) as exc:
                 for it in video_items:
-                    res.unreadable[it.video_id] = str(exc).replace(str(path) + ": ", "")
+                    res.unreadable[it.video_id] = failure_reason(str(exc), str(path))
                 continue
         per_clip = _clip_window_starts(video_items, duration, settings)
         uniq = np.unique(np.concatenate(per_clip))
@@ -254,7 +255,7 @@ def _extract(model: Any, pending: dict[int, _Pending], settings: EvalSettings, c
         path, video_items, per_clip, uniq, key, duration = pending[gi]
         if r.error:
             for it in video_items:
-                res.unreadable[it.video_id] = str(r.error).replace(str(path) + ": ", "")
+                res.unreadable[it.video_id] = failure_reason(str(r.error), str(path))
             continue
         emb, feats, have = _aligned(r, uniq)
         res.windows += int(have.sum())

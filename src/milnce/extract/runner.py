@@ -20,6 +20,7 @@ from ..atomic import atomic_write_bytes
 from ..errors import UsageError
 from ..printable import show_path
 from ..protocols import VideoEncoder
+from ..video.decode import failure_reason
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
 from ..video.result import VideoWindows
 from ..windows import WindowSettings, check_pad
@@ -172,12 +173,9 @@ def read_failures(out_dir: str) -> list[tuple[str, str]]:
 
 
 def _reason(path: str, error: str) -> str:
-    """``error`` without the video's path (failures.csv has it in its own column; a message may
-    carry the path with its whitespace, a newline included, collapsed to single spaces)."""
-    for p in (path, os.path.abspath(path), " ".join(path.split()), " ".join(os.path.abspath(path).split())):
-        if error.startswith(p + ": "):
-            return error[len(p) + 2:]
-    return error
+    """``error`` without the video's path (failures.csv has it in its own column): the one
+    failure reason of ``milnce.video.decode.failure_reason``, as ``index`` and ``eval`` list it."""
+    return failure_reason(error, path)
 
 
 def write_failures(path: str, rows: Sequence[tuple[str, str]], shards: int | None = None) -> None:
@@ -346,9 +344,7 @@ def _store(res: VideoWindows, todo: _Todo, ident: dict[str, Any], report: Extrac
         report.failures.append((item.path, _reason(item.path, res.error)))
         report.failed += 1
         write_failures(report.failures_file or "", report.failures, report.shards)
-        if bar is not None:  # without a bar the caller lists the failures at the end
-            _say(bar, f"failed: {res.error}")
-        return
+        return  # listed once, by the caller at the end (as index and eval do)
     duration = res.duration if math.isfinite(res.duration) else float(res.ends.max(initial=0.0))
     res.duration, res.path = duration, item.path
     meta = {"format": FORMAT, **ident, "source": source, "duration": duration,

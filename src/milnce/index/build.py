@@ -10,6 +10,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,8 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 num_frames: int | None = None, size: int | None = None, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = True, recursive: bool = True,
                 retry_errors: bool = False, ann_queries: Sequence[str] | None = None,
-                ann_min_windows: int = ANN_MIN_WINDOWS, roots: Sequence[str | os.PathLike[str]] = ()) -> IndexReport:
+                ann_min_windows: int = ANN_MIN_WINDOWS, roots: Sequence[str | os.PathLike[str]] = (),
+                allow_gaps: bool = False) -> IndexReport:
     """Add the videos under ``paths`` to the index in ``directory`` (created if needed). ``paths``
     (and ``roots``) are recorded as the index's collection roots (``milnce.index.roots``).
 
@@ -72,7 +74,8 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     moved ones are recognised by their content, changed ones are re-embedded; ``prune`` drops
     videos whose file is gone. Window settings default to the index's (new index: the model's
     input conventions, ``WindowSettings.for_model(model)``: 32 frames at 10 fps, 224 px, a window
-    every ``stride`` = 16 frames); bad values raise ``UsageError`` before anything is created.
+    every ``stride`` frames, default half the window); bad values raise ``UsageError`` before
+    anything is created, as does a stride longer than the window (gaps) unless ``allow_gaps``.
     Videos are embedded by the extraction pipeline (``milnce.extract.run_jobs``): ``workers``
     decoding processes (default: the cores available minus one; 0 = a thread of this process),
     windows of several videos in each model call of ``batch_size`` windows (default
@@ -84,8 +87,8 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     in ``report.failed`` (path, reason without the path) and ``errors.log``.
     """
     t_start = time.perf_counter()
-    settings = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "size": size, "stride": stride}.items()
-                if v is not None}
+    settings: dict[str, Any] = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "size": size,
+                                                  "stride": stride, "allow_gaps": allow_gaps}.items() if v is not None}
     _check_window(model, WindowSettings.for_model(model, **settings))  # before creating anything
     _check_run_args(batch_size, workers)
     paths = list(paths)
@@ -100,6 +103,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
             idx.log_error(where, why)
             report.failed.append((where, why))
         wanted = set(files)
+        known_errors = dict(idx.errors())
         pending: list[tuple[str, int, float, str]] = []  # path, size, mtime, why
         missing_by_size: dict[int, list[int]] = {}
         for r in idx.rows():
@@ -124,6 +128,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
             err = idx.error_entry(f)
             if err is not None and not retry_errors and err == (size_, mtime):
                 report.previously_failed += 1
+                report.skipped_failures.append((f, known_errors.get(f, "failed before")))
                 continue
             pending.append((f, size_, mtime, "moved?" if size_ in missing_by_size else "new"))
         if pending:

@@ -225,6 +225,7 @@ def _record_failures(idx: Index, src: str, done_videos: set[str], report: IndexR
         entry = idx.error_entry(video)
         if entry is not None and entry == (size_, mtime_):
             report.previously_failed += 1
+            report.skipped_failures.append((video, reason_text(reason, path) or reason))
             continue
         reason = reason_text(reason, path) or reason
         idx.record_error(video, reason, size_, mtime_)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..video.decode import failure_reason
 from .layout import show_path
 from .records import IndexReport
 from .store import Index
@@ -38,12 +39,9 @@ def reason(exc: BaseException, path: str) -> str:
 
 
 def reason_text(msg: str, path: str) -> str:
-    """``msg`` without ``path`` (the report shows the path once)."""
-    for p in (path, os.path.basename(path)):
-        for sep in (": ", " "):
-            if msg.startswith(p + sep):
-                msg = msg[len(p) + len(sep):]
-    return msg.replace(f" {path}", "").strip() or "unreadable"
+    """``msg`` without ``path`` (the report shows the path once): ``milnce.video.decode.failure_reason``,
+    the reason ``extract`` and ``eval`` list too."""
+    return failure_reason(msg, path)
 
 
 def finish(idx: Index, report: IndexReport, *, prune: bool, ann: bool | str, ann_min_windows: int, progress: bool,

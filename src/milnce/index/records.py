@@ -98,6 +98,7 @@ class IndexReport:
     unchanged: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     previously_failed: int = 0
+    skipped_failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) failed before
     pruned: list[str] = field(default_factory=list)
     windows_added: int = 0
     video_seconds: float = 0.0
@@ -118,6 +119,7 @@ class IndexReport:
         d = asdict(self)
         d["moved"] = [list(m) for m in self.moved]
         d["failed"] = [list(f) for f in self.failed]
+        d["skipped_failures"] = [list(f) for f in self.skipped_failures]
         d["speed"] = self.speed
         return d
 
@@ -136,7 +138,7 @@ class IndexReport:
         if self.video_seconds:
             lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({self.windows_added} windows) "
                          f"in {self.embed_seconds:.1f} s: {self.speed:.2f}x real time")
-        if self.failed:
+        if self.failed or self.skipped_failures:
             lines.append(f"unreadable videos are listed in {show_path(os.path.join(self.directory, ERROR_LOG))}")
         if self.ann and self.ann.get("skipped"):
             lines.append(f"ANN: not built: {self.ann['reason']}")

@@ -26,7 +26,10 @@ __all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "SCAN_BLOCK", "windo
 FEW_ROWS = 50_000  # a filter allowing at most this many rows: they are scored exactly, one by one
 
 _SCREEN_MIN_ROWS = 20000  # below this the float32 scan is as fast as the screened one
-_SCREEN_QUERIES = 8  # queries screened together
+# Queries scanned together: 1. A matrix product's blocking depends on its shapes, so a query scored
+# in a block of 8 got other last bits than alone (the CLI batches queries, the server does not);
+# alone, a query's scores are the same bits whatever else is searched (same query, same score).
+_SCREEN_QUERIES = 1
 
 
 def quantize_rows(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

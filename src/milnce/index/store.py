@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import NotAFolderError, UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
+from . import storefiles as sf
 from .ann import build_ann
 from .database import SCHEMA, connect, db_path, from_db, read_meta, sqlite_reason
 from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
@@ -44,15 +45,6 @@ from .query import PERCENTILE_SAMPLE, QueryMixin
 from .records import VideoEmbeddingsLike, VideoRecord, VideoRow
 from .search import quantize_rows
 from .snapshot import Snapshot, store_path
-from .storefiles import (
-    append_error_log,
-    init_folder,
-    remove_generation,
-    truncate_rows,
-    truncate_tail,
-    write_generation,
-    write_rows,
-)
 from .verify import check_settings, check_snapshot
 
 __all__ = ["Index", "PERCENTILE_SAMPLE"]
@@ -125,6 +117,9 @@ class Index(QueryMixin):
         window = WindowSettings.for_model(model, **given)
         idx = cls.create_for(directory, model.weights_id, window, weights_name=getattr(getattr(model, "info", None), "name", None),
                              check=settings, roots=roots)
+        source = getattr(model, "weights_source", None)  # where to load the weights again (milnce.index.source)
+        if source and idx.meta.get("weights_source") != source:
+            idx._commit([], weights_source=source)
         idx.model = model
         return idx
 
@@ -159,7 +154,7 @@ class Index(QueryMixin):
                 roots: Sequence[str | os.PathLike[str]]) -> Index:
         lock_fd = acquire_lock(d)
         try:
-            con = init_folder(d, directory, {"weights_id": weights_id, "weights_name": weights_name,
+            con = sf.init_folder(d, directory, {"weights_id": weights_id, "weights_name": weights_name,
                                              "settings": window.to_dict()})
             idx = cls(d, con, None, readonly=False, lock_fd=lock_fd)
         except BaseException:
@@ -402,10 +397,10 @@ class Index(QueryMixin):
         """Cut what a crashed writer appended after the last commit; drop stale generations."""
         self._need_writer()
         ann = self.meta.get("ann")
-        truncate_tail(self.directory, self.generation, self.num_rows, self.dim, ann.get("file") if ann else None)
+        sf.truncate_tail(self.directory, self.generation, self.num_rows, self.dim, ann.get("file") if ann else None)
 
     def _write_rows(self, kind: str, data: bytes, offset: int, gen: int | None = None) -> None:
-        write_rows(self._path(kind, gen), data, offset)
+        sf.write_rows(self._path(kind, gen), data, offset)
 
     def _commit(self, statements: list[tuple[str, tuple[Any, ...]]], num_rows: int | None = None, **meta: Any) -> list[int | None]:
         con = self._con
@@ -500,7 +495,7 @@ class Index(QueryMixin):
         return out
 
     def _truncate_quietly(self, rows: int) -> None:
-        truncate_rows(self.directory, self.generation, rows, self.dim)
+        sf.truncate_rows(self.directory, self.generation, rows, self.dim)
 
     def update_video(self, video_id: int, *, path: str | None = None, size: int | None = None,
                      mtime: float | None = None) -> None:
@@ -558,7 +553,7 @@ class Index(QueryMixin):
 
     def log_error(self, path: str, reason: str) -> None:
         """Append ``path`` and ``reason`` to ``errors.log`` (names that are not UTF-8 as ``\\xNN``)."""
-        append_error_log(self.directory, path, reason)
+        sf.append_error_log(self.directory, path, reason)
 
     def error_entry(self, path: str) -> tuple[int | None, float | None] | None:
         with self._db_lock:
@@ -572,14 +567,14 @@ class Index(QueryMixin):
             return False
         gen = self.generation + 1
         try:
-            starts = write_generation(self.directory, gen, self.snapshot)
+            starts = sf.write_generation(self.directory, gen, self.snapshot)
             self._commit([("UPDATE videos SET row_start=? WHERE id=?", (pos, vid)) for vid, pos in starts],
                          num_rows=sum(int(r.num_windows) for r in self._rows.values()), generation=gen, ann=None)
         except OSError as exc:
-            remove_generation(self.directory, gen)
+            sf.remove_generation(self.directory, gen)
             raise IndexWriteError(f"could not compact {self.directory} ({exc}); the index is unchanged") from exc
         self._load()
-        remove_generation(self.directory, gen - 1, ann=True)
+        sf.remove_generation(self.directory, gen - 1, ann=True)
         return True
 
     def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,

@@ -73,6 +73,31 @@ class VideoError(MilnceError, ValueError):
     The message names the file."""
 
 
+def not_readable(path: str, exc: BaseException) -> VideoError:
+    """The one error for a file FFmpeg cannot open as a video: ``PATH: not a readable video file
+    (FFmpeg's reason)``, without the exception's class or errno (``milnce index``, ``extract`` and
+    ``eval`` report the same line)."""
+    return VideoError(f"{path}: not a readable video file ({_fferr(exc)})")
+
+
+def failure_reason(message: str, path: str) -> str:
+    """A failed video's reason as the failure lists show it (``index``, ``extract``, ``eval``): one
+    line, without the path (the list shows it once): a leading ``PATH: `` (the path as given,
+    absolute, with its whitespace collapsed, or its base name) and later mentions are removed."""
+    msg = " ".join(str(message).split())
+    full = [path, os.path.abspath(path)]
+    names = list(dict.fromkeys([*full, *(" ".join(p.split()) for p in full), os.path.basename(path)]))
+    for p in names:
+        for sep in (": ", " "):
+            if p and msg.startswith(p + sep):
+                msg = msg[len(p) + len(sep):]
+                break
+    for p in names[:-1]:
+        if p:
+            msg = msg.replace(f" {p}", "")
+    return msg.strip() or "unreadable"
+
+
 class VideoNotFoundError(VideoError, FileNotFoundError):
     """The video file does not exist."""
 
@@ -162,7 +187,7 @@ class Video:
         except av.error.FileNotFoundError as exc:  # pragma: no cover - raced with check_path
             raise VideoNotFoundError(f"{self.path}: no such video file") from exc
         except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-            raise VideoError(f"{self.path}: not a readable video file ({_fferr(exc)})") from exc
+            raise not_readable(self.path, exc) from exc
         streams = [
             s for s in self.container.streams.video
             if not (int(s.disposition) & int(av.stream.Disposition.attached_pic))

@@ -23,19 +23,21 @@ def encode_video_file(model: VideoEncoder, path: str | os.PathLike[str], *, fps:
                       num_frames: int | None = None, size: int | None = None, stride: int | None = None,
                       start: float | None = None, end: float | None = None, batch_size: int | None = None,
                       features: bool = False, progress: bool = False, crop: str = "center",
-                      pad: str = "repeat", threads: int = 0) -> VideoWindows:
+                      pad: str = "repeat", threads: int = 0, allow_gaps: bool = False) -> VideoWindows:
     """Embed every window of a video: ``read_clips`` windows -> ``model.encode_video``.
 
     ``fps``/``num_frames``/``size``/``stride`` default to the model's input conventions
     (``WindowSettings.for_model(model)``; the published weights: 10 fps, 32 frames, 224 px, a
-    window every 16 frames). A background thread decodes while the model runs (the pipeline of
+    window every 16 frames: half the window); a stride longer than the window is refused unless
+    ``allow_gaps``. A background thread decodes while the model runs (the pipeline of
     ``run_jobs`` with ``workers=0``). Returns ``VideoWindows`` (``VideoEmbeddings``) with
     per-window ``starts``/``ends`` (seconds), ``embeddings`` (N x D) and, with ``features=True``,
     the ``mixed_5c`` features; ``stats`` holds the share of time spent waiting for frames.
     Raises ``VideoError`` for an unreadable video; corrupt or truncated data that was skipped is
     logged (``milnce.video`` logger) and kept in ``warnings``.
     """
-    w = WindowSettings.for_model(model, fps=fps, num_frames=num_frames, size=size, stride=stride, crop=crop)
+    w = WindowSettings.for_model(model, fps=fps, num_frames=num_frames, size=size, stride=stride, crop=crop,
+                                 allow_gaps=allow_gaps)
     whole = isinstance(batch_size, float) and float(batch_size).is_integer()
     batch = resolve_batch_size(int(batch_size) if whole and batch_size is not None else batch_size, model.device)
     p = os.fspath(path)
