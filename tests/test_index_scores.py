@@ -44,7 +44,7 @@ def index_dir(tmp_path_factory, model) -> Path:
 
 def _cli(index_dir: Path, queries: list[str], wargs: list[str], capsys: pytest.CaptureFixture[str],
          *extra: str) -> list[list]:
-    assert main(["search", str(index_dir), *queries, "-k", "20", *(extra or ["--no-merge"]), "--json", *wargs]) == 0
+    assert main(["search", "--index", str(index_dir), *queries, "-k", "20", *(extra or ["--no-merge"]), "--json", *wargs]) == 0
     out = json.loads(capsys.readouterr().out)
     return [[(m["path"], m["start"], m["end"], m["score"]) for m in r["moments"]] for r in out["results"]]
 

@@ -36,7 +36,7 @@ def _build(tmp_path: Path, weights: Path, vocab: Path | None) -> Path:
 
 
 def _search(idx: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
-    rc = main(["search", str(idx), "red square", "--json", "--no-download", *extra])
+    rc = main(["search", "--index", str(idx), "red square", "--json", "--no-download", *extra])
     out, err = capsys.readouterr()
     return rc, out, err
 
