@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..index import IndexReport
 
 from ..errors import MissingFileError
+from ..timespec import parse_like
 from .common import (
     CommandError,
     add_model_options,
@@ -274,23 +275,6 @@ def _print_failed(report: IndexReport) -> None:
         print(f"  ... and {len(report.failed) - 10} more (see errors.log)", file=sys.stderr)
 
 
-def _parse_like(spec: str) -> tuple[str | int, float]:
-    """``VIDEO[@START]`` -> (path or id, seconds); START as seconds or [H:]M:SS."""
-    video, start = spec, 0.0
-    if "@" in spec and not os.path.exists(spec):
-        head, _, tail = spec.rpartition("@")
-        try:
-            parts = [float(x) for x in tail.split(":")]
-        except ValueError:
-            raise CommandError(f"--like {spec}: START must be seconds or M:SS, got {tail!r}") from None
-        if len(parts) > 3 or any(x < 0 or x != x or x == float("inf") for x in parts):
-            raise CommandError(f"--like {spec}: START must be seconds or M:SS, got {tail!r}")
-        video, start = head, sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
-    if not os.path.exists(video) and video.isdigit():
-        return int(video), start
-    return video, start
-
-
 def _video_filter(args: argparse.Namespace) -> Any:
     """The ``VideoFilter`` of the filter options (``FilterError`` for a bad date)."""
     from ..index.filters import VideoFilter, parse_when
@@ -323,7 +307,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     queries: Iterable[str] = list(args.queries)
     if args.queries_file:
         queries = itertools.chain(queries, iter_queries_file(args.queries_file, open_queries_file(args.queries_file)))
-    likes = [_parse_like(x) for x in args.like or []]
+    likes = [parse_like(x) for x in args.like or []]
     pending = batches(queries, QUERY_BATCH)
     first = next(pending, None)  # read (and check) the first queries before loading the model
     if first is None and not likes:
