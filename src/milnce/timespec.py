@@ -24,10 +24,9 @@ __all__ = ["TimeSpecError", "parse_time", "parse_video_id", "parse_span", "parse
            "MAX_TIME_CHARS"]
 
 MAX_TIME_CHARS = 32  # "123456789:59:59.999999" fits; longer is not a time anyone typed
-_MAX_ID_DIGITS = 18  # below 2**63
 _SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z", re.ASCII)
 _WHOLE = re.compile(r"[0-9]+\Z", re.ASCII)
-_ID = re.compile(r"[0-9]{1,%d}\Z" % _MAX_ID_DIGITS, re.ASCII)
+_ID = re.compile(r"[0-9]{1,18}\Z", re.ASCII)  # 18 digits: below 2**63
 
 
 class TimeSpecError(UsageError):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..index import IndexReport
 
 from ..errors import MissingFileError
+from ..printable import show_path
 from ..timespec import parse_like
 from .common import (
     CommandError,
@@ -370,7 +371,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
         for p in removed:
             print(f"removed {show_path(p)}")
-        print(f"{args.index}: {left} videos left")
+        print(f"{show_path(args.index)}: {left} videos left")
     return 0
 
 
@@ -402,14 +403,14 @@ def cmd_localize(args: argparse.Namespace) -> int:
         print(json.dumps(d))
         return 0
     s = loc.scores
-    print(f"{loc.path} ({fmt_time(loc.duration)}, {len(s)} windows): {loc.query!r}")
+    print(f"{show_path(loc.path)} ({fmt_time(loc.duration)}, {len(s)} windows): {show_path(repr(loc.query))}")
     if len(s):
         print(f"scores: min {s.min():.3f}  median {float(sorted(s)[len(s) // 2]):.3f}  max {s.max():.3f}")
     print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}")
     for i, (a, b, sc) in enumerate(loc.moments, 1):
         print(f"  {i:3d}  {sc:8.3f}  {fmt_time(a):>9}  {fmt_time(b):>9}")
     if args.plot:
-        print(f"plot: {args.plot}")
+        print(f"plot: {show_path(args.plot)}")
     return 0
 
 
@@ -469,7 +470,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print_results(q, res, problem, True)
             if res and labels:
                 best = labels.get(res[0].path)
-                print(f"  -> best match: {os.path.basename(res[0].path)}"
+                print(f"  -> best match: {show_path(os.path.basename(res[0].path))}"
                       + (f" (the {best!r} video)" if best else ""))
     model_opts = "".join(f" --{opt} {shlex.quote(str(getattr(args, opt)))}" for opt in ("weights", "vocab")
                          if getattr(args, opt, None))
