@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..printable import show_path
 from .common import CommandError
 
 
@@ -53,7 +54,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             n = pack_videoclip(args.dir, args.out, ids=ids, split=args.split, shard_size=args.shard_size)
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
-    print(f"packed {n} videos into {args.out}")
+    print(f"packed {n} videos into {show_path(args.out)}")
     return 0
 
 
