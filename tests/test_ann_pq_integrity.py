@@ -180,3 +180,18 @@ def test_pq_json_naming_other_files_is_refused(pair, tmp_path):
         ann_pq.open_pq(folder)
     with pytest.raises(ann_pq.UsageError, match="nprobe"):
         ann_pq.open_pq(_pq_dir(a), nprobe=-5)
+
+
+def test_rebuild_never_removes_what_a_crafted_entry_names(pair, tmp_path):
+    """``milnce index --ann pq`` removes the previous ANN folder: never one a crafted entry names
+    outside the index."""
+    a, _ = pair
+    d = _copy(a, tmp_path / "ix")
+    victim = tmp_path / "victim"
+    (victim / "keep").mkdir(parents=True)
+    _edit_ann(d, lambda info: info.__setitem__("file", "../victim"))
+    with Index.open(d, readonly=False) as w:
+        assert w.ann_status()["state"] == "damaged"
+        w.build_ann(kind="pq")
+        assert w.ann_status()["state"] == "ok"
+    assert (victim / "keep").is_dir()

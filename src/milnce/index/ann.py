@@ -36,7 +36,7 @@ class AnnSource(Protocol):
     def live_mask(self) -> np.ndarray | None: ...
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray: ...
 
-__all__ = ["open_ann", "build_ann", "cross_check", "AnnSource", "ANN_MIN_WINDOWS", "PQDamagedError"]
+__all__ = ["open_ann", "build_ann", "cross_check", "is_ann_name", "AnnSource", "ANN_MIN_WINDOWS", "PQDamagedError"]
 
 
 ANN_MIN_WINDOWS = 50_000  # below this exact search is fast (a few ms) and an IVF index only loses recall
@@ -68,11 +68,17 @@ def open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) ->
 _ANN_NAME = re.compile(r"ann-[0-9]+-[0-9]+\.(faiss|pq)\Z", re.ASCII)
 
 
+def is_ann_name(name: Any) -> bool:
+    """Whether ``name`` is what ``build_ann`` names its file or folder (``ann-<generation>-<rows>.faiss``
+    or ``.pq``): a plain name inside the index folder, never a path elsewhere."""
+    return isinstance(name, str) and bool(_ANN_NAME.match(name))
+
+
 def _bad_info(directory: str, info: dict[str, Any]) -> str | None:
     """Why the recorded ANN entry cannot be trusted (a file outside the index, a link, an
     ``nprobe`` that is not a whole number >= 1), or None."""
     key = info.get("file")
-    if not isinstance(key, str) or not _ANN_NAME.match(key):
+    if not isinstance(key, str) or not is_ann_name(key):
         return f"the recorded ANN file {key!r} is not a name inside the index folder"
     if (info.get("format") == "pq") != key.endswith(".pq"):
         return f"the recorded ANN file {key!r} does not match its format"
