@@ -269,14 +269,18 @@ class PQIndex:
             self.checked.add(no)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's ``search`` (scores, ids), over lists checked against their CRC first."""
+        """faiss's ``search`` (scores, ids), after checking the lists it will probe: the quantizer
+        assigns the queries first (deterministic: the same lists faiss then scans), until every
+        list has been checked once."""
         import faiss
 
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        ivf: Any = faiss.extract_index_ivf(self.index)
-        dist, assign = ivf.quantizer.search(q, ivf.nprobe)
-        self.check_lists(assign)
-        return ivf.search_preassigned(q, k, assign, dist)
+        if self.damaged:
+            raise PQDamagedError(self.damaged)
+        if self.list_crc is not None and len(self.checked) < len(self.list_crc):
+            ivf: Any = faiss.extract_index_ivf(self.index)
+            self.check_lists(ivf.quantizer.search(q, ivf.nprobe)[1])
+        return self.index.search(q, k)
 
 
 def _read_meta(d: str) -> dict[str, Any]:
