@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from ..errors import MilnceError
 
@@ -148,7 +148,7 @@ class GlobMatcher:
                     if c != "/":
                         nxt.add(s + 1)
                 elif kind == _CLASS:
-                    neg, ranges = arg  # type: ignore[misc]
+                    neg, ranges = cast("tuple[bool, tuple[tuple[str, str], ...]]", arg)
                     if c != "/" and any(lo <= c <= hi for lo, hi in ranges) != neg:
                         nxt.add(s + 1)
                 elif kind == _STAR:
