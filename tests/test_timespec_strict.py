@@ -68,3 +68,27 @@ def test_search_like_superscript_is_a_missing_path_not_a_traceback(tmp_path, cap
         rc = main(["search", str(tmp_path / "ix"), "--like", like, *wargs])
         err = capsys.readouterr().err
         assert rc == 2 and words in err and err.count("\n") == 1, err
+
+
+def test_server_answers_422(tmp_path, model):
+    """Over HTTP: a like reference outside the grammar and a date past the year 9999 are 422s."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from milnce.index import Index
+    from milnce.server import create_app
+    from test_index import fake_emb
+
+    with Index.create(tmp_path / "ix", model) as ix:
+        ix.add_video("/nonexistent/v.mp4", fake_emb(4, np.random.default_rng(0)), size=10, mtime=1.0,
+                     content_hash="h")
+    with Index.open(tmp_path / "ix") as ix, TestClient(create_app(ix, model, refresh_interval=0),
+                                                        raise_server_exceptions=False) as c:
+        for like in ("²@1", "1@1_0", "\u0661", "1@1e3", "1@-5"):
+            r = c.get("/api/search", params={"like": like})
+            assert r.status_code == 422, (like, r.text)
+        r = c.get("/api/search", params={"q": "cut tomato", "after": "99999999999999"})
+        assert r.status_code == 422 and "out of range" in r.text
+        assert c.get("/api/search", params={"like": "1@0.5"}).status_code == 200

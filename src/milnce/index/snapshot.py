@@ -274,7 +274,7 @@ class Snapshot:
         """A search found the ANN index damaged (``PQDamagedError``): from now on this snapshot
         (and those sharing its ANN index) search exactly and report it damaged; logged once."""
         with self._lock:
-            ix, state = self._memo.get("ann", (None, {}))
+            state = self._memo.get("ann", (None, {}))[1]
             if state.get("state") == "damaged":
                 return
             state.update(state="damaged", reason=reason)  # the dict later snapshots share
