@@ -265,12 +265,17 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
             bar.done(dur, b.video)
         batch.clear()
 
+    unreadable: list[str] = []
     try:
         nwin = 0
         for file, video, size, mtime, why in todo:
             try:
                 ff = read(file)
             except MilnceError as exc:  # a damaged or crafted file (duration -5, 1e308 ...): that file fails
+                unreadable.append(str(exc))
+                if len(unreadable) == len(todo):  # nothing to index: one error, as for a folder of such files
+                    more = f" (and {len(todo) - 1} more)" if len(todo) > 1 else ""
+                    raise UsageError(f"no readable milnce feature file; {unreadable[0]}{more}") from None
                 reason = f"unreadable feature file: {exc}"
                 log.warning("%s", reason)
                 idx.log_error(video, reason)
