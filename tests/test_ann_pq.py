@@ -65,7 +65,8 @@ def test_choose_params_rule():
 
 def test_search_recall_against_exact(store):
     d, xm, meta = store
-    assert meta["ntotal"] == 12000 and sorted(os.listdir(d / "pq")) == ["index.faiss", "lists.ivfdata", "pq.json"]
+    assert meta["ntotal"] == 12000 and sorted(os.listdir(d / "pq")) == ["index.faiss", "lists.crc", "lists.ivfdata",
+                                                                     "pq.json"]
     pq = open_pq(d / "pq", nprobe=16)
     q = clustered(50, seed=9)
     # the ids are store rows 5..12004; the re-scoring reads vectors[row], so pad 5 rows in front

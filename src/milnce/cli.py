@@ -26,7 +26,7 @@ from typing import TextIO
 from .commands.common import CommandError, add_model_options, model_from_args
 from .commands.vocabulary import MilnceParser
 from .errors import MilnceError
-from .printable import show_lines
+from .printable import show_lines, show_path
 
 __all__ = ["main", "add_model_options", "model_from_args", "CommandError"]
 
@@ -61,12 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable_message(record: logging.LogRecord) -> str:
+    """A log record's text for a terminal: its arguments (names, reasons) each on one printable line
+    (``show_path``: a newline in a file name cannot start a forged ``milnce: error:`` line), the
+    message's own line breaks kept (``show_lines``)."""
+    args = record.args
+    if isinstance(args, tuple) and args:
+        try:
+            text = str(record.msg) % tuple(a if isinstance(a, (int, float)) else show_path(str(a)) for a in args)
+        except (TypeError, ValueError):
+            text = record.getMessage()
+    else:
+        text = record.getMessage()
+    return show_lines(text)
+
+
 class _StderrHandler(logging.Handler):
     """Library messages (``milnce.*`` loggers) as ``milnce: message`` lines on the current stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(f"milnce: {show_lines(record.getMessage())}\n")  # control characters as \\xNN
+            sys.stderr.write(f"milnce: {_printable_message(record)}\n")
         except Exception:  # noqa: BLE001
             self.handleError(record)
 
@@ -133,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("milnce: interrupted", file=sys.stderr)
         return 130
     except MilnceError as exc:
-        print(f"milnce: error: {show_lines(str(exc))}", file=sys.stderr)
+        print(f"milnce: error: {show_path(str(exc))}", file=sys.stderr)  # one line: a newline shows as \x0a
         return exc.exit_code
 
 

@@ -36,6 +36,7 @@ from .atomic import atomic_file, temp_name
 from .cache import JsonStore, cache_dir, locked, sha256_file
 from .errors import MilnceError
 from .mirrors import Source, confirm_url, download_url, sources
+from .printable import show_path
 from .text import VocabularyError, load_vocab
 from .weights import CheckpointError, WeightsInfo, load_checkpoint
 
@@ -252,7 +253,7 @@ def _progress_bar(total: int | None, initial: int, name: str, progress: bool):  
     from tqdm import tqdm
 
     # disable=None: tqdm turns itself off when stderr is not a terminal
-    return tqdm(total=total, initial=initial, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
+    return tqdm(total=total, initial=initial, desc=show_path(name), unit="B", unit_scale=True, unit_divisor=1024,
                 file=sys.stderr, disable=None if progress else True, leave=False)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import signal
 import threading
@@ -12,7 +11,10 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from ..printable import show_path
+from ..timespec import parse_span, parse_time
 from .common import CommandError, add_index_option
+
+__all__ = ["register", "cmd_clip", "parse_span", "parse_time"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,29 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extend the span by this many seconds on both sides, within the video (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     p.set_defaults(func=cmd_clip)
-
-
-def parse_time(text: str) -> float:
-    """Seconds from ``S``, ``M:SS`` or ``H:MM:SS`` (fractions allowed); ValueError otherwise."""
-    parts = [float(x) for x in text.strip().split(":")]
-    if not 1 <= len(parts) <= 3 or any(not math.isfinite(x) or x < 0 for x in parts):
-        raise ValueError(text)
-    return sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
-
-
-def parse_span(spec: str) -> tuple[str | int, float, float]:
-    """``VIDEO@START-END`` -> (path, or id when VIDEO is all digits and no such file, start, end)."""
-    video, at, tail = spec.rpartition("@")
-    start_s, dash, end_s = tail.partition("-")
-    if not at or not video or not dash:
-        raise CommandError(f"{spec}: expected VIDEO@START-END, e.g. 12@65-80 or video.mp4@1:05-1:20")
-    try:
-        start, end = parse_time(start_s), parse_time(end_s)
-    except ValueError:
-        raise CommandError(f"{spec}: START and END must be seconds or [H:]M:SS, got {tail!r}") from None
-    if video.isdigit() and not os.path.exists(video):
-        return int(video), start, end
-    return video, start, end
 
 
 def cmd_clip(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..printable import show_path
 from .vocabulary import deprecated_alias
 
 
@@ -57,7 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                        video=not args.text_only, text=not args.video_only)
     for path in (done.video, done.text, done.vocab):
         if path is not None:
-            print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)")
+            print(f"{show_path(str(path))}  ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"opset {done.opset}; dynamic batch; video input B x 3 x {done.num_frames} x {done.size} x {done.size}")
     if not args.verify:
         return 0

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file
+from ..printable import show_path
 from .common import CommandError, add_model_options, model_from_args
 
 PRINT_DECIMALS = 4  # printed embeddings (text and JSON); files keep float32
@@ -92,7 +93,7 @@ def cmd_download(args: argparse.Namespace) -> int:
                 print(f"verified: {show_path(str(path))}")
         return 0
     w, v = ensure_weights(REGISTRY[name], progress=not args.quiet)
-    print(f"weights: {w}\nvocab:   {v}")
+    print(f"weights: {show_path(str(w))}\nvocab:   {show_path(str(v))}")
     return 0
 
 
@@ -248,7 +249,7 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
             words = model.tokenizer.words(t)
             print(f"{t!r}: {len(words)} known words {words}, |e|={np.linalg.norm(e):.3f}, e[:4]={_rounded(e[:4])}")
     else:
-        print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {written}")
+        print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {show_path(str(written))}")
     return 0
 
 
@@ -300,5 +301,5 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = save_bundle(sd, load_vocab(vpath), args.out, info=info or bundle_info(wpath),  # type: ignore[arg-type]
                       overwrite=args.overwrite)
     variant = "space_to_depth" if spec.space_to_depth else "no space_to_depth"
-    print(f"wrote {out}/model.safetensors, vocab.npy, config.json ({variant}, {spec.vocab_size - 1} words)")
+    print(f"wrote {show_path(str(out))}/model.safetensors, vocab.npy, config.json ({variant}, {spec.vocab_size - 1} words)")
     return 0

@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from ..errors import MissingFileError
 from ..plural import plural
+from ..printable import show_path
+from ..timespec import parse_like
 from .common import (
     FAILURE_EXIT,
     CommandError,
@@ -259,23 +261,6 @@ def _print_failed(report: IndexReport) -> None:
         print(f"  ... and {len(failed) - 10} more (see errors.log)", file=sys.stderr)
 
 
-def _parse_like(spec: str) -> tuple[str | int, float]:
-    """``VIDEO[@START]`` -> (path or id, seconds); START as seconds or [H:]M:SS."""
-    video, start = spec, 0.0
-    if "@" in spec and not os.path.exists(spec):
-        head, _, tail = spec.rpartition("@")
-        try:
-            parts = [float(x) for x in tail.split(":")]
-        except ValueError:
-            raise CommandError(f"--like {spec}: START must be seconds or M:SS, got {tail!r}") from None
-        if len(parts) > 3 or any(x < 0 or x != x or x == float("inf") for x in parts):
-            raise CommandError(f"--like {spec}: START must be seconds or M:SS, got {tail!r}")
-        video, start = head, sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
-    if not os.path.exists(video) and video.isdigit():
-        return int(video), start
-    return video, start
-
-
 def _video_filter(args: argparse.Namespace) -> Any:
     """The ``VideoFilter`` of the filter options (``FilterError`` for a bad date)."""
     from ..index.filters import VideoFilter, parse_when
@@ -308,7 +293,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     queries: Iterable[str] = list(args.queries)
     if args.queries_file:
         queries = itertools.chain(queries, iter_queries_file(args.queries_file, open_queries_file(args.queries_file)))
-    likes = [_parse_like(x) for x in args.like or []]
+    likes = [parse_like(x) for x in args.like or []]
     pending = batches(queries, QUERY_BATCH)
     first = next(pending, None)  # read (and check) the first queries before loading the model
     if first is None and not likes:
@@ -404,12 +389,12 @@ def cmd_localize(args: argparse.Namespace) -> int:
         print(json.dumps(d))
         return 0
     s = loc.scores
-    print(f"{loc.path} ({fmt_time(loc.duration)}, {plural(len(s), 'window')}): {loc.query!r}")
+    print(f"{show_path(loc.path)} ({fmt_time(loc.duration)}, {plural(len(s), 'window')}): {show_path(repr(loc.query))}")
     if len(s):
         print(f"scores: min {s.min():.3f}  median {float(sorted(s)[len(s) // 2]):.3f}  max {s.max():.3f}")
     print(f"  {'#':>3}  {'score':>8}  {'start':>9}  {'end':>9}")
     for i, (a, b, sc) in enumerate(loc.moments, 1):
         print(f"  {i:3d}  {sc:8.3f}  {fmt_time(a):>9}  {fmt_time(b):>9}")
     if args.plot:
-        print(f"plot: {args.plot}")
+        print(f"plot: {show_path(args.plot)}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..printable import show_path
 from .vocabulary import deprecated_alias
 
 B = argparse.BooleanOptionalAction
@@ -140,5 +141,5 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
                           progress=not args.quiet)
     if args.format == "wds":
         to_shards(root, args.videos_per_shard)
-    print(f"wrote {args.videos} training and {args.val_videos} held-out videos to {root}", file=sys.stderr)
+    print(f"wrote {args.videos} training and {args.val_videos} held-out videos to {show_path(str(root))}", file=sys.stderr)
     return 0

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingFileError, UsageError
-from .items import parse_seconds
+from .items import is_whole, parse_seconds, quoted
 
 __all__ = [
     "AnnotationIssues",
@@ -131,6 +131,11 @@ def _lines(path: Path) -> list[str]:
         raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
 
 
+def _shown_id(value: str, path: Path) -> str:
+    """A task id for a message: as it is when it is a plain short id, else ``quoted``."""
+    return value if len(value) <= 40 and _SAFE_ID.fullmatch(value) else quoted(value, path)
+
+
 def read_tasks(path: str | os.PathLike[str]) -> dict[str, CrossTaskTask]:
     """``tasks_primary.txt`` (or ``tasks_related.txt``): task id -> its title, URL and steps."""
     p = Path(path)
@@ -145,16 +150,16 @@ def read_tasks(path: str | os.PathLike[str]) -> dict[str, CrossTaskTask]:
             raise UsageError(f"{p}, line {i + 1}: incomplete task block (expected task id, title, URL, "
                              f"number of steps and the comma-separated steps)")
         task_id, title, url, count, steps_line = (lines[i + j].strip() for j in range(5))
-        try:
-            n = int(count)
-        except ValueError:
-            raise UsageError(f"{p}, line {i + 4}: the number of steps must be a whole number, got {count!r}") from None
+        if not is_whole(count):
+            raise UsageError(f"{p}, line {i + 4}: the number of steps must be a whole number (ASCII digits), "
+                             f"got {quoted(count, p)}")
+        n = int(count)
         steps = tuple(s.strip() for s in steps_line.split(","))
         if n < 1 or len(steps) != n or not all(steps):
-            raise UsageError(f"{p}, line {i + 5}: task {task_id} says {n} steps but lists {len(steps)} "
+            raise UsageError(f"{p}, line {i + 5}: task {_shown_id(task_id, p)} says {n} steps but lists {len(steps)} "
                              f"({sum(1 for s in steps if not s)} empty)")
         if task_id in tasks:
-            raise UsageError(f"{p}, line {i + 1}: task {task_id} appears twice")
+            raise UsageError(f"{p}, line {i + 1}: task {_shown_id(task_id, p)} appears twice")
         if not task_id:
             raise UsageError(f"{p}, line {i + 1}: empty task id")
         tasks[task_id] = CrossTaskTask(task_id, title, url, steps)
@@ -174,10 +179,10 @@ def read_videos(path: str | os.PathLike[str]) -> list[CrossTaskVideo]:
             continue
         parts = [x.strip() for x in line.split(",", 2)]
         if len(parts) < 2 or not parts[0] or not parts[1]:
-            raise UsageError(f"{p}, line {n}: expected task,video_id,url, got {line.strip()[:80]!r}")
+            raise UsageError(f"{p}, line {n}: expected task,video_id,url, got {len(parts)} field(s)")
         for what, value in (("task id", parts[0]), ("video id", parts[1])):
             if not _SAFE_ID.fullmatch(value) or value in (".", ".."):
-                raise UsageError(f"{p}, line {n}: {what} {value[:80]!r} is not a plain name (letters, digits, -_.)")
+                raise UsageError(f"{p}, line {n}: {what} {quoted(value, p)} is not a plain name (letters, digits, -_.)")
         if (parts[0], parts[1]) in seen:
             continue
         seen.add((parts[0], parts[1]))
@@ -195,11 +200,10 @@ def read_annotation(path: str | os.PathLike[str], n_steps: int) -> list[tuple[in
         where = f"{p}, line {n}"
         parts = [x.strip() for x in line.split(",")]
         if len(parts) != 3:
-            raise UsageError(f"{where}: expected step,start,end, got {line.strip()[:80]!r}")
-        try:
-            step = int(parts[0])
-        except ValueError:
-            raise UsageError(f"{where}: the step must be a whole number, got {parts[0]!r}") from None
+            raise UsageError(f"{where}: expected step,start,end, got {len(parts)} field(s)")
+        if not is_whole(parts[0]):
+            raise UsageError(f"{where}: the step must be a whole number (ASCII digits), got {quoted(parts[0], p)}")
+        step = int(parts[0])
         if not 1 <= step <= n_steps:
             raise UsageError(f"{where}: step {step} does not exist: the task has steps 1..{n_steps}")
         rows.append((step, parse_seconds(parts[1], "start", where), parse_seconds(parts[2], "end", where), n))

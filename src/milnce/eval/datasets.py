@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import MissingFileError, UsageError
 from ..video.find import VIDEO_SUFFIXES, walk_videos
-from .items import Benchmark, EvalItem, parse_seconds, round_robin
+from .items import Benchmark, EvalItem, parse_seconds, quoted, round_robin
 
 __all__ = [
     "BENCHMARKS",
@@ -96,7 +96,7 @@ def load_benchmark(name: str, annotations: str | os.PathLike[str] | None = None,
             if missing:
                 raise UsageError(
                     f"{path}: not a {name} annotation file: missing column(s) {', '.join(missing)} "
-                    f"(expected {','.join(_COLUMNS[name])}; found {','.join(header) or 'no header'})"
+                    f"(expected {','.join(_COLUMNS[name])}; found {quoted(','.join(header), path, 80) if header else 'no header'})"
                 )
             rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
     except UnicodeDecodeError as exc:

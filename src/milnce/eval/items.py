@@ -5,12 +5,17 @@ below them so that neither imports the other."""
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
 
-__all__ = ["TITLES", "EvalItem", "Benchmark", "round_robin", "parse_seconds"]
+__all__ = ["TITLES", "EvalItem", "Benchmark", "round_robin", "parse_seconds", "quoted", "is_whole"]
+
+_WHOLE = re.compile(r"[0-9]{1,9}\Z", re.ASCII)
+
 
 TITLES = {
     "youcook2": "YouCook2 validation, zero-shot text-to-video retrieval",
@@ -72,12 +77,30 @@ def round_robin(items: Sequence[EvalItem], n: int) -> list[EvalItem]:
     return sorted(out, key=lambda it: it.row)
 
 
+def is_whole(text: str) -> bool:
+    """``text`` is a whole number of 1 to 9 ASCII digits (not ``²``, ``١``, ``1_0``)."""
+    return bool(_WHOLE.match(text))
+
+
+def quoted(value: str, path: str | os.PathLike[str] | None = None, n: int = 40) -> str:
+    """The offending field of a data file for an error message: its ``repr``, at most ``n``
+    characters; nothing of it when ``path`` is reached through a symbolic link (an error must not
+    show the contents of a file the link points at)."""
+    if path is not None and os.path.realpath(path) != os.path.abspath(path):
+        return "(not shown: the file is reached through a symbolic link)"
+    text = str(value)
+    return repr(text[:n]) + ("..." if len(text) > n else "")
+
+
 def parse_seconds(value: str, what: str, where: str) -> float:
-    """``value`` as seconds (finite, >= 0); a ``UsageError`` naming ``where`` and ``what`` otherwise."""
+    """``value`` as seconds (ASCII digits, finite, >= 0); a ``UsageError`` naming ``where`` and ``what`` otherwise."""
+    s = str(value).strip()
+    if not s.isascii() or "_" in s:  # float() takes Arabic-Indic digits and 1_0
+        raise UsageError(f"{where}: {what} must be a number of seconds (ASCII digits), got {quoted(s, n=20)}")
     try:
-        x = float(value)
+        x = float(s)
     except (TypeError, ValueError):
-        raise UsageError(f"{where}: {what} must be a number of seconds, got {value!r}") from None
+        raise UsageError(f"{where}: {what} must be a number of seconds, got {quoted(s, n=20)}") from None
     if not math.isfinite(x) or x < 0:
-        raise UsageError(f"{where}: {what} must be finite and >= 0, got {value!r}")
+        raise UsageError(f"{where}: {what} must be finite and >= 0, got {quoted(s, n=20)}")
     return x

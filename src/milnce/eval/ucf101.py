@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from ..errors import MissingFileError, UsageError
-from .items import Benchmark, EvalItem, round_robin
+from .items import Benchmark, EvalItem, is_whole, quoted, round_robin
 
 __all__ = ["SPLIT_FILES", "load_ucf101", "ucf_group"]
 
@@ -68,10 +68,16 @@ def _classes(path: Path) -> dict[int, str]:
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit() or not _PLAIN.fullmatch(parts[1]) or parts[1] in (".", ".."):
-            raise UsageError(f"{path}, line {n}: expected '<index> <ClassName>', got {line.strip()[:80]!r}")
+        if len(parts) != 2:
+            raise UsageError(f"{path}, line {n}: expected '<index> <ClassName>', got {len(parts)} fields")
+        if not is_whole(parts[0]):
+            raise UsageError(f"{path}, line {n}: expected '<index> <ClassName>': the class index "
+                             f"{quoted(parts[0], path)} is not a whole number (ASCII digits)")
+        if not _PLAIN.fullmatch(parts[1]) or parts[1] in (".", ".."):
+            raise UsageError(f"{path}, line {n}: expected '<index> <ClassName>': the class name "
+                             f"{quoted(parts[1], path)} is not a plain name (letters, digits, _.-)")
         if int(parts[0]) in out or parts[1] in out.values():
-            raise UsageError(f"{path}, line {n}: class {line.strip()!r} appears twice")
+            raise UsageError(f"{path}, line {n}: class {int(parts[0])} {quoted(parts[1], path)} appears twice")
         out[int(parts[0])] = parts[1]
     if len(out) < 2:
         raise UsageError(f"{path}: fewer than 2 classes")
@@ -88,17 +94,18 @@ def _split(path: Path, train: bool, by_name: dict[str, str], classes: dict[int, 
         parts = line.split()
         if len(parts) not in ((2,) if train else (1, 2)):
             raise UsageError(f"{where}: expected '<Class>/<file>.avi{' <index>' if train else ''}', "
-                             f"got {line.strip()[:80]!r}")
+                             f"got {len(parts)} fields")
         rel = parts[0].replace("\\", "/")
         if "/" not in rel:
-            raise UsageError(f"{where}: expected '<Class>/<file>', got {rel!r}")
+            raise UsageError(f"{where}: expected '<Class>/<file>', got {quoted(rel, path)}")
         folder, name = rel.rsplit("/", 1)
         cls = by_name.get(folder.lower())
         if cls is None:
-            raise UsageError(f"{where}: class {folder!r} is not in classInd.txt")
+            raise UsageError(f"{where}: class {quoted(folder, path)} is not in classInd.txt")
         if len(parts) == 2:
-            if not parts[1].isdigit() or classes.get(int(parts[1])) != cls:
-                raise UsageError(f"{where}: index {parts[1]!r} does not name class {cls} in classInd.txt")
+            if not is_whole(parts[1]) or classes.get(int(parts[1])) != cls:
+                raise UsageError(f"{where}: index {quoted(parts[1], path)} does not name class {cls} in classInd.txt "
+                                 "(ASCII digits)")
         rows.append((name, folder, cls))
     return rows
 

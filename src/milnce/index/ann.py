@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import time
 import warnings
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..atomic import atomic_path
-from .ann_pq import PQIndexError, build_pq, choose_pq_params, open_pq
+from .ann_pq import META_FILE, PQDamagedError, PQIndexError, build_pq, choose_pq_params, open_pq
 from .errors import IndexFolderError, IndexWriteError
 from .layout import SCAN_BLOCK, fsync_dir, now
 
@@ -35,7 +36,7 @@ class AnnSource(Protocol):
     def live_mask(self) -> np.ndarray | None: ...
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray: ...
 
-__all__ = ["open_ann", "build_ann", "AnnSource", "ANN_MIN_WINDOWS"]
+__all__ = ["open_ann", "build_ann", "cross_check", "is_ann_name", "AnnSource", "ANN_MIN_WINDOWS", "PQDamagedError"]
 
 
 ANN_MIN_WINDOWS = 50_000  # below this exact search is fast (a few ms) and an IVF index only loses recall
@@ -64,6 +65,31 @@ def open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) ->
     return ix, state
 
 
+_ANN_NAME = re.compile(r"ann-[0-9]+-[0-9]+\.(faiss|pq)\Z", re.ASCII)
+
+
+def is_ann_name(name: Any) -> bool:
+    """Whether ``name`` is what ``build_ann`` names its file or folder (``ann-<generation>-<rows>.faiss``
+    or ``.pq``): a plain name inside the index folder, never a path elsewhere."""
+    return isinstance(name, str) and bool(_ANN_NAME.match(name))
+
+
+def _bad_info(directory: str, info: dict[str, Any]) -> str | None:
+    """Why the recorded ANN entry cannot be trusted (a file outside the index, a link, an
+    ``nprobe`` that is not a whole number >= 1), or None."""
+    key = info.get("file")
+    if not isinstance(key, str) or not is_ann_name(key):
+        return f"the recorded ANN file {key!r} is not a name inside the index folder"
+    if (info.get("format") == "pq") != key.endswith(".pq"):
+        return f"the recorded ANN file {key!r} does not match its format"
+    if os.path.islink(os.path.join(directory, key)):
+        return f"{key} is a symbolic link"
+    nprobe = info.get("nprobe", 16)
+    if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= 1 << 20:
+        return f"the recorded nprobe {nprobe!r} is not a whole number >= 1"
+    return None
+
+
 def _open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -> tuple[Any, dict[str, Any]]:
     key = str(info.get("file"))
     base = {"file": key, "kind": info.get("kind"), "rows": info.get("rows"), "nprobe": info.get("nprobe"),
@@ -71,6 +97,9 @@ def _open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -
     path = os.path.join(directory, key)
     if info.get("generation") != generation:
         return None, {**base, "state": "stale", "reason": "built before the store was compacted"}
+    bad = _bad_info(directory, info)
+    if bad is not None:
+        return None, {**base, "state": "damaged", "reason": bad}
     if info.get("format") == "pq":
         return _open_pq(path, info, base, dim)
     if not os.path.isfile(path):
@@ -111,15 +140,37 @@ def _open_pq(path: str, info: dict[str, Any], base: dict[str, Any], dim: int) ->
         import faiss  # noqa: F401
     except ImportError:
         return None, {**base, "state": "no faiss", "reason": "faiss is not installed"}
+    if "meta_crc32" in info and _file_crc(os.path.join(path, META_FILE)) != info["meta_crc32"]:
+        return None, {**base, "state": "damaged", "reason": f"{META_FILE} differs from the one this index built"}
     try:
-        pq = open_pq(path, nprobe=int(info.get("nprobe", 32)))
+        pq = open_pq(path, nprobe=info.get("nprobe", 32))
     except PQIndexError as exc:
         return None, {**base, "state": "damaged", "reason": str(exc)}
     want_n = info.get("live")
-    if pq.index.d != dim or (want_n is not None and pq.index.ntotal != want_n):
+    if pq.d != dim or (want_n is not None and pq.ntotal != want_n):
         return None, {**base, "state": "damaged",
-                      "reason": f"{pq.index.ntotal} vectors of dimension {pq.index.d}, expected {want_n} of {dim}"}
-    return pq.index, {**base, "state": "ok"}
+                      "reason": f"{pq.ntotal} vectors of dimension {pq.d}, expected {want_n} of {dim}"}
+    return pq, {**base, "state": "ok"}
+
+
+CROSS_CHECK_ROWS = 8
+
+
+def cross_check(ix: Any, vectors: np.ndarray, rows: np.ndarray) -> str | None:
+    """Stored rows as queries: each row's own id must be among the ANN index's candidates (as
+    many as a search re-scores). Lists replaced by another index's, or ids that point at other
+    rows, fail this. Returns why the index is damaged (fewer than half came back), or None."""
+    if len(rows) == 0:
+        return None
+    pick = rows[np.linspace(0, len(rows) - 1, min(CROSS_CHECK_ROWS, len(rows))).astype(np.int64)]
+    try:
+        _, ids = ix.search(np.ascontiguousarray(np.asarray(vectors[pick]), dtype=np.float32), 400)
+    except PQDamagedError as exc:
+        return str(exc)
+    found = sum(int(r) in set(c.tolist()) for r, c in zip(pick, ids))
+    if 2 * found < len(pick):
+        return f"only {found} of {len(pick)} stored rows found themselves through it (cross-check against the store)"
+    return None
 
 
 class _LiveRows:
@@ -245,6 +296,7 @@ def _build_pq_ann(index: AnnSource, live: np.ndarray | None, queries: np.ndarray
     except (OSError, RuntimeError) as exc:
         raise IndexWriteError(f"could not write the PQ index into {index.directory} ({exc})") from exc
     pq = open_pq(path)
+    meta_crc = _file_crc(os.path.join(path, META_FILE))
     if queries is None or len(queries) == 0:
         qrows = rows[np.sort(rng.choice(len(rows), size=min(200, len(rows)), replace=False))]
         queries = np.asarray(index.vectors[qrows]) + rng.standard_normal((len(qrows), index.dim)).astype(np.float32) * 0.1
@@ -257,7 +309,7 @@ def _build_pq_ann(index: AnnSource, live: np.ndarray | None, queries: np.ndarray
         if nprobe > params.nlist:
             break
         pq.set_nprobe(nprobe)
-        got = _ann_candidates(pq.index, index.vectors, queries, kk, n)
+        got = _ann_candidates(pq, index.vectors, queries, kk, n)
         recall = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
         table[nprobe], chosen = recall, nprobe
         if recall >= target_recall:
@@ -265,7 +317,7 @@ def _build_pq_ann(index: AnnSource, live: np.ndarray | None, queries: np.ndarray
     return {"file": name, "format": "pq", "kind": meta["kind"], "rows": n, "live": len(rows),
             "generation": index.generation, "nlist": params.nlist, "m": params.m, "nprobe": chosen,
             "recall_at_10": recall, "recall_by_nprobe": table, "queries": len(queries), "build_s": meta["build_s"],
-            "built": now(), "size": sum(meta["bytes"].values())}
+            "built": now(), "size": sum(meta["bytes"].values()), "meta_crc32": meta_crc}
 
 
 def _ann_candidates(ix: Any, vectors: np.ndarray, queries: np.ndarray, k: int, rows: int) -> list[np.ndarray]:

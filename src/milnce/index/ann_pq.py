@@ -20,8 +20,14 @@ Parameters from the window count (``choose_pq_params``):
   query costs ``O(log nlist)`` distance computations instead of ``nlist``.
 
 The folder written by ``build_pq`` holds ``index.faiss`` (quantizer, PQ, list directory),
-``lists.ivfdata`` (the inverted lists) and ``pq.json`` (parameters); it appears whole (built in a
-temporary sibling folder, then renamed). The index serves raw store rows as ids: rows are the
+``lists.ivfdata`` (the inverted lists), ``lists.crc`` (a CRC-32 per inverted list, little-endian
+uint32) and ``pq.json`` (parameters, sizes, the CRC-32 of ``index.faiss`` and ``lists.crc``); it
+appears whole (built in a temporary sibling folder, then renamed).
+
+Integrity (``open_pq``): the sizes and the two CRCs are checked at open; the inverted lists are
+checked against ``lists.crc`` at open when ``lists.ivfdata`` is at most ``VERIFY_AT_OPEN_BYTES``,
+else lazily: each list the first time a search probes it (``PQIndex.search`` assigns the lists
+itself and searches only those). A mismatch raises ``PQDamagedError``. The index serves raw store rows as ids: rows are the
 ``ids`` given to ``build_pq`` (default ``0..N-1``).
 
 Library only for now: ``milnce index --ann pq`` wiring comes with the index rewrite.
@@ -35,24 +41,60 @@ import os
 import shutil
 import time
 import uuid
+import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import MilnceError, UsageError
 
-__all__ = ["PQParams", "PQIndex", "choose_pq_params", "build_pq", "open_pq", "search_pq", "PQIndexError"]
+__all__ = ["PQParams", "PQIndex", "choose_pq_params", "build_pq", "open_pq", "search_pq", "PQIndexError",
+           "PQDamagedError"]
 
 INDEX_FILE = "index.faiss"
 LISTS_FILE = "lists.ivfdata"
+LISTS_CRC_FILE = "lists.crc"
 META_FILE = "pq.json"
 _FORMAT = 1
+VERIFY_AT_OPEN_BYTES = 64 << 20  # lists files up to this size (~900k windows) are checked whole at open (~0.3 s)
 
 
 class PQIndexError(MilnceError, ValueError):
     """A PQ index folder that is missing, incomplete or not what was asked for."""
+
+
+class PQDamagedError(PQIndexError):
+    """A PQ index whose files no longer match the checksums recorded when it was built."""
+
+
+def _crc(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _list_crc(ivf: Any, no: int) -> int:
+    """CRC-32 of inverted list ``no``: its codes, then its ids (as stored)."""
+    import faiss
+
+    inv = ivf.invlists
+    n = int(inv.list_size(no))
+    if n == 0:
+        return 0
+    codes = faiss.rev_swig_ptr(inv.get_codes(no), n * inv.code_size)
+    ids = faiss.rev_swig_ptr(inv.get_ids(no), n)
+    return zlib.crc32(np.ascontiguousarray(ids).tobytes(), zlib.crc32(np.ascontiguousarray(codes).tobytes()))
+
+
+def _all_list_crcs(ix: Any) -> np.ndarray:
+    import faiss
+
+    ivf = faiss.extract_index_ivf(ix)
+    return np.array([_list_crc(ivf, no) for no in range(ivf.nlist)], dtype="<u4")
 
 
 @dataclass(frozen=True)
@@ -157,10 +199,16 @@ def build_pq(vectors: np.ndarray, out_dir: str | os.PathLike[str], *, params: PQ
         del ix
         for name in [*shards, os.path.join(tmp, "trained.faiss")]:
             os.remove(name)
+        written = faiss.read_index(os.path.join(tmp, INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        with open(os.path.join(tmp, LISTS_CRC_FILE), "wb") as crc_file:
+            crc_file.write(_all_list_crcs(written).tobytes())
+        del written
+        files = (INDEX_FILE, LISTS_FILE, LISTS_CRC_FILE)
         meta = {"format": _FORMAT, "kind": f"IVF{params.nlist}_HNSW{params.hnsw_m},PQ{params.m}x{params.nbits}",
                 **asdict(params), "ntotal": int(n), "dim": int(dim), "train_rows": int(ntrain),
                 "train_s": train_s, "build_s": time.perf_counter() - t0,
-                "bytes": {f: os.path.getsize(os.path.join(tmp, f)) for f in (INDEX_FILE, LISTS_FILE)}}
+                "bytes": {f: os.path.getsize(os.path.join(tmp, f)) for f in files},
+                "crc32": {f: _crc(os.path.join(tmp, f)) for f in (INDEX_FILE, LISTS_CRC_FILE)}}
         with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
             f.flush()
@@ -174,27 +222,68 @@ def build_pq(vectors: np.ndarray, out_dir: str | os.PathLike[str], *, params: PQ
 
 @dataclass
 class PQIndex:
-    """An opened PQ index: ``index`` (faiss, lists memory-mapped) and its ``meta``."""
+    """An opened PQ index: ``index`` (faiss, lists memory-mapped) and its ``meta``. ``list_crc``:
+    the CRC-32 of each inverted list as built (None for a folder built before they were recorded);
+    ``search`` checks each probed list once against it."""
 
     index: Any
     meta: dict[str, Any]
     directory: str
+    list_crc: np.ndarray | None = None
+    checked: set[int] = field(default_factory=set)
+    damaged: str | None = None
+
+    @property
+    def d(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
 
     def set_nprobe(self, nprobe: int) -> None:
         import faiss
 
+        if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+            raise UsageError(f"PQ: nprobe must be a whole number >= 1, got {nprobe!r}")
         ivf = faiss.extract_index_ivf(self.index)
         ivf.nprobe = max(1, min(int(nprobe), ivf.nlist))
         hnsw = getattr(faiss.downcast_index(ivf.quantizer), "hnsw", None)
         if hnsw is not None:
             hnsw.efSearch = max(64, 2 * ivf.nprobe)
 
+    def check_lists(self, lists: Any) -> None:
+        """Compare the inverted lists ``lists`` (not yet checked) with their recorded CRC-32;
+        ``PQDamagedError`` at the first mismatch (and every later call)."""
+        import faiss
 
-def open_pq(directory: str | os.PathLike[str], *, nprobe: int = 32) -> PQIndex:
-    """Open a folder written by ``build_pq`` (the lists stay on disk, memory-mapped)."""
-    import faiss
+        if self.damaged:
+            raise PQDamagedError(self.damaged)
+        if self.list_crc is None:
+            return
+        ivf = faiss.extract_index_ivf(self.index)
+        for no in {int(x) for x in np.asarray(lists).ravel() if x >= 0} - self.checked:
+            if _list_crc(ivf, no) != int(self.list_crc[no]):
+                self.damaged = f"{self.directory}: inverted list {no} differs from its checksum in {LISTS_CRC_FILE}"
+                raise PQDamagedError(self.damaged)
+            self.checked.add(no)
 
-    d = os.fspath(directory)
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's ``search`` (scores, ids), after checking the lists it will probe: the quantizer
+        assigns the queries first (deterministic: the same lists faiss then scans), until every
+        list has been checked once."""
+        import faiss
+
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if self.damaged:
+            raise PQDamagedError(self.damaged)
+        if self.list_crc is not None and len(self.checked) < len(self.list_crc):
+            ivf: Any = faiss.extract_index_ivf(self.index)
+            self.check_lists(ivf.quantizer.search(q, ivf.nprobe)[1])
+        return self.index.search(q, k)
+
+
+def _read_meta(d: str) -> dict[str, Any]:
     try:
         with open(os.path.join(d, META_FILE), encoding="utf-8") as f:
             meta = json.load(f)
@@ -202,10 +291,28 @@ def open_pq(directory: str | os.PathLike[str], *, nprobe: int = 32) -> PQIndex:
         raise PQIndexError(f"{d}: not a PQ index folder ({getattr(exc, 'strerror', None) or exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise PQIndexError(f"{d}: unknown PQ index format")
-    for name, size in (meta.get("bytes") or {}).items():
+    sizes, crcs = meta.get("bytes") or {}, meta.get("crc32") or {}
+    known = {INDEX_FILE, LISTS_FILE, LISTS_CRC_FILE}
+    if (not isinstance(sizes, dict) or not isinstance(crcs, dict) or not set(sizes) <= known
+            or not set(crcs) <= set(sizes) or {INDEX_FILE, LISTS_FILE} - set(sizes)):
+        raise PQDamagedError(f"{d}: {META_FILE} names other files than a PQ index's")
+    for name, size in sizes.items():
         p = os.path.join(d, name)
-        if not os.path.isfile(p) or os.path.getsize(p) != size:
-            raise PQIndexError(f"{d}: {name} is missing or has another size than when built")
+        if os.path.islink(p) or not os.path.isfile(p) or os.path.getsize(p) != size:
+            raise PQDamagedError(f"{d}: {name} is missing, a link or has another size than when built")
+    for name, crc in crcs.items():
+        if _crc(os.path.join(d, name)) != crc:
+            raise PQDamagedError(f"{d}: {name} differs from its checksum in {META_FILE}")
+    return meta
+
+
+def open_pq(directory: str | os.PathLike[str], *, nprobe: int = 32) -> PQIndex:
+    """Open a folder written by ``build_pq`` (the lists stay on disk, memory-mapped), checking the
+    sizes and checksums it recorded (``PQDamagedError``; see the module docstring)."""
+    import faiss
+
+    d = os.fspath(directory)
+    meta = _read_meta(d)
     try:
         ix = faiss.read_index(os.path.join(d, INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
     except RuntimeError as exc:
@@ -213,8 +320,16 @@ def open_pq(directory: str | os.PathLike[str], *, nprobe: int = 32) -> PQIndex:
     if ix.ntotal != meta.get("ntotal") or ix.d != meta.get("dim"):
         raise PQIndexError(f"{d}: {ix.ntotal} vectors of dimension {ix.d}, expected {meta.get('ntotal')} "
                            f"of {meta.get('dim')}")
-    out = PQIndex(ix, meta, d)
+    list_crc = None
+    if LISTS_CRC_FILE in (meta.get("crc32") or {}):
+        list_crc = np.fromfile(os.path.join(d, LISTS_CRC_FILE), dtype="<u4")
+        if len(list_crc) != faiss.extract_index_ivf(ix).nlist:
+            raise PQDamagedError(f"{d}: {LISTS_CRC_FILE} holds {len(list_crc)} checksums for "
+                                 f"{faiss.extract_index_ivf(ix).nlist} lists")
+    out = PQIndex(ix, meta, d, list_crc)
     out.set_nprobe(nprobe)
+    if list_crc is not None and meta["bytes"][LISTS_FILE] <= VERIFY_AT_OPEN_BYTES:
+        out.check_lists(np.arange(len(list_crc)))
     return out
 
 
@@ -227,7 +342,7 @@ def search_pq(pq: PQIndex, vectors: np.ndarray, queries: np.ndarray, k: int, *,
     if k < 1:
         raise UsageError(f"k must be >= 1, got {k}")
     r = max(k, rerank if rerank is not None else max(4 * k, 400))
-    _, cand = pq.index.search(q, r)
+    _, cand = pq.search(q, r)
     rows = np.full((len(q), k), -1, np.int64)
     scores = np.full((len(q), k), -np.inf, np.float32)
     for i, c in enumerate(cand):

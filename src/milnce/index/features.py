@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import MilnceError, UsageError
 from ..video.result import VideoWindows
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
@@ -266,10 +266,22 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
             bar.done(dur, b.video)
         batch.clear()
 
+    unreadable: list[str] = []
     try:
         nwin = 0
         for file, video, size, mtime, why in todo:
-            ff = read(file)
+            try:
+                ff = read(file)
+            except MilnceError as exc:  # a damaged or crafted file (duration -5, 1e308 ...): that file fails
+                unreadable.append(str(exc))
+                if len(unreadable) == len(todo):  # nothing to index: one error, as for a folder of such files
+                    more = f" (and {len(todo) - 1} more)" if len(todo) > 1 else ""
+                    raise UsageError(f"no readable milnce feature file; {unreadable[0]}{more}") from None
+                reason = f"unreadable feature file: {exc}"
+                log.warning("%s", reason)
+                idx.log_error(video, reason)
+                report.failed.append((video, reason))
+                continue
             if len(ff) == 0 or ff.video_embedding.ndim != 2 or len(ff.video_embedding) != len(ff):
                 raise FeaturesMismatchError(f"{show_path(file)}: no windows or inconsistent arrays")
             if ff.video_embedding.shape[1] != idx.dim:

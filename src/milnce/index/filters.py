@@ -188,6 +188,10 @@ def glob_matcher(pattern: str) -> GlobMatcher:
     return GlobMatcher(pattern)
 
 
+EARLIEST_TIME = -62_135_424_000.0  # 0001-01-03 UTC: every time zone can still show it as a date
+LATEST_TIME = 253_402_041_600.0  # 9999-12-28 UTC
+
+
 def parse_when(text: str | float) -> float:
     """Epoch seconds from a number, ``YYYY-MM-DD`` or an ISO date-time (local time unless zoned)."""
     if isinstance(text, (int, float)):
@@ -199,10 +203,13 @@ def parse_when(text: str | float) -> float:
         except ValueError:
             try:
                 value = datetime.fromisoformat(s).timestamp()
-            except ValueError:
+            except (ValueError, OverflowError, OSError):
                 raise FilterError(f"{text!r} is not a date (YYYY-MM-DD, YYYY-MM-DDTHH:MM) or epoch seconds") from None
     if not math.isfinite(value):
         raise FilterError(f"{text!r} is not a finite time")
+    if not EARLIEST_TIME <= value <= LATEST_TIME:
+        raise FilterError(f"{text!r} is out of range: epoch seconds from {EARLIEST_TIME:.0f} to {LATEST_TIME:.0f} "
+                          "(the years 1 to 9999)")
     return value
 
 

@@ -91,7 +91,7 @@ class Progress:
         if self.bar is not None:
             self.bar.set_description(f"videos {self.i}/{self.n}", refresh=False)
             if path:
-                self.bar.set_postfix_str(os.path.basename(path)[:30], refresh=False)
+                self.bar.set_postfix_str(show_path(os.path.basename(path)[:30]), refresh=False)
             hours = seconds / 3600
             if self.bar.total is not None and self.bar.n + hours > self.bar.total:
                 self.bar.total = self.bar.n + hours

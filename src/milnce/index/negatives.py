@@ -53,17 +53,21 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["DEFAULT_NOT_WEIGHT", "check_weight", "combine_scores", "combined_top", "screen_candidates",
+__all__ = ["DEFAULT_NOT_WEIGHT", "MAX_NOT_WEIGHT", "check_weight", "combine_scores", "combined_top", "screen_candidates",
            "split_query"]
 
 DEFAULT_NOT_WEIGHT = 0.5
+MAX_NOT_WEIGHT = 1e6  # float32 scores times more than this overflow towards -inf: every row would drop out
 
 
 def check_weight(weight: float) -> float:
-    """``weight`` as a float, refused unless finite and >= 0."""
-    w = float(weight)
-    if not math.isfinite(w) or w < 0:
-        raise UsageError(f"--not-weight must be a finite number >= 0, got {weight!r}")
+    """``weight`` as a float, refused unless a number from 0 to ``MAX_NOT_WEIGHT``."""
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        w = math.nan
+    if not math.isfinite(w) or not 0 <= w <= MAX_NOT_WEIGHT:
+        raise UsageError(f"--not-weight must be a number from 0 to {MAX_NOT_WEIGHT:g}, got {weight!r}")
     return w
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .ann_pq import PQDamagedError
 from .layout import SCAN_BLOCK
 from .negatives import DEFAULT_NOT_WEIGHT, check_weight, combine_scores
 from .snapshot import Snapshot
@@ -251,7 +252,12 @@ class Searcher:
         r = max(4 * m, 400, 2 * hit[0] if hit is not None else 0)
         r = int(min(max(r, r / max(share, 1e-9)), max(self.ann_rows, 1)))
         while True:
-            rows, scores, exhausted = self._ann_fetch(i, r)
+            try:
+                rows, scores, exhausted = self._ann_fetch(i, r)
+            except PQDamagedError as exc:  # a probed list differs from its checksum: exact from now on
+                self.index.ann_damaged(str(exc))
+                self.ann = None
+                return None
             if len(rows) >= 4 * m or exhausted or r >= self.ann_rows:
                 break
             r = min(4 * r, self.ann_rows)

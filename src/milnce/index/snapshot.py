@@ -14,6 +14,7 @@ an ``IndexDamagedError`` instead of a SIGBUS when the scan touches the missing p
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import threading
@@ -23,10 +24,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .ann import open_ann
+from .ann import cross_check, open_ann
 from .errors import IndexDamagedError, IndexFolderError
 from .layout import DIM, EXT, SCAN_BLOCK
 from .records import VideoRow
+
+log = logging.getLogger("milnce.index")
 
 __all__ = ["Snapshot", "row_width", "store_path"]
 
@@ -251,14 +254,44 @@ class Snapshot:
         info = self.meta.get("ann")
         if not info:
             return None, {"state": "not built"}
-        return self.memo("ann", lambda: open_ann(self.directory, dict(info), self.generation, self.dim))
+        return self.memo("ann", lambda: self._ann_checked(dict(info)))
+
+    def _ann_checked(self, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """``open_ann``, then (IVF-PQ) a few stored rows searched through it must find themselves."""
+        ix, state = open_ann(self.directory, info, self.generation, self.dim)
+        if ix is not None and info.get("format") == "pq":
+            mask = self.live_mask()
+            n = min(int(info.get("rows", 0)), self.num_rows)
+            rows = np.flatnonzero(mask[:n]) if mask is not None else np.arange(n)
+            why = cross_check(ix, self.vectors, rows)
+            if why is not None:
+                log.warning("the ANN index %s is damaged (%s); searching exactly. Rebuild it with: "
+                            "milnce index ... --ann pq", info.get("file"), why)
+                return None, {**state, "state": "damaged", "reason": why}
+        return ix, state
+
+    def ann_damaged(self, reason: str) -> None:
+        """A search found the ANN index damaged (``PQDamagedError``): from now on this snapshot
+        (and those sharing its ANN index) search exactly and report it damaged; logged once."""
+        with self._lock:
+            state = self._memo.get("ann", (None, {}))[1]
+            if state.get("state") == "damaged":
+                return
+            state.update(state="damaged", reason=reason)  # the dict later snapshots share
+            self._memo["ann"] = (None, state)
+        log.warning("the ANN index %s is damaged (%s); searching exactly. Rebuild it with: milnce index ... --ann pq",
+                    state.get("file"), reason)
 
     def ann(self) -> Any:
         """The loaded approximate index (faiss) or None (none built, stale, damaged, or no faiss)."""
-        return self._ann_loaded()[0]
+        ix = self._ann_loaded()[0]
+        return None if ix is None or getattr(ix, "damaged", None) else ix
 
     def ann_status(self) -> dict[str, Any]:
         """The approximate index's state (see ``milnce.index.ann.open_ann``)."""
+        ix, state = self._ann_loaded()
+        if ix is not None and getattr(ix, "damaged", None) and state.get("state") != "damaged":
+            self.ann_damaged(str(ix.damaged))
         return dict(self._ann_loaded()[1])
 
     @property

@@ -36,7 +36,7 @@ from ..errors import NotAFolderError, UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
 from . import storefiles as sf
-from .ann import build_ann
+from .ann import build_ann, is_ann_name
 from .database import SCHEMA, connect, db_path, from_db, read_meta, sqlite_reason
 from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
 from .layout import DB_NAME, DIM, norm_path, now, show_path, user_path
@@ -586,7 +586,7 @@ class Index(QueryMixin):
         old = self._meta.get("ann")
         self._commit([], ann=info)
         self._load()
-        if old and old.get("file") != info["file"]:
+        if old and old.get("file") != info["file"] and is_ann_name(old.get("file")):  # never a path elsewhere
             try:  # a file, or an IVF-PQ folder
                 (shutil.rmtree if old.get("format") == "pq" else os.remove)(os.path.join(self.directory, old["file"]))
             except OSError:

@@ -38,6 +38,7 @@ from ..index.query import cosine
 from ..index.roots import serving_roots
 from ..index.search import window_scores
 from ..protocols import Encoder
+from ..timespec import TimeSpecError, parse_like_id
 from .files import (
     FILE_CHANGED,
     MIME_TYPES,
@@ -80,13 +81,12 @@ def _text(s: str) -> str:
 
 
 def parse_like(value: str) -> tuple[int, float] | None:
-    """``"ID"`` or ``"ID@SECONDS"`` (ASCII digits) -> ``(video_id, seconds)``; None if malformed."""
-    import re
-
-    m = re.match(r"^\s*([0-9]{1,12})\s*(?:@\s*([0-9]{1,9}(?:\.[0-9]{0,6})?)\s*)?$", value or "", re.ASCII)
-    if not m:
+    """``"ID"`` or ``"ID@SECONDS"`` (ASCII digits) -> ``(video_id, seconds)``; None if malformed
+    (``milnce.timespec.parse_like_id`` says why)."""
+    try:
+        return parse_like_id(value)
+    except TimeSpecError:
         return None
-    return int(m.group(1)), float(m.group(2) or 0.0)
 
 
 class SearchService:
@@ -228,10 +228,10 @@ class SearchService:
     def like_source(self, like: str) -> tuple[int, np.ndarray, float, float]:
         """``ID@SECONDS`` -> (video id, the stored embedding of its window, window start, end): the
         window whose start is nearest to the time."""
-        parsed = parse_like(like)
-        if parsed is None:
-            raise ApiError(422, f"like: expected VIDEO_ID or VIDEO_ID@SECONDS, got {like!r}")
-        vid, t = parsed
+        try:
+            vid, t = parse_like_id(like)
+        except TimeSpecError as exc:
+            raise ApiError(422, str(exc)) from None
         self.record(vid)
         starts, ends, vecs = self.index.windows(vid)
         if len(starts) == 0:

@@ -27,9 +27,11 @@ from ..atomic import atomic_file
 from ..errors import MilnceError, UsageError
 from ..windows import WindowSettings
 
-__all__ = ["VideoWindows", "EmbeddingsFileError", "FORMAT", "write_npz", "check_structure", "check_crc", "meta_problem"]
+__all__ = ["VideoWindows", "EmbeddingsFileError", "FORMAT", "write_npz", "check_structure", "check_crc", "meta_problem",
+           "MAX_DURATION_S"]
 
 FORMAT = "milnce-features/1"
+MAX_DURATION_S = 366 * 86400.0  # a video longer than a year is a crafted number, not a recording
 _ARRAYS = ("video_embedding", "start", "end", "meta")  # what a current file always holds
 
 
@@ -216,16 +218,21 @@ def meta_problem(meta: Any) -> str | None:
     for key, ok, what in checks:
         if key in meta and not ok(meta[key]):
             return f"meta.{key} must be {what}, got {type(meta[key]).__name__} {_short(meta[key])}"
+    if meta.get("duration") is not None and not 0 <= meta["duration"] <= MAX_DURATION_S:
+        return f"meta.duration must be from 0 to {MAX_DURATION_S:g} seconds, got {_short(meta['duration'])}"
+    if "windows" in meta and meta["windows"] < 0:
+        return f"meta.windows must be >= 0, got {meta['windows']}"
     source = meta.get("source", {})
-    for key, ok, what in (("path", lambda v: isinstance(v, str), "a string"), ("size", _is_int, "a whole number"),
-                          ("mtime_ns", _is_int, "a whole number")):
+    for key, ok, what in (("path", lambda v: isinstance(v, str) and "\0" not in v, "a string without NUL"),
+                          ("size", lambda v: _is_int(v) and 0 <= v < 1 << 63, "a whole number >= 0"),
+                          ("mtime_ns", lambda v: _is_int(v) and -(1 << 63) <= v < 1 << 63, "a 64-bit whole number")):
         if key in source and not ok(source[key]):
             return f"meta.source.{key} must be {what}, got {type(source[key]).__name__} {_short(source[key])}"
     return None
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value)
+    text = json.dumps(value, ensure_ascii=True)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -254,6 +261,8 @@ def _checked(p: str, w: VideoWindows) -> VideoWindows:
         raise EmbeddingsFileError(f"{p}: {n} embeddings but {w.starts.shape} start and {w.ends.shape} end times")
     if w.features is not None and (w.features.ndim != 2 or w.features.shape[0] != n):
         raise EmbeddingsFileError(f"{p}: features of shape {w.features.shape} for {n} windows")
+    if not math.isnan(w.duration) and not 0 <= w.duration <= MAX_DURATION_S:
+        raise EmbeddingsFileError(f"{p}: duration {w.duration:g} s is not from 0 to {MAX_DURATION_S:g} seconds")
     w.starts = np.asarray(w.starts, np.float64)
     w.ends = np.asarray(w.ends, np.float64)
     w.embeddings = w.embeddings.astype(np.float32, copy=False)

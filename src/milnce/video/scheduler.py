@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..printable import show_path
 from ..protocols import VideoEncoder
 from ..windows import WindowSettings
 from .decoders import Decoders, Part
@@ -348,7 +349,7 @@ class Scheduler:
         if self.progress:
             from tqdm.auto import tqdm
 
-            label = self.progress if isinstance(self.progress, str) else "videos"
+            label = show_path(self.progress) if isinstance(self.progress, str) else "videos"
             self.bar = tqdm(total=self.total, unit="video", desc=label, dynamic_ncols=True)
 
 
