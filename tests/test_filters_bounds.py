@@ -35,6 +35,6 @@ def test_not_weight_bounded():
     (["--not", "dog", "--not-weight", "1e39"], "from 0 to"),
 ])
 def test_cli_one_line(tmp_path, capsys, argv, words):
-    assert main(["search", str(tmp_path / "ix"), "cut tomato", *argv]) == 2
+    assert main(["search", "--index", str(tmp_path / "ix"), "cut tomato", *argv]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and "Traceback" not in err

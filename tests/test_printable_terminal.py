@@ -14,14 +14,14 @@ EVIL = "a\nmilnce: error: forged\x1b[2J"
 
 def test_error_line_is_one_line_whatever_the_name(tmp_path, capsys):
     for name in (EVIL, os.fsdecode(b"bad\xff\xfename")):
-        assert main(["search", str(tmp_path / name), "words"]) == 2
+        assert main(["search", "--index", str(tmp_path / name), "words"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("milnce: error:") and "\x1b" not in err
         assert err.encode("utf-8", "strict")  # no raw byte that is not UTF-8
 
 
 def test_error_line_escapes_raw_bytes(tmp_path, capsys):
-    assert main(["search", str(tmp_path / os.fsdecode(b"bad\xff")), "words"]) == 2
+    assert main(["search", "--index", str(tmp_path / os.fsdecode(b"bad\xff")), "words"]) == 2
     err = capsys.readouterr().err
     assert "bad\\xff" in err and err.encode("utf-8", "strict")
 

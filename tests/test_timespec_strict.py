@@ -49,7 +49,7 @@ def test_spans_and_likes():
 
 @pytest.mark.parametrize("span", ["²@1-2", "2@1_0-3", "2@0:99-1:40", "2@\u0661-3"])
 def test_clip_cli_one_line(tmp_path, capsys, span):
-    assert main(["clip", str(tmp_path / "ix"), span]) == 2
+    assert main(["clip", "--index", str(tmp_path / "ix"), span]) == 2
     err = capsys.readouterr().err
     assert err.startswith("milnce: error:") and err.count("\n") == 1 and "Traceback" not in err
 
@@ -65,7 +65,7 @@ def test_search_like_superscript_is_a_missing_path_not_a_traceback(tmp_path, cap
         ix.add_video("/nonexistent/v.mp4", fake_emb(4, np.random.default_rng(0)), size=10, mtime=1.0,
                      content_hash="h")
     for like, words in (("²@1", "no such video file"), ("1@1_0", "START")):
-        rc = main(["search", str(tmp_path / "ix"), "--like", like, *wargs])
+        rc = main(["search", "--index", str(tmp_path / "ix"), "--like", like, *wargs])
         err = capsys.readouterr().err
         assert rc == 2 and words in err and err.count("\n") == 1, err
 
