@@ -99,11 +99,16 @@ def _screen_scores(q: np.ndarray, codes: np.ndarray, scales: Any, r_max: float, 
 def window_scores(vectors: np.ndarray, q: np.ndarray, neg: np.ndarray | None = None,
                   weight: float = DEFAULT_NOT_WEIGHT) -> np.ndarray:
     """The score of each row of ``vectors`` for the query ``q``: ``q.x``, or with negative
-    queries ``neg`` (K x d) ``q.x - weight * max_i neg_i.x`` (float32)."""
-    v = np.asarray(vectors, dtype=np.float32)
-    s = v @ q
+    queries ``neg`` (K x d) ``q.x - weight * max_i neg_i.x`` (float32).
+
+    The one canonical score of a window: the float32 products are exact in float64 and summed
+    there, then rounded once to float32, so a window's score does not depend on which other rows
+    are scored with it (a float32 BLAS call rounds a row differently by its position in the block:
+    the same window scored 1 ulp apart in a page of 7 and a page of 42)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    s = (v @ np.asarray(q, np.float64)).astype(np.float32)
     if neg is not None and len(neg):
-        s = combine_scores(s, (v @ np.asarray(neg, np.float32).T).T, weight)
+        s = combine_scores(s, (v @ np.asarray(neg, np.float64).T).T.astype(np.float32), weight)
     return np.asarray(s, dtype=np.float32)
 
 
@@ -133,15 +138,27 @@ class Searcher:
             self.ann_rows = index.ann_rows
 
     def scores_of(self, i: int, vectors: np.ndarray) -> np.ndarray:
-        """Exact (combined) scores of query ``i`` for the rows ``vectors`` (torch, not numpy's BLAS:
-        two thread pools fighting over the cores cost tens of ms per query)."""
+        """Exact (combined) scores of query ``i`` for the rows ``vectors``: ``window_scores``, the
+        one canonical score (float64 sums rounded once; torch, not numpy's BLAS: two thread pools
+        fighting over the cores cost tens of ms per query)."""
         import torch
 
-        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-        s = (v @ torch.from_numpy(self.q[i])).numpy()
+        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).double()
+        s = (v @ torch.from_numpy(self.q[i]).double()).float().numpy()
         if self.neg is not None:
-            s = combine_scores(s, (v @ torch.from_numpy(self.neg).T).numpy().T, self.weight)
+            s = combine_scores(s, (v @ torch.from_numpy(self.neg).double().T).float().numpy().T, self.weight)
         return np.asarray(s, dtype=np.float32)
+
+    def canonical(self, i: int, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``rows`` re-scored with the canonical score (``scores_of``) and re-sorted best first (ties
+        by row): what any path reports for a window is the same bits, however it was found."""
+        if len(rows) == 0:
+            return rows, scores
+        s = self.scores_of(i, np.asarray(self.index.vectors[np.asarray(rows, np.int64)]))
+        finite = np.isfinite(np.asarray(scores, np.float64))
+        s = np.where(finite, s, np.asarray(scores, np.float32))
+        order = np.lexsort((rows, -s))
+        return np.asarray(rows)[order], s[order]
 
     def _exact_scores(self, i: int) -> np.ndarray:
         """Full float32 (combined) scores of query ``i``, -inf outside the allowed rows (computed
@@ -195,6 +212,7 @@ class Searcher:
             rows = part[order]
             rows = rows[np.isfinite(s[rows])][:m]
             scores = s[rows]
+        rows, scores = self.canonical(i, rows, scores)
         self._cache[i] = (m, rows, scores)
         return rows, scores
 
