@@ -166,7 +166,7 @@ class _Source:
             if not isinstance(meta, dict) or meta.get("rows") != arr.shape[0] or \
                     meta.get("npy_sha256", digest) != digest:
                 raise UsageError(f"{p}: does not match its sidecar {side} (changed after it was written; "
-                                 f"milnce extract --check ... --recipe {r.name} --verify finds and redoes it)")
+                                 f"milnce extract --check ... --recipe {r.name} --verify-files finds and redoes it)")
         return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
 
 

@@ -12,9 +12,9 @@ sidecar second, each atomically (``milnce.atomic``): a video is done only when b
 agree. The consumers' loaders never look into the hidden folder.
 
 Integrity: the sidecar records the ``.npy``'s size (``npy_bytes``) and SHA-256 (``npy_sha256``).
-Every run checks the header against the file size and the recorded size (cheap); ``--verify``
+Every run checks the header against the file size and the recorded size (cheap); ``--verify-files``
 reads the whole file back and compares its SHA-256, so one changed value is found and redone.
-A sidecar written before checksums has none: ``--verify`` calls that file unverifiable and
+A sidecar written before checksums has none: ``--verify-files`` calls that file unverifiable and
 redoes it (so that afterwards every file carries a checksum).
 """
 
@@ -112,7 +112,7 @@ class RecipeLayout:
         return meta
 
     def verify(self, target: str) -> str | None:
-        """``--verify``: the whole ``.npy`` read back and compared with the SHA-256 in its sidecar."""
+        """``--verify-files``: the whole ``.npy`` read back and compared with the SHA-256 in its sidecar."""
         try:
             arr, _head, digest = read_npy(target)
         except NpyFileError as exc:

@@ -61,12 +61,12 @@ class Layout(Protocol):
         """Write one video's output atomically (``StoreError`` when it cannot)."""
 
     def verify(self, target: str) -> str | None:
-        """A full integrity check (``--verify``): what is damaged, or None."""
+        """A full integrity check (``--verify-files``): what is damaged, or None."""
 
 
 class NpzLayout:
     """The default layout: ``DIR/<relative path>.npz`` (``inputs.output_path``), ``VideoWindows``'
-    ``.npz`` format (``write_feature_file`` / ``read_meta``; ``check_crc`` for ``--verify``)."""
+    ``.npz`` format (``write_feature_file`` / ``read_meta``; ``check_crc`` for ``--verify-files``)."""
 
     def prepare(self, out_dir: str) -> None:
         return None
