@@ -252,8 +252,10 @@ def test_export_options_overwrite_and_read_only_out(checkpoint, tmp_path, capsys
     base = ["export", "--onnx", prefix, *_args(checkpoint), "--size", "32", "--text-only"]
     assert main([*base, "--num-frames", "8", "--device", "cpu"]) == 0
     capsys.readouterr()
-    assert main([*base, "--frames", "8"]) == 2  # the old spelling still parses; the files exist
-    assert "--overwrite" in _one_line_error(capsys)
+    assert main([*base, "--frames", "8"]) == 2  # the old spelling still parses (with a deprecation line)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "milnce: warning: --frames is deprecated in export, use --num-frames" and len(err) == 2
+    assert err[1].startswith("milnce: error:") and "--overwrite" in err[1]
     assert main([*base, "--overwrite", "--device", "cuda:99"]) == 2
     _one_line_error(capsys)
 

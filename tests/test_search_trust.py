@@ -75,7 +75,7 @@ def _all_moments_brute_force(idx: Index, q: np.ndarray) -> list[tuple]:
     out = []
     for v in idx.videos():
         starts, ends, emb = idx.windows(v.id)
-        sc = emb @ q
+        sc = emb.astype(np.float64) @ np.asarray(q, np.float64)  # the exact sums (float32 BLAS rounds by block)
         for a, b, _p, s in video_moments(sc):
             out.append((v.id, float(starts[a]), float(ends[b]), float(s)))
     out.sort(key=lambda t: (-t[3], t[0], t[1]))

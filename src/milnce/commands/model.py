@@ -86,7 +86,6 @@ def cmd_download(args: argparse.Namespace) -> int:
         raise CommandError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
     if args.sources:
         from ..download import install_from
-        from ..printable import show_path
 
         for source in args.sources:
             for path in install_from(REGISTRY[name], source, progress=not args.quiet):
