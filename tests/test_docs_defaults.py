@@ -127,7 +127,8 @@ def test_default_stride_is_stated_as_half_the_window() -> None:
     every = statements(r"the model's (\d+) frames at [^;]*?a window every (\d+) frames, half the window")
     assert every
     for page, m in every:
-        assert int(m.group(1)) == PUBLISHED.num_frames and int(m.group(2)) == default_stride(PUBLISHED.num_frames)
+        assert int(m.group(1)) == PUBLISHED.num_frames, (page, m.group(0))
+        assert int(m.group(2)) == default_stride(PUBLISHED.num_frames), (page, m.group(0))
     assert statements(r"default stride is half the window")
 
 
