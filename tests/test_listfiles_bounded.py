@@ -50,11 +50,11 @@ def test_extract_list_fifo_and_folder_refused(tmp_path):
 @pytest.mark.parametrize("name", ["huge.txt", "huge.csv"])
 def test_extract_list_huge_line_refused_in_one_line(tmp_path, capsys, name):
     lst = tmp_path / name
-    with open(lst, "wb") as f:  # 64 MiB in one line, no newline: never read whole
+    with open(lst, "wb") as f:  # 8 MiB in one line, no newline: never read whole
         f.truncate(0)
         f.write(b"video_path\n" if name.endswith(".csv") else b"")
         block = b"a" * (1 << 20)
-        for _ in range(64):
+        for _ in range(8):
             f.write(block)
     before = _rss()
     assert main(["extract", str(lst), "--out", str(tmp_path / "out")]) == 2
@@ -136,3 +136,22 @@ def test_ucf101_split_file_huge_line_refused(tmp_path):
     (tmp_path / "classInd.txt").write_bytes(b"1 " + b"a" * (8 << 20))
     with pytest.raises(UsageError, match="classInd.txt: line 1 is longer than"):
         load_ucf101(tmp_path, None)
+
+
+def test_mirror_list_bounded(tmp_path, monkeypatch):
+    from milnce import mirrors
+    from milnce.cache import cache_dir
+
+    monkeypatch.delenv(mirrors.MIRRORS_ENV, raising=False)
+    path = cache_dir() / mirrors.MIRRORS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# mine\nhttps://example.invalid/w  # note\n\n")
+    assert [e for e, _ in mirrors.user_entries()] == ["https://example.invalid/w"]
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    with pytest.raises(mirrors.MirrorError, match="mirror list .*not a text file"):
+        mirrors.user_entries()
+    path.unlink()
+    path.write_bytes(b"h" * (1 << 20))
+    with pytest.raises(mirrors.MirrorError, match="line 1 is longer than"):
+        mirrors.user_entries()
