@@ -27,6 +27,8 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 from .cache import cache_dir
 from .errors import UsageError
+from .listfiles import MAX_PATH_LINE, read_lines
+from .printable import show_path
 from .weights import WeightsInfo
 
 __all__ = ["MIRRORS_ENV", "MIRRORS_FILE", "Source", "parse_entry", "user_entries", "sources", "download_url",
@@ -36,6 +38,9 @@ MIRRORS_ENV = "MILNCE_MIRRORS"
 MIRRORS_FILE = "mirrors.txt"
 
 _DRIVE_PAGE = re.compile(r"https?://drive\.google\.com/file/d/([A-Za-z0-9_-]+)")
+
+
+MAX_MIRRORS = 10_000  # entries in one mirror list
 
 
 class MirrorError(UsageError):
@@ -92,14 +97,12 @@ def _split_env(value: str) -> list[str]:
 
 
 def _file_entries(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.exists(path):
         return []
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MirrorError(f"cannot read the mirror list {path}: {exc}") from exc
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return [line for line in lines if line]
+    lines = read_lines(path, f"the mirror list {show_path(str(path))}", what="not a list of weights mirrors, one a line",
+                       max_line=MAX_PATH_LINE, max_entries=MAX_MIRRORS, encoding="utf-8", error=MirrorError,
+                       comments=False)
+    return [e for e in (line.split("#", 1)[0].strip() for line in lines) if e]
 
 
 def user_entries() -> list[tuple[str, str]]:

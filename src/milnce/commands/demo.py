@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..plural import plural
 from .common import (
     CommandError,
     add_index_option,
@@ -139,7 +140,7 @@ def _held_out_summary(index: Any, demo: _Demo, live: set[str]) -> str:
     return (f"\nAll {n} held-out captions ({demo.short}): the video it describes comes first for {first} "
             f"({100 * first / max(n, 1):.0f}%) and in the first five for {top5} ({100 * top5 / max(n, 1):.0f}%); "
             f"by chance: {100 / max(videos, 1):.0f}% and {100 * min(5, videos) / max(videos, 1):.0f}% "
-            f"of {videos} videos")
+            f"of {plural(videos, 'video')}")
 
 
 def _print_next(args: argparse.Namespace, index_dir: str, demo: _Demo) -> None:

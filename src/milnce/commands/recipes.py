@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..plural import plural
 from ..printable import show_path
 from .common import CommandError
 
@@ -53,7 +54,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
                                overwrite=args.overwrite)
     except MilnceError as exc:
         raise CommandError(str(exc)) from exc
-    print(f"packed {n} videos into {show_path(args.out)}")
+    print(f"packed {plural(n, 'video')} into {show_path(args.out)}")
     return 0
 
 

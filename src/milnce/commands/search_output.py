@@ -11,7 +11,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..listfiles import bounded_lines, open_list
 from ..plural import plural
+from ..printable import show_path
 from .common import CommandError
 
 __all__ = ["QUERY_BATCH", "MAX_QUERY_LINE", "CSV_FIELDS", "fmt_time", "open_queries_file", "iter_queries_file",
@@ -26,8 +28,6 @@ def fmt_time(t: float) -> str:
 
 
 def print_results(query: str, moments: list, problem: str | None, by_video: bool, first: int = 1) -> None:
-    from ..index.layout import show_path
-
     print(f"\n{show_path(repr(query))}:")
     if problem:
         print(f"  no results: {problem}")
@@ -55,18 +55,11 @@ MAX_QUERY_LINE = 10_000  # characters: a longer "line" is not a query (e.g. /dev
 def open_queries_file(name: str) -> Any:
     """The queries file opened as UTF-8 text (``-``: standard input); refuses devices and folders."""
     import io
-    import stat
 
     if name == "-":
         return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8") if hasattr(sys.stdin, "buffer") else sys.stdin
-    path = os.path.expanduser(name)
-    try:
-        st = os.stat(path)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-            raise CommandError(f"--queries-file {name}: not a text file of queries (a device, folder or socket)")
-        return open(path, encoding="utf-8")  # noqa: SIM115 - closed by iter_queries_file
-    except OSError as exc:
-        raise CommandError(f"--queries-file {name}: cannot read it ({exc.strerror or exc})") from None
+    return open_list(os.path.expanduser(name), f"--queries-file {show_path(name)}", fifo=True, encoding="utf-8",
+                     error=CommandError)
 
 
 def iter_queries_file(name: str, f: Any) -> Iterator[str]:
@@ -74,22 +67,8 @@ def iter_queries_file(name: str, f: Any) -> Iterator[str]:
     starting with ``#`` are skipped (comments, as in list files). Refuses what is not a text file
     of lines: NUL bytes, bytes that are not UTF-8, a line over ``MAX_QUERY_LINE`` characters."""
     try:
-        n = 0
-        while True:
-            try:
-                line = f.readline(MAX_QUERY_LINE + 1)
-            except UnicodeDecodeError:
-                raise CommandError(f"--queries-file {name}: line {n + 1} is not UTF-8 text") from None
-            except OSError as exc:
-                raise CommandError(f"--queries-file {name}: cannot read it ({exc.strerror or exc})") from None
-            if not line:
-                return
-            n += 1
-            if len(line) > MAX_QUERY_LINE and not line.endswith("\n"):
-                raise CommandError(f"--queries-file {name}: line {n} is longer than {MAX_QUERY_LINE:,} characters "
-                                   "(not a text file of queries, one per line)")
-            if "\0" in line:
-                raise CommandError(f"--queries-file {name}: line {n} holds NUL bytes (not a text file of queries)")
+        for line in bounded_lines(f, f"--queries-file {show_path(name)}", max_line=MAX_QUERY_LINE,
+                                  what="not a text file of queries, one per line", error=CommandError):
             q = line.strip()
             if q and not q.startswith("#"):
                 yield q

@@ -53,6 +53,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingFileError, UsageError
+from ..listfiles import MAX_CSV_ROW, bounded_lines, open_list
+from ..printable import show_path
 from .items import is_whole, parse_seconds, quoted
 
 __all__ = [
@@ -126,7 +128,7 @@ def _lines(path: Path) -> list[str]:
     if path.is_dir():
         raise UsageError(f"{path}: a folder, expected a text file")
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        return [line.rstrip("\r\n") for line in _bounded(path)]
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
 
@@ -282,3 +284,8 @@ def load_release(path: str | os.PathLike[str], videos_file: str = "videos_val.cs
             raise UsageError(f"limit must be a whole number >= 1, got {limit!r}")
         videos = videos[: int(limit)]
     return CrossTaskRelease(root, tasks, videos, vf, other_tasks=len(rows) - len([v for v in rows if v.task_id in tasks]))
+
+
+def _bounded(path: Path) -> list[str]:
+    with open_list(path, show_path(str(path))) as f:
+        return list(bounded_lines(f, show_path(str(path)), max_line=MAX_CSV_ROW, what="not a release text file"))

@@ -16,13 +16,14 @@ file anywhere under ``ROOT`` with the expected name (or stem, for re-encoded cop
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
 from ..errors import MissingFileError, UsageError
+from ..listfiles import open_list, read_csv_rows
+from ..printable import show_path
 from ..video.find import VIDEO_SUFFIXES, walk_videos
 from .items import Benchmark, EvalItem, parse_seconds, quoted, round_robin
 
@@ -89,16 +90,16 @@ def load_benchmark(name: str, annotations: str | os.PathLike[str] | None = None,
     if path.is_dir():
         raise UsageError(f"annotation path is a folder, not a .csv file: {path}")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is dropped
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
+        with open_list(path, show_path(str(path))) as f:  # utf-8-sig: a BOM is dropped; bounded reads
+            reader = read_csv_rows(f, show_path(str(path)), what=f"not a {name} annotation file")
+            header = [h.strip() for h in (next(reader, None) or [])]
             missing = [c for c in _COLUMNS[name] if c not in header]
             if missing:
                 raise UsageError(
                     f"{path}: not a {name} annotation file: missing column(s) {', '.join(missing)} "
                     f"(expected {','.join(_COLUMNS[name])}; found {quoted(','.join(header), path, 80) if header else 'no header'})"
                 )
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+            rows = [{k: (r[i] if i < len(r) else "").strip() for i, k in enumerate(header)} for r in reader if r]
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
     if not rows:

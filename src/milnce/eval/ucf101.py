@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 
 from ..errors import MissingFileError, UsageError
+from ..listfiles import MAX_CSV_ROW, bounded_lines, open_list
+from ..printable import show_path
 from .items import Benchmark, EvalItem, is_whole, quoted, round_robin
 
 __all__ = ["SPLIT_FILES", "load_ucf101", "ucf_group"]
@@ -57,7 +59,7 @@ def _read(path: Path) -> list[str]:
     if not path.is_file():
         raise MissingFileError(f"UCF-101 split file not found: {path}")
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        return [line.rstrip("\r\n") for line in _bounded(path)]
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
 
@@ -142,3 +144,8 @@ def load_ucf101(annotations: str | os.PathLike[str] | None, limit: int | None = 
             bench.items = round_robin(items, int(limit))
             bench.limited = True
     return bench
+
+
+def _bounded(path: Path) -> list[str]:
+    with open_list(path, show_path(str(path))) as f:
+        return list(bounded_lines(f, show_path(str(path)), max_line=MAX_CSV_ROW, what="not a release text file"))

@@ -13,13 +13,14 @@ computes the same split from the same list, so ranks need no coordinator.
 
 from __future__ import annotations
 
-import csv
 import heapq
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..listfiles import MAX_PATH_LINE, open_list, read_csv_rows, read_lines
+from ..printable import show_path
 from ..video.find import VIDEO_EXTENSIONS, walk_videos
 
 __all__ = ["VideoInput", "Shard", "VIDEO_EXTENSIONS", "collect_inputs", "shard_inputs", "resolve_shard",
@@ -60,21 +61,28 @@ def _size(path: str) -> int:
 
 
 def _read_list(path: str) -> list[str]:
+    """The entries of a list file, bounded (``milnce.listfiles``): a path line over
+    ``MAX_PATH_LINE`` characters, a CSV row over ``MAX_CSV_ROW``, more than ``MAX_ENTRIES`` entries,
+    a device, FIFO or folder are refused in one line."""
     base = os.path.dirname(os.path.abspath(path))
+    label = show_path(path)
+    what = "not a list of videos, one path a line"
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (spreadsheet exports) is dropped
-            if path.lower().endswith((".csv", ".tsv")):
+        if path.lower().endswith((".csv", ".tsv")):
+            with open_list(path, label) as f:  # utf-8-sig: a BOM (spreadsheet exports) is dropped
                 dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
-                reader = csv.DictReader(f, dialect=dialect)
-                if not reader.fieldnames or "video_path" not in [c.strip() for c in reader.fieldnames]:
-                    raise UsageError(f"{path}: a CSV list needs a 'video_path' column "
-                                     f"(columns: {', '.join(reader.fieldnames or []) or 'none'})")
-                col = next(c for c in reader.fieldnames if c.strip() == "video_path")
-                entries = [(row.get(col) or "").strip() for row in reader]
-            else:
-                entries = [line.strip() for line in f]
+                rows = read_csv_rows(f, label, what="not a CSV list of videos", dialect=dialect)
+                header = next(rows, None) or []
+                cols = [c.strip() for c in header]
+                if "video_path" not in cols:
+                    raise UsageError(f"{label}: a CSV list needs a 'video_path' column "
+                                     f"(columns: {show_path(', '.join(header)[:200]) or 'none'})")
+                col = cols.index("video_path")
+                entries = [(row[col] if col < len(row) else "").strip() for row in rows]
+        else:
+            entries = read_lines(path, label, what=what, max_line=MAX_PATH_LINE, comments=False)
     except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a text list of videos (not UTF-8); give video files directly") from None
+        raise UsageError(f"{label}: not a text list of videos (not UTF-8); give video files directly") from None
     out = []
     for e in entries:
         if not e or e.startswith("#"):
@@ -102,7 +110,7 @@ def collect_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[VideoInput]:
             if not found:
                 raise UsageError(f"{p}: no video files in this folder (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
             rows += [(f, os.path.relpath(f, p)) for f in found]
-        elif os.path.isfile(p) and os.path.splitext(p)[1].lower() in LIST_EXTENSIONS:
+        elif os.path.splitext(p)[1].lower() in LIST_EXTENSIONS and os.path.exists(p):  # a device: refused
             listed = _read_list(p)
             if not listed:
                 raise UsageError(f"{p}: the list names no videos")

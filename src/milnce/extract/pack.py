@@ -34,7 +34,6 @@ import logging
 import os
 import pickle
 import re
-import stat
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -42,6 +41,8 @@ import numpy as np
 
 from ..atomic import atomic_file, atomic_write_bytes
 from ..errors import MilnceError, UsageError
+from ..listfiles import read_lines
+from ..printable import show_path
 from ..recipes import Recipe, get_recipe
 from .npyfile import read_npy
 from .recipe_store import FORMAT, MANIFEST_DIR, RECIPE_FILE, read_sidecar
@@ -62,38 +63,11 @@ def _short(names: Sequence[str]) -> str:
 
 def read_id_list(name: str) -> list[str]:
     """The video ids of a list file, one a line, in order (blank lines and ``#`` lines skipped).
-    Bounded: refuses devices and folders, lines over ``MAX_ID_LINE`` characters, NUL bytes,
-    text that is not UTF-8 and more than ``MAX_IDS`` ids, each in one line (``UsageError``)."""
-    try:
-        st = os.stat(name)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-            raise UsageError(f"--ids {name}: not a text file of video ids (a device, folder or socket)")
-        f = open(name, encoding="utf-8", newline=None)  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UsageError(f"--ids {name}: cannot read it ({exc.strerror or exc})") from None
-    ids: list[str] = []
-    with f:
-        n = 0
-        while True:
-            try:
-                line = f.readline(MAX_ID_LINE + 1)
-            except UnicodeDecodeError:
-                raise UsageError(f"--ids {name}: line {n + 1} is not UTF-8 text") from None
-            except OSError as exc:
-                raise UsageError(f"--ids {name}: cannot read it ({exc.strerror or exc})") from None
-            if not line:
-                return ids
-            n += 1
-            if len(line) > MAX_ID_LINE and not line.endswith("\n"):
-                raise UsageError(f"--ids {name}: line {n} is longer than {MAX_ID_LINE:,} characters "
-                                 "(not a list of video ids, one a line)")
-            if "\0" in line:
-                raise UsageError(f"--ids {name}: line {n} holds NUL bytes (not a list of video ids)")
-            v = line.strip()
-            if v and not v.startswith("#"):
-                if len(ids) >= MAX_IDS:
-                    raise UsageError(f"--ids {name}: more than {MAX_IDS:,} video ids")
-                ids.append(v)
+    Bounded (``milnce.listfiles``): refuses devices and folders, lines over ``MAX_ID_LINE``
+    characters, NUL bytes, text that is not UTF-8 and more than ``MAX_IDS`` ids, each in one line
+    (``UsageError``)."""
+    return read_lines(name, f"--ids {show_path(name)}", what="not a list of video ids, one a line", max_line=MAX_ID_LINE,
+                      max_entries=MAX_IDS, fifo=True, encoding="utf-8")
 
 
 def _check_ids(ids: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..atomic import atomic_write_bytes
 from ..errors import UsageError
+from ..plural import plural
 from ..printable import show_path
 from ..protocols import VideoEncoder
 from ..video.decode import failure_reason
@@ -70,7 +71,8 @@ class ExtractReport:
 
     def summary(self) -> str:
         s = (f"shard {self.shard}: {self.extracted} extracted ({self.redone} redone), {self.skipped} already done, "
-             f"{self.failed} failed of {self.share} videos ({self.inputs} in the list); {self.windows} windows, "
+             f"{self.failed} failed of {plural(self.share, 'video')} ({self.inputs} in the list); "
+             f"{plural(self.windows, 'window')}, "
              f"{self.video_hours:.3f} video-hours in {self.wall_s:.1f} s = {self.rate:.1f} video-s per wall-s")
         return s
 
@@ -100,7 +102,7 @@ class CheckReport:
         return d
 
     def summary(self) -> str:
-        lines = [f"{show(self.out_dir)}: {self.done} of {self.inputs} videos done"
+        lines = [f"{show(self.out_dir)}: {self.done} of {plural(self.inputs, 'video')} done"
                  f" ({100.0 * self.done / max(self.inputs, 1):.1f}%); {len(self.missing)} missing"
                  f" ({len(self.failed)} of them failed), {len(self.stale)} stale"]
         if len(self.settings) > 1:

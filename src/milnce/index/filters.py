@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Protocol, TypeVar, cast
 
 from ..errors import MilnceError
+from ..plural import plural
 
 __all__ = ["VideoFilter", "FilterError", "NoVideoMatchesError", "collection_root", "select_videos",
            "require_matches", "parse_when", "glob_matcher", "GlobMatcher"]
@@ -343,5 +344,5 @@ def require_matches(videos: Sequence[V], filt: VideoFilter) -> list[V]:
     got = select_videos(videos, filt)
     if not got:
         raise NoVideoMatchesError(f"no indexed video matches the filter ({filt.describe()}) "
-                                  f"among {len(videos)} videos")
+                                  f"among {plural(len(videos), 'video')}")
     return got

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from ..plural import plural
 from .layout import ERROR_LOG, show_path
 
 __all__ = ["Moment", "VideoRecord", "IndexReport", "VideoRow", "WindowRun", "VideoEmbeddingsLike"]
@@ -134,16 +135,16 @@ class IndexReport:
         if self.previously_failed:
             parts.append(f"{self.previously_failed} skipped (failed before; --retry-errors)")
         lines = [f"{show_path(self.directory)}: " + ", ".join(parts),
-                 f"index: {self.num_videos} videos, {self.num_windows} windows"]
+                 f"index: {plural(self.num_videos, 'video')}, {plural(self.num_windows, 'window')}"]
         if self.video_seconds:
-            lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({self.windows_added} windows) "
+            lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({plural(self.windows_added, 'window')}) "
                          f"in {self.embed_seconds:.1f} s: {self.speed:.2f}x real time")
         if self.failed or self.skipped_failures:
             lines.append(f"unreadable videos are listed in {show_path(os.path.join(self.directory, ERROR_LOG))}")
         if self.ann and self.ann.get("skipped"):
             lines.append(f"ANN: not built: {self.ann['reason']}")
         elif self.ann:
-            lines.append(f"ANN: {self.ann.get('kind')} over {self.ann.get('rows')} windows, "
+            lines.append(f"ANN: {self.ann.get('kind')} over {plural(int(self.ann.get('rows') or 0), 'window')}, "
                          f"recall@10 vs exact = {self.ann.get('recall_at_10', float('nan')):.3f} "
                          f"(nprobe {self.ann.get('nprobe')})")
         return "\n".join(lines)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..plural import plural
 from ..video.cut import ClipLimits
 from .app import create_app
 from .deps import MISSING_DEPS
@@ -85,8 +86,8 @@ def serve(
     if announce:
         several = list(index.values()) if isinstance(index, Mapping) else [index]
         what = f"{len(several)} indexes: " if len(several) > 1 else ""
-        print(f"milnce: serving {what}{sum(len(ix.videos()) for ix in several)} videos "
-              f"({sum(len(ix) for ix in several)} windows) at http://{shown}:{bound_port}/ "
+        print(f"milnce: serving {what}{plural(sum(len(ix.videos()) for ix in several), 'video')} "
+              f"({plural(sum(len(ix) for ix in several), 'window')}) at http://{shown}:{bound_port}/ "
               f"(API reference at /static/api.html); Ctrl-C to stop", flush=True)
         if not loopback:
             print(f"milnce: warning: listening on {host}, not localhost: anyone who can reach this machine "

@@ -37,6 +37,7 @@ from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
 from ..index.query import cosine
 from ..index.roots import serving_roots
 from ..index.search import window_scores
+from ..plural import plural
 from ..protocols import Encoder
 from ..timespec import TimeSpecError, parse_like_id
 from .files import (
@@ -310,7 +311,9 @@ class SearchService:
         except FilterError as exc:
             raise ApiError(422, str(exc)) from None
         if video_filter is not None and (text or like) and len(results) < k and not notes:
-            notes.append(f"Only {offset + len(results)} results pass the filter ({video_filter.describe()}).")
+            shown = offset + len(results)
+            notes.append(f"Only {plural(shown, 'result')} {'passes' if shown == 1 else 'pass'} the filter "
+                         f"({video_filter.describe()}).")
         return {"words": words, "unknown_words": unknown, "like": source, "results": self.moments_json(results),
                 "not": negs, "not_weight": not_weight if negs else None, "offset": offset,
                 "filter": None if video_filter is None else video_filter.describe(),

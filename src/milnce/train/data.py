@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..listfiles import open_list, read_csv_rows
+from ..printable import show_path
 from ..text import Tokenizer
 from ..windows import WindowSettings
 
@@ -36,6 +38,7 @@ __all__ = ["CaptionedVideo", "DataSplit", "load_split", "TrainClips", "EvalClips
            "StepBatchSampler", "eval_pairs", "worker_init"]
 
 csv.field_size_limit(1 << 24)
+_MAX_CSV_LINE = 1 << 24  # characters: a training CSV's caption fields may be long; still bounded
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class DataSplit:
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is dropped
-            rows = list(csv.reader(f))
+        with open_list(path, show_path(str(path))) as f:  # utf-8-sig: a BOM is dropped; bounded reads
+            rows = list(read_csv_rows(f, show_path(str(path)), what="not a training CSV",
+                                      max_row=_MAX_CSV_LINE))
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a UTF-8 text CSV") from None
     if not rows:

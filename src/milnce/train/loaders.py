@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UsageError
+from ..plural import plural
 from ..text import Tokenizer
 from .config import TrainConfig
 from .data import DataSplit, StepBatchSampler, TrainClips, load_split, worker_init
@@ -52,7 +53,7 @@ def make_loader(data: DataSplit | ShardSet, cfg: TrainConfig, tokenizer: Tokeniz
     dataset = TrainClips(data, tokenizer, cfg.window, **kw)
     sampler = StepBatchSampler(start, cfg.steps, local, cfg.grad_accum, ctx.rank, ctx.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
-    return loader, f"{len(data.videos)} videos ({len(dataset)} samples/epoch)"
+    return loader, f"{plural(len(data.videos), 'video')} ({len(dataset)} samples/epoch)"
 
 
 def note_position(positions: dict[str, Any], info: dict[str, Any]) -> None:
