@@ -27,7 +27,7 @@ from typing import Any
 
 from .atomic import atomic_write_text
 
-__all__ = ["cache_dir", "locked", "JsonStore", "file_stamp", "sha256_file"]
+__all__ = ["cache_dir", "locked", "JsonStore", "file_stamp", "sha256_file", "crc32_file"]
 
 logger = logging.getLogger("milnce.cache")
 
@@ -100,6 +100,17 @@ class JsonStore:
 def file_stamp(st: os.stat_result) -> dict[str, int]:
     """What must stay equal for a file to count as unchanged since it was checked."""
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+def crc32_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> int:
+    """CRC-32 of a file's bytes (cheap integrity checks of index files)."""
+    import zlib
+
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

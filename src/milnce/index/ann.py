@@ -11,12 +11,12 @@ import re
 import shutil
 import time
 import warnings
-import zlib
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..atomic import atomic_path
+from ..cache import crc32_file
 from .ann_pq import META_FILE, PQDamagedError, PQIndexError, build_pq, choose_pq_params, open_pq
 from .errors import IndexFolderError, IndexWriteError
 from .layout import SCAN_BLOCK, fsync_dir, now
@@ -43,13 +43,6 @@ ANN_MIN_WINDOWS = 50_000  # below this exact search is fast (a few ms) and an IV
 
 log = logging.getLogger("milnce.index")
 
-
-def _file_crc(path: str) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            crc = zlib.crc32(block, crc)
-    return crc
 
 
 def open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -> tuple[Any, dict[str, Any]]:
@@ -107,7 +100,7 @@ def _open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -
     size = os.path.getsize(path)
     if "size" in info and size != info["size"]:
         return None, {**base, "state": "damaged", "reason": f"{size} bytes, expected {info['size']}"}
-    if "crc32" in info and _file_crc(path) != info["crc32"]:
+    if "crc32" in info and crc32_file(path) != info["crc32"]:
         return None, {**base, "state": "damaged", "reason": "checksum mismatch"}
     try:
         import faiss  # noqa: F401
@@ -140,7 +133,7 @@ def _open_pq(path: str, info: dict[str, Any], base: dict[str, Any], dim: int) ->
         import faiss  # noqa: F401
     except ImportError:
         return None, {**base, "state": "no faiss", "reason": "faiss is not installed"}
-    if "meta_crc32" in info and _file_crc(os.path.join(path, META_FILE)) != info["meta_crc32"]:
+    if "meta_crc32" in info and crc32_file(os.path.join(path, META_FILE)) != info["meta_crc32"]:
         return None, {**base, "state": "damaged", "reason": f"{META_FILE} differs from the one this index built"}
     try:
         pq = open_pq(path, nprobe=info.get("nprobe", 32))
@@ -269,7 +262,7 @@ def build_ann(index: AnnSource, *, queries: np.ndarray | None = None, nlist: int
     try:
         with atomic_path(os.path.join(index.directory, name), prefix=f"{name}.") as tmp:  # swept as ann-*
             faiss.write_index(ix, tmp)
-            written = {"size": os.path.getsize(tmp), "crc32": _file_crc(tmp)}
+            written = {"size": os.path.getsize(tmp), "crc32": crc32_file(tmp)}
         fsync_dir(index.directory)
     except (OSError, RuntimeError) as exc:
         raise IndexWriteError(f"could not write the ANN index into {index.directory} ({exc})") from exc
@@ -296,7 +289,7 @@ def _build_pq_ann(index: AnnSource, live: np.ndarray | None, queries: np.ndarray
     except (OSError, RuntimeError) as exc:
         raise IndexWriteError(f"could not write the PQ index into {index.directory} ({exc})") from exc
     pq = open_pq(path)
-    meta_crc = _file_crc(os.path.join(path, META_FILE))
+    meta_crc = crc32_file(os.path.join(path, META_FILE))
     if queries is None or len(queries) == 0:
         qrows = rows[np.sort(rng.choice(len(rows), size=min(200, len(rows)), replace=False))]
         queries = np.asarray(index.vectors[qrows]) + rng.standard_normal((len(qrows), index.dim)).astype(np.float32) * 0.1

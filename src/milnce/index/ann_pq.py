@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import crc32_file
 from ..errors import MilnceError, UsageError
 
 __all__ = ["PQParams", "PQIndex", "choose_pq_params", "build_pq", "open_pq", "search_pq", "PQIndexError",
@@ -68,13 +69,6 @@ class PQIndexError(MilnceError, ValueError):
 class PQDamagedError(PQIndexError):
     """A PQ index whose files no longer match the checksums recorded when it was built."""
 
-
-def _crc(path: str) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            crc = zlib.crc32(block, crc)
-    return crc
 
 
 def _list_crc(ivf: Any, no: int) -> int:
@@ -208,7 +202,7 @@ def build_pq(vectors: np.ndarray, out_dir: str | os.PathLike[str], *, params: PQ
                 **asdict(params), "ntotal": int(n), "dim": int(dim), "train_rows": int(ntrain),
                 "train_s": train_s, "build_s": time.perf_counter() - t0,
                 "bytes": {f: os.path.getsize(os.path.join(tmp, f)) for f in files},
-                "crc32": {f: _crc(os.path.join(tmp, f)) for f in (INDEX_FILE, LISTS_CRC_FILE)}}
+                "crc32": {f: crc32_file(os.path.join(tmp, f)) for f in (INDEX_FILE, LISTS_CRC_FILE)}}
         with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
             f.flush()
@@ -301,7 +295,7 @@ def _read_meta(d: str) -> dict[str, Any]:
         if os.path.islink(p) or not os.path.isfile(p) or os.path.getsize(p) != size:
             raise PQDamagedError(f"{d}: {name} is missing, a link or has another size than when built")
     for name, crc in crcs.items():
-        if _crc(os.path.join(d, name)) != crc:
+        if crc32_file(os.path.join(d, name)) != crc:
             raise PQDamagedError(f"{d}: {name} differs from its checksum in {META_FILE}")
     return meta
 
