@@ -60,7 +60,13 @@ def main() -> None:
         if world > 1:
             plain_step(model, clips[:2], ids[:2], scale=1.0, sync=True, **common)
         cached_step(model, inner, clips, ids, 2, distributed=world > 1, **common)
-    print(json.dumps({"rank": int(os.environ.get("RANK", "0")), "narrow_ops": audit.found}), flush=True)
+    line = json.dumps({"rank": int(os.environ.get("RANK", "0")), "narrow_ops": audit.found})
+    out = os.environ.get("MILNCE_AUDIT_OUT")
+    if out:  # one file per rank: two ranks printing at once can interleave their lines
+        with open(os.path.join(out, f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
+            f.write(line + "\n")
+    else:
+        print(line, flush=True)
     if world > 1:
         dist.destroy_process_group()
 
