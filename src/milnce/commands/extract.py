@@ -106,7 +106,6 @@ def _print_report(report: Any, as_json: bool, stream: Any = None) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from ..errors import MilnceError
     from ..extract import check, resolve_shard
 
     if args.recipe == "list":
@@ -124,18 +123,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
         recipe = recipe_from_args(args)  # conflicting options refused
         layout = RecipeLayout(recipe)
     if args.check:
-        try:
-            rep = check(args.check, args.paths, verify=getattr(args, "verify", False), layout=layout)
-        except MilnceError as exc:
-            raise CommandError(str(exc)) from exc
+        rep = check(args.check, args.paths, verify=getattr(args, "verify", False), layout=layout)
         _print_report(rep, args.json)
         return 0 if rep.complete else 1
     if not args.out:
         raise CommandError("--out DIR is required (or --check DIR to report completeness)")
-    try:
-        shard = resolve_shard(args.shard)
-    except MilnceError as exc:
-        raise CommandError(str(exc)) from exc
+    shard = resolve_shard(args.shard)
     args.device = rank_device(args.device, shard.local_rank)
     if recipe is not None:
         return run_extraction(args, args.paths, recipe.features(), shard, recipe=recipe)
@@ -167,33 +160,30 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
             torch.cuda.set_device(torch.device(args.device))
         except (RuntimeError, AssertionError, ValueError) as exc:
             raise CommandError(f"--device {args.device}: {exc}") from exc
-    try:
-        check_features(features)  # bad options fail before the model loads
-        WindowSettings.for_model(None, fps=args.fps, num_frames=args.num_frames, size=args.size,
-                                 stride=args.stride, crop=args.crop, allow_gaps=True)  # gaps: once the model is known
-        inputs = collect_inputs(paths)
-        layout = None
-        if recipe is not None:
-            from ..extract.recipe_store import RecipeLayout, check_unique_ids
+    check_features(features)  # bad options fail before the model loads
+    WindowSettings.for_model(None, fps=args.fps, num_frames=args.num_frames, size=args.size,
+                             stride=args.stride, crop=args.crop, allow_gaps=True)  # gaps: once the model is known
+    inputs = collect_inputs(paths)
+    layout = None
+    if recipe is not None:
+        from ..extract.recipe_store import RecipeLayout, check_unique_ids
 
-            check_unique_ids(inputs)  # before the model loads
-            layout = RecipeLayout(recipe)
-        model = model_from_args(args)
-        if recipe is not None:
-            settings, pad = recipe.settings(), "zeros"
-        else:
-            settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,
-                                                stride=args.stride, crop=args.crop,
-                                                allow_gaps=getattr(args, "allow_gaps", False))
-            pad = args.pad or "repeat"
-        workers = args.workers if args.workers is not None else _default_workers()
-        report = extract(inputs, args.out, model, settings, features=features, pad=pad, start=args.start,
-                         end=args.end, batch_size=args.batch_size, workers=workers,
-                         decode_threads=args.decode_threads, shard=shard, overwrite=args.overwrite,
-                         progress=not args.quiet, verify=getattr(args, "verify", False), layout=layout)
-        everyone = finish_together(args.out, shard, report.failures)  # torchrun: all ranks, then exit
-    except MilnceError as exc:
-        raise CommandError(str(exc)) from exc
+        check_unique_ids(inputs)  # before the model loads
+        layout = RecipeLayout(recipe)
+    model = model_from_args(args)
+    if recipe is not None:
+        settings, pad = recipe.settings(), "zeros"
+    else:
+        settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,
+                                            stride=args.stride, crop=args.crop,
+                                            allow_gaps=getattr(args, "allow_gaps", False))
+        pad = args.pad or "repeat"
+    workers = args.workers if args.workers is not None else _default_workers()
+    report = extract(inputs, args.out, model, settings, features=features, pad=pad, start=args.start,
+                     end=args.end, batch_size=args.batch_size, workers=workers,
+                     decode_threads=args.decode_threads, shard=shard, overwrite=args.overwrite,
+                     progress=not args.quiet, verify=getattr(args, "verify", False), layout=layout)
+    everyone = finish_together(args.out, shard, report.failures)  # torchrun: all ranks, then exit
     _print_report(report, args.json, sys.stderr if report.failed else sys.stdout)
     if report.failed and not args.json:
         for _path, msg in report.failures[:50]:

@@ -40,20 +40,16 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from ..errors import MilnceError
     from ..extract.pack import pack_univl, pack_videoclip, read_id_list
 
-    try:
-        if args.consumer == "univl":
-            if args.ids:
-                raise CommandError("--ids is for pack videoclip (UniVL's pickle holds every DIR/*.npy)")
-            n = pack_univl(args.dir, args.out, overwrite=args.overwrite)
-        else:
-            ids = read_id_list(args.ids) if args.ids else None
-            n = pack_videoclip(args.dir, args.out, ids=ids, split=args.split, shard_size=args.shard_size,
-                               overwrite=args.overwrite)
-    except MilnceError as exc:
-        raise CommandError(str(exc)) from exc
+    if args.consumer == "univl":
+        if args.ids:
+            raise CommandError("--ids is for pack videoclip (UniVL's pickle holds every DIR/*.npy)")
+        n = pack_univl(args.dir, args.out, overwrite=args.overwrite)
+    else:
+        ids = read_id_list(args.ids) if args.ids else None
+        n = pack_videoclip(args.dir, args.out, ids=ids, split=args.split, shard_size=args.shard_size,
+                           overwrite=args.overwrite)
     print(f"packed {plural(n, 'video')} into {show_path(args.out)}")
     return 0
 
@@ -61,15 +57,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def recipe_from_args(args: argparse.Namespace) -> Any:
     """``milnce extract --recipe NAME``: the ``Recipe``, options that conflict with it refused
     (the run itself is ``extract``'s: ``commands.extract.run_extraction(..., recipe=)``)."""
-    from ..errors import MilnceError
     from ..recipes import check_conflicts, get_recipe
 
-    try:
-        recipe = get_recipe(args.recipe)
-        given: dict[str, Any] = {k: getattr(args, k, None) for k in
-                                 ("fps", "num_frames", "size", "stride", "crop", "pad", "start", "end")}
-        given["features"] = args.features.split(",") if args.features else None
-        check_conflicts(recipe, given)
-    except MilnceError as exc:
-        raise CommandError(str(exc)) from exc
+    recipe = get_recipe(args.recipe)
+    given: dict[str, Any] = {k: getattr(args, k, None) for k in
+                             ("fps", "num_frames", "size", "stride", "crop", "pad", "start", "end")}
+    given["features"] = args.features.split(",") if args.features else None
+    check_conflicts(recipe, given)
     return recipe

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import FAILURE_EXIT, CommandError, add_model_options, deprecated_alias
+from .common import FAILURE_EXIT, add_model_options, deprecated_alias
 from .extract import add_clip_options, add_run_options
 
 
@@ -32,14 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_embed_video(args: argparse.Namespace) -> int:
-    from ..errors import MilnceError
     from ..extract import resolve_shard
     from .extract import rank_device, run_extraction
 
-    try:
-        shard = resolve_shard(args.shard)
-    except MilnceError as exc:
-        raise CommandError(str(exc)) from exc
+    shard = resolve_shard(args.shard)
     args.device = rank_device(args.device, shard.local_rank)
     features = ["video_embedding", "mixed_5c"] if args.features else ["video_embedding"]
     return run_extraction(args, args.videos, features, shard)
