@@ -26,6 +26,8 @@ from milnce.windows import WindowSettings  # noqa: E402
 W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
 CENTRES = np.random.default_rng(7).standard_normal((10, 512)).astype(np.float32)
 
+pytestmark = pytest.mark.slow  # builds a PQ index per module (13 s): the full suite runs it, the quick loop not
+
 
 def _build(d: Path, seed: int) -> Path:
     rng = np.random.default_rng(seed)

@@ -237,6 +237,7 @@ def test_split_part_that_comes_up_short_asks_for_a_whole_pass(tmp_path):
             assert len(wins) == 3 and msgs[-1].n == 3
 
 
+@pytest.mark.slow
 def test_decoders_that_die_at_start_are_a_clear_error_not_a_hang(tree, tmp_path):
     """A script without the ``__main__`` guard makes every decoding process die at start-up
     (it re-runs the script): the run stops with a clear error instead of respawning forever."""
@@ -357,6 +358,7 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 def test_kill9_then_rerun_equals_clean_run_and_two_writers(checkpoint, model, tree, tmp_path):
     src = tmp_path / "many"
@@ -394,6 +396,7 @@ def test_kill9_then_rerun_equals_clean_run_and_two_writers(checkpoint, model, tr
     assert sorted(os.listdir(out)) == sorted(os.listdir(clean))  # no temporary files left
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one(checkpoint, model, tree, tmp_path):
     pytest.importorskip("torch.distributed.run")
     one = tmp_path / "one"
@@ -426,6 +429,7 @@ def _bench(name):
     return mod
 
 
+@pytest.mark.slow
 def test_bench_gpu_args_and_cpu_dry_run(tmp_path, capsys):
     bench = _bench("bench_gpu")
     a = bench.parse_args(["--quick"])

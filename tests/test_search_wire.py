@@ -220,6 +220,7 @@ def test_cli_bad_filters_one_line_each(big, cli_model, capsys, argv, words):
     assert os.path.isdir(big)
 
 
+@pytest.mark.slow
 def test_index_ann_pq_is_recorded_and_searched(big, tmp_path, model, monkeypatch, capsys):
     """``--ann pq``: the IVF-PQ folder is built over the live rows, recorded in the index meta,
     opened by searches (candidates re-scored exactly), refilled under a filter, and replaced by

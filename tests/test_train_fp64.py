@@ -49,6 +49,7 @@ def _narrow_ops(stdout: str) -> list[dict]:
     return [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
 
 
+@pytest.mark.slow
 def test_the_gradient_cached_step_has_no_float32_operation():
     """Every operation of an fp64 gradient-cached step of the real S3D (embeddings, loss, cached
     gradients, pass 2) takes and gives float64 tensors: no float32 constant, buffer or cast."""

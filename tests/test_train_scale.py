@@ -104,6 +104,7 @@ def _assert_close_state(a: dict, b: dict, rel: float = 1e-10, buffers: bool = Tr
 EXACT = {"batch_size": 4, "lr": 1.0, "adam_eps": 1.0, "warmup_steps": 0, "precision": "fp64", "save_every": 3}
 
 
+@pytest.mark.slow
 def test_micro_batch_equals_a_full_batch_step_with_frozen_bn(synth, tmp_path):
     cfg = _settings(tmp_path, **EXACT, freeze_bn=True)
     assert _train(synth, tmp_path / "full", cfg, "--steps", "2") == 0
@@ -190,6 +191,7 @@ def test_a_diverged_run_stops_with_a_training_error(synth, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- damaged checkpoints, full disk
 
+@pytest.mark.slow
 def test_damaged_training_checkpoints_are_refused(synth, straight, tmp_path, capsys):
     import shutil
 
@@ -354,6 +356,7 @@ def test_bad_samples_are_counted_and_the_stop_rule_is_collective(wds_data, tmp_p
     assert err[-1].startswith("milnce: error: step") and "more than --bad-fraction 0.05" in err[-1]
 
 
+@pytest.mark.slow
 def test_training_on_shards_resumes_exactly(wds_data, tmp_path):
     cfg = _settings(tmp_path, save_every=2, workers=1, eval_every=0)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -392,6 +395,7 @@ def test_torchrun_on_shards_stops_collectively(wds_data, tmp_path):
     assert json.loads(ok.stdout.strip().splitlines()[-1])["bad_samples"] >= 3
 
 
+@pytest.mark.slow
 def test_micro_batch_resumes_exactly(synth, tmp_path):
     cfg = _settings(tmp_path, batch_size=4, save_every=2)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

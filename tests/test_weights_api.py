@@ -263,6 +263,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, checkpoint):
     assert "--weights" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmark_script_runs(capsys):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
