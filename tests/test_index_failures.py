@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from milnce.cli import main
-from milnce.video.decode import failure_reason
+from milnce.video.result import failure_reason
 from video_fixtures import make_video
 
 pytestmark = pytest.mark.usefixtures("reuse_model")  # index reuses the loaded model

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import MilnceError, UsageError
-from ..video.decode import failure_reason, not_readable
+from ..video.decode import not_readable
 from ..video.pipeline import VideoJob, run_jobs
+from ..video.result import failure_reason
 from .cache import EmbeddingCache, as_cache
 from .datasets import Benchmark, EvalItem, VideoResolver, load_benchmark
 from .metrics import retrieval_metrics

@@ -21,9 +21,8 @@ from ..errors import UsageError
 from ..plural import plural
 from ..printable import show_path
 from ..protocols import VideoEncoder
-from ..video.decode import failure_reason
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
-from ..video.result import VideoWindows
+from ..video.result import VideoWindows, failure_reason
 from ..windows import WindowSettings, check_pad
 from .inputs import Shard, VideoInput, collect_inputs, shard_inputs
 from .store import FORMAT, Layout, NpzLayout, StoreError, temp_files
@@ -172,12 +171,6 @@ def read_failures(out_dir: str) -> list[tuple[str, str]]:
         for p, r in rows:
             out.setdefault(p, r)
     return list(out.items())
-
-
-def _reason(path: str, error: str) -> str:
-    """``error`` without the video's path (failures.csv has it in its own column): the one
-    failure reason of ``milnce.video.decode.failure_reason``, as ``index`` and ``eval`` list it."""
-    return failure_reason(error, path)
 
 
 def write_failures(path: str, rows: Sequence[tuple[str, str]], shards: int | None = None) -> None:
@@ -343,7 +336,7 @@ def _store(res: VideoWindows, todo: _Todo, ident: dict[str, Any], report: Extrac
     for note in res.warnings:  # truncated or corrupt data that was skipped: said, not only kept in the file
         _say(bar, note)
     if res.error is not None:
-        report.failures.append((item.path, _reason(item.path, res.error)))
+        report.failures.append((item.path, failure_reason(res.error, item.path)))  # as index and eval list it
         report.failed += 1
         write_failures(report.failures_file or "", report.failures, report.shards)
         return  # listed once, by the caller at the end (as index and eval do)

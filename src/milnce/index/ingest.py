@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..video.decode import failure_reason
+from ..video.result import failure_reason
 from .layout import show_path
 from .records import IndexReport
 from .store import Index
@@ -39,7 +39,7 @@ def reason(exc: BaseException, path: str) -> str:
 
 
 def reason_text(msg: str, path: str) -> str:
-    """``msg`` without ``path`` (the report shows the path once): ``milnce.video.decode.failure_reason``,
+    """``msg`` without ``path`` (the report shows the path once): ``milnce.video.result.failure_reason``,
     the reason ``extract`` and ``eval`` list too."""
     return failure_reason(msg, path)
 

@@ -80,24 +80,6 @@ def not_readable(path: str, exc: BaseException) -> VideoError:
     return VideoError(f"{path}: not a readable video file ({_fferr(exc)})")
 
 
-def failure_reason(message: str, path: str) -> str:
-    """A failed video's reason as the failure lists show it (``index``, ``extract``, ``eval``): one
-    line, without the path (the list shows it once): a leading ``PATH: `` (the path as given,
-    absolute, with its whitespace collapsed, or its base name) and later mentions are removed."""
-    msg = " ".join(str(message).split())
-    full = [path, os.path.abspath(path)]
-    names = list(dict.fromkeys([*full, *(" ".join(p.split()) for p in full), os.path.basename(path)]))
-    for p in names:
-        for sep in (": ", " "):
-            if p and msg.startswith(p + sep):
-                msg = msg[len(p) + len(sep):]
-                break
-    for p in names[:-1]:
-        if p:
-            msg = msg.replace(f" {p}", "")
-    return msg.strip() or "unreadable"
-
-
 class VideoNotFoundError(VideoError, FileNotFoundError):
     """The video file does not exist."""
 

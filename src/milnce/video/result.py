@@ -27,12 +27,30 @@ from ..atomic import atomic_file
 from ..errors import MilnceError, UsageError
 from ..windows import WindowSettings
 
-__all__ = ["VideoWindows", "EmbeddingsFileError", "FORMAT", "write_npz", "check_structure", "check_crc", "meta_problem",
+__all__ = ["VideoWindows", "failure_reason", "EmbeddingsFileError", "FORMAT", "write_npz", "check_structure", "check_crc", "meta_problem",
            "MAX_DURATION_S"]
 
 FORMAT = "milnce-features/1"
 MAX_DURATION_S = 366 * 86400.0  # a video longer than a year is a crafted number, not a recording
 _ARRAYS = ("video_embedding", "start", "end", "meta")  # what a current file always holds
+
+
+def failure_reason(message: str, path: str) -> str:
+    """A failed video's reason as the failure lists show it (``index``, ``extract``, ``eval``): one
+    line, without the path (the list shows it once): a leading ``PATH: `` (the path as given,
+    absolute, with its whitespace collapsed, or its base name) and later mentions are removed."""
+    msg = " ".join(str(message).split())
+    full = [path, os.path.abspath(path)]
+    names = list(dict.fromkeys([*full, *(" ".join(p.split()) for p in full), os.path.basename(path)]))
+    for p in names:
+        for sep in (": ", " "):
+            if p and msg.startswith(p + sep):
+                msg = msg[len(p) + len(sep):]
+                break
+    for p in names[:-1]:
+        if p:
+            msg = msg.replace(f" {p}", "")
+    return msg.strip() or "unreadable"
 
 
 class EmbeddingsFileError(MilnceError, ValueError):
