@@ -70,3 +70,16 @@ def test_index_from_features_lists_crafted_files_as_failed(tmp_path, capsys):
     assert len(failed) == 4 and "Traceback" not in err and "\0" not in err
     assert "duration" in failed["huge.mp4"] and "video-h" not in err.split("\n")[-1]
     assert os.path.isdir(tmp_path / "ix")
+
+
+def test_plain_npy_with_a_huge_header_is_refused_before_allocating(tmp_path):
+    """A 200-byte ``.npy`` whose header claims (1e11, 512): the one feature-file reader checks the
+    header against the file size (``milnce.video.npyfile``) before ``np.load`` would allocate it."""
+    p = tmp_path / "clip.npy"
+    with open(p, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**11, 512)})
+        f.write(b"\0" * 64)
+    with pytest.raises(EmbeddingsFileError, match="its header says shape"):
+        VideoWindows.load(p)
+    np.save(tmp_path / "ok.npy", np.ones((3, 512), np.float32))
+    assert VideoWindows.load(tmp_path / "ok.npy").embeddings.shape == (3, 512)

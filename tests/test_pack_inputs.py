@@ -14,10 +14,10 @@ import pytest
 
 from milnce.cli import main
 from milnce.errors import UsageError
-from milnce.extract.npyfile import NpyFileError, npy_header, read_npy
 from milnce.extract.pack import MAX_ID_LINE, pack_videoclip, read_id_list
 from milnce.extract.recipe_store import RecipeLayout
 from milnce.recipes import get_recipe
+from milnce.video.npyfile import NpyFileError, npy_header, read_npy
 
 
 def managed(root: Path, recipe: str, rows: dict[str, int]) -> Path:

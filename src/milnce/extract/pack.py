@@ -20,7 +20,7 @@ The pickles load with a plain ``pickle.load`` under Python 3.4+ and numpy 1.x or
 ``numpy.dtype`` (numpy 2's own pickles name ``numpy._core``, absent from numpy 1.x). The
 UniVL pickle is streamed (one video in memory at a time, written in protocol-4 frames).
 
-Inputs are checked before they are packed: every ``.npy`` is read through ``npyfile.read_npy``
+Inputs are checked before they are packed: every ``.npy`` is read through ``milnce.video.npyfile.read_npy``
 (header against file size), must be 2-D rows of the consumer's width (``Recipe.dim``), finite,
 and, in a folder written by ``milnce extract --recipe`` (``milnce-recipe.json``), of that
 consumer's recipe, with a sidecar that agrees (rows, SHA-256).
@@ -44,7 +44,7 @@ from ..errors import MilnceError, UsageError
 from ..listfiles import read_lines
 from ..printable import show_path
 from ..recipes import Recipe, get_recipe
-from .npyfile import read_npy
+from ..video.npyfile import read_npy
 from .recipe_store import FORMAT, MANIFEST_DIR, RECIPE_FILE, read_sidecar
 from .store import StoreError
 

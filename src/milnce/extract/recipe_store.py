@@ -32,8 +32,8 @@ import numpy as np
 from ..atomic import atomic_write_bytes
 from ..errors import UsageError
 from ..recipes import Recipe
+from ..video.npyfile import NpyFileError, npy_header, read_npy
 from .inputs import VideoInput
-from .npyfile import NpyFileError, npy_header, read_npy
 from .store import StoreError
 
 __all__ = ["RecipeLayout", "extract_recipe", "video_id", "check_unique_ids", "read_sidecar", "MANIFEST_DIR",

@@ -26,6 +26,7 @@ import numpy as np
 from ..atomic import atomic_file
 from ..errors import MilnceError, UsageError
 from ..windows import WindowSettings
+from .npyfile import NpyFileError, npy_header, read_header_fields
 
 __all__ = ["VideoWindows", "failure_reason", "EmbeddingsFileError", "FORMAT", "write_npz", "check_structure", "check_crc", "meta_problem",
            "MAX_DURATION_S"]
@@ -142,7 +143,11 @@ class VideoWindows:
         if not os.path.exists(p):
             raise EmbeddingsFileError(f"video embeddings not found: {p}")
         try:
+            if not zipfile.is_zipfile(p):  # a plain .npy: its header checked against the file size first
+                npy_header(p)
             data = np.load(p, allow_pickle=False)
+        except NpyFileError as exc:  # a shape the file cannot hold: refused before np.load allocates it
+            raise EmbeddingsFileError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - OSError, ValueError, BadZipFile...: not a readable file
             raise EmbeddingsFileError(f"{p}: not a readable .npy/.npz file ({_why(exc)})") from exc
         try:
@@ -303,10 +308,7 @@ def check_structure(path: str, expected: tuple[str, ...] = _ARRAYS) -> str | Non
                 if info.header_offset + info.compress_size > size:
                     return f"member {name} runs past the end of the file"
                 with z.open(info) as f:
-                    fmt = np.lib.format
-                    version = fmt.read_magic(f)
-                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                    shape, _fortran, dtype = read(f)
+                    shape, _fortran, dtype = read_header_fields(f)  # type: ignore[arg-type]
                     want = f.tell() + math.prod(shape) * dtype.itemsize
                 if info.file_size != want:
                     return f"member {name} holds {info.file_size} bytes, its header says {want}"

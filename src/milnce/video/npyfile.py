@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import MilnceError
 
-__all__ = ["NpyFileError", "NpyHeader", "npy_header", "read_npy"]
+__all__ = ["NpyFileError", "NpyHeader", "npy_header", "read_npy", "read_header_fields"]
 
 
 class NpyFileError(MilnceError, ValueError):
@@ -43,16 +43,22 @@ class NpyHeader:
         return self.size - self.offset
 
 
-def _read_header(f: BinaryIO, path: str) -> NpyHeader:
+def read_header_fields(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` header at ``f``'s position (any version;
+    ``f`` left at the first data byte); ``ValueError``/``EOFError`` for a bad header. Also reads the
+    members of an ``.npz`` (``video.result.check_structure``)."""
     fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        return fmt.read_array_header_1_0(f)
+    if version in ((2, 0), (3, 0)):
+        return fmt.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy version {version}")
+
+
+def _read_header(f: BinaryIO, path: str) -> NpyHeader:
     try:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = read_header_fields(f)
     except (ValueError, EOFError, OSError) as exc:
         raise NpyFileError(f"{path}: not a readable .npy file ({' '.join(str(exc).split())[:200]})") from None
     if dtype.hasobject:
