@@ -94,19 +94,24 @@ def test_server_says_not_existing_for_a_folder_swapped_for_a_link(tmp_path, mode
         assert ok["exists"] is True and ok["file_state"] == "ok"
 
 
+def _mux_frames(out, stream, n: int) -> None:
+    """``n`` painted 64 x 48 frames at 10 fps encoded into ``stream`` of ``out``, then flushed."""
+    for i in range(n):
+        f = av.VideoFrame.from_ndarray(paint(i, 64, 48), format="rgb24")
+        f.pts, f.time_base = i, Fraction(1, 10)
+        for p in stream.encode(f):
+            out.mux(p)
+    for p in stream.encode():
+        out.mux(p)
+
+
 def _write(path: Path, vcodec: str, acodec: str | None = None, n: int = 20) -> Path:
     with av.open(str(path), "w") as out:
         s = out.add_stream(vcodec, rate=10)
         s.width, s.height = 64, 48
-        s.pix_fmt = "rgb8" if vcodec == "gif" else ("yuv420p" if vcodec != "rawvideo" else "yuv420p")
+        s.pix_fmt = "rgb8" if vcodec == "gif" else "yuv420p"
         a = out.add_stream(acodec, rate=8000, layout="mono") if acodec else None
-        for i in range(n):
-            f = av.VideoFrame.from_ndarray(paint(i, 64, 48), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 10)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+        _mux_frames(out, s, n)
         if a is not None:
             af = av.AudioFrame.from_ndarray(np.zeros((1, 800 * n // 10 * 10 // 10), np.int16), format="s16", layout="mono")
             af.sample_rate, af.pts = 8000, 0
@@ -198,13 +203,7 @@ def test_odd_sources_are_cut_not_crashed(tmp_path):
         s = out.add_stream("mpeg4", rate=10)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         a = out.add_stream("pcm_s16le", rate=192000, layout="mono")
-        for i in range(20):
-            f = av.VideoFrame.from_ndarray(paint(i, 64, 48), format="rgb24")
-            f.pts, f.time_base = i, Fraction(1, 10)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+        _mux_frames(out, s, 20)
         for k in range(20):
             af = av.AudioFrame.from_ndarray(np.zeros((1, 19200), np.int16), format="s16", layout="mono")
             af.sample_rate, af.pts = 192000, k * 19200
