@@ -192,17 +192,20 @@ class Searcher:
             return hit[1][:m], hit[2][:m]
         idx.check_files()  # a truncated store: an error, not SIGBUS
         got = None
+        rescore = False  # whether some scores come from a batched float32 scan, not ``scores_of``
         if m == 0:
             got = (np.zeros(0, np.int64), np.zeros(0, np.float32))
         elif self.allowed is not None and self.n_allowed <= FEW_ROWS:
             got = self._few_top(i, m)
         elif self.ann is not None and m * 4 < self.n_allowed:
             got = self._ann_top(i, m)
+            rescore = got is not None and self.ann_rows < idx.num_rows  # the rows after the ANN index
         if got is None:
             got = self._screened_top(i, m)
         if got is not None:
             rows, scores = got
         else:
+            rescore = True
             s = self._exact_scores(i)
             if m < len(s):
                 part = np.argpartition(-s, m - 1)[:m]
@@ -212,7 +215,8 @@ class Searcher:
             rows = part[order]
             rows = rows[np.isfinite(s[rows])][:m]
             scores = s[rows]
-        rows, scores = self.canonical(i, rows, scores)
+        if rescore:
+            rows, scores = self.canonical(i, rows, scores)
         self._cache[i] = (m, rows, scores)
         return rows, scores
 
