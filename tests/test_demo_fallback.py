@@ -136,6 +136,7 @@ def test_serve_hint_only_when_the_extra_is_missing(installed, monkeypatch, capsy
     import importlib.util
 
     import milnce.commands.demo as demo_cmd
+    from milnce.demo import Demo
 
     real = importlib.util.find_spec
     if installed and (real("fastapi") is None or real("uvicorn") is None):
@@ -143,7 +144,7 @@ def test_serve_hint_only_when_the_extra_is_missing(installed, monkeypatch, capsy
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: (real(name, *a) if installed else None) if name in ("fastapi", "uvicorn")
                         else real(name, *a))
-    demo = demo_cmd._Demo(None, "m", "m", [], {}, ["a red square moves left"], {})
+    demo = Demo(None, "m", "m", [], {}, ["a red square moves left"], {})
     demo_cmd._print_next(argparse.Namespace(weights=None, vocab=None), "/tmp/ix", demo)
     out = capsys.readouterr().out
     assert "milnce serve --index /tmp/ix, then open" in out or not installed
