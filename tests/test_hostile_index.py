@@ -274,8 +274,8 @@ def test_truncated_store_answers_503_not_sigbus(tmp_path, client_for):
             idx.search_embeddings(np.ones(512, np.float32))
 
 
-def test_serve_restart_comes_back_after_a_fatal_signal(tmp_path, capsys):
-    from milnce.commands.serve import supervise
+def test_serve_restart_comes_back_after_a_fatal_signal(tmp_path, caplog):
+    from milnce.server.supervise import supervise
 
     count = tmp_path / "count"
     child = textwrap.dedent(f"""
@@ -287,7 +287,7 @@ def test_serve_restart_comes_back_after_a_fatal_signal(tmp_path, capsys):
     """)
     assert supervise([sys.executable, "-c", child], pause_s=0.0) == 0
     assert count.read_text() == "3"
-    err = capsys.readouterr().err
+    err = "\n".join(r.getMessage() for r in caplog.records if r.name == "milnce.server")
     assert err.count("died (signal SIGBUS); restarting") == 2
     assert supervise([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGBUS)"],
                      max_restarts=2, pause_s=0.0) == 1  # gives up

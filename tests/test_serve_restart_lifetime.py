@@ -27,7 +27,7 @@ CHILD = textwrap.dedent("""
 
 SUPERVISOR = textwrap.dedent("""
     import sys
-    from milnce.commands.serve import supervise
+    from milnce.server.supervise import supervise
     sys.exit(supervise([sys.executable, "-c", sys.argv[1]], pause_s=0.0))
 """)
 

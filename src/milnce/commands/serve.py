@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-from collections.abc import Callable
+import sys
 from typing import Any
 
 from ..errors import MissingFileError
 from .common import CommandError, add_index_option, add_model_options, model_for_index, model_from_args
 
-# Kept here too: the server module itself cannot be imported without FastAPI.
+# Kept here too: the server package itself cannot be imported without FastAPI (both checked equal by
+# tests/test_serve_supervise.py).
 MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
-MAX_RESTARTS = 5  # --restart gives up after this many deaths within a minute
+MAX_RESTARTS = 5  # --restart gives up after this many deaths within a minute (server.supervise.MAX_RESTARTS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,103 +64,6 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn`` for the child: on Linux, ask the kernel to SIGKILL it when its parent (the
-    supervisor) dies, whatever killed the supervisor (``prctl(PR_SET_PDEATHSIG)``); if the
-    supervisor is already gone, exit at once."""
-
-    def setup() -> None:
-        import ctypes
-        import signal
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover - not Linux
-            return
-        if os.getppid() != parent:  # the supervisor died before prctl took effect
-            os._exit(1)
-
-    return setup
-
-
-def _run_child(command: list[str], grace_s: float) -> tuple[int, bool]:
-    """Run ``command`` until it exits: (its status, whether the supervisor was told to stop).
-    SIGTERM to the supervisor is passed on to the child (given ``grace_s`` seconds, then killed);
-    Ctrl-C is passed on as SIGINT. The child is killed by the kernel if the supervisor dies."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    linux = sys.platform.startswith("linux")
-    proc = subprocess.Popen(command, preexec_fn=_die_with(os.getpid()) if linux else None)  # noqa: PLW1509
-    stopping: list[float] = []
-
-    def on_term(signum: int, frame: Any) -> None:
-        if not stopping:
-            stopping.append(time.monotonic())
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGTERM)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        while True:
-            try:
-                return proc.wait(timeout=0.2), bool(stopping)
-            except subprocess.TimeoutExpired:
-                if stopping and time.monotonic() - stopping[0] > grace_s:
-                    proc.kill()
-            except KeyboardInterrupt:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if proc.poll() is None:  # an error in the supervisor itself: the child goes too
-            proc.kill()
-            proc.wait()
-
-
-def supervise(command: list[str], *, max_restarts: int = MAX_RESTARTS, window_s: float = 60.0,
-              pause_s: float = 1.0, grace_s: float = 10.0) -> int:
-    """Run ``command`` (``milnce serve ...`` without ``--restart``) in a child process until it exits by itself (status 0, 2 or Ctrl-C);
-    when it dies of a signal or an unexpected status, log the cause and start it again, unless
-    it died ``max_restarts`` times within ``window_s`` seconds (then exit 1). The child never
-    outlives the supervisor: SIGTERM is passed on to it (then SIGKILL after ``grace_s``), and on
-    Linux the kernel kills it when the supervisor dies of anything else (even SIGKILL)."""
-    import signal
-    import sys
-    import time
-
-    deaths: list[float] = []
-    while True:
-        try:
-            rc, stopped = _run_child(command, grace_s)
-        except KeyboardInterrupt:
-            return 130
-        if stopped:
-            return 0
-        if rc in (0, 2, 130, -signal.SIGINT, -signal.SIGTERM):
-            return 0 if rc in (0, -signal.SIGINT, 130, -signal.SIGTERM) else rc
-        try:
-            cause = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
-        except ValueError:
-            cause = f"signal {-rc}"
-        now = time.monotonic()
-        deaths = [t for t in deaths if now - t < window_s] + [now]
-        if len(deaths) > max_restarts:
-            print(f"milnce: serve: the server died ({cause}) {len(deaths)} times within {window_s:g} s; giving up",
-                  file=sys.stderr, flush=True)
-            return 1
-        print(f"milnce: serve: the server died ({cause}); restarting it", file=sys.stderr, flush=True)
-        time.sleep(pause_s)
-
-
 def index_folders(given: list[str]) -> list[str]:
     """The index folders ``serve`` was given: each an index, or a folder whose sub-folders are
     indexes (sorted by name). ``CommandError`` for anything else."""
@@ -196,21 +99,28 @@ def _clip_limits(args: argparse.Namespace) -> Any:
                       send_timeout=args.clip_send_timeout)
 
 
+def _missing_deps(exc: ImportError) -> str:
+    """The missing-extra message, naming the module that is missing."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+    missing = f" (no module named {cause.name!r})" if getattr(cause, "name", None) else ""
+    return MISSING_DEPS + missing
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _clip_limits(args)  # bad values are refused before anything starts
     if args.restart:
         index_folders(args.index)
-        import sys
-
-        return supervise([sys.executable, "-m", "milnce.cli", *_child_argv(args)])
+        try:
+            from ..server.supervise import supervise
+        except ImportError as exc:
+            raise CommandError(_missing_deps(exc)) from None
+        return supervise([sys.executable, "-m", "milnce.cli", *_child_argv(args)], max_restarts=MAX_RESTARTS)
     try:
         import uvicorn  # noqa: F401
 
         from ..server import listen, serve
     except ImportError as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
-        missing = f" (no module named {cause.name!r})" if getattr(cause, "name", None) else ""
-        raise CommandError(MISSING_DEPS + missing) from None
+        raise CommandError(_missing_deps(exc)) from None
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
     for d in args.index:

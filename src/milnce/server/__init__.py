@@ -27,7 +27,7 @@ listings and checked file access over one index and its model; ``ApiError``), ``
 FastAPI routers over the service: API, media, UI), ``app`` (``create_app``: the routers, the
 ``Host`` check, errors in one shape, warm-up), ``files`` (``Range``, identity-checked opening
 and streaming of indexed files), ``thumbs`` (thumbnails and the LRU cache), ``run``
-(``listen``, ``serve``).
+(``listen``, ``serve``), ``supervise`` (the ``serve --restart`` supervisor).
 """
 
 from __future__ import annotations
