@@ -13,6 +13,11 @@ B = argparse.BooleanOptionalAction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_train(sub)
+    _register_make_synthetic(sub)
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train or fine-tune the model with MIL-NCE (one process or torchrun)",
@@ -22,6 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights OUT), metrics to OUT/metrics.jsonl. Settings: defaults < --config < options. "
         "Multi-process: torchrun --nproc_per_node N --no-python milnce train ...",
     )
+    _add_run_inputs(p)
+    _add_clip_options(p.add_argument_group("clips"))
+    _add_optimisation_options(p.add_argument_group("optimisation"))
+    _add_run_options(p.add_argument_group("run"))
+    p.set_defaults(func=cmd_train)
+
+
+def _add_run_inputs(p: argparse.ArgumentParser) -> None:
+    """The data, the run folder, the settings file and the model to start from."""
     p.add_argument("--data", help="data folder, CSV, or webdataset tar shards ('shards/{00000..00127}.tar')")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints, config.json, metrics.jsonl)")
     p.add_argument("--config", metavar="FILE", help="settings file (.yaml or .json; keys as the options, with _)")
@@ -36,7 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-word-embd", dest="freeze_word_embd", action="store_false", default=None,
                    help="also train the word embedding (frozen by default)")
     p.add_argument("--space-to-depth", action=B, default=None, help="S3D input stem (default: the --weights', else on)")
-    g = p.add_argument_group("clips")
+
+
+def _add_clip_options(g: argparse._ArgumentGroup) -> None:
+    """How training clips are cut from the videos and their captions."""
     g.add_argument("--fps", type=float, help="sampling rate (default 10)")
     g.add_argument("--num-frames", type=int, help="frames per clip (default 32)")
     g.add_argument("--size", type=int, help="crop size in pixels (default 224)")
@@ -44,7 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--min-time", type=float, help="widen the caption span to this many seconds (default 5)")
     g.add_argument("--num-candidates", type=int, metavar="K", help="captions per clip in the positive bag (default 4)")
     g.add_argument("--hflip", action=B, default=None, help="random horizontal flips (default on, unless DATA/dataset.json says no)")
-    o = p.add_argument_group("optimisation")
+
+
+def _add_optimisation_options(o: argparse._ArgumentGroup) -> None:
+    """Steps, batches, the optimiser, its schedule and precision."""
     o.add_argument("--steps", type=int, help="train until this optimiser step (default 1000)")
     o.add_argument("--batch-size", type=int, help="clips per optimiser step over all processes (default 16)")
     o.add_argument("--micro-batch", type=int, metavar="M", help="gradient caching: forward passes of M clips, "
@@ -65,7 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="autocast precision (default fp32; fp16 on CUDA; fp64: exact checks on the CPU)")
     o.add_argument("--sync-bn", action=B, default=None, help="synchronise BatchNorm statistics across processes")
     o.add_argument("--seed", type=int, help="seed of the initialisation and the data order (default 0)")
-    r = p.add_argument_group("run")
+
+
+def _add_run_options(r: argparse._ArgumentGroup) -> None:
+    """Loaders, held-out evaluation, checkpoints, logging, the device and the bad-sample rule."""
     r.add_argument("--workers", type=int, help="data loader processes (default 2)")
     r.add_argument("--eval-every", type=int, help="held-out retrieval every N steps, 0: never (default 100)")
     r.add_argument("--eval-max", type=int, help="held-out pairs used (default 512)")
@@ -78,8 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--bad-window steps is unreadable (default 0.1)")
     r.add_argument("--bad-window", type=int, help="steps over which --bad-fraction is judged (default 50)")
     r.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
-    p.set_defaults(func=cmd_train)
 
+
+def _register_make_synthetic(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "make-synthetic",
         help="generate a small text-video dataset (moving coloured shapes) for training tests",
@@ -109,19 +133,13 @@ _NOT_SETTINGS = {"command", "func", "out", "config", "resume"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train.dist import init_distributed
+    from ..train.dist import distributed
     from ..train.trainer import resolve_config, train
 
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     cfg = resolve_config(args.out, overrides, args.config, resume=args.resume)
-    ctx = init_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as ctx:
         last = train(cfg, args.out, resume=args.resume, ctx=ctx)
-    finally:
-        if ctx.distributed:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
     if ctx.is_main:
         print(json.dumps({"run": args.out, "steps": cfg.steps, **{k: v for k, v in last.items()}}))
     return 0

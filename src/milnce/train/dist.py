@@ -9,7 +9,9 @@ this rank's slice: rank ``r`` gets ``W * dL/de_r``, and DDP's gradient averaging
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +20,7 @@ from torch import nn
 
 from ..api import check_device
 
-__all__ = ["DistContext", "init_distributed", "all_gather_with_grad", "all_reduce_with_grad",
+__all__ = ["DistContext", "init_distributed", "distributed", "all_gather_with_grad", "all_reduce_with_grad",
            "SyncBatchNorm3d", "convert_sync_batchnorm"]
 
 
@@ -71,6 +73,18 @@ def init_distributed(device: str | None = None) -> DistContext:
             dist.init_process_group(backend, **kwargs)  # type: ignore[arg-type]
         return DistContext(rank, world, local, dev, True)
     return DistContext(0, 1, 0, dev, False)
+
+
+@contextlib.contextmanager
+def distributed(device: str | None = None) -> Iterator[DistContext]:
+    """``init_distributed`` for the length of a ``with`` block: a process group (``torchrun``) is
+    destroyed at its end, however the block ends."""
+    ctx = init_distributed(device)
+    try:
+        yield ctx
+    finally:
+        if ctx.distributed:
+            dist.destroy_process_group()
 
 
 class _AllGather(torch.autograd.Function):
