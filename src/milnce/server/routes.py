@@ -154,9 +154,16 @@ def _curve(sets: IndexSet, s: SearchService, video_id: int, q: str, like: str) -
 
 
 def api_router(limits: Limits, version: str, started: float) -> APIRouter:
-    """``/healthz``, ``/api/config``, ``/api/search``, ``/api/videos[/{id}[/curve]]``."""
+    """``/healthz``, ``/api/indexes``, ``/api/config``, ``/api/search``, ``/api/videos[/{id}[/curve]]``."""
     r = APIRouter()
-    mq = limits.max_query_chars
+    _status_routes(r, limits, version, started)
+    _search_route(r, limits)
+    _video_routes(r, limits)
+    return r
+
+
+def _status_routes(r: APIRouter, limits: Limits, version: str, started: float) -> None:
+    """``/healthz``, ``/api/indexes``, ``/api/config``: the server's state and the API's limits."""
 
     @r.get("/healthz", summary="Liveness, index size and the approximate index's state")
     def healthz(request: Request) -> dict[str, Any]:
@@ -174,6 +181,11 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
     @r.get("/api/config", summary="Defaults and limits of the API (the UI reads them)")
     def config() -> dict[str, Any]:
         return _config(limits, version)
+
+
+def _search_route(r: APIRouter, limits: Limits) -> None:
+    """``/api/search``: moments by words or like a moment, filtered, with negative terms."""
+    mq = limits.max_query_chars
 
     @r.get("/api/search", summary="Search the moments of the indexed videos (by words, or like a moment)",
            responses={404: {"description": "like: unknown video"}, 422: {"description": "invalid parameters"},
@@ -215,6 +227,11 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
         return {"query": q, "k": k, "by_video": by_video, "merge": merge, **body,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
+
+def _video_routes(r: APIRouter, limits: Limits) -> None:
+    """``/api/videos[/{id}[/curve]]``: the indexed videos, one video's metadata, a query's curve."""
+    mq = limits.max_query_chars
+
     @r.get("/api/videos", summary="The indexed videos")
     def videos(request: Request, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         return service_for(request).videos(offset, limit)
@@ -235,8 +252,6 @@ def api_router(limits: Limits, version: str, started: float) -> APIRouter:
         """`starts`, `ends` (seconds) and `scores` (dot products) of every window of the video,
         in time order, for `q` (or the window `like` names), and `cosine` (normalised scores)."""
         return _curve(request.app.state.indexes, service_for(request), video_id, q, like)
-
-    return r
 
 
 def _file_response(s: SearchService, video_id: int, request: Request) -> Response:
