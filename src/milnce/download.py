@@ -46,19 +46,28 @@ __all__ = ["cache_dir", "DownloadError", "download", "ensure_weights", "install_
 CHECKSUMS_FILE = "checksums.json"
 _CHUNK = 1 << 16
 _USER_AGENT = "milnce-downloader/1 (+python-urllib)"
-_OFFLINE_HINT = (
-    "the original host has gone down at times; list a mirror in MILNCE_MIRRORS or $MILNCE_HOME/mirrors.txt, or "
+_LOCAL_FILES = (
+    "list a mirror in MILNCE_MIRRORS or $MILNCE_HOME/mirrors.txt, or "
     "get s3d_howto100m.pth and s3d_dict.npy yourself, then either check them into the cache with "
     "`milnce download --from FILE`, copy them into the cache folder ($MILNCE_HOME, see `milnce info`) or set "
     "MILNCE_WEIGHTS/MILNCE_VOCAB to their paths (commands that run the model also take --weights/--vocab)"
 )
+_OFFLINE_HINT = "the original host has gone down at times; " + _LOCAL_FILES
 
 
 logger = logging.getLogger("milnce.download")
 
 
 class DownloadError(MilnceError, OSError):
-    """A file could not be downloaded, or a cached/downloaded file failed verification."""
+    """A file could not be downloaded, or a cached/downloaded file failed verification.
+
+    ``reason`` says what went wrong with this one source, ``advice`` (may be empty) what to do;
+    the message is ``reason; advice``. A failure over several sources lists their reasons and
+    gives the advice once."""
+
+    def __init__(self, reason: str, advice: str = "") -> None:
+        super().__init__(f"{reason}; {advice}" if advice else reason)
+        self.reason, self.advice = reason, advice
 
 
 class _Transient(Exception):
@@ -114,8 +123,8 @@ def download(
             if attempt >= retries:
                 tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
                 raise DownloadError(
-                    f"downloading {url} failed after {tries}: {exc}; run again to resume "
-                    f"({_size_of(part):,} bytes kept), or use local files: {_OFFLINE_HINT.split('; ', 1)[1]}"
+                    f"downloading {url} failed after {tries}: {exc}",
+                    f"run again to resume ({_size_of(part):,} bytes kept), or use local files: {_LOCAL_FILES}",
                 ) from exc
             time.sleep(backoff * 2**attempt)
             attempt += 1
@@ -157,7 +166,7 @@ def _fetch_once(url: str, part: Path, expected_size: int | None, timeout: float,
             part.unlink(missing_ok=True)  # cannot resume this .part: start over
             raise _Transient(f"server refused to resume at byte {have:,} (HTTP 416)") from exc
         if exc.code in (404, 403, 410):
-            raise DownloadError(f"not found at URL {url} (HTTP {exc.code}); {_OFFLINE_HINT}") from exc
+            raise DownloadError(f"not found at URL {url} (HTTP {exc.code})", _OFFLINE_HINT) from exc
         if exc.code >= 500 or exc.code in (408, 429):
             raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
         raise DownloadError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
@@ -165,7 +174,7 @@ def _fetch_once(url: str, part: Path, expected_size: int | None, timeout: float,
         if isinstance(exc.reason, socket.gaierror):  # no such host: asking again will not help
             raise DownloadError(f"cannot download {url}: its host name does not resolve ({exc.reason})") from exc
         if isinstance(exc.reason, FileNotFoundError):  # a file: URL
-            raise DownloadError(f"not found at URL {url}; {_OFFLINE_HINT}") from exc
+            raise DownloadError(f"not found at URL {url}", _OFFLINE_HINT) from exc
         raise _Transient(f"cannot connect ({exc.reason})") from exc
     except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         raise _Transient(_describe(exc, timeout)) from exc
@@ -409,14 +418,9 @@ def _ensure_file(
         if len(errors) == 1 and not moved:
             raise errors[0]
         if len(errors) == 1:
-            raise DownloadError(f"{errors[0]}{kept}") from errors[0]
+            raise DownloadError(errors[0].reason + kept, errors[0].advice) from errors[0]
         raise DownloadError(f"could not get {filename} from any of {len(urls)} sources: "
-                            + "; ".join(_short(e) for e in errors) + kept + f"; {_OFFLINE_HINT}")
-
-
-def _short(exc: DownloadError) -> str:
-    """One source's failure without the advice (said once, after all of them)."""
-    return str(exc).replace(f"; {_OFFLINE_HINT}", "").split("; run again to resume")[0]
+                            + "; ".join(e.reason for e in errors) + kept, _OFFLINE_HINT)
 
 
 def ensure_weights(info: WeightsInfo, *, progress: bool = True, retries: int = 3) -> tuple[Path, Path]:
