@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,24 +19,16 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.server import create_app  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
-from video_fixtures import make_video  # noqa: E402
+from server_fixtures import indexed_library  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory, model):
-    from milnce.index import Index, build_index
-
-    root = tmp_path_factory.mktemp("cliplim")
-    vids = root / "videos"
-    vids.mkdir()
-    make_video(vids / "a.mp4", n=40, width=64, height=48)
-    make_video(vids / "late.ts", rate=10, pts_ms=[1400 + 100 * i for i in range(40)], audio=True,
-               options={"crf": "0", "preset": "ultrafast", "g": "10"})
-    build_index([vids], root / "index", model, num_frames=8, size=32, stride=8, progress=False)
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "index": index, "model": model, "ids": ids}
-    index.close()
+    yield from indexed_library(tmp_path_factory.mktemp("cliplim"), model, {
+        "a.mp4": {"n": 40, "width": 64, "height": 48},
+        "late.ts": {"rate": 10, "pts_ms": [1400 + 100 * i for i in range(40)], "audio": True,
+                    "options": {"crf": "0", "preset": "ultrafast", "g": "10"}},
+    })
 
 
 def test_a_failed_cut_is_422_not_500(lib):

@@ -25,28 +25,20 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.server import DEFAULT_K, FILE_CHANGED, create_app, parse_range  # noqa: E402
-from video_fixtures import make_video  # noqa: E402
+from server_fixtures import client_for, indexed_library  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory, model):
-    from milnce.index import Index, build_index
-
-    root = tmp_path_factory.mktemp("trust")
-    vids = root / "videos"
-    vids.mkdir()
-    make_video(vids / "a.mp4", n=40, width=96, height=64)
-    make_video(vids / "b.mp4", n=40, width=96, height=64, marker=True)
-    build_index([vids], root / "index", model, num_frames=8, size=32, stride=8, progress=False)
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "videos": vids, "index": index, "index_dir": root / "index", "model": model, "ids": ids}
-    index.close()
+    yield from indexed_library(tmp_path_factory.mktemp("trust"), model, {
+        "a.mp4": {"n": 40, "width": 96, "height": 64},
+        "b.mp4": {"n": 40, "width": 96, "height": 64, "marker": True},
+    })
 
 
 @pytest.fixture(scope="module")
 def client(lib):
-    with TestClient(create_app(lib["index"], lib["model"])) as c:
+    with client_for(lib) as c:
         yield c
 
 

@@ -18,29 +18,22 @@ from fastapi.testclient import TestClient  # noqa: E402
 from milnce.index.filters import VideoFilter  # noqa: E402
 from milnce.server import create_app  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
+from server_fixtures import client_for, indexed_library  # noqa: E402
 from video_fixtures import make_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory, model):
-    from milnce.index import Index, build_index
-
-    root = tmp_path_factory.mktemp("wire")
-    vids = root / "videos"
-    (vids / "sub").mkdir(parents=True)
-    make_video(vids / "a.mp4", n=40, width=96, height=64)
-    make_video(vids / "sub" / "b.mp4", n=40, width=96, height=64, marker=True)
-    make_video(vids / "c.mkv", n=30, width=96, height=64)
-    build_index([vids], root / "index", model, num_frames=8, size=32, stride=8, progress=False)
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "videos": vids, "index": index, "model": model, "ids": ids}
-    index.close()
+    yield from indexed_library(tmp_path_factory.mktemp("wire"), model, {
+        "a.mp4": {"n": 40, "width": 96, "height": 64},
+        "sub/b.mp4": {"n": 40, "width": 96, "height": 64, "marker": True},
+        "c.mkv": {"n": 30, "width": 96, "height": 64},
+    })
 
 
 @pytest.fixture(scope="module")
 def client(lib):
-    with TestClient(create_app(lib["index"], lib["model"], clip_limits=ClipLimits(max_seconds=3.0))) as c:
+    with client_for(lib, clip_limits=ClipLimits(max_seconds=3.0)) as c:
         yield c
 
 
