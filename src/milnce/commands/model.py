@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-from typing import Any
 
 import numpy as np
 
@@ -16,17 +14,6 @@ from ..printable import show_path
 from .common import CommandError, add_model_options, model_from_args
 
 PRINT_DECIMALS = 4  # printed embeddings (text and JSON); files keep float32
-EXTRAS = {  # import name -> distributions that provide it (first one installed is reported)
-    "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
-    "fastapi": ("fastapi",),
-    "uvicorn": ("uvicorn",),
-    "matplotlib": ("matplotlib",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "sklearn": ("scikit-learn",),
-    "yaml": ("pyyaml", "PyYAML"),
-    "av": ("av",),
-    "safetensors": ("safetensors",),
-}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,98 +83,11 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extras() -> dict[str, str | None]:
-    """Installed version of each optional dependency (None if missing), without importing it."""
-    from importlib import metadata
-    from importlib.util import find_spec
-
-    found: dict[str, str | None] = {}
-    for module, dists in EXTRAS.items():
-        version = None
-        for dist in dists:
-            try:
-                version = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-        if version is None and find_spec(module) is not None:
-            version = "installed (version unknown)"
-        found[dists[0] if module != "sklearn" else "scikit-learn"] = version
-    return found
-
-
-def _check_env_file(kind: str, value: str | None) -> str | None:
-    """What ``MILNCE_WEIGHTS``/``MILNCE_VOCAB`` points at: size and whether it loads and verifies."""
-    if not value:
-        return None
-    from ..text import VocabularyError, load_vocab
-    from ..weights import REGISTRY, CheckpointError, load_verified
-
-    if kind == "weights" and value in REGISTRY:
-        return f"{value} (registry name: the cached files below)"
-    path = os.path.expanduser(value)
-    if not os.path.exists(path):
-        return f"{path}: MISSING (no such file or folder)"
-    size = "" if os.path.isdir(path) else f"{os.path.getsize(path):,} bytes, "
-    try:
-        if kind == "weights":
-            ckpt = load_verified(path)
-            words = ckpt.spec.vocab_size - 1
-            return f"{path} ({size}verified: {words:,} words, weights id {ckpt.fingerprint})"
-        return f"{path} ({size}{len(load_vocab(path)):,} words)"
-    except (CheckpointError, VocabularyError, OSError) as exc:
-        return f"{path} ({size}NOT USABLE: {exc})"
-
-
-def _cache_entry(path, size: int, url: str) -> str:  # type: ignore[no-untyped-def]
-    from ..download import DownloadError, verify_cached_file
-
-    if not path.exists():
-        return f"not downloaded (expected {size:,} bytes from {url})"
-    have = path.stat().st_size
-    if have != size:
-        return f"{path} ({have:,} bytes, expected {size:,}: not the published file)"
-    try:
-        verify_cached_file(path)
-    except DownloadError as exc:
-        return f"{path} ({have:,} bytes, DAMAGED: {exc})"
-    except OSError as exc:
-        return f"{path} ({have:,} bytes, unreadable: {exc})"
-    return f"{path} ({have:,} bytes)"
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    import torch
+    from ..environment import environment_report
 
-    from .. import __version__
-    from ..cache import cache_dir
-    from ..weights import REGISTRY
-
-    cache = cache_dir()
-    weights = {}
-    for name, info in REGISTRY.items():
-        entry = {
-            "weights": _cache_entry(cache / info.filename, info.num_bytes, info.url),
-            "vocab": _cache_entry(cache / info.vocab_filename, info.vocab_num_bytes, info.vocab_url),
-            "inputs": info.transforms,
-            "sources": _sources(info),
-        }
-        weights[name] = entry
-    env_weights, env_vocab = os.environ.get("MILNCE_WEIGHTS") or None, os.environ.get("MILNCE_VOCAB") or None
-    report: dict[str, Any] = {
-        "milnce": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "cache": str(cache),
-        "MILNCE_WEIGHTS": _check_env_file("weights", env_weights),
-        "MILNCE_VOCAB": _check_env_file("vocab", env_vocab),
-        "extras": _extras(),
-        "weights": weights,
-    }
-    report["av"] = report["extras"]["av"]  # kept at the top level for older readers of --json
+    report = environment_report()
+    weights = report["weights"]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -203,18 +103,6 @@ def cmd_info(args: argparse.Namespace) -> int:
             for i, line in enumerate(lines):
                 print(f"  {k if i == 0 else '':8s} {line}")
     return 0
-
-
-def _sources(info: Any) -> list[str] | str:
-    """Where missing files would be downloaded from, in order (``milnce.mirrors``)."""
-    from ..mirrors import MirrorError, sources
-
-    try:
-        found = sources(info)
-    except MirrorError as exc:
-        return f"unusable mirror list: {exc}"
-    return [s.weights_url + ("" if s.vocab_url.endswith("/" + info.vocab_filename) else f" + {s.vocab_url}")
-            + f" ({s.origin})" for s in found]
 
 
 def _write_npy(out: str, array: np.ndarray) -> str:
