@@ -32,8 +32,8 @@ from .errors import MilnceError, OutputError, UsageError
 from .model import S3D, check_video_input
 from .windows import WindowSettings
 
-__all__ = ["OPSET", "VERIFY_FACTOR", "OnnxExport", "OnnxCheck", "onnx_paths", "export_onnx", "verify_onnx",
-           "check_onnx"]
+__all__ = ["OPSET", "VERIFY_FACTOR", "OnnxExport", "OnnxCheck", "onnx_paths", "check_targets", "export_onnx",
+           "verify_onnx", "check_onnx"]
 
 OPSET = 17  # supported by torch's TorchScript-based exporter and by onnxruntime >= 1.14
 
@@ -62,6 +62,19 @@ def onnx_paths(prefix: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
         raise UsageError(f"the ONNX output needs a file name prefix, got {str(prefix)!r}")
     stem = p.name[: -len(".onnx")] if p.name.lower().endswith(".onnx") and len(p.name) > 5 else p.name
     return p.with_name(f"{stem}.video.onnx"), p.with_name(f"{stem}.text.onnx"), p.with_name(f"{stem}.vocab.npy")
+
+
+def check_targets(prefix: str | os.PathLike[str], *, video: bool = True, text: bool = True,
+                  overwrite: bool = False) -> list[Path]:
+    """The files an export to ``prefix`` writes (the video graph; the text graph and the
+    vocabulary), ``UsageError`` for a bad prefix or, unless ``overwrite``, for files already there
+    (call it before loading the weights)."""
+    video_path, text_path, vocab_path = onnx_paths(prefix)
+    wanted = [p for p, on in ((video_path, video), (text_path, text), (vocab_path, text)) if on]
+    present = [str(p) for p in wanted if p.exists()]
+    if present and not overwrite:
+        raise UsageError(f"{', '.join(present)} already exist(s); pass --overwrite to replace, or choose another prefix")
+    return wanted
 
 
 class _VideoGraph(nn.Module):

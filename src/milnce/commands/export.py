@@ -42,16 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..api import check_device, load_model
-    from ..errors import MilnceError, UsageError
-    from ..export import OPSET, check_onnx, export_onnx, onnx_paths
+    from ..errors import MilnceError
+    from ..export import OPSET, check_onnx, check_targets, export_onnx, onnx_paths
 
-    video_path, text_path, vocab_path = onnx_paths(args.onnx)  # a bad prefix fails before the weights load
+    onnx_paths(args.onnx)  # a bad prefix fails before the weights load
     check_device(args.device)
-    wanted = [p for p, on in ((video_path, not args.text_only), (text_path, not args.video_only),
-                              (vocab_path, not args.video_only)) if on]
-    present = [str(p) for p in wanted if p.exists()]
-    if present and not args.overwrite:
-        raise UsageError(f"{', '.join(present)} already exist(s); pass --overwrite to replace, or choose another prefix")
+    check_targets(args.onnx, video=not args.text_only, text=not args.video_only, overwrite=args.overwrite)
     model = load_model(args.weights, args.vocab, device=args.device, fast=False, download=not args.no_download)
     done = export_onnx(model, args.onnx, num_frames=args.num_frames, size=args.size,
                        opset=OPSET if args.opset is None else args.opset,
