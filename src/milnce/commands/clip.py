@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..printable import show_path
 from ..timespec import parse_span, parse_time
-from .common import CommandError, add_index_option
+from .common import add_index_option
 
 __all__ = ["register", "cmd_clip", "parse_span", "parse_time"]
 
@@ -43,69 +42,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_clip(args: argparse.Namespace) -> int:
     from ..index import Index
-    from ..video.cut import CONTAINERS, clip_file_name, cut_clip
+    from ..index.clipsource import clip_output, clip_source, find_video, open_clip_source
+    from ..video.cut import cut_clip
 
     video, start, end = parse_span(args.span)
     with Index.open(args.index) as index:
-        if isinstance(video, int):
-            try:
-                rec = index.video(video)
-            except KeyError as exc:
-                raise CommandError(str(exc.args[0])) from None
-        else:
-            found = index.video_by_path(video)
-            if found is None:
-                raise CommandError(f"{video} is not in the index {args.index} (give an indexed path or id)")
-            rec = found
-        content_hash, roots = _identity(index, rec.id)
-    out = args.out if args.out is not None else "."
-    if os.path.isdir(out):
-        a, b = max(0.0, start - max(args.padding, 0.0)), min(rec.duration, end + max(args.padding, 0.0))
-        out = os.path.join(out, clip_file_name(rec.path, a, b))
-    elif os.path.splitext(out)[1].lower() not in CONTAINERS:
-        raise CommandError(f"--out {out}: give a .mp4, .m4v, .mov or .mkv file, or an existing folder")
-    if os.path.lexists(out) and not args.overwrite:
-        raise CommandError(f"{show_path(out)} exists (choose another --out, or pass --overwrite to replace it)")
-    with _open_source(rec.path, rec.size, rec.mtime, content_hash, roots) as src, _term_as_interrupt():
-        res = cut_clip(src, start, end, out, copy=args.copy, padding=args.padding, duration=rec.duration,
+        src = clip_source(index, find_video(index, video, args.index))
+    rec = src.record
+    out = clip_output(args.out, rec, start, end, padding=args.padding, overwrite=args.overwrite)
+    with open_clip_source(src) as fh, _term_as_interrupt():
+        res = cut_clip(fh, start, end, out, copy=args.copy, padding=args.padding, duration=rec.duration,
                        overwrite=args.overwrite, name=rec.path)
     how = "copied from the key frame at" if res.copy else "re-encoded from"
     print(f"wrote {show_path(res.path)}: {res.duration:.2f} s ({res.frames} frames{', with audio' if res.audio else ''}), "
           f"{how} {res.start:.2f} s to {res.end:.2f} s of {show_path(rec.path)}")
     return 0
-
-
-def _identity(index: Any, video_id: int) -> tuple[str | None, tuple[list[str], str | None]]:
-    """The indexed content hash of a video and the collection roots files are opened from (with
-    the note when they were guessed), as the server has them (``milnce.index.roots``)."""
-    from ..index.roots import serving_roots
-
-    return (index.row(video_id).hash or None,
-            serving_roots(index.roots, (r.path for r in index.videos())))
-
-
-def _open_source(path: str, size: int, mtime: float, content_hash: str | None,
-                 roots: tuple[list[str], str | None]) -> BinaryIO:
-    """The indexed file opened by the server's rule (``milnce.index.opening``: inside the
-    collection roots, no link followed out of them, still the indexed file), else
-    ``SourceChangedError`` naming the path and saying why."""
-    from ..index.opening import FileChangedError, OutsideRootsError, open_indexed_file
-    from ..video.cut import SourceChangedError
-
-    shown = show_path(path)
-    try:
-        fh, _ = open_indexed_file(path, size, mtime, content_hash, roots=roots[0])
-        return fh
-    except FileNotFoundError:
-        raise SourceChangedError(f"{shown}: the indexed video is gone (moved or deleted; re-run milnce index)") from None
-    except OutsideRootsError as exc:
-        note = f" ({roots[1]})" if roots[1] else ""
-        raise SourceChangedError(f"not opened: {show_path(str(exc))}{note}") from None
-    except FileChangedError as exc:
-        raise SourceChangedError(f"{show_path(str(exc))}; re-run milnce index") from None
-    except OSError as exc:
-        raise SourceChangedError(f"{shown} cannot be opened as the indexed file ({exc.strerror or exc}; "
-                                 "re-run milnce index)") from None
 
 
 @contextlib.contextmanager
