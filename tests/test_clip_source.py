@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from server_fixtures import indexed_library
 
 from milnce.errors import UsageError
 from milnce.index.clipsource import NotIndexedError, clip_output, clip_source, find_video, open_clip_source
 from milnce.video.cut import SourceChangedError
+from server_fixtures import indexed_library
 
 
 @pytest.fixture(scope="module")
