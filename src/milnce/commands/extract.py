@@ -139,18 +139,15 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
                    recipe: Any = None) -> int:
     """The code path of ``extract`` and ``embed-video``: parsed options -> ``milnce.extract.extract``
     (``recipe``: a ``milnce.recipes.Recipe``, its windows, padding and file layout instead)."""
-    from ..errors import MilnceError
     from ..extract import collect_inputs, extract
     from ..extract.ranks import finish_together
     from ..extract.runner import check_features, show
     from ..video.pipeline import resolve_batch_size, resolve_workers
     from ..windows import WindowSettings
 
-    try:  # the pipeline's own checks, before the model loads
-        resolve_batch_size(args.batch_size, "cpu")
-        resolve_workers(args.workers)
-    except MilnceError as exc:
-        raise CommandError(str(exc).replace("batch size", "--batch-size").replace("workers", "--workers", 1)) from exc
+    # the pipeline's own checks, before the model loads
+    resolve_batch_size(args.batch_size, "cpu", name="--batch-size")
+    resolve_workers(args.workers, name="--workers")
     if args.decode_threads is not None and args.decode_threads < 1:
         raise CommandError(f"--decode-threads must be >= 1, got {args.decode_threads}")
     if str(args.device).startswith("cuda:"):

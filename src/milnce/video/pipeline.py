@@ -56,22 +56,23 @@ def default_workers() -> int:
     return max(1, cores - 1)
 
 
-def resolve_batch_size(batch_size: int | None, device: torch.device | str) -> int:
+def resolve_batch_size(batch_size: int | None, device: torch.device | str, *, name: str = "batch size") -> int:
     """The one check and default of ``batch_size`` (windows per model call): ``DEFAULT_BATCH_CUDA`` on
-    CUDA, else ``DEFAULT_BATCH_CPU``."""
+    CUDA, else ``DEFAULT_BATCH_CPU``. ``name``: what the refusal calls it (``--batch-size`` for a CLI)."""
     if batch_size is None:
         return DEFAULT_BATCH_CUDA if torch.device(device).type == "cuda" else DEFAULT_BATCH_CPU
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
-        raise UsageError(f"batch size must be a whole number in [1, {MAX_BATCH}], got {batch_size!r}")
+        raise UsageError(f"{name} must be a whole number in [1, {MAX_BATCH}], got {batch_size!r}")
     return batch_size
 
 
-def resolve_workers(workers: int | None) -> int:
-    """The one check and default of ``workers`` (decoding processes; 0 = a thread)."""
+def resolve_workers(workers: int | None, *, name: str = "workers") -> int:
+    """The one check and default of ``workers`` (decoding processes; 0 = a thread). ``name``: what
+    the refusal calls it (``--workers`` for a CLI)."""
     if workers is None:
         return default_workers()
     if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 4096:
-        raise UsageError(f"workers must be a whole number in [0, 4096], got {workers!r}")
+        raise UsageError(f"{name} must be a whole number in [0, 4096], got {workers!r}")
     return workers
 
 
