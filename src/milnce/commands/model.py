@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import numpy as np
 
-from ..atomic import atomic_file
 from ..printable import show_path
 from .common import CommandError, add_model_options, model_from_args
 
@@ -105,28 +102,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_npy(out: str, array: np.ndarray) -> str:
-    """Write ``array`` atomically to ``out`` (``out/text_embeddings.npy`` for a folder; ``.npy``
-    appended when missing, as numpy does) and return the path written."""
-    path = os.path.join(out, "text_embeddings.npy") if os.path.isdir(out) else out
-    if not path.endswith(".npy"):
-        path += ".npy"
-    with atomic_file(path) as f:
-        np.save(f, array, allow_pickle=False)
-    return path
-
-
 def _rounded(e: np.ndarray) -> list[float]:
     return np.round(e.astype(np.float64), PRINT_DECIMALS).tolist()
 
 
 def cmd_embed_text(args: argparse.Namespace) -> int:
+    from ..scoring import embed_texts, save_embeddings
+
     model = model_from_args(args)
     texts = list(args.text)
-    if any(not t.strip() for t in texts):
-        print("milnce: warning: empty text gets the all-padding embedding", file=sys.stderr)
-    emb = model.encode_text(texts).cpu().numpy().astype(np.float32)
-    written = _write_npy(args.out, emb) if args.out else None
+    emb = embed_texts(model, texts)
+    written = save_embeddings(args.out, emb) if args.out else None
     if args.json:
         rows = [{"text": t, "words": model.tokenizer.words(t), "unknown": model.tokenizer.unknown_words(t),
                  "embedding": _rounded(e)} for t, e in zip(texts, emb)]
@@ -140,32 +126,13 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_video_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
-    from ..video import EmbeddingsFileError, VideoEmbeddings
-
-    ve = VideoEmbeddings.load(path)
-    if len(ve) == 0:
-        raise EmbeddingsFileError(f"{path}: holds no windows (nothing to score)")
-    name = os.path.basename(path)
-    if np.isfinite(ve.starts).all():
-        labels = [f"{name}[{s:.1f}-{e:.1f}s]" for s, e in zip(ve.starts, ve.ends)]
-    else:  # a plain .npy: no window times
-        labels = [f"{name}[{i}]" for i in range(len(ve))]
-    return ve.embeddings, labels
-
-
 def cmd_similarity(args: argparse.Namespace) -> int:
-    vids, labels = [], []
-    for path in args.video_embeddings:
-        e, names = _load_video_embeddings(path)
-        vids.append(e)
-        labels += names
-    video = np.concatenate(vids)
+    from ..scoring import load_windows, score_texts
+
+    windows = load_windows(args.video_embeddings)  # bad files fail before the model loads
     model = model_from_args(args)
-    text = model.encode_text(list(args.text)).cpu().numpy()
-    if video.shape[1] != text.shape[1]:
-        raise CommandError(f"video embeddings have {video.shape[1]} dims but text embeddings {text.shape[1]}")
-    scores = text @ video.T
+    scores = score_texts(model, args.text, windows)
+    labels = windows.labels
     if args.json:
         print(json.dumps({"texts": list(args.text), "videos": labels, "scores": scores.round(5).tolist()}))
         return 0
