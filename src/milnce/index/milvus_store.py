@@ -18,6 +18,7 @@ dropped, (3) the old generation's windows are deleted. Removing deletes the reco
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -133,7 +134,7 @@ class MilvusIndex(QueryMixin):
                 ip.add_index("v", index_type="FLAT", metric_type="L2")
                 client.create_collection(rec, schema=records_schema(), index_params=ip, consistency_level="Strong")
             if not client.get(rec, ids=[0], output_fields=["doc"]):
-                meta = {"format": FORMAT, "weights_id": weights_id, "weights_name": weights_name,
+                meta: dict[str, Any] = {"format": FORMAT, "weights_id": weights_id, "weights_name": weights_name,
                         "settings": window.to_dict(), "dim": int(dim), "roots": [], "version": 1, "next_id": 1,
                         "next_row": 0, "max_norm": 0.0, "index_type": index_type, "created": now()}
                 client.upsert(rec, [{"id": 0, "doc": json.dumps(meta), "v": ZERO}])
@@ -161,8 +162,14 @@ class MilvusIndex(QueryMixin):
     # -- state ----------------------------------------------------------------------------------
 
     def _docs(self, filt: str) -> list[tuple[int, dict[str, Any]]]:
-        it = self._client.query_iterator(self.records_collection, batch_size=1000, filter=filt,
-                                         output_fields=["id", "doc"])
+        quiet = logging.getLogger("pymilvus")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # Milvus Lite has no server timestamp for iterators: a warning each time
+        try:
+            it = self._client.query_iterator(self.records_collection, batch_size=1000, filter=filt,
+                                             output_fields=["id", "doc"])
+        finally:
+            quiet.setLevel(level)
         out: list[tuple[int, dict[str, Any]]] = []
         try:
             while True:
@@ -396,45 +403,62 @@ class MilvusIndex(QueryMixin):
             dur = float(emb.duration)
             prepared.append((norm_path(path), vec, starts, ends, int(size), float(mtime), str(content_hash),
                              dur if math.isfinite(dur) else float(ends[-1]), None if ids is None else int(ids[i])))
-        out = []
         with self._lock:
-            for p in prepared:
-                out.append(self._replace(*p))
-        return out
+            return self._replace(prepared)
 
-    def _replace(self, path: str, vec: np.ndarray, starts: np.ndarray, ends: np.ndarray, size: int, mtime: float,
-                 h: str, duration: float, want: int | None) -> int:
-        old = self._paths.get(path) if want is None else want
-        if old is not None and old in self._rows:
-            vid, gen = old, self._gens[old] + 1
-            self._client.delete(self.collection, filter=f"video == {vid} and gen != {self._gens[old]}")
-        else:
-            vid = int(self._meta["next_id"]) if want is None else want
-            gen = 1
-            if vid > MAX_VIDEO_ID:
-                raise UsageError(f"video id {vid} is past what a Milvus index keys ({MAX_VIDEO_ID})")
-            self._client.delete(self.collection, filter=f"video == {vid}")  # an interrupted attempt's windows
-        for a in range(0, len(vec), INSERT_BATCH):  # (1) the new generation's windows
-            self._client.upsert(self.collection, [
-                {"pk": window_key(vid, gen, j), "video": vid, "gen": gen, "j": j, "start": float(starts[j]),
-                 "end": float(ends[j]), "vector": vec[j]} for j in range(a, min(len(vec), a + INSERT_BATCH))])
-        row_start = int(self._meta["next_row"])
-        doc = {"path": path, "size": size, "mtime": mtime, "hash": h, "duration": duration, "row_start": row_start,
-               "num_windows": len(vec), "gen": gen, "indexed_at": now()}
-        self._client.upsert(self.records_collection, [{"id": vid, "doc": json.dumps(doc), "v": ZERO}])  # (2) switch
-        if old is not None and old in self._rows:
-            self._client.delete(self.collection, filter=f"video == {vid} and gen != {gen}")  # (3) the old windows
-        prev = self._rows.get(vid)
-        if prev is not None and prev.path != path:
-            self._paths.pop(prev.path, None)
-        self._rows[vid] = VideoRow(vid, path, size, mtime, h, duration, row_start, len(vec))
-        self._gens[vid] = gen
-        self._paths[path] = vid
-        self._client.delete(self.records_collection, ids=[_error_id(path)])
-        norm = float(np.sqrt(np.einsum("ij,ij->i", vec.astype(np.float64), vec.astype(np.float64))).max())
-        self._commit_meta(next_id=max(int(self._meta["next_id"]), vid + 1), next_row=row_start + len(vec),
-                          max_norm=max(float(self._meta.get("max_norm") or 0.0), norm))
-        return vid
+    def _replace(self, prepared: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, int, float, str, float,
+                                            int | None]]) -> list[int]:
+        """Steps (1)-(3) of the module docstring for several videos, a few Milvus calls in all."""
+        if len({p[0] for p in prepared}) != len(prepared):
+            raise ValueError("add_videos: the same path appears twice")
+        next_id, next_row = int(self._meta["next_id"]), int(self._meta["next_row"])
+        plan: list[tuple[int, int, int | None, int]] = []  # vid, gen, old gen (None: new), row_start
+        for path, vec, *_, want in prepared:
+            old = self._paths.get(path) if want is None else want
+            if old is not None and old in self._rows:
+                plan.append((old, self._gens[old] + 1, self._gens[old], next_row))
+            else:
+                vid = next_id if want is None else want
+                if vid > MAX_VIDEO_ID:
+                    raise UsageError(f"video id {vid} is past what a Milvus index keys ({MAX_VIDEO_ID})")
+                next_id = max(next_id, vid + 1)
+                plan.append((vid, 1, None, next_row))
+            next_row += len(vec)
+        # leftovers of an interrupted attempt: every window of a video but its live generation
+        stale = [f"(video == {v} and gen != {o})" if o is not None else f"video == {v}" for v, _, o, _ in plan]
+        self._client.delete(self.collection, filter=" or ".join(stale))
+        rows: list[dict[str, Any]] = []
+        for (vid, gen, _, _), (_, vec, starts, ends, *_) in zip(plan, prepared):  # (1) the new windows
+            for j in range(len(vec)):
+                rows.append({"pk": window_key(vid, gen, j), "video": vid, "gen": gen, "j": j, "start": float(starts[j]),
+                             "end": float(ends[j]), "vector": vec[j]})
+                if len(rows) >= INSERT_BATCH:
+                    self._client.upsert(self.collection, rows)
+                    rows = []
+        if rows:
+            self._client.upsert(self.collection, rows)
+        docs = []
+        for (vid, gen, _, row_start), (path, vec, _, _, size, mtime, h, duration, _) in zip(plan, prepared):
+            docs.append({"id": vid, "doc": json.dumps({
+                "path": path, "size": size, "mtime": mtime, "hash": h, "duration": duration, "row_start": row_start,
+                "num_windows": len(vec), "gen": gen, "indexed_at": now()}), "v": ZERO})
+        self._client.upsert(self.records_collection, docs)  # (2) the switch: one record row per video
+        old_gens = [f"(video == {v} and gen != {g})" for v, g, o, _ in plan if o is not None]
+        if old_gens:
+            self._client.delete(self.collection, filter=" or ".join(old_gens))  # (3) the old windows
+        self._client.delete(self.records_collection, ids=[_error_id(p[0]) for p in prepared])
+        norm = self._meta.get("max_norm") or 0.0
+        for (vid, gen, _, row_start), (path, vec, _, _, size, mtime, h, duration, _) in zip(plan, prepared):
+            prev = self._rows.get(vid)
+            if prev is not None and prev.path != path:
+                self._paths.pop(prev.path, None)
+            self._rows[vid] = VideoRow(vid, path, size, mtime, h, duration, row_start, len(vec))
+            self._gens[vid] = gen
+            self._paths[path] = vid
+            v64 = vec.astype(np.float64)
+            norm = max(float(norm), float(np.sqrt(np.einsum("ij,ij->i", v64, v64)).max()))
+        self._commit_meta(next_id=next_id, next_row=next_row, max_norm=norm)
+        return [p[0] for p in plan]
 
     def update_video(self, video_id: int, *, path: str | None = None, size: int | None = None,
                      mtime: float | None = None) -> None:
@@ -544,12 +568,14 @@ class MilvusIndex(QueryMixin):
             raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
         st = self.snapshot
         vid: int | None = None
+        path: str | os.PathLike[str] = ""
         if isinstance(video, (int, np.integer)):
             if int(video) not in st.records:
                 raise KeyError(f"no video with id {video!r} in the index")
             vid = int(video)
         else:
-            known = st.by_path.get(user_path(video))
+            path = video
+            known = st.by_path.get(user_path(path))
             if known is not None and os.path.isfile(st.records[known].path):
                 rec = st.records[known]
                 fs = os.stat(rec.path)
@@ -559,13 +585,13 @@ class MilvusIndex(QueryMixin):
             starts, _, emb = self.windows(vid)
             return np.asarray(emb[int(np.argmin(np.abs(starts - start)))], np.float32), vid
         if self.model is None:
-            raise IndexFolderError(f"{os.fspath(video)} is not in the index (or changed since): open the index with "
+            raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
                                    "a model to embed it")
         w = WindowSettings.from_dict(self.settings)
-        ve = self.model.encode_video_file(expand_path(video), fps=w.fps, num_frames=w.num_frames, size=w.size,
+        ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
                                           stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
         if len(ve) == 0:
-            raise UsageError(f"{os.fspath(video)}: no frames at {start:g} s")
+            raise UsageError(f"{os.fspath(path)}: no frames at {start:g} s")
         return np.asarray(ve.embeddings[0], np.float32), None
 
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray:
