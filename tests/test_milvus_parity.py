@@ -5,13 +5,13 @@ filters, negatives, offsets and modes give the same moments (video, start, end) 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-pytest.importorskip("pymilvus", reason="the milvus extra (pymilvus) is not installed")
-pytest.importorskip("milvus_lite", reason="Milvus Lite (milvus-lite) cannot be imported on this platform")
+from milvus_fixtures import require_milvus_lite, synthetic_videos
+
+require_milvus_lite()
 
 from milnce.index import Index  # noqa: E402
 from milnce.index.filters import NoVideoMatchesError, VideoFilter  # noqa: E402
@@ -19,23 +19,6 @@ from milnce.index.milvus_store import MilvusIndex  # noqa: E402
 from milnce.windows import WindowSettings  # noqa: E402
 
 N_VIDEOS = 240
-
-
-def synthetic_videos(n: int, seed: int = 0) -> list[tuple[str, object, int, float, str]]:
-    """``add_videos`` items: clustered 512-d windows (so moments merge neighbours), 1 to 7 windows each."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((12, 512)).astype(np.float32)
-    items = []
-    for i in range(n):
-        w = int(rng.integers(1, 8))
-        base = centres[rng.integers(0, 12)]
-        emb = (base[None] + 0.7 * rng.standard_normal((w, 512))).astype(np.float32)
-        starts = np.arange(w) * 1.6
-        folder = ("kitchen", "garden", "garage")[i % 3]
-        items.append((f"/collection/{folder}/v{i:03d}.{'mp4' if i % 2 else 'mkv'}",
-                      SimpleNamespace(embeddings=emb, starts=starts, ends=starts + 3.2, duration=float(w * 1.6 + 1.6)),
-                      1000 + i, 1.7e9 + 3600.0 * i, f"hash{i}"))
-    return items
 
 
 @pytest.fixture(scope="module")

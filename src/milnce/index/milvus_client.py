@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from .errors import IndexFolderError
 from .layout import user_path
 
 __all__ = ["TOKEN_ENV", "DEFAULT_COLLECTION", "MilvusError", "MilvusLockedError", "is_milvus_uri", "check_collection",
-           "show_uri", "connect", "window_key", "key_parts", "windows_schema", "records_schema", "records_name",
+           "show_uri", "connect", "disconnect", "window_key", "key_parts", "windows_schema", "records_schema", "records_name",
            "MAX_VIDEO_ID", "MAX_WINDOWS", "check_available"]
 
 TOKEN_ENV = "MILNCE_MILVUS_TOKEN"
@@ -100,9 +101,36 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+_LITE_USERS: dict[str, int] = {}  # Lite files this process has open, and by how many clients
+_LITE_LOCK = threading.Lock()
+
+
+def _held_elsewhere(path: str) -> bool:
+    """Whether another process holds Milvus Lite's lock on the data folder ``path``."""
+    try:
+        import fcntl
+
+        from milvus_lite import db as lite_db
+    except ImportError:  # pragma: no cover - other platforms: Milvus Lite says so itself
+        return False
+    name = getattr(lite_db, "LOCK_FILENAME", None)
+    lock = os.path.join(path, name) if isinstance(name, str) else None
+    if lock is None or not os.path.isfile(lock):
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (closing drops the probe's lock)
+    return False
+
+
 def connect(uri: str | os.PathLike[str], *, timeout: float = 10.0) -> Any:
     """A ``pymilvus.MilvusClient`` for ``uri``; ``MilvusLockedError`` when another process has the
-    Lite file open, ``MilvusError`` (one line) when the server cannot be reached or refuses the token."""
+    Lite file open, ``MilvusError`` (one line) when the server cannot be reached or refuses the token.
+    Close it with ``disconnect``."""
     check_available()
     from pymilvus import MilvusClient, MilvusException
 
@@ -112,20 +140,23 @@ def connect(uri: str | os.PathLike[str], *, timeout: float = 10.0) -> Any:
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
             raise MissingFileError(f"no such folder for the Milvus Lite file {s}: {parent}")
-        quiet = [logging.getLogger(n) for n in ("milvus_lite", "pymilvus")]
-        levels = [lg.level for lg in quiet]
-        for lg in quiet:
-            lg.setLevel(logging.CRITICAL)  # Milvus Lite logs a traceback before raising
-        try:
-            return MilvusClient(path, timeout=timeout)
-        except (MilvusException, OSError, RuntimeError) as exc:
-            if any("lock" in type(e).__name__.lower() or "holds the lock" in str(e) for e in _chain(exc)):
+        with _LITE_LOCK:
+            if not _LITE_USERS.get(path) and _held_elsewhere(path):
                 raise MilvusLockedError(f"{s} is open in another process: Milvus Lite allows one process per .db file "
-                                        "(stop the other milnce index/serve/migrate, or use a Milvus server)") from None
-            raise MilvusError(f"cannot open the Milvus Lite file {s}: {_message(exc, None)}") from None
-        finally:
-            for lg, lv in zip(quiet, levels):
-                lg.setLevel(lv)
+                                        "(stop the other milnce index/serve/migrate, or use a Milvus server)")
+            quiet = [logging.getLogger(n) for n in ("milvus_lite", "pymilvus")]
+            levels = [lg.level for lg in quiet]
+            for lg in quiet:
+                lg.setLevel(logging.CRITICAL)  # Milvus Lite logs a traceback before raising
+            try:
+                client = MilvusClient(path, timeout=timeout)
+            except (MilvusException, OSError, RuntimeError) as exc:
+                raise MilvusError(f"cannot open the Milvus Lite file {s}: {_message(exc, None)}") from None
+            finally:
+                for lg, lv in zip(quiet, levels):
+                    lg.setLevel(lv)
+            _LITE_USERS[path] = _LITE_USERS.get(path, 0) + 1
+            return client
     token = os.environ.get(TOKEN_ENV) or None
     where = show_uri(s)
     try:
@@ -139,6 +170,29 @@ def connect(uri: str | os.PathLike[str], *, timeout: float = 10.0) -> Any:
             raise MilvusError(f"the Milvus server at {where} refused the credentials "
                               f"(the token comes from ${TOKEN_ENV}): {text}") from None
         raise MilvusError(f"cannot reach the Milvus server at {where}: {text}") from None
+
+
+def disconnect(client: Any, uri: str) -> None:
+    """Close a client of ``connect``; the last one of a Lite file stops its in-process server and
+    releases the file (another process may open it then)."""
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001
+        pass
+    if uri.startswith(("http://", "https://")):
+        return
+    path = user_path(uri)
+    with _LITE_LOCK:
+        n = _LITE_USERS.get(path, 0) - 1
+        if n > 0:
+            _LITE_USERS[path] = n
+            return
+        _LITE_USERS.pop(path, None)
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:  # pragma: no cover
+            return
+        server_manager_instance.release_server(path)
 
 
 def window_key(video: int, gen: int, j: int) -> int:

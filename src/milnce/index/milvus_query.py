@@ -23,15 +23,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..errors import UsageError
+from ..windows import WindowSettings
+from .errors import IndexFolderError
 from .filters import VideoFilter, require_matches
+from .layout import expand_path, user_path
 from .milvus_client import key_parts, window_key
 from .moments import iter_video_moments
 from .negatives import DEFAULT_NOT_WEIGHT
-from .query import PERCENTILE_SAMPLE, cosine
+from .query import PERCENTILE_SAMPLE, QueryMixin, cosine, query_matrix
 from .records import Moment, VideoRow
 from .search import window_scores
 
-__all__ = ["MilvusState", "StaleRead", "search_state", "video_found", "moments_for", "MAX_TOPK", "EXPR_IDS"]
+__all__ = ["MilvusQueryMixin", "MilvusState", "StaleRead", "search_state", "video_found", "moments_for", "MAX_TOPK", "EXPR_IDS"]
 
 MAX_TOPK = 16384  # Milvus's largest search limit; past it every allowed video is scored
 EXPR_IDS = 4096  # a filter passing more videos than this is re-checked here instead of in the expression
@@ -288,3 +292,108 @@ def video_found(state: MilvusState, vid: int, q: np.ndarray) -> tuple[list[Found
     cache = state.windows_of([vid])
     scores = window_scores(cache[vid][2], q)
     return _Cursor(vid, scores, True).take_above(-np.inf), cache
+
+
+class MilvusQueryMixin(QueryMixin):
+    """``MilvusIndex``'s searches over its current ``snapshot`` (a ``MilvusState``); a read that
+    finds a video replaced meanwhile by another process reloads the records and reads again."""
+
+    collection: str
+
+    @property
+    def snapshot(self) -> MilvusState:  # type: ignore[override]  # pragma: no cover - provided by MilvusIndex
+        raise NotImplementedError
+
+    @property
+    def settings(self) -> dict[str, Any]:  # pragma: no cover - provided by MilvusIndex
+        raise NotImplementedError
+
+    def _load(self) -> None:  # pragma: no cover - provided by MilvusIndex
+        raise NotImplementedError
+
+    def windows(self, video_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(starts, ends, embeddings)`` of one video's windows."""
+        st = self.snapshot
+        if int(video_id) not in st.records:
+            raise KeyError(f"no video with id {video_id!r} in the index")
+        return self._read(lambda s: s.windows_of([int(video_id)])[int(video_id)])
+
+    def _read(self, fn: Any) -> Any:
+        for _ in range(3):
+            try:
+                return fn(self.snapshot)
+            except StaleRead:
+                self._load()  # replaced meanwhile by another process: read its new state
+        raise IndexFolderError(f"collection {self.collection!r} kept changing during the read; try again")
+
+    # -- searching --------------------------------------------------------------------------------
+
+    def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
+                          exact: bool | str = False, exclude_videos: Iterable[int] = (),
+                          neg: np.ndarray | None = None, not_weight: float = DEFAULT_NOT_WEIGHT,
+                          video_filter: VideoFilter | None = None, offset: int = 0) -> list[list[Moment]]:
+        """``Index.search_embeddings`` (``exact`` is accepted: candidates are always re-scored exactly)."""
+        q = query_matrix(text_emb, self.dim)
+        nq = None if neg is None or len(neg) == 0 else query_matrix(neg, self.dim)
+        k = int(k)
+        if k < 1:
+            raise UsageError(f"k must be >= 1, got {k}")
+        if int(offset) < 0:
+            raise UsageError(f"offset must be >= 0, got {offset}")
+        skip = list(exclude_videos)
+        return self._read(lambda s: search_state(s, q, k, merge=merge, by_video=by_video, exclude_videos=skip, neg=nq,
+                                                 not_weight=not_weight, video_filter=video_filter, offset=int(offset)))
+
+    def curve(self, video_id: int, query: str | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from .search import window_scores
+
+        q = self.query_embedding(query)
+        starts, ends, vecs = self.windows(video_id)
+        return starts, ends, window_scores(vecs, q)
+
+    def video_moments(self, video_id: int, query: str | np.ndarray, k: int | None = None) -> list[Moment]:
+        q = self.query_embedding(query)
+        if int(video_id) not in self.snapshot.records:
+            raise KeyError(f"no video with id {video_id!r} in the index")
+
+        def read(s: MilvusState) -> list[Moment]:
+            found, cache = video_found(s, int(video_id), q)
+            return moments_for(s, found if k is None else found[:max(0, int(k))], q, cache)
+
+        return self._read(read)  # type: ignore[no-any-return]
+
+    def like_embedding(self, video: int | str | os.PathLike[str], start: float = 0.0) -> tuple[np.ndarray, int | None]:
+        start = float(start)
+        if not math.isfinite(start) or start < 0:
+            raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
+        st = self.snapshot
+        vid: int | None = None
+        path: str | os.PathLike[str] = ""
+        if isinstance(video, (int, np.integer)):
+            if int(video) not in st.records:
+                raise KeyError(f"no video with id {video!r} in the index")
+            vid = int(video)
+        else:
+            path = video
+            known = st.by_path.get(user_path(path))
+            if known is not None and os.path.isfile(st.records[known].path):
+                rec = st.records[known]
+                fs = os.stat(rec.path)
+                if fs.st_size == rec.size and float(fs.st_mtime) == rec.mtime:
+                    vid = rec.id
+        if vid is not None:
+            starts, _, emb = self.windows(vid)
+            return np.asarray(emb[int(np.argmin(np.abs(starts - start)))], np.float32), vid
+        if self.model is None:
+            raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
+                                   "a model to embed it")
+        w = WindowSettings.from_dict(self.settings)
+        ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
+                                          stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
+        if len(ve) == 0:
+            raise UsageError(f"{os.fspath(path)}: no frames at {start:g} s")
+        return np.asarray(ve.embeddings[0], np.float32), None
+
+    def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray:
+        raise UsageError("scores over every stored row are not offered by a Milvus index: use search or curve")
+

@@ -31,8 +31,7 @@ from ..errors import UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
 from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError
-from .filters import VideoFilter
-from .layout import DIM, expand_path, norm_path, now, user_path
+from .layout import DIM, norm_path, now, user_path
 from .milvus_client import (
     DEFAULT_COLLECTION,
     MAX_VIDEO_ID,
@@ -41,6 +40,7 @@ from .milvus_client import (
     MilvusError,
     check_collection,
     connect,
+    disconnect,
     is_milvus_uri,
     records_name,
     records_schema,
@@ -48,10 +48,8 @@ from .milvus_client import (
     window_key,
     windows_schema,
 )
-from .milvus_query import MilvusState, StaleRead, moments_for, search_state, video_found
-from .negatives import DEFAULT_NOT_WEIGHT
-from .query import QueryMixin, query_matrix
-from .records import Moment, VideoEmbeddingsLike, VideoRecord, VideoRow
+from .milvus_query import MilvusQueryMixin, MilvusState
+from .records import VideoEmbeddingsLike, VideoRecord, VideoRow
 from .verify import check_settings
 
 __all__ = ["MilvusIndex", "FORMAT", "INSERT_BATCH"]
@@ -61,7 +59,7 @@ INSERT_BATCH = 2000  # windows per upsert (Milvus Lite: ~4,400 windows/s here)
 ZERO = [0.0] * RECORD_DIM
 
 
-class MilvusIndex(QueryMixin):
+class MilvusIndex(MilvusQueryMixin):
     """An index in a Milvus collection (``open``, ``create``, ``create_for`` as ``Index``'s)."""
 
     def __init__(self, client: Any, uri: str, collection: str, model: Encoder | None = None, *,
@@ -75,6 +73,8 @@ class MilvusIndex(QueryMixin):
         self.readonly = readonly
         self._lock = threading.RLock()
         self._state: MilvusState | None = None
+        for name in (self.records_collection, collection):
+            client.load_collection(name)  # a collection opened in an earlier process starts released
         self._load()
 
     # -- opening ------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ class MilvusIndex(QueryMixin):
             if model is not None:
                 idx.check_model(model)
         except BaseException:
-            client.close()
+            disconnect(client, u)
             raise
         return idx
 
@@ -133,6 +133,7 @@ class MilvusIndex(QueryMixin):
                 ip = client.prepare_index_params()
                 ip.add_index("v", index_type="FLAT", metric_type="L2")
                 client.create_collection(rec, schema=records_schema(), index_params=ip, consistency_level="Strong")
+            client.load_collection(rec)
             if not client.get(rec, ids=[0], output_fields=["doc"]):
                 meta: dict[str, Any] = {"format": FORMAT, "weights_id": weights_id, "weights_name": weights_name,
                         "settings": window.to_dict(), "dim": int(dim), "roots": [], "version": 1, "next_id": 1,
@@ -146,7 +147,7 @@ class MilvusIndex(QueryMixin):
                                          consistency_level="Strong")
             idx = cls(client, u, collection, None, readonly=False)
         except BaseException:
-            client.close()
+            disconnect(client, u)
             raise
         try:
             idx.check_weights(weights_id)
@@ -265,10 +266,10 @@ class MilvusIndex(QueryMixin):
         self.close()
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:  # noqa: BLE001
-            pass
+        """Close the client (the last one of a Lite file releases the file for other processes)."""
+        client, self._client = self._client, None
+        if client is not None:
+            disconnect(client, self.uri)
 
     def __repr__(self) -> str:
         return (f"MilvusIndex({show_uri(self.uri)!r}, collection {self.collection!r}, {len(self._rows)} videos, "
@@ -323,21 +324,6 @@ class MilvusIndex(QueryMixin):
         st = self.snapshot
         vid = st.by_path.get(user_path(path))
         return None if vid is None else self._record(st.records[vid])
-
-    def windows(self, video_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(starts, ends, embeddings)`` of one video's windows."""
-        st = self.snapshot
-        if int(video_id) not in st.records:
-            raise KeyError(f"no video with id {video_id!r} in the index")
-        return self._read(lambda s: s.windows_of([int(video_id)])[int(video_id)])
-
-    def _read(self, fn: Any) -> Any:
-        for _ in range(3):
-            try:
-                return fn(self.snapshot)
-            except StaleRead:
-                self._load()  # replaced meanwhile by another process: read its new state
-        raise MilvusError(f"collection {self.collection!r} kept changing during the read; try again")
 
     def live_mask(self) -> None:
         return None
@@ -519,83 +505,39 @@ class MilvusIndex(QueryMixin):
     def log_error(self, path: str, reason: str) -> None:
         """Unreadable folders are reported by the caller; a collection keeps only video errors."""
 
+    def record_weights_source(self, source: dict[str, Any]) -> None:
+        """Record where the weights can be loaded again (``milnce.index.source``)."""
+        self._need_writer()
+        self._commit_meta(weights_source=source)
+
+    def count_windows(self) -> int:
+        """Windows in the collection, live or not (a check: equal to ``num_live`` when clean)."""
+        got = self._client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(got[0]["count(*)"])
+
+    def window_keys(self) -> list[int]:
+        """Every window key in the collection (a full pass: for checks)."""
+        it = self._client.query_iterator(self.collection, batch_size=4000, filter="pk >= 0", output_fields=["pk"])
+        out: list[int] = []
+        try:
+            while page := it.next():
+                out.extend(int(r["pk"]) for r in page)
+        finally:
+            it.close()
+        return out
+
+    def delete_windows(self, keys: Sequence[int]) -> None:
+        """Delete windows by key (windows no live record refers to)."""
+        self._need_writer()
+        for a in range(0, len(keys), 4000):
+            self._client.delete(self.collection, ids=list(keys[a:a + 4000]))
+
     def compact(self) -> bool:
         return False  # Milvus compacts deleted windows itself
 
     def build_ann(self, **_: Any) -> dict[str, Any]:
         return {"skipped": True, "windows": self.num_live,
                 "reason": f"a Milvus collection has its own index ({self._meta.get('index_type', 'FLAT')})"}
-
-    # -- searching --------------------------------------------------------------------------------
-
-    def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
-                          exact: bool | str = False, exclude_videos: Iterable[int] = (),
-                          neg: np.ndarray | None = None, not_weight: float = DEFAULT_NOT_WEIGHT,
-                          video_filter: VideoFilter | None = None, offset: int = 0) -> list[list[Moment]]:
-        """``Index.search_embeddings`` (``exact`` is accepted: candidates are always re-scored exactly)."""
-        q = query_matrix(text_emb, self.dim)
-        nq = None if neg is None or len(neg) == 0 else query_matrix(neg, self.dim)
-        k = int(k)
-        if k < 1:
-            raise UsageError(f"k must be >= 1, got {k}")
-        if int(offset) < 0:
-            raise UsageError(f"offset must be >= 0, got {offset}")
-        skip = list(exclude_videos)
-        return self._read(lambda s: search_state(s, q, k, merge=merge, by_video=by_video, exclude_videos=skip, neg=nq,
-                                                 not_weight=not_weight, video_filter=video_filter, offset=int(offset)))
-
-    def curve(self, video_id: int, query: str | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from .search import window_scores
-
-        q = self.query_embedding(query)
-        starts, ends, vecs = self.windows(video_id)
-        return starts, ends, window_scores(vecs, q)
-
-    def video_moments(self, video_id: int, query: str | np.ndarray, k: int | None = None) -> list[Moment]:
-        q = self.query_embedding(query)
-        if int(video_id) not in self.snapshot.records:
-            raise KeyError(f"no video with id {video_id!r} in the index")
-
-        def read(s: MilvusState) -> list[Moment]:
-            found, cache = video_found(s, int(video_id), q)
-            return moments_for(s, found if k is None else found[:max(0, int(k))], q, cache)
-
-        return self._read(read)  # type: ignore[no-any-return]
-
-    def like_embedding(self, video: int | str | os.PathLike[str], start: float = 0.0) -> tuple[np.ndarray, int | None]:
-        start = float(start)
-        if not math.isfinite(start) or start < 0:
-            raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
-        st = self.snapshot
-        vid: int | None = None
-        path: str | os.PathLike[str] = ""
-        if isinstance(video, (int, np.integer)):
-            if int(video) not in st.records:
-                raise KeyError(f"no video with id {video!r} in the index")
-            vid = int(video)
-        else:
-            path = video
-            known = st.by_path.get(user_path(path))
-            if known is not None and os.path.isfile(st.records[known].path):
-                rec = st.records[known]
-                fs = os.stat(rec.path)
-                if fs.st_size == rec.size and float(fs.st_mtime) == rec.mtime:
-                    vid = rec.id
-        if vid is not None:
-            starts, _, emb = self.windows(vid)
-            return np.asarray(emb[int(np.argmin(np.abs(starts - start)))], np.float32), vid
-        if self.model is None:
-            raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
-                                   "a model to embed it")
-        w = WindowSettings.from_dict(self.settings)
-        ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
-                                          stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
-        if len(ve) == 0:
-            raise UsageError(f"{os.fspath(path)}: no frames at {start:g} s")
-        return np.asarray(ve.embeddings[0], np.float32), None
-
-    def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray:
-        raise UsageError("scores over every stored row are not offered by a Milvus index: use search or curve")
 
 
 def _error_id(path: str) -> int:
