@@ -41,7 +41,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise CommandError(f"--to {args.to}: give a Milvus Lite file ending .db or http(s)://host:port")
     if args.batch_windows < 1:
         raise CommandError(f"--batch-windows must be >= 1, got {args.batch_windows}")
-    collection = check_collection(args.collection or DEFAULT_COLLECTION)
+    collection = check_collection(DEFAULT_COLLECTION if args.collection is None else args.collection)
 
     def progress(rep: MigrateReport, total: int) -> None:
         print(f"migrated {rep.copied + rep.skipped}/{total} videos ({plural(rep.windows_copied, 'window')} written)",

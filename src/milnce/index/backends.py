@@ -23,7 +23,7 @@ def open_index(uri: str | os.PathLike[str], model: Encoder | None = None, *, rea
                collection: str | None = None) -> AnyIndex:
     """Open an existing index: a folder, or a Milvus collection (default ``milnce``)."""
     if is_milvus_uri(uri):
-        return MilvusIndex.open(uri, model, readonly=readonly, collection=collection or DEFAULT_COLLECTION)
+        return MilvusIndex.open(uri, model, readonly=readonly, collection=DEFAULT_COLLECTION if collection is None else collection)
     if collection is not None and collection != DEFAULT_COLLECTION:
         check_collection(collection)
     return Index.open(uri, model, readonly=readonly)
@@ -33,6 +33,6 @@ def create_index(uri: str | os.PathLike[str], model: Encoder, settings: dict[str
                  roots: Sequence[str | os.PathLike[str]] = (), collection: str | None = None) -> AnyIndex:
     """``Index.create`` or ``MilvusIndex.create`` by the URI."""
     if is_milvus_uri(uri):
-        return MilvusIndex.create(uri, model, settings, roots=roots, collection=collection or DEFAULT_COLLECTION)
+        return MilvusIndex.create(uri, model, settings, roots=roots, collection=DEFAULT_COLLECTION if collection is None else collection)
     return Index.create(uri, model, settings, roots=roots)
 

@@ -16,10 +16,12 @@ by key and a re-indexed video's windows (a new ``gen``) never collide with the l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +30,7 @@ from .errors import IndexFolderError
 from .layout import user_path
 
 __all__ = ["TOKEN_ENV", "DEFAULT_COLLECTION", "MilvusError", "MilvusLockedError", "is_milvus_uri", "check_collection",
-           "show_uri", "connect", "disconnect", "window_key", "key_parts", "windows_schema", "records_schema", "records_name",
+           "show_uri", "connect", "disconnect", "quiet_logs", "window_key", "key_parts", "windows_schema", "records_schema", "records_name",
            "MAX_VIDEO_ID", "MAX_WINDOWS", "check_available"]
 
 TOKEN_ENV = "MILNCE_MILVUS_TOKEN"
@@ -101,6 +103,22 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Milvus Lite's own log noise off for the block: its traceback before a failed open, and the
+    in-process server's error log (and pymilvus's warning) for each iterator (it has no timestamp
+    service). Errors still reach the caller as exceptions."""
+    loggers = [logging.getLogger(n) for n in ("milvus_lite", "pymilvus", "grpc._server")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 _LITE_USERS: dict[str, int] = {}  # Lite files this process has open, and by how many clients
 _LITE_LOCK = threading.Lock()
 
@@ -144,17 +162,11 @@ def connect(uri: str | os.PathLike[str], *, timeout: float = 10.0) -> Any:
             if not _LITE_USERS.get(path) and _held_elsewhere(path):
                 raise MilvusLockedError(f"{s} is open in another process: Milvus Lite allows one process per .db file "
                                         "(stop the other milnce index/serve/migrate, or use a Milvus server)")
-            quiet = [logging.getLogger(n) for n in ("milvus_lite", "pymilvus")]
-            levels = [lg.level for lg in quiet]
-            for lg in quiet:
-                lg.setLevel(logging.CRITICAL)  # Milvus Lite logs a traceback before raising
             try:
-                client = MilvusClient(path, timeout=timeout)
+                with quiet_logs():
+                    client = MilvusClient(path, timeout=timeout)
             except (MilvusException, OSError, RuntimeError) as exc:
                 raise MilvusError(f"cannot open the Milvus Lite file {s}: {_message(exc, None)}") from None
-            finally:
-                for lg, lv in zip(quiet, levels):
-                    lg.setLevel(lv)
             _LITE_USERS[path] = _LITE_USERS.get(path, 0) + 1
             return client
     token = os.environ.get(TOKEN_ENV) or None

@@ -18,7 +18,6 @@ dropped, (3) the old generation's windows are deleted. Removing deletes the reco
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import threading
@@ -42,6 +41,7 @@ from .milvus_client import (
     connect,
     disconnect,
     is_milvus_uri,
+    quiet_logs,
     records_name,
     records_schema,
     show_uri,
@@ -90,6 +90,10 @@ class MilvusIndex(MilvusQueryMixin):
     def open(cls, uri: str | os.PathLike[str], model: Encoder | None = None, *, readonly: bool = True,
              collection: str = DEFAULT_COLLECTION) -> MilvusIndex:
         """Open an existing collection (``IndexNotFoundError`` when there is none)."""
+        s = os.fspath(uri)
+        if is_milvus_uri(s) and not s.startswith(("http://", "https://")) and not os.path.exists(user_path(s)):
+            check_collection(collection)
+            raise IndexNotFoundError(f"no Milvus Lite file at {s} (build one with: milnce index VIDEOS... --index {s})")
         client, u = cls._connect(uri, collection)
         try:
             if not (client.has_collection(collection) and client.has_collection(records_name(collection))):
@@ -163,14 +167,9 @@ class MilvusIndex(MilvusQueryMixin):
     # -- state ----------------------------------------------------------------------------------
 
     def _docs(self, filt: str) -> list[tuple[int, dict[str, Any]]]:
-        quiet = logging.getLogger("pymilvus")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # Milvus Lite has no server timestamp for iterators: a warning each time
-        try:
+        with quiet_logs():
             it = self._client.query_iterator(self.records_collection, batch_size=1000, filter=filt,
                                              output_fields=["id", "doc"])
-        finally:
-            quiet.setLevel(level)
         out: list[tuple[int, dict[str, Any]]] = []
         try:
             while True:
@@ -517,7 +516,8 @@ class MilvusIndex(MilvusQueryMixin):
 
     def window_keys(self) -> list[int]:
         """Every window key in the collection (a full pass: for checks)."""
-        it = self._client.query_iterator(self.collection, batch_size=4000, filter="pk >= 0", output_fields=["pk"])
+        with quiet_logs():
+            it = self._client.query_iterator(self.collection, batch_size=4000, filter="pk >= 0", output_fields=["pk"])
         out: list[int] = []
         try:
             while page := it.next():
