@@ -110,3 +110,18 @@ def test_a_second_process_gets_one_line(built) -> None:
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "open in another process" in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_localize_reads_the_collection_windows(built, capsys, monkeypatch) -> None:
+    _, videos, folder, db, wargs = built
+    read = []
+    real = MilvusIndex.windows
+    monkeypatch.setattr(MilvusIndex, "windows", lambda self, vid: read.append(vid) or real(self, vid))
+    got = {}
+    for where in (folder, db):
+        capsys.readouterr()
+        assert main(["localize", str(videos / "v0.mp4"), "cut a tomato", "--index", where, "--json", "--quiet",
+                     *wargs]) == 0
+        got[where] = json.loads(capsys.readouterr().out)
+    assert got[folder] == got[db] and got[db]["moments"]
+    assert len(read) == 1  # the stored windows, not embedded again
