@@ -71,3 +71,12 @@ def test_other_weights_or_window_settings_are_refused(tmp_path: Path, capsys) ->
 def test_not_a_milvus_uri(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a Milvus URI"):
         MilvusIndex.open(str(tmp_path / "folder"))
+
+
+def test_serve_restart_keeps_the_collection() -> None:
+    from milnce.cli import build_parser
+    from milnce.commands.serve import _child_argv
+
+    args = build_parser().parse_args(["serve", "--index", "videos.db", "--collection", "howto", "--restart"])
+    argv = _child_argv(args)
+    assert argv[argv.index("--collection") + 1] == "howto" and "--restart" not in argv

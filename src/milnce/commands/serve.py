@@ -56,7 +56,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     argv = ["serve", *(a for d in args.index for a in ("--index", d)), "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
             "--device", args.device, "--precision", args.precision, "--clip-max-files", str(args.clip_max_files),
             "--clip-max-mb", repr(args.clip_max_mb), "--clip-send-timeout", repr(args.clip_send_timeout)]
-    for opt in ("weights", "vocab"):
+    for opt in ("weights", "vocab", "collection"):
         if getattr(args, opt, None):
             argv += [f"--{opt}", getattr(args, opt)]
     for flag, on in (("--no-access-log", args.no_access_log), ("--eager", args.eager),
