@@ -125,3 +125,20 @@ def test_localize_reads_the_collection_windows(built, capsys, monkeypatch) -> No
         got[where] = json.loads(capsys.readouterr().out)
     assert got[folder] == got[db] and got[db]["moments"]
     assert len(read) == 1  # the stored windows, not embedded again
+
+
+def test_unreadable_videos_are_kept_in_the_collection(built, tmp_path, capsys) -> None:
+    _, _, _, _, wargs = built
+    videos = tmp_path / "v"
+    videos.mkdir()
+    make_video(videos / "good.mp4", n=20)
+    (videos / "bad.mp4").write_bytes(b"not a video at all" * 10)
+    db = str(tmp_path / "e.db")
+    run = ["index", str(videos), "--index", db, *wargs, *WINDOW, "--quiet", "--workers", "0"]
+    assert main(run) == 1  # finished, one input failed
+    out = capsys.readouterr()
+    assert "1 added" in out.out and "errors.log" not in out.out and "bad.mp4" in out.err
+    with MilvusIndex.open(db) as ix:
+        assert [os.path.basename(p) for p, _ in ix.errors()] == ["bad.mp4"] and ix.num_videos == 1
+    assert main(run) == 1  # not tried again: failed before, unchanged
+    assert "1 skipped (failed before" in capsys.readouterr().out
