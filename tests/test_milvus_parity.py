@@ -99,3 +99,26 @@ def test_curves_windows_and_video_moments_match(both) -> None:
     with pytest.raises(KeyError):
         mv_ix.windows(9)  # removed
     assert [v.to_dict() for v in emb_ix.videos()] == [v.to_dict() for v in mv_ix.videos()]
+
+
+def test_parity_when_filters_are_rechecked_and_candidates_run_out(both, monkeypatch) -> None:
+    """Filters passing more videos than a ``video in [...]`` expression takes are re-checked on
+    over-fetched candidates, and a search needing more candidates than Milvus returns at once
+    scores every allowed video: the same answers either way."""
+    import milnce.index.milvus_query as mq
+
+    monkeypatch.setattr(mq, "EXPR_IDS", 5)
+    monkeypatch.setattr(mq, "MAX_TOPK", 64)
+    emb_ix, mv_ix = both
+    rng = np.random.default_rng(7)
+    for t in range(40):
+        q = rng.standard_normal((1, 512)).astype(np.float32)
+        opts = {"k": int(rng.integers(5, 40)), "offset": int(rng.choice([0, 20, 60])), "by_video": t % 3 == 0,
+                "video_filter": random_filter(rng) if t % 4 else VideoFilter(path_glob="v2*"),
+                "neg": rng.standard_normal((1, 512)).astype(np.float32) if t % 5 == 0 else None}
+        try:
+            want = emb_ix.search_embeddings(q, exact=True, **opts)[0]
+        except NoVideoMatchesError:
+            continue
+        got = mv_ix.search_embeddings(q, **opts)[0]
+        assert moments_key(got) == moments_key(want), (t, opts)
