@@ -34,7 +34,8 @@ COMMAND_MODULES = ("milnce.commands.model", "milnce.commands.video", "milnce.com
                    "milnce.commands.clip",
                    "milnce.commands.serve",
                    "milnce.commands.export", "milnce.commands.eval",
-                   "milnce.commands.train", "milnce.commands.extract", "milnce.commands.recipes")
+                   "milnce.commands.train", "milnce.commands.extract", "milnce.commands.recipes",
+                   "milnce.commands.migrate")
 
 
 def build_parser() -> argparse.ArgumentParser:

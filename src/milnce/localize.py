@@ -12,7 +12,8 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import MilnceError, UsageError
-from .index import Index, IndexMismatchError
+from .index import IndexMismatchError
+from .index.backends import AnyIndex
 from .index.moments import iter_video_moments
 from .protocols import Encoder
 from .windows import WindowSettings
@@ -67,7 +68,7 @@ def best_moments(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, k: in
 def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int = 5, fps: float | None = None,
              num_frames: int | None = None, size: int | None = None, stride: int | None = None,
              batch_size: int | None = None,
-             merge: bool = True, index: Index | None = None, progress: bool = False,
+             merge: bool = True, index: AnyIndex | None = None, progress: bool = False,
              allow_gaps: bool = False) -> Localization:
     """Score ``query`` against every window of the video at ``path``.
 

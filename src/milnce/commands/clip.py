@@ -12,6 +12,7 @@ from typing import Any
 from ..printable import show_path
 from ..timespec import parse_span, parse_time
 from .common import add_index_option
+from .vocabulary import add_collection_option
 
 __all__ = ["register", "cmd_clip", "parse_span", "parse_time"]
 
@@ -29,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("span", metavar="VIDEO@START-END",
                    help="an indexed video (its path, or its id as 'milnce search' shows it) and the span, "
                    "times as seconds or [H:]M:SS, e.g. 12@1:05-1:20 or cooking.mp4@65-80.5")
-    add_index_option(p, "index folder (from 'milnce index')", required=True, legacy="span")
+    add_index_option(p, "index folder (from 'milnce index'), or a Milvus .db file or http(s)://host:port", required=True,
+                     legacy="span")
+    add_collection_option(p)
     p.add_argument("--out", metavar="FILE|DIR", default=None,
                    help="the clip's file (.mp4, .m4v, .mov or .mkv), or a folder to write it into under a name "
                    "that says the source and the span (default: that name in the current folder)")
@@ -41,12 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_clip(args: argparse.Namespace) -> int:
-    from ..index import Index
+    from ..index.backends import open_index
     from ..index.clipsource import clip_output, clip_source, find_video, open_clip_source
     from ..video.cut import cut_clip
 
     video, start, end = parse_span(args.span)
-    with Index.open(args.index) as index:
+    with open_index(args.index, collection=args.collection) as index:
         src = clip_source(index, find_video(index, video, args.index))
     rec = src.record
     out = clip_output(args.out, rec, start, end, padding=args.padding, overwrite=args.overwrite)

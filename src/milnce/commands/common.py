@@ -68,7 +68,7 @@ def model_for_index(args: argparse.Namespace, index: str | None,
         return load(args)
     from ..index.source import recorded_weights
 
-    rec = recorded_weights(index)
+    rec = recorded_weights(index, getattr(args, "collection", None))
     if rec is None:
         return load(args)
     weights, vocab = rec.weights_vocab(args.vocab)

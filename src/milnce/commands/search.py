@@ -40,6 +40,7 @@ from .search_output import (
     iter_queries_file,
     open_queries_file,
 )
+from .vocabulary import add_collection_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +58,8 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
         "changed ones re-embedded, moved ones recognised by content. Safe to interrupt and re-run.",
         epilog=FAILURE_EXIT)
     p.add_argument("paths", nargs="*", metavar="PATH", help="video files or folders")
-    add_index_option(p, "index folder (created if needed)", required=True)
+    add_index_option(p, "index folder (created if needed), or a Milvus .db file or http(s)://host:port", required=True)
+    add_collection_option(p)
     p.add_argument("--from-features", metavar="DIR",
                    help="index the feature files of 'milnce extract --out DIR' instead of videos, without loading "
                    "the model (settings and weights fingerprint come from the files)")
@@ -92,7 +94,9 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
         "run of adjacent windows around a peak that score within 10% of (peak - median) of the peak; "
         "moments do not depend on -k: -k N gives the first N of one ranking.")
     p.add_argument("queries", nargs="*", metavar="QUERY", help="sentences (quote each one)")
-    add_index_option(p, "index folder (from 'milnce index')", required=True, legacy="queries")
+    add_index_option(p, "index folder (from 'milnce index'), or a Milvus .db file or http(s)://host:port", required=True,
+                     legacy="queries")
+    add_collection_option(p)
     p.add_argument("--queries-file", metavar="FILE", help="more queries, one per line ('-': standard input)")
     p.add_argument("--like", metavar="VIDEO[@START]", action="append",
                    help="query by example: moments like the window of VIDEO (a path, or an indexed video's id) "
@@ -134,7 +138,8 @@ def _register_remove(sub: argparse._SubParsersAction) -> None:
         description="Remove indexed videos (files, or folders: every indexed video under them) from an "
         "index; the files need not exist. Their space is reclaimed when dead rows exceed a quarter of the store.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="indexed video files or folders")
-    add_index_option(p, "index folder", required=True, legacy="paths", keep=1)
+    add_index_option(p, "index folder, or a Milvus .db file or http(s)://host:port", required=True, legacy="paths", keep=1)
+    add_collection_option(p)
     p.add_argument("--json", action="store_true", help="print the removed paths as JSON")
     p.set_defaults(func=cmd_remove)
 
@@ -149,6 +154,7 @@ def _register_localize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=5, help="moments to list (default 5)")
     p.add_argument("--plot", metavar="PNG", help="write a plot of the score curve")
     add_index_option(p, "reuse this index's windows (and settings) if it holds the video")
+    add_collection_option(p)
     p.add_argument("--no-merge", action="store_true", help="do not merge adjacent windows")
     p.add_argument("--json", action="store_true", help="print every window's score and the moments as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -166,6 +172,19 @@ def _model(args: argparse.Namespace, index: str | None = None):  # type: ignore[
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     return model_for_index(args, index, model_from_args) if index else model_from_args(args)
+
+
+def _is_milvus(uri: str | None) -> bool:
+    from ..index.milvus_client import is_milvus_uri
+
+    return is_milvus_uri(uri)
+
+
+def _open_index(uri: str, model: Any = None, *, readonly: bool = True, collection: str | None = None) -> Any:
+    """The index at ``uri``: a folder or a Milvus collection (``milnce.index.backends``)."""
+    from ..index.backends import open_index
+
+    return open_index(uri, model, readonly=readonly, collection=collection)
 
 
 def _check_batch(args: argparse.Namespace) -> None:
@@ -194,7 +213,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not files and not args.prune:
         raise CommandError(f"no video files found in {', '.join(args.paths)} "
                            "(looked for .mp4 .mkv .webm .avi .mov .gif ...)")
-    if os.path.isdir(args.index):  # say so before loading the model if another run holds the folder
+    if not _is_milvus(args.index) and os.path.isdir(args.index):  # say so before loading the model if another run holds the folder
         from ..index import check_unlocked
 
         check_unlocked(args.index)
@@ -203,7 +222,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
                          retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers,
-                         roots=args.root or [], allow_gaps=args.allow_gaps, **extra,
+                         roots=args.root or [], allow_gaps=args.allow_gaps, collection=args.collection, **extra,
                          **window_overrides(args))
     return _print_report(args, report)
 
@@ -213,6 +232,9 @@ def _index_from_features(args: argparse.Namespace) -> int:
 
     if args.paths:
         raise CommandError("give either videos (PATH...) or --from-features DIR, not both")
+    if _is_milvus(args.index):
+        raise CommandError("--from-features builds a folder index: build it, then milnce migrate FOLDER --to "
+                           f"{args.index}")
     if os.path.isdir(args.index):
         from ..index import check_unlocked
 
@@ -226,12 +248,11 @@ def _index_from_features(args: argparse.Namespace) -> int:
 
 def _record_roots(args: argparse.Namespace) -> int:
     """``milnce index --index DIR --root ROOT...``: record collection roots of an existing index."""
-    from ..index import Index
     from ..index.layout import DB_NAME, show_path
 
-    if not os.path.isfile(os.path.join(args.index, DB_NAME)):
+    if not _is_milvus(args.index) and not os.path.isfile(os.path.join(args.index, DB_NAME)):
         raise CommandError(f"--root without PATHs records roots of an existing index; there is none at {args.index}")
-    with Index.open(args.index, readonly=False) as index:
+    with _open_index(args.index, readonly=False, collection=args.collection) as index:
         index.add_roots(args.root)
         roots = index.roots
     print(f"{show_path(args.index)}: collection roots: {', '.join(show_path(r) for r in roots)}")
@@ -272,7 +293,6 @@ def _video_filter(args: argparse.Namespace) -> Any:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..index import Index
     from ..index.filters import collection_root
     from ..index.layout import show_path
     from ..index.negatives import DEFAULT_NOT_WEIGHT, check_weight
@@ -300,7 +320,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CommandError("nothing to search: give QUERY sentences, --queries-file or --like"
                            + (" (the queries file holds none: blank and # lines are skipped)" if args.queries_file else ""))
     # Check the folder (and the filter against its videos) before loading the model (fast, clear error).
-    with Index.open(args.index) as probe:
+    with _open_index(args.index, collection=args.collection) as probe:
         if not filt.is_empty:
             filt = filt.validated(collection_root(r.path for r in probe.rows()))
             from ..index.filters import require_matches
@@ -309,7 +329,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     model = _model(args, args.index)
     opts: dict[str, Any] = {"k": args.k, "merge": not args.no_merge, "by_video": args.videos, "exact": args.exact,
                             "video_filter": None if filt.is_empty else filt, "offset": args.offset}
-    with Index.open(args.index, model) as index:
+    with _open_index(args.index, model, collection=args.collection) as index:
         mode = "exact" if args.exact or args.negatives or index.ann() is None else "ann"
         out = SearchOutput(fmt, args.videos, args.offset)
         out.k, out.fewer_note = args.k, "" if filt.is_empty else "within the filter"
@@ -339,9 +359,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from ..index import Index
-
-    with Index.open(args.index, readonly=False) as index:
+    with _open_index(args.index, readonly=False, collection=args.collection) as index:
         try:
             removed = index.remove_paths(args.paths)
         except KeyError as exc:
@@ -371,9 +389,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     model = _model(args, args.index)
     index = None
     if args.index:
-        from ..index import Index
-
-        index = Index.open(args.index, model)
+        index = _open_index(args.index, model, collection=args.collection)
     try:  # the index's windows (and settings) are used when it holds the video and the options agree
         loc = localize(model, args.video, args.query, k=args.k, batch_size=args.batch_size,
                        merge=not args.no_merge, index=index, progress=not args.quiet, allow_gaps=args.allow_gaps,

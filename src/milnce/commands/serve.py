@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import MissingFileError
 from .common import CommandError, add_index_option, add_model_options, model_for_index, model_from_args
+from .vocabulary import add_collection_option
 
 # Kept here too: the server package itself cannot be imported without FastAPI (both checked equal by
 # tests/test_serve_supervise.py).
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_index_option(p, "index folder (from 'milnce index'); several, or a folder of index folders, are served "
                      "together (same weights and window settings; searches merge them, or pick one)",
                      required=True, many=True, legacy="*")
+    add_collection_option(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the videos to the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -54,7 +56,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     argv = ["serve", *(a for d in args.index for a in ("--index", d)), "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
             "--device", args.device, "--precision", args.precision, "--clip-max-files", str(args.clip_max_files),
             "--clip-max-mb", repr(args.clip_max_mb), "--clip-send-timeout", repr(args.clip_send_timeout)]
-    for opt in ("weights", "vocab"):
+    for opt in ("weights", "vocab", "collection"):
         if getattr(args, opt, None):
             argv += [f"--{opt}", getattr(args, opt)]
     for flag, on in (("--no-access-log", args.no_access_log), ("--eager", args.eager),
@@ -70,7 +72,12 @@ def index_folders(given: list[str]) -> list[str]:
     from ..index.layout import DB_NAME
 
     out: list[str] = []
+    from ..index.milvus_client import is_milvus_uri
+
     for d in given:
+        if is_milvus_uri(d):  # a Milvus collection (--collection), served beside index folders
+            out.append(d)
+            continue
         if not os.path.isdir(d):
             raise MissingFileError(f"index folder not found: {d} (build one with 'milnce index')")
         if os.path.isfile(os.path.join(d, DB_NAME)):
@@ -123,8 +130,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(_missing_deps(exc)) from None
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
+    from ..index.milvus_client import is_milvus_uri
+
     for d in args.index:
-        if not os.path.isdir(d):
+        if not is_milvus_uri(d) and not os.path.isdir(d):
             raise MissingFileError(f"index folder not found: {d} (build one with 'milnce index')")
     try:  # claim the port first: a busy port is reported before the model loads
         sock = listen(args.host, args.port)
@@ -136,15 +145,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if len(folders) > 1:
             from ..server.multi import check_comparable_folders
 
-            check_comparable_folders(folders)  # before the model loads
+            check_comparable_folders(folders, args.collection)  # before the model loads
         model = model_for_index(args, folders[0], model_from_args)  # --weights, else the (first) index's record
-        from ..index import Index
+        from ..index.backends import AnyIndex, open_index
         from ..server.multi import index_names
 
-        opened: dict[str, Index] = {}
+        opened: dict[str, AnyIndex] = {}
         try:
             for name, d in zip(index_names(folders), folders):
-                opened[name] = Index.open(d, model, readonly=True)
+                opened[name] = open_index(d, model, readonly=True, collection=args.collection)
             serve(opened if len(opened) > 1 else next(iter(opened.values())), model, host=args.host, port=args.port,
                   log_level=args.log_level, access_log=not args.no_access_log, sock=sock,
                   clip_limits=_clip_limits(args))

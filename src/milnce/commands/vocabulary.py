@@ -22,7 +22,7 @@ from typing import Any
 
 from ..printable import show_path
 
-__all__ = ["MEANINGS", "MilnceParser", "deprecated_alias", "add_index_option", "warn_deprecated"]
+__all__ = ["MEANINGS", "MilnceParser", "deprecated_alias", "add_index_option", "add_collection_option", "warn_deprecated"]
 
 log = logging.getLogger("milnce.cli")
 
@@ -70,7 +70,10 @@ MEANINGS: dict[str, str] = {
     "--hflip": "random horizontal flips",
     "--host": "address to listen on",
     "--ids": "a file of video ids",
-    "--index": "the index folder",
+    "--index": "the index: a folder, or a Milvus collection (a .db file for Milvus Lite, or http(s)://host:port)",
+    "--collection": "the Milvus collection name of a Milvus --index (default milnce)",
+    "--to": "where a command copies to",
+    "--batch-windows": "windows per write",
     "--json": "print JSON",
     "--keep-checkpoints": "checkpoints kept",
     "--like": "query by example: a window of an indexed video",
@@ -219,6 +222,13 @@ class MilnceParser(argparse.ArgumentParser):
         for hook in self.post_parse:
             hook(self, ns)
         return ns, extras
+
+
+def add_collection_option(parser: argparse.ArgumentParser) -> argparse.Action:
+    """``--collection NAME``: which collection of a Milvus ``--index`` (``milnce.index.backends``)."""
+    return parser.add_argument("--collection", metavar="NAME", default=None,
+                               help="collection of a Milvus --index (a .db file or http(s)://host:port; the token "
+                                    "comes from $MILNCE_MILVUS_TOKEN); default: milnce")
 
 
 def add_index_option(parser: argparse.ArgumentParser, help: str, *, required: bool = False, many: bool = False,

@@ -20,11 +20,11 @@ from ..video.find import VIDEO_EXTENSIONS, walk_videos
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
+from .backends import AnyIndex, create_index
 from .ingest import Progress, file_hash, finish, reason_text
 from .ingest import reason as exc_reason
 from .layout import show_path, user_path
 from .records import IndexReport
-from .store import Index
 
 __all__ = ["build_index", "find_videos", "file_hash", "show_path", "VIDEO_EXTENSIONS"]
 
@@ -66,7 +66,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 workers: int | None = None, progress: bool = True, recursive: bool = True,
                 retry_errors: bool = False, ann_queries: Sequence[str] | None = None,
                 ann_min_windows: int = ANN_MIN_WINDOWS, roots: Sequence[str | os.PathLike[str]] = (),
-                allow_gaps: bool = False) -> IndexReport:
+                allow_gaps: bool = False, collection: str | None = None) -> IndexReport:
     """Add the videos under ``paths`` to the index in ``directory`` (created if needed). ``paths``
     (and ``roots``) are recorded as the index's collection roots (``milnce.index.roots``).
 
@@ -83,7 +83,8 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     at any point leaves a readable index; running it again finishes the job. ``ann``: (re)build
     the approximate index when it is missing, stale or damaged, if the index holds at least
     ``ann_min_windows`` windows (below that exact search takes milliseconds and IVF would only
-    lose recall: ``report.ann`` says it was skipped). Files or folders that could not be read are
+    lose recall: ``report.ann`` says it was skipped). ``directory`` may name a Milvus collection
+    (``milnce.index.backends``: a ``.db`` file or ``http(s)://``; ``collection``: its name). Files or folders that could not be read are
     in ``report.failed`` (path, reason without the path) and ``errors.log``.
     """
     t_start = time.perf_counter()
@@ -95,7 +96,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     unreadable: list[tuple[str, str]] = []
     files = find_videos(paths, recursive=recursive, exclude=[os.fspath(directory)],  # before creating anything
                         on_error=lambda p, r: unreadable.append((p, r)))
-    idx = Index.create(directory, model, settings, roots=[*paths, *roots])  # the collection roots (milnce.index.roots)
+    idx = create_index(directory, model, settings, roots=[*paths, *roots], collection=collection)  # the collection roots (milnce.index.roots)
     report = IndexReport(directory=idx.directory)
     try:
         for where, why in unreadable:
@@ -156,7 +157,7 @@ def _check_run_args(batch_size: int | None, workers: int | None) -> None:
     resolve_workers(workers)
 
 
-def _embed_pending(idx: Index, model: Encoder, pending: list[tuple[str, int, float, str]],
+def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, float, str]],
                    missing_by_size: dict[int, list[int]], report: IndexReport, *, batch_size: int | None,
                    workers: int | None, progress: bool) -> None:
     """Hash the pending files (touched and moved ones need no model), embed the rest through the

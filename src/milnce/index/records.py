@@ -139,7 +139,7 @@ class IndexReport:
         if self.video_seconds:
             lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({plural(self.windows_added, 'window')}) "
                          f"in {self.embed_seconds:.1f} s: {self.speed:.2f}x real time")
-        if self.failed or self.skipped_failures:
+        if (self.failed or self.skipped_failures) and os.path.isfile(os.path.join(self.directory, ERROR_LOG)):
             lines.append(f"unreadable videos are listed in {show_path(os.path.join(self.directory, ERROR_LOG))}")
         if self.ann and self.ann.get("skipped"):
             lines.append(f"ANN: not built: {self.ann['reason']}")

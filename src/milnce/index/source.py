@@ -63,12 +63,12 @@ class RecordedWeights:
             raise self._fail(f"has changed since (its fingerprint is now {wid})")
 
 
-def recorded_weights(directory: str | os.PathLike[str]) -> RecordedWeights | None:
+def recorded_weights(directory: str | os.PathLike[str], collection: str | None = None) -> RecordedWeights | None:
     """The weights record of the index at ``directory`` (None for an index built before records,
-    or from feature files)."""
-    from .store import Index
+    or from feature files); ``collection``: of a Milvus ``directory`` (``milnce.index.backends``)."""
+    from .backends import open_index
 
-    with Index.open(directory) as index:
+    with open_index(directory, collection=collection) as index:
         src: Any = index.meta.get("weights_source")
         if not isinstance(src, dict) or not isinstance(src.get("weights"), str) or src.get("kind") not in KINDS:
             return None

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import MilnceError
-from ..index import Index
+from ..index.backends import AnyIndex
 from ..index.errors import IndexDamagedError
 from ..protocols import Encoder
 from ..video.cut import ClipLimits
@@ -125,7 +125,7 @@ def _first_known_word(model: Encoder) -> str:
 
 
 def create_app(
-    index: Index | Mapping[str, Index],
+    index: AnyIndex | Mapping[str, AnyIndex],
     model: Encoder,
     *,
     max_query_chars: int = MAX_QUERY_CHARS,

@@ -15,7 +15,7 @@ from .app import create_app
 from .deps import MISSING_DEPS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..index import Index
+    from ..index.backends import AnyIndex
     from ..protocols import Encoder
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]", "::1"]
@@ -49,7 +49,7 @@ def listen(host: str, port: int):  # type: ignore[no-untyped-def]
 
 
 def serve(
-    index: Index | Mapping[str, Index] | str | os.PathLike[str],
+    index: AnyIndex | Mapping[str, AnyIndex] | str | os.PathLike[str],
     model: Encoder | None = None,
     *,
     host: str = "127.0.0.1",
@@ -73,9 +73,9 @@ def serve(
 
         model = load_model()
     if isinstance(index, (str, os.PathLike)):
-        from ..index import Index
+        from ..index.backends import open_index
 
-        index = Index.open(index, model, readonly=True)
+        index = open_index(index, model, readonly=True)
     loopback = _is_loopback(host)
     allowed = LOOPBACK_HOSTS if loopback else None
     app = create_app(index, model, allowed_hosts=allowed, warm_up=True, clip_limits=clip_limits)

@@ -30,7 +30,8 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import MilnceError
-from ..index import Index, Moment, VideoRecord
+from ..index import Moment, VideoRecord
+from ..index.backends import AnyIndex
 from ..index.errors import IndexDamagedError
 from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
 from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
@@ -93,7 +94,7 @@ def parse_like(value: str) -> tuple[int, float] | None:
 class SearchService:
     """Searches, curves, listings and checked file access over one index (thread-safe)."""
 
-    def __init__(self, index: Index, model: Encoder, *, refresh_interval: float = 5.0,
+    def __init__(self, index: AnyIndex, model: Encoder, *, refresh_interval: float = 5.0,
                  query_cache: int = QUERY_CACHE_ENTRIES) -> None:
         self.index = index
         self.model = model
