@@ -11,10 +11,7 @@ still: the shape and colour, not the direction). Reported per method: the rank o
 video's best window among all windows (single windows, no merging) and the rank of the source
 video among the videos (by its best window).
 
-    PYTHONPATH=src python benchmarks/bench_like_file.py [--real]
-
-``--real``: the tests' random weights (batch-norm calibrated on real video) over
-``tests/data/real_clips.mp4`` cut into five videos instead (no trained model needed).
+    PYTHONPATH=src python benchmarks/bench_like_file.py
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "src"))
 
 SCALE = 0.75  # the query copies' size, relative to the source
 SCENE_SECONDS = 4.0  # the synthetic set's scenes
@@ -71,27 +68,13 @@ def resize(frames: list[np.ndarray], scale: float) -> list[np.ndarray]:
 
 
 def collection(tmp: Path) -> tuple[object, list[Path], dict[str, list[str]]]:
-    """(model, videos, captions by video stem in scene order): the synthetic model and its held-out
-    videos, or (--real) random weights and real footage cut into five videos (no captions)."""
+    """(model, videos, captions by video stem in scene order): the synthetic model and its held-out videos."""
     import milnce
+    from milnce.train.fallback import fallback_model, held_out
 
-    if "--real" not in sys.argv:
-        from milnce.train.fallback import fallback_model, held_out
-
-        fb = fallback_model(progress=False)
-        vids, caps = held_out(fb.data)
-        return milnce.load_model(fb.run), vids, {Path(k).stem: v for k, v in caps.items()}
-    from conftest import REAL_CLIPS, write_checkpoint
-
-    model = milnce.load_model(*write_checkpoint(tmp / "ckpt", calibrate=True), download=False)
-    frames, rate = read_frames(REAL_CLIPS)
-    n = len(frames) // 5
-    (tmp / "videos").mkdir()
-    out = []
-    for i in range(5):
-        out.append(tmp / "videos" / f"real{i}.mp4")
-        write_frames(out[-1], frames[i * n:(i + 1) * n], rate)
-    return model, out, {}
+    fb = fallback_model(progress=False)
+    vids, caps = held_out(fb.data)
+    return milnce.load_model(fb.run), vids, {Path(k).stem: v for k, v in caps.items()}
 
 
 def main() -> None:
