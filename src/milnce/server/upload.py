@@ -4,7 +4,8 @@ The body is ``multipart/form-data`` with one part named ``file`` (a video, or a 
 frozen clip); the search parameters are the query string's, as for ``GET /api/search``, plus
 ``start``/``end`` (seconds: the span of the clip to use). The request is read as it arrives
 into a private temporary folder (mode 0700), never past ``UploadLimits.max_bytes`` (413: also
-when the ``Content-Length`` says so, before reading), checked by a short ``av.open`` in a child
+when the ``Content-Length`` says so, before reading; at most ``RECEIVING`` uploads arrive at once,
+429 past that; 408 when one has not arrived within ``timeout``), checked by a short ``av.open`` in a child
 process that is killed after ``probe_timeout`` seconds (415: no video stream, not a video or
 image; 422: no frame decodes, or the probe did not finish), embedded with the index's window
 settings (``milnce.index.likeclip.clip_query``; never more than ``max_seconds`` of it, 413 when
@@ -47,7 +48,8 @@ __all__ = ["UploadLimits", "upload_router", "probe_upload", "PROBE_SCRIPT"]
 
 log = logging.getLogger("milnce.server")
 
-CHUNK_CACHE = 16  # query vectors kept (by the file's SHA-256 and span)
+VECTOR_CACHE = 16  # query vectors kept (by the file's SHA-256 and span)
+RECEIVING = 4  # uploads being received at once (each at most max_bytes on disk); more answer 429
 IMAGE_FORMATS = {"png_pipe": ".png", "jpeg_pipe": ".jpg", "image2": ".png", "webp_pipe": ".png", "bmp_pipe": ".png"}
 
 
@@ -173,7 +175,10 @@ async def receive_file(request: Request, folder: str, max_bytes: int) -> tuple[s
                 parser.write(chunk)
             except Exception as exc:  # noqa: BLE001 - python-multipart's errors are the body's fault
                 raise ApiError(422, f"malformed multipart body ({type(exc).__name__})") from None
-        parser.finalize()
+        try:
+            parser.finalize()
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise ApiError(422, f"malformed multipart body ({type(exc).__name__})") from None
     finally:
         if state["out"] is not None:
             state["out"].close()
@@ -228,13 +233,15 @@ def upload_router(limits: UploadLimits, max_k: int, default_k: int, max_offset: 
     """``POST /api/search/like-upload``."""
     r = APIRouter()
     slot = threading.BoundedSemaphore(1)  # one upload decoded and embedded at a time
-    vectors = LRU(CHUNK_CACHE)
+    receiving = threading.BoundedSemaphore(RECEIVING)  # uploads on their way to disk at once
+    vectors = LRU(VECTOR_CACHE)
 
     @r.post("/api/search/like-upload", summary="Search the moments like an uploaded clip (or still image)",
             responses={413: {"description": "the file or its span is over the caps"},
                        415: {"description": "not multipart, or not a video or image"},
                        422: {"description": "unreadable, no frames in the span, or invalid parameters"},
-                       429: {"description": "another upload is being embedded; retry later"},
+                       408: {"description": "the upload did not arrive within the server's timeout"},
+                       429: {"description": "another upload is being embedded (or 4 are arriving); retry later"},
                        504: {"description": "embedding took longer than the server's timeout"}},
             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["file"],
@@ -273,16 +280,25 @@ def upload_router(limits: UploadLimits, max_k: int, default_k: int, max_offset: 
         filt = video_filter(under, path_glob, after, before, min_duration, max_duration)
         sets: IndexSet = request.app.state.indexes
         service: SearchService = sets.get(index or None) if index or not sets.several else sets.first
-        if not slot.acquire(blocking=False):
-            raise ApiError(429, "another upload is being embedded; retry in a few seconds", headers={"Retry-After": "2"})
-        handed_over = False
+        if not receiving.acquire(blocking=False):
+            raise ApiError(429, f"{RECEIVING} uploads are arriving; retry in a few seconds", headers={"Retry-After": "2"})
+        handed_over = False  # True: the worker frees the embedding slot and removes the folder (even after a 504)
         folder = tempfile.mkdtemp(prefix="milnce-upload-")  # mode 0700: private to this user
         try:
-            path, name, sha = await receive_file(request, folder, limits.max_bytes)
+            try:
+                with anyio.fail_after(limits.timeout):
+                    path, name, sha = await receive_file(request, folder, limits.max_bytes)
+            except TimeoutError:
+                raise ApiError(408, f"the upload did not arrive within {limits.timeout:g} s") from None
+            finally:
+                receiving.release()
             key = (sha, start, end, service.index.weights_id, json.dumps(service.index.settings, sort_keys=True))
             cached = vectors.get(key)
             if cached is None:
-                handed_over = True  # the worker frees the slot and removes the folder, even after a 504
+                if not slot.acquire(blocking=False):
+                    raise ApiError(429, "another upload is being embedded; retry in a few seconds",
+                                   headers={"Retry-After": "2"})
+                handed_over = True
 
                 def work() -> Any:
                     try:
@@ -313,7 +329,6 @@ def upload_router(limits: UploadLimits, max_k: int, default_k: int, max_offset: 
         finally:
             if not handed_over:
                 shutil.rmtree(folder, ignore_errors=True)
-                slot.release()
         source = {"name": name, "start": cached.start, "end": cached.end, "windows": cached.windows,
                   "still": cached.still}
         return {"query": "", "k": k, "by_video": by_video, "merge": merge, "like": None, "like_file": source,
