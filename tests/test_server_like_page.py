@@ -101,6 +101,8 @@ def test_cues_are_text_and_matches_are_marked(browser, site, with_cues):  # noqa
         assert first.locator(".cue-lang").all_text_contents() == ["en"]
         assert "speech 0.750" in first.locator(".score").text_content()
         assert "hybrid" in page.locator("#status").text_content()
+        if os.environ.get("MILNCE_SCREENSHOT_DIR"):
+            page.screenshot(path=str(Path(os.environ["MILNCE_SCREENSHOT_DIR"]) / "milnce_cues.png"))
         # a visual-only answer (no cues): the results show, without cue lines
         page.fill("#q", "green door")
         page.press("#q", "Enter")

@@ -76,6 +76,7 @@ def test_upload_ranks_like_the_cli_and_cleans_up(lib, private_tmp, tmp_path):
         want = lib["index"].search_embeddings(q.vector, 50, merge=False)[0]
         assert [(m["video_id"], m["start"]) for m in body["results"]] == [(m.video_id, m.start) for m in want]
         assert body["like_file"]["name"] == "mine.mp4" and not body["like_file"]["still"]
+        assert body["mode"] == "visual"  # a clip has no words: the visual ranking
         assert body["like_file"]["start"] >= 0.4 - 1e-6
         # a page of the same ranking (the vector is kept: the file is not embedded again)
         r2 = post(c, clip, "?k=2&merge=false&start=0.4&end=2.4&offset=2")

@@ -331,7 +331,9 @@ def upload_router(limits: UploadLimits, max_k: int, default_k: int, max_offset: 
                 shutil.rmtree(folder, ignore_errors=True)
         source = {"name": name, "start": cached.start, "end": cached.end, "windows": cached.windows,
                   "still": cached.still}
-        return {"query": "", "k": k, "by_video": by_video, "merge": merge, "like": None, "like_file": source,
+        # a clip has pixels, no words: always the visual ranking, whatever ``mode`` the page sent
+        return {"query": "", "k": k, "by_video": by_video, "merge": merge, "mode": "visual", "like": None,
+                "like_file": source,
                 "not": negs, "not_weight": not_weight if negs else None, "offset": offset,
                 "filter": None if filt is None else filt.describe(), **body,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
