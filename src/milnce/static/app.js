@@ -173,7 +173,7 @@
       more.addEventListener("click", () => searchLike(m));
       li.append(btn, more);
       const cues = cueList(m);
-      if (cues) li.append(cues);
+      if (cues) { li.append(cues); li.classList.add("has-cues"); }
       list.append(li);
     });
     // The player follows the results: the same moment stays (its caption and curve are
