@@ -6,7 +6,8 @@ Grammar (ASCII digits only; ``²``, Arabic-Indic digits, ``1_0``, ``inf`` or exp
 - a time is ``S`` (seconds, a fraction allowed: ``65``, ``80.5``), ``M:SS`` (``1:05``; the seconds
   below 60) or ``H:MM:SS`` (``1:02:03.5``; minutes and seconds below 60); only the last field takes
   a fraction;
-- a span is ``VIDEO@START-END``; a like reference is ``VIDEO`` or ``VIDEO@START``;
+- a span is ``VIDEO@START-END``; a like reference is ``VIDEO`` or ``VIDEO@START``; a clip file is
+  ``FILE`` or ``FILE@START-END`` (``milnce search --like-file``);
 - ``VIDEO`` is an index's video id (ASCII digits) unless a file of that name exists, else a path.
 
 Every refusal is a ``TimeSpecError`` (a ``UsageError``: one line, exit 2 in the CLI, 422 over HTTP).
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from .errors import UsageError
 
 __all__ = ["TimeSpecError", "parse_time", "parse_video_id", "parse_span", "parse_like", "parse_like_id",
-           "MAX_TIME_CHARS"]
+           "parse_clip_file", "MAX_TIME_CHARS"]
 
 MAX_TIME_CHARS = 32  # "123456789:59:59.999999" fits; longer is not a time anyone typed
 _SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z", re.ASCII)
@@ -88,6 +89,25 @@ def parse_like(spec: str, *, exists: Callable[[str], bool] = os.path.exists) -> 
             raise TimeSpecError(f"--like {spec}: START must be seconds or [H:]M:SS ({exc})") from None
         video = head
     return _video(video, exists), start
+
+
+def parse_clip_file(spec: str, *, exists: Callable[[str], bool] = os.path.exists) -> tuple[str, float | None, float | None]:
+    """``FILE[@START-END]`` -> (path, start, end): the whole file (None, None) when no span is
+    given or when the whole text names an existing file; START and END as seconds or [H:]M:SS,
+    END after START."""
+    if "@" not in spec or exists(spec):
+        return spec, None, None
+    path, _, tail = spec.rpartition("@")
+    start_s, dash, end_s = tail.partition("-")
+    if not path or not dash:
+        raise TimeSpecError(f"--like-file {spec}: expected FILE or FILE@START-END, e.g. clip.mp4@0:05-0:12")
+    try:
+        start, end = parse_time(start_s), parse_time(end_s)
+    except TimeSpecError as exc:
+        raise TimeSpecError(f"--like-file {spec}: START and END must be seconds or [H:]M:SS ({exc})") from None
+    if not end > start:
+        raise TimeSpecError(f"--like-file {spec}: END must be after START")
+    return path, start, end
 
 
 def parse_like_id(value: str) -> tuple[int, float]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from ..errors import MissingFileError
 from ..plural import plural
 from ..printable import show_path
-from ..timespec import parse_like
+from ..timespec import parse_clip_file, parse_like
 from .common import (
     FAILURE_EXIT,
     CommandError,
@@ -101,6 +101,10 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--like", metavar="VIDEO[@START]", action="append",
                    help="query by example: moments like the window of VIDEO (a path, or an indexed video's id) "
                    "starting nearest START seconds (default 0; also M:SS); the example's own video is left out")
+    p.add_argument("--like-file", metavar="CLIP[@START-END]", action="append",
+                   help="query by any clip: moments like a video file of yours (its START-END span, seconds or "
+                   "M:SS; default all of it) or a still image (.jpg/.png, a frozen clip: S3D then sees no motion), "
+                   "embedded with the index's window settings; its windows' L2-normalised embeddings are averaged")
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     videos = p.add_argument("--list-videos", dest="videos", action="store_true",
                             help="rank whole videos (by their best moment)")
@@ -314,10 +318,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.queries_file:
         queries = itertools.chain(queries, iter_queries_file(args.queries_file, open_queries_file(args.queries_file)))
     likes = [parse_like(x) for x in args.like or []]
+    clips = [parse_clip_file(x) for x in args.like_file or []]
+    for path, _, _ in clips:  # before the model loads
+        if not os.path.isfile(path):
+            raise MissingFileError(f"--like-file: no such file: {show_path(path)}")
     pending = batches(queries, QUERY_BATCH)
     first = next(pending, None)  # read (and check) the first queries before loading the model
-    if first is None and not likes:
-        raise CommandError("nothing to search: give QUERY sentences, --queries-file or --like"
+    if first is None and not likes and not clips:
+        raise CommandError("nothing to search: give QUERY sentences, --queries-file, --like or --like-file"
                            + (" (the queries file holds none: blank and # lines are skipped)" if args.queries_file else ""))
     # Check the folder (and the filter against its videos) before loading the model (fast, clear error).
     with _open_index(args.index, collection=args.collection) as probe:
@@ -354,8 +362,22 @@ def cmd_search(args: argparse.Namespace) -> int:
                 except KeyError as exc:
                     raise CommandError(f"--like {video}: {exc.args[0]}") from None
                 out.add(f"like {video}@{start:g}", None, res)
+            for spec, clip in zip(args.like_file or [], clips):
+                out.add(f"like-file {spec}", None, search_clip(index, *clip, negatives=args.negatives,
+                                                                not_weight=weight, **opts))
         out.finish()
     return 1 if out.failed else 0  # README "Exit codes"
+
+
+def search_clip(index: Any, path: str, start: float | None, end: float | None, *, negatives: list[str],
+                not_weight: float, **opts: Any) -> list[Any]:
+    """``--like-file``: the moments like a clip file (``milnce.index.likeclip.clip_query``), ranked
+    as a text query is (filters, negative terms, pages)."""
+    from ..index.likeclip import clip_query
+
+    q = clip_query(index.model, index.settings, path, start, end)
+    neg = index.negative_embeddings(negatives)
+    return index.search_embeddings(q.vector, neg=neg, not_weight=not_weight, **opts)[0]
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

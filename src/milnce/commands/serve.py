@@ -47,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="at most this many MiB of clips on disk at once (default 1024)")
     p.add_argument("--clip-send-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="a clip not downloaded within this many seconds is dropped (default 300)")
+    p.add_argument("--upload-max-mb", type=float, default=50.0, metavar="MB",
+                   help="query by an uploaded clip (POST /api/search/like-upload): uploads larger than this many MiB "
+                   "answer 413 (default 50)")
+    p.add_argument("--upload-max-seconds", type=float, default=60.0, metavar="SECONDS",
+                   help="an uploaded clip's span longer than this answers 413 (default 60)")
+    p.add_argument("--upload-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="embedding one upload longer than this answers 504 (default 120; one upload at a time)")
     add_model_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -55,7 +62,9 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     """The same ``serve`` command line, without ``--restart``."""
     argv = ["serve", *(a for d in args.index for a in ("--index", d)), "--host", args.host, "--port", str(args.port), "--log-level", args.log_level,
             "--device", args.device, "--precision", args.precision, "--clip-max-files", str(args.clip_max_files),
-            "--clip-max-mb", repr(args.clip_max_mb), "--clip-send-timeout", repr(args.clip_send_timeout)]
+            "--clip-max-mb", repr(args.clip_max_mb), "--clip-send-timeout", repr(args.clip_send_timeout),
+            "--upload-max-mb", repr(args.upload_max_mb), "--upload-max-seconds", repr(args.upload_max_seconds),
+            "--upload-timeout", repr(args.upload_timeout)]
     for opt in ("weights", "vocab", "collection"):
         if getattr(args, opt, None):
             argv += [f"--{opt}", getattr(args, opt)]
@@ -113,8 +122,22 @@ def _missing_deps(exc: ImportError) -> str:
     return MISSING_DEPS + missing
 
 
+def _upload_limits(args: argparse.Namespace) -> Any:
+    """The upload endpoint's caps from ``--upload-*`` (``UploadLimits``); ``CommandError`` for bad values."""
+    import math
+
+    values = (args.upload_max_mb, args.upload_max_seconds, args.upload_timeout)
+    if not all(math.isfinite(v) and v > 0 for v in values) or args.upload_max_mb >= 2**20:
+        raise CommandError("--upload-max-mb, --upload-max-seconds and --upload-timeout must be finite and > 0")
+    from ..server.upload import UploadLimits
+
+    return UploadLimits(max_bytes=int(args.upload_max_mb * 2**20), max_seconds=args.upload_max_seconds,
+                        timeout=args.upload_timeout)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _clip_limits(args)  # bad values are refused before anything starts
+    _upload_limits(args)
     if args.restart:
         index_folders(args.index)
         try:
@@ -156,7 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 opened[name] = open_index(d, model, readonly=True, collection=args.collection)
             serve(opened if len(opened) > 1 else next(iter(opened.values())), model, host=args.host, port=args.port,
                   log_level=args.log_level, access_log=not args.no_access_log, sock=sock,
-                  clip_limits=_clip_limits(args))
+                  clip_limits=_clip_limits(args), upload_limits=_upload_limits(args))
         finally:
             for ix in opened.values():
                 ix.close()

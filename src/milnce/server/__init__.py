@@ -9,6 +9,7 @@ Endpoints (OpenAPI at ``/openapi.json``, an offline reference at ``/static/api.h
 - ``GET /api/config``                         defaults and limits (``default_k``, ``max_k``, ...), read by the UI
 - ``GET /api/search?q=...&k=10``              moments for a query, best first (``by_video``, ``merge``)
 - ``GET /api/search?like=ID@SECONDS``         moments like the window of video ``ID`` at that time
+- ``POST /api/search/like-upload``            moments like an uploaded clip or still (multipart ``file``)
 - ``GET /api/videos``                         the indexed videos (paged)
 - ``GET /api/videos/{id}``                    one video's metadata
 - ``GET /api/videos/{id}/curve?q=...``        the query's score over the video's windows (starts, ends, scores)
@@ -26,8 +27,9 @@ The package, one concern per module: ``service`` (``SearchService``: typed searc
 listings and checked file access over one index and its model; ``ApiError``), ``routes`` (the
 FastAPI routers over the service: API, media, UI), ``app`` (``create_app``: the routers, the
 ``Host`` check, errors in one shape, warm-up), ``files`` (``Range``, identity-checked opening
-and streaming of indexed files), ``thumbs`` (thumbnails and the LRU cache), ``run``
-(``listen``, ``serve``), ``supervise`` (the ``serve --restart`` supervisor).
+and streaming of indexed files), ``thumbs`` (thumbnails and the LRU cache), ``upload`` (query by
+an uploaded clip: capped streaming, probe in a child process, one worker), ``run`` (``listen``,
+``serve``), ``supervise`` (the ``serve --restart`` supervisor).
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ from .files import (  # noqa: E402
 )
 from .run import LOOPBACK_HOSTS, listen, serve  # noqa: E402
 from .thumbs import THUMB_CACHE_ENTRIES, THUMB_WIDTH, grab_thumbnail  # noqa: E402
+from .upload import UploadLimits  # noqa: E402
 
 __all__ = ["create_app", "serve", "listen", "parse_range", "open_indexed_file", "file_state", "FileChangedError",
            "MISSING_DEPS", "MAX_QUERY_CHARS", "MAX_K", "DEFAULT_K",
            "CHUNK", "CSP", "FILE_CHANGED", "LOOPBACK_HOSTS", "MIME_TYPES", "PLAYABLE", "QUERY_CACHE_ENTRIES",
-           "STATIC_TYPES", "THUMB_CACHE_ENTRIES", "THUMB_WIDTH", "RangeNotSatisfiable", "grab_thumbnail", "parse_like"]
+           "STATIC_TYPES", "THUMB_CACHE_ENTRIES", "THUMB_WIDTH", "RangeNotSatisfiable", "grab_thumbnail", "parse_like",
+           "UploadLimits"]

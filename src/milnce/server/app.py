@@ -31,6 +31,7 @@ from .multi import IndexSet
 from .routes import CSP, STATIC_TYPES, Limits, api_router, error_response, media_router, ui_router
 from .service import QUERY_CACHE_ENTRIES, ApiError, parse_like
 from .thumbs import LRU, THUMB_CACHE_ENTRIES, THUMB_WIDTH
+from .upload import UploadLimits, upload_router
 
 log = logging.getLogger("milnce.server")
 
@@ -137,6 +138,7 @@ def create_app(
     refresh_interval: float = 5.0,
     warm_up: bool = False,
     clip_limits: ClipLimits | None = None,
+    upload_limits: UploadLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``index`` (a ``milnce.index.Index`` opened with ``model``), or
     several: ``{name: Index}`` (``milnce.server.multi``: same weights and window settings
@@ -149,7 +151,8 @@ def create_app(
     ``warm_up``: run one search through the app before returning, so the first user's query
     does not pay the one-time costs (first text encoding, first scan, first request through
     FastAPI); its time is ``app.state.warmup_ms``. ``clip_limits``: the clip endpoint's length cap
-    and concurrent cuts (default 300 s, 2).
+    and concurrent cuts (default 300 s, 2). ``upload_limits``: ``POST /api/search/like-upload``'s
+    caps (``milnce.server.upload.UploadLimits``: 50 MiB, 60 s of clip, 120 s to embed).
     """
     from .. import __version__
 
@@ -176,8 +179,11 @@ def create_app(
     _add_error_handlers(app)
     app.include_router(ui_router())
     clips = clip_limits or ClipLimits()
-    app.include_router(api_router(Limits(default_k, max_k, max_query_chars, max_clip_seconds=clips.max_seconds),
-                                  __version__, time.time()))
+    uploads = upload_limits or UploadLimits()
+    limits = Limits(default_k, max_k, max_query_chars, max_clip_seconds=clips.max_seconds,
+                    upload_max_mb=uploads.max_bytes / 2**20, upload_max_seconds=uploads.max_seconds)
+    app.include_router(api_router(limits, __version__, time.time()))
+    app.include_router(upload_router(uploads, max_k, default_k, limits.max_offset))
     app.include_router(media_router(thumbnail_width, thumbs, clips))
     if warm_up:  # pay the one-time costs (first text encoding, first scan, first request) now
         t0 = time.perf_counter()

@@ -47,6 +47,8 @@ class Limits:
     max_query_chars: int
     max_offset: int = 10_000
     max_clip_seconds: float = 300.0
+    upload_max_mb: float = 50.0  # POST /api/search/like-upload (``milnce.server.upload.UploadLimits``)
+    upload_max_seconds: float = 60.0
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -86,6 +88,7 @@ def _config(limits: Limits, version: str) -> dict[str, Any]:
     """The ``/api/config`` body: the API's defaults and limits, and the k choices of the UI."""
     return {"default_k": limits.default_k, "max_k": limits.max_k, "max_query_chars": limits.max_query_chars,
             "max_offset": limits.max_offset, "max_clip_seconds": limits.max_clip_seconds,
+            "upload_max_mb": limits.upload_max_mb, "upload_max_seconds": limits.upload_max_seconds,
             "k_choices": sorted({limits.default_k, *(c for c in (10, 20, 50, 100) if c <= limits.max_k)}),
             "version": version}
 

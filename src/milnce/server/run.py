@@ -13,6 +13,7 @@ from ..plural import plural
 from ..video.cut import ClipLimits
 from .app import create_app
 from .deps import MISSING_DEPS
+from .upload import UploadLimits
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..index.backends import AnyIndex
@@ -59,10 +60,12 @@ def serve(
     announce: bool = True,
     sock: Any = None,
     clip_limits: ClipLimits | None = None,
+    upload_limits: UploadLimits | None = None,
 ) -> None:
     """Serve the UI and API until interrupted. ``index``: an ``Index`` or its folder (opened
     read-only with ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``);
     ``clip_limits``: the clip endpoint's caps (``milnce.video.cut.ClipLimits``; default its defaults);
+    ``upload_limits``: the upload endpoint's (``milnce.server.upload.UploadLimits``);
     ``sock``: an already listening socket (from ``listen(host, port)``) to serve on."""
     try:
         import uvicorn
@@ -78,7 +81,8 @@ def serve(
         index = open_index(index, model, readonly=True)
     loopback = _is_loopback(host)
     allowed = LOOPBACK_HOSTS if loopback else None
-    app = create_app(index, model, allowed_hosts=allowed, warm_up=True, clip_limits=clip_limits)
+    app = create_app(index, model, allowed_hosts=allowed, warm_up=True, clip_limits=clip_limits,
+                     upload_limits=upload_limits)
     if sock is None:
         sock = listen(host, port)
     bound_port = sock.getsockname()[1]

@@ -45,6 +45,13 @@
           });
           card.append(table);
         }
+        if (op.requestBody && op.requestBody.content) {
+          for (const [type, media] of Object.entries(op.requestBody.content)) {
+            const props = Object.entries((media.schema && media.schema.properties) || {})
+              .map(([name, s]) => `${name} (${s.format || s.type || "any"}): ${s.description || ""}`);
+            card.append(el("p", null, `Body: ${type}` + (props.length ? ` with ${props.join("; ")}` : "")));
+          }
+        }
         const codes = Object.entries(op.responses || {}).map(([c, r]) => `${c} ${r.description || ""}`);
         if (codes.length) card.append(el("p", "muted", "Responses: " + codes.join(" · ")));
         root.append(card);

@@ -13,6 +13,10 @@
   const moreBtn = $("more"), clipLink = $("clip-link"), indexPick = $("index-pick");
   const FILTERS = { under: $("f-under"), path_glob: $("f-glob"), after: $("f-after"), before: $("f-before"),
                     min_duration: $("f-min"), max_duration: $("f-max") };
+  const weightInput = $("speech-weight"), weightOut = $("speech-weight-value");
+  const likeFile = $("like-file"), likeStart = $("like-start"), likeEnd = $("like-end");
+  let weightTouched = false;  // send speech_weight only once the user moved the slider (else the server's default)
+  let upload = null;      // {file, start, end}: "search by clip" mode (an uploaded clip instead of words)
   let maxClip = 300;      // seconds (/api/config)
   let lastParams = null;  // the parameters of the results shown (for "More results")
   const SVG = curveSvg.namespaceURI;  // the SVG namespace, from the page (no URL in this file)
@@ -64,7 +68,63 @@
     let t = `score ${Number(m.score).toFixed(3)}`;
     if (m.cosine !== undefined && m.cosine !== null) t += ` · cos ${Number(m.cosine).toFixed(3)}`;
     if (m.percentile !== undefined && m.percentile !== null) t += ` · percentile ${Number(m.percentile).toFixed(1)}`;
+    if (typeof m.visual_score === "number") t += ` · visual ${m.visual_score.toFixed(3)}`;
+    if (typeof m.speech_score === "number") t += ` · speech ${m.speech_score.toFixed(3)}`;
     return t;
+  }
+
+  // The search mode ("" = the server's default) and speech weight, as /api/search and the upload take them.
+  function modeParams(params) {
+    const picked = document.querySelector('input[name="mode"]:checked');
+    const mode = picked ? picked.value : "";
+    if (mode) params.set("mode", mode);
+    if (weightTouched && mode !== "visual" && mode !== "speech") params.set("speech_weight", weightInput.value);
+  }
+
+  function syncWeight() {
+    const picked = document.querySelector('input[name="mode"]:checked');
+    const off = picked && (picked.value === "visual" || picked.value === "speech");
+    weightInput.disabled = Boolean(off);
+    weightInput.parentElement.classList.toggle("off", Boolean(off));
+    weightOut.textContent = Number(weightInput.value).toFixed(2);
+  }
+
+  // A cue's text with the matched words marked: text nodes and <mark> elements, never HTML
+  // (cue text comes from subtitle files: hostile input). "matches" are [start, end) offsets in
+  // characters (code points, as the server counts them), so the text is split by code point.
+  function cueText(text, matches) {
+    const chars = Array.from(String(text));
+    const spans = (Array.isArray(matches) ? matches : [])
+      .filter((m) => Array.isArray(m) && m.length === 2 && Number.isInteger(m[0]) && Number.isInteger(m[1]))
+      .map(([a, b]) => [Math.max(0, a), Math.min(chars.length, b)])
+      .filter(([a, b]) => a < b)
+      .sort((x, y) => x[0] - y[0]);
+    const out = el("span", "cue-text");
+    let at = 0;
+    for (const [a, b] of spans) {
+      if (a < at) continue;  // overlapping spans: the first one wins
+      if (a > at) out.append(document.createTextNode(chars.slice(at, a).join("")));
+      out.append(el("mark", null, chars.slice(a, b).join("")));
+      at = b;
+    }
+    if (at < chars.length) out.append(document.createTextNode(chars.slice(at).join("")));
+    return out;
+  }
+
+  // The cue lines of a moment (what was said during it), or null when there are none.
+  function cueList(m) {
+    if (!Array.isArray(m.cues) || !m.cues.length) return null;
+    const ol = el("ol", "cues");
+    ol.setAttribute("aria-label", "What is said");
+    for (const c of m.cues) {
+      if (!c || typeof c !== "object") continue;
+      const li = el("li", "cue");
+      li.append(el("span", "cue-time", `${fmtTime(c.start)} – ${fmtTime(c.end)}`));
+      if (c.lang) li.append(el("span", "cue-lang", String(c.lang)));
+      li.append(cueText(c.text === undefined || c.text === null ? "" : c.text, c.matches));
+      ol.append(li);
+    }
+    return ol;
   }
 
   const sameMoment = (a, b) => a && b && a.video_id === b.video_id && a.start === b.start && a.end === b.end;
@@ -112,6 +172,8 @@
       more.title = `Search for moments like ${m.name} at ${fmtTime(m.start)}`;
       more.addEventListener("click", () => searchLike(m));
       li.append(btn, more);
+      const cues = cueList(m);
+      if (cues) { li.append(cues); li.classList.add("has-cues"); }
       list.append(li);
     });
     // The player follows the results: the same moment stays (its caption and curve are
@@ -125,8 +187,23 @@
 
   function describe(data, n) {
     const noun = data.by_video ? "video" : "moment";
-    const what = data.like ? `like ${data.like.name} at ${fmtTime(data.like.start)}` : `for “${data.query.trim()}”`;
-    return `${n} ${noun}${n === 1 ? "" : "s"} ${what} (${Math.round(data.took_ms)} ms)`;
+    const what = data.like_file ? `like ${data.like_file.still ? "the image" : "the clip"} ${data.like_file.name}` +
+        (data.like_file.still ? "" : ` (${fmtTime(data.like_file.start)} – ${fmtTime(data.like_file.end)})`)
+      : data.like ? `like ${data.like.name} at ${fmtTime(data.like.start)}` : `for “${data.query.trim()}”`;
+    const mode = data.mode ? `, ${data.mode}` : "";
+    return `${n} ${noun}${n === 1 ? "" : "s"} ${what} (${Math.round(data.took_ms)} ms${mode})`;
+  }
+
+  // POST the clip (multipart, one part "file"); the search parameters go in the address.
+  async function postClip(params) {
+    const body = new FormData();
+    body.append("file", upload.file, upload.file.name);
+    const r = await fetch("/api/search/like-upload?" + params.toString(),
+                          { method: "POST", body, headers: { Accept: "application/json" } });
+    let data = null;
+    try { data = await r.json(); } catch (e) { /* not JSON */ }
+    if (!r.ok) throw new Error(`${r.status} ${(data && data.error && data.error.message) || r.statusText}`);
+    return data;
   }
 
   async function more() {
@@ -136,7 +213,7 @@
     const seq = ++searchSeq;
     moreBtn.disabled = true;
     try {
-      const data = await getJSON("/api/search?" + params.toString());
+      const data = upload ? await postClip(params) : await getJSON("/api/search?" + params.toString());
       if (seq !== searchSeq) return;
       const n = data.results.length;
       data.results = results.concat(data.results);
@@ -151,23 +228,27 @@
   }
 
   async function search(push) {
-    const q = like ? "" : qInput.value.trim();
+    const q = like || upload ? "" : qInput.value.trim();
     const k = kSelect.value;
-    const params = new URLSearchParams(like ? { like, k } : { q, k });
+    const params = new URLSearchParams(upload ? { k } : like ? { like, k } : { q, k });
+    if (upload && upload.start !== "") params.set("start", upload.start);
+    if (upload && upload.end !== "") params.set("end", upload.end);
+    modeParams(params);
     if (byVideo.checked) params.set("by_video", "true");
     if (!merge) params.set("merge", "false");
     for (const [name, input] of Object.entries(FILTERS)) if (input.value.trim()) params.set(name, input.value.trim());
     if (indexPick.value) params.set("index", indexPick.value);
     lastParams = params.toString();
     moreBtn.hidden = true;
-    if (push !== false) history.replaceState(null, "", (q || like) ? "?" + params.toString() : location.pathname);
+    if (push !== false && !upload) history.replaceState(null, "", (q || like) ? "?" + params.toString() : location.pathname);
     const seq = ++searchSeq;
-    setStatus(q || like ? "Searching…" : "", "busy");
+    setStatus(upload ? `Uploading and embedding ${upload.file.name}…` : q || like ? "Searching…" : "", "busy");
     form.classList.add("busy");
     try {
-      const data = await getJSON("/api/search?" + params.toString());
+      const data = upload ? await postClip(params) : await getJSON("/api/search?" + params.toString());
       if (seq !== searchSeq) return;
-      shown = { q: data.like ? "" : data.query.trim(), like: data.like ? like : "", source: data.like };
+      shown = { q: data.like || data.like_file ? "" : data.query.trim(), like: data.like ? like : "", source: data.like,
+                file: data.like_file || null };
       renderResults(data);
       const n = data.results.length;
       moreBtn.hidden = n < Number(k);
@@ -186,6 +267,8 @@
   }
 
   function searchLike(m) {
+    upload = null;
+    likeFile.value = "";
     like = `${m.like_prefix || ""}${m.video_id}@${Number(m.start).toFixed(2)}`;
     qInput.value = "";
     qInput.placeholder = `Moments like ${m.name} at ${fmtTime(m.start)} (type words to search by text)`;
@@ -338,6 +421,11 @@
     const seq = ++curveSeq;
     curve = null;
     drawTimeline();
+    if (shown && shown.file) {
+      legend.textContent = "No score curve for an uploaded clip · highlighted: this moment";
+      legend.hidden = false;
+      return;
+    }
     if (!shown || !(shown.q || shown.like)) return;
     const params = new URLSearchParams(shown.like ? { like: shown.like } : { q: shown.q });
     if (m.like_prefix) params.set("index", m.index);
@@ -397,9 +485,34 @@
   replay.addEventListener("click", seekAndPlay);
   moreBtn.addEventListener("click", more);
   playerLike.addEventListener("click", () => { if (current) searchLike(current); });
-  form.addEventListener("submit", (ev) => { ev.preventDefault(); like = ""; qInput.placeholder = defaultPlaceholder; search(); });
-  kSelect.addEventListener("change", () => { pickedK = true; if (like || qInput.value.trim()) search(); });
-  byVideo.addEventListener("change", () => { if (like || qInput.value.trim()) search(); });
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    like = "";
+    upload = null;
+    likeFile.value = "";
+    qInput.placeholder = defaultPlaceholder;
+    search();
+  });
+  const searching = () => Boolean(like || upload || qInput.value.trim());
+  kSelect.addEventListener("change", () => { pickedK = true; if (searching()) search(); });
+  byVideo.addEventListener("change", () => { if (searching()) search(); });
+  document.querySelectorAll('input[name="mode"]').forEach((r) => r.addEventListener("change", () => {
+    syncWeight();
+    if (searching()) search();
+  }));
+  weightInput.addEventListener("input", () => { weightTouched = true; syncWeight(); });
+  weightInput.addEventListener("change", () => { if (searching()) search(); });
+  function searchClip() {
+    const file = likeFile.files && likeFile.files[0];
+    if (!file) return;
+    like = "";
+    upload = { file, start: likeStart.value.trim(), end: likeEnd.value.trim() };
+    qInput.value = "";
+    qInput.placeholder = `Moments like ${file.name} (type words to search by text)`;
+    search();
+  }
+  likeFile.addEventListener("change", searchClip);
+  for (const input of [likeStart, likeEnd]) input.addEventListener("change", () => { if (upload) searchClip(); });
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "/" && document.activeElement !== qInput) { ev.preventDefault(); qInput.focus(); qInput.select(); }
   });
@@ -420,7 +533,7 @@
     indexPick.value = keep;
     indexPick.parentElement.hidden = false;
   }).catch(() => {});
-  indexPick.addEventListener("change", () => { if (like || qInput.value.trim()) search(); });
+  indexPick.addEventListener("change", () => { if (searching()) search(); });
 
   // The number of results: the API's default and choices (/api/config), one source for both.
   function setChoices(cfg) {
@@ -428,6 +541,9 @@
     kSelect.replaceChildren(...cfg.k_choices.map((c) => el("option", null, String(c))));
     kSelect.value = pickedK && cfg.k_choices.includes(Number(wanted)) ? wanted : String(cfg.default_k);
     if (cfg.max_clip_seconds) maxClip = cfg.max_clip_seconds;
+    if (typeof cfg.speech_weight === "number") weightInput.value = String(cfg.speech_weight);
+    if (cfg.upload_max_mb) likeFile.title = `at most ${cfg.upload_max_mb} MiB and ${cfg.upload_max_seconds} s of clip`;
+    syncWeight();
   }
 
   // Restore a search from the address (?q=...&k=...&by_video=true or ?like=ID@SECONDS): links can be shared.
@@ -439,6 +555,13 @@
     merge = params.get("merge") !== "false";
     like = params.get("like") || "";
     if (params.get("q") && !like) qInput.value = params.get("q");
+    const mode = document.querySelector(`input[name="mode"][value="${CSS.escape(params.get("mode") || "")}"]`);
+    if (mode) mode.checked = true;
+    if (params.get("speech_weight") && Number.isFinite(Number(params.get("speech_weight")))) {
+      weightInput.value = params.get("speech_weight");
+      weightTouched = true;
+    }
+    syncWeight();
     for (const [name, input] of Object.entries(FILTERS)) if (params.get(name)) input.value = params.get(name);
     if (params.get("index")) {
       indexPick.append(el("option", null, params.get("index")));
