@@ -303,17 +303,19 @@ class QueryMixin:
         return self.transcript_counts()[0] > 0
 
     def search_mode(self, mode: str | None) -> tuple[str, str]:
-        """The mode a text search runs in and a one-line note: ``mode`` when given and possible;
-        default hybrid where the index has transcripts, else visual. Without transcripts speech and
-        hybrid fall back to visual (the note says so)."""
+        """The mode a text search runs in and a one-line note: default hybrid where the index has
+        transcripts, else visual. Without transcripts hybrid is visual (the same scores: no window
+        has speech) and speech finds nothing; the note says so."""
         mode = check_mode(mode)
         have = self.has_transcripts()
         if mode is None:
-            return ("hybrid", "hybrid (visual + speech): the index has transcripts") if have else \
-                ("visual", "visual: the index has no transcripts")
-        if mode != "visual" and not have:
-            return "visual", f"visual only: {mode} search needs transcripts and this index has none"
-        return mode, mode
+            return ("hybrid", "hybrid: pictures and speech") if have else \
+                ("visual", "visual only: the index has no transcripts")
+        if not have and mode == "hybrid":
+            return "visual", "visual only: the index has no transcripts"
+        if not have and mode == "speech":
+            return "speech", "speech: the index has no transcripts, so nothing can match"
+        return mode, {"visual": "visual", "speech": "speech only", "hybrid": "hybrid: pictures and speech"}[mode]
 
     def speech_plans(self, snap: Snapshot, texts: Sequence[str], q: np.ndarray, mode: str,
                      speech_weight: float | None) -> list[SpeechPlan | None] | None:
@@ -440,6 +442,8 @@ class QueryMixin:
             if len(speech_text) != len(q):
                 raise UsageError(f"{len(speech_text)} speech texts for {len(q)} query embeddings")
             plans = self.speech_plans(snap, speech_text, q, check_mode(mode) or "hybrid", speech_weight)
+            if plans is None and mode == "speech":
+                return [[] for _ in range(len(q))]  # no transcripts: nothing is said
         return search_snapshot(snap, q, k, merge=merge, by_video=by_video, exact=exact,
                                exclude_videos=exclude_videos, neg=nq, not_weight=not_weight,
                                video_filter=video_filter, offset=int(offset), speech=plans)

@@ -32,7 +32,7 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +188,7 @@ class Transcripts:
         with self.lock:
             return {int(v) for (v,) in self.con.execute("SELECT video_id FROM transcript_state WHERE cues > 0")}
 
-    def speech_matches(self, text: str, videos: Sequence[int] | set[int] | None = None,
+    def speech_matches(self, text: str, videos: Iterable[int] | None = None,
                        limit: int = 200_000) -> list[CueMatch]:
         """The cues matching the words of ``text`` (each word quoted: never FTS5 syntax), with their
         speech score (module docstring) and matched spans; only cues of ``videos`` (the searched
