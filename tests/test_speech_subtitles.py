@@ -74,7 +74,7 @@ now<00:00:00.500><c> add</c><00:00:01.000><c> salt</c>
 
 00:00:02.000 --> 00:00:02.010 align:start position:0%
 now add salt
- 
+{blank}
 
 00:00:02.010 --> 00:00:04.000 align:start position:0%
 now add salt
@@ -82,12 +82,12 @@ stir<00:00:02.500><c> the</c><c> pot</c>
 
 00:00:04.000 --> 00:00:04.010 align:start position:0%
 stir the pot
- 
+{blank}
 
 00:00:04.010 --> 00:00:06.000 align:start position:0%
 stir the pot
 serve hot
-"""
+""".format(blank=" ")  # yt-dlp's bridge cues hold a line of one space
     cues, skipped = parse_subtitles(vtt)
     assert [c.text for c in cues] == ["now add salt", "stir the pot", "serve hot"]
     assert skipped == 0
@@ -139,12 +139,13 @@ def test_sidecar_names_and_languages(tmp_path):
         parse_langs("en,--x")
 
 
-def _video_with_subtitles(path: Path, srt: str | None, bad_ass: bool = False) -> Path:
+def video_with_subtitles(path: Path, srt: str | None, bad_ass: bool = False) -> Path:
     """A video with a text subtitle stream: the packets of the ``srt`` text (stream-copied from
     PyAV's SRT demuxer, no encoder needed), or one ASS packet without its header (undecodable)."""
     import av
 
-    src = path.with_suffix(".in.srt")
+    src = path.parent / ".srt-source" / (path.stem + ".srt")  # hidden: not a sidecar of the video
+    src.parent.mkdir(exist_ok=True)
     src.write_text(srt or "1\n00:00:00,000 --> 00:00:00,500\nx\n", encoding="utf-8")
     with av.open(str(src)) as sub_in, av.open(str(path), "w") as out:
         v = out.add_stream("mpeg4", rate=10)
@@ -169,18 +170,18 @@ def _video_with_subtitles(path: Path, srt: str | None, bad_ass: bool = False) ->
 
 
 def test_embedded_text_stream_times_from_packets(tmp_path):
-    v = _video_with_subtitles(tmp_path / "v.mkv", "1\n00:00:00,500 --> 00:00:01,500\n<i>add</i> salt\n\n"
+    v = video_with_subtitles(tmp_path / "v.mkv", "1\n00:00:00,500 --> 00:00:01,500\n<i>add</i> salt\n\n"
                               "2\n00:00:02,500 --> 00:00:02,900\nstir {\\b1}it{\\b0}\n")
     tracks, problems = read_embedded(str(v))
     assert problems == []
     assert [(round(c.start, 3), round(c.end, 3), c.text) for c in tracks[0].cues] == [(0.5, 1.5, "add salt"),
                                                                                       (2.5, 2.9, "stir it")]
-    assert tracks[0].lang == "eng" and tracks[0].source == "stream:1"
+    assert tracks[0].lang == "en" and tracks[0].source == "stream:1"  # the stream's "eng", as sidecars name it
     assert read_embedded(str(v), ("de",))[0] == []
 
 
 def test_embedded_stream_that_fails_to_decode_is_one_line(tmp_path):
-    v = _video_with_subtitles(tmp_path / "bad.mkv", None, bad_ass=True)
+    v = video_with_subtitles(tmp_path / "bad.mkv", None, bad_ass=True)
     tracks, problems = read_embedded(str(v))
     assert tracks == [] and len(problems) == 1
     assert "could not be decoded" in problems[0] and "\n" not in problems[0]

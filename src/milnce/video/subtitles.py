@@ -22,11 +22,16 @@ from typing import Any, NamedTuple
 
 __all__ = ["Cue", "SubtitleTrack", "SubtitleError", "MAX_SUBTITLE_BYTES", "MAX_CUE_CHARS", "SIDECAR_EXTENSIONS",
            "parse_subtitles", "read_sidecar", "find_sidecars", "read_embedded", "clean_text", "decode_text",
-           "parse_langs", "lang_wanted", "sidecar_stamp"]
+           "parse_langs", "lang_wanted", "sidecar_stamp", "ISO639_2"]
 
 MAX_SUBTITLE_BYTES = 16 << 20  # a subtitle file larger than this is not one (a 2-hour film's SRT is ~100 KB)
 MAX_CUE_CHARS = 2000  # characters kept of one cue's text
 SIDECAR_EXTENSIONS = (".vtt", ".srt")
+# Containers tag streams with ISO 639-2 codes; sidecars (yt-dlp) with 639-1: the common ones as 639-1.
+ISO639_2 = {"eng": "en", "deu": "de", "ger": "de", "fra": "fr", "fre": "fr", "spa": "es", "ita": "it", "por": "pt",
+            "rus": "ru", "jpn": "ja", "zho": "zh", "chi": "zh", "kor": "ko", "nld": "nl", "dut": "nl", "ara": "ar",
+            "hin": "hi", "pol": "pl", "tur": "tr", "swe": "sv", "ukr": "uk", "ces": "cs", "cze": "cs", "ell": "el",
+            "gre": "el", "heb": "he", "vie": "vi", "ind": "id", "tha": "th", "fin": "fi", "dan": "da", "nor": "no"}
 _LANG = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
 _TIME = re.compile(r"^\s*(?:(\d{1,3}):)?(\d{1,2}):(\d{1,2})(?:[.,](\d{1,3}))?\s*$")
 _TAG = re.compile(r"<[^<>]{0,200}>")
@@ -250,7 +255,7 @@ def read_embedded(path: str, langs: Sequence[str] | None = None,
                 continue  # bitmap subtitles (dvd, pgs) carry no text
             meta = dict(st.metadata or {})
             lang = meta.get("language") or None
-            lang = None if lang in ("und", "unk", "") else lang
+            lang = None if lang in ("und", "unk", "") else ISO639_2.get(str(lang).lower(), lang)
             if not lang_wanted(lang, langs):
                 continue
             try:
