@@ -14,9 +14,11 @@ pages, filters, negatives and percentiles keep their meaning, and indexes of one
 comparable. Rank fusion over top-k lists breaks both (a window's fused rank moves with ``k``).
 ``mode="speech"``: ``score = C * s``; only windows with a matching cue are ranked.
 
-The int8 screen is kept, re-derived: windows with ``s = 0`` score exactly ``v``, so the best ``m``
-fused windows are among the ``m + |S|`` best visual ones (screened exactly) and the speech windows
-``S`` (each re-scored exactly): ``HybridSearcher.top``.
+The int8 screen is kept, re-derived: speech only adds (``s >= 0``), so the ``m`` best visual
+windows all score at least ``V_m`` (the m-th visual score) fused, and a window outside them with
+``s = 0`` scores at most ``V_m``: the best ``m`` fused windows are among the ``m`` best visual ones
+(found by the screen, exactly) and the speech windows ``S`` (each scored with the canonical
+``window_scores``): ``HybridSearcher.top``. The extra cost is one pass over ``S``'s rows.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UsageError
-from .search import Searcher
+from .search import Searcher, window_scores
 from .snapshot import Snapshot
 from .transcripts import CueMatch
 
@@ -113,9 +115,18 @@ def plan_speech(snap: Snapshot, matches: Sequence[CueMatch], mode: str, scale: f
         n = int(r.num_windows)
         t = np.asarray(times[a:a + n], np.float64)
         best = np.zeros(n, np.float64)
-        for c in cues:
-            hit = (t[:, 0] < c.end) & (t[:, 1] > c.start)
-            best = np.where(hit, np.maximum(best, c.score), best)
+        if n > 1 and (np.all(np.diff(t[:, 0]) >= 0) and np.all(np.diff(t[:, 1]) >= 0)):
+            cs = np.array([c.start for c in cues])
+            ce = np.array([c.end for c in cues])
+            lo = np.searchsorted(t[:, 1], cs, side="right")  # first window ending after the cue starts
+            hi = np.searchsorted(t[:, 0], ce, side="left")  # windows starting before the cue ends
+            for c, x, y in zip(cues, lo.tolist(), hi.tolist()):
+                if x < y:
+                    np.maximum(best[x:y], c.score, out=best[x:y])
+        else:
+            for c in cues:
+                hit = (t[:, 0] < c.end) & (t[:, 1] > c.start)
+                best = np.where(hit, np.maximum(best, c.score), best)
         nz = np.flatnonzero(best > 0)
         rows.append(nz + a)
         vals.append(best[nz])
@@ -153,9 +164,10 @@ class HybridSearcher:
         self.n_allowed = len(self.srows) if plan.mode == "speech" else base.n_allowed
 
     def _speech_fused(self) -> np.ndarray:
+        """The speech windows' fused scores, from ``window_scores`` (what the moments' curves use)."""
         if self._sfused is None:
-            vis = self.base.scores_of(self.i, np.asarray(self.base.index.vectors[self.srows])) if len(self.srows) \
-                else np.zeros(0, np.float32)
+            vis = window_scores(np.asarray(self.base.index.vectors[self.srows]), self.q[0], self.neg, self.weight) \
+                if len(self.srows) and self.plan.mode != "speech" else np.zeros(len(self.srows), np.float32)
             self._sfused = fuse(vis, self.sspeech, self.plan.scale, self.plan.mode)
         return self._sfused
 
@@ -166,7 +178,7 @@ class HybridSearcher:
         if self.plan.mode == "speech":
             order = np.lexsort((srows, -sfused))[:m]
             return srows[order], sfused[order]
-        vrows, vscores = self.base.top(self.i, min(self.base.n_allowed, m + len(srows)))
+        vrows, vscores = self.base.top(self.i, m)  # the fused top m lies in these and S (module docstring)
         other = ~np.isin(vrows, srows)
         rows = np.concatenate([vrows[other], srows])
         scores = np.concatenate([np.asarray(vscores, np.float32)[other], sfused])

@@ -131,19 +131,28 @@ def fts_phrase(word: str) -> str:
 
 @dataclass
 class CueMatch:
-    """A cue that matched a query: its video, times, text, language, speech score (0..1) and the
-    character spans ``[i, j)`` of the matched words in ``text``."""
+    """A cue that matched a query: its video, times, language, speech score (0..1) and its text as
+    FTS5 marked it; ``text`` and ``matches`` (character spans ``[i, j)`` of the matched words in
+    ``text``) are read from it when asked (only shown cues are)."""
 
     video_id: int
     start: float
     end: float
-    text: str
+    marked: str
     lang: str | None
     score: float
-    matches: list[list[int]]
+
+    @property
+    def text(self) -> str:
+        return _spans(self.marked)[0]
+
+    @property
+    def matches(self) -> list[list[int]]:
+        return _spans(self.marked)[1]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "text": self.text, "lang": self.lang, "matches": self.matches}
+        text, spans = _spans(self.marked)
+        return {"start": self.start, "end": self.end, "text": text, "lang": self.lang, "matches": spans}
 
 
 def _spans(marked: str) -> tuple[str, list[list[int]]]:
@@ -227,6 +236,5 @@ class Transcripts:
             if keep is not None and int(vid) not in keep:
                 continue
             score = sum(weights[w] for w in found if cid in holders[w]) / total
-            plain, spans = _spans(str(marked))
-            out.append(CueMatch(int(vid), float(start), float(end), plain, lang, float(score), spans))
+            out.append(CueMatch(int(vid), float(start), float(end), str(marked), lang, float(score)))
         return out
