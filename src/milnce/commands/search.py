@@ -352,7 +352,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for batch in itertools.chain([first] if first else [], pending):
-                problems = [index.query_problem(q) for q in batch]
+                problems = [index.query_problem(q) if scoring == "visual" or not q.strip() else None for q in batch]
                 found = index.search(batch, negatives=args.negatives, not_weight=weight, **opts)
                 for q, p, res in zip(batch, problems, found):
                     out.add(q, p, res)

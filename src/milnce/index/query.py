@@ -328,7 +328,8 @@ class QueryMixin:
         plans: list[SpeechPlan | None] = []
         for text, qi in zip(texts, q):
             c = speech_scale(snap, qi, sample)
-            scale = (c if c > 0 else 1.0) if mode == "speech" else w * c
+            c = c if c > 0 else 1.0  # a zero query (no word the model knows): speech alone decides
+            scale = c if mode == "speech" else w * c
             plans.append(plan_speech(snap, store.speech_matches(text, snap.records.keys()), mode, scale))
         return plans
 
@@ -390,13 +391,15 @@ class QueryMixin:
             return []
         neg = self.negative_embeddings(negatives)
         emb, problems = self.encode_queries(queries)
+        used = self.search_mode(mode)[0]
+        if used != "visual":  # words the model does not know may still have been said (a zero visual query)
+            problems = [p if p is None or not queries[i].strip() else None for i, p in enumerate(problems)]
         for p in problems:
             if p is not None:
                 warnings.warn(f"{p}; no results", stacklevel=2)
         good = [i for i, p in enumerate(problems) if p is None]
         results: list[list[Moment]] = [[] for _ in queries]
         if good:
-            used = self.search_mode(mode)[0]
             found = self.search_embeddings(emb[good], k, merge=merge, by_video=by_video, exact=exact,
                                            exclude_videos=exclude_videos, neg=neg, not_weight=not_weight,
                                            video_filter=video_filter, offset=offset,

@@ -311,7 +311,7 @@ class SearchService:
                 notes += [note] if note else []
             elif not text:
                 notes.append("Empty query: type a few words describing what happens in the video.")
-            elif not words and used == "speech" and text.strip():
+            elif not words and used != "visual" and text.strip():
                 with self.model_lock:  # words the model does not know may still have been said
                     self.maybe_refresh()
                     results, note = self._search_embedding(np.zeros(self.index.dim, np.float32), k, merge, by_video,
