@@ -99,9 +99,11 @@ def test_cli_search_modes_print_cues(tmp_path, collection, wargs, capsys):
     ix = tmp_path / "ix"
     assert main(["index", str(collection), "--index", str(ix), "--quiet", *SMALL_ARGS, *wargs]) == 0
     capsys.readouterr()
-    assert main(["search", "add salt", "--index", str(ix), "-k", "2", *wargs]) == 0
+    assert main(["search", "add salt", "--index", str(ix), "-k", "1", *wargs]) == 0
+    assert "hybrid: pictures and speech, speech weight 0.1" in capsys.readouterr().out.splitlines()[0]
+    assert main(["search", "add salt", "--index", str(ix), "-k", "2", "--speech-weight", "5", *wargs]) == 0
     out = capsys.readouterr().out
-    assert "hybrid: pictures and speech, speech weight 0.5" in out.splitlines()[0]
+    assert "speech weight 5" in out.splitlines()[0]
     assert "0:00:00.5-0:00:01.5 [en]  now *add* the *salt*" in out
     assert main(["search", "add salt", "--index", str(ix), "--mode", "speech", "--json", *wargs]) == 0
     body = json.loads(capsys.readouterr().out)
@@ -123,9 +125,10 @@ def test_api_mode_fields_and_openapi(tmp_path, collection, model):
     ix = tmp_path / "ix"
     build_index([collection], ix, model, progress=False, **SMALL)
     with Index.open(ix, model) as idx, TestClient(create_app(idx, model)) as c:
-        r = c.get("/api/search", params={"q": "add salt", "k": 3})
+        r = c.get("/api/search", params={"q": "add salt", "k": 3, "speech_weight": 5})
         body = r.json()
-        assert r.status_code == 200 and body["mode"] == "hybrid" and body["speech_weight"] == 0.5
+        assert r.status_code == 200 and body["mode"] == "hybrid" and body["speech_weight"] == 5
+        assert c.get("/api/search", params={"q": "add salt"}).json()["speech_weight"] == 0.1
         spoken = [m for m in body["results"] if m["cues"]]
         assert spoken and spoken[0]["cues"][0]["text"] == "now add the salt"
         assert set(spoken[0]) >= {"visual_score", "speech_score", "cues", "score"}

@@ -113,7 +113,7 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
                    "where the index has transcripts, else visual (the output says which)")
     p.add_argument("--speech-weight", type=float, default=None, metavar="W",
                    help="hybrid: a window's score is visual + W x (speech score 0..1) x the query's visual scale; "
-                   "a full speech match adds W in cosine units (default 0.5)")
+                   "a full speech match adds W in cosine units (default 0.1)")
     p.add_argument("--offset", type=int, default=0, metavar="N",
                    help="skip the first N results (pages: --offset 10 -k 10 is results 11-20 of one ranking)")
     g = p.add_argument_group("negative terms", "a window's score becomes pos - W x max(score of each --not term), "
