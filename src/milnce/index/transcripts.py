@@ -21,7 +21,9 @@ clamped near zero in small collections). A cue scores the sum of the weights of 
 divided by the sum over all the query's words: BM25 with term-frequency saturation off (a cue is one
 line; a word rarely repeats) normalised by the query's ideal cue, so it lies in 0..1 whatever the
 collection, and does not depend on ``k``. Words in more than ``COMMON_SHARE`` of the cues (and more
-than ``COMMON_MIN``) are left out of both sums: they cannot tell cues apart.
+than ``COMMON_MIN``) are left out of both sums: they cannot tell cues apart. A cue scoring below
+``MIN_SPEECH`` (it holds less than half of the query's weight: a stray common word) does not match:
+a speech match is most of what was asked, and the speech windows stay few (search cost).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any
 from .database import db_path
 
 __all__ = ["TRANSCRIPT_SCHEMA", "ensure_schema", "has_transcript_tables", "cue_statements", "Transcripts",
-           "CueMatch", "query_words", "fts_phrase", "COMMON_SHARE", "COMMON_MIN", "MAX_QUERY_WORDS"]
+           "CueMatch", "query_words", "fts_phrase", "COMMON_SHARE", "COMMON_MIN", "MIN_SPEECH", "MAX_QUERY_WORDS"]
 
 log = logging.getLogger("milnce.index")
 
@@ -72,8 +74,9 @@ CREATE TRIGGER IF NOT EXISTS videos_ad_transcripts AFTER DELETE ON videos BEGIN
 END;
 """
 
-COMMON_SHARE = 0.2  # a word in more than this share of the cues ...
+COMMON_SHARE = 0.02  # a word in more than this share of the cues ...
 COMMON_MIN = 1000  # ... and in more than this many is left out of the speech score
+MIN_SPEECH = 0.5  # a cue holding less than half of the query's word weight does not match
 MAX_QUERY_WORDS = 32
 _WORD = re.compile(r"\w+", re.UNICODE)
 _VIDEO_ID = "(SELECT id FROM videos WHERE path = ?)"
@@ -211,30 +214,41 @@ class Transcripts:
                 return []
             common = max(COMMON_MIN, int(COMMON_SHARE * n_cues))
             weights: dict[str, float] = {}
-            holders: dict[str, set[int]] = {}
             for w in words:
-                cur = self.con.execute("SELECT rowid FROM cues_fts WHERE cues_fts MATCH ?", (fts_phrase(w),))
-                ids = [r[0] for r in cur.fetchmany(common + 1)]
-                cur.close()
-                if len(ids) > common:
-                    continue  # too common to tell cues apart
-                n_t = len(ids)
-                weights[w] = math.log(1.0 + (n_cues - n_t + 0.5) / (n_t + 0.5))
-                holders[w] = set(ids)
+                n_t = int(self.con.execute("SELECT count(*) FROM cues_fts WHERE cues_fts MATCH ?",
+                                           (fts_phrase(w),)).fetchone()[0])
+                if n_t <= common:  # else too common to tell cues apart
+                    weights[w] = math.log(1.0 + (n_cues - n_t + 0.5) / (n_t + 0.5))
             total = sum(weights.values())
-            found = [w for w in weights if holders[w]]
+            found = sorted((w for w in weights if weights[w] < math.log(1.0 + (n_cues + 0.5) / 0.5)),
+                           key=lambda w: -weights[w])  # the words some cue holds, rarest first
             if not found or total <= 0:
+                return []
+            # A cue reaching MIN_SPEECH holds one of the rarest words whose weights add up to more
+            # than (1 - MIN_SPEECH) of the total: read those words' cues, then the others' among them.
+            lead, acc = [], 0.0
+            for w in found:
+                lead.append(w)
+                acc += weights[w]
+                if acc > (1.0 - MIN_SPEECH) * total:
+                    break
+            held: dict[int, float] = {}
+            for w in lead:
+                for (cid,) in self.con.execute("SELECT rowid FROM cues_fts WHERE cues_fts MATCH ?", (fts_phrase(w),)):
+                    held[cid] = held.get(cid, 0.0) + weights[w] / total
+            cand = json.dumps(sorted(held))
+            for w in found[len(lead):]:
+                for (cid,) in self.con.execute("SELECT rowid FROM cues_fts WHERE cues_fts MATCH ? AND rowid IN "
+                                               "(SELECT value FROM json_each(?))", (fts_phrase(w), cand)):
+                    held[cid] += weights[w] / total
+            ids = sorted(c for c, sc in held.items() if sc >= MIN_SPEECH - 1e-12)[:int(limit)]
+            if not ids:
                 return []
             expr = " OR ".join(fts_phrase(w) for w in found)
             rows = self.con.execute(
                 "SELECT r.id, r.video_id, r.start, r.end, r.lang, highlight(cues_fts, 0, char(1), char(2)) "
-                "FROM cues_fts JOIN cue_rows r ON r.id = cues_fts.rowid WHERE cues_fts MATCH ? LIMIT ?",
-                (expr, int(limit))).fetchall()
+                "FROM cues_fts JOIN cue_rows r ON r.id = cues_fts.rowid WHERE cues_fts MATCH ? "
+                "AND cues_fts.rowid IN (SELECT value FROM json_each(?))", (expr, json.dumps(ids))).fetchall()
         keep = None if videos is None else set(int(v) for v in videos)
-        out: list[CueMatch] = []
-        for cid, vid, start, end, lang, marked in rows:
-            if keep is not None and int(vid) not in keep:
-                continue
-            score = sum(weights[w] for w in found if cid in holders[w]) / total
-            out.append(CueMatch(int(vid), float(start), float(end), str(marked), lang, float(score)))
-        return out
+        return [CueMatch(int(vid), float(start), float(end), str(marked), lang, min(1.0, held[cid]))
+                for cid, vid, start, end, lang, marked in rows if keep is None or int(vid) in keep]
