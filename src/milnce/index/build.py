@@ -25,6 +25,7 @@ from .ingest import Progress, file_hash, finish, reason_text
 from .ingest import reason as exc_reason
 from .layout import show_path, user_path
 from .records import IndexReport
+from .transcript_ingest import TranscriptIngest
 
 __all__ = ["build_index", "find_videos", "file_hash", "show_path", "VIDEO_EXTENSIONS"]
 
@@ -66,7 +67,8 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 workers: int | None = None, progress: bool = True, recursive: bool = True,
                 retry_errors: bool = False, ann_queries: Sequence[str] | None = None,
                 ann_min_windows: int = ANN_MIN_WINDOWS, roots: Sequence[str | os.PathLike[str]] = (),
-                allow_gaps: bool = False, collection: str | None = None) -> IndexReport:
+                allow_gaps: bool = False, collection: str | None = None,
+                subtitle_langs: Sequence[str] | None = None) -> IndexReport:
     """Add the videos under ``paths`` to the index in ``directory`` (created if needed). ``paths``
     (and ``roots``) are recorded as the index's collection roots (``milnce.index.roots``).
 
@@ -83,9 +85,13 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     at any point leaves a readable index; running it again finishes the job. ``ann``: (re)build
     the approximate index when it is missing, stale or damaged, if the index holds at least
     ``ann_min_windows`` windows (below that exact search takes milliseconds and IVF would only
-    lose recall: ``report.ann`` says it was skipped). ``directory`` may name a Milvus collection
-    (``milnce.index.backends``: a ``.db`` file or ``http(s)://``; ``collection``: its name). Files or folders that could not be read are
-    in ``report.failed`` (path, reason without the path) and ``errors.log``.
+    lose recall: ``report.ann`` says it was skipped). Files or folders that could not be read are
+    in ``report.failed`` (path, reason without the path) and ``errors.log``. ``directory`` may name a
+    Milvus collection (``milnce.index.backends``: a ``.db`` file or ``http(s)://``; ``collection``: its
+    name). Subtitles (sidecar
+    ``NAME[.LANG].vtt/.srt`` and text streams inside the videos; ``subtitle_langs``: only those
+    languages, ``()``: none) are stored with each video (``milnce.index.transcripts``); an unchanged
+    video whose subtitle files changed gets its cues replaced without being embedded again.
     """
     t_start = time.perf_counter()
     settings: dict[str, Any] = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "size": size,
@@ -98,6 +104,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                         on_error=lambda p, r: unreadable.append((p, r)))
     idx = create_index(directory, model, settings, roots=[*paths, *roots], collection=collection)  # the collection roots (milnce.index.roots)
     report = IndexReport(directory=idx.directory)
+    subs = TranscriptIngest(idx, report, subtitle_langs)
     try:
         for where, why in unreadable:
             log.warning("%s: %s", show_path(where), why)
@@ -123,6 +130,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 r = idx.row(known)
                 if int(r.size) == size_ and float(r.mtime) == mtime:
                     report.unchanged += 1
+                    subs.refresh(f, known, r.hash)
                     continue
                 pending.append((f, size_, mtime, "changed"))
                 continue
@@ -134,9 +142,10 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
             pending.append((f, size_, mtime, "moved?" if size_ in missing_by_size else "new"))
         if pending:
             _embed_pending(idx, model, pending, missing_by_size, report, batch_size=batch_size, workers=workers,
-                           progress=progress)
+                           progress=progress, subs=subs)
         finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
                 queries=lambda: _ann_queries(model, ann_queries))
+        subs.finish()
     finally:
         idx.close()
     report.elapsed = time.perf_counter() - t_start
@@ -159,7 +168,7 @@ def _check_run_args(batch_size: int | None, workers: int | None) -> None:
 
 def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, float, str]],
                    missing_by_size: dict[int, list[int]], report: IndexReport, *, batch_size: int | None,
-                   workers: int | None, progress: bool) -> None:
+                   workers: int | None, progress: bool, subs: TranscriptIngest) -> None:
     """Hash the pending files (touched and moved ones need no model), embed the rest through the
     pipeline and commit each video as its result arrives (in any order): its rows are appended and
     fsynced, then its record is committed (``Index.add_video``)."""
@@ -185,6 +194,7 @@ def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, 
             if vid is not None and idx.row(vid).hash == h:  # touched, same content
                 idx.update_video(vid, size=size_, mtime=mtime)
                 report.unchanged += 1
+                subs.refresh(path, vid, h)
                 bar.done(0.0, path)
                 continue
             if why == "moved?":
@@ -192,6 +202,7 @@ def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, 
                 if match:
                     old_path = idx.row(match[0]).path
                     idx.update_video(match[0], path=path, size=size_, mtime=mtime)
+                    subs.refresh(path, match[0], h)
                     missing_by_size[size_].remove(match[0])
                     report.moved.append((old_path, path))
                     bar.done(0.0, path)
@@ -217,7 +228,8 @@ def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, 
                     report.failed.append((path, reason))
                     bar.done(0.0, path)
                     continue
-                idx.add_video(path, res, size=size_, mtime=mtime, content_hash=h)
+                got = subs.read(path, h)
+                idx.add_videos([(path, res, size_, mtime, h)], transcripts=None if got is None else {path: got})
                 dur = float(res.duration) if math.isfinite(res.duration) else float(res.ends[-1])
                 report.video_seconds += dur
                 report.windows_added += len(res)

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -368,10 +368,14 @@ class MilvusIndex(MilvusQueryMixin):
     def add_video(self, path: str, emb: VideoEmbeddingsLike, *, size: int, mtime: float, content_hash: str) -> int:
         return self.add_videos([(path, emb, size, mtime, content_hash)])[0]
 
+    def write_transcript(self, path: str, tracks: Sequence[Any], stamp: Any) -> None:
+        """Subtitles are not kept in a collection (searched visually): nothing is written."""
+
     def add_videos(self, items: Sequence[tuple[str, VideoEmbeddingsLike, int, float, str]], *,
-                   ids: Sequence[int] | None = None) -> list[int]:
+                   ids: Sequence[int] | None = None, transcripts: Mapping[str, Any] | None = None) -> list[int]:
         """Store videos ``(path, embeddings, size, mtime, content_hash)``; each is replaced as one
-        switch (see the module docstring). ``ids``: keep these video ids (``migrate``)."""
+        switch (see the module docstring). ``ids``: keep these video ids (``migrate``). ``transcripts``
+        are not kept (a collection is searched visually)."""
         self._need_writer()
         prepared = []
         for i, (path, emb, size, mtime, content_hash) in enumerate(items):
