@@ -402,9 +402,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 def search_clip(index: Any, path: str, start: float | None, end: float | None, *, negatives: list[str],
                 not_weight: float, **opts: Any) -> list[Any]:
     """``--like-file``: the moments like a clip file (``milnce.index.likeclip.clip_query``), ranked
-    as a text query is (filters, negative terms, pages)."""
+    as a text query is (filters, negative terms, pages); always visual: a clip has no words."""
     from ..index.likeclip import clip_query
 
+    opts = {**opts, "mode": "visual", "speech_weight": None}
     q = clip_query(index.model, index.settings, path, start, end)
     neg = index.negative_embeddings(negatives)
     return index.search_embeddings(q.vector, neg=neg, not_weight=not_weight, **opts)[0]
