@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.server import create_app  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
+from milnce.windows import WindowSettings  # noqa: E402
 from video_fixtures import make_video  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def lib(tmp_path_factory, model):
     make_video(vids / "a.mp4", n=40, width=64, height=48)
     make_video(vids / "late.ts", rate=10, pts_ms=[1400 + 100 * i for i in range(40)], audio=True,
                options={"crf": "0", "preset": "ultrafast", "g": "10"})
-    build_index([vids], root / "index", model, num_frames=8, size=32, stride=8, progress=False)
+    build_index([vids], root / "index", model, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8), progress=False)
     index = Index.open(root / "index", model)
     ids = {Path(r.path).name: r.id for r in index.videos()}
     yield {"root": root, "index": index, "model": model, "ids": ids}

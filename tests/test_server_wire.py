@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from milnce.index.filters import VideoFilter  # noqa: E402
 from milnce.server import create_app  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
+from milnce.windows import WindowSettings  # noqa: E402
 from video_fixtures import make_video  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def lib(tmp_path_factory, model):
     make_video(vids / "a.mp4", n=40, width=96, height=64)
     make_video(vids / "sub" / "b.mp4", n=40, width=96, height=64, marker=True)
     make_video(vids / "c.mkv", n=30, width=96, height=64)
-    build_index([vids], root / "index", model, num_frames=8, size=32, stride=8, progress=False)
+    build_index([vids], root / "index", model, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8), progress=False)
     index = Index.open(root / "index", model)
     ids = {Path(r.path).name: r.id for r in index.videos()}
     yield {"root": root, "videos": vids, "index": index, "model": model, "ids": ids}
@@ -145,7 +146,7 @@ def test_clip_refuses_changed_removed_and_linked_files_as_file_serving_does(tmp_
     vids.mkdir()
     for n in ("x.mp4", "y.mp4", "z.mp4"):
         make_video(vids / n, n=20, width=64, height=48)
-    build_index([vids], tmp_path / "ix", model, num_frames=8, size=32, stride=8, progress=False)
+    build_index([vids], tmp_path / "ix", model, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8), progress=False)
     with Index.open(tmp_path / "ix", model) as index, TestClient(create_app(index, model)) as c:
         ids = {Path(r.path).name: r.id for r in index.videos()}
         with open(vids / "x.mp4", "ab") as f:
@@ -220,7 +221,6 @@ def test_clip_never_outside_the_collection_roots(tmp_path, model):
     from types import SimpleNamespace
 
     from milnce.index import Index
-    from milnce.windows import WindowSettings
 
     (tmp_path / "videos").mkdir()
     ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),

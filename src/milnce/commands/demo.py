@@ -24,6 +24,7 @@ from .common import (
     add_model_options,
     add_window_options,
     model_from_args,
+    run_options,
     window_overrides,
     window_settings,
 )
@@ -71,7 +72,7 @@ class _Demo:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..cache import cache_dir
-    from ..index import Index, build_index
+    from ..index import Index, build_index, index_window
 
     window_settings(args)  # a bad window option fails before anything is downloaded or built
     if args.k < 1:
@@ -84,8 +85,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overrides = window_overrides(args)
     if overrides["stride"] is None:
         overrides["stride"] = demo.stride
-    report = build_index(demo.videos, index_dir, demo.model, progress=not args.quiet, batch_size=args.batch_size,
-                         allow_gaps=getattr(args, "allow_gaps", False), **overrides)
+    allow_gaps = getattr(args, "allow_gaps", False)
+    window = index_window(index_dir, demo.model, allow_gaps=allow_gaps, **overrides)
+    report = build_index(demo.videos, index_dir, demo.model, window=window, progress=not args.quiet,
+                         run=run_options(args, device=demo.model.device), allow_gaps=allow_gaps)
     print(report.summary())
     for path, reason in report.failed[:10]:
         print(f"  failed: {show_path(path)}: {show_path(reason)}", file=sys.stderr)

@@ -248,7 +248,7 @@ def _extract(model: Any, pending: dict[int, _Pending], settings: EvalSettings, c
     job_objs = [VideoJob(str(path), key=gi, starts=[float(s) for s in uniq])
                 for gi, (path, _, _, uniq, _, _) in pending.items()]
     done = set()
-    for r in run(model, job_objs, settings.window_settings(), **kwargs):
+    for r in run(model, job_objs, settings.window, **kwargs):
         if not isinstance(r.key, int) or r.key not in pending or r.key in done:
             continue
         gi = r.key
