@@ -197,9 +197,9 @@ def test_run_jobs_takes_options_or_loose_values_not_both(tmp_path, model):
 
 
 def test_the_batch_default_is_stated_once():
-    from milnce.commands.common import add_batch_option
-
     import argparse
+
+    from milnce.commands.common import add_batch_option
 
     p = argparse.ArgumentParser()
     add_batch_option(p)
