@@ -72,7 +72,7 @@ class FakeRunner:
         self.features = features  # stem -> 1024 vector (HMDB)
         self.drop_last = drop_last
 
-    def __call__(self, model, jobs, settings, *, pad, features, batch_size, workers, progress):
+    def __call__(self, model, jobs, settings, *, pad, features, progress, batch_size=None, workers=None, options=None):
         self.calls += 1
         self.settings, self.pad, self.want_features = settings, pad, features
         jobs = list(jobs)
