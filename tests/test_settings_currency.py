@@ -63,6 +63,27 @@ def test_build_index_hands_its_window_object_to_the_pipeline_and_stores_it(tmp_p
     assert stored_window(tmp_path / "ix") == window
 
 
+def test_build_index_run_defaults_follow_the_model_device(tmp_path, monkeypatch):
+    import milnce.index.build as build
+
+    class Stop(Exception):
+        pass
+
+    seen: list[RunOptions] = []
+
+    def spy(m, jobs, settings, **kw):  # type: ignore[no-untyped-def]
+        seen.append(kw["options"])
+        raise Stop
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"x")
+    monkeypatch.setattr(build, "run_jobs", spy)
+    on_cuda = SimpleNamespace(weights_id="w", info=None, device=torch.device("cuda"))
+    with pytest.raises(Stop):
+        build_index([tmp_path / "v"], tmp_path / "ix", on_cuda, window=SMALL, progress=False)  # type: ignore[arg-type]
+    assert seen[0].batch_size == DEFAULT_BATCH_CUDA and seen[0].workers == default_workers()
+
+
 def test_index_window_resolves_options_against_an_existing_index(tmp_path, model):
     d = tmp_path / "ix"
     assert stored_window(d) is None

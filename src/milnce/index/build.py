@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import MilnceError, MissingFileError, UsageError
 from ..protocols import Encoder
-from ..runoptions import RunOptions
+from ..runoptions import RunOptions, resolve_run_options
 from ..video.find import VIDEO_EXTENSIONS, walk_videos
 from ..video.pipeline import VideoJob, run_jobs
 from ..windows import WindowSettings
@@ -101,7 +101,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     elif not allow_gaps:
         window.check_coverage()
     _check_window(model, window)  # before creating anything
-    run = RunOptions() if run is None else run
+    run = resolve_run_options(device=model.device) if run is None else run  # the defaults for the model's device
     paths = list(paths)
     unreadable: list[tuple[str, str]] = []
     files = find_videos(paths, recursive=recursive, exclude=[os.fspath(directory)],  # before creating anything
@@ -186,8 +186,7 @@ def index_window(directory: str | os.PathLike[str], model: Encoder, *, allow_gap
     have = stored_window(directory)
     if have is None:
         return WindowSettings.for_model(model, allow_gaps=allow_gaps, **given)
-    check_settings(user_path(directory), have.to_dict() | {"decoder": have.decoder},
-                   {k: v for k, v in given.items() if v is not None})
+    check_settings(user_path(directory), have.to_dict(), {k: v for k, v in given.items() if v is not None})
     return have
 
 
