@@ -28,6 +28,7 @@ from .common import (
     deprecated_alias,
     model_for_index,
     model_from_args,
+    run_options,
     window_overrides,
     window_settings,
 )
@@ -208,7 +209,7 @@ def _check_batch(args: argparse.Namespace) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ..index import build_index, find_videos
+    from ..index import build_index, find_videos, index_window
 
     _check_batch(args)
     if args.ann_min_windows is not None and args.ann_min_windows < 0:
@@ -233,13 +234,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         check_unlocked(args.index)
     model = _model(args)
+    run = run_options(args, device=model.device)
+    window = index_window(args.index, model, allow_gaps=args.allow_gaps, collection=args.collection,
+                          **window_overrides(args))
     extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
-    report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
+    report = build_index(args.paths, args.index, model, window=window, run=run, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
-                         retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers,
-                         roots=args.root or [], allow_gaps=args.allow_gaps, collection=args.collection, subtitle_langs=_langs(args),
-                         **extra,
-                         **window_overrides(args))
+                         retry_errors=args.retry_errors, roots=args.root or [], allow_gaps=args.allow_gaps,
+                         collection=args.collection, subtitle_langs=_langs(args), **extra)
     return _print_report(args, report)
 
 

@@ -80,7 +80,7 @@ def _survey(features_dir: str) -> tuple[dict[str, Any], list[tuple[str, dict[str
     return files[0][1], files, bad
 
 
-def _video_settings(meta: dict[str, Any], file: str) -> dict[str, Any]:
+def _video_settings(meta: dict[str, Any], file: str) -> WindowSettings:
     s = dict(meta.get("settings") or {})
     if s.get("start") is not None or s.get("end") is not None:
         raise FeaturesMismatchError(
@@ -91,7 +91,7 @@ def _video_settings(meta: dict[str, Any], file: str) -> dict[str, Any]:
             f"{show_path(file)}: the features were extracted with --pad {s.get('pad')}; an index's windows pad "
             "with repeat (the default): extract without --pad")
     try:
-        return WindowSettings.from_dict(s).to_dict()
+        return WindowSettings.from_dict(s)
     except (TypeError, UsageError) as exc:
         raise FeaturesMismatchError(f"{show_path(file)}: unusable window settings in the metadata ({exc})") from exc
 
@@ -135,7 +135,7 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     files, bad, window, weights = _checked_files(src, settings)
     if not roots and not os.path.isfile(os.path.join(os.fspath(directory), DB_NAME)):
         _no_roots(src)  # before the folder is created
-    idx = Index.create_for(directory, weights, WindowSettings.from_dict(window), roots=roots)
+    idx = Index.create_for(directory, weights, window, roots=roots)  # the features' windows, as read
     report = IndexReport(directory=idx.directory)
     subs = TranscriptIngest(idx, report, subtitle_langs, embedded=False)
     try:
@@ -159,16 +159,17 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
 
 
 def _checked_files(src: str, settings: dict[str, Any] | None
-                   ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]], dict[str, Any], str]:
+                   ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]], WindowSettings, str]:
     """The feature files of ``src`` with their metadata, the unreadable ones, and the window
     settings and weights fingerprint they share (checked against the caller's ``settings``)."""
     if not os.path.isdir(src):
         raise UsageError(f"--from-features {src}: no such folder")
     first, files, bad = _survey(src)
     window = _video_settings(first, files[0][0])
+    have = window.to_dict()
     for k, v in (settings or {}).items():
-        if v is not None and k in window and not math.isclose(float(v), float(window[k])):
-            raise FeaturesMismatchError(f"the features in {src} were extracted with {k}={window[k]}, not {v}; "
+        if v is not None and k in have and not math.isclose(float(v), float(have[k])):
+            raise FeaturesMismatchError(f"the features in {src} were extracted with {k}={have[k]}, not {v}; "
                                         "leave the window options out to use the features' settings")
     weights = str(first.get("weights") or "")
     if not weights:

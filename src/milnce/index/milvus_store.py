@@ -108,14 +108,17 @@ class MilvusIndex(MilvusQueryMixin):
         return idx
 
     @classmethod
-    def create(cls, uri: str | os.PathLike[str], model: Encoder, settings: dict[str, Any] | None = None, *,
+    def create(cls, uri: str | os.PathLike[str], model: Encoder, window: WindowSettings | None = None, *,
                roots: Sequence[str | os.PathLike[str]] = (), collection: str = DEFAULT_COLLECTION,
                index_type: str = "FLAT") -> MilvusIndex:
-        """``Index.create`` for a collection: the model's window conventions under ``settings``."""
-        given = {k: v for k, v in (settings or {}).items() if v is not None}
-        window = WindowSettings.for_model(model, **given)
+        """``Index.create`` for a collection: ``window`` (default: the model's conventions), which an
+        existing collection's windows must equal (``IndexMismatchError``)."""
+        if window is None:
+            window = WindowSettings.for_model(model)
+        elif not isinstance(window, WindowSettings):
+            raise UsageError(f"window must be a WindowSettings, got {type(window).__name__}")
         idx = cls.create_for(uri, model.weights_id, window, weights_name=getattr(getattr(model, "info", None), "name", None),
-                             check=settings, roots=roots, collection=collection, index_type=index_type)
+                             check=window.to_dict(), roots=roots, collection=collection, index_type=index_type)
         source = getattr(model, "weights_source", None)
         if source and idx.meta.get("weights_source") != source:
             idx._commit_meta(weights_source=source)

@@ -19,6 +19,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -101,15 +102,15 @@ class Index(QueryMixin):
         return idx
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], model: Encoder, settings: dict[str, Any] | None = None, *,
+    def create(cls, directory: str | os.PathLike[str], model: Encoder, window: WindowSettings | None = None, *,
                roots: Sequence[str | os.PathLike[str]] = ()) -> Index:
-        """Open ``directory`` for writing, creating the index if there is none yet (window settings:
-        ``settings`` over the model's conventions, checked before anything is created; ``roots``:
-        collection roots to record, see ``milnce.index.roots``)."""
-        given = {k: v for k, v in (settings or {}).items() if v is not None}
-        window = WindowSettings.for_model(model, **given)
-        idx = cls.create_for(directory, model.weights_id, window, weights_name=getattr(getattr(model, "info", None), "name", None),
-                             check=settings, roots=roots)
+        """Open ``directory`` for writing, creating the index if there is none yet. ``window``: the
+        index's windows (``WindowSettings``; default: an existing index's own, a new index's
+        ``WindowSettings.for_model(model)``); an existing index must have these windows
+        (``IndexMismatchError``). ``roots``: collection roots to record, see ``milnce.index.roots``."""
+        idx = cls.create_for(directory, model.weights_id, window if window is not None else WindowSettings.for_model(model),
+                             weights_name=getattr(getattr(model, "info", None), "name", None), roots=roots,
+                             keep_existing=window is None)
         source = getattr(model, "weights_source", None)  # where to load the weights again (milnce.index.source)
         if source and idx.meta.get("weights_source") != source:
             idx._commit([], weights_source=source)
@@ -118,13 +119,15 @@ class Index(QueryMixin):
 
     @classmethod
     def create_for(cls, directory: str | os.PathLike[str], weights_id: str, window: WindowSettings, *,
-                   weights_name: str | None = None, check: dict[str, Any] | None = None,
-                   roots: Sequence[str | os.PathLike[str]] = ()) -> Index:
+                   weights_name: str | None = None, roots: Sequence[str | os.PathLike[str]] = (),
+                   keep_existing: bool = False) -> Index:
         """Open ``directory`` for writing, creating an index of embeddings made by the weights
         ``weights_id`` with ``window`` settings if there is none yet (no model needed: an index of
-        ``milnce extract``'s feature files). An existing index must have the same weights
-        (``IndexMismatchError``) and the settings in ``check``. ``roots`` are added to the index's
-        recorded collection roots."""
+        ``milnce extract``'s feature files). An existing index must have the same weights and
+        windows (``IndexMismatchError``; ``keep_existing``: its own windows are kept, ``window`` is
+        only a new index's). ``roots`` are added to the index's recorded collection roots."""
+        if not isinstance(window, WindowSettings):
+            raise UsageError(f"window must be a WindowSettings, got {type(window).__name__}")
         d = user_path(directory)
         if os.path.exists(d) and not os.path.isdir(d):
             raise NotAFolderError(f"index path {directory} exists and is not a folder")
@@ -133,7 +136,7 @@ class Index(QueryMixin):
         except OSError as exc:
             raise IndexWriteError(f"cannot create the index folder {directory}: {exc.strerror or exc}") from exc
         try:
-            return cls._create(d, directory, weights_id, weights_name, window, check, roots)
+            return cls._create(d, directory, weights_id, weights_name, window, not keep_existing, roots)
         except sqlite3.Error as exc:
             raise IndexWriteError(f"cannot write the index in {directory}: {sqlite_reason(exc)}") from exc
         except OSError as exc:
@@ -143,20 +146,21 @@ class Index(QueryMixin):
 
     @classmethod
     def _create(cls, d: str, directory: str | os.PathLike[str], weights_id: str, weights_name: str | None,
-                window: WindowSettings, settings: dict[str, Any] | None,
-                roots: Sequence[str | os.PathLike[str]]) -> Index:
+                window: WindowSettings, check: bool, roots: Sequence[str | os.PathLike[str]]) -> Index:
         lock_fd = acquire_lock(d)
         try:
             con = sf.init_folder(d, directory, {"weights_id": weights_id, "weights_name": weights_name,
-                                             "settings": window.to_dict()})
+                                             "settings": window.to_dict()})  # the stored format: a dict
             idx = cls(d, con, None, readonly=False, lock_fd=lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
         try:
             idx.check_weights(weights_id)
-            if settings:
-                idx.check_settings(settings)
+            if check:
+                have = WindowSettings.from_dict(idx.settings)
+                if have != window:
+                    check_settings(idx.directory, asdict(have), asdict(window))
             idx._truncate_tail()
             if roots:
                 idx.add_roots(roots)
