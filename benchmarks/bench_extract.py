@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe:
         from milnce.recipes import get_recipe
 
-        s, pad, args.skip_recipe = get_recipe(args.recipe).settings(), "zeros", True
+        s, pad, args.skip_recipe = get_recipe(args.recipe).window, "zeros", True
     videos = make_videos(Path(args.workdir), args.videos, args.seconds, args.width, args.height)
     model = random_model(args.device, args.precision)
     if device.type == "cuda":

@@ -27,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_extract import make_videos, probe_duration, random_model  # noqa: E402
-from milnce.extract import default_workers  # noqa: E402
 from milnce.index import Index, build_index, file_hash  # noqa: E402
+from milnce.runoptions import default_workers, resolve_run_options  # noqa: E402
+from milnce.windows import DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA, WindowSettings  # noqa: E402
 
 
 def one_at_a_time(model: object, videos: list[Path], directory: Path, settings: dict, batch: int) -> float:
     """The old ``build_index`` loop: hash, ``encode_video_file`` (one decode thread), commit."""
     t0 = time.perf_counter()
-    idx = Index.create(directory, model, settings)  # type: ignore[arg-type]
+    idx = Index.create(directory, model, WindowSettings.for_model(model, **settings))  # type: ignore[arg-type]
     try:
         for p in videos:
             st = os.stat(p)
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    ap.add_argument("--batch-size", type=int, default=None, help="pipeline batch (default: build_index's, 4 CPU / 64 CUDA)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help=f"pipeline batch (default: build_index's, {DEFAULT_BATCH_CPU} CPU / {DEFAULT_BATCH_CUDA} CUDA)")
     ap.add_argument("--old-batch-size", type=int, default=4, help="the old path's batch (its default: 4)")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores - 1)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "milnce-bench-index"))
@@ -75,19 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / d, ignore_errors=True)
     t_old = one_at_a_time(model, videos, work / "old", settings, args.old_batch_size)
     t0 = time.perf_counter()
-    rep = build_index(videos, work / "new", model, progress=False, workers=workers,
-                      batch_size=args.batch_size, **settings)
+    run = resolve_run_options({"batch_size": args.batch_size, "workers": workers}, device=model.device)
+    rep = build_index(videos, work / "new", model, progress=False, run=run,
+                      window=WindowSettings.for_model(model, **settings))
     t_new = time.perf_counter() - t0
     assert len(rep.added) == count and not rep.failed, rep.summary()
     out = {"videos": count, "video_seconds": total, "settings": settings, "device": args.device,
            "workers": workers, "cores": len(os.sched_getaffinity(0)),
+           "batch_size": run.batch_size, "windows": rep.windows_added, "pipeline_windows_per_s": rep.windows_added / t_new,
            "one_at_a_time_vs_per_s": total / t_old, "pipeline_vs_per_s": total / t_new, "ratio": t_old / t_new}
     if args.json:
         print(json.dumps(out))
     else:
         print(f"{count} videos, {total:.1f} video-s, windows {settings}, {out['cores']} cores, {workers} decoding processes")
         print(f"one video at a time (encode_video_file): {out['one_at_a_time_vs_per_s']:8.2f} video-s per wall-s")
-        print(f"pipeline (build_index / milnce index):   {out['pipeline_vs_per_s']:8.2f} video-s per wall-s")
+        print(f"pipeline (build_index / milnce index):   {out['pipeline_vs_per_s']:8.2f} video-s per wall-s, "
+              f"{out['pipeline_windows_per_s']:.2f} windows/s at batch {run.batch_size}")
         print(f"ratio pipeline / one-at-a-time: {out['ratio']:.2f}x")
     return 0
 

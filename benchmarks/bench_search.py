@@ -92,6 +92,8 @@ def random_model():
 
 def bench_indexing(args: argparse.Namespace, work: Path) -> dict:
     from milnce.index import build_index
+    from milnce.runoptions import resolve_run_options
+    from milnce.windows import WindowSettings
 
     if args.quick:
         fps, T, size, stride, seconds, nvid = 10.0, 16, 112, 8, 20.0, 3
@@ -120,8 +122,9 @@ def bench_indexing(args: argparse.Namespace, work: Path) -> dict:
     for b in range(1, bs):
         model.encode_video(x[:b], batch_size=bs)
     t0 = time.perf_counter()
-    rep = build_index([vdir], work / "ix", model, progress=False, fps=fps, num_frames=T, size=size, stride=stride,
-                      batch_size=bs)
+    rep = build_index([vdir], work / "ix", model, progress=False,
+                      window=WindowSettings.for_model(model, fps=fps, num_frames=T, size=size, stride=stride),
+                      run=resolve_run_options({"batch_size": bs}, device=model.device))
     wall = time.perf_counter() - t0
     speed = rep.video_seconds / wall
     out = {"mode": "quick" if args.quick else "full", "fps": fps, "num_frames": T, "size": size, "stride": stride,

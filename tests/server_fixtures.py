@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from milnce.windows import WindowSettings
 from video_fixtures import make_video
 
 
@@ -23,7 +24,8 @@ def indexed_library(root: Path, model: Any, videos: dict[str, dict[str, Any]]) -
     for name, options in videos.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         make_video(folder / name, **options)
-    build_index([folder], root / "index", model, num_frames=8, size=32, stride=8, progress=False)
+    build_index([folder], root / "index", model, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8),
+                progress=False)
     index = Index.open(root / "index", model)
     try:
         ids = {Path(r.path).name: r.id for r in index.videos()}

@@ -72,7 +72,7 @@ class FakeRunner:
         self.features = features  # stem -> 1024 vector (HMDB)
         self.drop_last = drop_last
 
-    def __call__(self, model, jobs, settings, *, pad, features, batch_size, workers, progress):
+    def __call__(self, model, jobs, settings, *, pad, features, progress, batch_size=None, workers=None, options=None):
         self.calls += 1
         self.settings, self.pad, self.want_features = settings, pad, features
         jobs = list(jobs)
@@ -231,7 +231,7 @@ def test_window_starts_formula():
     np.testing.assert_allclose(window_starts(0, 9, small), np.linspace(0, 9 - 0.8 - 0.4, 4))
     assert EvalSettings.for_benchmark("hmdb51").num_windows == 10
     assert EvalSettings.for_benchmark("msrvtt", num_windows=None, size=112).size == 112
-    ws = small.window_settings()
+    ws = small.window
     assert (ws.num_frames, ws.fps, ws.size, ws.crop) == (8, 10.0, 32, "square")
     for bad in ({"num_windows": 0}, {"max_words": 0}, {"size": 0}, {"fps": float("nan")}, {"tail": -1}):
         with pytest.raises(UsageError):
@@ -543,7 +543,7 @@ def test_real_pipeline_msrvtt(msrvtt, model, tmp_path):
 
     p = root / "video1.mp4"
     starts = window_starts(0.0, probe_video(p)["duration"], s)
-    (r,) = list(run_jobs(model, [VideoJob(str(p), key=0, starts=list(starts))], s.window_settings(), pad="zeros"))
+    (r,) = list(run_jobs(model, [VideoJob(str(p), key=0, starts=list(starts))], s.window, pad="zeros"))
     np.testing.assert_allclose(res.clips.video[0], r.video_embedding.mean(axis=0), rtol=1e-4, atol=1e-5)
     again = evaluate(model, "msrvtt", root, annotations=csv, settings=s, cache=tmp_path / "c", runner=NoRunner())
     np.testing.assert_array_equal(again.clips.video, res.clips.video)

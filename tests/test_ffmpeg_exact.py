@@ -143,7 +143,7 @@ def test_eval_clip_embeddings_match_the_reference_loader(tmp_path, model):
 def test_eval_cache_key_includes_the_decoding_path():
     from milnce.eval.protocol import EvalSettings
 
-    assert EvalSettings().decoder == "ffmpeg" and EvalSettings().window_settings().decoder == "ffmpeg"
+    assert EvalSettings().decoder == "ffmpeg" and EvalSettings().window.decoder == "ffmpeg"
     assert EvalSettings().video_key() != EvalSettings(decoder="pyav").video_key()
 
 

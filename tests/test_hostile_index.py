@@ -302,7 +302,8 @@ def test_odd_window_size_refused_before_the_folder_exists(tmp_path, model):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "a.mp4").write_bytes(b"x")
     with pytest.raises(UsageError, match="even"):
-        build_index([tmp_path / "v"], tmp_path / "ix", model, size=63, num_frames=8, progress=False)
+        build_index([tmp_path / "v"], tmp_path / "ix", model, window=WindowSettings.for_model(model, size=63, num_frames=8),
+                    progress=False)
     assert not (tmp_path / "ix").exists()
 
 

@@ -25,8 +25,10 @@ from milnce.index import (
     IndexNotFoundError,
     IndexWriteError,
     build_index,
+    index_window,
     merge_windows,
 )
+from milnce.windows import WindowSettings
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
 SMALL_ARGS = ["--fps", "10", "--num-frames", "8", "--size", "64", "--stride", "4"]
@@ -238,7 +240,7 @@ def test_weights_mismatch_refused(built, tmp_path, checkpoint, capsys):
 
 def test_moved_and_deleted_files_still_searchable(tmp_path, video_dir, model):
     vids = copy_videos(video_dir, tmp_path / "v")
-    build_index([vids], tmp_path / "ix", model, progress=False, **SMALL)
+    build_index([vids], tmp_path / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     (vids / "red.mp4").unlink()
     with Index.open(tmp_path / "ix", model) as idx:
         res = idx.search("red square", k=100, by_video=True)
@@ -256,7 +258,7 @@ def test_moved_and_deleted_files_still_searchable(tmp_path, video_dir, model):
 def test_incremental_skip_touch_move_change_prune(tmp_path, video_dir, model):
     vids = copy_videos(video_dir, tmp_path / "v")
     ix = tmp_path / "ix"
-    r1 = build_index([vids], ix, model, progress=False, **SMALL)
+    r1 = build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     assert len(r1.added) == 3 and r1.num_videos == 3
     with Index.open(ix) as idx:
         before = {v.path: idx.windows(v.id)[2] for v in idx.videos()}
@@ -292,7 +294,7 @@ def test_incremental_skip_touch_move_change_prune(tmp_path, video_dir, model):
     assert [Path(p).name for p in r5.pruned] == ["new.mp4"] and r5.num_videos == 3
     # other window settings are refused for an existing index
     with pytest.raises(IndexMismatchError, match="window settings"):
-        build_index([vids], ix, model, progress=False, stride=8)
+        build_index([vids], ix, model, progress=False, window=index_window(ix, model, stride=8))
     # a video that changed into an unreadable file: its stale windows go, the error is logged
     (vids / "red.mp4").write_bytes(b"garbage" * 100)
     r6 = build_index([vids], ix, model, progress=False)
@@ -400,10 +402,10 @@ def test_merge_windows_runs():
 
 def test_lock_refuses_second_writer(tmp_path, video_dir, wargs, model, capsys):
     ix = tmp_path / "ix"
-    holder = Index.create(ix, model, SMALL)
+    holder = Index.create(ix, model, WindowSettings.for_model(model, **SMALL))
     try:
         with pytest.raises(IndexLockedError, match="another 'milnce index'"):
-            Index.create(ix, model, SMALL)
+            Index.create(ix, model, WindowSettings.for_model(model, **SMALL))
         rc = main(["index", str(video_dir / "red.mp4"), "--index", str(ix), "--quiet", *SMALL_ARGS, *wargs])
         assert rc == 2
         assert f"pid {os.getpid()}" in capsys.readouterr().err
@@ -433,7 +435,7 @@ def test_disk_full_leaves_index_intact(tmp_path, video_dir, model, monkeypatch):
 
     monkeypatch.setattr(mi.os, "pwrite", flaky)
     with pytest.raises(IndexWriteError, match="disk is full"):
-        build_index([vids], ix, model, progress=False, **SMALL)
+        build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     monkeypatch.setattr(mi.os, "pwrite", real)
     with Index.open(ix) as idx:
         assert len(idx.videos()) == 1
@@ -571,7 +573,7 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
     assert not (tmp_path / "ix_new").exists()
     # an index of other weights is refused; other window options than the features' too
     shutil.rmtree(out / "zz")
-    Index.create(tmp_path / "ix_other", fake_model("other"), SMALL).close()
+    Index.create(tmp_path / "ix_other", fake_model("other"), WindowSettings(**SMALL)).close()
     with pytest.raises(IndexMismatchError, match="other weights"):
         index_features(out, tmp_path / "ix_other", progress=False)
     with pytest.raises(FeaturesMismatchError):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from milnce.cli import main
+from milnce.runoptions import RunOptions
+from milnce.windows import WindowSettings
 from video_fixtures import make_video
 
 QUERIES = ["a red square moving", "a blue ball", "open the door", "cut tomato", "pour water into bowl",
@@ -38,7 +40,8 @@ def index_dir(tmp_path_factory, model) -> Path:
     vids.mkdir()
     make_video(vids / "a.mp4", n=40, marker=True)
     make_video(vids / "b.mp4", n=30, rate=10, width=48, height=48)
-    build_index([vids], root / "idx", model, num_frames=8, size=32, workers=0, progress=False)
+    build_index([vids], root / "idx", model, window=WindowSettings.for_model(model, num_frames=8, size=32),
+                run=RunOptions(workers=0), progress=False)
     return root / "idx"
 
 

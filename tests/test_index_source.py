@@ -17,6 +17,8 @@ from conftest import VOCAB, random_state_dict, write_checkpoint
 from milnce.cli import main
 from milnce.index import Index, build_index
 from milnce.index.source import IndexModelError, recorded_weights
+from milnce.runoptions import RunOptions
+from milnce.windows import WindowSettings
 from video_fixtures import make_video
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 32, "stride": 4}
@@ -31,7 +33,8 @@ def _build(tmp_path: Path, weights: Path, vocab: Path | None) -> Path:
     video = _video(tmp_path / "v" / "a.mp4", n=20)
     model = milnce.load_model(weights, vocab, download=False)
     idx = tmp_path / "idx"
-    build_index([video.parent], idx, model, workers=0, progress=False, **SMALL)
+    build_index([video.parent], idx, model, run=RunOptions(workers=0), progress=False,
+                window=WindowSettings.for_model(model, **SMALL))
     return idx
 
 
@@ -106,7 +109,7 @@ def test_run_folder_is_recorded_and_found_again(tmp_path, capsys):
     model = milnce.load_model(run, download=False)
     assert model.weights_source == {"kind": "run", "weights": str(run.resolve()), "vocab": str((run / "vocab.npy").resolve())}
     idx = tmp_path / "idx"
-    build_index([video.parent], idx, model, workers=0, progress=False)
+    build_index([video.parent], idx, model, run=RunOptions(workers=0), progress=False)
     rec = recorded_weights(idx)
     assert rec is not None and rec.kind == "run" and "run folder" in rec.describe()
     rc, out, err = _search(idx, capsys)
@@ -131,7 +134,6 @@ def test_model_for_index_prefers_weights_then_record(tmp_path, model, checkpoint
 
     from milnce.commands.common import model_for_index
     from milnce.index import Index
-    from milnce.windows import WindowSettings
 
     idx = tmp_path / "ix"
     with Index.create_for(idx, model.weights_id, WindowSettings()) as ix:

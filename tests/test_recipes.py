@@ -149,7 +149,7 @@ def test_window_settings_decoder_field():
     from milnce.windows import WindowSettings
 
     assert "decoder" not in WindowSettings().to_dict()  # settings stored before the field stay equal
-    s = get_recipe("videoclip").settings()
+    s = get_recipe("videoclip").window
     assert WindowSettings.from_dict(s.to_dict()) == s and s.to_dict()["decoder"] == "ffmpeg"
     with pytest.raises(UsageError, match="resize"):
         WindowSettings(crop="resize", decoder="ffmpeg")

@@ -26,6 +26,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.server import MAX_K, MAX_QUERY_CHARS, create_app, parse_range  # noqa: E402
+from milnce.windows import WindowSettings  # noqa: E402
 
 CHROMIUM = os.environ.get("MILNCE_TEST_CHROMIUM", "/usr/bin/chromium")
 FPS = 10
@@ -79,7 +80,7 @@ def library(tmp_path_factory, model):
     from milnce.index import Index, build_index
 
     idx_dir = root / "index"  # small windows: 8 frames of 64 px every 0.8 s
-    build_index([vids], idx_dir, model, num_frames=8, size=64, stride=8, progress=False)
+    build_index([vids], idx_dir, model, window=WindowSettings.for_model(model, num_frames=8, size=64, stride=8), progress=False)
     (vids / "gone.mp4").unlink()
     index = Index.open(idx_dir, model)
     ids = {Path(r.path).name: r.id for r in index.videos()}

@@ -25,6 +25,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.server import DEFAULT_K, FILE_CHANGED, create_app, parse_range  # noqa: E402
+from milnce.windows import WindowSettings  # noqa: E402
 from server_fixtures import client_for, indexed_library  # noqa: E402
 
 
@@ -399,7 +400,7 @@ def test_hostile_glob_does_not_freeze_the_server(lib, model, tmp_path):
     vids.mkdir()
     long_name = "a" * 200 + ".mp4"
     shutil.copy(lib["videos"] / "a.mp4", vids / long_name)
-    build_index([vids], tmp_path / "index", model, num_frames=8, size=32, stride=8, progress=False)
+    build_index([vids], tmp_path / "index", model, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8), progress=False)
     index = Index.open(tmp_path / "index", model)
     try:
         with TestClient(create_app(index, model)) as c:

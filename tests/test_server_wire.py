@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from milnce.index.filters import VideoFilter  # noqa: E402
 from milnce.server import create_app  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
+from milnce.windows import WindowSettings  # noqa: E402
 from server_fixtures import client_for, indexed_library  # noqa: E402
 from video_fixtures import make_video  # noqa: E402
 
@@ -138,7 +139,7 @@ def test_clip_refuses_changed_removed_and_linked_files_as_file_serving_does(tmp_
     vids.mkdir()
     for n in ("x.mp4", "y.mp4", "z.mp4"):
         make_video(vids / n, n=20, width=64, height=48)
-    build_index([vids], tmp_path / "ix", model, num_frames=8, size=32, stride=8, progress=False)
+    build_index([vids], tmp_path / "ix", model, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8), progress=False)
     with Index.open(tmp_path / "ix", model) as index, TestClient(create_app(index, model)) as c:
         ids = {Path(r.path).name: r.id for r in index.videos()}
         with open(vids / "x.mp4", "ab") as f:
@@ -213,7 +214,6 @@ def test_clip_never_outside_the_collection_roots(tmp_path, model):
     from types import SimpleNamespace
 
     from milnce.index import Index
-    from milnce.windows import WindowSettings
 
     (tmp_path / "videos").mkdir()
     ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),

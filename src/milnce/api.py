@@ -17,6 +17,7 @@ from .cache import cache_dir
 from .download import ensure_weights, verify_cached_file
 from .errors import MissingFileError, UsageError
 from .model import S3D, check_video_input
+from .runoptions import check_device
 from .text import Tokenizer, load_vocab
 from .weights import (
     DEFAULT_WEIGHTS,
@@ -282,31 +283,6 @@ def _sibling_vocab(wpath: Path) -> Path | None:
         if cand.is_file():
             return cand
     return None
-
-
-def check_device(device: str | torch.device, local_rank: int | None = None) -> torch.device:
-    """``device`` as a ``torch.device`` this machine can run the model on, else ``UsageError``
-    (a malformed name, ``meta``, CUDA where there is none, a GPU index past the last one): the one
-    place a ``--device`` is resolved (model loading, ``extract``/``embed-video``, ``train``).
-    ``local_rank`` (a ``torchrun`` process's) turns a plain ``cuda`` into ``cuda:LOCAL_RANK``."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise UsageError(f"device {str(device)!r} is not a device name (e.g. cpu, cuda, cuda:1)") from exc
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda" and dev.index is None and local_rank is not None:
-        dev = torch.device("cuda", int(local_rank))
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(f"device {str(device)!r}: CUDA is not available on this machine (use --device cpu)")
-        if dev.index is not None and dev.index >= count:
-            raise UsageError(f"device {str(device)!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
-        return dev
-    if dev.type == "mps" and torch.backends.mps.is_available():
-        return dev
-    raise UsageError(f"device {str(device)!r}: the model runs on cpu or cuda, not on {dev.type}")
 
 
 def load_model(

@@ -23,6 +23,7 @@ from .printable import show_path
 if TYPE_CHECKING:  # pragma: no cover
     from .api import MILNCE, Precision
     from .index import Index, IndexReport, Moment
+    from .runoptions import RunOptions
 
 __all__ = ["DEMO_VIDEOS", "SYNTHETIC_QUERIES", "OFFLINE_HINT", "Demo", "DemoError", "Answer", "HeldOutScore",
            "choose_demo", "demo_index_dir", "build_demo_index", "answer", "verdict", "held_out_score"]
@@ -124,17 +125,19 @@ def demo_index_dir(demo: Demo) -> str:
     return str(Path(cache_dir()) / "demo" / f"index-{demo.model.weights_id}")
 
 
-def build_demo_index(demo: Demo, index_dir: str, *, window: dict[str, Any], batch_size: int | None = None,
+def build_demo_index(demo: Demo, index_dir: str, *, window: dict[str, Any], run: RunOptions | None = None,
                      allow_gaps: bool = False, progress: bool = True) -> IndexReport:
     """Index the demo's videos into ``index_dir`` (``build_index``); ``window``: the given window
-    options (fps, num_frames, size, stride; None where left out), the demo's stride by default."""
-    from .index import build_index
+    options (fps, num_frames, size, stride; None where left out), the demo's stride by default,
+    turned into the index's ``WindowSettings`` once (``index_window``); ``run``: batch size, workers."""
+    from .index import build_index, index_window
 
-    window = dict(window)
-    if window.get("stride") is None:
-        window["stride"] = demo.stride
-    return build_index(demo.videos, index_dir, demo.model, progress=progress, batch_size=batch_size,
-                       allow_gaps=allow_gaps, **window)
+    given = dict(window)
+    if given.get("stride") is None:
+        given["stride"] = demo.stride
+    settings = index_window(index_dir, demo.model, allow_gaps=allow_gaps, **given)
+    return build_index(demo.videos, index_dir, demo.model, window=settings, run=run, progress=progress,
+                       allow_gaps=allow_gaps)
 
 
 def answer(index: Index, demo: Demo, query: str) -> Answer:

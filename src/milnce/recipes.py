@@ -16,6 +16,7 @@ feature, L2 normalisation, dtype and file layout (``milnce.extract.recipe_store`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .errors import UsageError
@@ -43,8 +44,10 @@ class Recipe:
         """Frames per window: one second of video (``fps`` frames), as the extractors cut them."""
         return self.fps
 
-    def settings(self) -> WindowSettings:
-        """The windows: ``fps`` frames per chunk, one chunk per second, ffmpeg-exact decoding."""
+    @cached_property
+    def window(self) -> WindowSettings:
+        """The windows: ``fps`` frames per chunk, one chunk per second, ffmpeg-exact decoding (one
+        object per recipe)."""
         return WindowSettings(fps=float(self.fps), num_frames=self.fps, size=self.size, stride=self.fps,
                               crop="center", decoder="ffmpeg")
 

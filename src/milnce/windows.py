@@ -27,7 +27,11 @@ MAX_FRAMES = 1024
 MAX_SIZE = 4096
 MAX_STRIDE = 100_000
 # Windows per model call when a command or ``run_jobs`` is given none: the one default of every
-# command that embeds videos (extract, embed-video, index, localize, demo, eval) and of the library.
+# command that embeds videos (extract, embed-video, index, localize, demo, eval) and of the library,
+# applied by ``milnce.runoptions.resolve_run_options``. CPU: 8, measured against 4 with
+# benchmarks/bench_index.py on a shared 2-core machine, runs interleaved: 16 x 112 px windows,
+# median 1.19 vs 0.49 windows/s (8 ahead in 4 of 4 pairs); 32 x 224 px windows, median 0.105 vs
+# 0.105 windows/s (8 ahead in 2 of 3 pairs): never slower, so 8.
 DEFAULT_BATCH_CPU = 8
 DEFAULT_BATCH_CUDA = 64
 

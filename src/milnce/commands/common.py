@@ -7,10 +7,12 @@ modules (never the reverse).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MilnceError
+from ..runoptions import FIELDS, RunOptions, resolve_run_options
 from ..windows import WindowSettings, batch_default_text
 from .vocabulary import add_index_option, deprecated_alias
 
@@ -18,7 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..api import MILNCE
 
 __all__ = ["FAILURE_EXIT", "CommandError", "add_model_options", "model_from_args", "model_for_index", "add_window_options",
-           "window_overrides", "window_settings", "add_batch_option", "add_index_option", "deprecated_alias"]
+           "window_overrides", "window_settings", "run_options", "add_batch_option", "add_index_option",
+           "deprecated_alias"]
 
 
 # The --help epilog of the commands that read many videos (index, extract, embed-video, eval).
@@ -117,3 +120,15 @@ def window_settings(args: argparse.Namespace, model: object = None) -> WindowSet
     if workers is not None and workers < 0:
         raise CommandError(f"--workers must be >= 0, got {workers}")
     return WindowSettings.for_model(model, allow_gaps=getattr(args, "allow_gaps", False), **window_overrides(args))
+
+
+def run_options(args: argparse.Namespace, *, device: object = None, check: bool = False,
+                env: Mapping[str, str] | None = None) -> RunOptions:
+    """The run options of the command line (``--batch-size``, ``--workers``, ``--decode-threads``,
+    ``--device``; left out: ``None``) resolved once over the environment (default ``os.environ``:
+    torchrun's ``LOCAL_RANK``/``LOCAL_WORLD_SIZE``) by ``milnce.runoptions.resolve_run_options``.
+    ``device``: the loaded model's device; ``check``: check ``--device`` on this machine."""
+    cli = {k: getattr(args, k, None) for k in FIELDS}
+    return resolve_run_options(cli, env=os.environ if env is None else env,
+                               device=None if device is None else str(device), check=check,
+                               names={"batch_size": "--batch-size", "workers": "--workers"})

@@ -23,6 +23,7 @@ from .common import (
     add_model_options,
     add_window_options,
     model_from_args,
+    run_options,
     window_overrides,
     window_settings,
 )
@@ -64,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                        progress=not args.quiet, device=args.device, fast=not args.eager, precision=args.precision)
     print(f"model: {demo.label}")
     index_dir = args.index or demo_index_dir(demo)
-    report = build_demo_index(demo, index_dir, window=window_overrides(args), batch_size=args.batch_size,
+    report = build_demo_index(demo, index_dir, window=window_overrides(args), run=run_options(args, device=demo.model.device),
                               allow_gaps=getattr(args, "allow_gaps", False), progress=not args.quiet)
     print(report.summary())
     for path, reason in report.failed[:10]:

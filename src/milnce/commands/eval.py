@@ -8,7 +8,7 @@ import sys
 
 from ..plural import plural
 from ..printable import show_ids, show_path, show_reasons
-from .common import FAILURE_EXIT, CommandError, add_batch_option, add_model_options, model_from_args
+from .common import FAILURE_EXIT, CommandError, add_batch_option, add_model_options, model_from_args, run_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,8 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bench = load_benchmark(args.benchmark, args.annotations, args.limit)
     VideoResolver(args.videos, args.benchmark)
     model = model_from_args(args)
-    result = evaluate(model, bench, args.videos, settings=settings, cache=cache, workers=args.workers,
-                      batch_size=args.batch_size, ties=args.ties, progress=not args.quiet)
+    result = evaluate(model, bench, args.videos, settings=settings, cache=cache,
+                      run=run_options(args, device=model.device), ties=args.ties, progress=not args.quiet)
     files = write_outputs(result, args.out) if args.out else {}
     if args.json:
         print(json.dumps(result_dict(result), indent=2))

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..printable import show_ids, show_path, show_reasons
-from .common import CommandError, model_from_args
+from .common import CommandError, model_from_args, run_options
 
 
 def cmd_crosstask(args: argparse.Namespace) -> int:
@@ -28,8 +28,8 @@ def cmd_crosstask(args: argparse.Namespace) -> int:
     release = load_release(args.annotations, limit=args.limit)
     VideoResolver(args.videos, "crosstask")
     model = model_from_args(args)
-    res = evaluate_crosstask(model, args.videos, release, settings=settings, cache=cache, workers=args.workers,
-                             batch_size=args.batch_size, progress=not args.quiet)
+    res = evaluate_crosstask(model, args.videos, release, settings=settings, cache=cache,
+                             run=run_options(args, device=model.device), progress=not args.quiet)
     files = write_crosstask(res, args.out) if args.out else {}
     print(json.dumps(crosstask_dict(res), indent=2) if args.json else format_crosstask(res))
     if res.missing:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -17,6 +16,7 @@ from .common import (
     add_window_options,
     deprecated_alias,
     model_from_args,
+    run_options,
 )
 
 HELP = "extract per-window features of many videos (all cores and GPUs busy, sharded, resumable)"
@@ -77,23 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_extract)
 
 
-def _default_workers() -> int:
-    from ..extract import default_workers
-
-    local = os.environ.get("LOCAL_WORLD_SIZE")
-    if local and local.isdigit() and int(local) > 1:  # several ranks share this machine's cores
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):  # pragma: no cover
-            cores = os.cpu_count() or 1
-        return max(1, cores // int(local) - 1)
-    return default_workers()
-
-
 def rank_device(device: str, local_rank: int | None) -> str:
     """``--device`` checked on this machine (one line for CUDA where there is none); a plain
     ``cuda`` under ``torchrun`` is this rank's GPU."""
-    from ..api import check_device
+    from ..runoptions import check_device
 
     return str(check_device(device, local_rank))
 
@@ -142,14 +129,11 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
     from ..extract import collect_inputs, extract
     from ..extract.ranks import finish_together
     from ..extract.runner import check_features, show
-    from ..video.pipeline import resolve_batch_size, resolve_workers
     from ..windows import WindowSettings
 
-    # the pipeline's own checks, before the model loads
-    resolve_batch_size(args.batch_size, "cpu", name="--batch-size")
-    resolve_workers(args.workers, name="--workers")
     if args.decode_threads is not None and args.decode_threads < 1:
         raise CommandError(f"--decode-threads must be >= 1, got {args.decode_threads}")
+    run = run_options(args)  # batch size, workers (ranks on one machine share its cores), threads: once, before the model loads
     if str(args.device).startswith("cuda:"):
         import torch
 
@@ -169,16 +153,14 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
         layout = RecipeLayout(recipe)
     model = model_from_args(args)
     if recipe is not None:
-        settings, pad = recipe.settings(), "zeros"
+        settings, pad = recipe.window, "zeros"
     else:
         settings = WindowSettings.for_model(model, fps=args.fps, num_frames=args.num_frames, size=args.size,
                                             stride=args.stride, crop=args.crop,
                                             allow_gaps=getattr(args, "allow_gaps", False))
         pad = args.pad or "repeat"
-    workers = args.workers if args.workers is not None else _default_workers()
     report = extract(inputs, args.out, model, settings, features=features, pad=pad, start=args.start,
-                     end=args.end, batch_size=args.batch_size, workers=workers,
-                     decode_threads=args.decode_threads, shard=shard, overwrite=args.overwrite,
+                     end=args.end, run=run, shard=shard, overwrite=args.overwrite,
                      progress=not args.quiet, verify=getattr(args, "verify", False), layout=layout)
     everyone = finish_together(args.out, shard, report.failures)  # torchrun: all ranks, then exit
     _print_report(report, args.json, sys.stderr if report.failed else sys.stdout)

@@ -28,6 +28,7 @@ from .common import (
     deprecated_alias,
     model_for_index,
     model_from_args,
+    run_options,
     window_overrides,
     window_settings,
 )
@@ -74,6 +75,11 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
                    "8-bit codes; 'pq': IVF-PQ with on-disk lists and an HNSW quantizer, for stores past RAM")
     p.add_argument("--ann-min-windows", type=int, default=None, metavar="N",
                    help="build the ANN index only from N windows on (default 50000: below, exact search is fast)")
+    p.add_argument("--subtitle-langs", metavar="LANGS",
+                   help="subtitle languages to index, comma-separated (en,de,pt-BR; 'en' takes en-US too; untagged "
+                   "files and streams always; 'none': no subtitles). Default: every language. Subtitles are "
+                   "NAME.vtt/.srt and NAME.LANG.vtt/.srt beside each video (beside each feature file with "
+                   "--from-features) and text subtitle streams inside the videos")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     p.add_argument("--retry-errors", action="store_true", help="try again the videos that failed before")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,6 +117,12 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     deprecated_alias(p, videos, "--videos")
     p.add_argument("--no-merge", action="store_true", help="list single windows instead of moments")
     p.add_argument("--exact", action="store_true", help="exact search even if an ANN index exists")
+    p.add_argument("--mode", choices=("visual", "speech", "hybrid"), default=None,
+                   help="score the pictures (visual), the subtitles (speech) or both (hybrid). Default: hybrid "
+                   "where the index has transcripts, else visual (the output says which)")
+    p.add_argument("--speech-weight", type=float, default=None, metavar="W",
+                   help="hybrid: a window's score is visual + W x (speech score 0..1) x the query's visual scale; "
+                   "a full speech match adds W in cosine units (default 0.1)")
     p.add_argument("--offset", type=int, default=0, metavar="N",
                    help="skip the first N results (pages: --offset 10 -k 10 is results 11-20 of one ranking)")
     g = p.add_argument_group("negative terms", "a window's score becomes pos - W x max(score of each --not term), "
@@ -197,7 +209,7 @@ def _check_batch(args: argparse.Namespace) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ..index import build_index, find_videos
+    from ..index import build_index, find_videos, index_window
 
     _check_batch(args)
     if args.ann_min_windows is not None and args.ann_min_windows < 0:
@@ -222,12 +234,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         check_unlocked(args.index)
     model = _model(args)
+    run = run_options(args, device=model.device)
+    window = index_window(args.index, model, allow_gaps=args.allow_gaps, collection=args.collection,
+                          **window_overrides(args))
     extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
-    report = build_index(args.paths, args.index, model, prune=args.prune, ann=args.ann,
+    report = build_index(args.paths, args.index, model, window=window, run=run, prune=args.prune, ann=args.ann,
                          progress=not args.quiet and not args.json, recursive=not args.no_recursive,
-                         retry_errors=args.retry_errors, batch_size=args.batch_size, workers=args.workers,
-                         roots=args.root or [], allow_gaps=args.allow_gaps, collection=args.collection, **extra,
-                         **window_overrides(args))
+                         retry_errors=args.retry_errors, roots=args.root or [], allow_gaps=args.allow_gaps,
+                         collection=args.collection, subtitle_langs=_langs(args), **extra)
     return _print_report(args, report)
 
 
@@ -246,8 +260,18 @@ def _index_from_features(args: argparse.Namespace) -> int:
     extra = {} if args.ann_min_windows is None else {"ann_min_windows": args.ann_min_windows}
     report = index_features(args.from_features, args.index, prune=args.prune, ann=args.ann,
                             settings=window_overrides(args), progress=not args.quiet and not args.json,
-                            roots=args.root or [], **extra)
+                            roots=args.root or [], subtitle_langs=_langs(args), **extra)
     return _print_report(args, report)
+
+
+def _langs(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--subtitle-langs`` as language tags (None: every language)."""
+    from ..video.subtitles import SubtitleError, parse_langs
+
+    try:
+        return parse_langs(args.subtitle_langs)
+    except SubtitleError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _record_roots(args: argparse.Namespace) -> int:
@@ -298,6 +322,7 @@ def _video_filter(args: argparse.Namespace) -> Any:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..index.filters import collection_root
+    from ..index.hybrid import check_speech_weight
     from ..index.layout import show_path
     from ..index.negatives import DEFAULT_NOT_WEIGHT, check_weight
 
@@ -306,6 +331,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.offset < 0:
         raise CommandError(f"--offset must be >= 0, got {args.offset}")
     weight = check_weight(DEFAULT_NOT_WEIGHT if args.not_weight is None else args.not_weight)
+    speech_weight = check_speech_weight(args.speech_weight)
+    if args.speech_weight is not None and args.mode in ("visual", "speech"):
+        raise CommandError(f"--speech-weight weighs speech against pictures: it needs --mode hybrid, not {args.mode}")
     if args.not_weight is not None and not args.negatives:
         raise CommandError("--not-weight needs at least one --not TEXT")
     if any(not n.strip() for n in args.negatives):
@@ -339,6 +367,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                             "video_filter": None if filt.is_empty else filt, "offset": args.offset}
     with _open_index(args.index, model, collection=args.collection) as index:
         mode = "exact" if args.exact or args.negatives or index.ann() is None else "ann"
+        scoring, scoring_note = index.search_mode(args.mode)
+        opts.update(mode=scoring, speech_weight=speech_weight)
         out = SearchOutput(fmt, args.videos, args.offset)
         out.k, out.fewer_note = args.k, "" if filt.is_empty else "within the filter"
         extra = ("" if filt.is_empty else f"; filter: {filt.describe()}") + (
@@ -346,19 +376,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         out.start({"index": index.directory, "mode": mode, "ann": index.ann_status()["state"],
                    "videos": index.num_videos, "windows": len(index), "offset": args.offset,
                    "filter": None if filt.is_empty else filt.describe(), "not": args.negatives,
-                   "not_weight": weight if args.negatives else None},
+                   "not_weight": weight if args.negatives else None, "scoring": scoring,
+                   "speech_weight": speech_weight if scoring == "hybrid" else None},
                   f"{show_path(index.directory)}: {plural(index.num_videos, 'video')}, {plural(len(index), 'window')} ({mode} search"
-                  f"{extra})")
+                  f"{extra}; {scoring_note}{f', speech weight {speech_weight:g}' if scoring == 'hybrid' else ''})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for batch in itertools.chain([first] if first else [], pending):
-                problems = [index.query_problem(q) for q in batch]
+                problems = [index.query_problem(q) if scoring == "visual" or not q.strip() else None for q in batch]
                 found = index.search(batch, negatives=args.negatives, not_weight=weight, **opts)
                 for q, p, res in zip(batch, problems, found):
                     out.add(q, p, res)
+            like_opts = {k: v for k, v in opts.items() if k not in ("mode", "speech_weight")}  # pictures only
             for video, start in likes:
                 try:
-                    res = index.search_like(video, start, **opts)
+                    res = index.search_like(video, start, **like_opts)
                 except KeyError as exc:
                     raise CommandError(f"--like {video}: {exc.args[0]}") from None
                 out.add(f"like {video}@{start:g}", None, res)
@@ -372,9 +404,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 def search_clip(index: Any, path: str, start: float | None, end: float | None, *, negatives: list[str],
                 not_weight: float, **opts: Any) -> list[Any]:
     """``--like-file``: the moments like a clip file (``milnce.index.likeclip.clip_query``), ranked
-    as a text query is (filters, negative terms, pages)."""
+    as a text query is (filters, negative terms, pages); always visual: a clip has no words."""
     from ..index.likeclip import clip_query
 
+    opts = {**opts, "mode": "visual", "speech_weight": None}
     q = clip_query(index.model, index.settings, path, start, end)
     neg = index.negative_embeddings(negatives)
     return index.search_embeddings(q.vector, neg=neg, not_weight=not_weight, **opts)[0]

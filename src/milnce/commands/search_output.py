@@ -16,7 +16,7 @@ from ..plural import plural
 from ..printable import show_path
 from .common import CommandError
 
-__all__ = ["QUERY_BATCH", "MAX_QUERY_LINE", "CSV_FIELDS", "fmt_time", "open_queries_file", "iter_queries_file",
+__all__ = ["marked", "print_cues", "QUERY_BATCH", "MAX_QUERY_LINE", "CSV_FIELDS", "fmt_time", "open_queries_file", "iter_queries_file",
            "batches", "finite", "print_results", "SearchOutput"]
 
 
@@ -43,6 +43,29 @@ def print_results(query: str, moments: list, problem: str | None, by_video: bool
         pct = "" if m.percentile is None else f"{m.percentile:.1f}"
         print(f"  {i:3d}  {m.score:8.3f}  {cos:>6}  {pct:>6}  {fmt_time(m.start):>9}  {fmt_time(m.end):>9}  "
               f"{show_path(m.path)}{gone}")
+        print_cues(m)
+
+
+def marked(text: str, spans: list[list[int]]) -> str:
+    """A cue's text with its matched words between ``*`` (the terminal's highlighting)."""
+    out, at = [], 0
+    for a, b in sorted((int(a), int(b)) for a, b in spans):
+        if a < at or b > len(text):
+            continue
+        out += [text[at:a], "*", text[a:b], "*"]
+        at = b
+    return "".join(out) + text[at:]
+
+
+def print_cues(m: Any) -> None:
+    """Under a hybrid or speech moment: its visual and speech scores and its matched cue lines."""
+    if getattr(m, "speech_score", None) is None:
+        return
+    vis = "" if m.visual_score is None else f"visual {m.visual_score:.3f}, "
+    print(f"{'':8}{vis}speech {m.speech_score:.3f}")
+    for c in m.cues or []:
+        lang = f" [{show_path(c['lang'])}]" if c.get("lang") else ""
+        print(f"{'':8}{fmt_time(c['start'])}-{fmt_time(c['end'])}{lang}  {show_path(marked(c['text'], c['matches']))}")
 
 
 CSV_FIELDS = ("query", "rank", "video_id", "path", "start", "end", "score", "cosine", "percentile", "peak", "exists")

@@ -21,6 +21,7 @@ import numpy as np
 from ..atomic import atomic_file, atomic_write_bytes
 from ..errors import MilnceError, UsageError
 from ..printable import show_path
+from ..runoptions import RunOptions
 from .cache import EmbeddingCache, as_cache
 from .crosstask import (
     AnnotationIssues,
@@ -150,10 +151,12 @@ def evaluate_crosstask(
     batch_size: int | None = None,
     progress: bool = False,
     runner: Runner | None = None,
+    run: RunOptions | None = None,
 ) -> CrossTaskResult:
     """Evaluate ``model`` on CrossTask: the release folder ``release`` (or a loaded one), the videos
     under ``videos`` (found by id, any container). Metrics are over the videos found, read and
-    annotated; the rest are counted and listed."""
+    annotated; the rest are counted and listed. ``run``: resolved ``milnce.runoptions.RunOptions``
+    instead of ``workers``/``batch_size``."""
     t0 = time.perf_counter()
     rel = release if isinstance(release, CrossTaskRelease) else load_release(release, limit=limit)
     settings = settings or EvalSettings.for_benchmark("crosstask", num_windows=1)
@@ -172,7 +175,7 @@ def evaluate_crosstask(
         chunk.append(entry)
         size += n_positions(entry[2])
         if size >= _CHUNK_POSITIONS or n == len(todo) - 1:
-            _embed_chunk(model, chunk, window, res, stats, settings, cache, runner, workers, batch_size, progress)
+            _embed_chunk(model, chunk, window, res, stats, settings, cache, runner, workers, batch_size, progress, run)
             chunk, size = [], 0
     res.metrics = _metrics(res)
     res.seconds = time.perf_counter() - t0
@@ -183,7 +186,7 @@ def evaluate_crosstask(
 
 def _embed_chunk(model: Any, chunk: list, window: float, res: CrossTaskResult, stats: dict, settings: EvalSettings,
                  cache: EmbeddingCache | None, runner: Runner | None, workers: int | None, batch_size: int | None,
-                 progress: bool) -> None:
+                 progress: bool, run: RunOptions | None = None) -> None:
     items: list[EvalItem] = []
     paths: dict[int, Path | None] = {}
     spans = []
@@ -195,7 +198,7 @@ def _embed_chunk(model: Any, chunk: list, window: float, res: CrossTaskResult, s
             paths[len(items) - 1] = path
         spans.append((first, len(items), starts))
     clips = embed_clips(model, items, paths, settings, cache=cache, runner=runner, workers=workers,
-                        batch_size=batch_size, progress=progress)
+                        batch_size=batch_size, progress=progress, run=run)
     stats["windows"] += clips.windows
     stats["cached_videos"] += clips.cached_videos
     for (v, _path, _dur, rows), (a, b, starts) in zip(chunk, spans):

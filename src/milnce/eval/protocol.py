@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ class EvalSettings:
             raise UsageError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.decoder == "ffmpeg" and self.pad != "zeros":
             raise UsageError("the ffmpeg-exact decoder pads with black frames (pad zeros), as the reference loaders")
-        self.window_settings()  # validates fps, num_frames, size and crop
+        _ = self.window  # validates fps, num_frames, size and crop
 
     @classmethod
     def for_benchmark(cls, name: str, **overrides: Any) -> EvalSettings:
@@ -75,8 +76,10 @@ class EvalSettings:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
-    def window_settings(self) -> WindowSettings:
-        """The ``WindowSettings`` handed to the extraction pipeline (stride is unused: starts are explicit)."""
+    @cached_property
+    def window(self) -> WindowSettings:
+        """The ``WindowSettings`` handed to the extraction pipeline (stride is unused: starts are
+        explicit): one object per ``EvalSettings``, built (and validated) when it is made."""
         return WindowSettings(fps=float(self.fps), num_frames=self.num_frames, size=self.size,
                               stride=self.num_frames, crop=self.crop, decoder=self.decoder)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MilnceError, UsageError
+from ..runoptions import RunOptions
 from ..video.decode import not_readable
 from ..video.pipeline import VideoJob, run_jobs
 from ..video.result import failure_reason
@@ -248,7 +249,7 @@ def _extract(model: Any, pending: dict[int, _Pending], settings: EvalSettings, c
     job_objs = [VideoJob(str(path), key=gi, starts=[float(s) for s in uniq])
                 for gi, (path, _, _, uniq, _, _) in pending.items()]
     done = set()
-    for r in run(model, job_objs, settings.window_settings(), **kwargs):
+    for r in run(model, job_objs, settings.window, **kwargs):
         if not isinstance(r.key, int) or r.key not in pending or r.key in done:
             continue
         gi = r.key
@@ -281,10 +282,12 @@ def embed_clips(
     workers: int | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    run: RunOptions | None = None,
 ) -> ClipEmbeddings:
     """Embed every row's clip under the protocol: one pipeline job per video file (all its clips'
     window starts, each distinct start once), cached per video. Rows whose video is missing or
-    unreadable are left out of ``mask`` and listed."""
+    unreadable are left out of ``mask`` and listed. ``run``: resolved ``RunOptions`` (the
+    command's) instead of ``workers``/``batch_size``."""
     n = len(items)
     res = ClipEmbeddings(np.zeros((n, 512), np.float32), np.zeros((n, 1024), np.float32), np.zeros(n, bool),
                          np.array([paths.get(it.row) is not None for it in items], bool))
@@ -292,8 +295,13 @@ def embed_clips(
     groups = _group_by_video(items, paths, res)
     res.videos = len(groups)
     pending = _plan(model, groups, settings, cache, res, pos)
-    kwargs: dict[str, Any] = {"pad": settings.pad, "features": True, "batch_size": batch_size,
-                              "workers": workers, "progress": progress}
+    kwargs: dict[str, Any] = {"pad": settings.pad, "features": True, "progress": progress}
+    if run is not None:
+        if (batch_size, workers) != (None, None):
+            raise UsageError("give either run= (RunOptions) or workers/batch_size, not both")
+        kwargs["options"] = run
+    else:
+        kwargs.update(batch_size=batch_size, workers=workers)
     _extract(model, pending, settings, cache, res, pos, runner, kwargs)
     return res
 
@@ -318,11 +326,13 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     runner: Runner | None = None,
+    run: RunOptions | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``benchmark`` (``"youcook2"``, ``"msrvtt"``, ``"hmdb51"``) with the
     videos under ``videos``. ``cache``: ``True`` = ``$MILNCE_HOME/eval-cache``, a folder, an
     ``EmbeddingCache``, or ``False``/``None`` for none. Metrics are over the rows whose video was
-    found and read; the rest are counted and listed in the result."""
+    found and read; the rest are counted and listed in the result. ``run``: resolved
+    ``milnce.runoptions.RunOptions`` instead of ``workers``/``batch_size``."""
     t0 = time.perf_counter()
     bench = benchmark if isinstance(benchmark, Benchmark) else load_benchmark(benchmark, annotations, limit)
     settings = settings or EvalSettings.for_benchmark(bench.name)
@@ -332,7 +342,7 @@ def evaluate(
     resolver = VideoResolver(videos, bench.name)
     paths = resolver.resolve_all(bench.items)
     clips = embed_clips(model, bench.items, paths, settings, cache=cache, runner=runner, workers=workers,
-                        batch_size=batch_size, progress=progress)
+                        batch_size=batch_size, progress=progress, run=run)
     m = clips.mask
     text, empty = None, 0
     metrics: dict[str, Any]

@@ -7,7 +7,8 @@
   them back (no pickle).
 """
 
-from ..video.pipeline import VideoJob, default_workers, run_jobs
+from ..runoptions import RunOptions, default_workers, resolve_run_options
+from ..video.pipeline import VideoJob, run_jobs
 from ..video.result import VideoWindows
 from .inputs import Shard, VideoInput, collect_inputs, output_path, resolve_shard, shard_inputs
 from .runner import FEATURES, CheckReport, ExtractReport, check, extract, failures_file, read_failures
@@ -16,7 +17,7 @@ from .store import FeatureFile, StoreError, feature_file_paths, iter_feature_fil
 JobResult = VideoWindows  # the older name of run_jobs' results
 
 __all__ = [
-    "VideoJob", "JobResult", "run_jobs", "default_workers",
+    "VideoJob", "JobResult", "run_jobs", "default_workers", "RunOptions", "resolve_run_options",
     "extract", "check", "ExtractReport", "CheckReport", "FEATURES", "failures_file", "read_failures",
     "FeatureFile", "StoreError", "iter_feature_files", "read_feature_file", "feature_file_paths", "read_meta",
     "VideoInput", "Shard", "collect_inputs", "shard_inputs", "resolve_shard", "output_path",

@@ -159,5 +159,5 @@ def extract_recipe(paths: Any, out_dir: str | os.PathLike[str], model: Any, reci
 
     inputs = as_inputs(paths)
     check_unique_ids(inputs)
-    return extract(inputs, out_dir, model, recipe.settings(), features=recipe.features(), pad="zeros",
+    return extract(inputs, out_dir, model, recipe.window, features=recipe.features(), pad="zeros",
                    layout=RecipeLayout(recipe), **kwargs)

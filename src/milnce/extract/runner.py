@@ -21,7 +21,8 @@ from ..errors import UsageError
 from ..plural import plural
 from ..printable import show_path
 from ..protocols import VideoEncoder
-from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
+from ..runoptions import RunOptions, resolve_run_options
+from ..video.pipeline import VideoJob, run_jobs
 from ..video.result import VideoWindows, failure_reason
 from ..windows import WindowSettings, check_pad
 from .inputs import Shard, VideoInput, collect_inputs, shard_inputs
@@ -241,7 +242,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
             start: float | None = None, end: float | None = None, batch_size: int | None = None,
             workers: int | None = None, decode_threads: int | None = None, shard: Shard | None = None,
             overwrite: bool = False, progress: bool = False, verify: bool = False,
-            layout: Layout | None = None) -> ExtractReport:
+            layout: Layout | None = None, run: RunOptions | None = None) -> ExtractReport:
     """Extract features for the videos of ``paths`` (files, folders, list files; or
     ``collect_inputs`` rows) into ``out_dir`` (``DIR/<relative path>.npz``), this ``shard``'s share.
 
@@ -251,11 +252,15 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     Unreadable videos are listed in ``failures_file(out_dir, shard)`` and never stop the run.
     ``StoreError`` if an output cannot be written (e.g. disk full; nothing partial is left).
     ``layout``: the output layout (default ``store.NpzLayout``, the ``.npz`` tree; a recipe's is
-    ``recipe_store.RecipeLayout``)."""
+    ``recipe_store.RecipeLayout``). ``run``: the resolved ``milnce.runoptions.RunOptions``
+    (``milnce extract``'s) instead of ``batch_size``/``workers``/``decode_threads``."""
     check_pad(pad)
     feats = check_features(features)
-    batch_size = resolve_batch_size(batch_size, model.device)
-    workers = resolve_workers(workers)
+    if run is None:  # the loose values, resolved by the one function
+        run = resolve_run_options({"batch_size": batch_size, "workers": workers, "decode_threads": decode_threads},
+                                    device=model.device)
+    elif (batch_size, workers, decode_threads) != (None, None, None):
+        raise UsageError("give either run= (RunOptions) or batch_size/workers/decode_threads, not both")
     shard = shard or Shard()
     out = _out_folder(out_dir)
     inputs = as_inputs(paths)
@@ -271,8 +276,7 @@ def extract(paths: Iterable[str | os.PathLike[str]] | Sequence[VideoInput], out_
     write_failures(report.failures_file, [], report.shards)
     bar = _bar(len(todo), shard) if progress and todo else None
     jobs = (VideoJob(item.path, key=i, start=start, end=end) for i, (item, *_rest) in enumerate(todo))
-    results = run_jobs(model, jobs, settings, pad=pad, features="mixed_5c" in feats, batch_size=batch_size,
-                       workers=workers, decode_threads=decode_threads)
+    results = run_jobs(model, jobs, settings, pad=pad, features="mixed_5c" in feats, options=run)
     try:
         for res in results:
             assert isinstance(res.key, int)  # the job numbers given above

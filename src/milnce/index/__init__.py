@@ -26,7 +26,7 @@ Crash safety is described in ``milnce.index.store``; ranking in ``milnce.index.q
 from __future__ import annotations
 
 from ..windows import WindowSettings
-from .build import VIDEO_EXTENSIONS, build_index, file_hash, find_videos
+from .build import VIDEO_EXTENSIONS, build_index, file_hash, find_videos, index_window, stored_window
 from .errors import (
     IndexDamagedError,
     IndexFolderError,
@@ -61,6 +61,8 @@ __all__ = [
     "IndexDamagedError",
     "build_index",
     "index_features",
+    "index_window",
+    "stored_window",
     "FeaturesMismatchError",
     "find_videos",
     "file_hash",

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from ..protocols import Encoder
+from ..windows import WindowSettings
 from .milvus_client import DEFAULT_COLLECTION, check_collection, is_milvus_uri
 from .milvus_store import MilvusIndex
 from .store import Index
@@ -29,10 +29,10 @@ def open_index(uri: str | os.PathLike[str], model: Encoder | None = None, *, rea
     return Index.open(uri, model, readonly=readonly)
 
 
-def create_index(uri: str | os.PathLike[str], model: Encoder, settings: dict[str, Any] | None = None, *,
+def create_index(uri: str | os.PathLike[str], model: Encoder, window: WindowSettings | None = None, *,
                  roots: Sequence[str | os.PathLike[str]] = (), collection: str | None = None) -> AnyIndex:
     """``Index.create`` or ``MilvusIndex.create`` by the URI."""
     if is_milvus_uri(uri):
-        return MilvusIndex.create(uri, model, settings, roots=roots, collection=DEFAULT_COLLECTION if collection is None else collection)
-    return Index.create(uri, model, settings, roots=roots)
+        return MilvusIndex.create(uri, model, window, roots=roots, collection=DEFAULT_COLLECTION if collection is None else collection)
+    return Index.create(uri, model, window, roots=roots)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -14,19 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingFileError, UsageError
+from ..errors import MilnceError, MissingFileError, UsageError
 from ..protocols import Encoder
+from ..runoptions import RunOptions, resolve_run_options
 from ..video.find import VIDEO_EXTENSIONS, walk_videos
-from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
+from ..video.pipeline import VideoJob, run_jobs
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
-from .backends import AnyIndex, create_index
+from .backends import AnyIndex, create_index, is_milvus_uri, open_index
+from .database import connect, read_meta
 from .ingest import Progress, file_hash, finish, reason_text
 from .ingest import reason as exc_reason
-from .layout import show_path, user_path
+from .layout import DB_NAME, show_path, user_path
 from .records import IndexReport
+from .transcript_ingest import TranscriptIngest
+from .verify import check_settings
 
-__all__ = ["build_index", "find_videos", "file_hash", "show_path", "VIDEO_EXTENSIONS"]
+__all__ = ["build_index", "index_window", "stored_window", "find_videos", "file_hash", "show_path", "VIDEO_EXTENSIONS"]
 
 log = logging.getLogger("milnce.index")
 
@@ -61,43 +66,56 @@ def find_videos(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
 
 
 def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.PathLike[str], model: Encoder, *,
-                prune: bool = False, ann: bool | str = False, stride: int | None = None, fps: float | None = None,
-                num_frames: int | None = None, size: int | None = None, batch_size: int | None = None,
-                workers: int | None = None, progress: bool = True, recursive: bool = True,
+                window: WindowSettings | None = None, prune: bool = False, ann: bool | str = False,
+                run: RunOptions | None = None, progress: bool = True, recursive: bool = True,
                 retry_errors: bool = False, ann_queries: Sequence[str] | None = None,
                 ann_min_windows: int = ANN_MIN_WINDOWS, roots: Sequence[str | os.PathLike[str]] = (),
-                allow_gaps: bool = False, collection: str | None = None) -> IndexReport:
+                allow_gaps: bool = False, collection: str | None = None,
+                subtitle_langs: Sequence[str] | None = None) -> IndexReport:
     """Add the videos under ``paths`` to the index in ``directory`` (created if needed). ``paths``
     (and ``roots``) are recorded as the index's collection roots (``milnce.index.roots``).
 
     Incremental: unchanged videos (same path, size and mtime; or same content hash) are skipped,
     moved ones are recognised by their content, changed ones are re-embedded; ``prune`` drops
-    videos whose file is gone. Window settings default to the index's (new index: the model's
-    input conventions, ``WindowSettings.for_model(model)``: 32 frames at 10 fps, 224 px, a window
-    every ``stride`` frames, default half the window); bad values raise ``UsageError`` before
-    anything is created, as does a stride longer than the window (gaps) unless ``allow_gaps``.
-    Videos are embedded by the extraction pipeline (``milnce.extract.run_jobs``): ``workers``
-    decoding processes (default: the cores available minus one; 0 = a thread of this process),
-    windows of several videos in each model call of ``batch_size`` windows (default
-    ``milnce.windows.DEFAULT_BATCH_CPU`` on the CPU, ``DEFAULT_BATCH_CUDA`` on CUDA); each video is committed as soon as its last window is embedded. Killing it
+    videos whose file is gone. ``window``: the index's ``WindowSettings``, passed as it is to the
+    pipeline and stored by a new index (default: an existing index's own, a new index's
+    ``WindowSettings.for_model(model)``: 32 frames at 10 fps, 224 px, a window every ``stride``
+    frames, default half the window; ``index_window`` resolves the command-line options against
+    an existing index); an existing index built with other windows raises ``IndexMismatchError``,
+    windows the model cannot take and a stride longer than the window (gaps, unless
+    ``allow_gaps``) raise ``UsageError``, before anything is created. Videos are embedded by the
+    extraction pipeline (``milnce.extract.run_jobs``) with ``run`` (``milnce.runoptions.RunOptions``:
+    ``workers`` decoding processes, default the cores available minus one, 0 = a thread of this
+    process; windows of several videos in each model call of ``batch_size`` windows, default
+    ``DEFAULT_BATCH_CPU`` on the CPU, ``DEFAULT_BATCH_CUDA`` on CUDA, see ``milnce.runoptions``);
+    each video is committed as soon as its last window is embedded. Killing it
     at any point leaves a readable index; running it again finishes the job. ``ann``: (re)build
     the approximate index when it is missing, stale or damaged, if the index holds at least
     ``ann_min_windows`` windows (below that exact search takes milliseconds and IVF would only
-    lose recall: ``report.ann`` says it was skipped). ``directory`` may name a Milvus collection
-    (``milnce.index.backends``: a ``.db`` file or ``http(s)://``; ``collection``: its name). Files or folders that could not be read are
-    in ``report.failed`` (path, reason without the path) and ``errors.log``.
+    lose recall: ``report.ann`` says it was skipped). Files or folders that could not be read are
+    in ``report.failed`` (path, reason without the path) and ``errors.log``. ``directory`` may name a
+    Milvus collection (``milnce.index.backends``: a ``.db`` file or ``http(s)://``; ``collection``: its
+    name). Subtitles (sidecar
+    ``NAME[.LANG].vtt/.srt`` and text streams inside the videos; ``subtitle_langs``: only those
+    languages, ``()``: none) are stored with each video (``milnce.index.transcripts``); an unchanged
+    video whose subtitle files changed gets its cues replaced without being embedded again.
     """
     t_start = time.perf_counter()
-    settings: dict[str, Any] = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "size": size,
-                                                  "stride": stride, "allow_gaps": allow_gaps}.items() if v is not None}
-    _check_window(model, WindowSettings.for_model(model, **settings))  # before creating anything
-    _check_run_args(batch_size, workers)
+    if window is not None and not isinstance(window, WindowSettings):
+        raise UsageError(f"window must be a WindowSettings, got {type(window).__name__}")
+    if window is None:
+        window = index_window(directory, model)
+    elif not allow_gaps:
+        window.check_coverage()
+    _check_window(model, window)  # before creating anything
+    run = resolve_run_options(device=model.device) if run is None else run  # the defaults for the model's device
     paths = list(paths)
     unreadable: list[tuple[str, str]] = []
     files = find_videos(paths, recursive=recursive, exclude=[os.fspath(directory)],  # before creating anything
                         on_error=lambda p, r: unreadable.append((p, r)))
-    idx = create_index(directory, model, settings, roots=[*paths, *roots], collection=collection)  # the collection roots (milnce.index.roots)
+    idx = create_index(directory, model, window, roots=[*paths, *roots], collection=collection)  # the collection roots (milnce.index.roots)
     report = IndexReport(directory=idx.directory)
+    subs = TranscriptIngest(idx, report, subtitle_langs)
     try:
         for where, why in unreadable:
             log.warning("%s: %s", show_path(where), why)
@@ -123,6 +141,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 r = idx.row(known)
                 if int(r.size) == size_ and float(r.mtime) == mtime:
                     report.unchanged += 1
+                    subs.refresh(f, known, r.hash)
                     continue
                 pending.append((f, size_, mtime, "changed"))
                 continue
@@ -133,10 +152,10 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
                 continue
             pending.append((f, size_, mtime, "moved?" if size_ in missing_by_size else "new"))
         if pending:
-            _embed_pending(idx, model, pending, missing_by_size, report, batch_size=batch_size, workers=workers,
-                           progress=progress)
+            _embed_pending(idx, model, window, pending, missing_by_size, report, run=run, progress=progress, subs=subs)
         finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
                 queries=lambda: _ann_queries(model, ann_queries))
+        subs.finish()
     finally:
         idx.close()
     report.elapsed = time.perf_counter() - t_start
@@ -151,15 +170,47 @@ def _check_window(model: Encoder, window: WindowSettings) -> None:
                          f"{window.num_frames} --size {window.size} (the published setting: 32 frames of 224 px)")
 
 
-def _check_run_args(batch_size: int | None, workers: int | None) -> None:
-    """The pipeline's own checks (one place), before anything is created."""
-    resolve_batch_size(batch_size, "cpu")
-    resolve_workers(workers)
+def stored_window(directory: str | os.PathLike[str], collection: str | None = None) -> WindowSettings | None:
+    """The windows an existing index in ``directory`` (or Milvus collection ``collection`` at that
+    URI) records (``None``: no index there, or one that cannot be read here: opening it for
+    writing says why)."""
+    if is_milvus_uri(directory):
+        try:
+            with open_index(directory, readonly=True, collection=collection) as ix:
+                return WindowSettings.from_dict(ix.settings)
+        except (MilnceError, KeyError, TypeError, ValueError):
+            return None
+    db = os.path.join(user_path(directory), DB_NAME)
+    if not os.path.isfile(db):
+        return None
+    try:
+        con = connect(db, readonly=True)
+        try:
+            meta = read_meta(con, os.fspath(directory))
+        finally:
+            con.close()
+        return WindowSettings.from_dict(meta["settings"])
+    except (sqlite3.Error, MilnceError, KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
-def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, float, str]],
-                   missing_by_size: dict[int, list[int]], report: IndexReport, *, batch_size: int | None,
-                   workers: int | None, progress: bool) -> None:
+def index_window(directory: str | os.PathLike[str], model: Encoder, *, allow_gaps: bool = False,
+                 collection: str | None = None, **given: Any) -> WindowSettings:
+    """The windows ``build_index`` gets from the window options ``given`` (``fps``, ``num_frames``,
+    ``size``, ``stride``; ``None`` = not given): an existing index's own, which the given ones
+    must match (``IndexMismatchError``), else ``WindowSettings.for_model(model, **given)``. The
+    one place ``milnce index`` and ``milnce demo`` turn their options into a ``WindowSettings``.
+    ``collection``: the collection's name where ``directory`` is a Milvus URI."""
+    have = stored_window(directory, collection)
+    if have is None:
+        return WindowSettings.for_model(model, allow_gaps=allow_gaps, **given)
+    check_settings(user_path(directory), have.to_dict(), {k: v for k, v in given.items() if v is not None})
+    return have
+
+
+def _embed_pending(idx: AnyIndex, model: Encoder, window: WindowSettings, pending: list[tuple[str, int, float, str]],
+                   missing_by_size: dict[int, list[int]], report: IndexReport, *, run: RunOptions,
+                   progress: bool, subs: TranscriptIngest) -> None:
     """Hash the pending files (touched and moved ones need no model), embed the rest through the
     pipeline and commit each video as its result arrives (in any order): its rows are appended and
     fsynced, then its record is committed (``Index.add_video``)."""
@@ -185,6 +236,7 @@ def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, 
             if vid is not None and idx.row(vid).hash == h:  # touched, same content
                 idx.update_video(vid, size=size_, mtime=mtime)
                 report.unchanged += 1
+                subs.refresh(path, vid, h)
                 bar.done(0.0, path)
                 continue
             if why == "moved?":
@@ -192,6 +244,7 @@ def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, 
                 if match:
                     old_path = idx.row(match[0]).path
                     idx.update_video(match[0], path=path, size=size_, mtime=mtime)
+                    subs.refresh(path, match[0], h)
                     missing_by_size[size_].remove(match[0])
                     report.moved.append((old_path, path))
                     bar.done(0.0, path)
@@ -199,9 +252,8 @@ def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, 
             todo[key] = (path, size_, mtime, why, h)
             yield VideoJob(path, key=key)
 
-    window = WindowSettings.from_dict(idx.settings)
     t0 = time.perf_counter()
-    results = run_jobs(model, jobs(), window, features=False, batch_size=batch_size, workers=workers)
+    results = run_jobs(model, jobs(), window, features=False, options=run)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -217,7 +269,8 @@ def _embed_pending(idx: AnyIndex, model: Encoder, pending: list[tuple[str, int, 
                     report.failed.append((path, reason))
                     bar.done(0.0, path)
                     continue
-                idx.add_video(path, res, size=size_, mtime=mtime, content_hash=h)
+                got = subs.read(path, h)
+                idx.add_videos([(path, res, size_, mtime, h)], transcripts=None if got is None else {path: got})
                 dur = float(res.duration) if math.isfinite(res.duration) else float(res.ends[-1])
                 report.video_seconds += dur
                 report.windows_added += len(res)

@@ -29,6 +29,7 @@ from .layout import DB_NAME, show_path
 from .records import IndexReport
 from .roots import inside_roots
 from .store import Index
+from .transcript_ingest import TranscriptIngest
 
 __all__ = ["index_features", "FeaturesMismatchError"]
 
@@ -79,7 +80,7 @@ def _survey(features_dir: str) -> tuple[dict[str, Any], list[tuple[str, dict[str
     return files[0][1], files, bad
 
 
-def _video_settings(meta: dict[str, Any], file: str) -> dict[str, Any]:
+def _video_settings(meta: dict[str, Any], file: str) -> WindowSettings:
     s = dict(meta.get("settings") or {})
     if s.get("start") is not None or s.get("end") is not None:
         raise FeaturesMismatchError(
@@ -90,7 +91,7 @@ def _video_settings(meta: dict[str, Any], file: str) -> dict[str, Any]:
             f"{show_path(file)}: the features were extracted with --pad {s.get('pad')}; an index's windows pad "
             "with repeat (the default): extract without --pad")
     try:
-        return WindowSettings.from_dict(s).to_dict()
+        return WindowSettings.from_dict(s)
     except (TypeError, UsageError) as exc:
         raise FeaturesMismatchError(f"{show_path(file)}: unusable window settings in the metadata ({exc})") from exc
 
@@ -105,7 +106,8 @@ def _mtime(mtime_ns: int) -> float:
 def index_features(features_dir: str | os.PathLike[str], directory: str | os.PathLike[str], *,
                    prune: bool = False, ann: bool | str = False, settings: dict[str, Any] | None = None,
                    progress: bool = True, ann_min_windows: int = ANN_MIN_WINDOWS,
-                   roots: Sequence[str | os.PathLike[str]] = ()) -> IndexReport:
+                   roots: Sequence[str | os.PathLike[str]] = (),
+                   subtitle_langs: Sequence[str] | None = None) -> IndexReport:
     """Add the videos of an extraction's output folder ``features_dir`` (``milnce extract --out``)
     to the index in ``directory`` (created if needed), without loading the model.
 
@@ -123,6 +125,8 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     ``roots``: the folders where the videos live (``milnce.index.roots``; the files need not exist
     here), required unless the index already records roots. A feature file whose source path is
     outside every root is not indexed (``report.failed``): paths inside feature files are untrusted.
+    Subtitles: sidecar files next to the feature file, named after it (``NAME.npz`` ->
+    ``NAME.vtt``, ``NAME.en.srt`` ...; ``subtitle_langs`` as ``build_index``).
     """
     from ..extract import read_feature_file
 
@@ -131,8 +135,9 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
     files, bad, window, weights = _checked_files(src, settings)
     if not roots and not os.path.isfile(os.path.join(os.fspath(directory), DB_NAME)):
         _no_roots(src)  # before the folder is created
-    idx = Index.create_for(directory, weights, WindowSettings.from_dict(window), roots=roots)
+    idx = Index.create_for(directory, weights, window, roots=roots)  # the features' windows, as read
     report = IndexReport(directory=idx.directory)
+    subs = TranscriptIngest(idx, report, subtitle_langs, embedded=False)
     try:
         if not idx.roots:
             _no_roots(src)
@@ -140,12 +145,13 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
             log.warning("%s: %s", show_path(file), why)
             idx.log_error(file, why)
             report.failed.append((file, why))
-        todo, done_videos = _plan(idx, files, report)
+        todo, done_videos = _plan(idx, files, report, subs)
         _record_failures(idx, src, done_videos, report)
         if todo:
-            _add_features(idx, todo, report, progress, read_feature_file)
+            _add_features(idx, todo, report, progress, read_feature_file, subs)
         finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
                 queries=lambda: None)
+        subs.finish()
     finally:
         idx.close()
     report.elapsed = time.perf_counter() - t_start
@@ -153,16 +159,17 @@ def index_features(features_dir: str | os.PathLike[str], directory: str | os.Pat
 
 
 def _checked_files(src: str, settings: dict[str, Any] | None
-                   ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]], dict[str, Any], str]:
+                   ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, str]], WindowSettings, str]:
     """The feature files of ``src`` with their metadata, the unreadable ones, and the window
     settings and weights fingerprint they share (checked against the caller's ``settings``)."""
     if not os.path.isdir(src):
         raise UsageError(f"--from-features {src}: no such folder")
     first, files, bad = _survey(src)
     window = _video_settings(first, files[0][0])
+    have = window.to_dict()
     for k, v in (settings or {}).items():
-        if v is not None and k in window and not math.isclose(float(v), float(window[k])):
-            raise FeaturesMismatchError(f"the features in {src} were extracted with {k}={window[k]}, not {v}; "
+        if v is not None and k in have and not math.isclose(float(v), float(have[k])):
+            raise FeaturesMismatchError(f"the features in {src} were extracted with {k}={have[k]}, not {v}; "
                                         "leave the window options out to use the features' settings")
     weights = str(first.get("weights") or "")
     if not weights:
@@ -170,7 +177,7 @@ def _checked_files(src: str, settings: dict[str, Any] | None
     return files, bad, window, weights
 
 
-def _plan(idx: Index, files: list[tuple[str, dict[str, Any]]], report: IndexReport
+def _plan(idx: Index, files: list[tuple[str, dict[str, Any]]], report: IndexReport, subs: TranscriptIngest
           ) -> tuple[list[tuple[str, str, int, float, str]], set[str]]:
     """The feature files to add (feature file, video, size, mtime, ``new``/``changed``) and every
     video they cover; videos outside the roots or changed since extraction go to ``report.failed``,
@@ -201,6 +208,7 @@ def _plan(idx: Index, files: list[tuple[str, dict[str, Any]]], report: IndexRepo
         known = idx.video_id_of(video)
         if known is not None and int(idx.row(known).size) == size and float(idx.row(known).mtime) == mtime:
             report.unchanged += 1
+            subs.refresh(video, known, idx.row(known).hash, near=file)
             continue
         todo.append((file, video, size, mtime, "changed" if known is not None else "new"))
     return todo, done_videos
@@ -245,10 +253,11 @@ class _Loaded:
     why: str
     content_hash: str
     windows: VideoWindows
+    transcript: Any = None
 
 
 def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], report: IndexReport, progress: bool,
-                  read: Callable[[str], Any]) -> None:
+                  read: Callable[[str], Any], subs: TranscriptIngest) -> None:
     """Read the feature files and append their windows, a few hundred videos per transaction
     (rows fsynced before the transaction that records them, as for every index write)."""
     bar = Progress(len(todo), 0.0, enabled=progress)
@@ -256,7 +265,8 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
     batch: list[_Loaded] = []
 
     def commit() -> None:
-        idx.add_videos([(b.video, b.windows, b.size, b.mtime, b.content_hash) for b in batch])
+        idx.add_videos([(b.video, b.windows, b.size, b.mtime, b.content_hash) for b in batch],
+                       transcripts={b.video: b.transcript for b in batch if b.transcript is not None})
         for b in batch:
             w = b.windows
             dur = float(w.duration) if math.isfinite(w.duration) else float(np.asarray(w.ends)[-1])
@@ -297,7 +307,7 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
                 except OSError:
                     pass
             ff.features = None  # only the embeddings are stored
-            batch.append(_Loaded(video, size, mtime, why, h, ff))
+            batch.append(_Loaded(video, size, mtime, why, h, ff, subs.read(video, h, near=file)))
             nwin += len(ff)
             if len(batch) >= _COMMIT_VIDEOS or nwin >= _COMMIT_WINDOWS:
                 commit()

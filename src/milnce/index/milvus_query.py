@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -331,9 +331,14 @@ class MilvusQueryMixin(QueryMixin):
     def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
                           exact: bool | str = False, exclude_videos: Iterable[int] = (),
                           neg: np.ndarray | None = None, not_weight: float = DEFAULT_NOT_WEIGHT,
-                          video_filter: VideoFilter | None = None, offset: int = 0) -> list[list[Moment]]:
-        """``Index.search_embeddings`` (``exact`` is accepted: candidates are always re-scored exactly)."""
+                          video_filter: VideoFilter | None = None, offset: int = 0,
+                          speech_text: Sequence[str] | None = None, mode: str = "visual",
+                          speech_weight: float | None = None) -> list[list[Moment]]:
+        """``Index.search_embeddings`` (``exact`` is accepted: candidates are always re-scored exactly).
+        A collection keeps no transcripts: ``mode`` "hybrid" is visual and "speech" finds nothing."""
         q = query_matrix(text_emb, self.dim)
+        if mode == "speech":
+            return [[] for _ in range(len(q))]
         nq = None if neg is None or len(neg) == 0 else query_matrix(neg, self.dim)
         k = int(k)
         if k < 1:
@@ -343,6 +348,13 @@ class MilvusQueryMixin(QueryMixin):
         skip = list(exclude_videos)
         return self._read(lambda s: search_state(s, q, k, merge=merge, by_video=by_video, exclude_videos=skip, neg=nq,
                                                  not_weight=not_weight, video_filter=video_filter, offset=int(offset)))
+
+    def search_mode(self, mode: str | None) -> tuple[str, str]:
+        """Visual search only: a Milvus collection keeps no transcripts (said in the note)."""
+        chosen, _ = super().search_mode(mode)
+        if chosen == "speech":
+            return chosen, "speech: a Milvus collection keeps no transcripts, so nothing can match"
+        return "visual", "visual only: a Milvus collection keeps no transcripts"
 
     def curve(self, video_id: int, query: str | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from .search import window_scores

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,14 +108,17 @@ class MilvusIndex(MilvusQueryMixin):
         return idx
 
     @classmethod
-    def create(cls, uri: str | os.PathLike[str], model: Encoder, settings: dict[str, Any] | None = None, *,
+    def create(cls, uri: str | os.PathLike[str], model: Encoder, window: WindowSettings | None = None, *,
                roots: Sequence[str | os.PathLike[str]] = (), collection: str = DEFAULT_COLLECTION,
                index_type: str = "FLAT") -> MilvusIndex:
-        """``Index.create`` for a collection: the model's window conventions under ``settings``."""
-        given = {k: v for k, v in (settings or {}).items() if v is not None}
-        window = WindowSettings.for_model(model, **given)
+        """``Index.create`` for a collection: ``window`` (default: the model's conventions), which an
+        existing collection's windows must equal (``IndexMismatchError``)."""
+        if window is None:
+            window = WindowSettings.for_model(model)
+        elif not isinstance(window, WindowSettings):
+            raise UsageError(f"window must be a WindowSettings, got {type(window).__name__}")
         idx = cls.create_for(uri, model.weights_id, window, weights_name=getattr(getattr(model, "info", None), "name", None),
-                             check=settings, roots=roots, collection=collection, index_type=index_type)
+                             check=window.to_dict(), roots=roots, collection=collection, index_type=index_type)
         source = getattr(model, "weights_source", None)
         if source and idx.meta.get("weights_source") != source:
             idx._commit_meta(weights_source=source)
@@ -368,10 +371,14 @@ class MilvusIndex(MilvusQueryMixin):
     def add_video(self, path: str, emb: VideoEmbeddingsLike, *, size: int, mtime: float, content_hash: str) -> int:
         return self.add_videos([(path, emb, size, mtime, content_hash)])[0]
 
+    def write_transcript(self, path: str, tracks: Sequence[Any], stamp: Any) -> None:
+        """Subtitles are not kept in a collection (searched visually): nothing is written."""
+
     def add_videos(self, items: Sequence[tuple[str, VideoEmbeddingsLike, int, float, str]], *,
-                   ids: Sequence[int] | None = None) -> list[int]:
+                   ids: Sequence[int] | None = None, transcripts: Mapping[str, Any] | None = None) -> list[int]:
         """Store videos ``(path, embeddings, size, mtime, content_hash)``; each is replaced as one
-        switch (see the module docstring). ``ids``: keep these video ids (``migrate``)."""
+        switch (see the module docstring). ``ids``: keep these video ids (``migrate``). ``transcripts``
+        are not kept (a collection is searched visually)."""
         self._need_writer()
         prepared = []
         for i, (path, emb, size, mtime, content_hash) in enumerate(items):

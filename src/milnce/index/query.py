@@ -24,12 +24,14 @@ from ..errors import UsageError
 from ..windows import WindowSettings
 from .errors import IndexFolderError
 from .filters import VideoFilter, require_matches
+from .hybrid import HybridSearcher, SpeechPlan, check_mode, check_speech_weight, fuse, plan_speech, speech_scale
 from .layout import expand_path, user_path
 from .moments import iter_video_moments
 from .negatives import DEFAULT_NOT_WEIGHT
 from .records import Moment
 from .search import Searcher, window_scores
 from .snapshot import Snapshot
+from .transcripts import Transcripts
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..protocols import Encoder
@@ -56,11 +58,13 @@ class _Cursor:
     """One video's moments for one query, produced lazily best first (absolute store rows)."""
 
     def __init__(self, snap: Snapshot, pos: int, q: np.ndarray, merge: bool, neg: np.ndarray | None = None,
-                 weight: float = DEFAULT_NOT_WEIGHT) -> None:
+                 weight: float = DEFAULT_NOT_WEIGHT, plan: SpeechPlan | None = None) -> None:
         rs, _, vid = snap.ranges()
         self.vid = int(vid[pos])
         self.row0 = int(rs[pos])
         scores = video_scores(snap, pos, q, neg, weight)
+        if plan is not None:  # the fused curve (milnce.index.hybrid)
+            scores = plan.curve(self.row0, scores)
         self._it = iter_video_moments(scores, None if merge else -np.inf)
         self._next = next(self._it, None)
         if not merge and self._next is not None:  # single windows: the peak alone
@@ -120,10 +124,11 @@ def allowed_rows(snap: Snapshot, video_filter: VideoFilter | None) -> tuple[np.n
 def search_snapshot(snap: Snapshot, q: np.ndarray, k: int, *, merge: bool = True, by_video: bool = False,
                     exact: bool | str = False, exclude_videos: Iterable[int] = (), neg: np.ndarray | None = None,
                     not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
-                    offset: int = 0) -> list[list[Moment]]:
+                    offset: int = 0, speech: Sequence[SpeechPlan | None] | None = None) -> list[list[Moment]]:
     """Moments ``offset .. offset + k - 1`` of the ranking for each query embedding (rows of ``q``,
     checked) in one snapshot; ``neg``: negative query embeddings (K x d) for every query;
-    ``video_filter``: only the videos it lets through."""
+    ``video_filter``: only the videos it lets through; ``speech``: each query's speech side
+    (``milnce.index.hybrid``; None: visual)."""
     if offset < 0:
         raise UsageError(f"offset must be >= 0, got {offset}")
     allowed, n_videos = allowed_rows(snap, video_filter)
@@ -133,15 +138,24 @@ def search_snapshot(snap: Snapshot, q: np.ndarray, k: int, *, merge: bool = True
     skip = {int(p) for p in np.flatnonzero(np.isin(vid, np.fromiter(
         (int(v) for v in exclude_videos), dtype=np.int64)))}
     searcher = Searcher(snap, q, exact=exact, neg=neg, weight=not_weight, allowed=allowed)
-    total = min(offset + k, n_videos if by_video else searcher.n_allowed)
-    if total <= offset:
-        return [[] for _ in range(len(q))]
-    return [moments_of(snap, rank(snap, searcher, i, total, merge, by_video, skip)[offset:], q[i], searcher.neg,
-                       searcher.weight) for i in range(len(q))]
+    out: list[list[Moment]] = []
+    for i in range(len(q)):
+        plan = speech[i] if speech is not None else None
+        if plan is None:
+            total = min(offset + k, n_videos if by_video else searcher.n_allowed)
+            found = rank(snap, searcher, i, total, merge, by_video, skip)[offset:] if total > offset else []
+        else:
+            hs = HybridSearcher(searcher, i, plan)
+            total = min(offset + k, n_videos if by_video else hs.n_allowed)
+            found = rank(snap, hs, 0, total, merge, by_video, skip, plan)[offset:] if total > offset else []
+            if plan.mode == "speech":
+                found = [f for f in found if f[0] > 0]  # speech only: moments with a matching cue
+        out.append(moments_of(snap, found, q[i], searcher.neg, searcher.weight, plan))
+    return out
 
 
-def rank(snap: Snapshot, searcher: Searcher, i: int, k: int, merge: bool, by_video: bool,
-         skip: set[int]) -> list[tuple[float, int, int, int, int]]:
+def rank(snap: Snapshot, searcher: Searcher | HybridSearcher, i: int, k: int, merge: bool, by_video: bool,
+         skip: set[int], plan: SpeechPlan | None = None) -> list[tuple[float, int, int, int, int]]:
     """The first ``k`` of the fixed ranking of moments (or windows / videos) for query ``i``, as
     ``(score, video id, first row, last row, peak row)`` (``moments_of`` makes ``Moment``s).
 
@@ -171,7 +185,7 @@ def rank(snap: Snapshot, searcher: Searcher, i: int, k: int, merge: bool, by_vid
         else:
             for p in np.unique(snap.positions(rows)).tolist():
                 if p not in skip and p not in cursors:
-                    cursors[p] = _Cursor(snap, p, q, merge, searcher.neg, searcher.weight)
+                    cursors[p] = _Cursor(snap, p, q, merge, searcher.neg, searcher.weight, plan)
             if by_video:
                 found = [h for c in cursors.values() if (h := c.head()) is not None and h[0] > thr]
             else:
@@ -185,7 +199,8 @@ def rank(snap: Snapshot, searcher: Searcher, i: int, k: int, merge: bool, by_vid
 
 
 def moments_of(snap: Snapshot, found: list[tuple[float, int, int, int, int]], q: np.ndarray,
-               neg: np.ndarray | None = None, weight: float = DEFAULT_NOT_WEIGHT) -> list[Moment]:
+               neg: np.ndarray | None = None, weight: float = DEFAULT_NOT_WEIGHT,
+               plan: SpeechPlan | None = None) -> list[Moment]:
     """``Moment``s (with cosine and percentile) for ``(score, video id, first, last, peak)`` rows.
     With negative queries the score is the combined one; ``cosine`` stays the positive query's
     and the percentile is measured against the sample's combined scores."""
@@ -194,22 +209,33 @@ def moments_of(snap: Snapshot, found: list[tuple[float, int, int, int, int]], q:
     exists: dict[int, bool] = {}
     peaks = np.array([f[4] for f in found], dtype=np.int64)
     peak_vecs = np.asarray(snap.vectors[peaks], dtype=np.float64)
-    pos = np.array([f[0] for f in found]) if neg is None else peak_vecs @ np.asarray(q, np.float64)
+    pos = np.array([f[0] for f in found]) if neg is None and plan is None else peak_vecs @ np.asarray(q, np.float64)
     cos = cosine(pos, q, peak_vecs).tolist()
-    sample = np.sort(window_scores(_percentile_sample(snap), q, neg, weight))
+    sample = window_scores(_percentile_sample(snap), q, neg, weight)
+    if plan is not None:
+        peak_visual = window_scores(peak_vecs, q, neg, weight)
+        peak_speech = plan.speech_of(peaks)
+        sample = fuse(sample, plan.speech_of(percentile_rows(snap)), plan.scale, plan.mode)
+    sample = np.sort(sample)
     times = snap.times
     out = []
-    for (score, vid, first, last, peak), c in zip(found, cos):
+    for j, ((score, vid, first, last, peak), c) in enumerate(zip(found, cos)):
         path = snap.records[vid].path
         if vid not in exists:
             exists[vid] = os.path.isfile(path)
         below = np.searchsorted(sample, score, side="left")
         ties = np.searchsorted(sample, score, side="right") - below
         pct = 100.0 * (below + 0.5 * ties) / len(sample) if len(sample) else float("nan")
-        out.append(Moment(video_id=vid, path=path, start=float(times[first, 0]), end=float(times[last, 1]),
-                          score=float(score), exists=exists[vid], peak=float(times[peak, 0]), cosine=float(c),
-                          percentile=round(float(pct), 3)))
+        m = Moment(video_id=vid, path=path, start=float(times[first, 0]), end=float(times[last, 1]),
+                   score=float(score), exists=exists[vid], peak=float(times[peak, 0]), cosine=float(c),
+                   percentile=round(float(pct), 3))
+        if plan is not None:
+            m.visual_score = float(peak_visual[j])
+            m.speech_score = round(float(peak_speech[j]), 6)
+            m.cues = [cm.to_dict() for cm in plan.cues_between(vid, m.start, m.end)]
+        out.append(m)
     return out
+
 
 
 def _percentile_sample(snap: Snapshot) -> np.ndarray:
@@ -217,15 +243,24 @@ def _percentile_sample(snap: Snapshot) -> np.ndarray:
     else that many spread evenly over the live rows (fixed: the same for every query)."""
 
     def compute() -> np.ndarray:
-        n = snap.num_live
-        pick = np.arange(n) if n <= PERCENTILE_SAMPLE else np.linspace(0, n - 1, PERCENTILE_SAMPLE).astype(np.int64)
-        mask = snap.live_mask()
-        rows = np.flatnonzero(mask)[pick] if mask is not None else pick
+        rows = percentile_rows(snap)
         # float64 once per snapshot: ``window_scores`` sums in float64, so each query's scoring of
         # the sample does not convert it again (6 ms -> 0.7 ms per query at 8,192 windows)
         return np.ascontiguousarray(snap.vectors[rows], dtype=np.float64)
 
     return snap.memo("pct", compute)
+
+
+def percentile_rows(snap: Snapshot) -> np.ndarray:
+    """The rows of the percentile sample (``_percentile_sample``), fixed per snapshot."""
+
+    def compute() -> np.ndarray:
+        n = snap.num_live
+        pick = np.arange(n) if n <= PERCENTILE_SAMPLE else np.linspace(0, n - 1, PERCENTILE_SAMPLE).astype(np.int64)
+        mask = snap.live_mask()
+        return np.flatnonzero(mask)[pick] if mask is not None else pick
+
+    return snap.memo("pct_rows", compute)
 
 
 def query_matrix(emb: np.ndarray, dim: int) -> np.ndarray:
@@ -253,6 +288,51 @@ class QueryMixin:
     def dim(self) -> int:
         return self.snapshot.dim
 
+    # -- transcripts (milnce.index.transcripts, milnce.index.hybrid) ----------------------------
+
+    def transcript_store(self) -> Transcripts | None:
+        """The index's transcript tables, or None (an index without them: visual search only)."""
+        return None
+
+    def transcript_counts(self) -> tuple[int, int]:
+        """``(videos with transcripts, cues)`` (zeros without transcript tables)."""
+        store = self.transcript_store()
+        return store.stats() if store is not None else (0, 0)
+
+    def has_transcripts(self) -> bool:
+        return self.transcript_counts()[0] > 0
+
+    def search_mode(self, mode: str | None) -> tuple[str, str]:
+        """The mode a text search runs in and a one-line note: default hybrid where the index has
+        transcripts, else visual. Without transcripts hybrid is visual (the same scores: no window
+        has speech) and speech finds nothing; the note says so."""
+        mode = check_mode(mode)
+        have = self.has_transcripts()
+        if mode is None:
+            return ("hybrid", "hybrid: pictures and speech") if have else \
+                ("visual", "visual only: the index has no transcripts")
+        if not have and mode == "hybrid":
+            return "visual", "visual only: the index has no transcripts"
+        if not have and mode == "speech":
+            return "speech", "speech: the index has no transcripts, so nothing can match"
+        return mode, {"visual": "visual", "speech": "speech only", "hybrid": "hybrid: pictures and speech"}[mode]
+
+    def speech_plans(self, snap: Snapshot, texts: Sequence[str], q: np.ndarray, mode: str,
+                     speech_weight: float | None) -> list[SpeechPlan | None] | None:
+        """Each query's speech side over ``snap`` (None in visual mode)."""
+        store = self.transcript_store()
+        if mode == "visual" or store is None:
+            return None
+        w = check_speech_weight(speech_weight)
+        sample = _percentile_sample(snap)
+        plans: list[SpeechPlan | None] = []
+        for text, qi in zip(texts, q):
+            c = speech_scale(snap, qi, sample)
+            c = c if c > 0 else 1.0  # a zero query (no word the model knows): speech alone decides
+            scale = c if mode == "speech" else w * c
+            plans.append(plan_speech(snap, store.speech_matches(text, snap.records.keys()), mode, scale))
+        return plans
+
     def query_problem(self, query: str) -> str | None:
         """Why a text query cannot be searched (empty, no known word), or None."""
         if not isinstance(query, str):
@@ -278,18 +358,19 @@ class QueryMixin:
     def search(self, query: str, k: int = 10, *, merge: bool = True, by_video: bool = False,  # type: ignore[overload-overlap]
                exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
                not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
-               offset: int = 0) -> list[Moment]: ...
+               offset: int = 0, mode: str | None = "visual", speech_weight: float | None = None) -> list[Moment]: ...
 
     @overload
     def search(self, query: Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
                exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
                not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
-               offset: int = 0) -> list[list[Moment]]: ...
+               offset: int = 0, mode: str | None = "visual", speech_weight: float | None = None) -> list[list[Moment]]: ...
 
     def search(self, query: str | Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
                exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
                not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
-               offset: int = 0) -> list[Moment] | list[list[Moment]]:
+               offset: int = 0, mode: str | None = "visual",
+               speech_weight: float | None = None) -> list[Moment] | list[list[Moment]]:
         """Best moments for a query (a list of ``Moment``), or for each of several queries (a list
         of lists). A query that is empty or has no known word gives no results (and a warning);
         ``query_problem`` says why.
@@ -301,13 +382,18 @@ class QueryMixin:
         best moment, videos ranked by it; ``exact``: skip the ANN index; ``exclude_videos``: video
         ids to leave out; ``negatives``: sentences to score against (a window's score becomes
         ``pos - not_weight * max(neg)``, ``milnce.index.negatives``); ``video_filter``: only the
-        videos it lets through (``milnce.index.filters``; ``NoVideoMatchesError`` when none)."""
+        videos it lets through (``milnce.index.filters``; ``NoVideoMatchesError`` when none);
+        ``mode``: ``"visual"`` (default here), ``"speech"``, ``"hybrid"`` or None (hybrid where the
+        index has transcripts: ``search_mode``), ``speech_weight``: ``milnce.index.hybrid``."""
         single = isinstance(query, str)
         queries: list[str] = [query] if isinstance(query, str) else list(query)
         if not queries:
             return []
         neg = self.negative_embeddings(negatives)
         emb, problems = self.encode_queries(queries)
+        used = self.search_mode(mode)[0]
+        if used != "visual":  # words the model does not know may still have been said (a zero visual query)
+            problems = [p if p is None or not queries[i].strip() else None for i, p in enumerate(problems)]
         for p in problems:
             if p is not None:
                 warnings.warn(f"{p}; no results", stacklevel=2)
@@ -316,7 +402,9 @@ class QueryMixin:
         if good:
             found = self.search_embeddings(emb[good], k, merge=merge, by_video=by_video, exact=exact,
                                            exclude_videos=exclude_videos, neg=neg, not_weight=not_weight,
-                                           video_filter=video_filter, offset=offset)
+                                           video_filter=video_filter, offset=offset,
+                                           speech_text=None if used == "visual" else [queries[i] for i in good],
+                                           mode=used, speech_weight=speech_weight)
             for i, res in zip(good, found):
                 results[i] = res
         return results[0] if single else results
@@ -336,21 +424,32 @@ class QueryMixin:
     def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
                           exact: bool | str = False, exclude_videos: Iterable[int] = (),
                           neg: np.ndarray | None = None, not_weight: float = DEFAULT_NOT_WEIGHT,
-                          video_filter: VideoFilter | None = None, offset: int = 0) -> list[list[Moment]]:
+                          video_filter: VideoFilter | None = None, offset: int = 0,
+                          speech_text: Sequence[str] | None = None, mode: str = "hybrid",
+                          speech_weight: float | None = None) -> list[list[Moment]]:
         """Like ``search`` for text embeddings (Q x 512 or 512; ``neg``: K x 512 negative ones).
         ``exact``: False = the ANN index if one was built, else exact; True = exact (int8
         screening + float32 re-scoring, the same results as a full scan); ``"scan"`` = the plain
         full float32 scan. With the ANN index the candidate videos are approximate (each moment
-        and score is still exact); searches with negatives are always exact."""
+        and score is still exact); searches with negatives are always exact. ``speech_text``: the
+        sentence of each query, for the speech side of ``mode`` ("hybrid" or "speech",
+        ``milnce.index.hybrid``)."""
         snap = self.snapshot  # one snapshot for the whole search: later commits do not change it
         q = query_matrix(text_emb, snap.dim)
         nq = None if neg is None or len(neg) == 0 else query_matrix(neg, snap.dim)
         k = int(k)
         if k < 1:
             raise UsageError(f"k must be >= 1, got {k}")
+        plans = None
+        if speech_text is not None:
+            if len(speech_text) != len(q):
+                raise UsageError(f"{len(speech_text)} speech texts for {len(q)} query embeddings")
+            plans = self.speech_plans(snap, speech_text, q, check_mode(mode) or "hybrid", speech_weight)
+            if plans is None and mode == "speech":
+                return [[] for _ in range(len(q))]  # no transcripts: nothing is said
         return search_snapshot(snap, q, k, merge=merge, by_video=by_video, exact=exact,
                                exclude_videos=exclude_videos, neg=nq, not_weight=not_weight,
-                               video_filter=video_filter, offset=int(offset))
+                               video_filter=video_filter, offset=int(offset), speech=plans)
 
     # -- curves, query by example -------------------------------------------------------------
 

@@ -56,7 +56,11 @@ class Moment:
     ``peak``: that window's start (seconds). Readable companions of the raw score: ``cosine``, the
     cosine similarity of the query and the peak window (-1..1), and ``percentile``, the share (in %)
     of the index's windows that score lower for this query (exact up to 8,192 windows, else
-    estimated on a fixed sample of 8,192 windows spread over the index)."""
+    estimated on a fixed sample of 8,192 windows spread over the index). Hybrid and speech searches
+    (``milnce.index.hybrid``) fill ``visual_score`` (the peak's dot product), ``speech_score`` (the
+    peak's speech score, 0..1) and ``cues`` (the matched cues overlapping the moment: ``start``,
+    ``end``, ``text``, ``lang``, ``matches``: character spans of the matched words); ``score`` is
+    then the fused one. Visual searches leave them None."""
 
     video_id: int
     path: str
@@ -67,6 +71,9 @@ class Moment:
     peak: float | None = None
     cosine: float | None = None
     percentile: float | None = None
+    visual_score: float | None = None
+    speech_score: float | None = None
+    cues: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +116,10 @@ class IndexReport:
     num_windows: int = 0
     compacted: bool = False
     ann: dict[str, Any] | None = None
+    transcripts: int = 0  # videos of the index with subtitle cues (milnce.index.transcripts)
+    cues: int = 0
+    subtitles_read: int = 0  # videos whose subtitles were read this run
+    subtitle_notes: list[tuple[str, str]] = field(default_factory=list)  # (source, what was wrong or guessed)
 
     @property
     def speed(self) -> float:
@@ -121,6 +132,7 @@ class IndexReport:
         d["moved"] = [list(m) for m in self.moved]
         d["failed"] = [list(f) for f in self.failed]
         d["skipped_failures"] = [list(f) for f in self.skipped_failures]
+        d["subtitle_notes"] = [list(f) for f in self.subtitle_notes]
         d["speed"] = self.speed
         return d
 
@@ -139,6 +151,12 @@ class IndexReport:
         if self.video_seconds:
             lines.append(f"embedded {self.video_seconds / 3600:.3f} video-hours ({plural(self.windows_added, 'window')}) "
                          f"in {self.embed_seconds:.1f} s: {self.speed:.2f}x real time")
+        lines.append(f"transcripts: {self.transcripts} of {plural(self.num_videos, 'video')} ({plural(self.cues, 'cue')}"
+                     f"{'; subtitles read for ' + plural(self.subtitles_read, 'video') if self.subtitles_read else ''})")
+        for where, what in self.subtitle_notes[:10]:
+            lines.append(f"  subtitles: {show_path(where)}: {show_path(what)}")
+        if len(self.subtitle_notes) > 10:
+            lines.append(f"  ... and {len(self.subtitle_notes) - 10} more subtitle notes (milnce index --json lists them)")
         if (self.failed or self.skipped_failures) and os.path.isfile(os.path.join(self.directory, ERROR_LOG)):
             lines.append(f"unreadable videos are listed in {show_path(os.path.join(self.directory, ERROR_LOG))}")
         if self.ann and self.ann.get("skipped"):

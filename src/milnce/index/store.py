@@ -1,21 +1,12 @@
 """The index store: ``Index``, the one writer of an index folder (see ``milnce.index``): opening
-(checks in ``milnce.index.verify``), records, writes, commits and compaction. Each commit
-publishes a new immutable ``milnce.index.snapshot.Snapshot`` that searches read
-(``milnce.index.query``); SQLite is in ``milnce.index.database``, the store files in
-``milnce.index.storefiles``.
+(``milnce.index.verify``), records, writes, commits, compaction; each commit publishes an immutable
+``milnce.index.snapshot.Snapshot`` that searches read (``milnce.index.query``: exact dot products).
 
 Crash safety: a video's rows are appended and fsync'ed *before* the SQLite transaction that
-records them (and the committed row count) commits. A crash or a full disk leaves at worst an
-unreferenced tail, which the next writer truncates; readers only ever map the committed rows.
-Rows of re-indexed or pruned videos become dead and are skipped; when they exceed a quarter of
-the store, the live rows are rewritten into a new generation ``G`` (also committed last).
-
-Search (``milnce.index.query``) memory-maps the store (``np.memmap``): the page cache holds the
-vectors once. Exact search scans the int8 codes (a quarter of the bytes) and re-scores from the
-float32 rows every window whose score could reach the top k under a proven bound on the
-quantisation error, so it returns what a full float32 scan returns (``exact="scan"`` does that
-scan). The ANN index (faiss IVF with 8-bit codes, ``--ann``) gives candidates that are re-scored
-the same way, so scores are always exact dot products.
+records them (with the committed row count and its subtitle cues, ``milnce.index.transcripts``).
+A crash or a full disk leaves at worst an unreferenced tail, which the next writer truncates.
+Dead rows (re-indexed or pruned videos) past a quarter of the store are compacted into a new
+generation ``G`` (also committed last).
 """
 
 from __future__ import annotations
@@ -28,6 +19,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -45,6 +37,7 @@ from .query import PERCENTILE_SAMPLE, QueryMixin
 from .records import VideoEmbeddingsLike, VideoRecord, VideoRow
 from .search import quantize_rows
 from .snapshot import Snapshot, store_path
+from .transcripts import Transcripts, cue_statements, ensure_schema, has_transcript_tables
 from .verify import check_settings, check_snapshot
 
 __all__ = ["Index", "PERCENTILE_SAMPLE"]
@@ -67,6 +60,7 @@ class Index(QueryMixin):
         self._db_lock = threading.RLock()
         self._publish_lock = threading.Lock()
         self._snap: Snapshot | None = None
+        self.cues_ok = ensure_schema(con) if not readonly else None  # the transcript tables (writers create them)
         self._load()
 
     # -- opening ------------------------------------------------------------------------------
@@ -108,15 +102,15 @@ class Index(QueryMixin):
         return idx
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], model: Encoder, settings: dict[str, Any] | None = None, *,
+    def create(cls, directory: str | os.PathLike[str], model: Encoder, window: WindowSettings | None = None, *,
                roots: Sequence[str | os.PathLike[str]] = ()) -> Index:
-        """Open ``directory`` for writing, creating the index if there is none yet (window settings:
-        ``settings`` over the model's conventions, checked before anything is created; ``roots``:
-        collection roots to record, see ``milnce.index.roots``)."""
-        given = {k: v for k, v in (settings or {}).items() if v is not None}
-        window = WindowSettings.for_model(model, **given)
-        idx = cls.create_for(directory, model.weights_id, window, weights_name=getattr(getattr(model, "info", None), "name", None),
-                             check=settings, roots=roots)
+        """Open ``directory`` for writing, creating the index if there is none yet. ``window``: the
+        index's windows (``WindowSettings``; default: an existing index's own, a new index's
+        ``WindowSettings.for_model(model)``); an existing index must have these windows
+        (``IndexMismatchError``). ``roots``: collection roots to record, see ``milnce.index.roots``."""
+        idx = cls.create_for(directory, model.weights_id, window if window is not None else WindowSettings.for_model(model),
+                             weights_name=getattr(getattr(model, "info", None), "name", None), roots=roots,
+                             keep_existing=window is None)
         source = getattr(model, "weights_source", None)  # where to load the weights again (milnce.index.source)
         if source and idx.meta.get("weights_source") != source:
             idx._commit([], weights_source=source)
@@ -125,13 +119,15 @@ class Index(QueryMixin):
 
     @classmethod
     def create_for(cls, directory: str | os.PathLike[str], weights_id: str, window: WindowSettings, *,
-                   weights_name: str | None = None, check: dict[str, Any] | None = None,
-                   roots: Sequence[str | os.PathLike[str]] = ()) -> Index:
+                   weights_name: str | None = None, roots: Sequence[str | os.PathLike[str]] = (),
+                   keep_existing: bool = False) -> Index:
         """Open ``directory`` for writing, creating an index of embeddings made by the weights
         ``weights_id`` with ``window`` settings if there is none yet (no model needed: an index of
-        ``milnce extract``'s feature files). An existing index must have the same weights
-        (``IndexMismatchError``) and the settings in ``check``. ``roots`` are added to the index's
-        recorded collection roots."""
+        ``milnce extract``'s feature files). An existing index must have the same weights and
+        windows (``IndexMismatchError``; ``keep_existing``: its own windows are kept, ``window`` is
+        only a new index's). ``roots`` are added to the index's recorded collection roots."""
+        if not isinstance(window, WindowSettings):
+            raise UsageError(f"window must be a WindowSettings, got {type(window).__name__}")
         d = user_path(directory)
         if os.path.exists(d) and not os.path.isdir(d):
             raise NotAFolderError(f"index path {directory} exists and is not a folder")
@@ -140,7 +136,7 @@ class Index(QueryMixin):
         except OSError as exc:
             raise IndexWriteError(f"cannot create the index folder {directory}: {exc.strerror or exc}") from exc
         try:
-            return cls._create(d, directory, weights_id, weights_name, window, check, roots)
+            return cls._create(d, directory, weights_id, weights_name, window, not keep_existing, roots)
         except sqlite3.Error as exc:
             raise IndexWriteError(f"cannot write the index in {directory}: {sqlite_reason(exc)}") from exc
         except OSError as exc:
@@ -150,20 +146,21 @@ class Index(QueryMixin):
 
     @classmethod
     def _create(cls, d: str, directory: str | os.PathLike[str], weights_id: str, weights_name: str | None,
-                window: WindowSettings, settings: dict[str, Any] | None,
-                roots: Sequence[str | os.PathLike[str]]) -> Index:
+                window: WindowSettings, check: bool, roots: Sequence[str | os.PathLike[str]]) -> Index:
         lock_fd = acquire_lock(d)
         try:
             con = sf.init_folder(d, directory, {"weights_id": weights_id, "weights_name": weights_name,
-                                             "settings": window.to_dict()})
+                                             "settings": window.to_dict()})  # the stored format: a dict
             idx = cls(d, con, None, readonly=False, lock_fd=lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
         try:
             idx.check_weights(weights_id)
-            if settings:
-                idx.check_settings(settings)
+            if check:
+                have = WindowSettings.from_dict(idx.settings)
+                if have != window:
+                    check_settings(idx.directory, asdict(have), asdict(window))
             idx._truncate_tail()
             if roots:
                 idx.add_roots(roots)
@@ -210,6 +207,7 @@ class Index(QueryMixin):
                 rows = con.execute(
                     "SELECT id, path, size, mtime, hash, duration, row_start, num_windows FROM videos ORDER BY row_start"
                 ).fetchall()
+                self._has_cues = has_transcript_tables(con)
             finally:
                 con.execute("COMMIT")
         check_snapshot(self.directory, meta, rows)
@@ -219,6 +217,14 @@ class Index(QueryMixin):
         self._paths: dict[str, int] = {r.path: r.id for r in records}
         self._live = sum(int(r.num_windows) for r in records)
         self._publish()
+
+    def transcript_store(self) -> Transcripts | None:  # milnce.index.transcripts; None: none (visual only)
+        return Transcripts(self._con, self._db_lock) if self._has_cues else None
+
+    def write_transcript(self, path: str, tracks: Sequence[Any], stamp: Any) -> None:  # new/changed subtitles only
+        self._need_writer()
+        if self._has_cues:
+            self._commit(cue_statements(norm_path(path), tracks, stamp))
 
     def _publish(self) -> None:
         """Make the writer's current state the snapshot that reads see."""
@@ -427,9 +433,10 @@ class Index(QueryMixin):
         Replaces a record of the same path. Returns the video id."""
         return self.add_videos([(path, emb, size, mtime, content_hash)])[0]
 
-    def add_videos(self, items: Sequence[tuple[str, VideoEmbeddingsLike, int, float, str]]) -> list[int]:
+    def add_videos(self, items: Sequence[tuple[str, VideoEmbeddingsLike, int, float, str]],
+                   transcripts: Mapping[str, tuple[Sequence[Any], Any]] | None = None) -> list[int]:
         """Store several videos ``(path, embeddings, size, mtime, content_hash)`` with one append
-        and one transaction (all or nothing). Returns their ids."""
+        and one transaction (all or nothing; with their ``transcripts``: path -> (tracks, stamp))."""
         self._need_writer()
         vecs, times, recs = [], [], []
         n0 = pos = self.num_rows
@@ -475,6 +482,8 @@ class Index(QueryMixin):
                 stmts.append(("INSERT INTO videos(path, size, mtime, hash, duration, row_start, num_windows, "
                               "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (db_path(path), size, mtime, h, duration, start, n, stamp)))
             stmts.append(("DELETE FROM errors WHERE path=?", (db_path(path),)))
+        for p, (tracks, tstamp) in (transcripts or {}).items() if self._has_cues else ():  # after the ids' statements
+            stmts.extend(cue_statements(norm_path(p), tracks, tstamp))
         try:
             ids = self._commit(stmts, num_rows=pos)
         except sqlite3.Error as exc:

@@ -161,6 +161,10 @@ class IndexSet:
         for _, b in bodies:
             if b.get("message") and b["message"] not in notes:
                 notes.append(b["message"])
+        modes = [b.get("mode") for _, b in bodies]
+        mode = "hybrid" if "hybrid" in modes else head.get("mode")  # visual scores are hybrid ones without speech
         return {**{key: head.get(key) for key in ("words", "unknown_words", "not", "not_weight", "filter")},
+                "mode": mode, "speech_weight": next((b.get("speech_weight") for _, b in bodies
+                                                     if b.get("speech_weight") is not None), None),
                 "like": source, "results": merged, "offset": offset, "index": None,
                 "indexes": list(self.services), "message": " ".join(notes) or None}

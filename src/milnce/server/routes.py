@@ -15,16 +15,18 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..index.filters import FilterError, VideoFilter, parse_when
+from ..index.hybrid import DEFAULT_SPEECH_WEIGHT
 from ..index.negatives import DEFAULT_NOT_WEIGHT
 from ..video.cut import ClipBusyError, ClipError, ClipLimits, check_span, clip_file_name, cut_clip
 from .files import MIME_TYPES, HeldFileResponse, OpenFileResponse, RangeNotSatisfiable, fd_path, parse_range
 from .multi import IndexSet
+from .schemas import SEARCH_RESPONSE
 from .service import ApiError, SearchService
 from .thumbs import LRU, grab_thumbnail
 
@@ -191,8 +193,8 @@ def _search_route(r: APIRouter, limits: Limits) -> None:
     mq = limits.max_query_chars
 
     @r.get("/api/search", summary="Search the moments of the indexed videos (by words, or like a moment)",
-           responses={404: {"description": "like: unknown video"}, 422: {"description": "invalid parameters"},
-                      503: {"description": "the vector store is damaged"}})
+           responses={**SEARCH_RESPONSE, 404: {"description": "like: unknown video"},
+                      422: {"description": "invalid parameters"}, 503: {"description": "the vector store is damaged"}})
     def search(
         request: Request,
         q: str = Query("", max_length=mq, description=f"the query, at most {mq} characters"),
@@ -208,6 +210,12 @@ def _search_route(r: APIRouter, limits: Limits) -> None:
                                        description="a sentence the moments should not match (repeatable; also -term in q)"),
         not_weight: float = Query(DEFAULT_NOT_WEIGHT, ge=0, le=1e6,
                                   description="score = positive - not_weight x the best negative score"),
+        mode: Literal["visual", "speech", "hybrid"] | None = Query(
+            None, description="what is scored: the pictures (visual), the subtitle cues (speech) or both (hybrid); "
+            "default hybrid where the index has transcripts, else visual. The response's `mode` says which ran"),
+        speech_weight: float | None = Query(
+            None, ge=0, le=100, description=f"hybrid: score = visual + speech_weight x speech_score x the query's "
+            f"visual scale (a full speech match adds speech_weight in cosine units; default {DEFAULT_SPEECH_WEIGHT})"),
         under: str = Query("", max_length=4096, description="only videos inside this folder"),
         path_glob: str = Query("", max_length=1000, description="only paths matching this glob (relative)"),
         after: str = Query("", max_length=40, description="modified at or after (YYYY-MM-DD[THH:MM] or epoch s)"),
@@ -220,12 +228,16 @@ def _search_route(r: APIRouter, limits: Limits) -> None:
         or `-"two words"` in `q` (and each `not`) is a negative term: a window's score becomes
         the positive score minus `not_weight` times its best negative score. The filters apply
         before the top `k` is taken. An empty query, or one without any word of the model's
-        vocabulary, gives no results and a `message` saying why."""
+        vocabulary, gives no results and a `message` saying why. With transcripts (`mode` hybrid
+        or speech) each moment also carries `visual_score`, `speech_score` (0..1) and `cues`: the
+        matched subtitle cues overlapping it (`start`, `end`, `text`, `lang`, `matches`: `[i, j]`
+        character spans of the matched words in `text`, for highlighting; `text` is plain text,
+        never HTML). `score` is then the fused score."""
         t0 = time.perf_counter()
         text, like_s, negatives = _search_terms(q, like, not_, mq)
         filt = video_filter(under, path_glob, after, before, min_duration, max_duration)
         opts: dict[str, Any] = {"offset": offset, "video_filter": filt, "not_weight": not_weight,
-                                "negatives": negatives}
+                                "negatives": negatives, "mode": mode, "speech_weight": speech_weight}
         body = _run_search(request.app.state.indexes, text, like_s, index, k, merge, by_video, opts)
         return {"query": q, "k": k, "by_video": by_video, "merge": merge, **body,
                 "took_ms": round((time.perf_counter() - t0) * 1000, 2)}

@@ -34,6 +34,7 @@ from ..index import Moment, VideoRecord
 from ..index.backends import AnyIndex
 from ..index.errors import IndexDamagedError
 from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
+from ..index.hybrid import check_speech_weight
 from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
 from ..index.query import cosine
 from ..index.roots import serving_roots
@@ -255,19 +256,34 @@ class SearchService:
                     states[m.video_id] = "missing"
             d["file_state"] = states[m.video_id]
             d["score"] = round(float(d["score"]), 5)
-            for key, digits in (("cosine", 4), ("percentile", 2)):
+            for key, digits in (("cosine", 4), ("percentile", 2), ("visual_score", 5), ("speech_score", 5)):
                 v = d.get(key)
                 d[key] = round(float(v), digits) if v is not None and np.isfinite(v) else None
             d.update(self.urls(m.video_id, m.path, (float(m.start) + float(m.end)) / 2))
             out.append(d)
         return out
 
+    def search_mode(self, mode: str | None) -> tuple[str, str]:
+        """The scoring mode of a text search here and its note (``Index.search_mode``; an index
+        type without transcripts: visual only)."""
+        how = getattr(self.index, "search_mode", None)
+        if how is None:
+            return ("speech", "speech: this index type has no transcripts, so nothing can match") if mode == "speech" \
+                else ("visual", "visual only: this index type has no transcripts")
+        try:
+            return tuple(how(mode))  # type: ignore[return-value]
+        except MilnceError as exc:
+            raise ApiError(422, str(exc)) from None
+
     def search(self, text: str, like: str, k: int, merge: bool, by_video: bool, *, offset: int = 0,
                video_filter: VideoFilter | None = None, negatives: list[str] | None = None,
-               not_weight: float = DEFAULT_NOT_WEIGHT) -> dict[str, Any]:
+               not_weight: float = DEFAULT_NOT_WEIGHT, mode: str | None = None,
+               speech_weight: float | None = None) -> dict[str, Any]:
         """Results ``offset .. offset + k - 1`` for words ``text`` (``-term`` / ``-"two words"``
         excluded: ``milnce.index.negatives.split_query``; more in ``negatives``) or like the window
-        ``like`` names (``ID@SECONDS``), best first, among the videos ``video_filter`` lets through."""
+        ``like`` names (``ID@SECONDS``), best first, among the videos ``video_filter`` lets through.
+        ``mode`` (visual, speech, hybrid; None: hybrid where the index has transcripts) and
+        ``speech_weight``: ``milnce.index.hybrid``; a ``like`` search is visual."""
         tok = self.model.tokenizer
         negs = list(negatives or [])
         if text:
@@ -282,6 +298,9 @@ class SearchService:
         results: list[Moment] = []
         source = None
         opts: dict[str, Any] = {"video_filter": video_filter, "offset": offset, "not_weight": not_weight}
+        used, mode_note = ("visual", "visual: query by example") if like else self.search_mode(mode)
+        weight = check_speech_weight(speech_weight) if used == "hybrid" else None
+        speech = {} if used == "visual" else {"mode": used, "speech_weight": weight}
         try:
             if like:
                 with self.model_lock:
@@ -293,6 +312,11 @@ class SearchService:
                 notes += [note] if note else []
             elif not text:
                 notes.append("Empty query: type a few words describing what happens in the video.")
+            elif not words and used != "visual" and text.strip():
+                with self.model_lock:  # words the model does not know may still have been said
+                    self.maybe_refresh()
+                    results, note = self._search_embedding(np.zeros(self.index.dim, np.float32), k, merge, by_video,
+                                                           exclude=[], speech_text=[text], **speech, **opts)
             elif not words:
                 notes.append("None of the words are in the model's vocabulary, so there is nothing to search for"
                              + (f" (unknown: {', '.join(unknown[:10])})." if unknown else "."))
@@ -301,6 +325,8 @@ class SearchService:
                     self.maybe_refresh()
                     emb = self.text_embedding(text)
                     opts["neg"] = self.negative_embeddings(negs)
+                    if speech:
+                        opts.update(speech_text=[text], **speech)
                     results, note = self._search_embedding(emb, k, merge, by_video, exclude=[], **opts)
                 if unknown:
                     notes.append(f"Ignored words not in the vocabulary: {', '.join(unknown[:10])}.")
@@ -315,15 +341,20 @@ class SearchService:
             shown = offset + len(results)
             notes.append(f"Only {plural(shown, 'result')} {'passes' if shown == 1 else 'pass'} the filter "
                          f"({video_filter.describe()}).")
+        if used != "visual" or mode is not None:
+            notes.append(f"Mode: {mode_note}.")
         return {"words": words, "unknown_words": unknown, "like": source, "results": self.moments_json(results),
+                "mode": used, "speech_weight": weight,
                 "not": negs, "not_weight": not_weight if negs else None, "offset": offset,
                 "filter": None if video_filter is None else video_filter.describe(),
                 "message": " ".join(notes) or None}
 
     def search_vector(self, emb: np.ndarray, k: int, merge: bool, by_video: bool, *, offset: int = 0,
                       video_filter: VideoFilter | None = None, negatives: list[str] | None = None,
-                      not_weight: float = DEFAULT_NOT_WEIGHT) -> dict[str, Any]:
-        """Results for a query embedding (another index's window: a merged ``like`` search)."""
+                      not_weight: float = DEFAULT_NOT_WEIGHT, mode: str | None = None,
+                      speech_weight: float | None = None) -> dict[str, Any]:
+        """Results for a query embedding (another index's window: a merged ``like`` search, visual:
+        ``mode`` and ``speech_weight`` are not used)."""
         notes: list[str] = []
         results: list[Moment] = []
         try:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,10 @@ class TrainConfig:
     bad_window: int = 50  # ... over this many steps
 
     # ---- derived values
-    @property
+    @cached_property
     def window(self) -> WindowSettings:
+        """The clips' windows (``fps``, ``num_frames``, ``size``): one object per config, built on first
+        use and handed to the data loaders and the held-out evaluation as it is."""
         return WindowSettings(fps=self.fps, num_frames=self.num_frames, size=self.size)
 
     @property

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..api import check_device
+from ..runoptions import resolve_run_options
 
 __all__ = ["DistContext", "init_distributed", "distributed", "all_gather_with_grad", "all_reduce_with_grad",
            "SyncBatchNorm3d", "convert_sync_batchnorm"]
@@ -60,10 +60,10 @@ def init_distributed(device: str | None = None) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device:
-        dev = check_device(device, local)  # UsageError (one line) for CUDA where there is none
-    else:
-        dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    # the one device resolution (milnce.runoptions): UsageError (one line) for CUDA where there is none
+    run = resolve_run_options({"device": device or None}, env={"LOCAL_RANK": str(local)}, check=True,
+                              default_device="auto")
+    dev = torch.device(run.device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1:

@@ -7,9 +7,10 @@ import logging
 import os
 
 from ..protocols import VideoEncoder
+from ..runoptions import resolve_batch_size
 from ..windows import WindowSettings
 from .decode import VideoError
-from .pipeline import VideoJob, resolve_batch_size, run_jobs
+from .pipeline import VideoJob, run_jobs
 from .result import EmbeddingsFileError, VideoWindows
 
 __all__ = ["VideoEmbeddings", "EmbeddingsFileError", "encode_video_file"]

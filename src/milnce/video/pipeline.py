@@ -29,10 +29,16 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Iterable, Sequence
 
-import torch
-
 from ..errors import UsageError
 from ..protocols import VideoEncoder
+from ..runoptions import (
+    MAX_BATCH,
+    RunOptions,
+    default_workers,
+    resolve_batch_size,
+    resolve_run_options,
+    resolve_workers,
+)
 from ..windows import DEFAULT_BATCH_CPU, DEFAULT_BATCH_CUDA, WindowSettings, check_pad
 from .decoders import Decoders, split_parts
 from .jobs import VideoJob
@@ -41,39 +47,9 @@ from .scheduler import Scheduler
 from .sources import WindowSourceFactory, source_for, splittable
 
 __all__ = ["VideoJob", "run_jobs", "default_workers", "resolve_batch_size", "resolve_workers", "MIN_PART_S",
-           "DEFAULT_BATCH_CPU", "DEFAULT_BATCH_CUDA"]
+           "DEFAULT_BATCH_CPU", "DEFAULT_BATCH_CUDA", "MAX_BATCH", "RunOptions"]
 
 MIN_PART_S = 20.0  # a video is split into parts of at least this long (each part seeks to a keyframe)
-MAX_BATCH = 65_536  # a batch's uint8 ring is allocated up front: beyond this it cannot fit any machine
-
-
-def default_workers() -> int:
-    """Decoding processes by default: the cores this process may use, minus one for the main."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
-
-
-def resolve_batch_size(batch_size: int | None, device: torch.device | str, *, name: str = "batch size") -> int:
-    """The one check and default of ``batch_size`` (windows per model call): ``DEFAULT_BATCH_CUDA`` on
-    CUDA, else ``DEFAULT_BATCH_CPU``. ``name``: what the refusal calls it (``--batch-size`` for a CLI)."""
-    if batch_size is None:
-        return DEFAULT_BATCH_CUDA if torch.device(device).type == "cuda" else DEFAULT_BATCH_CPU
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
-        raise UsageError(f"{name} must be a whole number in [1, {MAX_BATCH}], got {batch_size!r}")
-    return batch_size
-
-
-def resolve_workers(workers: int | None, *, name: str = "workers") -> int:
-    """The one check and default of ``workers`` (decoding processes; 0 = a thread). ``name``: what
-    the refusal calls it (``--workers`` for a CLI)."""
-    if workers is None:
-        return default_workers()
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 4096:
-        raise UsageError(f"{name} must be a whole number in [0, 4096], got {workers!r}")
-    return workers
 
 
 def _check_ring(nslots: int, s: WindowSettings) -> None:
@@ -92,7 +68,7 @@ def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[st
              pad: str = "repeat", features: bool = True, batch_size: int | None = None, workers: int | None = None,
              progress: bool | str = False, decode_threads: int | None = None, stats: dict[str, float] | None = None,
              min_part_s: float = MIN_PART_S, source: WindowSourceFactory | None = None,
-             ) -> Generator[VideoWindows, None, None]:
+             options: RunOptions | None = None) -> Generator[VideoWindows, None, None]:
     """Embed the windows of many videos; yields one ``VideoWindows`` per job, in completion order.
 
     ``model``: a ``MILNCE`` (``load_model``) or any ``protocols.VideoEncoder``; its device is used.
@@ -110,7 +86,9 @@ def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[st
     than ``2 * min_part_s`` seconds are split into parts decoded side by side (same windows, same
     values: each part's windows are checked against the whole video's, else it is decoded whole).
     ``source``: the window source factory (default ``source_for(settings)``; see the module
-    docstring); one that is not ``splittable`` keeps every video whole.
+    docstring); one that is not ``splittable`` keeps every video whole. ``options``: a resolved
+    ``milnce.runoptions.RunOptions`` (batch size, workers, decoder threads) instead of the three
+    loose values (giving both is a ``UsageError``).
     """
     if not isinstance(settings, WindowSettings):
         raise UsageError(f"settings must be a WindowSettings, got {type(settings).__name__}")
@@ -118,9 +96,12 @@ def run_jobs(model: VideoEncoder, jobs: Iterable[VideoJob | str | os.PathLike[st
     source = source or source_for(settings)
     if not splittable(source):
         min_part_s = float("inf")
-    batch = resolve_batch_size(batch_size, model.device)
-    nworkers = resolve_workers(workers)
-    threads = int(decode_threads if decode_threads is not None else (1 if nworkers else 0))
+    if options is None:  # the loose values, resolved by the one function
+        options = resolve_run_options({"batch_size": batch_size, "workers": workers, "decode_threads": decode_threads},
+                                        device=model.device)
+    elif (batch_size, workers, decode_threads) != (None, None, None):
+        raise UsageError("give either options= (RunOptions) or batch_size/workers/decode_threads, not both")
+    batch, nworkers, threads = options.batch_size, options.workers, options.threads
     total = len(jobs) if isinstance(jobs, Sequence) else None
     nslots = batch + 2 * max(nworkers, 1) + 2  # a batch waiting to launch + two windows per decoder
     _check_ring(nslots, settings)
