@@ -78,11 +78,13 @@ def test_held_out_score_counts_first_and_top5(tmp_path):
 def test_build_demo_index_takes_the_demos_stride_unless_given(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(milnce.index, "build_index", lambda videos, d, model, **kw: calls.append(kw) or "report")
+    monkeypatch.setattr(milnce.index, "index_window", lambda d, model, allow_gaps=False, **given: dict(given))
     demo = Demo(None, "m", "l", ["v.mp4"], stride=4)
     window = {"fps": None, "num_frames": None, "size": 32, "stride": None}
     assert build_demo_index(demo, str(tmp_path), window=window, progress=False) == "report"
     assert build_demo_index(demo, str(tmp_path), window={**window, "stride": 2}, progress=False) == "report"
-    assert [c["stride"] for c in calls] == [4, 2] and calls[0]["size"] == 32 and window["stride"] is None
+    assert [c["window"]["stride"] for c in calls] == [4, 2] and calls[0]["window"]["size"] == 32
+    assert window["stride"] is None
 
 
 def test_own_weights_and_videos_load_once_and_download_nothing(tmp_path, monkeypatch):

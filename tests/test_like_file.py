@@ -18,6 +18,7 @@ from milnce.index.filters import VideoFilter
 from milnce.index.likeclip import LikeFileError, clip_query, combine_windows, is_still
 from milnce.timespec import TimeSpecError, parse_clip_file
 from milnce.video.decode import VideoError
+from milnce.windows import WindowSettings
 from test_index import SMALL, make_video
 
 pytestmark = pytest.mark.usefixtures("reuse_model")
@@ -30,7 +31,7 @@ def lib(tmp_path_factory, model) -> dict:
     make_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
     make_video(vids / "sub" / "green.mp4", 4.0, (30, 200, 40), 2)
     make_video(vids / "blue.mp4", 2.5, (30, 40, 220), 3)
-    build_index([vids], root / "ix", model, progress=False, **SMALL)
+    build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     mine = root / "mine"
     mine.mkdir()
     shutil.copy(vids / "red.mp4", mine / "my red clip.mp4")  # not in the index: embedded as a user's clip

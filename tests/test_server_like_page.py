@@ -21,6 +21,7 @@ pytest.importorskip("uvicorn")
 from milnce.index import Index, build_index  # noqa: E402
 from milnce.server import create_app  # noqa: E402
 from milnce.server.service import SearchService  # noqa: E402
+from milnce.windows import WindowSettings  # noqa: E402
 from test_index import SMALL, make_video  # noqa: E402
 from test_server import _serve_in_thread, browser, wait_js  # noqa: E402, F401 - browser: the fixture
 
@@ -34,7 +35,7 @@ def site(tmp_path_factory, model):
     vids = root / "videos"
     make_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
     make_video(vids / "green.mp4", 2.5, (30, 200, 40), 2)
-    build_index([vids], root / "ix", model, progress=False, **SMALL)
+    build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     import av
 
     with av.open(str(vids / "green.mp4")) as c:

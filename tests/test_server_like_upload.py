@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from milnce.index import Index, build_index  # noqa: E402
 from milnce.index.likeclip import clip_query  # noqa: E402
 from milnce.server import UploadLimits, create_app  # noqa: E402
+from milnce.windows import WindowSettings  # noqa: E402
 from test_index import SMALL, make_video  # noqa: E402
 
 URL = "/api/search/like-upload"
@@ -34,7 +35,7 @@ def lib(tmp_path_factory, model) -> dict:
     vids = root / "videos"
     make_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
     make_video(vids / "green.mp4", 2.5, (30, 200, 40), 2)
-    build_index([vids], root / "ix", model, progress=False, **SMALL)
+    build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     index = Index.open(root / "ix", model)
     yield {"root": root, "vids": vids, "index": index, "model": model}
     index.close()

@@ -14,6 +14,7 @@ import pytest
 
 from milnce.cli import main
 from milnce.index import Index, build_index
+from milnce.windows import WindowSettings
 from test_index import SMALL, SMALL_ARGS, make_video
 from test_speech_subtitles import video_with_subtitles
 
@@ -36,7 +37,7 @@ def collection(tmp_path_factory) -> Path:
 
 def test_index_stores_sidecars_and_streams_and_reports(tmp_path, collection, model, capsys):
     ix = tmp_path / "ix"
-    rep = build_index([collection], ix, model, progress=False, **SMALL)
+    rep = build_index([collection], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     assert not rep.failed and rep.transcripts == 3 and rep.cues == 4 and rep.subtitles_read == 4
     assert "transcripts: 3 of 4 videos (4 cues" in rep.summary()
     with Index.open(ix, model) as idx:
@@ -46,7 +47,7 @@ def test_index_stores_sidecars_and_streams_and_reports(tmp_path, collection, mod
         assert got[0].cues[0]["lang"] == "en"
         door = idx.search("open the door", k=1, mode="speech")[0]
         assert door.path.endswith("inner.mkv") and door.cues[0]["lang"] == "en"
-    only_en = build_index([collection], tmp_path / "en", model, progress=False, subtitle_langs=("en",), **SMALL)
+    only_en = build_index([collection], tmp_path / "en", model, progress=False, subtitle_langs=("en",), window=WindowSettings.for_model(model, **SMALL))
     assert only_en.transcripts == 2  # red.en.srt and inner.mkv's stream (eng); green.de.vtt is left out
 
 
@@ -54,12 +55,12 @@ def test_changed_subtitle_is_read_again_without_reembedding(tmp_path, collection
     src = tmp_path / "v"
     shutil.copytree(collection, src)
     ix = tmp_path / "ix"
-    build_index([src], ix, model, progress=False, **SMALL)
-    again = build_index([src], ix, model, progress=False, **SMALL)
+    build_index([src], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    again = build_index([src], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     assert again.subtitles_read == 0 and again.windows_added == 0 and again.unchanged == 4
     (src / "red.en.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\ncut the tomato\n", encoding="utf-8")
     (src / "silent.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nplaying guitar\n", encoding="utf-8")
-    rep = build_index([src], ix, model, progress=False, **SMALL)
+    rep = build_index([src], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     assert rep.windows_added == 0 and rep.updated == [] and rep.unchanged == 4  # no video embedded again
     assert rep.subtitles_read == 2 and rep.transcripts == 4
     with Index.open(ix, model) as idx:
@@ -67,7 +68,7 @@ def test_changed_subtitle_is_read_again_without_reembedding(tmp_path, collection
         assert idx.search("tomato", k=1, mode="speech")[0].path.endswith("red.mp4")
         assert idx.search("guitar", k=1, mode="speech")[0].path.endswith("silent.mp4")
     (src / "silent.srt").unlink()
-    rep = build_index([src], ix, model, progress=False, **SMALL)
+    rep = build_index([src], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     assert rep.subtitles_read == 1 and rep.transcripts == 3
 
 
@@ -123,7 +124,7 @@ def test_api_mode_fields_and_openapi(tmp_path, collection, model):
     from milnce.server import create_app
 
     ix = tmp_path / "ix"
-    build_index([collection], ix, model, progress=False, **SMALL)
+    build_index([collection], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     with Index.open(ix, model) as idx, TestClient(create_app(idx, model)) as c:
         r = c.get("/api/search", params={"q": "add salt", "k": 3, "speech_weight": 5})
         body = r.json()
