@@ -35,7 +35,7 @@ from milnce.eval import (
 )
 from milnce.eval import run as run_mod
 from milnce.eval.datasets import class_name
-from milnce.eval.probe import linear_probe, source_group
+from milnce.eval.linear_probe import linear_probe, source_group
 from video_fixtures import make_video
 
 SMALL = {"num_frames": 8, "fps": 10.0, "size": 32, "num_windows": 4}

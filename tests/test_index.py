@@ -327,7 +327,7 @@ def test_compaction_keeps_results(tmp_path):
 def test_screened_exact_search_equals_full_scan(tmp_path):
     """Above 20k windows, exact search scans int8 codes and re-scores every window that could make
     the top k (proven error bound): the results must be those of the full float32 scan."""
-    from milnce.index.search import _HAVE_INT8_KERNEL
+    from milnce.index.screen import _HAVE_INT8_KERNEL
 
     if not _HAVE_INT8_KERNEL():
         pytest.skip("no int8 kernel in this torch: the float32 scan is always used")
@@ -415,7 +415,7 @@ def test_lock_refuses_second_writer(tmp_path, video_dir, wargs, model, capsys):
 
 
 def test_disk_full_leaves_index_intact(tmp_path, video_dir, model, monkeypatch):
-    import milnce.index.store as mi
+    import milnce.index.writer as mi
 
     vids = copy_videos(video_dir, tmp_path / "v")
     (vids / "green.mp4").unlink()

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import milnce.index.search as search_mod
+import milnce.index.screen as search_mod
 from milnce.cli import main
 from milnce.index import Index
 from milnce.index.filters import NoVideoMatchesError, VideoFilter, collection_root

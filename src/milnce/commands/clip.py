@@ -8,11 +8,14 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..printable import show_path
 from ..timespec import parse_span, parse_time
 from .common import CommandError, add_index_option
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..index import SearchableIndex
 
 __all__ = ["register", "cmd_clip", "parse_span", "parse_time"]
 
@@ -42,11 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_clip(args: argparse.Namespace) -> int:
-    from ..index import Index
+    from ..index import IndexReader
     from ..video.cut import CONTAINERS, clip_file_name, cut_clip
 
     video, start, end = parse_span(args.span)
-    with Index.open(args.index) as index:
+    with IndexReader.open(args.index) as index:
         if isinstance(video, int):
             try:
                 rec = index.video(video)
@@ -75,13 +78,10 @@ def cmd_clip(args: argparse.Namespace) -> int:
     return 0
 
 
-def _identity(index: Any, video_id: int) -> tuple[str | None, tuple[list[str], str | None]]:
+def _identity(index: SearchableIndex, video_id: int) -> tuple[str | None, tuple[list[str], str | None]]:
     """The indexed content hash of a video and the collection roots files are opened from (with
     the note when they were guessed), as the server has them (``milnce.index.roots``)."""
-    from ..index.roots import serving_roots
-
-    return (index.row(video_id).hash or None,
-            serving_roots(index.roots, (r.path for r in index.videos())))
+    return index.row(video_id).hash or None, index.serving_roots()
 
 
 def _open_source(path: str, size: int, mtime: float, content_hash: str | None,

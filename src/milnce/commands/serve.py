@@ -228,13 +228,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             check_comparable_folders(folders)  # before the model loads
         model = model_for_index(args, folders[0], model_from_args)  # --weights, else the (first) index's record
-        from ..index import Index
+        from ..index import IndexReader
         from ..server.multi import index_names
 
-        opened: dict[str, Index] = {}
+        opened: dict[str, IndexReader] = {}
         try:
             for name, d in zip(index_names(folders), folders):
-                opened[name] = Index.open(d, model, readonly=True)
+                opened[name] = IndexReader.open(d, model)
             serve(opened if len(opened) > 1 else next(iter(opened.values())), model, host=args.host, port=args.port,
                   log_level=args.log_level, access_log=not args.no_access_log, sock=sock,
                   clip_limits=_clip_limits(args))

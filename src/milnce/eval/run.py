@@ -19,8 +19,8 @@ from ..video.pipeline import VideoJob, run_jobs
 from ..video.result import failure_reason
 from .cache import EmbeddingCache, as_cache
 from .datasets import Benchmark, EvalItem, VideoResolver, load_benchmark
+from .linear_probe import DEFAULT_CS, linear_probe, source_group
 from .metrics import retrieval_metrics
-from .probe import DEFAULT_CS, linear_probe, source_group
 from .protocol import TIE_RULES, EvalSettings, window_starts
 from .ucf101 import ucf_group
 

@@ -24,7 +24,7 @@ from .ingest import Progress, file_hash, finish, reason_text
 from .ingest import reason as exc_reason
 from .layout import show_path, user_path
 from .records import IndexReport
-from .store import Index
+from .writer import Index
 
 __all__ = ["build_index", "find_videos", "file_hash", "show_path", "VIDEO_EXTENSIONS"]
 

@@ -28,7 +28,7 @@ from .ingest import Progress, check_finite, file_hash, finish, reason_text
 from .layout import DB_NAME, show_path
 from .records import IndexReport
 from .roots import inside_roots
-from .store import Index
+from .writer import Index
 
 __all__ = ["index_features", "FeaturesMismatchError"]
 

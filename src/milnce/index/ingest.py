@@ -15,7 +15,7 @@ import numpy as np
 from ..video.result import failure_reason
 from .layout import show_path
 from .records import IndexReport
-from .store import Index
+from .writer import Index
 
 __all__ = ["file_hash", "show_path", "reason", "reason_text", "finish", "Progress", "check_finite",
            "COMPACT_DEAD_SHARE"]

@@ -66,7 +66,7 @@ class RecordedWeights:
 def recorded_weights(directory: str | os.PathLike[str]) -> RecordedWeights | None:
     """The weights record of the index at ``directory`` (None for an index built before records,
     or from feature files)."""
-    from .store import Index
+    from .writer import Index
 
     with Index.open(directory) as index:
         src: Any = index.meta.get("weights_source")

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import MilnceError
-from ..index import Index
+from ..index import IndexReader, SearchableIndex
 from ..printable import show_path
 from ..protocols import Encoder
 from .service import ApiError, SearchService
@@ -72,7 +72,7 @@ def check_comparable_folders(folders: Sequence[str]) -> None:
 
     def facts() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
         for name, d in zip(index_names(folders), folders):
-            with Index.open(d) as ix:
+            with IndexReader.open(d) as ix:
                 here = (name, d, ix.weights_id, dict(ix.settings))
             yield here
 
@@ -82,7 +82,7 @@ def check_comparable_folders(folders: Sequence[str]) -> None:
 class IndexSet:
     """The indexes a server serves, each with its ``SearchService`` (thread-safe)."""
 
-    def __init__(self, indexes: Mapping[str, Index], model: Encoder, **service_opts: Any) -> None:
+    def __init__(self, indexes: Mapping[str, SearchableIndex], model: Encoder, **service_opts: Any) -> None:
         if not indexes:
             raise IndexMismatchError("no index to serve")
         check_comparable((name, ix.directory, ix.weights_id, ix.settings) for name, ix in indexes.items())

@@ -15,7 +15,7 @@ from .app import create_app
 from .deps import MISSING_DEPS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..index import Index
+    from ..index import SearchableIndex
     from ..protocols import Encoder
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]", "::1"]
@@ -49,7 +49,7 @@ def listen(host: str, port: int):  # type: ignore[no-untyped-def]
 
 
 def serve(
-    index: Index | Mapping[str, Index] | str | os.PathLike[str],
+    index: SearchableIndex | Mapping[str, SearchableIndex] | str | os.PathLike[str],
     model: Encoder | None = None,
     *,
     host: str = "127.0.0.1",
@@ -60,8 +60,9 @@ def serve(
     sock: Any = None,
     clip_limits: ClipLimits | None = None,
 ) -> None:
-    """Serve the UI and API until interrupted. ``index``: an ``Index`` or its folder (opened
-    read-only with ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``);
+    """Serve the UI and API until interrupted. ``index``: an opened index (an ``IndexReader``, or any
+    ``milnce.index.SearchableIndex``; several: ``{name: index}``) or its folder (opened read-only with
+    ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``);
     ``clip_limits``: the clip endpoint's caps (``milnce.video.cut.ClipLimits``; default its defaults);
     ``sock``: an already listening socket (from ``listen(host, port)``) to serve on."""
     try:
@@ -73,9 +74,9 @@ def serve(
 
         model = load_model()
     if isinstance(index, (str, os.PathLike)):
-        from ..index import Index
+        from ..index import IndexReader
 
-        index = Index.open(index, model, readonly=True)
+        index = IndexReader.open(index, model)
     loopback = _is_loopback(host)
     allowed = LOOPBACK_HOSTS if loopback else None
     app = create_app(index, model, allowed_hosts=allowed, warm_up=True, clip_limits=clip_limits)

@@ -1,4 +1,4 @@
-"""Exact search over the stored windows: the int8-screened scan with exact float32 re-scoring
+"""The screened exact search over one snapshot's windows: the int8-screened scan with exact float32 re-scoring
 (``Searcher``, over a ``Snapshot``), the int8 codes (``quantize_rows``) and the ANN candidates' exact re-scoring.
 
 A search may carry negative terms (``neg``: the score of a window is ``q.x - weight * max_i

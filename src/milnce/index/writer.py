@@ -1,21 +1,15 @@
-"""The index store: ``Index``, the one writer of an index folder (see ``milnce.index``): opening
-(checks in ``milnce.index.verify``), records, writes, commits and compaction. Each commit
-publishes a new immutable ``milnce.index.snapshot.Snapshot`` that searches read
-(``milnce.index.query``); SQLite is in ``milnce.index.database``, the store files in
-``milnce.index.storefiles``.
+"""Writing an index: ``Index``, the one writer of an index folder (see ``milnce.index``): creating
+it, adding, updating and removing videos, recording failures, compaction and the ANN index. An
+``Index`` is an ``milnce.index.reader.IndexReader`` that also holds the writer lock (``.lock``):
+it reads its own records and searches what it wrote. Each commit publishes a new immutable
+``milnce.index.snapshot.Snapshot`` (lazily, on the next read); SQLite is in
+``milnce.index.database``, the store files below it in ``milnce.index.rowfiles``.
 
 Crash safety: a video's rows are appended and fsync'ed *before* the SQLite transaction that
 records them (and the committed row count) commits. A crash or a full disk leaves at worst an
 unreferenced tail, which the next writer truncates; readers only ever map the committed rows.
 Rows of re-indexed or pruned videos become dead and are skipped; when they exceed a quarter of
 the store, the live rows are rewritten into a new generation ``G`` (also committed last).
-
-Search (``milnce.index.query``) memory-maps the store (``np.memmap``): the page cache holds the
-vectors once. Exact search scans the int8 codes (a quarter of the bytes) and re-scores from the
-float32 rows every window whose score could reach the top k under a proven bound on the
-quantisation error, so it returns what a full float32 scan returns (``exact="scan"`` does that
-scan). The ANN index (faiss IVF with 8-bit codes, ``--ann``) gives candidates that are re-scored
-the same way, so scores are always exact dot products.
 """
 
 from __future__ import annotations
@@ -26,82 +20,84 @@ import math
 import os
 import shutil
 import sqlite3
-import threading
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from ..errors import NotAFolderError, UsageError
 from ..protocols import Encoder
 from ..windows import WindowSettings
-from . import storefiles as sf
+from . import rowfiles as rf
 from .ann import build_ann, is_ann_name
-from .database import SCHEMA, connect, db_path, from_db, read_meta, sqlite_reason
-from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError, IndexWriteError
-from .layout import DB_NAME, DIM, norm_path, now, show_path, user_path
+from .database import SCHEMA, connect, db_path, sqlite_reason
+from .errors import IndexFolderError, IndexWriteError
+from .layout import norm_path, now, show_path, user_path
 from .lock import acquire_lock
-from .query import PERCENTILE_SAMPLE, QueryMixin
-from .records import VideoEmbeddingsLike, VideoRecord, VideoRow
-from .search import quantize_rows
-from .snapshot import Snapshot, store_path
-from .verify import check_settings, check_snapshot
+from .reader import IndexReader, index_database
+from .records import VideoEmbeddingsLike, VideoRow
+from .screen import quantize_rows
 
-__all__ = ["Index", "PERCENTILE_SAMPLE"]
+__all__ = ["Index"]
 
 
-class Index(QueryMixin):
-    """An opened index folder (a consistent snapshot; ``refresh()`` picks up later commits).
+class Index(IndexReader):
+    """An index folder opened for writing (the one writer: it holds the lock until ``close``);
+    every read and search of ``IndexReader`` sees what it committed.
 
-    ``Index.open(folder, model)`` for searching with text; ``search_embeddings`` works without a
-    model. Thread-safe for searches.
+    ``Index.create(folder, model)`` / ``Index.create_for(folder, weights_id, window)`` create or
+    reopen one; ``Index.open(folder, model)`` opens one read-only (an ``IndexReader``),
+    ``Index.open(folder, readonly=False)`` for writing.
     """
 
-    def __init__(self, directory: str, con: sqlite3.Connection, model: Encoder | None = None, *, readonly: bool = True,
-                 lock_fd: int | None = None) -> None:
-        self.directory = directory
-        self._con = con
-        self.model = model
-        self.readonly = readonly
-        self._lock_fd = lock_fd
-        self._db_lock = threading.RLock()
-        self._publish_lock = threading.Lock()
-        self._snap: Snapshot | None = None
-        self._load()
+    readonly = False
+
+    def __init__(self, directory: str, con: sqlite3.Connection, model: Encoder | None = None, *,
+                 lock_fd: int) -> None:
+        self._lock_fd: int | None = lock_fd
+        super().__init__(directory, con, model)
 
     # -- opening ------------------------------------------------------------------------------
 
+    @overload  # type: ignore[override]
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], model: Encoder | None = None, *, readonly: bool = True) -> Index:
+    def open(cls, directory: str | os.PathLike[str], model: Encoder | None = None, *,
+             readonly: Literal[True] = True) -> IndexReader: ...
+
+    @overload
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], model: Encoder | None = None, *,
+             readonly: Literal[False]) -> Index: ...
+
+    @overload
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], model: Encoder | None = None, *,
+             readonly: bool = True) -> IndexReader: ...
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], model: Encoder | None = None, *,
+             readonly: bool = True) -> IndexReader:
         """Open an existing index. ``model``: a ``MILNCE`` whose weights built the index (for
-        text queries); ``readonly=False`` takes the writer lock (one writer at a time)."""
-        d = user_path(directory)
-        db = os.path.join(d, DB_NAME)
-        if not os.path.isdir(d):
-            raise IndexNotFoundError(f"no index at {directory}: the folder does not exist "
-                                     "(build one with: milnce index VIDEOS... --index DIR)")
-        if not os.path.isfile(db):
-            raise IndexNotFoundError(f"no index at {directory}: {DB_NAME} is missing "
-                                     "(build one with: milnce index VIDEOS... --index DIR)")
-        lock_fd = None if readonly else acquire_lock(d)
+        text queries). Read-only by default (an ``IndexReader``, as ``IndexReader.open``);
+        ``readonly=False`` takes the writer lock (one writer at a time) and gives an ``Index``."""
+        if readonly:
+            return IndexReader.open(directory, model)
+        d, db = index_database(directory)
+        lock_fd = acquire_lock(d)
         try:
-            con = connect(db, readonly)
-            if not readonly:
-                con.executescript(SCHEMA)
-            idx = cls(d, con, model, readonly=readonly, lock_fd=lock_fd)
+            con = connect(db, False)
+            con.executescript(SCHEMA)
+            idx = cls(d, con, model, lock_fd=lock_fd)
         except sqlite3.DatabaseError as exc:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            os.close(lock_fd)
             raise IndexFolderError(f"{db}: not a readable index database ({exc})") from exc
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            os.close(lock_fd)
             raise
         try:
             if model is not None:
                 idx.check_model(model)
-            if not readonly:
-                idx._truncate_tail()
+            idx._truncate_tail()
         except BaseException:
             idx.close()
             raise
@@ -154,9 +150,9 @@ class Index(QueryMixin):
                 roots: Sequence[str | os.PathLike[str]]) -> Index:
         lock_fd = acquire_lock(d)
         try:
-            con = sf.init_folder(d, directory, {"weights_id": weights_id, "weights_name": weights_name,
+            con = rf.init_folder(d, directory, {"weights_id": weights_id, "weights_name": weights_name,
                                              "settings": window.to_dict()})
-            idx = cls(d, con, None, readonly=False, lock_fd=lock_fd)
+            idx = cls(d, con, None, lock_fd=lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -180,227 +176,34 @@ class Index(QueryMixin):
         if new or "roots" not in self._meta:
             self._commit([], roots=have + new)
 
-    def check_model(self, model: Encoder) -> None:
-        """Refuse a model whose weights differ from those that built the index."""
-        self.check_weights(getattr(model, "weights_id", None))
-
-    def check_weights(self, wid: str | None) -> None:
-        """Refuse embeddings of weights other than those that built the index."""
-        if wid != self.weights_id:
-            raise IndexMismatchError(
-                f"the index at {self.directory} was built with other weights (id {self.weights_id}"
-                f"{', ' + self.meta['weights_name'] if self.meta.get('weights_name') else ''}) than the ones "
-                f"loaded (id {wid}); its scores would be meaningless. Load the same --weights, or "
-                "build a new index for these weights in another folder"
-            )
-
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Refuse window settings that differ from the index's."""
-        check_settings(self.directory, self.settings, settings)
-
-    # -- state: the writer's records, published as snapshots ----------------------------------
-
-    def _load(self) -> None:
-        """Read the committed state from SQLite and publish it."""
-        with self._db_lock:
-            con = self._con
-            con.execute("BEGIN")  # one snapshot for the settings, the row count and the videos
-            try:
-                meta = read_meta(con, self.directory)
-                rows = con.execute(
-                    "SELECT id, path, size, mtime, hash, duration, row_start, num_windows FROM videos ORDER BY row_start"
-                ).fetchall()
-            finally:
-                con.execute("COMMIT")
-        check_snapshot(self.directory, meta, rows)
-        self._meta: dict[str, Any] = meta
-        records = [VideoRow(r[0], from_db(r[1]), *r[2:]) for r in rows]
-        self._rows: dict[int, VideoRow] = {r.id: r for r in records}
-        self._paths: dict[str, int] = {r.path: r.id for r in records}
-        self._live = sum(int(r.num_windows) for r in records)
-        self._publish()
-
-    def _publish(self) -> None:
-        """Make the writer's current state the snapshot that reads see."""
-        with self._publish_lock:
-            old = self._snap
-            self._snap = Snapshot(self.directory, self._meta, self._rows, previous=old)
-            self._dirty = False
+    def close(self) -> None:
+        """Close the database and the snapshot, and release the writer lock."""
+        try:
+            super().close()
+        finally:
+            if self._lock_fd is not None:
+                try:
+                    os.close(self._lock_fd)
+                finally:
+                    self._lock_fd = None
 
     def _changed(self) -> None:
         self._dirty = True  # published lazily, on the next read: a build commits far more often than it reads
 
-    @property
-    def snapshot(self) -> Snapshot:
-        """The current committed state (immutable; a later commit publishes a new one)."""
-        if self._dirty:
-            self._publish()
-        assert self._snap is not None
-        return self._snap
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self._meta
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return dict(self._meta["settings"])
-
-    @property
-    def weights_id(self) -> str:
-        return str(self._meta["weights_id"])
-
-    @property
-    def dim(self) -> int:
-        return int(self._meta.get("dim", DIM))
-
-    @property
-    def num_rows(self) -> int:
-        return int(self._meta["num_rows"])
-
-    @property
-    def generation(self) -> int:
-        return int(self._meta["generation"])
-
-    @property
-    def num_live(self) -> int:
-        return self._live
-
-    @property
-    def roots(self) -> list[str]:
-        """The collection roots recorded for the index (``milnce.index.roots``)."""
-        return list(self._meta.get("roots") or [])
-
-    def video_id_of(self, path: str | os.PathLike[str]) -> int | None:
-        """The id of the video recorded at ``path`` (absolute), or None (the writer's current state)."""
-        return self._paths.get(norm_path(path))
-
-    def row(self, video_id: int) -> VideoRow:
-        """The stored row of a video (``KeyError`` if unknown; the writer's current state)."""
-        return self._rows[int(video_id)]
-
-    def has_row(self, video_id: int) -> bool:
-        """Whether a video id is recorded (the writer's current state)."""
-        return int(video_id) in self._rows
-
-    def rows(self) -> list[VideoRow]:
-        """Every stored video row (the writer's current state)."""
-        return list(self._rows.values())
-
-    # Private views kept for the index's own tests.
-    @property
-    def _records(self) -> Mapping[int, VideoRow]:
-        return self.snapshot.records
-
-    @property
-    def _vectors(self) -> np.ndarray:
-        return self.snapshot.vectors
-
-    def _path(self, kind: str, gen: int | None = None) -> str:
-        return store_path(self.directory, kind, self.generation if gen is None else gen)
-
-    def refresh(self) -> bool:
-        """Reload if another process committed changes; returns whether it did."""
-        with self._db_lock:
-            row = self._con.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if row is not None and json.loads(row[0]) != self._meta.get("version", 0):
-            self._load()  # running searches keep the snapshot they started with
-            return True
-        return False
-
-    def __len__(self) -> int:
-        """Number of (live) windows."""
-        return self.num_live
-
-    def __enter__(self) -> Index:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self._con.close()
-        except Exception:  # noqa: BLE001
-            pass
-        if self._lock_fd is not None:
-            try:
-                os.close(self._lock_fd)
-            finally:
-                self._lock_fd = None
-        if self._snap is not None:
-            self._snap.close()
-
-    def __repr__(self) -> str:
-        return (f"Index({self.directory!r}, {len(self._rows)} videos, {self.num_live} windows, "
-                f"weights {self.weights_id}, ann={'yes' if self.meta.get('ann') else 'no'})")
-
-    # -- videos -------------------------------------------------------------------------------
-
-    @property
-    def num_videos(self) -> int:
-        """Number of indexed videos."""
-        return len(self.snapshot.records)
-
-    def _record(self, r: VideoRow, check: bool = True) -> VideoRecord:
-        return VideoRecord(id=r.id, path=r.path, duration=float(r.duration), num_windows=int(r.num_windows),
-                           size=int(r.size), mtime=float(r.mtime), exists=os.path.isfile(r.path) if check else True)
-
-    def videos(self) -> list[VideoRecord]:
-        """All indexed videos, by path."""
-        return sorted((self._record(r) for r in self.snapshot.records.values()), key=lambda v: v.path)
-
-    def video(self, video_id: int) -> VideoRecord:
-        """One video by id (``KeyError`` if unknown)."""
-        try:
-            return self._record(self.snapshot.records[int(video_id)])
-        except (KeyError, ValueError, TypeError):
-            raise KeyError(f"no video with id {video_id!r} in the index") from None
-
-    def video_by_path(self, path: str | os.PathLike[str]) -> VideoRecord | None:
-        snap = self.snapshot
-        vid = snap.by_path.get(user_path(path))
-        return None if vid is None else self._record(snap.records[vid])
-
-    def windows(self, video_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(starts, ends, embeddings)`` of one video's windows (copies)."""
-        return self.snapshot.windows(video_id)
-
-    def errors(self) -> list[tuple[str, str]]:
-        """``(path, reason)`` of the videos that could not be read."""
-        with self._db_lock:
-            return sorted((from_db(p), r) for p, r in self._con.execute("SELECT path, reason FROM errors"))
-
-    def live_mask(self) -> np.ndarray | None:
-        """Boolean mask of live rows, or None when every row is live."""
-        return self.snapshot.live_mask()
-
-    # -- ANN ----------------------------------------------------------------------------------
-
-    def ann(self) -> Any:
-        """The loaded approximate index (faiss) or None (none built, stale, damaged, or no faiss)."""
-        return self.snapshot.ann()
-
-    def ann_status(self) -> dict[str, Any]:
-        """The approximate index's state for health checks: ``{"state": "ok" | "not built" |
-        "missing" | "damaged" | "stale" | "no faiss", "file", "kind", "rows", "nprobe",
-        "recall_at_10", "reason"}``. Anything but "ok" means searches are exact."""
-        return self.snapshot.ann_status()
-
     # -- writing ------------------------------------------------------------------------------
 
     def _need_writer(self) -> None:
-        if self.readonly or self._lock_fd is None:
+        if self._lock_fd is None:
             raise IndexFolderError("the index is open read-only")
 
     def _truncate_tail(self) -> None:
         """Cut what a crashed writer appended after the last commit; drop stale generations."""
         self._need_writer()
         ann = self.meta.get("ann")
-        sf.truncate_tail(self.directory, self.generation, self.num_rows, self.dim, ann.get("file") if ann else None)
+        rf.truncate_tail(self.directory, self.generation, self.num_rows, self.dim, ann.get("file") if ann else None)
 
     def _write_rows(self, kind: str, data: bytes, offset: int, gen: int | None = None) -> None:
-        sf.write_rows(self._path(kind, gen), data, offset)
+        rf.write_rows(self._path(kind, gen), data, offset)
 
     def _commit(self, statements: list[tuple[str, tuple[Any, ...]]], num_rows: int | None = None, **meta: Any) -> list[int | None]:
         con = self._con
@@ -495,7 +298,7 @@ class Index(QueryMixin):
         return out
 
     def _truncate_quietly(self, rows: int) -> None:
-        sf.truncate_rows(self.directory, self.generation, rows, self.dim)
+        rf.truncate_rows(self.directory, self.generation, rows, self.dim)
 
     def update_video(self, video_id: int, *, path: str | None = None, size: int | None = None,
                      mtime: float | None = None) -> None:
@@ -553,7 +356,7 @@ class Index(QueryMixin):
 
     def log_error(self, path: str, reason: str) -> None:
         """Append ``path`` and ``reason`` to ``errors.log`` (names that are not UTF-8 as ``\\xNN``)."""
-        sf.append_error_log(self.directory, path, reason)
+        rf.append_error_log(self.directory, path, reason)
 
     def error_entry(self, path: str) -> tuple[int | None, float | None] | None:
         with self._db_lock:
@@ -567,14 +370,14 @@ class Index(QueryMixin):
             return False
         gen = self.generation + 1
         try:
-            starts = sf.write_generation(self.directory, gen, self.snapshot)
+            starts = rf.write_generation(self.directory, gen, self.snapshot)
             self._commit([("UPDATE videos SET row_start=? WHERE id=?", (pos, vid)) for vid, pos in starts],
                          num_rows=sum(int(r.num_windows) for r in self._rows.values()), generation=gen, ann=None)
         except OSError as exc:
-            sf.remove_generation(self.directory, gen)
+            rf.remove_generation(self.directory, gen)
             raise IndexWriteError(f"could not compact {self.directory} ({exc}); the index is unchanged") from exc
         self._load()
-        sf.remove_generation(self.directory, gen - 1, ann=True)
+        rf.remove_generation(self.directory, gen - 1, ann=True)
         return True
 
     def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
