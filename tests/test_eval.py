@@ -544,7 +544,7 @@ def test_real_pipeline_msrvtt(msrvtt, model, tmp_path):
     p = root / "video1.mp4"
     starts = window_starts(0.0, probe_video(p)["duration"], s)
     (r,) = list(run_jobs(model, [VideoJob(str(p), key=0, starts=list(starts))], s.window_settings(), pad="zeros"))
-    np.testing.assert_allclose(res.clips.video[0], r.video_embedding.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res.clips.video[0], r.embeddings.mean(axis=0), rtol=1e-4, atol=1e-5)
     again = evaluate(model, "msrvtt", root, annotations=csv, settings=s, cache=tmp_path / "c", runner=NoRunner())
     np.testing.assert_array_equal(again.clips.video, res.clips.video)
 

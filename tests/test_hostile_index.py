@@ -317,7 +317,7 @@ def test_host_check_parses_the_whole_header():
 
 
 def test_show_path_escapes_control_characters():
-    from milnce.index.layout import show_path
+    from milnce.printable import show_path
 
     assert show_path("a\x1b[2Jb\nc") == "a\\x1b[2Jb\\x0ac"
     assert show_path(os.fsdecode(b"x\xffy")) == "x\\xffy"

@@ -25,7 +25,6 @@ from milnce.index import (
     IndexNotFoundError,
     IndexWriteError,
     build_index,
-    merge_windows,
 )
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
@@ -386,14 +385,6 @@ def test_index_cli_bad_paths(tmp_path, wargs, capsys):
     assert not (tmp_path / "ix").exists()
 
 
-def test_merge_windows_runs():
-    rows = np.array([5, 3, 4, 10, 11, 20])
-    scores = np.array([1.0, 3.0, 2.0, 5.0, 0.5, 4.0], np.float32)
-    video_end = np.array([11, 11, 11, 11, 30, 30])  # row 10 ends its video: 10 and 11 are not adjacent
-    runs = merge_windows(rows, scores, video_end)
-    assert runs == [(10, 10, 10, 5.0), (20, 20, 20, 4.0), (3, 5, 3, 3.0), (11, 11, 11, 0.5)]
-
-
 # --------------------------------------------------------------------------------------------
 # Robustness
 
@@ -564,8 +555,8 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
     # features of other settings are refused before anything is written
     ff = read_feature_file(out / "red.npz")
     meta = {**ff.meta, "settings": {**ff.meta["settings"], "stride": 8}}
-    write_feature_file(str(out / "zz" / "odd.npz"), {"video_embedding": ff.video_embedding, "start": ff.start,
-                                                     "end": ff.end, "path": np.asarray(ff.video_path)}, meta)
+    write_feature_file(str(out / "zz" / "odd.npz"), {"video_embedding": ff.embeddings, "start": ff.starts,
+                                                     "end": ff.ends, "path": np.asarray(ff.path)}, meta)
     with pytest.raises(FeaturesMismatchError, match="mixes features"):
         index_features(out, tmp_path / "ix_new", progress=False)
     assert not (tmp_path / "ix_new").exists()

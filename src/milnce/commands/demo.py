@@ -27,7 +27,7 @@ from .common import (
     window_overrides,
     window_settings,
 )
-from .search_output import print_results
+from .search import print_results
 
 DEMO_VIDEOS = (
     ("https://upload.wikimedia.org/wikipedia/commons/b/b0/YosriAirTerjun.gif", "waterfall"),

@@ -253,9 +253,9 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
 
 
 def _load_video_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
-    from ..video import EmbeddingsFileError, VideoEmbeddings
+    from ..video import EmbeddingsFileError, VideoWindows
 
-    ve = VideoEmbeddings.load(path)
+    ve = VideoWindows.load(path)
     if len(ve) == 0:
         raise EmbeddingsFileError(f"{path}: holds no windows (nothing to score)")
     name = os.path.basename(path)

@@ -1,20 +1,25 @@
-"""Search commands: index, search, remove, localize (``milnce demo``: ``commands/demo.py``)."""
+"""Search commands: index, search, remove, localize (``milnce demo``: ``commands/demo.py``), and
+how ``milnce search`` reads its queries and writes its results: the queries file streamed in
+batches with bounded memory (``iter_queries_file``), and the result formats (table, JSON, CSV)
+written as they come (``SearchOutput``; ``print_results``, the table ``milnce demo`` prints too)."""
 
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..index import IndexReport
 
 from ..errors import MissingFileError
+from ..listfiles import bounded_lines, open_list
 from ..plural import plural
 from ..printable import show_path
 from ..timespec import parse_like
@@ -30,15 +35,6 @@ from .common import (
     model_from_args,
     window_overrides,
     window_settings,
-)
-from .search_output import (
-    QUERY_BATCH,
-    SearchOutput,
-    batches,
-    finite,
-    fmt_time,
-    iter_queries_file,
-    open_queries_file,
 )
 
 
@@ -227,7 +223,7 @@ def _index_from_features(args: argparse.Namespace) -> int:
 def _record_roots(args: argparse.Namespace) -> int:
     """``milnce index --index DIR --root ROOT...``: record collection roots of an existing index."""
     from ..index import Index
-    from ..index.layout import DB_NAME, show_path
+    from ..index.layout import DB_NAME
 
     if not os.path.isfile(os.path.join(args.index, DB_NAME)):
         raise CommandError(f"--root without PATHs records roots of an existing index; there is none at {args.index}")
@@ -252,8 +248,6 @@ def _print_report(args: argparse.Namespace, report: IndexReport) -> int:
 def _print_failed(report: IndexReport) -> None:
     """The videos that could not be read, this run or before (skipped), on stderr (the first 10),
     one line each as ``extract`` lists them."""
-    from ..index.layout import show_path
-
     failed = report.failed + report.skipped_failures
     for path, reason in failed[:10]:
         print(f"  failed: {show_path(path)}: {show_path(reason)}", file=sys.stderr)
@@ -274,7 +268,6 @@ def _video_filter(args: argparse.Namespace) -> Any:
 def cmd_search(args: argparse.Namespace) -> int:
     from ..index import Index
     from ..index.filters import collection_root
-    from ..index.layout import show_path
     from ..index.negatives import DEFAULT_NOT_WEIGHT, check_weight
 
     if args.k < 1:
@@ -352,8 +345,6 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"removed": removed, "videos": left}))
     else:
-        from ..index.layout import show_path
-
         for p in removed:
             print(f"removed {show_path(p)}")
         print(f"{show_path(args.index)}: {plural(left, 'video')} left")
@@ -398,3 +389,133 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {show_path(args.plot)}")
     return 0
+
+
+# -- reading queries, writing results ------------------------------------------------------
+
+
+def fmt_time(t: float) -> str:
+    t = max(0.0, float(t))
+    h, rem = divmod(t, 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h)}:{int(m):02d}:{s:04.1f}"
+
+
+def print_results(query: str, moments: list, problem: str | None, by_video: bool, first: int = 1) -> None:
+    print(f"\n{show_path(repr(query))}:")
+    if problem:
+        print(f"  no results: {problem}")
+        return
+    if not moments:
+        print("  no results")
+        return
+    print(f"  {'#':>3}  {'score':>8}  {'cosine':>6}  {'pctile':>6}  {'start':>9}  {'end':>9}  "
+          f"{'video (best moment)' if by_video else 'video'}")
+    for i, m in enumerate(moments, first):
+        gone = "  (file missing)" if not m.exists else ""
+        cos = "" if m.cosine is None else f"{m.cosine:.3f}"
+        pct = "" if m.percentile is None else f"{m.percentile:.1f}"
+        print(f"  {i:3d}  {m.score:8.3f}  {cos:>6}  {pct:>6}  {fmt_time(m.start):>9}  {fmt_time(m.end):>9}  "
+              f"{show_path(m.path)}{gone}")
+
+
+CSV_FIELDS = ("query", "rank", "video_id", "path", "start", "end", "score", "cosine", "percentile", "peak", "exists")
+
+
+QUERY_BATCH = 256  # queries searched (and printed) together: memory stays bounded for any number of queries
+MAX_QUERY_LINE = 10_000  # characters: a longer "line" is not a query (e.g. /dev/zero, a binary file)
+
+
+def open_queries_file(name: str) -> Any:
+    """The queries file opened as UTF-8 text (``-``: standard input); refuses devices and folders."""
+    import io
+
+    if name == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8") if hasattr(sys.stdin, "buffer") else sys.stdin
+    return open_list(os.path.expanduser(name), f"--queries-file {show_path(name)}", fifo=True, encoding="utf-8",
+                     error=CommandError)
+
+
+def iter_queries_file(name: str, f: Any) -> Iterator[str]:
+    """The queries of an opened queries file, one per line, streamed: blank lines and lines
+    starting with ``#`` are skipped (comments, as in list files). Refuses what is not a text file
+    of lines: NUL bytes, bytes that are not UTF-8, a line over ``MAX_QUERY_LINE`` characters."""
+    try:
+        for line in bounded_lines(f, f"--queries-file {show_path(name)}", max_line=MAX_QUERY_LINE,
+                                  what="not a text file of queries, one per line", error=CommandError):
+            q = line.strip()
+            if q and not q.startswith("#"):
+                yield q
+    finally:
+        if name != "-":
+            f.close()
+
+
+def batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for x in items:
+        batch.append(x)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities as null (``search --json`` never prints ``NaN``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+class SearchOutput:
+    """Writes search results as they come, in one of the formats (table, json, csv)."""
+
+    def __init__(self, fmt: str, by_video: bool, offset: int = 0) -> None:
+        import csv
+
+        self.fmt, self.by_video, self.offset = fmt, by_video, offset
+        self.k, self.fewer_note = 0, ""  # a table says when a filter leaves fewer than -k results
+        self.count = 0
+        self.failed = 0
+        self.csv = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+
+    def start(self, header: dict[str, Any], table_line: str) -> None:
+        if self.fmt == "json":
+            head = json.dumps(finite({**header, "results": []}), allow_nan=False)
+            sys.stdout.write(head[:-2])  # without the closing "]}"
+        elif self.csv is not None:
+            self.csv.writerow(CSV_FIELDS)
+        else:
+            print(table_line)
+
+    def add(self, query: str, problem: str | None, moments: list[Any]) -> None:
+        if problem is not None:
+            self.failed += 1
+        if self.fmt == "json":
+            item = {"query": query, "error": problem, "moments": [m.to_dict() for m in moments]}
+            sys.stdout.write((", " if self.count else "") + json.dumps(finite(item), allow_nan=False))
+        elif self.csv is not None:
+            if problem is not None:
+                print(f"milnce: query {query!r} failed: {problem} (no rows)", file=sys.stderr)
+            for rank, m in enumerate(moments, self.offset + 1):
+                d = m.to_dict()
+                self.csv.writerow([query, rank, *(finite(d[f]) for f in CSV_FIELDS[2:])])
+        else:
+            print_results(query, moments, problem, self.by_video, self.offset + 1)
+            if self.fewer_note and problem is None and len(moments) < self.k:
+                print(f"  (only {plural(self.offset + len(moments), 'result')} {self.fewer_note})")
+        self.count += 1
+
+    def finish(self) -> None:
+        if self.fmt == "json":
+            sys.stdout.write("]}\n")
+        elif self.csv is not None and self.failed:
+            print(f"milnce: {self.failed} of {plural(self.count, 'query', 'queries')} failed and "
+                  f"{'has' if self.failed == 1 else 'have'} no rows", file=sys.stderr)
+        sys.stdout.flush()

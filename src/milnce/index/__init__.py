@@ -43,9 +43,9 @@ from .errors import (
 )
 from .features import FeaturesMismatchError, index_features
 from .lock import acquire_lock, check_unlocked
-from .moments import MOMENT_MARGIN, iter_video_moments, merge_windows, moment_margin, video_moments
+from .moments import MOMENT_MARGIN, iter_video_moments, moment_margin, video_moments
 from .reader import IndexReader
-from .records import IndexReport, Moment, VideoRecord, VideoRow, WindowRun
+from .records import IndexReport, Moment, VideoRecord, VideoRow
 from .screen import quantize_rows
 from .searchable import SearchableIndex
 from .snapshot import Snapshot
@@ -61,7 +61,6 @@ __all__ = [
     "Moment",
     "VideoRecord",
     "VideoRow",
-    "WindowRun",
     "IndexReport",
     "IndexFolderError",
     "IndexNotFoundError",
@@ -74,7 +73,6 @@ __all__ = [
     "FeaturesMismatchError",
     "find_videos",
     "file_hash",
-    "merge_windows",
     "video_moments",
     "iter_video_moments",
     "moment_margin",

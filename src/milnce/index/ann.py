@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, fsync_dir
 from ..cache import crc32_file
 from .ann_pq import META_FILE, PQDamagedError, PQIndexError, build_pq, choose_pq_params, open_pq
 from .errors import IndexFolderError, IndexWriteError
-from .layout import SCAN_BLOCK, fsync_dir, now
+from .layout import SCAN_BLOCK, now
 
 
 class AnnSource(Protocol):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingFileError, UsageError
+from ..printable import show_path
 from ..protocols import Encoder
 from ..video.find import VIDEO_EXTENSIONS, walk_videos
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
@@ -22,7 +23,7 @@ from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
 from .ingest import Progress, file_hash, finish, reason_text
 from .ingest import reason as exc_reason
-from .layout import show_path, user_path
+from .layout import user_path
 from .records import IndexReport
 from .writer import Index
 

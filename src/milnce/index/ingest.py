@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..printable import show_path
 from ..video.result import failure_reason
-from .layout import show_path
 from .records import IndexReport
 from .writer import Index
 

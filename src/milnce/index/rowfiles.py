@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import fsync_dir
+from ..printable import show_path
 from .database import SCHEMA, connect, read_meta
 from .errors import IndexFolderError
-from .layout import DB_NAME, DIM, ERROR_LOG, FORMAT_VERSION, KINDS, PREFIXES, fsync_dir, now, show_path
+from .layout import DB_NAME, DIM, ERROR_LOG, FORMAT_VERSION, KINDS, PREFIXES, now
 from .screen import quantize_rows
 from .snapshot import Snapshot, row_width, store_path
 

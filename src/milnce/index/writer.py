@@ -26,16 +26,17 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from ..errors import NotAFolderError, UsageError
+from ..printable import show_path
 from ..protocols import Encoder
 from ..windows import WindowSettings
 from . import rowfiles as rf
 from .ann import build_ann, is_ann_name
 from .database import SCHEMA, connect, db_path, sqlite_reason
 from .errors import IndexFolderError, IndexWriteError
-from .layout import norm_path, now, show_path, user_path
+from .layout import norm_path, now, user_path
 from .lock import acquire_lock
 from .reader import IndexReader, index_database
-from .records import VideoEmbeddingsLike, VideoRow
+from .records import VideoRow, VideoWindowsLike
 from .screen import quantize_rows
 
 __all__ = ["Index"]
@@ -225,12 +226,12 @@ class Index(IndexReader):
         self._changed()
         return ids
 
-    def add_video(self, path: str, emb: VideoEmbeddingsLike, *, size: int, mtime: float, content_hash: str) -> int:
-        """Store one video's windows (``VideoEmbeddings``): rows first (fsync), then the record.
+    def add_video(self, path: str, emb: VideoWindowsLike, *, size: int, mtime: float, content_hash: str) -> int:
+        """Store one video's windows (a ``VideoWindows``): rows first (fsync), then the record.
         Replaces a record of the same path. Returns the video id."""
         return self.add_videos([(path, emb, size, mtime, content_hash)])[0]
 
-    def add_videos(self, items: Sequence[tuple[str, VideoEmbeddingsLike, int, float, str]]) -> list[int]:
+    def add_videos(self, items: Sequence[tuple[str, VideoWindowsLike, int, float, str]]) -> list[int]:
         """Store several videos ``(path, embeddings, size, mtime, content_hash)`` with one append
         and one transaction (all or nothing). Returns their ids."""
         self._need_writer()

@@ -35,21 +35,13 @@ from ..index import Moment, SearchableIndex, VideoRecord
 from ..index.errors import IndexDamagedError
 from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
 from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
+from ..index.opening import FileChangedError, OutsideRootsError, file_state, open_indexed_file, reach_state
 from ..index.ranking import cosine
 from ..index.screen import window_scores
 from ..plural import plural
 from ..protocols import Encoder
 from ..timespec import TimeSpecError, parse_like_id
-from .files import (
-    FILE_CHANGED,
-    MIME_TYPES,
-    PLAYABLE,
-    FileChangedError,
-    OutsideRootsError,
-    file_state,
-    open_indexed_file,
-    reach_state,
-)
+from .files import FILE_CHANGED, MIME_TYPES, PLAYABLE
 from .thumbs import LRU
 
 __all__ = ["SearchService", "ApiError", "json_path", "parse_like", "QUERY_CACHE_ENTRIES"]
