@@ -31,8 +31,9 @@ searching in ``milnce.index.reader``, ranking in ``milnce.index.ranking``.
 
 from __future__ import annotations
 
+from ..video.find import VIDEO_EXTENSIONS
 from ..windows import WindowSettings
-from .build import VIDEO_EXTENSIONS, build_index, file_hash, find_videos
+from .build import build_index, find_videos
 from .errors import (
     IndexDamagedError,
     IndexFolderError,
@@ -42,6 +43,7 @@ from .errors import (
     IndexWriteError,
 )
 from .features import FeaturesMismatchError, index_features
+from .ingest import file_hash
 from .lock import acquire_lock, check_unlocked
 from .moments import MOMENT_MARGIN, iter_video_moments, moment_margin, video_moments
 from .reader import IndexReader

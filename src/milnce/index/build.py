@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import MissingFileError, UsageError
 from ..printable import show_path
 from ..protocols import Encoder
-from ..video.find import VIDEO_EXTENSIONS, walk_videos
+from ..video.find import walk_videos
 from ..video.pipeline import VideoJob, resolve_batch_size, resolve_workers, run_jobs
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
@@ -27,7 +27,7 @@ from .layout import user_path
 from .records import IndexReport
 from .writer import Index
 
-__all__ = ["build_index", "find_videos", "file_hash", "show_path", "VIDEO_EXTENSIONS"]
+__all__ = ["build_index", "find_videos"]
 
 log = logging.getLogger("milnce.index")
 

@@ -17,7 +17,7 @@ from ..video.result import failure_reason
 from .records import IndexReport
 from .writer import Index
 
-__all__ = ["file_hash", "show_path", "reason", "reason_text", "finish", "Progress", "check_finite",
+__all__ = ["file_hash", "reason", "reason_text", "finish", "Progress", "check_finite",
            "COMPACT_DEAD_SHARE"]
 
 COMPACT_DEAD_SHARE = 0.25

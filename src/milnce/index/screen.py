@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 
 from .ann_pq import PQDamagedError
-from .layout import SCAN_BLOCK
 from .negatives import DEFAULT_NOT_WEIGHT, check_weight, combine_scores
 from .snapshot import Snapshot
 
-__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "SCAN_BLOCK", "window_scores", "FEW_ROWS"]
+__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "window_scores", "FEW_ROWS"]
 
 FEW_ROWS = 50_000  # a filter allowing at most this many rows: they are scored exactly, one by one
 
