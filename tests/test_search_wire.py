@@ -175,7 +175,7 @@ def test_filtered_ann_refills_until_k_pass(big, tmp_path):
 @pytest.fixture
 def cli_model(model, monkeypatch):
     monkeypatch.setattr("milnce.commands.search.model_from_args", lambda args: model)
-    monkeypatch.setattr("milnce.index.Index.check_model", lambda self, m: None)
+    monkeypatch.setattr("milnce.index.IndexReader.check_model", lambda self, m: None)
     return model
 
 

@@ -15,7 +15,8 @@ Modules: ``records`` (``Moment``, ``VideoRecord``, ``IndexReport``, row types), 
 schema, connection, stored paths), ``verify`` (open-time checks), ``ann`` (faiss: open, build),
 ``snapshot`` (``Snapshot``: one committed state, immutable: records, row ranges, memory maps, ANN
 handle), ``screen`` (``Searcher``: the int8-screened exact search over a snapshot), ``moments``
-(what a moment is), ``ranking`` (ranking, moments, curves over a snapshot), ``searchable``
+(what a moment is), ``ranking`` (ranking, moments, curves over a snapshot), ``state``
+(``IndexState``: the committed records one process knows, published as snapshots), ``searchable``
 (``SearchableIndex``: the read surface the server and the commands use), ``reader``
 (``IndexReader``: an opened index, read-only, and every search), ``rowfiles`` (the store files:
 append, truncate, compact), ``writer`` (``Index``: the one writer, an ``IndexReader`` that also

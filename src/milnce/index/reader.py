@@ -18,11 +18,9 @@ the same way, so scores are always exact dot products.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sqlite3
-import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -31,7 +29,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..windows import WindowSettings
-from .database import connect, from_db, read_meta
+from .database import connect, from_db
 from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError
 from .filters import VideoFilter
 from .layout import DB_NAME, DIM, expand_path, norm_path, user_path
@@ -40,7 +38,8 @@ from .ranking import moments_of, query_matrix, search_snapshot, video_moment_row
 from .records import Moment, VideoRecord, VideoRow
 from .roots import serving_roots
 from .snapshot import Snapshot, store_path
-from .verify import check_settings, check_snapshot
+from .state import IndexState
+from .verify import check_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..protocols import Encoder
@@ -76,12 +75,8 @@ class IndexReader:
 
     def __init__(self, directory: str, con: sqlite3.Connection, model: Encoder | None = None) -> None:
         self.directory = directory
-        self._con = con
         self.model = model
-        self._db_lock = threading.RLock()
-        self._publish_lock = threading.Lock()
-        self._snap: Snapshot | None = None
-        self._load()
+        self.state = IndexState(directory, con)  # the committed records; the writer updates them
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -122,89 +117,59 @@ class IndexReader:
 
     # -- state: the committed records, published as snapshots ---------------------------------
 
-    def _load(self) -> None:
-        """Read the committed state from SQLite and publish it."""
-        with self._db_lock:
-            con = self._con
-            con.execute("BEGIN")  # one snapshot for the settings, the row count and the videos
-            try:
-                meta = read_meta(con, self.directory)
-                rows = con.execute(
-                    "SELECT id, path, size, mtime, hash, duration, row_start, num_windows FROM videos ORDER BY row_start"
-                ).fetchall()
-            finally:
-                con.execute("COMMIT")
-        check_snapshot(self.directory, meta, rows)
-        self._meta: dict[str, Any] = meta
-        records = [VideoRow(r[0], from_db(r[1]), *r[2:]) for r in rows]
-        self._rows: dict[int, VideoRow] = {r.id: r for r in records}
-        self._paths: dict[str, int] = {r.path: r.id for r in records}
-        self._live = sum(int(r.num_windows) for r in records)
-        self._publish()
-
-    def _publish(self) -> None:
-        """Make the current records the snapshot that reads see."""
-        with self._publish_lock:
-            old = self._snap
-            self._snap = Snapshot(self.directory, self._meta, self._rows, previous=old)
-            self._dirty = False
-
     @property
     def snapshot(self) -> Snapshot:
         """The current committed state (immutable; a later commit publishes a new one)."""
-        if self._dirty:
-            self._publish()
-        assert self._snap is not None
-        return self._snap
+        return self.state.snapshot
 
     @property
     def meta(self) -> dict[str, Any]:
-        return self._meta
+        return self.state.meta
 
     @property
     def settings(self) -> dict[str, Any]:
-        return dict(self._meta["settings"])
+        return dict(self.state.meta["settings"])
 
     @property
     def weights_id(self) -> str:
-        return str(self._meta["weights_id"])
+        return str(self.state.meta["weights_id"])
 
     @property
     def dim(self) -> int:
-        return int(self._meta.get("dim", DIM))
+        return int(self.state.meta.get("dim", DIM))
 
     @property
     def num_rows(self) -> int:
-        return int(self._meta["num_rows"])
+        return int(self.state.meta["num_rows"])
 
     @property
     def generation(self) -> int:
-        return int(self._meta["generation"])
+        return int(self.state.meta["generation"])
 
     @property
     def num_live(self) -> int:
-        return self._live
+        return self.state.live
 
     @property
     def roots(self) -> list[str]:
         """The collection roots recorded for the index (``milnce.index.roots``)."""
-        return list(self._meta.get("roots") or [])
+        return list(self.state.meta.get("roots") or [])
 
     def video_id_of(self, path: str | os.PathLike[str]) -> int | None:
         """The id of the video recorded at ``path`` (absolute), or None (the current records)."""
-        return self._paths.get(norm_path(path))
+        return self.state.paths.get(norm_path(path))
 
     def row(self, video_id: int) -> VideoRow:
         """The stored row of a video (``KeyError`` if unknown; the current records)."""
-        return self._rows[int(video_id)]
+        return self.state.rows[int(video_id)]
 
     def has_row(self, video_id: int) -> bool:
         """Whether a video id is recorded (the current records)."""
-        return int(video_id) in self._rows
+        return int(video_id) in self.state.rows
 
     def rows(self) -> list[VideoRow]:
         """Every stored video row (the current records)."""
-        return list(self._rows.values())
+        return list(self.state.rows.values())
 
     # Private views kept for the index's own tests.
     @property
@@ -219,13 +184,9 @@ class IndexReader:
         return store_path(self.directory, kind, self.generation if gen is None else gen)
 
     def refresh(self) -> bool:
-        """Reload if another process committed changes; returns whether it did."""
-        with self._db_lock:
-            row = self._con.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if row is not None and json.loads(row[0]) != self._meta.get("version", 0):
-            self._load()  # running searches keep the snapshot they started with
-            return True
-        return False
+        """Reload if another process committed changes; returns whether it did (running searches
+        keep the snapshot they started with)."""
+        return self.state.refresh()
 
     def __len__(self) -> int:
         """Number of (live) windows."""
@@ -238,15 +199,11 @@ class IndexReader:
         self.close()
 
     def close(self) -> None:
-        try:
-            self._con.close()
-        except Exception:  # noqa: BLE001
-            pass
-        if self._snap is not None:
-            self._snap.close()
+        """Close the database connection and the snapshot's descriptors."""
+        self.state.close()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.directory!r}, {len(self._rows)} videos, {self.num_live} windows, "
+        return (f"{type(self).__name__}({self.directory!r}, {len(self.state.rows)} videos, {self.num_live} windows, "
                 f"weights {self.weights_id}, ann={'yes' if self.meta.get('ann') else 'no'})")
 
     # -- videos -------------------------------------------------------------------------------
@@ -283,8 +240,8 @@ class IndexReader:
 
     def errors(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the videos that could not be read."""
-        with self._db_lock:
-            return sorted((from_db(p), r) for p, r in self._con.execute("SELECT path, reason FROM errors"))
+        with self.state.lock:
+            return sorted((from_db(p), r) for p, r in self.state.con.execute("SELECT path, reason FROM errors"))
 
     def live_mask(self) -> np.ndarray | None:
         """Boolean mask of live rows, or None when every row is live."""

@@ -40,7 +40,7 @@ class SearchableIndex(Protocol):
 
     @property
     def meta(self) -> Mapping[str, Any]:
-        """The recorded facts (``weights_id``, ``settings``, ``roots``, ``ann``, ...)."""
+        """The recorded facts (``weights_id``, ``settings``, ``ann``, ...)."""
 
     @property
     def weights_id(self) -> str:
@@ -49,10 +49,6 @@ class SearchableIndex(Protocol):
     @property
     def settings(self) -> dict[str, Any]:
         """The window settings (``milnce.windows.WindowSettings.to_dict``)."""
-
-    @property
-    def roots(self) -> list[str]:
-        """The collection roots recorded for the index (``milnce.index.roots``)."""
 
     @property
     def num_videos(self) -> int:

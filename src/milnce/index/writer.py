@@ -38,6 +38,7 @@ from .lock import acquire_lock
 from .reader import IndexReader, index_database
 from .records import VideoRow, VideoWindowsLike
 from .screen import quantize_rows
+from .snapshot import store_path
 
 __all__ = ["Index"]
 
@@ -174,7 +175,7 @@ class Index(IndexReader):
         self._need_writer()
         have = self.roots
         new = [r for r in (user_path(x) for x in roots) if r not in have]
-        if new or "roots" not in self._meta:
+        if new or "roots" not in self.state.meta:
             self._commit([], roots=have + new)
 
     def close(self) -> None:
@@ -187,9 +188,6 @@ class Index(IndexReader):
                     os.close(self._lock_fd)
                 finally:
                     self._lock_fd = None
-
-    def _changed(self) -> None:
-        self._dirty = True  # published lazily, on the next read: a build commits far more often than it reads
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -204,17 +202,17 @@ class Index(IndexReader):
         rf.truncate_tail(self.directory, self.generation, self.num_rows, self.dim, ann.get("file") if ann else None)
 
     def _write_rows(self, kind: str, data: bytes, offset: int, gen: int | None = None) -> None:
-        rf.write_rows(self._path(kind, gen), data, offset)
+        rf.write_rows(store_path(self.directory, kind, self.generation if gen is None else gen), data, offset)
 
     def _commit(self, statements: list[tuple[str, tuple[Any, ...]]], num_rows: int | None = None, **meta: Any) -> list[int | None]:
-        con = self._con
-        with self._db_lock:
+        con = self.state.con
+        with self.state.lock:
             con.execute("BEGIN IMMEDIATE")
             try:
                 ids = [con.execute(sql, params).lastrowid for sql, params in statements]
                 if num_rows is not None:
                     meta["num_rows"] = num_rows
-                meta["version"] = int(self._meta.get("version", 0)) + 1
+                meta["version"] = int(self.state.meta.get("version", 0)) + 1
                 for k_, v in meta.items():
                     con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k_, json.dumps(v)))
                 con.execute("COMMIT")
@@ -222,8 +220,8 @@ class Index(IndexReader):
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
-        self._meta = {**self._meta, **meta}
-        self._changed()
+        self.state.meta = {**self.state.meta, **meta}
+        self.state.changed()
         return ids
 
     def add_video(self, path: str, emb: VideoWindowsLike, *, size: int, mtime: float, content_hash: str) -> int:
@@ -271,7 +269,7 @@ class Index(IndexReader):
         stamp = now()
         stmts: list[tuple[str, tuple[Any, ...]]] = []
         for path, size, mtime, h, duration, start, n in recs:
-            old = self._paths.get(path)
+            old = self.state.paths.get(path)
             if old is not None:
                 stmts.append(("UPDATE videos SET size=?, mtime=?, hash=?, duration=?, row_start=?, num_windows=?, "
                               "indexed_at=? WHERE id=?", (size, mtime, h, duration, start, n, stamp, old)))
@@ -287,15 +285,15 @@ class Index(IndexReader):
                                   "of the last committed video: fix the cause and run the same command again") from exc
         out: list[int] = []
         for (path, size, mtime, h, duration, start, n), rid in zip(recs, ids[0::2]):
-            vid = self._paths.get(path, rid)
+            vid = self.state.paths.get(path, rid)
             assert vid is not None  # an INSERT's rowid
-            if vid in self._rows:
-                self._live -= int(self._rows[vid].num_windows)
-            self._live += n
-            self._rows[vid] = VideoRow(vid, path, size, mtime, h, duration, start, n)
-            self._paths[path] = vid
+            if vid in self.state.rows:
+                self.state.live -= int(self.state.rows[vid].num_windows)
+            self.state.live += n
+            self.state.rows[vid] = VideoRow(vid, path, size, mtime, h, duration, start, n)
+            self.state.paths[path] = vid
             out.append(int(vid))
-        self._changed()
+        self.state.changed()
         return out
 
     def _truncate_quietly(self, rows: int) -> None:
@@ -305,15 +303,15 @@ class Index(IndexReader):
                      mtime: float | None = None) -> None:
         """Change a record's path (a moved file) or its size/mtime (a touched file)."""
         self._need_writer()
-        r = self._rows[int(video_id)]
+        r = self.state.rows[int(video_id)]
         new = r._replace(path=norm_path(path) if path else r.path, size=r.size if size is None else size,
                          mtime=r.mtime if mtime is None else mtime)
         self._commit([("UPDATE videos SET path=?, size=?, mtime=? WHERE id=?", (db_path(new.path), new.size, new.mtime,
                                                                                  int(video_id)))])
-        del self._paths[r.path]
-        self._rows[int(video_id)] = new
-        self._paths[new.path] = int(video_id)
-        self._changed()
+        del self.state.paths[r.path]
+        self.state.rows[int(video_id)] = new
+        self.state.paths[new.path] = int(video_id)
+        self.state.changed()
 
     def remove_videos(self, video_ids: Iterable[int]) -> None:
         """Remove videos by id (their rows become dead: ``compact`` reclaims them)."""
@@ -322,11 +320,11 @@ class Index(IndexReader):
         if ids:
             self._commit([("DELETE FROM videos WHERE id=?", (v,)) for v in ids])
             for v in ids:
-                r = self._rows.pop(v, None)
+                r = self.state.rows.pop(v, None)
                 if r is not None:
-                    self._paths.pop(r.path, None)
-                    self._live -= int(r.num_windows)
-            self._changed()
+                    self.state.paths.pop(r.path, None)
+                    self.state.live -= int(r.num_windows)
+            self.state.changed()
 
     def remove_paths(self, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
         """Remove from the index the videos at ``paths`` (files, or folders: every indexed video
@@ -336,15 +334,15 @@ class Index(IndexReader):
         ids: dict[int, None] = {}
         for p in paths:
             ap = user_path(p)
-            vid = self._paths.get(ap)
+            vid = self.state.paths.get(ap)
             if vid is not None:
                 ids[vid] = None
                 continue
-            under = [v for path, v in self._paths.items() if path.startswith(ap.rstrip(os.sep) + os.sep)]
+            under = [v for path, v in self.state.paths.items() if path.startswith(ap.rstrip(os.sep) + os.sep)]
             if not under:
                 raise KeyError(f"{os.fspath(p)} is not in the index")
             ids.update(dict.fromkeys(under))
-        removed = [self._rows[v].path for v in ids]
+        removed = [self.state.rows[v].path for v in ids]
         self.remove_videos(list(ids))
         return removed
 
@@ -360,8 +358,8 @@ class Index(IndexReader):
         rf.append_error_log(self.directory, path, reason)
 
     def error_entry(self, path: str) -> tuple[int | None, float | None] | None:
-        with self._db_lock:
-            row = self._con.execute("SELECT size, mtime FROM errors WHERE path=?", (db_path(norm_path(path)),)).fetchone()
+        with self.state.lock:
+            row = self.state.con.execute("SELECT size, mtime FROM errors WHERE path=?", (db_path(norm_path(path)),)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def compact(self) -> bool:
@@ -373,11 +371,11 @@ class Index(IndexReader):
         try:
             starts = rf.write_generation(self.directory, gen, self.snapshot)
             self._commit([("UPDATE videos SET row_start=? WHERE id=?", (pos, vid)) for vid, pos in starts],
-                         num_rows=sum(int(r.num_windows) for r in self._rows.values()), generation=gen, ann=None)
+                         num_rows=sum(int(r.num_windows) for r in self.state.rows.values()), generation=gen, ann=None)
         except OSError as exc:
             rf.remove_generation(self.directory, gen)
             raise IndexWriteError(f"could not compact {self.directory} ({exc}); the index is unchanged") from exc
-        self._load()
+        self.state.load()
         rf.remove_generation(self.directory, gen - 1, ann=True)
         return True
 
@@ -387,9 +385,9 @@ class Index(IndexReader):
         self._need_writer()
         info = build_ann(self.snapshot, queries=queries, nlist=nlist, m=m, target_recall=target_recall,
                          progress=progress, kind=kind)
-        old = self._meta.get("ann")
+        old = self.state.meta.get("ann")
         self._commit([], ann=info)
-        self._load()
+        self.state.load()
         if old and old.get("file") != info["file"] and is_ann_name(old.get("file")):  # never a path elsewhere
             try:  # a file, or an IVF-PQ folder
                 (shutil.rmtree if old.get("format") == "pq" else os.remove)(os.path.join(self.directory, old["file"]))
