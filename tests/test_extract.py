@@ -273,7 +273,7 @@ def test_extract_skip_redo_failures(model, tree, tmp_path):
     ref = model.encode_video_file(tree / "good" / "a.mp4", fps=10, num_frames=8, size=32, stride=4, features=True)
     np.testing.assert_allclose(ff.embeddings, ref.embeddings, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ff.features, ref.features, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(ff.start, ref.starts)
+    np.testing.assert_array_equal(ff.starts, ref.starts)
     assert ff.meta["weights"] == model.weights_id and ff.meta["settings"]["stride"] == 4
     assert ff.path == str(tree / "good" / "a.mp4")
     assert sorted(Path(v).name for v, _ in iter_feature_files(out)) == ["a.mp4", "b.mp4", "c.webm"]
