@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, fsync_dir
 from ..cache import crc32_file
 from .ann_pq import META_FILE, PQDamagedError, PQIndexError, build_pq, choose_pq_params, open_pq
 from .errors import IndexFolderError, IndexWriteError
-from .layout import SCAN_BLOCK, fsync_dir, now
+from .layout import SCAN_BLOCK, now
 
 
 class AnnSource(Protocol):
@@ -36,7 +36,7 @@ class AnnSource(Protocol):
     def live_mask(self) -> np.ndarray | None: ...
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray: ...
 
-__all__ = ["open_ann", "build_ann", "cross_check", "is_ann_name", "AnnSource", "ANN_MIN_WINDOWS", "PQDamagedError"]
+__all__ = ["open_ann", "build_ann", "cross_check", "is_ann_name", "AnnSource", "ANN_MIN_WINDOWS"]
 
 
 ANN_MIN_WINDOWS = 50_000  # below this exact search is fast (a few ms) and an IVF index only loses recall

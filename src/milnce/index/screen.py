@@ -1,4 +1,4 @@
-"""Exact search over the stored windows: the int8-screened scan with exact float32 re-scoring
+"""The screened exact search over one snapshot's windows: the int8-screened scan with exact float32 re-scoring
 (``Searcher``, over a ``Snapshot``), the int8 codes (``quantize_rows``) and the ANN candidates' exact re-scoring.
 
 A search may carry negative terms (``neg``: the score of a window is ``q.x - weight * max_i
@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 
 from .ann_pq import PQDamagedError
-from .layout import SCAN_BLOCK
 from .negatives import DEFAULT_NOT_WEIGHT, check_weight, combine_scores
 from .snapshot import Snapshot
 
-__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "SCAN_BLOCK", "window_scores", "FEW_ROWS"]
+__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "window_scores", "FEW_ROWS"]
 
 FEW_ROWS = 50_000  # a filter allowing at most this many rows: they are scored exactly, one by one
 
