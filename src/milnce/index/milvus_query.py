@@ -345,7 +345,7 @@ class MilvusQueryMixin(TextQueries):
                           exact: bool | str = False, exclude_videos: Iterable[int] = (),
                           neg: np.ndarray | None = None, not_weight: float = DEFAULT_NOT_WEIGHT,
                           video_filter: VideoFilter | None = None, offset: int = 0,
-                          speech_text: Sequence[str] | None = None, mode: str = "visual",
+                          speech_text: Sequence[str] | None = None, mode: str = "hybrid",
                           speech_weight: float | None = None) -> list[list[Moment]]:
         """``Index.search_embeddings`` (``exact`` is accepted: candidates are always re-scored exactly).
         A collection keeps no transcripts: ``mode`` "hybrid" is visual and "speech" finds nothing."""

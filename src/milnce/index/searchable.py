@@ -111,25 +111,36 @@ class SearchableIndex(Protocol):
     def search(self, query: str, k: int = 10, *, merge: bool = True, by_video: bool = False,  # type: ignore[overload-overlap]
                exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
                not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
-               offset: int = 0) -> list[Moment]: ...
+               offset: int = 0, mode: str | None = "visual", speech_weight: float | None = None) -> list[Moment]: ...
 
     @overload
     def search(self, query: Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
                exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
                not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
-               offset: int = 0) -> list[list[Moment]]: ...
+               offset: int = 0, mode: str | None = "visual", speech_weight: float | None = None) -> list[list[Moment]]: ...
 
     def search(self, query: str | Sequence[str], k: int = 10, *, merge: bool = True, by_video: bool = False,
                exact: bool | str = False, exclude_videos: Iterable[int] = (), negatives: Sequence[str] = (),
                not_weight: float = DEFAULT_NOT_WEIGHT, video_filter: VideoFilter | None = None,
-               offset: int = 0) -> list[Moment] | list[list[Moment]]:
-        """Best moments for a sentence (a list), or for each of several (a list of lists)."""
+               offset: int = 0, mode: str | None = "visual",
+               speech_weight: float | None = None) -> list[Moment] | list[list[Moment]]:
+        """Best moments for a sentence (a list), or for each of several (a list of lists); ``mode``:
+        visual, speech or hybrid (None: ``search_mode``'s default)."""
 
     def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
                           exact: bool | str = False, exclude_videos: Iterable[int] = (),
                           neg: np.ndarray | None = None, not_weight: float = DEFAULT_NOT_WEIGHT,
-                          video_filter: VideoFilter | None = None, offset: int = 0) -> list[list[Moment]]:
-        """``search`` for query embeddings (Q x 512 or 512; ``neg``: K x 512 negative ones)."""
+                          video_filter: VideoFilter | None = None, offset: int = 0,
+                          speech_text: Sequence[str] | None = None, mode: str = "hybrid",
+                          speech_weight: float | None = None) -> list[list[Moment]]:
+        """``search`` for query embeddings (Q x 512 or 512; ``neg``: K x 512 negative ones;
+        ``speech_text``: each query's sentence for the speech side of ``mode``)."""
+
+    def search_mode(self, mode: str | None) -> tuple[str, str]:
+        """The mode a text search runs in (visual, speech, hybrid) and a one-line note."""
+
+    def has_transcripts(self) -> bool:
+        """Whether any video has subtitle cues (``milnce.index.transcripts``)."""
 
     def search_like(self, video: int | str | os.PathLike[str], start: float = 0.0, k: int = 10, *,
                     merge: bool = True, by_video: bool = False, exact: bool | str = False,
