@@ -6,14 +6,18 @@ What stays in RAM while searching: the coarse quantizer (``nlist`` centroids in 
 ``nlist * (4 * dim + ~260)`` bytes: 16k lists are ~37 MB) and the PQ tables; the inverted lists
 (``m + 8`` bytes per window: the code and the row id) are memory-mapped, only the probed lists'
 pages are read. Candidates are re-scored exactly from the float32 store (also a memory map), so a
-query reads ``nprobe`` lists plus ``rerank`` rows of 2 KB.
+query reads ``nprobe`` lists plus ``rerank`` rows of 2 KB (``DEFAULT_RERANK``, at least ``4k``).
+
+Building runs on every core this process may use (``build_threads``): k-means and the PQ training
+through faiss's OpenMP threads, and each added row goes to its nearest list found exactly by a
+matrix product over the centroids.
 
 Parameters from the window count (``choose_pq_params``):
 
 - ``nlist``: the power of two nearest ``2 * sqrt(N)`` (16..65536), and at most ``N / 64`` so
   k-means has 64 training points per list; a probe then scans ~``sqrt(N) / 2`` codes.
 - ``m`` (code bytes per window, 8 bits per sub-quantizer): 64 up to 20M windows (PQ64: 8-d
-  sub-vectors, small enough error that ``max(4k, 400)`` re-scored candidates hold recall@10),
+  sub-vectors, small enough error that ``max(4k, rerank)`` re-scored candidates hold recall@10),
   32 beyond (100M windows: 3.2 GB of codes + 0.8 GB of ids instead of 7.2 GB). ``m`` divides
   ``dim`` (halved until it does).
 - HNSW quantizer: 32 links per node, ``efSearch = max(64, 2 * nprobe)``: assigning a window or a
@@ -52,7 +56,7 @@ from ..cache import crc32_file
 from ..errors import MilnceError, UsageError
 
 __all__ = ["PQParams", "PQIndex", "choose_pq_params", "build_pq", "open_pq", "search_pq", "PQIndexError",
-           "PQDamagedError"]
+           "PQDamagedError", "DEFAULT_RERANK", "DEFAULT_NPROBE", "build_threads"]
 
 INDEX_FILE = "index.faiss"
 LISTS_FILE = "lists.ivfdata"
@@ -60,6 +64,8 @@ LISTS_CRC_FILE = "lists.crc"
 META_FILE = "pq.json"
 _FORMAT = 1
 VERIFY_AT_OPEN_BYTES = 64 << 20  # lists files up to this size (~900k windows) are checked whole at open (~0.3 s)
+DEFAULT_RERANK = 1000  # PQ candidates re-scored exactly per query (at least 4k): see docs/performance.md
+DEFAULT_NPROBE = 64  # with DEFAULT_RERANK: recall@10 0.994 on the 2M benchmark (32: 0.984)
 
 
 class PQIndexError(MilnceError, ValueError):
@@ -283,6 +289,32 @@ class PQIndex:
     list_crc: np.ndarray | None = None
     checked: set[int] = field(default_factory=set)
     damaged: str | None = None
+    rerank: int = DEFAULT_RERANK
+    _buffer: np.ndarray | None = field(default=None, repr=False)
+
+    def set_rerank(self, rerank: int) -> None:
+        """How many PQ candidates a top-k search re-scores exactly from the float32 store (at
+        least ``4k``): more costs ~2 KB read and one dot product per row, and recovers the
+        neighbours the 8-bit codes ranked too low."""
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or not 1 <= rerank <= 1 << 20:
+            raise UsageError(f"PQ: rerank must be a whole number from 1 to {1 << 20}, got {rerank!r}")
+        self.rerank = int(rerank)
+
+    def gather(self, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``vectors[rows]`` as float32, copied into a buffer kept between calls: a fresh 2 MB
+        array per query (1,000 rows) costs ~500 page faults, more than the copy itself."""
+        if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32 or vectors.ndim != 2:
+            return np.asarray(vectors[rows], dtype=np.float32)
+        buf = self._buffer
+        if buf is None or len(buf) < len(rows) or buf.shape[1] != vectors.shape[1]:
+            buf = self._buffer = np.empty((max(len(rows), self.rerank), vectors.shape[1]), np.float32)
+        out = buf[:len(rows)]
+        np.take(vectors, rows, axis=0, out=out)
+        return out
+
+    def candidates(self, k: int) -> int:
+        """PQ candidates a top-``k`` search re-scores: ``max(4k, rerank)``."""
+        return max(4 * k, self.rerank)
 
     @property
     def d(self) -> int:
@@ -357,9 +389,10 @@ def _read_meta(d: str) -> dict[str, Any]:
     return meta
 
 
-def open_pq(directory: str | os.PathLike[str], *, nprobe: int = 32) -> PQIndex:
+def open_pq(directory: str | os.PathLike[str], *, nprobe: int = DEFAULT_NPROBE, rerank: int = DEFAULT_RERANK) -> PQIndex:
     """Open a folder written by ``build_pq`` (the lists stay on disk, memory-mapped), checking the
-    sizes and checksums it recorded (``PQDamagedError``; see the module docstring)."""
+    sizes and checksums it recorded (``PQDamagedError``; see the module docstring). ``nprobe``:
+    lists probed per query; ``rerank``: candidates re-scored exactly (``PQIndex.set_rerank``)."""
     import faiss
 
     d = os.fspath(directory)
@@ -379,6 +412,7 @@ def open_pq(directory: str | os.PathLike[str], *, nprobe: int = 32) -> PQIndex:
                                  f"{faiss.extract_index_ivf(ix).nlist} lists")
     out = PQIndex(ix, meta, d, list_crc)
     out.set_nprobe(nprobe)
+    out.set_rerank(rerank)
     if list_crc is not None and meta["bytes"][LISTS_FILE] <= VERIFY_AT_OPEN_BYTES:
         out.check_lists(np.arange(len(list_crc)))
     return out
@@ -387,12 +421,12 @@ def open_pq(directory: str | os.PathLike[str], *, nprobe: int = 32) -> PQIndex:
 def search_pq(pq: PQIndex, vectors: np.ndarray, queries: np.ndarray, k: int, *,
               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows per query (Q x k int64, -1 where fewer) and their exact scores (Q x k
-    float32, -inf where fewer): ``rerank`` (default ``max(4k, 400)``) PQ candidates re-scored
-    from ``vectors`` (the float32 store, e.g. its memory map), ties by row."""
+    float32, -inf where fewer): ``rerank`` (default ``pq.candidates(k)``, ``max(4k, pq.rerank)``)
+    PQ candidates re-scored from ``vectors`` (the float32 store, e.g. its memory map), ties by row."""
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if k < 1:
         raise UsageError(f"k must be >= 1, got {k}")
-    r = max(k, rerank if rerank is not None else max(4 * k, 400))
+    r = max(k, rerank if rerank is not None else pq.candidates(k))
     _, cand = pq.search(q, r)
     rows = np.full((len(q), k), -1, np.int64)
     scores = np.full((len(q), k), -np.inf, np.float32)
@@ -400,7 +434,7 @@ def search_pq(pq: PQIndex, vectors: np.ndarray, queries: np.ndarray, k: int, *,
         c = np.unique(c[(c >= 0) & (c < len(vectors))])
         if not len(c):
             continue
-        s = np.asarray(vectors[c], dtype=np.float32) @ q[i]
+        s = pq.gather(vectors, c) @ q[i]
         order = np.lexsort((c, -s))[:k]
         rows[i, :len(order)] = c[order]
         scores[i, :len(order)] = s[order]
