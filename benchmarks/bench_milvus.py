@@ -51,6 +51,13 @@ def latency(fn, queries: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:  # 
     return got, np.array(lat) * 1e3
 
 
+def du(path: str) -> int:
+    """Bytes under ``path`` (a file or a folder)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
 def recall_at_10(got: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean([len(set(g[:10].tolist()) & set(t.tolist())) / 10 for g, t in zip(got, truth)]))
 
@@ -119,8 +126,7 @@ def run_milvus(x: np.ndarray, q: np.ndarray, truth: np.ndarray, work: str, *, in
         got, lat = latency(one, q)
         label = f"Milvus Lite {index_type}" + (f" (nlist {nlist}, nprobe {nprobe})" if index_type == "IVF_FLAT" else "")
         return summary(label, got, lat, truth, ingest_per_s=len(x) / insert_s, ready_s=ready_s,
-                       disk_bytes=float(sum(os.path.getsize(os.path.join(r, f))
-                                            for r, _, fs in os.walk(work) for f in fs if "milvus" in r + f)))
+                       disk_bytes=float(du(os.path.join(work, "milvus.db"))))
     finally:
         client.close()
 
