@@ -397,7 +397,7 @@ class Index(IndexReader):
         return True
 
     def build_ann(self, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
-                  target_recall: float = 0.98, progress: bool = False, kind: str = "ivf") -> dict[str, Any]:
+                  target_recall: float | None = None, progress: bool = False, kind: str = "ivf") -> dict[str, Any]:
         """Build the approximate index (``kind``: ivf or pq); see ``milnce.index.ann.build_ann``."""
         self._need_writer()
         info = build_ann(self.snapshot, queries=queries, nlist=nlist, m=m, target_recall=target_recall,
