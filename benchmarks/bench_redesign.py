@@ -103,7 +103,7 @@ emit({"wall_s": wall, "check": round(float(out.double().abs().sum()), 2)})
 
 SEARCH = PRELUDE + r"""
 import hashlib
-from milnce.index.store import Index
+from milnce.index import Index
 
 
 class Emb:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from milnce import cli
-from milnce.commands.search_output import SearchOutput
+from milnce.commands.search import SearchOutput
 from milnce.eval.report import format_table
 from milnce.index import Index
 from milnce.plural import plural

@@ -35,7 +35,7 @@ from milnce.eval import (
 )
 from milnce.eval import run as run_mod
 from milnce.eval.datasets import class_name
-from milnce.eval.probe import linear_probe, source_group
+from milnce.eval.linear_probe import linear_probe, source_group
 from video_fixtures import make_video
 
 SMALL = {"num_frames": 8, "fps": 10.0, "size": 32, "num_windows": 4}
@@ -544,7 +544,7 @@ def test_real_pipeline_msrvtt(msrvtt, model, tmp_path):
     p = root / "video1.mp4"
     starts = window_starts(0.0, probe_video(p)["duration"], s)
     (r,) = list(run_jobs(model, [VideoJob(str(p), key=0, starts=list(starts))], s.window, pad="zeros"))
-    np.testing.assert_allclose(res.clips.video[0], r.video_embedding.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res.clips.video[0], r.embeddings.mean(axis=0), rtol=1e-4, atol=1e-5)
     again = evaluate(model, "msrvtt", root, annotations=csv, settings=s, cache=tmp_path / "c", runner=NoRunner())
     np.testing.assert_array_equal(again.clips.video, res.clips.video)
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from milnce.extract import (
-    JobResult,
     Shard,
     VideoInput,
     VideoJob,
@@ -29,6 +28,7 @@ from milnce.extract import (
     run_jobs,
     shard_inputs,
 )
+from milnce.video import VideoWindows
 from milnce.windows import WindowSettings
 from video_fixtures import make_empty_video, make_video
 
@@ -148,7 +148,7 @@ def test_run_jobs_equals_encode_video_file_workers_0_and_2(model, tree):
         runs[workers] = {r.key: r for r in res}
     for i, p in enumerate(paths):
         a, b = runs[0][i], runs[2][i]
-        assert isinstance(a, JobResult)
+        assert isinstance(a, VideoWindows)
         if "bad" in p:
             assert a.error and b.error and "text.mp4" in a.error and len(a) == 0
             continue
@@ -158,9 +158,9 @@ def test_run_jobs_equals_encode_video_file_workers_0_and_2(model, tree):
             np.testing.assert_array_equal(r.starts, ref.starts)
             np.testing.assert_array_equal(r.ends, ref.ends)
             # batch composition changes the kernels' rounding: compare relative to the largest value
-            np.testing.assert_allclose(r.video_embedding, ref.embeddings, rtol=1e-5,
+            np.testing.assert_allclose(r.embeddings, ref.embeddings, rtol=1e-5,
                                        atol=1e-5 * float(np.abs(ref.embeddings).max()))
-            np.testing.assert_allclose(r.mixed_5c, ref.features, rtol=1e-5, atol=1e-5 * float(np.abs(ref.features).max()))
+            np.testing.assert_allclose(r.features, ref.features, rtol=1e-5, atol=1e-5 * float(np.abs(ref.features).max()))
             assert r.duration == pytest.approx(ref.duration)
 
 
@@ -177,8 +177,8 @@ def test_run_jobs_explicit_starts_zero_padding(model, tree):
         (r,) = run_jobs(model, [VideoJob(p, key="k", starts=starts)], S, pad=pad, workers=0, features=True)
         assert r.key == "k" and r.error is None
         np.testing.assert_array_equal(r.starts, starts)
-        np.testing.assert_allclose(r.video_embedding, ref[0].numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(r.mixed_5c, ref[1].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(r.embeddings, ref[0].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(r.features, ref[1].numpy(), rtol=1e-5, atol=1e-5)
     (r,) = run_jobs(model, [VideoJob(p, starts=[9.0])], S, workers=0)
     assert r.error and "past the end" in r.error
 
@@ -195,9 +195,9 @@ def test_long_video_split_across_decoders_equals_whole(model, tmp_path):
     np.testing.assert_array_equal(split.starts, whole.starts)
     np.testing.assert_array_equal(split.ends, whole.ends)
     assert split.duration == whole.duration
-    top = float(np.abs(whole.video_embedding).max())
-    np.testing.assert_allclose(split.video_embedding, whole.video_embedding, rtol=1e-5, atol=1e-5 * top)
-    np.testing.assert_allclose(split.mixed_5c, whole.mixed_5c, rtol=1e-5, atol=1e-5 * float(np.abs(whole.mixed_5c).max()))
+    top = float(np.abs(whole.embeddings).max())
+    np.testing.assert_allclose(split.embeddings, whole.embeddings, rtol=1e-5, atol=1e-5 * top)
+    np.testing.assert_allclose(split.features, whole.features, rtol=1e-5, atol=1e-5 * float(np.abs(whole.features).max()))
     assert stats["parts"] == 4
 
 
@@ -271,11 +271,11 @@ def test_extract_skip_redo_failures(model, tree, tmp_path):
     assert all(r["reason"] for r in rows)
     ff = read_feature_file(out / "a.npz")
     ref = model.encode_video_file(tree / "good" / "a.mp4", fps=10, num_frames=8, size=32, stride=4, features=True)
-    np.testing.assert_allclose(ff.video_embedding, ref.embeddings, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ff.mixed_5c, ref.features, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(ff.start, ref.starts)
+    np.testing.assert_allclose(ff.embeddings, ref.embeddings, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ff.features, ref.features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ff.starts, ref.starts)
     assert ff.meta["weights"] == model.weights_id and ff.meta["settings"]["stride"] == 4
-    assert ff.video_path == str(tree / "good" / "a.mp4")
+    assert ff.path == str(tree / "good" / "a.mp4")
     assert sorted(Path(v).name for v, _ in iter_feature_files(out)) == ["a.mp4", "b.mp4", "c.webm"]
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")}
     rep = extract([tree / "good"], out, model, S, workers=0)
@@ -285,7 +285,7 @@ def test_extract_skip_redo_failures(model, tree, tmp_path):
     rep = extract([tree / "good"], out, model, S.with_(stride=8), workers=0)
     assert (rep.extracted, rep.redone) == (3, 3)
     rep = extract([tree / "good"], out, model, S.with_(stride=8), features=["video_embedding"], workers=0)
-    assert rep.redone == 3 and read_feature_file(out / "a.npz").mixed_5c is None
+    assert rep.redone == 3 and read_feature_file(out / "a.npz").features is None
     # a changed video is redone
     os.utime(tree / "good" / "a.mp4", ns=(time.time_ns(), time.time_ns()))
     rep = extract([tree / "good"], out, model, S.with_(stride=8), features=["video_embedding"], workers=0)

@@ -318,7 +318,7 @@ def test_host_check_parses_the_whole_header():
 
 
 def test_show_path_escapes_control_characters():
-    from milnce.index.layout import show_path
+    from milnce.printable import show_path
 
     assert show_path("a\x1b[2Jb\nc") == "a\\x1b[2Jb\\x0ac"
     assert show_path(os.fsdecode(b"x\xffy")) == "x\\xffy"
@@ -335,7 +335,7 @@ def tiny_index(tmp_path_factory):
 
 def test_queries_file_rules_and_csv_failures(tiny_index, tmp_path, model, monkeypatch, capsys):
     monkeypatch.setattr("milnce.commands.search.model_from_args", lambda args: model)
-    monkeypatch.setattr("milnce.index.Index.check_model", lambda self, m: None)
+    monkeypatch.setattr("milnce.index.IndexReader.check_model", lambda self, m: None)
     qf = tmp_path / "q.txt"
     qf.write_text("# a comment, not a query\ncut\n\nqqqzzz\n")
     assert main(["search", "--index", str(tiny_index), "--queries-file", str(qf), "--csv"]) == 1
@@ -367,10 +367,10 @@ def test_many_queries_run_in_bounded_memory(tiny_index, tmp_path, checkpoint):
         import resource, sys
         import milnce
         import milnce.commands.search as cs
-        from milnce.index import Index
+        from milnce.index import IndexReader
         model = milnce.load_model({str(checkpoint[0])!r}, {str(checkpoint[1])!r}, download=False)
         cs.model_from_args = lambda args: model
-        Index.check_model = lambda self, m: None
+        IndexReader.check_model = lambda self, m: None
         size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (size + (600 << 20), resource.RLIM_INFINITY))
         from milnce.cli import main

@@ -26,7 +26,6 @@ from milnce.index import (
     IndexWriteError,
     build_index,
     index_window,
-    merge_windows,
 )
 from milnce.windows import WindowSettings
 
@@ -329,7 +328,7 @@ def test_compaction_keeps_results(tmp_path):
 def test_screened_exact_search_equals_full_scan(tmp_path):
     """Above 20k windows, exact search scans int8 codes and re-scores every window that could make
     the top k (proven error bound): the results must be those of the full float32 scan."""
-    from milnce.index.search import _HAVE_INT8_KERNEL
+    from milnce.index.screen import _HAVE_INT8_KERNEL
 
     if not _HAVE_INT8_KERNEL():
         pytest.skip("no int8 kernel in this torch: the float32 scan is always used")
@@ -388,14 +387,6 @@ def test_index_cli_bad_paths(tmp_path, wargs, capsys):
     assert not (tmp_path / "ix").exists()
 
 
-def test_merge_windows_runs():
-    rows = np.array([5, 3, 4, 10, 11, 20])
-    scores = np.array([1.0, 3.0, 2.0, 5.0, 0.5, 4.0], np.float32)
-    video_end = np.array([11, 11, 11, 11, 30, 30])  # row 10 ends its video: 10 and 11 are not adjacent
-    runs = merge_windows(rows, scores, video_end)
-    assert runs == [(10, 10, 10, 5.0), (20, 20, 20, 4.0), (3, 5, 3, 3.0), (11, 11, 11, 0.5)]
-
-
 # --------------------------------------------------------------------------------------------
 # Robustness
 
@@ -417,7 +408,7 @@ def test_lock_refuses_second_writer(tmp_path, video_dir, wargs, model, capsys):
 
 
 def test_disk_full_leaves_index_intact(tmp_path, video_dir, model, monkeypatch):
-    import milnce.index.store as mi
+    import milnce.index.writer as mi
 
     vids = copy_videos(video_dir, tmp_path / "v")
     (vids / "green.mp4").unlink()
@@ -566,8 +557,8 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
     # features of other settings are refused before anything is written
     ff = read_feature_file(out / "red.npz")
     meta = {**ff.meta, "settings": {**ff.meta["settings"], "stride": 8}}
-    write_feature_file(str(out / "zz" / "odd.npz"), {"video_embedding": ff.video_embedding, "start": ff.start,
-                                                     "end": ff.end, "path": np.asarray(ff.video_path)}, meta)
+    write_feature_file(str(out / "zz" / "odd.npz"), {"video_embedding": ff.embeddings, "start": ff.starts,
+                                                     "end": ff.ends, "path": np.asarray(ff.path)}, meta)
     with pytest.raises(FeaturesMismatchError, match="mixes features"):
         index_features(out, tmp_path / "ix_new", progress=False)
     assert not (tmp_path / "ix_new").exists()

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+import milnce
 from milnce.cli import main
 from milnce.extract import check, collect_inputs, extract, read_feature_file, shard_inputs
 from milnce.extract.store import StoreError
-from milnce.video import VideoEmbeddings, VideoJob, VideoWindows, run_jobs
+from milnce.video import VideoJob, VideoWindows, run_jobs
 from milnce.video.find import walk_videos
 from milnce.video.result import EmbeddingsFileError, check_crc, check_structure
 from milnce.windows import WindowSettings
@@ -85,12 +86,16 @@ def test_walker_reports_unreadable_folders_and_keeps_non_utf8_names(tmp_path, mo
 def test_one_result_type_keeps_the_old_names_and_reads_old_files(tmp_path):
     w = VideoWindows("v.mp4", np.array([0.0, 0.4]), np.array([0.8, 1.2]), np.ones((2, 7), np.float32),
                      np.zeros((2, 3), np.float32), 1.5, settings=S)
-    assert w.video_embedding is w.embeddings and w.mixed_5c is w.features and w.start is w.starts
-    assert w.end is w.ends and w.video_path == "v.mp4" and VideoEmbeddings is VideoWindows
+    with pytest.warns(DeprecationWarning) as caught:  # the documented older names, deprecated
+        assert w.video_embedding is w.embeddings and w.mixed_5c is w.features and w.start is w.starts
+        assert w.end is w.ends and w.video_path == "v.mp4"
+        assert milnce.video.VideoEmbeddings is VideoWindows and milnce.VideoEmbeddings is VideoWindows
+        assert milnce.extract.JobResult is VideoWindows and milnce.extract.FeatureFile is VideoWindows
+    assert len(caught) == 9 and all(str(c.filename) == __file__ for c in caught)  # blamed on the caller
     w.save(tmp_path / "new.npz")
     back = VideoWindows.load(tmp_path / "new.npz")
     assert back.embeddings.shape == (2, 7) and back.settings == S and back.duration == 1.5
-    assert read_feature_file(tmp_path / "new.npz").video_embedding.shape == (2, 7)
+    assert read_feature_file(tmp_path / "new.npz").embeddings.shape == (2, 7)
     # the embed-video format of before
     np.savez(tmp_path / "old.npz", embeddings=np.ones((3, 5), np.float32), starts=np.arange(3.0), ends=np.arange(3.0) + 1,
              fps=np.float64(10), num_frames=np.int64(8), size=np.int64(32), stride=np.int64(4))

@@ -287,7 +287,7 @@ def test_unreadable_folder_is_reported(tmp_path, vids, wargs, capsys, monkeypatc
 
 
 def test_disk_full_while_creating_an_index_is_one_line(tmp_path, vids, wargs, capsys, monkeypatch):
-    import milnce.index.store as store
+    import milnce.index.writer as store
 
     def full(*a, **k):
         raise sqlite3.OperationalError("database or disk is full")

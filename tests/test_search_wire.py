@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import milnce.index.search as search_mod
+import milnce.index.screen as search_mod
 from milnce.cli import main
 from milnce.index import Index
 from milnce.index.filters import NoVideoMatchesError, VideoFilter, collection_root
@@ -175,7 +175,7 @@ def test_filtered_ann_refills_until_k_pass(big, tmp_path):
 @pytest.fixture
 def cli_model(model, monkeypatch):
     monkeypatch.setattr("milnce.commands.search.model_from_args", lambda args: model)
-    monkeypatch.setattr("milnce.index.Index.check_model", lambda self, m: None)
+    monkeypatch.setattr("milnce.index.IndexReader.check_model", lambda self, m: None)
     return model
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from milnce.index import Index
 from milnce.index.hybrid import fuse
-from milnce.index.query import percentile_rows
+from milnce.index.ranking import percentile_rows
 from milnce.index.transcripts import fts_phrase, query_words
 from milnce.video.subtitles import Cue, SubtitleTrack
 from milnce.windows import WindowSettings

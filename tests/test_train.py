@@ -246,7 +246,7 @@ def test_load_model_from_run_folder(straight, tmp_path):
     from milnce.extract import read_feature_file
 
     ff = read_feature_file(tmp_path / "emb" / "train00000.npz")  # extract's format: the run's window settings
-    assert ff.video_embedding.shape[1] == 512 and float(ff.meta["settings"]["fps"]) == 4.0
+    assert ff.embeddings.shape[1] == 512 and float(ff.meta["settings"]["fps"]) == 4.0
 
 
 def test_no_half_written_checkpoint_is_visible(synth, straight, tmp_path, monkeypatch):

@@ -17,8 +17,8 @@ import milnce
 from milnce.video import (
     Clip,
     VideoClipDataset,
-    VideoEmbeddings,
     VideoError,
+    VideoWindows,
     clips_to_tensor,
     encode_video_file,
     read_clip,
@@ -402,7 +402,7 @@ def test_dataset_multi_worker_loader(vids, bad):
 
 def test_encode_video_file_matches_clips(model, vids):
     res = encode_video_file(model, vids["cfr10"], num_frames=8, size=32, stride=8, batch_size=2, features=True)
-    assert isinstance(res, VideoEmbeddings)
+    assert isinstance(res, VideoWindows)
     clips = list(read_clips(vids["cfr10"], num_frames=8, size=32, stride=8))
     assert len(res) == len(clips) == 5
     assert res.embeddings.dtype == np.float32 and res.embeddings.shape == (5, 512)

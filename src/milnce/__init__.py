@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from importlib import import_module
 from typing import Any
 
@@ -31,7 +32,6 @@ _LAZY = {
     "VideoNotFoundError": "milnce.video",
     "ClipReader": "milnce.video",
     "Clip": "milnce.video",
-    "VideoEmbeddings": "milnce.video",
     "Index": "milnce.index",
     "build_index": "milnce.index",
     "IndexFolderError": "milnce.index",
@@ -61,7 +61,16 @@ __all__ = [
 ]
 
 
+# Older names, kept because the documented Python API named them (each warns once per use).
+_DEPRECATED = {"VideoEmbeddings": ("milnce.video.result", "VideoWindows")}
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name in _DEPRECATED:
+        module, new = _DEPRECATED[name]
+        warnings.warn(f"milnce.{name} is deprecated: use {module.rpartition('.')[0]}.{new}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(import_module(module), new)
     raise AttributeError(f"module 'milnce' has no attribute {name!r}")

@@ -22,7 +22,7 @@ from .printable import show_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import MILNCE, Precision
-    from .index import Index, IndexReport, Moment
+    from .index import IndexReader, IndexReport, Moment
     from .runoptions import RunOptions
 
 __all__ = ["DEMO_VIDEOS", "SYNTHETIC_QUERIES", "OFFLINE_HINT", "Demo", "DemoError", "Answer", "HeldOutScore",
@@ -140,7 +140,7 @@ def build_demo_index(demo: Demo, index_dir: str, *, window: dict[str, Any], run:
                        allow_gaps=allow_gaps)
 
 
-def answer(index: Index, demo: Demo, query: str) -> Answer:
+def answer(index: IndexReader, demo: Demo, query: str) -> Answer:
     """The demo's videos ranked for ``query`` (one moment each, best first) and the verdict on the
     best match."""
     problem = index.query_problem(query)
@@ -167,7 +167,7 @@ def verdict(demo: Demo, query: str, ranked: list[str]) -> str:
     return f" (it shows {' then '.join(repr(s) for s in shows or [])}; the video of this caption, {want}, {where})"
 
 
-def held_out_score(index: Index, demo: Demo) -> HeldOutScore:
+def held_out_score(index: IndexReader, demo: Demo) -> HeldOutScore:
     """The best matches over every held-out caption: how often the video it describes comes first
     or in the first five."""
     first = top5 = n = 0

@@ -12,8 +12,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import MilnceError, UsageError
-from .index import IndexMismatchError
-from .index.backends import AnyIndex
+from .index import IndexMismatchError, SearchableIndex
 from .index.moments import iter_video_moments
 from .protocols import Encoder
 from .windows import WindowSettings
@@ -68,14 +67,14 @@ def best_moments(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, k: in
 def localize(model: Encoder, path: str | os.PathLike[str], query: str, *, k: int = 5, fps: float | None = None,
              num_frames: int | None = None, size: int | None = None, stride: int | None = None,
              batch_size: int | None = None,
-             merge: bool = True, index: AnyIndex | None = None, progress: bool = False,
+             merge: bool = True, index: SearchableIndex | None = None, progress: bool = False,
              allow_gaps: bool = False) -> Localization:
     """Score ``query`` against every window of the video at ``path``.
 
-    Window settings: the given ones over the model's conventions. With an open ``index``
-    (``milnce.Index``) whose settings agree with the given ones, the index's settings are used, and
-    its stored windows too when it holds this video unchanged; an index with other settings is
-    ignored (the video is embedded again). A stride longer than the window is refused unless
+    Window settings: the given ones over the model's conventions. With an open ``index`` (a
+    ``milnce.index.IndexReader``, or any ``SearchableIndex``) whose settings agree with the given
+    ones, the index's settings are used, and its stored windows too when it holds this video
+    unchanged; an index with other settings is ignored (the video is embedded again). A stride longer than the window is refused unless
     ``allow_gaps`` (an index's own settings are taken as they are)."""
     if not isinstance(query, str):
         raise UsageError("the query is empty")

@@ -53,11 +53,11 @@ def save_embeddings(out: str, array: np.ndarray) -> str:
 def load_windows(paths: Sequence[str]) -> Windows:
     """The windows of saved video embeddings (``.npz`` from ``extract``/``embed-video``, or a plain
     N x D ``.npy``), concatenated; ``EmbeddingsFileError`` for a file that holds none."""
-    from .video import EmbeddingsFileError, VideoEmbeddings
+    from .video import EmbeddingsFileError, VideoWindows
 
     vids, labels = [], []
     for path in paths:
-        ve = VideoEmbeddings.load(path)
+        ve = VideoWindows.load(path)
         if len(ve) == 0:
             raise EmbeddingsFileError(f"{path}: holds no windows (nothing to score)")
         name = os.path.basename(path)

@@ -1,4 +1,7 @@
-"""Search commands: index, search, remove, localize (``milnce demo``: ``commands/demo.py``)."""
+"""Search commands: index, search, remove, localize (``milnce demo``: ``commands/demo.py``), and
+how ``milnce search`` reads its queries and writes its results: the queries file streamed in
+batches with bounded memory (``iter_queries_file``), and the result formats (table, JSON, CSV)
+written as they come (``SearchOutput``; ``print_results``, the table ``milnce demo`` prints too)."""
 
 from __future__ import annotations
 
@@ -276,7 +279,7 @@ def _langs(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 def _record_roots(args: argparse.Namespace) -> int:
     """``milnce index --index DIR --root ROOT...``: record collection roots of an existing index."""
-    from ..index.layout import DB_NAME, show_path
+    from ..index.layout import DB_NAME
 
     if not _is_milvus(args.index) and not os.path.isfile(os.path.join(args.index, DB_NAME)):
         raise CommandError(f"--root without PATHs records roots of an existing index; there is none at {args.index}")
@@ -301,8 +304,6 @@ def _print_report(args: argparse.Namespace, report: IndexReport) -> int:
 def _print_failed(report: IndexReport) -> None:
     """The videos that could not be read, this run or before (skipped), on stderr (the first 10),
     one line each as ``extract`` lists them."""
-    from ..index.layout import show_path
-
     failed = report.failed + report.skipped_failures
     for path, reason in failed[:10]:
         print(f"  failed: {show_path(path)}: {show_path(reason)}", file=sys.stderr)
@@ -323,7 +324,6 @@ def _video_filter(args: argparse.Namespace) -> Any:
 def cmd_search(args: argparse.Namespace) -> int:
     from ..index.filters import collection_root
     from ..index.hybrid import check_speech_weight
-    from ..index.layout import show_path
     from ..index.negatives import DEFAULT_NOT_WEIGHT, check_weight
 
     if args.k < 1:
@@ -425,8 +425,6 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"removed": removed, "videos": left}))
     else:
-        from ..index.layout import show_path
-
         for p in removed:
             print(f"removed {show_path(p)}")
         print(f"{show_path(args.index)}: {plural(left, 'video')} left")
@@ -469,3 +467,6 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {show_path(args.plot)}")
     return 0
+
+
+# -- reading queries, writing results ------------------------------------------------------

@@ -170,10 +170,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             check_comparable_folders(folders, args.collection)  # before the model loads
         model = model_for_index(args, folders[0], model_from_args)  # --weights, else the (first) index's record
-        from ..index.backends import AnyIndex, open_index
+        from ..index import SearchableIndex
+        from ..index.backends import open_index
         from ..server.multi import index_names
 
-        opened: dict[str, AnyIndex] = {}
+        opened: dict[str, SearchableIndex] = {}
         try:
             for name, d in zip(index_names(folders), folders):
                 opened[name] = open_index(d, model, readonly=True, collection=args.collection)

@@ -6,7 +6,7 @@ probes, and CrossTask zero-shot step localisation (``evaluate_crosstask``).
 >>> result.metrics["R@1"]                                              # doctest: +SKIP
 
 The protocol is ``milnce.eval.protocol``; metrics ``milnce.eval.metrics``; the probe
-``milnce.eval.probe`` (needs scikit-learn: ``pip install 'milnce[eval]'``).
+``milnce.eval.linear_probe`` (needs scikit-learn: ``pip install 'milnce[eval]'``).
 """
 
 from __future__ import annotations

@@ -48,7 +48,6 @@ _COLUMNS = {
     "msrvtt": ("video_id", "sentence"),
     "hmdb51": ("video_id", "label", "split1", "split2", "split3"),
 }
-VIDEO_EXTS = VIDEO_SUFFIXES  # one list of video extensions (milnce.video.find)
 
 
 def default_annotations(name: str) -> Path:
@@ -163,10 +162,10 @@ class VideoResolver:
 
     def _names(self, item: EvalItem) -> list[str]:
         vid = item.video_id
-        if os.path.splitext(vid)[1].lower() in VIDEO_EXTS:
+        if os.path.splitext(vid)[1].lower() in VIDEO_SUFFIXES:
             stem = os.path.splitext(vid)[0]
-            return [vid] + [stem + e for e in VIDEO_EXTS if stem + e != vid]
-        return [vid + e for e in VIDEO_EXTS]
+            return [vid] + [stem + e for e in VIDEO_SUFFIXES if stem + e != vid]
+        return [vid + e for e in VIDEO_SUFFIXES]
 
     def _walk(self) -> None:
         by_name: dict[str, Path] = {}
@@ -193,7 +192,7 @@ class VideoResolver:
             if n in self._by_name:
                 return self._by_name[n]
         return self._by_stem.get(os.path.splitext(item.video_id)[0] if os.path.splitext(item.video_id)[1].lower()
-                                 in VIDEO_EXTS else item.video_id)
+                                 in VIDEO_SUFFIXES else item.video_id)
 
     def resolve_all(self, items: Iterable[EvalItem]) -> dict[int, Path | None]:
         """Row -> path (or None) for every item; one lookup per distinct video."""

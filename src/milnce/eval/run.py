@@ -20,8 +20,8 @@ from ..video.pipeline import VideoJob, run_jobs
 from ..video.result import failure_reason
 from .cache import EmbeddingCache, as_cache
 from .datasets import Benchmark, EvalItem, VideoResolver, load_benchmark
+from .linear_probe import DEFAULT_CS, linear_probe, source_group
 from .metrics import retrieval_metrics
-from .probe import DEFAULT_CS, linear_probe, source_group
 from .protocol import TIE_RULES, EvalSettings, window_starts
 from .ucf101 import ucf_group
 
@@ -227,8 +227,8 @@ def _aligned(r: Any, uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """(embeddings, mixed_5c, which were returned) of a pipeline result, one row per wanted start
     of ``uniq`` (NaN where the pipeline returned no such window)."""
     got = np.asarray(r.starts, np.float64)
-    emb_all = np.asarray(r.video_embedding, np.float32)
-    feat_all = (np.asarray(r.mixed_5c, np.float32) if r.mixed_5c is not None
+    emb_all = np.asarray(r.embeddings, np.float32)
+    feat_all = (np.asarray(r.features, np.float32) if r.features is not None
                 else np.full((len(got), 1024), np.nan, np.float32))
     idx = _match(uniq, got)
     emb = np.full((len(uniq), emb_all.shape[1] if emb_all.ndim == 2 else 512), np.nan, np.float32)

@@ -11,7 +11,7 @@ The class of a video is the folder part of its line (checked against ``classInd.
 difference is accepted, since the release itself mixes ``HandstandPushups`` and
 ``HandStandPushups``); a train line's index must agree with it. Every video is a row with one
 flag per split (1 train, 2 test, 0 absent), as the HMDB-51 file has. The probe is HMDB-51's
-(``milnce.eval.probe``); its validation hold-out is drawn by *group*: the ``gNN`` of
+(``milnce.eval.linear_probe``); its validation hold-out is drawn by *group*: the ``gNN`` of
 ``v_<Class>_gNN_cMM.avi``, the 25 groups the official splits are made of (clips of one group
 share actors and scenes; the splits never put a group on both sides).
 """

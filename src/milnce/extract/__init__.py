@@ -7,18 +7,28 @@
   them back (no pickle).
 """
 
+import warnings
+from typing import Any
+
 from ..runoptions import RunOptions, default_workers, resolve_run_options
 from ..video.pipeline import VideoJob, run_jobs
 from ..video.result import VideoWindows
 from .inputs import Shard, VideoInput, collect_inputs, output_path, resolve_shard, shard_inputs
 from .runner import FEATURES, CheckReport, ExtractReport, check, extract, failures_file, read_failures
-from .store import FeatureFile, StoreError, feature_file_paths, iter_feature_files, read_feature_file, read_meta
-
-JobResult = VideoWindows  # the older name of run_jobs' results
+from .store import StoreError, feature_file_paths, iter_feature_files, read_feature_file, read_meta
 
 __all__ = [
-    "VideoJob", "JobResult", "run_jobs", "default_workers", "RunOptions", "resolve_run_options",
+    "VideoJob", "run_jobs", "default_workers", "RunOptions", "resolve_run_options",
     "extract", "check", "ExtractReport", "CheckReport", "FEATURES", "failures_file", "read_failures",
-    "FeatureFile", "StoreError", "iter_feature_files", "read_feature_file", "feature_file_paths", "read_meta",
+    "StoreError", "iter_feature_files", "read_feature_file", "feature_file_paths", "read_meta",
     "VideoInput", "Shard", "collect_inputs", "shard_inputs", "resolve_shard", "output_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``JobResult`` and ``FeatureFile``: older names of ``milnce.video.VideoWindows`` (deprecated)."""
+    if name in ("JobResult", "FeatureFile"):
+        warnings.warn(f"milnce.extract.{name} is deprecated: use milnce.video.VideoWindows", DeprecationWarning,
+                      stacklevel=2)
+        return VideoWindows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

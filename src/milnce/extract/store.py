@@ -31,7 +31,7 @@ from ..video.result import (
 )
 from .inputs import VideoInput, output_path
 
-__all__ = ["FORMAT", "FeatureFile", "StoreError", "write_feature_file", "read_feature_file", "read_meta",
+__all__ = ["FORMAT", "StoreError", "write_feature_file", "read_feature_file", "read_meta",
            "inspect_meta", "iter_feature_files", "feature_file_paths", "temp_files", "check_structure", "check_crc", "Layout", "NpzLayout"]
 
 _TMP_SUFFIX = ".tmp"
@@ -39,9 +39,6 @@ _TMP_SUFFIX = ".tmp"
 
 class StoreError(MilnceError, OSError):
     """A feature file could not be written (disk full, permissions) or read."""
-
-
-FeatureFile = VideoWindows  # the older name: ``file``, ``video_path``, ``start``/``end`` are its aliases
 
 
 class Layout(Protocol):
@@ -200,13 +197,13 @@ def _members(path: str) -> set[str]:
         return set()
 
 
-def iter_feature_files(out_dir: str | os.PathLike[str]) -> Iterator[tuple[str, FeatureFile]]:
-    """``(video_path, FeatureFile)`` for every feature file below ``out_dir``, in path order
+def iter_feature_files(out_dir: str | os.PathLike[str]) -> Iterator[tuple[str, VideoWindows]]:
+    """``(video_path, VideoWindows)`` for every feature file below ``out_dir``, in path order
     (temporary files of interrupted writers are skipped; unreadable files raise ``StoreError``)."""
     for file in feature_file_paths(out_dir):
         ff = read_feature_file(file)
         if ff.meta.get("format") == FORMAT:
-            yield ff.video_path, ff
+            yield ff.path, ff
 
 
 def feature_file_paths(out_dir: str | os.PathLike[str]) -> Iterator[str]:

@@ -14,19 +14,27 @@ Modules: ``records`` (``Moment``, ``VideoRecord``, ``IndexReport``, row types), 
 ``layout`` (file names, printable paths), ``roots`` (collection roots), ``database`` (SQLite
 schema, connection, stored paths), ``verify`` (open-time checks), ``ann`` (faiss: open, build),
 ``snapshot`` (``Snapshot``: one committed state, immutable: records, row ranges, memory maps, ANN
-handle), ``search`` (``Searcher``: exact int8-screened search over a snapshot), ``moments`` (what
-a moment is), ``query`` (ranking, moments, curves over a snapshot; ``QueryMixin``: ``Index``'s
-searches), ``storefiles`` (store files: append, truncate, compact), ``store`` (``Index``: the one
-writer, publishing a snapshot per commit), ``ingest`` (what ``build`` and ``features`` share),
+handle), ``screen`` (``Searcher``: the int8-screened exact search over a snapshot), ``moments``
+(what a moment is), ``ranking`` (ranking, moments, curves over a snapshot), ``state``
+(``IndexState``: the committed records one process knows, published as snapshots), ``searchable``
+(``SearchableIndex``: the read surface the server and the commands use), ``reader``
+(``IndexReader``: an opened index, read-only, and every search), ``rowfiles`` (the store files:
+append, truncate, compact), ``writer`` (``Index``: the one writer, an ``IndexReader`` that also
+writes, publishing a snapshot per commit), ``ingest`` (what ``build`` and ``features`` share),
 ``build`` (``find_videos``, ``build_index``), ``features`` (``index_features``: from ``milnce
 extract``'s files, no model), ``lock`` (the writer lock). Imports go one way, in that order.
-Crash safety is described in ``milnce.index.store``; ranking in ``milnce.index.query``.
+
+``Index.open(folder, model)`` opens an index read-only (an ``IndexReader``, as
+``IndexReader.open``); ``Index.open(folder, readonly=False)``, ``Index.create`` and
+``Index.create_for`` give the writer. Crash safety is described in ``milnce.index.writer``;
+searching in ``milnce.index.reader``, ranking in ``milnce.index.ranking``.
 """
 
 from __future__ import annotations
 
+from ..video.find import VIDEO_EXTENSIONS
 from ..windows import WindowSettings
-from .build import VIDEO_EXTENSIONS, build_index, file_hash, find_videos, index_window, stored_window
+from .build import build_index, find_videos, index_window, stored_window
 from .errors import (
     IndexDamagedError,
     IndexFolderError,
@@ -36,22 +44,26 @@ from .errors import (
     IndexWriteError,
 )
 from .features import FeaturesMismatchError, index_features
+from .ingest import file_hash
 from .lock import acquire_lock, check_unlocked
-from .moments import MOMENT_MARGIN, iter_video_moments, merge_windows, moment_margin, video_moments
-from .records import IndexReport, Moment, VideoRecord, VideoRow, WindowRun
-from .search import quantize_rows
+from .moments import MOMENT_MARGIN, iter_video_moments, moment_margin, video_moments
+from .reader import IndexReader
+from .records import IndexReport, Moment, VideoRecord, VideoRow
+from .screen import quantize_rows
+from .searchable import SearchableIndex
 from .snapshot import Snapshot
-from .store import Index
+from .writer import Index
 
 DEFAULT_SETTINGS = WindowSettings().to_dict()  # a new index's windows: the published weights' conventions
 
 __all__ = [
     "Index",
+    "IndexReader",
+    "SearchableIndex",
     "Snapshot",
     "Moment",
     "VideoRecord",
     "VideoRow",
-    "WindowRun",
     "IndexReport",
     "IndexFolderError",
     "IndexNotFoundError",
@@ -66,7 +78,6 @@ __all__ = [
     "FeaturesMismatchError",
     "find_videos",
     "file_hash",
-    "merge_windows",
     "video_moments",
     "iter_video_moments",
     "moment_margin",

@@ -11,15 +11,25 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, fsync_dir
 from ..cache import crc32_file
-from .ann_pq import META_FILE, PQDamagedError, PQIndexError, build_pq, choose_pq_params, open_pq
+from .ann_pq import (
+    DEFAULT_NPROBE,
+    DEFAULT_RERANK,
+    META_FILE,
+    PQDamagedError,
+    PQIndexError,
+    build_pq,
+    choose_pq_params,
+    open_pq,
+)
 from .errors import IndexFolderError, IndexWriteError
-from .layout import SCAN_BLOCK, fsync_dir, now
+from .layout import SCAN_BLOCK, now
 
 
 class AnnSource(Protocol):
@@ -36,7 +46,7 @@ class AnnSource(Protocol):
     def live_mask(self) -> np.ndarray | None: ...
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray: ...
 
-__all__ = ["open_ann", "build_ann", "cross_check", "is_ann_name", "AnnSource", "ANN_MIN_WINDOWS", "PQDamagedError"]
+__all__ = ["open_ann", "build_ann", "cross_check", "is_ann_name", "AnnSource", "ANN_MIN_WINDOWS", "candidates_for"]
 
 
 ANN_MIN_WINDOWS = 50_000  # below this exact search is fast (a few ms) and an IVF index only loses recall
@@ -48,7 +58,8 @@ log = logging.getLogger("milnce.index")
 def open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -> tuple[Any, dict[str, Any]]:
     """The approximate index (faiss) an index records in ``info``, loaded and verified (size,
     CRC-32, vector count and dimension), and its state: ``(index or None, {"state": "ok" | "missing"
-    | "damaged" | "stale" | "no faiss", "file", "kind", "rows", "nprobe", "recall_at_10", "reason"})``.
+    | "damaged" | "stale" | "no faiss", "file", "kind", "rows", "nprobe", "recall_at_10", "reason"}``, and ``"rerank"``
+    for IVF-PQ)``.
     Anything but "ok" means searches are exact; a damaged or missing file is reported once, as a
     warning on the ``milnce.index`` logger."""
     ix, state = _open_ann(directory, info, generation, dim)
@@ -80,6 +91,9 @@ def _bad_info(directory: str, info: dict[str, Any]) -> str | None:
     nprobe = info.get("nprobe", 16)
     if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= 1 << 20:
         return f"the recorded nprobe {nprobe!r} is not a whole number >= 1"
+    rerank = info.get("rerank", DEFAULT_RERANK)
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= 1 << 20:
+        return f"the recorded rerank {rerank!r} is not a whole number >= 1"
     return None
 
 
@@ -87,6 +101,8 @@ def _open_ann(directory: str, info: dict[str, Any], generation: int, dim: int) -
     key = str(info.get("file"))
     base = {"file": key, "kind": info.get("kind"), "rows": info.get("rows"), "nprobe": info.get("nprobe"),
             "recall_at_10": info.get("recall_at_10")}
+    if info.get("format") == "pq":
+        base["rerank"] = info.get("rerank", DEFAULT_RERANK)
     path = os.path.join(directory, key)
     if info.get("generation") != generation:
         return None, {**base, "state": "stale", "reason": "built before the store was compacted"}
@@ -136,7 +152,7 @@ def _open_pq(path: str, info: dict[str, Any], base: dict[str, Any], dim: int) ->
     if "meta_crc32" in info and crc32_file(os.path.join(path, META_FILE)) != info["meta_crc32"]:
         return None, {**base, "state": "damaged", "reason": f"{META_FILE} differs from the one this index built"}
     try:
-        pq = open_pq(path, nprobe=info.get("nprobe", 32))
+        pq = open_pq(path, nprobe=info.get("nprobe", DEFAULT_NPROBE), rerank=info.get("rerank", DEFAULT_RERANK))
     except PQIndexError as exc:
         return None, {**base, "state": "damaged", "reason": str(exc)}
     want_n = info.get("live")
@@ -184,100 +200,128 @@ class _LiveRows:
 
 
 def build_ann(index: AnnSource, *, queries: np.ndarray | None = None, nlist: int | None = None, m: int = 0,
-              target_recall: float = 0.98, progress: bool = False, kind: str = "ivf") -> dict[str, Any]:
+              target_recall: float | None = None, progress: bool = False, kind: str = "ivf",
+              rerank: int | None = None) -> dict[str, Any]:
     """Build the approximate index over the live rows (faiss IVF with 8-bit scalar-quantised
     codes, or PQ with ``m`` bytes per window; candidates are re-scored exactly); ``kind="pq"``:
     IVF-PQ with an HNSW quantizer and on-disk lists (``milnce.index.ann_pq``, parameters from the
-    window count), a folder. Measures recall@10 against exact search on ``queries`` (or held-out rows) and
-    picks the smallest ``nprobe`` reaching ``target_recall``. Writes the file (atomically) and
-    returns what the index records about it; the caller (``Index.build_ann``) commits that."""
+    window count, ``rerank`` candidates re-scored per query, default ``DEFAULT_RERANK``), a folder.
+    Measures recall@10 against exact search on ``queries`` (or held-out rows) and picks the
+    smallest ``nprobe`` reaching ``target_recall`` (default 0.98 for ivf, 0.99 for pq). Writes the file (atomically) and returns what
+    the index records about it; the caller (``Index.build_ann``) commits that."""
     if kind not in ("ivf", "pq"):
         raise IndexFolderError(f"unknown ANN kind {kind!r} (ivf or pq)")
     try:
-        import faiss
+        import faiss  # noqa: F401
     except ImportError as exc:
         raise IndexFolderError("--ann needs faiss: pip install faiss-cpu (exact search works without it)") from exc
-    n = index.num_rows
     if index.num_live == 0:
         raise IndexFolderError("the index is empty; add videos before building the ANN index")
-    x = index.vectors
-    if nlist is None:  # ~sqrt(N) lists: a probe scans ~sqrt(N) codes
-        nlist = int(min(65536, max(1, round(math.sqrt(index.num_live)))))
-        nlist = min(nlist, max(1, index.num_live // 39))
-    # Codes: 8-bit scalar quantisation (a quarter of the float32 store, small score error) for
-    # large stores, exact vectors for small ones; PQ (m bytes/window) when asked, for huge ones.
     rng = np.random.default_rng(0)
     mask = index.live_mask()
-    live = np.flatnonzero(mask) if mask is not None else None
-    if kind == "pq":
-        return _build_pq_ann(index, live, queries, target_recall, rng)
-    if m:
-        desc = f"IVF{nlist},PQ{m}"
-    elif index.num_live >= 20000:
-        desc = f"IVF{nlist},SQ8"
-    else:
-        desc = f"IVF{nlist},Flat"
-    ix = faiss.index_factory(index.dim, desc, faiss.METRIC_INNER_PRODUCT)
-    ntrain = min(index.num_live, max(nlist * 50, 20000))
-    pick = np.sort(rng.choice(index.num_live, size=ntrain, replace=False))
-    rows_train = live[pick] if live is not None else pick
-    t0 = time.perf_counter()
-    ix.train(np.ascontiguousarray(x[rows_train]))
-    ids_all = live if live is not None else np.arange(n, dtype=np.int64)
-    for s in range(0, len(ids_all), SCAN_BLOCK * 2):
-        ids = ids_all[s:s + SCAN_BLOCK * 2].astype(np.int64)
-        ix.add_with_ids(np.ascontiguousarray(x[ids]), ids)
-    build_s = time.perf_counter() - t0
-    # Recall@10 of the reranked ANN search against exact search.
+    rows = np.flatnonzero(mask) if mask is not None else np.arange(index.num_rows, dtype=np.int64)
     if queries is None or len(queries) == 0:
-        qrows = rng.choice(index.num_live, size=min(200, index.num_live), replace=False)
-        qrows = live[qrows] if live is not None else qrows
-        queries = np.asarray(x[np.sort(qrows)]) + rng.standard_normal((len(qrows), index.dim)).astype(np.float32) * 0.1
+        queries = _held_out_queries(index, rows, rng)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    kk = min(10, index.num_live)
-    exact = index.scores(queries)
-    truth = np.argpartition(-exact, kk - 1, axis=1)[:, :kk]
-    ivf = faiss.extract_index_ivf(ix)
-    chosen, recall = nlist, 1.0
-    table = {}
-    for nprobe in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+    if kind == "pq":
+        return _build_pq_ann(index, rows, queries, 0.99 if target_recall is None else target_recall, rerank)
+    return _build_ivf_ann(index, rows, queries, 0.98 if target_recall is None else target_recall, nlist, m, rng)
+
+
+def _held_out_queries(index: AnnSource, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Up to 200 stored rows, each moved by a little noise: queries near the data, not on it."""
+    qrows = rows[np.sort(rng.choice(len(rows), size=min(200, len(rows)), replace=False))]
+    noise = rng.standard_normal((len(qrows), index.dim)).astype(np.float32) * 0.1
+    return np.asarray(index.vectors[qrows]) + noise
+
+
+def _exact_top(index: AnnSource, queries: np.ndarray, k: int) -> np.ndarray:
+    """The exact top-``k`` rows of each query (the truth recall is measured against)."""
+    return np.argpartition(-index.scores(queries), k - 1, axis=1)[:, :k]
+
+
+def _recall(ix: Any, index: AnnSource, queries: np.ndarray, truth: np.ndarray) -> float:
+    """Recall@k of the re-scored ANN search against ``truth`` (Q x k exact rows)."""
+    kk = truth.shape[1]
+    got = _ann_candidates(ix, index.vectors, queries, kk, index.num_rows)
+    return float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
+
+
+def _tune_nprobe(ix: Any, set_nprobe: Callable[[int], None], index: AnnSource, queries: np.ndarray,
+                 truth: np.ndarray, steps: Sequence[int], nlist: int, target_recall: float) -> tuple[int, float, dict]:
+    """The smallest ``nprobe`` of ``steps`` (up to ``nlist``) whose recall@10 reaches
+    ``target_recall``, else the largest tried; with the recall of each tried."""
+    table: dict[int, float] = {}
+    chosen, recall = nlist, 0.0
+    for nprobe in steps:
         if nprobe > nlist:
             break
-        ivf.nprobe = nprobe
-        got = _ann_candidates(ix, index.vectors, queries, kk, index.num_rows)
-        r = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
-        table[nprobe] = r
-        chosen, recall = nprobe, r
-        if r >= target_recall:
+        set_nprobe(nprobe)
+        recall = _recall(ix, index, queries, truth)
+        table[nprobe], chosen = recall, nprobe
+        if recall >= target_recall:
             break
-    else:
-        chosen = min(nlist, chosen)
-    if recall < target_recall and nlist not in table:
-        ivf.nprobe = nlist
-        got = _ann_candidates(ix, index.vectors, queries, kk, index.num_rows)
-        recall = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
-        chosen = nlist
-        table[nlist] = recall
+    set_nprobe(chosen)
+    return chosen, recall, table
+
+
+IVF_NPROBES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+PQ_NPROBES = (4, 8, 16, 32, 64, 128, 256)
+
+
+def _build_ivf_ann(index: AnnSource, rows: np.ndarray, queries: np.ndarray, target_recall: float,
+                   nlist: int | None, m: int, rng: np.random.Generator) -> dict[str, Any]:
+    """``build_ann(kind="ivf")``: one faiss file over the live rows and its tuned ``nprobe``."""
+    import faiss
+
+    n, live = index.num_rows, len(rows)
+    if nlist is None:  # ~sqrt(N) lists: a probe scans ~sqrt(N) codes
+        nlist = int(min(65536, max(1, round(math.sqrt(live)))))
+        nlist = min(nlist, max(1, live // 39))
+    # Codes: 8-bit scalar quantisation (a quarter of the float32 store, small score error) for
+    # large stores, exact vectors for small ones; PQ (m bytes/window) when asked, for huge ones.
+    desc = f"IVF{nlist},PQ{m}" if m else f"IVF{nlist},SQ8" if live >= 20000 else f"IVF{nlist},Flat"
+    ix = faiss.index_factory(index.dim, desc, faiss.METRIC_INNER_PRODUCT)
+    ntrain = min(live, max(nlist * 50, 20000))
+    t0 = time.perf_counter()
+    ix.train(np.ascontiguousarray(index.vectors[rows[np.sort(rng.choice(live, size=ntrain, replace=False))]]))
+    for s in range(0, live, SCAN_BLOCK * 2):
+        ids = rows[s:s + SCAN_BLOCK * 2].astype(np.int64)
+        ix.add_with_ids(np.ascontiguousarray(index.vectors[ids]), ids)
+    build_s = time.perf_counter() - t0
+    ivf = faiss.extract_index_ivf(ix)
+
+    def set_nprobe(nprobe: int) -> None:
+        ivf.nprobe = nprobe
+
+    truth = _exact_top(index, queries, min(10, live))
+    steps = sorted({*(p for p in IVF_NPROBES if p <= nlist), nlist})  # every list last: the exact top
+    chosen, recall, table = _tune_nprobe(ix, set_nprobe, index, queries, truth, steps, nlist, target_recall)
     name = f"ann-{index.generation}-{n}.faiss"
-    try:
-        with atomic_path(os.path.join(index.directory, name), prefix=f"{name}.") as tmp:  # swept as ann-*
-            faiss.write_index(ix, tmp)
-            written = {"size": os.path.getsize(tmp), "crc32": crc32_file(tmp)}
-        fsync_dir(index.directory)
-    except (OSError, RuntimeError) as exc:
-        raise IndexWriteError(f"could not write the ANN index into {index.directory} ({exc})") from exc
-    info = {"file": name, "kind": desc, "rows": n, "live": index.num_live, "generation": index.generation,
+    written = _write_ivf_file(ix, index.directory, name)
+    return {"file": name, "kind": desc, "rows": n, "live": live, "generation": index.generation,
             "nlist": nlist, "nprobe": chosen, "recall_at_10": recall, "recall_by_nprobe": table,
             "queries": len(queries), "build_s": build_s, "built": now(), **written}
-    return info
 
 
+def _write_ivf_file(ix: Any, directory: str, name: str) -> dict[str, int]:
+    """``ix`` written atomically as ``name`` in the index folder; its size and CRC-32."""
+    import faiss
 
-def _build_pq_ann(index: AnnSource, live: np.ndarray | None, queries: np.ndarray | None, target_recall: float,
-                  rng: np.random.Generator) -> dict[str, Any]:
+    try:
+        with atomic_path(os.path.join(directory, name), prefix=f"{name}.") as tmp:  # swept as ann-*
+            faiss.write_index(ix, tmp)
+            written = {"size": os.path.getsize(tmp), "crc32": crc32_file(tmp)}
+        fsync_dir(directory)
+    except (OSError, RuntimeError) as exc:
+        raise IndexWriteError(f"could not write the ANN index into {directory} ({exc})") from exc
+    return written
+
+
+def _build_pq_ann(index: AnnSource, rows: np.ndarray, queries: np.ndarray, target_recall: float,
+                  rerank: int | None) -> dict[str, Any]:
     """``build_ann(kind="pq")``: the IVF-PQ folder over the live rows and its tuned ``nprobe``."""
     n = index.num_rows
-    rows = live if live is not None else np.arange(n, dtype=np.int64)
     params = choose_pq_params(len(rows), index.dim)
     name = f"ann-{index.generation}-{n}.pq"
     path = os.path.join(index.directory, name)
@@ -288,35 +332,28 @@ def _build_pq_ann(index: AnnSource, live: np.ndarray | None, queries: np.ndarray
         fsync_dir(index.directory)
     except (OSError, RuntimeError) as exc:
         raise IndexWriteError(f"could not write the PQ index into {index.directory} ({exc})") from exc
-    pq = open_pq(path)
-    meta_crc = crc32_file(os.path.join(path, META_FILE))
-    if queries is None or len(queries) == 0:
-        qrows = rows[np.sort(rng.choice(len(rows), size=min(200, len(rows)), replace=False))]
-        queries = np.asarray(index.vectors[qrows]) + rng.standard_normal((len(qrows), index.dim)).astype(np.float32) * 0.1
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    kk = min(10, len(rows))
-    truth = np.argpartition(-index.scores(queries), kk - 1, axis=1)[:, :kk]
-    table: dict[int, float] = {}
-    chosen, recall = params.nlist, 0.0
-    for nprobe in (4, 8, 16, 32, 64, 128, 256):
-        if nprobe > params.nlist:
-            break
-        pq.set_nprobe(nprobe)
-        got = _ann_candidates(pq, index.vectors, queries, kk, n)
-        recall = float(np.mean([len(set(g[:kk].tolist()) & set(t.tolist())) / kk for g, t in zip(got, truth)]))
-        table[nprobe], chosen = recall, nprobe
-        if recall >= target_recall:
-            break
+    pq = open_pq(path, rerank=DEFAULT_RERANK if rerank is None else rerank)
+    truth = _exact_top(index, queries, min(10, len(rows)))
+    chosen, recall, table = _tune_nprobe(pq, pq.set_nprobe, index, queries, truth, PQ_NPROBES, params.nlist,
+                                         target_recall)
     return {"file": name, "format": "pq", "kind": meta["kind"], "rows": n, "live": len(rows),
             "generation": index.generation, "nlist": params.nlist, "m": params.m, "nprobe": chosen,
-            "recall_at_10": recall, "recall_by_nprobe": table, "queries": len(queries), "build_s": meta["build_s"],
-            "built": now(), "size": sum(meta["bytes"].values()), "meta_crc32": meta_crc}
+            "rerank": pq.rerank, "recall_at_10": recall, "recall_by_nprobe": table, "queries": len(queries),
+            "build_s": meta["build_s"], "threads": meta["threads"], "built": now(),
+            "size": sum(meta["bytes"].values()), "meta_crc32": crc32_file(os.path.join(path, META_FILE))}
+
+
+def candidates_for(ix: Any, k: int) -> int:
+    """How many ANN candidates a top-``k`` search re-scores exactly from the float32 store: an
+    IVF-PQ index's own count (``PQIndex.candidates``, ``max(4k, rerank)``), else ``max(4k, 400)``."""
+    own = getattr(ix, "candidates", None)
+    return int(own(k)) if callable(own) else max(4 * k, 400)
 
 
 def _ann_candidates(ix: Any, vectors: np.ndarray, queries: np.ndarray, k: int, rows: int) -> list[np.ndarray]:
-    """Top-k rows per query from the ANN index, re-scored exactly from the store (``max(4k, 400)``
-    candidates, as search takes)."""
-    r = max(4 * k, 400)
+    """Top-k rows per query from the ANN index, re-scored exactly from the store (as many
+    candidates as search takes: ``candidates_for``)."""
+    r = candidates_for(ix, k)
     _, ids = ix.search(np.ascontiguousarray(queries, dtype=np.float32), r)
     out = []
     for q, cand in zip(queries, ids):

@@ -12,11 +12,13 @@ from ..protocols import Encoder
 from ..windows import WindowSettings
 from .milvus_client import DEFAULT_COLLECTION, check_collection, is_milvus_uri
 from .milvus_store import MilvusIndex
-from .store import Index
+from .reader import IndexReader
+from .writer import Index
 
-__all__ = ["AnyIndex", "open_index", "create_index", "is_milvus_uri", "DEFAULT_COLLECTION"]
+__all__ = ["AnyIndex", "AnyWriter", "open_index", "create_index", "is_milvus_uri", "DEFAULT_COLLECTION"]
 
-AnyIndex = Index | MilvusIndex
+AnyIndex = IndexReader | MilvusIndex  # what open_index gives (a writer too with readonly=False)
+AnyWriter = Index | MilvusIndex  # what create_index gives
 
 
 def open_index(uri: str | os.PathLike[str], model: Encoder | None = None, *, readonly: bool = True,
@@ -30,7 +32,7 @@ def open_index(uri: str | os.PathLike[str], model: Encoder | None = None, *, rea
 
 
 def create_index(uri: str | os.PathLike[str], model: Encoder, window: WindowSettings | None = None, *,
-                 roots: Sequence[str | os.PathLike[str]] = (), collection: str | None = None) -> AnyIndex:
+                 roots: Sequence[str | os.PathLike[str]] = (), collection: str | None = None) -> AnyWriter:
     """``Index.create`` or ``MilvusIndex.create`` by the URI."""
     if is_milvus_uri(uri):
         return MilvusIndex.create(uri, model, window, roots=roots, collection=DEFAULT_COLLECTION if collection is None else collection)

@@ -16,22 +16,23 @@ from typing import Any
 import numpy as np
 
 from ..errors import MilnceError, MissingFileError, UsageError
+from ..printable import show_path
 from ..protocols import Encoder
 from ..runoptions import RunOptions, resolve_run_options
-from ..video.find import VIDEO_EXTENSIONS, walk_videos
+from ..video.find import walk_videos
 from ..video.pipeline import VideoJob, run_jobs
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
-from .backends import AnyIndex, create_index, is_milvus_uri, open_index
+from .backends import AnyWriter, create_index, is_milvus_uri, open_index
 from .database import connect, read_meta
 from .ingest import Progress, file_hash, finish, reason_text
 from .ingest import reason as exc_reason
-from .layout import DB_NAME, show_path, user_path
+from .layout import DB_NAME, user_path
 from .records import IndexReport
 from .transcript_ingest import TranscriptIngest
 from .verify import check_settings
 
-__all__ = ["build_index", "index_window", "stored_window", "find_videos", "file_hash", "show_path", "VIDEO_EXTENSIONS"]
+__all__ = ["build_index", "index_window", "stored_window", "find_videos"]
 
 log = logging.getLogger("milnce.index")
 
@@ -208,7 +209,7 @@ def index_window(directory: str | os.PathLike[str], model: Encoder, *, allow_gap
     return have
 
 
-def _embed_pending(idx: AnyIndex, model: Encoder, window: WindowSettings, pending: list[tuple[str, int, float, str]],
+def _embed_pending(idx: AnyWriter, model: Encoder, window: WindowSettings, pending: list[tuple[str, int, float, str]],
                    missing_by_size: dict[int, list[int]], report: IndexReport, *, run: RunOptions,
                    progress: bool, subs: TranscriptIngest) -> None:
     """Hash the pending files (touched and moved ones need no model), embed the rest through the

@@ -1,7 +1,7 @@
 """The SQLite side of an index folder: the schema (``meta``, ``videos``, ``errors``), opening a
 connection (WAL, or read-only / immutable on a read-only folder), reading ``meta``, the way paths
 are stored (text, or raw bytes for names that are not UTF-8) and the one-line reason of an SQLite
-failure. ``milnce.index.store`` owns the transactions."""
+failure. ``milnce.index.writer`` owns the transactions."""
 
 from __future__ import annotations
 

@@ -21,15 +21,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import MilnceError, UsageError
+from ..printable import show_path
 from ..video.result import VideoWindows
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
 from .ingest import Progress, check_finite, file_hash, finish, reason_text
-from .layout import DB_NAME, show_path
+from .layout import DB_NAME
 from .records import IndexReport
 from .roots import inside_roots
-from .store import Index
 from .transcript_ingest import TranscriptIngest
+from .writer import Index
 
 __all__ = ["index_features", "FeaturesMismatchError"]
 
@@ -292,12 +293,12 @@ def _add_features(idx: Index, todo: list[tuple[str, str, int, float, str]], repo
                 idx.log_error(video, reason)
                 report.failed.append((video, reason))
                 continue
-            if len(ff) == 0 or ff.video_embedding.ndim != 2 or len(ff.video_embedding) != len(ff):
+            if len(ff) == 0 or ff.embeddings.ndim != 2 or len(ff.embeddings) != len(ff):
                 raise FeaturesMismatchError(f"{show_path(file)}: no windows or inconsistent arrays")
-            if ff.video_embedding.shape[1] != idx.dim:
-                raise FeaturesMismatchError(f"{show_path(file)}: {ff.video_embedding.shape[1]}-dimensional embeddings, "
+            if ff.embeddings.shape[1] != idx.dim:
+                raise FeaturesMismatchError(f"{show_path(file)}: {ff.embeddings.shape[1]}-dimensional embeddings, "
                                             f"the index holds {idx.dim}-dimensional ones; not a file of this model")
-            bad = check_finite(show_path(file), ff.start, ff.end, ff.video_embedding)
+            bad = check_finite(show_path(file), ff.starts, ff.ends, ff.embeddings)
             if bad is not None:
                 raise FeaturesMismatchError(f"{bad}; the index is not given this file (re-extract the video)")
             h = ""  # the video is not on this box: a later milnce index cannot recognise it moved

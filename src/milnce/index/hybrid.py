@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UsageError
-from .search import Searcher, window_scores
+from .screen import Searcher, window_scores
 from .snapshot import Snapshot
 from .transcripts import CueMatch
 

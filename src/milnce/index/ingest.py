@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..printable import show_path
 from ..video.result import failure_reason
-from .backends import AnyIndex
-from .layout import show_path
+from .backends import AnyWriter
 from .records import IndexReport
 
-__all__ = ["file_hash", "show_path", "reason", "reason_text", "finish", "Progress", "check_finite",
+__all__ = ["file_hash", "reason", "reason_text", "finish", "Progress", "check_finite",
            "COMPACT_DEAD_SHARE"]
 
 COMPACT_DEAD_SHARE = 0.25
@@ -44,7 +44,7 @@ def reason_text(msg: str, path: str) -> str:
     return failure_reason(msg, path)
 
 
-def finish(idx: AnyIndex, report: IndexReport, *, prune: bool, ann: bool | str, ann_min_windows: int, progress: bool,
+def finish(idx: AnyWriter, report: IndexReport, *, prune: bool, ann: bool | str, ann_min_windows: int, progress: bool,
             queries: Callable[[], np.ndarray | None]) -> None:
     """Prune, compact when dead rows pile up, (re)build the ANN index, fill the report's totals."""
     if prune:

@@ -1,12 +1,9 @@
-"""The on-disk layout of an index folder (file names, format version) and small file helpers."""
+"""The on-disk layout of an index folder (file names, format version) and the path helpers."""
 
 from __future__ import annotations
 
 import os
 import time
-
-from ..atomic import fsync_dir as fsync_dir  # re-exported: the index modules' name for it
-from ..printable import show_path as show_path  # re-exported: the index's name for it
 
 FORMAT_VERSION = 1
 DB_NAME = "index.sqlite"

@@ -25,7 +25,7 @@ from ..windows import WindowSettings
 from .errors import IndexFolderError
 from .milvus_client import DEFAULT_COLLECTION, key_parts
 from .milvus_store import MilvusIndex
-from .store import Index
+from .reader import IndexReader
 
 __all__ = ["migrate", "MigrateReport", "MigrateError", "VERIFY_VIDEOS"]
 
@@ -71,7 +71,7 @@ def migrate(source: str | os.PathLike[str], uri: str, *, collection: str = DEFAU
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
     t0 = time.perf_counter()
-    with Index.open(source) as src:
+    with IndexReader.open(source) as src:
         snap = src.snapshot
         dst = MilvusIndex.create_for(uri, src.weights_id, WindowSettings.from_dict(src.settings),
                                      weights_name=src.meta.get("weights_name"), check=src.settings, roots=src.roots,
@@ -122,7 +122,7 @@ def migrate(source: str | os.PathLike[str], uri: str, *, collection: str = DEFAU
     return report
 
 
-def _verify(src: Index, dst: MilvusIndex, report: MigrateReport, videos: int) -> None:
+def _verify(src: IndexReader, dst: MilvusIndex, report: MigrateReport, videos: int) -> None:
     """Counts, then a sample of videos bit for bit; windows without a live record are deleted first."""
     want = src.num_live
     if dst.num_videos != src.num_videos or dst.num_live != want:

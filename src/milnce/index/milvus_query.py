@@ -1,4 +1,4 @@
-"""Searching a Milvus collection with the embedded index's answers (``milnce.index.query``).
+"""Searching a Milvus collection with the embedded index's answers (``milnce.index.ranking``).
 
 ``MilvusState`` is one read of the records (the video rows with their live generation, the meta
 row): a search takes one per call, as the embedded searches take one ``Snapshot``. Milvus only
@@ -31,9 +31,10 @@ from .layout import expand_path, user_path
 from .milvus_client import key_parts, window_key
 from .moments import iter_video_moments
 from .negatives import DEFAULT_NOT_WEIGHT
-from .query import PERCENTILE_SAMPLE, QueryMixin, cosine, query_matrix
+from .ranking import PERCENTILE_SAMPLE, cosine, query_matrix
 from .records import Moment, VideoRow
-from .search import window_scores
+from .screen import window_scores
+from .textquery import TextQueries
 
 __all__ = ["MilvusQueryMixin", "MilvusState", "StaleRead", "search_state", "video_found", "moments_for", "MAX_TOPK", "EXPR_IDS"]
 
@@ -105,7 +106,7 @@ class MilvusState:
         return float(self.meta.get("max_norm") or 0.0)
 
     def percentile_sample(self) -> np.ndarray:
-        """The live windows percentiles are measured against (``milnce.index.query``'s rule, in the
+        """The live windows percentiles are measured against (``milnce.index.ranking``'s rule, in the
         embedded row order), float64."""
 
         def compute() -> np.ndarray:
@@ -157,7 +158,7 @@ def _tolerance(state: MilvusState, q: np.ndarray, neg: np.ndarray | None, weight
 
 
 class _Ranker:
-    """The ranking of one query over one state (``milnce.index.query.rank``'s rule)."""
+    """The ranking of one query over one state (``milnce.index.ranking.rank``'s rule)."""
 
     def __init__(self, state: MilvusState, q: np.ndarray, neg: np.ndarray | None, weight: float,
                  allowed: set[int] | None, expr: str, cache: dict[int, Any]) -> None:
@@ -232,7 +233,7 @@ class _Ranker:
 
 def moments_for(state: MilvusState, found: list[Found], q: np.ndarray, cache: dict[int, Any],
                 neg: np.ndarray | None = None, weight: float = DEFAULT_NOT_WEIGHT) -> list[Moment]:
-    """``Moment``s as ``milnce.index.query.moments_of`` makes them (cosine, percentile)."""
+    """``Moment``s as ``milnce.index.ranking.moments_of`` makes them (cosine, percentile)."""
     if not found:
         return []
     need = [f[1] for f in found if f[1] not in cache]
@@ -294,7 +295,7 @@ def video_found(state: MilvusState, vid: int, q: np.ndarray) -> tuple[list[Found
     return _Cursor(vid, scores, True).take_above(-np.inf), cache
 
 
-class MilvusQueryMixin(QueryMixin):
+class MilvusQueryMixin(TextQueries):
     """``MilvusIndex``'s searches over its current ``snapshot`` (a ``MilvusState``); a read that
     finds a video replaced meanwhile by another process reloads the records and reads again."""
 
@@ -318,6 +319,18 @@ class MilvusQueryMixin(QueryMixin):
             raise KeyError(f"no video with id {video_id!r} in the index")
         return self._read(lambda s: s.windows_of([int(video_id)])[int(video_id)])
 
+    def serving_roots(self) -> tuple[list[str], str | None]:
+        """``IndexReader.serving_roots`` for the collection's records (``milnce.index.roots``)."""
+        from .roots import serving_roots
+
+        st = self.snapshot
+        roots = list(getattr(self, "roots", []))  # MilvusIndex.roots
+        return st.memo("serving_roots", lambda: serving_roots(roots, (r.path for r in st.records.values())))
+
+    def check_files(self) -> None:
+        """``IndexReader.check_files``: nothing to check on disk here (Milvus keeps the windows)."""
+        self.snapshot.check_files()
+
     def _read(self, fn: Any) -> Any:
         for _ in range(3):
             try:
@@ -332,7 +345,7 @@ class MilvusQueryMixin(QueryMixin):
                           exact: bool | str = False, exclude_videos: Iterable[int] = (),
                           neg: np.ndarray | None = None, not_weight: float = DEFAULT_NOT_WEIGHT,
                           video_filter: VideoFilter | None = None, offset: int = 0,
-                          speech_text: Sequence[str] | None = None, mode: str = "visual",
+                          speech_text: Sequence[str] | None = None, mode: str = "hybrid",
                           speech_weight: float | None = None) -> list[list[Moment]]:
         """``Index.search_embeddings`` (``exact`` is accepted: candidates are always re-scored exactly).
         A collection keeps no transcripts: ``mode`` "hybrid" is visual and "speech" finds nothing."""
@@ -357,7 +370,7 @@ class MilvusQueryMixin(QueryMixin):
         return "visual", "visual only: a Milvus collection keeps no transcripts"
 
     def curve(self, video_id: int, query: str | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from .search import window_scores
+        from .screen import window_scores
 
         q = self.query_embedding(query)
         starts, ends, vecs = self.windows(video_id)

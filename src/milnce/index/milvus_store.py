@@ -49,7 +49,7 @@ from .milvus_client import (
     windows_schema,
 )
 from .milvus_query import MilvusQueryMixin, MilvusState
-from .records import VideoEmbeddingsLike, VideoRecord, VideoRow
+from .records import VideoRecord, VideoRow, VideoWindowsLike
 from .verify import check_settings
 
 __all__ = ["MilvusIndex", "FORMAT", "INSERT_BATCH"]
@@ -368,13 +368,13 @@ class MilvusIndex(MilvusQueryMixin):
         if new:
             self._commit_meta(roots=have + new)
 
-    def add_video(self, path: str, emb: VideoEmbeddingsLike, *, size: int, mtime: float, content_hash: str) -> int:
+    def add_video(self, path: str, emb: VideoWindowsLike, *, size: int, mtime: float, content_hash: str) -> int:
         return self.add_videos([(path, emb, size, mtime, content_hash)])[0]
 
     def write_transcript(self, path: str, tracks: Sequence[Any], stamp: Any) -> None:
         """Subtitles are not kept in a collection (searched visually): nothing is written."""
 
-    def add_videos(self, items: Sequence[tuple[str, VideoEmbeddingsLike, int, float, str]], *,
+    def add_videos(self, items: Sequence[tuple[str, VideoWindowsLike, int, float, str]], *,
                    ids: Sequence[int] | None = None, transcripts: Mapping[str, Any] | None = None) -> list[int]:
         """Store videos ``(path, embeddings, size, mtime, content_hash)``; each is replaced as one
         switch (see the module docstring). ``ids``: keep these video ids (``migrate``). ``transcripts``

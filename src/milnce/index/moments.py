@@ -22,9 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .records import WindowRun
-
-__all__ = ["MOMENT_MARGIN", "moment_margin", "video_moments", "iter_video_moments", "merge_windows"]
+__all__ = ["MOMENT_MARGIN", "moment_margin", "video_moments", "iter_video_moments"]
 
 MOMENT_MARGIN = 0.1  # fraction of (max - median) of a video's window scores
 
@@ -68,30 +66,3 @@ def video_moments(scores: np.ndarray, margin: float | None = None) -> list[tuple
     """All moments of one video ``(first, last, peak, score)``, best first (a partition of its windows)."""
     return list(iter_video_moments(scores, margin))
 
-
-def _components(rows: np.ndarray, video_end: np.ndarray) -> np.ndarray:
-    """Labels of runs of consecutive rows of the same video. ``rows`` sorted ascending;
-    ``video_end``: exclusive end row of each row's video."""
-    if len(rows) == 0:
-        return np.zeros(0, dtype=np.int64)
-    brk = np.ones(len(rows), dtype=bool)
-    brk[1:] = (np.diff(rows) != 1) | (rows[:-1] + 1 >= video_end[:-1])
-    return np.cumsum(brk) - 1
-
-
-def merge_windows(rows: np.ndarray, scores: np.ndarray, video_end: np.ndarray) -> list[WindowRun]:
-    """Merge runs of adjacent rows (a helper kept for callers of older versions; search uses
-    ``video_moments``): a ``WindowRun(first_row, last_row, best_row, score)`` per run, best first.
-    ``video_end``: the exclusive end row of each row's video (runs never cross videos)."""
-    order = np.argsort(rows, kind="stable")
-    r, s, ve = rows[order], scores[order], video_end[order]
-    lab = _components(r, ve)
-    out: list[WindowRun] = []
-    if len(r) == 0:
-        return out
-    bounds = np.flatnonzero(np.diff(lab)) + 1
-    for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(r)]):
-        j = a + int(np.argmax(s[a:b]))
-        out.append(WindowRun(int(r[a]), int(r[b - 1]), int(r[j]), float(s[j])))
-    out.sort(key=lambda t: (-t[3], t[0]))
-    return out

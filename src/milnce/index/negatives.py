@@ -21,7 +21,7 @@ results of the unwanted thing without losing the wanted ones (``milnce search --
 alone shows the scale of the negative's scores; the weight is relative to it, since both terms
 are dot products with the same window).
 
-Exactness of the int8 pre-scan (``milnce.index.search``) for this score. The screen gives, per
+Exactness of the int8 pre-scan (``milnce.index.screen``) for this score. The screen gives, per
 query ``q``, approximate scores ``a_qj`` and a bound ``B_q`` with ``|q.x_j - a_qj| <= B_q`` for
 every row. For the combined score use
 

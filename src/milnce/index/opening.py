@@ -45,7 +45,6 @@ class OutsideRootsError(FileChangedError):
 
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW = NOFOLLOW
 
 
 def open_beneath(path: str, roots: Sequence[str], flags: int) -> int:
@@ -63,7 +62,7 @@ def open_beneath(path: str, roots: Sequence[str], flags: int) -> int:
         try:
             for comp in parts[:-1]:
                 try:
-                    nfd = os.open(comp, _DIR_FLAGS | _NOFOLLOW, dir_fd=dfd)
+                    nfd = os.open(comp, _DIR_FLAGS | NOFOLLOW, dir_fd=dfd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                         raise OutsideRootsError(f"{_shown(path)}: a parent folder is now a symbolic link") from None
@@ -71,7 +70,7 @@ def open_beneath(path: str, roots: Sequence[str], flags: int) -> int:
                 os.close(dfd)
                 dfd = nfd
             try:
-                return os.open(parts[-1], flags | _NOFOLLOW, dir_fd=dfd)
+                return os.open(parts[-1], flags | NOFOLLOW, dir_fd=dfd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.EMLINK):
                     raise OutsideRootsError(f"{_shown(path)} is a symbolic link") from None
@@ -108,7 +107,7 @@ def open_indexed_file(path: str, size: int, mtime: float, content_hash: str | No
     flags = OPEN_FLAGS
     try:
         if roots is None:
-            fd = os.open(path, flags | (0 if link else _NOFOLLOW))
+            fd = os.open(path, flags | (0 if link else NOFOLLOW))
         elif link:
             target = os.path.realpath(path)
             if not inside_roots(target, roots):

@@ -10,13 +10,14 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from ..plural import plural
-from .layout import ERROR_LOG, show_path
+from ..printable import show_path
+from .layout import ERROR_LOG
 
-__all__ = ["Moment", "VideoRecord", "IndexReport", "VideoRow", "WindowRun", "VideoEmbeddingsLike"]
+__all__ = ["Moment", "VideoRecord", "IndexReport", "VideoRow", "VideoWindowsLike"]
 
 
-class VideoEmbeddingsLike(Protocol):
-    """What ``Index.add_video`` stores (``milnce.video.VideoEmbeddings``)."""
+class VideoWindowsLike(Protocol):
+    """What ``Index.add_video`` stores (a ``milnce.video.VideoWindows``, or anything with its arrays)."""
 
     starts: np.ndarray
     ends: np.ndarray
@@ -37,15 +38,6 @@ class VideoRow(NamedTuple):
     duration: float
     row_start: int
     num_windows: int
-
-
-class WindowRun(NamedTuple):
-    """Adjacent matching windows of one video (``merge_windows``): store rows and the best score."""
-
-    first_row: int
-    last_row: int
-    best_row: int
-    score: float
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """An index as of one commit: ``Snapshot`` (immutable records, row ranges, memory maps, the ANN
 handle) that searches, moments, curves and the ANN index read through its public members.
 
-``milnce.index.store.Index`` is the one writer: every commit it makes (and every ``refresh`` that
+``milnce.index.writer.Index`` is the one writer: every commit it makes (and every ``refresh`` that
 sees another process's commit) publishes a new ``Snapshot``; a search takes the current one at
 its start and reads only it, so a concurrent commit never changes what a running search sees.
 Derived data (row ranges, memory maps, int8 codes, the live mask, the ANN index) is computed

@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..printable import show_path
 from ..protocols import Encoder
 from .errors import IndexMismatchError
-from .layout import show_path
 
 __all__ = ["RecordedWeights", "IndexModelError", "recorded_weights"]
 

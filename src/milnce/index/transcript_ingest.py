@@ -13,7 +13,7 @@ from typing import Any
 
 from ..plural import plural
 from ..video.subtitles import SubtitleError, SubtitleTrack, find_sidecars, read_embedded, read_sidecar, sidecar_stamp
-from .backends import AnyIndex
+from .backends import AnyWriter
 from .records import IndexReport
 
 __all__ = ["TranscriptIngest"]
@@ -25,7 +25,7 @@ class TranscriptIngest:
     """The subtitle side of one indexing run over ``idx``: ``langs`` (None: every language),
     ``embedded``: also read the streams inside the video files (not for feature files)."""
 
-    def __init__(self, idx: AnyIndex, report: IndexReport, langs: Sequence[str] | None = None,
+    def __init__(self, idx: AnyWriter, report: IndexReport, langs: Sequence[str] | None = None,
                  embedded: bool = True) -> None:
         self.idx = idx
         self.report = report

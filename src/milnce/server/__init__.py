@@ -42,6 +42,7 @@ try:  # here, not only in the modules: a re-import after they were loaded must s
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(MISSING_DEPS) from exc
 
+from ..index.opening import FileChangedError, file_state, open_indexed_file  # noqa: E402
 from .app import (  # noqa: E402 - after the check above
     CSP,
     DEFAULT_K,
@@ -52,17 +53,7 @@ from .app import (  # noqa: E402 - after the check above
     create_app,
     parse_like,
 )
-from .files import (  # noqa: E402
-    CHUNK,
-    FILE_CHANGED,
-    MIME_TYPES,
-    PLAYABLE,
-    FileChangedError,
-    RangeNotSatisfiable,
-    file_state,
-    open_indexed_file,
-    parse_range,
-)
+from .files import CHUNK, FILE_CHANGED, MIME_TYPES, PLAYABLE, RangeNotSatisfiable, parse_range  # noqa: E402
 from .run import LOOPBACK_HOSTS, listen, serve  # noqa: E402
 from .thumbs import THUMB_CACHE_ENTRIES, THUMB_WIDTH, grab_thumbnail  # noqa: E402
 from .upload import UploadLimits  # noqa: E402

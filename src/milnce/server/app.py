@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import MilnceError
-from ..index.backends import AnyIndex
+from ..index import SearchableIndex
 from ..index.errors import IndexDamagedError
 from ..protocols import Encoder
 from ..video.cut import ClipLimits
@@ -126,7 +126,7 @@ def _first_known_word(model: Encoder) -> str:
 
 
 def create_app(
-    index: AnyIndex | Mapping[str, AnyIndex],
+    index: SearchableIndex | Mapping[str, SearchableIndex],
     model: Encoder,
     *,
     max_query_chars: int = MAX_QUERY_CHARS,
@@ -140,14 +140,14 @@ def create_app(
     clip_limits: ClipLimits | None = None,
     upload_limits: UploadLimits | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``index`` (a ``milnce.index.Index`` opened with ``model``), or
-    several: ``{name: Index}`` (``milnce.server.multi``: same weights and window settings
-    required, ``IndexMismatchError`` otherwise).
+    """The FastAPI app serving ``index`` (a ``milnce.index.IndexReader`` opened with ``model``, or
+    any ``milnce.index.SearchableIndex``), or several: ``{name: index}`` (``milnce.server.multi``:
+    same weights and window settings required, ``IndexMismatchError`` otherwise).
 
     ``allowed_hosts``: if given, requests whose ``Host`` header names another host get 400
     (``serve`` sets it to the loopback names when bound to localhost, against DNS rebinding).
     ``refresh_interval``: at most this often (seconds), a search first picks up videos that a
-    running ``milnce index`` committed meanwhile (``Index.refresh``); 0 turns that off.
+    running ``milnce index`` committed meanwhile (``IndexReader.refresh``); 0 turns that off.
     ``warm_up``: run one search through the app before returning, so the first user's query
     does not pay the one-time costs (first text encoding, first scan, first request through
     FastAPI); its time is ``app.state.warmup_ms``. ``clip_limits``: the clip endpoint's length cap

@@ -3,7 +3,7 @@ closing it when the body is sent, on error or when the client disconnects.
 
 The identity-checked opening of an indexed file (``open_indexed_file``, ``open_beneath``,
 ``file_state``, ``reach_state``: inside the collection roots, no symbolic link followed, still the
-indexed file) lives in ``milnce.index.opening`` (``milnce clip`` uses it too) and is re-exported here.
+indexed file) lives in ``milnce.index.opening`` (``milnce clip`` uses it too).
 """
 
 from __future__ import annotations
@@ -16,15 +16,6 @@ from typing import Any, BinaryIO
 
 import anyio
 from fastapi.responses import Response
-
-from ..index.opening import (  # noqa: F401 - the identity-checked opening, re-exported
-    FileChangedError,
-    OutsideRootsError,
-    file_state,
-    open_beneath,
-    open_indexed_file,
-    reach_state,
-)
 
 CHUNK = 256 * 1024
 log = logging.getLogger("milnce.server")
@@ -167,7 +158,3 @@ def fd_path(fh: BinaryIO, fallback: str) -> str:
     """A path that reopens exactly this open file (``/proc/self/fd/N``), where the OS has one."""
     p = f"/proc/self/fd/{fh.fileno()}"
     return p if os.path.exists(p) else fallback
-
-
-_fd_path = fd_path  # older names
-_OpenFileResponse = OpenFileResponse

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import MilnceError
-from ..index.backends import AnyIndex, open_index
+from ..index import SearchableIndex
+from ..index.backends import open_index
 from ..printable import show_path
 from ..protocols import Encoder
 from .service import ApiError, SearchService
@@ -82,7 +83,7 @@ def check_comparable_folders(folders: Sequence[str], collection: str | None = No
 class IndexSet:
     """The indexes a server serves, each with its ``SearchService`` (thread-safe)."""
 
-    def __init__(self, indexes: Mapping[str, AnyIndex], model: Encoder, **service_opts: Any) -> None:
+    def __init__(self, indexes: Mapping[str, SearchableIndex], model: Encoder, **service_opts: Any) -> None:
         if not indexes:
             raise IndexMismatchError("no index to serve")
         check_comparable((name, ix.directory, ix.weights_id, ix.settings) for name, ix in indexes.items())

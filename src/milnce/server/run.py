@@ -16,7 +16,7 @@ from .deps import MISSING_DEPS
 from .upload import UploadLimits
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..index.backends import AnyIndex
+    from ..index import SearchableIndex
     from ..protocols import Encoder
 
 LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]", "::1"]
@@ -50,7 +50,7 @@ def listen(host: str, port: int):  # type: ignore[no-untyped-def]
 
 
 def serve(
-    index: AnyIndex | Mapping[str, AnyIndex] | str | os.PathLike[str],
+    index: SearchableIndex | Mapping[str, SearchableIndex] | str | os.PathLike[str],
     model: Encoder | None = None,
     *,
     host: str = "127.0.0.1",
@@ -62,8 +62,9 @@ def serve(
     clip_limits: ClipLimits | None = None,
     upload_limits: UploadLimits | None = None,
 ) -> None:
-    """Serve the UI and API until interrupted. ``index``: an ``Index`` or its folder (opened
-    read-only with ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``);
+    """Serve the UI and API until interrupted. ``index``: an opened index (an ``IndexReader``, or any
+    ``milnce.index.SearchableIndex``; several: ``{name: index}``) or its folder (opened read-only with
+    ``model``); ``model``: a loaded ``MILNCE`` (default: ``load_model()``);
     ``clip_limits``: the clip endpoint's caps (``milnce.video.cut.ClipLimits``; default its defaults);
     ``upload_limits``: the upload endpoint's (``milnce.server.upload.UploadLimits``);
     ``sock``: an already listening socket (from ``listen(host, port)``) to serve on."""

@@ -1,4 +1,5 @@
-"""The search service behind the web API: ``SearchService`` wraps one ``Index`` and its model
+"""The search service behind the web API: ``SearchService`` wraps one index (any
+``milnce.index.SearchableIndex``: an ``IndexReader``, or another backend) and its model
 (typed, no duck typing) and answers in plain dicts ready for JSON; the routers
 (``milnce.server.routes``) only parse requests and call it. Errors are ``ApiError(status,
 message)``, which the app turns into the one error shape.
@@ -30,28 +31,18 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import MilnceError
-from ..index import Moment, VideoRecord
-from ..index.backends import AnyIndex
+from ..index import Moment, SearchableIndex, VideoRecord
 from ..index.errors import IndexDamagedError
 from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
 from ..index.hybrid import check_speech_weight
 from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
-from ..index.query import cosine
-from ..index.roots import serving_roots
-from ..index.search import window_scores
+from ..index.opening import FileChangedError, OutsideRootsError, file_state, open_indexed_file, reach_state
+from ..index.ranking import cosine
+from ..index.screen import window_scores
 from ..plural import plural
 from ..protocols import Encoder
 from ..timespec import TimeSpecError, parse_like_id
-from .files import (
-    FILE_CHANGED,
-    MIME_TYPES,
-    PLAYABLE,
-    FileChangedError,
-    OutsideRootsError,
-    file_state,
-    open_indexed_file,
-    reach_state,
-)
+from .files import FILE_CHANGED, MIME_TYPES, PLAYABLE
 from .thumbs import LRU
 
 __all__ = ["SearchService", "ApiError", "json_path", "parse_like", "QUERY_CACHE_ENTRIES"]
@@ -95,7 +86,7 @@ def parse_like(value: str) -> tuple[int, float] | None:
 class SearchService:
     """Searches, curves, listings and checked file access over one index (thread-safe)."""
 
-    def __init__(self, index: AnyIndex, model: Encoder, *, refresh_interval: float = 5.0,
+    def __init__(self, index: SearchableIndex, model: Encoder, *, refresh_interval: float = 5.0,
                  query_cache: int = QUERY_CACHE_ENTRIES) -> None:
         self.index = index
         self.model = model
@@ -105,7 +96,6 @@ class SearchService:
         self.hash_verdicts: dict[Any, bool] = {}
         self._refreshed = time.monotonic()
         self._ann_failed: tuple[Any, str] | None = None
-        self._roots_of: tuple[int, list[str], str | None] | None = None
         self.videos_count: int | None = self._count_videos()
         self.name = os.path.basename(os.path.normpath(index.directory))  # set by IndexSet
         self.qualified = False  # several indexes: URLs and like keys name the index
@@ -127,15 +117,9 @@ class SearchService:
             self.videos_count = self._count_videos()
 
     def roots(self) -> tuple[list[str], str | None]:
-        """The roots files are served from, and a note when they were guessed (``serving_roots``)."""
-        snap = self.index.snapshot
-        cached = self._roots_of
-        if cached is None or cached[0] != id(snap):
-            recorded = list(snap.meta.get("roots") or [])
-            got = serving_roots(recorded, (r.path for r in snap.records.values()))
-            cached = (id(snap), *got)
-            self._roots_of = cached
-        return cached[1], cached[2]
+        """The roots files are served from, and a note when they were guessed
+        (``milnce.index.roots.serving_roots``, once per committed state)."""
+        return self.index.serving_roots()
 
     def _ann_key(self) -> Any:
         info = self.index.meta.get("ann")
@@ -196,7 +180,7 @@ class SearchService:
     def _search_embedding(self, emb: np.ndarray, k: int, merge: bool, by_video: bool,
                           exclude: list[int], **opts: Any) -> tuple[list[Moment], str | None]:
         """Search one embedding (``opts``: ``neg``, ``not_weight``, ``video_filter``, ``offset`` of
-        ``Index.search_embeddings``); a failing approximate index falls back to exact search."""
+        ``SearchableIndex.search_embeddings``); a failing approximate index falls back to exact search."""
         exact = self._ann_failed is not None and self._ann_failed[0] == self._ann_key()
         try:
             return self.index.search_embeddings(emb[None], k, merge=merge, by_video=by_video, exact=exact,
@@ -424,7 +408,7 @@ class SearchService:
     def check_store(self) -> str | None:
         """Why the vector store cannot be searched now (truncated under us), or None."""
         try:
-            self.index.snapshot.check_files()
+            self.index.check_files()
         except IndexDamagedError as exc:
             return str(exc)
         return None

@@ -68,5 +68,3 @@ def grab_thumbnail(path: str, t: float, width: int = THUMB_WIDTH, quality: int =
     enc.qmin = enc.qmax = quality
     packets = enc.encode(small) + enc.encode(None)
     return b"".join(bytes(p) for p in packets)
-
-_LRU = LRU  # the older name

@@ -9,6 +9,9 @@ model; ``scheduler``, ``decoders``, ``worker``, ``sources``: its parts and the d
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from .clips import clips_to_tensor, read_clip, read_clips
 from .dataset import VideoClipDataset
 from .decode import (
@@ -20,7 +23,7 @@ from .decode import (
     VideoIsADirectoryError,
     VideoNotFoundError,
 )
-from .encode import EmbeddingsFileError, VideoEmbeddings, encode_video_file
+from .encode import EmbeddingsFileError, encode_video_file
 from .pipeline import VideoJob, run_jobs
 from .probe import frame_at, probe_duration, probe_video
 from .result import VideoWindows
@@ -33,7 +36,6 @@ __all__ = [
     "EmbeddingsFileError",
     "Clip",
     "ClipReader",
-    "VideoEmbeddings",
     "VideoWindows",
     "VideoJob",
     "run_jobs",
@@ -52,3 +54,12 @@ __all__ = [
     "CROPS",
     "PADS",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``VideoEmbeddings``: the older name of ``VideoWindows`` (deprecated)."""
+    if name == "VideoEmbeddings":
+        warnings.warn("milnce.video.VideoEmbeddings is deprecated: use milnce.video.VideoWindows", DeprecationWarning,
+                      stacklevel=2)
+        return VideoWindows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """Whole-video encoding: ``encode_video_file``, one video through the pipeline (``run_jobs`` with
-a decoding thread), and its result ``VideoEmbeddings`` (``VideoWindows``, its ``.npz`` format)."""
+a decoding thread); its result is a ``VideoWindows`` (``milnce.video.result``, the ``.npz`` format)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from .decode import VideoError
 from .pipeline import VideoJob, run_jobs
 from .result import EmbeddingsFileError, VideoWindows
 
-__all__ = ["VideoEmbeddings", "EmbeddingsFileError", "encode_video_file"]
+__all__ = ["EmbeddingsFileError", "encode_video_file"]
 
 log = logging.getLogger("milnce.video")
-
-VideoEmbeddings = VideoWindows  # the older name of the result type
 
 
 def encode_video_file(model: VideoEncoder, path: str | os.PathLike[str], *, fps: float | None = None,
@@ -31,7 +29,7 @@ def encode_video_file(model: VideoEncoder, path: str | os.PathLike[str], *, fps:
     (``WindowSettings.for_model(model)``; the published weights: 10 fps, 32 frames, 224 px, a
     window every 16 frames: half the window); a stride longer than the window is refused unless
     ``allow_gaps``. A background thread decodes while the model runs (the pipeline of
-    ``run_jobs`` with ``workers=0``). Returns ``VideoWindows`` (``VideoEmbeddings``) with
+    ``run_jobs`` with ``workers=0``). Returns a ``VideoWindows`` with
     per-window ``starts``/``ends`` (seconds), ``embeddings`` (N x D) and, with ``features=True``,
     the ``mixed_5c`` features; ``stats`` holds the share of time spent waiting for frames.
     Raises ``VideoError`` for an unreadable video; corrupt or truncated data that was skipped is

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 import zipfile
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ def failure_reason(message: str, path: str) -> str:
     return msg.strip() or "unreadable"
 
 
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"VideoWindows.{old} is deprecated: use VideoWindows.{new}", DeprecationWarning, stacklevel=3)
+
+
 class EmbeddingsFileError(MilnceError, ValueError):
     """A saved embeddings file (``.npz``/``.npy``) that is missing, damaged or not in the expected format."""
 
@@ -67,8 +72,8 @@ class VideoWindows:
     job's id (pipeline); ``error``: why the video could not be read (the arrays then empty);
     ``warnings``: corrupt or truncated data that was skipped; ``meta``: the file's meta dict;
     ``stats``: timings; ``settings``: the windows; ``file``: the ``.npz`` it was read from.
-    Older names keep working: ``video_embedding``, ``mixed_5c`` (``JobResult``), ``video_path``,
-    ``start``, ``end`` (``FeatureFile``)."""
+    The older attribute names ``video_embedding``, ``mixed_5c``, ``video_path``, ``start`` and
+    ``end`` still work, with a ``DeprecationWarning``."""
 
     path: str
     starts: np.ndarray
@@ -90,22 +95,32 @@ class VideoWindows:
 
     @property
     def video_embedding(self) -> np.ndarray:
+        """Deprecated: ``embeddings``."""
+        _deprecated("video_embedding", "embeddings")
         return self.embeddings
 
     @property
     def mixed_5c(self) -> np.ndarray | None:
+        """Deprecated: ``features``."""
+        _deprecated("mixed_5c", "features")
         return self.features
 
     @property
     def video_path(self) -> str:
+        """Deprecated: ``path``."""
+        _deprecated("video_path", "path")
         return self.path
 
     @property
     def start(self) -> np.ndarray:
+        """Deprecated: ``starts``."""
+        _deprecated("start", "starts")
         return self.starts
 
     @property
     def end(self) -> np.ndarray:
+        """Deprecated: ``ends``."""
+        _deprecated("end", "ends")
         return self.ends
 
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """The files of an index folder below SQLite: creating the folder's database with its first
 settings, appending store rows (fsync'ed), cutting a crashed writer's tail, writing a compacted
-generation, removing old ones, and ``errors.log``. ``milnce.index.store.Index`` decides when."""
+generation, removing old ones, and ``errors.log``. ``milnce.index.writer.Index`` decides when."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import fsync_dir
+from ..printable import show_path
 from .database import SCHEMA, connect, read_meta
 from .errors import IndexFolderError
-from .layout import DB_NAME, DIM, ERROR_LOG, FORMAT_VERSION, KINDS, PREFIXES, fsync_dir, now, show_path
-from .search import quantize_rows
+from .layout import DB_NAME, DIM, ERROR_LOG, FORMAT_VERSION, KINDS, PREFIXES, now
+from .screen import quantize_rows
 from .snapshot import Snapshot, row_width, store_path
 
 __all__ = ["init_folder", "write_rows", "truncate_tail", "truncate_rows", "write_generation", "remove_generation",

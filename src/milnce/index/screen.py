@@ -1,4 +1,4 @@
-"""Exact search over the stored windows: the int8-screened scan with exact float32 re-scoring
+"""The screened exact search over one snapshot's windows: the int8-screened scan with exact float32 re-scoring
 (``Searcher``, over a ``Snapshot``), the int8 codes (``quantize_rows``) and the ANN candidates' exact re-scoring.
 
 A search may carry negative terms (``neg``: the score of a window is ``q.x - weight * max_i
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from .ann import candidates_for
 from .ann_pq import PQDamagedError
-from .layout import SCAN_BLOCK
 from .negatives import DEFAULT_NOT_WEIGHT, check_weight, combine_scores
 from .snapshot import Snapshot
 
-__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "SCAN_BLOCK", "window_scores", "FEW_ROWS"]
+__all__ = ["quantize_rows", "have_int8_kernel", "Searcher", "window_scores", "FEW_ROWS"]
 
 FEW_ROWS = 50_000  # a filter allowing at most this many rows: they are scored exactly, one by one
 
@@ -263,7 +263,8 @@ class Searcher:
         return cand[order].astype(np.int64), exact[order].astype(np.float32)
 
     def _ann_top(self, i: int, m: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Top-m from ``4m`` (at least 400) ANN candidates re-scored exactly; a later call for
+        """Top-m from ``4m`` (at least the index's ``candidates_for``: 400, or an IVF-PQ index's
+        ``rerank``) ANN candidates re-scored exactly; a later call for
         more rows of the same query reuses them while they are enough. Under a filter the fetch
         is scaled by the share of allowed rows and refilled (4x) until ``4m`` candidates pass;
         None when the ANN index cannot supply them (the caller searches exactly)."""
@@ -271,7 +272,7 @@ class Searcher:
         if hit is not None and 4 * m <= len(hit[1]):
             return hit[1][:m], hit[2][:m]
         share = self.n_allowed / max(1, self.index.num_live)
-        r = max(4 * m, 400, 2 * hit[0] if hit is not None else 0)
+        r = max(candidates_for(self.ann, m), 2 * hit[0] if hit is not None else 0)
         r = int(min(max(r, r / max(share, 1e-9)), max(self.ann_rows, 1)))
         while True:
             try:
