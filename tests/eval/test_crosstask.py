@@ -27,7 +27,7 @@ from milnce.eval.crosstask import (
 from milnce.eval.crosstask_run import evaluate_crosstask, format_crosstask, write_crosstask
 from milnce.eval.dp import assign_steps
 from milnce.eval.protocol import EvalSettings
-from test_eval import FakeModel, FakeRunner, NoRunner, window_vec
+from tests.eval.test_run import FakeModel, FakeRunner, NoRunner, window_vec
 from video_fixtures import make_video
 
 SMALL = EvalSettings(num_windows=1, num_frames=8, fps=10.0, size=32)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-import test_train
 from milnce.cli import main
-from test_train import _env, _final, _settings, _train
+from tests.cli import test_train as test_train
+from tests.cli.test_train import _env, _final, _settings, _train
 
 synth = test_train.synth  # the same module-scoped fixtures
 straight = test_train.straight
@@ -425,7 +425,7 @@ def test_micro_batch_under_torchrun_equals_one_process(synth, tmp_path):
 
 @pytest.mark.slow
 def test_bench_train_end_to_end():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"
     res = subprocess.run([sys.executable, str(script), "--micro-batch", "2", "--batch-size", "2", "--num-frames", "8",
                           "--size", "32", "--steps", "1", "--warmup", "0", "--workers", "0", "--threads", "1"],
                          env=_env(), capture_output=True, text=True, timeout=600)

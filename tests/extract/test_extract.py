@@ -33,7 +33,7 @@ from milnce.windows import WindowSettings
 from video_fixtures import make_empty_video, make_video
 
 S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +418,7 @@ def test_torchrun_two_ranks_equal_one(checkpoint, model, tree, tmp_path):
 def _bench(name):
     import importlib.util
 
-    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    bench_dir = Path(__file__).resolve().parents[2] / "benchmarks"
     sys.path.insert(0, str(bench_dir))
     try:
         spec = importlib.util.spec_from_file_location(name, bench_dir / f"{name}.py")
@@ -447,7 +447,7 @@ def test_bench_gpu_args_and_cpu_dry_run(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_decode_runs(tmp_path):
     """benchmarks/bench_decode.py end to end on tiny videos (raw decoders vs the pipeline)."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decode.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decode.py"
     r = subprocess.run([sys.executable, str(script), "--videos", "2", "--seconds", "1", "--width", "64", "--height", "48",
                         "--workers", "1", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

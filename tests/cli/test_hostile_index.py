@@ -22,7 +22,7 @@ from milnce.errors import UsageError
 from milnce.index import Index, IndexDamagedError, index_features
 from milnce.windows import WindowSettings
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "milnce"
+SRC = Path(__file__).resolve().parents[2] / "src" / "milnce"
 W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
 
 

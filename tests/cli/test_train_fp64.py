@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import test_train
-from test_train import _env, _final, _settings, _train
-from test_train_scale import _assert_close_state
+from tests.cli import test_train as test_train
+from tests.cli.test_train import _env, _final, _settings, _train
+from tests.cli.test_train_scale import _assert_close_state
 
 synth = test_train.synth  # the module-scoped synthetic data set
 
@@ -40,7 +40,7 @@ def test_micro_batch_and_torchrun_agree_in_float64(synth, tmp_path):
     _assert_close_state(a, b, rel=1e-10, buffers=False)
 
 
-AUDIT = Path(__file__).resolve().parent / "fp64_audit.py"
+AUDIT = Path(__file__).resolve().parents[1] / "fp64_audit.py"
 
 
 def _narrow_ops(stdout: str) -> list[dict]:

@@ -227,7 +227,7 @@ def test_damaged_eval_cache_entry_is_a_miss_with_a_log_line(tmp_path, caplog, ki
 
 def test_damaged_eval_cache_is_recomputed_by_evaluate(tmp_path):
     from milnce.eval import EvalSettings, evaluate
-    from test_eval import YC_ROWS, FakeModel, FakeRunner, _yc_csv
+    from tests.eval.test_run import YC_ROWS, FakeModel, FakeRunner, _yc_csv
 
     root = tmp_path / "yc"
     (root / "validation" / "226").mkdir(parents=True)
@@ -281,7 +281,7 @@ def msrvtt_tiny(tmp_path, monkeypatch, model):
     """An MSR-VTT miniature with the fake pipeline and the session model (nothing decoded)."""
     import milnce.commands.eval as eval_cmd
     from milnce.eval import run as run_mod
-    from test_eval import FakeRunner
+    from tests.eval.test_run import FakeRunner
     from video_fixtures import make_video
 
     root = tmp_path / "videos"

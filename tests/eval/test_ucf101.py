@@ -15,7 +15,7 @@ from milnce.errors import UsageError
 from milnce.eval import EvalSettings, evaluate, format_table, load_benchmark, result_dict, write_outputs
 from milnce.eval import run as run_mod
 from milnce.eval.ucf101 import ucf_group
-from test_eval import SMALL, FakeModel, FakeRunner
+from tests.eval.test_run import SMALL, FakeModel, FakeRunner
 from video_fixtures import make_video
 
 CLASSES = ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]

@@ -8,7 +8,7 @@ import pytest
 from milnce.errors import UsageError
 from milnce.eval import load_benchmark
 from milnce.eval.crosstask import read_annotation, read_tasks, read_videos
-from test_eval_ucf101 import write_splits
+from tests.eval.test_ucf101 import write_splits
 
 SECRET = "root:$6$secrethash:19000:0:99999:7:::"
 

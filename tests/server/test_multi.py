@@ -138,7 +138,7 @@ def test_browser_index_picker(three, model):
     import json
     import urllib.request
 
-    from test_server import CHROMIUM, CHROMIUM_ARGS, _serve_in_thread, wait_js
+    from tests.server.test_routes import CHROMIUM, CHROMIUM_ARGS, _serve_in_thread, wait_js
 
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM}")

@@ -59,7 +59,7 @@ def test_search_like_superscript_is_a_missing_path_not_a_traceback(tmp_path, cap
     import numpy as np
 
     from milnce.index import Index
-    from test_index import fake_emb
+    from tests.cli.test_search import fake_emb
 
     with Index.create(tmp_path / "ix", model) as ix:
         ix.add_video("/nonexistent/v.mp4", fake_emb(4, np.random.default_rng(0)), size=10, mtime=1.0,
@@ -79,7 +79,7 @@ def test_server_answers_422(tmp_path, model):
 
     from milnce.index import Index
     from milnce.server import create_app
-    from test_index import fake_emb
+    from tests.cli.test_search import fake_emb
 
     with Index.create(tmp_path / "ix", model) as ix:
         ix.add_video("/nonexistent/v.mp4", fake_emb(4, np.random.default_rng(0)), size=10, mtime=1.0,

@@ -18,7 +18,7 @@ import torch
 
 from milnce.cli import main
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 # A tiny run: 8 frames of 32 px, 2 clips per step; settings shared by every run below.
 TINY = {

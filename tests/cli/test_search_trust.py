@@ -28,7 +28,7 @@ from milnce.index import (
     video_moments,
 )
 from milnce.localize import best_moments
-from test_index import SMALL, SMALL_ARGS, make_video, synthetic_index
+from tests.cli.test_search import SMALL, SMALL_ARGS, make_video, synthetic_index
 
 pytestmark = pytest.mark.usefixtures("reuse_model")  # CLI commands reuse the loaded model
 
@@ -387,7 +387,7 @@ def test_localize_shows_progress(vids, wargs, capsys):
 
 def _docs_commands(page: str) -> list[str]:
     """The ``milnce ...`` lines of a documentation page's introduction (before its first section)."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / page).read_text()
     body = text.split("\n## ", 1)[0]
     cmds = []
     for line in body.splitlines():

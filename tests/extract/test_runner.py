@@ -24,7 +24,7 @@ from milnce.windows import WindowSettings
 from video_fixtures import make_video
 
 S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _ckpt(checkpoint):

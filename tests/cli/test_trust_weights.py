@@ -24,7 +24,7 @@ from milnce.download import CHECKSUMS_FILE, DownloadError, _record_checksum, _st
 from milnce.model import S3D, state_dict_shapes
 from milnce.weights import CheckpointError, fingerprint, load_checkpoint, load_verified, save_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _args(ckpt) -> list[str]:

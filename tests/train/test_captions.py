@@ -16,7 +16,7 @@ from milnce.cli import main
 
 pytest.importorskip("webdataset")
 
-FIXTURES = Path(__file__).resolve().parent / "data" / "video2dataset"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "video2dataset"
 WORDS = ["add", "salt", "stir", "the", "soup", "cut", "onions", "serve", "a", "test", "pattern", "colour", "bars"]
 
 
