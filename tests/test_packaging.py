@@ -62,3 +62,19 @@ def test_hubconf_lists_every_runtime_dependency():
 def test_hubconf_entry_point_without_download():
     net = _hubconf().s3d_howto100m(pretrained=False)
     assert isinstance(net, milnce.S3D)
+
+
+def test_hubconf(checkpoint, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    try:
+        import hubconf
+    finally:
+        sys.path.remove(str(ROOT))
+    assert "s3d_howto100m" in dir(hubconf)
+    net = hubconf.s3d_howto100m(pretrained=False)
+    assert isinstance(net, milnce.S3D)
+    monkeypatch.setenv("MILNCE_WEIGHTS", str(checkpoint[0]))
+    monkeypatch.setenv("MILNCE_VOCAB", str(checkpoint[1]))
+    net = hubconf.s3d_howto100m(pretrained=True)
+    assert net.text_module(["open door"])["text_embedding"].shape == (1, 512)
+    assert not net.training

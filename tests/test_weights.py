@@ -1,9 +1,10 @@
-"""Checkpoint loading/validation, the high-level API, torch.hub and the model CLI commands."""
+"""``milnce.weights``: Published weights."""
 
 from __future__ import annotations
 
 import json
-import sys
+import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,105 @@ import pytest
 import torch
 
 import milnce
+import milnce.api
+import milnce.atomic
+import milnce.fast
+import milnce.integrity
+import milnce.weights
 from conftest import VOCAB, random_state_dict, write_checkpoint
-from milnce.cli import main
-from milnce.weights import CheckpointError, fingerprint, load_checkpoint, save_bundle
+from milnce.cache import file_stamp
+from milnce.download import cache_dir
+from milnce.weights import CheckpointError, fingerprint, load_checkpoint, load_verified, save_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+
+def test_in_place_edit_with_mtime_restored_is_verified_again(checkpoint, tmp_path):
+    w = tmp_path / "w.pth"
+    w.write_bytes(checkpoint[0].read_bytes())
+    assert not load_verified(w).cached
+    assert load_verified(w).cached
+    st = w.stat()
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor data: only the CRC check can see it
+    with open(w, "r+b") as f:  # in place: same inode, same size
+        f.write(bytes(data))
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back
+    assert (w.stat().st_size, w.stat().st_mtime_ns, w.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    assert file_stamp(w.stat()) != file_stamp(st)  # the ctime moved
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_verified(w)
+
+
+def test_state_dict_is_the_checkpoint_and_features_are_named(model, checkpoint):
+
+    sd = model.state_dict()
+    ref, _ = load_checkpoint(checkpoint[0])
+    assert list(sd) == list(ref) and len(sd) == 537
+    out = model.encode_video(torch.rand(1, 3, 8, 32, 32), features=True)
+    emb, feats = out
+    assert out.embedding is emb and out.features is feats and feats.shape == (1, 1024)
+
+
+def test_verdict_is_cached_by_size_and_mtime(checkpoint, tmp_path, monkeypatch):
+    w = tmp_path / "w.pth"
+    w.write_bytes(checkpoint[0].read_bytes())
+    first = load_verified(w)
+    assert not first.cached and (cache_dir() / milnce.integrity.VERIFIED_FILE).is_file()
+
+    def boom(*a, **kw):
+        raise AssertionError("re-verified an unchanged file")
+
+    monkeypatch.setattr(milnce.integrity, "zip_problem", boom)
+    monkeypatch.setattr(milnce.weights, "fingerprint", boom)
+    second = load_verified(w)
+    assert second.cached and second.fingerprint == first.fingerprint
+    model = milnce.load_model(w, checkpoint[1], download=False)
+    assert model.weights_id == first.fingerprint
+    monkeypatch.undo()
+    st = w.stat()
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: verified again
+    assert not load_verified(w).cached
+
+
+def test_bundle_with_changed_weights_is_refused(checkpoint, tmp_path):
+    sd, _ = load_checkpoint(checkpoint[0])
+    out = save_bundle(sd, np.asarray(VOCAB), tmp_path / "b")
+    from safetensors.torch import save_file
+
+    changed = {k: v.clone() for k, v in sd.items()}
+    changed["fc.bias"][0] += 1.0
+    save_file(changed, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="changed since the bundle was written"):
+        milnce.load_model(out, download=False)
+
+
+class _System:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", ["torch", "legacy", "raw"])
+def test_pickled_code_is_named_as_such(tmp_path, writer, capsys):
+    p = tmp_path / "evil.pth"
+    if writer == "torch":
+        torch.save({"net": _System()}, p)
+    elif writer == "legacy":
+        torch.save({"net": _System()}, p, _use_new_zipfile_serialization=False)
+    else:
+        with open(p, "wb") as f:
+            pickle.dump({"net": _System()}, f)
+    with pytest.raises(CheckpointError, match=r"contains pickled Python objects / code .*system.*refused "
+                                              r"\(not a plain tensor checkpoint\)") as exc:
+        load_checkpoint(p)
+    assert "truncated" not in str(exc.value)
+    assert capsys.readouterr().out == ""  # nothing ran
+
+
+def test_garbage_is_still_truncated_or_corrupt(tmp_path):
+    p = tmp_path / "junk.pth"
+    p.write_bytes(b"not a checkpoint at all" * 100)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(p)
 
 
 def test_published_checkpoint_loads_strict(checkpoint):
@@ -101,175 +196,3 @@ def test_checkpoint_key_and_shape_problems(tmp_path):
         load_checkpoint(_save(tmp_path, nan))
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nope.pth")
-
-
-def test_vocabulary_must_match_embedding(checkpoint, tmp_path):
-    short = tmp_path / "short.npy"
-    np.save(short, np.asarray(VOCAB[:-5]))
-    with pytest.raises(CheckpointError, match=f"{len(VOCAB) - 5} words.*{len(VOCAB) + 1} rows"):
-        milnce.load_model(checkpoint[0], short, download=False)
-    with pytest.raises(ValueError, match="rows"):
-        milnce.S3D(VOCAB[:10], 512, num_embeddings=len(VOCAB) + 1)
-
-
-def test_encode_api(model):
-    from conftest import real_clip_batch
-    from milnce.fast import rounding_bound
-
-    clips = real_clip_batch(8, 64)[:3]  # real video: the model is calibrated on it (noise is far out of range)
-    emb = model.encode_video(clips, batch_size=2)
-    emb2, feats = model.encode_video(clips, features=True)
-    assert emb.shape == (3, 512) and feats.shape == (3, 1024)
-    # float32 rounding of the whole tower (summed terms per layer, layers added), relative to the largest value
-    tol = rounding_bound(model.net, skip=model.net.text_module)
-    torch.testing.assert_close(emb, emb2, rtol=0, atol=tol * float(emb.abs().max()))  # batch split: rounding only
-    with torch.inference_mode():
-        ref = model.net(clips)["video_embedding"]
-    assert ((emb - ref).abs().max() / ref.abs().max()).item() < tol
-    # uint8 frames are scaled to [0, 1]
-    u8 = (clips * 255).round().to(torch.uint8)
-    torch.testing.assert_close(model.encode_video(u8), model.encode_video(u8.float() / 255))
-    t = model.encode_text(["cut tomato", "open door"])
-    assert t.shape == (2, 512)
-    torch.testing.assert_close(model.encode_text("cut tomato"), t[:1])
-    s = model.similarity(t, emb)
-    torch.testing.assert_close(s, t @ emb.T)
-
-
-def test_text_bad_input(model):
-    with pytest.raises(ValueError, match="empty"):
-        model.encode_text([])
-    with pytest.warns(UserWarning, match="no word in the vocabulary"):
-        e = model.encode_text(["   ", "qwertyuiop"])
-    torch.testing.assert_close(e[0], e[1])
-    long = model.encode_text(["cut " * 1000])  # truncated to 16 words
-    torch.testing.assert_close(long, model.encode_text(["cut " * 16]))
-
-
-def test_eager_and_bf16_options(checkpoint):
-    eager = milnce.load_model(*checkpoint, fast=False, download=False)
-    bf16 = milnce.load_model(*checkpoint, precision="bf16", download=False)
-    from conftest import real_clip_batch
-
-    x = real_clip_batch(8, 64)[:4]
-    a, b = eager.encode_video(x), bf16.encode_video(x)
-    # bf16 rounding through 57 convolutions of a random (video-calibrated) net: ~2% off in direction
-    cos = torch.nn.functional.cosine_similarity(a, b)
-    assert cos.min() > 0.95 and cos.mean() > 0.97
-    with pytest.raises(ValueError, match="precision"):
-        milnce.load_model(*checkpoint, precision="fp16", download=False)  # type: ignore[arg-type]
-
-
-def test_env_variables_and_missing_files(checkpoint, monkeypatch, tmp_path):
-    monkeypatch.setenv("MILNCE_WEIGHTS", str(checkpoint[0]))
-    monkeypatch.setenv("MILNCE_VOCAB", str(checkpoint[1]))
-    assert milnce.load_model(download=False).encode_text(["open"]).shape == (1, 512)
-    monkeypatch.delenv("MILNCE_WEIGHTS")
-    monkeypatch.delenv("MILNCE_VOCAB")
-    with pytest.raises(FileNotFoundError, match="--weights"):
-        milnce.load_model(download=False)
-    from milnce.download import cache_dir
-
-    (cache_dir() / "s3d_howto100m.pth").write_bytes(checkpoint[0].read_bytes())
-    with pytest.raises(FileNotFoundError, match="missing .*s3d_dict.npy"):  # never downloads
-        milnce.load_model(download=False)
-    (cache_dir() / "s3d_dict.npy").write_bytes(checkpoint[1].read_bytes())
-    assert milnce.load_model(download=False).encode_text(["open"]).shape == (1, 512)
-    (cache_dir() / "s3d_dict.npy").unlink()
-    lone = tmp_path / "lone" / "w.pth"
-    lone.parent.mkdir()
-    lone.write_bytes(checkpoint[0].read_bytes())
-    with pytest.raises(FileNotFoundError, match="vocabulary"):
-        milnce.load_model(lone, download=False)
-
-
-def test_hubconf(checkpoint, monkeypatch):
-    sys.path.insert(0, str(ROOT))
-    try:
-        import hubconf
-    finally:
-        sys.path.remove(str(ROOT))
-    assert "s3d_howto100m" in dir(hubconf)
-    net = hubconf.s3d_howto100m(pretrained=False)
-    assert isinstance(net, milnce.S3D)
-    monkeypatch.setenv("MILNCE_WEIGHTS", str(checkpoint[0]))
-    monkeypatch.setenv("MILNCE_VOCAB", str(checkpoint[1]))
-    net = hubconf.s3d_howto100m(pretrained=True)
-    assert net.text_module(["open door"])["text_embedding"].shape == (1, 512)
-    assert not net.training
-
-
-# --- CLI -------------------------------------------------------------------------------
-
-
-def _args(checkpoint):
-    return ["--weights", str(checkpoint[0]), "--vocab", str(checkpoint[1]), "--no-download"]
-
-
-def test_cli_help(capsys):
-    assert main([]) == 0
-    out = capsys.readouterr().out
-    for cmd in ("download", "info", "embed-text", "convert"):
-        assert cmd in out
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
-
-
-def test_cli_embed_text(checkpoint, model, tmp_path, capsys):
-    out = tmp_path / "t.npy"
-    assert main(["embed-text", "cut tomato", "open door", "--out", str(out), *_args(checkpoint)]) == 0
-    arr = np.load(out, allow_pickle=False)
-    assert arr.shape == (2, 512) and arr.dtype == np.float32
-    np.testing.assert_allclose(arr, model.encode_text(["cut tomato", "open door"]).numpy(), rtol=1e-5, atol=1e-6)
-    capsys.readouterr()
-    assert main(["embed-text", "Cut the XYZ tomato", "--json", *_args(checkpoint)]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["words"] == ["cut", "the", "tomato"] and rows[0]["unknown"] == ["xyz"]
-    assert len(rows[0]["embedding"]) == 512
-
-
-def test_cli_similarity(checkpoint, model, tmp_path, capsys):
-    video = model.encode_video(torch.rand(2, 3, 8, 64, 64)).numpy()
-    np.save(tmp_path / "v.npy", video)
-    np.savez(tmp_path / "w.npz", embeddings=video[:1], starts=np.array([0.0]), ends=np.array([3.2]))
-    assert main(["similarity", "--text", "cut tomato", "--video-embeddings", str(tmp_path / "v.npy"),
-                 str(tmp_path / "w.npz"), "--json", *_args(checkpoint)]) == 0
-    res = json.loads(capsys.readouterr().out)
-    expected = model.encode_text(["cut tomato"]).numpy() @ np.concatenate([video, video[:1]]).T
-    np.testing.assert_allclose(res["scores"], expected.round(5), rtol=1e-4, atol=1e-4)
-    assert len(res["videos"]) == 3
-
-
-def test_cli_convert_and_info(checkpoint, tmp_path, capsys):
-    assert main(["convert", str(tmp_path / "b"), *_args(checkpoint)]) == 0
-    assert (tmp_path / "b" / "model.safetensors").exists()
-    assert main(["embed-text", "open", "--weights", str(tmp_path / "b")]) == 0
-    capsys.readouterr()
-    assert main(["info", "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["torch"] == torch.__version__ and "s3d_howto100m" in info["weights"]
-
-
-def test_cli_errors_are_one_line(tmp_path, capsys, checkpoint):
-    bad = tmp_path / "bad.pth"
-    bad.write_bytes(b"garbage" * 10)
-    assert main(["embed-text", "open", "--weights", str(bad), "--vocab", str(checkpoint[1])]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("milnce: error:") and "Traceback" not in err
-    assert main(["embed-text", "open", "--weights", str(tmp_path / "missing.pth"), "--vocab", str(checkpoint[1])]) == 2
-    assert "not found" in capsys.readouterr().err
-    assert main(["embed-text", "open", "--no-download"]) == 2
-    assert "--weights" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_benchmark_script_runs(capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_inference
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    assert bench_inference.main(["--quick", "--rounds", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "x eager" in out and "fast fp32" in out

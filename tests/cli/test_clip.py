@@ -1,6 +1,4 @@
-"""``milnce clip`` on hostile names and files (issue 25 items 11, 14, 15): printable names, one
-line errors that name the path (never a descriptor), the server's identity rule (no parent folder
-swapped for a link out of the roots), copy failures that suggest re-encoding, SIGTERM cleanup."""
+"""``milnce clip`` end to end (``milnce.commands.clip``): the CLI run through ``main(argv)`` or a subprocess."""
 
 from __future__ import annotations
 
@@ -20,11 +18,104 @@ import numpy as np
 import pytest
 
 from milnce import cli
+from milnce.cli import main
 from milnce.index import Index
-from video_fixtures import make_video, paint
+from video_fixtures import frame_index, make_video, paint
 
 
-def _index_with(tmp_path: Path, video: Path, duration: float = 4.0, roots: list[Path] | None = None) -> Path:
+def test_clip_refusal_names_overwrite(tmp_path, capsys):
+    video = make_video(tmp_path / "v.mp4", n=20, rate=10)
+    st = os.stat(video)
+    ix = tmp_path / "ix"
+    idx = Index.create(ix, SimpleNamespace(weights_id="synthetic", info=None))
+    idx.add_video(str(video), SimpleNamespace(embeddings=np.ones((1, 512), np.float32), starts=np.array([0.0]),
+                                              ends=np.array([2.0]), duration=2.0),
+                  size=st.st_size, mtime=st.st_mtime, content_hash="h")
+    idx.close()
+    existing = tmp_path / "clip.mp4"
+    existing.write_bytes(b"keep me")
+    assert cli.main(["clip", "--index", str(ix), "1@0-1", "--out", str(existing)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and err.count("\n") == 1
+    assert existing.read_bytes() == b"keep me"
+
+RATE = 10  # frames per second of the fixture: one frame = 0.1 s
+GOP = 20  # a key frame every 2 s
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("clipsrc")
+    return make_video(d / "cook ing.mp4", n=60, rate=RATE, width=64, height=48, audio=True,
+                      options={"crf": "0", "preset": "ultrafast", "g": str(GOP), "keyint_min": str(GOP)})
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def _index_with(tmp_path: Path, video: Path) -> Path:
+    ix = tmp_path / "ix"
+    st = os.stat(video)
+    emb = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    idx = Index.create(ix, SimpleNamespace(weights_id="synthetic", info=None))
+    idx.add_video(str(video), SimpleNamespace(embeddings=emb, starts=np.array([0.0, 1.6, 3.2]),
+                                              ends=np.array([3.2, 4.8, 6.0]), duration=6.0),
+                  size=st.st_size, mtime=st.st_mtime, content_hash="h")
+    idx.close()
+    return ix
+
+
+def test_cli_clip_by_id_and_path(source, tmp_path, capsys, monkeypatch):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(source.read_bytes())
+    ix = _index_with(tmp_path, video)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    assert cli.main(["clip", "--index", str(ix), "1@1:00-0:02", "--out", str(outdir)]) == 2  # START > END
+    assert "empty" in capsys.readouterr().err
+    assert cli.main(["clip", "--index", str(ix), "1@1-2", "--out", str(outdir)]) == 0
+    assert os.listdir(outdir) == ["v_00m01.00s-00m02.00s.mp4"]
+    assert cli.main(["clip", "--index", str(ix), f"{video}@0:01.5-0:03", "--out", str(outdir / "b.mp4"), "--copy"]) == 0
+    assert "copied from the key frame at 0.00 s" in capsys.readouterr().out
+    monkeypatch.chdir(outdir)
+    assert cli.main(["clip", "--index", str(ix), "1@2-3", "--padding", "0.5"]) == 0
+    assert "v_00m01.50s-00m03.50s.mp4" in os.listdir(outdir)
+
+
+@pytest.mark.parametrize("attack", ["modified", "removed", "symlink", "fifo", "unknown", "badspec"])
+def test_cli_clip_refuses_changed_or_unknown_sources(source, tmp_path, capsys, attack):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(source.read_bytes())
+    ix = _index_with(tmp_path, video)
+    spec = "1@1-2"
+    if attack == "modified":
+        with open(video, "ab") as f:
+            f.write(b"\0")
+    elif attack == "removed":
+        video.unlink()
+    elif attack == "symlink":  # same content behind a link: still refused (no following)
+        (tmp_path / "real.mp4").write_bytes(video.read_bytes())
+        st = os.stat(video)
+        video.unlink()
+        video.symlink_to(tmp_path / "real.mp4")
+        os.utime(tmp_path / "real.mp4", ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif attack == "fifo":
+        video.unlink()
+        os.mkfifo(video)
+    elif attack == "unknown":
+        spec = f"{tmp_path / 'other.mp4'}@1-2"
+    else:
+        spec = "1@abc-2"
+    out = tmp_path / "out.mp4"
+    assert cli.main(["clip", "--index", str(ix), spec, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("milnce: error:") and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    if attack in ("modified", "removed", "symlink", "fifo"):
+        assert "re-run milnce index" in err or "regular file" in err
+
+
+def _index_with_clip_cli_trust(tmp_path: Path, video: Path, duration: float = 4.0, roots: list[Path] | None = None) -> Path:
     ix = tmp_path / "ix"
     st = os.stat(video)
     emb = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
@@ -41,7 +132,7 @@ def test_wrote_line_shows_a_hostile_name_printably(tmp_path, capsys):
     folder = tmp_path / "v"
     folder.mkdir()
     video = make_video(folder / "a\x1b[31mRED\nmilnce: error: forged.mp4", n=20)
-    ix = _index_with(tmp_path, video, 2.0)
+    ix = _index_with_clip_cli_trust(tmp_path, video, 2.0)
     out = tmp_path / "o\x1b[0m\nx.mp4"
     assert cli.main(["clip", "--index", str(ix), "1@0.5-1.5", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -53,7 +144,7 @@ def test_a_parent_folder_swapped_for_a_link_out_of_the_roots_is_refused(tmp_path
     root = tmp_path / "videos"
     (root / "sub").mkdir(parents=True)
     video = make_video(root / "sub" / "a.mp4", n=20)
-    ix = _index_with(tmp_path, video, 2.0, roots=[root])
+    ix = _index_with_clip_cli_trust(tmp_path, video, 2.0, roots=[root])
     elsewhere = tmp_path / "elsewhere"
     (root / "sub").rename(elsewhere)  # the same file, now outside the roots...
     os.symlink(elsewhere, root / "sub")  # ...behind a link where its folder was
@@ -62,36 +153,6 @@ def test_a_parent_folder_swapped_for_a_link_out_of_the_roots_is_refused(tmp_path
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "symbolic link" in err and str(video) in err
     assert not out.exists()
-
-
-def test_server_says_not_existing_for_a_folder_swapped_for_a_link(tmp_path, model):
-    pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
-
-    from milnce.server import create_app
-    from milnce.windows import WindowSettings
-
-    root = tmp_path / "videos"
-    (root / "sub").mkdir(parents=True)
-    video = make_video(root / "sub" / "a.mp4", n=20)
-    make_video(root / "b.mp4", n=20)
-    ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),
-                          roots=[root])
-    for v in (video, root / "b.mp4"):
-        st = os.stat(v)
-        ix.add_video(str(v), SimpleNamespace(starts=np.array([0.0]), ends=np.array([2.0]), duration=2.0,
-                                             embeddings=np.ones((1, 512), np.float32)),
-                     size=st.st_size, mtime=st.st_mtime, content_hash="")
-    ix.close()
-    (root / "sub").rename(tmp_path / "elsewhere")
-    os.symlink(tmp_path / "elsewhere", root / "sub")
-    with Index.open(tmp_path / "ix", model) as index, TestClient(create_app(index, model)) as c:
-        ids = {Path(r.path).name: r.id for r in index.videos()}
-        v = c.get(f"/api/videos/{ids['a.mp4']}").json()
-        assert v["exists"] is False and v["file_state"] == "outside"
-        assert c.get(f"/api/videos/{ids['a.mp4']}/file").status_code == 403
-        ok = c.get(f"/api/videos/{ids['b.mp4']}").json()
-        assert ok["exists"] is True and ok["file_state"] == "ok"
 
 
 def _mux_frames(out, stream, n: int) -> None:
@@ -141,7 +202,7 @@ def test_copy_of_codecs_the_container_cannot_hold_is_one_line_suggesting_reencod
     for kind, src in _sources(tmp_path).items():
         work = tmp_path / kind
         work.mkdir()
-        ix = _index_with(work, src, 2.0)
+        ix = _index_with_clip_cli_trust(work, src, 2.0)
         out = work / f"o{ext}"
         code = cli.main(["clip", "--index", str(ix), "1@0.5-1.5", "--copy", "--out", str(out)])
         err = capsys.readouterr().err
@@ -159,7 +220,7 @@ def test_copy_of_codecs_the_container_cannot_hold_is_one_line_suggesting_reencod
 
 def test_sigterm_during_clip_leaves_no_temporary_file(tmp_path):
     video = make_video(tmp_path / "v.mp4", n=40)
-    ix = _index_with(tmp_path, video)
+    ix = _index_with_clip_cli_trust(tmp_path, video)
     out = tmp_path / "out" / "c.mp4"
     out.parent.mkdir()
     script = textwrap.dedent("""
@@ -192,30 +253,43 @@ def test_sigterm_during_clip_leaves_no_temporary_file(tmp_path):
             proc.wait()
     assert proc.returncode != 0 and "Traceback" not in err
     assert os.listdir(out.parent) == []
+GOP_CLIP_ORIGIN = 10  # a key frame every second
 
 
-def test_odd_sources_are_cut_not_crashed(tmp_path):
-    """192 kHz PCM audio (resampled for AAC), 8 kHz mu-law, a 1 pixel wide video (stretched to 2)."""
-    from milnce.video.cut import cut_clip
+def _source(folder: Path, kind: str) -> Path:
+    if kind == "mpegps":
+        return make_video(folder / "v.mpg", n=40, rate=RATE, codec="mpeg2video", options={"g": str(GOP_CLIP_ORIGIN), "bf": "0"})
+    opts = {"crf": "0", "preset": "ultrafast", "g": str(GOP_CLIP_ORIGIN), "keyint_min": str(GOP_CLIP_ORIGIN)}
+    if kind == "late-mp4":  # the first frame at 0.5 s (an edit list): time 0 is that frame
+        return make_video(folder / "late.mp4", rate=RATE, pts_ms=[500 + 100 * i for i in range(40)], options=opts)
+    if kind == "mpegts":  # video from 1.4 s as ffmpeg's muxer writes it, the audio from 0
+        return make_video(folder / "v.ts", rate=RATE, pts_ms=[1400 + 100 * i for i in range(40)], audio=True,
+                          options=opts)
+    return make_video(folder / f"v.{kind}", n=40, rate=RATE, options=opts)
 
-    pcm = tmp_path / "pcm.mkv"
-    with av.open(str(pcm), "w") as out:
-        s = out.add_stream("mpeg4", rate=10)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        a = out.add_stream("pcm_s16le", rate=192000, layout="mono")
-        _mux_frames(out, s, 20)
-        for k in range(20):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 19200), np.int16), format="s16", layout="mono")
-            af.sample_rate, af.pts = 192000, k * 19200
-            for p in a.encode(af):
-                out.mux(p)
-    res = cut_clip(str(pcm), 0.5, 1.5, tmp_path / "p.mp4")
-    assert res.audio and res.frames == 10
-    with av.open(str(tmp_path / "p.mp4")) as c:
-        assert c.streams.audio[0].sample_rate == 48000
-    mulaw = _write(tmp_path / "m.mov", "mpeg4", "pcm_mulaw")
-    assert cut_clip(str(mulaw), 0.5, 1.5, tmp_path / "m.mp4").audio
-    thin = make_video(tmp_path / "thin.nut", n=20, width=1, height=48, codec="rawvideo", pix_fmt="yuv444p", options={})
-    res = cut_clip(str(thin), 0.5, 1.5, tmp_path / "t.mp4")
-    with av.open(str(tmp_path / "t.mp4")) as c:
-        assert res.frames == 10 and c.streams.video[0].width == 2
+
+def _clip_frames(path: Path) -> list[tuple[float, int]]:
+    with av.open(str(path)) as c:
+        return [(float(f.pts * f.time_base), frame_index(f.to_ndarray(format="rgb24"))) for f in c.decode(video=0)]
+
+
+def test_cli_clip_of_an_mpegts_video(tmp_path, capsys):
+    src = _source(tmp_path, "mpegts")
+    st = os.stat(src)
+    emb = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
+    idx = Index.create(tmp_path / "ix", SimpleNamespace(weights_id="synthetic", info=None))
+    idx.add_video(str(src), SimpleNamespace(embeddings=emb, starts=np.array([0.0, 2.0]), ends=np.array([2.0, 4.0]),
+                                            duration=4.0), size=st.st_size, mtime=st.st_mtime, content_hash="h")
+    idx.close()
+    assert cli.main(["clip", "--index", str(tmp_path / "ix"), "1@2-3", "--out", str(tmp_path / "o.mp4")]) == 0
+    assert "1.00 s (10 frames, with audio)" in capsys.readouterr().out
+    assert [i for _, i in _clip_frames(tmp_path / "o.mp4")] == list(range(20, 30))
+    assert cli.main(["clip", "--index", str(tmp_path / "ix"), "1@0.5-1.5", "--copy", "--out", str(tmp_path / "k.mp4")]) == 0
+    assert "copied from the key frame at 0.00 s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("span", ["²@1-2", "2@1_0-3", "2@0:99-1:40", "2@\u0661-3"])
+def test_clip_cli_one_line(tmp_path, capsys, span):
+    assert main(["clip", "--index", str(tmp_path / "ix"), span]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("milnce: error:") and err.count("\n") == 1 and "Traceback" not in err

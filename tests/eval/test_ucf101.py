@@ -1,22 +1,60 @@
-"""UCF-101 linear probe (``milnce eval ucf101``): the official split files as distributed (CRLF,
-the ``HandstandPushups`` / ``HandStandPushups`` spelling), bad lines, groups, and the probe end
-to end with a fake pipeline (missing videos counted)."""
+"""``milnce.eval.ucf101``: UCF-101 (Soomro et al., 2012)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from milnce.errors import UsageError
-from milnce.eval import EvalSettings, evaluate, format_table, load_benchmark, result_dict, write_outputs
+from milnce.eval import (
+    EvalSettings,
+    evaluate,
+    format_table,
+    load_benchmark,
+    result_dict,
+    write_outputs,
+)
 from milnce.eval import run as run_mod
 from milnce.eval.ucf101 import ucf_group
-from tests.eval.test_run import SMALL, FakeModel, FakeRunner
 from video_fixtures import make_video
+
+SECRET = "root:$6$secrethash:19000:0:99999:7:::"
+
+
+def _replace(path, old, new):
+    path.write_bytes(path.read_bytes().replace(old.encode(), new.encode(), 1))
+
+
+@pytest.mark.parametrize("file, old, new, words", [
+    ("classInd.txt", "1 ApplyEyeMakeup", "² ApplyEyeMakeup", "classInd.txt, line 1: expected '<index> <ClassName>': the class index"),
+    ("classInd.txt", "1 ApplyEyeMakeup", "\u0661 ApplyEyeMakeup", "classInd.txt, line 1: expected '<index> <ClassName>': the class index"),
+    ("trainlist01.txt", ".avi 1", ".avi ¹", "trainlist01.txt, line 1: index"),
+    ("trainlist01.txt", ".avi 1", ".avi 1_0", "trainlist01.txt, line 1: index"),
+])
+def test_ucf_indices_ascii_digits(tmp_path, file, old, new, words):
+    d = write_splits(tmp_path)
+    _replace(d / file, old, new)
+    with pytest.raises(UsageError) as ei:
+        load_benchmark("ucf101", d)
+    assert words in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_ucf_symlinked_class_file_is_not_echoed(tmp_path):
+    d = write_splits(tmp_path)
+    secret = tmp_path / "shadow"
+    secret.write_text(SECRET + " x\n")
+    (d / "classInd.txt").unlink()
+    (d / "classInd.txt").symlink_to(secret)
+    with pytest.raises(UsageError) as ei:
+        load_benchmark("ucf101", d)
+    assert "line 1" in str(ei.value) and "secrethash" not in str(ei.value) and "not shown" in str(ei.value)
 
 CLASSES = ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
 FILE_CLASS = {"HandstandPushups": "HandStandPushups"}  # the release's own spelling in file names
@@ -131,10 +169,78 @@ def test_probe_end_to_end_fake_pipeline(tmp_path, monkeypatch):
     with np.load(out["embeddings"], allow_pickle=False) as z:
         assert z["features"].shape == (48, 1024) and z["mask"].sum() == 47 and z["splits"].shape == (48, 3)
 
+SMALL = {"num_frames": 8, "fps": 10.0, "size": 32, "num_windows": 4}
 
-def test_cli_ucf101_needs_the_split_folder(tmp_path, capsys):
-    from milnce.cli import main
 
-    assert main(["eval", "ucf101", "--videos", str(tmp_path), "--no-download"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "ucfTrainTestlist" in err
+# ------------------------------------------------------------------------------ fakes
+
+
+@dataclass
+class FakeResult:
+    key: object
+    path: str
+    starts: np.ndarray
+    ends: np.ndarray
+    video_embedding: np.ndarray | None
+    mixed_5c: np.ndarray | None
+    duration: float
+    error: str | None = None
+
+
+def window_vec(stem: str, start: float, dim: int = 512) -> np.ndarray:
+    """The fake pipeline's embedding of the window of video ``stem`` starting at ``start``."""
+    seed = int(hashlib.sha256(f"{stem}@{round(start * 1000)}".encode()).hexdigest()[:8], 16)
+    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+
+
+class FakeRunner:
+    """Stands in for ``milnce.extract.run_jobs``; records the jobs, yields in reverse order."""
+
+    def __init__(self, fail: tuple[str, ...] = (), features=None, drop_last: tuple[str, ...] = ()) -> None:
+        self.jobs: list = []
+        self.calls = 0
+        self.fail = fail
+        self.features = features  # stem -> 1024 vector (HMDB)
+        self.drop_last = drop_last
+
+    def __call__(self, model, jobs, settings, *, pad, features, batch_size, workers, progress):
+        self.calls += 1
+        self.settings, self.pad, self.want_features = settings, pad, features
+        jobs = list(jobs)
+        self.jobs += jobs
+        for job in reversed(jobs):
+            stem = Path(job.path).stem
+            starts = np.asarray(job.starts, np.float64)
+            if stem in self.fail:
+                yield FakeResult(job.key, job.path, np.zeros(0), np.zeros(0), None, None, float("nan"), "cannot decode")
+                continue
+            if stem in self.drop_last:
+                starts = starts[:-1]
+            emb = np.stack([window_vec(stem, s) for s in starts]) if len(starts) else np.zeros((0, 512), np.float32)
+            feat = (np.tile(self.features[stem], (len(starts), 1)) if self.features
+                    else np.stack([window_vec(stem + "/f", s, 1024) for s in starts]))
+            yield FakeResult(job.key, job.path, starts[::-1].copy(), starts[::-1] + settings.duration,
+                             emb[::-1].copy(), feat[::-1].copy(), 9.0)
+
+
+class FakeModel:
+    """Enough of ``MILNCE`` for ``evaluate``: a weights id, a tokenizer and a text tower."""
+
+    def __init__(self, words: list[str], weights_id: str = "fake-1") -> None:
+        from milnce.model import TextTower
+        from milnce.text import Tokenizer
+
+        torch.manual_seed(0)
+        self.tokenizer = Tokenizer(words)
+        self.net = type("Net", (), {})()
+        self.net.text_module = TextTower(512, len(words) + 1, 300, tokenizer=self.tokenizer).eval()
+        self.device = torch.device("cpu")
+        self.weights_id = weights_id
+
+
+def test_ucf101_split_file_huge_line_refused(tmp_path):
+    from milnce.eval.ucf101 import load_ucf101
+
+    (tmp_path / "classInd.txt").write_bytes(b"1 " + b"a" * (8 << 20))
+    with pytest.raises(UsageError, match="classInd.txt: line 1 is longer than"):
+        load_ucf101(tmp_path, None)

@@ -1,30 +1,106 @@
-"""Every user-given list file is read bounded: a device, FIFO or folder, an endless line, NUL bytes
-and too many entries are refused in one line naming the file, with memory staying flat."""
+"""``milnce.extract.inputs``: Which videos an extraction covers, where each one's output goes, and which rank
+takes it."""
 
 from __future__ import annotations
 
 import os
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from milnce.cli import main
 from milnce.errors import UsageError
-from milnce.extract.inputs import collect_inputs
-from milnce.listfiles import MAX_CSV_ROW, MAX_PATH_LINE, read_lines
+from milnce.extract import (
+    Shard,
+    VideoInput,
+    collect_inputs,
+    resolve_shard,
+    shard_inputs,
+)
+from video_fixtures import make_empty_video, make_video
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A folder of small videos (nested) and a folder of bad ones."""
+    root = tmp_path_factory.mktemp("videos")
+    (root / "good" / "sub").mkdir(parents=True)
+    make_video(root / "good" / "a.mp4", n=12)
+    make_video(root / "good" / "sub" / "b.mp4", n=16, width=48, height=64)
+    make_video(root / "good" / "c.webm", n=8, codec="libvpx-vp9", options={})
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "text.mp4").write_text("not a video\n" * 20)
+    (bad / "zero.mp4").write_bytes(b"")
+    make_empty_video(bad / "empty.mp4")
+    data = (root / "good" / "a.mp4").read_bytes()
+    (bad / "trunc.mp4").write_bytes(data[: len(data) // 2])
+    return root
+
+
+# ------------------------------------------------------------------------------ shards
+
+
+def test_shards_disjoint_complete_balanced():
+    rng = np.random.default_rng(0)
+    items = [VideoInput(f"/v/{i}.mp4", f"{i}.npz", int(s)) for i, s in enumerate(rng.lognormal(15, 1.5, 500))]
+    for n in (1, 2, 3, 7, 16):
+        shares = [shard_inputs(items, i, n) for i in range(n)]
+        names = [x.path for s in shares for x in s]
+        assert sorted(names) == sorted(x.path for x in items) and len(set(names)) == len(items)
+        loads = [sum(x.size for x in s) for s in shares]
+        assert max(loads) - min(loads) <= max(x.size for x in items)  # greedy LPT bound
+        # deterministic and independent of the input order
+        assert shard_inputs(items[::-1], n - 1, n) == [x for x in items if x in set(shares[-1])][::-1] or \
+            sorted(x.path for x in shard_inputs(items[::-1], n - 1, n)) == sorted(x.path for x in shares[-1])
+    with pytest.raises(ValueError):
+        shard_inputs(items, 2, 2)
+
+
+def test_resolve_shard_env():
+    assert resolve_shard(None, {}) == Shard(0, 1, None, "single")
+    assert resolve_shard("1/4", {}).label == "1/4"
+    s = resolve_shard(None, {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3"})
+    assert (s.index, s.count, s.local_rank) == (3, 8, 3)
+    s = resolve_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "10"})
+    assert (s.index, s.count) == (4, 10)
+    s = resolve_shard("1/2", {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "RANK": "1", "WORLD_SIZE": "2"})
+    assert (s.index, s.count) == ((1 * 3 + 2) * 2 + 1, 12)
+    for bad in ("2/2", "x", "1/0", "-1/3"):
+        with pytest.raises(ValueError):
+            resolve_shard(bad, {})
+    with pytest.raises(ValueError, match="RANK"):
+        resolve_shard(None, {"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_collect_inputs(tree, tmp_path):
+    got = collect_inputs([tree / "good"])
+    assert [x.rel for x in got] == ["a.npz", "c.npz", "sub/b.npz"]
+    # list files: relative to the list's folder; csv with a video_path column; clashing names keep suffixes
+    (tree / "good" / "a.webm").write_bytes((tree / "good" / "c.webm").read_bytes())
+    try:
+        lst = tree / "list.txt"
+        lst.write_text("# videos\ngood/a.mp4\n\ngood/a.webm\n" + str(tree / "good" / "sub" / "b.mp4") + "\n")
+        assert [x.rel for x in collect_inputs([lst])] == ["a.mp4.npz", "a.webm.npz", "sub/b.npz"]
+    finally:
+        (tree / "good" / "a.webm").unlink()
+    c = tmp_path / "l.csv"
+    c.write_text(f"id,video_path\n1,{tree / 'good' / 'a.mp4'}\n2,{tree / 'good' / 'a.mp4'}\n")
+    assert [x.rel for x in collect_inputs([c])] == ["a.npz"]
+    c.write_text("id,path\n1,x.mp4\n")
+    with pytest.raises(ValueError, match="video_path"):
+        collect_inputs([c])
+    with pytest.raises(ValueError, match="no such"):
+        collect_inputs([tmp_path / "nope"])
 
 MB = 1024  # ru_maxrss is in KiB on Linux
 
 
 def _rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 def test_extract_list_symlink_to_dev_zero_refused(tmp_path):
@@ -45,24 +121,6 @@ def test_extract_list_fifo_and_folder_refused(tmp_path):
     folder.mkdir()
     (folder / "a.mp4").write_bytes(b"")  # a folder named .csv is walked as a folder, not read as a list
     assert [Path(v.path).name for v in collect_inputs([str(folder)])] == ["a.mp4"]
-
-
-@pytest.mark.parametrize("name", ["huge.txt", "huge.csv"])
-def test_extract_list_huge_line_refused_in_one_line(tmp_path, capsys, name):
-    lst = tmp_path / name
-    with open(lst, "wb") as f:  # 8 MiB in one line, no newline: never read whole
-        f.truncate(0)
-        f.write(b"video_path\n" if name.endswith(".csv") else b"")
-        block = b"a" * (1 << 20)
-        for _ in range(8):
-            f.write(block)
-    before = _rss()
-    assert main(["extract", str(lst), "--out", str(tmp_path / "out")]) == 2
-    line = _one_line(capsys)
-    bound = MAX_CSV_ROW if name.endswith(".csv") else MAX_PATH_LINE
-    assert name in line and f"longer than {bound:,} characters" in line
-    assert _rss() - before < 200 * MB
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_extract_csv_multiline_field_bounded(tmp_path):
@@ -94,64 +152,30 @@ def test_extract_lists_still_read(tmp_path):
     tsv = tmp_path / "v.tsv"
     tsv.write_text("video_path\tother\na.mp4\t1\n")
     assert [Path(v.path).name for v in collect_inputs([str(tsv)])] == ["a.mp4"]
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def test_too_many_entries_refused(tmp_path):
-    f = tmp_path / "l.txt"
-    f.write_text("a\nb\nc\n")
-    assert read_lines(f, "l.txt", what="x", max_entries=3) == ["a", "b", "c"]
-    with pytest.raises(UsageError, match=r"l.txt: more than 2 entries"):
-        read_lines(f, "l.txt", what="x", max_entries=2)
+# ------------------------------------------------------------------------------ extraction
 
 
-def test_train_csv_huge_line_refused(tmp_path):
-    from milnce.train.data import load_split
-
-    data = tmp_path / "train.csv"
-    data.write_bytes(b"video_path,start,end,text\n" + b"a" * (20 << 20))  # 20 MiB in one line
-    before = _rss()
-    with pytest.raises(UsageError, match="train.csv: line 2 is longer than"):
-        load_split(data)
-    assert _rss() - before < 200 * MB
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "v"
+    d.mkdir()
+    make_video(d / "a.mp4", n=10)
+    return d
 
 
-def test_eval_annotation_huge_line_refused(tmp_path):
-    from milnce.eval.datasets import load_benchmark
-
-    ann = tmp_path / "ann.csv"
-    ann.write_bytes(b"a" * (4 << 20))
-    before = _rss()
-    with pytest.raises(UsageError, match="ann.csv: line 1 is longer than"):
-        load_benchmark("msrvtt", ann)
-    assert _rss() - before < 200 * MB
-    ann.unlink()
-    os.symlink("/dev/zero", ann)
-    with pytest.raises(UsageError, match="not a text file"):
-        load_benchmark("msrvtt", ann)
-
-
-def test_ucf101_split_file_huge_line_refused(tmp_path):
-    from milnce.eval.ucf101 import load_ucf101
-
-    (tmp_path / "classInd.txt").write_bytes(b"1 " + b"a" * (8 << 20))
-    with pytest.raises(UsageError, match="classInd.txt: line 1 is longer than"):
-        load_ucf101(tmp_path, None)
-
-
-def test_mirror_list_bounded(tmp_path, monkeypatch):
-    from milnce import mirrors
-    from milnce.cache import cache_dir
-
-    monkeypatch.delenv(mirrors.MIRRORS_ENV, raising=False)
-    path = cache_dir() / mirrors.MIRRORS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# mine\nhttps://example.invalid/w  # note\n\n")
-    assert [e for e, _ in mirrors.user_entries()] == ["https://example.invalid/w"]
-    path.unlink()
-    path.symlink_to("/dev/zero")
-    with pytest.raises(mirrors.MirrorError, match="mirror list .*not a text file"):
-        mirrors.user_entries()
-    path.unlink()
-    path.write_bytes(b"h" * (1 << 20))
-    with pytest.raises(mirrors.MirrorError, match="line 1 is longer than"):
-        mirrors.user_entries()
+def test_huge_shard_count_uses_memory_of_the_videos_not_of_the_shards(folder):
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from milnce.extract.inputs import collect_inputs, resolve_shard, shard_inputs\n"
+        "s = resolve_shard('0/99999999999999999999', env={})\n"
+        "items = collect_inputs([sys.argv[1]])\n"
+        "print(len(shard_inputs(items, s.index, s.count)), len(shard_inputs(items, 5, s.count)))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": SRC})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["1", "0"]

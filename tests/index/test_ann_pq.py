@@ -1,14 +1,26 @@
-"""``milnce.index.ann_pq``: IVF-PQ with an HNSW quantizer and on-disk lists, on a small store."""
+"""``milnce.index.ann_pq``: An approximate index for stores past one machine's memory."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import milnce.index.search as search_mod
+from milnce.index import Index
+from milnce.index.filters import VideoFilter
+from milnce.windows import WindowSettings
+
 faiss = pytest.importorskip("faiss")
 
+import milnce.index.ann_pq as ann_pq  # noqa: E402
 from milnce.errors import UsageError  # noqa: E402
 from milnce.index.ann_pq import (  # noqa: E402
     LISTS_FILE,
@@ -19,6 +31,8 @@ from milnce.index.ann_pq import (  # noqa: E402
     open_pq,
     search_pq,
 )
+from milnce.index.ingest import finish  # noqa: E402
+from milnce.index.records import IndexReport  # noqa: E402
 
 D = 64
 
@@ -127,3 +141,256 @@ def test_damaged_folders_are_clear_errors(store, tmp_path):
         open_pq(bad)
     with pytest.raises(PQIndexError, match="not a PQ index"):
         open_pq(tmp_path / "nothing")
+
+W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
+CENTRES = np.random.default_rng(7).standard_normal((10, 512)).astype(np.float32)
+
+
+def _build(d: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    idx = Index.create_for(d, "w1", W)
+    for i in range(12):
+        c = CENTRES[rng.integers(0, len(CENTRES), size=500)]
+        emb = (c + 0.8 * rng.standard_normal((500, 512))).astype(np.float32)
+        starts = np.arange(500, dtype=np.float64) * 0.4
+        idx.add_video(f"/media/v{i}.mp4", SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb,
+                                                          duration=200.8), size=100 + i, mtime=1.0, content_hash="")
+    finish(idx, IndexReport(str(d)), prune=False, ann="pq", ann_min_windows=0, progress=False, queries=lambda: None)
+    assert idx.ann_status()["state"] == "ok"
+    idx.close()
+    return d
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    faiss.omp_set_num_threads(1)
+    base = tmp_path_factory.mktemp("pqint")
+    return _build(base / "a", 1), _build(base / "b", 2)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _pq_dir(d: Path) -> Path:
+    return next(d.glob("ann-*.pq"))
+
+
+def _key(ms):
+    return [(m.video_id, round(m.start, 3)) for m in ms]
+
+
+def _answers_exactly(d: Path, caplog) -> dict:
+    q = CENTRES[3] + 0.3 * CENTRES[5]
+    with caplog.at_level(logging.WARNING, logger="milnce.index"), Index.open(d) as ix:
+        st = ix.ann_status()
+        got = ix.search_embeddings(q, 10, merge=False)[0]
+        exact = ix.search_embeddings(q, 10, merge=False, exact=True)[0]
+        assert ix.ann() is None and _key(got) == _key(exact) and len(got) == 10
+    assert "damaged" in caplog.text and "searching exactly" in caplog.text
+    assert all(len(r.getMessage().splitlines()) == 1 for r in caplog.records)
+    return st
+
+
+@pytest.mark.slow
+def test_intact_index_passes_its_checks(pair):
+    a, _ = pair
+    with Index.open(a) as ix:
+        assert ix.ann_status()["state"] == "ok" and ix.ann() is not None
+        assert isinstance(ix.meta["ann"]["meta_crc32"], int)
+    assert (_pq_dir(a) / "lists.crc").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["0xff", "flip", "foreign"])
+def test_damaged_lists_fall_back_to_exact(pair, tmp_path, caplog, how):
+    a, b = pair
+    d = _copy(a, tmp_path / "ix")
+    lists = _pq_dir(d) / "lists.ivfdata"
+    if how == "0xff":
+        lists.write_bytes(b"\xff" * lists.stat().st_size)
+    elif how == "flip":
+        raw = bytearray(lists.read_bytes())
+        for i in np.random.default_rng(0).choice(len(raw), 2000, replace=False):
+            raw[i] ^= 0xFF
+        lists.write_bytes(bytes(raw))
+    else:  # another index's folder with the same row count, copied in whole (its own pq.json too)
+        shutil.rmtree(_pq_dir(d))
+        shutil.copytree(_pq_dir(b), d / _pq_dir(a).name)
+    st = _answers_exactly(d, caplog)
+    assert st["state"] == "damaged" and st["reason"]
+
+
+@pytest.mark.slow
+def test_foreign_index_without_recorded_checksum_is_caught_by_the_cross_check(pair, tmp_path, caplog):
+    """An index built before ``meta_crc32`` was recorded: the copied folder is self-consistent, so
+    only stored rows searched through it (their own row must come back) show it is foreign."""
+    a, b = pair
+    d = _copy(a, tmp_path / "ix")
+    name = _pq_dir(a).name
+    shutil.rmtree(d / name)
+    shutil.copytree(_pq_dir(b), d / name)
+    _edit_ann(d, lambda info: info.pop("meta_crc32"))
+    st = _answers_exactly(d, caplog)
+    assert st["state"] == "damaged" and "found themselves" in st["reason"]
+
+
+@pytest.mark.slow
+def test_damage_found_lazily_by_a_search(pair, tmp_path, caplog, monkeypatch):
+    """Lists files above ``VERIFY_AT_OPEN_BYTES`` are checked list by list as searches probe them."""
+    a, _ = pair
+    d = _copy(a, tmp_path / "ix")
+    monkeypatch.setattr(ann_pq, "VERIFY_AT_OPEN_BYTES", 0)
+    q = CENTRES[3] + 0.3 * CENTRES[5]
+    with caplog.at_level(logging.WARNING, logger="milnce.index"), Index.open(d) as ix:
+        assert ix.ann_status()["state"] == "ok"
+        pq = ix.ann()
+        pq.checked.clear()
+        lists = _pq_dir(d) / "lists.ivfdata"
+        with open(lists, "r+b") as f:  # the memory map sees it
+            f.write(b"\xff" * lists.stat().st_size)
+        exact = ix.search_embeddings(q, 10, merge=False, exact=True)[0]
+        got = ix.search_embeddings(q, 10, merge=False)[0]
+        assert _key(got) == _key(exact)
+        assert ix.ann_status()["state"] == "damaged" and ix.ann() is None
+    assert caplog.text.count("is damaged") == 1
+
+
+def _edit_ann(d: Path, change) -> None:
+    con = sqlite3.connect(d / "index.sqlite")
+    info = json.loads(con.execute("SELECT value FROM meta WHERE key='ann'").fetchone()[0])
+    change(info)
+    con.execute("UPDATE meta SET value=? WHERE key='ann'", (json.dumps(info),))
+    con.commit()
+    con.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field, value, words", [
+    ("file", "../other/ann-0-6000.pq", "not a name inside"),
+    ("file", "/etc/ann-0-6000.pq", "not a name inside"),
+    ("nprobe", -5, "nprobe"),
+    ("nprobe", "16", "nprobe"),
+    ("nprobe", True, "nprobe"),
+])
+def test_ann_entry_cannot_point_outside(pair, tmp_path, caplog, field, value, words):
+    a, _ = pair
+    d = _copy(a, tmp_path / "ix")
+    other = tmp_path / "other"
+    shutil.copytree(_pq_dir(a), other / _pq_dir(a).name)
+    _edit_ann(d, lambda info: info.__setitem__(field, value))
+    st = _answers_exactly(d, caplog)
+    assert st["state"] == "damaged" and words in st["reason"]
+
+
+@pytest.mark.slow
+def test_symlinked_pq_folder_is_refused(pair, tmp_path, caplog):
+    a, _ = pair
+    d = _copy(a, tmp_path / "ix")
+    name = _pq_dir(d).name
+    os.rename(d / name, tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", d / name)
+    st = _answers_exactly(d, caplog)
+    assert st["state"] == "damaged" and "symbolic link" in st["reason"]
+
+
+@pytest.mark.slow
+def test_pq_json_naming_other_files_is_refused(pair, tmp_path):
+    a, _ = pair
+    folder = _copy(_pq_dir(a), tmp_path / "pq")
+    meta = json.loads((folder / "pq.json").read_text())
+    meta["bytes"]["../../etc/passwd"] = 1
+    (folder / "pq.json").write_text(json.dumps(meta))
+    with pytest.raises(ann_pq.PQDamagedError, match="other files"):
+        ann_pq.open_pq(folder)
+    with pytest.raises(ann_pq.UsageError, match="nprobe"):
+        ann_pq.open_pq(_pq_dir(a), nprobe=-5)
+
+
+@pytest.mark.slow
+def test_rebuild_never_removes_what_a_crafted_entry_names(pair, tmp_path):
+    """``milnce index --ann pq`` removes the previous ANN folder: never one a crafted entry names
+    outside the index."""
+    a, _ = pair
+    d = _copy(a, tmp_path / "ix")
+    victim = tmp_path / "victim"
+    (victim / "keep").mkdir(parents=True)
+    _edit_ann(d, lambda info: info.__setitem__("file", "../victim"))
+    with Index.open(d, readonly=False) as w:
+        assert w.ann_status()["state"] == "damaged"
+        w.build_ann(kind="pq")
+        assert w.ann_status()["state"] == "ok"
+    assert (victim / "keep").is_dir()
+ROOT = "/media/footage"
+FOLDERS = ["kitchen", "kitchen/2024", "garden", "garden/dogs", "a b"]
+NAMES = ["cook", "dog", "walk", "Cat"]
+EXTS = [".mp4", ".mkv"]
+CENTRES_SEARCH_WIRE = np.random.default_rng(99).standard_normal((12, 512)).astype(np.float32)
+
+
+def _windows(rng: np.random.Generator, n: int) -> SimpleNamespace:
+    c = CENTRES_SEARCH_WIRE[rng.integers(0, len(CENTRES_SEARCH_WIRE), size=n)]
+    emb = (c + 0.8 * rng.standard_normal((n, 512))).astype(np.float32)
+    starts = np.arange(n, dtype=np.float64) * 0.4
+    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """~21,000 windows in 40 videos with random folders, names, mtimes and durations (paths need
+    not exist: the search path never opens them)."""
+    d = tmp_path_factory.mktemp("wire") / "ix"
+    rng = np.random.default_rng(5)
+    idx = Index.create_for(d, "w1", W, roots=[ROOT])
+    for i in range(40):
+        path = f"{ROOT}/{FOLDERS[i % len(FOLDERS)]}/{NAMES[rng.integers(4)]}{i}{EXTS[rng.integers(2)]}"
+        mtime = float(1.70e9 + rng.integers(0, 10**7))
+        idx.add_video(path, _windows(rng, int(rng.integers(380, 680))), size=100 + i, mtime=mtime, content_hash="")
+    assert len(idx) > 20000  # the int8 screen runs from 20,000 rows on
+    idx.close()
+    return d
+
+
+@pytest.mark.slow
+def test_index_ann_pq_is_recorded_and_searched(big, tmp_path, model, monkeypatch, capsys):
+    """``--ann pq``: the IVF-PQ folder is built over the live rows, recorded in the index meta,
+    opened by searches (candidates re-scored exactly), refilled under a filter, and replaced by
+    ``--ann`` (ivf) when asked."""
+    faiss = pytest.importorskip("faiss")
+    import shutil
+
+
+    faiss.omp_set_num_threads(1)
+    d = tmp_path / "pq"
+    shutil.copytree(big, d)
+    with Index.open(d, readonly=False) as index:
+        report = IndexReport(str(d))
+        finish(index, report, prune=False, ann="pq", ann_min_windows=0, progress=False, queries=lambda: None)
+        info = index.meta["ann"]
+        assert info["format"] == "pq" and (d / info["file"] / "lists.ivfdata").is_file()
+        assert report.ann["recall_at_10"] >= 0.8 and index.ann_status()["state"] == "ok"
+    with Index.open(d) as index:
+        assert index.ann() is not None
+        q = CENTRES_SEARCH_WIRE[3] + 0.2 * CENTRES_SEARCH_WIRE[4]
+        approx = index.search_embeddings(q, 10, merge=False)[0]
+        exact = index.search_embeddings(q, 10, merge=False, exact=True)[0]
+        assert len({(m.video_id, m.start) for m in approx} & {(m.video_id, m.start) for m in exact}) >= 8
+        ex = {(m.video_id, m.start): m.score for m in exact}
+        assert all(m.score == pytest.approx(ex[(m.video_id, m.start)], rel=1e-5) for m in approx
+                   if (m.video_id, m.start) in ex)  # re-scored exactly
+        monkeypatch.setattr(search_mod, "FEW_ROWS", 0)
+        got = index.search_embeddings(q, 10, video_filter=VideoFilter(path_glob="dog*"))[0]
+        assert len(got) == 10 and all(os.path.basename(m.path).startswith("dog") for m in got)
+    with Index.open(d, readonly=False) as index:  # --ann (ivf) replaces it, and the folder goes
+        old = index.meta["ann"]["file"]
+        finish(index, IndexReport(str(d)), prune=False, ann=True, ann_min_windows=0, progress=False, queries=lambda: None)
+        assert index.meta["ann"].get("format") != "pq" and not (d / old).exists()
+    # the damaged folder: a warning and exact search, as for the IVF file
+    with Index.open(d, readonly=False) as index:
+        finish(index, IndexReport(str(d)), prune=False, ann="pq", ann_min_windows=0, progress=False, queries=lambda: None)
+        pq_dir = d / index.meta["ann"]["file"]
+    (pq_dir / "lists.ivfdata").write_bytes(b"short")
+    with Index.open(d) as index:
+        assert index.ann_status()["state"] == "damaged" and index.ann() is None
+        assert index.search_embeddings(CENTRES_SEARCH_WIRE[3], 5)[0]

@@ -1,4 +1,4 @@
-"""``milnce.index.filters`` and ``milnce.index.negatives`` against brute-force references."""
+"""``milnce.index.filters``: Which videos a search may return."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import fnmatch
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from milnce.errors import UsageError
+import milnce.index.search as search_mod
+from milnce.index import Index
 from milnce.index.filters import (
     FilterError,
     NoVideoMatchesError,
@@ -20,13 +23,20 @@ from milnce.index.filters import (
     require_matches,
     select_videos,
 )
-from milnce.index.negatives import (
-    DEFAULT_NOT_WEIGHT,
-    combine_scores,
-    combined_top,
-    screen_candidates,
-    split_query,
-)
+from milnce.index.moments import iter_video_moments
+from milnce.windows import WindowSettings
+
+
+@pytest.mark.parametrize("text", ["99999999999999", "-99999999999999", "1e300", "0001-01-01"])
+def test_when_out_of_range(text):
+    with pytest.raises(FilterError, match="out of range|not a date"):
+        parse_when(text)
+
+
+def test_when_in_range_describes():
+    t = parse_when("2024-05-01")
+    assert "2024-05-01" in VideoFilter(mtime_min=t).describe()
+    assert parse_when("9999-12-01") > 0
 
 ROOT = "/media/footage"
 FOLDERS = ["kitchen", "kitchen/2024", "kitchen/2024/may", "garden", "garden/dogs", "a b", "x[1]"]
@@ -158,82 +168,6 @@ def test_parse_when():
             parse_when(bad)
 
 
-# -- negatives -----------------------------------------------------------------------------------
-
-
-def test_combine_scores_definition():
-    pos = np.array([1.0, 2.0, -np.inf, 0.5], np.float32)
-    neg = np.array([[0.0, 2.0, 5.0, -1.0], [1.0, 0.0, 0.0, -3.0]], np.float32)
-    got = combine_scores(pos, neg, 0.5)
-    assert np.allclose(got[[0, 1, 3]], [0.5, 1.0, 1.0]) and got[2] == -np.inf
-    assert np.array_equal(combine_scores(pos, None), pos)
-    for bad in (-0.1, float("inf"), float("nan")):
-        with pytest.raises(UsageError, match="not-weight"):
-            combine_scores(pos, neg, bad)
-    assert DEFAULT_NOT_WEIGHT == 0.5
-
-
-def test_negatives_rerank_as_specified():
-    """Three windows: A matches the positive best but also the negative; with the negative, B
-    (a weaker positive, no negative) goes first; without it A does."""
-    d = 8
-    dog, leash = np.eye(d, dtype=np.float32)[0], np.eye(d, dtype=np.float32)[1]
-    vecs = np.stack([1.0 * dog + 0.9 * leash, 0.8 * dog, 0.3 * dog + 0.1 * leash]).astype(np.float32)
-    assert combined_top(vecs, dog, None, 3)[0].tolist() == [0, 1, 2]
-    rows, scores = combined_top(vecs, dog, leash[None], 3, weight=0.5)
-    assert rows.tolist() == [1, 0, 2] and np.allclose(scores, [0.8, 0.55, 0.25])
-    assert combined_top(vecs, dog, leash[None], 3, weight=0.1)[0].tolist() == [0, 1, 2]  # weak weight: kept
-
-
-def test_combined_top_matches_brute_force():
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((5000, 32)).astype(np.float32)
-    live = rng.random(5000) > 0.2
-    for _trial in range(20):
-        q = rng.standard_normal(32).astype(np.float32)
-        negs = rng.standard_normal((int(rng.integers(0, 4)), 32)).astype(np.float32)
-        w = float(rng.choice([0.0, 0.25, 0.5, 1.0, 3.0]))
-        m = int(rng.integers(1, 50))
-        rows, scores = combined_top(x, q, negs, m, w, live=live, block=777)
-        full = x @ q - (w * (x @ negs.T).max(axis=1) if len(negs) else 0)
-        full[~live] = -np.inf
-        want = sorted(range(5000), key=lambda j: (-full[j], j))[:m]
-        assert rows.tolist() == want and np.allclose(scores, full[want], atol=1e-5)
-
-
-def test_screen_candidates_always_hold_the_exact_top():
-    """The re-derived bound: screened scores within +-B of the truth never lose a top-m row."""
-    rng = np.random.default_rng(4)
-    for _trial in range(200):
-        n, k, m = 2000, int(rng.integers(0, 4)), int(rng.integers(1, 30))
-        w = float(rng.choice([0.0, 0.5, 1.0, 2.0]))
-        pos = rng.standard_normal(n).astype(np.float32) * 3
-        neg = rng.standard_normal((k, n)).astype(np.float32) * 3
-        bp, bn = float(rng.uniform(0, 0.5)), rng.uniform(0, 0.5, k)
-        ap = pos + rng.uniform(-bp, bp, n).astype(np.float32) * 0.999  # worst-case-ish errors
-        an = neg + (rng.uniform(-1, 1, (k, n)) * bn[:, None] * 0.999).astype(np.float32)
-        cand = screen_candidates(ap, an, bp, bn, m, w)
-        truth = combine_scores(pos, neg, w)
-        top = np.argsort(-truth, kind="stable")[:m]
-        assert set(top.tolist()) <= set(cand.tolist())
-        assert len(cand) < n or bp + w * (bn.max() if k else 0) > 0.3  # it prunes when the bound is tight
-
-
-@pytest.mark.parametrize(("text", "want"), [
-    ("dog -leash", ("dog", ["leash"])),
-    ('dog -leash -"red cat" on a t-shirt', ("dog on a t-shirt", ["leash", "red cat"])),
-    ("a dog's walk - in the park", ("a dog's walk in the park", [])),
-    ("dog --", ("dog", ["-"])),
-])
-def test_split_query(text, want):
-    assert split_query(text) == want
-
-
-def test_split_query_needs_a_positive():
-    with pytest.raises(UsageError, match="nothing to search"):
-        split_query("-leash -cat")
-
-
 # --- issue 25 item 1: a glob must never backtrack exponentially --------------------------------
 
 def _finishes(fn, limit_s: float = 30.0):
@@ -309,3 +243,121 @@ def test_glob_matcher_equals_the_regex_translation():
 def test_reversed_glob_range_is_one_error():
     with pytest.raises(FilterError, match="reversed"):
         VideoFilter(path_glob="[z-a].mp4").validated("/c")
+
+
+@pytest.fixture
+def two_video_index(tmp_path, model):
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),
+                          roots=[videos])
+    rng = np.random.default_rng(0)
+    for name in ("a.mp4", "b.webm"):
+        p = videos / name
+        p.write_bytes(b"x")
+        st = os.stat(p)
+        starts = np.arange(3) * 0.8
+        ix.add_video(str(p), SimpleNamespace(starts=starts, ends=starts + 0.8, duration=2.4,
+                                             embeddings=rng.standard_normal((3, 512)).astype(np.float32)),
+                     size=st.st_size, mtime=st.st_mtime, content_hash="")
+    ix.close()
+    return tmp_path / "ix"
+
+
+def test_no_match_among_one_video(two_video_index, model):
+
+    with Index.open(two_video_index, model) as index:
+        with pytest.raises(NoVideoMatchesError, match=r"among 1 video$"):
+            require_matches(index.videos()[:1], VideoFilter(path_glob="*.avi"))
+
+W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
+FOLDERS_SEARCH_WIRE = ["kitchen", "kitchen/2024", "garden", "garden/dogs", "a b"]
+NAMES_SEARCH_WIRE = ["cook", "dog", "walk", "Cat"]
+EXTS_SEARCH_WIRE = [".mp4", ".mkv"]
+CENTRES = np.random.default_rng(99).standard_normal((12, 512)).astype(np.float32)
+
+
+def _windows(rng: np.random.Generator, n: int) -> SimpleNamespace:
+    c = CENTRES[rng.integers(0, len(CENTRES), size=n)]
+    emb = (c + 0.8 * rng.standard_normal((n, 512))).astype(np.float32)
+    starts = np.arange(n, dtype=np.float64) * 0.4
+    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """~21,000 windows in 40 videos with random folders, names, mtimes and durations (paths need
+    not exist: the search path never opens them)."""
+    d = tmp_path_factory.mktemp("wire") / "ix"
+    rng = np.random.default_rng(5)
+    idx = Index.create_for(d, "w1", W, roots=[ROOT])
+    for i in range(40):
+        path = f"{ROOT}/{FOLDERS_SEARCH_WIRE[i % len(FOLDERS_SEARCH_WIRE)]}/{NAMES_SEARCH_WIRE[rng.integers(4)]}{i}{EXTS_SEARCH_WIRE[rng.integers(2)]}"
+        mtime = float(1.70e9 + rng.integers(0, 10**7))
+        idx.add_video(path, _windows(rng, int(rng.integers(380, 680))), size=100 + i, mtime=mtime, content_hash="")
+    assert len(idx) > 20000  # the int8 screen runs from 20,000 rows on
+    idx.close()
+    return d
+
+
+def reference(index: Index, q: np.ndarray, k: int, filt: VideoFilter | None = None,
+              neg: np.ndarray | None = None, w: float = 0.5, offset: int = 0) -> list[tuple[int, float, float, float]]:
+    """Brute force: every allowed video's float64 combined scores -> moments, ranked."""
+    rows = index.rows()
+    if filt is not None:
+        f = filt.validated(collection_root(r.path for r in rows))
+        rows = [r for r in rows if f.matches(r)]
+    found = []
+    for r in rows:
+        starts, ends, emb = index.windows(r.id)
+        x = emb.astype(np.float64)
+        s = x @ q.astype(np.float64)
+        if neg is not None:
+            s = s - w * (x @ neg.astype(np.float64).T).max(axis=1)
+        for a, b, _p, sc in iter_video_moments(s.astype(np.float32)):
+            found.append((-sc, r.id, float(starts[a]), float(ends[b])))
+    found.sort()
+    return [(vid, a, b, -s) for s, vid, a, b in found[offset:offset + k]]
+
+
+def same(got, ref) -> None:
+    assert [(m.video_id, m.start, m.end) for m in got] == [(v, a, b) for v, a, b, _ in ref]
+    np.testing.assert_allclose([m.score for m in got], [s for *_, s in ref], rtol=1e-4, atol=1e-3)
+
+
+def random_filter_search_wire(rng: np.random.Generator) -> VideoFilter:
+    kind = rng.integers(5)
+    if kind == 0:
+        return VideoFilter(under=f"{ROOT}/{FOLDERS_SEARCH_WIRE[rng.integers(len(FOLDERS_SEARCH_WIRE))]}")
+    if kind == 1:
+        return VideoFilter(path_glob=str(rng.choice(["*.mkv", "garden/**", "kitchen/*/*", "dog*", "**/C?t*"])))
+    if kind == 2:
+        lo = 1.70e9 + rng.integers(0, 5 * 10**6)
+        return VideoFilter(mtime_min=float(lo), mtime_max=float(lo + 4 * 10**6))
+    if kind == 3:
+        return VideoFilter(duration_min=float(rng.uniform(150, 200)), duration_max=float(rng.uniform(220, 280)))
+    return VideoFilter(under=f"{ROOT}/kitchen", path_glob="*.mp4", duration_min=160.0)
+
+
+@pytest.mark.parametrize("few_rows", [True, False], ids=["allowed-rows-scored-one-by-one", "int8-screen"])
+def test_filters_match_brute_force(big, monkeypatch, few_rows):
+    if not few_rows:
+        monkeypatch.setattr(search_mod, "FEW_ROWS", 0)
+    rng = np.random.default_rng(1 if few_rows else 2)
+    checked = 0
+    with Index.open(big) as index:
+        for _ in range(8):
+            filt = random_filter_search_wire(rng)
+            q = (CENTRES[rng.integers(12)] + 0.5 * rng.standard_normal(512)).astype(np.float32)
+            ref = reference(index, q, 12, filt)
+            if not ref:
+                with pytest.raises(NoVideoMatchesError, match="no indexed video matches"):
+                    index.search_embeddings(q, 12, video_filter=filt)
+                continue
+            checked += 1
+            got = index.search_embeddings(q, 12, video_filter=filt)[0]
+            same(got, ref)
+            allowed = {r.id for r in index.rows() if filt.validated(collection_root(x.path for x in index.rows())).matches(r)}
+            assert {m.video_id for m in got} <= allowed
+    assert checked >= 5

@@ -1,11 +1,7 @@
-"""Several indexes behind one server (issue 20): a merged search gives the same moments and scores
-as one index built from all the videos (percentiles aside), qualified ids and URLs, pages, and
-indexes that cannot be merged refused."""
+"""``milnce.server.multi``: Several indexes behind one server."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,10 +12,8 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from milnce.cli import main  # noqa: E402
 from milnce.index import Index  # noqa: E402
 from milnce.server import create_app  # noqa: E402
-from milnce.server.multi import IndexMismatchError  # noqa: E402
 from milnce.windows import WindowSettings  # noqa: E402
 
 W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
@@ -101,71 +95,3 @@ def test_single_index_keeps_unqualified_urls(three, model):
         assert m["file_url"] == f"/api/videos/{m['video_id']}/file" and m["like_prefix"] == ""
         assert c.get(f"/api/videos/{m['video_id']}").status_code == 200
         assert c.get(f"/api/videos/{m['video_id']}", params={"index": "a"}).status_code == 200
-
-
-def test_other_weights_or_settings_refused(three, model, tmp_path, monkeypatch, capsys):
-    root, ix = three
-    other = Index.create_for(tmp_path / "other", "another-weights", W, roots=["/data"])
-    other.add_video("/data/x.mp4", _windows(1, 10), size=1, mtime=1.0, content_hash="")
-    with pytest.raises(IndexMismatchError, match="other weights"):
-        create_app({"a": ix["a"], "other": other}, model)
-    wide = Index.create_for(tmp_path / "wide", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),
-                            roots=["/data"])
-    with pytest.raises(IndexMismatchError, match="other window settings"):
-        create_app({"a": ix["a"], "wide": wide}, model)
-    other.close()
-    wide.close()
-    # the command: one line, before the model loads
-    monkeypatch.setattr("milnce.commands.serve.model_from_args", lambda args: pytest.fail("model loaded"))
-    assert main(["serve", "--index", str(root / "a"), "--index", str(tmp_path / "other"), "--port", "0"]) == 2
-    err = capsys.readouterr().err
-    assert "other weights" in err and err.count("\n") == 1
-    assert main(["serve", "--index", str(tmp_path / "nothing-here")]) != 0
-    os.makedirs(tmp_path / "empty")
-    assert main(["serve", "--index", str(tmp_path / "empty"), "--port", "0"]) == 2
-    assert "neither an index folder" in capsys.readouterr().err
-
-
-def test_folder_of_indexes(three):
-    from milnce.commands.serve import index_folders
-
-    root, _ = three
-    assert [Path(p).name for p in index_folders([str(root)])] == ["a", "all", "b"]
-
-
-def test_browser_index_picker(three, model):
-    """In Chromium: the picker lists "all indexes" and each index; picking one searches only it."""
-    import json
-    import urllib.request
-
-    from tests.server.test_routes import CHROMIUM, CHROMIUM_ARGS, _serve_in_thread, wait_js
-
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    _, ix = three
-    server, thread, sock, port = _serve_in_thread(create_app({"a": ix["a"], "b": ix["b"]}, model))
-    base = f"http://127.0.0.1:{port}"
-    pw = sync_api.sync_playwright().start()
-    try:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        page.goto(base + "/?q=cut+tomato&k=20")
-        wait_js(page, "() => document.querySelectorAll('.result').length === 20")
-        wait_js(page, "() => document.getElementById('index-pick').options.length === 3")
-        assert page.is_visible("#index-pick")
-        page.select_option("#index-pick", "b")
-        want = json.loads(urllib.request.urlopen(f"{base}/api/search?q=cut+tomato&k=20&index=b").read())["results"]
-        wait_js(page, "() => location.search.includes('index=b')")
-        wait_js(page, "want => JSON.stringify([...document.querySelectorAll('.result .name')]"
-                ".map(e => e.textContent)) === want", json.dumps([m["name"] for m in want], separators=(",", ":")))
-        assert {m["index"] for m in want} == {"b"}
-        assert not errors
-        browser.close()
-    finally:
-        pw.stop()
-        server.should_exit = True
-        thread.join(10)
-        sock.close()

@@ -1,23 +1,37 @@
-"""Training on shards written by video2dataset 1.3.0 itself (tests/data/video2dataset, made by its
-make_fixtures.py): every record kind's captions and times; caption texts that are dict literals;
-records whose decoding raises (a deeply nested KEY.json) are counted bad samples, not a crash."""
+"""``milnce.train.captions``: The timed captions of one tar-shard record, in the layouts ``video2dataset``
+(1.3.0) writes."""
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from milnce.cli import main
 
 pytest.importorskip("webdataset")
 
+
+# ----------------------------------------------------------------------------- tar shards
+
+def test_captions_of_every_shard_layout():
+    from milnce.train.shards import BadRecord, parse_captions
+
+    v2d = {"yt_meta_dict": {"info": None, "subtitles": {"de": [], "en": [
+        {"start": "00:00:01.500", "end": "00:00:03.000", "lines": ["cut the", "onions"]},
+        {"start": "00:01:00.000", "end": "00:01:02.250", "lines": ["stir"]}]}}}
+    assert parse_captions({"json": json.dumps(v2d).encode()}, 5.0) == [(1.5, 3.0, "cut the onions"), (60.0, 62.25, "stir")]
+    clipped = {"yt_meta_dict": {"subtitles": [{"start": "00:00:00.000", "end": "00:00:01.000", "lines": ["a"]}]}}
+    assert parse_captions({"json": json.dumps(clipped).encode()}, 5.0) == [(0.0, 1.0, "a")]
+    simple = [{"start": 2, "end": 4.5, "text": "b"}, {"start": 0, "end": 1, "text": "a"}]
+    assert parse_captions({"json": json.dumps(simple).encode()}, 5.0) == [(0.0, 1.0, "a"), (2.0, 4.5, "b")]
+    assert parse_captions({"txt": b"whole clip"}, 4.0) == [(0.0, 4.0, "whole clip")]
+    with pytest.raises(BadRecord, match="before it starts"):
+        parse_captions({"json": json.dumps([{"start": 3, "end": 1, "text": "x"}]).encode()}, 5.0)
+    with pytest.raises(BadRecord, match="no captions"):
+        parse_captions({"json": b"{}"}, 5.0)
+
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "video2dataset"
-WORDS = ["add", "salt", "stir", "the", "soup", "cut", "onions", "serve", "a", "test", "pattern", "colour", "bars"]
 
 
 def _records(tar: Path) -> dict[str, dict[str, bytes]]:
@@ -116,93 +130,3 @@ def test_a_deeply_nested_json_is_a_bad_record():
 
     with pytest.raises(BadRecord, match="not JSON"):
         parse_captions({"__key__": "deep", "json": b"[" * 100000 + b"]" * 100000}, 4.0)
-
-
-def _shard(path: Path, extra: dict[str, bytes]) -> Path:
-    """The clipped fixture's records, after ``extra`` members (a hostile record first)."""
-    with tarfile.open(FIXTURES / "clipped" / "00000.tar") as src:
-        members = [(m.name, src.extractfile(m).read()) for m in src.getmembers()]  # type: ignore[union-attr]
-    with tarfile.open(path, "w") as tf:
-        for name, data in [*extra.items(), *members]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
-def test_shard_stream_counts_a_record_that_raises_and_goes_on(tmp_path):
-    from milnce.text import Tokenizer
-    from milnce.train.shards import ShardClips, ShardSet
-    from milnce.windows import WindowSettings
-
-    tar = _shard(tmp_path / "s.tar", {"deep.json": b"[" * 100000 + b"]" * 100000, "deep.mp4": b"\x00" * 100})
-    tok = Tokenizer(WORDS)
-    clips = ShardClips(ShardSet((str(tar),), str(tar)), tok, WindowSettings(fps=4, num_frames=4, size=32), seed=0,
-                       decode_size=36, min_time=1.0, num_candidates=1, hflip=False, rank=0, world=1)
-    got = [x for _, x in zip(range(4), iter(clips))]
-    first = got[0][2]
-    assert first["bad"] == 1 and "deep" in first["notes"] and "not JSON" in first["notes"]
-    assert [g[2]["bad"] for g in got[1:]] == [0, 0, 0]
-    # each clip is trained with its own subtitle line, never the repr of its .txt or another clip's
-    texts = ["add salt", "stir the soup", "cut the onions", "serve"]
-    assert [g[1].tolist() for g in got] == [tok([t]).tolist() for t in texts]
-    assert all(g[0].shape == (3, 4, 32, 32) for g in got)
-
-
-def test_training_on_a_shard_with_a_deeply_nested_json_counts_it(tmp_path, capsys):
-    tar = _shard(tmp_path / "s.tar", {"deep.json": b"[" * 100000 + b"]" * 100000, "deep.mp4": b"\x00" * 100})
-    np.save(tmp_path / "vocab.npy", np.asarray(WORDS, dtype=str), allow_pickle=False)
-    cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps({"fps": 4, "num_frames": 8, "size": 32, "decode_size": 36, "min_time": 2.0,
-                               "num_candidates": 1, "batch_size": 2, "workers": 0, "eval_every": 0,
-                               "save_every": 0, "progress": False, "bad_fraction": 0.5, "threads": 1}))
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(tar), "--vocab", str(tmp_path / "vocab.npy"), "--out", str(run),
-                 "--config", str(cfg), "--steps", "1"]) == 0
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    bad = [r["sample"] for r in recs if r["kind"] == "bad_sample"]
-    assert len(bad) == 1 and "deep" in bad[0] and "not JSON" in bad[0]
-    assert "1 unreadable sample(s) skipped" in capsys.readouterr().err
-
-
-def test_folder_samples_count_any_decoder_exception(tmp_path, monkeypatch):
-    """The folder layout: a decoder that raises something other than VideoError (here the
-    RecursionError of a hostile file) is a counted bad sample replaced by another, not a crash."""
-    import milnce.video
-    from milnce.text import Tokenizer
-    from milnce.train import make_synthetic
-    from milnce.train.data import TrainClips
-    from milnce.train.loaders import find_data
-    from milnce.windows import WindowSettings
-
-    data = make_synthetic(tmp_path / "syn", videos=2, val_videos=0, seed=1, size=32, progress=False)
-    split, _, _ = find_data(str(data), None)
-    hostile = split.videos[0].path
-    real = milnce.video.read_clip
-
-    def read_clip(path, *a, **k):
-        if str(path) == hostile:
-            raise RecursionError("maximum recursion depth exceeded")
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(milnce.video, "read_clip", read_clip)
-    ds = TrainClips(split, Tokenizer.from_file(data / "vocab.npy"), WindowSettings(fps=4, num_frames=4, size=32),
-                    seed=0, decode_size=32, min_time=1.0, num_candidates=1, hflip=False)
-    infos = [ds[g][2] for g in range(len(ds))]
-    assert all(i["failed"] == 0 for i in infos)
-    notes = [n for i in infos for n in i["notes"].splitlines()]
-    assert notes and all("RecursionError" in n for n in notes)
-
-
-def test_clips_shorter_than_min_time_are_sampled_inside_the_clip():
-    """A clip cut at one subtitle line (1-1.5 s) with --min-time 5: the window is taken inside the
-    clip's video (padded past its end), never starting past its end (a bad sample before)."""
-    from milnce.text import Tokenizer
-    from milnce.train.shards import ShardClips, ShardSet
-    from milnce.windows import WindowSettings
-
-    tar = FIXTURES / "clipped" / "00000.tar"
-    clips = ShardClips(ShardSet((str(tar),), str(tar)), Tokenizer(WORDS), WindowSettings(fps=4, num_frames=8, size=32),
-                       seed=0, decode_size=36, min_time=5.0, num_candidates=1, hflip=False, rank=0, world=1)
-    got = [x for _, x in zip(range(8), iter(clips))]  # two epochs of the 4 clips
-    assert [g[2]["bad"] for g in got] == [0] * 8, [g[2]["notes"] for g in got]

@@ -1,10 +1,10 @@
-"""Video input: exact frame timing, windows, padding, geometry, formats, bad input, dataset,
-whole-video encoding and the ``embed-video`` command."""
+"""``milnce.video.clips``: Reading clips."""
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import shutil
 import subprocess
 import warnings
@@ -16,21 +16,88 @@ import torch
 import milnce
 from milnce.video import (
     Clip,
-    VideoClipDataset,
-    VideoEmbeddings,
     VideoError,
     clips_to_tensor,
-    encode_video_file,
     read_clip,
     read_clips,
 )
-from video_fixtures import (
-    clip_indices,
-    make_audio_only,
-    make_empty_video,
-    make_video,
-    sample_video,
-)
+from milnce.video.decode import ClipReader
+from milnce.windows import WindowSettings, default_stride
+from video_fixtures import clip_indices, make_video, sample_video
+
+
+class _Video:
+    errors, header_duration, last_time, period = 0, None, 0.0, None
+
+    def close(self) -> None:
+        pass
+
+
+class _Sampler:
+    """Every requested time decodes to a 1x1 frame (None where the reader does not need it)."""
+
+    def __init__(self, video_end: float) -> None:
+        self.video_end = video_end
+
+    def run(self, times, seek=None):  # type: ignore[no-untyped-def]
+        for _t, needed in times:
+            yield np.zeros((1, 1, 3), np.uint8) if needed else None
+
+
+def _windows(fps: float, num_frames: int, stride: int, duration: float) -> list[tuple[float, float]]:
+    """The (start, end) of each clip ``ClipReader`` yields for a video of ``duration`` seconds
+    (its own window arithmetic; the frames are stubbed)."""
+    r = ClipReader.__new__(ClipReader)
+    r.path, r.fps, r.num_frames, r.stride, r.size = "x.mp4", float(fps), num_frames, stride, 1
+    r.t0, r.stop, r.pad, r._start_given, r.crop = 0.0, duration, "repeat", False, "center"
+    r.video, r.sampler, r.warn = _Video(), _Sampler(duration), lambda m: None
+    r.num_samples = r.num_windows = 0
+    return [(c.start, c.end) for c in r]
+
+
+def _uncovered(spans: list[tuple[float, float]], duration: float) -> float | None:
+    """The first time in [0, duration) that no span covers, or None."""
+    reach = 0.0
+    for a, b in sorted(spans):
+        if a > reach + 1e-6:
+            return reach
+        reach = max(reach, b)
+    return None if reach >= duration - 1e-6 else reach
+
+
+def test_windows_cover_the_whole_video_for_every_setting():
+    """Seeded sweep over fps x frames x stride (default, or any up to the window) x duration, plus
+    edge cases: shorter than one window, exactly k windows, one sample past, a last partial window."""
+    rng = random.Random(24)
+    cases = []
+    for _ in range(400):
+        fps = rng.choice([1.0, 2.5, 4.0, 10.0, 25.0, 29.97, rng.uniform(0.5, 30.0)])
+        t = rng.randint(1, 64)
+        s = rng.choice([None, rng.randint(1, t), t])
+        cases.append((fps, t, s, rng.uniform(0.05, 40.0)))
+    for fps, t in ((10.0, 32), (4.0, 8), (1.0, 1), (30.0, 7)):
+        for n in (1, t - 1, t, t + 1, 2 * t, 2 * t + 1, 5 * t - 1):  # samples in the video
+            if n >= 1:
+                cases.append((fps, t, None, n / fps))
+                cases.append((fps, t, t, n / fps))
+    for fps, t, s, dur in cases:
+        w = WindowSettings(fps=fps, num_frames=t, size=32, stride=s or 0)
+        assert w.stride <= w.num_frames and (s is not None or w.stride == default_stride(t))
+        spans = _windows(w.fps, w.num_frames, w.stride, dur)
+        assert spans, (fps, t, s, dur)
+        gap = _uncovered(spans, dur)
+        assert gap is None, f"fps={fps} frames={t} stride={w.stride} duration={dur}: nothing covers {gap} s"
+        # the last partial window rule: at most one window is shorter than num_frames, and it is the last
+        short = [i for i, (a, b) in enumerate(spans) if b - a < w.duration - 1e-6]
+        assert short in ([], [len(spans) - 1])
+        n = math.ceil(dur * fps - 1e-9)
+        assert spans[-1][1] >= n / fps - 1e-6
+
+
+def test_gaps_are_real_when_allowed():
+    spans = _windows(4.0, 8, 16, 8.0)  # the issue's 8 s video: starts 0, 4; ends 2, 6
+    assert spans == [(0.0, 2.0), (4.0, 6.0)]
+    assert _uncovered(spans, 8.0) == 2.0
 
 FFMPEG = shutil.which("ffmpeg")
 
@@ -270,37 +337,6 @@ def test_clips_to_tensor(vids):
     assert milnce.read_clips is read_clips and milnce.clips_to_tensor is clips_to_tensor
 
 
-# ------------------------------------------------------------------------------ bad input
-
-
-@pytest.fixture(scope="module")
-def bad(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad")
-    text = d / "notes.mp4"
-    text.write_text("this is a text file, not a video\n" * 20)
-    empty = d / "zero.mp4"
-    empty.write_bytes(b"")
-    return {
-        "text": text,
-        "zero_bytes": empty,
-        "audio": make_audio_only(d / "speech.m4a"),
-        "no_frames": make_empty_video(d / "noframes.mkv"),
-        "missing": d / "missing.mp4",
-        "dir": d,
-    }
-
-
-@pytest.mark.parametrize("kind", ["text", "zero_bytes", "audio", "no_frames", "missing", "dir"])
-def test_bad_files_clear_errors(bad, kind):
-    with pytest.raises(VideoError) as info:
-        list(read_clips(bad[kind]))
-    assert str(bad[kind]) in str(info.value)
-    if kind == "missing":
-        assert isinstance(info.value, FileNotFoundError)
-    if kind == "dir":
-        assert isinstance(info.value, IsADirectoryError)
-
-
 def test_bad_times(vids):
     v = vids["cfr10"]
     for kw, pattern in [(dict(start=2.0, end=2.0), "before end"), (dict(start=3.0, end=1.0), "before end"),
@@ -363,116 +399,3 @@ def test_8k_video_bounded_memory(tmp_path):
     (clip,) = _read(path, num_frames=4, size=64)
     assert clip.frames.shape == (3, 4, 64, 64)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 * 1024 * 1024  # KiB: < 4 GiB
-
-
-# ------------------------------------------------------------------------------ dataset
-
-
-def test_dataset_reports_bad_file_and_goes_on(vids, bad):
-    rows = [vids["short"], bad["text"], (vids["cfr10"], 1.0, 2.0), bad["missing"]]
-    ds = VideoClipDataset(rows, num_frames=8, size=32, stride=8)
-    with pytest.warns(RuntimeWarning) as rec:
-        items = list(ds)
-    assert sum("notes.mp4" in str(w.message) for w in rec) == 1
-    good = [it for it in items if not it["error"]]
-    errs = [it for it in items if it["error"]]
-    assert [(it["index"], it["window"]) for it in good] == [(0, 0), (2, 0), (2, 1)]
-    assert [it["index"] for it in errs] == [1, 3] and "notes.mp4" in errs[0]["error"]
-    assert good[1]["start"] == pytest.approx(1.0) and clip_indices(good[1]["frames"]) == list(range(10, 18))
-    assert [p for p, _ in ds.errors] == [str(bad["text"]), str(bad["missing"])]
-
-
-def test_dataset_multi_worker_loader(vids, bad):
-    rows = [vids["cfr10"], bad["text"], vids["short"], (vids["cfr10"], 2.0, None)]
-    ds = VideoClipDataset(rows, num_frames=8, size=32, stride=8)
-    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
-    seen, errors = [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for batch in loader:
-            assert batch["frames"].dtype == torch.uint8 and batch["frames"].shape[1:] == (3, 8, 32, 32)
-            for i, w, e in zip(batch["index"].tolist(), batch["window"].tolist(), batch["error"]):
-                (errors if e else seen).append((i, w))
-    assert sorted(seen) == [(0, k) for k in range(5)] + [(2, 0)] + [(3, k) for k in range(3)]
-    assert errors == [(1, -1)]
-
-
-# ------------------------------------------------------------------------------ encoding
-
-
-def test_encode_video_file_matches_clips(model, vids):
-    res = encode_video_file(model, vids["cfr10"], num_frames=8, size=32, stride=8, batch_size=2, features=True)
-    assert isinstance(res, VideoEmbeddings)
-    clips = list(read_clips(vids["cfr10"], num_frames=8, size=32, stride=8))
-    assert len(res) == len(clips) == 5
-    assert res.embeddings.dtype == np.float32 and res.embeddings.shape == (5, 512)
-    assert res.features is not None and res.features.shape == (5, 1024) and res.features.dtype == np.float32
-    assert res.starts.dtype == np.float64 and res.starts.tolist() == pytest.approx([0, 0.8, 1.6, 2.4, 3.2])
-    assert res.ends.tolist() == pytest.approx([0.8, 1.6, 2.4, 3.2, 4.0])
-    assert res.duration == pytest.approx(4.0)
-    emb, feat = model.encode_video(clips_to_tensor(clips), features=True)
-    np.testing.assert_allclose(res.embeddings, emb.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(res.features, feat.numpy(), rtol=1e-4, atol=1e-4)
-    assert 0 <= res.stats["wait_share"] <= 1
-    # the model method delegates; the model's info gives the defaults for what is not passed
-    res2 = model.encode_video_file(vids["short"], num_frames=8, size=32)
-    assert len(res2) == 1 and res2.features is None and res2.ends.tolist() == pytest.approx([0.5])
-
-
-def test_encode_video_file_errors_do_not_hang(model, vids, bad, monkeypatch):
-    with pytest.raises(VideoError, match="notes.mp4"):
-        encode_video_file(model, bad["text"], num_frames=8, size=32)
-    from milnce import video as vmod
-
-    real_iter = vmod.ClipReader.__iter__
-
-    def failing(self):
-        for i, clip in enumerate(real_iter(self)):
-            if i == 2:
-                raise VideoError(f"{self.path}: boom")
-            yield clip
-
-    monkeypatch.setattr(vmod.ClipReader, "__iter__", failing)
-    with pytest.raises(VideoError, match="boom"):
-        encode_video_file(model, vids["cfr10"], num_frames=8, size=32, stride=4, batch_size=1)
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def test_cli_embed_video(checkpoint, model, vids, bad, tmp_path, capsys, monkeypatch):
-    """embed-video is ``milnce extract`` with embed-video's defaults (tests/test_extract.py has the rest)."""
-    from milnce.cli import main
-    from milnce.commands import extract as extract_cmd
-
-    loaded = []
-    real = extract_cmd.model_from_args
-    monkeypatch.setattr(extract_cmd, "model_from_args", lambda args: loaded.append(real) or model)  # load once (fixture)
-    w, v = checkpoint
-    out = tmp_path / "emb"
-    common = ["--out", str(out), "--weights", str(w), "--vocab", str(v), "--no-download",
-              "--num-frames", "8", "--size", "32", "--stride", "8", "--quiet", "--workers", "0"]
-    rc = main(["embed-video", str(vids["cfr10"]), str(bad["text"]), str(vids["short"]), "--features", *common])
-    err = capsys.readouterr().err
-    assert rc == 1 and "notes.mp4" in err and "1 failed" in err
-    data = np.load(out / "cfr10.npz", allow_pickle=False)
-    assert data["video_embedding"].shape == (5, 512) and data["video_embedding"].dtype == np.float32
-    assert data["mixed_5c"].shape == (5, 1024)
-    assert data["start"].tolist() == pytest.approx([0, 0.8, 1.6, 2.4, 3.2])
-    assert data["end"].tolist() == pytest.approx([0.8, 1.6, 2.4, 3.2, 4.0])
-    assert str(data["path"]) == str(vids["cfr10"])
-    assert np.load(out / "short.npz", allow_pickle=False)["video_embedding"].shape == (1, 512)
-    assert not (out / "notes.npz").exists()
-    # all good -> exit 0; finished outputs (same settings) are kept unless --overwrite
-    before = (out / "short.npz").stat().st_mtime_ns
-    rc = main(["embed-video", str(vids["short"]), "--features", *common])
-    assert rc == 0 and (out / "short.npz").stat().st_mtime_ns == before
-    rc = main(["embed-video", str(vids["short"]), "--overwrite", *common])
-    assert rc == 0 and len(loaded) == 3
-    assert "mixed_5c" not in np.load(out / "short.npz", allow_pickle=False).files
-    assert sorted(os.listdir(out)) == ["cfr10.npz", "failures.csv", "short.npz"]  # no temporary files left
-    # a missing model file is a one-line error, not a traceback
-    monkeypatch.setattr(extract_cmd, "model_from_args", real)
-    rc = main(["embed-video", str(vids["short"]), "--out", str(tmp_path / "x"), "--weights",
-               str(tmp_path / "nope.pth"), "--vocab", str(v), "--no-download"])
-    assert rc == 2 and "nope.pth" in capsys.readouterr().err

@@ -1,18 +1,17 @@
-"""Crafted feature files (duration -5 or 1e308, source.size -1, a NUL in the source path) are
-refused per file by the one reader, listed as failed with the reason (issue 25 items 14/15)."""
+"""``milnce.video.result``: One video's windows (``VideoWindows``) and its one ``.npz`` format, read without
+pickle."""
 
 from __future__ import annotations
 
-import json
-import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from milnce.cli import main
-from milnce.extract.store import FORMAT, inspect_meta, read_feature_file, write_feature_file
-from milnce.video.result import EmbeddingsFileError, VideoWindows
+from milnce.extract.store import FORMAT, StoreError, read_feature_file, write_feature_file
+from milnce.video import VideoEmbeddings
+from milnce.video.result import EmbeddingsFileError, VideoWindows, check_crc, check_structure, failure_reason
 from milnce.windows import WindowSettings
 
 W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
@@ -32,44 +31,11 @@ def _file(path: Path, source: Path, *, duration: float = 2.0, meta_duration: flo
                                    "start": starts, "end": starts + 0.8, "duration": np.asarray(duration)}, meta)
 
 
-@pytest.mark.parametrize("kw, words", [
-    ({"meta_duration": -5.0}, "meta.duration"),
-    ({"meta_duration": 1e308}, "meta.duration"),
-    ({"size": -1}, "meta.source.size"),
-    ({"src_path": "/media/a\0b.mp4"}, "meta.source.path"),
-])
-def test_meta_refused_by_the_reader(tmp_path, kw, words):
-    _file(tmp_path / "f.npz", tmp_path / "v.mp4", **kw)
-    meta, why = inspect_meta(str(tmp_path / "f.npz"))
-    assert meta is None and words in why
-    with pytest.raises(Exception, match=words.replace(".", r"\.")):
-        read_feature_file(tmp_path / "f.npz")
-
-
 @pytest.mark.parametrize("duration", [-5.0, 1e308, float("inf")])
 def test_duration_member_refused(tmp_path, duration):
     _file(tmp_path / "f.npz", tmp_path / "v.mp4", duration=duration)
     with pytest.raises(EmbeddingsFileError, match="duration"):
         VideoWindows.load(tmp_path / "f.npz")
-
-
-def test_index_from_features_lists_crafted_files_as_failed(tmp_path, capsys):
-    feats, vids = tmp_path / "features", tmp_path / "videos"
-    vids.mkdir()
-    _file(feats / "ok.npz", vids / "ok.mp4")
-    _file(feats / "neg.npz", vids / "neg.mp4", meta_duration=-5.0)
-    _file(feats / "huge.npz", vids / "huge.mp4", duration=1e308)  # the array member, not the meta
-    _file(feats / "size.npz", vids / "size.mp4", size=-1)
-    _file(feats / "nul.npz", vids / "nul.mp4", src_path=str(vids / "a\0b.mp4"))
-    rc = main(["index", "--from-features", str(feats), "--index", str(tmp_path / "ix"), "--root", str(vids),
-               "--json"])
-    out, err = capsys.readouterr()
-    rep = json.loads(out)
-    assert rc == 1 and [Path(p).name for p in rep["added"]] == ["ok.mp4"]
-    failed = {Path(p).name: why for p, why in rep["failed"]}
-    assert len(failed) == 4 and "Traceback" not in err and "\0" not in err
-    assert "duration" in failed["huge.mp4"] and "video-h" not in err.split("\n")[-1]
-    assert os.path.isdir(tmp_path / "ix")
 
 
 def test_plain_npy_with_a_huge_header_is_refused_before_allocating(tmp_path):
@@ -83,3 +49,59 @@ def test_plain_npy_with_a_huge_header_is_refused_before_allocating(tmp_path):
         VideoWindows.load(p)
     np.save(tmp_path / "ok.npy", np.ones((3, 512), np.float32))
     assert VideoWindows.load(tmp_path / "ok.npy").embeddings.shape == (3, 512)
+
+
+@pytest.mark.usefixtures("reuse_model")
+def test_failure_reason_strips_the_path_once():
+    p = "/data/my videos/a.mp4"
+    assert failure_reason(f"{p}: not a readable video file (Invalid data)", p) == "not a readable video file (Invalid data)"
+    assert failure_reason("a.mp4: no video stream", p) == "no video stream"
+    assert failure_reason("/data/my\nvideos/a.mp4: cut\nshort", "/data/my\nvideos/a.mp4") == "cut short"
+    assert failure_reason("", p) == "unreadable"
+
+S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
+
+
+# ------------------------------------------------------------------------------ the result type
+
+
+def test_one_result_type_keeps_the_old_names_and_reads_old_files(tmp_path):
+    w = VideoWindows("v.mp4", np.array([0.0, 0.4]), np.array([0.8, 1.2]), np.ones((2, 7), np.float32),
+                     np.zeros((2, 3), np.float32), 1.5, settings=S)
+    assert w.video_embedding is w.embeddings and w.mixed_5c is w.features and w.start is w.starts
+    assert w.end is w.ends and w.video_path == "v.mp4" and VideoEmbeddings is VideoWindows
+    w.save(tmp_path / "new.npz")
+    back = VideoWindows.load(tmp_path / "new.npz")
+    assert back.embeddings.shape == (2, 7) and back.settings == S and back.duration == 1.5
+    assert read_feature_file(tmp_path / "new.npz").video_embedding.shape == (2, 7)
+    # the embed-video format of before
+    np.savez(tmp_path / "old.npz", embeddings=np.ones((3, 5), np.float32), starts=np.arange(3.0), ends=np.arange(3.0) + 1,
+             fps=np.float64(10), num_frames=np.int64(8), size=np.int64(32), stride=np.int64(4))
+    old = VideoWindows.load(tmp_path / "old.npz")
+    assert old.embeddings.shape == (3, 5) and old.settings == S
+
+
+def _flip_inside_member(path: Path, member: str = "video_embedding.npy") -> None:
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    data = bytearray(path.read_bytes())
+    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size - 3  # in the data
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_structure_check_and_crc_check(tmp_path):
+    f = tmp_path / "x.npz"
+    n = 4000  # members larger than what reading an array header pulls in
+    VideoWindows("v.mp4", np.arange(n, dtype=float), np.arange(n, dtype=float), np.ones((n, 4), np.float32)).save(f)
+    assert check_structure(str(f)) is None and check_crc(str(f)) is None
+    _flip_inside_member(f)
+    assert check_structure(str(f)) is None  # a flipped data byte keeps the structure...
+    assert "CRC" in check_crc(str(f))  # ...only the CRC sees it
+    with pytest.raises(EmbeddingsFileError, match="x.npz"):
+        VideoWindows.load(f)
+    with pytest.raises(StoreError, match="x.npz"):
+        read_feature_file(f)
+    g = tmp_path / "y.npz"
+    g.write_bytes((tmp_path / "x.npz").read_bytes()[:-40])
+    assert check_structure(str(g)) is not None
