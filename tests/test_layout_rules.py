@@ -190,7 +190,7 @@ def test_commands_do_not_import_cli():
         text = f.read_text()
         assert "from ..cli" not in text and "import milnce.cli" not in text and "from milnce.cli" not in text, f.name
 
-ARCHITECTURE = SRC.parent / "ARCHITECTURE.md"
+ARCHITECTURE = SRC_LAYOUT.parent / "ARCHITECTURE.md"
 
 # Both lists are empty: every finding is a failure.
 ALLOWED_PRIVATE: set[str] = set()
@@ -287,7 +287,7 @@ def test_private_name_finder_sees_every_form(tmp_path):
 
 
 def test_no_private_name_used_across_modules():
-    found = [f for f in private_uses(SRC, "milnce") if f.split(": ", 1)[1] not in ALLOWED_PRIVATE]
+    found = [f for f in private_uses(SRC_LAYOUT, "milnce") if f.split(": ", 1)[1] not in ALLOWED_PRIVATE]
     assert not found, "make these names public where they are defined (or move them):\n" + "\n".join(found)
 
 
@@ -366,6 +366,6 @@ def test_layer_checker_sees_function_level_and_type_checking_imports(tmp_path):
 
 def test_no_import_from_a_higher_layer_than_architecture_md_draws():
     layers = drawn_layers(ARCHITECTURE.read_text(encoding="utf-8"), "milnce")
-    upward, problems = upward_imports(import_graph(SRC, "milnce"), layers, "milnce")
+    upward, problems = upward_imports(import_graph(SRC_LAYOUT, "milnce"), layers, "milnce")
     assert not problems, f"ARCHITECTURE.md's layer drawing: {problems}"
     assert not upward, f"imports from a higher layer (ARCHITECTURE.md): {upward}"

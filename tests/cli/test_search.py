@@ -971,9 +971,9 @@ def test_error_line_escapes_raw_bytes(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def vids(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("trust_videos")
-    make_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video(d / "blue.mp4", 2.5, (30, 40, 220), 3)
+    make_video_index(d / "red.mp4", 3.0, (220, 30, 30), 1)
+    make_video_index(d / "green.mp4", 4.0, (30, 200, 40), 2)
+    make_video_index(d / "blue.mp4", 2.5, (30, 40, 220), 3)
     return d
 
 
@@ -1035,9 +1035,9 @@ def test_non_utf8_file_name_is_indexed(tmp_path, wargs, capsys):
     if os.fsencode("x") != b"x" or os.name == "nt":
         pytest.skip("POSIX bytes file names only")
     d = tmp_path / "v"
-    make_video(d / "plain.mp4", 2.0, (220, 30, 30), 1)
+    make_video_index(d / "plain.mp4", 2.0, (220, 30, 30), 1)
     raw = os.path.join(os.fsencode(str(d)), b"caf\xe9.mp4")
-    os.rename(make_video(d / "tmp.mp4", 2.0, (30, 30, 220), 4), raw)
+    os.rename(make_video_index(d / "tmp.mp4", 2.0, (30, 30, 220), 4), raw)
     ix = tmp_path / "ix"
     rc = main(["index", str(d), "--index", str(ix), "--quiet", *SMALL_ARGS, *wargs])
     err = capsys.readouterr().err
@@ -1058,7 +1058,7 @@ def test_non_utf8_file_name_is_indexed(tmp_path, wargs, capsys):
 def test_unreadable_folder_is_reported(tmp_path, vids, wargs, capsys, monkeypatch):
     d = tmp_path / "v"
     (d / "locked").mkdir(parents=True)
-    make_video(d / "ok.mp4", 2.0, (220, 30, 30), 1)
+    make_video_index(d / "ok.mp4", 2.0, (220, 30, 30), 1)
     locked = str(d / "locked")
     real = os.scandir
 
@@ -1106,7 +1106,7 @@ def test_localize_tiny_fps_is_refused(vids, wargs, capsys):
 def test_index_exit_code_1_and_failed_path_once(tmp_path, vids, wargs, capsys):
     d = tmp_path / "v"
     d.mkdir()
-    make_video(d / "ok.mp4", 2.0, (220, 30, 30), 1)
+    make_video_index(d / "ok.mp4", 2.0, (220, 30, 30), 1)
     (d / "broken.mp4").write_bytes(b"not a video" * 30)
     assert main(["index", str(d), "--index", str(tmp_path / "ix"), "--quiet", *SMALL_ARGS, *wargs]) == 1
     err = capsys.readouterr().err

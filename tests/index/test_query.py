@@ -105,9 +105,9 @@ def test_library_batch_and_alone_give_the_same_scores(index_dir, model):
 @pytest.fixture(scope="module")
 def vids(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("trust_videos")
-    make_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video(d / "blue.mp4", 2.5, (30, 40, 220), 3)
+    make_video_index(d / "red.mp4", 3.0, (220, 30, 30), 1)
+    make_video_index(d / "green.mp4", 4.0, (30, 200, 40), 2)
+    make_video_index(d / "blue.mp4", 2.5, (30, 40, 220), 3)
     return d
 
 
@@ -202,7 +202,7 @@ def test_search_like(small_index, vids, model):
         me = idx.search_like(str(vids / "red.mp4"), start=starts[1], k=1, include_self=True)[0]
         assert key(me) == key(want[0])  # the example's own video is kept with include_self
         # a video that is not in the index: its window is embedded with the index's settings
-        other = make_video(vids.parent / "other" / "x.mp4", 2.0, (200, 200, 30), 9)
+        other = make_video_index(vids.parent / "other" / "x.mp4", 2.0, (200, 200, 30), 9)
         res = idx.search_like(other, start=0.0, k=3)
         ve = model.encode_video_file(other, **SMALL)
         np.testing.assert_allclose(idx.like_embedding(other, 0.0)[0], ve.embeddings[0], rtol=1e-4, atol=1e-4)
