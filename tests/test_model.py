@@ -125,12 +125,34 @@ def test_separable_and_gating_structure():
 
 
 def test_gating_is_applied_after_conv_2c():
+    """model.md's self-gating sits between conv_2c and maxpool_3a: it takes conv_2c's output ``x``,
+    gives ``x * sigmoid(fc(mean_THW(x)))`` per channel, maxpool_3a takes exactly that, and gates near 0
+    silence the map."""
     net = _net()
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    order: list[str] = []
+
+    def hook(name):
+        def record(module, inputs, output):
+            order.append(name)
+            seen[name] = (inputs[0], output)
+        return record
+
+    for name in ("conv_2c", "gating", "maxpool_3a"):
+        getattr(net, name).register_forward_hook(hook(name))
     x = torch.rand(1, 3, 8, 64, 64)
     with torch.inference_mode():
         y1 = net(x)["video_embedding"]
-        net.gating.fc.bias.fill_(-30.0)  # gates ~0: output must change
+        assert order == ["conv_2c", "gating", "maxpool_3a"]
+        a = seen["conv_2c"][1]
+        assert torch.equal(seen["gating"][0], a)
+        gate = torch.sigmoid(a.mean(dim=(2, 3, 4)) @ net.gating.fc.weight.T + net.gating.fc.bias)
+        torch.testing.assert_close(seen["gating"][1], a * gate[:, :, None, None, None], rtol=1e-5, atol=1e-6)
+        assert torch.equal(seen["maxpool_3a"][0], seen["gating"][1])
+        net.gating.fc.bias.fill_(-30.0)  # gates ~1e-13
         y2 = net(x)["video_embedding"]
+        silenced = seen["gating"][1]
+    assert silenced.abs().max() <= 1e-9 * a.abs().max()
     assert not torch.allclose(y1, y2)
 
 

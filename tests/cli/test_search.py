@@ -1162,9 +1162,13 @@ def test_cli_like_queries_file_csv_and_remove(tmp_path, small_index, vids, wargs
 
 @pytest.mark.usefixtures("reuse_model")
 def test_localize_shows_progress(vids, wargs, capsys):
+    """The bar counts the one video, labelled with its name, to 100 %; ``--quiet`` prints none."""
     assert main(["localize", str(vids / "green.mp4"), "green door", *SMALL_ARGS, *wargs]) == 0
     err = capsys.readouterr().err
-    assert "%" in err or "it/s" in err or "s/it" in err
+    final = [s for s in re.split(r"[\r\n]", err) if s.startswith("green.mp4:")][-1]
+    assert re.match(r"green\.mp4: 100%\|[^|]*\| 1/1 \[[\d:]+<[\d:]+, +[\d.]+(video/s|s/video)\]$", final), final
+    assert main(["localize", str(vids / "green.mp4"), "green door", *SMALL_ARGS, *wargs, "--quiet"]) == 0
+    assert "green.mp4:" not in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
