@@ -51,21 +51,15 @@ def three(tmp_path_factory, model):
         ix.close()
 
 
-def test_browser_index_picker(three, model):
+def test_browser_index_picker(three, model, browser):
     """In Chromium: the picker lists "all indexes" and each index; picking one searches only it."""
     import json
     import urllib.request
 
-
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
     _, ix = three
     server, thread, sock, port = _serve_in_thread(create_app({"a": ix["a"], "b": ix["b"]}, model))
     base = f"http://127.0.0.1:{port}"
-    pw = sync_api.sync_playwright().start()
     try:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))
@@ -80,9 +74,8 @@ def test_browser_index_picker(three, model):
                 ".map(e => e.textContent)) === want", json.dumps([m["name"] for m in want], separators=(",", ":")))
         assert {m["index"] for m in want} == {"b"}
         assert not errors
-        browser.close()
+        page.close()
     finally:
-        pw.stop()
         server.should_exit = True
         thread.join(10)
         sock.close()
@@ -387,20 +380,14 @@ def lib(tmp_path_factory, model):
     index.close()
 
 
-def test_browser_filters_negatives_more_and_clip(lib):
+def test_browser_filters_negatives_more_and_clip(lib, browser):
     """In Chromium: a shared link with -term and filters, "More results" and the clip link."""
     import json
     import urllib.request
 
-
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
     server, thread, sock, port = _serve_in_thread(create_app(lib["index"], lib["model"]))
     base = f"http://127.0.0.1:{port}"
-    pw = sync_api.sync_playwright().start()
     try:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         problems: list[str] = []
         page.on("pageerror", lambda err: problems.append(str(err)))
@@ -432,9 +419,8 @@ def test_browser_filters_negatives_more_and_clip(lib):
         with urllib.request.urlopen(base + href) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "video/mp4" and len(r.read()) > 1000
         assert not problems
-        browser.close()
+        page.close()
     finally:
-        pw.stop()
         server.should_exit = True
         thread.join(10)
         sock.close()
