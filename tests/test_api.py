@@ -20,9 +20,7 @@ import milnce.fast
 import milnce.integrity
 import milnce.weights
 from conftest import VOCAB, random_state_dict
-from milnce.download import (
-    cache_dir,
-)
+from milnce.download import cache_dir
 from milnce.errors import MissingFileError, UsageError
 from milnce.model import S3D
 from milnce.weights import CheckpointError, WeightsInfo, fingerprint

@@ -28,9 +28,7 @@ from milnce.download import (
     download,
     ensure_weights,
 )
-from milnce.weights import (
-    WeightsInfo,
-)
+from milnce.weights import WeightsInfo
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 

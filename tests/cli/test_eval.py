@@ -16,9 +16,7 @@ import torch
 
 import milnce.atomic
 from milnce.cli import main
-from milnce.eval import (
-    EvalSettings,
-)
+from milnce.eval import EvalSettings
 from milnce.eval import run as run_mod
 from video_fixtures import make_video
 

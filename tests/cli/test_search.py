@@ -281,7 +281,6 @@ def client_for(model):
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
 
-
     def make(index: Index) -> TestClient:
         return TestClient(create_app(index, model, refresh_interval=0), raise_server_exceptions=False)
 
@@ -1342,7 +1341,6 @@ def test_one_default_k(client, lib):
 @pytest.mark.usefixtures("reuse_model")
 def test_search_like_superscript_is_a_missing_path_not_a_traceback(tmp_path, capsys, wargs, model):
     import numpy as np
-
 
     with Index.create(tmp_path / "ix", model) as ix:
         ix.add_video("/nonexistent/v.mp4", fake_emb(4, np.random.default_rng(0)), size=10, mtime=1.0,

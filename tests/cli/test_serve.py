@@ -149,7 +149,6 @@ def test_cli_serve_help_and_missing_extra(monkeypatch, capsys, tmp_path, checkpo
 def test_cli_serve_busy_port(capsys, tmp_path):
     import socket
 
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)

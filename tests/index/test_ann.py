@@ -10,9 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from milnce.index import (
-    Index,
-)
+from milnce.index import Index
 
 pytestmark = pytest.mark.usefixtures("reuse_model")  # CLI commands reuse the loaded model
 

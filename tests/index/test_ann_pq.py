@@ -360,7 +360,6 @@ def test_index_ann_pq_is_recorded_and_searched(big, tmp_path, model, monkeypatch
     faiss = pytest.importorskip("faiss")
     import shutil
 
-
     faiss.omp_set_num_threads(1)
     d = tmp_path / "pq"
     shutil.copytree(big, d)

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 import milnce.index.search as search_mod
-from milnce.index import (
-    Index,
-)
+from milnce.index import Index
 from milnce.index.filters import VideoFilter, collection_root
 from milnce.windows import WindowSettings
 

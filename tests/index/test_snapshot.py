@@ -9,9 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from milnce.index import (
-    Index,
-)
+from milnce.index import Index
 from milnce.windows import WindowSettings
 
 W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)

@@ -57,7 +57,6 @@ def client_for(model):
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
 
-
     def make(index: Index) -> TestClient:
         return TestClient(create_app(index, model, refresh_interval=0), raise_server_exceptions=False)
 
@@ -432,7 +431,6 @@ def test_range_huge_numbers(client_server_trust, lib_server_trust):
 def _big_file_index(path: Path, folder: Path):
     """A real index holding one large (sparse) file as its only video (one window)."""
 
-
     st = path.stat()
     w = Index.create_for(folder, "synthetic", WindowSettings(), roots=[path.parent])
     emb = SimpleNamespace(starts=np.zeros(1), ends=np.ones(1), embeddings=np.ones((1, 512), np.float32), duration=60.0)
@@ -501,7 +499,6 @@ def test_clip_refuses_changed_removed_and_linked_files_as_file_serving_does(tmp_
 
 def test_clip_never_outside_the_collection_roots(tmp_path, model):
     """A crafted index naming /etc/passwd: the clip endpoint refuses it (403) as /file does."""
-
 
     (tmp_path / "videos").mkdir()
     ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),

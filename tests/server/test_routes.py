@@ -40,7 +40,6 @@ from milnce.video.cut import ClipLimits  # noqa: E402
 def test_server_says_not_existing_for_a_folder_swapped_for_a_link(tmp_path, model):
     pytest.importorskip("fastapi")
 
-
     root = tmp_path / "videos"
     (root / "sub").mkdir(parents=True)
     video = make_video(root / "sub" / "a.mp4", n=20)
@@ -87,7 +86,6 @@ def make_index(folder: Path, files: list[Path], roots: list[Path] | None = None)
 def client_for(model):
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
-
 
     def make(index: Index) -> TestClient:
         return TestClient(create_app(index, model, refresh_interval=0), raise_server_exceptions=False)
@@ -691,7 +689,6 @@ def test_server_answers_422(tmp_path, model):
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
     import numpy as np
-
 
     with Index.create(tmp_path / "ix", model) as ix:
         ix.add_video("/nonexistent/v.mp4", fake_emb(4, np.random.default_rng(0)), size=10, mtime=1.0,

@@ -7,9 +7,7 @@ import warnings
 import pytest
 import torch
 
-from milnce.video import (
-    VideoClipDataset,
-)
+from milnce.video import VideoClipDataset
 from video_fixtures import (
     clip_indices,
     make_audio_only,
