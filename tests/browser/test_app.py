@@ -51,6 +51,7 @@ def three(tmp_path_factory, model):
         ix.close()
 
 
+@pytest.mark.slow  # Chromium (about 10 s on 2 idle cores with the other page tests)
 def test_browser_index_picker(three, model, browser):
     """In Chromium: the picker lists "all indexes" and each index; picking one searches only it."""
     import json
@@ -218,6 +219,7 @@ def browser():
     pw.stop()
 
 
+@pytest.mark.slow
 def test_browser_search_and_play(browser, live, library, tmp_path):
     base, port = live
     k = 50
@@ -331,6 +333,7 @@ def test_browser_search_and_play(browser, live, library, tmp_path):
     assert not problems, problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [1300, 1000])
 def test_browser_score_line_not_under_more_like_this(browser, live, width):
     """Issue 15: at 1300 px the "percentile" text was hidden under the "More like this" button."""
@@ -380,6 +383,7 @@ def lib(tmp_path_factory, model):
     index.close()
 
 
+@pytest.mark.slow
 def test_browser_filters_negatives_more_and_clip(lib, browser):
     """In Chromium: a shared link with -term and filters, "More results" and the clip link."""
     import json

@@ -159,6 +159,7 @@ def test_cli_serve_busy_port(capsys, tmp_path):
     assert "index folder not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a uvicorn child process serving a real index
 def test_cli_serve_end_to_end(library, checkpoint, tmp_path):
     """``milnce serve DIR --port 0`` in a subprocess: it announces its address and answers."""
     import subprocess
