@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import time
@@ -21,11 +22,10 @@ from milnce.index import (
     build_index,
 )
 from milnce.train import fallback
+from video_fixtures import make_video
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
-
-from video_fixtures import make_video  # noqa: E402
+SERVE_INSTALLED = importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("httpx") is not None
+needs_serve = pytest.mark.skipif(not SERVE_INSTALLED, reason="the serve extra (fastapi, httpx) is not installed")
 
 TINY = {"videos": 8, "val_videos": 4, "steps": 2, "batch_size": 4, "warmup_steps": 1, "workers": 0}
 
@@ -199,6 +199,7 @@ def lib(tmp_path_factory, model):
     index.close()
 
 
+@needs_serve
 def test_demo_says_how_to_browse_its_index(lib, checkpoint, tmp_path, capsys):
 
     ix = tmp_path / "demo ix"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import importlib.util
 import io
 import json
 import os
@@ -44,12 +45,12 @@ from milnce.index.source import IndexModelError, recorded_weights
 from milnce.windows import WindowSettings
 from video_fixtures import make_video
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+SERVE_INSTALLED = importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("httpx") is not None
+needs_serve = pytest.mark.skipif(not SERVE_INSTALLED, reason="the serve extra (fastapi, httpx) is not installed")
+if SERVE_INSTALLED:
+    from fastapi.testclient import TestClient
 
-from fastapi.testclient import TestClient  # noqa: E402
-
-from milnce.server import DEFAULT_K, create_app  # noqa: E402
+    from milnce.server import DEFAULT_K, create_app
 
 
 def test_remove_says_1_video_left(tmp_path, capsys):
@@ -287,6 +288,7 @@ def client_for(model):
     return make
 
 
+@needs_serve
 def test_crafted_feature_file_cannot_serve_etc_passwd(tmp_path, client_for, capsys):
     vids = tmp_path / "videos"
     vids.mkdir()
@@ -313,6 +315,7 @@ def test_crafted_feature_file_cannot_serve_etc_passwd(tmp_path, client_for, caps
         assert c.get(f"/api/videos/{ids['ok.mp4']}/file").content == b"video" * 20
 
 
+@needs_serve
 def test_old_index_without_roots(tmp_path, client_for, capsys):
     import sqlite3
 
@@ -799,6 +802,7 @@ def test_cli_batch_and_alone_give_the_same_scores(index_dir, wargs, capsys):
     assert _cli(index_dir, QUERIES_INDEX_SCORES[4:5], wargs, capsys, "--videos") == merged[4:5]
 
 
+@needs_serve
 @pytest.mark.usefixtures("reuse_model")
 def test_cli_and_api_give_the_same_scores(index_dir, model, wargs, capsys):
     pytest.importorskip("fastapi")
@@ -1324,6 +1328,7 @@ def client(lib):
 # ----- 5. config, curve, more like this, normalised scores -----------------------------------
 
 
+@needs_serve
 def test_one_default_k(client, lib):
     cfg = client.get("/api/config").json()
     assert cfg["default_k"] == DEFAULT_K == 10 and DEFAULT_K in cfg["k_choices"]

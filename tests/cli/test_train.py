@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -21,7 +22,9 @@ import torch
 
 from milnce.cli import main
 
-pytest.importorskip("webdataset")
+WEBDATASET_INSTALLED = importlib.util.find_spec("webdataset") is not None
+needs_webdataset = pytest.mark.skipif(not WEBDATASET_INSTALLED, reason="webdataset (the train extra) is not installed")
+
 
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -276,6 +279,7 @@ def test_train_errors_are_one_line(synth, tmp_path, capsys):
     assert "multiple of grad_accum" in capsys.readouterr().err
 
 
+@needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_and_torchrun_agree_in_float64(synth, tmp_path):
     # lr 1 and three steps: any float32 rounding on one path (1e-7) would show far above 1e-10;
@@ -320,6 +324,7 @@ def _assert_close_state(a: dict, b: dict, rel: float = 1e-10, buffers: bool = Tr
 EXACT = {"batch_size": 4, "lr": 1.0, "adam_eps": 1.0, "warmup_steps": 0, "precision": "fp64", "save_every": 3}
 
 
+@needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_equals_a_full_batch_step_with_frozen_bn(synth, tmp_path):
     cfg = _settings(tmp_path, **EXACT, freeze_bn=True)
@@ -328,6 +333,7 @@ def test_micro_batch_equals_a_full_batch_step_with_frozen_bn(synth, tmp_path):
     _assert_close_state(_final(tmp_path / "full"), _final(tmp_path / "cached"))
 
 
+@needs_webdataset
 def test_micro_batch_refusals(synth, tmp_path, capsys):
     cfg = _settings(tmp_path)
     out = tmp_path / "r"
@@ -340,6 +346,7 @@ def test_micro_batch_refusals(synth, tmp_path, capsys):
     assert "batch-norm needs at least 2 clips" in err and len(err.strip().splitlines()) == 1
 
 
+@needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_equals_torchrun_of_b_over_m_processes(synth, tmp_path):
     cfg = _settings(tmp_path, **EXACT)
@@ -357,6 +364,7 @@ def test_micro_batch_equals_torchrun_of_b_over_m_processes(synth, tmp_path):
 
 # ----------------------------------------------------------------------------- extensible runs
 
+@needs_webdataset
 def test_extending_a_run_past_its_horizon(synth, tmp_path, capsys):
     cfg = _settings(tmp_path, schedule_steps=None, save_every=2)
     run = tmp_path / "run"
@@ -375,6 +383,7 @@ def test_extending_a_run_past_its_horizon(synth, tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["schedule_steps"] == 8
 
 
+@needs_webdataset
 def test_non_utf8_yaml_config(synth, tmp_path, capsys):
     bad = tmp_path / "c.yaml"
     bad.write_bytes(b"steps: 3\nlr: \xff\xfe\n")
@@ -391,6 +400,7 @@ def wds_data(tmp_path_factory) -> Path:
     return out
 
 
+@needs_webdataset
 def test_shard_streams_split_and_resume(wds_data, capsys):
     from milnce.text import Tokenizer
     from milnce.train.loaders import find_data
@@ -439,6 +449,7 @@ def _write_bad_shard(path: Path, good: Path) -> None:
         add("garbage.mp4", b"\x00" * 4000)
 
 
+@needs_webdataset
 def test_bad_samples_are_counted_and_the_stop_rule_is_collective(wds_data, tmp_path, capsys):
     import shutil
 
@@ -463,6 +474,7 @@ def test_bad_samples_are_counted_and_the_stop_rule_is_collective(wds_data, tmp_p
     assert err[-1].startswith("milnce: error: step") and "more than --bad-fraction 0.05" in err[-1]
 
 
+@needs_webdataset
 @pytest.mark.slow
 def test_training_on_shards_resumes_exactly(wds_data, tmp_path):
     cfg = _settings(tmp_path, save_every=2, workers=1, eval_every=0)
@@ -476,6 +488,7 @@ def test_training_on_shards_resumes_exactly(wds_data, tmp_path):
         assert torch.equal(v, b["state_dict"][k]), k
 
 
+@needs_webdataset
 @pytest.mark.slow
 def test_torchrun_on_shards_stops_collectively(wds_data, tmp_path):
     """Two processes on shards, one of them damaged: the stop decision is taken by both ranks
@@ -501,6 +514,7 @@ def test_torchrun_on_shards_stops_collectively(wds_data, tmp_path):
     assert json.loads(ok.stdout.strip().splitlines()[-1])["bad_samples"] >= 3
 
 
+@needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_resumes_exactly(synth, tmp_path):
     cfg = _settings(tmp_path, batch_size=4, save_every=2)
@@ -513,6 +527,7 @@ def test_micro_batch_resumes_exactly(synth, tmp_path):
         assert torch.equal(v, b["state_dict"][k]), k
 
 
+@needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_under_torchrun_equals_one_process(synth, tmp_path):
     cfg = _settings(tmp_path, **{**EXACT, "batch_size": 8})
@@ -585,6 +600,7 @@ def _shard(path: Path, extra: dict[str, bytes]) -> Path:
     return path
 
 
+@needs_webdataset
 def test_training_on_a_shard_with_a_deeply_nested_json_counts_it(tmp_path, capsys):
     tar = _shard(tmp_path / "s.tar", {"deep.json": b"[" * 100000 + b"]" * 100000, "deep.mp4": b"\x00" * 100})
     np.save(tmp_path / "vocab.npy", np.asarray(WORDS, dtype=str), allow_pickle=False)

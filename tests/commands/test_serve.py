@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -18,9 +19,8 @@ import pytest
 from milnce.index import Index
 from milnce.windows import WindowSettings
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
-
+SERVE_INSTALLED = importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("httpx") is not None
+needs_serve = pytest.mark.skipif(not SERVE_INSTALLED, reason="the serve extra (fastapi, httpx) is not installed")
 
 
 def test_serve_restart_comes_back_after_a_fatal_signal(tmp_path, capsys):
@@ -69,6 +69,7 @@ def three(tmp_path_factory, model):
         ix.close()
 
 
+@needs_serve
 def test_folder_of_indexes(three):
     from milnce.commands.serve import index_folders
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import resource
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import torch
 
 from milnce.errors import UsageError
 
-pytest.importorskip("webdataset")
+WEBDATASET_INSTALLED = importlib.util.find_spec("webdataset") is not None
+needs_webdataset = pytest.mark.skipif(not WEBDATASET_INSTALLED, reason="webdataset (the train extra) is not installed")
+
 
 
 MB = 1024  # ru_maxrss is in KiB on Linux
@@ -74,6 +77,7 @@ def test_training_samples_are_reproducible(synth):
     assert sorted(int(ds.order(0)[i]) for i in range(len(ds))) == list(range(len(ds)))
 
 
+@needs_webdataset
 def test_folder_samples_count_any_decoder_exception(tmp_path, monkeypatch):
     """The folder layout: a decoder that raises something other than VideoError (here the
     RecursionError of a hostile file) is a counted bad sample replaced by another, not a crash."""
