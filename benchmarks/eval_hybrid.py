@@ -84,6 +84,7 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     from milnce.index import Index, build_index
+    from milnce.windows import WindowSettings
 
     t0 = time.perf_counter()
     model, (videos, captions), win = load(args.model)
@@ -105,7 +106,7 @@ def main() -> None:
             truth.append(("visual", cap, v.name, s * scene, (s + 1) * scene))
         words = COOKING[i % len(COOKING)].split()
         truth.append(("speech", " ".join(w for w in words if len(w) > 3)[:60], v.name, 0.0, scene))
-    build_index([coll], work / "ix", model, progress=False, **win)
+    build_index([coll], work / "ix", model, progress=False, window=WindowSettings.for_model(model, **win))
     idx = Index.open(work / "ix", model)
 
     def hit(moments: list, name: str, a: float, b: float, n: int) -> bool:

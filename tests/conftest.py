@@ -142,3 +142,19 @@ def reuse_model(checkpoint, model) -> Iterator[None]:
         mp.setattr(cmds, "model_from_args", cached)
         mp.setattr(demo_cmd, "model_from_args", cached)
         yield
+
+
+# Folders whose tests carry a marker of the same name (pyproject.toml declares them), set here from
+# the folder so that no test there can forget it: ``-m "not browser"``, ``-m cli``, ...
+FOLDER_MARKERS = ("cli", "browser", "bench")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if folder in FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, folder))

@@ -1,22 +1,34 @@
-"""Downloads against a local HTTP server: resume, retries, timeouts, verification, the cache."""
+"""``milnce.download``: Downloads into the cache."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-import torch
 
 import milnce
+import milnce.api
+import milnce.download
+import milnce.integrity
 import milnce.weights
 from conftest import VOCAB
-from milnce.cli import main
-from milnce.download import CHECKSUMS_FILE, DownloadError, cache_dir, download, ensure_weights
+from milnce.download import (
+    CHECKSUMS_FILE,
+    DownloadError,
+    _record_checksum,
+    _stat_entry,
+    cache_dir,
+    download,
+    ensure_weights,
+)
 from milnce.weights import WeightsInfo
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
@@ -136,15 +148,6 @@ def _info(srv: _Server, mode: str = "good", **kw) -> WeightsInfo:
     )
     fields.update(kw)
     return WeightsInfo(**fields)
-
-
-# ----------------------------------------------------------------------------- download()
-
-
-def test_cache_dir_follows_milnce_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MILNCE_HOME", str(tmp_path / "a" / "b"))
-    assert cache_dir() == tmp_path / "a" / "b"
-    assert cache_dir().is_dir()
 
 
 def test_download_good(server, tmp_path):
@@ -344,46 +347,6 @@ def test_two_threads_share_one_download(server, skip_weights_check):
     assert server.count("s3d_howto100m.pth") == 1 and server.count("s3d_dict.npy") == 1
 
 
-# ----------------------------------------------------------------------------- API and CLI
-
-
-def test_load_model_downloads_from_registry(server, monkeypatch):
-    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, name="s3d_howto100m"))
-    model = milnce.load_model(download=True, progress=False, fast=False)
-    emb = model.encode_text(["cut tomato", "open the door"])
-    assert emb.shape == (2, 512) and bool(torch.isfinite(emb).all())
-    assert server.count("s3d_howto100m.pth") == 1
-    w, v, info = milnce.api.resolve_files(None, None, download=True, progress=False)
-    assert (w, v) == (cache_dir() / "s3d_howto100m.pth", cache_dir() / "s3d_dict.npy")
-    assert info is not None and info.name == "s3d_howto100m"
-    assert len(server.hits) == 2
-
-
-def test_cli_download(server, monkeypatch, capsys):
-    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, name="s3d_howto100m"))
-    assert main(["download", "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert str(cache_dir() / "s3d_howto100m.pth") in out and str(cache_dir() / "s3d_dict.npy") in out
-
-
-def test_cli_download_404(server, monkeypatch, capsys):
-    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, "missing", name="s3d_howto100m"))
-    assert main(["download", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("milnce: error: not found at URL http://127.0.0.1")
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-
-
-def test_cli_info_reports_cache(server, monkeypatch, capsys):
-    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, name="s3d_howto100m"))
-    assert main(["info", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["cache"] == str(cache_dir())
-    assert "not downloaded" in report["weights"]["s3d_howto100m"]["weights"]
-
-
-
-
 # ----------------------------------------------------------------------------- issue 10
 
 
@@ -405,15 +368,219 @@ def test_user_file_is_moved_aside_never_deleted(server, capsys):
     assert (cache_dir() / "s3d_howto100m.pth.rejected-2").read_bytes() == b"another" * 10
 
 
-def test_cli_download_offline_hint_fits_the_command(server, monkeypatch, capsys):
-    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, "missing", name="s3d_howto100m"))
-    assert main(["download", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "pass --weights" not in err  # `milnce download` has no such option
-    assert "MILNCE_WEIGHTS/MILNCE_VOCAB" in err and "copy them into the cache folder" in err
-
-
 def test_retries_exhausted_message_has_the_same_hint(tmp_path):
     with pytest.raises(DownloadError) as exc:
         download("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", retries=0, timeout=1, progress=False)
     assert "pass --weights" not in str(exc.value) and "MILNCE_WEIGHTS" in str(exc.value)
+
+FORM_PAGE = """<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>
+<p>Google Drive can't scan this file for viruses.</p>
+<form id="download-form" action="{action}" method="get">
+<input type="submit" id="uc-download-link" value="Download anyway"/>
+<input type="hidden" name="id" value="{id}"><input type="hidden" name="export" value="download">
+<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="{uuid}">
+</form></body></html>"""
+LINK_PAGE = ('<html><body><a id="uc-download-link" href="/uc?export=download&amp;confirm={token}&amp;id={id}">'
+             "Download anyway</a></body></html>")
+ERROR_PAGE = "<html><body><p>Too many users have viewed or downloaded this file recently.</p></body></html>"
+
+
+class _Handler_download_mirrors(BaseHTTPRequestHandler):
+    """``/files/<name>``: plain files; ``/missing/...``: 404; ``/uc?id=ID``: a Drive-like download
+    behind a confirmation page (``server.drive_style``: form, link or error); ``/download?...``: the
+    file once confirmed with the right uuid."""
+
+    server_download_mirrors: _Server_download_mirrors
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        srv = self.server
+        parts = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        with srv.lock:
+            srv.hits.append(self.path)
+        if parts.path.startswith("/files/") and parts.path[7:] in srv.files:
+            self._send(200, srv.files[parts.path[7:]], "application/octet-stream")
+        elif parts.path == "/uc" and q.get("id") in srv.drive:
+            if srv.drive_style == "link":
+                if q.get("confirm") == "tok3n":
+                    self._send(200, srv.drive[q["id"]], "application/octet-stream")
+                else:
+                    self._send(200, LINK_PAGE.format(token="tok3n", id=q["id"]).encode(), "text/html; charset=utf-8")
+            elif srv.drive_style == "error":
+                self._send(200, ERROR_PAGE.encode(), "text/html; charset=utf-8")
+            else:
+                page = FORM_PAGE.format(action=f"http://127.0.0.1:{srv.server_port}/download", id=q["id"],
+                                        uuid="u-" + q["id"])
+                self._send(200, page.encode(), "text/html; charset=utf-8")
+        elif (parts.path == "/download" and q.get("id") in srv.drive and q.get("confirm") == "t"
+              and q.get("uuid") == "u-" + q["id"] and q.get("export") == "download"):
+            self._send(200, srv.drive[q["id"]], "application/octet-stream")
+        else:
+            self._send(404, b"not found", "text/plain")
+
+
+class _Server_download_mirrors(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler_download_mirrors)
+        self.files: dict[str, bytes] = {}
+        self.drive: dict[str, bytes] = {}
+        self.drive_style = "form"
+        self.hits: list[str] = []
+        self.lock = threading.Lock()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_port}/{path}"
+
+
+@pytest.fixture(scope="module")
+def _srv(checkpoint):
+    srv = _Server_download_mirrors()
+    wpath, vpath = checkpoint
+    w, v = wpath.read_bytes(), vpath.read_bytes()
+    srv.files.update({"s3d_howto100m.pth": w, "s3d_dict.npy": v})
+    srv.drive.update({"WEIGHTSID": w, "VOCABID": v})
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def server_download_mirrors(_srv):
+    _srv.hits.clear()
+    _srv.drive_style = "form"
+    return _srv
+
+
+@pytest.fixture
+def no_weights_check(monkeypatch):
+    monkeypatch.setattr(milnce.download, "_check_weights", lambda path, info: None)
+
+
+def _info_download_mirrors(srv: _Server_download_mirrors, **kw) -> WeightsInfo:
+    fields = dict(name="test_model", url=srv.url("missing/s3d_howto100m.pth"), vocab_url=srv.url("missing/s3d_dict.npy"),
+                  filename="s3d_howto100m.pth", vocab_filename="s3d_dict.npy",
+                  num_bytes=len(srv.files["s3d_howto100m.pth"]), vocab_num_bytes=len(srv.files["s3d_dict.npy"]),
+                  vocab_words=len(VOCAB))
+    fields.update(kw)
+    return WeightsInfo(**fields)  # type: ignore[arg-type]
+
+
+def test_sources_tried_in_order_and_the_serving_one_is_logged(server_download_mirrors, monkeypatch, no_weights_check, caplog):
+    monkeypatch.setenv("MILNCE_MIRRORS", server_download_mirrors.url("missing/env/"))
+    info = _info_download_mirrors(server_download_mirrors, mirrors=(server_download_mirrors.url("missing/reg/"), server_download_mirrors.url("files/")))
+    with caplog.at_level(logging.INFO, logger="milnce"):
+        w, v = ensure_weights(info, progress=False, retries=0)
+    assert w.read_bytes() == server_download_mirrors.files["s3d_howto100m.pth"]
+    assert server_download_mirrors.hits[:4] == ["/missing/env/s3d_howto100m.pth", "/missing/s3d_howto100m.pth",
+                               "/missing/reg/s3d_howto100m.pth", "/files/s3d_howto100m.pth"]
+    assert f"s3d_howto100m.pth: downloaded from {server_download_mirrors.url('files/s3d_howto100m.pth')} (sha256 " in caplog.text
+    record = json.loads((cache_dir() / CHECKSUMS_FILE).read_text())["s3d_howto100m.pth"]
+    assert record["url"] == server_download_mirrors.url("files/s3d_howto100m.pth") and len(record["sha256"]) == 64
+
+
+@pytest.mark.parametrize("style", ["form", "link"])
+def test_drive_confirmation_page_is_followed(server_download_mirrors, style):
+    server_download_mirrors.drive_style = style
+    pair = f"{server_download_mirrors.url('uc?export=download&id=WEIGHTSID')} {server_download_mirrors.url('uc?export=download&id=VOCABID')}"
+    w, v = ensure_weights(_info_download_mirrors(server_download_mirrors, mirrors=(pair,)), progress=False, retries=0)  # weights checked for real
+    assert w.read_bytes() == server_download_mirrors.files["s3d_howto100m.pth"] and v.read_bytes() == server_download_mirrors.files["s3d_dict.npy"]
+    if style == "form":
+        assert any(h.startswith("/download?id=WEIGHTSID&export=download&confirm=t&uuid=u-WEIGHTSID") for h in server_download_mirrors.hits)
+
+
+def test_drive_error_page_fails_over_to_the_next_source(server_download_mirrors, no_weights_check):
+    server_download_mirrors.drive_style = "error"
+    pair = f"{server_download_mirrors.url('uc?id=WEIGHTSID')} {server_download_mirrors.url('uc?id=VOCABID')}"
+    info = _info_download_mirrors(server_download_mirrors, mirrors=(pair, server_download_mirrors.url("files/")))
+    w, _ = ensure_weights(info, progress=False, retries=0)
+    assert w.read_bytes() == server_download_mirrors.files["s3d_howto100m.pth"]
+    with pytest.raises(DownloadError, match="answered a web page instead of the file"):
+        info = _info_download_mirrors(server_download_mirrors, url=server_download_mirrors.url("uc?id=WEIGHTSID"),
+                                      filename="other.pth")
+        ensure_weights(info, progress=False)
+
+
+def test_offline_load_checks_the_recorded_sha256(checkpoint):
+    home = cache_dir()
+    w, v = home / "s3d_howto100m.pth", home / "s3d_dict.npy"
+    w.write_bytes(checkpoint[0].read_bytes())
+    v.write_bytes(checkpoint[1].read_bytes())
+    from milnce.weights import sha256_file
+
+    for p in (w, v):
+        _record_checksum(home, p.name, _stat_entry(p, sha256_file(p), "https://example.invalid/" + p.name))
+    assert milnce.load_model(download=False).encode_text(["open door"]).shape == (1, 512)
+    words = np.asarray(VOCAB, dtype=str)[::-1]  # a valid word list of the right size, but not the recorded one
+    np.save(v, words, allow_pickle=False)
+    with pytest.raises(DownloadError, match="changed since it was downloaded"):
+        milnce.load_model(download=False)
+    assert json.loads((home / CHECKSUMS_FILE).read_text())["s3d_dict.npy"]["url"]
+
+
+# ---- from test_download_messages.py
+
+ADVICE = "the original host has gone down at times; list a mirror in MILNCE_MIRRORS"
+LOCAL = "or use local files: list a mirror in MILNCE_MIRRORS"
+
+
+@pytest.fixture
+def refused():
+    """A 127.0.0.1 address whose port is bound but not listening: connections are refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    sock.close()
+
+
+def _info_download_messages(url: str, mirrors: tuple[str, ...] = ()) -> WeightsInfo:
+    return WeightsInfo(name="test_model", url=url + "s3d_howto100m.pth", vocab_url=url + "s3d_dict.npy",
+                       filename="s3d_howto100m.pth", vocab_filename="s3d_dict.npy", num_bytes=10,
+                       vocab_num_bytes=10, vocab_words=3, mirrors=mirrors)
+
+
+def test_one_url_reason_and_advice(tmp_path, refused):
+    with pytest.raises(DownloadError) as err:
+        download(refused + "w.pth", tmp_path / "w.pth", retries=0, timeout=2, progress=False)
+    e = err.value
+    assert e.reason.startswith(f"downloading {refused}w.pth failed after 1 attempt: cannot connect")
+    assert e.advice.startswith("run again to resume (0 bytes kept), " + LOCAL)
+    assert str(e) == f"{e.reason}; {e.advice}"
+    missing = (tmp_path / "nowhere" / "w.pth").as_uri()
+    with pytest.raises(DownloadError) as err:
+        download(missing, tmp_path / "w2.pth", progress=False)
+    assert err.value.reason == f"not found at URL {missing}" and err.value.advice.startswith(ADVICE)
+
+
+def test_a_single_source_keeps_its_own_advice(refused):
+    with pytest.raises(DownloadError) as err:
+        ensure_weights(_info_download_messages(refused), progress=False, retries=0)
+    msg = str(err.value)
+    assert msg.startswith(f"downloading {refused}s3d_howto100m.pth failed after 1 attempt")
+    assert msg.count("run again to resume") == 1 and msg.count(LOCAL) == 1 and "any of" not in msg
+
+
+def test_several_sources_list_each_reason_and_advise_once(tmp_path, refused):
+    folder = (tmp_path / "nowhere").as_uri() + "/"
+    with pytest.raises(DownloadError) as err:
+        ensure_weights(_info_download_messages(refused, mirrors=(folder,)), progress=False, retries=0)
+    msg = str(err.value)
+    assert msg.startswith("could not get s3d_howto100m.pth from any of 2 sources: "
+                          f"downloading {refused}s3d_howto100m.pth failed after 1 attempt: cannot connect")
+    assert f"; not found at URL {folder}s3d_howto100m.pth; {ADVICE}" in msg
+    assert msg.count("list a mirror in MILNCE_MIRRORS") == 1 and "run again to resume" not in msg
+    assert err.value.advice.startswith(ADVICE) and msg == f"{err.value.reason}; {err.value.advice}"

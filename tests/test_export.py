@@ -1,4 +1,4 @@
-"""ONNX export: onnxruntime gives the eager network's outputs, with a dynamic batch axis."""
+"""``milnce.export``: Export the video and text towers to ONNX for deployment (``pip install 'milnce[onnx]'``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import pytest
 import torch
 
 import milnce
+import milnce.atomic
+import milnce.fast
 from conftest import real_clip_batch
-from milnce.cli import main
 from milnce.errors import UsageError
-from milnce.export import OPSET, export_onnx, onnx_paths, verify_onnx
+from milnce.export import OPSET, check_targets, export_onnx, onnx_paths, verify_onnx
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs onnx: pip install 'milnce[onnx]'")
 ort = pytest.importorskip("onnxruntime", reason="the parity test needs onnxruntime: pip install 'milnce[onnx]'")
+
 
 FRAMES, SIZE = 8, 64
 
@@ -98,14 +100,43 @@ def test_one_tower_and_bad_settings(checkpoint, tmp_path):
     assert not list(tmp_path.glob("x*"))
 
 
-def test_cli_export(checkpoint, tmp_path, capsys):
-    w, v = checkpoint
-    prefix = tmp_path / "out" / "s3d"
-    assert main(["export", "--onnx", str(prefix), "--weights", str(w), "--vocab", str(v), "--no-download",
-                 "--num-frames", "8", "--size", "32", "--check-outputs"]) == 0
-    out = capsys.readouterr().out
-    assert "s3d.video.onnx" in out and "s3d.text.onnx" in out and "opset 17" in out and "B x 3 x 8 x 32 x 32" in out
-    assert out.count("onnxruntime vs PyTorch") == 3
-    assert prefix.with_name("s3d.video.onnx").exists() and prefix.with_name("s3d.vocab.npy").exists()
-    assert main(["export", "--onnx", "", "--weights", str(w), "--vocab", str(v), "--no-download"]) == 2
-    assert "prefix" in capsys.readouterr().err
+def test_onnx_check_judges_against_float64(model, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from milnce.export import check_onnx, export_onnx
+
+    done = export_onnx(model, tmp_path / "s", num_frames=8, size=32, text=False)
+    checks = check_onnx(model, done)
+    assert set(checks) == {"video_embedding", "mixed_5c"} and all(c.ok for c in checks.values())
+    # a graph that computes something else fails
+    import onnxruntime
+
+    real = onnxruntime.InferenceSession
+
+    class Off(real):  # type: ignore[misc, valid-type]
+        def run(self, names, feeds):
+            return [o * 1.01 for o in super().run(names, feeds)]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Off)
+    assert not any(c.ok for c in check_onnx(model, done).values())
+
+
+# ---- from test_export_targets.py
+
+def test_the_files_each_tower_writes(tmp_path):
+    prefix = tmp_path / "s3d.onnx"
+    assert [p.name for p in check_targets(prefix)] == ["s3d.video.onnx", "s3d.text.onnx", "s3d.vocab.npy"]
+    assert [p.name for p in check_targets(prefix, text=False)] == ["s3d.video.onnx"]
+    assert [p.name for p in check_targets(prefix, video=False)] == ["s3d.text.onnx", "s3d.vocab.npy"]
+
+
+def test_existing_files_refused_unless_overwrite(tmp_path):
+    (tmp_path / "s3d.vocab.npy").write_bytes(b"")
+    check_targets(tmp_path / "s3d", text=False)  # only the video graph: the vocabulary is not written
+    with pytest.raises(UsageError, match=r"s3d\.vocab\.npy already exist\(s\); pass --overwrite"):
+        check_targets(tmp_path / "s3d", video=False)
+    assert check_targets(tmp_path / "s3d", overwrite=True)[2].name == "s3d.vocab.npy"
+
+
+def test_a_prefix_without_a_name_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="needs a file name prefix"):
+        check_targets(str(tmp_path) + "/..")

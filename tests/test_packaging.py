@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import milnce
+from milnce.model import state_dict_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,5 +63,34 @@ def test_hubconf_lists_every_runtime_dependency():
 
 
 def test_hubconf_entry_point_without_download():
-    net = _hubconf().s3d_howto100m(pretrained=False)
+    """``pretrained=False``: the published network (the keys, order and shapes of state_dict.tsv) with
+    fresh weights and no file read; keyword arguments reach ``milnce.S3D``; a clip gives a 512-d embedding."""
+    hub = _hubconf()
+    net = hub.s3d_howto100m(pretrained=False)
+    assert type(net) is milnce.S3D
+    sd = net.state_dict()
+    assert [(k, tuple(v.shape)) for k, v in sd.items()] == list(state_dict_shapes().items())
+    words = net.text_module.word_embd
+    assert words.num_embeddings == 66250 and words.weight.std() > 0  # drawn, not zeros
+    with torch.no_grad():
+        out = net.eval()(torch.rand(2, 3, 8, 64, 64))
+    assert out["video_embedding"].shape == (2, 512) and out["mixed_5c"].shape == (2, 1024)
+    assert torch.isfinite(out["video_embedding"]).all()
+    training_variant = hub.s3d_howto100m(pretrained=False, space_to_depth=False)
+    assert tuple(training_variant.state_dict()["conv1.conv1.weight"].shape) == (64, 3, 3, 7, 7)
+
+
+def test_hubconf(checkpoint, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    try:
+        import hubconf
+    finally:
+        sys.path.remove(str(ROOT))
+    assert "s3d_howto100m" in dir(hubconf)
+    net = hubconf.s3d_howto100m(pretrained=False)
     assert isinstance(net, milnce.S3D)
+    monkeypatch.setenv("MILNCE_WEIGHTS", str(checkpoint[0]))
+    monkeypatch.setenv("MILNCE_VOCAB", str(checkpoint[1]))
+    net = hubconf.s3d_howto100m(pretrained=True)
+    assert net.text_module(["open door"])["text_embedding"].shape == (1, 512)
+    assert not net.training

@@ -1,0 +1,180 @@
+"""``milnce embed-video`` end to end (``milnce.commands.video``): the CLI run through ``main(argv)`` or a
+subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_checkpoint
+from milnce.cli import main
+from video_fixtures import make_audio_only, make_empty_video, make_video
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    video = make_video(tmp_path / "v.mp4", n=8)
+    weights, vocab = write_checkpoint(tmp_path / "ckpt")
+    return video, ["--weights", str(weights), "--vocab", str(vocab), "--no-download"]
+
+
+@no_cuda
+def test_embed_video_on_cuda_without_cuda_is_one_line(inputs, tmp_path, capsys):
+    video, wargs = inputs
+    assert main(["embed-video", str(video), "--out", str(tmp_path / "out"), "--device", "cuda:0", *wargs]) == 2
+    assert "CUDA is not available" in _one_line(capsys)
+
+# A tiny run: 8 frames of 32 px, 2 clips per step; settings shared by every run below.
+TINY = {
+    "fps": 4, "num_frames": 8, "size": 32, "decode_size": 36, "min_time": 2.0, "num_candidates": 2,
+    "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "schedule_steps": 6, "workers": 0,
+    "eval_every": 0, "log_every": 1, "save_every": 3, "progress": False,
+}
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from milnce.train import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("synth") / "data", videos=6, val_videos=2, seed=1, size=48,
+                          progress=False)
+
+
+# ----------------------------------------------------------------------------- runs
+
+def _settings(tmp: Path, **extra) -> Path:
+    path = tmp / "tiny.json"
+    path.write_text(json.dumps({**TINY, **extra}))
+    return path
+
+
+THREADS = 1  # identical weights need identical thread counts (float sums are ordered per thread)
+
+
+def _train(synth: Path, out: Path, cfg: Path, *more: str) -> int:
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return main(["train", "--data", str(synth), "--out", str(out), "--config", str(cfg), *more])
+    finally:
+        torch.set_num_threads(before)
+
+
+def _final(run: Path) -> dict:
+    from milnce.train.checkpoint import latest_checkpoint, load_training_checkpoint
+
+    return load_training_checkpoint(latest_checkpoint(run))
+
+
+@pytest.fixture(scope="module")
+def straight(synth, tmp_path_factory) -> Path:
+    """Six steps in one go."""
+    tmp = tmp_path_factory.mktemp("straight")
+    run = tmp / "run"
+    assert _train(synth, run, _settings(tmp), "--steps", "6") == 0
+    return run
+
+
+def test_load_model_from_run_folder(straight, tmp_path):
+    import milnce
+
+    model = milnce.load_model(straight, download=False)
+    ref = _final(straight)["state_dict"]
+    assert torch.equal(model.net.fc.weight, ref["fc.weight"])
+    assert (model.info.fps, model.info.num_frames, model.info.size) == (4.0, 8, 32)
+    assert model.encode_text(["a red square moves left"]).shape == (1, 512)
+    video = next(p for p in (straight.parent.parent).rglob("train00000.mp4"))
+    assert main(["embed-video", str(video), "--out", str(tmp_path / "emb"), "--weights", str(straight),
+                 "--no-download", "--quiet"]) == 0
+    from milnce.extract import read_feature_file
+
+    ff = read_feature_file(tmp_path / "emb" / "train00000.npz")  # extract's format: the run's window settings
+    assert ff.embeddings.shape[1] == 512 and float(ff.meta["settings"]["fps"]) == 4.0
+
+
+@pytest.fixture(scope="module")
+def vids(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    return {
+        # 10 fps, 40 frames (4 s), a keyframe every 5 frames so seeking really jumps
+        "cfr10": make_video(d / "cfr10.mp4", n=40, rate=10, options={"crf": "0", "preset": "ultrafast", "g": "5"}),
+        "cfr25": make_video(d / "cfr25.mp4", n=30, rate=25),
+        "vfr": make_video(d / "vfr.mkv", pts_ms=[0, 40, 50, 200, 210, 500, 730, 1000]),
+        "short": make_video(d / "short.mp4", n=5, rate=10),
+        "one": make_video(d / "one.mp4", n=1, rate=10),
+    }
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    text = d / "notes.mp4"
+    text.write_text("this is a text file, not a video\n" * 20)
+    empty = d / "zero.mp4"
+    empty.write_bytes(b"")
+    return {
+        "text": text,
+        "zero_bytes": empty,
+        "audio": make_audio_only(d / "speech.m4a"),
+        "no_frames": make_empty_video(d / "noframes.mkv"),
+        "missing": d / "missing.mp4",
+        "dir": d,
+    }
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def test_cli_embed_video(checkpoint, model, vids, bad, tmp_path, capsys, monkeypatch):
+    """embed-video is ``milnce extract`` with embed-video's defaults (tests/test_extract.py has the rest)."""
+    from milnce.commands import extract as extract_cmd
+
+    loaded = []
+    real = extract_cmd.model_from_args
+    monkeypatch.setattr(extract_cmd, "model_from_args", lambda args: loaded.append(real) or model)  # load once (fixture)
+    w, v = checkpoint
+    out = tmp_path / "emb"
+    common = ["--out", str(out), "--weights", str(w), "--vocab", str(v), "--no-download",
+              "--num-frames", "8", "--size", "32", "--stride", "8", "--quiet", "--workers", "0"]
+    rc = main(["embed-video", str(vids["cfr10"]), str(bad["text"]), str(vids["short"]), "--features", *common])
+    err = capsys.readouterr().err
+    assert rc == 1 and "notes.mp4" in err and "1 failed" in err
+    data = np.load(out / "cfr10.npz", allow_pickle=False)
+    assert data["video_embedding"].shape == (5, 512) and data["video_embedding"].dtype == np.float32
+    assert data["mixed_5c"].shape == (5, 1024)
+    assert data["start"].tolist() == pytest.approx([0, 0.8, 1.6, 2.4, 3.2])
+    assert data["end"].tolist() == pytest.approx([0.8, 1.6, 2.4, 3.2, 4.0])
+    assert str(data["path"]) == str(vids["cfr10"])
+    assert np.load(out / "short.npz", allow_pickle=False)["video_embedding"].shape == (1, 512)
+    assert not (out / "notes.npz").exists()
+    # all good -> exit 0; finished outputs (same settings) are kept unless --overwrite
+    before = (out / "short.npz").stat().st_mtime_ns
+    rc = main(["embed-video", str(vids["short"]), "--features", *common])
+    assert rc == 0 and (out / "short.npz").stat().st_mtime_ns == before
+    rc = main(["embed-video", str(vids["short"]), "--overwrite", *common])
+    assert rc == 0 and len(loaded) == 3
+    assert "mixed_5c" not in np.load(out / "short.npz", allow_pickle=False).files
+    assert sorted(os.listdir(out)) == ["cfr10.npz", "failures.csv", "short.npz"]  # no temporary files left
+    # a missing model file is a one-line error, not a traceback
+    monkeypatch.setattr(extract_cmd, "model_from_args", real)
+    rc = main(["embed-video", str(vids["short"]), "--out", str(tmp_path / "x"), "--weights",
+               str(tmp_path / "nope.pth"), "--vocab", str(v), "--no-download"])
+    assert rc == 2 and "nope.pth" in capsys.readouterr().err

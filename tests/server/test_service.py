@@ -1,0 +1,80 @@
+"""``milnce.server.service``: The search service behind the web API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from milnce.server import create_app  # noqa: E402
+from milnce.windows import WindowSettings  # noqa: E402
+from video_fixtures import make_video  # noqa: E402
+
+
+@pytest.fixture
+def two_video_index(tmp_path, model):
+    from milnce.index import Index
+    from milnce.windows import WindowSettings
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),
+                          roots=[videos])
+    rng = np.random.default_rng(0)
+    for name in ("a.mp4", "b.webm"):
+        p = videos / name
+        p.write_bytes(b"x")
+        st = os.stat(p)
+        starts = np.arange(3) * 0.8
+        ix.add_video(str(p), SimpleNamespace(starts=starts, ends=starts + 0.8, duration=2.4,
+                                             embeddings=rng.standard_normal((3, 512)).astype(np.float32)),
+                     size=st.st_size, mtime=st.st_mtime, content_hash="")
+    ix.close()
+    return tmp_path / "ix"
+
+
+def test_only_one_result_passes_the_filter(two_video_index, model):
+    from milnce.index import Index
+    from milnce.index.filters import VideoFilter
+    from milnce.server.service import SearchService
+
+    with Index.open(two_video_index, model) as index:
+        service = SearchService(index, model)
+        out = service.search("cut", "", k=5, merge=True, by_video=True, video_filter=VideoFilter(path_glob="*.mp4"))
+    assert len(out["results"]) == 1
+    assert (out["message"] or "").startswith("Only 1 result passes the filter"), out["message"]
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory, model):
+    from milnce.index import Index, build_index
+
+    root = tmp_path_factory.mktemp("trust")
+    vids = root / "videos"
+    vids.mkdir()
+    make_video(vids / "a.mp4", n=40, width=96, height=64)
+    make_video(vids / "b.mp4", n=40, width=96, height=64, marker=True)
+    build_index([vids], root / "index", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8))
+    index = Index.open(root / "index", model)
+    ids = {Path(r.path).name: r.id for r in index.videos()}
+    yield {"root": root, "videos": vids, "index": index, "index_dir": root / "index", "model": model, "ids": ids}
+    index.close()
+
+
+def test_warm_up(lib, model, caplog):
+    """The warm-up runs one search through the app (the Host check included) without failing."""
+    for hosts in (None, ["127.0.0.1", "localhost"]):
+        with caplog.at_level("WARNING", logger="milnce.server"):
+            app = create_app(lib["index"], model, warm_up=True, allowed_hosts=hosts)
+        assert app.state.warmup_ms > 0 and len(app.state.query_cache) == 0
+        assert "warm-up" not in caplog.text
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # the app still serves after it
+        assert c.get("/api/search", params={"q": "cut"}).status_code == 200
