@@ -60,11 +60,11 @@ def test_every_test_file_names_a_module_it_tests():
 
 
 def test_the_rule_refuses_what_it_should(tmp_path):
-    ok = [TESTS / "test_windows.py", TESTS / "index" / "test_query.py", TESTS / "cli" / "test_search.py",
+    ok = [TESTS / "test_windows.py", TESTS / "index" / "test_ranking.py", TESTS / "cli" / "test_search.py",
           TESTS / "bench" / "test_bench_index.py", TESTS / "browser" / "test_app.py", TESTS / "test_init.py",
           TESTS / "server" / "test_init.py", TESTS / "test_docs_build.py"]
     bad = [TESTS / "test_hostile.py", TESTS / "test_search_trust.py", TESTS / "index" / "test_hostile_index.py",
-           TESTS / "cli" / "test_index.py", TESTS / "nowhere" / "test_windows.py", TESTS / "index" / "deep" / "test_query.py",
+           TESTS / "cli" / "test_index.py", TESTS / "nowhere" / "test_windows.py", TESTS / "index" / "deep" / "test_ranking.py",
            TESTS / "bench" / "test_redesign.py", TESTS / "test_index.py"]
     assert [p.name for p in ok if not _tested_module(p)] == []
     assert [p.name for p in bad if _tested_module(p)] == []

@@ -147,3 +147,26 @@ def sample_video(name: str) -> Path | None:
         return None
     p = Path(spec.origin).parent / "datasets" / "data" / name
     return p if p.is_file() else None
+
+
+def make_scene_video(path: Path, seconds: float, color: tuple[int, int, int], seed: int, fps: int = 10,
+                     w: int = 80, h: int = 64) -> Path:
+    """An MPEG-4 video of one colour with a moving noise square (``seed`` picks its path and colour):
+    videos that differ in colour and motion, so a random-weight model scores them apart."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(int(seconds * fps)):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[:] = color
+            x = (i * 3 + seed * 7) % (w - 16)
+            img[20:36, x:x + 16] = rng.integers(0, 255, 3)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path

@@ -27,7 +27,7 @@ from milnce.index import (
 from milnce.server import create_app  # noqa: E402
 from milnce.server.service import SearchService  # noqa: E402
 from milnce.windows import WindowSettings  # noqa: E402
-from video_fixtures import make_video  # noqa: E402
+from video_fixtures import make_scene_video, make_video  # noqa: E402
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
 
@@ -448,8 +448,8 @@ EMOJI = "\U0001f9c2 salt, then pepper"  # a character outside the BMP before the
 def site(tmp_path_factory, model):
     root = tmp_path_factory.mktemp("likepage")
     vids = root / "videos"
-    make_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video(vids / "green.mp4", 2.5, (30, 200, 40), 2)
+    make_scene_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
+    make_scene_video(vids / "green.mp4", 2.5, (30, 200, 40), 2)
     build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     import av
 

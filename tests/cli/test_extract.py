@@ -34,7 +34,7 @@ from milnce.index import (
     build_index,
 )
 from milnce.listfiles import MAX_CSV_ROW, MAX_PATH_LINE
-from milnce.video.pipeline import resolve_batch_size, resolve_workers
+from milnce.video.pipeline import MAX_BATCH, resolve_batch_size, resolve_workers
 from milnce.windows import WindowSettings
 from video_fixtures import make_audio_only, make_empty_video, make_video
 
@@ -533,6 +533,11 @@ def test_recipe_verify_finds_and_redoes_a_damaged_npy(tmp_path, capsys, wargs, f
 
 # ---- from test_cli_run_limits.py
 
+@pytest.mark.parametrize("command", ["extract", "embed-video"])
+@pytest.mark.parametrize(("option", "value", "want"), [
+    ("--batch-size", str(MAX_BATCH + 1), f"--batch-size must be a whole number in [1, {MAX_BATCH}], got {MAX_BATCH + 1}"),
+    ("--workers", "5000", "--workers must be a whole number in [0, 4096], got 5000"),
+])
 def test_out_of_range_refused_naming_the_option(command, option, value, want, tmp_path, capsys):
     assert main([command, str(tmp_path), "--out", str(tmp_path / "out"), option, value, "--no-download"]) == 2
     err = capsys.readouterr().err

@@ -181,8 +181,8 @@ class FakeResult:
     path: str
     starts: np.ndarray
     ends: np.ndarray
-    video_embedding: np.ndarray | None
-    mixed_5c: np.ndarray | None
+    embeddings: np.ndarray | None
+    features: np.ndarray | None
     duration: float
     error: str | None = None
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from milnce.index.likeclip import LikeFileError, clip_query, combine_windows, is
 from milnce.timespec import TimeSpecError, parse_clip_file
 from milnce.video.decode import VideoError
 from milnce.windows import WindowSettings
-from video_fixtures import make_video
+from video_fixtures import make_scene_video
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
 
@@ -30,9 +29,9 @@ pytestmark = pytest.mark.usefixtures("reuse_model")
 def lib(tmp_path_factory, model) -> dict:
     root = tmp_path_factory.mktemp("likefile")
     vids = root / "videos"
-    make_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video(vids / "sub" / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video(vids / "blue.mp4", 2.5, (30, 40, 220), 3)
+    make_scene_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
+    make_scene_video(vids / "sub" / "green.mp4", 4.0, (30, 200, 40), 2)
+    make_scene_video(vids / "blue.mp4", 2.5, (30, 40, 220), 3)
     build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     mine = root / "mine"
     mine.mkdir()
@@ -149,4 +148,3 @@ def test_like_file_option_has_a_meaning():
     from milnce.commands.vocabulary import MEANINGS
 
     assert "--like-file" in MEANINGS
-    assert Path(__file__).name == "test_like_file.py"

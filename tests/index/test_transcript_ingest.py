@@ -16,7 +16,7 @@ from milnce.cli import main
 from milnce.index import Index, build_index
 from milnce.windows import WindowSettings
 from tests.video.test_subtitles import video_with_subtitles
-from video_fixtures import make_video
+from video_fixtures import make_scene_video
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
 SMALL_ARGS = ["--fps", "10", "--num-frames", "8", "--size", "64", "--stride", "4"]
@@ -29,12 +29,12 @@ SAID = "1\n00:00:00,500 --> 00:00:01,500\nnow <i>add</i> the salt\n\n2\n00:00:02
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("speech")
-    make_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
+    make_scene_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
     (d / "red.en.srt").write_text(SAID, encoding="utf-8")
-    make_video(d / "green.mp4", 3.0, (30, 200, 40), 2)
+    make_scene_video(d / "green.mp4", 3.0, (30, 200, 40), 2)
     (d / "green.de.vtt").write_text("WEBVTT\n\n00:00:01.000 --> 00:00:02.000\nden Ball werfen\n", encoding="utf-8")
     video_with_subtitles(d / "inner.mkv", "1\n00:00:00,200 --> 00:00:01,200\nopen the door\n")
-    make_video(d / "silent.mp4", 2.0, (30, 40, 220), 3)
+    make_scene_video(d / "silent.mp4", 2.0, (30, 40, 220), 3)
     return d
 
 
@@ -77,11 +77,11 @@ def test_changed_subtitle_is_read_again_without_reembedding(tmp_path, collection
 
 def test_bad_subtitles_are_one_line_each_and_the_video_is_indexed(tmp_path, wargs, capsys):
     src = tmp_path / "v"
-    make_video(src / "big.mp4", 2.0, (200, 200, 30), 4)
+    make_scene_video(src / "big.mp4", 2.0, (200, 200, 30), 4)
     with open(src / "big.srt", "wb") as f:
         f.write(SAID.encode())
         f.truncate(1 << 30)  # a 1 GB sidecar (sparse)
-    make_video(src / "latin.mp4", 2.0, (20, 200, 200), 5)
+    make_scene_video(src / "latin.mp4", 2.0, (20, 200, 200), 5)
     (src / "latin.fr.srt").write_bytes("1\n00:00:00,000 --> 00:00:01,000\ncaf\u00e9 cr\u00e8me\n\n"
                                        "2\n00:00:xx,000 --> 00:00:02,000\nbroken\n".encode("cp1252"))
     video_with_subtitles(src / "badstream.mkv", None, bad_ass=True)

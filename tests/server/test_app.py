@@ -196,8 +196,8 @@ def test_host_header_port_and_duplicates(lib, hosts, status):
 
 # ---- from test_server_openapi.py
 
-SCHEMA = Path(__file__).parent / "data" / "openapi.json"
-BASE = Path(__file__).parent / "data" / "openapi-4071740.json"
+SCHEMA = Path(__file__).parents[1] / "data" / "openapi.json"
+BASE = Path(__file__).parents[1] / "data" / "openapi-4071740.json"
 
 
 class _Windows:

@@ -24,7 +24,7 @@ from milnce.index import Index, build_index  # noqa: E402
 from milnce.index.likeclip import clip_query  # noqa: E402
 from milnce.server import UploadLimits, create_app  # noqa: E402
 from milnce.windows import WindowSettings  # noqa: E402
-from video_fixtures import make_video  # noqa: E402
+from video_fixtures import make_scene_video  # noqa: E402
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
 
@@ -35,8 +35,8 @@ URL = "/api/search/like-upload"
 def lib(tmp_path_factory, model) -> dict:
     root = tmp_path_factory.mktemp("upload")
     vids = root / "videos"
-    make_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video(vids / "green.mp4", 2.5, (30, 200, 40), 2)
+    make_scene_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
+    make_scene_video(vids / "green.mp4", 2.5, (30, 200, 40), 2)
     build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
     index = Index.open(root / "ix", model)
     yield {"root": root, "vids": vids, "index": index, "model": model}

@@ -12,7 +12,7 @@ from .common import CommandError, add_index_option, add_model_options, model_for
 from .vocabulary import add_collection_option
 
 # Kept here too: the server package itself cannot be imported without FastAPI (both checked equal by
-# tests/test_serve_supervise.py).
+# tests/server/test_supervise.py).
 MISSING_DEPS = "the web server needs FastAPI and uvicorn: pip install 'milnce[serve]'"
 MAX_RESTARTS = 5  # --restart gives up after this many deaths within a minute (server.supervise.MAX_RESTARTS)
 

@@ -1,7 +1,7 @@
 """One vocabulary of options across commands: what each option name means, the index folder
 option, and the old spellings that still work with a one-line deprecation warning.
 
-Rules (``tests/test_cli_vocabulary.py`` walks every subparser and enforces them):
+Rules (``tests/commands/test_vocabulary.py`` walks every subparser and enforces them):
 
 * an option name means one thing in every command (``MEANINGS``), takes a value in all of them or
   in none, and values of one kind (a number, or text);

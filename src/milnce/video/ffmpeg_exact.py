@@ -13,7 +13,7 @@ Two reference loaders shell out to ``ffmpeg ... -filter_complex ... -f rawvideo 
   ``scale=size:size``; the first ``T`` frames, zero-padded. ``ffmpeg_window`` reproduces it.
 
 Where each rule comes from (FFmpeg 5.x sources; checked against the ``ffmpeg`` binary by
-``tests/test_ffmpeg_exact.py``):
+``tests/video/test_ffmpeg_exact.py``):
 
 * Timestamps. The CLI shifts every packet by ``-(file start time)`` (``ffmpeg_demux``/
   ``ffmpeg.c``: ``ts_offset = -ic->start_time``, the earliest start over *all* streams, so a
