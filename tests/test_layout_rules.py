@@ -369,3 +369,93 @@ def test_no_import_from_a_higher_layer_than_architecture_md_draws():
     upward, problems = upward_imports(import_graph(SRC_LAYOUT, "milnce"), layers, "milnce")
     assert not problems, f"ARCHITECTURE.md's layer drawing: {problems}"
     assert not upward, f"imports from a higher layer (ARCHITECTURE.md): {upward}"
+
+
+# --------------------------------------------------------------------------- package entrances
+# Each package below ``milnce`` (``index/``, ``video/``, ``extract/``, ...) has one entrance: its
+# ``__init__`` and the names in its ``__all__``. Code outside a package imports those names
+# (``from ..video import cut_clip``), never one of its modules (``from ..video.cut import cut_clip``,
+# ``import milnce.video.cut``), at the top, inside functions and under ``TYPE_CHECKING`` alike: a
+# module can then be split, renamed or merged inside its package without touching the importers,
+# and what a package offers the others is the list in its ``__init__``. ``commands/`` is exempt as
+# a target: it is the CLI's own folder of command groups, which ``cli.py`` loads module by module.
+ENTRANCE_EXEMPT = {"milnce.commands"}
+KNOWN_REACH_INS: dict[str, str] = {}  # none: every reach-in found is a failure
+
+
+def reach_ins(root: Path, package: str, exempt: frozenset[str] = frozenset()) -> list[str]:
+    """``file:line: target`` for every import, anywhere in a module, of a module inside another
+    subpackage of ``package`` (a name from it that is a module and not in its ``__all__`` too)."""
+    mods = _modules(root, package)
+    pkgs = {name for name, (_, is_pkg) in mods.items() if is_pkg and name != package}
+
+    def owner(module: str) -> str | None:
+        """The subpackage a (non-``__init__``) module lives in, or None for a top-level module."""
+        parent = module.rpartition(".")[0]
+        return parent if parent in pkgs else None
+
+    def exported(pkg: str) -> set[str]:
+        tree = ast.parse(mods[pkg][0].read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+                return set(ast.literal_eval(node.value))
+        return set()
+
+    found = []
+    for name, (path, is_pkg) in sorted(mods.items()):
+        here = name if is_pkg else name.rpartition(".")[0]
+        home = name if is_pkg and name != package else owner(name)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name in mods]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target in pkgs:  # from PKG import NAME: NAME a module of PKG not in its __all__
+                    targets = [f"{target}.{a.name}" for a in node.names
+                               if f"{target}.{a.name}" in mods and a.name not in exported(target)]
+                elif target in mods:
+                    targets = [target]
+            for target in targets:
+                inside = owner(target) if target not in pkgs else None
+                if inside and inside != home and inside not in exempt and not (home or "").startswith(inside + "."):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {target}")
+    return found
+
+
+def test_reach_in_finder_sees_every_form(tmp_path):
+    pkg = tmp_path / "p"
+    for sub in ("a", "b"):
+        (pkg / sub).mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("from .x import X\n__all__ = ['X']\n")
+    (pkg / "a" / "x.py").write_text("X = 1\n")
+    (pkg / "a" / "y.py").write_text("from .x import X\nfrom . import x\n")  # inside its own package: fine
+    (pkg / "b" / "__init__.py").write_text("")
+    (pkg / "b" / "z.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import p.a.x\n"
+        "from ..a import X\n"  # the entrance: fine
+        "from ..a import x\n"  # a module not in __all__
+        "def f():\n"
+        "    from ..a.x import X\n"
+        "if TYPE_CHECKING:\n"
+        "    from p.a.x import X\n"
+    )
+    (pkg / "top.py").write_text("from .a.x import X\nfrom .a import X as Y\n")
+    found = sorted(reach_ins(tmp_path, "p"))
+    assert found == sorted([
+        "p/b/z.py:2: p.a.x", "p/b/z.py:4: p.a.x", "p/b/z.py:6: p.a.x", "p/b/z.py:8: p.a.x", "p/top.py:1: p.a.x",
+    ])
+    assert reach_ins(tmp_path, "p", exempt=frozenset({"p.a"})) == []
+
+
+def test_each_package_is_entered_through_its_init():
+    found = [f for f in reach_ins(SRC_LAYOUT, "milnce", frozenset(ENTRANCE_EXEMPT))
+             if f.split(": ", 1)[1] not in KNOWN_REACH_INS]
+    assert not found, ("import these names from the package (export them in its __init__ and __all__), "
+                       "not from its module:\n" + "\n".join(found))

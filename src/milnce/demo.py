@@ -111,7 +111,7 @@ def choose_demo(load: Callable[[], MILNCE], *, own_weights: str | None, videos: 
         return Demo(model, short, label, list(videos), {}, [q for _, q in DEMO_VIDEOS], {})
     gifs = _gifs(progress)
     if gifs is None:
-        from .train.fallback import held_out_data
+        from .train import held_out_data
 
         return _held_out_demo(model, short, label, held_out_data(progress=progress))
     shows = {os.path.abspath(path): [q] for path, q in gifs}
@@ -239,7 +239,7 @@ def _gifs(progress: bool) -> list[tuple[str, str]] | None:
 def _synthetic_demo(*, progress: bool, device: str, fast: bool, precision: Precision) -> Demo:
     from .api import load_model
     from .cache import cache_dir
-    from .train.fallback import fallback_model
+    from .train import fallback_model
 
     try:
         fb = fallback_model(progress=progress)
@@ -261,7 +261,7 @@ def _synthetic_demo(*, progress: bool, device: str, fast: bool, precision: Preci
 
 def _held_out_demo(model: MILNCE, short: str, label: str, data: Path) -> Demo:
     """The generated held-out videos and, as queries, the captions of the first few."""
-    from .train.fallback import held_out
+    from .train import held_out
 
     videos, captions = held_out(data)
     shows = {os.path.abspath(v): captions[os.path.basename(v)] for v in videos}

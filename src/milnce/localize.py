@@ -12,8 +12,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import MilnceError, UsageError
-from .index import IndexMismatchError, SearchableIndex
-from .index.moments import iter_video_moments
+from .index import IndexMismatchError, SearchableIndex, iter_video_moments
 from .protocols import Encoder
 from .windows import WindowSettings
 

@@ -44,9 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_clip(args: argparse.Namespace) -> int:
-    from ..index.backends import open_index
-    from ..index.clipsource import clip_output, clip_source, find_video, open_clip_source
-    from ..video.cut import cut_clip
+    from ..index import clip_output, clip_source, find_video, open_clip_source, open_index
+    from ..video import cut_clip
 
     video, start, end = parse_span(args.span)
     with open_index(args.index, collection=args.collection) as index:

@@ -69,7 +69,7 @@ def model_for_index(args: argparse.Namespace, index: str | None,
     are gone or changed), else the default weights. ``load`` loads the options (``model_from_args``)."""
     if args.weights or index is None:
         return load(args)
-    from ..index.source import recorded_weights
+    from ..index import recorded_weights
 
     rec = recorded_weights(index, getattr(args, "collection", None))
     if rec is None:

@@ -11,10 +11,15 @@ from .common import CommandError, model_from_args, run_options
 
 
 def cmd_crosstask(args: argparse.Namespace) -> int:
-    from ..eval.crosstask import load_release
-    from ..eval.crosstask_run import crosstask_dict, evaluate_crosstask, format_crosstask, write_crosstask
-    from ..eval.datasets import VideoResolver
-    from ..eval.protocol import EvalSettings
+    from ..eval import (
+        EvalSettings,
+        VideoResolver,
+        crosstask_dict,
+        evaluate_crosstask,
+        format_crosstask,
+        load_release,
+        write_crosstask,
+    )
 
     if args.annotations is None:
         raise CommandError("crosstask needs --annotations: the crosstask_release/ folder "

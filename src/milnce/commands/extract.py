@@ -104,7 +104,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise CommandError("give at least one PATH (video files, folders or list files)")
     recipe = layout = None
     if args.recipe is not None:
-        from ..extract.recipe_store import RecipeLayout
+        from ..extract import RecipeLayout
         from .recipes import recipe_from_args
 
         recipe = recipe_from_args(args)  # conflicting options refused
@@ -126,9 +126,7 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
                    recipe: Any = None) -> int:
     """The code path of ``extract`` and ``embed-video``: parsed options -> ``milnce.extract.extract``
     (``recipe``: a ``milnce.recipes.Recipe``, its windows, padding and file layout instead)."""
-    from ..extract import collect_inputs, extract
-    from ..extract.ranks import finish_together
-    from ..extract.runner import check_features, show
+    from ..extract import check_features, collect_inputs, extract, finish_together, show
     from ..windows import WindowSettings
 
     if args.decode_threads is not None and args.decode_threads < 1:
@@ -147,7 +145,7 @@ def run_extraction(args: argparse.Namespace, paths: list[str], features: list[st
     inputs = collect_inputs(paths)
     layout = None
     if recipe is not None:
-        from ..extract.recipe_store import RecipeLayout, check_unique_ids
+        from ..extract import RecipeLayout, check_unique_ids
 
         check_unique_ids(inputs)  # before the model loads
         layout = RecipeLayout(recipe)

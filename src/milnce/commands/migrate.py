@@ -34,8 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from ..index.migrate import MigrateReport, migrate
-    from ..index.milvus_client import DEFAULT_COLLECTION, check_collection, is_milvus_uri
+    from ..index import DEFAULT_COLLECTION, MigrateReport, check_collection, is_milvus_uri, migrate
 
     if not is_milvus_uri(args.to):
         raise CommandError(f"--to {args.to}: give a Milvus Lite file ending .db or http(s)://host:port")

@@ -40,7 +40,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from ..extract.pack import pack_univl, pack_videoclip, read_id_list
+    from ..extract import pack_univl, pack_videoclip, read_id_list
 
     if args.consumer == "univl":
         if args.ids:

@@ -194,14 +194,14 @@ def _model(args: argparse.Namespace, index: str | None = None):  # type: ignore[
 
 
 def _is_milvus(uri: str | None) -> bool:
-    from ..index.milvus_client import is_milvus_uri
+    from ..index import is_milvus_uri
 
     return is_milvus_uri(uri)
 
 
 def _open_index(uri: str, model: Any = None, *, readonly: bool = True, collection: str | None = None) -> Any:
     """The index at ``uri``: a folder or a Milvus collection (``milnce.index.backends``)."""
-    from ..index.backends import open_index
+    from ..index import open_index
 
     return open_index(uri, model, readonly=readonly, collection=collection)
 
@@ -269,7 +269,7 @@ def _index_from_features(args: argparse.Namespace) -> int:
 
 def _langs(args: argparse.Namespace) -> tuple[str, ...] | None:
     """``--subtitle-langs`` as language tags (None: every language)."""
-    from ..video.subtitles import SubtitleError, parse_langs
+    from ..video import SubtitleError, parse_langs
 
     try:
         return parse_langs(args.subtitle_langs)
@@ -279,7 +279,7 @@ def _langs(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 def _record_roots(args: argparse.Namespace) -> int:
     """``milnce index --index DIR --root ROOT...``: record collection roots of an existing index."""
-    from ..index.layout import DB_NAME
+    from ..index import DB_NAME
 
     if not _is_milvus(args.index) and not os.path.isfile(os.path.join(args.index, DB_NAME)):
         raise CommandError(f"--root without PATHs records roots of an existing index; there is none at {args.index}")
@@ -313,7 +313,7 @@ def _print_failed(report: IndexReport) -> None:
 
 def _video_filter(args: argparse.Namespace) -> Any:
     """The ``VideoFilter`` of the filter options (``FilterError`` for a bad date)."""
-    from ..index.filters import VideoFilter, parse_when
+    from ..index import VideoFilter, parse_when
 
     return VideoFilter(under=args.under, path_glob=args.path_glob,
                        mtime_min=None if args.after is None else parse_when(args.after),
@@ -322,9 +322,7 @@ def _video_filter(args: argparse.Namespace) -> Any:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..index.filters import collection_root
-    from ..index.hybrid import check_speech_weight
-    from ..index.negatives import DEFAULT_NOT_WEIGHT, check_weight
+    from ..index import DEFAULT_NOT_WEIGHT, check_speech_weight, check_weight, collection_root
 
     if args.k < 1:
         raise CommandError(f"-k must be >= 1, got {args.k}")
@@ -359,7 +357,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with _open_index(args.index, collection=args.collection) as probe:
         if not filt.is_empty:
             filt = filt.validated(collection_root(r.path for r in probe.rows()))
-            from ..index.filters import require_matches
+            from ..index import require_matches
 
             require_matches(probe.rows(), filt)
     model = _model(args, args.index)
@@ -405,7 +403,7 @@ def search_clip(index: Any, path: str, start: float | None, end: float | None, *
                 not_weight: float, **opts: Any) -> list[Any]:
     """``--like-file``: the moments like a clip file (``milnce.index.likeclip.clip_query``), ranked
     as a text query is (filters, negative terms, pages); always visual: a clip has no words."""
-    from ..index.likeclip import clip_query
+    from ..index import clip_query
 
     opts = {**opts, "mode": "visual", "speech_weight": None}
     q = clip_query(index.model, index.settings, path, start, end)

@@ -78,10 +78,10 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
 def index_folders(given: list[str]) -> list[str]:
     """The index folders ``serve`` was given: each an index, or a folder whose sub-folders are
     indexes (sorted by name). ``CommandError`` for anything else."""
-    from ..index.layout import DB_NAME
+    from ..index import DB_NAME
 
     out: list[str] = []
-    from ..index.milvus_client import is_milvus_uri
+    from ..index import is_milvus_uri
 
     for d in given:
         if is_milvus_uri(d):  # a Milvus collection (--collection), served beside index folders
@@ -106,7 +106,7 @@ def _clip_limits(args: argparse.Namespace) -> Any:
     """The clip endpoint's caps from ``--clip-*`` (``ClipLimits``); ``CommandError`` for bad values."""
     import math
 
-    from ..video.cut import ClipLimits
+    from ..video import ClipLimits
 
     if (args.clip_max_files < 1 or not 0 < args.clip_max_mb < 2**40 or not math.isfinite(args.clip_send_timeout)
             or not args.clip_send_timeout > 0):
@@ -129,7 +129,7 @@ def _upload_limits(args: argparse.Namespace) -> Any:
     values = (args.upload_max_mb, args.upload_max_seconds, args.upload_timeout)
     if not all(math.isfinite(v) and v > 0 for v in values) or args.upload_max_mb >= 2**20:
         raise CommandError("--upload-max-mb, --upload-max-seconds and --upload-timeout must be finite and > 0")
-    from ..server.upload import UploadLimits
+    from ..server import UploadLimits
 
     return UploadLimits(max_bytes=int(args.upload_max_mb * 2**20), max_seconds=args.upload_max_seconds,
                         timeout=args.upload_timeout)
@@ -141,10 +141,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.restart:
         index_folders(args.index)
         try:
-            from ..server.supervise import supervise
+            from ..server import supervise
         except ImportError as exc:
             raise CommandError(_missing_deps(exc)) from None
-        return supervise([sys.executable, "-m", "milnce.cli", *_child_argv(args)], max_restarts=MAX_RESTARTS)
+        return supervise.supervise([sys.executable, "-m", "milnce.cli", *_child_argv(args)], max_restarts=MAX_RESTARTS)
     try:
         import uvicorn  # noqa: F401
 
@@ -153,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(_missing_deps(exc)) from None
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0..65535, got {args.port}")
-    from ..index.milvus_client import is_milvus_uri
+    from ..index import is_milvus_uri
 
     for d in args.index:
         if not is_milvus_uri(d) and not os.path.isdir(d):
@@ -166,13 +166,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         folders = index_folders(args.index)
         if len(folders) > 1:
-            from ..server.multi import check_comparable_folders
+            from ..server import check_comparable_folders
 
             check_comparable_folders(folders, args.collection)  # before the model loads
         model = model_for_index(args, folders[0], model_from_args)  # --weights, else the (first) index's record
-        from ..index import SearchableIndex
-        from ..index.backends import open_index
-        from ..server.multi import index_names
+        from ..index import SearchableIndex, open_index
+        from ..server import index_names
 
         opened: dict[str, SearchableIndex] = {}
         try:

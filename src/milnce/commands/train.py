@@ -133,8 +133,7 @@ _NOT_SETTINGS = {"command", "func", "out", "config", "resume"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train.dist import distributed
-    from ..train.trainer import resolve_config, train
+    from ..train import distributed, resolve_config, train
 
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     cfg = resolve_config(args.out, overrides, args.config, resume=args.resume)
@@ -146,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from ..train.synthetic import make_synthetic, to_shards
+    from ..train import make_synthetic, to_shards
 
     if args.format == "wds":
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .cache import EmbeddingCache, default_cache_dir
 from .crosstask import load_release
-from .crosstask_run import evaluate_crosstask, write_crosstask
+from .crosstask_run import crosstask_dict, evaluate_crosstask, format_crosstask, write_crosstask
 from .datasets import (
     BENCHMARKS,
     Benchmark,
@@ -51,4 +51,5 @@ __all__ = [
     "window_starts",
     "write_crosstask",
     "write_outputs",
+    "crosstask_dict", "format_crosstask",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import MissingFileError, UsageError
 from ..listfiles import open_list, read_csv_rows
 from ..printable import show_path
-from ..video.find import VIDEO_SUFFIXES, walk_videos
+from ..video import VIDEO_SUFFIXES, walk_videos
 from .items import Benchmark, EvalItem, parse_seconds, quoted, round_robin
 
 __all__ = [

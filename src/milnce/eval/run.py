@@ -15,9 +15,7 @@ import numpy as np
 
 from ..errors import MilnceError, UsageError
 from ..runoptions import RunOptions
-from ..video.decode import not_readable
-from ..video.pipeline import VideoJob, run_jobs
-from ..video.result import failure_reason
+from ..video import VideoJob, failure_reason, not_readable, run_jobs
 from .cache import EmbeddingCache, as_cache
 from .datasets import Benchmark, EvalItem, VideoResolver, load_benchmark
 from .linear_probe import DEFAULT_CS, linear_probe, source_group

@@ -11,17 +11,31 @@ import warnings
 from typing import Any
 
 from ..runoptions import RunOptions, default_workers, resolve_run_options
-from ..video.pipeline import VideoJob, run_jobs
-from ..video.result import VideoWindows
+from ..video import VideoJob, VideoWindows, run_jobs
 from .inputs import Shard, VideoInput, collect_inputs, output_path, resolve_shard, shard_inputs
-from .runner import FEATURES, CheckReport, ExtractReport, check, extract, failures_file, read_failures
-from .store import StoreError, feature_file_paths, iter_feature_files, read_feature_file, read_meta
+from .pack import pack_univl, pack_videoclip, read_id_list
+from .ranks import finish_together
+from .recipe_store import RecipeLayout, check_unique_ids
+from .runner import (
+    FEATURES,
+    CheckReport,
+    ExtractReport,
+    check,
+    check_features,
+    extract,
+    failures_file,
+    read_failures,
+    show,
+)
+from .store import StoreError, feature_file_paths, inspect_meta, iter_feature_files, read_feature_file, read_meta
 
 __all__ = [
     "VideoJob", "run_jobs", "default_workers", "RunOptions", "resolve_run_options",
     "extract", "check", "ExtractReport", "CheckReport", "FEATURES", "failures_file", "read_failures",
     "StoreError", "iter_feature_files", "read_feature_file", "feature_file_paths", "read_meta",
     "VideoInput", "Shard", "collect_inputs", "shard_inputs", "resolve_shard", "output_path",
+    "pack_univl", "pack_videoclip", "read_id_list", "finish_together", "RecipeLayout", "check_unique_ids",
+    "check_features", "show", "inspect_meta",
 ]
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from ..listfiles import MAX_PATH_LINE, open_list, read_csv_rows, read_lines
 from ..printable import show_path
-from ..video.find import VIDEO_EXTENSIONS, walk_videos
+from ..video import VIDEO_EXTENSIONS, walk_videos
 
 __all__ = ["VideoInput", "Shard", "VIDEO_EXTENSIONS", "collect_inputs", "shard_inputs", "resolve_shard",
            "output_path"]

@@ -44,7 +44,7 @@ from ..errors import MilnceError, UsageError
 from ..listfiles import read_lines
 from ..printable import show_path
 from ..recipes import Recipe, get_recipe
-from ..video.npyfile import read_npy
+from ..video import read_npy
 from .recipe_store import FORMAT, MANIFEST_DIR, RECIPE_FILE, read_sidecar
 from .store import StoreError
 

@@ -32,7 +32,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes
 from ..errors import UsageError
 from ..recipes import Recipe
-from ..video.npyfile import NpyFileError, npy_header, read_npy
+from ..video import NpyFileError, npy_header, read_npy
 from .inputs import VideoInput
 from .store import StoreError
 

@@ -22,8 +22,7 @@ from ..plural import plural
 from ..printable import show_path
 from ..protocols import VideoEncoder
 from ..runoptions import RunOptions, resolve_run_options
-from ..video.pipeline import VideoJob, run_jobs
-from ..video.result import VideoWindows, failure_reason
+from ..video import VideoJob, VideoWindows, failure_reason, run_jobs
 from ..windows import WindowSettings, check_pad
 from .inputs import Shard, VideoInput, collect_inputs, shard_inputs
 from .store import FORMAT, Layout, NpzLayout, StoreError, temp_files

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import MilnceError
-from ..video.result import (
+from ..video import (
     FORMAT,
     EmbeddingsFileError,
     VideoWindows,

@@ -32,9 +32,11 @@ searching in ``milnce.index.reader``, ranking in ``milnce.index.ranking``.
 
 from __future__ import annotations
 
-from ..video.find import VIDEO_EXTENSIONS
+from ..video import VIDEO_EXTENSIONS
 from ..windows import WindowSettings
+from .backends import open_index
 from .build import build_index, find_videos, index_window, stored_window
+from .clipsource import clip_output, clip_source, find_video, open_clip_source
 from .errors import (
     IndexDamagedError,
     IndexFolderError,
@@ -44,14 +46,24 @@ from .errors import (
     IndexWriteError,
 )
 from .features import FeaturesMismatchError, index_features
+from .filters import FilterError, NoVideoMatchesError, VideoFilter, collection_root, parse_when, require_matches
+from .hybrid import DEFAULT_SPEECH_WEIGHT, check_speech_weight
 from .ingest import file_hash
+from .layout import DB_NAME
+from .likeclip import clip_query
 from .lock import acquire_lock, check_unlocked
+from .migrate import MigrateReport, migrate
+from .milvus_client import DEFAULT_COLLECTION, check_collection, is_milvus_uri
 from .moments import MOMENT_MARGIN, iter_video_moments, moment_margin, video_moments
+from .negatives import DEFAULT_NOT_WEIGHT, check_weight, split_query
+from .opening import FileChangedError, OutsideRootsError, file_state, open_indexed_file, reach_state
+from .ranking import cosine
 from .reader import IndexReader
 from .records import IndexReport, Moment, VideoRecord, VideoRow
-from .screen import quantize_rows
+from .screen import quantize_rows, window_scores
 from .searchable import SearchableIndex
 from .snapshot import Snapshot
+from .source import recorded_weights
 from .writer import Index
 
 DEFAULT_SETTINGS = WindowSettings().to_dict()  # a new index's windows: the published weights' conventions
@@ -87,4 +99,10 @@ __all__ = [
     "check_unlocked",
     "VIDEO_EXTENSIONS",
     "DEFAULT_SETTINGS",
+    "open_index", "clip_output", "clip_source", "find_video", "open_clip_source", "FilterError",
+    "NoVideoMatchesError", "VideoFilter", "collection_root", "parse_when", "require_matches",
+    "DEFAULT_SPEECH_WEIGHT", "check_speech_weight", "DB_NAME", "clip_query", "MigrateReport", "migrate",
+    "DEFAULT_COLLECTION", "check_collection", "is_milvus_uri", "DEFAULT_NOT_WEIGHT", "check_weight", "split_query",
+    "FileChangedError", "OutsideRootsError", "file_state", "open_indexed_file", "reach_state", "cosine",
+    "window_scores", "recorded_weights",
 ]

@@ -19,8 +19,7 @@ from ..errors import MilnceError, MissingFileError, UsageError
 from ..printable import show_path
 from ..protocols import Encoder
 from ..runoptions import RunOptions, resolve_run_options
-from ..video.find import walk_videos
-from ..video.pipeline import VideoJob, run_jobs
+from ..video import VideoJob, run_jobs, walk_videos
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
 from .backends import AnyWriter, create_index, is_milvus_uri, open_index
@@ -215,7 +214,7 @@ def _embed_pending(idx: AnyWriter, model: Encoder, window: WindowSettings, pendi
     """Hash the pending files (touched and moved ones need no model), embed the rest through the
     pipeline and commit each video as its result arrives (in any order): its rows are appended and
     fsynced, then its record is committed (``Index.add_video``)."""
-    from ..video.probe import probe_duration  # (imports torch: only when building)
+    from ..video import probe_duration  # (imports torch: only when building)
 
     total_s = sum(probe_duration(p[0]) or 0.0 for p in pending) if progress else 0.0
     bar = Progress(len(pending), total_s, enabled=progress)

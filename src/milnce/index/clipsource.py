@@ -57,7 +57,7 @@ def clip_source(index: Any, rec: VideoRecord) -> ClipSource:
 def open_clip_source(src: ClipSource) -> BinaryIO:
     """The indexed file opened by the server's rule, else ``SourceChangedError`` naming the path and
     saying why."""
-    from ..video.cut import SourceChangedError
+    from ..video import SourceChangedError
     from .opening import FileChangedError, OutsideRootsError, open_indexed_file
 
     rec = src.record
@@ -82,7 +82,7 @@ def clip_output(out: str | None, rec: VideoRecord, start: float, end: float, *, 
     """The clip's file: ``out`` itself (a .mp4, .m4v, .mov or .mkv name), or in the folder ``out``
     (default: the current one) a name saying the source and the padded span; ``UsageError`` for
     another name, or for an existing file unless ``overwrite``."""
-    from ..video.cut import CONTAINERS, clip_file_name
+    from ..video import CONTAINERS, clip_file_name
 
     path = out if out is not None else "."
     if os.path.isdir(path):

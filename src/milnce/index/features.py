@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import MilnceError, UsageError
 from ..printable import show_path
-from ..video.result import VideoWindows
+from ..video import VideoWindows
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
 from .ingest import Progress, check_finite, file_hash, finish, reason_text
@@ -53,7 +53,7 @@ def _identity(meta: dict[str, Any]) -> str:
 def _survey(features_dir: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], list[tuple[str, str]]]:
     """Read every feature file's metadata (not its arrays): the common metadata, the files with
     theirs, and the files that are not readable feature files."""
-    from ..extract.store import feature_file_paths, inspect_meta
+    from ..extract import feature_file_paths, inspect_meta
 
     files: list[tuple[str, dict[str, Any]]] = []
     bad: list[tuple[str, str]] = []

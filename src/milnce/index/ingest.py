@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..printable import show_path
-from ..video.result import failure_reason
+from ..video import failure_reason
 from .backends import AnyWriter
 from .records import IndexReport
 

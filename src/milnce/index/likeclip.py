@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import MissingFileError, UsageError
 from ..printable import show_path
 from ..protocols import VideoEncoder
-from ..video.encode import encode_video_file
+from ..video import encode_video_file
 from ..windows import WindowSettings
 
 __all__ = ["ClipQuery", "LikeFileError", "STILL_EXTENSIONS", "clip_query", "combine_windows", "is_still"]

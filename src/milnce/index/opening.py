@@ -18,7 +18,7 @@ import stat
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from ..video.identity import NOFOLLOW, OPEN_FLAGS, identity_problem
+from ..video import NOFOLLOW, OPEN_FLAGS, identity_problem
 from .roots import inside_roots, relative_to_root
 
 __all__ = ["FileChangedError", "OutsideRootsError", "open_beneath", "open_indexed_file", "file_state",

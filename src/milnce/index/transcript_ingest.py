@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..plural import plural
-from ..video.subtitles import SubtitleError, SubtitleTrack, find_sidecars, read_embedded, read_sidecar, sidecar_stamp
+from ..video import SubtitleError, SubtitleTrack, find_sidecars, read_embedded, read_sidecar, sidecar_stamp
 from .backends import AnyWriter
 from .records import IndexReport
 

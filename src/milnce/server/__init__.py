@@ -42,7 +42,8 @@ try:  # here, not only in the modules: a re-import after they were loaded must s
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(MISSING_DEPS) from exc
 
-from ..index.opening import FileChangedError, file_state, open_indexed_file  # noqa: E402
+from ..index import FileChangedError, file_state, open_indexed_file  # noqa: E402
+from . import supervise  # noqa: E402 - the module: supervise.supervise, its limits
 from .app import (  # noqa: E402 - after the check above
     CSP,
     DEFAULT_K,
@@ -54,6 +55,7 @@ from .app import (  # noqa: E402 - after the check above
     parse_like,
 )
 from .files import CHUNK, FILE_CHANGED, MIME_TYPES, PLAYABLE, RangeNotSatisfiable, parse_range  # noqa: E402
+from .multi import check_comparable_folders, index_names  # noqa: E402
 from .run import LOOPBACK_HOSTS, listen, serve  # noqa: E402
 from .thumbs import THUMB_CACHE_ENTRIES, THUMB_WIDTH, grab_thumbnail  # noqa: E402
 from .upload import UploadLimits  # noqa: E402
@@ -61,5 +63,5 @@ from .upload import UploadLimits  # noqa: E402
 __all__ = ["create_app", "serve", "listen", "parse_range", "open_indexed_file", "file_state", "FileChangedError",
            "MISSING_DEPS", "MAX_QUERY_CHARS", "MAX_K", "DEFAULT_K",
            "CHUNK", "CSP", "FILE_CHANGED", "LOOPBACK_HOSTS", "MIME_TYPES", "PLAYABLE", "QUERY_CACHE_ENTRIES",
-           "STATIC_TYPES", "THUMB_CACHE_ENTRIES", "THUMB_WIDTH", "RangeNotSatisfiable", "grab_thumbnail", "parse_like",
-           "UploadLimits"]
+           "STATIC_TYPES", "THUMB_CACHE_ENTRIES", "THUMB_WIDTH", "RangeNotSatisfiable", "grab_thumbnail",
+           "parse_like", "UploadLimits", "check_comparable_folders", "index_names", "supervise"]

@@ -23,10 +23,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import MilnceError
-from ..index import SearchableIndex
-from ..index.errors import IndexDamagedError
+from ..index import IndexDamagedError, SearchableIndex
 from ..protocols import Encoder
-from ..video.cut import ClipLimits
+from ..video import ClipLimits
 from .multi import IndexSet
 from .routes import CSP, STATIC_TYPES, Limits, api_router, error_response, media_router, ui_router
 from .service import QUERY_CACHE_ENTRIES, ApiError, parse_like

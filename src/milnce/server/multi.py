@@ -24,8 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import MilnceError
-from ..index import SearchableIndex
-from ..index.backends import open_index
+from ..index import SearchableIndex, open_index
 from ..printable import show_path
 from ..protocols import Encoder
 from .service import ApiError, SearchService

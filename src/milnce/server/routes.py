@@ -20,10 +20,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..index.filters import FilterError, VideoFilter, parse_when
-from ..index.hybrid import DEFAULT_SPEECH_WEIGHT
-from ..index.negatives import DEFAULT_NOT_WEIGHT
-from ..video.cut import ClipBusyError, ClipError, ClipLimits, check_span, clip_file_name, cut_clip
+from ..index import DEFAULT_NOT_WEIGHT, DEFAULT_SPEECH_WEIGHT, FilterError, VideoFilter, parse_when
+from ..video import ClipBusyError, ClipError, ClipLimits, check_span, clip_file_name, cut_clip
 from .files import MIME_TYPES, HeldFileResponse, OpenFileResponse, RangeNotSatisfiable, fd_path, parse_range
 from .multi import IndexSet
 from .schemas import SEARCH_RESPONSE

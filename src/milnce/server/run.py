@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..plural import plural
-from ..video.cut import ClipLimits
+from ..video import ClipLimits
 from .app import create_app
 from .deps import MISSING_DEPS
 from .upload import UploadLimits
@@ -77,7 +77,7 @@ def serve(
 
         model = load_model()
     if isinstance(index, (str, os.PathLike)):
-        from ..index.backends import open_index
+        from ..index import open_index
 
         index = open_index(index, model, readonly=True)
     loopback = _is_loopback(host)

@@ -31,14 +31,25 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import MilnceError
-from ..index import Moment, SearchableIndex, VideoRecord
-from ..index.errors import IndexDamagedError
-from ..index.filters import FilterError, NoVideoMatchesError, VideoFilter
-from ..index.hybrid import check_speech_weight
-from ..index.negatives import DEFAULT_NOT_WEIGHT, split_query
-from ..index.opening import FileChangedError, OutsideRootsError, file_state, open_indexed_file, reach_state
-from ..index.ranking import cosine
-from ..index.screen import window_scores
+from ..index import (
+    DEFAULT_NOT_WEIGHT,
+    FileChangedError,
+    FilterError,
+    IndexDamagedError,
+    Moment,
+    NoVideoMatchesError,
+    OutsideRootsError,
+    SearchableIndex,
+    VideoFilter,
+    VideoRecord,
+    check_speech_weight,
+    cosine,
+    file_state,
+    open_indexed_file,
+    reach_state,
+    split_query,
+    window_scores,
+)
 from ..plural import plural
 from ..protocols import Encoder
 from ..timespec import TimeSpecError, parse_like_id

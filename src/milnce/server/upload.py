@@ -37,8 +37,8 @@ import anyio
 from fastapi import APIRouter, Query, Request
 
 from ..errors import MilnceError
-from ..index.negatives import DEFAULT_NOT_WEIGHT
-from ..video.find import VIDEO_EXTENSIONS
+from ..index import DEFAULT_NOT_WEIGHT
+from ..video import VIDEO_EXTENSIONS
 from .multi import IndexSet
 from .routes import video_filter
 from .service import ApiError, SearchService
@@ -303,7 +303,7 @@ def upload_router(limits: UploadLimits, max_k: int, default_k: int, max_offset: 
                 def work() -> Any:
                     try:
                         fpath, stop = checked_file(path, name, limits, start, end)
-                        from ..index.likeclip import clip_query
+                        from ..index import clip_query
 
                         with service.model_lock:
                             return clip_query(service.model, service.index.settings, fpath, start, stop, name=name)

@@ -13,6 +13,16 @@ import warnings
 from typing import Any
 
 from .clips import clips_to_tensor, read_clip, read_clips
+from .cut import (
+    CONTAINERS,
+    ClipBusyError,
+    ClipError,
+    ClipLimits,
+    SourceChangedError,
+    check_span,
+    clip_file_name,
+    cut_clip,
+)
 from .dataset import VideoClipDataset
 from .decode import (
     CROPS,
@@ -22,12 +32,25 @@ from .decode import (
     VideoError,
     VideoIsADirectoryError,
     VideoNotFoundError,
+    not_readable,
 )
 from .encode import EmbeddingsFileError, encode_video_file
+from .find import VIDEO_EXTENSIONS, VIDEO_SUFFIXES, walk_videos
+from .identity import NOFOLLOW, OPEN_FLAGS, identity_problem
+from .npyfile import NpyFileError, npy_header, read_npy
 from .pipeline import VideoJob, run_jobs
 from .probe import frame_at, probe_duration, probe_video
-from .result import VideoWindows
+from .result import FORMAT, VideoWindows, check_crc, check_structure, failure_reason, meta_problem, write_npz
 from .sources import DecodeTask, WindowSource, WindowSourceFactory, default_source
+from .subtitles import (
+    SubtitleError,
+    SubtitleTrack,
+    find_sidecars,
+    parse_langs,
+    read_embedded,
+    read_sidecar,
+    sidecar_stamp,
+)
 
 __all__ = [
     "VideoError",
@@ -53,6 +76,11 @@ __all__ = [
     "frame_at",
     "CROPS",
     "PADS",
+    "CONTAINERS", "ClipBusyError", "ClipError", "ClipLimits", "SourceChangedError", "check_span", "clip_file_name",
+    "cut_clip", "not_readable", "VIDEO_EXTENSIONS", "VIDEO_SUFFIXES", "walk_videos", "NOFOLLOW", "OPEN_FLAGS",
+    "identity_problem", "NpyFileError", "npy_header", "read_npy", "FORMAT", "check_crc", "check_structure",
+    "failure_reason", "meta_problem", "write_npz", "SubtitleError", "SubtitleTrack", "find_sidecars", "parse_langs",
+    "read_embedded", "read_sidecar", "sidecar_stamp",
 ]
 
 
