@@ -80,7 +80,7 @@ def test_numeric_tolerances_hold_on_other_cpus(threads, isa):
     if isa:
         env["ONEDNN_MAX_CPU_ISA"] = isa
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                        "tests/test_weights_api.py::test_encode_api"],
+                        "tests/test_api.py::test_encode_api"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
 

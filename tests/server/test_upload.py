@@ -166,16 +166,16 @@ def test_422_unreadable_empty_missing_part_and_bad_span(lib, private_tmp, tmp_pa
 
 
 def test_one_upload_at_a_time_and_the_timeout(lib, private_tmp, monkeypatch):
-    import milnce.index.likeclip as likeclip
+    import milnce.index as index_pkg  # the server takes clip_query from the index package's entrance
 
-    real = likeclip.clip_query
+    real = index_pkg.clip_query
     gate = threading.Event()
 
     def slow(*args, **kwargs):
         gate.wait(10)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(likeclip, "clip_query", slow)
+    monkeypatch.setattr(index_pkg, "clip_query", slow)
     with client_for(lib, timeout=0.5) as c:
         r = post(c, lib["vids"] / "red.mp4")
         assert "longer than 0.5 s" in error_of(r, 504)

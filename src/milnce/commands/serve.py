@@ -129,7 +129,10 @@ def _upload_limits(args: argparse.Namespace) -> Any:
     values = (args.upload_max_mb, args.upload_max_seconds, args.upload_timeout)
     if not all(math.isfinite(v) and v > 0 for v in values) or args.upload_max_mb >= 2**20:
         raise CommandError("--upload-max-mb, --upload-max-seconds and --upload-timeout must be finite and > 0")
-    from ..server import UploadLimits
+    try:
+        from ..server import UploadLimits
+    except ImportError as exc:  # the serve extra is missing: the one message naming it
+        raise CommandError(_missing_deps(exc)) from None
 
     return UploadLimits(max_bytes=int(args.upload_max_mb * 2**20), max_seconds=args.upload_max_seconds,
                         timeout=args.upload_timeout)
