@@ -15,7 +15,12 @@ to 100M windows from the measured per-window costs. The build runs on ``--thread
 (default: every core this process may use); the core count and load average are printed.
 
     python benchmarks/bench_ann_pq.py [--n 200000] [--queries 200] [--nprobes 16 32 64]
-        [--reranks 400 1000 2000] [--threads T] [--dir DIR] [--json out.json]
+        [--reranks 400 1000 2000] [--threads T] [--baseline-threads 1] [--dir DIR [--reuse]]
+        [--json out.json]
+
+``--baseline-threads T`` builds the same store a second time on ``T`` threads in the same process
+and prints the ratio (the multi-core build against the baseline). ``--reuse`` keeps the store and
+the index found in ``--dir`` from an earlier run (only the searches are measured again).
 """
 
 from __future__ import annotations
@@ -90,9 +95,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="PQ candidates re-scored exactly per query (each with each --nprobes)")
     ap.add_argument("--threads", type=int, default=None,
                     help="faiss threads for the build (default: every core this process may use)")
+    ap.add_argument("--baseline-threads", type=int, default=None,
+                    help="also build on this many threads in the same process and print the ratio")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="use the store and index an earlier run left in --dir (searches only)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.reuse and not args.dir:
+        ap.error("--reuse needs --dir")
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
     import faiss
 
@@ -105,23 +116,43 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; build on {res['threads_build']} "
           "threads", flush=True)
     try:
+        pq_dir = os.path.join(work, "pq")
+        reuse = args.reuse and os.path.exists(os.path.join(pq_dir, "pq.json"))
         t0 = time.perf_counter()
-        x = make_store(os.path.join(work, "vectors.npy"), args.n, args.clusters)
+        if reuse:
+            x = np.load(os.path.join(work, "vectors.npy"), mmap_mode="r")
+            if x.shape != (args.n, DIM):
+                ap.error(f"--reuse: {work} holds {x.shape[0]} windows, not --n {args.n}")
+        else:
+            shutil.rmtree(pq_dir, ignore_errors=True)
+            x = make_store(os.path.join(work, "vectors.npy"), args.n, args.clusters)
         q = np.load(os.path.join(work, "vectors.npy.q.npy"))[:args.queries]
         res["generate_s"] = time.perf_counter() - t0
         params = choose_pq_params(args.n, DIM)
         res["params"] = params.__dict__
         print(f"store: {args.n} x {DIM} ({args.n * DIM * 4 / 1e9:.2f} GB) from {args.clusters} clusters in "
               f"{res['generate_s']:.1f} s; params {params}", flush=True)
-        pq_dir = os.path.join(work, "pq")
-        t0 = time.perf_counter()
-        meta = build_pq(x, pq_dir, params=params, threads=args.threads)
-        res["build_s"], res["train_s"], res["add_s"] = time.perf_counter() - t0, meta["train_s"], meta["add_s"]
+        if reuse:
+            with open(os.path.join(pq_dir, "pq.json")) as f:
+                meta = json.load(f)
+            print(f"reusing the index built earlier in {pq_dir}", flush=True)
+        else:
+            meta = build_pq(x, pq_dir, params=params, threads=args.threads)
+        res["build_s"], res["train_s"], res["add_s"] = meta["build_s"], meta["train_s"], meta["add_s"]
         res["disk_bytes"] = du(pq_dir)
         res["load_after_build"] = os.getloadavg()
         print(f"build: {res['build_s']:.1f} s on {meta['threads']} threads (training {meta['train_s']:.1f} s, "
               f"adding {meta['add_s']:.1f} s), on disk {res['disk_bytes'] / 1e6:.1f} MB "
               f"({res['disk_bytes'] / args.n:.1f} B/window); load average {os.getloadavg()[0]:.1f}", flush=True)
+        if args.baseline_threads and not reuse:
+            base = build_pq(x, os.path.join(work, "pq_baseline"), params=params, threads=args.baseline_threads)
+            shutil.rmtree(os.path.join(work, "pq_baseline"), ignore_errors=True)
+            res["baseline"] = {k: base[k] for k in ("build_s", "train_s", "add_s", "threads")}
+            print(f"baseline build in the same process: {base['build_s']:.1f} s on {base['threads']} thread(s) "
+                  f"(training {base['train_s']:.1f} s, adding {base['add_s']:.1f} s): the {meta['threads']}-thread "
+                  f"build is {base['build_s'] / meta['build_s']:.2f}x faster (training "
+                  f"{base['train_s'] / meta['train_s']:.2f}x, adding {base['add_s'] / meta['add_s']:.2f}x); "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
         truth, exact_s = exact_top(x, q, 10)
         res["exact_ms_per_query_batched"] = exact_s * 1e3
         # single-query exact scan, one thread, as a baseline latency (a few queries)
