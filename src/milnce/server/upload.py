@@ -47,8 +47,6 @@ from .thumbs import LRU
 if TYPE_CHECKING:  # pragma: no cover
     from python_multipart.multipart import MultipartCallbacks
 
-    from ..index.likeclip import ClipQuery
-
 __all__ = ["UploadLimits", "upload_router", "probe_upload", "PROBE_SCRIPT"]
 
 log = logging.getLogger("milnce.server")
@@ -319,12 +317,12 @@ class UploadEmbedder:
         return upload
 
     async def query_vector(self, upload: Upload, service: SearchService, start: float | None,
-                           end: float | None) -> ClipQuery:
-        """The upload's query vector for ``start``..``end`` with ``service``'s model: cached, or
-        embedded by a worker thread (429 while another one embeds, 504 past ``timeout``, 422 for a
-        file that cannot be a query, named by the client's file name)."""
+                           end: float | None) -> Any:
+        """The upload's ``ClipQuery`` (``milnce.index.clip_query``) for ``start``..``end`` with
+        ``service``'s model: cached, or embedded by a worker thread (429 while another one embeds,
+        504 past ``timeout``, 422 for a file that cannot be a query, named by the client's file name)."""
         key = (upload.sha, start, end, service.index.weights_id, json.dumps(service.index.settings, sort_keys=True))
-        cached: ClipQuery | None = self.vectors.get(key)
+        cached = self.vectors.get(key)
         if cached is not None:
             return cached
         if not self.slot.acquire(blocking=False):
@@ -342,7 +340,7 @@ class UploadEmbedder:
         self.vectors.put(key, cached)
         return cached
 
-    def embed(self, upload: Upload, service: SearchService, start: float | None, end: float | None) -> ClipQuery:
+    def embed(self, upload: Upload, service: SearchService, start: float | None, end: float | None) -> Any:
         """The worker: check the file (``checked_file``), embed its span, then remove the folder and
         free the embedding slot (also when the request gave up waiting)."""
         try:
