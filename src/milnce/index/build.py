@@ -19,7 +19,7 @@ from ..errors import MilnceError, MissingFileError, UsageError
 from ..printable import show_path
 from ..protocols import Encoder
 from ..runoptions import RunOptions, resolve_run_options
-from ..video import VideoJob, run_jobs, walk_videos
+from ..video import VideoJob, VideoWindows, run_jobs, walk_videos
 from ..windows import WindowSettings
 from .ann import ANN_MIN_WINDOWS
 from .backends import AnyWriter, create_index, is_milvus_uri, open_index
@@ -34,6 +34,8 @@ from .verify import check_settings
 __all__ = ["build_index", "index_window", "stored_window", "find_videos"]
 
 log = logging.getLogger("milnce.index")
+
+Pending = tuple[str, int, float, str, str]  # path, size, mtime, why ("changed", "moved?", "new"), content hash
 
 
 def _warn_folder(where: str, reason: str) -> None:
@@ -101,13 +103,7 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     video whose subtitle files changed gets its cues replaced without being embedded again.
     """
     t_start = time.perf_counter()
-    if window is not None and not isinstance(window, WindowSettings):
-        raise UsageError(f"window must be a WindowSettings, got {type(window).__name__}")
-    if window is None:
-        window = index_window(directory, model)
-    elif not allow_gaps:
-        window.check_coverage()
-    _check_window(model, window)  # before creating anything
+    window = _resolve_window(directory, model, window, allow_gaps)  # before creating anything
     run = resolve_run_options(device=model.device) if run is None else run  # the defaults for the model's device
     paths = list(paths)
     unreadable: list[tuple[str, str]] = []
@@ -117,49 +113,83 @@ def build_index(paths: Iterable[str | os.PathLike[str]], directory: str | os.Pat
     report = IndexReport(directory=idx.directory)
     subs = TranscriptIngest(idx, report, subtitle_langs)
     try:
-        for where, why in unreadable:
-            log.warning("%s: %s", show_path(where), why)
-            idx.log_error(where, why)
-            report.failed.append((where, why))
-        wanted = set(files)
-        known_errors = dict(idx.errors())
-        pending: list[tuple[str, int, float, str]] = []  # path, size, mtime, why
-        missing_by_size: dict[int, list[int]] = {}
-        for r in idx.rows():
-            old_id = r.id
-            if r.path not in wanted and not os.path.exists(r.path):
-                missing_by_size.setdefault(int(r.size), []).append(old_id)
-        for f in files:
-            try:
-                st = os.stat(f)
-            except OSError as exc:
-                report.failed.append((f, f"cannot stat: {exc.strerror or exc_reason(exc, f)}"))
-                continue
-            size_, mtime = int(st.st_size), float(st.st_mtime)
-            known = idx.video_id_of(f)
-            if known is not None:
-                r = idx.row(known)
-                if int(r.size) == size_ and float(r.mtime) == mtime:
-                    report.unchanged += 1
-                    subs.refresh(f, known, r.hash)
-                    continue
-                pending.append((f, size_, mtime, "changed"))
-                continue
-            err = idx.error_entry(f)
-            if err is not None and not retry_errors and err == (size_, mtime):
-                report.previously_failed += 1
-                report.skipped_failures.append((f, known_errors.get(f, "failed before")))
-                continue
-            pending.append((f, size_, mtime, "moved?" if size_ in missing_by_size else "new"))
+        _record_unreadable(idx, report, unreadable)
+        missing_by_size = _missing_by_size(idx, set(files))
+        pending = _pending_files(idx, files, report, subs, missing_by_size, retry_errors=retry_errors)
         if pending:
             _embed_pending(idx, model, window, pending, missing_by_size, report, run=run, progress=progress, subs=subs)
         finish(idx, report, prune=prune, ann=ann, ann_min_windows=ann_min_windows, progress=progress,
-                queries=lambda: _ann_queries(model, ann_queries))
+               queries=lambda: _ann_queries(model, ann_queries))
         subs.finish()
     finally:
         idx.close()
     report.elapsed = time.perf_counter() - t_start
     return report
+
+
+def _resolve_window(directory: str | os.PathLike[str], model: Encoder, window: WindowSettings | None,
+                    allow_gaps: bool) -> WindowSettings:
+    """The windows ``build_index`` embeds with: ``window`` checked (coverage unless ``allow_gaps``),
+    or the index's own (``index_window``); ``UsageError`` for windows the model cannot take."""
+    if window is not None and not isinstance(window, WindowSettings):
+        raise UsageError(f"window must be a WindowSettings, got {type(window).__name__}")
+    if window is None:
+        window = index_window(directory, model)
+    elif not allow_gaps:
+        window.check_coverage()
+    _check_window(model, window)
+    return window
+
+
+def _record_unreadable(idx: AnyWriter, report: IndexReport, unreadable: list[tuple[str, str]]) -> None:
+    """Log the folders ``find_videos`` could not read (warning, ``errors.log``, ``report.failed``)."""
+    for where, why in unreadable:
+        log.warning("%s: %s", show_path(where), why)
+        idx.log_error(where, why)
+        report.failed.append((where, why))
+
+
+def _missing_by_size(idx: AnyWriter, wanted: set[str]) -> dict[int, list[int]]:
+    """Ids of the indexed videos whose file is gone (and not among ``wanted``), by file size: the
+    candidates a new file of the same size may have been moved from."""
+    missing: dict[int, list[int]] = {}
+    for r in idx.rows():
+        if r.path not in wanted and not os.path.exists(r.path):
+            missing.setdefault(int(r.size), []).append(r.id)
+    return missing
+
+
+def _pending_files(idx: AnyWriter, files: list[str], report: IndexReport, subs: TranscriptIngest,
+                   missing_by_size: dict[int, list[int]], *, retry_errors: bool) -> list[tuple[str, int, float, str]]:
+    """``(path, size, mtime, why)`` of the files to hash or embed, ``why`` "changed", "moved?"
+    (a gone video had its size) or "new"; unchanged files (same size and mtime), files that
+    failed before unchanged (unless ``retry_errors``) and files that cannot be stat'ed are
+    settled in ``report`` here."""
+    known_errors = dict(idx.errors())
+    pending: list[tuple[str, int, float, str]] = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError as exc:
+            report.failed.append((f, f"cannot stat: {exc.strerror or exc_reason(exc, f)}"))
+            continue
+        size_, mtime = int(st.st_size), float(st.st_mtime)
+        known = idx.video_id_of(f)
+        if known is not None:
+            r = idx.row(known)
+            if int(r.size) == size_ and float(r.mtime) == mtime:
+                report.unchanged += 1
+                subs.refresh(f, known, r.hash)
+                continue
+            pending.append((f, size_, mtime, "changed"))
+            continue
+        err = idx.error_entry(f)
+        if err is not None and not retry_errors and err == (size_, mtime):
+            report.previously_failed += 1
+            report.skipped_failures.append((f, known_errors.get(f, "failed before")))
+            continue
+        pending.append((f, size_, mtime, "moved?" if size_ in missing_by_size else "new"))
+    return pending
 
 
 def _check_window(model: Encoder, window: WindowSettings) -> None:
@@ -218,7 +248,7 @@ def _embed_pending(idx: AnyWriter, model: Encoder, window: WindowSettings, pendi
 
     total_s = sum(probe_duration(p[0]) or 0.0 for p in pending) if progress else 0.0
     bar = Progress(len(pending), total_s, enabled=progress)
-    todo: dict[int, tuple[str, int, float, str, str]] = {}  # job key -> path, size, mtime, why, hash
+    todo: dict[int, Pending] = {}  # job key -> the file
 
     def jobs() -> Iterator[VideoJob]:
         """The videos to embed; the others are settled here (read lazily by the pipeline, so
@@ -232,23 +262,9 @@ def _embed_pending(idx: AnyWriter, model: Encoder, window: WindowSettings, pendi
                 report.failed.append((path, reason))
                 bar.done(0.0, path)
                 continue
-            vid = idx.video_id_of(path)
-            if vid is not None and idx.row(vid).hash == h:  # touched, same content
-                idx.update_video(vid, size=size_, mtime=mtime)
-                report.unchanged += 1
-                subs.refresh(path, vid, h)
+            if _touched_or_moved(idx, (path, size_, mtime, why, h), missing_by_size, report, subs):
                 bar.done(0.0, path)
                 continue
-            if why == "moved?":
-                match = [v for v in missing_by_size.get(size_, []) if idx.has_row(v) and idx.row(v).hash == h]
-                if match:
-                    old_path = idx.row(match[0]).path
-                    idx.update_video(match[0], path=path, size=size_, mtime=mtime)
-                    subs.refresh(path, match[0], h)
-                    missing_by_size[size_].remove(match[0])
-                    report.moved.append((old_path, path))
-                    bar.done(0.0, path)
-                    continue
             todo[key] = (path, size_, mtime, why, h)
             yield VideoJob(path, key=key)
 
@@ -259,27 +275,56 @@ def _embed_pending(idx: AnyWriter, model: Encoder, window: WindowSettings, pendi
             warnings.simplefilter("ignore", RuntimeWarning)
             for res in results:
                 assert isinstance(res.key, int)  # the keys given in jobs()
-                path, size_, mtime, why, h = todo.pop(res.key)
-                if res.error is not None or len(res) == 0:
-                    reason = reason_text(res.error or "no frames could be decoded", path)
-                    vid = idx.video_id_of(path)
-                    if vid is not None:  # changed and now unreadable: drop its stale windows
-                        idx.remove_videos([vid])
-                    idx.record_error(path, reason, size_, mtime)
-                    report.failed.append((path, reason))
-                    bar.done(0.0, path)
-                    continue
-                got = subs.read(path, h)
-                idx.add_videos([(path, res, size_, mtime, h)], transcripts=None if got is None else {path: got})
-                dur = float(res.duration) if math.isfinite(res.duration) else float(res.ends[-1])
-                report.video_seconds += dur
-                report.windows_added += len(res)
-                (report.updated if why == "changed" else report.added).append(path)
-                bar.done(dur, path)
+                entry = todo.pop(res.key)
+                bar.done(_commit_result(idx, res, entry, report, subs), entry[0])
     finally:
         results.close()  # stops the decoding processes now, also on errors and Ctrl-C
         bar.close()
         report.embed_seconds += time.perf_counter() - t0
+
+
+def _touched_or_moved(idx: AnyWriter, entry: Pending, missing_by_size: dict[int, list[int]], report: IndexReport,
+                      subs: TranscriptIngest) -> bool:
+    """Settle a pending file that needs no model: touched (its video's content hash) or moved
+    (the hash of a gone video of its size; that video takes the new path). Whether it was."""
+    path, size_, mtime, why, h = entry
+    vid = idx.video_id_of(path)
+    if vid is not None and idx.row(vid).hash == h:  # touched, same content
+        idx.update_video(vid, size=size_, mtime=mtime)
+        report.unchanged += 1
+        subs.refresh(path, vid, h)
+        return True
+    if why == "moved?":
+        match = [v for v in missing_by_size.get(size_, []) if idx.has_row(v) and idx.row(v).hash == h]
+        if match:
+            old_path = idx.row(match[0]).path
+            idx.update_video(match[0], path=path, size=size_, mtime=mtime)
+            subs.refresh(path, match[0], h)
+            missing_by_size[size_].remove(match[0])
+            report.moved.append((old_path, path))
+            return True
+    return False
+
+
+def _commit_result(idx: AnyWriter, res: VideoWindows, entry: Pending, report: IndexReport, subs: TranscriptIngest) -> float:
+    """Commit one embedded video (its windows and subtitles; counted in ``report``), or record why
+    it failed (dropping the stale windows of a changed video); the seconds it adds to the progress."""
+    path, size_, mtime, why, h = entry
+    if res.error is not None or len(res) == 0:
+        reason = reason_text(res.error or "no frames could be decoded", path)
+        vid = idx.video_id_of(path)
+        if vid is not None:  # changed and now unreadable: drop its stale windows
+            idx.remove_videos([vid])
+        idx.record_error(path, reason, size_, mtime)
+        report.failed.append((path, reason))
+        return 0.0
+    got = subs.read(path, h)
+    idx.add_videos([(path, res, size_, mtime, h)], transcripts=None if got is None else {path: got})
+    dur = float(res.duration) if math.isfinite(res.duration) else float(res.ends[-1])
+    report.video_seconds += dur
+    report.windows_added += len(res)
+    (report.updated if why == "changed" else report.added).append(path)
+    return dur
 
 
 def _ann_queries(model: Encoder, ann_queries: Sequence[str] | None) -> np.ndarray | None:

@@ -24,10 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import UsageError
-from ..windows import WindowSettings
 from .errors import IndexFolderError
 from .filters import VideoFilter, require_matches
-from .layout import expand_path, user_path
 from .milvus_client import key_parts, window_key
 from .moments import iter_video_moments
 from .negatives import DEFAULT_NOT_WEIGHT
@@ -101,6 +99,11 @@ class MilvusState:
             out[v] = (np.array([r["start"] for r in part], np.float64), np.array([r["end"] for r in part], np.float64),
                       np.array([r["vector"] for r in part], np.float32).reshape(n, self.dim))
         return out
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The window settings the collection was built with."""
+        return dict(self.meta["settings"])
 
     def max_norm(self) -> float:
         return float(self.meta.get("max_norm") or 0.0)
@@ -295,15 +298,11 @@ def video_found(state: MilvusState, vid: int, q: np.ndarray) -> tuple[list[Found
     return _Cursor(vid, scores, True).take_above(-np.inf), cache
 
 
-class MilvusQueryMixin(TextQueries):
+class MilvusQueryMixin(TextQueries[MilvusState]):
     """``MilvusIndex``'s searches over its current ``snapshot`` (a ``MilvusState``); a read that
     finds a video replaced meanwhile by another process reloads the records and reads again."""
 
     collection: str
-
-    @property
-    def snapshot(self) -> MilvusState:  # type: ignore[override]  # pragma: no cover - provided by MilvusIndex
-        raise NotImplementedError
 
     @property
     def settings(self) -> dict[str, Any]:  # pragma: no cover - provided by MilvusIndex
@@ -318,6 +317,10 @@ class MilvusQueryMixin(TextQueries):
         if int(video_id) not in st.records:
             raise KeyError(f"no video with id {video_id!r} in the index")
         return self._read(lambda s: s.windows_of([int(video_id)])[int(video_id)])
+
+    def snapshot_windows(self, snap: MilvusState, video_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``windows``: read again from a reloaded state when the video was replaced meanwhile."""
+        return self.windows(video_id)
 
     def serving_roots(self) -> tuple[list[str], str | None]:
         """``IndexReader.serving_roots`` for the collection's records (``milnce.index.roots``)."""
@@ -386,38 +389,6 @@ class MilvusQueryMixin(TextQueries):
             return moments_for(s, found if k is None else found[:max(0, int(k))], q, cache)
 
         return self._read(read)  # type: ignore[no-any-return]
-
-    def like_embedding(self, video: int | str | os.PathLike[str], start: float = 0.0) -> tuple[np.ndarray, int | None]:
-        start = float(start)
-        if not math.isfinite(start) or start < 0:
-            raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
-        st = self.snapshot
-        vid: int | None = None
-        path: str | os.PathLike[str] = ""
-        if isinstance(video, (int, np.integer)):
-            if int(video) not in st.records:
-                raise KeyError(f"no video with id {video!r} in the index")
-            vid = int(video)
-        else:
-            path = video
-            known = st.by_path.get(user_path(path))
-            if known is not None and os.path.isfile(st.records[known].path):
-                rec = st.records[known]
-                fs = os.stat(rec.path)
-                if fs.st_size == rec.size and float(fs.st_mtime) == rec.mtime:
-                    vid = rec.id
-        if vid is not None:
-            starts, _, emb = self.windows(vid)
-            return np.asarray(emb[int(np.argmin(np.abs(starts - start)))], np.float32), vid
-        if self.model is None:
-            raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
-                                   "a model to embed it")
-        w = WindowSettings.from_dict(self.settings)
-        ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
-                                          stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
-        if len(ve) == 0:
-            raise UsageError(f"{os.fspath(path)}: no frames at {start:g} s")
-        return np.asarray(ve.embeddings[0], np.float32), None
 
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray:
         raise UsageError("scores over every stored row are not offered by a Milvus index: use search or curve")

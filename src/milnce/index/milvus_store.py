@@ -49,7 +49,7 @@ from .milvus_client import (
     windows_schema,
 )
 from .milvus_query import MilvusQueryMixin, MilvusState
-from .records import VideoRecord, VideoRow, VideoWindowsLike
+from .records import VideoRow, VideoWindowsLike
 from .verify import check_settings
 
 __all__ = ["MilvusIndex", "FORMAT", "INSERT_BATCH"]
@@ -307,25 +307,6 @@ class MilvusIndex(MilvusQueryMixin):
     def generation_of(self, video_id: int) -> int:
         """The live generation of a video's windows."""
         return self._gens[int(video_id)]
-
-    @staticmethod
-    def _record(r: VideoRow) -> VideoRecord:
-        return VideoRecord(id=r.id, path=r.path, duration=float(r.duration), num_windows=int(r.num_windows),
-                           size=int(r.size), mtime=float(r.mtime), exists=os.path.isfile(r.path))
-
-    def videos(self) -> list[VideoRecord]:
-        return sorted((self._record(r) for r in self.snapshot.records.values()), key=lambda v: v.path)
-
-    def video(self, video_id: int) -> VideoRecord:
-        try:
-            return self._record(self.snapshot.records[int(video_id)])
-        except (KeyError, ValueError, TypeError):
-            raise KeyError(f"no video with id {video_id!r} in the index") from None
-
-    def video_by_path(self, path: str | os.PathLike[str]) -> VideoRecord | None:
-        st = self.snapshot
-        vid = st.by_path.get(user_path(path))
-        return None if vid is None else self._record(st.records[vid])
 
     def live_mask(self) -> None:
         return None

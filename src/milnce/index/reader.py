@@ -18,7 +18,6 @@ the same way, so scores are always exact dot products.
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,15 +26,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ..errors import UsageError
-from ..windows import WindowSettings
 from .database import connect, from_db
 from .errors import IndexFolderError, IndexMismatchError, IndexNotFoundError
 from .filters import VideoFilter
 from .hybrid import SpeechPlan, check_mode, check_speech_weight, plan_speech, speech_scale
-from .layout import DB_NAME, DIM, expand_path, norm_path, user_path
+from .layout import DB_NAME, DIM, norm_path, user_path
 from .negatives import DEFAULT_NOT_WEIGHT
 from .ranking import moments_of, percentile_sample, query_matrix, search_snapshot, video_moment_rows, video_scores
-from .records import Moment, VideoRecord, VideoRow
+from .records import Moment, VideoRow
 from .roots import serving_roots
 from .snapshot import Snapshot, store_path
 from .state import IndexState
@@ -65,7 +63,7 @@ def index_database(directory: str | os.PathLike[str]) -> tuple[str, str]:
     return d, db
 
 
-class IndexReader(TextQueries):
+class IndexReader(TextQueries[Snapshot]):
     """An opened index folder, read-only: a consistent snapshot (``refresh()`` picks up later
     commits) and every search over it.
 
@@ -215,27 +213,6 @@ class IndexReader(TextQueries):
         """Number of indexed videos."""
         return len(self.snapshot.records)
 
-    def _record(self, r: VideoRow, check: bool = True) -> VideoRecord:
-        return VideoRecord(id=r.id, path=r.path, duration=float(r.duration), num_windows=int(r.num_windows),
-                           size=int(r.size), mtime=float(r.mtime), exists=os.path.isfile(r.path) if check else True)
-
-    def videos(self) -> list[VideoRecord]:
-        """All indexed videos, by path."""
-        return sorted((self._record(r) for r in self.snapshot.records.values()), key=lambda v: v.path)
-
-    def video(self, video_id: int) -> VideoRecord:
-        """One video by id (``KeyError`` if unknown)."""
-        try:
-            return self._record(self.snapshot.records[int(video_id)])
-        except (KeyError, ValueError, TypeError):
-            raise KeyError(f"no video with id {video_id!r} in the index") from None
-
-    def video_by_path(self, path: str | os.PathLike[str]) -> VideoRecord | None:
-        """The video recorded at ``path`` (``~`` expanded, made absolute), or None."""
-        snap = self.snapshot
-        vid = snap.by_path.get(user_path(path))
-        return None if vid is None else self._record(snap.records[vid])
-
     def windows(self, video_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(starts, ends, embeddings)`` of one video's windows (copies)."""
         return self.snapshot.windows(video_id)
@@ -355,41 +332,9 @@ class IndexReader(TextQueries):
         found = video_moment_rows(snap, pos, q)
         return moments_of(snap, found if k is None else found[:max(0, int(k))], q)
 
-    def like_embedding(self, video: int | str | os.PathLike[str], start: float = 0.0) -> tuple[np.ndarray, int | None]:
-        """The embedding of the window of ``video`` (an id, or a path) that starts nearest ``start``
-        seconds, and the video's id (None when the video is not in the index: its window at
-        ``start`` is then embedded with the model, with the index's window settings)."""
-        start = float(start)
-        if not math.isfinite(start) or start < 0:
-            raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
-        snap = self.snapshot
-        vid: int | None = None
-        path: str | os.PathLike[str] = ""
-        if isinstance(video, (int, np.integer)):
-            if int(video) not in snap.records:
-                raise KeyError(f"no video with id {video!r} in the index")
-            vid = int(video)
-        else:
-            path = video
-            known = snap.by_path.get(user_path(path))
-            if known is not None and os.path.isfile(snap.records[known].path):
-                rec = snap.records[known]
-                st = os.stat(rec.path)
-                if st.st_size == rec.size and float(st.st_mtime) == rec.mtime:
-                    vid = rec.id  # indexed and unchanged: its stored windows
-        if vid is not None:
-            starts, _, emb = snap.windows(vid)
-            j = int(np.argmin(np.abs(starts - start)))
-            return np.asarray(emb[j], np.float32), vid
-        if self.model is None:
-            raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
-                                   "a model to embed it")
-        w = WindowSettings.from_dict(snap.settings)
-        ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
-                                          stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
-        if len(ve) == 0:
-            raise UsageError(f"{os.fspath(path)}: no frames at {start:g} s")
-        return np.asarray(ve.embeddings[0], np.float32), None
+    def snapshot_windows(self, snap: Snapshot, video_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(starts, ends, embeddings)`` of one video's windows in ``snap`` (copies)."""
+        return snap.windows(video_id)
 
     def scores(self, text_emb: np.ndarray, rows: slice | None = None) -> np.ndarray:
         """Exact dot products of text embeddings (Q x 512) with the stored windows (Q x N rows);

@@ -2,43 +2,118 @@
 and of the Milvus collection (``milnce.index.milvus_query``). It turns sentences into query
 embeddings with the index's model (``query_problem``, ``encode_queries``, ``negative_embeddings``,
 ``query_embedding``), chooses the search mode (``search_mode``: visual, speech or hybrid, from the
-transcripts the index type keeps) and ranks through the subclass's ``search_embeddings`` and
-``like_embedding``, which read that index type's own storage.
+transcripts the index type keeps) and ranks through the subclass's ``search_embeddings``, which
+reads that index type's own storage. The reads every index type makes alike from its snapshot
+(an ``IndexView``) live here too: the video records (``videos``, ``video``, ``video_by_path``)
+and the example window of a query by example (``like_embedding``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, overload
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 import numpy as np
 
 from ..errors import UsageError
+from ..windows import WindowSettings
 from .errors import IndexFolderError
 from .filters import VideoFilter
 from .hybrid import check_mode
+from .layout import expand_path, user_path
 from .negatives import DEFAULT_NOT_WEIGHT
 from .ranking import query_matrix
-from .records import Moment
+from .records import Moment, VideoRecord, VideoRow
 from .transcripts import Transcripts
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..protocols import Encoder
 
-__all__ = ["TextQueries"]
+__all__ = ["IndexView", "TextQueries", "video_record"]
+
+Windows = tuple[np.ndarray, np.ndarray, np.ndarray]  # starts, ends, embeddings of one video's windows
 
 
-class TextQueries:
+class IndexView(Protocol):
+    """What the shared reads take from an index type's snapshot: its video rows by id and by path
+    and its window settings."""
+
+    @property
+    def records(self) -> Mapping[int, VideoRow]: ...
+
+    @property
+    def by_path(self) -> Mapping[str, int]: ...
+
+    @property
+    def settings(self) -> Mapping[str, Any]: ...
+
+
+S = TypeVar("S", bound=IndexView)
+
+
+def video_record(r: VideoRow) -> VideoRecord:
+    """The public record of a stored video row (``exists``: whether its file is there now)."""
+    return VideoRecord(id=r.id, path=r.path, duration=float(r.duration), num_windows=int(r.num_windows),
+                       size=int(r.size), mtime=float(r.mtime), exists=os.path.isfile(r.path))
+
+
+def indexed_video(view: IndexView, video: int | str | os.PathLike[str]) -> int | None:
+    """The id of ``video`` (an id: ``KeyError`` when unknown; a path: only when its file is indexed
+    and unchanged since, so its stored windows are its windows), else None."""
+    if isinstance(video, (int, np.integer)):
+        if int(video) not in view.records:
+            raise KeyError(f"no video with id {video!r} in the index")
+        return int(video)
+    known = view.by_path.get(user_path(video))
+    if known is not None and os.path.isfile(view.records[known].path):
+        rec = view.records[known]
+        st = os.stat(rec.path)
+        if st.st_size == rec.size and float(st.st_mtime) == rec.mtime:
+            return rec.id
+    return None
+
+
+class TextQueries(Generic[S]):
     """Sentences -> query embeddings -> the subclass's ``search_embeddings`` (one base for the
-    embedded reader and the Milvus collection)."""
+    embedded reader and the Milvus collection, whose snapshots are ``S``)."""
 
     model: Encoder | None
 
     @property
     def dim(self) -> int:  # pragma: no cover - provided by the index type
         raise NotImplementedError
+
+    @property
+    def snapshot(self) -> S:  # pragma: no cover - provided by the index type
+        raise NotImplementedError
+
+    def snapshot_windows(self, snap: S, video_id: int) -> Windows:  # pragma: no cover - provided by the index type
+        """``(starts, ends, embeddings)`` of one video's windows as read for ``snap``."""
+        raise NotImplementedError
+
+    # -- the video records ----------------------------------------------------------------------
+
+    def videos(self) -> list[VideoRecord]:
+        """All indexed videos, by path."""
+        return sorted((video_record(r) for r in self.snapshot.records.values()), key=lambda v: v.path)
+
+    def video(self, video_id: int) -> VideoRecord:
+        """One video by id (``KeyError`` if unknown)."""
+        try:
+            return video_record(self.snapshot.records[int(video_id)])
+        except (KeyError, ValueError, TypeError):
+            raise KeyError(f"no video with id {video_id!r} in the index") from None
+
+    def video_by_path(self, path: str | os.PathLike[str]) -> VideoRecord | None:
+        """The video recorded at ``path`` (``~`` expanded, made absolute), or None."""
+        snap = self.snapshot
+        vid = snap.by_path.get(user_path(path))
+        return None if vid is None else video_record(snap.records[vid])
+
+    # -- queries --------------------------------------------------------------------------------
 
     def search_embeddings(self, text_emb: np.ndarray, k: int = 10, *, merge: bool = True, by_video: bool = False,
                           exact: bool | str = False, exclude_videos: Iterable[int] = (),
@@ -48,9 +123,33 @@ class TextQueries:
                           speech_weight: float | None = None) -> list[list[Moment]]:  # pragma: no cover
         raise NotImplementedError
 
-    def like_embedding(self, video: int | str | os.PathLike[str],
-                       start: float = 0.0) -> tuple[np.ndarray, int | None]:  # pragma: no cover
-        raise NotImplementedError
+    def like_embedding(self, video: int | str | os.PathLike[str], start: float = 0.0) -> tuple[np.ndarray, int | None]:
+        """The embedding of the window of ``video`` (an id, or a path) that starts nearest ``start``
+        seconds, and the video's id (None when the video is not in the index: its window at
+        ``start`` is then embedded with the model, with the index's window settings)."""
+        start = float(start)
+        if not math.isfinite(start) or start < 0:
+            raise UsageError(f"start must be a finite number of seconds >= 0, got {start!r}")
+        snap = self.snapshot
+        vid = indexed_video(snap, video)
+        if vid is not None:
+            starts, _, emb = self.snapshot_windows(snap, vid)
+            return np.asarray(emb[int(np.argmin(np.abs(starts - start)))], np.float32), vid
+        assert not isinstance(video, (int, np.integer))  # an unknown id raised KeyError
+        return self.embed_window(video, start, snap.settings), None
+
+    def embed_window(self, path: str | os.PathLike[str], start: float, settings: Mapping[str, Any]) -> np.ndarray:
+        """The embedding of the window of the video file ``path`` at ``start`` seconds (the window
+        ``settings`` of the index), with the model."""
+        if self.model is None:
+            raise IndexFolderError(f"{os.fspath(path)} is not in the index (or changed since): open the index with "
+                                   "a model to embed it")
+        w = WindowSettings.from_dict(dict(settings))
+        ve = self.model.encode_video_file(expand_path(path), fps=w.fps, num_frames=w.num_frames, size=w.size,
+                                          stride=w.stride, crop=w.crop, start=start, end=start + w.duration)
+        if len(ve) == 0:
+            raise UsageError(f"{os.fspath(path)}: no frames at {start:g} s")
+        return np.asarray(ve.embeddings[0], np.float32)
 
     def transcript_store(self) -> Transcripts | None:
         """The index's transcript tables, or None (an index without them: visual search only)."""

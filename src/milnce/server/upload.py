@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -43,6 +43,9 @@ from .multi import IndexSet
 from .routes import video_filter
 from .service import ApiError, SearchService
 from .thumbs import LRU
+
+if TYPE_CHECKING:  # pragma: no cover
+    from python_multipart.multipart import MultipartCallbacks
 
 __all__ = ["UploadLimits", "upload_router", "probe_upload", "PROBE_SCRIPT"]
 
@@ -115,6 +118,60 @@ def _part_name(headers: dict[bytes, bytes]) -> tuple[str, str]:
             params.get(b"filename", b"").decode("utf-8", "replace"))
 
 
+class FilePart:
+    """``python-multipart`` callbacks that write the first part named ``file`` to ``path`` as it
+    arrives (hashing it with SHA-256) and count the parts; ``name``: the client's file name (None
+    until that part's headers are read)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.headers: dict[bytes, bytes] = {}
+        self.field = b""
+        self.value = b""
+        self.name: str | None = None
+        self.out: BinaryIO | None = None
+        self.parts = 0
+        self.digest = hashlib.sha256()
+
+    def callbacks(self) -> MultipartCallbacks:
+        """The parser's callbacks."""
+        return {"on_header_field": self.header_field, "on_header_value": self.header_value,
+                "on_header_end": self.header_end, "on_headers_finished": self.headers_finished,
+                "on_part_data": self.part_data, "on_part_end": self.part_end}
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def header_end(self) -> None:
+        self.headers[bytes(self.field).lower()] = bytes(self.value)
+        self.field, self.value = b"", b""
+
+    def headers_finished(self) -> None:
+        name, filename = _part_name(self.headers)
+        self.parts += 1
+        if name == "file" and self.name is None:
+            self.name = filename or "upload"
+            self.out = open(self.path, "xb")  # noqa: SIM115 - closed at the part's end (or by close)
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.out is not None:
+            self.out.write(data[start:end])
+            self.digest.update(data[start:end])
+
+    def part_end(self) -> None:
+        self.close()
+        self.out = None
+        self.headers = {}
+
+    def close(self) -> None:
+        """Close the file (a body cut short, or refused, mid-part)."""
+        if self.out is not None:
+            self.out.close()
+
+
 async def receive_file(request: Request, folder: str, max_bytes: int) -> tuple[str, str, str]:
     """The ``file`` part of a multipart body written to ``folder`` as it arrives: (path, the
     client's file name, SHA-256). 413 past ``max_bytes`` of body, 415 for another content type,
@@ -128,48 +185,15 @@ async def receive_file(request: Request, folder: str, max_bytes: int) -> tuple[s
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise ApiError(413, f"the upload is {int(length) / 2**20:.1f} MiB; at most {max_bytes / 2**20:g} MiB are accepted")
-    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "name": None, "out": None, "parts": 0}
-    path = os.path.join(folder, "upload")
-    digest = hashlib.sha256()
-
-    def header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def header_end() -> None:
-        state["headers"][bytes(state["field"]).lower()] = bytes(state["value"])
-        state["field"], state["value"] = b"", b""
-
-    def headers_finished() -> None:
-        name, filename = _part_name(state["headers"])
-        state["parts"] += 1
-        if name == "file" and state["name"] is None:
-            state["name"] = filename or "upload"
-            state["out"] = open(path, "xb")  # noqa: SIM115 - closed at the part's end (or below)
-
-    def part_data(data: bytes, start: int, end: int) -> None:
-        if state["out"] is not None:
-            state["out"].write(data[start:end])
-            digest.update(data[start:end])
-
-    def part_end() -> None:
-        if state["out"] is not None:
-            state["out"].close()
-            state["out"] = None
-        state["headers"] = {}
-
-    parser = MultipartParser(boundary, {"on_header_field": header_field, "on_header_value": header_value,
-                                        "on_header_end": header_end, "on_headers_finished": headers_finished,
-                                        "on_part_data": part_data, "on_part_end": part_end})
+    part = FilePart(os.path.join(folder, "upload"))
+    parser = MultipartParser(boundary, part.callbacks())
     seen = 0
     try:
         async for chunk in request.stream():
             seen += len(chunk)
             if seen > max_bytes:
                 raise ApiError(413, f"the upload is larger than {max_bytes / 2**20:g} MiB")
-            if state["parts"] > 16:
+            if part.parts > 16:
                 raise ApiError(422, "too many parts in the upload")
             try:
                 parser.write(chunk)
@@ -180,13 +204,12 @@ async def receive_file(request: Request, folder: str, max_bytes: int) -> tuple[s
         except Exception as exc:  # noqa: BLE001 - as above
             raise ApiError(422, f"malformed multipart body ({type(exc).__name__})") from None
     finally:
-        if state["out"] is not None:
-            state["out"].close()
-    if state["name"] is None:
+        part.close()
+    if part.name is None:
         raise ApiError(422, "the upload has no part named 'file'")
-    if os.path.getsize(path) == 0:
+    if os.path.getsize(part.path) == 0:
         raise ApiError(422, "the uploaded file is empty")
-    return path, str(state["name"]), digest.hexdigest()
+    return part.path, part.name, part.digest.hexdigest()
 
 
 def checked_file(path: str, client_name: str, limits: UploadLimits, start: float | None,
@@ -229,24 +252,132 @@ def _merged(sets: IndexSet, emb: Any, k: int, offset: int, merge: bool, by_video
             "message": " ".join(dict.fromkeys(notes)) or None, "indexes": list(sets.services)}
 
 
+LIKE_UPLOAD_DOC: dict[str, Any] = {  # the route's OpenAPI description (the body is read by receive_file)
+    "summary": "Search the moments like an uploaded clip (or still image)",
+    "responses": {413: {"description": "the file or its span is over the caps"},
+                  415: {"description": "not multipart, or not a video or image"},
+                  422: {"description": "unreadable, no frames in the span, or invalid parameters"},
+                  408: {"description": "the upload did not arrive within the server's timeout"},
+                  429: {"description": "another upload is being embedded (or 4 are arriving); retry later"},
+                  504: {"description": "embedding took longer than the server's timeout"}},
+    "openapi_extra": {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary",
+                                "description": "a video (or a .jpg/.png still image: a frozen clip)"}}}}}}},
+}
+
+
+@dataclass
+class Upload:
+    """One received upload: its private folder (mode 0700), the file in it, the client's file name
+    and the file's SHA-256. ``handed_over``: the embedding worker removes the folder (even after a
+    504), else ``discard`` does."""
+
+    folder: str
+    path: str = ""
+    name: str = ""
+    sha: str = ""
+    handed_over: bool = False
+
+    def discard(self) -> None:
+        """Remove the folder unless the embedding worker owns it."""
+        if not self.handed_over:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class UploadEmbedder:
+    """The upload endpoint's shared state: at most ``RECEIVING`` uploads arriving at once, one
+    embedded at a time, the last ``VECTOR_CACHE`` query vectors (by SHA-256, span, weights and
+    window settings)."""
+
+    def __init__(self, limits: UploadLimits) -> None:
+        self.limits = limits
+        self.slot = threading.BoundedSemaphore(1)  # one upload decoded and embedded at a time
+        self.receiving = threading.BoundedSemaphore(RECEIVING)  # uploads on their way to disk at once
+        self.vectors = LRU(VECTOR_CACHE)
+
+    async def receive(self, request: Request) -> Upload:
+        """The request's file in a new private folder: 429 while ``RECEIVING`` uploads arrive, 408
+        past ``timeout``, ``receive_file``'s answers; the folder is removed on any failure."""
+        if not self.receiving.acquire(blocking=False):
+            raise ApiError(429, f"{RECEIVING} uploads are arriving; retry in a few seconds", headers={"Retry-After": "2"})
+        upload = Upload(tempfile.mkdtemp(prefix="milnce-upload-"))  # mode 0700: private to this user
+        try:
+            try:
+                with anyio.fail_after(self.limits.timeout):
+                    upload.path, upload.name, upload.sha = await receive_file(request, upload.folder,
+                                                                              self.limits.max_bytes)
+            except TimeoutError:
+                raise ApiError(408, f"the upload did not arrive within {self.limits.timeout:g} s") from None
+            finally:
+                self.receiving.release()
+        except BaseException:
+            upload.discard()
+            raise
+        return upload
+
+    async def query_vector(self, upload: Upload, service: SearchService, start: float | None,
+                           end: float | None) -> Any:
+        """The upload's ``ClipQuery`` (``milnce.index.clip_query``) for ``start``..``end`` with
+        ``service``'s model: cached, or embedded by a worker thread (429 while another one embeds,
+        504 past ``timeout``, 422 for a file that cannot be a query, named by the client's file name)."""
+        key = (upload.sha, start, end, service.index.weights_id, json.dumps(service.index.settings, sort_keys=True))
+        cached = self.vectors.get(key)
+        if cached is not None:
+            return cached
+        if not self.slot.acquire(blocking=False):
+            raise ApiError(429, "another upload is being embedded; retry in a few seconds", headers={"Retry-After": "2"})
+        upload.handed_over = True
+        try:
+            with anyio.fail_after(self.limits.timeout):
+                cached = await anyio.to_thread.run_sync(lambda: self.embed(upload, service, start, end),
+                                                        abandon_on_cancel=True)
+        except TimeoutError:
+            raise ApiError(504, f"embedding the upload took longer than {self.limits.timeout:g} s") from None
+        except MilnceError as exc:  # the temporary file's path is not the user's business
+            raise ApiError(422, re.sub(re.escape(upload.folder) + r"/upload[.a-z0-9]*", lambda _: upload.name,
+                                       str(exc))) from None
+        self.vectors.put(key, cached)
+        return cached
+
+    def embed(self, upload: Upload, service: SearchService, start: float | None, end: float | None) -> Any:
+        """The worker: check the file (``checked_file``), embed its span, then remove the folder and
+        free the embedding slot (also when the request gave up waiting)."""
+        try:
+            fpath, stop = checked_file(upload.path, upload.name, self.limits, start, end)
+            from ..index import clip_query
+
+            with service.model_lock:
+                return clip_query(service.model, service.index.settings, fpath, start, stop, name=upload.name)
+        finally:
+            shutil.rmtree(upload.folder, ignore_errors=True)
+            self.slot.release()
+
+
+def _checked_span_and_negatives(start: float | None, end: float | None, not_: list[str] | None) -> list[str]:
+    """The negative terms given (blank ones dropped); 422 for an empty span or more than 8 terms."""
+    if start is not None and end is not None and not end > start:
+        raise ApiError(422, "end must be after start")
+    negs = [n.strip() for n in (not_ or []) if n.strip()]
+    if len(negs) > 8:
+        raise ApiError(422, "at most 8 negative terms")
+    return negs
+
+
+def _ranked(sets: IndexSet, service: SearchService, index: str, vector: Any, k: int, merge: bool, by_video: bool,
+            opts: dict[str, Any]) -> dict[str, Any]:
+    """``vector`` ranked in the one index asked for (or served), or in all of them merged."""
+    if sets.several and not index:
+        return _merged(sets, vector, k, opts["offset"], merge, by_video, {x: v for x, v in opts.items() if x != "offset"})
+    return service.search_vector(vector, k, merge, by_video, **opts)
+
+
 def upload_router(limits: UploadLimits, max_k: int, default_k: int, max_offset: int) -> APIRouter:
     """``POST /api/search/like-upload``."""
     r = APIRouter()
-    slot = threading.BoundedSemaphore(1)  # one upload decoded and embedded at a time
-    receiving = threading.BoundedSemaphore(RECEIVING)  # uploads on their way to disk at once
-    vectors = LRU(VECTOR_CACHE)
+    embedder = UploadEmbedder(limits)
 
-    @r.post("/api/search/like-upload", summary="Search the moments like an uploaded clip (or still image)",
-            responses={413: {"description": "the file or its span is over the caps"},
-                       415: {"description": "not multipart, or not a video or image"},
-                       422: {"description": "unreadable, no frames in the span, or invalid parameters"},
-                       408: {"description": "the upload did not arrive within the server's timeout"},
-                       429: {"description": "another upload is being embedded (or 4 are arriving); retry later"},
-                       504: {"description": "embedding took longer than the server's timeout"}},
-            openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                "type": "object", "required": ["file"],
-                "properties": {"file": {"type": "string", "format": "binary",
-                                        "description": "a video (or a .jpg/.png still image: a frozen clip)"}}}}}}})
+    @r.post("/api/search/like-upload", **LIKE_UPLOAD_DOC)
     async def like_upload(
         request: Request,
         start: float | None = Query(None, ge=0, le=1e7, description="the span of the clip to use: from (s)"),
@@ -272,65 +403,20 @@ def upload_router(limits: UploadLimits, max_k: int, default_k: int, max_offset: 
         embeddings averaged; a still image is one frozen window (S3D then sees no motion). Caps:
         `/api/config`'s `upload_max_mb` and `upload_max_seconds`; one upload is embedded at a time."""
         t0 = time.perf_counter()
-        if start is not None and end is not None and not end > start:
-            raise ApiError(422, "end must be after start")
-        negs = [n.strip() for n in (not_ or []) if n.strip()]
-        if len(negs) > 8:
-            raise ApiError(422, "at most 8 negative terms")
+        negs = _checked_span_and_negatives(start, end, not_)
         filt = video_filter(under, path_glob, after, before, min_duration, max_duration)
         sets: IndexSet = request.app.state.indexes
         service: SearchService = sets.get(index or None) if index or not sets.several else sets.first
-        if not receiving.acquire(blocking=False):
-            raise ApiError(429, f"{RECEIVING} uploads are arriving; retry in a few seconds", headers={"Retry-After": "2"})
-        handed_over = False  # True: the worker frees the embedding slot and removes the folder (even after a 504)
-        folder = tempfile.mkdtemp(prefix="milnce-upload-")  # mode 0700: private to this user
+        upload = await embedder.receive(request)
         try:
-            try:
-                with anyio.fail_after(limits.timeout):
-                    path, name, sha = await receive_file(request, folder, limits.max_bytes)
-            except TimeoutError:
-                raise ApiError(408, f"the upload did not arrive within {limits.timeout:g} s") from None
-            finally:
-                receiving.release()
-            key = (sha, start, end, service.index.weights_id, json.dumps(service.index.settings, sort_keys=True))
-            cached = vectors.get(key)
-            if cached is None:
-                if not slot.acquire(blocking=False):
-                    raise ApiError(429, "another upload is being embedded; retry in a few seconds",
-                                   headers={"Retry-After": "2"})
-                handed_over = True
-
-                def work() -> Any:
-                    try:
-                        fpath, stop = checked_file(path, name, limits, start, end)
-                        from ..index import clip_query
-
-                        with service.model_lock:
-                            return clip_query(service.model, service.index.settings, fpath, start, stop, name=name)
-                    finally:
-                        shutil.rmtree(folder, ignore_errors=True)
-                        slot.release()
-
-                try:
-                    with anyio.fail_after(limits.timeout):
-                        cached = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-                except TimeoutError:
-                    raise ApiError(504, f"embedding the upload took longer than {limits.timeout:g} s") from None
-                except MilnceError as exc:  # the temporary file's path is not the user's business
-                    raise ApiError(422, re.sub(re.escape(folder) + r"/upload[.a-z0-9]*", lambda _: name, str(exc))) from None
-                vectors.put(key, cached)
+            clip = await embedder.query_vector(upload, service, start, end)
             opts: dict[str, Any] = {"offset": offset, "video_filter": filt, "negatives": negs, "not_weight": not_weight}
-            if sets.several and not index:
-                body = await anyio.to_thread.run_sync(lambda: _merged(sets, cached.vector, k, offset, merge, by_video,
-                                                                      {x: v for x, v in opts.items() if x != "offset"}))
-            else:
-                body = await anyio.to_thread.run_sync(lambda: service.search_vector(cached.vector, k, merge, by_video,
-                                                                                    **opts))
+            body = await anyio.to_thread.run_sync(lambda: _ranked(sets, service, index, clip.vector, k, merge,
+                                                                  by_video, opts))
         finally:
-            if not handed_over:
-                shutil.rmtree(folder, ignore_errors=True)
-        source = {"name": name, "start": cached.start, "end": cached.end, "windows": cached.windows,
-                  "still": cached.still}
+            upload.discard()
+        source = {"name": upload.name, "start": clip.start, "end": clip.end, "windows": clip.windows,
+                  "still": clip.still}
         # a clip has pixels, no words: always the visual ranking, whatever ``mode`` the page sent
         return {"query": "", "k": k, "by_video": by_video, "merge": merge, "mode": "visual", "like": None,
                 "like_file": source,

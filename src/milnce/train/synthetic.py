@@ -133,23 +133,11 @@ def make_synthetic(
     The held-out videos show the (colour, shape, direction) combinations in a seeded order,
     each once while ``val_videos * scenes`` allows (48 combinations: 24 videos of 2 scenes).
     """
-    for name, value, lo in (("videos", videos, 1), ("val_videos", val_videos, 0), ("size", size, 16),
-                            ("fps", fps, 1), ("scenes", scenes, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise UsageError(f"{name} must be a whole number >= {lo}, got {value!r}")
-    if size % 2:
-        raise UsageError(f"size must be even (H.264 needs even sides), got {size}")
-    if not scene_seconds >= 1.0:
-        raise UsageError(f"scene_seconds must be >= 1, got {scene_seconds!r}")
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        raise UsageError(f"{root} exists and is not empty; choose a new folder")
-    (root / "videos").mkdir(parents=True, exist_ok=True)
-    (root / "captions").mkdir(exist_ok=True)
+    _check_options(videos, val_videos, size, fps, scenes, scene_seconds)
+    root = _new_folder(Path(out))
     rng = np.random.default_rng(seed)
     combos = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
     frames_per_scene = int(round(scene_seconds * fps))
-    seconds = frames_per_scene / fps
     val_order = [combos[i] for i in rng.permutation(len(combos))]
     jobs = [("train", i) for i in range(videos)] + [("val", i) for i in range(val_videos)]
     lists: dict[str, list[list[object]]] = {"train": [], "val": []}
@@ -160,23 +148,8 @@ def make_synthetic(
         bar = tqdm(total=len(jobs), desc="make-synthetic", unit="video")
     for split, i in jobs:
         vid = f"{split}{i:05d}"
-        frames: list[np.ndarray] = []
-        caps: list[list[object]] = []
-        for s in range(scenes):
-            if split == "val":
-                c, sh, d = val_order[(i * scenes + s) % len(combos)]
-            else:
-                c, sh, d = combos[int(rng.integers(len(combos)))]
-            frames += _render_scene(rng, c, sh, d, frames_per_scene, fps, size)
-            t0 = s * seconds
-            edges = (t0 + 0.05 * seconds, t0 + 0.5 * seconds, t0 + 0.95 * seconds)
-            if split == "train":  # two captions, one per half of the scene
-                picks = rng.choice(len(TEMPLATES), size=2, replace=False)
-                for h in range(2):
-                    text = TEMPLATES[int(picks[h])].format(c=c, s=sh, d=d)
-                    caps.append([f"{edges[h]:.2f}", f"{edges[h + 1]:.2f}", text])
-            else:  # held out: one caption per scene, so each combination is one query
-                caps.append([f"{edges[0]:.2f}", f"{edges[2]:.2f}", TEMPLATES[0].format(c=c, s=sh, d=d)])
+        frames, caps = _render_video(rng, combos, val_order if split == "val" else None, i, scenes,
+                                     frames_per_scene, fps, size)
         _write_video(root / "videos" / f"{vid}.mp4", frames, fps)
         _write_csv(root / "captions" / f"{vid}.csv", ["start", "end", "text"], caps)
         lists[split].append([vid, f"videos/{vid}.mp4"])
@@ -184,19 +157,80 @@ def make_synthetic(
             bar.update()
     if bar is not None:
         bar.close()
+    meta = {
+        "generator": "milnce make-synthetic", "seed": seed, "train_videos": videos, "val_videos": val_videos,
+        "size": size, "fps": fps, "scenes": scenes, "scene_seconds": frames_per_scene / fps,
+        "combinations": len(combos), "val_distinct_captions": min(len(combos), val_videos * scenes),
+        "hflip": False,
+    }
+    _write_lists(root, lists, meta)
+    return root
+
+
+def _check_options(videos: int, val_videos: int, size: int, fps: int, scenes: int, scene_seconds: float) -> None:
+    """``UsageError`` for counts that are not whole numbers in range, an odd size (H.264 needs even
+    sides) or scenes shorter than a second."""
+    for name, value, lo in (("videos", videos, 1), ("val_videos", val_videos, 0), ("size", size, 16),
+                            ("fps", fps, 1), ("scenes", scenes, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise UsageError(f"{name} must be a whole number >= {lo}, got {value!r}")
+    if size % 2:
+        raise UsageError(f"size must be even (H.264 needs even sides), got {size}")
+    if not scene_seconds >= 1.0:
+        raise UsageError(f"scene_seconds must be >= 1, got {scene_seconds!r}")
+
+
+def _new_folder(root: Path) -> Path:
+    """``root`` with its ``videos`` and ``captions`` folders; ``UsageError`` when it is not empty."""
+    if root.exists() and any(root.iterdir()):
+        raise UsageError(f"{root} exists and is not empty; choose a new folder")
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    (root / "captions").mkdir(exist_ok=True)
+    return root
+
+
+Combo = tuple[str, str, str]  # colour, shape, direction
+
+
+def _render_video(rng: np.random.Generator, combos: list[Combo], val_order: list[Combo] | None, i: int,
+                  scenes: int, frames_per_scene: int, fps: int, size: int) -> tuple[list[np.ndarray], list[list[object]]]:
+    """Video ``i``'s frames and caption rows (start, end, text): ``scenes`` scenes, each a
+    combination drawn at random (training) or the next ones of ``val_order`` (held out)."""
+    seconds = frames_per_scene / fps
+    frames: list[np.ndarray] = []
+    caps: list[list[object]] = []
+    for s in range(scenes):
+        if val_order is not None:
+            c, sh, d = val_order[(i * scenes + s) % len(val_order)]
+        else:
+            c, sh, d = combos[int(rng.integers(len(combos)))]
+        frames += _render_scene(rng, c, sh, d, frames_per_scene, fps, size)
+        caps += _scene_captions(rng, (c, sh, d), s * seconds, seconds, held_out=val_order is not None)
+    return frames, caps
+
+
+def _scene_captions(rng: np.random.Generator, combo: Combo, t0: float, seconds: float, *,
+                    held_out: bool) -> list[list[object]]:
+    """The caption rows of a scene starting at ``t0``: two (random templates, one per half of the
+    scene) in training, one (the first template, the whole scene) held out."""
+    c, sh, d = combo
+    edges = (t0 + 0.05 * seconds, t0 + 0.5 * seconds, t0 + 0.95 * seconds)
+    if held_out:  # one caption per scene, so each combination is one query
+        return [[f"{edges[0]:.2f}", f"{edges[2]:.2f}", TEMPLATES[0].format(c=c, s=sh, d=d)]]
+    picks = rng.choice(len(TEMPLATES), size=2, replace=False)
+    return [[f"{edges[h]:.2f}", f"{edges[h + 1]:.2f}", TEMPLATES[int(picks[h])].format(c=c, s=sh, d=d)]
+            for h in range(2)]
+
+
+def _write_lists(root: Path, lists: dict[str, list[list[object]]], meta: dict[str, object]) -> None:
+    """The files beside the videos: each split's list (``train.csv`` always, ``val.csv`` when it
+    has videos), ``vocab.npy`` and ``dataset.json`` (``meta``)."""
     for split, rows in lists.items():
         if rows or split == "train":
             _write_csv(root / f"{split}.csv", ["video_id", "video_path"], rows)
     with atomic_file(root / "vocab.npy") as f:
         np.save(f, np.asarray(grammar_words(), dtype=str), allow_pickle=False)
-    meta = {
-        "generator": "milnce make-synthetic", "seed": seed, "train_videos": videos, "val_videos": val_videos,
-        "size": size, "fps": fps, "scenes": scenes, "scene_seconds": seconds,
-        "combinations": len(combos), "val_distinct_captions": min(len(combos), val_videos * scenes),
-        "hflip": False,
-    }
     atomic_write_text(root / "dataset.json", json.dumps(meta, indent=2) + "\n")
-    return root
 
 
 def _hms(t: float) -> str:
