@@ -1,11 +1,13 @@
 """Bad input to the Milvus backend gets one line each: an unreachable server (the token and any
 password in the URL never shown), a collection built with other weights or window settings, a
-collection name Milvus would refuse, a URI that is neither. (A server refusing the token needs a
-real Milvus server with authentication: not tested here.)"""
+collection name Milvus would refuse, a URI that is neither, a server refusing the token (a gRPC
+stand-in answering every call as Milvus's authentication interceptor does)."""
 
 from __future__ import annotations
 
+import base64
 import socket
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,52 @@ def test_unreachable_server_is_one_line_without_secrets(monkeypatch, capsys) -> 
 
 
 @pytest.mark.parametrize("name", ["bad-name", "1abc", "a b", "x" * 248, "", "ünï", "a;drop"])
+class _RefusingMilvus:
+    """A gRPC server on 127.0.0.1 that refuses every call the way a Milvus proxy with
+    authentication refuses a wrong ``user:password`` token (status UNAUTHENTICATED and the proxy's
+    message), recording the ``authorization`` metadata it was sent."""
+
+    MESSAGE = "auth check failure, please check username and password are correct"
+
+    def __init__(self) -> None:
+        import grpc
+
+        self.sent: list[str] = []
+        outer = self
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details):  # type: ignore[no-untyped-def]
+                outer.sent.append(dict(details.invocation_metadata).get("authorization", ""))
+
+                def refuse(request, context):  # type: ignore[no-untyped-def]
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, outer.MESSAGE)
+
+                return grpc.unary_unary_rpc_method_handler(refuse)
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(2))
+        self.server.add_generic_rpc_handlers((Handler(),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+def test_wrong_token_is_one_line_naming_the_credentials(monkeypatch, capsys) -> None:
+    pytest.importorskip("grpc")
+    fake = _RefusingMilvus()
+    try:
+        monkeypatch.setenv("MILNCE_MILVUS_TOKEN", "root:wrong-sekrit")
+        uri = f"http://127.0.0.1:{fake.port}"
+        with pytest.raises(MilvusError, match="refused the credentials") as err:
+            MilvusIndex.open(uri)
+        assert fake.sent and base64.b64decode(fake.sent[0]) == b"root:wrong-sekrit"  # the token did go
+        assert "MILNCE_MILVUS_TOKEN" in str(err.value) and "username and password" in str(err.value)
+        assert main(["remove", "--index", uri, "/x.mp4"]) != 0
+        line = _one_line(capsys)
+        assert "refused the credentials" in line and "cannot reach" not in line
+        assert "sekrit" not in line
+    finally:
+        fake.server.stop(0)
+
+
 def test_odd_collection_names_are_refused(name, tmp_path: Path, capsys) -> None:
     with pytest.raises(UsageError, match="collection"):
         check_collection(name)

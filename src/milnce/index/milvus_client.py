@@ -103,6 +103,24 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _refused_credentials(exc: BaseException) -> str | None:
+    """The server's words when a gRPC call in ``exc``'s chain ended UNAUTHENTICATED or
+    PERMISSION_DENIED (a Milvus server with authentication, given a wrong token: pymilvus reports
+    it as "Fail connecting to server", the status is in the chain), else None."""
+    for e in _chain(exc):
+        code = getattr(e, "code", None)
+        if not callable(code):
+            continue
+        try:
+            name = getattr(code(), "name", "")
+        except Exception:  # noqa: BLE001 - not a gRPC error after all
+            continue
+        if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            details = getattr(e, "details", None)
+            return f"{name}: {details() if callable(details) else e}"
+    return None
+
+
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
     """Milvus Lite's own log noise off for the block: its traceback before a failed open, and the
@@ -176,9 +194,11 @@ def connect(uri: str | os.PathLike[str], *, timeout: float = 10.0) -> Any:
         client.list_collections()
         return client
     except Exception as exc:  # noqa: BLE001 - any client failure is one line here
-        text = _message(exc, token)
+        refused = _refused_credentials(exc)
+        text = _message(exc, token) if refused is None else _message(Exception(refused), token)
         low = text.lower()
-        if any(w in low for w in ("auth", "credential", "token", "permission", "password", "unauthenticated")):
+        if refused is not None or any(w in low for w in ("auth", "credential", "token", "permission", "password",
+                                                         "unauthenticated")):
             raise MilvusError(f"the Milvus server at {where} refused the credentials "
                               f"(the token comes from ${TOKEN_ENV}): {text}") from None
         raise MilvusError(f"cannot reach the Milvus server at {where}: {text}") from None
