@@ -35,6 +35,7 @@ multiples of 90 degrees; sample aspect ratio is ignored (as in the reference rec
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -65,6 +66,14 @@ _HUGE_PIXELS = 3840 * 2160 + 1  # above 4K, frame threads are capped to bound de
 # Pixel formats scaled in their own format first, then converted to RGB at the small size
 # (twice as fast as one combined swscale pass for 720p input).
 _SCALE_FIRST = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"})
+
+
+# A process forked after decoding (a DataLoader worker under the fork start method) inherits the
+# parent's unreachable PyAV filter graphs (reference cycles, freed only by the garbage collector);
+# collecting one in the child waits forever for the parent's filter threads, which the child does
+# not have. So a forked child never collects what it inherited: its own garbage is collected as usual.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=gc.freeze)
 
 
 class VideoError(MilnceError, ValueError):
