@@ -23,7 +23,7 @@ from milnce.video import (
 )
 from milnce.video.decode import ClipReader
 from milnce.windows import WindowSettings, default_stride
-from video_fixtures import clip_indices, make_video, sample_video
+from video_fixtures import clip_indices, clip_videos, make_video, sample_video
 
 
 class _Video:
@@ -102,17 +102,9 @@ def test_gaps_are_real_when_allowed():
 FFMPEG = shutil.which("ffmpeg")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vids(tmp_path_factory):
-    d = tmp_path_factory.mktemp("videos")
-    return {
-        # 10 fps, 40 frames (4 s), a keyframe every 5 frames so seeking really jumps
-        "cfr10": make_video(d / "cfr10.mp4", n=40, rate=10, options={"crf": "0", "preset": "ultrafast", "g": "5"}),
-        "cfr25": make_video(d / "cfr25.mp4", n=30, rate=25),
-        "vfr": make_video(d / "vfr.mkv", pts_ms=[0, 40, 50, 200, 210, 500, 730, 1000]),
-        "short": make_video(d / "short.mp4", n=5, rate=10),
-        "one": make_video(d / "one.mp4", n=1, rate=10),
-    }
+    return clip_videos(tmp_path_factory)  # read only
 
 
 def _read(path, **kw):
