@@ -95,20 +95,25 @@ def make_video(
     for p in s.encode():
         out.mux(p)
     if a_stream is not None:
-        dur = (count / rate) if times is None else times[-1] / 1000 + 0.1
-        samples = int(dur * 16000)
-        pos = 0
-        while pos < samples:
-            k = min(1024, samples - pos)
-            af = av.AudioFrame.from_ndarray(np.zeros((1, k), np.float32), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 16000, pos
-            for p in a_stream.encode(af):
-                out.mux(p)
-            pos += k
-        for p in a_stream.encode():
-            out.mux(p)
+        _write_silence(out, a_stream, (count / rate) if times is None else times[-1] / 1000 + 0.1)
     out.close()
     return path
+
+
+def _write_silence(out: Any, stream: Any, seconds: float) -> None:
+    """``seconds`` of silent 16 kHz mono into the audio ``stream`` of the open container ``out``."""
+    import av
+
+    samples, pos = int(seconds * 16000), 0
+    while pos < samples:
+        k = min(1024, samples - pos)
+        af = av.AudioFrame.from_ndarray(np.zeros((1, k), np.float32), format="fltp", layout="mono")
+        af.sample_rate, af.pts = 16000, pos
+        for p in stream.encode(af):
+            out.mux(p)
+        pos += k
+    for p in stream.encode():
+        out.mux(p)
 
 
 def make_audio_only(path: str | os.PathLike[str], seconds: float = 1.0) -> Path:
@@ -116,17 +121,7 @@ def make_audio_only(path: str | os.PathLike[str], seconds: float = 1.0) -> Path:
 
     path = Path(path)
     out = av.open(str(path), "w")
-    s = out.add_stream("aac", rate=16000)
-    samples, pos = int(seconds * 16000), 0
-    while pos < samples:
-        k = min(1024, samples - pos)
-        af = av.AudioFrame.from_ndarray(np.zeros((1, k), np.float32), format="fltp", layout="mono")
-        af.sample_rate, af.pts = 16000, pos
-        for p in s.encode(af):
-            out.mux(p)
-        pos += k
-    for p in s.encode():
-        out.mux(p)
+    _write_silence(out, out.add_stream("aac", rate=16000), seconds)
     out.close()
     return path
 

@@ -41,6 +41,7 @@ from video_fixtures import (
     ckpt_args,
     cli_inputs,
     make_audio_only,
+    make_scene_video,
     make_video,
     npz_files,
     one_line,
@@ -74,7 +75,7 @@ def tree(tmp_path_factory):
     return video_tree(tmp_path_factory)  # every change a test makes in it is undone
 
 
-def test_cli_extract_exit_codes_and_check(checkpoint, tree, tmp_path, capsys):
+def test_cli_extract_exit_codes_and_check(checkpoint, tree, tmp_path, capsys, fast_model):
 
     out = tmp_path / "o"
     rc = main(["extract", str(tree / "good"), str(tree / "bad" / "trunc.mp4"), "--out", str(out), "--workers", "0",
@@ -187,33 +188,12 @@ SMALL_ARGS = ["--fps", "10", "--num-frames", "8", "--size", "64", "--stride", "4
 QUERIES = ["red square moving", "a blue ball", "green door"]
 
 
-def make_video_index(path: Path, seconds: float, color: tuple[int, int, int], seed: int, fps: int = 10,
-               w: int = 80, h: int = 64) -> Path:
-    import av
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:] = color
-            x = (i * 3 + seed * 7) % (w - 16)
-            img[20:36, x:x + 16] = rng.integers(0, 255, 3)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
 @pytest.fixture(scope="module")
 def video_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("videos")
-    make_video_index(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video_index(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video_index(d / "sub" / "blue.mp4", 2.5, (30, 40, 220), 3)
+    make_scene_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
+    make_scene_video(d / "green.mp4", 4.0, (30, 200, 40), 2)
+    make_scene_video(d / "sub" / "blue.mp4", 2.5, (30, 40, 220), 3)
     (d / "broken.mp4").write_bytes(b"this is not a video " * 20)
     (d / "notes.txt").write_text("not a video either")
     return d
@@ -312,7 +292,7 @@ def folder(tmp_path_factory):
     return one_video_folder(tmp_path_factory)  # read only
 
 
-def test_unreadable_video_with_a_non_utf8_name(model, tmp_path, capsys, checkpoint):
+def test_unreadable_video_with_a_non_utf8_name(model, tmp_path, capsys, checkpoint, fast_model):
     d = tmp_path / "v"
     d.mkdir()
     make_video(d / "a.mp4", n=10)
@@ -331,7 +311,8 @@ def test_unreadable_video_with_a_non_utf8_name(model, tmp_path, capsys, checkpoi
     assert main(["extract", str(d), "--out", str(out), *ckpt_args(checkpoint, "--workers", "0")]) == 1  # the rerun too
 
 
-def test_truncated_video_is_said_in_extract_and_encode_video_file(model, tmp_path, capsys, checkpoint, caplog):
+def test_truncated_video_is_said_in_extract_and_encode_video_file(model, tmp_path, capsys, checkpoint, caplog,
+                                                                  fast_model):
     good = make_video(tmp_path / "full.mkv", n=40, rate=10, codec="mpeg4", options={"qscale": "2"})
     d = tmp_path / "v"
     d.mkdir()
@@ -379,7 +360,7 @@ def test_extract_verify_redoes_a_flipped_byte(tmp_path, capsys, wargs, monkeypat
 
 @pytest.fixture()
 def fast_model(monkeypatch, checkpoint, model):
-    """The recipe run (``milnce extract``'s own path) gets the already-loaded conftest model."""
+    """``milnce extract`` runs (recipe or not) get the already-loaded conftest model (loading takes seconds)."""
     monkeypatch.setattr(extract_cmd, "model_from_args", lambda args: model)
     return model
 

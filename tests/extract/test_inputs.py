@@ -19,13 +19,7 @@ from milnce.extract import (
     resolve_shard,
     shard_inputs,
 )
-from video_fixtures import MB, SRC, one_video_folder, rss, video_tree
-
-
-@pytest.fixture(scope="session")
-def tree(tmp_path_factory):
-    return video_tree(tmp_path_factory)  # every change a test makes in it is undone
-
+from video_fixtures import MB, SRC, rss
 
 # ------------------------------------------------------------------------------ shards
 
@@ -84,7 +78,6 @@ def test_collect_inputs(tree, tmp_path):
         collect_inputs([tmp_path / "nope"])
 
 
-
 def test_extract_list_symlink_to_dev_zero_refused(tmp_path):
     lst = tmp_path / "videos.txt"
     os.symlink("/dev/zero", lst)
@@ -137,11 +130,6 @@ def test_extract_lists_still_read(tmp_path):
 
 
 # ------------------------------------------------------------------------------ extraction
-
-
-@pytest.fixture(scope="session")
-def folder(tmp_path_factory):
-    return one_video_folder(tmp_path_factory)  # read only
 
 
 def test_huge_shard_count_uses_memory_of_the_videos_not_of_the_shards(folder):

@@ -31,15 +31,7 @@ from video_fixtures import (
     flip_inside_member,
     make_video,
     npz_files,
-    one_video_folder,
-    video_tree,
 )
-
-
-@pytest.fixture(scope="session")
-def tree(tmp_path_factory):
-    return video_tree(tmp_path_factory)  # every change a test makes in it is undone
-
 
 # ------------------------------------------------------------------------------ extract
 
@@ -119,11 +111,6 @@ def test_walker_reports_unreadable_folders_and_keeps_non_utf8_names(tmp_path, mo
 
 
 # ------------------------------------------------------------------------------ extraction
-
-
-@pytest.fixture(scope="session")
-def folder(tmp_path_factory):
-    return one_video_folder(tmp_path_factory)  # read only
 
 
 def test_verify_redoes_a_flipped_byte_and_every_rerun_redoes_a_truncated_file(model, folder, tmp_path, caplog):

@@ -16,12 +16,7 @@ from milnce.extract.store import FORMAT, inspect_meta, write_feature_file
 from milnce.video.result import EmbeddingsFileError, VideoWindows
 from milnce.windows import WindowSettings
 from video_fixtures import SMALL_WINDOWS as S
-from video_fixtures import video_tree, write_feature_stub
-
-
-@pytest.fixture(scope="session")
-def tree(tmp_path_factory):
-    return video_tree(tmp_path_factory)  # every change a test makes in it is undone
+from video_fixtures import write_feature_stub
 
 
 def test_disk_full_is_a_clear_error_and_leaves_nothing_partial(model, tree, tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from milnce.video import (
 )
 from milnce.video.decode import ClipReader
 from milnce.windows import WindowSettings, default_stride
-from video_fixtures import clip_indices, clip_videos, make_video, sample_video
+from video_fixtures import clip_indices, make_video, sample_video
 
 
 class _Video:
@@ -100,11 +100,6 @@ def test_gaps_are_real_when_allowed():
     assert _uncovered(spans, 8.0) == 2.0
 
 FFMPEG = shutil.which("ffmpeg")
-
-
-@pytest.fixture(scope="session")
-def vids(tmp_path_factory):
-    return clip_videos(tmp_path_factory)  # read only
 
 
 def _read(path, **kw):

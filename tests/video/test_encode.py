@@ -12,18 +12,6 @@ from milnce.video import (
     encode_video_file,
     read_clips,
 )
-from video_fixtures import bad_inputs, clip_videos
-
-
-@pytest.fixture(scope="session")
-def vids(tmp_path_factory):
-    return clip_videos(tmp_path_factory)  # read only
-
-
-@pytest.fixture(scope="session")
-def bad(tmp_path_factory):
-    return bad_inputs(tmp_path_factory)  # read only
-
 
 # ------------------------------------------------------------------------------ encoding
 

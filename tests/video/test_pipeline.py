@@ -11,13 +11,7 @@ from milnce.extract import (
 )
 from milnce.video import VideoWindows
 from video_fixtures import SMALL_WINDOWS as S
-from video_fixtures import make_video, video_tree
-
-
-@pytest.fixture(scope="session")
-def tree(tmp_path_factory):
-    return video_tree(tmp_path_factory)  # every change a test makes in it is undone
-
+from video_fixtures import make_video
 
 # ------------------------------------------------------------------------------ pipeline
 

@@ -42,7 +42,6 @@ def test_failure_reason_strips_the_path_once():
     assert failure_reason("", p) == "unreadable"
 
 
-
 # ------------------------------------------------------------------------------ the result type
 
 

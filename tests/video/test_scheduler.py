@@ -14,12 +14,7 @@ from milnce.extract import (
     run_jobs,
 )
 from video_fixtures import SMALL_WINDOWS as S
-from video_fixtures import SRC, one_video_folder, video_tree
-
-
-@pytest.fixture(scope="session")
-def tree(tmp_path_factory):
-    return video_tree(tmp_path_factory)  # every change a test makes in it is undone
+from video_fixtures import SRC
 
 
 @pytest.mark.slow
@@ -41,15 +36,6 @@ def test_decoders_that_die_at_start_are_a_clear_error_not_a_hang(tree, tmp_path)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "keep dying before they take a video" in r.stderr and "__main__" in r.stderr
-
-
-
-# ------------------------------------------------------------------------------ extraction
-
-
-@pytest.fixture(scope="session")
-def folder(tmp_path_factory):
-    return one_video_folder(tmp_path_factory)  # read only
 
 
 # ------------------------------------------------------------------------------ the decoder hook
