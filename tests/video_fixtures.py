@@ -323,12 +323,15 @@ def flip_inside_member(path: Path, member: str = "video_embedding.npy") -> None:
     path.write_bytes(bytes(data))
 
 
+STUB_WINDOWS = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)  # of the feature files written here
+
+
 def write_feature_stub(path: Path, source: Path, *, duration: float = 2.0, meta_duration: float | None = None,
                        size: int | None = None, src_path: str | None = None) -> None:
     """A feature file of 4 random windows (``fps=10.0``) whose meta names ``source`` (or ``src_path``)."""
     from milnce.extract.store import FORMAT, write_feature_file
 
-    w = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
+    w = STUB_WINDOWS
     rng = np.random.default_rng(0)
     starts = np.arange(4, dtype=np.float64) * 0.4
     meta = {"format": FORMAT, "settings": {**w.to_dict(), "start": None, "end": None, "pad": "repeat"},
@@ -339,6 +342,30 @@ def write_feature_stub(path: Path, source: Path, *, duration: float = 2.0, meta_
         meta["duration"] = meta_duration
     write_feature_file(str(path), {"video_embedding": rng.standard_normal((4, 512)).astype(np.float32),
                                    "start": starts, "end": starts + 0.8, "duration": np.asarray(duration)}, meta)
+
+
+def write_features(folder: Path, name: str, video: Path, *, arrays: dict | None = None, **meta_over: Any) -> Path:
+    """``folder/name``: a feature file of 4 random windows for ``video`` (its size and time), with
+    ``arrays`` replacing (``None``: dropping) members and ``meta_over`` replacing meta entries."""
+    from milnce.extract.store import FORMAT, write_feature_file
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((4, 512)).astype(np.float32)
+    s = np.arange(4, dtype=np.float64) * 0.4
+    st = os.stat(video)
+    meta = {"format": FORMAT, "settings": {**STUB_WINDOWS.to_dict(), "start": None, "end": None, "pad": "repeat"},
+            "weights": "w1", "precision": "fp32",
+            "source": {"path": str(video), "size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    meta.update(meta_over)
+    data = {"video_embedding": emb, "start": s, "end": s + 0.8, "duration": np.asarray(2.0)}
+    for k, v in (arrays or {}).items():
+        if v is None:
+            del data[k]
+        else:
+            data[k] = v
+    target = folder / name
+    write_feature_file(str(target), data, meta)
+    return target
 
 
 def one_line(capsys: Any) -> str:

@@ -69,7 +69,6 @@ def test_extract_on_cuda_without_cuda_is_one_line(inputs, tmp_path, capsys, devi
     assert not (tmp_path / "out").exists()
 
 
-
 @pytest.fixture(scope="session")
 def tree(tmp_path_factory):
     return video_tree(tmp_path_factory)  # every change a test makes in it is undone
@@ -149,6 +148,8 @@ def test_kill9_then_rerun_equals_clean_run_and_two_writers(checkpoint, model, tr
         assert q.returncode == 0, err.decode()
     assert_same_files(npz_files(clean), npz_files(out))
     assert sorted(os.listdir(out)) == sorted(os.listdir(clean))  # no temporary files left
+
+
 ESC_NAME = "evil\x1b[2J\x1b[31mred\nfailed: forged"  # clears the screen, colours, forges a line
 
 
@@ -263,7 +264,6 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
     assert main(["index", "--from-features", str(out), "--index", str(tmp_path / "ix3"), "--stride", "8",
                  "--quiet"]) == 2
     assert "stride=4, not 8" in capsys.readouterr().err
-
 
 
 @pytest.mark.parametrize("name", ["huge.txt", "huge.csv"])
@@ -462,7 +462,8 @@ def test_recipe_verify_finds_and_redoes_a_damaged_npy(tmp_path, capsys, wargs, f
     assert np.isfinite(np.load(f, allow_pickle=False).astype(np.float32)).all()
 
 
-# ---- from test_cli_run_limits.py
+# ------------------------------------------------------------------------------ option limits
+
 
 @pytest.mark.parametrize("command", ["extract", "embed-video"])
 @pytest.mark.parametrize(("option", "value", "want"), [
