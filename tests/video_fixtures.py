@@ -3,6 +3,10 @@
 Frame ``i`` is painted flat: the left half at level ``16 + 8 * (i % 28)``, the right half at
 ``16 + 8 * (i // 28)`` (grey), so ``frame_index(rgb)`` recovers ``i`` after lossy coding and
 resizing. Optional markers (a red top-left quadrant) check orientation.
+
+Also the video sets several test files read (``clip_videos``, ``bad_inputs``, ``video_tree``,
+``one_video_folder``: written once per session) and the helpers of extraction tests (``ckpt_args``,
+``npz_files``, ``write_features`` ...). Not a pytest plugin: its names are imported.
 """
 
 from __future__ import annotations
