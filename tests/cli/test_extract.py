@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,6 @@ import pytest
 import torch
 
 import milnce.commands.extract as extract_cmd
-from conftest import write_checkpoint
 from ffmpeg_reference import HAVE_FFMPEG, WHY_NO_FFMPEG, extractor_chunks
 from milnce.cli import main
 from milnce.errors import UsageError
@@ -36,22 +34,29 @@ from milnce.index import (
 from milnce.listfiles import MAX_CSV_ROW, MAX_PATH_LINE
 from milnce.video.pipeline import MAX_BATCH, resolve_batch_size, resolve_workers
 from milnce.windows import WindowSettings
-from video_fixtures import make_audio_only, make_empty_video, make_video
+from video_fixtures import (
+    MB,
+    SRC,
+    assert_same_files,
+    ckpt_args,
+    cli_inputs,
+    make_audio_only,
+    make_scene_video,
+    make_video,
+    npz_files,
+    one_line,
+    one_video_folder,
+    rss,
+    video_tree,
+)
+from video_fixtures import SMALL_WINDOWS as S
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    video = make_video(tmp_path / "v.mp4", n=8)
-    weights, vocab = write_checkpoint(tmp_path / "ckpt")
-    return video, ["--weights", str(weights), "--vocab", str(vocab), "--no-download"]
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    return cli_inputs(tmp_path_factory)  # read only
 
 
 @no_cuda
@@ -59,62 +64,21 @@ def inputs(tmp_path):
 def test_extract_on_cuda_without_cuda_is_one_line(inputs, tmp_path, capsys, device):
     video, wargs = inputs
     assert main(["extract", str(video), "--out", str(tmp_path / "out"), "--device", device, *wargs]) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert line.startswith("milnce: error:") and "CUDA is not available" in line
     assert not (tmp_path / "out").exists()
 
-S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tree(tmp_path_factory):
-    """A folder of small videos (nested) and a folder of bad ones."""
-    root = tmp_path_factory.mktemp("videos")
-    (root / "good" / "sub").mkdir(parents=True)
-    make_video(root / "good" / "a.mp4", n=12)
-    make_video(root / "good" / "sub" / "b.mp4", n=16, width=48, height=64)
-    make_video(root / "good" / "c.webm", n=8, codec="libvpx-vp9", options={})
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "text.mp4").write_text("not a video\n" * 20)
-    (bad / "zero.mp4").write_bytes(b"")
-    make_empty_video(bad / "empty.mp4")
-    data = (root / "good" / "a.mp4").read_bytes()
-    (bad / "trunc.mp4").write_bytes(data[: len(data) // 2])
-    return root
+    return video_tree(tmp_path_factory)  # every change a test makes in it is undone
 
 
-def _ckpt_args(checkpoint):
-    w, v = checkpoint
-    return ["--weights", str(w), "--vocab", str(v), "--no-download", "--num-frames", "8", "--size", "32",
-            "--stride", "4", "--quiet"]
-
-
-def _files(out: Path) -> dict[str, dict[str, np.ndarray]]:
-    got = {}
-    for p in sorted(out.rglob("*.npz")):
-        with np.load(p, allow_pickle=False) as z:
-            got[str(p.relative_to(out))] = {k: z[k] for k in z.files}
-    return got
-
-
-def _same(a: dict, b: dict) -> None:
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert sorted(a[name]) == sorted(b[name]), name
-        for k in ("start", "end", "duration"):
-            np.testing.assert_array_equal(a[name][k], b[name][k])
-        for k in ("video_embedding", "mixed_5c"):
-            if k in a[name]:
-                np.testing.assert_allclose(a[name][k], b[name][k], rtol=1e-5, atol=1e-5)
-
-
-def test_cli_extract_exit_codes_and_check(checkpoint, tree, tmp_path, capsys):
+def test_cli_extract_exit_codes_and_check(checkpoint, tree, tmp_path, capsys, fast_model):
 
     out = tmp_path / "o"
     rc = main(["extract", str(tree / "good"), str(tree / "bad" / "trunc.mp4"), "--out", str(out), "--workers", "0",
-               *_ckpt_args(checkpoint)])
+               *ckpt_args(checkpoint)])
     err = capsys.readouterr().err
     assert rc == 1 and "trunc.mp4" in err and "1 failed" in err
     rc = main(["extract", "--check", str(out), str(tree / "good"), str(tree / "bad" / "trunc.mp4")])
@@ -122,7 +86,7 @@ def test_cli_extract_exit_codes_and_check(checkpoint, tree, tmp_path, capsys):
     assert rc == 1 and "3 of 4" in text and "trunc.mp4" in text
     rc = main(["extract", "--check", str(out), str(tree / "good"), "--json"])
     assert rc == 0
-    rc = main(["extract", str(tree / "good"), "--out", str(out), "--shard", "3/2", *_ckpt_args(checkpoint)])
+    rc = main(["extract", str(tree / "good"), "--out", str(out), "--shard", "3/2", *ckpt_args(checkpoint)])
     assert rc == 2 and "shard" in capsys.readouterr().err
 
 
@@ -157,7 +121,7 @@ def test_kill9_then_rerun_equals_clean_run_and_two_writers(checkpoint, model, tr
         shutil.copy(tree / "good" / ("a.mp4" if i % 2 else "sub/b.mp4"), src / f"v{i}.mp4")
     clean = tmp_path / "clean"
     extract([src], clean, model, S, workers=0, batch_size=2)
-    args = ["extract", str(src), "--workers", "1", "--batch-size", "2", *_ckpt_args(checkpoint)]
+    args = ["extract", str(src), "--workers", "1", "--batch-size", "2", *ckpt_args(checkpoint)]
     out = tmp_path / "out"
     p = _run_cli([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.time()
@@ -182,8 +146,10 @@ def test_kill9_then_rerun_equals_clean_run_and_two_writers(checkpoint, model, tr
     for q in procs:
         _, err = q.communicate(timeout=240)
         assert q.returncode == 0, err.decode()
-    _same(_files(clean), _files(out))
+    assert_same_files(npz_files(clean), npz_files(out))
     assert sorted(os.listdir(out)) == sorted(os.listdir(clean))  # no temporary files left
+
+
 ESC_NAME = "evil\x1b[2J\x1b[31mred\nfailed: forged"  # clears the screen, colours, forges a line
 
 
@@ -223,33 +189,12 @@ SMALL_ARGS = ["--fps", "10", "--num-frames", "8", "--size", "64", "--stride", "4
 QUERIES = ["red square moving", "a blue ball", "green door"]
 
 
-def make_video_index(path: Path, seconds: float, color: tuple[int, int, int], seed: int, fps: int = 10,
-               w: int = 80, h: int = 64) -> Path:
-    import av
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:] = color
-            x = (i * 3 + seed * 7) % (w - 16)
-            img[20:36, x:x + 16] = rng.integers(0, 255, 3)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
 @pytest.fixture(scope="module")
 def video_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("videos")
-    make_video_index(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video_index(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video_index(d / "sub" / "blue.mp4", 2.5, (30, 40, 220), 3)
+    make_scene_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
+    make_scene_video(d / "green.mp4", 4.0, (30, 200, 40), 2)
+    make_scene_video(d / "sub" / "blue.mp4", 2.5, (30, 40, 220), 3)
     (d / "broken.mp4").write_bytes(b"this is not a video " * 20)
     (d / "notes.txt").write_text("not a video either")
     return d
@@ -320,12 +265,6 @@ def test_index_from_features_equals_direct_index(tmp_path, video_dir, wargs, mod
                  "--quiet"]) == 2
     assert "stride=4, not 8" in capsys.readouterr().err
 
-MB = 1024  # ru_maxrss is in KiB on Linux
-
-
-def _rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
 
 @pytest.mark.parametrize("name", ["huge.txt", "huge.csv"])
 def test_extract_list_huge_line_refused_in_one_line(tmp_path, capsys, name):
@@ -336,33 +275,24 @@ def test_extract_list_huge_line_refused_in_one_line(tmp_path, capsys, name):
         block = b"a" * (1 << 20)
         for _ in range(8):
             f.write(block)
-    before = _rss()
+    before = rss()
     assert main(["extract", str(lst), "--out", str(tmp_path / "out")]) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     bound = MAX_CSV_ROW if name.endswith(".csv") else MAX_PATH_LINE
     assert name in line and f"longer than {bound:,} characters" in line
-    assert _rss() - before < 200 * MB
+    assert rss() - before < 200 * MB
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-
-
-def _ckpt(checkpoint):
-    w, v = checkpoint
-    return ["--weights", str(w), "--vocab", str(v), "--no-download", "--num-frames", "8", "--size", "32",
-            "--stride", "4", "--quiet", "--workers", "0"]
 
 
 # ------------------------------------------------------------------------------ extraction
 
 
-@pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "v"
-    d.mkdir()
-    make_video(d / "a.mp4", n=10)
-    return d
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory):
+    return one_video_folder(tmp_path_factory)  # read only
 
 
-def test_unreadable_video_with_a_non_utf8_name(model, tmp_path, capsys, checkpoint):
+def test_unreadable_video_with_a_non_utf8_name(model, tmp_path, capsys, checkpoint, fast_model):
     d = tmp_path / "v"
     d.mkdir()
     make_video(d / "a.mp4", n=10)
@@ -370,7 +300,7 @@ def test_unreadable_video_with_a_non_utf8_name(model, tmp_path, capsys, checkpoi
     with open(bad, "wb") as f:
         f.write(b"not a video\n" * 10)
     out = tmp_path / "out"
-    rc = main(["extract", str(d), "--out", str(out), *_ckpt(checkpoint)])
+    rc = main(["extract", str(d), "--out", str(out), *ckpt_args(checkpoint, "--workers", "0")])
     err = capsys.readouterr().err
     assert rc == 1 and "bad\\xff.mp4" in err and "Traceback" not in err
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
@@ -378,16 +308,17 @@ def test_unreadable_video_with_a_non_utf8_name(model, tmp_path, capsys, checkpoi
     assert b"bad\xff.mp4" in raw
     path, reason = raw.decode("utf-8", "surrogateescape").splitlines()[1].split(",", 1)
     assert "bad" not in reason  # the path is in its own column only
-    assert main(["extract", str(d), "--out", str(out), *_ckpt(checkpoint)]) == 1  # the rerun too
+    assert main(["extract", str(d), "--out", str(out), *ckpt_args(checkpoint, "--workers", "0")]) == 1  # the rerun too
 
 
-def test_truncated_video_is_said_in_extract_and_encode_video_file(model, tmp_path, capsys, checkpoint, caplog):
+def test_truncated_video_is_said_in_extract_and_encode_video_file(model, tmp_path, capsys, checkpoint, caplog,
+                                                                  fast_model):
     good = make_video(tmp_path / "full.mkv", n=40, rate=10, codec="mpeg4", options={"qscale": "2"})
     d = tmp_path / "v"
     d.mkdir()
     data = good.read_bytes()
     (d / "cut.mkv").write_bytes(data[: len(data) // 2])
-    assert main(["extract", str(d), "--out", str(tmp_path / "out"), *_ckpt(checkpoint)]) == 0
+    assert main(["extract", str(d), "--out", str(tmp_path / "out"), *ckpt_args(checkpoint, "--workers", "0")]) == 0
     err = capsys.readouterr().err
     assert "milnce: " in err and "cut.mkv" in err and "truncated" in err
     with caplog.at_level(logging.WARNING, logger="milnce.video"):
@@ -396,7 +327,7 @@ def test_truncated_video_is_said_in_extract_and_encode_video_file(model, tmp_pat
 
 
 def test_huge_batch_size_is_one_line(tmp_path, folder, capsys, checkpoint):
-    args = _ckpt(checkpoint)
+    args = ckpt_args(checkpoint, "--workers", "0")
     rc = main(["extract", str(folder), "--out", str(tmp_path / "o"), *args, "--batch-size", "100000000"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("milnce: error:") and len(err.strip().splitlines()) == 1
@@ -429,7 +360,7 @@ def test_extract_verify_redoes_a_flipped_byte(tmp_path, capsys, wargs, monkeypat
 
 @pytest.fixture()
 def fast_model(monkeypatch, checkpoint, model):
-    """The recipe run (``milnce extract``'s own path) gets the already-loaded conftest model."""
+    """``milnce extract`` runs (recipe or not) get the already-loaded conftest model (loading takes seconds)."""
     monkeypatch.setattr(extract_cmd, "model_from_args", lambda args: model)
     return model
 
@@ -531,7 +462,8 @@ def test_recipe_verify_finds_and_redoes_a_damaged_npy(tmp_path, capsys, wargs, f
     assert np.isfinite(np.load(f, allow_pickle=False).astype(np.float32)).all()
 
 
-# ---- from test_cli_run_limits.py
+# ------------------------------------------------------------------------------ option limits
+
 
 @pytest.mark.parametrize("command", ["extract", "embed-video"])
 @pytest.mark.parametrize(("option", "value", "want"), [

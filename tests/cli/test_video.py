@@ -11,31 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_checkpoint
 from milnce.cli import main
-from video_fixtures import make_audio_only, make_empty_video, make_video
+from video_fixtures import bad_inputs, cli_inputs, clip_videos, one_line
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    video = make_video(tmp_path / "v.mp4", n=8)
-    weights, vocab = write_checkpoint(tmp_path / "ckpt")
-    return video, ["--weights", str(weights), "--vocab", str(vocab), "--no-download"]
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    return cli_inputs(tmp_path_factory)  # read only
 
 
 @no_cuda
 def test_embed_video_on_cuda_without_cuda_is_one_line(inputs, tmp_path, capsys):
     video, wargs = inputs
     assert main(["embed-video", str(video), "--out", str(tmp_path / "out"), "--device", "cuda:0", *wargs]) == 2
-    assert "CUDA is not available" in _one_line(capsys)
+    assert "CUDA is not available" in one_line(capsys)
 
 # A tiny run: 8 frames of 32 px, 2 clips per step; settings shared by every run below.
 TINY = {
@@ -107,37 +98,14 @@ def test_load_model_from_run_folder(straight, tmp_path):
     assert ff.embeddings.shape[1] == 512 and float(ff.meta["settings"]["fps"]) == 4.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vids(tmp_path_factory):
-    d = tmp_path_factory.mktemp("videos")
-    return {
-        # 10 fps, 40 frames (4 s), a keyframe every 5 frames so seeking really jumps
-        "cfr10": make_video(d / "cfr10.mp4", n=40, rate=10, options={"crf": "0", "preset": "ultrafast", "g": "5"}),
-        "cfr25": make_video(d / "cfr25.mp4", n=30, rate=25),
-        "vfr": make_video(d / "vfr.mkv", pts_ms=[0, 40, 50, 200, 210, 500, 730, 1000]),
-        "short": make_video(d / "short.mp4", n=5, rate=10),
-        "one": make_video(d / "one.mp4", n=1, rate=10),
-    }
+    return clip_videos(tmp_path_factory)  # read only
 
 
-# ------------------------------------------------------------------------------ bad input
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bad(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad")
-    text = d / "notes.mp4"
-    text.write_text("this is a text file, not a video\n" * 20)
-    empty = d / "zero.mp4"
-    empty.write_bytes(b"")
-    return {
-        "text": text,
-        "zero_bytes": empty,
-        "audio": make_audio_only(d / "speech.m4a"),
-        "no_frames": make_empty_video(d / "noframes.mkv"),
-        "missing": d / "missing.mp4",
-        "dir": d,
-    }
+    return bad_inputs(tmp_path_factory)  # read only
 
 
 # ------------------------------------------------------------------------------ CLI

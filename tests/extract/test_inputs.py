@@ -4,7 +4,6 @@ takes it."""
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -20,26 +19,7 @@ from milnce.extract import (
     resolve_shard,
     shard_inputs,
 )
-from video_fixtures import make_empty_video, make_video
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """A folder of small videos (nested) and a folder of bad ones."""
-    root = tmp_path_factory.mktemp("videos")
-    (root / "good" / "sub").mkdir(parents=True)
-    make_video(root / "good" / "a.mp4", n=12)
-    make_video(root / "good" / "sub" / "b.mp4", n=16, width=48, height=64)
-    make_video(root / "good" / "c.webm", n=8, codec="libvpx-vp9", options={})
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "text.mp4").write_text("not a video\n" * 20)
-    (bad / "zero.mp4").write_bytes(b"")
-    make_empty_video(bad / "empty.mp4")
-    data = (root / "good" / "a.mp4").read_bytes()
-    (bad / "trunc.mp4").write_bytes(data[: len(data) // 2])
-    return root
-
+from video_fixtures import MB, SRC, rss
 
 # ------------------------------------------------------------------------------ shards
 
@@ -85,8 +65,9 @@ def test_collect_inputs(tree, tmp_path):
         lst = tree / "list.txt"
         lst.write_text("# videos\ngood/a.mp4\n\ngood/a.webm\n" + str(tree / "good" / "sub" / "b.mp4") + "\n")
         assert [x.rel for x in collect_inputs([lst])] == ["a.mp4.npz", "a.webm.npz", "sub/b.npz"]
-    finally:
+    finally:  # the shared tree as it was
         (tree / "good" / "a.webm").unlink()
+        (tree / "list.txt").unlink(missing_ok=True)
     c = tmp_path / "l.csv"
     c.write_text(f"id,video_path\n1,{tree / 'good' / 'a.mp4'}\n2,{tree / 'good' / 'a.mp4'}\n")
     assert [x.rel for x in collect_inputs([c])] == ["a.npz"]
@@ -96,20 +77,14 @@ def test_collect_inputs(tree, tmp_path):
     with pytest.raises(ValueError, match="no such"):
         collect_inputs([tmp_path / "nope"])
 
-MB = 1024  # ru_maxrss is in KiB on Linux
-
-
-def _rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
 
 def test_extract_list_symlink_to_dev_zero_refused(tmp_path):
     lst = tmp_path / "videos.txt"
     os.symlink("/dev/zero", lst)
-    before = _rss()
+    before = rss()
     with pytest.raises(UsageError, match="videos.txt: not a text file"):
         collect_inputs([str(lst)])
-    assert _rss() - before < 200 * MB
+    assert rss() - before < 200 * MB
 
 
 def test_extract_list_fifo_and_folder_refused(tmp_path):
@@ -152,18 +127,9 @@ def test_extract_lists_still_read(tmp_path):
     tsv = tmp_path / "v.tsv"
     tsv.write_text("video_path\tother\na.mp4\t1\n")
     assert [Path(v.path).name for v in collect_inputs([str(tsv)])] == ["a.mp4"]
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 # ------------------------------------------------------------------------------ extraction
-
-
-@pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "v"
-    d.mkdir()
-    make_video(d / "a.mp4", n=10)
-    return d
 
 
 def test_huge_shard_count_uses_memory_of_the_videos_not_of_the_shards(folder):

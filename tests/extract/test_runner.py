@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,55 +23,15 @@ from milnce.extract import (
 from milnce.extract.runner import CheckReport, ExtractReport
 from milnce.video.find import walk_videos
 from milnce.video.result import check_crc
-from milnce.windows import WindowSettings
-from video_fixtures import make_empty_video, make_video
-
-S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """A folder of small videos (nested) and a folder of bad ones."""
-    root = tmp_path_factory.mktemp("videos")
-    (root / "good" / "sub").mkdir(parents=True)
-    make_video(root / "good" / "a.mp4", n=12)
-    make_video(root / "good" / "sub" / "b.mp4", n=16, width=48, height=64)
-    make_video(root / "good" / "c.webm", n=8, codec="libvpx-vp9", options={})
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "text.mp4").write_text("not a video\n" * 20)
-    (bad / "zero.mp4").write_bytes(b"")
-    make_empty_video(bad / "empty.mp4")
-    data = (root / "good" / "a.mp4").read_bytes()
-    (bad / "trunc.mp4").write_bytes(data[: len(data) // 2])
-    return root
-
-
-def _ckpt_args(checkpoint):
-    w, v = checkpoint
-    return ["--weights", str(w), "--vocab", str(v), "--no-download", "--num-frames", "8", "--size", "32",
-            "--stride", "4", "--quiet"]
-
-
-def _files(out: Path) -> dict[str, dict[str, np.ndarray]]:
-    got = {}
-    for p in sorted(out.rglob("*.npz")):
-        with np.load(p, allow_pickle=False) as z:
-            got[str(p.relative_to(out))] = {k: z[k] for k in z.files}
-    return got
-
-
-def _same(a: dict, b: dict) -> None:
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert sorted(a[name]) == sorted(b[name]), name
-        for k in ("start", "end", "duration"):
-            np.testing.assert_array_equal(a[name][k], b[name][k])
-        for k in ("video_embedding", "mixed_5c"):
-            if k in a[name]:
-                np.testing.assert_allclose(a[name][k], b[name][k], rtol=1e-5, atol=1e-5)
-
+from video_fixtures import SMALL_WINDOWS as S
+from video_fixtures import (
+    SRC,
+    assert_same_files,
+    ckpt_args,
+    flip_inside_member,
+    make_video,
+    npz_files,
+)
 
 # ------------------------------------------------------------------------------ extract
 
@@ -102,13 +61,18 @@ def test_extract_skip_redo_failures(model, tree, tmp_path):
     assert (rep.extracted, rep.redone) == (3, 3)
     rep = extract([tree / "good"], out, model, S.with_(stride=8), features=["video_embedding"], workers=0)
     assert rep.redone == 3 and read_feature_file(out / "a.npz").features is None
-    # a changed video is redone
-    os.utime(tree / "good" / "a.mp4", ns=(time.time_ns(), time.time_ns()))
-    rep = extract([tree / "good"], out, model, S.with_(stride=8), features=["video_embedding"], workers=0)
-    assert (rep.redone, rep.skipped) == (1, 2)
-    c = check(out, [tree / "good", tree / "bad"])
-    assert c.done == 3 and len(c.missing) == 4 and not c.complete and len(c.failed) == 0  # new failures.csv: none
-    assert not list(out.rglob(".*"))
+    # a changed video is redone (the shared tree's times are put back after)
+    a = tree / "good" / "a.mp4"
+    st = a.stat()
+    os.utime(a, ns=(time.time_ns(), time.time_ns()))
+    try:
+        rep = extract([tree / "good"], out, model, S.with_(stride=8), features=["video_embedding"], workers=0)
+        assert (rep.redone, rep.skipped) == (1, 2)
+        c = check(out, [tree / "good", tree / "bad"])
+        assert c.done == 3 and len(c.missing) == 4 and not c.complete and len(c.failed) == 0  # new failures.csv: none
+        assert not list(out.rglob(".*"))
+    finally:
+        os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest.mark.slow
@@ -120,17 +84,11 @@ def test_torchrun_two_ranks_equal_one(checkpoint, model, tree, tmp_path):
     e = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "milnce.cli", "extract", str(tree / "good"), "--out", str(two), "--workers", "0",
-                        *_ckpt_args(checkpoint)], env=e, capture_output=True, text=True, timeout=300)
+                        *ckpt_args(checkpoint)], env=e, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    _same(_files(one), _files(two))
+    assert_same_files(npz_files(one), npz_files(two))
     assert sorted(x for x in os.listdir(two) if x.endswith(".csv")) == ["failures-rank0.csv", "failures-rank1.csv"]
     assert check(two, [tree / "good"]).complete
-
-
-def _ckpt(checkpoint):
-    w, v = checkpoint
-    return ["--weights", str(w), "--vocab", str(v), "--no-download", "--num-frames", "8", "--size", "32",
-            "--stride", "4", "--quiet", "--workers", "0"]
 
 
 def test_walker_reports_unreadable_folders_and_keeps_non_utf8_names(tmp_path, monkeypatch):
@@ -152,31 +110,14 @@ def test_walker_reports_unreadable_folders_and_keeps_non_utf8_names(tmp_path, mo
     assert errors and errors[0][0].endswith("locked") and "Permission denied" in errors[0][1]
 
 
-def _flip_inside_member(path: Path, member: str = "video_embedding.npy") -> None:
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo(member)
-    data = bytearray(path.read_bytes())
-    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size - 3  # in the data
-    data[at] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 # ------------------------------------------------------------------------------ extraction
-
-
-@pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "v"
-    d.mkdir()
-    make_video(d / "a.mp4", n=10)
-    return d
 
 
 def test_verify_redoes_a_flipped_byte_and_every_rerun_redoes_a_truncated_file(model, folder, tmp_path, caplog):
     out = tmp_path / "out"
     rep = extract([folder], out, model, S, workers=0)
     assert rep.extracted == 1
-    _flip_inside_member(out / "a.npz")
+    flip_inside_member(out / "a.npz")
     c = check(out, [folder], verify=True)
     assert c.done == 0 and c.stale and "a.mp4" in c.stale[0][0]
     with caplog.at_level(logging.WARNING, logger="milnce.extract"):
@@ -211,7 +152,7 @@ def test_torchrun_survives_a_bad_video_and_merges_the_failures(checkpoint, tmp_p
     out = tmp_path / "out"
     e = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "milnce.cli", "extract", str(d), "--out", str(out), *_ckpt(checkpoint)],
+                        "-m", "milnce.cli", "extract", str(d), "--out", str(out), *ckpt_args(checkpoint, "--workers", "0")],
                        env=e, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]  # the documented status, from every rank
     assert "SIGTERM" not in r.stderr and "Signals.SIG" not in r.stderr

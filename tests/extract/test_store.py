@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,30 +9,10 @@ from milnce.extract import (
     extract,
     read_feature_file,
 )
-from milnce.extract.store import FORMAT, inspect_meta, write_feature_file
+from milnce.extract.store import inspect_meta
 from milnce.video.result import EmbeddingsFileError, VideoWindows
-from milnce.windows import WindowSettings
-from video_fixtures import make_empty_video, make_video
-
-S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """A folder of small videos (nested) and a folder of bad ones."""
-    root = tmp_path_factory.mktemp("videos")
-    (root / "good" / "sub").mkdir(parents=True)
-    make_video(root / "good" / "a.mp4", n=12)
-    make_video(root / "good" / "sub" / "b.mp4", n=16, width=48, height=64)
-    make_video(root / "good" / "c.webm", n=8, codec="libvpx-vp9", options={})
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "text.mp4").write_text("not a video\n" * 20)
-    (bad / "zero.mp4").write_bytes(b"")
-    make_empty_video(bad / "empty.mp4")
-    data = (root / "good" / "a.mp4").read_bytes()
-    (bad / "trunc.mp4").write_bytes(data[: len(data) // 2])
-    return root
+from video_fixtures import SMALL_WINDOWS as S
+from video_fixtures import write_feature_stub, write_features
 
 
 def test_disk_full_is_a_clear_error_and_leaves_nothing_partial(model, tree, tmp_path, monkeypatch):
@@ -61,22 +38,6 @@ def test_disk_full_is_a_clear_error_and_leaves_nothing_partial(model, tree, tmp_
         read_feature_file(out / "a.npz")
     assert extract([tree / "good" / "a.mp4"], out, model, S, workers=0).redone == 1  # damaged: redone
 
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-
-
-def _file(path: Path, source: Path, *, duration: float = 2.0, meta_duration: float | None = None,
-          size: int | None = None, src_path: str | None = None) -> None:
-    rng = np.random.default_rng(0)
-    starts = np.arange(4, dtype=np.float64) * 0.4
-    meta = {"format": FORMAT, "settings": {**W.to_dict(), "start": None, "end": None, "pad": "repeat"},
-            "weights": "w1", "precision": "fp32",
-            "source": {"path": src_path if src_path is not None else str(source),
-                       "size": 10 if size is None else size, "mtime_ns": 1_000_000_000}}
-    if meta_duration is not None:
-        meta["duration"] = meta_duration
-    write_feature_file(str(path), {"video_embedding": rng.standard_normal((4, 512)).astype(np.float32),
-                                   "start": starts, "end": starts + 0.8, "duration": np.asarray(duration)}, meta)
-
 
 @pytest.mark.parametrize("kw, words", [
     ({"meta_duration": -5.0}, "meta.duration"),
@@ -85,7 +46,7 @@ def _file(path: Path, source: Path, *, duration: float = 2.0, meta_duration: flo
     ({"src_path": "/media/a\0b.mp4"}, "meta.source.path"),
 ])
 def test_meta_refused_by_the_reader(tmp_path, kw, words):
-    _file(tmp_path / "f.npz", tmp_path / "v.mp4", **kw)
+    write_feature_stub(tmp_path / "f.npz", tmp_path / "v.mp4", **kw)
     meta, why = inspect_meta(str(tmp_path / "f.npz"))
     assert meta is None and words in why
     with pytest.raises(Exception, match=words.replace(".", r"\.")):
@@ -95,32 +56,11 @@ def test_meta_refused_by_the_reader(tmp_path, kw, words):
 # ----- gap 1: six (and more) malformed --from-features inputs ---------------------------------
 
 
-def _features(folder: Path, name: str, video: Path, *, arrays: dict | None = None, **meta_over) -> Path:
-
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((4, 512)).astype(np.float32)
-    s = np.arange(4, dtype=np.float64) * 0.4
-    st = os.stat(video)
-    meta = {"format": FORMAT, "settings": {**W.to_dict(), "start": None, "end": None, "pad": "repeat"},
-            "weights": "w1", "precision": "fp32",
-            "source": {"path": str(video), "size": st.st_size, "mtime_ns": st.st_mtime_ns}}
-    meta.update(meta_over)
-    data = {"video_embedding": emb, "start": s, "end": s + 0.8, "duration": np.asarray(2.0)}
-    for k, v in (arrays or {}).items():
-        if v is None:
-            del data[k]
-        else:
-            data[k] = v
-    target = folder / name
-    write_feature_file(str(target), data, meta)
-    return target
-
-
 def test_similarity_style_reader_rejects_crafted_meta(tmp_path):
     from milnce.extract import StoreError, read_feature_file, read_meta
 
     (tmp_path / "v.mp4").write_bytes(b"v")
-    f = _features(tmp_path, "x.npz", tmp_path / "v.mp4", source=["/etc/passwd"])
+    f = write_features(tmp_path, "x.npz", tmp_path / "v.mp4", source=["/etc/passwd"])
     assert read_meta(str(f)) is None  # extract redoes it instead of failing on it
     with pytest.raises(StoreError, match=r"x\.npz.*meta\.source"):
         read_feature_file(f)

@@ -102,19 +102,6 @@ def test_gaps_are_real_when_allowed():
 FFMPEG = shutil.which("ffmpeg")
 
 
-@pytest.fixture(scope="module")
-def vids(tmp_path_factory):
-    d = tmp_path_factory.mktemp("videos")
-    return {
-        # 10 fps, 40 frames (4 s), a keyframe every 5 frames so seeking really jumps
-        "cfr10": make_video(d / "cfr10.mp4", n=40, rate=10, options={"crf": "0", "preset": "ultrafast", "g": "5"}),
-        "cfr25": make_video(d / "cfr25.mp4", n=30, rate=25),
-        "vfr": make_video(d / "vfr.mkv", pts_ms=[0, 40, 50, 200, 210, 500, 730, 1000]),
-        "short": make_video(d / "short.mp4", n=5, rate=10),
-        "one": make_video(d / "one.mp4", n=1, rate=10),
-    }
-
-
 def _read(path, **kw):
     kw.setdefault("num_frames", 8)
     kw.setdefault("size", 32)

@@ -214,6 +214,8 @@ def test_odd_sources_are_cut_not_crashed(tmp_path):
     res = cut_clip(str(thin), 0.5, 1.5, tmp_path / "t.mp4")
     with av.open(str(tmp_path / "t.mp4")) as c:
         assert res.frames == 10 and c.streams.video[0].width == 2
+
+
 GOP_CLIP_ORIGIN = 10  # a key frame every second
 
 

@@ -10,7 +10,7 @@ from milnce.video import (
     read_clips,
 )
 from milnce.video.ffmpeg_exact import ffmpeg_chunks
-from video_fixtures import make_audio_only, make_empty_video, make_video
+from video_fixtures import make_audio_only, make_video
 
 
 @pytest.mark.skipif(not HAVE_FFMPEG, reason=WHY_NO_FFMPEG)
@@ -32,26 +32,6 @@ def test_extreme_aspect_ratio_is_a_video_error_not_a_huge_allocation(tmp_path):
     p = make_video(tmp_path / "thin.mp4", n=3, rate=25, width=2, height=400, pix_fmt="yuv444p")
     with pytest.raises(VideoError, match="aspect ratio"):
         list(ffmpeg_chunks(str(p), 30, 224, 30))
-
-
-# ------------------------------------------------------------------------------ bad input
-
-
-@pytest.fixture(scope="module")
-def bad(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bad")
-    text = d / "notes.mp4"
-    text.write_text("this is a text file, not a video\n" * 20)
-    empty = d / "zero.mp4"
-    empty.write_bytes(b"")
-    return {
-        "text": text,
-        "zero_bytes": empty,
-        "audio": make_audio_only(d / "speech.m4a"),
-        "no_frames": make_empty_video(d / "noframes.mkv"),
-        "missing": d / "missing.mp4",
-        "dir": d,
-    }
 
 
 @pytest.mark.parametrize("kind", ["text", "zero_bytes", "audio", "no_frames", "missing", "dir"])

@@ -10,29 +10,8 @@ from milnce.extract import (
     run_jobs,
 )
 from milnce.video import VideoWindows
-from milnce.windows import WindowSettings
-from video_fixtures import make_empty_video, make_video
-
-S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """A folder of small videos (nested) and a folder of bad ones."""
-    root = tmp_path_factory.mktemp("videos")
-    (root / "good" / "sub").mkdir(parents=True)
-    make_video(root / "good" / "a.mp4", n=12)
-    make_video(root / "good" / "sub" / "b.mp4", n=16, width=48, height=64)
-    make_video(root / "good" / "c.webm", n=8, codec="libvpx-vp9", options={})
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "text.mp4").write_text("not a video\n" * 20)
-    (bad / "zero.mp4").write_bytes(b"")
-    make_empty_video(bad / "empty.mp4")
-    data = (root / "good" / "a.mp4").read_bytes()
-    (bad / "trunc.mp4").write_bytes(data[: len(data) // 2])
-    return root
-
+from video_fixtures import SMALL_WINDOWS as S
+from video_fixtures import make_video
 
 # ------------------------------------------------------------------------------ pipeline
 

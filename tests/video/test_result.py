@@ -3,37 +3,19 @@ pickle."""
 
 from __future__ import annotations
 
-import zipfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import milnce
-from milnce.extract.store import FORMAT, StoreError, read_feature_file, write_feature_file
+from milnce.extract.store import StoreError, read_feature_file
 from milnce.video.result import EmbeddingsFileError, VideoWindows, check_crc, check_structure, failure_reason
-from milnce.windows import WindowSettings
-
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-
-
-def _file(path: Path, source: Path, *, duration: float = 2.0, meta_duration: float | None = None,
-          size: int | None = None, src_path: str | None = None) -> None:
-    rng = np.random.default_rng(0)
-    starts = np.arange(4, dtype=np.float64) * 0.4
-    meta = {"format": FORMAT, "settings": {**W.to_dict(), "start": None, "end": None, "pad": "repeat"},
-            "weights": "w1", "precision": "fp32",
-            "source": {"path": src_path if src_path is not None else str(source),
-                       "size": 10 if size is None else size, "mtime_ns": 1_000_000_000}}
-    if meta_duration is not None:
-        meta["duration"] = meta_duration
-    write_feature_file(str(path), {"video_embedding": rng.standard_normal((4, 512)).astype(np.float32),
-                                   "start": starts, "end": starts + 0.8, "duration": np.asarray(duration)}, meta)
+from video_fixtures import SMALL_WINDOWS as S
+from video_fixtures import flip_inside_member, write_feature_stub
 
 
 @pytest.mark.parametrize("duration", [-5.0, 1e308, float("inf")])
 def test_duration_member_refused(tmp_path, duration):
-    _file(tmp_path / "f.npz", tmp_path / "v.mp4", duration=duration)
+    write_feature_stub(tmp_path / "f.npz", tmp_path / "v.mp4", duration=duration)
     with pytest.raises(EmbeddingsFileError, match="duration"):
         VideoWindows.load(tmp_path / "f.npz")
 
@@ -59,8 +41,6 @@ def test_failure_reason_strips_the_path_once():
     assert failure_reason("/data/my\nvideos/a.mp4: cut\nshort", "/data/my\nvideos/a.mp4") == "cut short"
     assert failure_reason("", p) == "unreadable"
 
-S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
-
 
 # ------------------------------------------------------------------------------ the result type
 
@@ -85,21 +65,12 @@ def test_one_result_type_keeps_the_old_names_and_reads_old_files(tmp_path):
     assert old.embeddings.shape == (3, 5) and old.settings == S
 
 
-def _flip_inside_member(path: Path, member: str = "video_embedding.npy") -> None:
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo(member)
-    data = bytearray(path.read_bytes())
-    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size - 3  # in the data
-    data[at] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_structure_check_and_crc_check(tmp_path):
     f = tmp_path / "x.npz"
     n = 4000  # members larger than what reading an array header pulls in
     VideoWindows("v.mp4", np.arange(n, dtype=float), np.arange(n, dtype=float), np.ones((n, 4), np.float32)).save(f)
     assert check_structure(str(f)) is None and check_crc(str(f)) is None
-    _flip_inside_member(f)
+    flip_inside_member(f)
     assert check_structure(str(f)) is None  # a flipped data byte keeps the structure...
     assert "CRC" in check_crc(str(f))  # ...only the CRC sees it
     with pytest.raises(EmbeddingsFileError, match="x.npz"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,28 +13,8 @@ from milnce.extract import (
     VideoJob,
     run_jobs,
 )
-from milnce.windows import WindowSettings
-from video_fixtures import make_empty_video, make_video
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """A folder of small videos (nested) and a folder of bad ones."""
-    root = tmp_path_factory.mktemp("videos")
-    (root / "good" / "sub").mkdir(parents=True)
-    make_video(root / "good" / "a.mp4", n=12)
-    make_video(root / "good" / "sub" / "b.mp4", n=16, width=48, height=64)
-    make_video(root / "good" / "c.webm", n=8, codec="libvpx-vp9", options={})
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "text.mp4").write_text("not a video\n" * 20)
-    (bad / "zero.mp4").write_bytes(b"")
-    make_empty_video(bad / "empty.mp4")
-    data = (root / "good" / "a.mp4").read_bytes()
-    (bad / "trunc.mp4").write_bytes(data[: len(data) // 2])
-    return root
+from video_fixtures import SMALL_WINDOWS as S
+from video_fixtures import SRC
 
 
 @pytest.mark.slow
@@ -57,19 +36,6 @@ def test_decoders_that_die_at_start_are_a_clear_error_not_a_hang(tree, tmp_path)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "keep dying before they take a video" in r.stderr and "__main__" in r.stderr
-
-S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
-
-
-# ------------------------------------------------------------------------------ extraction
-
-
-@pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "v"
-    d.mkdir()
-    make_video(d / "a.mp4", n=10)
-    return d
 
 
 # ------------------------------------------------------------------------------ the decoder hook

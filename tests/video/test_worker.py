@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from milnce.windows import WindowSettings
+from video_fixtures import SMALL_WINDOWS as S
 from video_fixtures import make_video
-
-S = WindowSettings(fps=10, num_frames=8, size=32, stride=4)
 
 
 def test_split_part_that_comes_up_short_asks_for_a_whole_pass(tmp_path):
