@@ -24,7 +24,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from milnce.server import FILE_CHANGED, create_app, parse_range  # noqa: E402  # noqa: E402
+from milnce.server import FILE_CHANGED, create_app, parse_range  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
 from server_fixtures import asgi_request, make_index, serving  # noqa: E402
 from video_fixtures import make_video  # noqa: E402
@@ -185,7 +185,7 @@ def assert_changed(r) -> None:
     assert err["status"] == 409 and FILE_CHANGED in err["message"]
 
 
-# ----- 1. serve only the indexed file --------------------------------------------------------
+# ----- serve only the indexed file --------------------------------------------------------
 
 
 def test_symlink_to_another_file_is_refused(trust_client, trust_lib, tmp_path):
@@ -234,7 +234,7 @@ def test_modified_or_special_file_is_refused(trust_client, trust_lib):
     assert r.status_code == 200 and r.content == path.read_bytes()
 
 
-# ----- 2. Range headers and descriptors ------------------------------------------------------
+# ----- Range headers and descriptors ------------------------------------------------------
 
 
 def test_parse_range_only_ascii_digits():

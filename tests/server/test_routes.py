@@ -30,7 +30,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.index.filters import VideoFilter  # noqa: E402
-from milnce.server import MAX_K, MAX_QUERY_CHARS, create_app  # noqa: E402  # noqa: E402
+from milnce.server import MAX_K, MAX_QUERY_CHARS, create_app  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
 from server_fixtures import SECONDS, TRAVERSALS, asgi_call, asgi_request, client_for, make_index  # noqa: E402
 
@@ -59,7 +59,7 @@ def test_server_says_not_existing_for_a_folder_swapped_for_a_link(tmp_path, mode
         assert c.get(f"/api/videos/{ids['a.mp4']}/file").status_code == 403
         ok = c.get(f"/api/videos/{ids['b.mp4']}").json()
         assert ok["exists"] is True and ok["file_state"] == "ok"
-# ----- item 3: names that are not UTF-8 -------------------------------------------------------
+# ----- names that are not UTF-8 -------------------------------------------------------
 
 
 def test_non_utf8_names_in_the_api(tmp_path, index_client):
@@ -85,7 +85,7 @@ def test_non_utf8_names_in_the_api(tmp_path, index_client):
         assert c.get(f"/api/videos/{vid}/file").content == b"Z" * 32
 
 
-# ----- item 8: a vector file truncated under the server ---------------------------------------
+# ----- a vector file truncated under the server ---------------------------------------
 
 
 def test_truncated_store_answers_503_not_sigbus(tmp_path, index_client):
@@ -253,7 +253,7 @@ def test_model_name_for_the_page():
     assert _model_name(object()) == "unknown"
 
 
-# ----- 3. one error shape --------------------------------------------------------------------
+# ----- one error shape --------------------------------------------------------------------
 
 
 def test_errors_have_one_shape(trust_client, trust_lib, model):
@@ -290,7 +290,7 @@ def test_errors_have_one_shape(trust_client, trust_lib, model):
     assert "boom" not in cases[500].json()["error"]["message"]  # no internals
 
 
-# ----- 4. a damaged ANN index ----------------------------------------------------------------
+# ----- a damaged ANN index ----------------------------------------------------------------
 
 
 def test_damaged_ann_degrades_health_and_searches_exactly(trust_lib, model, tmp_path):
