@@ -2,61 +2,20 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import shutil
-import threading
 import time
-from fractions import Fraction
+import urllib.parse
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-import urllib.parse
-
-from milnce.index import (
-    Index,  # noqa: E402
-    build_index,  # noqa: E402
-)
 from milnce.server import create_app  # noqa: E402
 from milnce.server.service import SearchService  # noqa: E402
-from milnce.windows import WindowSettings  # noqa: E402
-from video_fixtures import make_scene_video, make_video  # noqa: E402
-
-SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
-
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-
-
-def _windows(seed: int, n: int) -> SimpleNamespace:
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, 512)).astype(np.float32)
-    emb += 0.5 * np.sin(np.arange(n) / 3.0)[:, None].astype(np.float32) * rng.standard_normal(512).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, model):
-    """Indexes "a" (videos 0-5), "b" (6-11) and "all" (0-11), random windows; paths need not exist."""
-    root = tmp_path_factory.mktemp("multi")
-    paths = [f"/data/{'ab'[i // 6]}/v{i}.mp4" for i in range(12)]
-    made = {}
-    for name, ids in (("a", range(6)), ("b", range(6, 12)), ("all", range(12))):
-        ix = Index.create_for(root / name, model.weights_id, W, roots=["/data"])
-        for i in ids:
-            ix.add_video(paths[i], _windows(i, 20 + 3 * i), size=10 + i, mtime=1.7e9 + i, content_hash="")
-        ix.close()
-        made[name] = Index.open(root / name, model)
-    yield root, made
-    for ix in made.values():
-        ix.close()
+from server_fixtures import raw_get, serving  # noqa: E402
 
 
 @pytest.mark.slow  # Chromium (about 10 s on 2 idle cores with the other page tests)
@@ -66,9 +25,8 @@ def test_browser_index_picker(three, model, browser):
     import urllib.request
 
     _, ix = three
-    server, thread, sock, port = _serve_in_thread(create_app({"a": ix["a"], "b": ix["b"]}, model))
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with serving(create_app({"a": ix["a"], "b": ix["b"]}, model)) as port:
+        base = f"http://127.0.0.1:{port}"
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))
@@ -84,115 +42,11 @@ def test_browser_index_picker(three, model, browser):
         assert {m["index"] for m in want} == {"b"}
         assert not errors
         page.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-CHROMIUM = os.environ.get("MILNCE_TEST_CHROMIUM", "/usr/bin/chromium")
-FPS = 10
-SECONDS = 8
-
-
-# ----- test videos --------------------------------------------------------------------------
-
-
-def make_video_server(path: Path, codec: str, seconds: int = SECONDS, size: tuple[int, int] = (320, 240)) -> None:
-    """A video whose red channel is ``30 * second`` (so a frame's time can be read back from its
-    colour) with a white square moving across it."""
-    import av
-
-    w, h = size
-    options = {"movflags": "+faststart"} if path.suffix == ".mp4" else {}
-    with av.open(str(path), "w", options=options) as out:
-        stream = out.add_stream(codec, rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = FPS
-        if codec == "libx264":
-            stream.codec_context.options = {"preset": "ultrafast", "profile": "baseline"}
-        for i in range(seconds * FPS):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[..., 0] = min(255, 30 * (i // FPS))
-            img[..., 1] = 90
-            img[..., 2] = 160
-            x = int((w - 40) * i / (seconds * FPS))
-            img[h // 2 - 20:h // 2 + 20, x:x + 40] = 255
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
-
-# ----- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory, model):
-    """Videos (H.264 mp4, MPEG-4 avi, one deleted after indexing), their index and the model."""
-    root = tmp_path_factory.mktemp("library")
-    vids = root / "videos"
-    vids.mkdir()
-    make_video_server(vids / "kitchen.mp4", "libx264")
-    make_video_server(vids / "garage.avi", "mpeg4", seconds=4, size=(160, 120))
-    shutil.copy(vids / "kitchen.mp4", vids / "gone.mp4")
-    from milnce.index import Index, build_index
-
-    idx_dir = root / "index"  # small windows: 8 frames of 64 px every 0.8 s
-    build_index([vids], idx_dir, model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=64, stride=8))
-    (vids / "gone.mp4").unlink()
-    index = Index.open(idx_dir, model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"index": index, "model": model, "ids": ids, "videos": vids, "index_dir": idx_dir}
-    index.close()
-
-
-def _serve_in_thread(app):
-    import uvicorn
-
-    from milnce.server import listen
-
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    return server, thread, sock, sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def live(library):
-    """A real uvicorn server on a free loopback port, in a thread, with the Host check on."""
-    pytest.importorskip("uvicorn")
-    app = create_app(library["index"], library["model"], allowed_hosts=["127.0.0.1", "localhost"])
-    server, thread, sock, port = _serve_in_thread(app)
-    yield f"http://127.0.0.1:{port}", port
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-
-
-def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """GET with the path sent exactly as given (no client-side normalisation of '..')."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", (headers or {}).pop("Host", f"127.0.0.1:{port}"))
-        for k, v in (headers or {}).items():
-            conn.putheader(k, v)
-        conn.endheaders()
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
 
 
 # ----- the page in headless Chromium --------------------------------------------------------
+
+CHROMIUM = os.environ.get("MILNCE_TEST_CHROMIUM", "/usr/bin/chromium")
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -374,32 +228,14 @@ def test_page_shows_the_model():
     assert "model ${h.model}" in app_js
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory, model):
-    from milnce.index import Index, build_index
-
-    root = tmp_path_factory.mktemp("wire")
-    vids = root / "videos"
-    (vids / "sub").mkdir(parents=True)
-    make_video(vids / "a.mp4", n=40, width=96, height=64)
-    make_video(vids / "sub" / "b.mp4", n=40, width=96, height=64, marker=True)
-    make_video(vids / "c.mkv", n=30, width=96, height=64)
-    build_index([vids], root / "index", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8))
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "videos": vids, "index": index, "model": model, "ids": ids}
-    index.close()
-
-
 @pytest.mark.slow
-def test_browser_filters_negatives_more_and_clip(lib, browser):
+def test_browser_filters_negatives_more_and_clip(wire_lib, browser):
     """In Chromium: a shared link with -term and filters, "More results" and the clip link."""
     import json
     import urllib.request
 
-    server, thread, sock, port = _serve_in_thread(create_app(lib["index"], lib["model"]))
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with serving(create_app(wire_lib["index"], wire_lib["model"])) as port:
+        base = f"http://127.0.0.1:{port}"
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         problems: list[str] = []
         page.on("pageerror", lambda err: problems.append(str(err)))
@@ -432,37 +268,25 @@ def test_browser_filters_negatives_more_and_clip(lib, browser):
             assert r.status == 200 and r.headers["Content-Type"] == "video/mp4" and len(r.read()) > 1000
         assert not problems
         page.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
-# ---- from test_server_like_page.py
+# ----- search by an uploaded clip, cues and modes (the like page) --------------------------
 
 HOSTILE = '<img src=x onerror="window.__pwned = 1"> now add salt'
 EMOJI = "\U0001f9c2 salt, then pepper"  # a character outside the BMP before the match: 2 UTF-16 units
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, model):
-    root = tmp_path_factory.mktemp("likepage")
-    vids = root / "videos"
-    make_scene_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_scene_video(vids / "green.mp4", 2.5, (30, 200, 40), 2)
-    build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+def site(tmp_path_factory, scene_lib):
+    """The scene library served (Host check on), and a still of ``green.mp4`` to upload."""
     import av
 
-    with av.open(str(vids / "green.mp4")) as c:
+    root = tmp_path_factory.mktemp("likepage")
+    with av.open(str(scene_lib["vids"] / "green.mp4")) as c:
         frame = next(iter(c.decode(video=0)))
     frame.to_image().save(root / "shot.png")
-    index = Index.open(root / "ix", model)
-    server, thread, sock, port = _serve_in_thread(create_app(index, model, allowed_hosts=["127.0.0.1"]))
-    yield {"base": f"http://127.0.0.1:{port}", "png": root / "shot.png"}
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-    index.close()
+    with serving(create_app(scene_lib["index"], scene_lib["model"], allowed_hosts=["127.0.0.1"])) as port:
+        yield {"base": f"http://127.0.0.1:{port}", "png": root / "shot.png"}
 
 
 @pytest.fixture()

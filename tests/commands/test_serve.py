@@ -11,13 +11,8 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
-
-from milnce.index import Index
-from milnce.windows import WindowSettings
 
 SERVE_INSTALLED = importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("httpx") is not None
 needs_serve = pytest.mark.skipif(not SERVE_INSTALLED, reason="the serve extra (fastapi, httpx) is not installed")
@@ -41,33 +36,6 @@ def test_serve_restart_comes_back_after_a_fatal_signal(tmp_path, caplog):
     assert supervise([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGBUS)"],
                      max_restarts=2, pause_s=0.0) == 1  # gives up
 
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-
-
-def _windows(seed: int, n: int) -> SimpleNamespace:
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, 512)).astype(np.float32)
-    emb += 0.5 * np.sin(np.arange(n) / 3.0)[:, None].astype(np.float32) * rng.standard_normal(512).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, model):
-    """Indexes "a" (videos 0-5), "b" (6-11) and "all" (0-11), random windows; paths need not exist."""
-    root = tmp_path_factory.mktemp("multi")
-    paths = [f"/data/{'ab'[i // 6]}/v{i}.mp4" for i in range(12)]
-    made = {}
-    for name, ids in (("a", range(6)), ("b", range(6, 12)), ("all", range(12))):
-        ix = Index.create_for(root / name, model.weights_id, W, roots=["/data"])
-        for i in ids:
-            ix.add_video(paths[i], _windows(i, 20 + 3 * i), size=10 + i, mtime=1.7e9 + i, content_hash="")
-        ix.close()
-        made[name] = Index.open(root / name, model)
-    yield root, made
-    for ix in made.values():
-        ix.close()
-
 
 @needs_serve
 def test_folder_of_indexes(three):
@@ -75,6 +43,7 @@ def test_folder_of_indexes(three):
 
     root, _ = three
     assert [Path(p).name for p in index_folders([str(root)])] == ["a", "all", "b"]
+
 
 CHILD = textwrap.dedent("""
     import os, socket, time
@@ -85,10 +54,14 @@ CHILD = textwrap.dedent("""
     time.sleep(120)
 """)
 
+# The supervisor: ``milnce/server/supervise.py`` (standard library only) loaded from its file, so
+# that the child starts in a fraction of a second instead of importing torch with ``milnce``.
 SUPERVISOR = textwrap.dedent("""
-    import sys
-    from milnce.server.supervise import supervise
-    sys.exit(supervise([sys.executable, "-c", sys.argv[1]], pause_s=0.0))
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("supervise", sys.argv[2])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.exit(module.supervise([sys.executable, "-c", sys.argv[1]], pause_s=0.0))
 """)
 
 
@@ -114,11 +87,10 @@ def _wait_dead(pid: int, timeout: float) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_the_server_child_dies_with_its_supervisor(sig):
-    import milnce  # the sources under test, in the child too
+    from milnce.server import supervise as module  # the source under test, in the child too
 
-    src = os.path.dirname(os.path.dirname(os.path.abspath(milnce.__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, CHILD], stdout=subprocess.PIPE, text=True, env=env)
+    sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, CHILD, os.path.abspath(module.__file__)],
+                           stdout=subprocess.PIPE, text=True)
     child = 0
     try:
         line = sup.stdout.readline() if sup.stdout else ""  # the child's pid and port

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -12,36 +9,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from milnce.index import Index  # noqa: E402
 from milnce.server import create_app  # noqa: E402
-from milnce.windows import WindowSettings  # noqa: E402
-
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-
-
-def _windows(seed: int, n: int) -> SimpleNamespace:
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, 512)).astype(np.float32)
-    emb += 0.5 * np.sin(np.arange(n) / 3.0)[:, None].astype(np.float32) * rng.standard_normal(512).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, model):
-    """Indexes "a" (videos 0-5), "b" (6-11) and "all" (0-11), random windows; paths need not exist."""
-    root = tmp_path_factory.mktemp("multi")
-    paths = [f"/data/{'ab'[i // 6]}/v{i}.mp4" for i in range(12)]
-    made = {}
-    for name, ids in (("a", range(6)), ("b", range(6, 12)), ("all", range(12))):
-        ix = Index.create_for(root / name, model.weights_id, W, roots=["/data"])
-        for i in ids:
-            ix.add_video(paths[i], _windows(i, 20 + 3 * i), size=10 + i, mtime=1.7e9 + i, content_hash="")
-        ix.close()
-        made[name] = Index.open(root / name, model)
-    yield root, made
-    for ix in made.values():
-        ix.close()
 
 
 def key(m):

@@ -8,12 +8,9 @@ import os
 import shutil
 import threading
 from dataclasses import replace
-from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
-import anyio
 import numpy as np
 import pytest
 
@@ -33,8 +30,9 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.index.filters import VideoFilter  # noqa: E402
-from milnce.server import MAX_K, MAX_QUERY_CHARS, create_app  # noqa: E402  # noqa: E402
+from milnce.server import MAX_K, MAX_QUERY_CHARS, create_app  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
+from server_fixtures import SECONDS, TRAVERSALS, asgi_call, asgi_request, client_for, make_index  # noqa: E402
 
 
 def test_server_says_not_existing_for_a_folder_swapped_for_a_link(tmp_path, model):
@@ -61,42 +59,10 @@ def test_server_says_not_existing_for_a_folder_swapped_for_a_link(tmp_path, mode
         assert c.get(f"/api/videos/{ids['a.mp4']}/file").status_code == 403
         ok = c.get(f"/api/videos/{ids['b.mp4']}").json()
         assert ok["exists"] is True and ok["file_state"] == "ok"
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
+# ----- names that are not UTF-8 -------------------------------------------------------
 
 
-def windows(n: int = 4, seed: int = 0, *, nan: bool = False) -> SimpleNamespace:
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, 512)).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    if nan:
-        emb[1, 3] = np.nan
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-def make_index(folder: Path, files: list[Path], roots: list[Path] | None = None) -> Index:
-    """A writable index (weights "w1", no model) holding ``files`` as videos (random windows)."""
-    idx = Index.create_for(folder, "w1", W, roots=roots if roots is not None else [])
-    for i, f in enumerate(files):
-        st = os.stat(f)
-        idx.add_video(str(f), windows(seed=i), size=st.st_size, mtime=st.st_mtime, content_hash="")
-    return idx
-
-
-@pytest.fixture(scope="module")
-def client_for(model):
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
-
-    def make(index: Index) -> TestClient:
-        return TestClient(create_app(index, model, refresh_interval=0), raise_server_exceptions=False)
-
-    return make
-
-
-# ----- item 3: names that are not UTF-8 -------------------------------------------------------
-
-
-def test_non_utf8_names_in_the_api(tmp_path, client_for):
+def test_non_utf8_names_in_the_api(tmp_path, index_client):
     folder = tmp_path / "v"
     folder.mkdir()
     raw = os.fsencode(str(folder)) + b"/caf\xe9\x1b[31m.mp4"
@@ -104,7 +70,7 @@ def test_non_utf8_names_in_the_api(tmp_path, client_for):
         f.write(b"Z" * 32)
     name = os.fsdecode(raw)
     make_index(tmp_path / "ix", [Path(name)], roots=[folder]).close()
-    with Index.open(tmp_path / "ix") as idx, client_for(idx) as c:
+    with Index.open(tmp_path / "ix") as idx, index_client(idx) as c:
         vid = idx.videos()[0].id
         listing = c.get("/api/videos")
         assert listing.status_code == 200
@@ -119,14 +85,14 @@ def test_non_utf8_names_in_the_api(tmp_path, client_for):
         assert c.get(f"/api/videos/{vid}/file").content == b"Z" * 32
 
 
-# ----- item 8: a vector file truncated under the server ---------------------------------------
+# ----- a vector file truncated under the server ---------------------------------------
 
 
-def test_truncated_store_answers_503_not_sigbus(tmp_path, client_for):
+def test_truncated_store_answers_503_not_sigbus(tmp_path, index_client):
     f = tmp_path / "a.mp4"
     f.write_bytes(b"a")
     make_index(tmp_path / "ix", [f], roots=[tmp_path]).close()
-    with Index.open(tmp_path / "ix") as idx, client_for(idx) as c:
+    with Index.open(tmp_path / "ix") as idx, index_client(idx) as c:
         assert c.get("/api/search", params={"q": "cut"}).status_code == 200
         os.truncate(idx.snapshot.path("vectors"), 100)
         for url in ("/api/search?q=cut", f"/api/videos/{idx.videos()[0].id}/curve?q=cut"):
@@ -135,70 +101,6 @@ def test_truncated_store_answers_503_not_sigbus(tmp_path, client_for):
         assert c.get("/healthz").json()["status"] == "degraded"
         with pytest.raises(IndexDamagedError):
             idx.search_embeddings(np.ones(512, np.float32))
-FPS = 10
-SECONDS = 8
-
-
-# ----- test videos --------------------------------------------------------------------------
-
-
-def make_video_server(path: Path, codec: str, seconds: int = SECONDS, size: tuple[int, int] = (320, 240)) -> None:
-    """A video whose red channel is ``30 * second`` (so a frame's time can be read back from its
-    colour) with a white square moving across it."""
-    import av
-
-    w, h = size
-    options = {"movflags": "+faststart"} if path.suffix == ".mp4" else {}
-    with av.open(str(path), "w", options=options) as out:
-        stream = out.add_stream(codec, rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = FPS
-        if codec == "libx264":
-            stream.codec_context.options = {"preset": "ultrafast", "profile": "baseline"}
-        for i in range(seconds * FPS):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[..., 0] = min(255, 30 * (i // FPS))
-            img[..., 1] = 90
-            img[..., 2] = 160
-            x = int((w - 40) * i / (seconds * FPS))
-            img[h // 2 - 20:h // 2 + 20, x:x + 40] = 255
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
-
-# ----- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory, model):
-    """Videos (H.264 mp4, MPEG-4 avi, one deleted after indexing), their index and the model."""
-    root = tmp_path_factory.mktemp("library")
-    vids = root / "videos"
-    vids.mkdir()
-    make_video_server(vids / "kitchen.mp4", "libx264")
-    make_video_server(vids / "garage.avi", "mpeg4", seconds=4, size=(160, 120))
-    shutil.copy(vids / "kitchen.mp4", vids / "gone.mp4")
-
-    idx_dir = root / "index"  # small windows: 8 frames of 64 px every 0.8 s
-    build_index([vids], idx_dir, model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=64, stride=8))
-    (vids / "gone.mp4").unlink()
-    index = Index.open(idx_dir, model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"index": index, "model": model, "ids": ids, "videos": vids, "index_dir": idx_dir}
-    index.close()
-
-
-@pytest.fixture(scope="module")
-def client(library):
-    with TestClient(create_app(library["index"], library["model"])) as c:
-        yield c
-
-
 # ----- search -------------------------------------------------------------------------------
 
 
@@ -275,15 +177,6 @@ def test_video_metadata(client, library):
 
 # ----- traversal, static files, docs, health ------------------------------------------------
 
-TRAVERSALS = [
-    "/api/videos/../../etc/passwd", "/api/videos/..%2F..%2Fetc%2Fpasswd", "/api/videos/%2e%2e/%2e%2e/etc/passwd",
-    "/api/videos/0/../../../etc/passwd", "/api/videos/0%2F..%2F..%2Fetc%2Fpasswd/file", "/api/videos/-1/file",
-    "/api/videos/0x1/file", "/api/videos//etc/passwd/file", "/static/../server.py", "/static/..%2Fserver.py",
-    "/static/%2e%2e%2fserver.py", "/static/%2e%2e/%2e%2e/pyproject.toml", "/static/..", "/static/", "/static",
-    "/static/%2fetc%2fpasswd", "/static//etc/passwd", "/etc/passwd", "/api/videos/%00/file", "/api/videos/..%5c..%5cetc",
-]
-
-
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_traversal_testclient(client, path):
     r = client.get(path)
@@ -322,71 +215,31 @@ def test_healthz_and_openapi(client, library):
     assert client.get("/docs").status_code == 200
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory, model):
-
-    root = tmp_path_factory.mktemp("cliplim")
-    vids = root / "videos"
-    vids.mkdir()
-    make_video(vids / "a.mp4", n=40, width=64, height=48)
-    make_video(vids / "late.ts", rate=10, pts_ms=[1400 + 100 * i for i in range(40)], audio=True,
-               options={"crf": "0", "preset": "ultrafast", "g": "10"})
-    build_index([vids], root / "index", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8))
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "index": index, "model": model, "ids": ids}
-    index.close()
-
-
-def test_a_failed_cut_is_422_not_500(lib):
-    with TestClient(create_app(lib["index"], lib["model"]), raise_server_exceptions=False) as c:
-        vid = lib["ids"]["a.mp4"]
+def test_a_failed_cut_is_422_not_500(clip_lib):
+    with TestClient(create_app(clip_lib["index"], clip_lib["model"]), raise_server_exceptions=False) as c:
+        vid = clip_lib["ids"]["a.mp4"]
         r = c.get(f"/api/videos/{vid}/clip", params={"start": 1, "end": 1.000001})  # no frame inside
         assert r.status_code == 422, r.text
         msg = r.json()["error"]["message"]
         assert "no video frames" in msg and "/proc/self/fd" not in msg
 
 
-def test_clip_route_cuts_mpegts_at_the_indexed_times(lib, tmp_path):
+def test_clip_route_cuts_mpegts_at_the_indexed_times(clip_lib, tmp_path):
     import av
 
     from video_fixtures import frame_index
 
-    with TestClient(create_app(lib["index"], lib["model"])) as c:
-        r = c.get(f"/api/videos/{lib['ids']['late.ts']}/clip", params={"start": 2, "end": 3})
+    with TestClient(create_app(clip_lib["index"], clip_lib["model"])) as c:
+        r = c.get(f"/api/videos/{clip_lib['ids']['late.ts']}/clip", params={"start": 2, "end": 3})
         assert r.status_code == 200
         (tmp_path / "c.mp4").write_bytes(r.content)
         with av.open(str(tmp_path / "c.mp4")) as f:
             assert [frame_index(x.to_ndarray(format="rgb24")) for x in f.decode(video=0)] == list(range(20, 30))
 
 
-def _request(path: str, query: str, headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-            "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
-            "headers": headers or [(b"host", b"localhost")], "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80)}
-
-
-def _call(app: Any, scope: dict[str, Any]) -> tuple[int, bytes]:
-    got: list[int] = []
-    body: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            got.append(message["status"])
-        else:
-            body.append(message.get("body", b""))
-
-    anyio.run(app, scope, receive, send)
-    return got[0], b"".join(body)
-
-
-def test_error_bodies_do_not_echo_huge_inputs(lib):
-    app = create_app(lib["index"], lib["model"])
-    status, body = _call(app, _request(f"/api/videos/{lib['ids']['a.mp4']}/clip", "start=" + "x" * 100_000 + "&end=1"))
+def test_error_bodies_do_not_echo_huge_inputs(clip_lib):
+    app = create_app(clip_lib["index"], clip_lib["model"])
+    status, body = asgi_call(app, asgi_request(f"/api/videos/{clip_lib['ids']['a.mp4']}/clip", "start=" + "x" * 100_000 + "&end=1"))
     assert status == 422 and len(body) < 4000, len(body)
     assert b"start" in body and b"xxxx" in body  # what was wrong, and the start of the input
 
@@ -400,38 +253,17 @@ def test_model_name_for_the_page():
     assert _model_name(object()) == "unknown"
 
 
-@pytest.fixture(scope="module")
-def lib_server_trust(tmp_path_factory, model):
-
-    root = tmp_path_factory.mktemp("trust")
-    vids = root / "videos"
-    vids.mkdir()
-    make_video(vids / "a.mp4", n=40, width=96, height=64)
-    make_video(vids / "b.mp4", n=40, width=96, height=64, marker=True)
-    build_index([vids], root / "index", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8))
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "videos": vids, "index": index, "index_dir": root / "index", "model": model, "ids": ids}
-    index.close()
+# ----- one error shape --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def client_server_trust(lib_server_trust):
-    with TestClient(create_app(lib_server_trust["index"], lib_server_trust["model"])) as c:
-        yield c
-
-
-# ----- 3. one error shape --------------------------------------------------------------------
-
-
-def test_errors_have_one_shape(client_server_trust, lib_server_trust, model):
-    vid = lib_server_trust["ids"]["a.mp4"]
+def test_errors_have_one_shape(trust_client, trust_lib, model):
+    vid = trust_lib["ids"]["a.mp4"]
     cases = {
-        404: client_server_trust.get("/api/videos/999"),
-        422: client_server_trust.get("/api/search", params={"q": "cut", "k": 0}),
-        416: client_server_trust.get(f"/api/videos/{vid}/file", headers={"Range": "bytes=99999999-"}),
+        404: trust_client.get("/api/videos/999"),
+        422: trust_client.get("/api/search", params={"q": "cut", "k": 0}),
+        416: trust_client.get(f"/api/videos/{vid}/file", headers={"Range": "bytes=99999999-"}),
     }
-    with TestClient(create_app(lib_server_trust["index"], model, allowed_hosts=["localhost"])) as c:
+    with TestClient(create_app(trust_lib["index"], model, allowed_hosts=["localhost"])) as c:
         cases[400] = c.get("/healthz")  # TestClient's Host is "testserver"
 
     class Broken:
@@ -447,7 +279,7 @@ def test_errors_have_one_shape(client_server_trust, lib_server_trust, model):
         def windows(self, video_id):
             raise RuntimeError("boom")
 
-    with TestClient(create_app(Broken(lib_server_trust["index"]), model), raise_server_exceptions=False) as c:
+    with TestClient(create_app(Broken(trust_lib["index"]), model), raise_server_exceptions=False) as c:
         cases[500] = c.get(f"/api/videos/{vid}/curve", params={"q": "cut"})
     for status, r in cases.items():
         assert r.status_code == status, (status, r.text)
@@ -458,14 +290,14 @@ def test_errors_have_one_shape(client_server_trust, lib_server_trust, model):
     assert "boom" not in cases[500].json()["error"]["message"]  # no internals
 
 
-# ----- 4. a damaged ANN index ----------------------------------------------------------------
+# ----- a damaged ANN index ----------------------------------------------------------------
 
 
-def test_damaged_ann_degrades_health_and_searches_exactly(lib_server_trust, model, tmp_path):
+def test_damaged_ann_degrades_health_and_searches_exactly(trust_lib, model, tmp_path):
     pytest.importorskip("faiss")
 
     folder = tmp_path / "index"
-    shutil.copytree(lib_server_trust["index_dir"], folder)
+    shutil.copytree(trust_lib["index_dir"], folder)
     with Index.open(folder, model, readonly=False) as w:
         try:
             w.build_ann(nlist=2)
@@ -489,15 +321,15 @@ def test_damaged_ann_degrades_health_and_searches_exactly(lib_server_trust, mode
         assert c.get("/healthz").json()["status"] == "degraded"
 
 
-def test_healthz_reports_ann_state_ok(client_server_trust):
-    h = client_server_trust.get("/healthz").json()
+def test_healthz_reports_ann_state_ok(trust_client):
+    h = trust_client.get("/healthz").json()
     assert h["status"] == "ok" and isinstance(h["ann"], dict)
 
 
-def test_curve(client_server_trust, lib_server_trust):
-    vid = lib_server_trust["ids"]["a.mp4"]
-    index = lib_server_trust["index"]
-    r = client_server_trust.get(f"/api/videos/{vid}/curve", params={"q": "cut tomato"})
+def test_curve(trust_client, trust_lib):
+    vid = trust_lib["ids"]["a.mp4"]
+    index = trust_lib["index"]
+    r = trust_client.get(f"/api/videos/{vid}/curve", params={"q": "cut tomato"})
     assert r.status_code == 200
     body = r.json()
     starts, ends, vecs = index.windows(vid)
@@ -506,20 +338,20 @@ def test_curve(client_server_trust, lib_server_trust):
     assert body["ends"] == pytest.approx(ends.tolist(), abs=1e-3)
     assert body["scores"] == pytest.approx((vecs @ emb).tolist(), rel=1e-3, abs=1e-3)
     assert all(-1.0001 <= c <= 1.0001 for c in body["cosine"])
-    like = client_server_trust.get(f"/api/videos/{vid}/curve", params={"like": f"{vid}@0"}).json()
+    like = trust_client.get(f"/api/videos/{vid}/curve", params={"like": f"{vid}@0"}).json()
     assert len(like["scores"]) == len(starts) and like["cosine"][0] == pytest.approx(1.0, abs=1e-3)
-    assert client_server_trust.get("/api/videos/999/curve", params={"q": "cut"}).status_code == 404
-    assert client_server_trust.get(f"/api/videos/{vid}/curve").status_code == 422
-    assert client_server_trust.get(f"/api/videos/{vid}/curve", params={"q": "cut", "like": f"{vid}@0"}).status_code == 422
-    empty = client_server_trust.get(f"/api/videos/{vid}/curve", params={"q": "zzyzx"}).json()
+    assert trust_client.get("/api/videos/999/curve", params={"q": "cut"}).status_code == 404
+    assert trust_client.get(f"/api/videos/{vid}/curve").status_code == 422
+    assert trust_client.get(f"/api/videos/{vid}/curve", params={"q": "cut", "like": f"{vid}@0"}).status_code == 422
+    empty = trust_client.get(f"/api/videos/{vid}/curve", params={"q": "zzyzx"}).json()
     assert empty["scores"] == [] and "vocabulary" in empty["message"]
 
 
-def test_more_like_this(client_server_trust, lib_server_trust):
-    vid = lib_server_trust["ids"]["b.mp4"]
-    starts, ends, _ = lib_server_trust["index"].windows(vid)
+def test_more_like_this(trust_client, trust_lib):
+    vid = trust_lib["ids"]["b.mp4"]
+    starts, ends, _ = trust_lib["index"].windows(vid)
     t = float(starts[2])
-    r = client_server_trust.get("/api/search", params={"like": f"{vid}@{t}", "k": 5, "merge": "false"})
+    r = trust_client.get("/api/search", params={"like": f"{vid}@{t}", "k": 5, "merge": "false"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["like"]["video_id"] == vid and body["like"]["start"] == pytest.approx(t)
@@ -527,15 +359,15 @@ def test_more_like_this(client_server_trust, lib_server_trust):
     assert 1 <= len(res) <= 5 and [m["score"] for m in res] == sorted((m["score"] for m in res), reverse=True)
     centre = (starts[2] + ends[2]) / 2
     assert not any(m["video_id"] == vid and m["start"] <= centre <= m["end"] for m in res)  # not itself
-    assert client_server_trust.get("/api/search", params={"like": "999@1"}).status_code == 404
+    assert trust_client.get("/api/search", params={"like": "999@1"}).status_code == 404
     for bad in ("x@1", "1@-2", "1@²", "1@1@2"):
-        assert client_server_trust.get("/api/search", params={"like": bad}).status_code == 422, bad
-    assert client_server_trust.get("/api/search", params={"like": f"{vid}@1", "q": "cut"}).status_code == 422
+        assert trust_client.get("/api/search", params={"like": bad}).status_code == 422, bad
+    assert trust_client.get("/api/search", params={"like": f"{vid}@1", "q": "cut"}).status_code == 422
 
 
-def test_normalised_scores(client_server_trust, lib_server_trust):
-    index = lib_server_trust["index"]
-    body = client_server_trust.get("/api/search", params={"q": "pour water", "k": 5, "merge": "false"}).json()
+def test_normalised_scores(trust_client, trust_lib):
+    index = trust_lib["index"]
+    body = trust_client.get("/api/search", params={"q": "pour water", "k": 5, "merge": "false"}).json()
     emb = index.encode_queries(["pour water"])[0][0]
     for m in body["results"]:
         starts, _, vecs = index.windows(m["video_id"])
@@ -543,14 +375,14 @@ def test_normalised_scores(client_server_trust, lib_server_trust):
         assert m["cosine"] == pytest.approx(m["score"] / (np.linalg.norm(emb) * np.linalg.norm(v)), abs=2e-4)
 
 
-def test_hostile_glob_does_not_freeze_the_server(lib_server_trust, model, tmp_path):
+def test_hostile_glob_does_not_freeze_the_server(trust_lib, model, tmp_path):
     """Issue 25 item 1: 24 stars + Z (and '*a' x 6 + Z) over long file names answered at once, and
     /healthz keeps answering while it runs (the old regex pinned a core for hours)."""
 
     vids = tmp_path / "videos"
     vids.mkdir()
     long_name = "a" * 200 + ".mp4"
-    shutil.copy(lib_server_trust["videos"] / "a.mp4", vids / long_name)
+    shutil.copy(trust_lib["videos"] / "a.mp4", vids / long_name)
     build_index([vids], tmp_path / "index", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8))
     index = Index.open(tmp_path / "index", model)
     try:
@@ -569,24 +401,8 @@ def test_hostile_glob_does_not_freeze_the_server(lib_server_trust, model, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def lib_server_wire(tmp_path_factory, model):
-
-    root = tmp_path_factory.mktemp("wire")
-    vids = root / "videos"
-    (vids / "sub").mkdir(parents=True)
-    make_video(vids / "a.mp4", n=40, width=96, height=64)
-    make_video(vids / "sub" / "b.mp4", n=40, width=96, height=64, marker=True)
-    make_video(vids / "c.mkv", n=30, width=96, height=64)
-    build_index([vids], root / "index", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8))
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "videos": vids, "index": index, "model": model, "ids": ids}
-    index.close()
-
-
-@pytest.fixture(scope="module")
-def client_server_wire(lib_server_wire):
-    with TestClient(create_app(lib_server_wire["index"], lib_server_wire["model"], clip_limits=ClipLimits(max_seconds=3.0))) as c:
+def wire_client(wire_lib):
+    with client_for(wire_lib, clip_limits=ClipLimits(max_seconds=3.0)) as c:
         yield c
 
 
@@ -594,20 +410,20 @@ def keys(results):
     return [(m["video_id"], m["start"], m["end"], m["score"]) for m in results]
 
 
-def test_filters_in_the_api(client_server_wire, lib_server_wire):
-    vids = lib_server_wire["videos"]
-    r = client_server_wire.get("/api/search", params={"q": "cut tomato", "k": 50, "under": str(vids / "sub")}).json()
-    assert r["results"] and {m["video_id"] for m in r["results"]} == {lib_server_wire["ids"]["b.mp4"]}
+def test_filters_in_the_api(wire_client, wire_lib):
+    vids = wire_lib["videos"]
+    r = wire_client.get("/api/search", params={"q": "cut tomato", "k": 50, "under": str(vids / "sub")}).json()
+    assert r["results"] and {m["video_id"] for m in r["results"]} == {wire_lib["ids"]["b.mp4"]}
     assert r["filter"].startswith("under")
-    r = client_server_wire.get("/api/search", params={"q": "cut tomato", "k": 50, "path_glob": "*.mkv"}).json()
-    assert {m["video_id"] for m in r["results"]} == {lib_server_wire["ids"]["c.mkv"]}
-    r = client_server_wire.get("/api/search", params={"q": "cut tomato", "k": 50, "min_duration": 3.5}).json()
-    assert {m["video_id"] for m in r["results"]} == {lib_server_wire["ids"]["a.mp4"], lib_server_wire["ids"]["b.mp4"]}
+    r = wire_client.get("/api/search", params={"q": "cut tomato", "k": 50, "path_glob": "*.mkv"}).json()
+    assert {m["video_id"] for m in r["results"]} == {wire_lib["ids"]["c.mkv"]}
+    r = wire_client.get("/api/search", params={"q": "cut tomato", "k": 50, "min_duration": 3.5}).json()
+    assert {m["video_id"] for m in r["results"]} == {wire_lib["ids"]["a.mp4"], wire_lib["ids"]["b.mp4"]}
     # the same moments as the library's filtered search
-    want = lib_server_wire["index"].search("cut tomato", 50, video_filter=VideoFilter(duration_min=3.5))
+    want = wire_lib["index"].search("cut tomato", 50, video_filter=VideoFilter(duration_min=3.5))
     assert [(m["video_id"], m["start"]) for m in r["results"]] == [(m.video_id, m.start) for m in want]
     # no video matches: said so, no results, 200
-    r = client_server_wire.get("/api/search", params={"q": "cut tomato", "path_glob": "*.avi"}).json()
+    r = wire_client.get("/api/search", params={"q": "cut tomato", "path_glob": "*.avi"}).json()
     assert r["results"] == [] and "no indexed video matches" in r["message"].lower()
 
 
@@ -621,43 +437,43 @@ def test_filters_in_the_api(client_server_wire, lib_server_wire):
     ({"not": "qqqzzz"}, "cannot search for"),
     ({"offset": -1}, "offset"),
 ])
-def test_bad_search_parameters_one_error_each(client_server_wire, params, words):
-    r = client_server_wire.get("/api/search", params={"q": "cut tomato", **params})
+def test_bad_search_parameters_one_error_each(wire_client, params, words):
+    r = wire_client.get("/api/search", params={"q": "cut tomato", **params})
     assert r.status_code == 422
     assert words in r.json()["error"]["message"]
 
 
-def test_negative_terms_in_q_and_not(client_server_wire, lib_server_wire):
-    index = lib_server_wire["index"]
-    base = client_server_wire.get("/api/search", params={"q": "cut tomato", "k": 20}).json()
-    r = client_server_wire.get("/api/search", params={"q": 'cut tomato -"pour water" -guitar', "k": 20}).json()
+def test_negative_terms_in_q_and_not(wire_client, wire_lib):
+    index = wire_lib["index"]
+    base = wire_client.get("/api/search", params={"q": "cut tomato", "k": 20}).json()
+    r = wire_client.get("/api/search", params={"q": 'cut tomato -"pour water" -guitar', "k": 20}).json()
     assert r["words"] == ["cut", "tomato"] and r["not"] == ["pour water", "guitar"] and r["not_weight"] == 0.5
     want = index.search("cut tomato", 20, negatives=["pour water", "guitar"])
     assert [(m["video_id"], m["start"], m["end"]) for m in r["results"]] == [(m.video_id, m.start, m.end) for m in want]
     np.testing.assert_allclose([m["score"] for m in r["results"]], [m.score for m in want], atol=1e-4)
     assert keys(r["results"]) != keys(base["results"])
-    r2 = client_server_wire.get("/api/search", params=[("q", "cut tomato"), ("not", "pour water"), ("not", "guitar"), ("k", "20")]).json()
+    r2 = wire_client.get("/api/search", params=[("q", "cut tomato"), ("not", "pour water"), ("not", "guitar"), ("k", "20")]).json()
     assert keys(r2["results"]) == keys(r["results"])
 
 
-def test_pages_concatenated_equal_one_big_page(client_server_wire):
+def test_pages_concatenated_equal_one_big_page(wire_client):
     for extra in ({}, {"by_video": "true"}, {"q": "cut tomato -guitar"}):
         params = {"q": "cut tomato", **extra}
-        big = client_server_wire.get("/api/search", params={**params, "k": 24}).json()["results"]
+        big = wire_client.get("/api/search", params={**params, "k": 24}).json()["results"]
         pages = []
         for off in range(0, 24, 5):
-            pages += client_server_wire.get("/api/search", params={**params, "k": 5, "offset": off}).json()["results"]
+            pages += wire_client.get("/api/search", params={**params, "k": 5, "offset": off}).json()["results"]
         assert keys(pages[:len(big)]) == keys(big)
 
 
-def test_clip_endpoint(client_server_wire, lib_server_wire):
+def test_clip_endpoint(wire_client, wire_lib, tmp_path):
     import av
 
-    vid = lib_server_wire["ids"]["a.mp4"]
-    r = client_server_wire.get(f"/api/videos/{vid}/clip", params={"start": 0.5, "end": 2.5})
+    vid = wire_lib["ids"]["a.mp4"]
+    r = wire_client.get(f"/api/videos/{vid}/clip", params={"start": 0.5, "end": 2.5})
     assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
     assert "attachment" in r.headers["content-disposition"] and "a_" in r.headers["content-disposition"]
-    out = lib_server_wire["root"] / "got.mp4"
+    out = tmp_path / "got.mp4"
     out.write_bytes(r.content)
     with av.open(str(out)) as c:
         frames = sum(1 for _ in c.decode(video=0))
@@ -666,15 +482,15 @@ def test_clip_endpoint(client_server_wire, lib_server_wire):
                                   ({"start": 0, "end": 60}, 422, "outside the video"),
                                   ({"start": 0, "end": 3.9}, 422, "at most 3 s"),
                                   ({"start": 0}, 422, "end")):
-        r = client_server_wire.get(f"/api/videos/{vid}/clip", params=params)
+        r = wire_client.get(f"/api/videos/{vid}/clip", params=params)
         assert r.status_code == status and words in r.json()["error"]["message"]
-    assert client_server_wire.get("/api/videos/999/clip", params={"start": 0, "end": 1}).status_code == 404
+    assert wire_client.get("/api/videos/999/clip", params={"start": 0, "end": 1}).status_code == 404
 
 
-def test_clip_busy_answers_429(lib_server_wire):
+def test_clip_busy_answers_429(wire_lib):
     limits = ClipLimits(max_seconds=10, max_concurrent=1)
-    with TestClient(create_app(lib_server_wire["index"], lib_server_wire["model"], clip_limits=limits)) as c:
-        vid = lib_server_wire["ids"]["a.mp4"]
+    with TestClient(create_app(wire_lib["index"], wire_lib["model"], clip_limits=limits)) as c:
+        vid = wire_lib["ids"]["a.mp4"]
         held = threading.Event()
         with limits.slot():
             held.set()

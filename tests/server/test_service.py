@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,8 +14,6 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.server import create_app  # noqa: E402
-from milnce.windows import WindowSettings  # noqa: E402
-from video_fixtures import make_video  # noqa: E402
 
 
 @pytest.fixture
@@ -53,27 +50,11 @@ def test_only_one_result_passes_the_filter(two_video_index, model):
     assert (out["message"] or "").startswith("Only 1 result passes the filter"), out["message"]
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory, model):
-    from milnce.index import Index, build_index
-
-    root = tmp_path_factory.mktemp("trust")
-    vids = root / "videos"
-    vids.mkdir()
-    make_video(vids / "a.mp4", n=40, width=96, height=64)
-    make_video(vids / "b.mp4", n=40, width=96, height=64, marker=True)
-    build_index([vids], root / "index", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8))
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "videos": vids, "index": index, "index_dir": root / "index", "model": model, "ids": ids}
-    index.close()
-
-
-def test_warm_up(lib, model, caplog):
+def test_warm_up(trust_lib, model, caplog):
     """The warm-up runs one search through the app (the Host check included) without failing."""
     for hosts in (None, ["127.0.0.1", "localhost"]):
         with caplog.at_level("WARNING", logger="milnce.server"):
-            app = create_app(lib["index"], model, warm_up=True, allowed_hosts=hosts)
+            app = create_app(trust_lib["index"], model, warm_up=True, allowed_hosts=hosts)
         assert app.state.warmup_ms > 0 and len(app.state.query_cache) == 0
         assert "warm-up" not in caplog.text
     with TestClient(app, base_url="http://127.0.0.1") as c:  # the app still serves after it
