@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import milnce.index.screen as search_mod
+from index_fixtures import CENTRES as BIG_CENTRES
 from milnce.index import Index
 from milnce.index.filters import VideoFilter
 from milnce.windows import WindowSettings
@@ -274,6 +275,8 @@ def _edit_ann(d: Path, change) -> None:
     ("nprobe", "16", "nprobe"),
     ("nprobe", True, "nprobe"),
 ])
+
+
 def test_ann_entry_cannot_point_outside(pair, tmp_path, caplog, field, value, words):
     a, _ = pair
     d = _copy(a, tmp_path / "ix")
@@ -322,34 +325,6 @@ def test_rebuild_never_removes_what_a_crafted_entry_names(pair, tmp_path):
         w.build_ann(kind="pq")
         assert w.ann_status()["state"] == "ok"
     assert (victim / "keep").is_dir()
-ROOT = "/media/footage"
-FOLDERS = ["kitchen", "kitchen/2024", "garden", "garden/dogs", "a b"]
-NAMES = ["cook", "dog", "walk", "Cat"]
-EXTS = [".mp4", ".mkv"]
-CENTRES_SEARCH_WIRE = np.random.default_rng(99).standard_normal((12, 512)).astype(np.float32)
-
-
-def _windows(rng: np.random.Generator, n: int) -> SimpleNamespace:
-    c = CENTRES_SEARCH_WIRE[rng.integers(0, len(CENTRES_SEARCH_WIRE), size=n)]
-    emb = (c + 0.8 * rng.standard_normal((n, 512))).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    """~21,000 windows in 40 videos with random folders, names, mtimes and durations (paths need
-    not exist: the search path never opens them)."""
-    d = tmp_path_factory.mktemp("wire") / "ix"
-    rng = np.random.default_rng(5)
-    idx = Index.create_for(d, "w1", W, roots=[ROOT])
-    for i in range(40):
-        path = f"{ROOT}/{FOLDERS[i % len(FOLDERS)]}/{NAMES[rng.integers(4)]}{i}{EXTS[rng.integers(2)]}"
-        mtime = float(1.70e9 + rng.integers(0, 10**7))
-        idx.add_video(path, _windows(rng, int(rng.integers(380, 680))), size=100 + i, mtime=mtime, content_hash="")
-    assert len(idx) > 20000  # the int8 screen runs from 20,000 rows on
-    idx.close()
-    return d
 
 
 @pytest.mark.slow
@@ -371,7 +346,7 @@ def test_index_ann_pq_is_recorded_and_searched(big, tmp_path, model, monkeypatch
         assert report.ann["recall_at_10"] >= 0.8 and index.ann_status()["state"] == "ok"
     with Index.open(d) as index:
         assert index.ann() is not None
-        q = CENTRES_SEARCH_WIRE[3] + 0.2 * CENTRES_SEARCH_WIRE[4]
+        q = BIG_CENTRES[3] + 0.2 * BIG_CENTRES[4]
         approx = index.search_embeddings(q, 10, merge=False)[0]
         exact = index.search_embeddings(q, 10, merge=False, exact=True)[0]
         assert len({(m.video_id, m.start) for m in approx} & {(m.video_id, m.start) for m in exact}) >= 8
@@ -392,7 +367,7 @@ def test_index_ann_pq_is_recorded_and_searched(big, tmp_path, model, monkeypatch
     (pq_dir / "lists.ivfdata").write_bytes(b"short")
     with Index.open(d) as index:
         assert index.ann_status()["state"] == "damaged" and index.ann() is None
-        assert index.search_embeddings(CENTRES_SEARCH_WIRE[3], 5)[0]
+        assert index.search_embeddings(BIG_CENTRES[3], 5)[0]
 
 
 # ---- from test_ann_pq_recall.py
