@@ -635,7 +635,7 @@ def test_localize_cli_plot_and_scores(tmp_path, video_dir, wargs, model, direct,
     assert "green door" in text and f"{len(expected)} windows" in text
     assert main(["localize", str(video), "xyzzy", *SMALL_ARGS, *wargs]) == 2
     assert "vocabulary" in capsys.readouterr().err
-SMALL_INDEX_FAILURES = ["--num-frames", "8", "--size", "32", "--workers", "0"]
+ARGS_32 = ["--num-frames", "8", "--size", "32", "--workers", "0"]
 
 
 @pytest.fixture()
@@ -666,10 +666,10 @@ def test_one_reason_listed_once_and_one_exit_status(library, tmp_path, model, wa
     monkeypatch.setattr(eval_cmd, "model_from_args", lambda args: model)
     bad = str(library / "video3.mp4")
     runs = {
-        "index": ["index", str(library), "--index", str(tmp_path / "idx"), "--quiet", *SMALL_INDEX_FAILURES, *wargs],
-        "extract": ["extract", str(library), "--out", str(tmp_path / "ext"), *SMALL_INDEX_FAILURES, *wargs],  # with a progress bar
+        "index": ["index", str(library), "--index", str(tmp_path / "idx"), "--quiet", *ARGS_32, *wargs],
+        "extract": ["extract", str(library), "--out", str(tmp_path / "ext"), *ARGS_32, *wargs],  # with a progress bar
         "eval": ["eval", "msrvtt", "--videos", str(library), "--annotations", str(tmp_path / "m.csv"), "--quiet",
-                 "--cache", str(tmp_path / "cache"), *SMALL_INDEX_FAILURES, *wargs],
+                 "--cache", str(tmp_path / "cache"), *ARGS_32, *wargs],
     }
     reasons: dict[str, str] = {}
     for attempt in (1, 2):  # the rerun meets the known failure again (index skips it)
@@ -723,7 +723,7 @@ def test_cli_and_api_give_the_same_scores(index_dir, model, wargs, capsys):
             best = max(curve["scores"])
             assert best == round(max(sc for p, _, _, sc in res if p == body["results"][0]["path"]), 4)
 
-SMALL_INDEX_SOURCE = {"fps": 10.0, "num_frames": 8, "size": 32, "stride": 4}
+WINDOW_32 = {"fps": 10.0, "num_frames": 8, "size": 32, "stride": 4}
 
 
 def _video(path: Path, **kw: int) -> Path:
@@ -735,7 +735,7 @@ def _build(tmp_path: Path, weights: Path, vocab: Path | None) -> Path:
     video = _video(tmp_path / "v" / "a.mp4", n=20)
     model = milnce.load_model(weights, vocab, download=False)
     idx = tmp_path / "idx"
-    build_index([video.parent], idx, model, progress=False, window=WindowSettings.for_model(model, **SMALL_INDEX_SOURCE), run=RunOptions(workers=0))
+    build_index([video.parent], idx, model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32), run=RunOptions(workers=0))
     return idx
 
 
