@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from index_fixtures import synthetic_index
+from index_fixtures import key, synthetic_index
 from milnce.index import Index
 
 pytestmark = pytest.mark.usefixtures("reuse_model")  # CLI commands reuse the loaded model
@@ -49,10 +49,6 @@ def test_ann_recall_and_rescored_results(tmp_path):
     idx.close()
     with Index.open(tmp_path / "ix") as r:
         assert r.ann() is not None and r.meta["ann"]["recall_at_10"] >= 0.95
-
-
-def key(m):
-    return (m.video_id, m.start, m.end, m.score)
 
 
 # --------------------------------------------------------------------------------------------
