@@ -163,6 +163,7 @@ def same(got, ref) -> None:
 
 SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
 SMALL_ARGS = ["--fps", "10", "--num-frames", "8", "--size", "64", "--stride", "4"]
+WINDOW_32 = {"fps": 10.0, "num_frames": 8, "size": 32, "stride": 4}  # a quarter of SMALL's pixels: where size is not tested
 
 
 @pytest.fixture(scope="session")
@@ -199,9 +200,9 @@ def vids(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_index(tmp_path_factory, vids, model) -> Path:
-    """An index of ``vids`` with the ``SMALL`` settings. Read-only: copy it to change it."""
+    """An index of ``vids`` with the ``WINDOW_32`` settings. Read-only: copy it to change it."""
     d = tmp_path_factory.mktemp("trust_ix") / "ix"
-    build_index([vids], d, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    build_index([vids], d, model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     return d
 
 

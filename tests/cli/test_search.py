@@ -32,6 +32,7 @@ from index_fixtures import (
     SCORE_QUERIES,
     SMALL,
     SMALL_ARGS,
+    WINDOW_32,
     W,
     copy_videos,
     fake_emb,
@@ -722,9 +723,6 @@ def test_cli_and_api_give_the_same_scores(index_dir, model, wargs, capsys):
             curve = client.get(f"/api/videos/{body['results'][0]['video_id']}/curve", params={"q": q}).json()
             best = max(curve["scores"])
             assert best == round(max(sc for p, _, _, sc in res if p == body["results"][0]["path"]), 4)
-
-WINDOW_32 = {"fps": 10.0, "num_frames": 8, "size": 32, "stride": 4}
-
 
 def _video(path: Path, **kw: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index_fixtures import SMALL, copy_videos
+from index_fixtures import WINDOW_32, copy_videos
 from milnce.errors import UsageError
 from milnce.index import (
     Index,
@@ -38,7 +38,7 @@ def test_odd_window_size_refused_before_the_folder_exists(tmp_path, model):
 @pytest.mark.usefixtures("reuse_model")
 def test_moved_and_deleted_files_still_searchable(tmp_path, video_dir, model):
     vids = copy_videos(video_dir, tmp_path / "v")
-    build_index([vids], tmp_path / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    build_index([vids], tmp_path / "ix", model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     (vids / "red.mp4").unlink()
     with Index.open(tmp_path / "ix", model) as idx:
         res = idx.search("red square", k=100, by_video=True)
@@ -57,7 +57,7 @@ def test_moved_and_deleted_files_still_searchable(tmp_path, video_dir, model):
 def test_incremental_skip_touch_move_change_prune(tmp_path, video_dir, model):
     vids = copy_videos(video_dir, tmp_path / "v")
     ix = tmp_path / "ix"
-    r1 = build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    r1 = build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     assert len(r1.added) == 3 and r1.num_videos == 3
     with Index.open(ix) as idx:
         before = {v.path: idx.windows(v.id)[2] for v in idx.videos()}
@@ -125,7 +125,7 @@ def test_disk_full_leaves_index_intact(tmp_path, video_dir, model, monkeypatch):
 
     monkeypatch.setattr(mi.os, "pwrite", flaky)
     with pytest.raises(IndexWriteError, match="disk is full"):
-        build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+        build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     monkeypatch.setattr(mi.os, "pwrite", real)
     with Index.open(ix) as idx:
         assert len(idx.videos()) == 1
@@ -140,7 +140,7 @@ def test_tilde_is_expanded(tmp_path, vids, model, monkeypatch):
     (tmp_path / "videos").mkdir()
     make_scene_video(tmp_path / "videos" / "a.mp4", 2.0, (220, 30, 30), 1)
     assert find_videos(["~/videos"]) == [str(tmp_path / "videos" / "a.mp4")]
-    rep = build_index(["~/videos"], "~/my_index", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    rep = build_index(["~/videos"], "~/my_index", model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     assert rep.failed == [] and len(rep.added) == 1 and (tmp_path / "my_index" / "index.sqlite").is_file()
     with Index.open("~/my_index", model) as idx:
         assert idx.num_videos == 1 and idx.video_by_path("~/videos/a.mp4") is not None

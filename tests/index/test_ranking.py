@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from index_fixtures import CENTRES, ROOT, SCORE_QUERIES, SMALL, key, reference, same, synthetic_index
+from index_fixtures import CENTRES, ROOT, SCORE_QUERIES, WINDOW_32, key, reference, same, synthetic_index
 from milnce.index import Index, video_moments
 from milnce.index.filters import VideoFilter
 from video_fixtures import make_scene_video
@@ -132,7 +132,7 @@ def test_search_like(small_index, vids, model):
         # a video that is not in the index: its window is embedded with the index's settings
         other = make_scene_video(vids.parent / "other" / "x.mp4", 2.0, (200, 200, 30), 9)
         res = idx.search_like(other, start=0.0, k=3)
-        ve = model.encode_video_file(other, **SMALL)
+        ve = model.encode_video_file(other, **WINDOW_32)
         np.testing.assert_allclose(idx.like_embedding(other, 0.0)[0], ve.embeddings[0], rtol=1e-4, atol=1e-4)
         assert len(res) == 3
         with pytest.raises(ValueError):
