@@ -4,14 +4,14 @@ answers are judged."""
 from __future__ import annotations
 
 import logging
-import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
 
 import milnce.index
 import milnce.weights
+from index_fixtures import unreachable_weights
 from milnce import demo as lib
 from milnce.demo import OFFLINE_HINT, Demo, DemoError, answer, build_demo_index, choose_demo, held_out_score, verdict
 
@@ -104,14 +104,8 @@ def test_own_weights_and_videos_load_once_and_download_nothing(tmp_path, monkeyp
 @pytest.fixture
 def dead_weights(monkeypatch):
     """Every weights source refuses connections: a 127.0.0.1 port bound but not listening."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    dead = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    info = milnce.weights.REGISTRY["s3d_howto100m"]
-    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m",
-                        replace(info, url=dead + "a/s3d_howto100m.pth", vocab_url=dead + "a/s3d_dict.npy", mirrors=()))
-    yield dead
-    sock.close()
+    with unreachable_weights(monkeypatch) as dead:
+        yield dead
 
 
 def test_no_fallback_raises_one_error_with_the_offline_hint(dead_weights):

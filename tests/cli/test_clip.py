@@ -53,13 +53,18 @@ def source(tmp_path_factory) -> Path:
 # -- the command ---------------------------------------------------------------------------------
 
 
-def _index_with(tmp_path: Path, video: Path) -> Path:
+def _index_with(tmp_path: Path, video: Path, duration: float | None = None, roots: list[Path] | None = None) -> Path:
+    """An index (no model) holding ``video``: three windows over 6 s, or the two halves of ``duration``."""
     ix = tmp_path / "ix"
     st = os.stat(video)
-    emb = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
-    idx = Index.create(ix, SimpleNamespace(weights_id="synthetic", info=None))
-    idx.add_video(str(video), SimpleNamespace(embeddings=emb, starts=np.array([0.0, 1.6, 3.2]),
-                                              ends=np.array([3.2, 4.8, 6.0]), duration=6.0),
+    if duration is None:
+        starts, ends, duration = np.array([0.0, 1.6, 3.2]), np.array([3.2, 4.8, 6.0]), 6.0
+    else:
+        starts, ends = np.array([0.0, duration / 2]), np.array([duration / 2, duration])
+    emb = np.random.default_rng(0).standard_normal((len(starts), 512)).astype(np.float32)
+    idx = Index.create(ix, SimpleNamespace(weights_id="synthetic", info=None),
+                       **({"roots": [str(r) for r in roots]} if roots else {}))
+    idx.add_video(str(video), SimpleNamespace(embeddings=emb, starts=starts, ends=ends, duration=duration),
                   size=st.st_size, mtime=st.st_mtime, content_hash="h")
     idx.close()
     return ix
@@ -115,24 +120,11 @@ def test_cli_clip_refuses_changed_or_unknown_sources(source, tmp_path, capsys, a
         assert "re-run milnce index" in err or "regular file" in err
 
 
-def _index_with_clip_cli_trust(tmp_path: Path, video: Path, duration: float = 4.0, roots: list[Path] | None = None) -> Path:
-    ix = tmp_path / "ix"
-    st = os.stat(video)
-    emb = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
-    idx = Index.create(ix, SimpleNamespace(weights_id="synthetic", info=None),
-                       **({"roots": [str(r) for r in roots]} if roots else {}))
-    idx.add_video(str(video), SimpleNamespace(embeddings=emb, starts=np.array([0.0, duration / 2]),
-                                              ends=np.array([duration / 2, duration]), duration=duration),
-                  size=st.st_size, mtime=st.st_mtime, content_hash="h")
-    idx.close()
-    return ix
-
-
 def test_wrote_line_shows_a_hostile_name_printably(tmp_path, capsys):
     folder = tmp_path / "v"
     folder.mkdir()
     video = make_video(folder / "a\x1b[31mRED\nmilnce: error: forged.mp4", n=20)
-    ix = _index_with_clip_cli_trust(tmp_path, video, 2.0)
+    ix = _index_with(tmp_path, video, 2.0)
     out = tmp_path / "o\x1b[0m\nx.mp4"
     assert cli.main(["clip", "--index", str(ix), "1@0.5-1.5", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -144,7 +136,7 @@ def test_a_parent_folder_swapped_for_a_link_out_of_the_roots_is_refused(tmp_path
     root = tmp_path / "videos"
     (root / "sub").mkdir(parents=True)
     video = make_video(root / "sub" / "a.mp4", n=20)
-    ix = _index_with_clip_cli_trust(tmp_path, video, 2.0, roots=[root])
+    ix = _index_with(tmp_path, video, 2.0, roots=[root])
     elsewhere = tmp_path / "elsewhere"
     (root / "sub").rename(elsewhere)  # the same file, now outside the roots...
     os.symlink(elsewhere, root / "sub")  # ...behind a link where its folder was
@@ -202,7 +194,7 @@ def test_copy_of_codecs_the_container_cannot_hold_is_one_line_suggesting_reencod
     for kind, src in _sources(tmp_path).items():
         work = tmp_path / kind
         work.mkdir()
-        ix = _index_with_clip_cli_trust(work, src, 2.0)
+        ix = _index_with(work, src, 2.0)
         out = work / f"o{ext}"
         code = cli.main(["clip", "--index", str(ix), "1@0.5-1.5", "--copy", "--out", str(out)])
         err = capsys.readouterr().err
@@ -220,7 +212,7 @@ def test_copy_of_codecs_the_container_cannot_hold_is_one_line_suggesting_reencod
 
 def test_sigterm_during_clip_leaves_no_temporary_file(tmp_path):
     video = make_video(tmp_path / "v.mp4", n=40)
-    ix = _index_with_clip_cli_trust(tmp_path, video)
+    ix = _index_with(tmp_path, video, 4.0)
     out = tmp_path / "out" / "c.mp4"
     out.parent.mkdir()
     script = textwrap.dedent("""

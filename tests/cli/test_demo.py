@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import milnce
 import milnce.atomic
 import milnce.weights
+from index_fixtures import SMALL_ARGS, unreachable_weights
 from milnce.cache import cache_dir
 from milnce.cli import main
-from milnce.index import (
-    Index,
-    build_index,
-)
 from milnce.train import fallback
-from milnce.windows import WindowSettings
 from video_fixtures import make_video
 
 SERVE_INSTALLED = importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("httpx") is not None
@@ -34,17 +28,10 @@ TINY = {"videos": 8, "val_videos": 4, "steps": 2, "batch_size": 4, "warmup_steps
 @pytest.fixture
 def no_weights_anywhere(monkeypatch):
     """Every weights source refuses connections: a 127.0.0.1 port bound but not listening."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    dead = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    info = milnce.weights.REGISTRY["s3d_howto100m"]
-    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m",
-                        replace(info, url=dead + "a/s3d_howto100m.pth", vocab_url=dead + "a/s3d_dict.npy",
-                                mirrors=(f"{dead}b/w.pth {dead}b/v.npy",)))
-    monkeypatch.setenv("MILNCE_MIRRORS", dead + "env/")
-    monkeypatch.setenv(fallback.RECIPE_ENV, json.dumps(TINY))
-    yield dead
-    sock.close()
+    with unreachable_weights(monkeypatch, mirror=True) as dead:
+        monkeypatch.setenv("MILNCE_MIRRORS", dead + "env/")
+        monkeypatch.setenv(fallback.RECIPE_ENV, json.dumps(TINY))
+        yield dead
 
 
 @pytest.mark.slow
@@ -120,39 +107,6 @@ def test_demo_lists_unreadable_videos_and_exits_1(tmp_path, wargs, capsys):
                "--num-frames", "8", "--size", "32", "--stride", "4", *wargs])
     err = capsys.readouterr().err
     assert rc == 1 and "failed:" in err and "broken.mp4" in err and "Traceback" not in err
-SMALL_ARGS = ["--fps", "10", "--num-frames", "8", "--size", "64", "--stride", "4"]
-
-
-def make_video_index(path: Path, seconds: float, color: tuple[int, int, int], seed: int, fps: int = 10,
-               w: int = 80, h: int = 64) -> Path:
-    import av
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:] = color
-            x = (i * 3 + seed * 7) % (w - 16)
-            img[20:36, x:x + 16] = rng.integers(0, 255, 3)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
-@pytest.fixture(scope="module")
-def video_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("videos")
-    make_video_index(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video_index(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video_index(d / "sub" / "blue.mp4", 2.5, (30, 40, 220), 3)
-    (d / "broken.mp4").write_bytes(b"this is not a video " * 20)
-    (d / "notes.txt").write_text("not a video either")
-    return d
 
 
 @pytest.mark.usefixtures("reuse_model")
@@ -186,26 +140,21 @@ def test_demo_without_network_says_what_to_pass(monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory, model):
-
-    root = tmp_path_factory.mktemp("trust")
-    vids = root / "videos"
+def browse_videos(tmp_path_factory) -> Path:
+    """Two small painted videos (the second with a marker)."""
+    vids = tmp_path_factory.mktemp("trust") / "videos"
     vids.mkdir()
     make_video(vids / "a.mp4", n=40, width=96, height=64)
     make_video(vids / "b.mp4", n=40, width=96, height=64, marker=True)
-    build_index([vids], root / "index", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32, stride=8))
-    index = Index.open(root / "index", model)
-    ids = {Path(r.path).name: r.id for r in index.videos()}
-    yield {"root": root, "videos": vids, "index": index, "index_dir": root / "index", "model": model, "ids": ids}
-    index.close()
+    return vids
 
 
 @needs_serve
-def test_demo_says_how_to_browse_its_index(lib, checkpoint, tmp_path, capsys):
+def test_demo_says_how_to_browse_its_index(browse_videos, checkpoint, tmp_path, capsys):
 
     ix = tmp_path / "demo ix"
     weights, vocab = checkpoint
-    rc = main(["demo", "--videos", str(lib["videos"]), "--index", str(ix), "--quiet", "--num-frames", "8",
+    rc = main(["demo", "--videos", str(browse_videos), "--index", str(ix), "--quiet", "--num-frames", "8",
                "--size", "32", "--stride", "8", "--weights", str(weights), "--vocab", str(vocab)])
     assert rc == 0
     out = capsys.readouterr().out

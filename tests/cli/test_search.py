@@ -27,6 +27,21 @@ import torch
 import milnce
 import milnce.atomic
 from conftest import VOCAB, random_state_dict, write_checkpoint
+from index_fixtures import (
+    ROOT,
+    SCORE_QUERIES,
+    SMALL,
+    SMALL_ARGS,
+    WINDOW_32,
+    W,
+    copy_videos,
+    fake_emb,
+    fake_model,
+    feature_file,
+    make_index,
+    synthetic_index,
+    windows,
+)
 from milnce import cli
 from milnce.cli import main
 from milnce.extract.store import FORMAT, write_feature_file
@@ -44,7 +59,7 @@ from milnce.index.filters import VideoFilter
 from milnce.index.source import IndexModelError, recorded_weights
 from milnce.runoptions import RunOptions
 from milnce.windows import WindowSettings
-from video_fixtures import make_video
+from video_fixtures import make_scene_video, make_video
 
 SERVE_INSTALLED = importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("httpx") is not None
 needs_serve = pytest.mark.skipif(not SERVE_INSTALLED, reason="the serve extra (fastapi, httpx) is not installed")
@@ -64,8 +79,6 @@ def test_remove_says_1_video_left(tmp_path, capsys):
     idx.close()
     assert cli.main(["remove", "--index", str(ix), str(tmp_path / "a.mp4")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"{ix}: 1 video left"
-
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
 
 
 def _file(path: Path, source: Path, *, duration: float = 2.0, meta_duration: float | None = None,
@@ -105,6 +118,8 @@ def test_index_from_features_lists_crafted_files_as_failed(tmp_path, capsys):
     (["--after", "99999999999999"], "out of range"),
     (["--not", "dog", "--not-weight", "1e39"], "from 0 to"),
 ])
+
+
 def test_cli_one_line(tmp_path, capsys, argv, words):
     assert main(["search", "--index", str(tmp_path / "ix"), "cut tomato", *argv]) == 2
     err = capsys.readouterr().err
@@ -246,36 +261,7 @@ def test_read_only_localize_plot_and_missing_matplotlib(tmp_path, wargs, monkeyp
     assert "needs matplotlib" in err
 
 
-def windows(n: int = 4, seed: int = 0, *, nan: bool = False) -> SimpleNamespace:
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, 512)).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    if nan:
-        emb[1, 3] = np.nan
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-def make_index(folder: Path, files: list[Path], roots: list[Path] | None = None) -> Index:
-    """A writable index (weights "w1", no model) holding ``files`` as videos (random windows)."""
-    idx = Index.create_for(folder, "w1", W, roots=roots if roots is not None else [])
-    for i, f in enumerate(files):
-        st = os.stat(f)
-        idx.add_video(str(f), windows(seed=i), size=st.st_size, mtime=st.st_mtime, content_hash="")
-    return idx
-
-
 # ----- issue 15 item 2: collection roots ------------------------------------------------------
-
-
-def _feature_file(path: Path, source: Path, *, nan: bool = False) -> None:
-
-    st = os.stat(source)
-    w = windows(nan=nan)
-    meta = {"format": FORMAT, "settings": {**W.to_dict(), "start": None, "end": None, "pad": "repeat"},
-            "weights": "w1", "precision": "fp32",
-            "source": {"path": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}}
-    write_feature_file(str(path), {"video_embedding": w.embeddings, "start": w.starts, "end": w.ends,
-                                   "duration": np.asarray(w.duration)}, meta)
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +281,8 @@ def test_crafted_feature_file_cannot_serve_etc_passwd(tmp_path, client_for, caps
     vids.mkdir()
     (vids / "ok.mp4").write_bytes(b"video" * 20)
     feats = tmp_path / "features"
-    _feature_file(feats / "ok.npz", vids / "ok.mp4")
-    _feature_file(feats / "evil.npz", Path("/etc/passwd"))  # its real size and mtime
+    feature_file(feats / "ok.npz", vids / "ok.mp4")
+    feature_file(feats / "evil.npz", Path("/etc/passwd"))  # its real size and mtime
     # --root is required (before anything is created)
     assert main(["index", "--from-features", str(feats), "--index", str(tmp_path / "ix0"), "--quiet"]) == 2
     assert "--root" in capsys.readouterr().err and not (tmp_path / "ix0").exists()
@@ -346,15 +332,6 @@ def test_old_index_without_roots(tmp_path, client_for, capsys):
         assert ok == {"x.mp4": 200, "y.mp4": 200, "passwd": 403}
 
 
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    f = d / "a.mp4"
-    f.write_bytes(b"a")
-    make_index(d / "ix", [f], roots=[d]).close()
-    return d / "ix"
-
-
 def test_queries_file_rules_and_csv_failures(tiny_index, tmp_path, model, monkeypatch, capsys):
     monkeypatch.setattr("milnce.commands.search.model_from_args", lambda args: model)
     monkeypatch.setattr("milnce.index.IndexReader.check_model", lambda self, m: None)
@@ -378,41 +355,7 @@ def test_queries_file_rules_and_csv_failures(tiny_index, tmp_path, model, monkey
     binary.write_bytes(b"cut\n\x00\x00\n")
     assert main(["search", "--index", str(tiny_index), "--queries-file", str(binary)]) == 2
 
-SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
-SMALL_ARGS = ["--fps", "10", "--num-frames", "8", "--size", "64", "--stride", "4"]
 QUERIES = ["red square moving", "a blue ball", "green door"]
-
-
-def make_video_index(path: Path, seconds: float, color: tuple[int, int, int], seed: int, fps: int = 10,
-               w: int = 80, h: int = 64) -> Path:
-    import av
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:] = color
-            x = (i * 3 + seed * 7) % (w - 16)
-            img[20:36, x:x + 16] = rng.integers(0, 255, 3)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
-@pytest.fixture(scope="module")
-def video_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("videos")
-    make_video_index(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video_index(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video_index(d / "sub" / "blue.mp4", 2.5, (30, 40, 220), 3)
-    (d / "broken.mp4").write_bytes(b"this is not a video " * 20)
-    (d / "notes.txt").write_text("not a video either")
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -431,34 +374,6 @@ def direct(model, video_dir):
         if p.name != "broken.mp4":
             out[str(p)] = model.encode_video_file(p, **SMALL)
     return out
-
-
-def copy_videos(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for p in src.rglob("*.mp4"):
-        if p.name != "broken.mp4":
-            shutil.copy2(p, dst / p.name)
-    return dst
-
-
-def fake_model(weights_id: str = "synthetic"):
-    return SimpleNamespace(weights_id=weights_id, info=None)
-
-
-def fake_emb(n: int, rng: np.random.Generator, center: np.ndarray | None = None):
-    c = rng.standard_normal(512).astype(np.float32) if center is None else center
-    e = c + 0.3 * np.cumsum(rng.standard_normal((n, 512)).astype(np.float32) * 0.2, axis=0)
-    starts = np.arange(n) * 1.6
-    return SimpleNamespace(embeddings=e.astype(np.float32), starts=starts, ends=starts + 3.2, duration=n * 1.6 + 1.6)
-
-
-def synthetic_index(directory: Path, videos: int = 20, windows: int = 50, seed: int = 0) -> Index:
-    rng = np.random.default_rng(seed)
-    idx = Index.create(directory, fake_model())
-    for v in range(videos):
-        idx.add_video(f"/nonexistent/v{v:03d}.mp4", fake_emb(windows, rng), size=1000 + v, mtime=1.0,
-                      content_hash=f"h{v}")
-    return idx
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,7 +539,7 @@ def test_lock_refuses_second_writer(tmp_path, video_dir, wargs, model, capsys):
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume(tmp_path, video_dir, wargs, model, direct, capsys):
     vids = copy_videos(video_dir, tmp_path / "v")
-    make_video_index(vids / "zz_extra.mp4", 2.0, (90, 90, 90), 7)
+    make_scene_video(vids / "zz_extra.mp4", 2.0, (90, 90, 90), 7)
     ix = tmp_path / "ix"
     # a slow run to kill: each commit of a video is followed by a pause (patched through the
     # public Index.add_video in the child process)
@@ -721,7 +636,7 @@ def test_localize_cli_plot_and_scores(tmp_path, video_dir, wargs, model, direct,
     assert "green door" in text and f"{len(expected)} windows" in text
     assert main(["localize", str(video), "xyzzy", *SMALL_ARGS, *wargs]) == 2
     assert "vocabulary" in capsys.readouterr().err
-SMALL_INDEX_FAILURES = ["--num-frames", "8", "--size", "32", "--workers", "0"]
+ARGS_32 = ["--num-frames", "8", "--size", "32", "--workers", "0"]
 
 
 @pytest.fixture()
@@ -752,10 +667,10 @@ def test_one_reason_listed_once_and_one_exit_status(library, tmp_path, model, wa
     monkeypatch.setattr(eval_cmd, "model_from_args", lambda args: model)
     bad = str(library / "video3.mp4")
     runs = {
-        "index": ["index", str(library), "--index", str(tmp_path / "idx"), "--quiet", *SMALL_INDEX_FAILURES, *wargs],
-        "extract": ["extract", str(library), "--out", str(tmp_path / "ext"), *SMALL_INDEX_FAILURES, *wargs],  # with a progress bar
+        "index": ["index", str(library), "--index", str(tmp_path / "idx"), "--quiet", *ARGS_32, *wargs],
+        "extract": ["extract", str(library), "--out", str(tmp_path / "ext"), *ARGS_32, *wargs],  # with a progress bar
         "eval": ["eval", "msrvtt", "--videos", str(library), "--annotations", str(tmp_path / "m.csv"), "--quiet",
-                 "--cache", str(tmp_path / "cache"), *SMALL_INDEX_FAILURES, *wargs],
+                 "--cache", str(tmp_path / "cache"), *ARGS_32, *wargs],
     }
     reasons: dict[str, str] = {}
     for attempt in (1, 2):  # the rerun meets the known failure again (index skips it)
@@ -771,21 +686,6 @@ def test_one_reason_listed_once_and_one_exit_status(library, tmp_path, model, wa
     assert len(set(reasons.values())) == 1, reasons
     assert next(iter(reasons.values())).startswith("not a readable video file")
 
-QUERIES_INDEX_SCORES = ["a red square moving", "a blue ball", "open the door", "cut tomato", "pour water into bowl",
-           "the man is cooking", "green ball", "playing guitar", "car drifting", "waterfall"]
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory, model) -> Path:
-
-    root = tmp_path_factory.mktemp("scores")
-    vids = root / "v"
-    vids.mkdir()
-    make_video(vids / "a.mp4", n=40, marker=True)
-    make_video(vids / "b.mp4", n=30, rate=10, width=48, height=48)
-    build_index([vids], root / "idx", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32), run=RunOptions(workers=0))
-    return root / "idx"
-
 
 def _cli(index_dir: Path, queries: list[str], wargs: list[str], capsys: pytest.CaptureFixture[str],
          *extra: str) -> list[list]:
@@ -796,11 +696,11 @@ def _cli(index_dir: Path, queries: list[str], wargs: list[str], capsys: pytest.C
 
 @pytest.mark.usefixtures("reuse_model")
 def test_cli_batch_and_alone_give_the_same_scores(index_dir, wargs, capsys):
-    together = _cli(index_dir, QUERIES_INDEX_SCORES, wargs, capsys)
-    for q, res in zip(QUERIES_INDEX_SCORES[:3], together):
+    together = _cli(index_dir, SCORE_QUERIES, wargs, capsys)
+    for q, res in zip(SCORE_QUERIES[:3], together):
         assert _cli(index_dir, [q], wargs, capsys) == [res], q
-    merged = _cli(index_dir, QUERIES_INDEX_SCORES, wargs, capsys, "--videos")
-    assert _cli(index_dir, QUERIES_INDEX_SCORES[4:5], wargs, capsys, "--videos") == merged[4:5]
+    merged = _cli(index_dir, SCORE_QUERIES, wargs, capsys, "--videos")
+    assert _cli(index_dir, SCORE_QUERIES[4:5], wargs, capsys, "--videos") == merged[4:5]
 
 
 @needs_serve
@@ -810,11 +710,11 @@ def test_cli_and_api_give_the_same_scores(index_dir, model, wargs, capsys):
 
     from milnce.server.service import SearchService
 
-    together = _cli(index_dir, QUERIES_INDEX_SCORES, wargs, capsys)
-    batch = model.encode_text(QUERIES_INDEX_SCORES).numpy()
+    together = _cli(index_dir, SCORE_QUERIES, wargs, capsys)
+    batch = model.encode_text(SCORE_QUERIES).numpy()
     with Index.open(index_dir, model) as index, TestClient(create_app(index, model)) as client:
         service = SearchService(index, model)
-        for i, (q, res) in enumerate(zip(QUERIES_INDEX_SCORES, together)):
+        for i, (q, res) in enumerate(zip(SCORE_QUERIES, together)):
             assert np.array_equal(service.text_embedding(q), batch[i]), q  # the server embeds one at a time
             body = client.get("/api/search", params={"q": q, "k": 20, "merge": "false"}).json()
             api = [(m["path"], m["start"], m["end"], m["score"]) for m in body["results"]]
@@ -823,9 +723,6 @@ def test_cli_and_api_give_the_same_scores(index_dir, model, wargs, capsys):
             curve = client.get(f"/api/videos/{body['results'][0]['video_id']}/curve", params={"q": q}).json()
             best = max(curve["scores"])
             assert best == round(max(sc for p, _, _, sc in res if p == body["results"][0]["path"]), 4)
-
-SMALL_INDEX_SOURCE = {"fps": 10.0, "num_frames": 8, "size": 32, "stride": 4}
-
 
 def _video(path: Path, **kw: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -836,7 +733,7 @@ def _build(tmp_path: Path, weights: Path, vocab: Path | None) -> Path:
     video = _video(tmp_path / "v" / "a.mp4", n=20)
     model = milnce.load_model(weights, vocab, download=False)
     idx = tmp_path / "idx"
-    build_index([video.parent], idx, model, progress=False, window=WindowSettings.for_model(model, **SMALL_INDEX_SOURCE), run=RunOptions(workers=0))
+    build_index([video.parent], idx, model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32), run=RunOptions(workers=0))
     return idx
 
 
@@ -972,22 +869,6 @@ def test_error_line_escapes_raw_bytes(tmp_path, capsys):
     assert "bad\\xff" in err and err.encode("utf-8", "strict")
 
 
-@pytest.fixture(scope="module")
-def vids(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("trust_videos")
-    make_video_index(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video_index(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video_index(d / "blue.mp4", 2.5, (30, 40, 220), 3)
-    return d
-
-
-@pytest.fixture(scope="module")
-def small_index(tmp_path_factory, vids, model) -> Path:
-    d = tmp_path_factory.mktemp("trust_ix") / "ix"
-    build_index([vids], d, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
-    return d
-
-
 @pytest.mark.usefixtures("reuse_model")
 def test_index_ann_small_index_stays_exact_and_rebuilds_damaged(tmp_path, vids, wargs, capsys):
     pytest.importorskip("faiss")
@@ -1023,6 +904,8 @@ def _damage(ix: Path, sql: str, *params) -> None:
     ("UPDATE meta SET value=? WHERE key='settings'", ("{fps: 10",), "not valid JSON"),
     ("UPDATE meta SET value=? WHERE key='settings'", (json.dumps({"fps": 1e-9, "num_frames": 8}),), "window settings"),
 ])
+
+
 def test_damaged_rows_and_settings_are_refused(tmp_path, wargs, capsys, sql, params, what):
     synthetic_index(tmp_path / "ix", videos=3, windows=5).close()
     _damage(tmp_path / "ix", sql, *params)
@@ -1039,9 +922,9 @@ def test_non_utf8_file_name_is_indexed(tmp_path, wargs, capsys):
     if os.fsencode("x") != b"x" or os.name == "nt":
         pytest.skip("POSIX bytes file names only")
     d = tmp_path / "v"
-    make_video_index(d / "plain.mp4", 2.0, (220, 30, 30), 1)
+    make_scene_video(d / "plain.mp4", 2.0, (220, 30, 30), 1)
     raw = os.path.join(os.fsencode(str(d)), b"caf\xe9.mp4")
-    os.rename(make_video_index(d / "tmp.mp4", 2.0, (30, 30, 220), 4), raw)
+    os.rename(make_scene_video(d / "tmp.mp4", 2.0, (30, 30, 220), 4), raw)
     ix = tmp_path / "ix"
     rc = main(["index", str(d), "--index", str(ix), "--quiet", *SMALL_ARGS, *wargs])
     err = capsys.readouterr().err
@@ -1062,7 +945,7 @@ def test_non_utf8_file_name_is_indexed(tmp_path, wargs, capsys):
 def test_unreadable_folder_is_reported(tmp_path, vids, wargs, capsys, monkeypatch):
     d = tmp_path / "v"
     (d / "locked").mkdir(parents=True)
-    make_video_index(d / "ok.mp4", 2.0, (220, 30, 30), 1)
+    make_scene_video(d / "ok.mp4", 2.0, (220, 30, 30), 1)
     locked = str(d / "locked")
     real = os.scandir
 
@@ -1110,7 +993,7 @@ def test_localize_tiny_fps_is_refused(vids, wargs, capsys):
 def test_index_exit_code_1_and_failed_path_once(tmp_path, vids, wargs, capsys):
     d = tmp_path / "v"
     d.mkdir()
-    make_video_index(d / "ok.mp4", 2.0, (220, 30, 30), 1)
+    make_scene_video(d / "ok.mp4", 2.0, (220, 30, 30), 1)
     (d / "broken.mp4").write_bytes(b"not a video" * 30)
     assert main(["index", str(d), "--index", str(tmp_path / "ix"), "--quiet", *SMALL_ARGS, *wargs]) == 1
     err = capsys.readouterr().err
@@ -1224,34 +1107,6 @@ def test_readme_search_examples_run_as_written(tmp_path, vids, wargs, monkeypatc
         assert rc == 0, line
         ran += 1
     assert ran >= 8
-ROOT = "/media/footage"
-FOLDERS = ["kitchen", "kitchen/2024", "garden", "garden/dogs", "a b"]
-NAMES = ["cook", "dog", "walk", "Cat"]
-EXTS = [".mp4", ".mkv"]
-CENTRES = np.random.default_rng(99).standard_normal((12, 512)).astype(np.float32)
-
-
-def _windows(rng: np.random.Generator, n: int) -> SimpleNamespace:
-    c = CENTRES[rng.integers(0, len(CENTRES), size=n)]
-    emb = (c + 0.8 * rng.standard_normal((n, 512))).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    """~21,000 windows in 40 videos with random folders, names, mtimes and durations (paths need
-    not exist: the search path never opens them)."""
-    d = tmp_path_factory.mktemp("wire") / "ix"
-    rng = np.random.default_rng(5)
-    idx = Index.create_for(d, "w1", W, roots=[ROOT])
-    for i in range(40):
-        path = f"{ROOT}/{FOLDERS[i % len(FOLDERS)]}/{NAMES[rng.integers(4)]}{i}{EXTS[rng.integers(2)]}"
-        mtime = float(1.70e9 + rng.integers(0, 10**7))
-        idx.add_video(path, _windows(rng, int(rng.integers(380, 680))), size=100 + i, mtime=mtime, content_hash="")
-    assert len(idx) > 20000  # the int8 screen runs from 20,000 rows on
-    idx.close()
-    return d
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -1298,6 +1153,8 @@ def test_cli_filters_negatives_offset(big, cli_model, capsys):
     (["--not", "qqqzzz"], "negative term 'qqqzzz'"),
     (["--offset", "-1"], "--offset must be"),
 ])
+
+
 def test_cli_bad_filters_one_line_each(big, cli_model, capsys, argv, words):
     assert main(["search", "--index", str(big), "cut tomato", *argv]) == 2
     err = capsys.readouterr().err

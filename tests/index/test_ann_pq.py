@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import milnce.index.screen as search_mod
+from index_fixtures import CENTRES as BIG_CENTRES
 from milnce.index import Index
 from milnce.index.filters import VideoFilter
 from milnce.windows import WindowSettings
@@ -22,11 +23,15 @@ faiss = pytest.importorskip("faiss")
 
 import milnce.index.ann_pq as ann_pq  # noqa: E402
 from milnce.errors import UsageError  # noqa: E402
+from milnce.index.ann import candidates_for, open_ann  # noqa: E402
 from milnce.index.ann_pq import (  # noqa: E402
+    DEFAULT_NPROBE,
+    DEFAULT_RERANK,
     LISTS_FILE,
     PQIndexError,
     PQParams,
     build_pq,
+    build_threads,
     choose_pq_params,
     open_pq,
     search_pq,
@@ -37,12 +42,12 @@ from milnce.index.records import IndexReport  # noqa: E402
 D = 64
 
 
-def clustered(n: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
+def clustered(n: int, seed: int = 0, clusters: int = 50, spread: float = 0.6) -> np.ndarray:
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((clusters, D)).astype(np.float32)
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     lab = rng.integers(clusters, size=n)
-    return (c[lab] + rng.standard_normal((n, D)).astype(np.float32) * 0.6 / np.sqrt(D)).astype(np.float32)
+    return (c[lab] + rng.standard_normal((n, D)).astype(np.float32) * spread / np.sqrt(D)).astype(np.float32)
 
 
 SMALL = PQParams(nlist=32, m=8, nbits=6)  # 64 centroids per sub-quantizer: trains in a fraction of a second
@@ -274,6 +279,8 @@ def _edit_ann(d: Path, change) -> None:
     ("nprobe", "16", "nprobe"),
     ("nprobe", True, "nprobe"),
 ])
+
+
 def test_ann_entry_cannot_point_outside(pair, tmp_path, caplog, field, value, words):
     a, _ = pair
     d = _copy(a, tmp_path / "ix")
@@ -322,34 +329,6 @@ def test_rebuild_never_removes_what_a_crafted_entry_names(pair, tmp_path):
         w.build_ann(kind="pq")
         assert w.ann_status()["state"] == "ok"
     assert (victim / "keep").is_dir()
-ROOT = "/media/footage"
-FOLDERS = ["kitchen", "kitchen/2024", "garden", "garden/dogs", "a b"]
-NAMES = ["cook", "dog", "walk", "Cat"]
-EXTS = [".mp4", ".mkv"]
-CENTRES_SEARCH_WIRE = np.random.default_rng(99).standard_normal((12, 512)).astype(np.float32)
-
-
-def _windows(rng: np.random.Generator, n: int) -> SimpleNamespace:
-    c = CENTRES_SEARCH_WIRE[rng.integers(0, len(CENTRES_SEARCH_WIRE), size=n)]
-    emb = (c + 0.8 * rng.standard_normal((n, 512))).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    """~21,000 windows in 40 videos with random folders, names, mtimes and durations (paths need
-    not exist: the search path never opens them)."""
-    d = tmp_path_factory.mktemp("wire") / "ix"
-    rng = np.random.default_rng(5)
-    idx = Index.create_for(d, "w1", W, roots=[ROOT])
-    for i in range(40):
-        path = f"{ROOT}/{FOLDERS[i % len(FOLDERS)]}/{NAMES[rng.integers(4)]}{i}{EXTS[rng.integers(2)]}"
-        mtime = float(1.70e9 + rng.integers(0, 10**7))
-        idx.add_video(path, _windows(rng, int(rng.integers(380, 680))), size=100 + i, mtime=mtime, content_hash="")
-    assert len(idx) > 20000  # the int8 screen runs from 20,000 rows on
-    idx.close()
-    return d
 
 
 @pytest.mark.slow
@@ -371,7 +350,7 @@ def test_index_ann_pq_is_recorded_and_searched(big, tmp_path, model, monkeypatch
         assert report.ann["recall_at_10"] >= 0.8 and index.ann_status()["state"] == "ok"
     with Index.open(d) as index:
         assert index.ann() is not None
-        q = CENTRES_SEARCH_WIRE[3] + 0.2 * CENTRES_SEARCH_WIRE[4]
+        q = BIG_CENTRES[3] + 0.2 * BIG_CENTRES[4]
         approx = index.search_embeddings(q, 10, merge=False)[0]
         exact = index.search_embeddings(q, 10, merge=False, exact=True)[0]
         assert len({(m.video_id, m.start) for m in approx} & {(m.video_id, m.start) for m in exact}) >= 8
@@ -392,42 +371,27 @@ def test_index_ann_pq_is_recorded_and_searched(big, tmp_path, model, monkeypatch
     (pq_dir / "lists.ivfdata").write_bytes(b"short")
     with Index.open(d) as index:
         assert index.ann_status()["state"] == "damaged" and index.ann() is None
-        assert index.search_embeddings(CENTRES_SEARCH_WIRE[3], 5)[0]
+        assert index.search_embeddings(BIG_CENTRES[3], 5)[0]
 
 
-# ---- from test_ann_pq_recall.py
+# ----- recall and re-scoring ---------------------------------------------------------------------
 
-faiss = pytest.importorskip("faiss")
-
-from milnce.index.ann import candidates_for, open_ann  # noqa: E402
-from milnce.index.ann_pq import (  # noqa: E402
-    DEFAULT_NPROBE,
-    DEFAULT_RERANK,
-    PQParams,
-    build_threads,
-)
-
-D_ann_pq_recall = 64
 N = 20000
-SMALL_ann_pq_recall = PQParams(nlist=64, m=8, nbits=6)  # trains in seconds; coarse codes, so re-scoring matters
+COARSE = PQParams(nlist=64, m=8, nbits=6)  # trains in seconds; coarse codes, so re-scoring matters
 
 
-def clustered_ann_pq_recall(n: int, seed: int, clusters: int = 40) -> np.ndarray:
+def wide_clusters(n: int, seed: int) -> np.ndarray:
     """Members of a few wide clusters: near-equidistant from a query, hard for 6-bit PQ8."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((clusters, D_ann_pq_recall)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    lab = rng.integers(clusters, size=n)
-    return (c[lab] + rng.standard_normal((n, D_ann_pq_recall)).astype(np.float32) * 0.7 / np.sqrt(D_ann_pq_recall)).astype(np.float32)
+    return clustered(n, seed, clusters=40, spread=0.7)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     d = tmp_path_factory.mktemp("pqrecall")
-    np.save(d / "v.npy", clustered_ann_pq_recall(N, 0))
+    np.save(d / "v.npy", wide_clusters(N, 0))
     x = np.load(d / "v.npy", mmap_mode="r")
     before = faiss.omp_get_max_threads()
-    meta = build_pq(x, d / "pq", params=SMALL_ann_pq_recall, train_size=8000, threads=2)
+    meta = build_pq(x, d / "pq", params=COARSE, train_size=8000, threads=2)
     assert faiss.omp_get_max_threads() == before  # the caller's thread count is restored
     return d, x, meta
 
@@ -439,7 +403,7 @@ def recall(rows: np.ndarray, truth: np.ndarray) -> float:
 def test_default_rescore_beats_the_old_path_and_matches_exact(built):
     d, x, meta = built
     assert meta["threads"] == 2 and meta["add_s"] >= 0
-    q = clustered_ann_pq_recall(100, 7)
+    q = wide_clusters(100, 7)
     exact = q @ np.asarray(x).T
     truth = np.argsort(-exact, axis=1, kind="stable")[:, :10]
     pq = open_pq(d / "pq")  # the defaults: nprobe DEFAULT_NPROBE (all 64 lists here), rerank DEFAULT_RERANK
@@ -478,7 +442,7 @@ def test_rerank_and_threads_are_checked(built):
     d, x, _ = built
     pq = open_pq(d / "pq", rerank=50)
     assert pq.candidates(10) == 50 and pq.candidates(100) == 400 and candidates_for(pq, 10) == 50
-    assert candidates_for(faiss.IndexFlatIP(D_ann_pq_recall), 10) == 400  # an IVF (SQ8) index: as before
+    assert candidates_for(faiss.IndexFlatIP(D), 10) == 400  # an IVF (SQ8) index: as before
     for bad in (0, -1, True, 1.5, 1 << 21):
         with pytest.raises(UsageError, match="rerank"):
             pq.set_rerank(bad)  # type: ignore[arg-type]
@@ -495,12 +459,12 @@ def test_index_built_before_opens_with_the_defaults(built, tmp_path):
     d, x, meta = built
     shutil.copytree(d / "pq", tmp_path / "ann-1-20000.pq")
     info = {"file": "ann-1-20000.pq", "format": "pq", "generation": 1, "nprobe": 32, "live": N, "rows": N}
-    ix, state = open_ann(str(tmp_path), info, 1, D_ann_pq_recall)
+    ix, state = open_ann(str(tmp_path), info, 1, D)
     assert state["state"] == "ok" and state["rerank"] == DEFAULT_RERANK and ix.rerank == DEFAULT_RERANK
-    rows, _ = search_pq(ix, x, clustered_ann_pq_recall(3, 9), 10)
+    rows, _ = search_pq(ix, x, wide_clusters(3, 9), 10)
     assert (rows >= 0).all()
-    ix, state = open_ann(str(tmp_path), {**info, "rerank": 1500}, 1, D_ann_pq_recall)
+    ix, state = open_ann(str(tmp_path), {**info, "rerank": 1500}, 1, D)
     assert state["state"] == "ok" and ix.rerank == 1500 and ix.candidates(10) == 1500
     for bad in (0, "many", True):
-        ix, state = open_ann(str(tmp_path), {**info, "rerank": bad}, 1, D_ann_pq_recall)
+        ix, state = open_ann(str(tmp_path), {**info, "rerank": bad}, 1, D)
         assert ix is None and state["state"] == "damaged" and "rerank" in state["reason"]

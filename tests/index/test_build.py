@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from index_fixtures import WINDOW_32, copy_videos
 from milnce.errors import UsageError
 from milnce.index import (
     Index,
@@ -20,6 +20,7 @@ from milnce.index import (
     index_window,
 )
 from milnce.windows import WindowSettings
+from video_fixtures import make_scene_video
 
 # ----- item 10 and the smaller ones -----------------------------------------------------------
 
@@ -33,53 +34,11 @@ def test_odd_window_size_refused_before_the_folder_exists(tmp_path, model):
                     progress=False)
     assert not (tmp_path / "ix").exists()
 
-SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
-
-
-def make_video(path: Path, seconds: float, color: tuple[int, int, int], seed: int, fps: int = 10,
-               w: int = 80, h: int = 64) -> Path:
-    import av
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:] = color
-            x = (i * 3 + seed * 7) % (w - 16)
-            img[20:36, x:x + 16] = rng.integers(0, 255, 3)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
-@pytest.fixture(scope="module")
-def video_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("videos")
-    make_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video(d / "sub" / "blue.mp4", 2.5, (30, 40, 220), 3)
-    (d / "broken.mp4").write_bytes(b"this is not a video " * 20)
-    (d / "notes.txt").write_text("not a video either")
-    return d
-
-
-def copy_videos(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for p in src.rglob("*.mp4"):
-        if p.name != "broken.mp4":
-            shutil.copy2(p, dst / p.name)
-    return dst
-
 
 @pytest.mark.usefixtures("reuse_model")
 def test_moved_and_deleted_files_still_searchable(tmp_path, video_dir, model):
     vids = copy_videos(video_dir, tmp_path / "v")
-    build_index([vids], tmp_path / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    build_index([vids], tmp_path / "ix", model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     (vids / "red.mp4").unlink()
     with Index.open(tmp_path / "ix", model) as idx:
         res = idx.search("red square", k=100, by_video=True)
@@ -98,7 +57,7 @@ def test_moved_and_deleted_files_still_searchable(tmp_path, video_dir, model):
 def test_incremental_skip_touch_move_change_prune(tmp_path, video_dir, model):
     vids = copy_videos(video_dir, tmp_path / "v")
     ix = tmp_path / "ix"
-    r1 = build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    r1 = build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     assert len(r1.added) == 3 and r1.num_videos == 3
     with Index.open(ix) as idx:
         before = {v.path: idx.windows(v.id)[2] for v in idx.videos()}
@@ -111,9 +70,9 @@ def test_incremental_skip_touch_move_change_prune(tmp_path, video_dir, model):
     # moved: same content under a new name, recognised by content hash
     (vids / "green.mp4").rename(vids / "green_moved.mp4")
     # changed content
-    make_video(vids / "blue.mp4", 2.0, (10, 10, 10), 9)
+    make_scene_video(vids / "blue.mp4", 2.0, (10, 10, 10), 9)
     # new
-    make_video(vids / "new.mp4", 1.5, (200, 200, 0), 5)
+    make_scene_video(vids / "new.mp4", 1.5, (200, 200, 0), 5)
     r3 = build_index([vids], ix, model, progress=False)
     assert r3.unchanged == 1
     assert [Path(p).name for p in r3.added] == ["new.mp4"]
@@ -166,7 +125,7 @@ def test_disk_full_leaves_index_intact(tmp_path, video_dir, model, monkeypatch):
 
     monkeypatch.setattr(mi.os, "pwrite", flaky)
     with pytest.raises(IndexWriteError, match="disk is full"):
-        build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+        build_index([vids], ix, model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     monkeypatch.setattr(mi.os, "pwrite", real)
     with Index.open(ix) as idx:
         assert len(idx.videos()) == 1
@@ -175,22 +134,13 @@ def test_disk_full_leaves_index_intact(tmp_path, video_dir, model, monkeypatch):
     assert r.unchanged == 1 and len(r.added) == 1
 
 
-@pytest.fixture(scope="module")
-def vids(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("trust_videos")
-    make_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video(d / "blue.mp4", 2.5, (30, 40, 220), 3)
-    return d
-
-
 @pytest.mark.usefixtures("reuse_model")
 def test_tilde_is_expanded(tmp_path, vids, model, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "videos").mkdir()
-    make_video(tmp_path / "videos" / "a.mp4", 2.0, (220, 30, 30), 1)
+    make_scene_video(tmp_path / "videos" / "a.mp4", 2.0, (220, 30, 30), 1)
     assert find_videos(["~/videos"]) == [str(tmp_path / "videos" / "a.mp4")]
-    rep = build_index(["~/videos"], "~/my_index", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    rep = build_index(["~/videos"], "~/my_index", model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     assert rep.failed == [] and len(rep.added) == 1 and (tmp_path / "my_index" / "index.sqlite").is_file()
     with Index.open("~/my_index", model) as idx:
         assert idx.num_videos == 1 and idx.video_by_path("~/videos/a.mp4") is not None

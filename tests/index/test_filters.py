@@ -6,13 +6,14 @@ import fnmatch
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import milnce.index.screen as search_mod
+from index_fixtures import CENTRES, reference, same
+from index_fixtures import FOLDERS as BIG_FOLDERS
 from milnce.index import Index
 from milnce.index.filters import (
     FilterError,
@@ -23,7 +24,6 @@ from milnce.index.filters import (
     require_matches,
     select_videos,
 )
-from milnce.index.moments import iter_video_moments
 from milnce.windows import WindowSettings
 
 
@@ -143,6 +143,8 @@ def test_filters_match_a_brute_force_reference():
     ({"under": ROOT + "/../other"}, "outside the indexed collection"),
     ({"under": ROOT + "x"}, "outside the indexed collection"),  # a sibling sharing the prefix
 ])
+
+
 def test_impossible_filters_are_one_clear_error(kw, msg):
     with pytest.raises(FilterError, match=msg):
         VideoFilter(**kw).validated(ROOT)
@@ -185,6 +187,8 @@ def _finishes(fn, limit_s: float = 30.0):
 
 @pytest.mark.parametrize("glob", ["*" * 24 + "Z", "*a" * 6 + "Z", "*a*a*a*a*a*aZ", "**/" * 12 + "*a" * 6 + "Z",
                                   "?*" * 20 + "Z", "[a]*" * 10 + "Z"])
+
+
 def test_hostile_globs_are_linear(glob):
     from milnce.index.filters import glob_matcher
 
@@ -271,65 +275,11 @@ def test_no_match_among_one_video(two_video_index, model):
         with pytest.raises(NoVideoMatchesError, match=r"among 1 video$"):
             require_matches(index.videos()[:1], VideoFilter(path_glob="*.avi"))
 
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-FOLDERS_SEARCH_WIRE = ["kitchen", "kitchen/2024", "garden", "garden/dogs", "a b"]
-NAMES_SEARCH_WIRE = ["cook", "dog", "walk", "Cat"]
-EXTS_SEARCH_WIRE = [".mp4", ".mkv"]
-CENTRES = np.random.default_rng(99).standard_normal((12, 512)).astype(np.float32)
 
-
-def _windows(rng: np.random.Generator, n: int) -> SimpleNamespace:
-    c = CENTRES[rng.integers(0, len(CENTRES), size=n)]
-    emb = (c + 0.8 * rng.standard_normal((n, 512))).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    """~21,000 windows in 40 videos with random folders, names, mtimes and durations (paths need
-    not exist: the search path never opens them)."""
-    d = tmp_path_factory.mktemp("wire") / "ix"
-    rng = np.random.default_rng(5)
-    idx = Index.create_for(d, "w1", W, roots=[ROOT])
-    for i in range(40):
-        path = f"{ROOT}/{FOLDERS_SEARCH_WIRE[i % len(FOLDERS_SEARCH_WIRE)]}/{NAMES_SEARCH_WIRE[rng.integers(4)]}{i}{EXTS_SEARCH_WIRE[rng.integers(2)]}"
-        mtime = float(1.70e9 + rng.integers(0, 10**7))
-        idx.add_video(path, _windows(rng, int(rng.integers(380, 680))), size=100 + i, mtime=mtime, content_hash="")
-    assert len(idx) > 20000  # the int8 screen runs from 20,000 rows on
-    idx.close()
-    return d
-
-
-def reference(index: Index, q: np.ndarray, k: int, filt: VideoFilter | None = None,
-              neg: np.ndarray | None = None, w: float = 0.5, offset: int = 0) -> list[tuple[int, float, float, float]]:
-    """Brute force: every allowed video's float64 combined scores -> moments, ranked."""
-    rows = index.rows()
-    if filt is not None:
-        f = filt.validated(collection_root(r.path for r in rows))
-        rows = [r for r in rows if f.matches(r)]
-    found = []
-    for r in rows:
-        starts, ends, emb = index.windows(r.id)
-        x = emb.astype(np.float64)
-        s = x @ q.astype(np.float64)
-        if neg is not None:
-            s = s - w * (x @ neg.astype(np.float64).T).max(axis=1)
-        for a, b, _p, sc in iter_video_moments(s.astype(np.float32)):
-            found.append((-sc, r.id, float(starts[a]), float(ends[b])))
-    found.sort()
-    return [(vid, a, b, -s) for s, vid, a, b in found[offset:offset + k]]
-
-
-def same(got, ref) -> None:
-    assert [(m.video_id, m.start, m.end) for m in got] == [(v, a, b) for v, a, b, _ in ref]
-    np.testing.assert_allclose([m.score for m in got], [s for *_, s in ref], rtol=1e-4, atol=1e-3)
-
-
-def random_filter_search_wire(rng: np.random.Generator) -> VideoFilter:
+def random_store_filter(rng: np.random.Generator) -> VideoFilter:
     kind = rng.integers(5)
     if kind == 0:
-        return VideoFilter(under=f"{ROOT}/{FOLDERS_SEARCH_WIRE[rng.integers(len(FOLDERS_SEARCH_WIRE))]}")
+        return VideoFilter(under=f"{ROOT}/{BIG_FOLDERS[rng.integers(len(BIG_FOLDERS))]}")
     if kind == 1:
         return VideoFilter(path_glob=str(rng.choice(["*.mkv", "garden/**", "kitchen/*/*", "dog*", "**/C?t*"])))
     if kind == 2:
@@ -348,7 +298,7 @@ def test_filters_match_brute_force(big, monkeypatch, few_rows):
     checked = 0
     with Index.open(big) as index:
         for _ in range(8):
-            filt = random_filter_search_wire(rng)
+            filt = random_store_filter(rng)
             q = (CENTRES[rng.integers(12)] + 0.5 * rng.standard_normal(512)).astype(np.float32)
             ref = reference(index, q, 12, filt)
             if not ref:

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+from index_fixtures import WINDOW_32
 from milnce.cli import main
 from milnce.errors import MissingFileError
 from milnce.index import Index, build_index
@@ -19,8 +20,6 @@ from milnce.timespec import TimeSpecError, parse_clip_file
 from milnce.video.decode import VideoError
 from milnce.windows import WindowSettings
 from video_fixtures import make_scene_video
-
-SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
 
 pytestmark = pytest.mark.usefixtures("reuse_model")
 
@@ -32,7 +31,7 @@ def lib(tmp_path_factory, model) -> dict:
     make_scene_video(vids / "red.mp4", 3.0, (220, 30, 30), 1)
     make_scene_video(vids / "sub" / "green.mp4", 4.0, (30, 200, 40), 2)
     make_scene_video(vids / "blue.mp4", 2.5, (30, 40, 220), 3)
-    build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **SMALL))
+    build_index([vids], root / "ix", model, progress=False, window=WindowSettings.for_model(model, **WINDOW_32))
     mine = root / "mine"
     mine.mkdir()
     shutil.copy(vids / "red.mp4", mine / "my red clip.mp4")  # not in the index: embedded as a user's clip

@@ -2,55 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from milnce.index import (
-    Index,
-    build_index,
-    video_moments,
-)
-from milnce.index.filters import VideoFilter, collection_root
-from milnce.index.moments import iter_video_moments
-from milnce.runoptions import RunOptions
-from milnce.windows import WindowSettings
-from video_fixtures import make_video
-
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-
-
-def windows(n: int = 4, seed: int = 0, *, nan: bool = False) -> SimpleNamespace:
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, 512)).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    if nan:
-        emb[1, 3] = np.nan
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-def make_index(folder: Path, files: list[Path], roots: list[Path] | None = None) -> Index:
-    """A writable index (weights "w1", no model) holding ``files`` as videos (random windows)."""
-    idx = Index.create_for(folder, "w1", W, roots=roots if roots is not None else [])
-    for i, f in enumerate(files):
-        st = os.stat(f)
-        idx.add_video(str(f), windows(seed=i), size=st.st_size, mtime=st.st_mtime, content_hash="")
-    return idx
-
-
-@pytest.fixture(scope="module")
-def tiny_index(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    f = d / "a.mp4"
-    f.write_bytes(b"a")
-    make_index(d / "ix", [f], roots=[d]).close()
-    return d / "ix"
+from index_fixtures import CENTRES, ROOT, SCORE_QUERIES, WINDOW_32, key, reference, same, synthetic_index
+from milnce.index import Index, video_moments
+from milnce.index.filters import VideoFilter
+from video_fixtures import make_scene_video
 
 
 @pytest.mark.slow
@@ -76,51 +38,16 @@ def test_many_queries_run_in_bounded_memory(tiny_index, tmp_path, checkpoint):
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert r.stdout.count(b"\n") == 10_001
 
-QUERIES = ["a red square moving", "a blue ball", "open the door", "cut tomato", "pour water into bowl",
-           "the man is cooking", "green ball", "playing guitar", "car drifting", "waterfall"]
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory, model) -> Path:
-
-    root = tmp_path_factory.mktemp("scores")
-    vids = root / "v"
-    vids.mkdir()
-    make_video(vids / "a.mp4", n=40, marker=True)
-    make_video(vids / "b.mp4", n=30, rate=10, width=48, height=48)
-    build_index([vids], root / "idx", model, progress=False, window=WindowSettings.for_model(model, num_frames=8, size=32), run=RunOptions(workers=0))
-    return root / "idx"
-
 
 @pytest.mark.usefixtures("reuse_model")
 def test_library_batch_and_alone_give_the_same_scores(index_dir, model):
 
     with Index.open(index_dir, model) as index:
         for exact in (True, "scan"):
-            together = index.search(QUERIES, k=50, merge=False, exact=exact)
-            for q, res in zip(QUERIES, together):
+            together = index.search(SCORE_QUERIES, k=50, merge=False, exact=exact)
+            for q, res in zip(SCORE_QUERIES, together):
                 alone = index.search(q, k=50, merge=False, exact=exact)
                 assert [(m.video_id, m.start, m.score) for m in alone] == [(m.video_id, m.start, m.score) for m in res]
-
-
-@pytest.fixture(scope="module")
-def vids(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("trust_videos")
-    make_video_index(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_video_index(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_video_index(d / "blue.mp4", 2.5, (30, 40, 220), 3)
-    return d
-
-
-@pytest.fixture(scope="module")
-def small_index(tmp_path_factory, vids, model) -> Path:
-    d = tmp_path_factory.mktemp("trust_ix") / "ix"
-    build_index([vids], d, model, progress=False, window=WindowSettings.for_model(model, **SMALL))
-    return d
-
-
-def key(m):
-    return (m.video_id, m.start, m.end, m.score)
 
 
 def _all_moments_brute_force(idx: Index, q: np.ndarray) -> list[tuple]:
@@ -203,109 +130,13 @@ def test_search_like(small_index, vids, model):
         me = idx.search_like(str(vids / "red.mp4"), start=starts[1], k=1, include_self=True)[0]
         assert key(me) == key(want[0])  # the example's own video is kept with include_self
         # a video that is not in the index: its window is embedded with the index's settings
-        other = make_video_index(vids.parent / "other" / "x.mp4", 2.0, (200, 200, 30), 9)
+        other = make_scene_video(vids.parent / "other" / "x.mp4", 2.0, (200, 200, 30), 9)
         res = idx.search_like(other, start=0.0, k=3)
-        ve = model.encode_video_file(other, **SMALL)
+        ve = model.encode_video_file(other, **WINDOW_32)
         np.testing.assert_allclose(idx.like_embedding(other, 0.0)[0], ve.embeddings[0], rtol=1e-4, atol=1e-4)
         assert len(res) == 3
         with pytest.raises(ValueError):
             idx.search_like(red.id, start=float("nan"))
-
-SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
-
-
-def make_video_index(path: Path, seconds: float, color: tuple[int, int, int], seed: int, fps: int = 10,
-               w: int = 80, h: int = 64) -> Path:
-    import av
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:] = color
-            x = (i * 3 + seed * 7) % (w - 16)
-            img[20:36, x:x + 16] = rng.integers(0, 255, 3)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
-def fake_model(weights_id: str = "synthetic"):
-    return SimpleNamespace(weights_id=weights_id, info=None)
-
-
-def fake_emb(n: int, rng: np.random.Generator, center: np.ndarray | None = None):
-    c = rng.standard_normal(512).astype(np.float32) if center is None else center
-    e = c + 0.3 * np.cumsum(rng.standard_normal((n, 512)).astype(np.float32) * 0.2, axis=0)
-    starts = np.arange(n) * 1.6
-    return SimpleNamespace(embeddings=e.astype(np.float32), starts=starts, ends=starts + 3.2, duration=n * 1.6 + 1.6)
-
-
-def synthetic_index(directory: Path, videos: int = 20, windows: int = 50, seed: int = 0) -> Index:
-    rng = np.random.default_rng(seed)
-    idx = Index.create(directory, fake_model())
-    for v in range(videos):
-        idx.add_video(f"/nonexistent/v{v:03d}.mp4", fake_emb(windows, rng), size=1000 + v, mtime=1.0,
-                      content_hash=f"h{v}")
-    return idx
-ROOT = "/media/footage"
-FOLDERS = ["kitchen", "kitchen/2024", "garden", "garden/dogs", "a b"]
-NAMES = ["cook", "dog", "walk", "Cat"]
-EXTS = [".mp4", ".mkv"]
-CENTRES = np.random.default_rng(99).standard_normal((12, 512)).astype(np.float32)
-
-
-def _windows(rng: np.random.Generator, n: int) -> SimpleNamespace:
-    c = CENTRES[rng.integers(0, len(CENTRES), size=n)]
-    emb = (c + 0.8 * rng.standard_normal((n, 512))).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    """~21,000 windows in 40 videos with random folders, names, mtimes and durations (paths need
-    not exist: the search path never opens them)."""
-    d = tmp_path_factory.mktemp("wire") / "ix"
-    rng = np.random.default_rng(5)
-    idx = Index.create_for(d, "w1", W, roots=[ROOT])
-    for i in range(40):
-        path = f"{ROOT}/{FOLDERS[i % len(FOLDERS)]}/{NAMES[rng.integers(4)]}{i}{EXTS[rng.integers(2)]}"
-        mtime = float(1.70e9 + rng.integers(0, 10**7))
-        idx.add_video(path, _windows(rng, int(rng.integers(380, 680))), size=100 + i, mtime=mtime, content_hash="")
-    assert len(idx) > 20000  # the int8 screen runs from 20,000 rows on
-    idx.close()
-    return d
-
-
-def reference(index: Index, q: np.ndarray, k: int, filt: VideoFilter | None = None,
-              neg: np.ndarray | None = None, w: float = 0.5, offset: int = 0) -> list[tuple[int, float, float, float]]:
-    """Brute force: every allowed video's float64 combined scores -> moments, ranked."""
-    rows = index.rows()
-    if filt is not None:
-        f = filt.validated(collection_root(r.path for r in rows))
-        rows = [r for r in rows if f.matches(r)]
-    found = []
-    for r in rows:
-        starts, ends, emb = index.windows(r.id)
-        x = emb.astype(np.float64)
-        s = x @ q.astype(np.float64)
-        if neg is not None:
-            s = s - w * (x @ neg.astype(np.float64).T).max(axis=1)
-        for a, b, _p, sc in iter_video_moments(s.astype(np.float32)):
-            found.append((-sc, r.id, float(starts[a]), float(ends[b])))
-    found.sort()
-    return [(vid, a, b, -s) for s, vid, a, b in found[offset:offset + k]]
-
-
-def same(got, ref) -> None:
-    assert [(m.video_id, m.start, m.end) for m in got] == [(v, a, b) for v, a, b, _ in ref]
-    np.testing.assert_allclose([m.score for m in got], [s for *_, s in ref], rtol=1e-4, atol=1e-3)
 
 
 def test_negatives_rerank_as_specified(big, monkeypatch):

@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 import milnce.index.screen as search_mod
+from index_fixtures import CENTRES, ROOT, fake_emb, key, synthetic_index
 from milnce.index import Index
 from milnce.index.filters import VideoFilter, collection_root
-from milnce.windows import WindowSettings
-
-
-def fake_model(weights_id: str = "synthetic"):
-    return SimpleNamespace(weights_id=weights_id, info=None)
-
-
-def fake_emb(n: int, rng: np.random.Generator, center: np.ndarray | None = None):
-    c = rng.standard_normal(512).astype(np.float32) if center is None else center
-    e = c + 0.3 * np.cumsum(rng.standard_normal((n, 512)).astype(np.float32) * 0.2, axis=0)
-    starts = np.arange(n) * 1.6
-    return SimpleNamespace(embeddings=e.astype(np.float32), starts=starts, ends=starts + 3.2, duration=n * 1.6 + 1.6)
-
-
-def synthetic_index(directory: Path, videos: int = 20, windows: int = 50, seed: int = 0) -> Index:
-    rng = np.random.default_rng(seed)
-    idx = Index.create(directory, fake_model())
-    for v in range(videos):
-        idx.add_video(f"/nonexistent/v{v:03d}.mp4", fake_emb(windows, rng), size=1000 + v, mtime=1.0,
-                      content_hash=f"h{v}")
-    return idx
 
 
 @pytest.mark.usefixtures("reuse_model")
@@ -56,10 +33,6 @@ def test_screened_exact_search_equals_full_scan(tmp_path):
     idx.close()
 
 
-def key(m):
-    return (m.video_id, m.start, m.end, m.score)
-
-
 @pytest.mark.usefixtures("reuse_model")
 def test_k_prefix_through_the_screened_scan(tmp_path):
     """>= 20k windows: the int8-screened exact search gives the same fixed ranking."""
@@ -70,36 +43,6 @@ def test_k_prefix_through_the_screened_scan(tmp_path):
     for k in (1, 10, 25, 60):
         assert [key(m) for m in idx.search_embeddings(q, k=k, exact=True)[0]] == [key(m) for m in ref[:k]]
     idx.close()
-
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-ROOT = "/media/footage"
-FOLDERS = ["kitchen", "kitchen/2024", "garden", "garden/dogs", "a b"]
-NAMES = ["cook", "dog", "walk", "Cat"]
-EXTS = [".mp4", ".mkv"]
-CENTRES = np.random.default_rng(99).standard_normal((12, 512)).astype(np.float32)
-
-
-def _windows(rng: np.random.Generator, n: int) -> SimpleNamespace:
-    c = CENTRES[rng.integers(0, len(CENTRES), size=n)]
-    emb = (c + 0.8 * rng.standard_normal((n, 512))).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory) -> Path:
-    """~21,000 windows in 40 videos with random folders, names, mtimes and durations (paths need
-    not exist: the search path never opens them)."""
-    d = tmp_path_factory.mktemp("wire") / "ix"
-    rng = np.random.default_rng(5)
-    idx = Index.create_for(d, "w1", W, roots=[ROOT])
-    for i in range(40):
-        path = f"{ROOT}/{FOLDERS[i % len(FOLDERS)]}/{NAMES[rng.integers(4)]}{i}{EXTS[rng.integers(2)]}"
-        mtime = float(1.70e9 + rng.integers(0, 10**7))
-        idx.add_video(path, _windows(rng, int(rng.integers(380, 680))), size=100 + i, mtime=mtime, content_hash="")
-    assert len(idx) > 20000  # the int8 screen runs from 20,000 rows on
-    idx.close()
-    return d
 
 
 def test_filtered_ann_refills_until_k_pass(big, tmp_path):

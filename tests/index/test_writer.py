@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from index_fixtures import fake_emb, synthetic_index
 from milnce.index import Index
 
 pytestmark = pytest.mark.usefixtures("reuse_model")  # CLI commands reuse the loaded model
-
-
-def fake_model(weights_id: str = "synthetic"):
-    return SimpleNamespace(weights_id=weights_id, info=None)
-
-
-def fake_emb(n: int, rng: np.random.Generator, center: np.ndarray | None = None):
-    c = rng.standard_normal(512).astype(np.float32) if center is None else center
-    e = c + 0.3 * np.cumsum(rng.standard_normal((n, 512)).astype(np.float32) * 0.2, axis=0)
-    starts = np.arange(n) * 1.6
-    return SimpleNamespace(embeddings=e.astype(np.float32), starts=starts, ends=starts + 3.2, duration=n * 1.6 + 1.6)
-
-
-def synthetic_index(directory: Path, videos: int = 20, windows: int = 50, seed: int = 0) -> Index:
-    rng = np.random.default_rng(seed)
-    idx = Index.create(directory, fake_model())
-    for v in range(videos):
-        idx.add_video(f"/nonexistent/v{v:03d}.mp4", fake_emb(windows, rng), size=1000 + v, mtime=1.0,
-                      content_hash=f"h{v}")
-    return idx
 
 
 def test_compaction_keeps_results(tmp_path):
