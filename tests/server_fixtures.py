@@ -1,7 +1,7 @@
 """The server tests' libraries and helpers (a pytest plugin, see ``tests/conftest.py``): generated
 videos indexed with the conftest model, ``TestClient``s and uvicorn servers over them, synthetic
 windows and indexes. Fixtures here are seen by every test; the plain helpers are imported by name
-(``from server_fixtures import windows``).
+(``from index_fixtures import windows``).
 
 Session-scoped libraries are shared by every test file: a test may change a library's files only
 inside a block that puts them back (``swapped`` in ``tests/server/test_files.py``)."""
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import shutil
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from index_fixtures import W
 from milnce.windows import WindowSettings
 from video_fixtures import make_scene_video, make_video
 
@@ -186,28 +186,7 @@ def scene_lib(tmp_path_factory, model) -> Iterator[dict[str, Any]]:
 
 # ----- synthetic windows and indexes ----------------------------------------------------------
 
-W = WindowSettings(fps=10.0, num_frames=8, size=32, stride=4)
-
-
-def windows(n: int = 4, seed: int = 0, *, nan: bool = False) -> SimpleNamespace:
-    """``n`` random windows of 0.8 s every 0.4 s (``nan``: one NaN in the second)."""
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, 512)).astype(np.float32)
-    starts = np.arange(n, dtype=np.float64) * 0.4
-    if nan:
-        emb[1, 3] = np.nan
-    return SimpleNamespace(starts=starts, ends=starts + 0.8, embeddings=emb, duration=float(starts[-1] + 0.8))
-
-
-def make_index(folder: Path, files: list[Path], roots: list[Path] | None = None) -> Any:
-    """A writable index (weights "w1", no model) holding ``files`` as videos (random windows)."""
-    from milnce.index import Index
-
-    idx = Index.create_for(folder, "w1", W, roots=roots if roots is not None else [])
-    for i, f in enumerate(files):
-        st = os.stat(f)
-        idx.add_video(str(f), windows(seed=i), size=st.st_size, mtime=st.st_mtime, content_hash="")
-    return idx
+# ``W``, ``windows`` and ``make_index`` (random-window indexes, no model) are index_fixtures'.
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,13 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
+from index_fixtures import W  # noqa: E402
 from milnce.cli import main  # noqa: E402
 from milnce.index import Index  # noqa: E402
 from milnce.server import create_app  # noqa: E402
 from milnce.server.multi import IndexMismatchError  # noqa: E402
 from milnce.windows import WindowSettings  # noqa: E402
-from server_fixtures import W, multi_windows  # noqa: E402
+from server_fixtures import multi_windows  # noqa: E402
 
 
 def test_other_weights_or_settings_refused(three, model, tmp_path, monkeypatch, capsys):

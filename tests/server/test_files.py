@@ -24,9 +24,10 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from index_fixtures import make_index  # noqa: E402
 from milnce.server import FILE_CHANGED, create_app, parse_range  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
-from server_fixtures import asgi_request, make_index, serving  # noqa: E402
+from server_fixtures import asgi_request, serving  # noqa: E402
 from video_fixtures import make_video  # noqa: E402
 
 

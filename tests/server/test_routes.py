@@ -29,10 +29,11 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from index_fixtures import make_index  # noqa: E402
 from milnce.index.filters import VideoFilter  # noqa: E402
 from milnce.server import MAX_K, MAX_QUERY_CHARS, create_app  # noqa: E402
 from milnce.video.cut import ClipLimits  # noqa: E402
-from server_fixtures import SECONDS, TRAVERSALS, asgi_call, asgi_request, client_for, make_index  # noqa: E402
+from server_fixtures import SECONDS, TRAVERSALS, asgi_call, asgi_request, client_for  # noqa: E402
 
 
 def test_server_says_not_existing_for_a_folder_swapped_for_a_link(tmp_path, model):
