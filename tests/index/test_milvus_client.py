@@ -49,7 +49,6 @@ def test_unreachable_server_is_one_line_without_secrets(monkeypatch, capsys) -> 
     assert show_uri(uri).startswith("http://127.0.0.1:")
 
 
-@pytest.mark.parametrize("name", ["bad-name", "1abc", "a b", "x" * 248, "", "ünï", "a;drop"])
 class _RefusingMilvus:
     """A gRPC server on 127.0.0.1 that refuses every call the way a Milvus proxy with
     authentication refuses a wrong ``user:password`` token (status UNAUTHENTICATED and the proxy's
@@ -96,6 +95,7 @@ def test_wrong_token_is_one_line_naming_the_credentials(monkeypatch, capsys) -> 
         fake.server.stop(0)
 
 
+@pytest.mark.parametrize("name", ["bad-name", "1abc", "a b", "x" * 248, "", "ünï", "a;drop"])
 def test_odd_collection_names_are_refused(name, tmp_path: Path, capsys) -> None:
     with pytest.raises(UsageError, match="collection"):
         check_collection(name)
