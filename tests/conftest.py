@@ -14,7 +14,7 @@ from milnce.model import S3D
 
 # Fixture modules shared by several test folders (each a pytest plugin: its fixtures are seen by every
 # test; its plain helpers are imported by name). One home per kind of test data.
-pytest_plugins = ["server_fixtures", "weights_fixtures", "index_fixtures", "eval_fixtures"]
+pytest_plugins = ["index_fixtures", "weights_fixtures", "eval_fixtures", "server_fixtures"]  # imported before its importers
 
 # Words the tests search for, then filler words to make a vocabulary of 300.
 TEST_WORDS = [
