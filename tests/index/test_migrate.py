@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from milvus_fixtures import require_milvus_lite, synthetic_videos
 
@@ -39,6 +40,7 @@ def _folder(tmp_path: Path, n: int) -> str:
     return d
 
 
+@pytest.mark.slow  # a subprocess killed mid-migration and a rerun: the whole suite runs it
 def test_kill_and_rerun_leaves_no_duplicate_and_no_missing_window(tmp_path: Path) -> None:
     folder = _folder(tmp_path, 90)
     db = str(tmp_path / "moved.db")

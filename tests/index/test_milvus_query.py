@@ -59,6 +59,7 @@ def moments_key(res):
     return [(m.video_id, m.start, m.end) for m in res]
 
 
+@pytest.mark.slow  # the acceptance test of the backend (200 queries): the whole suite runs it
 def test_parity_200_random_queries(both) -> None:
     emb_ix, mv_ix = both
     assert emb_ix.num_live == mv_ix.num_live and emb_ix.num_videos == mv_ix.num_videos
