@@ -232,6 +232,9 @@ def test_two_threads_share_one_download(weights_server, skip_weights_check):
 
 
 def test_user_file_is_moved_aside_never_deleted(weights_server, capsys):
+    import milnce.cli
+
+    milnce.cli._setup_logging()  # milnce.* messages on stderr, as in the CLI (not only after a CLI test ran)
     mine = b"my own copy of the weights, hand-copied" * 10
     (cache_dir() / "s3d_howto100m.pth").write_bytes(mine)
     info = weights_info(weights_server, "missing")  # the download that follows fails
