@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,8 @@ from conftest import VOCAB, random_state_dict
 from milnce.download import cache_dir
 from milnce.errors import MissingFileError, UsageError
 from milnce.model import S3D
-from milnce.weights import CheckpointError, WeightsInfo, fingerprint
+from milnce.weights import CheckpointError, fingerprint
+from weights_fixtures import weights_info
 
 
 def test_check_device_resolves_a_ranks_gpu(monkeypatch):
@@ -37,130 +36,20 @@ def test_check_device_resolves_a_ranks_gpu(monkeypatch):
     with pytest.raises(UsageError, match="has 2 GPU"):
         check_device("cuda", local_rank=2)
 
-DATA = bytes(range(256)) * 400  # 102,400 bytes
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files[name]`` at ``/<mode>/<name>``; the mode picks a misbehaviour."""
-
-    server: _Server
-
-    def log_message(self, *args: object) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        srv = self.server
-        _, mode, name = self.path.split("/", 2)
-        rng = self.headers.get("Range")
-        with srv.lock:
-            srv.hits.append((self.path, rng))
-        body = srv.files.get(name)
-        if mode == "missing" or body is None:
-            self.send_error(404)
-            return
-        start = 0
-        if rng and mode != "norange":
-            start = int(rng.removeprefix("bytes=").rstrip("-"))
-            if start >= len(body):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        chunk = body[start:]
-        self.send_header("Content-Length", str(len(chunk)))
-        self.end_headers()
-        if mode == "stall":
-            srv.stop.wait(10)  # headers, then nothing until teardown
-            return
-        if mode == "trunc":
-            with srv.lock:
-                srv.truncations_left -= 1
-                cut = srv.truncations_left >= 0
-            if cut:  # promise everything, send half, hang up
-                self.wfile.write(chunk[: len(chunk) // 2])
-                return
-        self.wfile.write(chunk)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files: dict[str, bytes] = {}
-        self.hits: list[tuple[str, str | None]] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.truncations_left = 0
-
-    def handle_error(self, request: object, client_address: object) -> None:  # broken pipes: expected
-        pass
-
-    def url(self, mode: str, name: str = "") -> str:
-        return f"http://127.0.0.1:{self.server_port}/{mode}/{name}"
-
-    def count(self, name: str) -> int:
-        return sum(1 for path, _ in self.hits if path.endswith("/" + name))
-
-
-@pytest.fixture(scope="module")
-def _server_module(checkpoint):
-    srv = _Server()
-    wpath, vpath = checkpoint
-    srv.files.update({"data.bin": DATA, "s3d_howto100m.pth": wpath.read_bytes(), "s3d_dict.npy": vpath.read_bytes()})
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop.set()
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
-def server(_server_module):
-    srv = _server_module
-    snapshot = dict(srv.files)
-    srv.hits.clear()
-    srv.truncations_left = 0
-    yield srv
-    srv.files.clear()
-    srv.files.update(snapshot)
-
-
-def _info(srv: _Server, mode: str = "good", **kw) -> WeightsInfo:
-    fields = dict(
-        name="test_model",
-        url=srv.url(mode, "s3d_howto100m.pth"),
-        vocab_url=srv.url(mode, "s3d_dict.npy"),
-        filename="s3d_howto100m.pth",
-        vocab_filename="s3d_dict.npy",
-        num_bytes=len(srv.files["s3d_howto100m.pth"]),
-        vocab_num_bytes=len(srv.files["s3d_dict.npy"]),
-        vocab_words=len(VOCAB),
-    )
-    fields.update(kw)
-    return WeightsInfo(**fields)
-
 
 # ----------------------------------------------------------------------------- API and CLI
 
 
-def test_load_model_downloads_from_registry(server, monkeypatch):
-    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", _info(server, name="s3d_howto100m"))
+def test_load_model_downloads_from_registry(weights_server, monkeypatch):
+    monkeypatch.setitem(milnce.weights.REGISTRY, "s3d_howto100m", weights_info(weights_server, name="s3d_howto100m"))
     model = milnce.load_model(download=True, progress=False, fast=False)
     emb = model.encode_text(["cut tomato", "open the door"])
     assert emb.shape == (2, 512) and bool(torch.isfinite(emb).all())
-    assert server.count("s3d_howto100m.pth") == 1
+    assert weights_server.count("s3d_howto100m.pth") == 1
     w, v, info = milnce.api.resolve_files(None, None, download=True, progress=False)
     assert (w, v) == (cache_dir() / "s3d_howto100m.pth", cache_dir() / "s3d_dict.npy")
     assert info is not None and info.name == "s3d_howto100m"
-    assert len(server.hits) == 2
+    assert len(weights_server.hits) == 2
 
 
 def test_missing_weights_or_vocab_is_a_milnce_error(tmp_path, checkpoint):
@@ -170,6 +59,7 @@ def test_missing_weights_or_vocab_is_a_milnce_error(tmp_path, checkpoint):
         milnce.load_model(checkpoint[0], tmp_path / "nope.npy", download=False)
     with pytest.raises(MissingFileError, match="not in the cache"):
         milnce.load_model(download=False)
+
 
 QUERIES = ["a red square moving", "a blue ball", "open the door", "cut tomato", "pour water into bowl",
            "the man is cooking", "green ball", "playing guitar", "car drifting", "waterfall"]
@@ -185,6 +75,7 @@ def test_text_embedding_is_the_same_alone_and_in_a_batch(model):
     # position in the batch and neighbours do not matter either
     shuffled = model.encode_text(QUERIES[::-1] + QUERIES[:3]).numpy()
     assert np.array_equal(shuffled[: len(QUERIES)][::-1], batch)
+
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

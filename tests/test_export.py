@@ -120,7 +120,8 @@ def test_onnx_check_judges_against_float64(model, tmp_path, monkeypatch):
     assert not any(c.ok for c in check_onnx(model, done).values())
 
 
-# ---- from test_export_targets.py
+# --------------------------------------------------------------------------- output files
+
 
 def test_the_files_each_tower_writes(tmp_path):
     prefix = tmp_path / "s3d.onnx"

@@ -14,9 +14,8 @@ import torch.nn.functional as F
 import milnce
 import milnce.atomic
 import milnce.fast
-from conftest import VOCAB, random_state_dict
 from milnce.fast import FastVideoNet
-from milnce.model import S3D
+from weights_fixtures import random_net
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,15 +84,9 @@ def test_numeric_tolerances_hold_on_other_cpus(threads, isa):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
 
 
-def _net(space_to_depth: bool = True, seed: int = 0) -> S3D:
-    net = S3D(VOCAB, 512, space_to_depth=space_to_depth)
-    net.load_state_dict(random_state_dict(space_to_depth, seed=seed))
-    return net.eval()
-
-
 @pytest.mark.parametrize("s2d,shape", [(True, (2, 3, 16, 112, 112)), (True, (1, 3, 8, 64, 96)), (False, (2, 3, 16, 112, 112)), (False, (1, 3, 7, 37, 41))])
 def test_fast_path_matches_eager(s2d, shape):
-    net = _net(s2d)
+    net = random_net(s2d)
     fast = FastVideoNet(net)
     x = torch.rand(*shape)
     with torch.inference_mode():
@@ -106,7 +99,7 @@ def test_fast_path_matches_eager(s2d, shape):
 
 
 def test_fast_bf16_close_to_fp32():
-    net = _net()
+    net = random_net()
     x = torch.rand(2, 3, 16, 112, 112)
     with torch.inference_mode():
         ref = net(x)["video_embedding"]
@@ -120,7 +113,7 @@ def test_fast_path_without_onednn_matches(monkeypatch):
     import milnce.fast as fast_mod
 
     monkeypatch.setattr(fast_mod, "_HAS_MKLDNN_POINTWISE", False)
-    net = _net()
+    net = random_net()
     x = torch.rand(1, 3, 8, 64, 64)
     with torch.inference_mode():
         ref, out = net(x), FastVideoNet(net)(x)

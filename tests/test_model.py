@@ -13,9 +13,10 @@ import milnce
 import milnce.api
 import milnce.integrity
 import milnce.weights
-from conftest import VOCAB, random_state_dict
+from conftest import VOCAB
 from milnce.fast import FastVideoNet
 from milnce.model import INCEPTION_CONFIG, S3D, MaxPool3dSame, space_to_depth, state_dict_shapes
+from weights_fixtures import random_net
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -26,12 +27,6 @@ def _tsv() -> list[tuple[str, tuple[int, ...]]]:
         key, shape, _ = line.split("\t")
         rows.append((key, () if shape == "scalar" else tuple(int(n) for n in shape.split("x"))))
     return rows
-
-
-def _net(space_to_depth: bool = True, seed: int = 0) -> S3D:
-    net = S3D(VOCAB, 512, space_to_depth=space_to_depth)
-    net.load_state_dict(random_state_dict(space_to_depth, seed=seed))
-    return net.eval()
 
 
 def test_state_dict_matches_published_keys_shapes_and_order():
@@ -128,7 +123,7 @@ def test_gating_is_applied_after_conv_2c():
     """model.md's self-gating sits between conv_2c and maxpool_3a: it takes conv_2c's output ``x``,
     gives ``x * sigmoid(fc(mean_THW(x)))`` per channel, maxpool_3a takes exactly that, and gates near 0
     silence the map."""
-    net = _net()
+    net = random_net()
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     order: list[str] = []
 
@@ -158,7 +153,7 @@ def test_gating_is_applied_after_conv_2c():
 
 def test_eager_outputs_follow_the_spec_sequence():
     """Recompute the tower from model.md's description with plain functional ops."""
-    net = _net()
+    net = random_net()
     sd = net.state_dict()
     x = torch.rand(1, 3, 8, 64, 64)
 
@@ -206,7 +201,7 @@ def test_eager_outputs_follow_the_spec_sequence():
 
 
 def test_text_tower_against_manual_computation():
-    net = _net()
+    net = random_net()
     sd = net.state_dict()
     texts = ["Open the door", "cut tomato cut tomato", "", "zzz unknown"]
     ids = torch.zeros(4, 16, dtype=torch.long)
@@ -254,7 +249,7 @@ def test_dropin_api(checkpoint):
     ],
 )
 def test_bad_video_tensors(video, err, match):
-    net = _net()
+    net = random_net()
     with pytest.raises(err, match=match):
         net(video)
     with pytest.raises(err, match=match):
@@ -265,7 +260,7 @@ def test_out_of_range_values_warn_once(monkeypatch):
     import milnce.model as m
 
     monkeypatch.setattr(m, "_warned_range", False)
-    net = _net()
+    net = random_net()
     x = torch.rand(1, 3, 8, 64, 64) * 255
     with pytest.warns(UserWarning, match=r"\[0, 1\]"):
         net(x)

@@ -17,10 +17,11 @@ import milnce.atomic
 import milnce.fast
 import milnce.integrity
 import milnce.weights
-from conftest import VOCAB, random_state_dict, write_checkpoint
+from conftest import VOCAB, write_checkpoint
 from milnce.cache import file_stamp
 from milnce.download import cache_dir
 from milnce.weights import CheckpointError, fingerprint, load_checkpoint, load_verified, save_bundle
+from weights_fixtures import random_weights
 
 
 def test_in_place_edit_with_mtime_restored_is_verified_again(checkpoint, tmp_path):
@@ -130,11 +131,11 @@ def test_training_checkpoint_no_space_to_depth(tmp_path):
     assert emb.shape == (1, 512)
 
 
-def test_safetensors_and_bundle_roundtrip(checkpoint, tmp_path):
+def test_safetensors_and_bundle_roundtrip(checkpoint, model, tmp_path):
     sd, _ = load_checkpoint(checkpoint[0])
     out = save_bundle(sd, np.asarray(VOCAB), tmp_path / "bundle")
     assert json.loads((out / "config.json").read_text())["fingerprint"] == fingerprint(sd)
-    a = milnce.load_model(*checkpoint, download=False)
+    a = model  # conftest: milnce.load_model(*checkpoint, download=False)
     b = milnce.load_model(out, download=False)  # folder: model.safetensors + vocab.npy
     c = milnce.load_model(out / "model.safetensors", download=False)
     assert a.weights_id == b.weights_id == c.weights_id
@@ -180,7 +181,7 @@ def test_truncated_checkpoint(checkpoint, tmp_path):
 
 
 def test_checkpoint_key_and_shape_problems(tmp_path):
-    sd = random_state_dict()
+    sd = random_weights()
     missing = dict(sd)
     del missing["mixed_4c.conv_b0.conv1.weight"]
     with pytest.raises(CheckpointError, match="1 missing keys.*mixed_4c.conv_b0.conv1.weight"):

@@ -11,6 +11,7 @@ import milnce
 import milnce.atomic
 import milnce.fast
 from milnce.cli import main
+from weights_fixtures import offline_args, one_line_error
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs onnx: pip install 'milnce[onnx]'")
 ort = pytest.importorskip("onnxruntime", reason="the parity test needs onnxruntime: pip install 'milnce[onnx]'")
@@ -29,16 +30,6 @@ def test_cli_export(checkpoint, tmp_path, capsys):
     assert "prefix" in capsys.readouterr().err
 
 
-def _args(ckpt) -> list[str]:
-    return ["--weights", str(ckpt[0]), "--vocab", str(ckpt[1]), "--no-download"]
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("milnce: error:") and len(err.strip().splitlines()) == 1, err
-    return err
-
-
 onnx_needed = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")),
                                  reason="needs onnx and onnxruntime: pip install 'milnce[onnx]'")
 
@@ -46,7 +37,7 @@ onnx_needed = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("
 @onnx_needed
 def test_export_options_overwrite_and_read_only_out(checkpoint, tmp_path, capsys, monkeypatch):
     prefix = str(tmp_path / "s3d")
-    base = ["export", "--onnx", prefix, *_args(checkpoint), "--size", "32", "--text-only"]
+    base = ["export", "--onnx", prefix, *offline_args(checkpoint), "--size", "32", "--text-only"]
     assert main([*base, "--num-frames", "8", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert main([*base, "--frames", "8"]) == 2  # the old spelling still parses (with a deprecation line)
@@ -54,20 +45,20 @@ def test_export_options_overwrite_and_read_only_out(checkpoint, tmp_path, capsys
     assert err[0] == "milnce: warning: --frames is deprecated in export, use --num-frames" and len(err) == 2
     assert err[1].startswith("milnce: error:") and "--overwrite" in err[1]
     assert main([*base, "--overwrite", "--device", "cuda:99"]) == 2
-    _one_line_error(capsys)
+    one_line_error(capsys)
 
     def erofs(*a, **kw):
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(milnce.atomic.os, "replace", erofs)
     assert main([*base, "--overwrite"]) == 2
-    assert "Read-only file system" in _one_line_error(capsys)
+    assert "Read-only file system" in one_line_error(capsys)
 
 
 @onnx_needed
 def test_export_verify_prints_a_verdict(checkpoint, tmp_path, capsys):
     prefix = str(tmp_path / "s3d")
-    assert main(["export", "--onnx", prefix, *_args(checkpoint), "--num-frames", "8", "--size", "32",
+    assert main(["export", "--onnx", prefix, *offline_args(checkpoint), "--num-frames", "8", "--size", "32",
                  "--check-outputs"]) == 0
     out = capsys.readouterr().out
     assert out.count("against float64") == 3 and "verification passed" in out
