@@ -34,6 +34,7 @@ from milnce.errors import MissingFileError
 from milnce.mirrors import MirrorError, sources
 from milnce.video import VideoWindows
 from milnce.weights import CheckpointError, load_checkpoint, load_verified
+from video_fixtures import flip_inside_member
 from weights_fixtures import mirror_info, offline_args, one_line_error, random_weights, weights_info
 
 
@@ -186,21 +187,12 @@ def test_convert_records_input_conventions(checkpoint, tmp_path):
     assert milnce.WindowSettings.for_model(m).num_frames == 16
 
 
-def _flip_inside_member(path: Path, member: str = "video_embedding.npy") -> None:
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo(member)
-    data = bytearray(path.read_bytes())
-    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size - 3  # in the data
-    data[at] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("damage", ["flip", "truncate", "object", "zero", "strings"])
 def test_similarity_on_damaged_or_odd_files_is_one_line(tmp_path, damage, wargs, capsys):
     f = tmp_path / "e.npz"
     VideoWindows("v.mp4", np.array([0.0, 0.4]), np.array([0.8, 1.2]), np.ones((2, 512), np.float32)).save(f)
     if damage == "flip":
-        _flip_inside_member(f)
+        flip_inside_member(f)
     elif damage == "truncate":
         f.write_bytes(f.read_bytes()[:300])
     elif damage == "object":
