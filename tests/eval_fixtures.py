@@ -309,11 +309,16 @@ def final_state(run: Path) -> dict:
     return load_training_checkpoint(latest_checkpoint(run))
 
 
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Two training checkpoints hold the same weights and buffers, bit for bit."""
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     """Two training checkpoints of the same step, bit for bit (weights and optimiser)."""
     assert a["step"] == b["step"]
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    assert_same_weights(a, b)
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa.keys() == sb.keys()
     for i in sa:
@@ -350,6 +355,11 @@ def milnce_cmd() -> list[str]:
     """The ``milnce`` command of this interpreter."""
     exe = Path(sys.executable).parent / "milnce"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "milnce.cli"]
+
+
+def train_cmd(data: Path, out: Path, cfg: Path, *more: str) -> list[str]:
+    """``run_train``'s command line for a child process (``Started``: ``THREADS`` threads there too)."""
+    return [*milnce_cmd(), "train", "--data", str(data), "--out", str(out), "--config", str(cfg), *more]
 
 
 def torchrun_milnce(nproc: int = 2) -> list[str]:

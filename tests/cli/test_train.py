@@ -24,14 +24,15 @@ from eval_fixtures import (
     Started,
     assert_close_state,
     assert_same_state,
+    assert_same_weights,
     final_state,
-    milnce_cmd,
     needs_webdataset,
     run_train,
     shard_after,
     subprocess_env,
     tiny_config,
     torchrun_milnce,
+    train_cmd,
 )
 from milnce.cli import main
 
@@ -143,7 +144,7 @@ def test_kill_9_then_resume(synth, straight, tmp_path):
 
     cfg = tiny_config(tmp_path, save_every=1, workers=1)
     run = tmp_path / "run"
-    cmd = [*milnce_cmd(), "train", "--data", str(synth), "--out", str(run), "--config", str(cfg), "--steps", "6"]
+    cmd = train_cmd(synth, run, cfg, "--steps", "6")
     proc = subprocess.Popen(cmd, env=subprocess_env(THREADS), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
@@ -241,8 +242,10 @@ EXACT = {"batch_size": 4, "lr": 1.0, "adam_eps": 1.0, "warmup_steps": 0, "precis
 @pytest.mark.slow
 def test_micro_batch_equals_a_full_batch_step_with_frozen_bn(synth, tmp_path):
     cfg = tiny_config(tmp_path, **EXACT, freeze_bn=True)
-    assert run_train(synth, tmp_path / "full", cfg, "--steps", "2") == 0
-    assert run_train(synth, tmp_path / "cached", cfg, "--steps", "2", "--micro-batch", "2") == 0
+    with Started(train_cmd(synth, tmp_path / "full", cfg, "--steps", "2"), timeout=300) as job:  # one thread each
+        assert run_train(synth, tmp_path / "cached", cfg, "--steps", "2", "--micro-batch", "2") == 0
+        res = job.result()
+    assert res.returncode == 0, res.stderr[-3000:]
     assert_close_state(final_state(tmp_path / "full"), final_state(tmp_path / "cached"))
 
 
@@ -394,9 +397,7 @@ def test_training_on_shards_resumes_exactly(wds_data, tmp_path):
     assert run_train(wds_data, resumed, cfg, "--steps", "2") == 0
     assert final_state(resumed)["data"]["streams"] == {"0": [0, 4]}
     assert run_train(wds_data, resumed, cfg, "--steps", "4", "--resume") == 0
-    a, b = final_state(straight), final_state(resumed)
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    assert_same_weights(final_state(straight), final_state(resumed))
 
 
 @needs_webdataset
@@ -431,9 +432,7 @@ def test_micro_batch_resumes_exactly(synth, tmp_path):
     assert run_train(synth, straight, cfg, "--steps", "3", "--micro-batch", "2") == 0
     assert run_train(synth, resumed, cfg, "--steps", "2", "--micro-batch", "2") == 0
     assert run_train(synth, resumed, cfg, "--steps", "3", "--resume") == 0
-    a, b = final_state(straight), final_state(resumed)
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    assert_same_weights(final_state(straight), final_state(resumed))
 
 
 @needs_webdataset
