@@ -20,12 +20,17 @@ from video_fixtures import make_video
 # ------------------------------------------------------------------------------ command line
 
 
-def test_cli_eval_fake_pipeline(msrvtt, checkpoint, tmp_path, monkeypatch, capsys):
+def test_cli_eval_fake_pipeline(msrvtt, checkpoint, model, tmp_path, monkeypatch, capsys):
+    import milnce.commands.eval as eval_cmd
 
     root, csv = msrvtt
     runner = FakeRunner()
     monkeypatch.setattr(run_mod, "run_jobs", runner)
     w, v = checkpoint
+    real = eval_cmd.model_from_args
+    # the options name the conftest checkpoint: the session's model (already loaded); anything else loads
+    monkeypatch.setattr(eval_cmd, "model_from_args",
+                        lambda args: model if (args.weights, args.vocab) == (str(w), str(v)) else real(args))
     args = ["eval", "msrvtt", "--videos", str(root), "--annotations", str(csv), "--weights", str(w), "--vocab", str(v),
             "--no-download", "--num-frames", "8", "--size", "32", "--quiet", "--cache", str(tmp_path / "c")]
     rc = main(args + ["--out", str(tmp_path / "out")])
