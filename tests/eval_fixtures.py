@@ -12,7 +12,6 @@ import io
 import json
 import os
 import resource
-import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -358,7 +357,7 @@ def milnce_cmd() -> list[str]:
 
 
 def train_cmd(data: Path, out: Path, cfg: Path, *more: str) -> list[str]:
-    """``run_train``'s command line for a child process (``Started``: ``THREADS`` threads there too)."""
+    """``run_train``'s command line for a child process (``subprocess_env(THREADS)``: the same threads)."""
     return [*milnce_cmd(), "train", "--data", str(data), "--out", str(out), "--config", str(cfg), *more]
 
 
@@ -367,30 +366,6 @@ def torchrun_milnce(nproc: int = 2) -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
     exe = Path(sys.executable).parent / "milnce"
     return launcher + (["--no-python", str(exe)] if exe.exists() else ["-m", "milnce.cli"])
-
-
-class Started:
-    """A command started in the background (``subprocess_env()``, output captured), for a test to
-    run its in-process reference meanwhile: a torchrun job (two processes) and the one-process run
-    share the wall time of two cores instead of following each other. ``result()`` waits for it;
-    leaving the ``with`` block kills it if it still runs (a failed assertion before ``result()``)."""
-
-    def __init__(self, cmd: list[str], timeout: float) -> None:
-        self.timeout = timeout
-        self.proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-
-    def __enter__(self) -> Started:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate()
-
-    def result(self) -> subprocess.CompletedProcess:
-        out, err = self.proc.communicate(timeout=self.timeout)
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
 
 
 AUDIT = TESTS / "fp64_audit.py"

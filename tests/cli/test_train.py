@@ -21,7 +21,6 @@ import torch
 from eval_fixtures import (
     SHARD_WORDS,
     THREADS,
-    Started,
     assert_close_state,
     assert_same_state,
     assert_same_weights,
@@ -175,14 +174,14 @@ def test_torchrun_two_processes_equal_one_process_on_the_global_batch(synth, tmp
     # the update proportional to the gradient (a ~0 gradient would otherwise flip with rounding).
     cfg = tiny_config(tmp_path, batch_size=4, save_every=1, lr=1.0, adam_eps=1.0, warmup_steps=0, precision="fp64")
     one, two = tmp_path / "one", tmp_path / "two"
-    with Started([*torchrun_milnce(), "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
-                  "--steps", "1", "--sync-bn"], timeout=300) as job:  # the references meanwhile
-        assert run_train(synth, one, cfg, "--steps", "1") == 0
-        before = load_initial(synth, cfg, tmp_path)
-        res = job.result()
+    assert run_train(synth, one, cfg, "--steps", "1") == 0
+    launcher = torchrun_milnce()
+    res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
+                          "--steps", "1", "--sync-bn"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = final_state(one), final_state(two)
     assert b["world_size"] == 2 and a["world_size"] == 1
+    before = load_initial(synth, cfg, tmp_path)
     moved = 0
     for k, v in a["state_dict"].items():
         w = b["state_dict"][k]
@@ -222,10 +221,10 @@ def test_micro_batch_and_torchrun_agree_in_float64(synth, tmp_path):
     cfg = tiny_config(tmp_path, batch_size=8, lr=1.0, adam_eps=1.0, warmup_steps=0, precision="fp64",
                     save_every=3, threads=1)
     one, two = tmp_path / "cached", tmp_path / "ddp"
-    with Started([*torchrun_milnce(), "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
-                  "--steps", "3"], timeout=400) as job:
-        assert run_train(synth, one, cfg, "--steps", "3", "--micro-batch", "4") == 0  # meanwhile
-        res = job.result()
+    assert run_train(synth, one, cfg, "--steps", "3", "--micro-batch", "4") == 0
+    launcher = torchrun_milnce()
+    res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
+                          "--steps", "3"], env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = final_state(one), final_state(two)
     assert a["world_size"] == 1 and b["world_size"] == 2
@@ -242,10 +241,8 @@ EXACT = {"batch_size": 4, "lr": 1.0, "adam_eps": 1.0, "warmup_steps": 0, "precis
 @pytest.mark.slow
 def test_micro_batch_equals_a_full_batch_step_with_frozen_bn(synth, tmp_path):
     cfg = tiny_config(tmp_path, **EXACT, freeze_bn=True)
-    with Started(train_cmd(synth, tmp_path / "full", cfg, "--steps", "2"), timeout=300) as job:  # one thread each
-        assert run_train(synth, tmp_path / "cached", cfg, "--steps", "2", "--micro-batch", "2") == 0
-        res = job.result()
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert run_train(synth, tmp_path / "full", cfg, "--steps", "2") == 0
+    assert run_train(synth, tmp_path / "cached", cfg, "--steps", "2", "--micro-batch", "2") == 0
     assert_close_state(final_state(tmp_path / "full"), final_state(tmp_path / "cached"))
 
 
@@ -267,10 +264,10 @@ def test_micro_batch_refusals(synth, tmp_path, capsys):
 def test_micro_batch_equals_torchrun_of_b_over_m_processes(synth, tmp_path):
     cfg = tiny_config(tmp_path, **EXACT)
     one, two = tmp_path / "cached", tmp_path / "ddp"
-    with Started([*torchrun_milnce(), "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
-                  "--steps", "2"], timeout=300) as job:
-        assert run_train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0  # meanwhile
-        res = job.result()
+    assert run_train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0
+    launcher = torchrun_milnce()
+    res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
+                          "--steps", "2"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     # BN running statistics differ by design (DDP keeps rank 0's; the cached step folds in both)
     assert_close_state(final_state(one), final_state(two), buffers=False)
@@ -412,14 +409,14 @@ def test_torchrun_on_shards_stops_collectively(wds_data, tmp_path):
     shards = sorted((data / "shards").glob("*.tar"))
     _write_bad_shard(shards[1], shards[0])
     cfg = tiny_config(tmp_path, eval_every=0, save_every=0, batch_size=4)
-    base = [*torchrun_milnce(), "train", "--data", str(data), "--config", str(cfg), "--steps", "3"]
-    # the two jobs at once (each its own rendezvous port and output folder)
-    with Started([*base, "--out", str(tmp_path / "strict"), "--bad-fraction", "0", "--bad-window", "1"],
-                 timeout=240) as strict_job, \
-            Started([*base, "--out", str(tmp_path / "ok"), "--bad-fraction", "0.9"], timeout=240) as ok_job:
-        strict, ok = strict_job.result(), ok_job.result()
+    launcher = torchrun_milnce()
+    base = [*launcher, "train", "--data", str(data), "--config", str(cfg), "--steps", "3"]
+    strict = subprocess.run([*base, "--out", str(tmp_path / "strict"), "--bad-fraction", "0", "--bad-window", "1"],
+                            env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert strict.returncode != 0
     assert strict.stderr.count("more than --bad-fraction 0") == 2, strict.stderr[-3000:]  # both ranks decided
+    ok = subprocess.run([*base, "--out", str(tmp_path / "ok"), "--bad-fraction", "0.9"],
+                        env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert json.loads(ok.stdout.strip().splitlines()[-1])["bad_samples"] >= 3
 
@@ -440,10 +437,10 @@ def test_micro_batch_resumes_exactly(synth, tmp_path):
 def test_micro_batch_under_torchrun_equals_one_process(synth, tmp_path):
     cfg = tiny_config(tmp_path, **{**EXACT, "batch_size": 8})
     one, two = tmp_path / "one", tmp_path / "two"
-    with Started([*torchrun_milnce(), "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
-                  "--steps", "2", "--micro-batch", "2"], timeout=300) as job:
-        assert run_train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0  # meanwhile
-        res = job.result()
+    assert run_train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0
+    launcher = torchrun_milnce()
+    res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
+                          "--steps", "2", "--micro-batch", "2"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     # the same arithmetic but the 4 micro-batch gradients are summed as ((a+b)+c)+d on one process and
     # (a+b)+(c+d) over two: float64 rounding, grown by the second step of a run at lr 1
