@@ -25,14 +25,15 @@ from milnce.recipes import RECIPES, get_recipe
 from milnce.video.npyfile import NpyFileError, npy_header, read_npy
 
 
-def managed(root: Path, recipe: str, rows: dict[str, int]) -> Path:
-    """A folder as ``milnce extract --recipe`` writes it."""
+def managed_folder(root: Path, recipe: str, rows: dict[str, int], seed: int = 0) -> Path:
+    """A feature folder as ``milnce extract --recipe`` writes it (manifest, ``.npy`` + sidecars)."""
     r = get_recipe(recipe)
     layout = RecipeLayout(r)
     layout.prepare(str(root))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for vid, n in rows.items():
-        layout.write(str(root / f"{vid}.npy"), {r.feature: rng.standard_normal((n, r.dim))}, {"settings": {}})
+        x = rng.standard_normal((n, r.dim)).astype(np.float32)
+        layout.write(str(root / f"{vid}.npy"), {r.feature: x}, {"settings": {}})
     return root
 
 
@@ -57,7 +58,7 @@ def huge_header(path: Path, shape: tuple[int, ...] = (10**11, 512)) -> None:
 
 
 def test_ids_from_a_device_or_endless_line_refused(tmp_path, capsys):
-    d = managed(tmp_path / "f", "videoclip", {"a": 2})
+    d = managed_folder(tmp_path / "f", "videoclip", {"a": 2})
     out = str(tmp_path / "m")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     refused(capsys, ["pack", "videoclip", str(d), out, "--ids", "/dev/zero"], "/dev/zero", "device")
@@ -73,7 +74,7 @@ def test_ids_from_a_device_or_endless_line_refused(tmp_path, capsys):
 
 
 def test_npy_header_checked_against_the_file_size_before_allocating(tmp_path, capsys):
-    d = managed(tmp_path / "f", "videoclip", {"a": 2})
+    d = managed_folder(tmp_path / "f", "videoclip", {"a": 2})
     huge_header(d / "a.npy")
     with pytest.raises(NpyFileError, match="header says shape"):
         read_npy(str(d / "a.npy"))
@@ -108,7 +109,7 @@ def test_another_width_refused(tmp_path, capsys, consumer, width):
 
 
 def test_mixed_widths_refused_not_a_traceback(tmp_path, capsys):
-    d = managed(tmp_path / "f", "videoclip", {"a": 2, "b": 1})
+    d = managed_folder(tmp_path / "f", "videoclip", {"a": 2, "b": 1})
     np.save(d / "b.npy", np.ones((1, 1024), np.float16))  # replaced by a univl-wide array
     refused(capsys, ["pack", "videoclip", str(d), str(tmp_path / "m")], "b.npy", "1024")
 
@@ -124,7 +125,7 @@ def test_nan_values_refused(tmp_path, capsys):
 
 
 def test_sidecars_are_read(tmp_path, capsys):
-    d = managed(tmp_path / "f", "univl", {"a": 2, "b": 3})
+    d = managed_folder(tmp_path / "f", "univl", {"a": 2, "b": 3})
     out = str(tmp_path / "u.pickle")
     side = d / ".milnce" / "b.json"
     meta = json.loads(side.read_text())
@@ -140,12 +141,12 @@ def test_sidecars_are_read(tmp_path, capsys):
     side.write_text("{not json")
     refused(capsys, ["pack", "univl", str(d), out], "b.json", "unreadable sidecar")
     assert not os.path.exists(out)
-    v = managed(tmp_path / "v", "videoclip", {"a": 1})
+    v = managed_folder(tmp_path / "v", "videoclip", {"a": 1})
     refused(capsys, ["pack", "univl", str(v), out], "--recipe videoclip", "pack univl")
 
 
 def test_duplicate_and_unsafe_ids_refused(tmp_path, capsys):
-    d = managed(tmp_path / "f", "videoclip", {"a": 2, "b": 1})
+    d = managed_folder(tmp_path / "f", "videoclip", {"a": 2, "b": 1})
     ids = tmp_path / "ids.txt"
     ids.write_text("a\nb\na\na\n")
     refused(capsys, ["pack", "videoclip", str(d), str(tmp_path / "m"), "--ids", str(ids)], "'a' (3 times)")
@@ -159,7 +160,7 @@ def test_duplicate_and_unsafe_ids_refused(tmp_path, capsys):
 
 
 def test_univl_refuses_an_existing_file_unless_overwrite(tmp_path, capsys):
-    d = managed(tmp_path / "f", "univl", {"a": 2})
+    d = managed_folder(tmp_path / "f", "univl", {"a": 2})
     out = tmp_path / "u.pickle"
     out.write_bytes(b"precious")
     refused(capsys, ["pack", "univl", str(d), str(out)], "exists", "--overwrite")
@@ -170,7 +171,7 @@ def test_univl_refuses_an_existing_file_unless_overwrite(tmp_path, capsys):
 
 
 def test_videoclip_refuses_existing_shards_unless_overwrite(tmp_path, capsys):
-    d = managed(tmp_path / "f", "videoclip", {"a": 2, "b": 1, "c": 3})
+    d = managed_folder(tmp_path / "f", "videoclip", {"a": 2, "b": 1, "c": 3})
     m = tmp_path / "m"
     assert main(["pack", "videoclip", str(d), str(m), "--shard-size", "1"]) == 0
     assert (m / "train_2_data.npy").exists()
@@ -185,7 +186,7 @@ def test_videoclip_refuses_existing_shards_unless_overwrite(tmp_path, capsys):
 
 
 def test_a_refusal_half_way_leaves_no_shards(tmp_path, capsys):
-    d = managed(tmp_path / "f", "videoclip", {"a": 2, "b": 1, "c": 3})
+    d = managed_folder(tmp_path / "f", "videoclip", {"a": 2, "b": 1, "c": 3})
     x = np.ones((3, 512), np.float16)
     x[0, 0] = np.inf
     np.save(d / "c.npy", x)
@@ -195,18 +196,6 @@ def test_a_refusal_half_way_leaves_no_shards(tmp_path, capsys):
     assert os.listdir(tmp_path / "m") == ["notes.txt"]
 
 ALLOWED_GLOBALS = {"numpy ndarray", "numpy dtype"}
-
-
-def managed_folder(root: Path, recipe: str, rows: dict[str, int], seed: int = 0) -> Path:
-    """A feature folder as ``milnce extract --recipe`` writes it (manifest, ``.npy`` + sidecars)."""
-    r = get_recipe(recipe)
-    layout = RecipeLayout(r)
-    layout.prepare(str(root))
-    rng = np.random.default_rng(seed)
-    for vid, n in rows.items():
-        x = rng.standard_normal((n, r.dim)).astype(np.float32)
-        layout.write(str(root / f"{vid}.npy"), {r.feature: x}, {"settings": {}})
-    return root
 
 
 def opcodes(data: bytes) -> tuple[int, set[str]]:

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -20,12 +18,22 @@ import numpy as np
 import pytest
 import torch
 
+from eval_fixtures import (
+    SHARD_WORDS,
+    THREADS,
+    assert_close_state,
+    assert_same_state,
+    assert_same_weights,
+    final_state,
+    needs_webdataset,
+    run_train,
+    shard_after,
+    subprocess_env,
+    tiny_config,
+    torchrun_milnce,
+    train_cmd,
+)
 from milnce.cli import main
-
-WEBDATASET_INSTALLED = importlib.util.find_spec("webdataset") is not None
-needs_webdataset = pytest.mark.skipif(not WEBDATASET_INSTALLED, reason="webdataset (the train extra) is not installed")
-
-
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
@@ -47,25 +55,6 @@ def test_train_on_cuda_without_cuda_is_one_line(tmp_path, capsys, monkeypatch):
                  "--device", "cuda:0", "--steps", "1"]) == 2
     assert "CUDA is not available" in _one_line(capsys)
     assert not (tmp_path / "run").exists()
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-# A tiny run: 8 frames of 32 px, 2 clips per step; settings shared by every run below.
-TINY = {
-    "fps": 4, "num_frames": 8, "size": 32, "decode_size": 36, "min_time": 2.0, "num_candidates": 2,
-    "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "schedule_steps": 6, "workers": 0,
-    "eval_every": 0, "log_every": 1, "save_every": 3, "progress": False,
-}
-
-
-# ----------------------------------------------------------------------------- synthetic data
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from milnce.train import make_synthetic
-
-    return make_synthetic(tmp_path_factory.mktemp("synth") / "data", videos=6, val_videos=2, seed=1, size=48,
-                          progress=False)
 
 
 def test_make_synthetic_layout(tmp_path):
@@ -100,50 +89,6 @@ def test_make_synthetic_layout(tmp_path):
 
 # ----------------------------------------------------------------------------- runs
 
-def _settings(tmp: Path, **extra) -> Path:
-    path = tmp / "tiny.json"
-    path.write_text(json.dumps({**TINY, **extra}))
-    return path
-
-
-THREADS = 1  # identical weights need identical thread counts (float sums are ordered per thread)
-
-
-def _train(synth: Path, out: Path, cfg: Path, *more: str) -> int:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        return main(["train", "--data", str(synth), "--out", str(out), "--config", str(cfg), *more])
-    finally:
-        torch.set_num_threads(before)
-
-
-def _final(run: Path) -> dict:
-    from milnce.train.checkpoint import latest_checkpoint, load_training_checkpoint
-
-    return load_training_checkpoint(latest_checkpoint(run))
-
-
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"]
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        for k in sa[i]:
-            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
-
-
-@pytest.fixture(scope="module")
-def straight(synth, tmp_path_factory) -> Path:
-    """Six steps in one go."""
-    tmp = tmp_path_factory.mktemp("straight")
-    run = tmp / "run"
-    assert _train(synth, run, _settings(tmp), "--steps", "6") == 0
-    return run
-
-
 def test_run_folder_contents(straight):
     from milnce.train.checkpoint import load_training_checkpoint
 
@@ -160,13 +105,13 @@ def test_run_folder_contents(straight):
 
 
 def test_exact_resume(synth, straight, tmp_path):
-    cfg = _settings(tmp_path)
+    cfg = tiny_config(tmp_path)
     run = tmp_path / "run"
-    assert _train(synth, run, cfg, "--steps", "3") == 0
-    assert _train(synth, run, cfg, "--steps", "6") == 2  # exists: needs --resume
-    assert _train(synth, run, cfg, "--steps", "6", "--resume", "--lr", "0.01") == 2  # settings differ
-    assert _train(synth, run, cfg, "--steps", "6", "--resume") == 0
-    _assert_same_state(_final(run), _final(straight))
+    assert run_train(synth, run, cfg, "--steps", "3") == 0
+    assert run_train(synth, run, cfg, "--steps", "6") == 2  # exists: needs --resume
+    assert run_train(synth, run, cfg, "--steps", "6", "--resume", "--lr", "0.01") == 2  # settings differ
+    assert run_train(synth, run, cfg, "--steps", "6", "--resume") == 0
+    assert_same_state(final_state(run), final_state(straight))
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
 
@@ -192,23 +137,14 @@ def test_no_half_written_checkpoint_is_visible(synth, straight, tmp_path, monkey
     assert milnce.load_model(run, download=False) is not None
 
 
-def _milnce_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "milnce"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "milnce.cli"]
-
-
-def _env(threads: int = 1) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS=str(threads))
-
-
 @pytest.mark.slow
 def test_kill_9_then_resume(synth, straight, tmp_path):
     from milnce.train.checkpoint import latest_checkpoint, load_training_checkpoint
 
-    cfg = _settings(tmp_path, save_every=1, workers=1)
+    cfg = tiny_config(tmp_path, save_every=1, workers=1)
     run = tmp_path / "run"
-    cmd = [*_milnce_cmd(), "train", "--data", str(synth), "--out", str(run), "--config", str(cfg), "--steps", "6"]
-    proc = subprocess.Popen(cmd, env=_env(THREADS), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = train_cmd(synth, run, cfg, "--steps", "6")
+    proc = subprocess.Popen(cmd, env=subprocess_env(THREADS), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -227,8 +163,8 @@ def test_kill_9_then_resume(synth, straight, tmp_path):
     assert visible
     for path in visible:  # every visible checkpoint is complete
         assert load_training_checkpoint(path)["step"] == int(path.stem.split("_")[1])
-    assert _train(synth, run, cfg, "--steps", "6", "--resume") == 0
-    _assert_same_state(_final(run), _final(straight))
+    assert run_train(synth, run, cfg, "--steps", "6", "--resume") == 0
+    assert_same_state(final_state(run), final_state(straight))
 
 
 @pytest.mark.slow
@@ -236,16 +172,14 @@ def test_torchrun_two_processes_equal_one_process_on_the_global_batch(synth, tmp
     # In float64, so that rounding stays invisible even through BatchNorm over a few values (the
     # last stages of a 32 px clip); Adam's first step is lr * sign(grad), so a large epsilon makes
     # the update proportional to the gradient (a ~0 gradient would otherwise flip with rounding).
-    cfg = _settings(tmp_path, batch_size=4, save_every=1, lr=1.0, adam_eps=1.0, warmup_steps=0, precision="fp64")
+    cfg = tiny_config(tmp_path, batch_size=4, save_every=1, lr=1.0, adam_eps=1.0, warmup_steps=0, precision="fp64")
     one, two = tmp_path / "one", tmp_path / "two"
-    assert _train(synth, one, cfg, "--steps", "1") == 0
-    exe = Path(sys.executable).parent / "milnce"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    launcher += ["--no-python", str(exe)] if exe.exists() else ["-m", "milnce.cli"]
+    assert run_train(synth, one, cfg, "--steps", "1") == 0
+    launcher = torchrun_milnce()
     res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
-                          "--steps", "1", "--sync-bn"], env=_env(), capture_output=True, text=True, timeout=300)
+                          "--steps", "1", "--sync-bn"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    a, b = _final(one), _final(two)
+    a, b = final_state(one), final_state(two)
     assert b["world_size"] == 2 and a["world_size"] == 1
     before = load_initial(synth, cfg, tmp_path)
     moved = 0
@@ -262,12 +196,12 @@ def test_torchrun_two_processes_equal_one_process_on_the_global_batch(synth, tmp
 def load_initial(synth: Path, cfg: Path, tmp: Path) -> dict[str, torch.Tensor]:
     """Weights before any step (a run of zero steps)."""
     run = tmp / "zero"
-    assert _train(synth, run, cfg, "--steps", "0") == 0
-    return _final(run)["state_dict"]
+    assert run_train(synth, run, cfg, "--steps", "0") == 0
+    return final_state(run)["state_dict"]
 
 
 def test_train_errors_are_one_line(synth, tmp_path, capsys):
-    cfg = _settings(tmp_path)
+    cfg = tiny_config(tmp_path)
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--config", str(cfg)]) == 2
     assert "not found" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
@@ -284,41 +218,20 @@ def test_train_errors_are_one_line(synth, tmp_path, capsys):
 def test_micro_batch_and_torchrun_agree_in_float64(synth, tmp_path):
     # lr 1 and three steps: any float32 rounding on one path (1e-7) would show far above 1e-10;
     # the same thread count on both sides (torchrun sets OMP_NUM_THREADS=1 per process)
-    cfg = _settings(tmp_path, batch_size=8, lr=1.0, adam_eps=1.0, warmup_steps=0, precision="fp64",
+    cfg = tiny_config(tmp_path, batch_size=8, lr=1.0, adam_eps=1.0, warmup_steps=0, precision="fp64",
                     save_every=3, threads=1)
     one, two = tmp_path / "cached", tmp_path / "ddp"
-    assert _train(synth, one, cfg, "--steps", "3", "--micro-batch", "4") == 0
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    exe = Path(sys.executable).parent / "milnce"
-    launcher += ["--no-python", str(exe)] if exe.exists() else ["-m", "milnce.cli"]
+    assert run_train(synth, one, cfg, "--steps", "3", "--micro-batch", "4") == 0
+    launcher = torchrun_milnce()
     res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
-                          "--steps", "3"], env=_env(), capture_output=True, text=True, timeout=400)
+                          "--steps", "3"], env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
-    a, b = _final(one), _final(two)
+    a, b = final_state(one), final_state(two)
     assert a["world_size"] == 1 and b["world_size"] == 2
     assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float64"
                for k, v in a["state_dict"].items() if "num_batches" not in k)
     # BN running statistics differ by design (DDP keeps rank 0's; the cached step folds in both)
-    _assert_close_state(a, b, rel=1e-10, buffers=False)
-
-
-def _assert_close_state(a: dict, b: dict, rel: float = 1e-10, buffers: bool = True) -> None:
-    assert a["step"] == b["step"]
-    for k, v in a["state_dict"].items():
-        if not buffers and ("running_" in k or "num_batches" in k):
-            continue
-        w = b["state_dict"][k]
-        if v.is_floating_point():
-            scale = max(float(v.abs().max()), 1e-30)
-            assert float((v - w).abs().max()) <= rel * scale, k
-        else:
-            assert torch.equal(v, w), k
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        for k in sa[i]:
-            x, y = sa[i][k].double(), sb[i][k].double()
-            assert float((x - y).abs().max()) <= rel * max(float(x.abs().max()), 1e-30), (i, k)
+    assert_close_state(a, b, rel=1e-10, buffers=False)
 
 
 EXACT = {"batch_size": 4, "lr": 1.0, "adam_eps": 1.0, "warmup_steps": 0, "precision": "fp64", "save_every": 3}
@@ -327,21 +240,21 @@ EXACT = {"batch_size": 4, "lr": 1.0, "adam_eps": 1.0, "warmup_steps": 0, "precis
 @needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_equals_a_full_batch_step_with_frozen_bn(synth, tmp_path):
-    cfg = _settings(tmp_path, **EXACT, freeze_bn=True)
-    assert _train(synth, tmp_path / "full", cfg, "--steps", "2") == 0
-    assert _train(synth, tmp_path / "cached", cfg, "--steps", "2", "--micro-batch", "2") == 0
-    _assert_close_state(_final(tmp_path / "full"), _final(tmp_path / "cached"))
+    cfg = tiny_config(tmp_path, **EXACT, freeze_bn=True)
+    assert run_train(synth, tmp_path / "full", cfg, "--steps", "2") == 0
+    assert run_train(synth, tmp_path / "cached", cfg, "--steps", "2", "--micro-batch", "2") == 0
+    assert_close_state(final_state(tmp_path / "full"), final_state(tmp_path / "cached"))
 
 
 @needs_webdataset
 def test_micro_batch_refusals(synth, tmp_path, capsys):
-    cfg = _settings(tmp_path)
+    cfg = tiny_config(tmp_path)
     out = tmp_path / "r"
-    assert _train(synth, out, cfg, "--batch-size", "4", "--micro-batch", "3") == 2
+    assert run_train(synth, out, cfg, "--batch-size", "4", "--micro-batch", "3") == 2
     assert "must divide" in capsys.readouterr().err
-    assert _train(synth, out, cfg, "--batch-size", "4", "--micro-batch", "2", "--grad-accum", "2") == 2
+    assert run_train(synth, out, cfg, "--batch-size", "4", "--micro-batch", "2", "--grad-accum", "2") == 2
     assert "cannot be combined" in capsys.readouterr().err
-    assert _train(synth, out, cfg, "--batch-size", "1") == 2
+    assert run_train(synth, out, cfg, "--batch-size", "1") == 2
     err = capsys.readouterr().err
     assert "batch-norm needs at least 2 clips" in err and len(err.strip().splitlines()) == 1
 
@@ -349,30 +262,28 @@ def test_micro_batch_refusals(synth, tmp_path, capsys):
 @needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_equals_torchrun_of_b_over_m_processes(synth, tmp_path):
-    cfg = _settings(tmp_path, **EXACT)
+    cfg = tiny_config(tmp_path, **EXACT)
     one, two = tmp_path / "cached", tmp_path / "ddp"
-    assert _train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0
-    exe = Path(sys.executable).parent / "milnce"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    launcher += ["--no-python", str(exe)] if exe.exists() else ["-m", "milnce.cli"]
+    assert run_train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0
+    launcher = torchrun_milnce()
     res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
-                          "--steps", "2"], env=_env(), capture_output=True, text=True, timeout=300)
+                          "--steps", "2"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     # BN running statistics differ by design (DDP keeps rank 0's; the cached step folds in both)
-    _assert_close_state(_final(one), _final(two), buffers=False)
+    assert_close_state(final_state(one), final_state(two), buffers=False)
 
 
 # ----------------------------------------------------------------------------- extensible runs
 
 @needs_webdataset
 def test_extending_a_run_past_its_horizon(synth, tmp_path, capsys):
-    cfg = _settings(tmp_path, schedule_steps=None, save_every=2)
+    cfg = tiny_config(tmp_path, schedule_steps=None, save_every=2)
     run = tmp_path / "run"
-    assert _train(synth, run, cfg, "--steps", "2") == 0
+    assert run_train(synth, run, cfg, "--steps", "2") == 0
     capsys.readouterr()
-    assert _train(synth, run, cfg, "--steps", "3", "--resume") == 0
+    assert run_train(synth, run, cfg, "--steps", "3", "--resume") == 0
     assert "goes past the cosine horizon of 2 steps" in capsys.readouterr().err
-    assert _train(synth, run, cfg, "--steps", "4", "--resume", "--schedule-steps", "8") == 0
+    assert run_train(synth, run, cfg, "--steps", "4", "--resume", "--schedule-steps", "8") == 0
     assert "cosine horizon changes from 2 to 8" in capsys.readouterr().err
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     sched = [r for r in recs if r["kind"] == "schedule"]
@@ -459,9 +370,9 @@ def test_bad_samples_are_counted_and_the_stop_rule_is_collective(wds_data, tmp_p
     _write_bad_shard(shards[1], shards[0])
     truncated = shards[2].read_bytes()
     shards[2].write_bytes(truncated[: len(truncated) // 2])
-    cfg = _settings(tmp_path, eval_every=0, save_every=0)
+    cfg = tiny_config(tmp_path, eval_every=0, save_every=0)
     run = tmp_path / "run"
-    assert _train(data, run, cfg, "--steps", "4", "--bad-fraction", "0.9") == 0
+    assert run_train(data, run, cfg, "--steps", "4", "--bad-fraction", "0.9") == 0
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     bad = [r["sample"] for r in recs if r["kind"] == "bad_sample"]
     assert any("novideo" in b and "no video" in b for b in bad), bad
@@ -469,7 +380,7 @@ def test_bad_samples_are_counted_and_the_stop_rule_is_collective(wds_data, tmp_p
     assert any("garbage" in b for b in bad) and any("truncated" in b for b in bad)
     assert sum(r["bad_samples"] for r in recs if r["kind"] == "train") == len(bad)
     assert "unreadable sample(s) skipped" in capsys.readouterr().err
-    assert _train(data, tmp_path / "strict", cfg, "--steps", "4", "--bad-fraction", "0.05", "--bad-window", "2") == 2
+    assert run_train(data, tmp_path / "strict", cfg, "--steps", "4", "--bad-fraction", "0.05", "--bad-window", "2") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("milnce: error: step") and "more than --bad-fraction 0.05" in err[-1]
 
@@ -477,15 +388,13 @@ def test_bad_samples_are_counted_and_the_stop_rule_is_collective(wds_data, tmp_p
 @needs_webdataset
 @pytest.mark.slow
 def test_training_on_shards_resumes_exactly(wds_data, tmp_path):
-    cfg = _settings(tmp_path, save_every=2, workers=1, eval_every=0)
+    cfg = tiny_config(tmp_path, save_every=2, workers=1, eval_every=0)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert _train(wds_data, straight, cfg, "--steps", "4") == 0
-    assert _train(wds_data, resumed, cfg, "--steps", "2") == 0
-    assert _final(resumed)["data"]["streams"] == {"0": [0, 4]}
-    assert _train(wds_data, resumed, cfg, "--steps", "4", "--resume") == 0
-    a, b = _final(straight), _final(resumed)
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    assert run_train(wds_data, straight, cfg, "--steps", "4") == 0
+    assert run_train(wds_data, resumed, cfg, "--steps", "2") == 0
+    assert final_state(resumed)["data"]["streams"] == {"0": [0, 4]}
+    assert run_train(wds_data, resumed, cfg, "--steps", "4", "--resume") == 0
+    assert_same_weights(final_state(straight), final_state(resumed))
 
 
 @needs_webdataset
@@ -499,17 +408,15 @@ def test_torchrun_on_shards_stops_collectively(wds_data, tmp_path):
     shutil.copytree(wds_data, data)
     shards = sorted((data / "shards").glob("*.tar"))
     _write_bad_shard(shards[1], shards[0])
-    cfg = _settings(tmp_path, eval_every=0, save_every=0, batch_size=4)
-    exe = Path(sys.executable).parent / "milnce"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    launcher += ["--no-python", str(exe)] if exe.exists() else ["-m", "milnce.cli"]
+    cfg = tiny_config(tmp_path, eval_every=0, save_every=0, batch_size=4)
+    launcher = torchrun_milnce()
     base = [*launcher, "train", "--data", str(data), "--config", str(cfg), "--steps", "3"]
     strict = subprocess.run([*base, "--out", str(tmp_path / "strict"), "--bad-fraction", "0", "--bad-window", "1"],
-                            env=_env(), capture_output=True, text=True, timeout=240)
+                            env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert strict.returncode != 0
     assert strict.stderr.count("more than --bad-fraction 0") == 2, strict.stderr[-3000:]  # both ranks decided
     ok = subprocess.run([*base, "--out", str(tmp_path / "ok"), "--bad-fraction", "0.9"],
-                        env=_env(), capture_output=True, text=True, timeout=240)
+                        env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert json.loads(ok.stdout.strip().splitlines()[-1])["bad_samples"] >= 3
 
@@ -517,64 +424,46 @@ def test_torchrun_on_shards_stops_collectively(wds_data, tmp_path):
 @needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_resumes_exactly(synth, tmp_path):
-    cfg = _settings(tmp_path, batch_size=4, save_every=2)
+    cfg = tiny_config(tmp_path, batch_size=4, save_every=2)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert _train(synth, straight, cfg, "--steps", "3", "--micro-batch", "2") == 0
-    assert _train(synth, resumed, cfg, "--steps", "2", "--micro-batch", "2") == 0
-    assert _train(synth, resumed, cfg, "--steps", "3", "--resume") == 0
-    a, b = _final(straight), _final(resumed)
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    assert run_train(synth, straight, cfg, "--steps", "3", "--micro-batch", "2") == 0
+    assert run_train(synth, resumed, cfg, "--steps", "2", "--micro-batch", "2") == 0
+    assert run_train(synth, resumed, cfg, "--steps", "3", "--resume") == 0
+    assert_same_weights(final_state(straight), final_state(resumed))
 
 
 @needs_webdataset
 @pytest.mark.slow
 def test_micro_batch_under_torchrun_equals_one_process(synth, tmp_path):
-    cfg = _settings(tmp_path, **{**EXACT, "batch_size": 8})
+    cfg = tiny_config(tmp_path, **{**EXACT, "batch_size": 8})
     one, two = tmp_path / "one", tmp_path / "two"
-    assert _train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0
-    exe = Path(sys.executable).parent / "milnce"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    launcher += ["--no-python", str(exe)] if exe.exists() else ["-m", "milnce.cli"]
+    assert run_train(synth, one, cfg, "--steps", "2", "--micro-batch", "2") == 0
+    launcher = torchrun_milnce()
     res = subprocess.run([*launcher, "train", "--data", str(synth), "--out", str(two), "--config", str(cfg),
-                          "--steps", "2", "--micro-batch", "2"], env=_env(), capture_output=True, text=True, timeout=300)
+                          "--steps", "2", "--micro-batch", "2"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     # the same arithmetic but the 4 micro-batch gradients are summed as ((a+b)+c)+d on one process and
     # (a+b)+(c+d) over two: float64 rounding, grown by the second step of a run at lr 1
-    _assert_close_state(_final(one), _final(two), rel=1e-8, buffers=False)
+    assert_close_state(final_state(one), final_state(two), rel=1e-8, buffers=False)
 
-TINY_TRAIN_MESSAGES = {
+
+# ----------------------------------------------------------------------------- messages
+
+MESSAGES = {
     "fps": 4, "num_frames": 8, "size": 32, "decode_size": 36, "min_time": 2.0, "num_candidates": 2,
     "batch_size": 2, "lr": 1e-3, "warmup_steps": 1, "schedule_steps": 4, "workers": 0,
     "eval_every": 1, "eval_max": 2, "log_every": 1, "save_every": 1,
 }
 
 
-@pytest.fixture(scope="module")
-def synth_train_messages(tmp_path_factory) -> Path:
-    from milnce.train import make_synthetic
-
-    return make_synthetic(tmp_path_factory.mktemp("synth") / "data", videos=2, val_videos=2, seed=1, size=32,
-                          progress=False)
-
-
-def _train_train_messages(synth_train_messages: Path, run: Path, cfg: Path, *more: str) -> int:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return main(["train", "--data", str(synth_train_messages), "--out", str(run), "--config", str(cfg), *more])
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_resume_says_resuming_and_logs_above_the_bar(synth_train_messages, tmp_path, capsys):
+def test_resume_says_resuming_and_logs_above_the_bar(synth, tmp_path, capsys):
     cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(TINY_TRAIN_MESSAGES))
+    cfg.write_text(json.dumps(MESSAGES))
     run = tmp_path / "run"
-    assert _train_train_messages(synth_train_messages, run, cfg, "--steps", "1") == 0
+    assert run_train(synth, run, cfg, "--steps", "1") == 0
     first = capsys.readouterr().err
     assert "milnce train: training from scratch" in first
-    assert _train_train_messages(synth_train_messages, run, cfg, "--steps", "2", "--resume") == 0
+    assert run_train(synth, run, cfg, "--steps", "2", "--resume") == 0
     err = capsys.readouterr().err
     assert "training from scratch" not in err
     assert "milnce train: resuming from " in err and "step_00000001.pt (step 1)" in err
@@ -584,26 +473,11 @@ def test_resume_says_resuming_and_logs_above_the_bar(synth_train_messages, tmp_p
     for line in held_out:
         assert line.rsplit("\r", 1)[-1].startswith("step "), repr(line)
 
-FIXTURES = Path(__file__).resolve().parents[1] / "data" / "video2dataset"
-WORDS = ["add", "salt", "stir", "the", "soup", "cut", "onions", "serve", "a", "test", "pattern", "colour", "bars"]
-
-
-def _shard(path: Path, extra: dict[str, bytes]) -> Path:
-    """The clipped fixture's records, after ``extra`` members (a hostile record first)."""
-    with tarfile.open(FIXTURES / "clipped" / "00000.tar") as src:
-        members = [(m.name, src.extractfile(m).read()) for m in src.getmembers()]  # type: ignore[union-attr]
-    with tarfile.open(path, "w") as tf:
-        for name, data in [*extra.items(), *members]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
 
 @needs_webdataset
 def test_training_on_a_shard_with_a_deeply_nested_json_counts_it(tmp_path, capsys):
-    tar = _shard(tmp_path / "s.tar", {"deep.json": b"[" * 100000 + b"]" * 100000, "deep.mp4": b"\x00" * 100})
-    np.save(tmp_path / "vocab.npy", np.asarray(WORDS, dtype=str), allow_pickle=False)
+    tar = shard_after(tmp_path / "s.tar", {"deep.json": b"[" * 100000 + b"]" * 100000, "deep.mp4": b"\x00" * 100})
+    np.save(tmp_path / "vocab.npy", np.asarray(SHARD_WORDS, dtype=str), allow_pickle=False)
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"fps": 4, "num_frames": 8, "size": 32, "decode_size": 36, "min_time": 2.0,
                                "num_candidates": 1, "batch_size": 2, "workers": 0, "eval_every": 0,

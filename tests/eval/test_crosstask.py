@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from eval_fixtures import SECRET, write_release
 from milnce.errors import UsageError
 from milnce.eval.crosstask import (
     AnnotationIssues,
@@ -19,30 +18,6 @@ from milnce.eval.crosstask import (
     read_videos,
     step_recall,
 )
-
-TASKS = {  # task id -> (title, steps)
-    "16815": ("Jack Up a Car", ["cut tomato", "add salt", "pour water"]),
-    "23521": ("Make Jello Shots", ["open door", "playing guitar"]),
-}
-
-
-def write_release(root: Path, videos_val: list[tuple[str, str]], annotations: dict[str, str],
-                  related: bool = True) -> Path:
-    """A CrossTask release folder in the distributed format (no header rows, blank-line blocks)."""
-    rel = root / "crosstask_release"
-    (rel / "annotations").mkdir(parents=True)
-    blocks = "".join(f"{tid}\n{title}\nhttps://www.wikihow.com/{title.replace(' ', '-')}\n{len(steps)}\n"
-                     f"{','.join(steps)}\n\n" for tid, (title, steps) in TASKS.items())
-    (rel / "tasks_primary.txt").write_text(blocks)
-    rows = "".join(f"{t},{v},https://www.youtube.com/watch?v={v}\n" for t, v in videos_val)
-    if related:
-        rows += "91537,relVid,https://www.youtube.com/watch?v=relVid\n"  # a related task: not evaluated
-    (rel / "videos_val.csv").write_text(rows)
-    (rel / "videos.csv").write_text(rows + "16815,trainVid,https://www.youtube.com/watch?v=trainVid\n")
-    for name, text in annotations.items():
-        (rel / "annotations" / f"{name}.csv").write_text(text)
-    return rel
-
 
 # ------------------------------------------------------------------------------ readers
 
@@ -137,9 +112,6 @@ def test_recall_hand_computed():
     y2[0, 0] = y2[2, 1] = y2[4, 2] = 1
     matched, annotated = step_recall([y1, y2], [np.array([1, 2, 3]), np.array([1, 2, 4])])
     assert (matched, annotated) == (1 + 2, 2 + 3)  # pooled: 3 / 5 = 60 %
-
-SECRET = "root:$6$secrethash:19000:0:99999:7:::"
-
 
 def test_crosstask_fields(tmp_path):
     p = tmp_path / "a.csv"

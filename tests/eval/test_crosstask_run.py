@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from eval_fixtures import TASKS, FakeModel, FakeRunner, NoRunner, window_vec, write_release
 from milnce.eval.crosstask_run import evaluate_crosstask, format_crosstask, write_crosstask
 from milnce.eval.dp import assign_steps
 from milnce.eval.protocol import EvalSettings
 from video_fixtures import make_video
 
-SMALL = EvalSettings(num_windows=1, num_frames=8, fps=10.0, size=32)
-
-TASKS = {  # task id -> (title, steps)
-    "16815": ("Jack Up a Car", ["cut tomato", "add salt", "pour water"]),
-    "23521": ("Make Jello Shots", ["open door", "playing guitar"]),
-}
-
-
-def write_release(root: Path, videos_val: list[tuple[str, str]], annotations: dict[str, str],
-                  related: bool = True) -> Path:
-    """A CrossTask release folder in the distributed format (no header rows, blank-line blocks)."""
-    rel = root / "crosstask_release"
-    (rel / "annotations").mkdir(parents=True)
-    blocks = "".join(f"{tid}\n{title}\nhttps://www.wikihow.com/{title.replace(' ', '-')}\n{len(steps)}\n"
-                     f"{','.join(steps)}\n\n" for tid, (title, steps) in TASKS.items())
-    (rel / "tasks_primary.txt").write_text(blocks)
-    rows = "".join(f"{t},{v},https://www.youtube.com/watch?v={v}\n" for t, v in videos_val)
-    if related:
-        rows += "91537,relVid,https://www.youtube.com/watch?v=relVid\n"  # a related task: not evaluated
-    (rel / "videos_val.csv").write_text(rows)
-    (rel / "videos.csv").write_text(rows + "16815,trainVid,https://www.youtube.com/watch?v=trainVid\n")
-    for name, text in annotations.items():
-        (rel / "annotations" / f"{name}.csv").write_text(text)
-    return rel
-
+ONE_WINDOW = EvalSettings(num_windows=1, num_frames=8, fps=10.0, size=32)
 
 # ------------------------------------------------------------------------------ end to end, fake pipeline
 
@@ -66,7 +40,7 @@ def test_end_to_end_fake_pipeline(tmp_path):
     vids, rel = _dataset(tmp_path)
     model = FakeModel(["cut", "tomato", "add", "salt", "pour", "water", "open", "door", "playing", "guitar"])
     runner = FakeRunner()
-    res = evaluate_crosstask(model, vids, rel, settings=SMALL, cache=tmp_path / "c", runner=runner)
+    res = evaluate_crosstask(model, vids, rel, settings=ONE_WINDOW, cache=tmp_path / "c", runner=runner)
     assert sorted(v.video.video_id for v in res.videos) == ["aaa", "bbb"]
     assert list(res.missing) == ["gone"] and list(res.unreadable) == ["ddd"]
     assert "2 position(s)" in res.skipped["ccc"] and "no annotation file" in res.skipped["noann"]
@@ -114,76 +88,6 @@ def test_end_to_end_fake_pipeline(tmp_path):
     table = format_crosstask(res)
     assert "40.5" in table and "Jack Up a Car" in table and "videos evaluated: 2 of 6" in table
     # a rerun comes from the cache
-    again = evaluate_crosstask(model, vids, rel, settings=SMALL, cache=tmp_path / "c", runner=NoRunner())
+    again = evaluate_crosstask(model, vids, rel, settings=ONE_WINDOW, cache=tmp_path / "c", runner=NoRunner())
     assert again.info["cached_videos"] == 2 and again.metrics["recall"] == res.metrics["recall"]
 
-
-# ------------------------------------------------------------------------------ fakes
-
-
-@dataclass
-class FakeResult:
-    key: object
-    path: str
-    starts: np.ndarray
-    ends: np.ndarray
-    embeddings: np.ndarray | None
-    features: np.ndarray | None
-    duration: float
-    error: str | None = None
-
-
-def window_vec(stem: str, start: float, dim: int = 512) -> np.ndarray:
-    """The fake pipeline's embedding of the window of video ``stem`` starting at ``start``."""
-    seed = int(hashlib.sha256(f"{stem}@{round(start * 1000)}".encode()).hexdigest()[:8], 16)
-    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-
-
-class FakeRunner:
-    """Stands in for ``milnce.extract.run_jobs``; records the jobs, yields in reverse order."""
-
-    def __init__(self, fail: tuple[str, ...] = (), features=None, drop_last: tuple[str, ...] = ()) -> None:
-        self.jobs: list = []
-        self.calls = 0
-        self.fail = fail
-        self.features = features  # stem -> 1024 vector (HMDB)
-        self.drop_last = drop_last
-
-    def __call__(self, model, jobs, settings, *, pad, features, progress, batch_size=None, workers=None, options=None):
-        self.calls += 1
-        self.settings, self.pad, self.want_features = settings, pad, features
-        jobs = list(jobs)
-        self.jobs += jobs
-        for job in reversed(jobs):
-            stem = Path(job.path).stem
-            starts = np.asarray(job.starts, np.float64)
-            if stem in self.fail:
-                yield FakeResult(job.key, job.path, np.zeros(0), np.zeros(0), None, None, float("nan"), "cannot decode")
-                continue
-            if stem in self.drop_last:
-                starts = starts[:-1]
-            emb = np.stack([window_vec(stem, s) for s in starts]) if len(starts) else np.zeros((0, 512), np.float32)
-            feat = (np.tile(self.features[stem], (len(starts), 1)) if self.features
-                    else np.stack([window_vec(stem + "/f", s, 1024) for s in starts]))
-            yield FakeResult(job.key, job.path, starts[::-1].copy(), starts[::-1] + settings.duration,
-                             emb[::-1].copy(), feat[::-1].copy(), 9.0)
-
-
-class NoRunner:
-    def __call__(self, *a, **k):
-        raise AssertionError("the pipeline must not run: everything should come from the cache")
-
-
-class FakeModel:
-    """Enough of ``MILNCE`` for ``evaluate``: a weights id, a tokenizer and a text tower."""
-
-    def __init__(self, words: list[str], weights_id: str = "fake-1") -> None:
-        from milnce.model import TextTower
-        from milnce.text import Tokenizer
-
-        torch.manual_seed(0)
-        self.tokenizer = Tokenizer(words)
-        self.net = type("Net", (), {})()
-        self.net.text_module = TextTower(512, len(words) + 1, 300, tokenizer=self.tokenizer).eval()
-        self.device = torch.device("cpu")
-        self.weights_id = weights_id

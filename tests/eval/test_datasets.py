@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import resource
-from pathlib import Path
 
 import pytest
 
+from eval_fixtures import MB, SECRET, rss, yc_csv
 from milnce.errors import UsageError
 from milnce.eval import (
     VideoResolver,
@@ -15,36 +14,6 @@ from milnce.eval import (
 )
 from milnce.eval.datasets import class_name
 from milnce.eval.linear_probe import source_group
-from video_fixtures import make_video
-
-# ------------------------------------------------------------------------------ miniature datasets
-
-
-def _yc_csv(path: Path, rows: list[tuple]) -> Path:
-    path.write_text("end,start,task,text,video_id\n" + "".join(f"{e},{s},{t},{x},{v}\n" for e, s, t, x, v in rows))
-    return path
-
-
-YC_ROWS = [  # end, start, task, text, video_id
-    (4, 0, 226, "cut tomato", "vidA"),
-    (9, 5, 226, "add salt", "vidA"),
-    (3, 1, 105, "pour water into bowl", "vidB"),
-    (2, 2, 105, "open door", "vidB"),        # zero-length clip: all windows start at 2
-    (6, 1, 105, "the man is cooking", "vidC"),
-    (5, 0, 226, "playing guitar", "vidGone"),  # no such video
-]
-
-
-@pytest.fixture()
-def youcook(tmp_path):
-    root = tmp_path / "yc"
-    (root / "validation" / "226").mkdir(parents=True)
-    (root / "validation" / "105").mkdir(parents=True)
-    (root / "validation" / "226" / "vidA.mp4").write_bytes(b"x")
-    (root / "validation" / "105" / "vidB.webm").write_bytes(b"x")
-    (root / "vidC.mkv").write_bytes(b"x")  # flat layout also found
-    return root, _yc_csv(tmp_path / "yc.csv", YC_ROWS)
-
 
 # ------------------------------------------------------------------------------ annotations
 
@@ -69,10 +38,10 @@ def test_bad_annotations(tmp_path):
     (tmp_path / "a.csv").write_text("video_id,caption\nv1,hello\n")
     with pytest.raises(UsageError, match="missing column.*sentence"):
         load_benchmark("msrvtt", tmp_path / "a.csv")
-    _yc_csv(tmp_path / "b.csv", [(1, 5, 1, "x", "v")])
+    yc_csv(tmp_path / "b.csv", [(1, 5, 1, "x", "v")])
     with pytest.raises(UsageError, match="row 2.*before start"):
         load_benchmark("youcook2", tmp_path / "b.csv")
-    _yc_csv(tmp_path / "c.csv", [("nan", 0, 1, "x", "v")])
+    yc_csv(tmp_path / "c.csv", [("nan", 0, 1, "x", "v")])
     with pytest.raises(UsageError, match="end must be"):
         load_benchmark("youcook2", tmp_path / "c.csv")
     with pytest.raises(UsageError, match="unknown benchmark"):
@@ -115,24 +84,6 @@ def test_youcook_and_msrvtt_layouts(youcook, tmp_path):
         VideoResolver(tmp_path / "nope", "msrvtt")
 
 
-@pytest.fixture(scope="module")
-def msrvtt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("msrvtt")
-    root = d / "videos"
-    root.mkdir()
-    make_video(root / "video1.mp4", n=30, rate=10, width=32, height=32)   # 3.0 s
-    make_video(root / "video2.mp4", n=12, rate=10, width=32, height=32)   # 1.2 s
-    make_video(root / "video3.mp4", n=8, rate=10, width=32, height=32)    # 0.8 s
-    (root / "video4.mp4").write_bytes(b"not a video at all")
-    csv = d / "m.csv"
-    csv.write_text("key,vid_key,video_id,sentence\n" + "".join(
-        f"ret{i},msr{i},video{i},{t}\n" for i, t in enumerate(
-            ["a man is cooking", "the woman pours water", "a red square", "open the door", "a car drifting"], 1)))
-    return root, csv
-
-SECRET = "root:$6$secrethash:19000:0:99999:7:::"
-
-
 def test_csv_header_of_a_symlinked_file_is_not_echoed(tmp_path):
     secret = tmp_path / "shadow"
     secret.write_text(SECRET + "\nx\n")
@@ -142,22 +93,15 @@ def test_csv_header_of_a_symlinked_file_is_not_echoed(tmp_path):
         load_benchmark("msrvtt", link)
     assert "missing column" in str(ei.value) and "secrethash" not in str(ei.value)
 
-MB = 1024  # ru_maxrss is in KiB on Linux
-
-
-def _rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def test_eval_annotation_huge_line_refused(tmp_path):
     from milnce.eval.datasets import load_benchmark
 
     ann = tmp_path / "ann.csv"
     ann.write_bytes(b"a" * (4 << 20))
-    before = _rss()
+    before = rss()
     with pytest.raises(UsageError, match="ann.csv: line 1 is longer than"):
         load_benchmark("msrvtt", ann)
-    assert _rss() - before < 200 * MB
+    assert rss() - before < 200 * MB
     ann.unlink()
     os.symlink("/dev/zero", ann)
     with pytest.raises(UsageError, match="not a text file"):

@@ -5,16 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from eval_fixtures import SMALL
 from ffmpeg_reference import HAVE_FFMPEG, WHY_NO_FFMPEG
 from milnce.errors import UsageError
 from milnce.eval import (
     EvalSettings,
     window_starts,
 )
-from video_fixtures import make_video
-
-SMALL = {"num_frames": 8, "fps": 10.0, "size": 32, "num_windows": 4}
-
 
 # ------------------------------------------------------------------------------ protocol
 
@@ -34,22 +31,6 @@ def test_window_starts_formula():
     for bad in ({"num_windows": 0}, {"max_words": 0}, {"size": 0}, {"fps": float("nan")}, {"tail": -1}):
         with pytest.raises(UsageError):
             EvalSettings(**bad)
-
-
-@pytest.fixture(scope="module")
-def msrvtt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("msrvtt")
-    root = d / "videos"
-    root.mkdir()
-    make_video(root / "video1.mp4", n=30, rate=10, width=32, height=32)   # 3.0 s
-    make_video(root / "video2.mp4", n=12, rate=10, width=32, height=32)   # 1.2 s
-    make_video(root / "video3.mp4", n=8, rate=10, width=32, height=32)    # 0.8 s
-    (root / "video4.mp4").write_bytes(b"not a video at all")
-    csv = d / "m.csv"
-    csv.write_text("key,vid_key,video_id,sentence\n" + "".join(
-        f"ret{i},msr{i},video{i},{t}\n" for i, t in enumerate(
-            ["a man is cooking", "the woman pours water", "a red square", "open the door", "a car drifting"], 1)))
-    return root, csv
 
 
 @pytest.mark.skipif(not HAVE_FFMPEG, reason=WHY_NO_FFMPEG)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from eval_fixtures import (
+    SMALL,
+    YC_ROWS,
+    FakeModel,
+    FakeRunner,
+    NoRunner,
+    damage,
+    window_vec,
+    youcook_folder,
+)
 from ffmpeg_reference import HAVE_FFMPEG, WHY_NO_FFMPEG, eval_window
 from milnce.eval import (
     EvalSettings,
@@ -25,108 +32,6 @@ from milnce.eval import (
 )
 from milnce.eval import run as run_mod
 from video_fixtures import make_video
-
-SMALL = {"num_frames": 8, "fps": 10.0, "size": 32, "num_windows": 4}
-
-
-# ------------------------------------------------------------------------------ fakes
-
-
-@dataclass
-class FakeResult:
-    key: object
-    path: str
-    starts: np.ndarray
-    ends: np.ndarray
-    embeddings: np.ndarray | None
-    features: np.ndarray | None
-    duration: float
-    error: str | None = None
-
-
-def window_vec(stem: str, start: float, dim: int = 512) -> np.ndarray:
-    """The fake pipeline's embedding of the window of video ``stem`` starting at ``start``."""
-    seed = int(hashlib.sha256(f"{stem}@{round(start * 1000)}".encode()).hexdigest()[:8], 16)
-    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-
-
-class FakeRunner:
-    """Stands in for ``milnce.extract.run_jobs``; records the jobs, yields in reverse order."""
-
-    def __init__(self, fail: tuple[str, ...] = (), features=None, drop_last: tuple[str, ...] = ()) -> None:
-        self.jobs: list = []
-        self.calls = 0
-        self.fail = fail
-        self.features = features  # stem -> 1024 vector (HMDB)
-        self.drop_last = drop_last
-
-    def __call__(self, model, jobs, settings, *, pad, features, progress, batch_size=None, workers=None, options=None):
-        self.calls += 1
-        self.settings, self.pad, self.want_features = settings, pad, features
-        jobs = list(jobs)
-        self.jobs += jobs
-        for job in reversed(jobs):
-            stem = Path(job.path).stem
-            starts = np.asarray(job.starts, np.float64)
-            if stem in self.fail:
-                yield FakeResult(job.key, job.path, np.zeros(0), np.zeros(0), None, None, float("nan"), "cannot decode")
-                continue
-            if stem in self.drop_last:
-                starts = starts[:-1]
-            emb = np.stack([window_vec(stem, s) for s in starts]) if len(starts) else np.zeros((0, 512), np.float32)
-            feat = (np.tile(self.features[stem], (len(starts), 1)) if self.features
-                    else np.stack([window_vec(stem + "/f", s, 1024) for s in starts]))
-            yield FakeResult(job.key, job.path, starts[::-1].copy(), starts[::-1] + settings.duration,
-                             emb[::-1].copy(), feat[::-1].copy(), 9.0)
-
-
-class NoRunner:
-    def __call__(self, *a, **k):
-        raise AssertionError("the pipeline must not run: everything should come from the cache")
-
-
-class FakeModel:
-    """Enough of ``MILNCE`` for ``evaluate``: a weights id, a tokenizer and a text tower."""
-
-    def __init__(self, words: list[str], weights_id: str = "fake-1") -> None:
-        from milnce.model import TextTower
-        from milnce.text import Tokenizer
-
-        torch.manual_seed(0)
-        self.tokenizer = Tokenizer(words)
-        self.net = type("Net", (), {})()
-        self.net.text_module = TextTower(512, len(words) + 1, 300, tokenizer=self.tokenizer).eval()
-        self.device = torch.device("cpu")
-        self.weights_id = weights_id
-
-
-# ------------------------------------------------------------------------------ miniature datasets
-
-
-def _yc_csv(path: Path, rows: list[tuple]) -> Path:
-    path.write_text("end,start,task,text,video_id\n" + "".join(f"{e},{s},{t},{x},{v}\n" for e, s, t, x, v in rows))
-    return path
-
-
-YC_ROWS = [  # end, start, task, text, video_id
-    (4, 0, 226, "cut tomato", "vidA"),
-    (9, 5, 226, "add salt", "vidA"),
-    (3, 1, 105, "pour water into bowl", "vidB"),
-    (2, 2, 105, "open door", "vidB"),        # zero-length clip: all windows start at 2
-    (6, 1, 105, "the man is cooking", "vidC"),
-    (5, 0, 226, "playing guitar", "vidGone"),  # no such video
-]
-
-
-@pytest.fixture()
-def youcook(tmp_path):
-    root = tmp_path / "yc"
-    (root / "validation" / "226").mkdir(parents=True)
-    (root / "validation" / "105").mkdir(parents=True)
-    (root / "validation" / "226" / "vidA.mp4").write_bytes(b"x")
-    (root / "validation" / "105" / "vidB.webm").write_bytes(b"x")
-    (root / "vidC.mkv").write_bytes(b"x")  # flat layout also found
-    return root, _yc_csv(tmp_path / "yc.csv", YC_ROWS)
 
 
 def expected_clip(stem: str, start: float, end: float, s: EvalSettings) -> np.ndarray:
@@ -221,22 +126,6 @@ def test_cache_reuse_and_invalidation(youcook, tmp_path):
     r = FakeRunner()
     evaluate(model, "youcook2", root, annotations=csv, settings=s, cache=tmp_path / "c", runner=r)
     assert len(r.jobs) == 3
-
-
-@pytest.fixture(scope="module")
-def msrvtt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("msrvtt")
-    root = d / "videos"
-    root.mkdir()
-    make_video(root / "video1.mp4", n=30, rate=10, width=32, height=32)   # 3.0 s
-    make_video(root / "video2.mp4", n=12, rate=10, width=32, height=32)   # 1.2 s
-    make_video(root / "video3.mp4", n=8, rate=10, width=32, height=32)    # 0.8 s
-    (root / "video4.mp4").write_bytes(b"not a video at all")
-    csv = d / "m.csv"
-    csv.write_text("key,vid_key,video_id,sentence\n" + "".join(
-        f"ret{i},msr{i},video{i},{t}\n" for i, t in enumerate(
-            ["a man is cooking", "the woman pours water", "a red square", "open the door", "a car drifting"], 1)))
-    return root, csv
 
 
 def test_msrvtt_whole_videos_fake_pipeline(msrvtt, tmp_path):
@@ -344,65 +233,23 @@ def test_eval_clip_embeddings_match_the_reference_loader(tmp_path, model):
         assert float(cos) >= 0.999
 
 
-# ----- gap 2: damaged eval cache entries ---------------------------------------------------------
-
-
-def _good_entry() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {"starts": np.arange(3.0), "video_embedding": rng.standard_normal((3, 512)).astype(np.float32),
-            "mixed_5c": rng.standard_normal((3, 1024)).astype(np.float32), "duration": np.asarray(3.0)}
-
-
-def _damage(kind: str, f: Path) -> None:
-    if kind == "truncated":
-        data = f.read_bytes()
-        f.write_bytes(data[: len(data) // 2])
-    elif kind == "garbage":
-        f.write_bytes(os.urandom(300))
-    elif kind == "zip garbage":
-        f.write_bytes(b"PK\x03\x04" + os.urandom(300))
-    elif kind == "object arrays":
-        e = _good_entry()
-        with open(f, "wb") as fh:
-            np.savez(fh, **{**e, "video_embedding": np.array([object()] * 3, dtype=object)})
-    elif kind == "nan":
-        e = _good_entry()
-        e["video_embedding"][1, 7] = np.nan
-        with open(f, "wb") as fh:
-            np.savez(fh, **e)
-    elif kind == "shapes":
-        e = _good_entry()
-        e["video_embedding"] = e["video_embedding"][0]
-        with open(f, "wb") as fh:
-            np.savez(fh, **e)
-    elif kind == "string starts":
-        e = _good_entry()
-        e["starts"] = np.array(["a", "b", "c"])
-        with open(f, "wb") as fh:
-            np.savez(fh, **e)
+# ------------------------------------------------------------------------------ damaged cache entries
 
 
 def test_damaged_eval_cache_is_recomputed_by_evaluate(tmp_path):
-
-    root = tmp_path / "yc"
-    (root / "validation" / "226").mkdir(parents=True)
-    (root / "validation" / "105").mkdir(parents=True)
-    (root / "validation" / "226" / "vidA.mp4").write_bytes(b"x")
-    (root / "validation" / "105" / "vidB.webm").write_bytes(b"x")
-    (root / "vidC.mkv").write_bytes(b"x")
-    csv = _yc_csv(tmp_path / "yc.csv", YC_ROWS)
+    root, csv = youcook_folder(tmp_path)
     s = EvalSettings(num_frames=8, fps=10.0, size=32, num_windows=4)
     model = FakeModel(["cut"])
     first = evaluate(model, "youcook2", root, annotations=csv, settings=s, cache=tmp_path / "c", runner=FakeRunner())
     entries = sorted((tmp_path / "c").rglob("*.npz"))
     assert len(entries) == 3
-    _damage("truncated", entries[0])
+    damage("truncated", entries[0])
     with np.load(entries[1]) as z:  # a NaN in a cached embedding, the file otherwise whole
         e = {k: z[k] for k in z.files}
     e["video_embedding"][0, 0] = np.nan
     with open(entries[1], "wb") as fh:
         np.savez(fh, **e)
-    _damage("object arrays", entries[2])
+    damage("object arrays", entries[2])
     r = FakeRunner()
     again = evaluate(model, "youcook2", root, annotations=csv, settings=s, cache=tmp_path / "c", runner=r)
     assert len(r.jobs) == 3 and not again.clips.unreadable

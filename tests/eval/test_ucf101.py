@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from eval_fixtures import SECRET, SMALL, FakeModel, FakeRunner
 from milnce.errors import UsageError
 from milnce.eval import (
     EvalSettings,
@@ -24,8 +22,6 @@ from milnce.eval import (
 from milnce.eval import run as run_mod
 from milnce.eval.ucf101 import ucf_group
 from video_fixtures import make_video
-
-SECRET = "root:$6$secrethash:19000:0:99999:7:::"
 
 
 def _replace(path, old, new):
@@ -168,75 +164,6 @@ def test_probe_end_to_end_fake_pipeline(tmp_path, monkeypatch):
     assert json.loads(out["metrics"].read_text())["benchmark"] == "ucf101"
     with np.load(out["embeddings"], allow_pickle=False) as z:
         assert z["features"].shape == (48, 1024) and z["mask"].sum() == 47 and z["splits"].shape == (48, 3)
-
-SMALL = {"num_frames": 8, "fps": 10.0, "size": 32, "num_windows": 4}
-
-
-# ------------------------------------------------------------------------------ fakes
-
-
-@dataclass
-class FakeResult:
-    key: object
-    path: str
-    starts: np.ndarray
-    ends: np.ndarray
-    embeddings: np.ndarray | None
-    features: np.ndarray | None
-    duration: float
-    error: str | None = None
-
-
-def window_vec(stem: str, start: float, dim: int = 512) -> np.ndarray:
-    """The fake pipeline's embedding of the window of video ``stem`` starting at ``start``."""
-    seed = int(hashlib.sha256(f"{stem}@{round(start * 1000)}".encode()).hexdigest()[:8], 16)
-    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-
-
-class FakeRunner:
-    """Stands in for ``milnce.extract.run_jobs``; records the jobs, yields in reverse order."""
-
-    def __init__(self, fail: tuple[str, ...] = (), features=None, drop_last: tuple[str, ...] = ()) -> None:
-        self.jobs: list = []
-        self.calls = 0
-        self.fail = fail
-        self.features = features  # stem -> 1024 vector (HMDB)
-        self.drop_last = drop_last
-
-    def __call__(self, model, jobs, settings, *, pad, features, progress, batch_size=None, workers=None, options=None):
-        self.calls += 1
-        self.settings, self.pad, self.want_features = settings, pad, features
-        jobs = list(jobs)
-        self.jobs += jobs
-        for job in reversed(jobs):
-            stem = Path(job.path).stem
-            starts = np.asarray(job.starts, np.float64)
-            if stem in self.fail:
-                yield FakeResult(job.key, job.path, np.zeros(0), np.zeros(0), None, None, float("nan"), "cannot decode")
-                continue
-            if stem in self.drop_last:
-                starts = starts[:-1]
-            emb = np.stack([window_vec(stem, s) for s in starts]) if len(starts) else np.zeros((0, 512), np.float32)
-            feat = (np.tile(self.features[stem], (len(starts), 1)) if self.features
-                    else np.stack([window_vec(stem + "/f", s, 1024) for s in starts]))
-            yield FakeResult(job.key, job.path, starts[::-1].copy(), starts[::-1] + settings.duration,
-                             emb[::-1].copy(), feat[::-1].copy(), 9.0)
-
-
-class FakeModel:
-    """Enough of ``MILNCE`` for ``evaluate``: a weights id, a tokenizer and a text tower."""
-
-    def __init__(self, words: list[str], weights_id: str = "fake-1") -> None:
-        from milnce.model import TextTower
-        from milnce.text import Tokenizer
-
-        torch.manual_seed(0)
-        self.tokenizer = Tokenizer(words)
-        self.net = type("Net", (), {})()
-        self.net.text_module = TextTower(512, len(words) + 1, 300, tokenizer=self.tokenizer).eval()
-        self.device = torch.device("cpu")
-        self.weights_id = weights_id
-
 
 def test_ucf101_split_file_huge_line_refused(tmp_path):
     from milnce.eval.ucf101 import load_ucf101

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import resource
-from pathlib import Path
-
 import pytest
 import torch
 
+from eval_fixtures import MB, needs_webdataset, rss
 from milnce.errors import UsageError
-
-WEBDATASET_INSTALLED = importlib.util.find_spec("webdataset") is not None
-needs_webdataset = pytest.mark.skipif(not WEBDATASET_INSTALLED, reason="webdataset (the train extra) is not installed")
-
-
-
-MB = 1024  # ru_maxrss is in KiB on Linux
-
-
-def _rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def test_train_csv_huge_line_refused(tmp_path):
@@ -28,10 +14,10 @@ def test_train_csv_huge_line_refused(tmp_path):
 
     data = tmp_path / "train.csv"
     data.write_bytes(b"video_path,start,end,text\n" + b"a" * (20 << 20))  # 20 MiB in one line
-    before = _rss()
+    before = rss()
     with pytest.raises(UsageError, match="train.csv: line 2 is longer than"):
         load_split(data)
-    assert _rss() - before < 200 * MB
+    assert rss() - before < 200 * MB
 
 
 def test_schedule_and_batches():
@@ -47,16 +33,6 @@ def test_schedule_and_batches():
     two = [list(StepBatchSampler(0, 3, 2, 2, r, 2)) for r in range(2)]
     assert [a + b for a, b in zip(*two)] == one  # ranks split each global micro-batch in order
     assert list(StepBatchSampler(1, 3, 4, 2, 0, 1)) == one[2:]  # resume skips exactly
-
-
-# ----------------------------------------------------------------------------- synthetic data
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from milnce.train import make_synthetic
-
-    return make_synthetic(tmp_path_factory.mktemp("synth") / "data", videos=6, val_videos=2, seed=1, size=48,
-                          progress=False)
 
 
 def test_training_samples_are_reproducible(synth):

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
-from pathlib import Path
-
 import pytest
 
+from eval_fixtures import SHARD_FIXTURES, SHARD_WORDS, shard_after
+
 pytest.importorskip("webdataset")
-
-
-FIXTURES = Path(__file__).resolve().parents[1] / "data" / "video2dataset"
-WORDS = ["add", "salt", "stir", "the", "soup", "cut", "onions", "serve", "a", "test", "pattern", "colour", "bars"]
-
-
-def _shard(path: Path, extra: dict[str, bytes]) -> Path:
-    """The clipped fixture's records, after ``extra`` members (a hostile record first)."""
-    with tarfile.open(FIXTURES / "clipped" / "00000.tar") as src:
-        members = [(m.name, src.extractfile(m).read()) for m in src.getmembers()]  # type: ignore[union-attr]
-    with tarfile.open(path, "w") as tf:
-        for name, data in [*extra.items(), *members]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_shard_stream_counts_a_record_that_raises_and_goes_on(tmp_path):
@@ -32,8 +14,8 @@ def test_shard_stream_counts_a_record_that_raises_and_goes_on(tmp_path):
     from milnce.train.shards import ShardClips, ShardSet
     from milnce.windows import WindowSettings
 
-    tar = _shard(tmp_path / "s.tar", {"deep.json": b"[" * 100000 + b"]" * 100000, "deep.mp4": b"\x00" * 100})
-    tok = Tokenizer(WORDS)
+    tar = shard_after(tmp_path / "s.tar", {"deep.json": b"[" * 100000 + b"]" * 100000, "deep.mp4": b"\x00" * 100})
+    tok = Tokenizer(SHARD_WORDS)
     clips = ShardClips(ShardSet((str(tar),), str(tar)), tok, WindowSettings(fps=4, num_frames=4, size=32), seed=0,
                        decode_size=36, min_time=1.0, num_candidates=1, hflip=False, rank=0, world=1)
     got = [x for _, x in zip(range(4), iter(clips))]
@@ -53,8 +35,8 @@ def test_clips_shorter_than_min_time_are_sampled_inside_the_clip():
     from milnce.train.shards import ShardClips, ShardSet
     from milnce.windows import WindowSettings
 
-    tar = FIXTURES / "clipped" / "00000.tar"
-    clips = ShardClips(ShardSet((str(tar),), str(tar)), Tokenizer(WORDS), WindowSettings(fps=4, num_frames=8, size=32),
+    tar = SHARD_FIXTURES / "clipped" / "00000.tar"
+    clips = ShardClips(ShardSet((str(tar),), str(tar)), Tokenizer(SHARD_WORDS), WindowSettings(fps=4, num_frames=8, size=32),
                        seed=0, decode_size=36, min_time=5.0, num_candidates=1, hflip=False, rank=0, world=1)
     got = [x for _, x in zip(range(8), iter(clips))]  # two epochs of the 4 clips
     assert [g[2]["bad"] for g in got] == [0] * 8, [g[2]["notes"] for g in got]

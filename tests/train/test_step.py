@@ -2,81 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from milnce.cli import main
+from eval_fixtures import AUDIT, narrow_ops, run_train, subprocess_env, tiny_config
 
 pytest.importorskip("webdataset")
-
-
-AUDIT = Path(__file__).resolve().parents[1] / "fp64_audit.py"
-
-
-def _narrow_ops(stdout: str) -> list[dict]:
-    import json
-
-    return [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
 
 
 @pytest.mark.slow
 def test_the_gradient_cached_step_has_no_float32_operation():
     """Every operation of an fp64 gradient-cached step of the real S3D (embeddings, loss, cached
     gradients, pass 2) takes and gives float64 tensors: no float32 constant, buffer or cast."""
-    res = subprocess.run([sys.executable, str(AUDIT)], env=_env(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, str(AUDIT)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert _narrow_ops(res.stdout) == [{"rank": 0, "narrow_ops": {}}]
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-# A tiny run: 8 frames of 32 px, 2 clips per step; settings shared by every run below.
-TINY = {
-    "fps": 4, "num_frames": 8, "size": 32, "decode_size": 36, "min_time": 2.0, "num_candidates": 2,
-    "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "schedule_steps": 6, "workers": 0,
-    "eval_every": 0, "log_every": 1, "save_every": 3, "progress": False,
-}
-
-
-# ----------------------------------------------------------------------------- synthetic data
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from milnce.train import make_synthetic
-
-    return make_synthetic(tmp_path_factory.mktemp("synth") / "data", videos=6, val_videos=2, seed=1, size=48,
-                          progress=False)
-
-
-# ----------------------------------------------------------------------------- runs
-
-def _settings(tmp: Path, **extra) -> Path:
-    path = tmp / "tiny.json"
-    path.write_text(json.dumps({**TINY, **extra}))
-    return path
-
-
-THREADS = 1  # identical weights need identical thread counts (float sums are ordered per thread)
-
-
-def _train(synth: Path, out: Path, cfg: Path, *more: str) -> int:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        return main(["train", "--data", str(synth), "--out", str(out), "--config", str(cfg), *more])
-    finally:
-        torch.set_num_threads(before)
-
-
-def _env(threads: int = 1) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS=str(threads))
-
+    assert narrow_ops(res.stdout) == [{"rank": 0, "narrow_ops": {}}]
 
 # ----------------------------------------------------------------------------- gradient caching
 
@@ -136,8 +80,8 @@ class _NoScale:
 
 
 def test_a_diverged_run_stops_with_a_training_error(synth, tmp_path, capsys):
-    cfg = _settings(tmp_path, warmup_steps=0, eval_every=1)
-    assert _train(synth, tmp_path / "run", cfg, "--steps", "2", "--lr", "1e6") == 2
+    cfg = tiny_config(tmp_path, warmup_steps=0, eval_every=1)
+    assert run_train(synth, tmp_path / "run", cfg, "--steps", "2", "--lr", "1e6") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("milnce: error:") and "NaN or infinite" in err[-1], err[-3:]
     from milnce.errors import TrainingError
