@@ -143,10 +143,12 @@ class Searcher:
         fighting over the cores cost tens of ms per query)."""
         import torch
 
-        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).double()
-        s = (v @ torch.from_numpy(self.q[i]).double()).float().numpy()
+        # float64 copies (writable: torch refuses to share a read-only memory map's pages silently)
+        v = torch.from_numpy(np.array(vectors, dtype=np.float64))
+        s = (v @ torch.from_numpy(np.array(self.q[i], dtype=np.float64))).float().numpy()
         if self.neg is not None:
-            s = combine_scores(s, (v @ torch.from_numpy(self.neg).double().T).float().numpy().T, self.weight)
+            s = combine_scores(s, (v @ torch.from_numpy(np.array(self.neg, dtype=np.float64)).T).float().numpy().T,
+                               self.weight)
         return np.asarray(s, dtype=np.float32)
 
     def canonical(self, i: int, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
