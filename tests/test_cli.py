@@ -45,6 +45,7 @@ def test_cli_leaves_plain_os_errors_as_bugs(monkeypatch, capsys):
         main(["info"])
 
 
+@pytest.mark.slow
 def test_broken_pipe_is_quiet(tmp_path):
     """``milnce info | head -n 0``: the reader is gone before milnce writes; no traceback."""
     env = {**os.environ, "MILNCE_HOME": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}

@@ -100,6 +100,7 @@ def test_one_tower_and_bad_settings(checkpoint, tmp_path):
     assert not list(tmp_path.glob("x*"))
 
 
+@pytest.mark.slow
 def test_onnx_check_judges_against_float64(model, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from milnce.export import check_onnx, export_onnx

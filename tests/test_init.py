@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 
+@pytest.mark.slow
 def test_lazy_export():
     """The index and video names load their package on first use, not at ``import milnce``, and
     are then the package's own objects; every name of ``__all__`` resolves."""

@@ -52,6 +52,7 @@ def test_no_import_cycle_and_no_private_reads_inside_index():
         assert len(path.read_text().splitlines()) <= 600, f"{name}.py is over 600 lines"
 
 
+@pytest.mark.slow
 def test_imports_without_fcntl():
     code = (
         "import sys, builtins\n"

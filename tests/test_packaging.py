@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import milnce
@@ -25,6 +26,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "milnce", "--version"], capture_output=True, text=True, env=_env(), timeout=120)
     assert out.returncode == 0, out.stderr

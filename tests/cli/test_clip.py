@@ -210,6 +210,7 @@ def test_copy_of_codecs_the_container_cannot_hold_is_one_line_suggesting_reencod
             capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_sigterm_during_clip_leaves_no_temporary_file(tmp_path):
     video = make_video(tmp_path / "v.mp4", n=40)
     ix = _index_with(tmp_path, video, 4.0)

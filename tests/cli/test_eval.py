@@ -206,6 +206,7 @@ def test_eval_listings_and_error_lines_escape_control_characters(tmp_path, msrvt
 # ------------------------------------------------------------------------------ training with evaluation
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_run(synth, tmp_path):
     # (bf16 autocast on the CPU turns temporal-conv weights NaN in the first step here: the run
     # now stops with a TrainingError naming them instead of reporting garbage metrics)

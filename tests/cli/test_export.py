@@ -17,6 +17,7 @@ onnx = pytest.importorskip("onnx", reason="ONNX export needs onnx: pip install '
 ort = pytest.importorskip("onnxruntime", reason="the parity test needs onnxruntime: pip install 'milnce[onnx]'")
 
 
+@pytest.mark.slow
 def test_cli_export(checkpoint, tmp_path, capsys):
     w, v = checkpoint
     prefix = tmp_path / "out" / "s3d"
@@ -55,6 +56,7 @@ def test_export_options_overwrite_and_read_only_out(checkpoint, tmp_path, capsys
     assert "Read-only file system" in one_line_error(capsys)
 
 
+@pytest.mark.slow
 @onnx_needed
 def test_export_verify_prints_a_verdict(checkpoint, tmp_path, capsys):
     prefix = str(tmp_path / "s3d")

@@ -386,6 +386,7 @@ def test_same_stem_refused_naming_both(tmp_path, capsys, wargs):
     assert rc != 0 and str(x) in err and str(y) in err and "'clip'" in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_FFMPEG, reason=WHY_NO_FFMPEG)
 def test_videoclip_end_to_end_matches_the_reference(tmp_path, capsys, wargs, fast_model):
     """Rows, dtype, layout and per-row cosine to the reference pipeline (its ffmpeg frames

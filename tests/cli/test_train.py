@@ -104,6 +104,7 @@ def test_run_folder_contents(straight):
     assert ck["step"] == 6 and ck["data"]["next_sample"] == 12
 
 
+@pytest.mark.slow
 def test_exact_resume(synth, straight, tmp_path):
     cfg = tiny_config(tmp_path)
     run = tmp_path / "run"
@@ -275,6 +276,7 @@ def test_micro_batch_equals_torchrun_of_b_over_m_processes(synth, tmp_path):
 
 # ----------------------------------------------------------------------------- extensible runs
 
+@pytest.mark.slow
 @needs_webdataset
 def test_extending_a_run_past_its_horizon(synth, tmp_path, capsys):
     cfg = tiny_config(tmp_path, schedule_steps=None, save_every=2)
@@ -456,6 +458,7 @@ MESSAGES = {
 }
 
 
+@pytest.mark.slow
 def test_resume_says_resuming_and_logs_above_the_bar(synth, tmp_path, capsys):
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(MESSAGES))

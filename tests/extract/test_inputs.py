@@ -132,6 +132,7 @@ def test_extract_lists_still_read(tmp_path):
 # ------------------------------------------------------------------------------ extraction
 
 
+@pytest.mark.slow
 def test_huge_shard_count_uses_memory_of_the_videos_not_of_the_shards(folder):
     code = (
         "import resource, sys\n"

@@ -400,6 +400,7 @@ def recall(rows: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(r) & set(t)) / truth.shape[1] for r, t in zip(rows.tolist(), truth.tolist())]))
 
 
+@pytest.mark.slow
 def test_default_rescore_beats_the_old_path_and_matches_exact(built):
     d, x, meta = built
     assert meta["threads"] == 2 and meta["add_s"] >= 0

@@ -100,6 +100,7 @@ def test_served_beside_a_folder_index(built, model, tmp_path) -> None:
                 os.replace(aside, path)
 
 
+@pytest.mark.slow
 def test_a_second_process_gets_one_line(built) -> None:
     _, _, _, db, wargs = built
     src = str(Path(__file__).resolve().parent.parent / "src")

@@ -87,6 +87,7 @@ def test_kill_and_rerun_leaves_no_duplicate_and_no_missing_window(tmp_path: Path
         assert not dst.has_row(7) and dst.count_windows() == dst.num_live
 
 
+@pytest.mark.slow
 def test_migrate_refuses_a_collection_of_other_weights(tmp_path: Path) -> None:
     folder = _folder(tmp_path, 3)
     db = str(tmp_path / "other.db")

@@ -104,6 +104,7 @@ def test_odd_collection_names_are_refused(name, tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "v.db").exists()  # refused before anything was created
 
 
+@pytest.mark.slow
 def test_other_weights_or_window_settings_are_refused(tmp_path: Path, capsys) -> None:
     db = str(tmp_path / "w.db")
     MilvusIndex.create_for(db, "weights-a", WindowSettings()).close()

@@ -102,6 +102,7 @@ def test_curves_windows_and_video_moments_match(both) -> None:
     assert [v.to_dict() for v in emb_ix.videos()] == [v.to_dict() for v in mv_ix.videos()]
 
 
+@pytest.mark.slow
 def test_parity_when_filters_are_rechecked_and_candidates_run_out(both, monkeypatch) -> None:
     """Filters passing more videos than a ``video in [...]`` expression takes are re-checked on
     over-fetched candidates, and a search needing more candidates than Milvus returns at once

@@ -57,6 +57,7 @@ def _changed(item: tuple, seed: int) -> tuple:
     return (path, new, size + 1, mtime + 1, h + "-new")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["windows", "switch", "cleanup"])
 def test_a_reindex_stopped_at_any_step_is_all_or_nothing(step: str, tmp_path: Path) -> None:
     items = synthetic_videos(30, seed=5)

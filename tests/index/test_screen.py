@@ -11,6 +11,7 @@ from milnce.index import Index
 from milnce.index.filters import VideoFilter, collection_root
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("reuse_model")
 def test_screened_exact_search_equals_full_scan(tmp_path):
     """Above 20k windows, exact search scans int8 codes and re-scores every window that could make

@@ -100,6 +100,7 @@ def test_missing_file(client, library):
         assert "file missing" in r.json()["error"]["message"] and "gone.mp4" in r.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_unread_clips_are_bounded_and_dropped_after_the_send_timeout(clip_lib, tmp_path, monkeypatch):
     """Clients that never read the body: the clips they hold count against max_files (429 past it),
     no milnce-clip-* folder stays in the temp directory, and after send_timeout the clips are gone."""

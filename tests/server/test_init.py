@@ -11,6 +11,7 @@ pytest.importorskip("httpx")
 
 
 
+@pytest.mark.slow
 def test_package_imports_without_fastapi():
     import subprocess
 

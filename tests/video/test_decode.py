@@ -74,6 +74,7 @@ print(os.waitpid(pid, 0)[1])
 """
 
 
+@pytest.mark.slow
 def test_a_forked_child_does_not_hang_collecting_inherited_filter_graphs():
     """A DataLoader worker forked after decoding inherits unreachable PyAV filter graphs; the
     garbage collector freeing one in the child waited forever for the parent's filter threads
