@@ -11,7 +11,6 @@ import importlib.util
 import io
 import json
 import os
-import resource
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -29,12 +28,6 @@ SRC = str(TESTS.parent / "src")
 # A password-file line: a file behind a symlink must never be echoed into an error message.
 SECRET = "root:$6$secrethash:19000:0:99999:7:::"
 
-MB = 1024  # ru_maxrss is in KiB on Linux
-
-
-def rss() -> int:
-    """The process's peak resident size so far (KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def erofs_open(monkeypatch: pytest.MonkeyPatch, under: Path) -> None:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ import torch
 
 import milnce.commands.extract as extract_cmd
 from ffmpeg_reference import HAVE_FFMPEG, WHY_NO_FFMPEG, extractor_chunks
+from index_fixtures import SMALL, SMALL_ARGS, fake_model
 from milnce.cli import main
 from milnce.errors import UsageError
 from milnce.extract import (
@@ -41,7 +41,6 @@ from video_fixtures import (
     ckpt_args,
     cli_inputs,
     make_audio_only,
-    make_scene_video,
     make_video,
     npz_files,
     one_line,
@@ -184,24 +183,8 @@ def test_extract_listings_escape_control_characters(tmp_path, model, monkeypatch
     assert rc == 1
     _assert_escaped(cap.out + cap.err)
 
-SMALL = {"fps": 10.0, "num_frames": 8, "size": 64, "stride": 4}
-SMALL_ARGS = ["--fps", "10", "--num-frames", "8", "--size", "64", "--stride", "4"]
 QUERIES = ["red square moving", "a blue ball", "green door"]
-
-
-@pytest.fixture(scope="module")
-def video_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("videos")
-    make_scene_video(d / "red.mp4", 3.0, (220, 30, 30), 1)
-    make_scene_video(d / "green.mp4", 4.0, (30, 200, 40), 2)
-    make_scene_video(d / "sub" / "blue.mp4", 2.5, (30, 40, 220), 3)
-    (d / "broken.mp4").write_bytes(b"this is not a video " * 20)
-    (d / "notes.txt").write_text("not a video either")
-    return d
-
-
-def fake_model(weights_id: str = "synthetic"):
-    return SimpleNamespace(weights_id=weights_id, info=None)
+# ``video_dir`` (red, green, sub/blue scene videos, a broken .mp4, a .txt) is a session fixture of index_fixtures.
 
 
 @pytest.mark.usefixtures("reuse_model")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 import importlib.util
 import io
 import json
@@ -27,13 +26,13 @@ import torch
 import milnce
 import milnce.atomic
 from conftest import VOCAB, random_state_dict, write_checkpoint
+from eval_fixtures import erofs_open
 from index_fixtures import (
     ROOT,
     SCORE_QUERIES,
     SMALL,
     SMALL_ARGS,
     WINDOW_32,
-    W,
     copy_videos,
     fake_emb,
     fake_model,
@@ -44,7 +43,6 @@ from index_fixtures import (
 )
 from milnce import cli
 from milnce.cli import main
-from milnce.extract.store import FORMAT, write_feature_file
 from milnce.index import (
     Index,
     IndexDamagedError,
@@ -59,7 +57,7 @@ from milnce.index.filters import VideoFilter
 from milnce.index.source import IndexModelError, recorded_weights
 from milnce.runoptions import RunOptions
 from milnce.windows import WindowSettings
-from video_fixtures import make_scene_video, make_video
+from video_fixtures import make_scene_video, make_video, write_feature_stub, write_features
 
 SERVE_INSTALLED = importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("httpx") is not None
 needs_serve = pytest.mark.skipif(not SERVE_INSTALLED, reason="the serve extra (fastapi, httpx) is not installed")
@@ -81,28 +79,14 @@ def test_remove_says_1_video_left(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == f"{ix}: 1 video left"
 
 
-def _file(path: Path, source: Path, *, duration: float = 2.0, meta_duration: float | None = None,
-          size: int | None = None, src_path: str | None = None) -> None:
-    rng = np.random.default_rng(0)
-    starts = np.arange(4, dtype=np.float64) * 0.4
-    meta = {"format": FORMAT, "settings": {**W.to_dict(), "start": None, "end": None, "pad": "repeat"},
-            "weights": "w1", "precision": "fp32",
-            "source": {"path": src_path if src_path is not None else str(source),
-                       "size": 10 if size is None else size, "mtime_ns": 1_000_000_000}}
-    if meta_duration is not None:
-        meta["duration"] = meta_duration
-    write_feature_file(str(path), {"video_embedding": rng.standard_normal((4, 512)).astype(np.float32),
-                                   "start": starts, "end": starts + 0.8, "duration": np.asarray(duration)}, meta)
-
-
 def test_index_from_features_lists_crafted_files_as_failed(tmp_path, capsys):
     feats, vids = tmp_path / "features", tmp_path / "videos"
     vids.mkdir()
-    _file(feats / "ok.npz", vids / "ok.mp4")
-    _file(feats / "neg.npz", vids / "neg.mp4", meta_duration=-5.0)
-    _file(feats / "huge.npz", vids / "huge.mp4", duration=1e308)  # the array member, not the meta
-    _file(feats / "size.npz", vids / "size.mp4", size=-1)
-    _file(feats / "nul.npz", vids / "nul.mp4", src_path=str(vids / "a\0b.mp4"))
+    write_feature_stub(feats / "ok.npz", vids / "ok.mp4")
+    write_feature_stub(feats / "neg.npz", vids / "neg.mp4", meta_duration=-5.0)
+    write_feature_stub(feats / "huge.npz", vids / "huge.mp4", duration=1e308)  # the array member, not the meta
+    write_feature_stub(feats / "size.npz", vids / "size.mp4", size=-1)
+    write_feature_stub(feats / "nul.npz", vids / "nul.mp4", src_path=str(vids / "a\0b.mp4"))
     rc = main(["index", "--from-features", str(feats), "--index", str(tmp_path / "ix"), "--root", str(vids),
                "--json"])
     out, err = capsys.readouterr()
@@ -126,18 +110,6 @@ def test_cli_one_line(tmp_path, capsys, argv, words):
     assert words in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def _erofs_open(monkeypatch: pytest.MonkeyPatch, under: Path) -> None:
-    """Every atomic write below ``under`` fails as on a read-only file system."""
-    real = open
-
-    def fake_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if str(file).startswith(str(under)):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
-        return real(file, *args, **kwargs)
-
-    monkeypatch.setattr(milnce.atomic, "open", fake_open, raising=False)
-
-
 def _one_error_line(err: str) -> None:
     assert "Traceback" not in err
     lines = [x for x in err.splitlines() if x.startswith("milnce: error:")]
@@ -145,27 +117,6 @@ def _one_error_line(err: str) -> None:
 
 
 # ----- gap 1: six (and more) malformed --from-features inputs ---------------------------------
-
-
-def _features(folder: Path, name: str, video: Path, *, arrays: dict | None = None, **meta_over) -> Path:
-
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((4, 512)).astype(np.float32)
-    s = np.arange(4, dtype=np.float64) * 0.4
-    st = os.stat(video)
-    meta = {"format": FORMAT, "settings": {**W.to_dict(), "start": None, "end": None, "pad": "repeat"},
-            "weights": "w1", "precision": "fp32",
-            "source": {"path": str(video), "size": st.st_size, "mtime_ns": st.st_mtime_ns}}
-    meta.update(meta_over)
-    data = {"video_embedding": emb, "start": s, "end": s + 0.8, "duration": np.asarray(2.0)}
-    for k, v in (arrays or {}).items():
-        if v is None:
-            del data[k]
-        else:
-            data[k] = v
-    target = folder / name
-    write_feature_file(str(target), data, meta)
-    return target
 
 
 _EMB = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32)
@@ -195,9 +146,9 @@ def test_malformed_feature_files_fail_in_one_line_naming_the_file(tmp_path, caps
     if "source" in meta and isinstance(meta["source"], dict):
         meta = {"source": {**meta["source"], "path": str(vids / "a.mp4")}}
     alone, mixed = tmp_path / "alone", tmp_path / "mixed"
-    _features(alone, "bad.npz", vids / "a.mp4", arrays=arrays, **meta)
-    _features(mixed, "bad.npz", vids / "a.mp4", arrays=arrays, **meta)
-    _features(mixed, "good.npz", vids / "b.mp4")
+    write_features(alone, "bad.npz", vids / "a.mp4", arrays=arrays, **meta)
+    write_features(mixed, "bad.npz", vids / "a.mp4", arrays=arrays, **meta)
+    write_features(mixed, "good.npz", vids / "b.mp4")
     # alone: a one-line error naming the file
     rc = main(["index", "--from-features", str(alone), "--index", str(tmp_path / "ix1"), "--root", str(vids),
                "--quiet"])
@@ -226,7 +177,7 @@ def test_flipped_byte_in_a_feature_file_is_one_line_for_from_features(tmp_path, 
     vids = tmp_path / "videos"
     vids.mkdir()
     (vids / "a.mp4").write_bytes(b"a" * 10)
-    f = _features(tmp_path / "f", "a.npz", vids / "a.mp4")
+    f = write_features(tmp_path / "f", "a.npz", vids / "a.mp4")
     data = bytearray(f.read_bytes())
     with zipfile.ZipFile(f) as z:
         info = z.getinfo("video_embedding.npy")
@@ -248,7 +199,7 @@ def test_read_only_localize_plot_and_missing_matplotlib(tmp_path, wargs, monkeyp
             "--stride", "4", "--quiet", *wargs]
     ro = tmp_path / "ro"
     ro.mkdir()
-    _erofs_open(monkeypatch, ro)
+    erofs_open(monkeypatch, ro)
     pytest.importorskip("matplotlib")
     assert main([*args, "--plot", str(ro / "curve.png")]) == 2
     err = capsys.readouterr().err

@@ -3,14 +3,13 @@ subprocess."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from eval_fixtures import final_state
 from milnce.cli import main
 from video_fixtures import bad_inputs, cli_inputs, clip_videos, one_line
 
@@ -28,64 +27,14 @@ def test_embed_video_on_cuda_without_cuda_is_one_line(inputs, tmp_path, capsys):
     assert main(["embed-video", str(video), "--out", str(tmp_path / "out"), "--device", "cuda:0", *wargs]) == 2
     assert "CUDA is not available" in one_line(capsys)
 
-# A tiny run: 8 frames of 32 px, 2 clips per step; settings shared by every run below.
-TINY = {
-    "fps": 4, "num_frames": 8, "size": 32, "decode_size": 36, "min_time": 2.0, "num_candidates": 2,
-    "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "schedule_steps": 6, "workers": 0,
-    "eval_every": 0, "log_every": 1, "save_every": 3, "progress": False,
-}
-
-
-# ----------------------------------------------------------------------------- synthetic data
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from milnce.train import make_synthetic
-
-    return make_synthetic(tmp_path_factory.mktemp("synth") / "data", videos=6, val_videos=2, seed=1, size=48,
-                          progress=False)
-
-
-# ----------------------------------------------------------------------------- runs
-
-def _settings(tmp: Path, **extra) -> Path:
-    path = tmp / "tiny.json"
-    path.write_text(json.dumps({**TINY, **extra}))
-    return path
-
-
-THREADS = 1  # identical weights need identical thread counts (float sums are ordered per thread)
-
-
-def _train(synth: Path, out: Path, cfg: Path, *more: str) -> int:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        return main(["train", "--data", str(synth), "--out", str(out), "--config", str(cfg), *more])
-    finally:
-        torch.set_num_threads(before)
-
-
-def _final(run: Path) -> dict:
-    from milnce.train.checkpoint import latest_checkpoint, load_training_checkpoint
-
-    return load_training_checkpoint(latest_checkpoint(run))
-
-
-@pytest.fixture(scope="module")
-def straight(synth, tmp_path_factory) -> Path:
-    """Six steps in one go."""
-    tmp = tmp_path_factory.mktemp("straight")
-    run = tmp / "run"
-    assert _train(synth, run, _settings(tmp), "--steps", "6") == 0
-    return run
+# ``synth`` and ``straight`` (a synthetic set and a six-step run) are session fixtures of eval_fixtures.
 
 
 def test_load_model_from_run_folder(straight, tmp_path):
     import milnce
 
     model = milnce.load_model(straight, download=False)
-    ref = _final(straight)["state_dict"]
+    ref = final_state(straight)["state_dict"]
     assert torch.equal(model.net.fc.weight, ref["fc.weight"])
     assert (model.info.fps, model.info.num_frames, model.info.size) == (4.0, 8, 32)
     assert model.encode_text(["a red square moves left"]).shape == (1, 512)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from eval_fixtures import MB, SECRET, rss, yc_csv
+from eval_fixtures import SECRET, yc_csv
 from milnce.errors import UsageError
 from milnce.eval import (
     VideoResolver,
@@ -14,6 +14,7 @@ from milnce.eval import (
 )
 from milnce.eval.datasets import class_name
 from milnce.eval.linear_probe import source_group
+from video_fixtures import MB, rss
 
 # ------------------------------------------------------------------------------ annotations
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval_fixtures import MB, needs_webdataset, rss
+from eval_fixtures import needs_webdataset
 from milnce.errors import UsageError
+from video_fixtures import MB, rss
 
 
 def test_train_csv_huge_line_refused(tmp_path):
