@@ -243,3 +243,24 @@ def unreachable_weights(monkeypatch: pytest.MonkeyPatch, *, mirror: bool = False
         yield dead
     finally:
         sock.close()
+
+
+@pytest.fixture
+def two_video_index(tmp_path, model) -> Path:
+    """An index folder (conftest model's weights, 8 x 32 px windows every 0.8 s) of two tiny files,
+    ``a.mp4`` and ``b.webm`` under ``tmp_path/videos`` (a root), three random windows each."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),
+                          roots=[videos])
+    rng = np.random.default_rng(0)
+    for name in ("a.mp4", "b.webm"):
+        p = videos / name
+        p.write_bytes(b"x")
+        st = os.stat(p)
+        starts = np.arange(3) * 0.8
+        ix.add_video(str(p), SimpleNamespace(starts=starts, ends=starts + 0.8, duration=2.4,
+                                             embeddings=rng.standard_normal((3, 512)).astype(np.float32)),
+                     size=st.st_size, mtime=st.st_mtime, content_hash="")
+    ix.close()
+    return tmp_path / "ix"

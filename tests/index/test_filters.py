@@ -6,7 +6,6 @@ import fnmatch
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from milnce.index.filters import (
     require_matches,
     select_videos,
 )
-from milnce.windows import WindowSettings
 
 
 @pytest.mark.parametrize("text", ["99999999999999", "-99999999999999", "1e300", "0001-01-01"])
@@ -247,26 +245,6 @@ def test_glob_matcher_equals_the_regex_translation():
 def test_reversed_glob_range_is_one_error():
     with pytest.raises(FilterError, match="reversed"):
         VideoFilter(path_glob="[z-a].mp4").validated("/c")
-
-
-@pytest.fixture
-def two_video_index(tmp_path, model):
-
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),
-                          roots=[videos])
-    rng = np.random.default_rng(0)
-    for name in ("a.mp4", "b.webm"):
-        p = videos / name
-        p.write_bytes(b"x")
-        st = os.stat(p)
-        starts = np.arange(3) * 0.8
-        ix.add_video(str(p), SimpleNamespace(starts=starts, ends=starts + 0.8, duration=2.4,
-                                             embeddings=rng.standard_normal((3, 512)).astype(np.float32)),
-                     size=st.st_size, mtime=st.st_mtime, content_hash="")
-    ix.close()
-    return tmp_path / "ix"
 
 
 def test_no_match_among_one_video(two_video_index, model):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from types import SimpleNamespace
-
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -14,28 +10,6 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from milnce.server import create_app  # noqa: E402
-
-
-@pytest.fixture
-def two_video_index(tmp_path, model):
-    from milnce.index import Index
-    from milnce.windows import WindowSettings
-
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    ix = Index.create_for(tmp_path / "ix", model.weights_id, WindowSettings(fps=10.0, num_frames=8, size=32, stride=8),
-                          roots=[videos])
-    rng = np.random.default_rng(0)
-    for name in ("a.mp4", "b.webm"):
-        p = videos / name
-        p.write_bytes(b"x")
-        st = os.stat(p)
-        starts = np.arange(3) * 0.8
-        ix.add_video(str(p), SimpleNamespace(starts=starts, ends=starts + 0.8, duration=2.4,
-                                             embeddings=rng.standard_normal((3, 512)).astype(np.float32)),
-                     size=st.st_size, mtime=st.st_mtime, content_hash="")
-    ix.close()
-    return tmp_path / "ix"
 
 
 def test_only_one_result_passes_the_filter(two_video_index, model):
