@@ -384,3 +384,61 @@ def rss() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def mux_painted_frames(out: Any, stream: Any, n: int) -> None:
+    """``n`` painted 64 x 48 frames at 10 fps encoded into ``stream`` of the open container ``out``,
+    then flushed."""
+    import av
+
+    for i in range(n):
+        f = av.VideoFrame.from_ndarray(paint(i, 64, 48), format="rgb24")
+        f.pts, f.time_base = i, Fraction(1, 10)
+        for p in stream.encode(f):
+            out.mux(p)
+    for p in stream.encode():
+        out.mux(p)
+
+
+def write_codec_video(path: Path, vcodec: str, acodec: str | None = None, n: int = 20) -> Path:
+    """``path``: ``n`` painted 64 x 48 frames at 10 fps in ``vcodec`` (GIF as rgb8), with a silent
+    8 kHz mono ``acodec`` track when given."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(vcodec, rate=10)
+        s.width, s.height = 64, 48
+        s.pix_fmt = "rgb8" if vcodec == "gif" else "yuv420p"
+        a = out.add_stream(acodec, rate=8000, layout="mono") if acodec else None
+        mux_painted_frames(out, s, n)
+        if a is not None:
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 800 * n // 10 * 10 // 10), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 8000, 0
+            for p in a.encode(af):
+                out.mux(p)
+            for p in a.encode():
+                out.mux(p)
+    return path
+
+
+# The globals a pack's pickle may name (UniVL/MMPT load it with numpy only).
+ALLOWED_GLOBALS = {"numpy ndarray", "numpy dtype"}
+
+
+def pickle_opcodes(data: bytes) -> tuple[int, set[str]]:
+    """The protocol and the globals a pickle names (from its opcodes; STACK_GLOBAL's two strings)."""
+    import pickletools
+
+    proto, names, strings = -1, set(), []
+    for op, arg, _pos in pickletools.genops(data):
+        if op.name == "PROTO":
+            proto = arg
+        elif op.name == "GLOBAL":
+            names.add(arg)
+        elif op.name == "STACK_GLOBAL":
+            names.add(f"{strings[-2]} {strings[-1]}")
+        if isinstance(arg, str):
+            strings.append(arg)
+    with open(os.devnull, "w") as null:
+        pickletools.dis(data, out=null)  # a well-formed stream (memo, marks, STOP)
+    return proto, names

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +19,7 @@ import pytest
 from milnce import cli
 from milnce.cli import main
 from milnce.index import Index
-from video_fixtures import frame_index, make_video, paint
+from video_fixtures import frame_index, make_video, write_codec_video
 
 
 def test_clip_refusal_names_overwrite(tmp_path, capsys):
@@ -147,38 +146,10 @@ def test_a_parent_folder_swapped_for_a_link_out_of_the_roots_is_refused(tmp_path
     assert not out.exists()
 
 
-def _mux_frames(out, stream, n: int) -> None:
-    """``n`` painted 64 x 48 frames at 10 fps encoded into ``stream`` of ``out``, then flushed."""
-    for i in range(n):
-        f = av.VideoFrame.from_ndarray(paint(i, 64, 48), format="rgb24")
-        f.pts, f.time_base = i, Fraction(1, 10)
-        for p in stream.encode(f):
-            out.mux(p)
-    for p in stream.encode():
-        out.mux(p)
-
-
-def _write(path: Path, vcodec: str, acodec: str | None = None, n: int = 20) -> Path:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream(vcodec, rate=10)
-        s.width, s.height = 64, 48
-        s.pix_fmt = "rgb8" if vcodec == "gif" else "yuv420p"
-        a = out.add_stream(acodec, rate=8000, layout="mono") if acodec else None
-        _mux_frames(out, s, n)
-        if a is not None:
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 800 * n // 10 * 10 // 10), np.int16), format="s16", layout="mono")
-            af.sample_rate, af.pts = 8000, 0
-            for p in a.encode(af):
-                out.mux(p)
-            for p in a.encode():
-                out.mux(p)
-    return path
-
-
 def _sources(tmp_path: Path) -> dict[str, Path]:
-    got = {"flv1": _write(tmp_path / "f.flv", "flv"), "gif": _write(tmp_path / "g.gif", "gif"),
-           "rawvideo": _write(tmp_path / "r.nut", "rawvideo"),
-           "pcm_mulaw": _write(tmp_path / "m.mov", "mpeg4", "pcm_mulaw")}
+    got = {"flv1": write_codec_video(tmp_path / "f.flv", "flv"), "gif": write_codec_video(tmp_path / "g.gif", "gif"),
+           "rawvideo": write_codec_video(tmp_path / "r.nut", "rawvideo"),
+           "pcm_mulaw": write_codec_video(tmp_path / "m.mov", "mpeg4", "pcm_mulaw")}
     if shutil.which("ffmpeg"):
         theora = tmp_path / "t.ogv"
         r = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",

@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import pickle
-import pickletools
 import resource
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from milnce.extract.pack import MAX_ID_LINE, PICKLE_PROTOCOL, pack_videoclip
 from milnce.extract.recipe_store import RecipeLayout
 from milnce.recipes import RECIPES, get_recipe
 from milnce.video.npyfile import NpyFileError, npy_header, read_npy
+from video_fixtures import ALLOWED_GLOBALS, pickle_opcodes
 
 
 def managed_folder(root: Path, recipe: str, rows: dict[str, int], seed: int = 0) -> Path:
@@ -195,25 +195,6 @@ def test_a_refusal_half_way_leaves_no_shards(tmp_path, capsys):
     refused(capsys, ["pack", "videoclip", str(d), str(tmp_path / "m"), "--shard-size", "1"], "c.npy", "infinite")
     assert os.listdir(tmp_path / "m") == ["notes.txt"]
 
-ALLOWED_GLOBALS = {"numpy ndarray", "numpy dtype"}
-
-
-def opcodes(data: bytes) -> tuple[int, set[str]]:
-    """The protocol and the globals a pickle names (from its opcodes; STACK_GLOBAL's two strings)."""
-    proto, names, strings = -1, set(), []
-    for op, arg, _pos in pickletools.genops(data):
-        if op.name == "PROTO":
-            proto = arg
-        elif op.name == "GLOBAL":
-            names.add(arg)
-        elif op.name == "STACK_GLOBAL":
-            names.add(f"{strings[-2]} {strings[-1]}")
-        if isinstance(arg, str):
-            strings.append(arg)
-    with open(os.devnull, "w") as null:
-        pickletools.dis(data, out=null)  # a well-formed stream (memo, marks, STOP)
-    return proto, names
-
 
 @pytest.fixture()
 def packed(tmp_path):
@@ -227,9 +208,9 @@ def packed(tmp_path):
 
 def test_opcodes_name_only_numpy_ndarray_and_dtype(packed):
     univl, meta, _ = packed
-    proto, names = opcodes(univl.read_bytes())
+    proto, names = pickle_opcodes(univl.read_bytes())
     assert proto == PICKLE_PROTOCOL == 4 and names == ALLOWED_GLOBALS
-    proto, names = opcodes(meta.read_bytes())
+    proto, names = pickle_opcodes(meta.read_bytes())
     assert proto <= 4 and names == set()  # only strings, ints, lists and a dict
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -20,7 +19,7 @@ from milnce.video.cut import (
     cut_clip,
 )
 from milnce.video.decode import Video
-from video_fixtures import frame_index, make_video, paint
+from video_fixtures import frame_index, make_video, mux_painted_frames, paint, write_codec_video
 
 RATE = 10  # frames per second of the fixture: one frame = 0.1 s
 GOP = 20  # a key frame every 2 s
@@ -162,34 +161,6 @@ def test_display_rotation_is_kept(tmp_path, copy):
         assert next(c.decode(video=0)).rotation == 90
 
 
-def _mux_frames(out, stream, n: int) -> None:
-    """``n`` painted 64 x 48 frames at 10 fps encoded into ``stream`` of ``out``, then flushed."""
-    for i in range(n):
-        f = av.VideoFrame.from_ndarray(paint(i, 64, 48), format="rgb24")
-        f.pts, f.time_base = i, Fraction(1, 10)
-        for p in stream.encode(f):
-            out.mux(p)
-    for p in stream.encode():
-        out.mux(p)
-
-
-def _write(path: Path, vcodec: str, acodec: str | None = None, n: int = 20) -> Path:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream(vcodec, rate=10)
-        s.width, s.height = 64, 48
-        s.pix_fmt = "rgb8" if vcodec == "gif" else "yuv420p"
-        a = out.add_stream(acodec, rate=8000, layout="mono") if acodec else None
-        _mux_frames(out, s, n)
-        if a is not None:
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 800 * n // 10 * 10 // 10), np.int16), format="s16", layout="mono")
-            af.sample_rate, af.pts = 8000, 0
-            for p in a.encode(af):
-                out.mux(p)
-            for p in a.encode():
-                out.mux(p)
-    return path
-
-
 def test_odd_sources_are_cut_not_crashed(tmp_path):
     """192 kHz PCM audio (resampled for AAC), 8 kHz mu-law, a 1 pixel wide video (stretched to 2)."""
 
@@ -198,7 +169,7 @@ def test_odd_sources_are_cut_not_crashed(tmp_path):
         s = out.add_stream("mpeg4", rate=10)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         a = out.add_stream("pcm_s16le", rate=192000, layout="mono")
-        _mux_frames(out, s, 20)
+        mux_painted_frames(out, s, 20)
         for k in range(20):
             af = av.AudioFrame.from_ndarray(np.zeros((1, 19200), np.int16), format="s16", layout="mono")
             af.sample_rate, af.pts = 192000, k * 19200
@@ -208,7 +179,7 @@ def test_odd_sources_are_cut_not_crashed(tmp_path):
     assert res.audio and res.frames == 10
     with av.open(str(tmp_path / "p.mp4")) as c:
         assert c.streams.audio[0].sample_rate == 48000
-    mulaw = _write(tmp_path / "m.mov", "mpeg4", "pcm_mulaw")
+    mulaw = write_codec_video(tmp_path / "m.mov", "mpeg4", "pcm_mulaw")
     assert cut_clip(str(mulaw), 0.5, 1.5, tmp_path / "m.mp4").audio
     thin = make_video(tmp_path / "thin.nut", n=20, width=1, height=48, codec="rawvideo", pix_fmt="yuv444p", options={})
     res = cut_clip(str(thin), 0.5, 1.5, tmp_path / "t.mp4")
