@@ -29,7 +29,6 @@ SRC = str(TESTS.parent / "src")
 SECRET = "root:$6$secrethash:19000:0:99999:7:::"
 
 
-
 def erofs_open(monkeypatch: pytest.MonkeyPatch, under: Path) -> None:
     """Every atomic write below ``under`` fails as on a read-only file system."""
     import milnce.atomic

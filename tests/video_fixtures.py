@@ -442,3 +442,22 @@ def pickle_opcodes(data: bytes) -> tuple[int, set[str]]:
     with open(os.devnull, "w") as null:
         pickletools.dis(data, out=null)  # a well-formed stream (memo, marks, STOP)
     return proto, names
+
+
+GOP_CLIP_ORIGIN = 10  # frames between key frames of ``cut_source_video``: one a second at 10 fps
+
+
+def cut_source_video(folder: Path, kind: str) -> Path:
+    """A 40-frame painted source at 10 fps with a key frame every second, in the container ``kind``
+    (``mpegps``; ``late-mp4``: the first frame at 0.5 s; ``mpegts``: video from 1.4 s, audio from 0;
+    else the extension), for cutting clips."""
+    rate = 10
+    if kind == "mpegps":
+        return make_video(folder / "v.mpg", n=40, rate=rate, codec="mpeg2video", options={"g": str(GOP_CLIP_ORIGIN), "bf": "0"})
+    opts = {"crf": "0", "preset": "ultrafast", "g": str(GOP_CLIP_ORIGIN), "keyint_min": str(GOP_CLIP_ORIGIN)}
+    if kind == "late-mp4":  # the first frame at 0.5 s (an edit list): time 0 is that frame
+        return make_video(folder / "late.mp4", rate=rate, pts_ms=[500 + 100 * i for i in range(40)], options=opts)
+    if kind == "mpegts":  # video from 1.4 s as ffmpeg's muxer writes it, the audio from 0
+        return make_video(folder / "v.ts", rate=rate, pts_ms=[1400 + 100 * i for i in range(40)], audio=True,
+                          options=opts)
+    return make_video(folder / f"v.{kind}", n=40, rate=rate, options=opts)

@@ -19,7 +19,7 @@ import pytest
 from milnce import cli
 from milnce.cli import main
 from milnce.index import Index
-from video_fixtures import frame_index, make_video, write_codec_video
+from video_fixtures import cut_source_video, frame_index, make_video, write_codec_video
 
 
 def test_clip_refusal_names_overwrite(tmp_path, capsys):
@@ -217,19 +217,6 @@ def test_sigterm_during_clip_leaves_no_temporary_file(tmp_path):
             proc.wait()
     assert proc.returncode != 0 and "Traceback" not in err
     assert os.listdir(out.parent) == []
-GOP_CLIP_ORIGIN = 10  # a key frame every second
-
-
-def _source(folder: Path, kind: str) -> Path:
-    if kind == "mpegps":
-        return make_video(folder / "v.mpg", n=40, rate=RATE, codec="mpeg2video", options={"g": str(GOP_CLIP_ORIGIN), "bf": "0"})
-    opts = {"crf": "0", "preset": "ultrafast", "g": str(GOP_CLIP_ORIGIN), "keyint_min": str(GOP_CLIP_ORIGIN)}
-    if kind == "late-mp4":  # the first frame at 0.5 s (an edit list): time 0 is that frame
-        return make_video(folder / "late.mp4", rate=RATE, pts_ms=[500 + 100 * i for i in range(40)], options=opts)
-    if kind == "mpegts":  # video from 1.4 s as ffmpeg's muxer writes it, the audio from 0
-        return make_video(folder / "v.ts", rate=RATE, pts_ms=[1400 + 100 * i for i in range(40)], audio=True,
-                          options=opts)
-    return make_video(folder / f"v.{kind}", n=40, rate=RATE, options=opts)
 
 
 def _clip_frames(path: Path) -> list[tuple[float, int]]:
@@ -238,7 +225,7 @@ def _clip_frames(path: Path) -> list[tuple[float, int]]:
 
 
 def test_cli_clip_of_an_mpegts_video(tmp_path, capsys):
-    src = _source(tmp_path, "mpegts")
+    src = cut_source_video(tmp_path, "mpegts")
     st = os.stat(src)
     emb = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
     idx = Index.create(tmp_path / "ix", SimpleNamespace(weights_id="synthetic", info=None))

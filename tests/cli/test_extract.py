@@ -183,6 +183,7 @@ def test_extract_listings_escape_control_characters(tmp_path, model, monkeypatch
     assert rc == 1
     _assert_escaped(cap.out + cap.err)
 
+
 QUERIES = ["red square moving", "a blue ball", "green door"]
 # ``video_dir`` (red, green, sub/blue scene videos, a broken .mp4, a .txt) is a session fixture of index_fixtures.
 

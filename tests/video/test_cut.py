@@ -19,7 +19,7 @@ from milnce.video.cut import (
     cut_clip,
 )
 from milnce.video.decode import Video
-from video_fixtures import frame_index, make_video, mux_painted_frames, paint, write_codec_video
+from video_fixtures import cut_source_video, frame_index, make_video, mux_painted_frames, paint, write_codec_video
 
 RATE = 10  # frames per second of the fixture: one frame = 0.1 s
 GOP = 20  # a key frame every 2 s
@@ -187,21 +187,6 @@ def test_odd_sources_are_cut_not_crashed(tmp_path):
         assert res.frames == 10 and c.streams.video[0].width == 2
 
 
-GOP_CLIP_ORIGIN = 10  # a key frame every second
-
-
-def _source(folder: Path, kind: str) -> Path:
-    if kind == "mpegps":
-        return make_video(folder / "v.mpg", n=40, rate=RATE, codec="mpeg2video", options={"g": str(GOP_CLIP_ORIGIN), "bf": "0"})
-    opts = {"crf": "0", "preset": "ultrafast", "g": str(GOP_CLIP_ORIGIN), "keyint_min": str(GOP_CLIP_ORIGIN)}
-    if kind == "late-mp4":  # the first frame at 0.5 s (an edit list): time 0 is that frame
-        return make_video(folder / "late.mp4", rate=RATE, pts_ms=[500 + 100 * i for i in range(40)], options=opts)
-    if kind == "mpegts":  # video from 1.4 s as ffmpeg's muxer writes it, the audio from 0
-        return make_video(folder / "v.ts", rate=RATE, pts_ms=[1400 + 100 * i for i in range(40)], audio=True,
-                          options=opts)
-    return make_video(folder / f"v.{kind}", n=40, rate=RATE, options=opts)
-
-
 def _index_times(path: Path, keys: bool = False) -> list[float]:
     """Frame times (of the key frames) as the indexer's decoder reports them."""
     v = Video(str(path), threads=1)
@@ -221,7 +206,7 @@ KINDS = ["mp4", "mkv", "mpegts", "mpegps", "late-mp4"]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_reencoded_clip_holds_the_indexed_span(tmp_path, kind):
-    src = _source(tmp_path, kind)
+    src = cut_source_video(tmp_path, kind)
     times = _index_times(src)
     assert len(times) == 40 and abs(times[0]) < 1e-9  # frame i at i / RATE from the video's start
     with av.open(str(src)) as c:
@@ -238,7 +223,7 @@ def test_reencoded_clip_holds_the_indexed_span(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_copied_clip_starts_at_the_indexed_key_frame(tmp_path, kind):
-    src = _source(tmp_path, kind)
+    src = cut_source_video(tmp_path, kind)
     key = max(t for t in _index_times(src, keys=True) if t <= 2.5 + 1e-6)
     assert key > 1.5  # (MPEG-2 adds key frames where the picture changes)
     res = cut_clip(str(src), 2.5, 3.5, tmp_path / "c.mkv", copy=True, duration=4.0)  # as indexed
@@ -252,7 +237,7 @@ def test_copied_clip_starts_at_the_indexed_key_frame(tmp_path, kind):
 
 
 def test_mpegts_audio_follows_the_video_origin(tmp_path):
-    src = _source(tmp_path, "mpegts")
+    src = cut_source_video(tmp_path, "mpegts")
     cut_clip(str(src), 1.0, 3.0, tmp_path / "c.mp4", duration=4.0)
     with av.open(str(tmp_path / "c.mp4")) as c:
         a = c.streams.audio[0]
