@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.reuse and not args.dir:
         ap.error("--reuse needs --dir")
+    if args.reuse and args.baseline_threads:
+        ap.error("--baseline-threads measures a build: not with --reuse")
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
     import faiss
 
@@ -130,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         res["generate_s"] = time.perf_counter() - t0
         params = choose_pq_params(args.n, DIM)
         res["params"] = params.__dict__
-        print(f"store: {args.n} x {DIM} ({args.n * DIM * 4 / 1e9:.2f} GB) from {args.clusters} clusters in "
-              f"{res['generate_s']:.1f} s; params {params}", flush=True)
+        made = "reused" if reuse else f"in {res['generate_s']:.1f} s"
+        print(f"store: {args.n} x {DIM} ({args.n * DIM * 4 / 1e9:.2f} GB) from {args.clusters} clusters, {made}; "
+              f"params {params}", flush=True)
         if reuse:
             with open(os.path.join(pq_dir, "pq.json")) as f:
                 meta = json.load(f)
@@ -141,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         res["build_s"], res["train_s"], res["add_s"] = meta["build_s"], meta["train_s"], meta["add_s"]
         res["disk_bytes"] = du(pq_dir)
         res["load_after_build"] = os.getloadavg()
-        print(f"build: {res['build_s']:.1f} s on {meta['threads']} threads (training {meta['train_s']:.1f} s, "
+        print(f"build{' (the earlier run)' if reuse else ''}: {res['build_s']:.1f} s on {meta['threads']} threads "
+              f"(training {meta['train_s']:.1f} s, "
               f"adding {meta['add_s']:.1f} s), on disk {res['disk_bytes'] / 1e6:.1f} MB "
               f"({res['disk_bytes'] / args.n:.1f} B/window); load average {os.getloadavg()[0]:.1f}", flush=True)
-        if args.baseline_threads and not reuse:
+        if args.baseline_threads:
             base = build_pq(x, os.path.join(work, "pq_baseline"), params=params, threads=args.baseline_threads)
             shutil.rmtree(os.path.join(work, "pq_baseline"), ignore_errors=True)
             res["baseline"] = {k: base[k] for k in ("build_s", "train_s", "add_s", "threads")}
